@@ -1,0 +1,414 @@
+//! Code generation for a validated workflow.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::{Ident, Pat, Type};
+
+use super::ast::{variant_name, ArmDef, EdgeBody, FieldDef, WorkflowDef};
+use super::graph;
+use super::validate::is_constant_like;
+
+/// Names shared by the generated items.
+struct Names<'a> {
+    def: &'a WorkflowDef,
+    ctx: Type,
+    item_enum: Ident,
+}
+
+impl<'a> Names<'a> {
+    fn new(def: &'a WorkflowDef) -> Self {
+        Names {
+            def,
+            ctx: def.context.clone().unwrap_or_else(|| syn::parse_quote!(())),
+            item_enum: format_ident!("{}WorkItem", def.ident),
+        }
+    }
+
+    fn node_input(&self, node: &FieldDef) -> TokenStream {
+        let (ty, ctx) = (&node.ty, &self.ctx);
+        quote!(<#ty as ::floxide::Node<#ctx>>::Input)
+    }
+
+    fn node_output(&self, node: &FieldDef) -> TokenStream {
+        let (ty, ctx) = (&node.ty, &self.ctx);
+        quote!(<#ty as ::floxide::Node<#ctx>>::Output)
+    }
+
+    /// The node field named `name` (validated to exist).
+    fn node(&self, name: &Ident) -> &'a FieldDef {
+        self.def
+            .field(name)
+            .unwrap_or_else(|| unreachable!("validated: `{name}` is a node"))
+    }
+
+    /// The workflow's output type: `output = T;`, else the first direct terminal's output.
+    fn output_type(&self) -> TokenStream {
+        if let Some(ty) = &self.def.output {
+            return quote!(#ty);
+        }
+        let terminal = self
+            .def
+            .edges
+            .iter()
+            .find(|e| {
+                e.on_failure.is_none() && matches!(&e.body, EdgeBody::Direct(t) if t.is_empty())
+            })
+            .unwrap_or_else(|| unreachable!("validated: a direct terminal exists"));
+        self.node_output(self.node(&terminal.source))
+    }
+}
+
+/// The struct and the work-item enum: what user code refers to. Emitted even when
+/// validation failed, so that the real errors are not buried under unresolved names.
+pub fn expand_items(def: &WorkflowDef) -> TokenStream {
+    let names = Names::new(def);
+    let WorkflowDef {
+        attrs, vis, ident, ..
+    } = def;
+    let fields = def.fields.iter().map(|f| {
+        let (fattrs, fident, fty) = (&f.attrs, &f.ident, &f.ty);
+        quote!(#(#fattrs)* pub #fident: #fty,)
+    });
+    let item_enum = &names.item_enum;
+    let variants = def.nodes().into_iter().map(|node| {
+        let variant = variant_name(&node.ident);
+        let input = names.node_input(node);
+        let doc = format!(
+            "A pending execution of node `{}`: the item's id and the node's input.",
+            node.ident
+        );
+        quote!(#[doc = #doc] #variant(::floxide::ItemId, #input),)
+    });
+    let enum_doc = format!("The work items of workflow [`{ident}`]: one variant per node.");
+    quote! {
+        #(#attrs)*
+        #[derive(::core::fmt::Debug, ::core::clone::Clone)]
+        #vis struct #ident {
+            #(#fields)*
+        }
+
+        #[doc = #enum_doc]
+        #[derive(
+            ::core::fmt::Debug,
+            ::core::clone::Clone,
+            ::floxide::__private::serde::Serialize,
+            ::floxide::__private::serde::Deserialize
+        )]
+        #[serde(crate = "::floxide::__private::serde")]
+        #vis enum #item_enum {
+            #(#variants)*
+        }
+    }
+}
+
+/// The trait implementations of a validated workflow.
+pub fn expand_impls(def: &WorkflowDef) -> TokenStream {
+    let names = Names::new(def);
+    let ident = &def.ident;
+    let name_str = ident.to_string();
+    let ctx = &names.ctx;
+    let item_enum = &names.item_enum;
+    let Some((_, start)) = &def.start else {
+        unreachable!("validated: start exists")
+    };
+    let start_node = names.node(start);
+    let start_variant = variant_name(start);
+    let start_input = names.node_input(start_node);
+    let start_str = start.to_string();
+    let output = names.output_type();
+
+    let nodes = def.nodes();
+    let id_arms = nodes.iter().map(|n| {
+        let v = variant_name(&n.ident);
+        quote!(#item_enum::#v(id, _) => *id,)
+    });
+    let name_arms = nodes.iter().map(|n| {
+        let v = variant_name(&n.ident);
+        let s = n.ident.to_string();
+        quote!(#item_enum::#v(..) => #s,)
+    });
+    let step_arms = nodes.iter().map(|n| step_arm(&names, n, &output));
+    let dot = graph::dot(def);
+    let mermaid = graph::mermaid(def);
+
+    quote! {
+        #[automatically_derived]
+        impl ::floxide::WorkItem for #item_enum {
+            fn instance_id(&self) -> ::floxide::ItemId {
+                match self { #(#id_arms)* }
+            }
+            fn node_name(&self) -> &'static str {
+                match self { #(#name_arms)* }
+            }
+        }
+
+        #[automatically_derived]
+        impl ::floxide::Workflow<#ctx> for #ident {
+            type Input = #start_input;
+            type Output = #output;
+            type WorkItem = #item_enum;
+
+            fn name(&self) -> &'static str {
+                #name_str
+            }
+
+            fn start_node(&self) -> &'static str {
+                #start_str
+            }
+
+            fn start_work_item(&self, input: Self::Input) -> #item_enum {
+                #item_enum::#start_variant(::floxide::ItemId::ROOT, input)
+            }
+
+            #[allow(unused_variables, unused_mut, clippy::redundant_clone, clippy::needless_return)]
+            fn process_work_item<'__a>(
+                &'__a self,
+                __ctx: &'__a #ctx,
+                __item: #item_enum,
+                __env: ::floxide::StepEnv,
+                __sink: &'__a mut ::floxide::StepSink<#item_enum, #output>,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<(), ::floxide::StepFailure>,
+            > + ::core::marker::Send + '__a {
+                async move {
+                    match __item {
+                        #(#step_arms)*
+                    }
+                    ::core::result::Result::Ok(())
+                }
+            }
+
+            fn to_dot(&self) -> &'static str {
+                #dot
+            }
+
+            fn to_mermaid(&self) -> &'static str {
+                #mermaid
+            }
+        }
+    }
+}
+
+/// The `match` arm executing one node's work item.
+fn step_arm(names: &Names, node: &FieldDef, output: &TokenStream) -> TokenStream {
+    let def = names.def;
+    let item_enum = &names.item_enum;
+    let variant = variant_name(&node.ident);
+    let field = &node.ident;
+    let node_str = field.to_string();
+    let failure_targets: &[Ident] = match def.failure_entry(field).map(|e| &e.body) {
+        Some(EdgeBody::Direct(t)) => t,
+        _ => &[],
+    };
+
+    let invoke = match node.retry.as_ref().and_then(|r| r.policy.as_ref()) {
+        Some(policy) => {
+            let policy_ref = quote_spanned!(policy.span()=> &self.#policy);
+            quote! {
+                ::floxide::__private::invoke_with_retry(&self.#field, #policy_ref, __ctx, __input, __env).await
+            }
+        }
+        None => quote!(::floxide::__private::invoke(&self.#field, __ctx, __input).await),
+    };
+
+    let keep_input = if failure_targets.is_empty() {
+        quote!()
+    } else {
+        quote!(let __failed_input = ::core::clone::Clone::clone(&__input);)
+    };
+
+    let route = match def.entry(field).map(|e| &e.body) {
+        Some(EdgeBody::Direct(targets)) if targets.is_empty() => {
+            let value =
+                quote_spanned!(field.span()=> ::floxide::__private::terminal::<_, #output>(__out));
+            quote!(__sink.output(#value);)
+        }
+        Some(EdgeBody::Direct(targets)) => push_all(
+            names,
+            targets,
+            |target, value| {
+                let input = names.node_input(names.node(target));
+                quote_spanned!(target.span()=> ::floxide::__private::edge::<_, #input>(#value))
+            },
+            &quote!(__out),
+        ),
+        Some(EdgeBody::Arms(arms)) => {
+            let arms = arms.iter().map(|arm| arm_code(names, node, arm, output));
+            quote!(match __out { #(#arms)* })
+        }
+        None => quote!(),
+    };
+
+    let on_failure = if failure_targets.is_empty() {
+        quote!(return ::core::result::Result::Err(__failure.into_step_failure(#node_str));)
+    } else {
+        let pushes = push_all(
+            names,
+            failure_targets,
+            |target, value| {
+                let input = names.node_input(names.node(target));
+                quote_spanned!(target.span()=> ::floxide::__private::failure::<_, #input>(#value))
+            },
+            &quote!(__failed_input),
+        );
+        quote! {
+            if __failure.retry_after.is_some() {
+                return ::core::result::Result::Err(__failure.into_step_failure(#node_str));
+            }
+            __sink.handled_failure(#node_str, __failure.error);
+            #pushes
+        }
+    };
+    let node_out = names.node_output(node);
+
+    quote! {
+        #item_enum::#variant(__id, __input) => {
+            #keep_input
+            let __result = #invoke;
+            let mut __route = |__out: #node_out| { #route };
+            match __result {
+                ::core::result::Result::Ok(::floxide::Transition::Next(__out)) => __route(__out),
+                ::core::result::Result::Ok(::floxide::Transition::NextAll(__outs)) => {
+                    for __out in __outs {
+                        __route(__out);
+                    }
+                }
+                ::core::result::Result::Ok(::floxide::Transition::Hold) => __sink.hold(),
+                ::core::result::Result::Ok(::floxide::Transition::Abort(__error)) => {
+                    let __failure = ::floxide::__private::Failure { error: __error, retry_after: ::core::option::Option::None };
+                    #on_failure
+                }
+                ::core::result::Result::Err(__failure) => {
+                    #on_failure
+                }
+            }
+        }
+    }
+}
+
+/// Pushes one work item per target, each with `convert(target, value)`: clones of `value`
+/// for all but the last target, which takes it.
+fn push_all(
+    names: &Names,
+    targets: &[Ident],
+    convert: impl Fn(&Ident, TokenStream) -> TokenStream,
+    value: &TokenStream,
+) -> TokenStream {
+    let item_enum = &names.item_enum;
+    let last = targets.len().saturating_sub(1);
+    let pushes = targets.iter().enumerate().map(|(i, target)| {
+        let v = if i == last {
+            value.clone()
+        } else {
+            quote!(::core::clone::Clone::clone(&#value))
+        };
+        let converted = convert(target, v);
+        let variant = variant_name(target);
+        quote! {
+            let __k = __sink.next_index();
+            __sink.push(#item_enum::#variant(__id.child(__k), #converted));
+        }
+    });
+    quote!(#(#pushes)*)
+}
+
+/// One arm of a branching node: its pattern, guard and routing.
+fn arm_code(names: &Names, node: &FieldDef, arm: &ArmDef, output: &TokenStream) -> TokenStream {
+    let pat = &arm.pat;
+    let guard = arm.guard.as_ref().map(|g| quote!(if #g));
+    let node_out = names.node_output(node);
+    let wildcard = matches!(pat, Pat::Wild(_));
+    let mut bindings = Vec::new();
+    collect_bindings(pat, &mut bindings);
+
+    // The value handed on: the binding, a tuple of bindings, the whole output (wildcard) or
+    // a default, converted to `target` by `conv` (spanned on `span`).
+    let payload = |target_ty: &TokenStream, conv: &TokenStream, span: Span, last: bool| {
+        let take = |b: &Ident| {
+            if last {
+                quote!(#b)
+            } else {
+                quote!(::core::clone::Clone::clone(&#b))
+            }
+        };
+        if wildcard {
+            let v = if last {
+                quote!(__out)
+            } else {
+                quote!(::core::clone::Clone::clone(&__out))
+            };
+            quote_spanned! {span=> {
+                #[allow(unused_imports)]
+                use ::floxide::__private::{WildcardDefault as _, WildcardWhole as _};
+                (&::floxide::__private::WildcardInput::<#node_out, #target_ty>::new()).wildcard_input(#v)
+            }}
+        } else {
+            match bindings.as_slice() {
+                [] => {
+                    quote_spanned!(span=> <#target_ty as ::floxide::__private::DefaultArmInput>::default_arm_input())
+                }
+                [one] => {
+                    let v = take(one);
+                    quote_spanned!(span=> #conv::<_, #target_ty>(#v))
+                }
+                many => {
+                    let vs = many.iter().map(take);
+                    quote_spanned!(span=> #conv::<_, #target_ty>((#(#vs),*)))
+                }
+            }
+        }
+    };
+
+    let body = if arm.targets.is_empty() {
+        let span = syn::spanned::Spanned::span(pat);
+        let v = payload(output, &quote!(::floxide::__private::terminal), span, true);
+        quote!(__sink.output(#v);)
+    } else {
+        let item_enum = &names.item_enum;
+        let last = arm.targets.len() - 1;
+        let pushes = arm.targets.iter().enumerate().map(|(i, target)| {
+            let input = names.node_input(names.node(target));
+            let v = payload(
+                &input,
+                &quote!(::floxide::__private::arm),
+                target.span(),
+                i == last,
+            );
+            let variant = variant_name(target);
+            quote! {
+                let __k = __sink.next_index();
+                __sink.push(#item_enum::#variant(__id.child(__k), #v));
+            }
+        });
+        quote!(#(#pushes)*)
+    };
+    quote!(#pat #guard => { #body })
+}
+
+/// The names a pattern binds, in order (the first alternative of an or-pattern).
+fn collect_bindings(pat: &Pat, out: &mut Vec<Ident>) {
+    match pat {
+        Pat::Ident(p) => {
+            if p.subpat.is_none() && is_constant_like(&p.ident) {
+                return;
+            }
+            out.push(p.ident.clone());
+            if let Some((_, sub)) = &p.subpat {
+                collect_bindings(sub, out);
+            }
+        }
+        Pat::TupleStruct(p) => p.elems.iter().for_each(|e| collect_bindings(e, out)),
+        Pat::Struct(p) => p.fields.iter().for_each(|f| collect_bindings(&f.pat, out)),
+        Pat::Tuple(p) => p.elems.iter().for_each(|e| collect_bindings(e, out)),
+        Pat::Slice(p) => p.elems.iter().for_each(|e| collect_bindings(e, out)),
+        Pat::Paren(p) => collect_bindings(&p.pat, out),
+        Pat::Reference(p) => collect_bindings(&p.pat, out),
+        Pat::Type(p) => collect_bindings(&p.pat, out),
+        Pat::Or(p) => {
+            if let Some(first) = p.cases.first() {
+                collect_bindings(first, out);
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,37 @@
+//! Floxide: workflows in Rust that run in-process or across many workers.
+//!
+//! Declare nodes with [`node!`] (or by implementing [`Node`]), wire them with [`workflow!`],
+//! whose graph is checked at compile time, and run the workflow:
+//!
+//! ```
+//! use floxide::*;
+//!
+//! node! {
+//!     pub struct AddOne {};
+//!     context = ();
+//!     input = u64;
+//!     output = u64;
+//!     |_ctx, n| { Ok(Transition::Next(n + 1)) }
+//! }
+//!
+//! workflow! {
+//!     pub struct Count { a: AddOne, b: AddOne }
+//!     start = a;
+//!     edges { a => [b]; b => []; }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), FloxideError> {
+//! let wf = Count { a: AddOne {}, b: AddOne {} };
+//! assert_eq!(wf.run(&WorkflowCtx::new(()), 1).await?, 3);
+//! # Ok(())
+//! # }
+//! ```
+
+pub use floxide_core::*;
+pub use floxide_macros::{node, workflow, Merge};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use floxide_core::private::*;
+}

@@ -1,0 +1,1 @@
+//! Compile tests for Floxide macros; see `tests/`.
