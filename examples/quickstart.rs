@@ -71,3 +71,11 @@ async fn main() -> Result<(), FloxideError> {
     assert_eq!(out, "3 long words");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quickstart_runs() {
+        super::main().unwrap();
+    }
+}

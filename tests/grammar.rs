@@ -1,0 +1,161 @@
+//! The whole `workflow!` grammar, run in-process.
+
+use floxide::*;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Choice {
+    Left(u32),
+    Right(u32),
+    Pair(u32, String),
+    Unit,
+    Done(String),
+    Other { code: u32 },
+}
+
+impl Default for Choice {
+    fn default() -> Self {
+        Choice::Unit
+    }
+}
+
+node! {
+    pub struct Classify {};
+    context = ();
+    input = u32;
+    output = Choice;
+    |_ctx, n| {
+        Ok(Transition::Next(match n {
+            0 => Choice::Unit,
+            1..=9 => Choice::Left(n),
+            10..=19 => Choice::Right(n),
+            20..=29 => Choice::Pair(n, "p".into()),
+            30..=39 => Choice::Done(format!("done {n}")),
+            _ => Choice::Other { code: n },
+        }))
+    }
+}
+
+node! {
+    pub struct Show { tag: &'static str };
+    input = u32;
+    output = String;
+    |_ctx, n| { Ok(Transition::Next(format!("{}:{n}", self.tag))) }
+}
+
+node! {
+    pub struct ShowPair {};
+    input = (u32, String);
+    output = String;
+    |_ctx, (n, s)| { Ok(Transition::Next(format!("pair:{n}{s}"))) }
+}
+
+node! {
+    pub struct ShowChoice {};
+    input = Choice;
+    output = String;
+    |_ctx, c| { Ok(Transition::Next(format!("rest:{c:?}"))) }
+}
+
+workflow! {
+    pub struct Branchy {
+        classify: Classify,
+        left: Show,
+        big: Show,
+        right: Show,
+        unit: Show,
+        pair: ShowPair,
+        rest: ShowChoice,
+    }
+    start = classify;
+    edges {
+        classify => {
+            Choice::Left(x) => [left];
+            Choice::Right(x) if x > 15 => [big];
+            Choice::Right(x) => [right];
+            Choice::Unit => [unit];
+            Choice::Pair(a, b) => [pair];
+            Choice::Done(s) => [];
+            _ => [rest];
+        };
+        left => [];
+        big => [];
+        right => [];
+        unit => [];
+        pair => [];
+        rest => [];
+    }
+}
+
+fn branchy() -> Branchy {
+    Branchy {
+        classify: Classify {},
+        left: Show { tag: "left" },
+        big: Show { tag: "big" },
+        right: Show { tag: "right" },
+        unit: Show { tag: "unit" },
+        pair: ShowPair {},
+        rest: ShowChoice {},
+    }
+}
+
+#[tokio::test]
+async fn arms_route_by_variant_binding_guard_unit_terminal_and_wildcard() {
+    let wf = branchy();
+    let ctx = WorkflowCtx::new(());
+    assert_eq!(wf.run(&ctx, 3).await.unwrap(), "left:3");
+    assert_eq!(wf.run(&ctx, 12).await.unwrap(), "right:12");
+    assert_eq!(wf.run(&ctx, 17).await.unwrap(), "big:17");
+    assert_eq!(wf.run(&ctx, 0).await.unwrap(), "unit:0");
+    assert_eq!(wf.run(&ctx, 21).await.unwrap(), "pair:21p");
+    assert_eq!(wf.run(&ctx, 33).await.unwrap(), "done 33");
+    assert_eq!(wf.run(&ctx, 50).await.unwrap(), "rest:Other { code: 50 }");
+}
+
+node! {
+    pub struct Fail {};
+    input = u32;
+    output = u32;
+    |_ctx, _n| { Err(FloxideError::Generic("boom".into())) }
+}
+
+node! {
+    pub struct Recover {};
+    input = u32;
+    output = u32;
+    |_ctx, n| { Ok(Transition::Next(n + 1000)) }
+}
+
+workflow! {
+    pub struct WithFallback {
+        #[retry = policy]
+        fail: Fail,
+        recover: Recover,
+        policy: RetryPolicy,
+    }
+    edges {
+        fail on_failure => { [recover] };
+        fail => [];
+        recover => [];
+    }
+    start = fail;
+}
+
+#[tokio::test]
+async fn on_failure_after_retries_gets_the_input() {
+    let wf = WithFallback {
+        fail: Fail {},
+        recover: Recover {},
+        policy: RetryPolicy::new(
+            3,
+            Duration::from_millis(1),
+            Duration::from_millis(5),
+            BackoffStrategy::Linear,
+            RetryError::Generic,
+        ),
+    };
+    assert_eq!(wf.run(&WorkflowCtx::new(()), 7).await.unwrap(), 1007);
+    println!("{}", wf.to_dot());
+    println!("{}", wf.to_mermaid());
+}
