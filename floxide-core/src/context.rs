@@ -94,6 +94,54 @@ impl<S: Default> Default for WorkflowCtx<S> {
     }
 }
 
+/// The cancellation token and deadline of the in-process run being executed by the current
+/// task, so that nested runs (a workflow used as a node) stop with their outer run.
+#[derive(Debug, Clone)]
+pub(crate) struct RunScope {
+    pub(crate) cancel: CancellationToken,
+    pub(crate) deadline: Option<(tokio::time::Instant, Duration)>,
+}
+
+tokio::task_local! {
+    static RUN_SCOPE: RunScope;
+}
+
+impl RunScope {
+    /// The scope of a run started now under `ctx`: its token, and its deadline counted from now.
+    pub(crate) fn of<S>(ctx: &WorkflowCtx<S>) -> RunScope {
+        RunScope {
+            cancel: ctx.cancel.clone(),
+            deadline: ctx.timeout.map(|t| (tokio::time::Instant::now() + t, t)),
+        }
+    }
+
+    /// A scope that is never cancelled and has no deadline.
+    pub(crate) fn unbounded() -> RunScope {
+        RunScope {
+            cancel: CancellationToken::new(),
+            deadline: None,
+        }
+    }
+
+    /// The scope of the run executing in this task, if any.
+    pub(crate) fn current() -> Option<RunScope> {
+        RUN_SCOPE.try_with(Clone::clone).ok()
+    }
+
+    /// Runs `fut` inside this scope.
+    pub(crate) async fn enter<F: Future>(self, fut: F) -> F::Output {
+        RUN_SCOPE.scope(self, fut).await
+    }
+
+    /// Runs `fut` bounded by this scope's cancellation and deadline.
+    pub(crate) async fn guard<F, T>(&self, fut: F) -> Result<T, FloxideError>
+    where
+        F: Future<Output = Result<T, FloxideError>>,
+    {
+        guard_future(&self.cancel, self.deadline, fut).await
+    }
+}
+
 /// Races `fut` against cancellation and an optional `(deadline, configured timeout)`.
 pub(crate) async fn guard_future<F, T>(
     cancel: &CancellationToken,

@@ -70,6 +70,29 @@ pub enum FloxideError {
         node: &'static str,
     },
 
+    /// Saving or loading a checkpoint failed.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::CheckpointError),
+
+    /// A checkpointed run was started under an id whose saved run had another input.
+    #[error(
+        "checkpoint `{id}` belongs to a run started with a different input; resume it with \
+         `resume`, or start the new input under another id"
+    )]
+    CheckpointInputMismatch {
+        /// The checkpoint id.
+        id: String,
+    },
+
+    /// A node panicked; the panic was caught and turned into this error.
+    #[error("node `{node}` panicked: {message}")]
+    NodePanicked {
+        /// The node's name.
+        node: String,
+        /// The panic message.
+        message: String,
+    },
+
     /// A value could not be serialized.
     #[error("serialization failed: {0}")]
     SerializationError(String),

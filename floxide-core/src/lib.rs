@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+mod checkpoint;
 mod context;
 mod error;
 mod item;
@@ -19,6 +20,10 @@ mod workflow;
 pub mod private;
 
 pub use async_trait::async_trait;
+pub use checkpoint::{
+    Checkpoint, CheckpointError, CheckpointRecord, CheckpointStore, FileCheckpointStore,
+    InMemoryCheckpointStore,
+};
 pub use context::{Context, WorkflowCtx};
 pub use error::FloxideError;
 pub use item::{ItemId, ParseItemIdError, WorkItem};

@@ -5,9 +5,11 @@ use std::future::Future;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
-use crate::context::guard_future;
+use crate::checkpoint::stable_digest;
+use crate::context::RunScope;
 use crate::{
-    Context, FloxideError, StepEnv, StepFailure, StepSink, WorkItem, Workflow, WorkflowCtx,
+    Checkpoint, CheckpointRecord, CheckpointStore, Context, FloxideError, StepEnv, StepFailure,
+    StepSink, WorkItem, Workflow, WorkflowCtx,
 };
 
 /// Runs `wf` from `input` until no work is left, under `ctx`'s cancellation and deadline.
@@ -21,8 +23,9 @@ where
     W: Workflow<C>,
 {
     async move {
-        let deadline = ctx.timeout().map(|t| (tokio::time::Instant::now() + t, t));
-        guard_future(ctx.cancel_token(), deadline, drive(wf, ctx, input)).await
+        let scope = RunScope::of(ctx);
+        let guarded = scope.guard(drive(wf, ctx, input));
+        scope.clone().enter(guarded).await
     }
 }
 
@@ -128,4 +131,131 @@ fn absorb<WI, O>(
     } else {
         ready.extend(sink.items.drain(..));
     }
+}
+
+/// The engine behind `run_with_checkpoint` and `resume`: one step at a time, saving the
+/// context, the pending items and the run record after each.
+pub(crate) fn run_checkpointed<'a, C, W, S>(
+    wf: &'a W,
+    scope: RunScope,
+    fresh: Option<(&'a C, W::Input)>,
+    store: &'a S,
+    id: &'a str,
+) -> impl Future<Output = Result<W::Output, FloxideError>> + Send + 'a
+where
+    C: Context + 'static,
+    W: Workflow<C>,
+    S: CheckpointStore<C, W::WorkItem>,
+{
+    async move {
+        let guarded = scope.guard(drive_checkpointed(wf, &scope.cancel, fresh, store, id));
+        scope.clone().enter(guarded).await
+    }
+}
+
+async fn drive_checkpointed<C, W, S>(
+    wf: &W,
+    cancel: &tokio_util::sync::CancellationToken,
+    fresh: Option<(&C, W::Input)>,
+    store: &S,
+    id: &str,
+) -> Result<W::Output, FloxideError>
+where
+    C: Context + 'static,
+    W: Workflow<C>,
+    S: CheckpointStore<C, W::WorkItem>,
+{
+    let is_fresh = fresh.is_some();
+    let digest = match &fresh {
+        Some((_, input)) => Some(input_digest(input)?),
+        None => None,
+    };
+    let (mut cp, mut record, mut first_step) = match (store.load_with_record(id).await?, fresh) {
+        (Some((cp, record)), _) => {
+            if let (Some(rec), Some(digest)) = (&record, digest) {
+                if rec.input_digest != digest {
+                    return Err(FloxideError::CheckpointInputMismatch { id: id.to_owned() });
+                }
+            }
+            let completed = record.as_ref().map_or(cp.queue.is_empty(), |r| r.completed);
+            if completed {
+                return match record.and_then(|r| r.output) {
+                    Some(output) if is_fresh => decode_output::<W::Output>(output),
+                    _ => Err(FloxideError::AlreadyCompleted),
+                };
+            }
+            let record = record.unwrap_or_else(|| CheckpointRecord {
+                workflow: wf.name().to_owned(),
+                input_digest: digest.unwrap_or_default(),
+                output: None,
+                completed: false,
+            });
+            (cp, record, false)
+        }
+        (None, Some((context, input))) => {
+            let record = CheckpointRecord {
+                workflow: wf.name().to_owned(),
+                input_digest: digest.unwrap_or_default(),
+                output: None,
+                completed: false,
+            };
+            let cp = Checkpoint::new(context.clone(), VecDeque::from([wf.start_work_item(input)]));
+            store.save_with_record(id, &cp, &record).await?;
+            (cp, record, true)
+        }
+        (None, None) => return Err(FloxideError::NotStarted),
+    };
+
+    let mut first_output: Option<W::Output> = None;
+    let mut sink = StepSink::new();
+    while let Some(item) = cp.queue.pop_front() {
+        if cancel.is_cancelled() {
+            return Err(FloxideError::Cancelled);
+        }
+        let node = item.node_name();
+        sink.reset();
+        wf.process_work_item(&cp.context, item, StepEnv::in_process(), &mut sink)
+            .await
+            .map_err(|f| f.error)?;
+        if first_step && sink.held && sink.items.is_empty() && sink.outputs.is_empty() {
+            return Err(FloxideError::StartNodeHeld {
+                workflow: wf.name(),
+                node,
+            });
+        }
+        first_step = false;
+        let (items, outputs, _) = sink.take();
+        cp.queue.extend(items);
+        if record.output.is_none() {
+            if let Some(output) = outputs.into_iter().next() {
+                record.output = Some(
+                    serde_json::to_value(&output)
+                        .map_err(|e| FloxideError::SerializationError(e.to_string()))?,
+                );
+                first_output = Some(output);
+            }
+        }
+        record.completed = cp.queue.is_empty();
+        store.save_with_record(id, &cp, &record).await?;
+    }
+
+    match (first_output, record.output) {
+        (Some(output), _) => Ok(output),
+        (None, Some(saved)) => decode_output(saved),
+        (None, None) => Err(FloxideError::NoOutput {
+            workflow: wf.name(),
+        }),
+    }
+}
+
+fn input_digest<I: serde::Serialize>(input: &I) -> Result<u64, FloxideError> {
+    let bytes =
+        serde_json::to_vec(input).map_err(|e| FloxideError::SerializationError(e.to_string()))?;
+    Ok(stable_digest(&bytes))
+}
+
+fn decode_output<O: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<O, FloxideError> {
+    serde_json::from_value(value).map_err(|e| FloxideError::DeserializationError(e.to_string()))
 }
