@@ -4,20 +4,17 @@ use floxide::*;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub enum Choice {
     Left(u32),
     Right(u32),
     Pair(u32, String),
+    #[default]
     Unit,
     Done(String),
-    Other { code: u32 },
-}
-
-impl Default for Choice {
-    fn default() -> Self {
-        Choice::Unit
-    }
+    Other {
+        code: u32,
+    },
 }
 
 node! {

@@ -82,7 +82,9 @@ impl<K: Eq + Hash, V: Merge> Merge for HashMap<K, V> {
 ///
 /// Merging two copies keeps the set one: the default value is the bottom. Should two copies
 /// ever hold different non-default values, the merge still picks one deterministically (the
-/// greater by their serialized form), so the result never depends on commit order.
+/// greater by their JSON form), so the result does not depend on commit order. Values whose
+/// JSON forms coincide or cannot be produced (NaN and infinities, maps with non-string keys)
+/// are the exception: for them a conflict keeps the value merged into.
 #[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Fixed<T>(T);
 

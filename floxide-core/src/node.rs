@@ -8,7 +8,7 @@ use crate::{Context, FloxideError, Transition};
 /// with the `node!` macro:
 ///
 /// ```
-/// use floxide::*;
+/// use floxide_core::*;
 ///
 /// #[derive(Debug, Clone)]
 /// struct Double;

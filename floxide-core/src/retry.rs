@@ -118,3 +118,52 @@ impl Default for RetryPolicy {
         )
     }
 }
+
+/// A node wrapped in a retry policy: a failing execution is retried in place, waiting the
+/// policy's backoff between attempts. Build it with [`with_retry`].
+///
+/// The wait happens inside the step; the run's cancellation and deadline interrupt it. In a
+/// distributed workflow prefer the `#[retry = policy]` field attribute of `workflow!`, whose
+/// retries the worker schedules in the backend instead of waiting.
+#[derive(Debug, Clone)]
+pub struct RetryNode<N> {
+    /// The wrapped node.
+    pub inner: N,
+    /// The policy applied to it.
+    pub policy: RetryPolicy,
+}
+
+/// Wraps `node` so that its failures are retried under `policy`.
+pub fn with_retry<N>(node: N, policy: RetryPolicy) -> RetryNode<N> {
+    RetryNode {
+        inner: node,
+        policy,
+    }
+}
+
+#[async_trait::async_trait]
+impl<C, N> crate::Node<C> for RetryNode<N>
+where
+    C: crate::Context,
+    N: crate::Node<C>,
+    N::Input: Clone,
+{
+    type Input = N::Input;
+    type Output = N::Output;
+
+    async fn process(
+        &self,
+        ctx: &C,
+        input: Self::Input,
+    ) -> Result<crate::Transition<Self::Output>, FloxideError> {
+        crate::private::invoke_with_retry(
+            &self.inner,
+            &self.policy,
+            ctx,
+            input,
+            crate::StepEnv::in_process(),
+        )
+        .await
+        .map_err(|failure| failure.error)
+    }
+}

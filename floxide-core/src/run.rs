@@ -1,7 +1,6 @@
 //! The in-process engine behind [`Workflow::run`].
 
 use std::collections::VecDeque;
-use std::future::Future;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
@@ -13,20 +12,18 @@ use crate::{
 };
 
 /// Runs `wf` from `input` until no work is left, under `ctx`'s cancellation and deadline.
-pub(crate) fn run_local<'a, C, W>(
-    wf: &'a W,
-    ctx: &'a WorkflowCtx<C>,
+pub(crate) async fn run_local<C, W>(
+    wf: &W,
+    ctx: &WorkflowCtx<C>,
     input: W::Input,
-) -> impl Future<Output = Result<W::Output, FloxideError>> + Send + 'a
+) -> Result<W::Output, FloxideError>
 where
     C: Context,
     W: Workflow<C>,
 {
-    async move {
-        let scope = RunScope::of(ctx);
-        let guarded = scope.guard(drive(wf, ctx, input));
-        scope.clone().enter(guarded).await
-    }
+    let scope = RunScope::of(ctx);
+    let guarded = scope.guard(drive(wf, ctx, input));
+    scope.clone().enter(guarded).await
 }
 
 /// One step with its own sink, for concurrent branches.
@@ -135,22 +132,20 @@ fn absorb<WI, O>(
 
 /// The engine behind `run_with_checkpoint` and `resume`: one step at a time, saving the
 /// context, the pending items and the run record after each.
-pub(crate) fn run_checkpointed<'a, C, W, S>(
-    wf: &'a W,
+pub(crate) async fn run_checkpointed<C, W, S>(
+    wf: &W,
     scope: RunScope,
-    fresh: Option<(&'a C, W::Input)>,
-    store: &'a S,
-    id: &'a str,
-) -> impl Future<Output = Result<W::Output, FloxideError>> + Send + 'a
+    fresh: Option<(&C, W::Input)>,
+    store: &S,
+    id: &str,
+) -> Result<W::Output, FloxideError>
 where
     C: Context + 'static,
     W: Workflow<C>,
     S: CheckpointStore<C, W::WorkItem>,
 {
-    async move {
-        let guarded = scope.guard(drive_checkpointed(wf, &scope.cancel, fresh, store, id));
-        scope.clone().enter(guarded).await
-    }
+    let guarded = scope.guard(drive_checkpointed(wf, &scope.cancel, fresh, store, id));
+    scope.clone().enter(guarded).await
 }
 
 async fn drive_checkpointed<C, W, S>(

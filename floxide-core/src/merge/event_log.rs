@@ -245,7 +245,7 @@ impl<'de, E: serde::Deserialize<'de>> Deserialize<'de> for EventLog<E> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let mut entries = Vec::<Entry<E>>::deserialize(d)?;
         // Stored logs are sorted; re-sort anyway so that a hand-edited log keeps the order.
-        entries.sort_by(|x, y| (x.seq, x.id).cmp(&(y.seq, y.id)));
+        entries.sort_by_key(|e| (e.seq, e.id));
         entries.dedup_by(|x, y| x.id == y.id && x.seq == y.seq);
         Ok(EventLog {
             inner: Arc::new(Mutex::new(entries)),
