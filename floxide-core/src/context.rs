@@ -128,6 +128,20 @@ impl RunScope {
         RUN_SCOPE.try_with(Clone::clone).ok()
     }
 
+    /// Fails when the run is cancelled or past its deadline: checked before every step, so a
+    /// node that returns at the deadline cannot let the run go on.
+    pub(crate) fn check(&self) -> Result<(), FloxideError> {
+        if self.cancel.is_cancelled() {
+            return Err(FloxideError::Cancelled);
+        }
+        match self.deadline {
+            Some((at, timeout)) if tokio::time::Instant::now() >= at => {
+                Err(FloxideError::Timeout(timeout))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Runs `fut` inside this scope.
     pub(crate) async fn enter<F: Future>(self, fut: F) -> F::Output {
         RUN_SCOPE.scope(self, fut).await

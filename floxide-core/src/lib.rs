@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+mod blocks;
 mod checkpoint;
 mod context;
 mod error;
@@ -20,6 +21,7 @@ mod workflow;
 pub mod private;
 
 pub use async_trait::async_trait;
+pub use blocks::{source, BatchNode, CompositeNode, Source, SourceSummary, SplitNode};
 pub use checkpoint::{
     Checkpoint, CheckpointError, CheckpointRecord, CheckpointStore, FileCheckpointStore,
     InMemoryCheckpointStore,
@@ -29,7 +31,7 @@ pub use error::FloxideError;
 pub use item::{ItemId, ParseItemIdError, WorkItem};
 pub use merge::{EventId, EventLog, Fixed, Merge, SharedState};
 pub use node::Node;
-pub use retry::{BackoffStrategy, RetryError, RetryPolicy};
+pub use retry::{with_retry, BackoffStrategy, RetryError, RetryNode, RetryPolicy};
 pub use tokio_util::sync::CancellationToken;
 pub use transition::Transition;
 pub use workflow::{StepEnv, StepFailure, StepSink, Workflow};

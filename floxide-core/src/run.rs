@@ -22,7 +22,7 @@ where
     W: Workflow<C>,
 {
     let scope = RunScope::of(ctx);
-    let guarded = scope.guard(drive(wf, ctx, input));
+    let guarded = scope.guard(drive(wf, ctx, input, &scope));
     scope.clone().enter(guarded).await
 }
 
@@ -42,6 +42,7 @@ async fn drive<C: Context, W: Workflow<C>>(
     wf: &W,
     ctx: &WorkflowCtx<C>,
     input: W::Input,
+    scope: &RunScope,
 ) -> Result<W::Output, FloxideError> {
     let store = &ctx.store;
     let mut first_output: Option<W::Output> = None;
@@ -70,9 +71,7 @@ async fn drive<C: Context, W: Workflow<C>>(
 
     loop {
         if let Some(item) = current.take() {
-            if ctx.is_cancelled() {
-                return Err(FloxideError::Cancelled);
-            }
+            scope.check()?;
             sink.reset();
             wf.process_work_item(store, item, StepEnv::in_process(), &mut sink)
                 .await
@@ -90,8 +89,8 @@ async fn drive<C: Context, W: Workflow<C>>(
                 _ => {}
             }
         }
-        if !ready.is_empty() && ctx.is_cancelled() {
-            return Err(FloxideError::Cancelled);
+        if !ready.is_empty() {
+            scope.check()?;
         }
         for item in ready.drain(..) {
             in_flight.push(step_owned(wf, store, item));
@@ -144,13 +143,13 @@ where
     W: Workflow<C>,
     S: CheckpointStore<C, W::WorkItem>,
 {
-    let guarded = scope.guard(drive_checkpointed(wf, &scope.cancel, fresh, store, id));
+    let guarded = scope.guard(drive_checkpointed(wf, &scope, fresh, store, id));
     scope.clone().enter(guarded).await
 }
 
 async fn drive_checkpointed<C, W, S>(
     wf: &W,
-    cancel: &tokio_util::sync::CancellationToken,
+    scope: &RunScope,
     fresh: Option<(&C, W::Input)>,
     store: &S,
     id: &str,
@@ -204,9 +203,7 @@ where
     let mut first_output: Option<W::Output> = None;
     let mut sink = StepSink::new();
     while let Some(item) = cp.queue.pop_front() {
-        if cancel.is_cancelled() {
-            return Err(FloxideError::Cancelled);
-        }
+        scope.check()?;
         let node = item.node_name();
         sink.reset();
         wf.process_work_item(&cp.context, item, StepEnv::in_process(), &mut sink)
