@@ -149,13 +149,42 @@ impl<T> WildcardWhole<T> for WildcardInput<T, T> {
 }
 
 /// Selected otherwise: the successor receives `Default::default()`.
+///
+/// The impl applies to every type pair, and `Default` is required by the method, so that a
+/// successor that takes neither is reported through [`WildcardFallback`]'s message.
 pub trait WildcardDefault<O, I> {
     /// The default value.
-    fn wildcard_input(&self, value: O) -> I;
+    fn wildcard_input(&self, value: O) -> I
+    where
+        I: WildcardFallback<O>;
 }
 
-impl<O, I: Default> WildcardDefault<O, I> for &WildcardInput<O, I> {
-    fn wildcard_input(&self, _value: O) -> I {
+impl<O, I> WildcardDefault<O, I> for &WildcardInput<O, I> {
+    fn wildcard_input(&self, _value: O) -> I
+    where
+        I: WildcardFallback<O>,
+    {
+        I::wildcard_fallback()
+    }
+}
+
+/// Asserts that a wildcard arm's successor can start without the node's output: `Self` is
+/// the successor's input, `O` the node's output.
+#[diagnostic::on_unimplemented(
+    message = "wildcard arm mismatch: this successor takes `{Self}`, which is neither the node's \
+               output `{O}` nor a type with `Default`",
+    label = "this node's input type is `{Self}`, not `{O}`",
+    note = "a successor of `_ => [..]` receives the node's whole output when it takes `{O}`, \
+            and `Default::default()` otherwise; route `_` to a node whose input is `{O}`, or \
+            derive or implement `Default` for `{Self}`"
+)]
+pub trait WildcardFallback<O>: Sized {
+    /// The default value.
+    fn wildcard_fallback() -> Self;
+}
+
+impl<O, I: Default> WildcardFallback<O> for I {
+    fn wildcard_fallback() -> Self {
         I::default()
     }
 }

@@ -1,8 +1,9 @@
 //! `#[derive(Merge)]`: merge a struct field by field.
 
-use proc_macro2::TokenStream;
-use quote::quote;
-use syn::{Data, DeriveInput, Fields, Index};
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Data, DeriveInput, Field, Fields, Index};
 
 /// Expands `#[derive(Merge)]`.
 pub fn expand(input: TokenStream) -> TokenStream {
@@ -37,13 +38,16 @@ pub fn expand(input: TokenStream) -> TokenStream {
             .iter()
             .map(|f| {
                 let name = &f.ident;
-                quote!(::floxide::Merge::merge(&mut self.#name, other.#name);)
+                quote_spanned!(at_type(f)=> ::floxide::Merge::merge(&mut self.#name, other.#name);)
             })
             .collect(),
-        Fields::Unnamed(unnamed) => (0..unnamed.unnamed.len())
-            .map(|i| {
+        Fields::Unnamed(unnamed) => unnamed
+            .unnamed
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
                 let index = Index::from(i);
-                quote!(::floxide::Merge::merge(&mut self.#index, other.#index);)
+                quote_spanned!(at_type(f)=> ::floxide::Merge::merge(&mut self.#index, other.#index);)
             })
             .collect(),
         Fields::Unit => Vec::new(),
@@ -62,4 +66,10 @@ pub fn expand(input: TokenStream) -> TokenStream {
             }
         }
     }
+}
+
+/// A span that resolves names like the macro's own code but points at `field`'s type, where a
+/// type without `Merge` is reported.
+fn at_type(field: &Field) -> Span {
+    Span::call_site().located_at(field.ty.span())
 }

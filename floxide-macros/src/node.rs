@@ -101,8 +101,11 @@ impl Parse for NodeDef {
             input.parse::<Token![=]>()?;
             let ty: Type = input.parse()?;
             input.parse::<Token![;]>()?;
-            if slot.replace(ty).is_some() {
+            // The first one stands; the others are reported.
+            if slot.is_some() {
                 def.duplicate_keys.push((span, name));
+            } else {
+                *slot = Some(ty);
             }
         }
         input.parse::<Token![|]>()?;
@@ -191,7 +194,7 @@ pub fn expand(input: TokenStream) -> TokenStream {
             type Input = #input_ty;
             type Output = #output_ty;
 
-            #[allow(unused_variables, clippy::needless_return, clippy::unused_async)]
+            #[allow(unused_variables, unused_braces, clippy::needless_return, clippy::unused_async)]
             async fn process(
                 &self,
                 __ctx: &#ctx_ty,

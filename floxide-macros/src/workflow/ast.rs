@@ -9,6 +9,10 @@ pub struct WorkflowDef {
     pub vis: Visibility,
     pub ident: Ident,
     pub fields: Vec<FieldDef>,
+    /// Fields left out of `fields` because an earlier field has their name or their
+    /// work-item variant: validation reports them, and expansion never sees them (two fields
+    /// of one name would bury that report under duplicate-definition errors).
+    pub clashing_fields: Vec<FieldClash>,
     /// `start = a;`: the keyword's span and the node.
     pub start: Option<(Span, Ident)>,
     /// `context = Ctx;`
@@ -27,6 +31,12 @@ pub struct FieldDef {
     pub ident: Ident,
     pub ty: Type,
     pub retry: Option<RetryAttr>,
+}
+
+/// A field whose name or work-item variant is already taken by `earlier`.
+pub struct FieldClash {
+    pub field: Ident,
+    pub earlier: Ident,
 }
 
 /// `#[retry = policy]` on a node field.
@@ -74,18 +84,25 @@ impl WorkflowDef {
             .collect()
     }
 
+    /// Whether `field` holds a retry policy: a `#[retry = ..]` names it, or its type is
+    /// `RetryPolicy` (so a typo in the attribute does not turn the policy into a node).
+    pub fn is_policy(&self, field: &FieldDef) -> bool {
+        field.has_policy_type() || self.policy_names().contains(&&field.ident)
+    }
+
     /// The fields that are nodes, in declaration order.
     pub fn nodes(&self) -> Vec<&FieldDef> {
-        let policies = self.policy_names();
-        self.fields
-            .iter()
-            .filter(|f| !policies.contains(&&f.ident))
-            .collect()
+        self.fields.iter().filter(|f| !self.is_policy(f)).collect()
     }
 
     /// Whether `name` is a node of this workflow.
     pub fn is_node(&self, name: &Ident) -> bool {
-        self.field(name).is_some() && !self.policy_names().contains(&name)
+        self.field(name).is_some_and(|f| !self.is_policy(f))
+    }
+
+    /// Whether `name` is a field left out of the model for clashing with an earlier one.
+    pub fn is_clashing(&self, name: &Ident) -> bool {
+        self.clashing_fields.iter().any(|c| c.field == *name)
     }
 
     /// The normal (not `on_failure`) entry of `node`.
@@ -100,6 +117,20 @@ impl WorkflowDef {
         self.edges
             .iter()
             .find(|e| e.on_failure.is_some() && e.source == *node)
+    }
+}
+
+impl FieldDef {
+    /// Whether the field's type is written `RetryPolicy` (or `path::to::RetryPolicy`).
+    pub fn has_policy_type(&self) -> bool {
+        match &self.ty {
+            Type::Path(p) if p.qself.is_none() => p
+                .path
+                .segments
+                .last()
+                .is_some_and(|s| s.ident == "RetryPolicy" && s.arguments.is_none()),
+            _ => false,
+        }
     }
 }
 

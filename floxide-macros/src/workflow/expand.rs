@@ -217,10 +217,13 @@ fn step_arm(names: &Names, node: &FieldDef, output: &TokenStream) -> TokenStream
         quote!(let __failed_input = ::core::clone::Clone::clone(&__input);)
     };
 
-    let route = match def.entry(field).map(|e| &e.body) {
+    let entry = def.entry(field);
+    let route = match entry.map(|e| &e.body) {
         Some(EdgeBody::Direct(targets)) if targets.is_empty() => {
+            // Spanned on the terminal's entry (`c => [];`), where a type mismatch is reported.
+            let source = entry.map_or(field.span(), |e| e.source.span());
             let value =
-                quote_spanned!(field.span()=> ::floxide::__private::terminal::<_, #output>(__out));
+                quote_spanned!(source=> ::floxide::__private::terminal::<_, #output>(__out));
             quote!(__sink.output(#value);)
         }
         Some(EdgeBody::Direct(targets)) => push_all(
@@ -234,7 +237,11 @@ fn step_arm(names: &Names, node: &FieldDef, output: &TokenStream) -> TokenStream
         ),
         Some(EdgeBody::Arms(arms)) => {
             let arms = arms.iter().map(|arm| arm_code(names, node, arm, output));
-            quote!(match __out { #(#arms)* })
+            // The scrutinee sits on the entry's source, so that an arm that does not match
+            // the node's output type is reported with "this expression has type `..`" there.
+            let source = entry.map_or(field.span(), |e| e.source.span());
+            let scrutinee = quote_spanned!(Span::call_site().located_at(source)=> __out);
+            quote!(match #scrutinee { #(#arms)* })
         }
         None => quote!(),
     };
@@ -345,7 +352,9 @@ fn arm_code(names: &Names, node: &FieldDef, arm: &ArmDef, output: &TokenStream) 
         } else {
             match bindings.as_slice() {
                 [] => {
-                    quote_spanned!(span=> <#target_ty as ::floxide::__private::DefaultArmInput>::default_arm_input())
+                    // `Self` is inferred from where the value goes, so that every token of the
+                    // call, and a missing `Default`, sits on `span`.
+                    quote_spanned!(span=> ::floxide::__private::DefaultArmInput::default_arm_input())
                 }
                 [one] => {
                     let v = take(one);

@@ -7,7 +7,9 @@
 use syn::parse::{Parse, ParseStream};
 use syn::{braced, bracketed, Attribute, Expr, Ident, Pat, Token, Type, Visibility};
 
-use super::ast::{ArmDef, EdgeBody, EdgeEntry, FieldDef, RetryAttr, WorkflowDef};
+use super::ast::{
+    variant_name, ArmDef, EdgeBody, EdgeEntry, FieldClash, FieldDef, RetryAttr, WorkflowDef,
+};
 
 mod kw {
     syn::custom_keyword!(start);
@@ -36,7 +38,7 @@ impl Parse for WorkflowDef {
         }
         let content;
         braced!(content in input);
-        let fields = parse_fields(&content)?;
+        let (fields, clashing_fields) = parse_fields(&content)?;
         let _ = input.parse::<Option<Token![;]>>()?;
 
         let mut def = WorkflowDef {
@@ -44,6 +46,7 @@ impl Parse for WorkflowDef {
             vis,
             ident,
             fields,
+            clashing_fields,
             start: None,
             context: None,
             output: None,
@@ -111,8 +114,10 @@ impl Parse for WorkflowDef {
     }
 }
 
-fn parse_fields(content: ParseStream) -> syn::Result<Vec<FieldDef>> {
-    let mut fields = Vec::new();
+/// The struct's fields, and those that clash with an earlier one (set aside for validation).
+fn parse_fields(content: ParseStream) -> syn::Result<(Vec<FieldDef>, Vec<FieldClash>)> {
+    let mut fields: Vec<FieldDef> = Vec::new();
+    let mut clashes = Vec::new();
     while !content.is_empty() {
         let all_attrs = content.call(Attribute::parse_outer)?;
         let _vis: Visibility = content.parse()?;
@@ -140,18 +145,28 @@ fn parse_fields(content: ParseStream) -> syn::Result<Vec<FieldDef>> {
                 attrs.push(attr);
             }
         }
-        fields.push(FieldDef {
-            attrs,
-            ident,
-            ty,
-            retry,
-        });
+        let variant = variant_name(&ident);
+        let earlier = fields
+            .iter()
+            .find(|f| f.ident == ident || variant_name(&f.ident) == variant);
+        match earlier {
+            Some(earlier) => clashes.push(FieldClash {
+                field: ident,
+                earlier: earlier.ident.clone(),
+            }),
+            None => fields.push(FieldDef {
+                attrs,
+                ident,
+                ty,
+                retry,
+            }),
+        }
         if content.is_empty() {
             break;
         }
         content.parse::<Token![,]>()?;
     }
-    Ok(fields)
+    Ok((fields, clashes))
 }
 
 impl Parse for EdgeEntry {

@@ -3,17 +3,18 @@
 //! Every rule records its errors in [`Errors`] (spanned on the user's tokens, saying what is
 //! wrong and how to fix it) and lets the others run, so a user sees all problems at once.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use syn::{Ident, Pat};
 
-use super::ast::{variant_name, EdgeBody, WorkflowDef};
-use crate::errors::{did_you_mean, Errors};
+use super::ast::{variant_name, EdgeBody, FieldClash, WorkflowDef};
+use crate::errors::{closest, did_you_mean, Errors};
 
 /// Runs every rule.
 pub fn validate(def: &WorkflowDef, errors: &mut Errors) {
     check_fields(def, errors);
     check_retry_attrs(def, errors);
+    check_unused_policies(def, errors);
     check_start(def, errors);
     check_edges_present(def, errors);
     check_endpoints(def, errors);
@@ -29,24 +30,19 @@ pub fn validate(def: &WorkflowDef, errors: &mut Errors) {
 
 /// Field names are unique and map to distinct work-item variants.
 fn check_fields(def: &WorkflowDef, errors: &mut Errors) {
-    let mut seen: HashMap<String, &Ident> = HashMap::new();
-    let mut variants: HashMap<String, &Ident> = HashMap::new();
-    for field in &def.fields {
-        let name = field.ident.to_string();
-        if seen.insert(name.clone(), &field.ident).is_some() {
+    for FieldClash { field, earlier } in &def.clashing_fields {
+        if field == earlier {
             errors.spanned(
-                &field.ident,
-                format!("field `{name}` is declared twice; give each node its own name"),
+                field,
+                format!("field `{field}` is declared twice; give each node its own name"),
             );
-            continue;
-        }
-        let variant = variant_name(&field.ident).to_string();
-        if let Some(other) = variants.insert(variant.clone(), &field.ident) {
+        } else {
+            let variant = variant_name(field);
             errors.spanned(
-                &field.ident,
+                field,
                 format!(
-                    "nodes `{other}` and `{name}` both become the work-item variant `{variant}`; \
-                     rename one of them"
+                    "nodes `{earlier}` and `{field}` both become the work-item variant \
+                     `{variant}`; rename one of them"
                 ),
             );
         }
@@ -107,6 +103,32 @@ fn check_retry_attrs(def: &WorkflowDef, errors: &mut Errors) {
     }
 }
 
+/// Every `RetryPolicy` field is named by a `#[retry = ..]` attribute (reported only when every
+/// attribute resolved, since a malformed or misspelled one is the real error).
+fn check_unused_policies(def: &WorkflowDef, errors: &mut Errors) {
+    let unresolved = def.fields.iter().filter_map(|f| f.retry.as_ref()).any(|r| {
+        r.policy
+            .as_ref()
+            .is_none_or(|policy| def.field(policy).is_none())
+    });
+    if unresolved {
+        return;
+    }
+    let named = def.policy_names();
+    for field in def.fields.iter().filter(|f| f.has_policy_type()) {
+        if !named.contains(&&field.ident) {
+            errors.spanned(
+                &field.ident,
+                format!(
+                    "retry policy `{0}` is not used by any node: put `#[retry = {0}]` on the \
+                     node it should retry, or remove the field",
+                    field.ident
+                ),
+            );
+        }
+    }
+}
+
 /// `start = node;` is present and names a node.
 fn check_start(def: &WorkflowDef, errors: &mut Errors) {
     match &def.start {
@@ -118,7 +140,7 @@ fn check_start(def: &WorkflowDef, errors: &mut Errors) {
             ),
         ),
         Some((_, start)) => {
-            if !def.is_node(start) {
+            if !def.is_node(start) && !def.is_clashing(start) {
                 errors.spanned(start, unknown_node_message(def, start, "start node"));
             }
         }
@@ -139,17 +161,18 @@ fn check_edges_present(def: &WorkflowDef, errors: &mut Errors) {
     }
 }
 
-/// Every node named in `edges` (sources and successors) is a declared node.
+/// Every node named in `edges` (sources and successors) is a declared node (a clashing
+/// field counts as declared: `check_fields` reports it).
 fn check_endpoints(def: &WorkflowDef, errors: &mut Errors) {
     for entry in &def.edges {
-        if !def.is_node(&entry.source) {
+        if !def.is_node(&entry.source) && !def.is_clashing(&entry.source) {
             errors.spanned(
                 &entry.source,
                 unknown_node_message(def, &entry.source, "edge source"),
             );
         }
         for target in entry.body.targets() {
-            if !def.is_node(target) {
+            if !def.is_node(target) && !def.is_clashing(target) {
                 errors.spanned(target, unknown_node_message(def, target, "successor"));
             }
         }
@@ -157,17 +180,27 @@ fn check_endpoints(def: &WorkflowDef, errors: &mut Errors) {
 }
 
 fn unknown_node_message(def: &WorkflowDef, name: &Ident, role: &str) -> String {
+    let workflow = &def.ident;
     if def.field(name).is_some() {
         return format!(
-            "{role} `{name}` is a retry policy field (named by `#[retry = {name}]`), not a node"
+            "{role} `{name}` is a retry policy field of `{workflow}`, not a node: edges connect \
+             nodes only; name a node here"
         );
     }
     let nodes: Vec<String> = def.nodes().iter().map(|f| f.ident.to_string()).collect();
-    format!(
-        "unknown {role} `{name}`: it is not a field of `{}`{}",
-        def.ident,
-        did_you_mean(&name.to_string(), nodes.iter().map(String::as_str))
-    )
+    let fix = match closest(&name.to_string(), nodes.iter().map(String::as_str)) {
+        Some(close) => format!("did you mean `{close}`?"),
+        None if nodes.is_empty() => format!("add a field `{name}: <NodeType>` to `{workflow}`"),
+        None => format!(
+            "add a field `{name}: <NodeType>` to `{workflow}`, or use one of its nodes: {}",
+            nodes
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    format!("unknown {role} `{name}`: `{workflow}` has no node of that name; {fix}")
 }
 
 /// Each node has at most one normal entry and at most one `on_failure` entry.

@@ -1,0 +1,13 @@
+use floxide::*;
+
+node! {
+    pub struct Inc {};
+    input = u32;
+    output = u32;
+    input = u64;
+    |_ctx, n| { Ok(Transition::Next(n + 1)) }
+}
+
+fn main() {
+    let _ = Inc {};
+}

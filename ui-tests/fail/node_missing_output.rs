@@ -1,0 +1,11 @@
+use floxide::*;
+
+node! {
+    pub struct Inc {};
+    input = u32;
+    |_ctx, n| { Ok(Transition::Next(n + 1)) }
+}
+
+fn main() {
+    let _ = Inc {};
+}
