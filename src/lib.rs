@@ -28,6 +28,9 @@
 //! # }
 //! ```
 
+extern crate self as floxide;
+
+pub use floxide_core::distributed::*;
 pub use floxide_core::*;
 pub use floxide_macros::{node, workflow, Merge};
 

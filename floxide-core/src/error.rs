@@ -84,6 +84,10 @@ pub enum FloxideError {
         id: String,
     },
 
+    /// The distributed runtime or its backend refused or failed a request.
+    #[error(transparent)]
+    Distributed(#[from] crate::distributed::DistributedError),
+
     /// A node panicked; the panic was caught and turned into this error.
     #[error("node `{node}` panicked: {message}")]
     NodePanicked {

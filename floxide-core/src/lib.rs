@@ -8,6 +8,7 @@
 mod blocks;
 mod checkpoint;
 mod context;
+pub mod distributed;
 mod error;
 mod item;
 mod merge;

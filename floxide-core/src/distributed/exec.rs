@@ -1,0 +1,398 @@
+//! Starting runs and executing one step: take → load context → run node → commit.
+
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::RunScope;
+use crate::distributed::backend::{
+    Backend, CommitOutcome, DistributedError, LeaseState, NewItem, StartRun, StepCommit,
+    StepFailed, Taken,
+};
+use crate::distributed::step::{with_step, StepContext};
+use crate::distributed::{RunId, RunStatus, WorkerId, WorkflowError};
+use crate::{
+    Context, FloxideError, Merge, RetryPolicy, StepEnv, StepFailure, StepSink, WorkItem, Workflow,
+    WorkflowCtx,
+};
+
+/// Serializes a value for the backend.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(value).map_err(|e| e.to_string())
+}
+
+/// Deserializes stored bytes.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+pub(crate) fn codec_error(message: String) -> FloxideError {
+    FloxideError::Distributed(DistributedError::Codec(message))
+}
+
+/// A fresh run id: 128 random bits in the familiar 8-4-4-4-12 hex layout.
+pub fn new_run_id() -> RunId {
+    let hex = format!("{:032x}", fastrand::u128(..));
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// Stores a run's record, context and first item at once.
+pub(crate) async fn start_run<C, W>(
+    workflow: &W,
+    backend: &dyn Backend,
+    ctx: &WorkflowCtx<C>,
+    input: W::Input,
+    run_id: Option<RunId>,
+    idempotency_key: Option<String>,
+) -> Result<RunId, FloxideError>
+where
+    C: Context,
+    W: Workflow<C>,
+{
+    let first = workflow.start_work_item(input);
+    let start = StartRun {
+        run_id: run_id.unwrap_or_else(new_run_id),
+        workflow: workflow.name().to_owned(),
+        context: encode(&ctx.store).map_err(codec_error)?,
+        first: NewItem {
+            id: first.instance_id(),
+            node: first.node_name().to_owned(),
+            bytes: encode(&first).map_err(codec_error)?,
+        },
+        idempotency_key,
+        deadline: ctx.timeout().map(|t| SystemTime::now() + t),
+    };
+    Ok(backend.start_run(start).await?)
+}
+
+/// How the worker executes steps.
+#[derive(Debug, Clone)]
+pub(crate) struct ExecConfig {
+    pub(crate) lease_timeout: Duration,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) retry_policy: Option<RetryPolicy>,
+}
+
+/// How a step ended.
+#[derive(Debug)]
+pub(crate) enum StepEnd<O> {
+    /// Committed; the outputs the step produced.
+    Committed(Vec<O>),
+    /// Failed and recorded (retry scheduled or dead-lettered).
+    Failed,
+    /// Given up: the lease was lost or the run is no longer active; nothing was applied.
+    Abandoned,
+    /// Stopped by the worker's shutdown before finishing; the lease was released.
+    Released,
+}
+
+/// Executes the leased item `taken` and commits its effects.
+pub(crate) async fn execute<C, W>(
+    workflow: &W,
+    backend: &dyn Backend,
+    config: &ExecConfig,
+    worker: &WorkerId,
+    taken: Taken,
+    stop: Option<(&CancellationToken, Duration)>,
+) -> Result<StepEnd<W::Output>, FloxideError>
+where
+    C: Context + Merge,
+    W: Workflow<C>,
+{
+    let lease = &taken.lease;
+    let span = tracing::debug_span!(
+        "floxide.step",
+        run_id = %lease.run_id,
+        node = %taken.node,
+        item_id = %lease.item_id,
+        attempt = taken.attempt,
+        worker = %worker,
+    );
+    let _entered = span.enter();
+    drop(_entered);
+    let step = StepContext {
+        run_id: lease.run_id.clone(),
+        item_id: lease.item_id,
+        node: taken.node.clone(),
+        attempt: taken.attempt,
+        delivery: taken.deliveries,
+        worker: worker.clone(),
+    };
+    with_step(
+        step,
+        tracing::Instrument::instrument(
+            execute_inner(workflow, backend, config, &taken, stop),
+            span,
+        ),
+    )
+    .await
+}
+
+async fn dead_letter(
+    backend: &dyn Backend,
+    taken: &Taken,
+    error: String,
+) -> Result<(), FloxideError> {
+    tracing::warn!(%error, "dead-lettering work item");
+    backend
+        .fail(
+            &taken.lease,
+            StepFailed {
+                node: taken.node.clone(),
+                error,
+                retry_after: None,
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+async fn execute_inner<C, W>(
+    workflow: &W,
+    backend: &dyn Backend,
+    config: &ExecConfig,
+    taken: &Taken,
+    stop: Option<(&CancellationToken, Duration)>,
+) -> Result<StepEnd<W::Output>, FloxideError>
+where
+    C: Context + Merge,
+    W: Workflow<C>,
+{
+    let lease = &taken.lease;
+    let started = tokio::time::Instant::now();
+    loop {
+        let item: W::WorkItem = match decode(&taken.bytes) {
+            Ok(item) => item,
+            Err(e) => {
+                dead_letter(backend, taken, format!("undecodable work item: {e}")).await?;
+                return Ok(StepEnd::Failed);
+            }
+        };
+        let loaded = backend.load_context(&lease.run_id).await?;
+        let ctx: C = match decode(&loaded.bytes) {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                dead_letter(
+                    backend,
+                    taken,
+                    format!("undecodable context of run `{}`: {e}", lease.run_id),
+                )
+                .await?;
+                return Ok(StepEnd::Failed);
+            }
+        };
+
+        // The run's wall-clock deadline, as an instant of this process.
+        let deadline = taken.deadline.map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            (tokio::time::Instant::now() + left, left)
+        });
+        let token = CancellationToken::new();
+        let scope = RunScope {
+            cancel: token.clone(),
+            deadline,
+        };
+        let mut sink = StepSink::new();
+        let env = StepEnv::scheduled(taken.attempt);
+        let result = {
+            let node_run = scope
+                .guard(async { Ok(workflow.process_work_item(&ctx, item, env, &mut sink).await) });
+            let node_run = AssertUnwindSafe(scope.clone().enter(node_run)).catch_unwind();
+            tokio::pin!(node_run);
+            let mut last_beat = tokio::time::Instant::now();
+            let mut stop_at: Option<tokio::time::Instant> = None;
+            loop {
+                let wake = last_beat + config.heartbeat_interval;
+                let wake = stop_at.map_or(wake, |s| s.min(wake));
+                tokio::select! {
+                    biased;
+                    r = &mut node_run => break Some(r),
+                    _ = async {
+                        match stop {
+                            Some((s, _)) if stop_at.is_none() => s.cancelled().await,
+                            _ => std::future::pending().await,
+                        }
+                    } => {
+                        let grace = stop.map_or(Duration::ZERO, |(_, g)| g);
+                        stop_at = Some(tokio::time::Instant::now() + grace);
+                    }
+                    _ = backend.wait_run_change(&lease.run_id, wake.saturating_duration_since(tokio::time::Instant::now())) => {
+                        let now = tokio::time::Instant::now();
+                        if stop_at.is_some_and(|s| now >= s) {
+                            break None;
+                        }
+                        let status = if now >= last_beat + config.heartbeat_interval {
+                            last_beat = now;
+                            match backend.heartbeat(lease, config.lease_timeout).await? {
+                                LeaseState::Active(status) => status,
+                                LeaseState::Lost => {
+                                    tracing::warn!("lease lost while the node ran; abandoning the step");
+                                    token.cancel();
+                                    return Ok(StepEnd::Abandoned);
+                                }
+                            }
+                        } else {
+                            backend.run_info(&lease.run_id).await?.status
+                        };
+                        if status == RunStatus::Cancelled {
+                            tracing::info!("run cancelled; signalling the running node");
+                            token.cancel();
+                            return Ok(StepEnd::Abandoned);
+                        }
+                    }
+                }
+            }
+        };
+        let Some(result) = result else {
+            token.cancel();
+            backend.release(lease).await?;
+            return Ok(StepEnd::Released);
+        };
+        let failure = match result {
+            Err(panic) => Some((
+                FloxideError::NodePanicked {
+                    node: taken.node.clone(),
+                    message: panic_message(panic.as_ref()),
+                },
+                None,
+            )),
+            Ok(Err(scope_error)) => {
+                // The run's deadline passed (cancellation returned above).
+                dead_letter(backend, taken, scope_error.to_string()).await?;
+                return Ok(StepEnd::Failed);
+            }
+            Ok(Ok(Err(StepFailure {
+                error, retry_after, ..
+            }))) => Some((error, retry_after)),
+            Ok(Ok(Ok(()))) => None,
+        };
+        if let Some((error, mut retry_after)) = failure {
+            if retry_after.is_none() {
+                if let Some(policy) = &config.retry_policy {
+                    let attempt = taken.attempt as usize;
+                    if policy.should_retry(&error, attempt) {
+                        retry_after = Some(policy.backoff_duration(attempt));
+                    }
+                }
+            }
+            tracing::debug!(%error, ?retry_after, "step failed");
+            backend
+                .fail(
+                    lease,
+                    StepFailed {
+                        node: taken.node.clone(),
+                        error: error.to_string(),
+                        retry_after,
+                    },
+                )
+                .await?;
+            return Ok(StepEnd::Failed);
+        }
+
+        let after = match encode(&ctx) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                backend
+                    .fail(
+                        lease,
+                        StepFailed {
+                            node: taken.node.clone(),
+                            error: format!(
+                                "the context could not be serialized after the step: {e}"
+                            ),
+                            retry_after: None,
+                        },
+                    )
+                    .await?;
+                return Ok(StepEnd::Failed);
+            }
+        };
+        drop(ctx);
+        let held = sink.held();
+        let changed = after != loaded.bytes;
+        let mut commit = StepCommit {
+            require_version: held.then_some(loaded.version),
+            context: None,
+            successors: Vec::with_capacity(sink.items().len()),
+            outputs: Vec::with_capacity(sink.outputs().len()),
+            handled_failures: sink
+                .handled_failures()
+                .iter()
+                .map(|(node, error)| WorkflowError {
+                    work_item: lease.item_id,
+                    node: (*node).to_owned(),
+                    error: error.to_string(),
+                    attempt: taken.attempt,
+                    handled: true,
+                    timestamp: SystemTime::now(),
+                })
+                .collect(),
+            node: taken.node.clone(),
+            duration: started.elapsed(),
+        };
+        let (items, outputs, _) = sink.take();
+        for item in &items {
+            commit.successors.push(NewItem {
+                id: item.instance_id(),
+                node: item.node_name().to_owned(),
+                bytes: encode(item).map_err(codec_error)?,
+            });
+        }
+        for output in &outputs {
+            commit
+                .outputs
+                .push(serde_json::to_value(output).map_err(|e| codec_error(e.to_string()))?);
+        }
+        if changed {
+            commit.context = Some((loaded.version, after.clone()));
+        }
+        loop {
+            match backend.commit(lease, commit.clone()).await? {
+                CommitOutcome::Committed { .. } => return Ok(StepEnd::Committed(outputs)),
+                CommitOutcome::LeaseLost => {
+                    tracing::warn!(
+                        "lease lost before the commit; the step's effects are discarded"
+                    );
+                    return Ok(StepEnd::Abandoned);
+                }
+                CommitOutcome::RunInactive(status) => {
+                    tracing::info!(%status, "run no longer active; the step's effects are discarded");
+                    return Ok(StepEnd::Abandoned);
+                }
+                CommitOutcome::ContextConflict { .. } if held => break,
+                CommitOutcome::ContextConflict { .. } => {
+                    // Another step of the run committed first: join our context into the
+                    // latest one and commit again (the node does not run again).
+                    let latest = backend.load_context(&lease.run_id).await?;
+                    let mut merged: C = decode(&latest.bytes).map_err(codec_error)?;
+                    let ours: C = decode(&after).map_err(codec_error)?;
+                    merged.merge(ours);
+                    let bytes = encode(&merged).map_err(codec_error)?;
+                    commit.context = (bytes != latest.bytes).then_some((latest.version, bytes));
+                }
+            }
+        }
+        tracing::debug!("a held step saw a newer context; executing it again");
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<non-string panic payload>".to_owned()
+    }
+}

@@ -1,0 +1,984 @@
+//! The in-memory backend: every guarantee of the distributed runtime, in one process.
+//!
+//! It stores serialized bytes only (contexts and items round-trip through serde, as with
+//! Redis), takes an item in O(1) whatever the number of runs, and lets idle workers wait on a
+//! notification instead of polling.
+
+mod parts;
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+pub use parts::{
+    InMemoryContextStore, InMemoryErrorStore, InMemoryLivenessStore, InMemoryMetricsStore,
+    InMemoryRunInfoStore, InMemoryWorkItemStateStore, InMemoryWorkQueue,
+};
+use parts::{ItemRecord, ItemsState, QueueState, RunItems};
+
+use crate::distributed::backend::{
+    Backend, CommitOutcome, DistributedError, Lease, LeaseState, RunAction, StartRun, StepCommit,
+    StepFailed, TakeOptions, Taken, VersionedContext,
+};
+use crate::distributed::types::payload_text;
+use crate::distributed::{
+    DeadLetter, RunId, RunInfo, RunMetrics, RunStatus, WorkItemInfo, WorkItemStatus, WorkerHealth,
+    WorkerId, WorkflowError,
+};
+use crate::ItemId;
+
+/// Every store of the distributed runtime, in memory. Clones share the same stores.
+///
+/// ```
+/// use floxide_core::distributed::InMemoryBackend;
+/// let backend = InMemoryBackend::new();
+/// let shared = backend.clone(); // the same runs, queues and contexts
+/// # let _ = shared;
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct InMemoryBackend {
+    pub(crate) runs: InMemoryRunInfoStore,
+    pub(crate) items: InMemoryWorkItemStateStore,
+    pub(crate) queue: InMemoryWorkQueue,
+    pub(crate) contexts: InMemoryContextStore,
+    pub(crate) metrics: InMemoryMetricsStore,
+    pub(crate) errors: InMemoryErrorStore,
+    pub(crate) liveness: InMemoryLivenessStore,
+}
+
+impl InMemoryBackend {
+    /// A backend with empty stores.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A backend over existing stores (what the per-store builder setters assemble).
+    pub fn from_stores(
+        queue: InMemoryWorkQueue,
+        contexts: InMemoryContextStore,
+        runs: InMemoryRunInfoStore,
+        metrics: InMemoryMetricsStore,
+        errors: InMemoryErrorStore,
+        liveness: InMemoryLivenessStore,
+        items: InMemoryWorkItemStateStore,
+    ) -> Self {
+        InMemoryBackend {
+            runs,
+            items,
+            queue,
+            contexts,
+            metrics,
+            errors,
+            liveness,
+        }
+    }
+
+    /// The work queue.
+    pub fn queue(&self) -> InMemoryWorkQueue {
+        self.queue.clone()
+    }
+    /// The context store.
+    pub fn context_store(&self) -> InMemoryContextStore {
+        self.contexts.clone()
+    }
+    /// The run-info store.
+    pub fn run_info_store(&self) -> InMemoryRunInfoStore {
+        self.runs.clone()
+    }
+    /// The metrics store.
+    pub fn metrics_store(&self) -> InMemoryMetricsStore {
+        self.metrics.clone()
+    }
+    /// The error store.
+    pub fn error_store(&self) -> InMemoryErrorStore {
+        self.errors.clone()
+    }
+    /// The liveness store.
+    pub fn liveness_store(&self) -> InMemoryLivenessStore {
+        self.liveness.clone()
+    }
+    /// The work-item state store.
+    pub fn work_item_state_store(&self) -> InMemoryWorkItemStateStore {
+        self.items.clone()
+    }
+
+    /// Replaces the stored bytes of a pending item (for tests of corrupt items).
+    ///
+    /// # Errors
+    /// [`DistributedError::UnknownRun`] when the run or item does not exist.
+    pub fn corrupt_item(
+        &self,
+        run_id: &str,
+        item_id: ItemId,
+        bytes: &[u8],
+    ) -> Result<(), DistributedError> {
+        let mut items = self.items.lock();
+        let record = items
+            .runs
+            .get_mut(run_id)
+            .and_then(|r| r.items.get_mut(&item_id))
+            .ok_or_else(|| DistributedError::UnknownRun(run_id.to_owned()))?;
+        record.bytes = Arc::from(bytes);
+        Ok(())
+    }
+
+    /// Replaces the stored bytes of a run's context (for tests of corrupt contexts).
+    ///
+    /// # Errors
+    /// [`DistributedError::UnknownRun`] when the run does not exist.
+    pub fn corrupt_context(&self, run_id: &str, bytes: &[u8]) -> Result<(), DistributedError> {
+        let mut contexts = self.contexts.lock();
+        let entry = contexts
+            .contexts
+            .get_mut(run_id)
+            .ok_or_else(|| DistributedError::UnknownRun(run_id.to_owned()))?;
+        entry.0 = bytes.to_vec();
+        entry.1 += 1;
+        Ok(())
+    }
+
+    fn notify_runs(&self) {
+        self.runs.part.changed.notify_waiters();
+    }
+
+    fn notify_work(&self, n: usize) {
+        for _ in 0..n.min(64) {
+            self.queue.part.changed.notify_one();
+        }
+        if n > 64 {
+            self.queue.part.changed.notify_waiters();
+        }
+    }
+
+    /// One non-blocking take; `Err(next_due)` when nothing is ready.
+    fn try_take(
+        &self,
+        workflow: &str,
+        worker: &WorkerId,
+        options: TakeOptions,
+    ) -> Result<Taken, Option<Instant>> {
+        let now = Instant::now();
+        let mut runs = self.runs.lock();
+        let mut items = self.items.lock();
+        let mut queue = self.queue.lock();
+        let mut changed_runs = false;
+
+        // Expired leases go back to the queue; due retries become ready.
+        while let Some(Reverse((at, token, wf, run, item))) = queue.leases.peek().cloned() {
+            if at > now {
+                break;
+            }
+            queue.leases.pop();
+            let Some(record) = items
+                .runs
+                .get_mut(&run)
+                .and_then(|r| r.items.get_mut(&item))
+            else {
+                continue;
+            };
+            match &record.lease {
+                Some((t, _, expiry)) if *t == token && *expiry <= now => {
+                    record.lease = None;
+                    record.status = WorkItemStatus::Pending;
+                    queue.push_ready(&wf, (run.clone(), item));
+                    self.metrics.lock().runs.entry(run).or_default().reclaimed += 1;
+                }
+                _ => {}
+            }
+        }
+        while let Some(Reverse((due, _, wf, run, item))) = queue.delayed.peek().cloned() {
+            if due > now {
+                break;
+            }
+            queue.delayed.pop();
+            if let Some(record) = items
+                .runs
+                .get_mut(&run)
+                .and_then(|r| r.items.get_mut(&item))
+            {
+                if record.status == WorkItemStatus::WaitingRetry {
+                    record.status = WorkItemStatus::Pending;
+                    queue.push_ready(&wf, (run, item));
+                }
+            }
+        }
+
+        let result = loop {
+            let Some((run_id, item_id)) = queue.ready.get_mut(workflow).and_then(|q| q.pop_front())
+            else {
+                break Err(queue.next_due());
+            };
+            let Some(run_items) = items.runs.get_mut(&run_id) else {
+                continue;
+            };
+            let Some(record) = run_items.items.get_mut(&item_id) else {
+                continue;
+            };
+            if record.status != WorkItemStatus::Pending {
+                continue;
+            }
+            let Some(info) = runs.runs.get_mut(&run_id) else {
+                continue;
+            };
+            match info.status {
+                RunStatus::Pending | RunStatus::Running => {}
+                RunStatus::Paused | RunStatus::Failed => {
+                    record.status = WorkItemStatus::Held;
+                    continue;
+                }
+                RunStatus::Completed | RunStatus::Cancelled => {
+                    record.status = WorkItemStatus::Cancelled;
+                    run_items.outstanding = run_items.outstanding.saturating_sub(1);
+                    continue;
+                }
+            }
+            record.deliveries += 1;
+            if record.deliveries > options.max_deliveries {
+                let error = format!(
+                    "poison item: delivered {} times without a commit (limit {})",
+                    record.deliveries - 1,
+                    options.max_deliveries
+                );
+                record.status = WorkItemStatus::PermanentlyFailed;
+                run_items.outstanding = run_items.outstanding.saturating_sub(1);
+                queue.dead.push(DeadLetter {
+                    run_id: run_id.clone(),
+                    item_id,
+                    node: record.node.clone(),
+                    error: error.clone(),
+                    deliveries: record.deliveries - 1,
+                    attempt: record.attempt,
+                    at: SystemTime::now(),
+                    payload: payload_text(&record.bytes),
+                });
+                self.errors
+                    .lock()
+                    .runs
+                    .entry(run_id.clone())
+                    .or_default()
+                    .push(WorkflowError {
+                        work_item: item_id,
+                        node: record.node.clone(),
+                        error: error.clone(),
+                        attempt: record.attempt,
+                        handled: false,
+                        timestamp: SystemTime::now(),
+                    });
+                fail_run(info, error);
+                changed_runs = true;
+                continue;
+            }
+            queue.next_token += 1;
+            let token = queue.next_token;
+            let expiry = now + options.lease_timeout;
+            record.status = WorkItemStatus::InProgress;
+            record.lease = Some((token, worker.clone(), expiry));
+            queue.leases.push(Reverse((
+                expiry,
+                token,
+                workflow.to_owned(),
+                run_id.clone(),
+                item_id,
+            )));
+            if info.status == RunStatus::Pending {
+                info.status = RunStatus::Running;
+                changed_runs = true;
+            }
+            break Ok(Taken {
+                lease: Lease {
+                    run_id,
+                    item_id,
+                    token,
+                    worker: worker.clone(),
+                },
+                bytes: record.bytes.to_vec(),
+                node: record.node.clone(),
+                attempt: record.attempt,
+                deliveries: record.deliveries,
+                deadline: info.deadline,
+            });
+        };
+        drop((runs, items, queue));
+        if changed_runs {
+            self.notify_runs();
+        }
+        result
+    }
+}
+
+/// Marks a run failed with `error`.
+fn fail_run(info: &mut RunInfo, error: String) {
+    if !info.status.is_finished() {
+        info.status = RunStatus::Failed;
+        info.finished_at = Some(SystemTime::now());
+        info.error = Some(error);
+    }
+}
+
+/// The record of a leased item, if `lease` still holds it.
+fn leased<'a>(items: &'a mut ItemsState, lease: &Lease) -> Option<(&'a mut RunItems, bool)> {
+    let run_items = items.runs.get_mut(&lease.run_id)?;
+    let holds = run_items.items.get(&lease.item_id).is_some_and(|r| {
+        r.status == WorkItemStatus::InProgress
+            && r.lease.as_ref().is_some_and(|l| l.0 == lease.token)
+    });
+    Some((run_items, holds))
+}
+
+fn unknown(run_id: &str) -> DistributedError {
+    DistributedError::UnknownRun(run_id.to_owned())
+}
+
+/// Puts every held item of a run back in the queue; returns how many.
+fn release_held(
+    run_id: &str,
+    workflow: &str,
+    run_items: &mut RunItems,
+    queue: &mut QueueState,
+) -> usize {
+    let mut n = 0;
+    let mut ids: Vec<ItemId> = run_items
+        .items
+        .iter()
+        .filter(|(_, r)| r.status == WorkItemStatus::Held)
+        .map(|(id, _)| *id)
+        .collect();
+    ids.sort_unstable();
+    for id in ids {
+        if let Some(r) = run_items.items.get_mut(&id) {
+            r.status = WorkItemStatus::Pending;
+            queue.push_ready(workflow, (run_id.to_owned(), id));
+            n += 1;
+        }
+    }
+    n
+}
+
+#[async_trait::async_trait]
+impl Backend for InMemoryBackend {
+    async fn start_run(&self, start: StartRun) -> Result<RunId, DistributedError> {
+        let mut runs = self.runs.lock();
+        if let Some(key) = &start.idempotency_key {
+            if let Some(existing) = runs.keys.get(key) {
+                return Err(DistributedError::DuplicateRun {
+                    key: key.clone(),
+                    existing: existing.clone(),
+                });
+            }
+        }
+        if runs.runs.contains_key(&start.run_id) {
+            return Err(DistributedError::RunExists(start.run_id));
+        }
+        let mut items = self.items.lock();
+        let mut queue = self.queue.lock();
+        let mut contexts = self.contexts.lock();
+        let mut metrics = self.metrics.lock();
+        let run_id = start.run_id.clone();
+        runs.runs.insert(
+            run_id.clone(),
+            RunInfo {
+                run_id: run_id.clone(),
+                workflow: start.workflow.clone(),
+                status: RunStatus::Pending,
+                started_at: SystemTime::now(),
+                finished_at: None,
+                output: None,
+                outputs: Vec::new(),
+                error: None,
+                idempotency_key: start.idempotency_key.clone(),
+                deadline: start.deadline,
+            },
+        );
+        runs.order.push(run_id.clone());
+        if let Some(key) = start.idempotency_key {
+            runs.keys.insert(key, run_id.clone());
+        }
+        let mut run_items = RunItems::default();
+        run_items.items.insert(
+            start.first.id,
+            ItemRecord {
+                node: start.first.node,
+                bytes: Arc::from(start.first.bytes),
+                status: WorkItemStatus::Pending,
+                attempt: 1,
+                deliveries: 0,
+                lease: None,
+            },
+        );
+        run_items.outstanding = 1;
+        items.runs.insert(run_id.clone(), run_items);
+        contexts.contexts.insert(run_id.clone(), (start.context, 0));
+        metrics.runs.insert(
+            run_id.clone(),
+            RunMetrics {
+                total_work_items: 1,
+                ..RunMetrics::default()
+            },
+        );
+        queue.push_ready(&start.workflow, (run_id.clone(), start.first.id));
+        drop((runs, items, queue, contexts, metrics));
+        self.notify_work(1);
+        self.notify_runs();
+        Ok(run_id)
+    }
+
+    async fn run_info(&self, run_id: &str) -> Result<RunInfo, DistributedError> {
+        self.runs
+            .lock()
+            .runs
+            .get(run_id)
+            .cloned()
+            .ok_or_else(|| unknown(run_id))
+    }
+
+    async fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunInfo>, DistributedError> {
+        let runs = self.runs.lock();
+        Ok(runs
+            .order
+            .iter()
+            .rev()
+            .filter_map(|id| runs.runs.get(id))
+            .filter(|r| status.is_none_or(|s| r.status == s))
+            .cloned()
+            .collect())
+    }
+
+    async fn control(&self, run_id: &str, action: RunAction) -> Result<RunInfo, DistributedError> {
+        let mut runs = self.runs.lock();
+        let mut items = self.items.lock();
+        let mut queue = self.queue.lock();
+        let info = runs.runs.get_mut(run_id).ok_or_else(|| unknown(run_id))?;
+        let invalid = |status, action| DistributedError::InvalidRunState {
+            run_id: run_id.to_owned(),
+            status,
+            action,
+        };
+        let run_items = items.runs.entry(run_id.to_owned()).or_default();
+        let mut woken = 0;
+        match action {
+            RunAction::Cancel => {
+                if info.status.is_finished() {
+                    return Err(invalid(info.status, "cancel"));
+                }
+                info.status = RunStatus::Cancelled;
+                info.finished_at = Some(SystemTime::now());
+                for record in run_items.items.values_mut() {
+                    if matches!(
+                        record.status,
+                        WorkItemStatus::Pending
+                            | WorkItemStatus::WaitingRetry
+                            | WorkItemStatus::Held
+                    ) {
+                        record.status = WorkItemStatus::Cancelled;
+                        run_items.outstanding = run_items.outstanding.saturating_sub(1);
+                    }
+                }
+            }
+            RunAction::Pause => {
+                if !info.status.is_active() {
+                    return Err(invalid(info.status, "pause"));
+                }
+                info.status = RunStatus::Paused;
+            }
+            RunAction::Resume => match info.status {
+                RunStatus::Paused => {
+                    info.status = RunStatus::Running;
+                    woken = release_held(run_id, &info.workflow, run_items, &mut queue);
+                }
+                RunStatus::Failed => {
+                    let mut revived: Vec<ItemId> = Vec::new();
+                    queue.dead.retain(|d| {
+                        let mine = d.run_id == run_id;
+                        if mine {
+                            revived.push(d.item_id);
+                        }
+                        !mine
+                    });
+                    for id in &revived {
+                        if let Some(r) = run_items.items.get_mut(id) {
+                            if r.status == WorkItemStatus::PermanentlyFailed {
+                                r.status = WorkItemStatus::Held;
+                                r.deliveries = 0;
+                                run_items.outstanding += 1;
+                            }
+                        }
+                    }
+                    info.status = RunStatus::Running;
+                    info.finished_at = None;
+                    info.error = None;
+                    woken = release_held(run_id, &info.workflow, run_items, &mut queue);
+                }
+                other => return Err(invalid(other, "resume")),
+            },
+        }
+        let info = info.clone();
+        drop((runs, items, queue));
+        self.notify_runs();
+        self.notify_work(woken);
+        Ok(info)
+    }
+
+    async fn wait_run_change(&self, _run_id: &str, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.runs.part.changed.notified()).await;
+    }
+
+    async fn take(
+        &self,
+        workflow: &str,
+        worker: &WorkerId,
+        options: TakeOptions,
+        wait: Duration,
+    ) -> Result<Option<Taken>, DistributedError> {
+        let give_up = Instant::now() + wait;
+        loop {
+            let notified = self.queue.part.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next_due = match self.try_take(workflow, worker, options) {
+                Ok(taken) => return Ok(Some(taken)),
+                Err(next_due) => next_due,
+            };
+            let now = Instant::now();
+            if now >= give_up {
+                return Ok(None);
+            }
+            let until = next_due.map_or(give_up, |d| d.min(give_up));
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        lease: &Lease,
+        lease_timeout: Duration,
+    ) -> Result<LeaseState, DistributedError> {
+        let runs = self.runs.lock();
+        let mut items = self.items.lock();
+        let mut queue = self.queue.lock();
+        let Some((run_items, true)) = leased(&mut items, lease) else {
+            return Ok(LeaseState::Lost);
+        };
+        let status = runs
+            .runs
+            .get(&lease.run_id)
+            .map_or(RunStatus::Cancelled, |r| r.status);
+        let workflow = runs
+            .runs
+            .get(&lease.run_id)
+            .map(|r| r.workflow.clone())
+            .unwrap_or_default();
+        let expiry = Instant::now() + lease_timeout;
+        if let Some(record) = run_items.items.get_mut(&lease.item_id) {
+            record.lease = Some((lease.token, lease.worker.clone(), expiry));
+        }
+        queue.leases.push(Reverse((
+            expiry,
+            lease.token,
+            workflow,
+            lease.run_id.clone(),
+            lease.item_id,
+        )));
+        Ok(LeaseState::Active(status))
+    }
+
+    async fn load_context(&self, run_id: &str) -> Result<VersionedContext, DistributedError> {
+        let contexts = self.contexts.lock();
+        let (bytes, version) = contexts
+            .contexts
+            .get(run_id)
+            .ok_or_else(|| unknown(run_id))?;
+        Ok(VersionedContext {
+            bytes: bytes.clone(),
+            version: *version,
+        })
+    }
+
+    async fn commit(
+        &self,
+        lease: &Lease,
+        commit: StepCommit,
+    ) -> Result<CommitOutcome, DistributedError> {
+        let mut runs = self.runs.lock();
+        let mut items = self.items.lock();
+        let mut queue = self.queue.lock();
+        let mut contexts = self.contexts.lock();
+        let Some((run_items, true)) = leased(&mut items, lease) else {
+            return Ok(CommitOutcome::LeaseLost);
+        };
+        let info = runs
+            .runs
+            .get_mut(&lease.run_id)
+            .ok_or_else(|| unknown(&lease.run_id))?;
+        if info.status == RunStatus::Cancelled || info.status == RunStatus::Completed {
+            if let Some(r) = run_items.items.get_mut(&lease.item_id) {
+                r.status = WorkItemStatus::Cancelled;
+                r.lease = None;
+                run_items.outstanding = run_items.outstanding.saturating_sub(1);
+            }
+            return Ok(CommitOutcome::RunInactive(info.status));
+        }
+        let (ctx_bytes, version) = contexts.contexts.entry(lease.run_id.clone()).or_default();
+        if let Some(required) = commit.require_version {
+            if required != *version {
+                return Ok(CommitOutcome::ContextConflict { current: *version });
+            }
+        }
+        if let Some((base, bytes)) = commit.context {
+            if base != *version {
+                return Ok(CommitOutcome::ContextConflict { current: *version });
+            }
+            *ctx_bytes = bytes;
+            *version += 1;
+        }
+        drop(contexts);
+
+        let held = !info.status.is_active();
+        let mut added = 0u64;
+        let mut woken = 0;
+        for s in commit.successors {
+            if run_items.items.contains_key(&s.id) {
+                continue;
+            }
+            let status = if held {
+                WorkItemStatus::Held
+            } else {
+                WorkItemStatus::Pending
+            };
+            run_items.items.insert(
+                s.id,
+                ItemRecord {
+                    node: s.node,
+                    bytes: Arc::from(s.bytes),
+                    status,
+                    attempt: 1,
+                    deliveries: 0,
+                    lease: None,
+                },
+            );
+            run_items.outstanding += 1;
+            added += 1;
+            if !held {
+                queue.push_ready(&info.workflow, (lease.run_id.clone(), s.id));
+                woken += 1;
+            }
+        }
+        if let Some(r) = run_items.items.get_mut(&lease.item_id) {
+            r.status = WorkItemStatus::Completed;
+            r.lease = None;
+        }
+        run_items.outstanding = run_items.outstanding.saturating_sub(1);
+        let outstanding = run_items.outstanding;
+        drop(queue);
+
+        if info.output.is_none() {
+            info.output = commit.outputs.first().cloned();
+        }
+        info.outputs.extend(commit.outputs);
+        if info.status == RunStatus::Pending {
+            info.status = RunStatus::Running;
+        }
+        let mut finished = None;
+        if outstanding == 0 && info.status.is_active() {
+            info.finished_at = Some(SystemTime::now());
+            if info.output.is_some() {
+                info.status = RunStatus::Completed;
+            } else {
+                info.status = RunStatus::Failed;
+                info.error = Some(format!(
+                    "workflow `{}` finished without output: no terminal node produced a value",
+                    info.workflow
+                ));
+            }
+            finished = Some(info.status);
+        }
+        {
+            let mut metrics = self.metrics.lock();
+            let m = metrics.runs.entry(lease.run_id.clone()).or_default();
+            m.completed += 1;
+            m.total_work_items += added;
+            let t = m.per_node.entry(commit.node).or_default();
+            t.count += 1;
+            t.total += commit.duration;
+            t.max = t.max.max(commit.duration);
+        }
+        if !commit.handled_failures.is_empty() {
+            let mut errors = self.errors.lock();
+            errors
+                .runs
+                .entry(lease.run_id.clone())
+                .or_default()
+                .extend(commit.handled_failures);
+        }
+        drop((runs, items));
+        self.notify_work(woken);
+        if finished.is_some() {
+            self.notify_runs();
+        }
+        Ok(CommitOutcome::Committed { finished })
+    }
+
+    async fn fail(
+        &self,
+        lease: &Lease,
+        failure: StepFailed,
+    ) -> Result<CommitOutcome, DistributedError> {
+        let mut runs = self.runs.lock();
+        let mut items = self.items.lock();
+        let mut queue = self.queue.lock();
+        let Some((run_items, true)) = leased(&mut items, lease) else {
+            return Ok(CommitOutcome::LeaseLost);
+        };
+        let info = runs
+            .runs
+            .get_mut(&lease.run_id)
+            .ok_or_else(|| unknown(&lease.run_id))?;
+        let Some(record) = run_items.items.get_mut(&lease.item_id) else {
+            return Ok(CommitOutcome::LeaseLost);
+        };
+        record.lease = None;
+        let attempt = record.attempt;
+        let node = if failure.node.is_empty() {
+            record.node.clone()
+        } else {
+            failure.node.clone()
+        };
+        let mut finished = None;
+        let retried = failure.retry_after.is_some();
+        match failure.retry_after {
+            Some(wait) if info.status != RunStatus::Cancelled => {
+                record.status = WorkItemStatus::WaitingRetry;
+                record.attempt += 1;
+                record.deliveries = 0;
+                queue.seq += 1;
+                let seq = queue.seq;
+                queue.delayed.push(Reverse((
+                    Instant::now() + wait,
+                    seq,
+                    info.workflow.clone(),
+                    lease.run_id.clone(),
+                    lease.item_id,
+                )));
+            }
+            _ => {
+                record.status = WorkItemStatus::PermanentlyFailed;
+                run_items.outstanding = run_items.outstanding.saturating_sub(1);
+                queue.dead.push(DeadLetter {
+                    run_id: lease.run_id.clone(),
+                    item_id: lease.item_id,
+                    node: node.clone(),
+                    error: failure.error.clone(),
+                    deliveries: record.deliveries,
+                    attempt,
+                    at: SystemTime::now(),
+                    payload: payload_text(&record.bytes),
+                });
+                if !info.status.is_finished() {
+                    fail_run(info, format!("node `{node}` failed: {}", failure.error));
+                    finished = Some(RunStatus::Failed);
+                }
+            }
+        }
+        drop(queue);
+        {
+            let mut metrics = self.metrics.lock();
+            let m = metrics.runs.entry(lease.run_id.clone()).or_default();
+            m.failed += 1;
+            if retried {
+                m.retries += 1;
+            }
+        }
+        self.errors
+            .lock()
+            .runs
+            .entry(lease.run_id.clone())
+            .or_default()
+            .push(WorkflowError {
+                work_item: lease.item_id,
+                node,
+                error: failure.error,
+                attempt,
+                handled: false,
+                timestamp: SystemTime::now(),
+            });
+        drop((runs, items));
+        self.notify_work(1);
+        if finished.is_some() {
+            self.notify_runs();
+        }
+        Ok(CommitOutcome::Committed { finished })
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), DistributedError> {
+        let runs = self.runs.lock();
+        let mut items = self.items.lock();
+        let mut queue = self.queue.lock();
+        let Some((run_items, true)) = leased(&mut items, lease) else {
+            return Ok(());
+        };
+        if let Some(record) = run_items.items.get_mut(&lease.item_id) {
+            record.lease = None;
+            record.status = WorkItemStatus::Pending;
+            record.deliveries = record.deliveries.saturating_sub(1);
+            let workflow = runs
+                .runs
+                .get(&lease.run_id)
+                .map(|r| r.workflow.clone())
+                .unwrap_or_default();
+            match queue.ready.get_mut(&workflow) {
+                Some(q) => q.push_front((lease.run_id.clone(), lease.item_id)),
+                None => queue.push_ready(&workflow, (lease.run_id.clone(), lease.item_id)),
+            }
+        }
+        drop((runs, items, queue));
+        self.notify_work(1);
+        Ok(())
+    }
+
+    async fn errors(&self, run_id: &str) -> Result<Vec<WorkflowError>, DistributedError> {
+        if !self.runs.lock().runs.contains_key(run_id) {
+            return Err(unknown(run_id));
+        }
+        Ok(self
+            .errors
+            .lock()
+            .runs
+            .get(run_id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn metrics(&self, run_id: &str) -> Result<RunMetrics, DistributedError> {
+        if !self.runs.lock().runs.contains_key(run_id) {
+            return Err(unknown(run_id));
+        }
+        Ok(self
+            .metrics
+            .lock()
+            .runs
+            .get(run_id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn work_items(&self, run_id: &str) -> Result<Vec<WorkItemInfo>, DistributedError> {
+        let items = self.items.lock();
+        let run_items = items.runs.get(run_id).ok_or_else(|| unknown(run_id))?;
+        let mut out: Vec<WorkItemInfo> = run_items
+            .items
+            .iter()
+            .map(|(id, r)| WorkItemInfo {
+                item_id: *id,
+                node: r.node.clone(),
+                status: r.status,
+                attempt: r.attempt,
+                deliveries: r.deliveries,
+                worker: r.lease.as_ref().map(|l| l.1.clone()),
+                payload: payload_text(&r.bytes),
+            })
+            .collect();
+        out.sort_by_key(|i| i.item_id);
+        Ok(out)
+    }
+
+    async fn pending_items(&self, run_id: &str) -> Result<Vec<Vec<u8>>, DistributedError> {
+        let items = self.items.lock();
+        let run_items = items.runs.get(run_id).ok_or_else(|| unknown(run_id))?;
+        Ok(run_items
+            .items
+            .values()
+            .filter(|r| {
+                matches!(
+                    r.status,
+                    WorkItemStatus::Pending
+                        | WorkItemStatus::InProgress
+                        | WorkItemStatus::WaitingRetry
+                        | WorkItemStatus::Held
+                )
+            })
+            .map(|r| r.bytes.to_vec())
+            .collect())
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, DistributedError> {
+        Ok(self.queue.lock().dead.clone())
+    }
+
+    async fn requeue_dead_letter(
+        &self,
+        run_id: &str,
+        item_id: ItemId,
+    ) -> Result<(), DistributedError> {
+        let mut runs = self.runs.lock();
+        let mut items = self.items.lock();
+        let mut queue = self.queue.lock();
+        let Some(pos) = queue
+            .dead
+            .iter()
+            .position(|d| d.run_id == run_id && d.item_id == item_id)
+        else {
+            return Err(DistributedError::UnknownDeadLetter {
+                run_id: run_id.to_owned(),
+                item_id,
+            });
+        };
+        queue.dead.remove(pos);
+        let info = runs.runs.get_mut(run_id).ok_or_else(|| unknown(run_id))?;
+        let run_items = items.runs.entry(run_id.to_owned()).or_default();
+        let mut woken = 0;
+        if let Some(r) = run_items.items.get_mut(&item_id) {
+            if r.status == WorkItemStatus::PermanentlyFailed {
+                r.status = WorkItemStatus::Pending;
+                r.deliveries = 0;
+                run_items.outstanding += 1;
+                queue.push_ready(&info.workflow, (run_id.to_owned(), item_id));
+                woken += 1;
+            }
+        }
+        if info.status == RunStatus::Failed {
+            info.status = RunStatus::Running;
+            info.finished_at = None;
+            info.error = None;
+            woken += release_held(run_id, &info.workflow.clone(), run_items, &mut queue);
+        }
+        drop((runs, items, queue));
+        self.notify_runs();
+        self.notify_work(woken);
+        Ok(())
+    }
+
+    async fn drop_dead_letter(
+        &self,
+        run_id: &str,
+        item_id: ItemId,
+    ) -> Result<(), DistributedError> {
+        let mut queue = self.queue.lock();
+        let before = queue.dead.len();
+        queue
+            .dead
+            .retain(|d| !(d.run_id == run_id && d.item_id == item_id));
+        if queue.dead.len() == before {
+            return Err(DistributedError::UnknownDeadLetter {
+                run_id: run_id.to_owned(),
+                item_id,
+            });
+        }
+        Ok(())
+    }
+
+    async fn report_worker(&self, health: &WorkerHealth) -> Result<(), DistributedError> {
+        self.liveness
+            .lock()
+            .workers
+            .insert(health.worker_id.clone(), health.clone());
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerHealth>, DistributedError> {
+        Ok(self.liveness.lock().workers.values().cloned().collect())
+    }
+}

@@ -1,0 +1,193 @@
+//! The parts of the in-memory backend: one store type per concern, each with its own lock.
+//!
+//! Every store is a cheap handle (`Arc`) to its part. An [`InMemoryBackend`] is a set of
+//! seven parts; operations that touch several parts lock them in one fixed order
+//! (runs → items → queue → contexts → metrics → errors → liveness), so a multi-part
+//! transition is atomic to every observer and locks never deadlock.
+//!
+//! [`InMemoryBackend`]: super::InMemoryBackend
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::distributed::{
+    DeadLetter, RunId, RunInfo, RunMetrics, WorkItemStatus, WorkerHealth, WorkerId, WorkflowError,
+};
+use crate::ItemId;
+
+/// Locks `m`; the state behind every lock here is updated by plain assignments that cannot
+/// be left half-done, so a lock poisoned by a panicking thread is still consistent.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+macro_rules! part {
+    ($(#[$doc:meta])* $name:ident, $state:ty) => {
+        $(#[$doc])*
+        #[derive(Clone, Default)]
+        pub struct $name {
+            pub(crate) part: Arc<Part<$state>>,
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name)).finish_non_exhaustive()
+            }
+        }
+
+        impl $name {
+            /// An empty store.
+            pub fn new() -> Self {
+                Self::default()
+            }
+
+            /// Whether both handles refer to the same store.
+            pub fn same_store(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.part, &other.part)
+            }
+
+            pub(crate) fn lock(&self) -> MutexGuard<'_, $state> {
+                lock(&self.part.state)
+            }
+        }
+    };
+}
+
+/// A part's state and the notification raised when it changes.
+#[derive(Default)]
+pub(crate) struct Part<S> {
+    pub(crate) state: Mutex<S>,
+    pub(crate) changed: Notify,
+}
+
+part!(
+    /// Run records and idempotency keys (in memory).
+    InMemoryRunInfoStore,
+    RunsState
+);
+part!(
+    /// The state of every work item of every run (in memory).
+    InMemoryWorkItemStateStore,
+    ItemsState
+);
+part!(
+    /// The ready, delayed and leased queues and the dead-letter list (in memory).
+    InMemoryWorkQueue,
+    QueueState
+);
+part!(
+    /// Run contexts with their versions, as serialized bytes (in memory).
+    InMemoryContextStore,
+    ContextsState
+);
+part!(
+    /// Per-run counters (in memory).
+    InMemoryMetricsStore,
+    MetricsState
+);
+part!(
+    /// Per-run failure records (in memory).
+    InMemoryErrorStore,
+    ErrorsState
+);
+part!(
+    /// Worker health reports (in memory).
+    InMemoryLivenessStore,
+    LivenessState
+);
+
+#[derive(Default)]
+pub(crate) struct RunsState {
+    pub(crate) runs: HashMap<RunId, RunInfo>,
+    /// Start order, for listing.
+    pub(crate) order: Vec<RunId>,
+    pub(crate) keys: HashMap<String, RunId>,
+}
+
+/// A stored work item.
+pub(crate) struct ItemRecord {
+    pub(crate) node: String,
+    pub(crate) bytes: Arc<[u8]>,
+    pub(crate) status: WorkItemStatus,
+    pub(crate) attempt: u32,
+    pub(crate) deliveries: u32,
+    /// Token, holder and expiry of the current lease.
+    pub(crate) lease: Option<(u64, WorkerId, Instant)>,
+}
+
+#[derive(Default)]
+pub(crate) struct RunItems {
+    pub(crate) items: HashMap<ItemId, ItemRecord>,
+    /// Items not yet Completed, PermanentlyFailed or Cancelled.
+    pub(crate) outstanding: usize,
+}
+
+#[derive(Default)]
+pub(crate) struct ItemsState {
+    pub(crate) runs: HashMap<RunId, RunItems>,
+}
+
+/// An entry of the ready queue: the item and its run.
+pub(crate) type Entry = (RunId, ItemId);
+
+/// An entry of a timed heap: (due, sequence or lease token, workflow, run, item).
+pub(crate) type Timed = Reverse<(Instant, u64, String, RunId, ItemId)>;
+
+#[derive(Default)]
+pub(crate) struct QueueState {
+    /// Ready items per workflow. Entries may be stale (the item moved on); takes skip them.
+    pub(crate) ready: HashMap<String, VecDeque<Entry>>,
+    /// Retries by due time: (due, seq, workflow, run, item).
+    pub(crate) delayed: BinaryHeap<Timed>,
+    /// Leases by expiry: (expiry, token, workflow, run, item). Renewals push a new entry.
+    pub(crate) leases: BinaryHeap<Timed>,
+    pub(crate) dead: Vec<DeadLetter>,
+    pub(crate) next_token: u64,
+    pub(crate) seq: u64,
+}
+
+impl QueueState {
+    pub(crate) fn push_ready(&mut self, workflow: &str, entry: Entry) {
+        match self.ready.get_mut(workflow) {
+            Some(q) => q.push_back(entry),
+            None => {
+                self.ready
+                    .insert(workflow.to_owned(), VecDeque::from([entry]));
+            }
+        }
+    }
+
+    /// The earliest time a delayed item or a lease falls due.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        let d = self.delayed.peek().map(|Reverse(e)| e.0);
+        let l = self.leases.peek().map(|Reverse(e)| e.0);
+        match (d, l) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct ContextsState {
+    pub(crate) contexts: HashMap<RunId, (Vec<u8>, u64)>,
+}
+
+#[derive(Default)]
+pub(crate) struct MetricsState {
+    pub(crate) runs: HashMap<RunId, RunMetrics>,
+}
+
+#[derive(Default)]
+pub(crate) struct ErrorsState {
+    pub(crate) runs: HashMap<RunId, Vec<WorkflowError>>,
+}
+
+#[derive(Default)]
+pub(crate) struct LivenessState {
+    pub(crate) workers: BTreeMap<WorkerId, WorkerHealth>,
+}

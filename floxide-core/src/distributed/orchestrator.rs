@@ -1,0 +1,342 @@
+//! [`DistributedOrchestrator`]: start, observe and steer distributed runs.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::distributed::backend::{Backend, DistributedError, RunAction};
+use crate::distributed::exec::{codec_error, decode, start_run};
+use crate::distributed::stores::StoreParts;
+use crate::distributed::worker::store_setters;
+use crate::distributed::{
+    DeadLetter, RunId, RunInfo, RunMetrics, RunStatus, WorkItemInfo, WorkerHealth, WorkflowError,
+};
+use crate::{Context, FloxideError, ItemId, Merge, Workflow, WorkflowCtx};
+
+/// Builds a [`DistributedOrchestrator`]: a workflow plus a backend (or its seven stores).
+pub struct OrchestratorBuilder<W, C> {
+    workflow: Option<W>,
+    backend: Option<Arc<dyn Backend>>,
+    parts: StoreParts,
+    _context: PhantomData<fn() -> C>,
+}
+
+impl<W, C> Default for OrchestratorBuilder<W, C> {
+    fn default() -> Self {
+        OrchestratorBuilder {
+            workflow: None,
+            backend: None,
+            parts: StoreParts::default(),
+            _context: PhantomData,
+        }
+    }
+}
+
+impl<W, C> OrchestratorBuilder<W, C>
+where
+    C: Context + Merge + 'static,
+    W: Workflow<C> + 'static,
+{
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    store_setters!();
+
+    /// The orchestrator.
+    ///
+    /// # Errors
+    /// [`DistributedError::Build`] when the workflow or the backend is missing, or the stores
+    /// do not form one backend.
+    pub fn build(mut self) -> Result<DistributedOrchestrator<W, C>, FloxideError> {
+        let backend = self.take_backend()?;
+        let workflow = self.workflow.take().ok_or_else(|| {
+            DistributedError::Build("no workflow: call `.workflow(wf)`".to_owned())
+        })?;
+        Ok(DistributedOrchestrator {
+            workflow,
+            backend,
+            _context: PhantomData,
+        })
+    }
+}
+
+/// Starts runs of a workflow on a backend, and observes and steers them.
+pub struct DistributedOrchestrator<W, C> {
+    workflow: W,
+    backend: Arc<dyn Backend>,
+    _context: PhantomData<fn() -> C>,
+}
+
+impl<W: Clone, C> Clone for DistributedOrchestrator<W, C> {
+    fn clone(&self) -> Self {
+        DistributedOrchestrator {
+            workflow: self.workflow.clone(),
+            backend: Arc::clone(&self.backend),
+            _context: PhantomData,
+        }
+    }
+}
+
+impl<W: std::fmt::Debug, C> std::fmt::Debug for DistributedOrchestrator<W, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DistributedOrchestrator")
+            .field("workflow", &self.workflow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W, C> DistributedOrchestrator<W, C>
+where
+    C: Context + Merge + 'static,
+    W: Workflow<C> + 'static,
+{
+    /// A builder.
+    pub fn builder() -> OrchestratorBuilder<W, C> {
+        OrchestratorBuilder::new()
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Starts a run from `input` with `ctx.store` as its context; `ctx`'s timeout becomes the
+    /// run's deadline. The run record, context and first item are stored at once.
+    ///
+    /// # Errors
+    /// Codec and backend errors.
+    pub async fn start_run(
+        &self,
+        ctx: &WorkflowCtx<C>,
+        input: W::Input,
+    ) -> Result<RunId, FloxideError> {
+        start_run(&self.workflow, &*self.backend, ctx, input, None, None).await
+    }
+
+    /// Starts a run unless one was already started with `key`.
+    ///
+    /// # Errors
+    /// [`DistributedError::DuplicateRun`] when `key` was used before; codec and backend errors.
+    pub async fn start_run_with_key(
+        &self,
+        ctx: &WorkflowCtx<C>,
+        input: W::Input,
+        key: impl Into<String>,
+    ) -> Result<RunId, FloxideError> {
+        start_run(
+            &self.workflow,
+            &*self.backend,
+            ctx,
+            input,
+            None,
+            Some(key.into()),
+        )
+        .await
+    }
+
+    /// Starts a run under a chosen id.
+    ///
+    /// # Errors
+    /// [`DistributedError::RunExists`] when the id is taken; codec and backend errors.
+    pub async fn start_run_with_id(
+        &self,
+        ctx: &WorkflowCtx<C>,
+        input: W::Input,
+        run_id: impl Into<RunId>,
+    ) -> Result<RunId, FloxideError> {
+        start_run(
+            &self.workflow,
+            &*self.backend,
+            ctx,
+            input,
+            Some(run_id.into()),
+            None,
+        )
+        .await
+    }
+
+    /// The run's status.
+    ///
+    /// # Errors
+    /// [`DistributedError::UnknownRun`] and backend errors.
+    pub async fn status(&self, run_id: &str) -> Result<RunStatus, FloxideError> {
+        Ok(self.backend.run_info(run_id).await?.status)
+    }
+
+    /// The run's record.
+    ///
+    /// # Errors
+    /// [`DistributedError::UnknownRun`] and backend errors.
+    pub async fn run_info(&self, run_id: &str) -> Result<RunInfo, FloxideError> {
+        Ok(self.backend.run_info(run_id).await?)
+    }
+
+    /// Runs, newest first, optionally only those with `status`.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunInfo>, FloxideError> {
+        Ok(self.backend.list_runs(status).await?)
+    }
+
+    /// Cancels a run: no further step starts, in-flight steps are signalled (their
+    /// cancellation token fires) and their commits are rejected.
+    ///
+    /// # Errors
+    /// [`DistributedError::InvalidRunState`] for a finished run; unknown run; backend errors.
+    pub async fn cancel(&self, run_id: &str) -> Result<(), FloxideError> {
+        self.backend.control(run_id, RunAction::Cancel).await?;
+        Ok(())
+    }
+
+    /// Pauses a run: its items are held (none is lost) until [`resume`](Self::resume).
+    ///
+    /// # Errors
+    /// [`DistributedError::InvalidRunState`] unless the run is pending or running.
+    pub async fn pause(&self, run_id: &str) -> Result<(), FloxideError> {
+        self.backend.control(run_id, RunAction::Pause).await?;
+        Ok(())
+    }
+
+    /// Resumes a paused run, or a failed one: then only what failed is re-enqueued.
+    ///
+    /// # Errors
+    /// [`DistributedError::InvalidRunState`] unless the run is paused or failed.
+    pub async fn resume(&self, run_id: &str) -> Result<(), FloxideError> {
+        self.backend.control(run_id, RunAction::Resume).await?;
+        Ok(())
+    }
+
+    /// The failures recorded for a run.
+    ///
+    /// # Errors
+    /// Unknown run; backend errors.
+    pub async fn errors(&self, run_id: &str) -> Result<Vec<WorkflowError>, FloxideError> {
+        Ok(self.backend.errors(run_id).await?)
+    }
+
+    /// The last health report of every worker.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn liveness(&self) -> Result<Vec<WorkerHealth>, FloxideError> {
+        Ok(self.backend.workers().await?)
+    }
+
+    /// The run's context as stored now.
+    ///
+    /// # Errors
+    /// Unknown run; a context that does not decode; backend errors.
+    pub async fn context(&self, run_id: &str) -> Result<C, FloxideError> {
+        let stored = self.backend.load_context(run_id).await?;
+        decode(&stored.bytes).map_err(|e| codec_error(format!("context of run `{run_id}`: {e}")))
+    }
+
+    /// The run's counters.
+    ///
+    /// # Errors
+    /// Unknown run; backend errors.
+    pub async fn metrics(&self, run_id: &str) -> Result<RunMetrics, FloxideError> {
+        Ok(self.backend.metrics(run_id).await?)
+    }
+
+    /// The run's work items not yet committed (pending, in progress, waiting a retry, held).
+    ///
+    /// # Errors
+    /// Unknown run; an item that does not decode; backend errors.
+    pub async fn pending_work(&self, run_id: &str) -> Result<Vec<W::WorkItem>, FloxideError> {
+        let mut items = Vec::new();
+        for bytes in self.backend.pending_items(run_id).await? {
+            items.push(decode::<W::WorkItem>(&bytes).map_err(codec_error)?);
+        }
+        items.sort_by_key(crate::WorkItem::instance_id);
+        Ok(items)
+    }
+
+    /// Every work item of the run with its state.
+    ///
+    /// # Errors
+    /// Unknown run; backend errors.
+    pub async fn list_work_items(&self, run_id: &str) -> Result<Vec<WorkItemInfo>, FloxideError> {
+        Ok(self.backend.work_items(run_id).await?)
+    }
+
+    /// Every dead letter of the backend.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, FloxideError> {
+        Ok(self.backend.dead_letters().await?)
+    }
+
+    /// Re-enqueues a dead letter (reviving its run if it had failed).
+    ///
+    /// # Errors
+    /// [`DistributedError::UnknownDeadLetter`]; backend errors.
+    pub async fn requeue_dead_letter(
+        &self,
+        run_id: &str,
+        item_id: ItemId,
+    ) -> Result<(), FloxideError> {
+        Ok(self.backend.requeue_dead_letter(run_id, item_id).await?)
+    }
+
+    /// Waits until the run is Completed, Failed or Cancelled, checking at least every
+    /// `poll_interval` (the backend wakes it earlier when it can notify).
+    ///
+    /// # Errors
+    /// Unknown run; backend errors.
+    pub async fn wait_for_completion(
+        &self,
+        run_id: &str,
+        poll_interval: Duration,
+    ) -> Result<RunInfo, FloxideError> {
+        loop {
+            let info = self.backend.run_info(run_id).await?;
+            if info.status.is_finished() {
+                return Ok(info);
+            }
+            self.backend.wait_run_change(run_id, poll_interval).await;
+        }
+    }
+
+    /// Waits up to `timeout` for the run to finish and returns its typed output.
+    ///
+    /// # Errors
+    /// [`DistributedError::WaitTimeout`] when it is still running; [`DistributedError::NoOutput`]
+    /// when it failed or was cancelled; unknown run; decode and backend errors.
+    pub async fn wait_for_output(
+        &self,
+        run_id: &str,
+        timeout: Duration,
+    ) -> Result<W::Output, FloxideError> {
+        let started = Instant::now();
+        let info = loop {
+            let info = self.backend.run_info(run_id).await?;
+            if info.status.is_finished() {
+                break info;
+            }
+            let left = timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(DistributedError::WaitTimeout {
+                    run_id: run_id.to_owned(),
+                    waited: timeout,
+                }
+                .into());
+            }
+            self.backend.wait_run_change(run_id, left).await;
+        };
+        match (info.status, info.output) {
+            (RunStatus::Completed, Some(output)) => serde_json::from_value(output)
+                .map_err(|e| codec_error(format!("output of run `{run_id}`: {e}"))),
+            (status, _) => Err(DistributedError::NoOutput {
+                run_id: run_id.to_owned(),
+                status,
+                error: info.error,
+            }
+            .into()),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+use floxide::*;
+use std::time::Duration;
+
+node! {
+    pub struct AddOne {};
+    input = u64;
+    output = u64;
+    |_ctx, n| { Ok(Transition::Next(n + 1)) }
+}
+
+workflow! {
+    pub struct Chain { a: AddOne, b: AddOne, c: AddOne }
+    start = a;
+    edges { a => [b]; b => [c]; c => []; }
+}
+
+#[tokio::test]
+async fn a_run_completes_through_run_once() {
+    let wf = Chain {
+        a: AddOne {},
+        b: AddOne {},
+        c: AddOne {},
+    };
+    let backend = InMemoryBackend::new();
+    let orch = OrchestratorBuilder::new()
+        .workflow(wf.clone())
+        .backend(backend.clone())
+        .build()
+        .unwrap();
+    let worker = WorkerBuilder::new()
+        .workflow(wf)
+        .backend(backend)
+        .build()
+        .unwrap();
+    let run = orch.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+    assert_eq!(orch.status(&run).await.unwrap(), RunStatus::Pending);
+    assert_eq!(worker.run_once(0).await.unwrap(), None);
+    assert_eq!(worker.run_once(0).await.unwrap(), None);
+    assert_eq!(worker.run_once(0).await.unwrap(), Some((run.clone(), 4)));
+    assert_eq!(worker.run_once(0).await.unwrap(), None);
+    let info = orch
+        .wait_for_completion(&run, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(info.status, RunStatus::Completed);
+    assert_eq!(
+        orch.wait_for_output(&run, Duration::from_secs(1))
+            .await
+            .unwrap(),
+        4
+    );
+    let m = orch.metrics(&run).await.unwrap();
+    assert_eq!(m.completed, 3);
+}
+
+#[tokio::test]
+async fn per_store_builders_share_state() {
+    let wf = Chain {
+        a: AddOne {},
+        b: AddOne {},
+        c: AddOne {},
+    };
+    let q = InMemoryWorkQueue::default();
+    let cs = InMemoryContextStore::default();
+    let ri = InMemoryRunInfoStore::default();
+    let ms = InMemoryMetricsStore::default();
+    let es = InMemoryErrorStore::default();
+    let ls = InMemoryLivenessStore::default();
+    let ws = InMemoryWorkItemStateStore::default();
+    let orch = OrchestratorBuilder::new()
+        .workflow(wf.clone())
+        .queue(q.clone())
+        .context_store(cs.clone())
+        .run_info_store(ri.clone())
+        .metrics_store(ms.clone())
+        .error_store(es.clone())
+        .liveness_store(ls.clone())
+        .work_item_state_store(ws.clone())
+        .build()
+        .unwrap();
+    let worker = DistributedWorker::builder()
+        .workflow(wf)
+        .queue(q)
+        .context_store(cs)
+        .run_info_store(ri)
+        .metrics_store(ms)
+        .error_store(es)
+        .liveness_store(ls)
+        .work_item_state_store(ws)
+        .build()
+        .unwrap();
+    let run = orch.start_run(&WorkflowCtx::new(()), 10).await.unwrap();
+    let mut pool = WorkerPool::new(worker, 2);
+    pool.start();
+    assert_eq!(
+        orch.wait_for_output(&run, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        13
+    );
+    pool.stop().await.unwrap();
+}
