@@ -34,6 +34,8 @@ pub use floxide_core::distributed::*;
 pub use floxide_core::*;
 pub use floxide_macros::{node, workflow, Merge};
 
+pub mod conformance;
+
 #[doc(hidden)]
 pub mod __private {
     pub use floxide_core::private::*;

@@ -119,8 +119,7 @@ where
         attempt = taken.attempt,
         worker = %worker,
     );
-    let _entered = span.enter();
-    drop(_entered);
+    let token = CancellationToken::new();
     let step = StepContext {
         run_id: lease.run_id.clone(),
         item_id: lease.item_id,
@@ -128,15 +127,10 @@ where
         attempt: taken.attempt,
         delivery: taken.deliveries,
         worker: worker.clone(),
+        cancel: token.clone(),
     };
-    with_step(
-        step,
-        tracing::Instrument::instrument(
-            execute_inner(workflow, backend, config, &taken, stop),
-            span,
-        ),
-    )
-    .await
+    let inner = execute_inner(workflow, backend, config, &taken, stop, token);
+    with_step(step, tracing::Instrument::instrument(inner, span)).await
 }
 
 async fn dead_letter(
@@ -164,6 +158,7 @@ async fn execute_inner<C, W>(
     config: &ExecConfig,
     taken: &Taken,
     stop: Option<(&CancellationToken, Duration)>,
+    token: CancellationToken,
 ) -> Result<StepEnd<W::Output>, FloxideError>
 where
     C: Context + Merge,
@@ -198,7 +193,6 @@ where
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();
             (tokio::time::Instant::now() + left, left)
         });
-        let token = CancellationToken::new();
         let scope = RunScope {
             cancel: token.clone(),
             deadline,
@@ -248,6 +242,9 @@ where
                         if status == RunStatus::Cancelled {
                             tracing::info!("run cancelled; signalling the running node");
                             token.cancel();
+                            // Let the node see its token and stop cleanly; its result is
+                            // discarded either way (the backend rejects the commit).
+                            let _ = tokio::time::timeout(config.heartbeat_interval, &mut node_run).await;
                             return Ok(StepEnd::Abandoned);
                         }
                     }

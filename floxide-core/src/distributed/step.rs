@@ -1,5 +1,7 @@
 //! What a node can learn about the distributed step executing it.
 
+use tokio_util::sync::CancellationToken;
+
 use crate::distributed::{RunId, WorkerId};
 use crate::ItemId;
 
@@ -10,7 +12,7 @@ use crate::ItemId;
 /// idempotent; it is the same for every execution of one work item.
 ///
 /// [`idempotency_key`]: StepContext::idempotency_key
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct StepContext {
     /// The run.
     pub run_id: RunId,
@@ -24,6 +26,8 @@ pub struct StepContext {
     pub delivery: u32,
     /// The executing worker.
     pub worker: WorkerId,
+    /// Fires when the run is cancelled (or the step is abandoned): stop early.
+    pub cancel: CancellationToken,
 }
 
 impl StepContext {
