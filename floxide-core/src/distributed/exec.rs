@@ -76,6 +76,51 @@ where
     Ok(backend.start_run(start).await?)
 }
 
+/// One non-blocking take and step with default worker settings.
+pub(crate) async fn step_once<C, W>(
+    workflow: &W,
+    backend: &dyn Backend,
+    worker: &WorkerId,
+) -> Result<Option<(RunId, W::Output)>, FloxideError>
+where
+    C: Context + Merge,
+    W: Workflow<C>,
+{
+    let config = crate::distributed::worker::WorkerConfig::default();
+    let Some(taken) = backend
+        .take(
+            workflow.name(),
+            worker,
+            config.take_options(),
+            Duration::ZERO,
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    step_taken(workflow, backend, &config.exec(), worker, taken, None).await
+}
+
+/// Executes a taken item; `Some((run, output))` when it committed a terminal output.
+pub(crate) async fn step_taken<C, W>(
+    workflow: &W,
+    backend: &dyn Backend,
+    config: &ExecConfig,
+    worker: &WorkerId,
+    taken: Taken,
+    stop: Option<(&CancellationToken, Duration)>,
+) -> Result<Option<(RunId, W::Output)>, FloxideError>
+where
+    C: Context + Merge,
+    W: Workflow<C>,
+{
+    let run_id = taken.lease.run_id.clone();
+    match execute(workflow, backend, config, worker, taken, stop).await? {
+        StepEnd::Committed(outputs) => Ok(outputs.into_iter().next().map(|o| (run_id, o))),
+        StepEnd::Failed | StepEnd::Abandoned | StepEnd::Released => Ok(None),
+    }
+}
+
 /// How the worker executes steps.
 #[derive(Debug, Clone)]
 pub(crate) struct ExecConfig {

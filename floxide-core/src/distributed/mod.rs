@@ -12,14 +12,15 @@
 //! everything in memory; `floxide-redis` provides the Redis backend.
 
 mod backend;
-mod exec;
+pub(crate) mod exec;
 mod memory;
 mod orchestrator;
 mod pool;
+mod runner;
 mod step;
 mod stores;
 mod types;
-mod worker;
+pub(crate) mod worker;
 
 pub use crate::merge::EventLog;
 pub use backend::{
@@ -33,6 +34,7 @@ pub use memory::{
 };
 pub use orchestrator::{DistributedOrchestrator, OrchestratorBuilder};
 pub use pool::WorkerPool;
+pub use runner::{run_worker_main, shutdown_signal, WorkerArgs};
 pub use step::{current_step, StepContext};
 pub use stores::{
     ContextStore, ErrorStore, LivenessStore, MetricsStore, RunInfoStore, StoreParts,

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use crate::distributed::backend::{Backend, DistributedError, TakeOptions, Taken};
-use crate::distributed::exec::{execute, ExecConfig, StepEnd};
+use crate::distributed::exec::{step_taken, ExecConfig};
 use crate::distributed::stores::StoreParts;
 use crate::distributed::{RunId, WorkerHealth, WorkerId, WorkerStatus};
 use crate::{Context, FloxideError, Merge, RetryPolicy, Workflow};
@@ -51,7 +51,7 @@ impl WorkerConfig {
         }
     }
 
-    fn take_options(&self) -> TakeOptions {
+    pub(crate) fn take_options(&self) -> TakeOptions {
         TakeOptions {
             lease_timeout: self.lease_timeout,
             max_deliveries: self.max_deliveries,
@@ -330,12 +330,8 @@ where
         taken: Taken,
         stop: Option<(&CancellationToken, Duration)>,
     ) -> Result<Option<(RunId, W::Output)>, FloxideError> {
-        let run_id = taken.lease.run_id.clone();
         let exec = self.config.exec();
-        match execute(&self.workflow, &*self.backend, &exec, worker, taken, stop).await? {
-            StepEnd::Committed(outputs) => Ok(outputs.into_iter().next().map(|o| (run_id, o))),
-            StepEnd::Failed | StepEnd::Abandoned | StepEnd::Released => Ok(None),
-        }
+        step_taken(&self.workflow, &*self.backend, &exec, worker, taken, stop).await
     }
 
     /// Takes and executes work items until the process ends, waiting on the backend while

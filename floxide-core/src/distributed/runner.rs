@@ -1,0 +1,261 @@
+//! A ready `main` for worker processes: flags and environment, a worker pool, graceful
+//! shutdown on SIGTERM/SIGINT, and an exit code.
+//!
+//! ```ignore
+//! #[tokio::main]
+//! async fn main() -> std::process::ExitCode {
+//!     floxide::distributed::run_worker_main(|args| async move {
+//!         let backend = floxide_redis::RedisBackend::connect(args.backend_url()?).await?;
+//!         MyFlow::default().worker(backend).build()
+//!     })
+//!     .await
+//! }
+//! ```
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::distributed::{DistributedError, DistributedWorker, WorkerPool};
+use crate::{Context, FloxideError, Merge, Workflow};
+
+/// The settings of a worker process, from flags or environment variables (flags win).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerArgs {
+    /// `--backend URL` / `FLOXIDE_BACKEND_URL` (also `--redis` / `FLOXIDE_REDIS_URL`).
+    pub backend_url: Option<String>,
+    /// `--concurrency N` / `FLOXIDE_CONCURRENCY`: concurrent steps (default 4).
+    pub concurrency: usize,
+    /// `--worker-name NAME` / `FLOXIDE_WORKER_NAME`: the prefix of the worker ids.
+    pub worker_name: String,
+    /// `--grace SECONDS` / `FLOXIDE_GRACE_SECS`: how long in-flight steps may finish on
+    /// shutdown before they are released (default 30).
+    pub grace: Duration,
+}
+
+impl Default for WorkerArgs {
+    fn default() -> Self {
+        WorkerArgs {
+            backend_url: None,
+            concurrency: 4,
+            worker_name: "worker".to_owned(),
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+const USAGE: &str = "usage: [--backend URL] [--concurrency N] [--worker-name NAME] [--grace SECONDS]
+environment: FLOXIDE_BACKEND_URL (or FLOXIDE_REDIS_URL), FLOXIDE_CONCURRENCY, FLOXIDE_WORKER_NAME, FLOXIDE_GRACE_SECS";
+
+impl WorkerArgs {
+    /// Parses `args` (without the program name) over the values of `env`.
+    ///
+    /// # Errors
+    /// An unknown flag, a missing value or a value that is not a number, with the usage text.
+    pub fn parse<I, S>(args: I, env: impl Fn(&str) -> Option<String>) -> Result<Self, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut out = WorkerArgs {
+            backend_url: env("FLOXIDE_BACKEND_URL").or_else(|| env("FLOXIDE_REDIS_URL")),
+            ..WorkerArgs::default()
+        };
+        if let Some(n) = env("FLOXIDE_CONCURRENCY") {
+            out.concurrency = number("FLOXIDE_CONCURRENCY", &n)?;
+        }
+        if let Some(name) = env("FLOXIDE_WORKER_NAME") {
+            out.worker_name = name;
+        }
+        if let Some(g) = env("FLOXIDE_GRACE_SECS") {
+            out.grace = Duration::from_secs(number("FLOXIDE_GRACE_SECS", &g)? as u64);
+        }
+        let mut args = args.into_iter().map(Into::into);
+        while let Some(flag) = args.next() {
+            let (name, inline) = match flag.split_once('=') {
+                Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
+                None => (flag.clone(), None),
+            };
+            if name == "--help" || name == "-h" {
+                return Err(USAGE.to_owned());
+            }
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+            };
+            match name.as_str() {
+                "--backend" | "--redis" => out.backend_url = Some(value()?),
+                "--concurrency" => out.concurrency = number(&name, &value()?)?,
+                "--worker-name" => out.worker_name = value()?,
+                "--grace" => out.grace = Duration::from_secs(number(&name, &value()?)? as u64),
+                other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+            }
+        }
+        if out.concurrency == 0 {
+            return Err(format!("--concurrency must be at least 1\n{USAGE}"));
+        }
+        Ok(out)
+    }
+
+    /// Parses the process's own arguments and environment.
+    ///
+    /// # Errors
+    /// As [`parse`](Self::parse).
+    pub fn from_env() -> Result<Self, String> {
+        Self::parse(std::env::args().skip(1), |k| std::env::var(k).ok())
+    }
+
+    /// The backend URL.
+    ///
+    /// # Errors
+    /// [`DistributedError::Build`] when none was given.
+    pub fn backend_url(&self) -> Result<&str, FloxideError> {
+        self.backend_url.as_deref().ok_or_else(|| {
+            DistributedError::Build(
+                "no backend URL: pass --backend URL or set FLOXIDE_BACKEND_URL".to_owned(),
+            )
+            .into()
+        })
+    }
+}
+
+fn number(name: &str, value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{name}: `{value}` is not a whole number\n{USAGE}"))
+}
+
+/// Runs a worker process: parses [`WorkerArgs`], builds the worker with `build`, runs
+/// `concurrency` workers until SIGTERM or SIGINT, then stops gracefully (in-flight steps get
+/// the grace period, then are released to other workers).
+///
+/// Exits with 0 after a graceful stop, 2 on bad arguments, 1 when the worker cannot be
+/// built or a worker task fails.
+pub async fn run_worker_main<W, C, F, Fut>(build: F) -> ExitCode
+where
+    C: Context + Merge + 'static,
+    W: Workflow<C> + 'static,
+    F: FnOnce(WorkerArgs) -> Fut,
+    Fut: Future<Output = Result<DistributedWorker<W, C>, FloxideError>>,
+{
+    let args = match WorkerArgs::from_env() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let (concurrency, name, grace) = (args.concurrency, args.worker_name.clone(), args.grace);
+    let worker = match build(args).await {
+        Ok(worker) => worker,
+        Err(error) => {
+            eprintln!("cannot start the worker: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut pool = WorkerPool::new(worker, concurrency)
+        .with_id_prefix(name)
+        .with_grace_period(grace);
+    pool.start();
+    tracing::info!(workers = ?pool.worker_ids(), "workers started");
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight steps");
+    match pool.stop().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("worker failed: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn flags_override_environment() {
+        let args = WorkerArgs::parse(
+            [
+                "--concurrency",
+                "8",
+                "--backend=redis://h:1/",
+                "--worker-name",
+                "w",
+            ],
+            env(&[
+                ("FLOXIDE_BACKEND_URL", "redis://env/"),
+                ("FLOXIDE_CONCURRENCY", "2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(args.concurrency, 8);
+        assert_eq!(args.backend_url.as_deref(), Some("redis://h:1/"));
+        assert_eq!(args.worker_name, "w");
+        let from_env = WorkerArgs::parse(
+            Vec::<String>::new(),
+            env(&[
+                ("FLOXIDE_REDIS_URL", "redis://r/"),
+                ("FLOXIDE_GRACE_SECS", "5"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(from_env.backend_url.as_deref(), Some("redis://r/"));
+        assert_eq!(from_env.grace, Duration::from_secs(5));
+        assert_eq!(from_env.concurrency, 4);
+    }
+
+    #[test]
+    fn bad_arguments_are_explained() {
+        let e = WorkerArgs::parse(["--concurrency", "many"], env(&[])).unwrap_err();
+        assert!(
+            e.contains("not a whole number") && e.contains("usage"),
+            "{e}"
+        );
+        let e = WorkerArgs::parse(["--frobnicate"], env(&[])).unwrap_err();
+        assert!(e.contains("unknown argument `--frobnicate`"), "{e}");
+        let e = WorkerArgs::parse(["--backend"], env(&[])).unwrap_err();
+        assert!(e.contains("needs a value"), "{e}");
+        let e = WorkerArgs::parse(["--concurrency", "0"], env(&[])).unwrap_err();
+        assert!(e.contains("at least 1"), "{e}");
+        assert!(WorkerArgs::default().backend_url().is_err());
+    }
+}
