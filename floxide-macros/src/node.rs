@@ -168,11 +168,27 @@ pub fn expand(input: TokenStream) -> TokenStream {
             #(#fields,)*
         }
     };
-    let (Some(input_ty), Some(output_ty)) = (&def.input, &def.output) else {
-        let errors = errors.into_compile_errors();
-        return quote!(#item #errors);
+    let imp = match (&def.input, &def.output) {
+        (Some(input_ty), Some(output_ty)) => node_impl(&def, input_ty, output_ty),
+        _ => fallback_node_impl(&def),
     };
-    let ctx_ty = def.context.clone().unwrap_or_else(|| syn::parse_quote!(()));
+    let errors = errors.into_compile_errors();
+    quote! {
+        #item
+        #errors
+        #imp
+    }
+}
+
+/// The node's context type: `context = C;`, else `()`.
+fn context_type(def: &NodeDef) -> Type {
+    def.context.clone().unwrap_or_else(|| syn::parse_quote!(()))
+}
+
+/// The `Node` impl running the closure.
+fn node_impl(def: &NodeDef, input_ty: &Type, output_ty: &Type) -> TokenStream {
+    let ident = &def.ident;
+    let ctx_ty = context_type(def);
     let (ctx_pat, input_pat) = (&def.ctx_param.pat, &def.input_param.pat);
     let ctx_binding = match &def.ctx_param.ty {
         Some(ty) => quote!(let #ctx_pat: #ty = __ctx;),
@@ -183,11 +199,7 @@ pub fn expand(input: TokenStream) -> TokenStream {
         None => quote!(let #input_pat = __input;),
     };
     let body = &def.body;
-    let errors = errors.into_compile_errors();
     quote! {
-        #item
-        #errors
-
         #[automatically_derived]
         #[::floxide::__private::async_trait]
         impl ::floxide::Node<#ctx_ty> for #ident {
@@ -203,6 +215,34 @@ pub fn expand(input: TokenStream) -> TokenStream {
                 #ctx_binding
                 #input_binding
                 #body
+            }
+        }
+    }
+}
+
+/// The `Node` impl of a node missing its input or output type, emitted next to that error so
+/// that workflows using the node report nothing more. The program never compiles, so the
+/// closure is left out; a missing side is guessed to be the other one (most nodes that forget
+/// one map a type to itself), and `()` when both are missing.
+fn fallback_node_impl(def: &NodeDef) -> TokenStream {
+    let ident = &def.ident;
+    let ctx_ty = context_type(def);
+    let unit: Type = syn::parse_quote!(());
+    let input_ty = def.input.as_ref().or(def.output.as_ref()).unwrap_or(&unit);
+    let output_ty = def.output.as_ref().or(def.input.as_ref()).unwrap_or(&unit);
+    quote! {
+        #[automatically_derived]
+        #[::floxide::__private::async_trait]
+        impl ::floxide::Node<#ctx_ty> for #ident {
+            type Input = #input_ty;
+            type Output = #output_ty;
+
+            async fn process(
+                &self,
+                _: &#ctx_ty,
+                _: #input_ty,
+            ) -> ::core::result::Result<::floxide::Transition<#output_ty>, ::floxide::FloxideError> {
+                ::core::unreachable!("node failed to compile")
             }
         }
     }

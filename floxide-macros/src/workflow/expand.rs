@@ -1,4 +1,5 @@
-//! Code generation for a validated workflow.
+//! Code generation: the items user code refers to, the trait impls of a validated workflow,
+//! and the fallback impls emitted next to the errors of an invalid one.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
@@ -7,6 +8,7 @@ use syn::{Ident, Pat, Type};
 use super::ast::{variant_name, ArmDef, EdgeBody, FieldDef, WorkflowDef};
 use super::graph;
 use super::validate::is_constant_like;
+use crate::errors::closest;
 
 /// Names shared by the generated items.
 struct Names<'a> {
@@ -41,20 +43,34 @@ impl<'a> Names<'a> {
             .unwrap_or_else(|| unreachable!("validated: `{name}` is a node"))
     }
 
-    /// The workflow's output type: `output = T;`, else the first direct terminal's output.
-    fn output_type(&self) -> TokenStream {
+    /// The workflow's output type: `output = T;`, else the output of the first direct
+    /// terminal (`node => [];`) whose source is a node; `None` (only in an invalid workflow)
+    /// when there is neither.
+    fn output_type(&self) -> Option<TokenStream> {
         if let Some(ty) = &self.def.output {
-            return quote!(#ty);
+            return Some(quote!(#ty));
         }
-        let terminal = self
-            .def
-            .edges
-            .iter()
-            .find(|e| {
-                e.on_failure.is_none() && matches!(&e.body, EdgeBody::Direct(t) if t.is_empty())
-            })
-            .unwrap_or_else(|| unreachable!("validated: a direct terminal exists"));
-        self.node_output(self.node(&terminal.source))
+        let terminal = self.def.edges.iter().find(|e| {
+            e.on_failure.is_none()
+                && matches!(&e.body, EdgeBody::Direct(t) if t.is_empty())
+                && self.def.is_node(&e.source)
+        })?;
+        Some(self.node_output(self.node(&terminal.source)))
+    }
+
+    /// The input type of an invalid workflow: the start node's input (or that of the node a
+    /// misspelt start most likely means), else the first node's input, else `()`.
+    fn fallback_input(&self) -> TokenStream {
+        let nodes = self.def.nodes();
+        let names: Vec<String> = nodes.iter().map(|n| n.ident.to_string()).collect();
+        let start = self.def.start.as_ref().and_then(|(_, start)| {
+            let name = closest(&start.to_string(), names.iter().map(String::as_str))?;
+            nodes.iter().find(|n| n.ident == name)
+        });
+        match start.or(nodes.first()) {
+            Some(node) => self.node_input(node),
+            None => quote!(()),
+        }
     }
 }
 
@@ -101,6 +117,33 @@ pub fn expand_items(def: &WorkflowDef) -> TokenStream {
     }
 }
 
+/// `WorkItem` for the work-item enum. It depends only on the node list, so a workflow that
+/// failed validation gets the same impl.
+fn work_item_impl(names: &Names) -> TokenStream {
+    let item_enum = &names.item_enum;
+    let nodes = names.def.nodes();
+    let id_arms = nodes.iter().map(|n| {
+        let v = variant_name(&n.ident);
+        quote!(#item_enum::#v(id, _) => id,)
+    });
+    let name_arms = nodes.iter().map(|n| {
+        let v = variant_name(&n.ident);
+        let s = n.ident.to_string();
+        quote!(#item_enum::#v(..) => #s,)
+    });
+    quote! {
+        #[automatically_derived]
+        impl ::floxide::WorkItem for #item_enum {
+            fn instance_id(&self) -> ::floxide::ItemId {
+                match *self { #(#id_arms)* }
+            }
+            fn node_name(&self) -> &'static str {
+                match *self { #(#name_arms)* }
+            }
+        }
+    }
+}
+
 /// The trait implementations of a validated workflow.
 pub fn expand_impls(def: &WorkflowDef) -> TokenStream {
     let names = Names::new(def);
@@ -115,32 +158,20 @@ pub fn expand_impls(def: &WorkflowDef) -> TokenStream {
     let start_variant = variant_name(start);
     let start_input = names.node_input(start_node);
     let start_str = start.to_string();
-    let output = names.output_type();
+    let output = names
+        .output_type()
+        .unwrap_or_else(|| unreachable!("validated: the output type is known"));
 
-    let nodes = def.nodes();
-    let id_arms = nodes.iter().map(|n| {
-        let v = variant_name(&n.ident);
-        quote!(#item_enum::#v(id, _) => *id,)
-    });
-    let name_arms = nodes.iter().map(|n| {
-        let v = variant_name(&n.ident);
-        let s = n.ident.to_string();
-        quote!(#item_enum::#v(..) => #s,)
-    });
-    let step_arms = nodes.iter().map(|n| step_arm(&names, n, &output));
+    let work_item = work_item_impl(&names);
+    let step_arms = def
+        .nodes()
+        .into_iter()
+        .map(|n| step_arm(&names, n, &output));
     let dot = graph::dot(def);
     let mermaid = graph::mermaid(def);
 
     quote! {
-        #[automatically_derived]
-        impl ::floxide::WorkItem for #item_enum {
-            fn instance_id(&self) -> ::floxide::ItemId {
-                match self { #(#id_arms)* }
-            }
-            fn node_name(&self) -> &'static str {
-                match self { #(#name_arms)* }
-            }
-        }
+        #work_item
 
         #[automatically_derived]
         impl ::floxide::Workflow<#ctx> for #ident {
@@ -184,6 +215,66 @@ pub fn expand_impls(def: &WorkflowDef) -> TokenStream {
 
             fn to_mermaid(&self) -> &'static str {
                 #mermaid
+            }
+        }
+    }
+}
+
+/// The trait implementations of a workflow that failed validation, emitted next to its
+/// errors so that user code calling `run`, `to_dot`, .. reports nothing more.
+///
+/// The program never compiles, so the bodies are unreachable; only the associated types
+/// matter. They are the best guess at what the valid workflow will have (`()` when there is
+/// none), so that user code typed against it does not produce type errors either.
+pub fn expand_fallback_impls(def: &WorkflowDef) -> TokenStream {
+    let names = Names::new(def);
+    let ident = &def.ident;
+    let ctx = &names.ctx;
+    let item_enum = &names.item_enum;
+    let input = names.fallback_input();
+    let output = names.output_type().unwrap_or_else(|| quote!(()));
+    let work_item = work_item_impl(&names);
+    let unreachable = quote!(::core::unreachable!("workflow failed to compile"));
+
+    quote! {
+        #work_item
+
+        #[automatically_derived]
+        impl ::floxide::Workflow<#ctx> for #ident {
+            type Input = #input;
+            type Output = #output;
+            type WorkItem = #item_enum;
+
+            fn name(&self) -> &'static str {
+                #unreachable
+            }
+
+            fn start_node(&self) -> &'static str {
+                #unreachable
+            }
+
+            fn start_work_item(&self, _: Self::Input) -> #item_enum {
+                #unreachable
+            }
+
+            fn process_work_item<'__a>(
+                &'__a self,
+                _: &'__a #ctx,
+                _: #item_enum,
+                _: ::floxide::StepEnv,
+                _: &'__a mut ::floxide::StepSink<#item_enum, #output>,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<(), ::floxide::StepFailure>,
+            > + ::core::marker::Send + '__a {
+                async { #unreachable }
+            }
+
+            fn to_dot(&self) -> &'static str {
+                #unreachable
+            }
+
+            fn to_mermaid(&self) -> &'static str {
+                #unreachable
             }
         }
     }

@@ -23,7 +23,8 @@ pub fn expand(input: TokenStream) -> TokenStream {
         let impls = expand::expand_impls(&def);
         quote::quote!(#items #impls)
     } else {
+        let fallback = expand::expand_fallback_impls(&def);
         let errors = errors.into_compile_errors();
-        quote::quote!(#items #errors)
+        quote::quote!(#items #fallback #errors)
     }
 }
