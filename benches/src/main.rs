@@ -1,1 +1,216 @@
-fn main() {}
+//! `floxide-bench`: the standard workloads of BENCH.md, one JSON line each on stdout.
+//!
+//! ```text
+//! cargo run --release -p floxide-bench -- local-linear [--runs 100000]
+//! cargo run --release -p floxide-bench -- dist-mem-linear [--runs 2000] [--workers 4]
+//! ```
+//! Common flags: `--threads N` (tokio worker threads; default: number of cores).
+
+use std::time::{Duration, Instant};
+
+use floxide::*;
+use serde_json::json;
+
+node! {
+    /// `n -> n + 1`.
+    pub struct Inc {};
+    input = u64;
+    output = u64;
+    |_ctx, n| { Ok(Transition::Next(n + 1)) }
+}
+
+workflow! {
+    /// `a => [b]; b => [c]; c => [];`
+    pub struct Linear { a: Inc, b: Inc, c: Inc }
+    start = a;
+    edges { a => [b]; b => [c]; c => []; }
+}
+
+fn linear() -> Linear {
+    Linear {
+        a: Inc {},
+        b: Inc {},
+        c: Inc {},
+    }
+}
+
+/// Parsed command line.
+struct Args {
+    workload: String,
+    flags: Vec<(String, String)>,
+}
+
+impl Args {
+    fn parse() -> Result<Args, String> {
+        let mut it = std::env::args().skip(1);
+        let workload = it
+            .next()
+            .ok_or("usage: floxide-bench WORKLOAD [--flag value]...")?;
+        let mut flags = Vec::new();
+        while let Some(flag) = it.next() {
+            let name = flag
+                .strip_prefix("--")
+                .ok_or(format!("unexpected argument `{flag}`"))?;
+            let value = it.next().ok_or(format!("--{name} needs a value"))?;
+            flags.push((name.to_owned(), value));
+        }
+        Ok(Args { workload, flags })
+    }
+
+    fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
+        match self.flags.iter().rev().find(|(n, _)| n == name) {
+            None => Ok(default),
+            Some((_, v)) => v
+                .parse()
+                .map_err(|_| format!("--{name}: `{v}` is not valid")),
+        }
+    }
+}
+
+fn framework() -> String {
+    format!("floxide {}", env!("CARGO_PKG_VERSION"))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+async fn local_linear(args: &Args) -> Result<serde_json::Value, String> {
+    let runs: u64 = args.get("runs", 100_000)?;
+    let wf = linear();
+    let ctx = WorkflowCtx::new(());
+    for _ in 0..1_000 {
+        let out = wf.run(&ctx, 0).await.map_err(|e| e.to_string())?;
+        assert_eq!(out, 3);
+    }
+    let started = Instant::now();
+    for _ in 0..runs {
+        let out = wf.run(&ctx, 0).await.map_err(|e| e.to_string())?;
+        if out != 3 {
+            return Err(format!("wrong result {out}"));
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let steps = runs * 3;
+    Ok(json!({
+        "framework": framework(),
+        "workload": "local-linear",
+        "runs": runs,
+        "steps": steps,
+        "wall_s": wall,
+        "runs_per_s": runs as f64 / wall,
+        "steps_per_s": steps as f64 / wall,
+        "ns_per_step": wall * 1e9 / steps as f64,
+    }))
+}
+
+async fn dist_mem_linear(args: &Args) -> Result<serde_json::Value, String> {
+    let runs: usize = args.get("runs", 2_000)?;
+    let workers: usize = args.get("workers", 4)?;
+    let backend = InMemoryBackend::new();
+    let wf = linear();
+    let orchestrator = OrchestratorBuilder::new()
+        .workflow(wf.clone())
+        .backend(backend.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let worker = WorkerBuilder::new()
+        .workflow(wf)
+        .backend(backend)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        ids.push(
+            orchestrator
+                .start_run(&WorkflowCtx::new(()), 0)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let mut pool = WorkerPool::new(worker, workers).with_grace_period(Duration::from_secs(1));
+    pool.start();
+    let mut completed = 0;
+    let mut latencies = Vec::with_capacity(runs);
+    for id in &ids {
+        let info = orchestrator
+            .wait_for_completion(id, Duration::from_secs(60))
+            .await
+            .map_err(|e| e.to_string())?;
+        if info.status == RunStatus::Completed && info.output == Some(json!(3)) {
+            completed += 1;
+        }
+        if let Some(done) = info.finished_at {
+            let lat = done.duration_since(info.started_at).unwrap_or_default();
+            latencies.push(lat.as_secs_f64() * 1e3);
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    pool.stop().await.map_err(|e| e.to_string())?;
+    latencies.sort_by(f64::total_cmp);
+    let steps = completed * 3;
+    Ok(json!({
+        "framework": framework(),
+        "workload": "dist-mem-linear",
+        "runs": runs,
+        "completed": completed,
+        "steps": steps,
+        "wall_s": wall,
+        "steps_per_s": steps as f64 / wall,
+        "lat_p50_ms": percentile(&latencies, 50.0),
+        "lat_p99_ms": percentile(&latencies, 99.0),
+    }))
+}
+
+fn main() -> std::process::ExitCode {
+    let args = match Args::parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let threads = match args.get(
+        "threads",
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start tokio: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match args.workload.as_str() {
+            "local-linear" => local_linear(&args).await,
+            "dist-mem-linear" => dist_mem_linear(&args).await,
+            other => Err(format!("unknown workload `{other}`")),
+        }
+    });
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

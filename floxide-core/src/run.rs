@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::checkpoint::stable_digest;
-use crate::context::RunScope;
+use crate::context::{RunScope, StepGate};
 use crate::{
     Checkpoint, CheckpointRecord, CheckpointStore, Context, FloxideError, StepEnv, StepFailure,
     StepSink, WorkItem, Workflow, WorkflowCtx,
@@ -22,8 +22,16 @@ where
     W: Workflow<C>,
 {
     let scope = RunScope::of(ctx);
-    let guarded = scope.guard(drive(wf, ctx, input, &scope));
-    scope.clone().enter(guarded).await
+    if scope.cancel.is_cancelled() {
+        return Err(FloxideError::Cancelled);
+    }
+    let gate = StepGate {
+        cancel: &ctx.cancel,
+        deadline: scope.deadline,
+    };
+    scope
+        .guarded(&ctx.cancel, drive(wf, ctx, input, gate))
+        .await
 }
 
 /// One step with its own sink, for concurrent branches.
@@ -42,7 +50,7 @@ async fn drive<C: Context, W: Workflow<C>>(
     wf: &W,
     ctx: &WorkflowCtx<C>,
     input: W::Input,
-    scope: &RunScope,
+    scope: StepGate<'_>,
 ) -> Result<W::Output, FloxideError> {
     let store = &ctx.store;
     let mut first_output: Option<W::Output> = None;
@@ -54,7 +62,7 @@ async fn drive<C: Context, W: Workflow<C>>(
     wf.process_work_item(store, start, StepEnv::in_process(), &mut sink)
         .await
         .map_err(|f| f.error)?;
-    if sink.held && sink.items.is_empty() && sink.outputs.is_empty() {
+    if sink.held && sink.item_count() == 0 && sink.outputs.is_empty() {
         return Err(FloxideError::StartNodeHeld {
             workflow: wf.name(),
             node: start_node,
@@ -65,7 +73,8 @@ async fn drive<C: Context, W: Workflow<C>>(
     // concurrently, a lone ready item runs inline: linear workflows never pay for the
     // concurrent machinery.
     let mut ready: VecDeque<W::WorkItem> = VecDeque::new();
-    let mut in_flight = FuturesUnordered::new();
+    // Created on the first fan-out: it allocates, and linear runs never need it.
+    let mut in_flight: Option<FuturesUnordered<_>> = None;
     let mut current: Option<W::WorkItem> = None;
     absorb(&mut sink, &mut first_output, &mut current, &mut ready);
 
@@ -79,7 +88,7 @@ async fn drive<C: Context, W: Workflow<C>>(
             absorb(&mut sink, &mut first_output, &mut current, &mut ready);
             continue;
         }
-        if in_flight.is_empty() {
+        if in_flight.as_ref().is_none_or(FuturesUnordered::is_empty) {
             match ready.len() {
                 0 => break,
                 1 => {
@@ -92,10 +101,11 @@ async fn drive<C: Context, W: Workflow<C>>(
         if !ready.is_empty() {
             scope.check()?;
         }
+        let running = in_flight.get_or_insert_with(FuturesUnordered::new);
         for item in ready.drain(..) {
-            in_flight.push(step_owned(wf, store, item));
+            running.push(step_owned(wf, store, item));
         }
-        match in_flight.next().await {
+        match running.next().await {
             Some(Ok(mut done)) => {
                 let mut queued = None;
                 absorb(&mut done, &mut first_output, &mut queued, &mut ready);
@@ -122,11 +132,7 @@ fn absorb<WI, O>(
     if first_output.is_none() && !sink.outputs.is_empty() {
         *first_output = Some(sink.outputs.swap_remove(0));
     }
-    if sink.items.len() == 1 && current.is_none() && ready.is_empty() {
-        *current = sink.items.pop();
-    } else {
-        ready.extend(sink.items.drain(..));
-    }
+    sink.drain_items_into(current, ready);
 }
 
 /// The engine behind `run_with_checkpoint` and `resume`: one step at a time, saving the
@@ -143,13 +149,21 @@ where
     W: Workflow<C>,
     S: CheckpointStore<C, W::WorkItem>,
 {
-    let guarded = scope.guard(drive_checkpointed(wf, &scope, fresh, store, id));
-    scope.clone().enter(guarded).await
+    if scope.cancel.is_cancelled() {
+        return Err(FloxideError::Cancelled);
+    }
+    let check = scope.clone();
+    scope
+        .guarded(
+            &check.cancel,
+            drive_checkpointed(wf, check.gate(), fresh, store, id),
+        )
+        .await
 }
 
 async fn drive_checkpointed<C, W, S>(
     wf: &W,
-    scope: &RunScope,
+    scope: StepGate<'_>,
     fresh: Option<(&C, W::Input)>,
     store: &S,
     id: &str,
@@ -209,7 +223,7 @@ where
         wf.process_work_item(&cp.context, item, StepEnv::in_process(), &mut sink)
             .await
             .map_err(|f| f.error)?;
-        if first_step && sink.held && sink.items.is_empty() && sink.outputs.is_empty() {
+        if first_step && sink.held && sink.item_count() == 0 && sink.outputs.is_empty() {
             return Err(FloxideError::StartNodeHeld {
                 workflow: wf.name(),
                 node,

@@ -234,9 +234,12 @@ pub struct StepFailure {
 }
 
 /// What one step produced: successor items, terminal outputs and whether it held.
+///
+/// The first successor is kept inline: a linear step never allocates here.
 #[derive(Debug)]
 pub struct StepSink<WI, O> {
-    pub(crate) items: Vec<WI>,
+    pub(crate) first: Option<WI>,
+    pub(crate) rest: Vec<WI>,
     pub(crate) outputs: Vec<O>,
     pub(crate) held: bool,
     pub(crate) emitted: u32,
@@ -246,7 +249,8 @@ pub struct StepSink<WI, O> {
 impl<WI, O> Default for StepSink<WI, O> {
     fn default() -> Self {
         StepSink {
-            items: Vec::new(),
+            first: None,
+            rest: Vec::new(),
             outputs: Vec::new(),
             held: false,
             emitted: 0,
@@ -270,7 +274,11 @@ impl<WI, O> StepSink<WI, O> {
 
     /// Records a successor work item.
     pub fn push(&mut self, item: WI) {
-        self.items.push(item);
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(item);
+        } else {
+            self.rest.push(item);
+        }
     }
 
     /// Records a terminal output.
@@ -295,9 +303,14 @@ impl<WI, O> StepSink<WI, O> {
         &self.failures
     }
 
-    /// The successor items recorded so far.
-    pub fn items(&self) -> &[WI] {
-        &self.items
+    /// The successor items recorded so far, in order.
+    pub fn items(&self) -> impl Iterator<Item = &WI> {
+        self.first.iter().chain(self.rest.iter())
+    }
+
+    /// How many successor items were recorded.
+    pub fn item_count(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
     }
 
     /// The terminal outputs recorded so far.
@@ -314,15 +327,34 @@ impl<WI, O> StepSink<WI, O> {
     pub fn take(&mut self) -> (Vec<WI>, Vec<O>, bool) {
         self.emitted = 0;
         self.failures.clear();
+        let mut items = Vec::with_capacity(self.item_count());
+        items.extend(self.first.take());
+        items.append(&mut self.rest);
         (
-            std::mem::take(&mut self.items),
+            items,
             std::mem::take(&mut self.outputs),
             std::mem::replace(&mut self.held, false),
         )
     }
 
+    /// Moves the successor items out in order: into `single` when there is exactly one and
+    /// `single` is free, otherwise appended to `many`.
+    pub(crate) fn drain_items_into(
+        &mut self,
+        single: &mut Option<WI>,
+        many: &mut std::collections::VecDeque<WI>,
+    ) {
+        if self.rest.is_empty() && single.is_none() && many.is_empty() {
+            *single = self.first.take();
+        } else {
+            many.extend(self.first.take());
+            many.extend(self.rest.drain(..));
+        }
+    }
+
     pub(crate) fn reset(&mut self) {
-        self.items.clear();
+        self.first = None;
+        self.rest.clear();
         self.outputs.clear();
         self.held = false;
         self.emitted = 0;

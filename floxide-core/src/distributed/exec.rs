@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::context::RunScope;
+use crate::context::{CancelState, RunScope};
 use crate::distributed::backend::{
     Backend, CommitOutcome, DistributedError, LeaseState, NewItem, StartRun, StepCommit,
     StepFailed, Taken,
@@ -238,16 +238,18 @@ where
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();
             (tokio::time::Instant::now() + left, left)
         });
+        let cancel = std::sync::Arc::new(CancelState::new(token.clone()));
         let scope = RunScope {
-            cancel: token.clone(),
+            cancel: std::sync::Arc::clone(&cancel),
             deadline,
         };
         let mut sink = StepSink::new();
         let env = StepEnv::scheduled(taken.attempt);
         let result = {
-            let node_run = scope
-                .guard(async { Ok(workflow.process_work_item(&ctx, item, env, &mut sink).await) });
-            let node_run = AssertUnwindSafe(scope.clone().enter(node_run)).catch_unwind();
+            let node_run = scope.guarded(&cancel, async {
+                Ok(workflow.process_work_item(&ctx, item, env, &mut sink).await)
+            });
+            let node_run = AssertUnwindSafe(node_run).catch_unwind();
             tokio::pin!(node_run);
             let mut last_beat = tokio::time::Instant::now();
             let mut stop_at: Option<tokio::time::Instant> = None;
@@ -277,7 +279,7 @@ where
                                 LeaseState::Active(status) => status,
                                 LeaseState::Lost => {
                                     tracing::warn!("lease lost while the node ran; abandoning the step");
-                                    token.cancel();
+                                    cancel.cancel();
                                     return Ok(StepEnd::Abandoned);
                                 }
                             }
@@ -286,7 +288,7 @@ where
                         };
                         if status == RunStatus::Cancelled {
                             tracing::info!("run cancelled; signalling the running node");
-                            token.cancel();
+                            cancel.cancel();
                             // Let the node see its token and stop cleanly; its result is
                             // discarded either way (the backend rejects the commit).
                             let _ = tokio::time::timeout(config.heartbeat_interval, &mut node_run).await;
@@ -297,7 +299,7 @@ where
             }
         };
         let Some(result) = result else {
-            token.cancel();
+            cancel.cancel();
             backend.release(lease).await?;
             return Ok(StepEnd::Released);
         };
@@ -366,7 +368,7 @@ where
         let mut commit = StepCommit {
             require_version: held.then_some(loaded.version),
             context: None,
-            successors: Vec::with_capacity(sink.items().len()),
+            successors: Vec::with_capacity(sink.item_count()),
             outputs: Vec::with_capacity(sink.outputs().len()),
             handled_failures: sink
                 .handled_failures()
