@@ -100,3 +100,28 @@ async fn per_store_builders_share_state() {
     );
     pool.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn generated_glue_builds_workers_and_orchestrators() {
+    let wf = Chain {
+        a: AddOne {},
+        b: AddOne {},
+        c: AddOne {},
+    };
+    assert_eq!(Chain::NODE_NAMES, ["a", "b", "c"]);
+    let backend = InMemoryBackend::new();
+    let orch = wf.orchestrator(backend.clone()).build().unwrap();
+    let worker = wf
+        .worker(backend)
+        .lease_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let run = orch.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
+    while worker.run_once("w").await.unwrap().is_none() {}
+    assert_eq!(
+        orch.wait_for_output(&run, Duration::from_secs(1))
+            .await
+            .unwrap(),
+        3
+    );
+}

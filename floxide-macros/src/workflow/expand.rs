@@ -167,6 +167,7 @@ pub fn expand_impls(def: &WorkflowDef) -> TokenStream {
         .nodes()
         .into_iter()
         .map(|n| step_arm(&names, n, &output));
+    let node_names: Vec<String> = def.nodes().iter().map(|n| n.ident.to_string()).collect();
     let dot = graph::dot(def);
     let mermaid = graph::mermaid(def);
 
@@ -215,6 +216,42 @@ pub fn expand_impls(def: &WorkflowDef) -> TokenStream {
 
             fn to_mermaid(&self) -> &'static str {
                 #mermaid
+            }
+        }
+
+        #[automatically_derived]
+        impl #ident {
+            /// The names of this workflow's nodes, in declaration order (the work-item tags).
+            pub const NODE_NAMES: &'static [&'static str] = &[#(#node_names),*];
+
+            /// A worker builder for this workflow on `backend`: add settings, then `.build()`.
+            #[allow(dead_code)]
+            pub fn worker<__C>(
+                &self,
+                backend: impl ::floxide::distributed::Backend,
+            ) -> ::floxide::distributed::WorkerBuilder<Self, __C>
+            where
+                __C: ::floxide::Context + ::floxide::Merge + 'static,
+                Self: ::floxide::Workflow<__C>,
+            {
+                ::floxide::distributed::WorkerBuilder::new()
+                    .workflow(::core::clone::Clone::clone(self))
+                    .backend(backend)
+            }
+
+            /// An orchestrator builder for this workflow on `backend`: `.build()` it.
+            #[allow(dead_code)]
+            pub fn orchestrator<__C>(
+                &self,
+                backend: impl ::floxide::distributed::Backend,
+            ) -> ::floxide::distributed::OrchestratorBuilder<Self, __C>
+            where
+                __C: ::floxide::Context + ::floxide::Merge + 'static,
+                Self: ::floxide::Workflow<__C>,
+            {
+                ::floxide::distributed::OrchestratorBuilder::new()
+                    .workflow(::core::clone::Clone::clone(self))
+                    .backend(backend)
             }
         }
     }
