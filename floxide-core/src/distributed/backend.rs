@@ -154,6 +154,8 @@ pub struct Taken {
     pub deliveries: u32,
     /// The run's wall-clock deadline.
     pub deadline: Option<SystemTime>,
+    /// The run's context, when the backend fetched it with the item (saves a round trip).
+    pub context: Option<VersionedContext>,
 }
 
 /// A run's context as stored, with its version (incremented by every change).

@@ -211,6 +211,7 @@ where
 {
     let lease = &taken.lease;
     let started = tokio::time::Instant::now();
+    let mut prefetched = taken.context.clone();
     loop {
         let item: W::WorkItem = match decode(&taken.bytes) {
             Ok(item) => item,
@@ -219,7 +220,12 @@ where
                 return Ok(StepEnd::Failed);
             }
         };
-        let loaded = backend.load_context(&lease.run_id).await?;
+        // The context fetched with the item serves the first execution; a re-execution (a
+        // held step that saw a newer context) loads the latest one.
+        let loaded = match prefetched.take() {
+            Some(ctx) => ctx,
+            None => backend.load_context(&lease.run_id).await?,
+        };
         let ctx: C = match decode(&loaded.bytes) {
             Ok(ctx) => ctx,
             Err(e) => {

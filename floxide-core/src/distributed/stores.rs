@@ -27,8 +27,9 @@ pub struct StoreParts {
     errors: Option<InMemoryErrorStore>,
     liveness: Option<InMemoryLivenessStore>,
     items: Option<InMemoryWorkItemStateStore>,
-    /// Stores that are views of a whole backend (Redis and other backends).
-    views: Vec<(&'static str, Arc<dyn Backend>)>,
+    /// Stores that are views of a whole backend (Redis and other backends): kind, identity
+    /// of the backend (stores with one identity are views of one backend), the backend.
+    views: Vec<(&'static str, String, Arc<dyn Backend>)>,
 }
 
 impl StoreParts {
@@ -44,15 +45,16 @@ impl StoreParts {
             && self.views.is_empty()
     }
 
-    /// Records a store that is a view of a whole backend.
-    pub fn add_view(&mut self, kind: &'static str, backend: Arc<dyn Backend>) {
-        self.views.retain(|(k, _)| *k != kind);
-        self.views.push((kind, backend));
+    /// Records a store of kind `kind` that is a view of a whole backend, identified by
+    /// `identity` (for example its server and key prefix).
+    pub fn add_view(&mut self, kind: &'static str, identity: String, backend: Arc<dyn Backend>) {
+        self.views.retain(|(k, _, _)| *k != kind);
+        self.views.push((kind, identity, backend));
     }
 
     /// The backend made of the collected parts.
     pub(crate) fn assemble(self) -> Result<Arc<dyn Backend>, DistributedError> {
-        if let Some((_, first)) = self.views.first() {
+        if let Some((_, identity, first)) = self.views.first() {
             let memory_parts = self.queue.is_some()
                 || self.contexts.is_some()
                 || self.runs.is_some()
@@ -61,7 +63,7 @@ impl StoreParts {
                 || self.liveness.is_some()
                 || self.items.is_some();
             if memory_parts
-                || self.views.iter().any(|(_, b)| !Arc::ptr_eq(b, first))
+                || self.views.iter().any(|(_, id, _)| id != identity)
                 || self.views.len() < 7
             {
                 return Err(DistributedError::Build(

@@ -298,6 +298,7 @@ impl InMemoryBackend {
                 attempt: record.attempt,
                 deliveries: record.deliveries,
                 deadline: info.deadline,
+                context: None,
             });
         };
         drop((runs, items, queue));

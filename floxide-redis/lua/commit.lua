@@ -1,0 +1,86 @@
+-- Commits a step's effects, fenced by its lease: the context (replaced only if still at the
+-- version the step's merge was based on; a held step also requires the version it read),
+-- successor items (known ids are ignored), the item's completion, outputs, errors, metrics
+-- and the run's completion when no item is left.
+-- KEYS[1]: the partition's lease index (`<pfx>leases`).
+-- ARGV: pfx, retention, run id, item id, token, required version ('' for none),
+--       context base version ('' when the context is unchanged), context bytes, node,
+--       duration in µs, successor count n, then n × (id, node, bytes), output count m, then
+--       m outputs (JSON), error count k, then k errors (JSON)
+-- Returns {'ok', final status or ''} | {'conflict', version} | {'lost'} | {'inactive', status}
+local run, id, token = ARGV[3], ARGV[4], ARGV[5]
+local required, base, ctx, node = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local dur = tonumber(ARGV[10])
+local it, rk = items_key(run), run_key(run)
+local e = entry(id, run)
+local f = redis.call('HMGET', it, id .. ':s', id .. ':l')
+if f[1] ~= 'I' or f[2] ~= token then return { 'lost' } end
+local r = redis.call('HMGET', rk, 'st', 'ver', 'wf')
+local st, ver, wf = r[1], tonumber(r[2] or '0'), r[3]
+if st == 'cancelled' or st == 'completed' or not st then
+  redis.call('HSET', it, id .. ':s', 'X')
+  redis.call('HDEL', it, id .. ':l', id .. ':w')
+  redis.call('HINCRBY', rk, 'left', -1)
+  redis.call('ZREM', PFX .. 'leases', e)
+  return { 'inactive', st or 'cancelled' }
+end
+if required ~= '' and tonumber(required) ~= ver then return { 'conflict', ver } end
+if base ~= '' then
+  if tonumber(base) ~= ver then return { 'conflict', ver } end
+  redis.call('SET', PFX .. 'ctx:' .. run, ctx)
+  redis.call('HINCRBY', rk, 'ver', 1)
+end
+
+local held = not is_active(st)
+local i = 11
+local n = tonumber(ARGV[i]); i = i + 1
+local added = 0
+for _ = 1, n do
+  local sid, snode, spayload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  i = i + 3
+  if redis.call('HEXISTS', it, sid) == 0 then
+    local s = held and 'H' or 'P'
+    redis.call('HSET', it, sid, spayload, sid .. ':n', snode, sid .. ':s', s, sid .. ':a', 1, sid .. ':d', 0)
+    added = added + 1
+    if not held then push_ready(wf, entry(sid, run), false) end
+  end
+end
+redis.call('HSET', it, id .. ':s', 'C')
+redis.call('HDEL', it, id .. ':l', id .. ':w')
+redis.call('ZREM', PFX .. 'leases', e)
+local left = redis.call('HINCRBY', rk, 'left', added - 1)  -- added >= 0, so never -0
+if added > 0 then redis.call('HINCRBY', rk, 'm_items', added) end
+
+local m = tonumber(ARGV[i]); i = i + 1
+for _ = 1, m do
+  redis.call('RPUSH', PFX .. 'outs:' .. run, ARGV[i])
+  redis.call('HSETNX', rk, 'out', ARGV[i])
+  i = i + 1
+end
+local k = tonumber(ARGV[i]); i = i + 1
+for _ = 1, k do
+  redis.call('RPUSH', PFX .. 'errs:' .. run, ARGV[i])
+  i = i + 1
+end
+
+redis.call('HINCRBY', rk, 'm_done', 1)
+redis.call('HINCRBY', rk, 'n:' .. node .. ':c', 1)
+redis.call('HINCRBY', rk, 'n:' .. node .. ':t', dur)
+local max = tonumber(redis.call('HGET', rk, 'n:' .. node .. ':x') or '0')
+if dur > max then redis.call('HSET', rk, 'n:' .. node .. ':x', dur) end
+
+if st == 'pending' then redis.call('HSET', rk, 'st', 'running'); st = 'running' end
+local fin = ''
+if left <= 0 and is_active(st) then
+  local now = now_ms()
+  if redis.call('HEXISTS', rk, 'out') == 1 then
+    fin = 'completed'
+    redis.call('HSET', rk, 'st', fin, 't1', now)
+  else
+    fin = 'failed'
+    redis.call('HSET', rk, 'st', fin, 't1', now, 'err',
+      'workflow `' .. wf .. '` finished without output: no terminal node produced a value')
+  end
+  finish_run(run, now)
+end
+return { 'ok', fin }

@@ -1,0 +1,113 @@
+-- Shared helpers, prepended to every script.
+--
+-- Key layout: every key of a partition starts with the same prefix, `<prefix>{p<N>}:`, whose
+-- hash tag `{p<N>}` puts them all in one Redis Cluster slot. Scripts receive one key of the
+-- partition in KEYS[1] (for routing) and the partition prefix in ARGV[1]; the keys of a run
+-- they derive from it all carry the same tag. ARGV[2] is the retention of finished runs in
+-- seconds.
+--
+-- Work item entries are `<item id: 32 hex digits>:<run id>`.
+
+local PFX = ARGV[1]
+local RETENTION = tonumber(ARGV[2])
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function entry(id, run) return id .. ':' .. run end
+local function split(e) return string.sub(e, 1, 32), string.sub(e, 34) end
+local function run_key(run) return PFX .. 'run:' .. run end
+local function items_key(run) return PFX .. 'it:' .. run end
+
+-- Makes an item ready for its workflow's workers and wakes one blocked worker.
+local function push_ready(wf, e, front)
+  if front then
+    redis.call('RPUSH', PFX .. 'ready:' .. wf, e)
+  else
+    redis.call('LPUSH', PFX .. 'ready:' .. wf, e)
+  end
+  redis.call('LPUSH', PFX .. 'wake:' .. wf, '1')
+  redis.call('LTRIM', PFX .. 'wake:' .. wf, 0, 63)
+end
+
+local function is_finished(st) return st == 'completed' or st == 'failed' or st == 'cancelled' end
+local function is_active(st) return st == 'pending' or st == 'running' end
+
+local function publish(run) redis.call('PUBLISH', PFX .. 'events', run) end
+
+local RUN_KEYS = { 'run:', 'ctx:', 'it:', 'outs:', 'errs:' }
+
+-- A run reached a final state: index it for retention, let its keys expire, drop the
+-- index entries of runs whose retention is over, and tell waiters.
+local function finish_run(run, now)
+  redis.call('ZADD', PFX .. 'done', now, run)
+  for _, k in ipairs(RUN_KEYS) do redis.call('EXPIRE', PFX .. k .. run, RETENTION) end
+  local idem = redis.call('HGET', run_key(run), 'idem')
+  if idem then redis.call('EXPIRE', PFX .. 'idem:' .. idem, RETENTION) end
+  local old = redis.call('ZRANGEBYSCORE', PFX .. 'done', '-inf', now - RETENTION * 1000, 'LIMIT', 0, 32)
+  for _, r in ipairs(old) do
+    redis.call('ZREM', PFX .. 'done', r)
+    redis.call('ZREM', PFX .. 'runs', r)
+  end
+  publish(run)
+end
+
+-- A finished run comes back to life (resume): its keys no longer expire.
+local function revive_run(run)
+  redis.call('ZREM', PFX .. 'done', run)
+  for _, k in ipairs(RUN_KEYS) do redis.call('PERSIST', PFX .. k .. run) end
+  local idem = redis.call('HGET', run_key(run), 'idem')
+  if idem then redis.call('PERSIST', PFX .. 'idem:' .. idem) end
+end
+
+local function fail_run(run, err, now)
+  local rk = run_key(run)
+  local st = redis.call('HGET', rk, 'st')
+  if st and not is_finished(st) then
+    redis.call('HSET', rk, 'st', 'failed', 'err', err, 't1', now)
+    finish_run(run, now)
+    return true
+  end
+  return false
+end
+
+-- Moves an item to the dead letters and fails its run. Returns whether the run failed now.
+local function dead_letter(run, id, err, now)
+  local it = items_key(run)
+  local rk = run_key(run)
+  redis.call('HSET', it, id .. ':s', 'F')
+  redis.call('HDEL', it, id .. ':l', id .. ':w')
+  redis.call('HINCRBY', rk, 'left', -1)
+  local e = entry(id, run)
+  redis.call('ZREM', PFX .. 'leases', e)
+  local letter = cjson.encode({
+    run_id = run,
+    item_id = id,
+    node = redis.call('HGET', it, id .. ':n') or '',
+    error = err,
+    deliveries = tonumber(redis.call('HGET', it, id .. ':d') or '0'),
+    attempt = tonumber(redis.call('HGET', it, id .. ':a') or '1'),
+    at = now,
+  })
+  redis.call('HSET', PFX .. 'dlq', e, letter)
+  return fail_run(run, err, now)
+end
+
+-- Puts every held item of a run back in the queue. Returns how many.
+local function release_held(run, wf)
+  local it = items_key(run)
+  local fields = redis.call('HGETALL', it)
+  local n = 0
+  for i = 1, #fields, 2 do
+    local f = fields[i]
+    if string.sub(f, -2) == ':s' and fields[i + 1] == 'H' then
+      local id = string.sub(f, 1, 32)
+      redis.call('HSET', it, f, 'P')
+      push_ready(wf, entry(id, run), false)
+      n = n + 1
+    end
+  end
+  return n
+end

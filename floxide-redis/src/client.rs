@@ -1,0 +1,254 @@
+//! [`RedisClient`]: the connections of the backend.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::AsyncConnectionConfig;
+use tokio::sync::Notify;
+
+use crate::keys::Keys;
+use crate::scripts::Scripts;
+use crate::RedisConfig;
+
+/// Why the Redis backend could not be set up.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisBackendError {
+    /// The URL is not a Redis URL.
+    #[error("invalid Redis URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The server could not be reached, or refused the credentials.
+    #[error("cannot connect to Redis at `{url}`: {reason}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// The server's or the network's answer.
+        reason: String,
+    },
+}
+
+impl From<RedisBackendError> for floxide_core::FloxideError {
+    fn from(error: RedisBackendError) -> Self {
+        floxide_core::distributed::DistributedError::Backend(error.to_string()).into()
+    }
+}
+
+/// A connection to Redis for the backend: a shared, reconnecting connection for commands,
+/// dedicated connections for blocking waits, and a subscription to run events.
+///
+/// Clones share everything.
+#[derive(Clone)]
+pub struct RedisClient {
+    pub(crate) inner: Arc<ClientInner>,
+}
+
+pub(crate) struct ClientInner {
+    pub(crate) client: redis::Client,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) config: RedisConfig,
+    pub(crate) keys: Keys,
+    pub(crate) scripts: Scripts,
+    /// Raised on every run event published by the scripts.
+    pub(crate) events: Arc<Notify>,
+    blocking: Mutex<Vec<MultiplexedConnection>>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl std::fmt::Debug for RedisClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisClient")
+            .field("url", &redact(&self.inner.config.url))
+            .field("key_prefix", &self.inner.config.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+impl RedisClient {
+    /// Connects to the server of `config`, loads the scripts and subscribes to run events.
+    ///
+    /// # Errors
+    /// [`RedisBackendError::InvalidUrl`], or [`RedisBackendError::Connect`] when the server
+    /// cannot be reached within the connect timeout or refuses the credentials.
+    pub async fn new(config: RedisConfig) -> Result<Self, RedisBackendError> {
+        let invalid = |reason: String| RedisBackendError::InvalidUrl {
+            url: redact(&config.url),
+            reason,
+        };
+        let connect = |reason: String| RedisBackendError::Connect {
+            url: redact(&config.url),
+            reason,
+        };
+        let base = redis::Client::open(config.url.as_str()).map_err(|e| invalid(e.to_string()))?;
+        let mut info = base.get_connection_info().clone();
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &config.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &config.password {
+            settings = settings.set_password(password);
+        }
+        info = info.set_redis_settings(settings);
+        let client = redis::Client::open(info).map_err(|e| invalid(e.to_string()))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(2))
+            .set_number_of_retries(8);
+        let mut conn = tokio::time::timeout(
+            config.connect_timeout,
+            ConnectionManager::new_with_config(client.clone(), manager_config),
+        )
+        .await
+        .map_err(|_| connect(format!("no answer within {:?}", config.connect_timeout)))?
+        .map_err(|e| connect(e.to_string()))?;
+        let scripts = Scripts::new();
+        for script in scripts.all() {
+            script
+                .load_async(&mut conn)
+                .await
+                .map_err(|e| connect(format!("loading the scripts failed: {e}")))?;
+        }
+        let keys = Keys::new(&config.key_prefix, config.partitions);
+        let events = Arc::new(Notify::new());
+        let channels: Vec<String> = keys
+            .all()
+            .map(|p| Keys::events(&keys.partition(p)))
+            .collect();
+        let listener = tokio::spawn(listen(client.clone(), channels, Arc::clone(&events)));
+        Ok(RedisClient {
+            inner: Arc::new(ClientInner {
+                client,
+                conn,
+                config,
+                keys,
+                scripts,
+                events,
+                blocking: Mutex::new(Vec::new()),
+                listener,
+            }),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// The shared command connection (reconnects by itself).
+    pub fn connection(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// Deletes every key of this deployment (its key prefix). For tests and benchmarks.
+    ///
+    /// # Errors
+    /// A Redis error.
+    pub async fn clear(&self) -> redis::RedisResult<()> {
+        let mut conn = self.connection();
+        let pattern = self.inner.keys.pattern();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    /// A connection for one blocking command (returned with [`give_back`](Self::give_back)).
+    pub(crate) async fn blocking_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(conn) = self
+            .inner
+            .blocking
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+        {
+            return Ok(conn);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.inner.config.connect_timeout))
+            .set_response_timeout(None);
+        self.inner
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    pub(crate) fn give_back(&self, conn: MultiplexedConnection) {
+        let mut pool = self
+            .inner
+            .blocking
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if pool.len() < 64 {
+            pool.push(conn);
+        }
+    }
+}
+
+/// Follows the run events of every partition, waking waiters; resubscribes after a
+/// connection loss (waking everyone, since events may have been missed).
+async fn listen(client: redis::Client, channels: Vec<String>, events: Arc<Notify>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                let mut ok = true;
+                for channel in &channels {
+                    if pubsub.subscribe(channel).await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                }
+                if ok {
+                    backoff = Duration::from_millis(50);
+                    let mut messages = pubsub.on_message();
+                    while messages.next().await.is_some() {
+                        events.notify_waiters();
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(%error, "run event subscription failed; retrying"),
+        }
+        events.notify_waiters();
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,107 @@
+//! [`RedisConfig`]: where the Redis server is and how keys are named.
+
+use std::time::Duration;
+
+/// Connection and layout settings of the Redis backend.
+///
+/// ```
+/// use floxide_redis::RedisConfig;
+/// let config = RedisConfig::new("redis://127.0.0.1:6379/")
+///     .with_key_prefix("orders:")
+///     .with_password("secret")
+///     .with_connect_timeout(std::time::Duration::from_secs(2));
+/// assert_eq!(config.key_prefix(), "orders:");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    pub(crate) url: String,
+    pub(crate) key_prefix: String,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) response_timeout: Duration,
+    pub(crate) partitions: u32,
+    pub(crate) retention: Duration,
+}
+
+impl RedisConfig {
+    /// Settings for the server at `url` (`redis://[user:password@]host:port/db`, or `rediss://`
+    /// for TLS when the crate is built with its `tls` feature).
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            key_prefix: "floxide:".to_owned(),
+            username: None,
+            password: None,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(10),
+            partitions: 1,
+            retention: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    /// Every key starts with `prefix` (default `floxide:`): several deployments can share one
+    /// Redis.
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// The ACL user (overrides the one in the URL).
+    pub fn with_username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// The password (overrides the one in the URL).
+    pub fn with_password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// How long connecting may take (default 5 s).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a command may take to answer (default 10 s; blocking waits are not bounded
+    /// by it).
+    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Spreads runs over `n` partitions (default 1). Each partition's keys share one hash
+    /// tag, so on Redis Cluster partitions can live on different shards.
+    pub fn with_partitions(mut self, n: u32) -> Self {
+        self.partitions = n.max(1);
+        self
+    }
+
+    /// How long finished runs are kept before their keys expire (default 24 h).
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention.max(Duration::from_secs(1));
+        self
+    }
+
+    /// The server URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The key prefix.
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    /// The number of partitions.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The retention of finished runs.
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+}

@@ -1,0 +1,110 @@
+//! The one place that builds key names. See the crate documentation for the layout.
+
+/// Key names of one deployment (one key prefix).
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+    partitions: u32,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str, partitions: u32) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+            partitions: partitions.max(1),
+        }
+    }
+
+    /// The partition of a run: a stable hash of its id.
+    pub(crate) fn partition_of(&self, run_id: &str) -> u32 {
+        let h = run_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        (h % u64::from(self.partitions)) as u32
+    }
+
+    /// Every partition.
+    pub(crate) fn all(&self) -> impl Iterator<Item = u32> {
+        0..self.partitions
+    }
+
+    /// `<prefix>{p<N>}:` — the hash tag keeps a partition's keys in one cluster slot.
+    pub(crate) fn partition(&self, p: u32) -> String {
+        format!("{}{{p{p}}}:", self.prefix)
+    }
+
+    pub(crate) fn partition_of_run(&self, run_id: &str) -> String {
+        self.partition(self.partition_of(run_id))
+    }
+
+    pub(crate) fn run(pfx: &str, run_id: &str) -> String {
+        format!("{pfx}run:{run_id}")
+    }
+    pub(crate) fn ctx(pfx: &str, run_id: &str) -> String {
+        format!("{pfx}ctx:{run_id}")
+    }
+    pub(crate) fn items(pfx: &str, run_id: &str) -> String {
+        format!("{pfx}it:{run_id}")
+    }
+    pub(crate) fn outputs(pfx: &str, run_id: &str) -> String {
+        format!("{pfx}outs:{run_id}")
+    }
+    pub(crate) fn errors(pfx: &str, run_id: &str) -> String {
+        format!("{pfx}errs:{run_id}")
+    }
+    pub(crate) fn ready(pfx: &str, workflow: &str) -> String {
+        format!("{pfx}ready:{workflow}")
+    }
+    pub(crate) fn wake(pfx: &str, workflow: &str) -> String {
+        format!("{pfx}wake:{workflow}")
+    }
+    pub(crate) fn runs(pfx: &str) -> String {
+        format!("{pfx}runs")
+    }
+    pub(crate) fn leases(pfx: &str) -> String {
+        format!("{pfx}leases")
+    }
+    pub(crate) fn delayed(pfx: &str) -> String {
+        format!("{pfx}delayed")
+    }
+    pub(crate) fn dead_letters(pfx: &str) -> String {
+        format!("{pfx}dlq")
+    }
+    /// Run status changes are published here (one channel per partition).
+    pub(crate) fn events(pfx: &str) -> String {
+        format!("{pfx}events")
+    }
+    /// Worker health reports (one hash for the deployment; never part of a multi-key script).
+    pub(crate) fn workers(&self) -> String {
+        format!("{}workers", self.prefix)
+    }
+    /// Every key of the deployment, for clearing it.
+    pub(crate) fn pattern(&self) -> String {
+        format!("{}*", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Keys;
+
+    #[test]
+    fn a_partitions_keys_share_one_hash_tag() {
+        let keys = Keys::new("app:", 4);
+        let pfx = keys.partition_of_run("run-1");
+        for key in [
+            Keys::run(&pfx, "run-1"),
+            Keys::ready(&pfx, "Flow"),
+            Keys::leases(&pfx),
+        ] {
+            let tag = &key[key.find('{').unwrap()..=key.find('}').unwrap()];
+            assert_eq!(tag, &pfx[pfx.find('{').unwrap()..=pfx.find('}').unwrap()]);
+            assert!(key.starts_with("app:{p"));
+        }
+        assert_eq!(keys.partition_of("run-1"), keys.partition_of("run-1"));
+        let spread: std::collections::BTreeSet<u32> = (0..100)
+            .map(|i| keys.partition_of(&format!("run-{i}")))
+            .collect();
+        assert_eq!(spread.len(), 4);
+    }
+}

@@ -1,0 +1,100 @@
+//! Reading script replies and stored records.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use floxide_core::distributed::DistributedError;
+use redis::Value;
+
+pub(crate) fn backend(e: redis::RedisError) -> DistributedError {
+    DistributedError::Backend(e.to_string())
+}
+
+pub(crate) fn malformed(what: &str) -> DistributedError {
+    DistributedError::Backend(format!("unexpected reply from Redis: {what}"))
+}
+
+/// A script's reply: an array of values.
+pub(crate) struct Reply(pub(crate) Vec<Value>);
+
+impl Reply {
+    pub(crate) fn from(value: Value) -> Result<Self, DistributedError> {
+        match value {
+            Value::Array(items) => Ok(Reply(items)),
+            other => Err(malformed(&format!("expected an array, got {other:?}"))),
+        }
+    }
+
+    pub(crate) fn bytes(&self, i: usize) -> Vec<u8> {
+        match self.0.get(i) {
+            Some(Value::BulkString(b)) => b.clone(),
+            Some(Value::SimpleString(s)) => s.clone().into_bytes(),
+            Some(Value::Int(n)) => n.to_string().into_bytes(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub(crate) fn text(&self, i: usize) -> String {
+        String::from_utf8_lossy(&self.bytes(i)).into_owned()
+    }
+
+    pub(crate) fn int(&self, i: usize) -> Option<i64> {
+        match self.0.get(i) {
+            Some(Value::Int(n)) => Some(*n),
+            Some(Value::BulkString(b)) => std::str::from_utf8(b).ok()?.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+/// A hash as field → bytes.
+pub(crate) fn hash(value: Value) -> HashMap<String, Vec<u8>> {
+    let mut out = HashMap::new();
+    let pairs: Vec<(Value, Value)> = match value {
+        Value::Map(pairs) => pairs,
+        Value::Array(items) => {
+            let mut pairs = Vec::with_capacity(items.len() / 2);
+            let mut it = items.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                pairs.push((k, v));
+            }
+            pairs
+        }
+        _ => Vec::new(),
+    };
+    for (k, v) in pairs {
+        let key = match k {
+            Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            Value::SimpleString(s) => s,
+            _ => continue,
+        };
+        let val = match v {
+            Value::BulkString(b) => b,
+            Value::SimpleString(s) => s.into_bytes(),
+            Value::Int(n) => n.to_string().into_bytes(),
+            _ => continue,
+        };
+        out.insert(key, val);
+    }
+    out
+}
+
+pub(crate) fn field_text(map: &HashMap<String, Vec<u8>>, key: &str) -> Option<String> {
+    map.get(key)
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+pub(crate) fn field_u64(map: &HashMap<String, Vec<u8>>, key: &str) -> u64 {
+    field_text(map, key)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
+}
+
+pub(crate) fn time_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+pub(crate) fn ms_of(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,178 @@
+//! A private `redis-server` for tests: free port, temporary directory, optional AOF and
+//! password, kill and restart. Used by this crate's tests and by anyone testing a deployment.
+//!
+//! When `redis-server` is not installed, [`RedisServer::start`] fails with a message naming
+//! the package to install; tests must not skip silently.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How to start the server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// `appendonly yes` with `appendfsync always`: writes survive a restart.
+    pub appendonly: bool,
+    /// `requirepass`.
+    pub password: Option<String>,
+}
+
+/// A running `redis-server` owned by the test; killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    options: ServerOptions,
+}
+
+/// `redis-server` is missing or did not come up.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ServerError(String);
+
+const INSTALL_HINT: &str = "redis-server was not found on PATH: the Redis tests start their own \
+server. Install it with `apt-get install redis-server` (Debian/Ubuntu) or your OS's redis package.";
+
+impl RedisServer {
+    /// Starts a server on a free port in a new temporary directory.
+    ///
+    /// # Errors
+    /// A [`ServerError`] naming the package to install when `redis-server` is missing, or
+    /// saying why the server did not answer.
+    pub fn start(options: ServerOptions) -> Result<Self, ServerError> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!(
+            "floxide-redis-{}-{port}-{:x}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ u128::from(port) << 32
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ServerError(format!("cannot create {}: {e}", dir.display())))?;
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+            options,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Starts a server, panicking with the install hint when it cannot: for tests.
+    pub fn start_or_panic(options: ServerOptions) -> Self {
+        match RedisServer::start(options) {
+            Ok(server) => server,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), ServerError> {
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--save")
+            .arg("")
+            .arg("--daemonize")
+            .arg("no")
+            .arg("--logfile")
+            .arg(self.dir.join("redis.log"));
+        if self.options.appendonly {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        if let Some(password) = &self.options.password {
+            cmd.arg("--requirepass").arg(password);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ServerError(INSTALL_HINT.to_owned())
+            } else {
+                ServerError(format!("cannot start redis-server: {e}"))
+            }
+        })?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<(), ServerError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log =
+                        std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+                    return Err(ServerError(format!(
+                        "redis-server exited with {status}:\n{log}"
+                    )));
+                }
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                std::thread::sleep(Duration::from_millis(20));
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(ServerError(format!(
+            "redis-server did not listen on port {} within 10 s",
+            self.port
+        )))
+    }
+
+    /// `redis://127.0.0.1:<port>/` (without credentials).
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Kills the server with SIGKILL (no shutdown save).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory (after [`kill`](Self::kill)).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn restart(&mut self) -> Result<(), ServerError> {
+        self.kill();
+        self.spawn()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> Result<u16, ServerError> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| ServerError(format!("no free port: {e}")))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| ServerError(format!("no free port: {e}")))
+}
