@@ -125,3 +125,96 @@ async fn generated_glue_builds_workers_and_orchestrators() {
         3
     );
 }
+
+/// Fails every time, counting its executions.
+#[derive(Debug, Clone, Default)]
+pub struct AlwaysFails {
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait]
+impl Node for AlwaysFails {
+    type Input = u64;
+    type Output = u64;
+    async fn process(&self, _ctx: &(), _n: u64) -> Result<Transition<u64>, FloxideError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(FloxideError::Generic("always".into()))
+    }
+}
+
+workflow! {
+    pub struct OwnPolicy {
+        #[retry = policy]
+        node: AlwaysFails,
+        policy: RetryPolicy,
+    }
+    start = node;
+    edges { node => []; }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_nodes_own_retry_policy_is_not_extended_by_the_worker_policy() {
+    let node = AlwaysFails::default();
+    let wf = OwnPolicy {
+        node: node.clone(),
+        policy: RetryPolicy::new(
+            2,
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+            BackoffStrategy::Linear,
+            RetryError::Generic,
+        ),
+    };
+    let backend = InMemoryBackend::new();
+    let orch = wf.orchestrator(backend.clone()).build().unwrap();
+    let worker = wf
+        .worker(backend)
+        .retry_policy(RetryPolicy::new(
+            5,
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+            BackoffStrategy::Linear,
+            RetryError::All,
+        ))
+        .build()
+        .unwrap();
+    let run = orch.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
+    let mut pool = WorkerPool::new(worker, 1);
+    pool.start();
+    let info = orch
+        .wait_for_completion(&run, Duration::from_secs(5))
+        .await
+        .unwrap();
+    pool.stop().await.unwrap();
+    assert_eq!(info.status, RunStatus::Failed);
+    assert_eq!(
+        node.calls.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the node's own policy allows 2 attempts"
+    );
+}
+
+#[tokio::test]
+async fn pools_in_one_process_have_distinct_worker_ids() {
+    let wf = Chain {
+        a: AddOne {},
+        b: AddOne {},
+        c: AddOne {},
+    };
+    let backend = InMemoryBackend::new();
+    let mut one = WorkerPool::new(wf.worker(backend.clone()).build().unwrap(), 2);
+    let mut two = WorkerPool::new(wf.worker(backend).build().unwrap(), 2);
+    one.start();
+    two.start();
+    let mut ids: Vec<_> = one
+        .worker_ids()
+        .iter()
+        .chain(two.worker_ids())
+        .cloned()
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4);
+    one.stop().await.unwrap();
+    two.stop().await.unwrap();
+}

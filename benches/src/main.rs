@@ -3,8 +3,14 @@
 //! ```text
 //! cargo run --release -p floxide-bench -- local-linear [--runs 100000]
 //! cargo run --release -p floxide-bench -- dist-mem-linear [--runs 2000] [--workers 4]
+//! cargo run --release -p floxide-bench -- dist-redis-linear [--runs 1000] [--workers 4]
+//! cargo run --release -p floxide-bench -- dist-redis-fanout [--runs 200] [--fanout 10] [--workers 4]
+//! cargo run --release -p floxide-bench -- dist-redis-bulk [--runs 30000] [--workers 4]
+//! cargo run --release -p floxide-bench -- dist-redis-latency [--runs 200] [--workers 4]
+//! cargo run --release -p floxide-bench -- crash [--runs 200] [--step-ms 20]
 //! ```
-//! Common flags: `--threads N` (tokio worker threads; default: number of cores).
+//! Common flags: `--threads N` (tokio worker threads; default: number of cores), `--redis URL`
+//! (default `redis://127.0.0.1:6379/`), `--prefix P` (a key prefix deleted before the run).
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +32,7 @@ workflow! {
     edges { a => [b]; b => [c]; c => []; }
 }
 
-fn linear() -> Linear {
+pub(crate) fn linear() -> Linear {
     Linear {
         a: Inc {},
         b: Inc {},
@@ -35,9 +41,9 @@ fn linear() -> Linear {
 }
 
 /// Parsed command line.
-struct Args {
-    workload: String,
-    flags: Vec<(String, String)>,
+pub(crate) struct Args {
+    pub(crate) workload: String,
+    pub(crate) flags: Vec<(String, String)>,
 }
 
 impl Args {
@@ -57,7 +63,7 @@ impl Args {
         Ok(Args { workload, flags })
     }
 
-    fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
+    pub(crate) fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
         match self.flags.iter().rev().find(|(n, _)| n == name) {
             None => Ok(default),
             Some((_, v)) => v
@@ -67,11 +73,11 @@ impl Args {
     }
 }
 
-fn framework() -> String {
+pub(crate) fn framework() -> String {
     format!("floxide {}", env!("CARGO_PKG_VERSION"))
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -167,6 +173,9 @@ async fn dist_mem_linear(args: &Args) -> Result<serde_json::Value, String> {
     }))
 }
 
+mod crash;
+mod redis_workloads;
+
 fn main() -> std::process::ExitCode {
     let args = match Args::parse() {
         Ok(a) => a,
@@ -200,6 +209,12 @@ fn main() -> std::process::ExitCode {
         match args.workload.as_str() {
             "local-linear" => local_linear(&args).await,
             "dist-mem-linear" => dist_mem_linear(&args).await,
+            "dist-redis-linear" => redis_workloads::linear(&args).await,
+            "dist-redis-fanout" => redis_workloads::fanout(&args).await,
+            "dist-redis-bulk" => redis_workloads::bulk(&args).await,
+            "dist-redis-latency" => redis_workloads::latency(&args).await,
+            "crash" => crash::driver(&args).await,
+            "worker" => crash::worker(&args).await,
             other => Err(format!("unknown workload `{other}`")),
         }
     });

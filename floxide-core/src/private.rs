@@ -196,6 +196,10 @@ pub struct Failure {
     pub error: FloxideError,
     /// `Some(wait)` when the retry is to be scheduled by the caller.
     pub retry_after: Option<Duration>,
+    /// Whether the node's own retry policy decided (so no other policy applies).
+    pub policy_applied: bool,
+    /// Whether the node returned `Transition::Abort`.
+    pub aborted: bool,
 }
 
 impl Failure {
@@ -205,6 +209,8 @@ impl Failure {
             node,
             error: self.error,
             retry_after: self.retry_after,
+            policy_applied: self.policy_applied,
+            aborted: self.aborted,
         }
     }
 }
@@ -221,9 +227,17 @@ where
     N: Node<C>,
 {
     match node.process(ctx, input).await {
-        Ok(Transition::Abort(error)) | Err(error) => Err(Failure {
+        Ok(Transition::Abort(error)) => Err(Failure {
             error,
             retry_after: None,
+            policy_applied: false,
+            aborted: true,
+        }),
+        Err(error) => Err(Failure {
+            error,
+            retry_after: None,
+            policy_applied: false,
+            aborted: false,
         }),
         Ok(t) => Ok(t),
     }
@@ -256,6 +270,8 @@ where
             return Err(Failure {
                 error,
                 retry_after: None,
+                policy_applied: true,
+                aborted,
             });
         }
         let wait = policy.backoff_duration(attempt);
@@ -264,6 +280,8 @@ where
             return Err(Failure {
                 error,
                 retry_after: Some(wait),
+                policy_applied: true,
+                aborted,
             });
         }
         tokio::time::sleep(wait).await;

@@ -231,6 +231,11 @@ pub struct StepFailure {
     /// `Some(wait)` when the node's retry policy asks for another attempt after `wait`
     /// (only for steps run with [`StepEnv::scheduled`]).
     pub retry_after: Option<Duration>,
+    /// Whether the node's own retry policy (`#[retry = ..]`) decided: then a worker-wide
+    /// policy does not apply.
+    pub policy_applied: bool,
+    /// Whether the node returned `Transition::Abort` (retried only under `RetryError::All`).
+    pub aborted: bool,
 }
 
 /// What one step produced: successor items, terminal outputs and whether it held.

@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use floxide_core::distributed::{
     Backend, CommitOutcome, DeadLetter, DistributedError, Lease, LeaseState, NodeTiming, RunAction,
-    RunId, RunInfo, RunMetrics, RunStatus, StartRun, StepCommit, StepFailed, TakeOptions, Taken,
-    VersionedContext, WorkItemInfo, WorkItemStatus, WorkerHealth, WorkerId, WorkflowError,
+    RunId, RunInfo, RunMetrics, RunStatus, RunWatch, StartRun, StepCommit, StepFailed, TakeOptions,
+    Taken, VersionedContext, WorkItemInfo, WorkItemStatus, WorkerHealth, WorkerId, WorkflowError,
 };
 use floxide_core::ItemId;
 use redis::{AsyncCommands, Value};
@@ -390,6 +390,10 @@ impl Backend for RedisBackend {
 
     async fn wait_run_change(&self, _run_id: &str, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.client.inner.events.notified()).await;
+    }
+
+    fn watch_runs(&self) -> RunWatch {
+        RunWatch::new(self.client.inner.version.subscribe())
     }
 
     async fn take(

@@ -57,6 +57,8 @@ pub(crate) struct ClientInner {
     pub(crate) scripts: Scripts,
     /// Raised on every run event published by the scripts.
     pub(crate) events: Arc<Notify>,
+    /// Bumped on every run event, for subscribers that must not miss one.
+    pub(crate) version: Arc<tokio::sync::watch::Sender<u64>>,
     blocking: Mutex<Vec<MultiplexedConnection>>,
     listener: tokio::task::JoinHandle<()>,
 }
@@ -110,33 +112,55 @@ impl RedisClient {
         }
         info = info.set_redis_settings(settings);
         let client = redis::Client::open(info).map_err(|e| invalid(e.to_string()))?;
+        let no_answer = || connect(format!("no answer within {:?}", config.connect_timeout));
+        // One direct attempt first, which also loads the scripts: a refused connection or
+        // refused credentials are reported as such at once (the manager below retries every
+        // failure with backoff, which would turn them into "no answer" after the timeout).
+        let probe_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.connect_timeout));
+        let scripts = Scripts::new();
+        tokio::time::timeout(config.connect_timeout, async {
+            let mut probe = client
+                .get_multiplexed_async_connection_with_config(&probe_config)
+                .await
+                .map_err(|e| connect(e.to_string()))?;
+            for script in scripts.all() {
+                script
+                    .load_async(&mut probe)
+                    .await
+                    .map_err(|e| connect(format!("loading the scripts failed: {e}")))?;
+            }
+            Ok::<_, RedisBackendError>(())
+        })
+        .await
+        .map_err(|_| no_answer())??;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(2))
             .set_number_of_retries(8);
-        let mut conn = tokio::time::timeout(
+        let conn = tokio::time::timeout(
             config.connect_timeout,
             ConnectionManager::new_with_config(client.clone(), manager_config),
         )
         .await
-        .map_err(|_| connect(format!("no answer within {:?}", config.connect_timeout)))?
+        .map_err(|_| no_answer())?
         .map_err(|e| connect(e.to_string()))?;
-        let scripts = Scripts::new();
-        for script in scripts.all() {
-            script
-                .load_async(&mut conn)
-                .await
-                .map_err(|e| connect(format!("loading the scripts failed: {e}")))?;
-        }
         let keys = Keys::new(&config.key_prefix, config.partitions);
         let events = Arc::new(Notify::new());
+        let version = Arc::new(tokio::sync::watch::channel(0).0);
         let channels: Vec<String> = keys
             .all()
             .map(|p| Keys::events(&keys.partition(p)))
             .collect();
-        let listener = tokio::spawn(listen(client.clone(), channels, Arc::clone(&events)));
+        let listener = tokio::spawn(listen(
+            client.clone(),
+            channels,
+            Arc::clone(&events),
+            Arc::clone(&version),
+        ));
         Ok(RedisClient {
             inner: Arc::new(ClientInner {
                 client,
@@ -145,6 +169,7 @@ impl RedisClient {
                 keys,
                 scripts,
                 events,
+                version,
                 blocking: Mutex::new(Vec::new()),
                 listener,
             }),
@@ -225,7 +250,16 @@ impl RedisClient {
 
 /// Follows the run events of every partition, waking waiters; resubscribes after a
 /// connection loss (waking everyone, since events may have been missed).
-async fn listen(client: redis::Client, channels: Vec<String>, events: Arc<Notify>) {
+async fn listen(
+    client: redis::Client,
+    channels: Vec<String>,
+    events: Arc<Notify>,
+    version: Arc<tokio::sync::watch::Sender<u64>>,
+) {
+    let wake = || {
+        events.notify_waiters();
+        version.send_modify(|v| *v = v.wrapping_add(1));
+    };
     let mut backoff = Duration::from_millis(50);
     loop {
         match client.get_async_pubsub().await {
@@ -241,13 +275,13 @@ async fn listen(client: redis::Client, channels: Vec<String>, events: Arc<Notify
                     backoff = Duration::from_millis(50);
                     let mut messages = pubsub.on_message();
                     while messages.next().await.is_some() {
-                        events.notify_waiters();
+                        wake();
                     }
                 }
             }
             Err(error) => tracing::debug!(%error, "run event subscription failed; retrying"),
         }
-        events.notify_waiters();
+        wake();
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }

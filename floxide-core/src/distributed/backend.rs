@@ -236,6 +236,38 @@ pub enum RunAction {
     Resume,
 }
 
+/// A subscription to run changes (see [`Backend::watch_runs`]).
+#[derive(Debug)]
+pub struct RunWatch {
+    rx: Option<tokio::sync::watch::Receiver<u64>>,
+}
+
+impl RunWatch {
+    /// A subscription that fires on every value sent through `rx`'s sender.
+    pub fn new(rx: tokio::sync::watch::Receiver<u64>) -> Self {
+        RunWatch { rx: Some(rx) }
+    }
+
+    /// A subscription that never fires.
+    pub fn never() -> Self {
+        RunWatch { rx: None }
+    }
+
+    /// Waits until some run changed since the subscription was taken (or since the last
+    /// wait returned), or `timeout` passed.
+    pub async fn changed(&mut self, timeout: Duration) {
+        match self.rx.as_mut() {
+            Some(rx) => {
+                if let Ok(Err(_closed)) = tokio::time::timeout(timeout, rx.changed()).await {
+                    // The backend is gone: behave like a subscription that never fires.
+                    self.rx = None;
+                }
+            }
+            None => tokio::time::sleep(timeout).await,
+        }
+    }
+}
+
 /// Shared storage for distributed runs. See the module documentation.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + 'static {
@@ -266,6 +298,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Returns when the run's record may have changed, or after `timeout`.
     async fn wait_run_change(&self, run_id: &str, timeout: Duration);
+
+    /// A subscription to changes of run records. Take it *before* reading a run, then wait
+    /// on it: a change made in between is not missed. The default never fires (waiters then
+    /// re-check when their timeout passes).
+    fn watch_runs(&self) -> RunWatch {
+        RunWatch::never()
+    }
 
     /// Leases the next ready item of `workflow`, waiting up to `wait` for one to arrive
     /// (blocking on the backend, not polling).

@@ -16,8 +16,7 @@ use crate::distributed::backend::{
 use crate::distributed::step::{with_step, StepContext};
 use crate::distributed::{RunId, RunStatus, WorkerId, WorkflowError};
 use crate::{
-    Context, FloxideError, Merge, RetryPolicy, StepEnv, StepFailure, StepSink, WorkItem, Workflow,
-    WorkflowCtx,
+    Context, FloxideError, Merge, RetryPolicy, StepEnv, StepSink, WorkItem, Workflow, WorkflowCtx,
 };
 
 /// Serializes a value for the backend.
@@ -309,6 +308,7 @@ where
             backend.release(lease).await?;
             return Ok(StepEnd::Released);
         };
+        // (error, scheduled retry, whether a worker-wide policy may still retry it)
         let failure = match result {
             Err(panic) => Some((
                 FloxideError::NodePanicked {
@@ -316,19 +316,26 @@ where
                     message: panic_message(panic.as_ref()),
                 },
                 None,
+                true,
             )),
             Ok(Err(scope_error)) => {
                 // The run's deadline passed (cancellation returned above).
                 dead_letter(backend, taken, scope_error.to_string()).await?;
                 return Ok(StepEnd::Failed);
             }
-            Ok(Ok(Err(StepFailure {
-                error, retry_after, ..
-            }))) => Some((error, retry_after)),
+            Ok(Ok(Err(f))) => {
+                let open = !f.policy_applied
+                    && (!f.aborted
+                        || config
+                            .retry_policy
+                            .as_ref()
+                            .is_some_and(|p| p.retry_error == crate::RetryError::All));
+                Some((f.error, f.retry_after, open))
+            }
             Ok(Ok(Ok(()))) => None,
         };
-        if let Some((error, mut retry_after)) = failure {
-            if retry_after.is_none() {
+        if let Some((error, mut retry_after, open)) = failure {
+            if retry_after.is_none() && open {
                 if let Some(policy) = &config.retry_policy {
                     let attempt = taken.attempt as usize;
                     if policy.should_retry(&error, attempt) {

@@ -293,12 +293,13 @@ where
         run_id: &str,
         poll_interval: Duration,
     ) -> Result<RunInfo, FloxideError> {
+        let mut watch = self.backend.watch_runs();
         loop {
             let info = self.backend.run_info(run_id).await?;
             if info.status.is_finished() {
                 return Ok(info);
             }
-            self.backend.wait_run_change(run_id, poll_interval).await;
+            watch.changed(poll_interval).await;
         }
     }
 
@@ -313,6 +314,7 @@ where
         timeout: Duration,
     ) -> Result<W::Output, FloxideError> {
         let started = Instant::now();
+        let mut watch = self.backend.watch_runs();
         let info = loop {
             let info = self.backend.run_info(run_id).await?;
             if info.status.is_finished() {
@@ -326,7 +328,7 @@ where
                 }
                 .into());
             }
-            self.backend.wait_run_change(run_id, left).await;
+            watch.changed(left).await;
         };
         match (info.status, info.output) {
             (RunStatus::Completed, Some(output)) => serde_json::from_value(output)

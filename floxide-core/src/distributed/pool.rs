@@ -61,8 +61,8 @@ where
         if !self.handles.is_empty() {
             return;
         }
-        for i in 0..self.size {
-            let id = WorkerId::unique(&self.prefix, i);
+        for _ in 0..self.size {
+            let id = WorkerId::next(&self.prefix);
             self.ids.push(id.clone());
             let worker = self.worker.clone();
             let stop = self.stop.clone();

@@ -17,7 +17,8 @@ pub type RunId = String;
 pub struct WorkerId(pub String);
 
 impl WorkerId {
-    /// `{prefix}-{host}-{pid}-{n}`: unique across the processes of a deployment.
+    /// `{prefix}-{host}-{pid}-{n}`: unique across the processes of a deployment as long as
+    /// `n` is unique within the process (see [`WorkerId::next`]).
     pub fn unique(prefix: &str, n: usize) -> Self {
         let host = std::env::var("HOSTNAME")
             .ok()
@@ -27,6 +28,16 @@ impl WorkerId {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "host".to_owned());
         WorkerId(format!("{prefix}-{host}-{}-{n}", std::process::id()))
+    }
+
+    /// A fresh `{prefix}-{host}-{pid}-{n}` id, `n` counting the ids made in this process, so
+    /// that several pools in one process never share an id.
+    pub fn next(prefix: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        WorkerId::unique(
+            prefix,
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// The id as text.

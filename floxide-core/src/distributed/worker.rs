@@ -394,8 +394,21 @@ where
             } else {
                 WorkerStatus::InProgress
             };
-            reporter.report(&*self.backend, status, Some(item)).await;
-            if let Err(error) = self.step(&worker, taken, Some((&stop, grace))).await {
+            reporter
+                .report(&*self.backend, status.clone(), Some(item.clone()))
+                .await;
+            // Keep reporting while a long step runs, so the worker does not look dead.
+            let step = self.step(&worker, taken, Some((&stop, grace)));
+            tokio::pin!(step);
+            let result = loop {
+                tokio::select! {
+                    r = &mut step => break r,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        reporter.report(&*self.backend, status.clone(), Some(item.clone())).await;
+                    }
+                }
+            };
+            if let Err(error) = result {
                 reporter.errors += 1;
                 tracing::warn!(%worker, %error, "step could not be completed; its lease will expire");
                 tokio::time::sleep(backoff).await;

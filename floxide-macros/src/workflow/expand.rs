@@ -410,7 +410,7 @@ fn step_arm(names: &Names, node: &FieldDef, output: &TokenStream) -> TokenStream
                 }
                 ::core::result::Result::Ok(::floxide::Transition::Hold) => __sink.hold(),
                 ::core::result::Result::Ok(::floxide::Transition::Abort(__error)) => {
-                    let __failure = ::floxide::__private::Failure { error: __error, retry_after: ::core::option::Option::None };
+                    let __failure = ::floxide::__private::Failure { error: __error, retry_after: ::core::option::Option::None, policy_applied: false, aborted: true };
                     #on_failure
                 }
                 ::core::result::Result::Err(__failure) => {

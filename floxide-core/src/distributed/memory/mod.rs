@@ -19,8 +19,8 @@ pub use parts::{
 use parts::{ItemRecord, ItemsState, QueueState, RunItems};
 
 use crate::distributed::backend::{
-    Backend, CommitOutcome, DistributedError, Lease, LeaseState, RunAction, StartRun, StepCommit,
-    StepFailed, TakeOptions, Taken, VersionedContext,
+    Backend, CommitOutcome, DistributedError, Lease, LeaseState, RunAction, RunWatch, StartRun,
+    StepCommit, StepFailed, TakeOptions, Taken, VersionedContext,
 };
 use crate::distributed::types::payload_text;
 use crate::distributed::{
@@ -141,6 +141,10 @@ impl InMemoryBackend {
 
     fn notify_runs(&self) {
         self.runs.part.changed.notify_waiters();
+        self.runs
+            .part
+            .version
+            .send_modify(|v| *v = v.wrapping_add(1));
     }
 
     fn notify_work(&self, n: usize) {
@@ -523,6 +527,10 @@ impl Backend for InMemoryBackend {
 
     async fn wait_run_change(&self, _run_id: &str, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.runs.part.changed.notified()).await;
+    }
+
+    fn watch_runs(&self) -> RunWatch {
+        RunWatch::new(self.runs.part.version.subscribe())
     }
 
     async fn take(

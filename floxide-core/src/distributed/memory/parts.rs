@@ -57,11 +57,22 @@ macro_rules! part {
     };
 }
 
-/// A part's state and the notification raised when it changes.
-#[derive(Default)]
+/// A part's state and the notifications raised when it changes.
 pub(crate) struct Part<S> {
     pub(crate) state: Mutex<S>,
     pub(crate) changed: Notify,
+    /// Bumped on every change, for subscribers that must not miss one.
+    pub(crate) version: tokio::sync::watch::Sender<u64>,
+}
+
+impl<S: Default> Default for Part<S> {
+    fn default() -> Self {
+        Part {
+            state: Mutex::default(),
+            changed: Notify::new(),
+            version: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 part!(

@@ -1,0 +1,239 @@
+//! The Redis workloads: workers are tasks of this process sharing one `RedisBackend`.
+
+use std::time::{Duration, Instant};
+
+use floxide::*;
+use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
+use serde_json::json;
+
+use crate::{framework, percentile, Args};
+
+node! {
+    /// Emits `0..fanout`.
+    pub struct Fan { fanout: u64 };
+    input = u64;
+    output = u64;
+    |_ctx, _n| { Ok(Transition::NextAll((0..self.fanout).collect())) }
+}
+
+node! {
+    /// `n -> n`.
+    pub struct Leaf {};
+    input = u64;
+    output = u64;
+    |_ctx, n| { Ok(Transition::Next(n)) }
+}
+
+workflow! {
+    /// `fan => [leaf]; leaf => [];`
+    pub struct FanOut { fan: Fan, leaf: Leaf }
+    start = fan;
+    edges { fan => [leaf]; leaf => []; }
+}
+
+/// Connects under `--prefix` (default `bench:`) and clears it.
+pub(crate) async fn connect(args: &Args) -> Result<RedisBackend, String> {
+    let url: String = args.get("redis", "redis://127.0.0.1:6379/".to_owned())?;
+    let prefix: String = args.get("prefix", "bench:".to_owned())?;
+    let client = RedisClient::new(RedisConfig::new(url).with_key_prefix(prefix))
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .clear()
+        .await
+        .map_err(|e| format!("clearing the prefix failed: {e}"))?;
+    Ok(RedisBackend::new(client))
+}
+
+/// Total commands the server executed so far (INFO commandstats).
+pub(crate) async fn commands(backend: &RedisBackend) -> Result<u64, String> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut backend.client().connection())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(info
+        .lines()
+        .filter_map(|l| l.split("calls=").nth(1))
+        .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+        .sum())
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Starts `runs` runs of `wf`, drains them with `workers` worker tasks, and reports.
+async fn drain<W: Workflow<()> + 'static>(
+    workload: &str,
+    wf: W,
+    input: impl Fn() -> W::Input,
+    expected: Option<serde_json::Value>,
+    steps_per_run: u64,
+    args: &Args,
+    default_runs: usize,
+) -> Result<serde_json::Value, String> {
+    let runs: usize = args.get("runs", default_runs)?;
+    let workers: usize = args.get("workers", 4)?;
+    let backend = connect(args).await?;
+    let orchestrator = OrchestratorBuilder::new()
+        .workflow(wf.clone())
+        .backend(backend.clone())
+        .build()
+        .map_err(err)?;
+    let worker = WorkerBuilder::new()
+        .workflow(wf)
+        .backend(backend.clone())
+        .build()
+        .map_err(err)?;
+    let before = commands(&backend).await?;
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        ids.push(
+            orchestrator
+                .start_run(&WorkflowCtx::new(()), input())
+                .await
+                .map_err(err)?,
+        );
+    }
+    let mut pool = WorkerPool::new(worker, workers).with_grace_period(Duration::from_secs(1));
+    pool.start();
+    let mut completed = 0u64;
+    let mut latencies = Vec::with_capacity(runs);
+    for id in &ids {
+        let info = orchestrator
+            .wait_for_completion(id, Duration::from_secs(1))
+            .await
+            .map_err(err)?;
+        if info.status == RunStatus::Completed
+            && expected
+                .as_ref()
+                .is_none_or(|e| info.output.as_ref() == Some(e))
+        {
+            completed += 1;
+        }
+        if let Some(done) = info.finished_at {
+            latencies.push(
+                done.duration_since(info.started_at)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+                    * 1e3,
+            );
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    pool.stop().await.map_err(err)?;
+    let cmds = commands(&backend).await?.saturating_sub(before);
+    latencies.sort_by(f64::total_cmp);
+    let steps = completed * steps_per_run;
+    Ok(json!({
+        "framework": framework(),
+        "workload": workload,
+        "runs": runs,
+        "completed": completed,
+        "steps": steps,
+        "wall_s": wall,
+        "steps_per_s": steps as f64 / wall,
+        "lat_p50_ms": percentile(&latencies, 50.0),
+        "lat_p99_ms": percentile(&latencies, 99.0),
+        "redis_cmds_per_step": cmds as f64 / steps.max(1) as f64,
+    }))
+}
+
+/// `dist-redis-linear`.
+pub(crate) async fn linear(args: &Args) -> Result<serde_json::Value, String> {
+    drain(
+        "dist-redis-linear",
+        crate::linear(),
+        || 0,
+        Some(json!(3)),
+        3,
+        args,
+        1_000,
+    )
+    .await
+}
+
+/// `dist-redis-fanout`.
+pub(crate) async fn fanout(args: &Args) -> Result<serde_json::Value, String> {
+    let fanout: u64 = args.get("fanout", 10)?;
+    let wf = FanOut {
+        fan: Fan { fanout },
+        leaf: Leaf {},
+    };
+    let mut out = drain("dist-redis-fanout", wf, || 0, None, 1 + fanout, args, 200).await?;
+    // Any leaf's output is the run's output; completion is what is checked here.
+    if let Some(map) = out.as_object_mut() {
+        map.remove("redis_cmds_per_step");
+    }
+    Ok(out)
+}
+
+/// `dist-redis-bulk`: a large backlog started before the workers drain it.
+pub(crate) async fn bulk(args: &Args) -> Result<serde_json::Value, String> {
+    let mut out = drain(
+        "dist-redis-bulk",
+        crate::linear(),
+        || 0,
+        Some(json!(3)),
+        3,
+        args,
+        30_000,
+    )
+    .await?;
+    if let Some(map) = out.as_object_mut() {
+        map.remove("lat_p50_ms");
+        map.remove("lat_p99_ms");
+    }
+    Ok(out)
+}
+
+/// `dist-redis-latency`: one run at a time, start → completion measured by the client.
+pub(crate) async fn latency(args: &Args) -> Result<serde_json::Value, String> {
+    let runs: usize = args.get("runs", 200)?;
+    let workers: usize = args.get("workers", 4)?;
+    let backend = connect(args).await?;
+    let wf = crate::linear();
+    let orchestrator = wf.orchestrator(backend.clone()).build().map_err(err)?;
+    let mut pool = WorkerPool::new(wf.worker(backend).build().map_err(err)?, workers)
+        .with_grace_period(Duration::from_secs(1));
+    pool.start();
+    // Warm up: connections, scripts, idle workers blocked on the queue.
+    for _ in 0..20 {
+        let id = orchestrator
+            .start_run(&WorkflowCtx::new(()), 0)
+            .await
+            .map_err(err)?;
+        orchestrator
+            .wait_for_output(&id, Duration::from_secs(10))
+            .await
+            .map_err(err)?;
+    }
+    let mut latencies = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let id = orchestrator
+            .start_run(&WorkflowCtx::new(()), 0)
+            .await
+            .map_err(err)?;
+        let out = orchestrator
+            .wait_for_output(&id, Duration::from_secs(10))
+            .await
+            .map_err(err)?;
+        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+        if out != 3 {
+            return Err(format!("wrong result {out}"));
+        }
+    }
+    pool.stop().await.map_err(err)?;
+    latencies.sort_by(f64::total_cmp);
+    Ok(json!({
+        "framework": framework(),
+        "workload": "dist-redis-latency",
+        "runs": runs,
+        "lat_p50_ms": percentile(&latencies, 50.0),
+        "lat_p99_ms": percentile(&latencies, 99.0),
+        "lat_max_ms": latencies.last().copied().unwrap_or(0.0),
+    }))
+}
