@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use floxide::*;
 use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
+use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::{framework, percentile, Args};

@@ -6,8 +6,10 @@
 -- ARGV: pfx, retention, run id, item id, token, required version ('' for none),
 --       context base version ('' when the context is unchanged), context bytes, node,
 --       duration in µs, successor count n, then n × (id, node, bytes), output count m, then
---       m outputs (JSON), error count k, then k errors (JSON)
--- Returns {'ok', final status or ''} | {'conflict', version} | {'lost'} | {'inactive', status}
+--       m outputs (JSON), error count k, then k errors (JSON), then optionally the next take:
+--       workflow, worker id, lease in ms, max deliveries
+-- Returns {'ok', final status or '', take reply (see take.lua) when asked}
+--       | {'conflict', version} | {'lost'} | {'inactive', status}
 local run, id, token = ARGV[3], ARGV[4], ARGV[5]
 local required, base, ctx, node = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local dur = tonumber(ARGV[10])
@@ -82,5 +84,9 @@ if left <= 0 and is_active(st) then
       'workflow `' .. wf .. '` finished without output: no terminal node produced a value')
   end
   finish_run(run, now)
+end
+if ARGV[i] and ARGV[i] ~= '' then
+  -- The worker's next item, in the same round trip.
+  return { 'ok', fin, take_next(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])) }
 end
 return { 'ok', fin }

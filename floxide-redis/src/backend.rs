@@ -4,9 +4,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
 use floxide_core::distributed::{
-    Backend, CommitOutcome, DeadLetter, DistributedError, Lease, LeaseState, NodeTiming, RunAction,
-    RunId, RunInfo, RunMetrics, RunStatus, RunWatch, StartRun, StepCommit, StepFailed, TakeOptions,
-    Taken, VersionedContext, WorkItemInfo, WorkItemStatus, WorkerHealth, WorkerId, WorkflowError,
+    Backend, CommitOutcome, DeadLetter, DistributedError, Lease, LeaseState, NextTake, NodeTiming,
+    RunAction, RunId, RunInfo, RunMetrics, RunStatus, RunWatch, StartRun, StepCommit, StepFailed,
+    TakeOptions, Taken, VersionedContext, WorkItemInfo, WorkItemStatus, WorkerHealth, WorkerId,
+    WorkflowError,
 };
 use floxide_core::ItemId;
 use redis::{AsyncCommands, Value};
@@ -78,30 +79,7 @@ impl RedisBackend {
             .invoke_async(&mut self.conn())
             .await
             .map_err(backend)?;
-        let r = Reply::from(reply)?;
-        if r.int(0) != Some(1) {
-            let due = r.int(1).filter(|d| *d >= 0).map(|d| d as u64);
-            return Ok(Err(due));
-        }
-        let item_id: ItemId = r.text(2).parse().map_err(|_| malformed("item id"))?;
-        let deadline = r.text(8).parse::<u64>().ok().map(time_ms);
-        Ok(Ok(Taken {
-            lease: Lease {
-                run_id: r.text(1),
-                item_id,
-                token: r.int(3).unwrap_or_default() as u64,
-                worker: worker.clone(),
-            },
-            bytes: r.bytes(4),
-            node: r.text(5),
-            attempt: r.int(6).unwrap_or(1) as u32,
-            deliveries: r.int(7).unwrap_or(1) as u32,
-            deadline,
-            context: Some(VersionedContext {
-                bytes: r.bytes(9),
-                version: r.int(10).unwrap_or_default() as u64,
-            }),
-        }))
+        parse_take(Reply::from(reply)?, worker)
     }
 
     /// Waits on `workflow`'s wake list of partition `pfx` (a blocking pop: no polling).
@@ -223,6 +201,33 @@ impl RedisBackend {
             .map_err(backend)?;
         Reply::from(value)
     }
+}
+
+/// A take reply (see `lua/take.lua`): `Ok(taken)` or `Err(ms until something is due)`.
+fn parse_take(r: Reply, worker: &WorkerId) -> Result<Result<Taken, Option<u64>>, DistributedError> {
+    if r.int(0) != Some(1) {
+        let due = r.int(1).filter(|d| *d >= 0).map(|d| d as u64);
+        return Ok(Err(due));
+    }
+    let item_id: ItemId = r.text(2).parse().map_err(|_| malformed("item id"))?;
+    let deadline = r.text(8).parse::<u64>().ok().map(time_ms);
+    Ok(Ok(Taken {
+        lease: Lease {
+            run_id: r.text(1),
+            item_id,
+            token: r.int(3).unwrap_or_default() as u64,
+            worker: worker.clone(),
+        },
+        bytes: r.bytes(4),
+        node: r.text(5),
+        attempt: r.int(6).unwrap_or(1) as u32,
+        deliveries: r.int(7).unwrap_or(1) as u32,
+        deadline,
+        context: Some(VersionedContext {
+            bytes: r.bytes(9),
+            version: r.int(10).unwrap_or_default() as u64,
+        }),
+    }))
 }
 
 fn status_of(code: &[u8]) -> WorkItemStatus {
@@ -485,42 +490,16 @@ impl Backend for RedisBackend {
         lease: &Lease,
         commit: StepCommit,
     ) -> Result<CommitOutcome, DistributedError> {
-        let pfx = self.keys().partition_of_run(&lease.run_id);
-        let script = &self.client.inner.scripts.commit;
-        let mut inv = script.key(Keys::leases(&pfx));
-        inv.arg(&pfx)
-            .arg(self.retention_secs())
-            .arg(&lease.run_id)
-            .arg(lease.item_id.to_string())
-            .arg(lease.token)
-            .arg(
-                commit
-                    .require_version
-                    .map(|v| v.to_string())
-                    .unwrap_or_default(),
-            );
-        match &commit.context {
-            Some((base, bytes)) => inv.arg(base.to_string()).arg(bytes.as_slice()),
-            None => inv.arg("").arg(""),
-        };
-        inv.arg(&commit.node)
-            .arg(commit.duration.as_micros() as u64);
-        inv.arg(commit.successors.len());
-        for s in &commit.successors {
-            inv.arg(s.id.to_string())
-                .arg(&s.node)
-                .arg(s.bytes.as_slice());
-        }
-        inv.arg(commit.outputs.len());
-        for o in &commit.outputs {
-            inv.arg(o.to_string());
-        }
-        inv.arg(commit.handled_failures.len());
-        for e in &commit.handled_failures {
-            inv.arg(serde_json::to_string(e).map_err(|e| DistributedError::Codec(e.to_string()))?);
-        }
-        let r = self.script_reply(&mut inv).await?;
-        commit_outcome(&r)
+        Ok(self.commit_with(lease, commit, None).await?.0)
+    }
+
+    async fn commit_and_take(
+        &self,
+        lease: &Lease,
+        commit: StepCommit,
+        next: Option<NextTake<'_>>,
+    ) -> Result<(CommitOutcome, Option<Taken>), DistributedError> {
+        self.commit_with(lease, commit, next).await
     }
 
     async fn fail(
@@ -740,6 +719,65 @@ impl Backend for RedisBackend {
 }
 
 impl RedisBackend {
+    /// The commit script, also taking the worker's next item when `next` is given.
+    async fn commit_with(
+        &self,
+        lease: &Lease,
+        commit: StepCommit,
+        next: Option<NextTake<'_>>,
+    ) -> Result<(CommitOutcome, Option<Taken>), DistributedError> {
+        let pfx = self.keys().partition_of_run(&lease.run_id);
+        let script = &self.client.inner.scripts.commit;
+        let mut inv = script.key(Keys::leases(&pfx));
+        inv.arg(&pfx)
+            .arg(self.retention_secs())
+            .arg(&lease.run_id)
+            .arg(lease.item_id.to_string())
+            .arg(lease.token)
+            .arg(
+                commit
+                    .require_version
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+            );
+        match &commit.context {
+            Some((base, bytes)) => inv.arg(base.to_string()).arg(bytes.as_slice()),
+            None => inv.arg("").arg(""),
+        };
+        inv.arg(&commit.node)
+            .arg(commit.duration.as_micros() as u64);
+        inv.arg(commit.successors.len());
+        for s in &commit.successors {
+            inv.arg(s.id.to_string())
+                .arg(&s.node)
+                .arg(s.bytes.as_slice());
+        }
+        inv.arg(commit.outputs.len());
+        for o in &commit.outputs {
+            inv.arg(o.to_string());
+        }
+        inv.arg(commit.handled_failures.len());
+        for e in &commit.handled_failures {
+            inv.arg(serde_json::to_string(e).map_err(|e| DistributedError::Codec(e.to_string()))?);
+        }
+        // The next take runs in the same script only within the run's partition (one hash
+        // tag per script); with several partitions the worker takes on its own afterwards.
+        let fused = next.filter(|_| self.client.inner.config.partitions == 1);
+        if let Some(n) = fused {
+            inv.arg(n.workflow)
+                .arg(n.worker.as_str())
+                .arg(n.options.lease_timeout.as_millis() as u64)
+                .arg(n.options.max_deliveries);
+        }
+        let mut r = self.script_reply(&mut inv).await?;
+        let outcome = commit_outcome(&r)?;
+        let taken = match (fused, r.0.get_mut(2).map(std::mem::take)) {
+            (Some(n), Some(value)) => parse_take(Reply::from(value)?, n.worker)?.ok(),
+            _ => None,
+        };
+        Ok((outcome, taken))
+    }
+
     async fn dead_letter_action(
         &self,
         run_id: &str,

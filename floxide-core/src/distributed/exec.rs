@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::{CancelState, RunScope};
 use crate::distributed::backend::{
-    Backend, CommitOutcome, DistributedError, LeaseState, NewItem, StartRun, StepCommit,
+    Backend, CommitOutcome, DistributedError, LeaseState, NewItem, NextTake, StartRun, StepCommit,
     StepFailed, Taken,
 };
 use crate::distributed::step::{with_step, StepContext};
@@ -97,10 +97,15 @@ where
     else {
         return Ok(None);
     };
-    step_taken(workflow, backend, &config.exec(), worker, taken, None).await
+    let (out, _) = step_taken(workflow, backend, &config.exec(), worker, taken, None, None).await?;
+    Ok(out)
 }
 
-/// Executes a taken item; `Some((run, output))` when it committed a terminal output.
+/// What a committed step returns: its run and first output, if any.
+pub(crate) type StepOutput<O> = Option<(RunId, O)>;
+
+/// Executes a taken item: `Some((run, output))` when it committed a terminal output, and the
+/// next item when `next` asked the commit to take one.
 pub(crate) async fn step_taken<C, W>(
     workflow: &W,
     backend: &dyn Backend,
@@ -108,15 +113,18 @@ pub(crate) async fn step_taken<C, W>(
     worker: &WorkerId,
     taken: Taken,
     stop: Option<(&CancellationToken, Duration)>,
-) -> Result<Option<(RunId, W::Output)>, FloxideError>
+    next: Option<NextTake<'_>>,
+) -> Result<(StepOutput<W::Output>, Option<Taken>), FloxideError>
 where
     C: Context + Merge,
     W: Workflow<C>,
 {
     let run_id = taken.lease.run_id.clone();
-    match execute(workflow, backend, config, worker, taken, stop).await? {
-        StepEnd::Committed(outputs) => Ok(outputs.into_iter().next().map(|o| (run_id, o))),
-        StepEnd::Failed | StepEnd::Abandoned | StepEnd::Released => Ok(None),
+    match execute(workflow, backend, config, worker, taken, stop, next).await? {
+        StepEnd::Committed(outputs, next) => {
+            Ok((outputs.into_iter().next().map(|o| (run_id, o)), next))
+        }
+        StepEnd::Failed | StepEnd::Abandoned | StepEnd::Released => Ok((None, None)),
     }
 }
 
@@ -131,8 +139,9 @@ pub(crate) struct ExecConfig {
 /// How a step ended.
 #[derive(Debug)]
 pub(crate) enum StepEnd<O> {
-    /// Committed; the outputs the step produced.
-    Committed(Vec<O>),
+    /// Committed; the outputs the step produced, and the worker's next item when the commit
+    /// also took one.
+    Committed(Vec<O>, Option<Taken>),
     /// Failed and recorded (retry scheduled or dead-lettered).
     Failed,
     /// Given up: the lease was lost or the run is no longer active; nothing was applied.
@@ -149,6 +158,7 @@ pub(crate) async fn execute<C, W>(
     worker: &WorkerId,
     taken: Taken,
     stop: Option<(&CancellationToken, Duration)>,
+    next: Option<NextTake<'_>>,
 ) -> Result<StepEnd<W::Output>, FloxideError>
 where
     C: Context + Merge,
@@ -173,7 +183,7 @@ where
         worker: worker.clone(),
         cancel: token.clone(),
     };
-    let inner = execute_inner(workflow, backend, config, &taken, stop, token);
+    let inner = execute_inner(workflow, backend, config, &taken, stop, token, next);
     with_step(step, tracing::Instrument::instrument(inner, span)).await
 }
 
@@ -203,6 +213,7 @@ async fn execute_inner<C, W>(
     taken: &Taken,
     stop: Option<(&CancellationToken, Duration)>,
     token: CancellationToken,
+    next: Option<NextTake<'_>>,
 ) -> Result<StepEnd<W::Output>, FloxideError>
 where
     C: Context + Merge,
@@ -415,29 +426,34 @@ where
             commit.context = Some((loaded.version, after.clone()));
         }
         loop {
-            match backend.commit(lease, commit.clone()).await? {
-                CommitOutcome::Committed { .. } => return Ok(StepEnd::Committed(outputs)),
-                CommitOutcome::LeaseLost => {
-                    tracing::warn!(
-                        "lease lost before the commit; the step's effects are discarded"
-                    );
-                    return Ok(StepEnd::Abandoned);
+            match backend.commit_and_take(lease, commit.clone(), next).await? {
+                (CommitOutcome::Committed { .. }, next) => {
+                    return Ok(StepEnd::Committed(outputs, next))
                 }
-                CommitOutcome::RunInactive(status) => {
-                    tracing::info!(%status, "run no longer active; the step's effects are discarded");
-                    return Ok(StepEnd::Abandoned);
-                }
-                CommitOutcome::ContextConflict { .. } if held => break,
-                CommitOutcome::ContextConflict { .. } => {
-                    // Another step of the run committed first: join our context into the
-                    // latest one and commit again (the node does not run again).
-                    let latest = backend.load_context(&lease.run_id).await?;
-                    let mut merged: C = decode(&latest.bytes).map_err(codec_error)?;
-                    let ours: C = decode(&after).map_err(codec_error)?;
-                    merged.merge(ours);
-                    let bytes = encode(&merged).map_err(codec_error)?;
-                    commit.context = (bytes != latest.bytes).then_some((latest.version, bytes));
-                }
+                (outcome, _) => match outcome {
+                    CommitOutcome::Committed { .. } => unreachable!("handled above"),
+                    CommitOutcome::LeaseLost => {
+                        tracing::warn!(
+                            "lease lost before the commit; the step's effects are discarded"
+                        );
+                        return Ok(StepEnd::Abandoned);
+                    }
+                    CommitOutcome::RunInactive(status) => {
+                        tracing::info!(%status, "run no longer active; the step's effects are discarded");
+                        return Ok(StepEnd::Abandoned);
+                    }
+                    CommitOutcome::ContextConflict { .. } if held => break,
+                    CommitOutcome::ContextConflict { .. } => {
+                        // Another step of the run committed first: join our context into the
+                        // latest one and commit again (the node does not run again).
+                        let latest = backend.load_context(&lease.run_id).await?;
+                        let mut merged: C = decode(&latest.bytes).map_err(codec_error)?;
+                        let ours: C = decode(&after).map_err(codec_error)?;
+                        merged.merge(ours);
+                        let bytes = encode(&merged).map_err(codec_error)?;
+                        commit.context = (bytes != latest.bytes).then_some((latest.version, bytes));
+                    }
+                },
             }
         }
         tracing::debug!("a held step saw a newer context; executing it again");

@@ -24,8 +24,8 @@ pub(crate) mod worker;
 
 pub use crate::merge::EventLog;
 pub use backend::{
-    Backend, CommitOutcome, DistributedError, Lease, LeaseState, NewItem, RunAction, RunWatch,
-    StartRun, StepCommit, StepFailed, TakeOptions, Taken, VersionedContext,
+    Backend, CommitOutcome, DistributedError, Lease, LeaseState, NewItem, NextTake, RunAction,
+    RunWatch, StartRun, StepCommit, StepFailed, TakeOptions, Taken, VersionedContext,
 };
 pub use exec::new_run_id;
 pub use memory::{

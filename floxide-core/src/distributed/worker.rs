@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::distributed::backend::{Backend, DistributedError, TakeOptions, Taken};
-use crate::distributed::exec::{step_taken, ExecConfig};
+use crate::distributed::backend::{Backend, DistributedError, NextTake, TakeOptions, Taken};
+use crate::distributed::exec::{step_taken, ExecConfig, StepOutput};
 use crate::distributed::stores::StoreParts;
 use crate::distributed::{RunId, WorkerHealth, WorkerId, WorkerStatus};
 use crate::{Context, FloxideError, Merge, RetryPolicy, Workflow};
@@ -320,7 +320,7 @@ where
             .await?;
         match taken {
             None => Ok(None),
-            Some(taken) => self.step(&worker, taken, None).await,
+            Some(taken) => Ok(self.step(&worker, taken, None, None).await?.0),
         }
     }
 
@@ -329,9 +329,19 @@ where
         worker: &WorkerId,
         taken: Taken,
         stop: Option<(&CancellationToken, Duration)>,
-    ) -> Result<Option<(RunId, W::Output)>, FloxideError> {
+        next: Option<NextTake<'_>>,
+    ) -> Result<(StepOutput<W::Output>, Option<Taken>), FloxideError> {
         let exec = self.config.exec();
-        step_taken(&self.workflow, &*self.backend, &exec, worker, taken, stop).await
+        step_taken(
+            &self.workflow,
+            &*self.backend,
+            &exec,
+            worker,
+            taken,
+            stop,
+            next,
+        )
+        .await
     }
 
     /// Takes and executes work items until the process ends, waiting on the backend while
@@ -359,7 +369,36 @@ where
         let mut reporter = HealthReporter::new(worker.clone());
         let mut backoff = Duration::from_millis(50);
         let options = self.config.take_options();
-        while !stop.is_cancelled() {
+        let fused = NextTake {
+            workflow: self.workflow.name(),
+            worker: &worker,
+            options,
+        };
+        // The item the last commit took for this worker (one round trip per step).
+        let mut next: Option<Taken> = None;
+        loop {
+            if stop.is_cancelled() {
+                if let Some(unstarted) = next.take() {
+                    if let Err(error) = self.backend.release(&unstarted.lease).await {
+                        tracing::warn!(%worker, %error, "could not release an item on shutdown; its lease will expire");
+                    }
+                }
+                break;
+            }
+            if let Some(taken) = next.take() {
+                next = self
+                    .run_step(
+                        &worker,
+                        taken,
+                        &stop,
+                        grace,
+                        fused,
+                        &mut reporter,
+                        &mut backoff,
+                    )
+                    .await;
+                continue;
+            }
             reporter
                 .report(&*self.backend, WorkerStatus::Idle, None)
                 .await;
@@ -388,34 +427,64 @@ where
                 }
             };
             backoff = Duration::from_millis(50);
-            let item = (taken.lease.item_id, taken.lease.run_id.clone());
-            let status = if taken.attempt > 1 {
-                WorkerStatus::Retrying(taken.attempt, 0)
-            } else {
-                WorkerStatus::InProgress
-            };
-            reporter
-                .report(&*self.backend, status.clone(), Some(item.clone()))
+            next = self
+                .run_step(
+                    &worker,
+                    taken,
+                    &stop,
+                    grace,
+                    fused,
+                    &mut reporter,
+                    &mut backoff,
+                )
                 .await;
-            // Keep reporting while a long step runs, so the worker does not look dead.
-            let step = self.step(&worker, taken, Some((&stop, grace)));
-            tokio::pin!(step);
-            let result = loop {
-                tokio::select! {
-                    r = &mut step => break r,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                        reporter.report(&*self.backend, status.clone(), Some(item.clone())).await;
-                    }
-                }
-            };
-            if let Err(error) = result {
-                reporter.errors += 1;
-                tracing::warn!(%worker, %error, "step could not be completed; its lease will expire");
-                tokio::time::sleep(backoff).await;
-            }
         }
         reporter.stopped(&*self.backend).await;
         Ok(())
+    }
+
+    /// Executes one taken item for [`run_until`](Self::run_until), reporting health while it
+    /// runs; returns the next item the commit took, if any.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_step(
+        &self,
+        worker: &WorkerId,
+        taken: Taken,
+        stop: &CancellationToken,
+        grace: Duration,
+        fused: NextTake<'_>,
+        reporter: &mut HealthReporter,
+        backoff: &mut Duration,
+    ) -> Option<Taken> {
+        let item = (taken.lease.item_id, taken.lease.run_id.clone());
+        let status = if taken.attempt > 1 {
+            WorkerStatus::Retrying(taken.attempt, 0)
+        } else {
+            WorkerStatus::InProgress
+        };
+        reporter
+            .report(&*self.backend, status.clone(), Some(item.clone()))
+            .await;
+        // Keep reporting while a long step runs, so the worker does not look dead.
+        let step = self.step(worker, taken, Some((stop, grace)), Some(fused));
+        tokio::pin!(step);
+        let result = loop {
+            tokio::select! {
+                r = &mut step => break r,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    reporter.report(&*self.backend, status.clone(), Some(item.clone())).await;
+                }
+            }
+        };
+        match result {
+            Ok((_, next)) => next,
+            Err(error) => {
+                reporter.errors += 1;
+                tracing::warn!(%worker, %error, "step could not be completed; its lease will expire");
+                tokio::time::sleep(*backoff).await;
+                None
+            }
+        }
     }
 }
 
