@@ -121,9 +121,10 @@ where
 {
     let run_id = taken.lease.run_id.clone();
     match execute(workflow, backend, config, worker, taken, stop, next).await? {
-        StepEnd::Committed(outputs, next) => {
-            Ok((outputs.into_iter().next().map(|o| (run_id, o)), next))
-        }
+        StepEnd::Committed(outputs, next) => Ok((
+            outputs.into_iter().next().map(|o| (run_id, o)),
+            next.map(|t| *t),
+        )),
         StepEnd::Failed | StepEnd::Abandoned | StepEnd::Released => Ok((None, None)),
     }
 }
@@ -141,7 +142,7 @@ pub(crate) struct ExecConfig {
 pub(crate) enum StepEnd<O> {
     /// Committed; the outputs the step produced, and the worker's next item when the commit
     /// also took one.
-    Committed(Vec<O>, Option<Taken>),
+    Committed(Vec<O>, Option<Box<Taken>>),
     /// Failed and recorded (retry scheduled or dead-lettered).
     Failed,
     /// Given up: the lease was lost or the run is no longer active; nothing was applied.
@@ -428,7 +429,7 @@ where
         loop {
             match backend.commit_and_take(lease, commit.clone(), next).await? {
                 (CommitOutcome::Committed { .. }, next) => {
-                    return Ok(StepEnd::Committed(outputs, next))
+                    return Ok(StepEnd::Committed(outputs, next.map(Box::new)))
                 }
                 (outcome, _) => match outcome {
                     CommitOutcome::Committed { .. } => unreachable!("handled above"),
