@@ -34,7 +34,7 @@ pub use memory::{
 };
 pub use orchestrator::{DistributedOrchestrator, OrchestratorBuilder};
 pub use pool::WorkerPool;
-pub use runner::{run_worker_main, shutdown_signal, WorkerArgs};
+pub use runner::{run_worker, run_worker_main, shutdown_signal, WorkerArgs};
 pub use step::{current_step, StepContext};
 pub use stores::{
     ContextStore, ErrorStore, LivenessStore, MetricsStore, RunInfoStore, StoreParts,

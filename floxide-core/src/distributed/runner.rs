@@ -147,6 +147,18 @@ where
             return ExitCode::from(2);
         }
     };
+    run_worker(args, build).await
+}
+
+/// [`run_worker_main`] with settings already parsed (for programs that read their own
+/// arguments).
+pub async fn run_worker<W, C, F, Fut>(args: WorkerArgs, build: F) -> ExitCode
+where
+    C: Context + Merge + 'static,
+    W: Workflow<C> + 'static,
+    F: FnOnce(WorkerArgs) -> Fut,
+    Fut: Future<Output = Result<DistributedWorker<W, C>, FloxideError>>,
+{
     let (concurrency, name, grace) = (args.concurrency, args.worker_name.clone(), args.grace);
     let worker = match build(args).await {
         Ok(worker) => worker,
