@@ -91,14 +91,23 @@ impl RedisBackend {
     ) -> Result<(), DistributedError> {
         let mut conn = self.client.blocking_connection().await.map_err(backend)?;
         let secs = wait.as_secs_f64().max(0.001);
-        let result: redis::RedisResult<Option<(String, String)>> =
-            conn.blpop(Keys::wake(pfx, workflow), secs).await;
-        match result {
-            Ok(_) => {
+        // A connection that died silently would block forever: bound the wait, and drop the
+        // connection instead of reusing it when the server did not answer in time.
+        let answered = tokio::time::timeout(
+            wait + Duration::from_secs(2),
+            conn.blpop::<_, Option<(String, String)>>(Keys::wake(pfx, workflow), secs),
+        )
+        .await;
+        match answered {
+            Ok(Ok(_)) => {
                 self.client.give_back(conn);
                 Ok(())
             }
-            Err(e) => Err(backend(e)),
+            Ok(Err(e)) => Err(backend(e)),
+            Err(_) => Err(DistributedError::Backend(format!(
+                "no answer from Redis to a blocking wait within {:?}",
+                wait + Duration::from_secs(2)
+            ))),
         }
     }
 

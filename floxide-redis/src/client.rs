@@ -86,6 +86,30 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// A `redis::Client` for `info`, with TLS set up for `rediss://` URLs.
+fn open_client(info: redis::ConnectionInfo, config: &RedisConfig) -> Result<redis::Client, String> {
+    let tls = config.url.starts_with("rediss://");
+    #[cfg(feature = "tls")]
+    if tls || config.tls_root.is_some() {
+        // Several crates may try to install a provider; the first one wins, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if let Some(root) = &config.tls_root {
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root.clone()),
+            };
+            return redis::Client::build_with_tls(info, certs).map_err(|e| e.to_string());
+        }
+    }
+    #[cfg(not(feature = "tls"))]
+    if tls {
+        return Err(
+            "this build of floxide-redis has no TLS support: enable its `tls` feature".to_owned(),
+        );
+    }
+    redis::Client::open(info).map_err(|e| e.to_string())
+}
+
 impl RedisClient {
     /// Connects to the server of `config`, loads the scripts and subscribes to run events.
     ///
@@ -111,7 +135,7 @@ impl RedisClient {
             settings = settings.set_password(password);
         }
         info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(|e| invalid(e.to_string()))?;
+        let client = open_client(info, &config).map_err(invalid)?;
         let no_answer = || connect(format!("no answer within {:?}", config.connect_timeout));
         // One direct attempt first, which also loads the scripts: a refused connection or
         // refused credentials are reported as such at once (the manager below retries every
@@ -155,12 +179,25 @@ impl RedisClient {
             .all()
             .map(|p| Keys::events(&keys.partition(p)))
             .collect();
+        let (subscribed, is_subscribed) = tokio::sync::oneshot::channel();
         let listener = tokio::spawn(listen(
             client.clone(),
             channels,
             Arc::clone(&events),
             Arc::clone(&version),
+            subscribed,
         ));
+        // Events published before the subscription would be missed by waiters.
+        if tokio::time::timeout(config.connect_timeout, is_subscribed)
+            .await
+            .is_err()
+        {
+            listener.abort();
+            return Err(connect(format!(
+                "subscribing to run events took longer than {:?}",
+                config.connect_timeout
+            )));
+        }
         Ok(RedisClient {
             inner: Arc::new(ClientInner {
                 client,
@@ -255,7 +292,9 @@ async fn listen(
     channels: Vec<String>,
     events: Arc<Notify>,
     version: Arc<tokio::sync::watch::Sender<u64>>,
+    ready: tokio::sync::oneshot::Sender<()>,
 ) {
+    let mut ready = Some(ready);
     let wake = || {
         events.notify_waiters();
         version.send_modify(|v| *v = v.wrapping_add(1));
@@ -273,6 +312,9 @@ async fn listen(
                 }
                 if ok {
                     backoff = Duration::from_millis(50);
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
                     let mut messages = pubsub.on_message();
                     while messages.next().await.is_some() {
                         wake();

@@ -22,6 +22,7 @@ pub struct RedisConfig {
     pub(crate) response_timeout: Duration,
     pub(crate) partitions: u32,
     pub(crate) retention: Duration,
+    pub(crate) tls_root: Option<Vec<u8>>,
 }
 
 impl RedisConfig {
@@ -37,6 +38,7 @@ impl RedisConfig {
             response_timeout: Duration::from_secs(10),
             partitions: 1,
             retention: Duration::from_secs(24 * 3600),
+            tls_root: None,
         }
     }
 
@@ -82,6 +84,14 @@ impl RedisConfig {
     /// How long finished runs are kept before their keys expire (default 24 h).
     pub fn with_retention(mut self, retention: Duration) -> Self {
         self.retention = retention.max(Duration::from_secs(1));
+        self
+    }
+
+    /// For `rediss://` URLs: trust the certificate authority in `pem` (PEM text) instead of
+    /// the operating system's store, e.g. for a private CA. (`rediss://...#insecure` skips
+    /// verification altogether; use it only for tests.)
+    pub fn with_tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root = Some(pem.into());
         self
     }
 

@@ -16,6 +16,18 @@ pub struct ServerOptions {
     pub appendonly: bool,
     /// `requirepass`.
     pub password: Option<String>,
+    /// Serve TLS only, with this certificate and key (PEM files); clients are not asked
+    /// for certificates.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The server certificate and key for a TLS server.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate (PEM), also used as the CA file.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
 }
 
 /// A running `redis-server` owned by the test; killed on drop.
@@ -90,6 +102,21 @@ impl RedisServer {
         if let Some(password) = &self.options.password {
             cmd.arg("--requirepass").arg(password);
         }
+        if let Some(tls) = &self.options.tls {
+            // TLS only: the plain port is the TLS port.
+            cmd.arg("--port")
+                .arg("0")
+                .arg("--tls-port")
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-auth-clients")
+                .arg("no");
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -100,6 +127,7 @@ impl RedisServer {
                 ServerError(format!("cannot start redis-server: {e}"))
             }
         })?;
+        spawn_watchdog(child.id(), &self.dir);
         self.child = Some(child);
         self.wait_ready()
     }
@@ -128,9 +156,14 @@ impl RedisServer {
         )))
     }
 
-    /// `redis://127.0.0.1:<port>/` (without credentials).
+    /// `redis://127.0.0.1:<port>/` (`rediss://` for a TLS server; without credentials).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.options.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// The port.
@@ -166,6 +199,26 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Kills the server (and removes its directory) once this process is gone, even when the
+/// server is never dropped (e.g. held in a `static`) or the test process is killed. The
+/// watchdog also ends as soon as the server is gone.
+fn spawn_watchdog(server_pid: u32, dir: &Path) {
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null && kill -0 {server} 2>/dev/null; do sleep 0.5; done; \
+         if ! kill -0 {me} 2>/dev/null; then kill -9 {server} 2>/dev/null; rm -rf '{dir}'; fi",
+        me = std::process::id(),
+        server = server_pid,
+        dir = dir.display()
+    );
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
 }
 
 fn free_port() -> Result<u16, ServerError> {

@@ -1,0 +1,379 @@
+//! Connection settings of the Redis backend against private `redis-server`s: passwords (in the
+//! config and in the URL), ACL users, wrong or missing credentials, connect timeouts, key
+//! prefixes that keep deployments apart, and clearing a prefix.
+
+use std::time::{Duration, Instant};
+
+use floxide::*;
+use floxide_redis::testing::{RedisServer, ServerOptions};
+use floxide_redis::{RedisBackend, RedisBackendError, RedisClient, RedisConfig};
+
+node! {
+    pub struct AddOne {};
+    input = u64;
+    output = u64;
+    |_ctx, n| { Ok(Transition::Next(n + 1)) }
+}
+
+workflow! {
+    pub struct Chain { a: AddOne, b: AddOne }
+    start = a;
+    edges { a => [b]; b => []; }
+}
+
+fn chain() -> Chain {
+    Chain {
+        a: AddOne {},
+        b: AddOne {},
+    }
+}
+
+/// Runs `Chain` from 1 on `client` with an in-process worker: the connection really works.
+async fn runs_a_workflow(client: RedisClient) {
+    let backend = RedisBackend::new(client);
+    let o = chain().orchestrator(backend.clone()).build().unwrap();
+    let run = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+    let worker = chain()
+        .worker(backend)
+        .idle_sleep_duration(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let mut pool = WorkerPool::new(worker, 1).with_grace_period(Duration::from_millis(100));
+    pool.start();
+    let output = o.wait_for_output(&run, Duration::from_secs(20)).await;
+    pool.stop().await.unwrap();
+    assert_eq!(output.unwrap(), 3);
+}
+
+/// Expects a connect error; returns its text.
+fn connect_error(result: Result<RedisClient, RedisBackendError>) -> String {
+    match result {
+        Err(e @ RedisBackendError::Connect { .. }) => e.to_string(),
+        Err(other) => panic!("expected a connect error, got {other:?}"),
+        Ok(client) => panic!("expected a connect error, got a client {client:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_in_config_or_url_works_and_a_wrong_one_is_a_clear_error() {
+    let server = RedisServer::start_or_panic(ServerOptions {
+        password: Some("s3cret-pw".to_owned()),
+        ..ServerOptions::default()
+    });
+    let port = server.port();
+
+    // In the config.
+    let client = RedisClient::new(
+        RedisConfig::new(server.url())
+            .with_key_prefix("cfg:")
+            .with_password("s3cret-pw"),
+    )
+    .await
+    .expect("the password in the config is used");
+    runs_a_workflow(client).await;
+
+    // In the URL.
+    let client = RedisClient::new(
+        RedisConfig::new(format!("redis://:s3cret-pw@127.0.0.1:{port}/")).with_key_prefix("url:"),
+    )
+    .await
+    .expect("the password in the URL is used");
+    runs_a_workflow(client).await;
+
+    // The config's password overrides the URL's.
+    let client = RedisClient::new(
+        RedisConfig::new(format!("redis://:stale@127.0.0.1:{port}/"))
+            .with_key_prefix("over:")
+            .with_password("s3cret-pw"),
+    )
+    .await
+    .expect("the config's password wins over the URL's");
+    runs_a_workflow(client).await;
+
+    // Wrong and missing passwords: a typed, readable error, quickly, without the password.
+    let started = Instant::now();
+    let wrong = connect_error(
+        RedisClient::new(
+            RedisConfig::new(format!("redis://:not-the-pw@127.0.0.1:{port}/"))
+                .with_connect_timeout(Duration::from_secs(3)),
+        )
+        .await,
+    );
+    assert!(
+        wrong.contains(&format!(
+            "cannot connect to Redis at `redis://***@127.0.0.1:{port}/`"
+        )),
+        "{wrong}"
+    );
+    assert!(
+        wrong.contains("WRONGPASS") || wrong.to_lowercase().contains("password"),
+        "the error says the password is wrong: {wrong}"
+    );
+    assert!(
+        !wrong.contains("not-the-pw"),
+        "the password leaked: {wrong}"
+    );
+    let wrong_in_config = connect_error(
+        RedisClient::new(RedisConfig::new(server.url()).with_password("not-the-pw")).await,
+    );
+    assert!(
+        !wrong_in_config.contains("not-the-pw"),
+        "the password leaked: {wrong_in_config}"
+    );
+    let missing = connect_error(RedisClient::new(RedisConfig::new(server.url())).await);
+    assert!(
+        missing.contains("NOAUTH") || missing.to_lowercase().contains("auth"),
+        "the error says authentication is required: {missing}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused credentials are reported at once, not after retries: {:?}",
+        started.elapsed()
+    );
+    eprintln!("config/password: wrong → {wrong}\nconfig/password: missing → {missing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_can_connect() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let admin = redis::Client::open(server.url()).unwrap();
+    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "flow", "on", ">flow-pw", "~app:*", "&*", "+@all"])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    // The default user no longer works without a password: only `flow` gets in.
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "off"])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+
+    let client = RedisClient::new(
+        RedisConfig::new(server.url())
+            .with_key_prefix("app:")
+            .with_username("flow")
+            .with_password("flow-pw"),
+    )
+    .await
+    .expect("the ACL user connects");
+    runs_a_workflow(client).await;
+
+    let url = format!("redis://flow:flow-pw@127.0.0.1:{}/", server.port());
+    let client = RedisClient::new(RedisConfig::new(url).with_key_prefix("app:url:"))
+        .await
+        .expect("the ACL user in the URL connects");
+    runs_a_workflow(client).await;
+
+    let wrong = connect_error(
+        RedisClient::new(
+            RedisConfig::new(server.url())
+                .with_key_prefix("app:")
+                .with_username("flow")
+                .with_password("nope"),
+        )
+        .await,
+    );
+    assert!(
+        wrong.contains("WRONGPASS") || wrong.to_lowercase().contains("password"),
+        "{wrong}"
+    );
+    // The user may only touch `app:*` keys: another prefix is refused with a clear error.
+    let outside = RedisClient::new(
+        RedisConfig::new(server.url())
+            .with_key_prefix("other:")
+            .with_username("flow")
+            .with_password("flow-pw"),
+    )
+    .await
+    .expect("connecting does not touch keys");
+    let backend = RedisBackend::new(outside);
+    let o = chain().orchestrator(backend).build().unwrap();
+    let denied = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap_err();
+    assert!(
+        denied.to_string().contains("NOPERM") || denied.to_string().contains("permission"),
+        "{denied}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_key_prefixes_do_not_see_each_other() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let connect = |prefix: &'static str| {
+        let url = server.url();
+        async move {
+            RedisBackend::new(
+                RedisClient::new(RedisConfig::new(url).with_key_prefix(prefix))
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let blue = connect("blue:").await;
+    let green = connect("green:").await;
+    let blue_o = chain().orchestrator(blue.clone()).build().unwrap();
+    let green_o = chain().orchestrator(green.clone()).build().unwrap();
+    let blue_run = blue_o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+
+    assert!(matches!(
+        green_o.status(&blue_run).await,
+        Err(FloxideError::Distributed(DistributedError::UnknownRun(_)))
+    ));
+    assert!(green_o.list_runs(None).await.unwrap().is_empty());
+    // Green's worker does not take blue's work.
+    let green_worker = chain().worker(green.clone()).build().unwrap();
+    assert_eq!(green_worker.run_once("green-0").await.unwrap(), None);
+    assert_eq!(
+        blue_o.status(&blue_run).await.unwrap(),
+        RunStatus::Pending,
+        "blue's run was touched by green's worker"
+    );
+    // Blue's worker does, and blue's run completes; green still sees nothing.
+    let blue_worker = chain().worker(blue.clone()).build().unwrap();
+    assert_eq!(blue_worker.run_once("blue-0").await.unwrap(), None);
+    assert_eq!(
+        blue_worker.run_once("blue-0").await.unwrap(),
+        Some((blue_run.clone(), 3))
+    );
+    let green_run = green_o.start_run(&WorkflowCtx::new(()), 10).await.unwrap();
+    let listed: Vec<String> = green_o
+        .list_runs(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(listed, vec![green_run.clone()]);
+    let blue_listed: Vec<String> = blue_o
+        .list_runs(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(blue_listed, vec![blue_run]);
+    assert!(green_o.dead_letters().await.unwrap().is_empty());
+    assert_eq!(green_worker.run_once("green-0").await.unwrap(), None);
+    assert_eq!(
+        green_worker.run_once("green-0").await.unwrap(),
+        Some((green_run, 12))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_timeout_bounds_connecting() {
+    // A port where nothing listens.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let started = Instant::now();
+    let refused = connect_error(
+        RedisClient::new(
+            RedisConfig::new(format!("redis://127.0.0.1:{port}/"))
+                .with_connect_timeout(Duration::from_millis(500)),
+        )
+        .await,
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "connecting to a closed port took {took:?}"
+    );
+    assert!(
+        refused.contains(&format!(
+            "cannot connect to Redis at `redis://127.0.0.1:{port}/`"
+        )),
+        "{refused}"
+    );
+    assert!(refused.to_lowercase().contains("refused"), "{refused}");
+
+    // A server that accepts connections but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let started = Instant::now();
+    let mute = connect_error(
+        RedisClient::new(
+            RedisConfig::new(format!("redis://127.0.0.1:{silent_port}/"))
+                .with_connect_timeout(Duration::from_millis(500)),
+        )
+        .await,
+    );
+    let mute_took = started.elapsed();
+    assert!(
+        mute_took < Duration::from_secs(3),
+        "connecting to a silent server took {mute_took:?}"
+    );
+    assert!(
+        mute.contains("timed out") || mute.contains("no answer"),
+        "{mute}"
+    );
+    drop(silent);
+    eprintln!(
+        "config/connect-timeout: closed port → {took:?}: {refused}\n\
+         config/connect-timeout: silent server → {mute_took:?}: {mute}"
+    );
+
+    // Not a Redis URL at all.
+    match RedisClient::new(RedisConfig::new("http://example.invalid/")).await {
+        Err(RedisBackendError::InvalidUrl { .. }) => {}
+        other => panic!("expected an invalid URL error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_removes_only_its_prefixes_keys() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let mine = RedisClient::new(RedisConfig::new(server.url()).with_key_prefix("mine:"))
+        .await
+        .unwrap();
+    let theirs = RedisClient::new(RedisConfig::new(server.url()).with_key_prefix("theirs:"))
+        .await
+        .unwrap();
+    for client in [&mine, &theirs] {
+        let backend = RedisBackend::new(client.clone());
+        let o = chain().orchestrator(backend.clone()).build().unwrap();
+        let worker = chain().worker(backend).build().unwrap();
+        for n in 0..5 {
+            o.start_run(&WorkflowCtx::new(()), n).await.unwrap();
+        }
+        worker.run_once("w").await.unwrap();
+    }
+    let conn = mine.connection();
+    let count = |pattern: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            keys.len()
+        }
+    };
+    let (mine_before, theirs_before) = (count("mine:*").await, count("theirs:*").await);
+    assert!(mine_before > 10, "{mine_before}");
+    assert!(theirs_before > 10, "{theirs_before}");
+    // Enough keys for several SCAN rounds.
+    let mut pipe = redis::pipe();
+    for i in 0..2500 {
+        pipe.set(format!("mine:filler:{i}"), i).ignore();
+    }
+    pipe.query_async::<()>(&mut conn.clone()).await.unwrap();
+
+    mine.clear().await.unwrap();
+    assert_eq!(count("mine:*").await, 0, "clear left keys of its prefix");
+    assert_eq!(
+        count("theirs:*").await,
+        theirs_before,
+        "clear touched another prefix"
+    );
+    let o = chain()
+        .orchestrator(RedisBackend::new(mine.clone()))
+        .build()
+        .unwrap();
+    assert!(o.list_runs(None).await.unwrap().is_empty());
+    // The cleared deployment is usable again.
+    runs_a_workflow(mine).await;
+}

@@ -1,0 +1,871 @@
+//! Fault tests with real processes: worker processes (`examples/fault_worker.rs`) killed with
+//! SIGKILL or frozen with SIGSTOP while runs flow, Redis itself killed and restarted, corrupt
+//! bytes in stored items and contexts, and a thousand concurrent runs (G1, G2, G6, G8).
+//!
+//! Each test starts its own `redis-server` and its own worker processes, which a guard kills on
+//! every path (also when the test fails). The tests run one at a time (they measure leases in
+//! real time on a machine that may be busy) and each ends on its own within a bounded time.
+
+#[allow(dead_code)]
+#[path = "../examples/fault_worker.rs"]
+mod fault_worker;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use fault_worker::{Env, Fault, Log};
+use floxide::*;
+use floxide_redis::testing::{RedisServer, ServerOptions};
+use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
+
+/// The workers' lease: short, so that crashed workers' items come back quickly.
+const LEASE_MS: u64 = 1000;
+/// How long a test waits for its runs before it declares them stuck.
+const PATIENCE: Duration = Duration::from_secs(45);
+/// The bound on a whole test.
+const TEST_LIMIT: Duration = Duration::from_secs(100);
+
+/// One fault test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+// ---------------------------------------------------------------------------------------------
+// The worker binary and the worker processes
+// ---------------------------------------------------------------------------------------------
+
+/// `target/<profile>/examples/fault_worker`, built (once per test binary) when it is missing or
+/// older than its source. (`cargo test -p floxide-redis` builds it anyway, like every example;
+/// after changing only the library, run that rather than `--test faults` alone.)
+fn worker_binary() -> &'static Path {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BIN.get_or_init(locate_or_build) {
+        Ok(path) => path,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn locate_or_build() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    // Tests live in target/<profile>/deps/.
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("unexpected test binary location {}", exe.display()))?;
+    let bin = profile_dir
+        .join("examples")
+        .join(format!("fault_worker{}", std::env::consts::EXE_SUFFIX));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fault_worker.rs");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = match (modified(&bin), modified(&source)) {
+        (Some(b), Some(s)) => b >= s,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if fresh {
+        return Ok(bin);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "floxide-redis", "--example", "fault_worker"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(other) => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    if let Some(target_dir) = profile_dir.parent() {
+        cmd.env("CARGO_TARGET_DIR", target_dir);
+    }
+    eprintln!("faults: building the worker binary: {cmd:?}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run cargo to build fault_worker: {e}"))?;
+    if !status.success() || !bin.exists() {
+        return Err(format!(
+            "`cargo build -p floxide-redis --example fault_worker` failed ({status}); expected {}",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+/// How the worker processes of a test are configured.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    concurrency: usize,
+    step_ms: u64,
+}
+
+/// The worker processes of a test. Dropping it kills them all (SIGKILL), on every path; when
+/// the test failed it prints the tail of each worker's stderr.
+struct Workers {
+    name: &'static str,
+    url: String,
+    prefix: String,
+    settings: Settings,
+    dir: PathBuf,
+    children: Vec<Child>,
+    spawned: usize,
+}
+
+impl Workers {
+    fn new(name: &'static str, url: &str, prefix: &str, settings: Settings) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "floxide-faults-{name}-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the workers' log directory");
+        Workers {
+            name,
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+            settings,
+            dir,
+            children: Vec::new(),
+            spawned: 0,
+        }
+    }
+
+    /// Starts one more worker process; returns its pid.
+    fn spawn(&mut self) -> u32 {
+        let n = self.spawned;
+        self.spawned += 1;
+        let log = std::fs::File::create(self.dir.join(format!("worker-{n}.log")))
+            .expect("create a worker log");
+        let child = Command::new(worker_binary())
+            .args(["--backend", &self.url])
+            .args(["--concurrency", &self.settings.concurrency.to_string()])
+            .args(["--worker-name", &format!("{}{n}", self.name)])
+            .env_remove("FLOXIDE_BACKEND_URL")
+            .env_remove("FLOXIDE_REDIS_URL")
+            .env_remove("FLOXIDE_CONCURRENCY")
+            .env_remove("FLOXIDE_WORKER_NAME")
+            .env_remove("FLOXIDE_GRACE_SECS")
+            .env("FAULT_PREFIX", &self.prefix)
+            .env("FAULT_LEASE_MS", LEASE_MS.to_string())
+            .env("FAULT_STEP_MS", self.settings.step_ms.to_string())
+            .env("FAULT_WATCH_PARENT", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start a fault_worker process");
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    fn len(&self) -> usize {
+        self.children.len()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// SIGKILLs the `i`-th live worker and reaps it; returns its pid.
+    fn kill(&mut self, i: usize) -> u32 {
+        let mut child = self.children.remove(i);
+        let pid = child.id();
+        let _ = child.kill();
+        let _ = child.wait();
+        pid
+    }
+
+    /// Whether the worker `pid` is still running: not exited, and `kill -0` reaches it.
+    fn alive(&mut self, pid: u32) -> bool {
+        let Some(child) = self.children.iter_mut().find(|c| c.id() == pid) else {
+            return false;
+        };
+        matches!(child.try_wait(), Ok(None)) && signal(pid, "-0")
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill(); // SIGKILL also ends a SIGSTOPped process
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            for n in 0..self.spawned {
+                let path = self.dir.join(format!("worker-{n}.log"));
+                let log = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                if !tail.is_empty() {
+                    eprintln!("--- {} (last lines, newest first)", path.display());
+                    for line in tail {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `kill <sig> <pid>`, without libc.
+fn signal(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A small xorshift generator: which worker dies is random, the seed is printed.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Self {
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64
+            ^ (u64::from(std::process::id()) << 32);
+        Rng(seed | 1)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test's side: an orchestrator, raw Redis access, waiting and checking
+// ---------------------------------------------------------------------------------------------
+
+type Orchestrator = DistributedOrchestrator<Fault, Log>;
+
+/// The orchestrator side of a test, under the key prefix of its workers.
+struct Side {
+    backend: RedisBackend,
+    orchestrator: Orchestrator,
+    raw: redis::aio::ConnectionManager,
+    prefix: String,
+}
+
+impl Side {
+    async fn connect(url: &str, prefix: &str) -> Self {
+        let client = RedisClient::new(RedisConfig::new(url).with_key_prefix(prefix))
+            .await
+            .expect("connect to the test redis-server");
+        let env = Env::new(&client, url, prefix, Duration::ZERO).expect("environment");
+        let backend = RedisBackend::new(client.clone());
+        let orchestrator = Fault::new(&env)
+            .orchestrator(backend.clone())
+            .build()
+            .expect("orchestrator");
+        Side {
+            backend,
+            orchestrator,
+            raw: client.connection(),
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// A key of partition 0 (the only one): `<prefix>{p0}:<rest>`.
+    fn key(&self, rest: &str) -> String {
+        format!("{}{{p0}}:{rest}", self.prefix)
+    }
+
+    /// Starts a run with input `n` under a chosen id, retrying while Redis is unreachable (a
+    /// retry that finds the id taken means the earlier attempt went through).
+    async fn start(&self, n: u64) -> String {
+        let id = new_run_id();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match self
+                .orchestrator
+                .start_run_with_id(&WorkflowCtx::new(Log::default()), n, id.clone())
+                .await
+            {
+                Ok(run) => return run,
+                Err(FloxideError::Distributed(DistributedError::RunExists(_))) => return id,
+                Err(e) if Instant::now() >= deadline => panic!("cannot start a run: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Waits for every run to reach a final state (tolerating Redis being away meanwhile).
+    async fn wait_all(&self, runs: &[(String, u64)]) -> Vec<RunInfo> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut out = Vec::with_capacity(runs.len());
+        for (run, _) in runs {
+            loop {
+                match self.backend.run_info(run).await {
+                    Ok(info) if info.status.is_finished() => {
+                        out.push(info);
+                        break;
+                    }
+                    Ok(info) if Instant::now() >= deadline => {
+                        let items = self.backend.work_items(run).await;
+                        panic!(
+                            "run {run} did not finish within {PATIENCE:?}: {:?}\nitems: {items:#?}",
+                            info.status
+                        );
+                    }
+                    Ok(_) => {
+                        self.backend
+                            .wait_run_change(run, Duration::from_millis(200))
+                            .await
+                    }
+                    Err(e) if Instant::now() >= deadline => {
+                        panic!("run {run}: {e}")
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }
+        out
+    }
+
+    /// Checks that every run completed with each step's effect applied exactly once, and that
+    /// nothing is left in processing. Returns the leases reclaimed from dead workers.
+    async fn check_completed_once(&self, runs: &[(String, u64)], infos: &[RunInfo]) -> u64 {
+        let mut reclaimed = 0;
+        for ((run, n), info) in runs.iter().zip(infos) {
+            assert_eq!(info.status, RunStatus::Completed, "run {run}: {info:?}");
+            assert_eq!(info.output, Some(serde_json::json!(n + 3)), "run {run}");
+            let log = self.orchestrator.context(run).await.expect("context");
+            let mut events: Vec<String> = log.events.iter().collect();
+            events.sort();
+            assert_eq!(
+                events,
+                vec![
+                    format!("a:{n}"),
+                    format!("b:{}", n + 1),
+                    format!("c:{}", n + 2)
+                ],
+                "G2: run {run} must hold each node's event exactly once"
+            );
+            let items = self.backend.work_items(run).await.expect("work items");
+            assert_eq!(items.len(), 3, "run {run}: {items:#?}");
+            assert!(
+                items.iter().all(|i| i.status == WorkItemStatus::Completed),
+                "run {run}: an item is not completed: {items:#?}"
+            );
+            let metrics = self.backend.metrics(run).await.expect("metrics");
+            assert_eq!(metrics.completed, 3, "G2: one commit per item: {metrics:?}");
+            reclaimed += metrics.reclaimed;
+        }
+        self.assert_nothing_in_processing().await;
+        reclaimed
+    }
+
+    /// No lease, no queued or delayed entry is left.
+    async fn assert_nothing_in_processing(&self) {
+        let mut conn = self.raw.clone();
+        let (leases, delayed, ready): (u64, u64, u64) = redis::pipe()
+            .zcard(self.key("leases"))
+            .zcard(self.key("delayed"))
+            .llen(self.key("ready:Fault"))
+            .query_async(&mut conn)
+            .await
+            .expect("read the indexes");
+        assert_eq!(leases, 0, "G1: leases left in processing");
+        assert_eq!(delayed, 0, "no retry may be pending");
+        assert_eq!(ready, 0, "no stale entry may be left in the ready list");
+    }
+
+    /// Executions per node as counted by the workers (`started:<run>:<node>`): (executions,
+    /// duplicate executions).
+    async fn executions(&self, runs: &[(String, u64)]) -> (u64, u64) {
+        let keys: Vec<String> = runs
+            .iter()
+            .flat_map(|(run, _)| {
+                ["a", "b", "c"].map(|node| format!("{}started:{run}:{node}", self.prefix))
+            })
+            .collect();
+        let mut conn = self.raw.clone();
+        let counts: Vec<Option<u64>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .expect("read the execution counters");
+        let total: u64 = counts.iter().map(|c| c.unwrap_or(0)).sum();
+        let duplicates = counts
+            .iter()
+            .map(|c| c.unwrap_or(0).saturating_sub(1))
+            .sum();
+        (total, duplicates)
+    }
+
+    async fn get(&self, key: &str) -> Option<String> {
+        let mut conn = self.raw.clone();
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .expect("GET")
+    }
+}
+
+/// Runs `body` under the serial lock and the time bound, and prints its one-line summary.
+async fn bounded<F: std::future::Future<Output = String>>(name: &str, body: F) {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let summary = tokio::time::timeout(TEST_LIMIT, body)
+        .await
+        .unwrap_or_else(|_| panic!("{name} did not finish within {TEST_LIMIT:?}"));
+    eprintln!("faults/{name}: {summary} [{:.1?}]", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------------------------
+
+/// G1/G2: worker processes killed with SIGKILL mid-step, again and again while runs flow: every
+/// run completes, each step's effect is applied once, nothing is left in processing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_worker_processes_lose_nothing() {
+    bounded("kill9", async {
+        const RUNS: u64 = 100;
+        const KILLS: usize = 4;
+        let server = RedisServer::start_or_panic(ServerOptions::default());
+        let prefix = "kill9:";
+        let settings = Settings {
+            concurrency: 4,
+            step_ms: 40,
+        };
+        let mut workers = Workers::new("kill9-", &server.url(), prefix, settings);
+        for _ in 0..3 {
+            workers.spawn();
+        }
+        let side = Side::connect(&server.url(), prefix).await;
+
+        // Runs arrive over about a second while workers die.
+        let starter = {
+            let side = Side::connect(&server.url(), prefix).await;
+            tokio::spawn(async move {
+                let mut runs = Vec::new();
+                for i in 0..RUNS {
+                    let n = i * 10;
+                    runs.push((side.start(n).await, n));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                runs
+            })
+        };
+        let mut rng = Rng::seeded();
+        let seed = rng.0;
+        let mut killed = Vec::new();
+        for _ in 0..KILLS {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let victim = rng.below(workers.len());
+            killed.push(workers.kill(victim));
+            workers.spawn();
+        }
+        let runs = starter.await.expect("start the runs");
+        let infos = side.wait_all(&runs).await;
+        let reclaimed = side.check_completed_once(&runs, &infos).await;
+        let (executions, duplicates) = side.executions(&runs).await;
+        let summary = format!(
+            "{} runs completed; {} worker processes killed with SIGKILL (pids {killed:?}, \
+             seed {seed:#x}); {reclaimed} leases reclaimed; {executions} node executions for {} steps \
+             ({duplicates} duplicate executions, each applied once); 0 leases left",
+            runs.len(),
+            KILLS,
+            runs.len() * 3,
+        );
+        assert!(
+            reclaimed >= 1,
+            "the kills hit no step in flight: the test proved nothing (reclaimed = 0)"
+        );
+        drop(workers);
+        summary
+    })
+    .await;
+}
+
+/// G1/G6: Redis killed with SIGKILL and restarted (`appendonly yes`) mid-run: the workers and
+/// the orchestrator reconnect, and every run completes with its effects applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_run_loses_nothing() {
+    bounded("redis-restart", async {
+        let mut server = RedisServer::start_or_panic(ServerOptions {
+            appendonly: true,
+            ..ServerOptions::default()
+        });
+        let prefix = "restart:";
+        let settings = Settings {
+            concurrency: 4,
+            step_ms: 40,
+        };
+        let mut workers = Workers::new("restart-", &server.url(), prefix, settings);
+        for _ in 0..3 {
+            workers.spawn();
+        }
+        let side = Side::connect(&server.url(), prefix).await;
+        let mut runs = Vec::new();
+        for i in 0..60 {
+            runs.push((side.start(i).await, i));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let done_before = {
+            let mut conn = side.raw.clone();
+            let done: u64 = redis::cmd("ZCARD")
+                .arg(side.key("done"))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(0);
+            done
+        };
+        let down = Instant::now();
+        server.restart().expect("restart redis-server");
+        let restart_took = down.elapsed();
+        for i in 60..80 {
+            runs.push((side.start(i).await, i));
+        }
+        let infos = side.wait_all(&runs).await;
+        let reclaimed = side.check_completed_once(&runs, &infos).await;
+        let (executions, duplicates) = side.executions(&runs).await;
+        let alive = workers
+            .pids()
+            .into_iter()
+            .filter(|&pid| workers.alive(pid))
+            .count();
+        assert_eq!(alive, 3, "the worker processes survive the restart");
+        let summary = format!(
+            "{} runs completed ({done_before} before Redis was killed, \
+             restart took {restart_took:.0?}); {reclaimed} leases reclaimed; {executions} node \
+             executions for {} steps ({duplicates} duplicate executions, each applied once); \
+             {alive}/3 workers alive; 0 leases left",
+            runs.len(),
+            runs.len() * 3,
+        );
+        assert!(
+            (done_before as usize) < 60,
+            "every run finished before the restart: the test proved nothing"
+        );
+        summary
+    })
+    .await;
+}
+
+/// G2: a worker cut off for longer than its lease (SIGSTOP inside a step) is a zombie: another
+/// worker takes the item over and commits, and the zombie's late commit is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zombie_commit_after_lease_loss_is_rejected() {
+    bounded("zombie", async {
+        const STALL_MS: u64 = 1500;
+        let server = RedisServer::start_or_panic(ServerOptions::default());
+        let prefix = "zombie:";
+        let settings = Settings {
+            concurrency: 2,
+            step_ms: 20,
+        };
+        let mut workers = Workers::new("zombie-", &server.url(), prefix, settings);
+        workers.spawn();
+        workers.spawn();
+        let side = Side::connect(&server.url(), prefix).await;
+        let mut conn = side.raw.clone();
+        // The first execution of `b` stalls (the flag is taken by exactly one execution).
+        redis::cmd("SET")
+            .arg(format!("{prefix}stall:b"))
+            .arg(STALL_MS)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        let run = side.start(1).await;
+        let runs = vec![(run.clone(), 1)];
+
+        let deadline = Instant::now() + PATIENCE;
+        let zombie: u32 = loop {
+            if let Some(pid) = side.get(&format!("{prefix}stalled")).await {
+                break pid.parse().expect("pid");
+            }
+            assert!(Instant::now() < deadline, "`b` never stalled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert!(signal(zombie, "-STOP"), "SIGSTOP {zombie}");
+        let stopped = Instant::now();
+
+        // The lease runs out; the other worker re-executes `b`, commits it and finishes the run.
+        let infos = side.wait_all(&runs).await;
+        assert_eq!(infos[0].status, RunStatus::Completed, "{:?}", infos[0]);
+        // Resume it only once its node's sleep is over, so that it goes straight to the commit.
+        tokio::time::sleep_until((stopped + Duration::from_millis(STALL_MS + 100)).into()).await;
+        let cut_for = stopped.elapsed();
+
+        // The zombie wakes up with its node's sleep over: it ends the node and tries to commit.
+        let resumed = SystemTime::now();
+        assert!(signal(zombie, "-CONT"), "SIGCONT {zombie}");
+        let finished_key = format!("{prefix}finished:{run}:b");
+        let deadline = Instant::now() + PATIENCE;
+        while side.get(&finished_key).await.is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the zombie never finished its step"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await; // its commit attempt lands
+
+        let reclaimed = side.check_completed_once(&runs, &infos).await;
+        assert_eq!(reclaimed, 1, "the zombie's lease was reclaimed once");
+        let started_b = side.get(&format!("{prefix}started:{run}:b")).await;
+        assert_eq!(
+            started_b.as_deref(),
+            Some("2"),
+            "`b` ran twice: in the zombie and in its successor"
+        );
+        let info = side.backend.run_info(&run).await.unwrap();
+        assert_eq!(info.status, RunStatus::Completed);
+        assert!(workers.alive(zombie), "the zombie process keeps running");
+        // Its worker loop goes on: it reports its health again.
+        let deadline = Instant::now() + PATIENCE;
+        while !side
+            .orchestrator
+            .liveness()
+            .await
+            .unwrap()
+            .iter()
+            .any(|h| h.pid == zombie && h.last_heartbeat > resumed)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the zombie's workers never reported again"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // And the deployment still completes runs.
+        let more: Vec<(String, u64)> = {
+            let mut more = Vec::new();
+            for n in [100, 200, 300, 400] {
+                more.push((side.start(n).await, n));
+            }
+            more
+        };
+        let infos = side.wait_all(&more).await;
+        side.check_completed_once(&more, &infos).await;
+        let summary = format!(
+            "1 run; worker {zombie} frozen (SIGSTOP) inside `b` for {cut_for:.1?} \
+             (lease {LEASE_MS} ms); `b` executed 2 times, committed once (context holds `b:2` once, \
+             3 commits); the zombie's late commit was rejected; it stays alive and reports again; {} more \
+             runs completed",
+            more.len()
+        );
+        summary
+    })
+    .await;
+}
+
+/// G6: garbage written into a queued item's payload, into runs' contexts and into the queue
+/// itself: the items go to the dead letters with a decoding error, those runs fail, the worker
+/// processes stay alive and healthy runs complete afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_items_and_contexts_are_dead_lettered() {
+    bounded("corrupt", async {
+        let server = RedisServer::start_or_panic(ServerOptions::default());
+        let prefix = "corrupt:";
+        let side = Side::connect(&server.url(), prefix).await;
+        let mut conn = side.raw.clone();
+
+        // Three runs, queued before any worker runs; then their stored bytes are damaged.
+        let bad_item = side.start(1).await;
+        let bad_ctx = side.start(2).await;
+        let wrong_ctx = side.start(3).await;
+        let items = side.backend.work_items(&bad_item).await.unwrap();
+        assert_eq!(items.len(), 1);
+        let item_id = items[0].item_id.to_string();
+        assert_eq!(item_id.len(), 32);
+        redis::cmd("HSET")
+            .arg(side.key(&format!("it:{bad_item}")))
+            .arg(&item_id)
+            .arg(&b"\xff\x00garbage{\"a\":"[..])
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        redis::cmd("SET")
+            .arg(side.key(&format!("ctx:{bad_ctx}")))
+            .arg(&b"\xff\xfenot json at all"[..])
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        redis::cmd("SET")
+            .arg(side.key(&format!("ctx:{wrong_ctx}")))
+            .arg(r#"{"events": 42}"#)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        // And entries in the queue itself that name no item at all.
+        redis::cmd("RPUSH")
+            .arg(side.key("ready:Fault"))
+            .arg(&b"\xff\xfe garbage"[..])
+            .arg("x")
+            .arg(format!("{}:no-such-run", "0".repeat(32)))
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+
+        let mut workers = Workers::new(
+            "corrupt-",
+            &server.url(),
+            prefix,
+            Settings {
+                concurrency: 2,
+                step_ms: 20,
+            },
+        );
+        workers.spawn();
+        workers.spawn();
+        let corrupt = [
+            (bad_item.clone(), 1),
+            (bad_ctx.clone(), 2),
+            (wrong_ctx.clone(), 3),
+        ];
+        let infos = side.wait_all(&corrupt).await;
+        for info in &infos {
+            assert_eq!(info.status, RunStatus::Failed, "G6: {info:?}");
+        }
+        let letters = side.orchestrator.dead_letters().await.unwrap();
+        let letter = |run: &str| {
+            letters
+                .iter()
+                .find(|d| d.run_id == run)
+                .unwrap_or_else(|| panic!("G6: no dead letter for run {run}: {letters:#?}"))
+                .clone()
+        };
+        let item_letter = letter(&bad_item);
+        assert!(
+            item_letter.error.contains("undecodable work item"),
+            "{}",
+            item_letter.error
+        );
+        assert!(
+            item_letter.payload.contains("not UTF-8"),
+            "{}",
+            item_letter.payload
+        );
+        for run in [&bad_ctx, &wrong_ctx] {
+            let l = letter(run);
+            assert!(l.error.contains("undecodable context"), "{}", l.error);
+            let info = side.backend.run_info(run).await.unwrap();
+            assert!(
+                info.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("undecodable context")),
+                "{info:?}"
+            );
+        }
+        for (run, _) in &corrupt {
+            let items = side.backend.work_items(run).await.unwrap();
+            assert!(
+                items
+                    .iter()
+                    .all(|i| i.status == WorkItemStatus::PermanentlyFailed),
+                "{items:#?}"
+            );
+        }
+
+        // The workers survived and still work.
+        let pids = workers.pids();
+        for &pid in &pids {
+            assert!(workers.alive(pid), "G6: worker {pid} died on bad input");
+        }
+        let healthy = vec![(side.start(10).await, 10), (side.start(20).await, 20)];
+        let infos = side.wait_all(&healthy).await;
+        side.check_completed_once(&healthy, &infos).await;
+        for &pid in &pids {
+            assert!(workers.alive(pid), "G6: worker {pid} died");
+        }
+        let summary = format!(
+            "3 runs with corrupt bytes (1 item payload, 2 contexts; plus 3 garbage queue \
+             entries) failed with {} dead letters (`{}` / `{}`); {}/{} worker processes alive; {} healthy runs \
+             completed afterwards",
+            letters.len(),
+            item_letter.error.chars().take(60).collect::<String>(),
+            letter(&bad_ctx).error.chars().take(60).collect::<String>(),
+            pids.len(),
+            pids.len(),
+            healthy.len()
+        );
+        summary
+    })
+    .await;
+}
+
+/// G8: a thousand concurrent runs over eight worker processes (four steps at a time each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_runs_complete() {
+    bounded("thousand", async {
+        const RUNS: u64 = 1000;
+        let server = RedisServer::start_or_panic(ServerOptions::default());
+        let prefix = "many:";
+        let mut workers = Workers::new(
+            "many-",
+            &server.url(),
+            prefix,
+            Settings {
+                concurrency: 4,
+                step_ms: 10,
+            },
+        );
+        for _ in 0..8 {
+            workers.spawn();
+        }
+        let side = Side::connect(&server.url(), prefix).await;
+        let started = Instant::now();
+        let mut runs = Vec::with_capacity(RUNS as usize);
+        for chunk in (0..RUNS).collect::<Vec<_>>().chunks(100) {
+            let ids = futures_util::future::join_all(chunk.iter().map(|&n| side.start(n))).await;
+            runs.extend(ids.into_iter().zip(chunk.iter().copied()));
+        }
+        let start_took = started.elapsed();
+        // Wait on the finished-runs index, then check every run.
+        let mut conn = side.raw.clone();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let done: u64 = redis::cmd("ZCARD")
+                .arg(side.key("done"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if done >= RUNS {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {done} of {RUNS} runs finished within {PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let all_done = started.elapsed();
+        let infos = side.wait_all(&runs).await;
+        let reclaimed = side.check_completed_once(&runs, &infos).await;
+        let (executions, duplicates) = side.executions(&runs).await;
+        let mut per_worker: BTreeMap<String, u64> = BTreeMap::new();
+        for h in side.orchestrator.liveness().await.unwrap() {
+            *per_worker.entry(h.pid.to_string()).or_default() += 1;
+        }
+        let summary = format!(
+            "{} runs ({} steps) completed on {} worker processes x 4 in {all_done:.1?} \
+             (starting them took {start_took:.1?}); {executions} node executions ({duplicates} \
+             duplicates), {reclaimed} leases reclaimed; 0 leases left",
+            runs.len(),
+            runs.len() * 3,
+            workers.len(),
+        );
+        assert_eq!(
+            per_worker.len(),
+            8,
+            "every worker process reported: {per_worker:?}"
+        );
+        summary
+    })
+    .await;
+}
