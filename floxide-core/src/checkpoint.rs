@@ -1,5 +1,63 @@
 //! Checkpointed runs: the state of a run saved after every step, so that it can resume.
 
+/// Implements [`CheckpointStore`] for a store of bytes with inherent
+/// `async fn write_bytes(&self, id, Vec<u8>) -> Result<(), CheckpointError>` and
+/// `async fn read_bytes(&self, id) -> Result<Option<(String, Vec<u8>)>, CheckpointError>`
+/// (the `String` names where the bytes came from, for errors).
+macro_rules! byte_checkpoint_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl<C, WI> $crate::CheckpointStore<C, WI> for $store
+        where
+            C: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+            WI: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+        {
+            async fn save(
+                &self,
+                id: &str,
+                checkpoint: &$crate::Checkpoint<C, WI>,
+            ) -> Result<(), $crate::CheckpointError> {
+                self.write_bytes(id, super::encode(id, checkpoint, None)?)
+                    .await
+            }
+
+            async fn load(
+                &self,
+                id: &str,
+            ) -> Result<Option<$crate::Checkpoint<C, WI>>, $crate::CheckpointError> {
+                Ok(
+                    <Self as $crate::CheckpointStore<C, WI>>::load_with_record(self, id)
+                        .await?
+                        .map(|(cp, _)| cp),
+                )
+            }
+
+            async fn save_with_record(
+                &self,
+                id: &str,
+                checkpoint: &$crate::Checkpoint<C, WI>,
+                record: &$crate::CheckpointRecord,
+            ) -> Result<(), $crate::CheckpointError> {
+                self.write_bytes(id, super::encode(id, checkpoint, Some(record))?)
+                    .await
+            }
+
+            async fn load_with_record(
+                &self,
+                id: &str,
+            ) -> Result<
+                Option<($crate::Checkpoint<C, WI>, Option<$crate::CheckpointRecord>)>,
+                $crate::CheckpointError,
+            > {
+                match self.read_bytes(id).await? {
+                    None => Ok(None),
+                    Some((location, bytes)) => super::decode(&location, &bytes).map(Some),
+                }
+            }
+        }
+    };
+}
+
 mod file;
 mod memory;
 

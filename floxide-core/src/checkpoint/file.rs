@@ -4,10 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-use super::{decode, encode, Checkpoint, CheckpointError, CheckpointRecord, CheckpointStore};
+use super::CheckpointError;
 
 /// Durable checkpoints: one JSON file per id in a directory.
 ///
@@ -49,16 +46,16 @@ impl FileCheckpointStore {
         self.dir.join(name)
     }
 
-    async fn write(&self, id: &str, bytes: Vec<u8>) -> Result<(), CheckpointError> {
+    async fn write_bytes(&self, id: &str, bytes: Vec<u8>) -> Result<(), CheckpointError> {
         let dir = self.dir.clone();
         let path = self.path_for(id);
         blocking(move || write_atomically(&dir, &path, &bytes)).await
     }
 
-    async fn read(&self, id: &str) -> Result<Option<(PathBuf, Vec<u8>)>, CheckpointError> {
+    async fn read_bytes(&self, id: &str) -> Result<Option<(String, Vec<u8>)>, CheckpointError> {
         let path = self.path_for(id);
         blocking(move || match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some((path, bytes))),
+            Ok(bytes) => Ok(Some((path.display().to_string(), bytes))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_error(&path, e)),
         })
@@ -115,38 +112,4 @@ fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), Checkpo
     result
 }
 
-#[async_trait::async_trait]
-impl<C, WI> CheckpointStore<C, WI> for FileCheckpointStore
-where
-    C: Serialize + DeserializeOwned + Send + Sync + 'static,
-    WI: Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    async fn save(&self, id: &str, checkpoint: &Checkpoint<C, WI>) -> Result<(), CheckpointError> {
-        self.write(id, encode(id, checkpoint, None)?).await
-    }
-
-    async fn load(&self, id: &str) -> Result<Option<Checkpoint<C, WI>>, CheckpointError> {
-        Ok(<Self as CheckpointStore<C, WI>>::load_with_record(self, id)
-            .await?
-            .map(|(cp, _)| cp))
-    }
-
-    async fn save_with_record(
-        &self,
-        id: &str,
-        checkpoint: &Checkpoint<C, WI>,
-        record: &CheckpointRecord,
-    ) -> Result<(), CheckpointError> {
-        self.write(id, encode(id, checkpoint, Some(record))?).await
-    }
-
-    async fn load_with_record(
-        &self,
-        id: &str,
-    ) -> Result<Option<(Checkpoint<C, WI>, Option<CheckpointRecord>)>, CheckpointError> {
-        match self.read(id).await? {
-            None => Ok(None),
-            Some((path, bytes)) => decode(&path.display().to_string(), &bytes).map(Some),
-        }
-    }
-}
+byte_checkpoint_store!(FileCheckpointStore);

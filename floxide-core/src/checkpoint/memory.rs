@@ -3,10 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-use super::{decode, encode, Checkpoint, CheckpointError, CheckpointRecord, CheckpointStore};
+use super::CheckpointError;
 
 /// Checkpoints kept in memory **as serialized bytes**, so a loaded checkpoint never aliases
 /// the running context: it behaves like a durable store, minus the durability.
@@ -51,42 +48,17 @@ impl InMemoryCheckpointStore {
     }
 }
 
-#[async_trait::async_trait]
-impl<C, WI> CheckpointStore<C, WI> for InMemoryCheckpointStore
-where
-    C: Serialize + DeserializeOwned + Send + Sync + 'static,
-    WI: Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    async fn save(&self, id: &str, checkpoint: &Checkpoint<C, WI>) -> Result<(), CheckpointError> {
-        let bytes = encode(id, checkpoint, None)?;
+impl InMemoryCheckpointStore {
+    async fn write_bytes(&self, id: &str, bytes: Vec<u8>) -> Result<(), CheckpointError> {
         self.entries().insert(id.to_owned(), bytes);
         Ok(())
     }
 
-    async fn load(&self, id: &str) -> Result<Option<Checkpoint<C, WI>>, CheckpointError> {
-        Ok(<Self as CheckpointStore<C, WI>>::load_with_record(self, id)
-            .await?
-            .map(|(cp, _)| cp))
-    }
-
-    async fn save_with_record(
-        &self,
-        id: &str,
-        checkpoint: &Checkpoint<C, WI>,
-        record: &CheckpointRecord,
-    ) -> Result<(), CheckpointError> {
-        let bytes = encode(id, checkpoint, Some(record))?;
-        self.entries().insert(id.to_owned(), bytes);
-        Ok(())
-    }
-
-    async fn load_with_record(
-        &self,
-        id: &str,
-    ) -> Result<Option<(Checkpoint<C, WI>, Option<CheckpointRecord>)>, CheckpointError> {
-        let Some(bytes) = self.raw(id) else {
-            return Ok(None);
-        };
-        decode(&format!("`{id}` (in memory)"), &bytes).map(Some)
+    async fn read_bytes(&self, id: &str) -> Result<Option<(String, Vec<u8>)>, CheckpointError> {
+        Ok(self
+            .raw(id)
+            .map(|bytes| (format!("`{id}` (in memory)"), bytes)))
     }
 }
+
+byte_checkpoint_store!(InMemoryCheckpointStore);

@@ -51,9 +51,7 @@ where
     /// do not form one backend.
     pub fn build(mut self) -> Result<DistributedOrchestrator<W, C>, FloxideError> {
         let backend = self.take_backend()?;
-        let workflow = self.workflow.take().ok_or_else(|| {
-            DistributedError::Build("no workflow: call `.workflow(wf)`".to_owned())
-        })?;
+        let workflow = self.take_workflow()?;
         Ok(DistributedOrchestrator {
             workflow,
             backend,
