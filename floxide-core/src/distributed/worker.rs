@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::distributed::backend::{Backend, DistributedError, NextTake, TakeOptions, Taken};
+use crate::distributed::backend::{Backend, NextTake, TakeOptions, Taken};
 use crate::distributed::exec::{step_taken, ExecConfig, StepOutput};
 use crate::distributed::stores::StoreParts;
 use crate::distributed::{RunId, WorkerHealth, WorkerId, WorkerStatus};
@@ -128,6 +128,15 @@ macro_rules! store_setters {
             self
         }
 
+        fn take_workflow(&mut self) -> Result<W, $crate::FloxideError> {
+            self.workflow.take().ok_or_else(|| {
+                $crate::distributed::DistributedError::Build(
+                    "no workflow: call `.workflow(wf)`".to_owned(),
+                )
+                .into()
+            })
+        }
+
         fn take_backend(
             &mut self,
         ) -> Result<std::sync::Arc<dyn $crate::distributed::Backend>, $crate::FloxideError> {
@@ -231,9 +240,7 @@ where
     /// do not form one backend.
     pub fn build(mut self) -> Result<DistributedWorker<W, C>, FloxideError> {
         let backend = self.take_backend()?;
-        let workflow = self.workflow.take().ok_or_else(|| {
-            DistributedError::Build("no workflow: call `.workflow(wf)`".to_owned())
-        })?;
+        let workflow = self.take_workflow()?;
         Ok(DistributedWorker {
             workflow,
             backend,
