@@ -4,7 +4,7 @@
 //! Each check is an async function taking a fresh backend; it panics with a message naming
 //! the broken guarantee. A backend crate runs all of them with [`conformance_tests!`]:
 //!
-//! ```ignore
+//! ```text
 //! floxide::conformance_tests!(#[tokio::test(start_paused = true)], async { InMemoryBackend::new() });
 //! ```
 //!

@@ -13,7 +13,7 @@ use proc_macro::TokenStream;
 
 /// Declares a node struct and its `Node` implementation from a closure-like body.
 ///
-/// ```ignore
+/// ```text
 /// node! {
 ///     pub struct AddOne {};
 ///     context = ();

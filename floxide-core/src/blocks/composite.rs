@@ -22,7 +22,7 @@ use crate::{Context, FloxideError, Node, Transition, Workflow, WorkflowCtx};
 ///
 /// In a workflow (the complete program is `examples/nested_workflow.rs`):
 ///
-/// ```ignore
+/// ```text
 /// workflow! {
 ///     pub struct Outer { prepare: Prepare, inner: CompositeNode<(), Inner>, report: Report }
 ///     start = prepare;

@@ -16,7 +16,7 @@ use crate::{Context, FloxideError, Workflow, WorkflowCtx};
 ///
 /// Feeding a workflow `wf` (the complete program is `examples/source_timer.rs`):
 ///
-/// ```ignore
+/// ```text
 /// let (tx, items) = source::<(), u64>(16);
 /// tokio::spawn(async move {
 ///     for n in 0..10 {
