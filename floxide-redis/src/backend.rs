@@ -44,7 +44,7 @@ impl RedisBackend {
         &self.client
     }
 
-    fn keys(&self) -> &Keys {
+    pub(crate) fn keys(&self) -> &Keys {
         &self.client.inner.keys
     }
 
@@ -64,22 +64,22 @@ impl RedisBackend {
         worker: &WorkerId,
         options: TakeOptions,
     ) -> Result<Result<Taken, Option<u64>>, DistributedError> {
-        let reply: Value = self
-            .client
-            .inner
-            .scripts
-            .take
-            .key(Keys::ready(pfx, workflow))
-            .arg(pfx)
-            .arg(self.retention_secs())
-            .arg(workflow)
-            .arg(worker.as_str())
-            .arg(options.lease_timeout.as_millis() as u64)
-            .arg(options.max_deliveries)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(backend)?;
-        parse_take(Reply::from(reply)?, worker)
+        let reply = self
+            .script_reply(
+                self.client
+                    .inner
+                    .scripts
+                    .take
+                    .key(Keys::ready(pfx, workflow))
+                    .arg(pfx)
+                    .arg(self.retention_secs())
+                    .arg(workflow)
+                    .arg(worker.as_str())
+                    .arg(options.lease_timeout.as_millis() as u64)
+                    .arg(options.max_deliveries),
+            )
+            .await?;
+        parse_take(reply, worker)
     }
 
     /// Waits on `workflow`'s wake list of partition `pfx` (a blocking pop: no polling).
@@ -116,11 +116,13 @@ impl RedisBackend {
         run_id: &str,
     ) -> Result<(String, HashMap<String, Vec<u8>>), DistributedError> {
         let pfx = self.keys().partition_of_run(run_id);
-        let value: Value = self
-            .conn()
-            .hgetall(Keys::run(&pfx, run_id))
-            .await
-            .map_err(backend)?;
+        let key = Keys::run(&pfx, run_id);
+        let value: Value = retry_dropped(|| {
+            let mut conn = self.conn();
+            let key = &key;
+            async move { conn.hgetall(key).await }
+        })
+        .await?;
         let map = hash(value);
         if map.is_empty() {
             return Err(DistributedError::UnknownRun(run_id.to_owned()));
@@ -204,12 +206,37 @@ impl RedisBackend {
         &self,
         invocation: &mut redis::ScriptInvocation<'_>,
     ) -> Result<Reply, DistributedError> {
-        let value: Value = invocation
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(backend)?;
+        let invocation = &*invocation;
+        let value: Value = retry_dropped(|| {
+            let mut conn = self.conn();
+            async move { invocation.invoke_async(&mut conn).await }
+        })
+        .await?;
         Reply::from(value)
     }
+}
+
+/// Runs a command, once more after a short pause when the connection had dropped (Redis
+/// restarted, network blip): the connection manager reconnects in the background. Every
+/// command here may run twice safely: reads are idempotent, and every write is fenced or
+/// deduplicated by its script (a commit whose reply was lost finds its lease gone).
+async fn retry_dropped<T, F, Fut>(mut command: F) -> Result<T, DistributedError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    let mut pause = Duration::from_millis(50);
+    for _ in 0..4 {
+        match command().await {
+            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
+                tracing::debug!(error = %e, ?pause, "Redis connection dropped; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            other => return other.map_err(backend),
+        }
+    }
+    command().await.map_err(backend)
 }
 
 /// A take reply (see `lua/take.lua`): `Ok(taken)` or `Err(ms until something is due)`.
@@ -402,8 +429,26 @@ impl Backend for RedisBackend {
         }
     }
 
-    async fn wait_run_change(&self, _run_id: &str, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.client.inner.events.notified()).await;
+    async fn wait_run_change(&self, run_id: &str, timeout: Duration) {
+        // Wake only for this run's events (every run's changes are published).
+        let inner = &self.client.inner;
+        let mut rx = inner.version.subscribe();
+        let since = *rx.borrow_and_update();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+            rx.borrow_and_update();
+            let recent = inner
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if recent.touched_since(since, run_id) {
+                return;
+            }
+        }
     }
 
     fn watch_runs(&self) -> RunWatch {
@@ -479,12 +524,15 @@ impl Backend for RedisBackend {
 
     async fn load_context(&self, run_id: &str) -> Result<VersionedContext, DistributedError> {
         let pfx = self.keys().partition_of_run(run_id);
-        let (bytes, version): (Option<Vec<u8>>, Option<u64>) = redis::pipe()
-            .get(Keys::ctx(&pfx, run_id))
-            .hget(Keys::run(&pfx, run_id), "ver")
-            .query_async(&mut self.conn())
-            .await
-            .map_err(backend)?;
+        let mut pipe = redis::pipe();
+        pipe.get(Keys::ctx(&pfx, run_id))
+            .hget(Keys::run(&pfx, run_id), "ver");
+        let pipe = &pipe;
+        let (bytes, version): (Option<Vec<u8>>, Option<u64>) = retry_dropped(|| {
+            let mut conn = self.conn();
+            async move { pipe.query_async(&mut conn).await }
+        })
+        .await?;
         match (bytes, version) {
             (Some(bytes), version) => Ok(VersionedContext {
                 bytes,
@@ -722,6 +770,22 @@ impl Backend for RedisBackend {
             .values()
             .filter_map(|b| serde_json::from_slice(b).ok())
             .collect();
+        // Reports older than the retention are of workers long gone: drop them, so the
+        // hash does not grow with every worker id ever seen.
+        let retention = self.client.inner.config.retention;
+        let now = SystemTime::now();
+        let (gone, live): (Vec<_>, Vec<_>) = out.into_iter().partition(|h| {
+            now.duration_since(h.last_heartbeat)
+                .is_ok_and(|d| d > retention)
+        });
+        if !gone.is_empty() {
+            let ids: Vec<&str> = gone.iter().map(|h| h.worker_id.as_str()).collect();
+            self.conn()
+                .hdel::<_, _, ()>(self.keys().workers(), ids)
+                .await
+                .map_err(backend)?;
+        }
+        out = live;
         out.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
         Ok(out)
     }

@@ -6,7 +6,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::AsyncConnectionConfig;
-use tokio::sync::Notify;
 
 use crate::keys::Keys;
 use crate::scripts::Scripts;
@@ -55,8 +54,8 @@ pub(crate) struct ClientInner {
     pub(crate) config: RedisConfig,
     pub(crate) keys: Keys,
     pub(crate) scripts: Scripts,
-    /// Raised on every run event published by the scripts.
-    pub(crate) events: Arc<Notify>,
+    /// The latest run events published by the scripts (for waiters on one run).
+    pub(crate) recent: Arc<Mutex<RecentEvents>>,
     /// Bumped on every run event, for subscribers that must not miss one.
     pub(crate) version: Arc<tokio::sync::watch::Sender<u64>>,
     blocking: Mutex<Vec<MultiplexedConnection>>,
@@ -173,7 +172,7 @@ impl RedisClient {
         .map_err(|_| no_answer())?
         .map_err(|e| connect(e.to_string()))?;
         let keys = Keys::new(&config.key_prefix, config.partitions);
-        let events = Arc::new(Notify::new());
+        let recent = Arc::new(Mutex::new(RecentEvents::default()));
         let version = Arc::new(tokio::sync::watch::channel(0).0);
         let channels: Vec<String> = keys
             .all()
@@ -183,7 +182,7 @@ impl RedisClient {
         let listener = tokio::spawn(listen(
             client.clone(),
             channels,
-            Arc::clone(&events),
+            Arc::clone(&recent),
             Arc::clone(&version),
             subscribed,
         ));
@@ -205,7 +204,7 @@ impl RedisClient {
                 config,
                 keys,
                 scripts,
-                events,
+                recent,
                 version,
                 blocking: Mutex::new(Vec::new()),
                 listener,
@@ -285,19 +284,60 @@ impl RedisClient {
     }
 }
 
+/// The last run events, numbered: lets a waiter on one run ignore the others' events.
+#[derive(Debug, Default)]
+pub(crate) struct RecentEvents {
+    /// Events as (number, run id); `None` stands for "any run" (after a reconnection,
+    /// events may have been missed).
+    events: std::collections::VecDeque<(u64, Option<String>)>,
+    last: u64,
+}
+
+impl RecentEvents {
+    const KEEP: usize = 4096;
+
+    fn record(&mut self, run: Option<String>) -> u64 {
+        self.last += 1;
+        if self.events.len() == Self::KEEP {
+            self.events.pop_front();
+        }
+        self.events.push_back((self.last, run));
+        self.last
+    }
+
+    /// Whether an event after number `since` may concern `run`.
+    pub(crate) fn touched_since(&self, since: u64, run: &str) -> bool {
+        if self
+            .events
+            .front()
+            .is_some_and(|(first, _)| *first > since + 1)
+        {
+            return true; // some events were dropped: assume the worst
+        }
+        self.events
+            .iter()
+            .rev()
+            .take_while(|(n, _)| *n > since)
+            .any(|(_, r)| r.as_deref().is_none_or(|r| r == run))
+    }
+}
+
 /// Follows the run events of every partition, waking waiters; resubscribes after a
 /// connection loss (waking everyone, since events may have been missed).
 async fn listen(
     client: redis::Client,
     channels: Vec<String>,
-    events: Arc<Notify>,
+    recent: Arc<Mutex<RecentEvents>>,
     version: Arc<tokio::sync::watch::Sender<u64>>,
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut ready = Some(ready);
-    let wake = || {
-        events.notify_waiters();
-        version.send_modify(|v| *v = v.wrapping_add(1));
+    let wake = |run: Option<String>| {
+        let n = recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(run);
+        version.send_replace(n);
     };
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -316,14 +356,14 @@ async fn listen(
                         let _ = ready.send(());
                     }
                     let mut messages = pubsub.on_message();
-                    while messages.next().await.is_some() {
-                        wake();
+                    while let Some(message) = messages.next().await {
+                        wake(message.get_payload::<String>().ok());
                     }
                 }
             }
             Err(error) => tracing::debug!(%error, "run event subscription failed; retrying"),
         }
-        wake();
+        wake(None);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }

@@ -23,4 +23,5 @@ chapters! {
     building_blocks => "building-blocks.md",
     distributed => "distributed.md",
     graphs => "graphs.md",
+    redis => "redis.md",
 }

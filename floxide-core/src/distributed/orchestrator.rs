@@ -13,6 +13,17 @@ use crate::distributed::{
 };
 use crate::{Context, FloxideError, ItemId, Merge, Workflow, WorkflowCtx};
 
+/// A backend error while waiting: pause and go on, unless it is not transient or has lasted
+/// too long (10 tries). Returns the new count of consecutive failures.
+async fn transient(error: DistributedError, failures: u32) -> Result<u32, FloxideError> {
+    if !matches!(error, DistributedError::Backend(_)) || failures >= 10 {
+        return Err(error.into());
+    }
+    tracing::debug!(%error, "backend error while waiting for a run; retrying");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(failures + 1)
+}
+
 /// Builds a [`DistributedOrchestrator`]: a workflow plus a backend (or its seven stores).
 pub struct OrchestratorBuilder<W, C> {
     workflow: Option<W>,
@@ -292,8 +303,16 @@ where
         poll_interval: Duration,
     ) -> Result<RunInfo, FloxideError> {
         let mut watch = self.backend.watch_runs();
+        let mut failures = 0;
         loop {
-            let info = self.backend.run_info(run_id).await?;
+            let info = match self.backend.run_info(run_id).await {
+                Ok(info) => info,
+                Err(e) => {
+                    failures = transient(e, failures).await?;
+                    continue;
+                }
+            };
+            failures = 0;
             if info.status.is_finished() {
                 return Ok(info);
             }
@@ -313,8 +332,17 @@ where
     ) -> Result<W::Output, FloxideError> {
         let started = Instant::now();
         let mut watch = self.backend.watch_runs();
+        let mut failures = 0;
         let info = loop {
-            let info = self.backend.run_info(run_id).await?;
+            let info = match self.backend.run_info(run_id).await {
+                Ok(info) => info,
+                Err(e) if started.elapsed() < timeout => {
+                    failures = transient(e, failures).await?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            failures = 0;
             if info.status.is_finished() {
                 break info;
             }
