@@ -227,6 +227,21 @@ pub enum CommitOutcome {
     RunInactive(RunStatus),
 }
 
+/// The queue of one workflow at one moment (see [`Backend::queue_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Items ready to be taken.
+    pub ready: u64,
+    /// Items waiting for a scheduled retry.
+    pub delayed: u64,
+    /// Items leased by a worker.
+    pub in_flight: u64,
+    /// Dead letters kept (until requeued or dropped).
+    pub dead_letters: u64,
+    /// Expired leases put back in the queue so far (a count that only grows).
+    pub leases_reclaimed: u64,
+}
+
 /// The answer to a heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseState {
@@ -453,4 +468,15 @@ pub trait Backend: Send + Sync + 'static {
     /// # Errors
     /// A backend error.
     async fn workers(&self) -> Result<Vec<WorkerHealth>, DistributedError>;
+
+    /// The sizes of `workflow`'s queue, for metrics; `None` (the default) when the backend
+    /// does not keep them. Called every few seconds by a worker process that exports
+    /// metrics, so it should be cheap.
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn queue_stats(&self, workflow: &str) -> Result<Option<QueueStats>, DistributedError> {
+        let _ = workflow;
+        Ok(None)
+    }
 }

@@ -13,6 +13,7 @@ use crate::distributed::backend::{
     Backend, CommitOutcome, DistributedError, LeaseState, NewItem, NextTake, StartRun, StepCommit,
     StepFailed, Taken,
 };
+use crate::distributed::metrics;
 use crate::distributed::step::{with_step, StepContext};
 use crate::distributed::{RunId, RunStatus, WorkerId, WorkflowError};
 use crate::{
@@ -121,11 +122,15 @@ where
 {
     let run_id = taken.lease.run_id.clone();
     match execute(workflow, backend, config, worker, taken, stop, next).await? {
-        StepEnd::Committed(outputs, next) => Ok((
+        StepEnd::Committed { outputs, next, .. } => Ok((
             outputs.into_iter().next().map(|o| (run_id, o)),
             next.map(|t| *t),
         )),
-        StepEnd::Failed | StepEnd::Abandoned | StepEnd::Released => Ok((None, None)),
+        StepEnd::Retried
+        | StepEnd::Failed
+        | StepEnd::DeadLettered
+        | StepEnd::Abandoned { .. }
+        | StepEnd::Released => Ok((None, None)),
     }
 }
 
@@ -140,15 +145,43 @@ pub(crate) struct ExecConfig {
 /// How a step ended.
 #[derive(Debug)]
 pub(crate) enum StepEnd<O> {
-    /// Committed; the outputs the step produced, and the worker's next item when the commit
-    /// also took one.
-    Committed(Vec<O>, Option<Box<Taken>>),
-    /// Failed and recorded (retry scheduled or dead-lettered).
+    /// Committed.
+    Committed {
+        /// The outputs the step produced.
+        outputs: Vec<O>,
+        /// The worker's next item, when the commit also took one.
+        next: Option<Box<Taken>>,
+        /// How long the node ran (its last execution, for a held step run again).
+        ran: Duration,
+    },
+    /// The node failed and its retry is scheduled.
+    Retried,
+    /// The node failed with no retry left: the item was dead-lettered and the run failed.
     Failed,
-    /// Given up: the lease was lost or the run is no longer active; nothing was applied.
-    Abandoned,
+    /// The item was dead-lettered without a failure of its node: the item or the run's context
+    /// could not be decoded, the run's deadline passed, or the context could not be serialized
+    /// after the step.
+    DeadLettered,
+    /// Given up, nothing applied: the lease was lost (`lease_lost`) or the run is no longer
+    /// active.
+    Abandoned {
+        /// Whether the lease was lost (rather than the run cancelled or finished).
+        lease_lost: bool,
+    },
     /// Stopped by the worker's shutdown before finishing; the lease was released.
     Released,
+}
+
+impl<O> StepEnd<O> {
+    /// How a step whose failure was reported ends: as `recorded` when the backend applied the
+    /// report, abandoned when it refused it (`outcome` is a lost lease or an inactive run).
+    fn after_failure(outcome: CommitOutcome, recorded: Self) -> Self {
+        match outcome {
+            CommitOutcome::LeaseLost => StepEnd::Abandoned { lease_lost: true },
+            CommitOutcome::RunInactive(_) => StepEnd::Abandoned { lease_lost: false },
+            CommitOutcome::Committed { .. } | CommitOutcome::ContextConflict { .. } => recorded,
+        }
+    }
 }
 
 /// Executes the leased item `taken` and commits its effects.
@@ -185,16 +218,19 @@ where
         cancel: token.clone(),
     };
     let inner = execute_inner(workflow, backend, config, &taken, stop, token, next);
-    with_step(step, tracing::Instrument::instrument(inner, span)).await
+    let end = with_step(step, tracing::Instrument::instrument(inner, span)).await?;
+    metrics::step_ended(workflow.name(), &taken.node, &end);
+    Ok(end)
 }
 
-async fn dead_letter(
+/// Dead-letters an item that its worker cannot execute.
+async fn dead_letter<O>(
     backend: &dyn Backend,
     taken: &Taken,
     error: String,
-) -> Result<(), FloxideError> {
+) -> Result<StepEnd<O>, FloxideError> {
     tracing::warn!(%error, "dead-lettering work item");
-    backend
+    let outcome = backend
         .fail(
             &taken.lease,
             StepFailed {
@@ -204,7 +240,7 @@ async fn dead_letter(
             },
         )
         .await?;
-    Ok(())
+    Ok(StepEnd::after_failure(outcome, StepEnd::DeadLettered))
 }
 
 async fn execute_inner<C, W>(
@@ -227,8 +263,7 @@ where
         let item: W::WorkItem = match decode(&taken.bytes) {
             Ok(item) => item,
             Err(e) => {
-                dead_letter(backend, taken, format!("undecodable work item: {e}")).await?;
-                return Ok(StepEnd::Failed);
+                return dead_letter(backend, taken, format!("undecodable work item: {e}")).await;
             }
         };
         // The context fetched with the item serves the first execution; a re-execution (a
@@ -240,13 +275,8 @@ where
         let ctx: C = match decode(&loaded.bytes) {
             Ok(ctx) => ctx,
             Err(e) => {
-                dead_letter(
-                    backend,
-                    taken,
-                    format!("undecodable context of run `{}`: {e}", lease.run_id),
-                )
-                .await?;
-                return Ok(StepEnd::Failed);
+                let error = format!("undecodable context of run `{}`: {e}", lease.run_id);
+                return dead_letter(backend, taken, error).await;
             }
         };
 
@@ -262,6 +292,7 @@ where
         };
         let mut sink = StepSink::new();
         let env = StepEnv::scheduled(taken.attempt);
+        let node_started = tokio::time::Instant::now();
         let result = {
             let node_run = scope.guarded(&cancel, async {
                 Ok(workflow.process_work_item(&ctx, item, env, &mut sink).await)
@@ -297,7 +328,7 @@ where
                                 LeaseState::Lost => {
                                     tracing::warn!("lease lost while the node ran; abandoning the step");
                                     cancel.cancel();
-                                    return Ok(StepEnd::Abandoned);
+                                    return Ok(StepEnd::Abandoned { lease_lost: true });
                                 }
                             }
                         } else {
@@ -309,12 +340,13 @@ where
                             // Let the node see its token and stop cleanly; its result is
                             // discarded either way (the backend rejects the commit).
                             let _ = tokio::time::timeout(config.heartbeat_interval, &mut node_run).await;
-                            return Ok(StepEnd::Abandoned);
+                            return Ok(StepEnd::Abandoned { lease_lost: false });
                         }
                     }
                 }
             }
         };
+        let ran = node_started.elapsed();
         let Some(result) = result else {
             cancel.cancel();
             backend.release(lease).await?;
@@ -332,8 +364,7 @@ where
             )),
             Ok(Err(scope_error)) => {
                 // The run's deadline passed (cancellation returned above).
-                dead_letter(backend, taken, scope_error.to_string()).await?;
-                return Ok(StepEnd::Failed);
+                return dead_letter(backend, taken, scope_error.to_string()).await;
             }
             Ok(Ok(Err(f))) => {
                 let open = !f.policy_applied
@@ -356,7 +387,7 @@ where
                 }
             }
             tracing::debug!(%error, ?retry_after, "step failed");
-            backend
+            let outcome = backend
                 .fail(
                     lease,
                     StepFailed {
@@ -366,25 +397,18 @@ where
                     },
                 )
                 .await?;
-            return Ok(StepEnd::Failed);
+            let recorded = match retry_after {
+                Some(_) => StepEnd::Retried,
+                None => StepEnd::Failed,
+            };
+            return Ok(StepEnd::after_failure(outcome, recorded));
         }
 
         let after = match encode(&ctx) {
             Ok(bytes) => bytes,
             Err(e) => {
-                backend
-                    .fail(
-                        lease,
-                        StepFailed {
-                            node: taken.node.clone(),
-                            error: format!(
-                                "the context could not be serialized after the step: {e}"
-                            ),
-                            retry_after: None,
-                        },
-                    )
-                    .await?;
-                return Ok(StepEnd::Failed);
+                let error = format!("the context could not be serialized after the step: {e}");
+                return dead_letter(backend, taken, error).await;
             }
         };
         drop(ctx);
@@ -429,7 +453,11 @@ where
         loop {
             match backend.commit_and_take(lease, commit.clone(), next).await? {
                 (CommitOutcome::Committed { .. }, next) => {
-                    return Ok(StepEnd::Committed(outputs, next.map(Box::new)))
+                    return Ok(StepEnd::Committed {
+                        outputs,
+                        next: next.map(Box::new),
+                        ran,
+                    })
                 }
                 (outcome, _) => match outcome {
                     CommitOutcome::Committed { .. } => unreachable!("handled above"),
@@ -437,14 +465,18 @@ where
                         tracing::warn!(
                             "lease lost before the commit; the step's effects are discarded"
                         );
-                        return Ok(StepEnd::Abandoned);
+                        return Ok(StepEnd::Abandoned { lease_lost: true });
                     }
                     CommitOutcome::RunInactive(status) => {
                         tracing::info!(%status, "run no longer active; the step's effects are discarded");
-                        return Ok(StepEnd::Abandoned);
+                        return Ok(StepEnd::Abandoned { lease_lost: false });
                     }
-                    CommitOutcome::ContextConflict { .. } if held => break,
+                    CommitOutcome::ContextConflict { .. } if held => {
+                        metrics::commit_conflict(workflow.name());
+                        break;
+                    }
                     CommitOutcome::ContextConflict { .. } => {
+                        metrics::commit_conflict(workflow.name());
                         // Another step of the run committed first: join our context into the
                         // latest one and commit again (the node does not run again).
                         let latest = backend.load_context(&lease.run_id).await?;

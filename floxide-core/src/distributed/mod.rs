@@ -14,6 +14,7 @@
 mod backend;
 pub(crate) mod exec;
 mod memory;
+mod metrics;
 mod orchestrator;
 mod pool;
 mod runner;
@@ -22,10 +23,13 @@ mod stores;
 mod types;
 pub(crate) mod worker;
 
+#[cfg(feature = "prometheus")]
+pub use self::metrics::install_prometheus_exporter;
+pub use self::metrics::{describe_metrics, record_queue_stats};
 pub use crate::merge::EventLog;
 pub use backend::{
-    Backend, CommitOutcome, DistributedError, Lease, LeaseState, NewItem, NextTake, RunAction,
-    RunWatch, StartRun, StepCommit, StepFailed, TakeOptions, Taken, VersionedContext,
+    Backend, CommitOutcome, DistributedError, Lease, LeaseState, NewItem, NextTake, QueueStats,
+    RunAction, RunWatch, StartRun, StepCommit, StepFailed, TakeOptions, Taken, VersionedContext,
 };
 pub use exec::new_run_id;
 pub use memory::{

@@ -13,9 +13,12 @@
 //! ```
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::distributed::metrics::sample_queue_stats;
 use crate::distributed::{DistributedError, DistributedWorker, WorkerPool};
 use crate::{Context, FloxideError, Merge, Workflow};
 
@@ -31,6 +34,9 @@ pub struct WorkerArgs {
     /// `--grace SECONDS` / `FLOXIDE_GRACE_SECS`: how long in-flight steps may finish on
     /// shutdown before they are released (default 30).
     pub grace: Duration,
+    /// `--metrics-addr ADDR` / `FLOXIDE_METRICS_ADDR`: serve Prometheus metrics on `ADDR`
+    /// (`host:port`; needs the `prometheus` feature).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for WorkerArgs {
@@ -40,12 +46,13 @@ impl Default for WorkerArgs {
             concurrency: 4,
             worker_name: "worker".to_owned(),
             grace: Duration::from_secs(30),
+            metrics_addr: None,
         }
     }
 }
 
-const USAGE: &str = "usage: [--backend URL] [--concurrency N] [--worker-name NAME] [--grace SECONDS]
-environment: FLOXIDE_BACKEND_URL (or FLOXIDE_REDIS_URL), FLOXIDE_CONCURRENCY, FLOXIDE_WORKER_NAME, FLOXIDE_GRACE_SECS";
+const USAGE: &str = "usage: [--backend URL] [--concurrency N] [--worker-name NAME] [--grace SECONDS] [--metrics-addr HOST:PORT]
+environment: FLOXIDE_BACKEND_URL (or FLOXIDE_REDIS_URL), FLOXIDE_CONCURRENCY, FLOXIDE_WORKER_NAME, FLOXIDE_GRACE_SECS, FLOXIDE_METRICS_ADDR";
 
 impl WorkerArgs {
     /// Parses `args` (without the program name) over the values of `env`.
@@ -70,6 +77,9 @@ impl WorkerArgs {
         if let Some(g) = env("FLOXIDE_GRACE_SECS") {
             out.grace = Duration::from_secs(number("FLOXIDE_GRACE_SECS", &g)? as u64);
         }
+        if let Some(a) = env("FLOXIDE_METRICS_ADDR") {
+            out.metrics_addr = Some(address("FLOXIDE_METRICS_ADDR", &a)?);
+        }
         let mut args = args.into_iter().map(Into::into);
         while let Some(flag) = args.next() {
             let (name, inline) = match flag.split_once('=') {
@@ -90,6 +100,7 @@ impl WorkerArgs {
                 "--concurrency" => out.concurrency = number(&name, &value()?)?,
                 "--worker-name" => out.worker_name = value()?,
                 "--grace" => out.grace = Duration::from_secs(number(&name, &value()?)? as u64),
+                "--metrics-addr" => out.metrics_addr = Some(address(&name, &value()?)?),
                 other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
             }
         }
@@ -127,12 +138,19 @@ fn number(name: &str, value: &str) -> Result<usize, String> {
         .map_err(|_| format!("{name}: `{value}` is not a whole number\n{USAGE}"))
 }
 
-/// Runs a worker process: parses [`WorkerArgs`], builds the worker with `build`, runs
-/// `concurrency` workers until SIGTERM or SIGINT, then stops gracefully (in-flight steps get
-/// the grace period, then are released to other workers).
+fn address(name: &str, value: &str) -> Result<SocketAddr, String> {
+    value.parse().map_err(|_| {
+        format!("{name}: `{value}` is not an address like 0.0.0.0:9000 or [::1]:9000\n{USAGE}")
+    })
+}
+
+/// Runs a worker process: parses [`WorkerArgs`], serves metrics when asked to, builds the
+/// worker with `build`, runs `concurrency` workers until SIGTERM or SIGINT, then stops
+/// gracefully (in-flight steps get the grace period, then are released to other workers).
 ///
-/// Exits with 0 after a graceful stop, 2 on bad arguments, 1 when the worker cannot be
-/// built or a worker task fails.
+/// Exits with 0 after a graceful stop, 2 on bad arguments (`--metrics-addr` without the
+/// `prometheus` feature included), 1 when the metrics address cannot be served, the worker
+/// cannot be built or a worker task fails.
 pub async fn run_worker_main<W, C, F, Fut>(build: F) -> ExitCode
 where
     C: Context + Merge + 'static,
@@ -160,6 +178,12 @@ where
     Fut: Future<Output = Result<DistributedWorker<W, C>, FloxideError>>,
 {
     let (concurrency, name, grace) = (args.concurrency, args.worker_name.clone(), args.grace);
+    let metrics_addr = args.metrics_addr;
+    if let Some(addr) = metrics_addr {
+        if let Err(code) = serve_metrics(addr) {
+            return code;
+        }
+    }
     let worker = match build(args).await {
         Ok(worker) => worker,
         Err(error) => {
@@ -167,6 +191,10 @@ where
             return ExitCode::from(1);
         }
     };
+    let sampler = metrics_addr.map(|_| {
+        let backend = Arc::clone(worker.backend());
+        tokio::spawn(sample_queue_stats(backend, worker.workflow().name()))
+    });
     let mut pool = WorkerPool::new(worker, concurrency)
         .with_id_prefix(name)
         .with_grace_period(grace);
@@ -174,13 +202,38 @@ where
     tracing::info!(workers = ?pool.worker_ids(), "workers started");
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight steps");
-    match pool.stop().await {
+    let stopped = pool.stop().await;
+    if let Some(sampler) = sampler {
+        sampler.abort();
+    }
+    match stopped {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("worker failed: {error}");
             ExitCode::from(1)
         }
     }
+}
+
+/// Installs the Prometheus exporter on `addr`; the exit code when that fails.
+#[cfg(feature = "prometheus")]
+fn serve_metrics(addr: SocketAddr) -> Result<(), ExitCode> {
+    crate::distributed::install_prometheus_exporter(addr).map_err(|error| {
+        eprintln!("cannot serve metrics on {addr}: {error}");
+        ExitCode::from(1)
+    })?;
+    tracing::info!(%addr, "serving Prometheus metrics");
+    Ok(())
+}
+
+/// Without the `prometheus` feature, `--metrics-addr` is a usage error.
+#[cfg(not(feature = "prometheus"))]
+fn serve_metrics(addr: SocketAddr) -> Result<(), ExitCode> {
+    eprintln!(
+        "--metrics-addr {addr}: this worker was built without Prometheus support; enable the \
+         `prometheus` feature of floxide, or drop the flag\n{USAGE}"
+    );
+    Err(ExitCode::from(2))
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
@@ -268,6 +321,34 @@ mod tests {
         assert!(e.contains("needs a value"), "{e}");
         let e = WorkerArgs::parse(["--concurrency", "0"], env(&[])).unwrap_err();
         assert!(e.contains("at least 1"), "{e}");
+        let e = WorkerArgs::parse(["--metrics-addr", "localhost"], env(&[])).unwrap_err();
+        assert!(e.contains("not an address"), "{e}");
         assert!(WorkerArgs::default().backend_url().is_err());
+    }
+
+    #[test]
+    fn the_metrics_address_comes_from_a_flag_or_the_environment() {
+        let from_env = WorkerArgs::parse(
+            Vec::<String>::new(),
+            env(&[("FLOXIDE_METRICS_ADDR", "0.0.0.0:9000")]),
+        )
+        .unwrap();
+        assert_eq!(from_env.metrics_addr, Some("0.0.0.0:9000".parse().unwrap()));
+        let flag = WorkerArgs::parse(
+            ["--metrics-addr=[::1]:9100"],
+            env(&[("FLOXIDE_METRICS_ADDR", "0.0.0.0:9000")]),
+        )
+        .unwrap();
+        assert_eq!(flag.metrics_addr, Some("[::1]:9100".parse().unwrap()));
+        assert_eq!(WorkerArgs::default().metrics_addr, None);
+    }
+
+    /// `cargo test -p floxide-core` builds without the feature (the workspace's test build
+    /// has it, through the root package's dev-dependencies).
+    #[cfg(not(feature = "prometheus"))]
+    #[test]
+    fn metrics_without_the_prometheus_feature_are_a_usage_error() {
+        let addr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(serve_metrics(addr), Err(ExitCode::from(2)));
     }
 }

@@ -236,8 +236,8 @@ where
     /// The worker.
     ///
     /// # Errors
-    /// [`DistributedError::Build`] when the workflow or the backend is missing, or the stores
-    /// do not form one backend.
+    /// [`DistributedError::Build`](crate::distributed::DistributedError::Build) when the
+    /// workflow or the backend is missing, or the stores do not form one backend.
     pub fn build(mut self) -> Result<DistributedWorker<W, C>, FloxideError> {
         let backend = self.take_backend()?;
         let workflow = self.take_workflow()?;

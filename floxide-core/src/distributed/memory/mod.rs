@@ -19,8 +19,8 @@ pub use parts::{
 use parts::{ItemRecord, ItemsState, QueueState, RunItems};
 
 use crate::distributed::backend::{
-    Backend, CommitOutcome, DistributedError, Lease, LeaseState, RunAction, RunWatch, StartRun,
-    StepCommit, StepFailed, TakeOptions, Taken, VersionedContext,
+    Backend, CommitOutcome, DistributedError, Lease, LeaseState, QueueStats, RunAction, RunWatch,
+    StartRun, StepCommit, StepFailed, TakeOptions, Taken, VersionedContext,
 };
 use crate::distributed::types::payload_text;
 use crate::distributed::{
@@ -989,5 +989,39 @@ impl Backend for InMemoryBackend {
 
     async fn workers(&self) -> Result<Vec<WorkerHealth>, DistributedError> {
         Ok(self.liveness.lock().workers.values().cloned().collect())
+    }
+
+    /// Counts the items of the workflow's unfinished runs (those of finished runs are no
+    /// longer work): O(runs of the workflow + items of the unfinished ones).
+    async fn queue_stats(&self, workflow: &str) -> Result<Option<QueueStats>, DistributedError> {
+        let runs = self.runs.lock();
+        let items = self.items.lock();
+        let queue = self.queue.lock();
+        let metrics = self.metrics.lock();
+        let mut stats = QueueStats::default();
+        let of_workflow = |run_id: &str| {
+            runs.runs
+                .get(run_id)
+                .is_some_and(|r| r.workflow == workflow)
+        };
+        for (run_id, info) in runs.runs.iter().filter(|(_, r)| r.workflow == workflow) {
+            stats.leases_reclaimed += metrics.runs.get(run_id).map_or(0, |m| m.reclaimed);
+            if info.status.is_finished() {
+                continue;
+            }
+            let Some(run_items) = items.runs.get(run_id) else {
+                continue;
+            };
+            for record in run_items.items.values() {
+                match record.status {
+                    WorkItemStatus::Pending => stats.ready += 1,
+                    WorkItemStatus::WaitingRetry => stats.delayed += 1,
+                    WorkItemStatus::InProgress => stats.in_flight += 1,
+                    _ => {}
+                }
+            }
+        }
+        stats.dead_letters = queue.dead.iter().filter(|d| of_workflow(&d.run_id)).count() as u64;
+        Ok(Some(stats))
     }
 }
