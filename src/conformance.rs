@@ -761,6 +761,14 @@ pub async fn g5_retries_are_scheduled<B: Backend>(backend: B) {
     assert_eq!(info.status, RunStatus::Completed);
     let m = o.metrics(&retried).await.unwrap();
     assert_eq!((m.retries, m.failed, m.completed), (2, 2, 1), "G5: {m:?}");
+    let attempts: Vec<u32> = o
+        .errors(&retried)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.attempt)
+        .collect();
+    assert_eq!(attempts, [1, 2], "G7: each failure records its attempt");
 
     // Retries run out: the item is dead-lettered and the run fails; requeueing revives it.
     let exhausted = Gate::failing_first(5);

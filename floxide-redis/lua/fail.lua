@@ -12,7 +12,10 @@ local f = redis.call('HMGET', it, id .. ':s', id .. ':l', id .. ':n')
 if f[1] ~= 'I' or f[2] ~= token then return { 'lost' } end
 local now = now_ms()
 redis.call('HINCRBY', rk, 'm_failed', 1)
-redis.call('RPUSH', PFX .. 'errs:' .. run, record)
+-- The record's attempt is the item's, which only the server knows.
+local rec = cjson.decode(record)
+rec.attempt = tonumber(redis.call('HGET', it, id .. ':a') or '1')
+redis.call('RPUSH', PFX .. 'errs:' .. run, cjson.encode(rec))
 local st = redis.call('HGET', rk, 'st')
 if retry ~= '' and st ~= 'cancelled' then
   redis.call('HSET', it, id .. ':s', 'R', id .. ':d', 0)

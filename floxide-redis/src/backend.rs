@@ -569,7 +569,7 @@ impl Backend for RedisBackend {
             work_item: lease.item_id,
             node: failure.node.clone(),
             error: failure.error.clone(),
-            attempt: 0,
+            attempt: 0, // filled in by the fail script
             handled: false,
             timestamp: SystemTime::now(),
         };

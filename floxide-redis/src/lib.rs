@@ -63,12 +63,14 @@ mod config;
 mod keys;
 mod reply;
 mod scripts;
+mod stats;
 mod stores;
 pub mod testing;
 
 pub use backend::RedisBackend;
 pub use client::{RedisBackendError, RedisClient};
 pub use config::RedisConfig;
+pub use stats::{RunProgress, Stats, WorkflowCounts};
 pub use stores::{
     RedisContextStore, RedisErrorStore, RedisLivenessStore, RedisMetricsStore, RedisRunInfoStore,
     RedisWorkItemStateStore, RedisWorkQueue,

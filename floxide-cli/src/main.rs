@@ -1,0 +1,73 @@
+//! `floxide`: operate Floxide's distributed runs on a Redis backend.
+//!
+//! ```text
+//! $ export FLOXIDE_REDIS_URL=redis://127.0.0.1:6379/
+//! $ floxide runs list --status running
+//! RUN       WORKFLOW  STATUS   STARTED                         DURATION  RESULT
+//! order-17  Orders    running  2026-03-01 12:00:00 (4.2s ago)  4.2s      -
+//! $ floxide runs show order-17          # timings, items with worker and lease deadline, errors
+//! $ floxide runs wait order-17          # a progress bar; exit status 0 once it completed
+//! $ floxide dlq list --json | jq -r '.[].id' | xargs floxide dlq requeue
+//! $ floxide stats --interval 5          # queue depth, in flight, steps per second
+//! ```
+//!
+//! Every command reads or changes the shared state in Redis the way workers and orchestrators
+//! do (the same atomic scripts), so it is safe while they run. The tool knows nothing of the
+//! workflows: items, contexts and outputs are shown as stored (JSON text, or a summary of
+//! bytes).
+//!
+//! # Connection
+//! `--redis URL` (or `FLOXIDE_REDIS_URL`), `--prefix` (`FLOXIDE_REDIS_PREFIX`, default
+//! `floxide:`) and `--partitions` (`FLOXIDE_REDIS_PARTITIONS`, default 1) must match the
+//! deployment's `RedisConfig`; the password may come from `FLOXIDE_REDIS_PASSWORD`.
+//!
+//! # Output
+//! Tables by default; `--json` prints one JSON document (times in RFC 3339 UTC, durations in
+//! milliseconds) for scripts. Exit status: 0 on success, 1 on a runtime error (the message
+//! is on stderr), 2 on a usage error.
+
+mod args;
+mod commands;
+mod dlq;
+mod render;
+mod runs;
+mod stats;
+mod workers;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use crate::args::Cli;
+use crate::commands::CliError;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(url) = cli.connection.url.clone() else {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "no Redis URL: pass --redis URL or set FLOXIDE_REDIS_URL",
+            )
+            .exit();
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::execute(cli, url)) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`floxide runs list | head`): nothing left to say.
+        Err(CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! What operators ask of a Redis deployment beyond the [`Backend`] trait: queue counters per
+//! workflow ([`RedisBackend::stats`]), the lease deadlines of a run's in-flight items
+//! ([`RedisBackend::lease_deadlines`]) and a run's progress ([`RedisBackend::progress`]).
+//!
+//! Everything here only reads: it never changes what workers see. The counters are read
+//! with several commands, not one script, so they are a consistent picture of each key but
+//! not of the deployment as a whole (an item may move from `ready` to `leases` between two
+//! reads); they are meant for dashboards and the `floxide` command-line tool.
+//!
+//! [`Backend`]: floxide_core::distributed::Backend
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use floxide_core::distributed::{DistributedError, RunStatus};
+use floxide_core::ItemId;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::Keys;
+use crate::reply::{backend, time_ms};
+use crate::RedisBackend;
+
+/// How many run records are read per pipelined round trip.
+const BATCH: usize = 500;
+
+/// Counters of one workflow (or of the whole deployment, see [`Stats::total`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowCounts {
+    /// Runs in the run index: unfinished ones and those finished within the retention.
+    pub runs: u64,
+    /// Of those, runs that are pending or running.
+    pub active_runs: u64,
+    /// Entries in the ready lists: items waiting for a worker. Entries of runs cancelled
+    /// since are counted until a worker pops and skips them.
+    pub ready: u64,
+    /// Failed items waiting for their retry's due time.
+    pub delayed: u64,
+    /// Leased items whose lease has not expired: being executed.
+    pub in_flight: u64,
+    /// Leases past their deadline that no take has reclaimed yet (their worker is dead or
+    /// stalled; the next take hands them to another worker).
+    pub expired_leases: u64,
+    /// Dead-lettered items.
+    pub dead_letters: u64,
+    /// Steps committed, summed over the runs in the index (the runs' `completed` metric).
+    pub completed_steps: u64,
+    /// Runs that reached a final state (completed, failed or cancelled) in the minute before
+    /// [`Stats::server_time`].
+    pub finished_last_minute: u64,
+}
+
+impl WorkflowCounts {
+    fn add(&mut self, other: &WorkflowCounts) {
+        self.runs += other.runs;
+        self.active_runs += other.active_runs;
+        self.ready += other.ready;
+        self.delayed += other.delayed;
+        self.in_flight += other.in_flight;
+        self.expired_leases += other.expired_leases;
+        self.dead_letters += other.dead_letters;
+        self.completed_steps += other.completed_steps;
+        self.finished_last_minute += other.finished_last_minute;
+    }
+}
+
+/// A snapshot of the queues of a deployment (every partition of one key prefix).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// The server's clock when the snapshot was taken (leases and retries use this clock).
+    pub server_time: SystemTime,
+    /// Counters per workflow name. Items whose run record has expired are counted under the
+    /// empty name.
+    pub workflows: BTreeMap<String, WorkflowCounts>,
+}
+
+impl Stats {
+    /// The counters of every workflow added up.
+    pub fn total(&self) -> WorkflowCounts {
+        let mut total = WorkflowCounts::default();
+        for counts in self.workflows.values() {
+            total.add(counts);
+        }
+        total
+    }
+
+    /// Steps committed per second between `earlier` and this snapshot, by the server's clock;
+    /// `None` when no time passed. Runs that leave the index in between (their retention
+    /// ended) take their steps with them, so the rate is then slightly low, never negative.
+    pub fn steps_per_second(&self, earlier: &Stats) -> Option<f64> {
+        let elapsed = self
+            .server_time
+            .duration_since(earlier.server_time)
+            .ok()
+            .filter(|d| !d.is_zero())?;
+        let steps = self
+            .total()
+            .completed_steps
+            .saturating_sub(earlier.total().completed_steps);
+        Some(steps as f64 / elapsed.as_secs_f64())
+    }
+}
+
+/// How far a run is: its items, counted by the commit and dead-letter scripts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunProgress {
+    /// Work items created so far (the first included; fan-out adds more as the run goes).
+    pub total: u64,
+    /// Steps committed.
+    pub completed: u64,
+    /// Items not finished yet: waiting, in flight, waiting for a retry or held.
+    pub outstanding: u64,
+}
+
+/// What the stats read of one run record.
+struct RunRow {
+    workflow: String,
+    status: Option<RunStatus>,
+    completed_steps: u64,
+    finished_ms: Option<u64>,
+}
+
+impl RedisBackend {
+    /// Counts the ready, delayed, in-flight and dead-lettered items and the runs of every
+    /// workflow, in every partition.
+    ///
+    /// Reads every run record in the run index (pipelined, 500 per round trip) and the
+    /// whole lease, retry and dead-letter indexes: the cost grows with the number of runs
+    /// kept (see the retention) and of items in those indexes.
+    ///
+    /// # Errors
+    /// A backend error.
+    pub async fn stats(&self) -> Result<Stats, DistributedError> {
+        let mut conn = self.client().connection();
+        let now_ms = server_time_ms(&mut conn).await?;
+        let mut workflows: BTreeMap<String, WorkflowCounts> = BTreeMap::new();
+        for p in self.keys().all() {
+            let pfx = self.keys().partition(p);
+            let ids: Vec<String> = conn
+                .zrange(Keys::runs(&pfx), 0, -1)
+                .await
+                .map_err(backend)?;
+            let mut workflow_of: HashMap<String, String> = HashMap::new();
+            for (id, row) in ids.iter().zip(read_runs(&mut conn, &pfx, &ids).await?) {
+                let Some(row) = row else { continue };
+                let counts = workflows.entry(row.workflow.clone()).or_default();
+                counts.runs += 1;
+                counts.active_runs += u64::from(row.status.is_some_and(RunStatus::is_active));
+                counts.completed_steps += row.completed_steps;
+                counts.finished_last_minute += u64::from(
+                    row.finished_ms
+                        .is_some_and(|t| t <= now_ms && now_ms - t <= 60_000),
+                );
+                workflow_of.insert(id.clone(), row.workflow);
+            }
+            let names: Vec<String> = workflows.keys().cloned().collect();
+            for name in names.iter().filter(|n| !n.is_empty()) {
+                let ready: u64 = conn.llen(Keys::ready(&pfx, name)).await.map_err(backend)?;
+                workflows.entry(name.clone()).or_default().ready += ready;
+            }
+
+            let leases: Vec<(String, f64)> = conn
+                .zrange_withscores(Keys::leases(&pfx), 0, -1)
+                .await
+                .map_err(backend)?;
+            let delayed: Vec<String> = conn
+                .zrange(Keys::delayed(&pfx), 0, -1)
+                .await
+                .map_err(backend)?;
+            let letters: Vec<String> = conn
+                .hkeys(Keys::dead_letters(&pfx))
+                .await
+                .map_err(backend)?;
+            let runs_of = |entries: &mut dyn Iterator<Item = &String>| -> Vec<String> {
+                entries
+                    .filter_map(|e| split_entry(e).map(|(_, run)| run.to_owned()))
+                    .filter(|run| !workflow_of.contains_key(run))
+                    .collect()
+            };
+            let mut unknown = runs_of(&mut leases.iter().map(|(e, _)| e));
+            unknown.extend(runs_of(&mut delayed.iter()));
+            unknown.extend(runs_of(&mut letters.iter()));
+            unknown.sort();
+            unknown.dedup();
+            // Runs that left the index (or were never in it) but still have items here.
+            for (id, row) in unknown
+                .iter()
+                .zip(read_runs(&mut conn, &pfx, &unknown).await?)
+            {
+                workflow_of.insert(id.clone(), row.map(|r| r.workflow).unwrap_or_default());
+            }
+            let workflow_of_entry = |entry: &str| {
+                split_entry(entry)
+                    .and_then(|(_, run)| workflow_of.get(run))
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            for (entry, expiry) in &leases {
+                let counts = workflows.entry(workflow_of_entry(entry)).or_default();
+                if (*expiry as u64) > now_ms {
+                    counts.in_flight += 1;
+                } else {
+                    counts.expired_leases += 1;
+                }
+            }
+            for entry in &delayed {
+                workflows
+                    .entry(workflow_of_entry(entry))
+                    .or_default()
+                    .delayed += 1;
+            }
+            for entry in &letters {
+                workflows
+                    .entry(workflow_of_entry(entry))
+                    .or_default()
+                    .dead_letters += 1;
+            }
+        }
+        Ok(Stats {
+            server_time: time_ms(now_ms),
+            workflows,
+        })
+    }
+
+    /// When the lease of each in-flight item of `run_id` expires (by the server's clock),
+    /// unless its worker renews it first.
+    ///
+    /// # Errors
+    /// [`DistributedError::UnknownRun`] or a backend error.
+    pub async fn lease_deadlines(
+        &self,
+        run_id: &str,
+    ) -> Result<BTreeMap<ItemId, SystemTime>, DistributedError> {
+        let pfx = self.keys().partition_of_run(run_id);
+        let mut conn = self.client().connection();
+        let (exists, leases): (bool, Vec<(String, f64)>) = redis::pipe()
+            .exists(Keys::run(&pfx, run_id))
+            .zrange_withscores(Keys::leases(&pfx), 0, -1)
+            .query_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        if !exists {
+            return Err(DistributedError::UnknownRun(run_id.to_owned()));
+        }
+        Ok(leases
+            .into_iter()
+            .filter_map(|(entry, expiry)| {
+                let (item, run) = split_entry(&entry)?;
+                let item = item.parse::<ItemId>().ok()?;
+                (run == run_id).then(|| (item, time_ms(expiry as u64)))
+            })
+            .collect())
+    }
+
+    /// How many of a run's items are completed and how many are outstanding: one read of
+    /// the run record, cheap enough to poll.
+    ///
+    /// # Errors
+    /// [`DistributedError::UnknownRun`] or a backend error.
+    pub async fn progress(&self, run_id: &str) -> Result<RunProgress, DistributedError> {
+        let pfx = self.keys().partition_of_run(run_id);
+        let (status, total, completed, left): (
+            Option<String>,
+            Option<u64>,
+            Option<u64>,
+            Option<i64>,
+        ) = redis::cmd("HMGET")
+            .arg(Keys::run(&pfx, run_id))
+            .arg(&["st", "m_items", "m_done", "left"])
+            .query_async(&mut self.client().connection())
+            .await
+            .map_err(backend)?;
+        if status.is_none() {
+            return Err(DistributedError::UnknownRun(run_id.to_owned()));
+        }
+        Ok(RunProgress {
+            total: total.unwrap_or_default(),
+            completed: completed.unwrap_or_default(),
+            outstanding: left.unwrap_or_default().max(0) as u64,
+        })
+    }
+}
+
+/// A queue entry `<item id: 32 hex digits>:<run id>` as (item id, run id).
+fn split_entry(entry: &str) -> Option<(&str, &str)> {
+    let (item, run) = entry.split_at_checked(32)?;
+    Some((item, run.strip_prefix(':')?))
+}
+
+async fn server_time_ms(conn: &mut redis::aio::ConnectionManager) -> Result<u64, DistributedError> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(conn)
+        .await
+        .map_err(backend)?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
+/// The records of runs `ids` of partition `pfx` (`None` for a run whose record is gone).
+async fn read_runs(
+    conn: &mut redis::aio::ConnectionManager,
+    pfx: &str,
+    ids: &[String],
+) -> Result<Vec<Option<RunRow>>, DistributedError> {
+    type Fields = (Option<String>, Option<String>, Option<u64>, Option<u64>);
+    let mut rows = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(BATCH) {
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            pipe.cmd("HMGET")
+                .arg(Keys::run(pfx, id))
+                .arg(&["wf", "st", "m_done", "t1"]);
+        }
+        let fields: Vec<Fields> = pipe.query_async(conn).await.map_err(backend)?;
+        rows.extend(fields.into_iter().map(|(workflow, status, done, t1)| {
+            Some(RunRow {
+                workflow: workflow?,
+                status: status.and_then(|s| s.parse().ok()),
+                completed_steps: done.unwrap_or_default(),
+                finished_ms: t1,
+            })
+        }));
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_entry;
+
+    #[test]
+    fn entries_split_into_item_and_run() {
+        let item = "0".repeat(31) + "1";
+        assert_eq!(
+            split_entry(&format!("{item}:run:with:colons")),
+            Some((item.as_str(), "run:with:colons"))
+        );
+        assert_eq!(split_entry("short"), None);
+        assert_eq!(split_entry(&format!("{item}x")), None);
+    }
+}
