@@ -905,6 +905,12 @@ pub async fn g7_runs_and_workers_are_observable<B: Backend>(backend: B) {
     let run = o.start_run(&ctx(), 5).await.unwrap();
     let pending = o.pending_work(&run).await.unwrap();
     assert_eq!(pending.len(), 1);
+    if let Some(stats) = backend.queue_stats("Chain").await.unwrap() {
+        assert!(
+            stats.ready >= 1,
+            "queue stats count the ready item: {stats:?}"
+        );
+    }
     assert_eq!(pending[0].node_name(), "a");
     let mut workers = pool(wf, &backend, 2);
     let info = finish(&o, &run).await;
@@ -922,6 +928,12 @@ pub async fn g7_runs_and_workers_are_observable<B: Backend>(backend: B) {
         .all(|i| i.status == WorkItemStatus::Completed));
     let listed = o.list_runs(Some(RunStatus::Completed)).await.unwrap();
     assert!(listed.iter().any(|r| r.run_id == run));
+    if let Some(stats) = backend.queue_stats("Chain").await.unwrap() {
+        assert_eq!(
+            stats.in_flight, 0,
+            "nothing leased after completion: {stats:?}"
+        );
+    }
     let health = workers.health().await.unwrap();
     assert_eq!(health.len(), 2, "G7: every worker reports its health");
     workers.stop().await.unwrap();

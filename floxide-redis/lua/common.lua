@@ -126,6 +126,7 @@ local function take_next(wf, worker, lease_ms, max_deliveries)
       redis.call('HSET', it, id .. ':s', 'P')
       redis.call('HDEL', it, id .. ':l', id .. ':w')
       redis.call('HINCRBY', run_key(run), 'm_reclaimed', 1)
+      redis.call('INCR', PFX .. 'reclaimed')
       local owner = redis.call('HGET', run_key(run), 'wf')
       if owner then push_ready(owner, e, true) end
     end

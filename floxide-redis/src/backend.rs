@@ -5,9 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use floxide_core::distributed::{
     Backend, CommitOutcome, DeadLetter, DistributedError, Lease, LeaseState, NextTake, NodeTiming,
-    RunAction, RunId, RunInfo, RunMetrics, RunStatus, RunWatch, StartRun, StepCommit, StepFailed,
-    TakeOptions, Taken, VersionedContext, WorkItemInfo, WorkItemStatus, WorkerHealth, WorkerId,
-    WorkflowError,
+    QueueStats, RunAction, RunId, RunInfo, RunMetrics, RunStatus, RunWatch, StartRun, StepCommit,
+    StepFailed, TakeOptions, Taken, VersionedContext, WorkItemInfo, WorkItemStatus, WorkerHealth,
+    WorkerId, WorkflowError,
 };
 use floxide_core::ItemId;
 use redis::{AsyncCommands, Value};
@@ -749,6 +749,32 @@ impl Backend for RedisBackend {
         item_id: ItemId,
     ) -> Result<(), DistributedError> {
         self.dead_letter_action(run_id, item_id, "drop").await
+    }
+
+    async fn queue_stats(&self, workflow: &str) -> Result<Option<QueueStats>, DistributedError> {
+        // Cheap counters for a periodic sample: the ready list of `workflow` (it may still
+        // hold a few stale entries that takes skip), and the partition-wide retry, lease and
+        // dead-letter indexes (shared by every workflow of the deployment).
+        let mut stats = QueueStats::default();
+        for p in self.keys().all() {
+            let pfx = self.keys().partition(p);
+            let (ready, delayed, in_flight, dead, reclaimed): (u64, u64, u64, u64, Option<u64>) =
+                redis::pipe()
+                    .llen(Keys::ready(&pfx, workflow))
+                    .zcard(Keys::delayed(&pfx))
+                    .zcard(Keys::leases(&pfx))
+                    .hlen(Keys::dead_letters(&pfx))
+                    .get(Keys::reclaimed(&pfx))
+                    .query_async(&mut self.conn())
+                    .await
+                    .map_err(backend)?;
+            stats.ready += ready;
+            stats.delayed += delayed;
+            stats.in_flight += in_flight;
+            stats.dead_letters += dead;
+            stats.leases_reclaimed += reclaimed.unwrap_or(0);
+        }
+        Ok(Some(stats))
     }
 
     async fn report_worker(&self, health: &WorkerHealth) -> Result<(), DistributedError> {

@@ -70,6 +70,10 @@ impl Keys {
     pub(crate) fn dead_letters(pfx: &str) -> String {
         format!("{pfx}dlq")
     }
+    /// Expired leases handed back to the queue so far (a counter).
+    pub(crate) fn reclaimed(pfx: &str) -> String {
+        format!("{pfx}reclaimed")
+    }
     /// Run status changes are published here (one channel per partition).
     pub(crate) fn events(pfx: &str) -> String {
         format!("{pfx}events")

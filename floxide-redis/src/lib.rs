@@ -49,6 +49,7 @@
 //! | `dlq` | hash | dead letters by item |
 //! | `idem:<key>` | string | the run an idempotency key started |
 //! | `token` | string | the lease token counter |
+//! | `reclaimed` | string | expired leases handed back so far |
 //! | `events` | channel | run status changes |
 //!
 //! `<prefix>workers` (a hash of worker health reports) is outside the partitions. Finished
