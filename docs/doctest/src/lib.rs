@@ -24,4 +24,5 @@ chapters! {
     distributed => "distributed.md",
     graphs => "graphs.md",
     redis => "redis.md",
+    migration => "migration.md",
 }
