@@ -7,7 +7,7 @@
 //! order-17  Orders    running  2026-03-01 12:00:00 (4.2s ago)  4.2s      -
 //! $ floxide runs show order-17          # timings, items with worker and lease deadline, errors
 //! $ floxide runs wait order-17          # a progress bar; exit status 0 once it completed
-//! $ floxide dlq list --json | jq -r '.[].id' | xargs floxide dlq requeue
+//! $ floxide dlq list --json | jq -r '.[].id' | xargs -r floxide dlq requeue
 //! $ floxide stats --interval 5          # queue depth, in flight, steps per second
 //! ```
 //!
