@@ -934,7 +934,13 @@ pub async fn g7_runs_and_workers_are_observable<B: Backend>(backend: B) {
             "nothing leased after completion: {stats:?}"
         );
     }
-    let health = workers.health().await.unwrap();
+    // Each worker reports when its task first runs, which may be after the run finished.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut health = workers.health().await.unwrap();
+    while health.len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        health = workers.health().await.unwrap();
+    }
     assert_eq!(health.len(), 2, "G7: every worker reports its health");
     workers.stop().await.unwrap();
     let after = o.liveness().await.unwrap();
