@@ -1,7 +1,7 @@
 //! A ready `main` for worker processes: flags and environment, a worker pool, graceful
 //! shutdown on SIGTERM/SIGINT, and an exit code.
 //!
-//! ```ignore
+//! ```text
 //! #[tokio::main]
 //! async fn main() -> std::process::ExitCode {
 //!     floxide::distributed::run_worker_main(|args| async move {
