@@ -37,6 +37,7 @@ local held = not is_active(st)
 local i = 11
 local n = tonumber(ARGV[i]); i = i + 1
 local added = 0
+local fresh = {}
 for _ = 1, n do
   local sid, snode, spayload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   i = i + 3
@@ -44,9 +45,10 @@ for _ = 1, n do
     local s = held and 'H' or 'P'
     redis.call('HSET', it, sid, spayload, sid .. ':n', snode, sid .. ':s', s, sid .. ':a', 1, sid .. ':d', 0)
     added = added + 1
-    if not held then push_ready(wf, entry(sid, run), false) end
+    if not held then fresh[#fresh + 1] = entry(sid, run) end
   end
 end
+push_ready_many(wf, fresh)
 redis.call('HSET', it, id .. ':s', 'C')
 redis.call('HDEL', it, id .. ':l', id .. ':w')
 redis.call('ZREM', PFX .. 'leases', e)

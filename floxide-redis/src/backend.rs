@@ -365,12 +365,21 @@ impl Backend for RedisBackend {
     }
 
     async fn run_info(&self, run_id: &str) -> Result<RunInfo, DistributedError> {
-        let (pfx, map) = self.run_hash(run_id).await?;
-        let outputs: Vec<Vec<u8>> = self
-            .conn()
-            .lrange(Keys::outputs(&pfx, run_id), 0, -1)
-            .await
-            .map_err(backend)?;
+        // The record and its outputs in one round trip.
+        let pfx = self.keys().partition_of_run(run_id);
+        let mut pipe = redis::pipe();
+        pipe.hgetall(Keys::run(&pfx, run_id))
+            .lrange(Keys::outputs(&pfx, run_id), 0, -1);
+        let pipe = &pipe;
+        let (record, outputs): (Value, Vec<Vec<u8>>) = retry_dropped(|| {
+            let mut conn = self.conn();
+            async move { pipe.query_async(&mut conn).await }
+        })
+        .await?;
+        let map = hash(record);
+        if map.is_empty() {
+            return Err(DistributedError::UnknownRun(run_id.to_owned()));
+        }
         Ok(self.run_info_from(run_id, &map, outputs))
     }
 
