@@ -443,3 +443,52 @@ fn names_and_work_items() {
     let back: Chain4WorkItem = serde_json::from_str(&json).unwrap();
     assert!(matches!(back, Chain4WorkItem::A(id, 9) if id == ItemId::ROOT));
 }
+
+node! {
+    pub struct Panics {};
+    input = u64;
+    output = u64;
+    |_ctx, n| {
+        if n == 13 {
+            panic!("unlucky {n}");
+        }
+        Ok(Transition::Next(n))
+    }
+}
+
+workflow! {
+    pub struct Panicky { first: Pass, bad: Panics }
+    start = first;
+    edges { first => [bad]; bad => []; }
+}
+
+workflow! {
+    pub struct PanickyFan { split: Split, bad: Panics }
+    start = split;
+    edges { split => [bad]; bad => []; }
+}
+
+#[tokio::test]
+async fn a_panicking_node_is_a_typed_error_not_a_panic_of_run() {
+    let wf = Panicky {
+        first: Pass { runs: counter() },
+        bad: Panics {},
+    };
+    let err = wf.run(&WorkflowCtx::new(()), 13).await.unwrap_err();
+    match err {
+        FloxideError::NodePanicked { node, message } => {
+            assert_eq!(node, "bad");
+            assert_eq!(message, "unlucky 13");
+        }
+        other => panic!("expected NodePanicked, got {other:?}"),
+    }
+    assert_eq!(wf.run(&WorkflowCtx::new(()), 12).await.unwrap(), 12);
+
+    // The same in a concurrent branch (12, 13, 14: the middle one panics).
+    let fan = PanickyFan {
+        split: Split { parts: 3 },
+        bad: Panics {},
+    };
+    let err = fan.run(&WorkflowCtx::new(()), 12).await.unwrap_err();
+    assert!(matches!(err, FloxideError::NodePanicked { .. }), "{err:?}");
+}

@@ -215,9 +215,36 @@ impl Failure {
     }
 }
 
-/// Runs a node once; `Abort` becomes a failure.
+/// Runs a node's `process` once; a panic in it becomes [`FloxideError::NodePanicked`], a
+/// failure of the step like any other (routed, retried or reported), so that a panicking node
+/// never unwinds through `run` or a worker.
+async fn process_caught<C, N>(
+    name: &'static str,
+    node: &N,
+    ctx: &C,
+    input: N::Input,
+) -> Result<Transition<N::Output>, FloxideError>
+where
+    C: crate::Context,
+    N: Node<C>,
+{
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(node.process(ctx, input))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(panic) => Err(FloxideError::NodePanicked {
+            node: name.to_owned(),
+            message: crate::error::panic_message(panic.as_ref()),
+        }),
+    }
+}
+
+/// Runs node `name` once; `Abort` becomes a failure.
 #[inline]
 pub async fn invoke<C, N>(
+    name: &'static str,
     node: &N,
     ctx: &C,
     input: N::Input,
@@ -226,7 +253,7 @@ where
     C: crate::Context,
     N: Node<C>,
 {
-    match node.process(ctx, input).await {
+    match process_caught(name, node, ctx, input).await {
         Ok(Transition::Abort(error)) => Err(Failure {
             error,
             retry_after: None,
@@ -246,6 +273,7 @@ where
 /// Runs a node under `policy`: in-process retries wait their backoff here; scheduled ones
 /// report it in the failure.
 pub async fn invoke_with_retry<C, N>(
+    name: &'static str,
     node: &N,
     policy: &RetryPolicy,
     ctx: &C,
@@ -259,7 +287,7 @@ where
 {
     let mut attempt = env.attempt() as usize;
     loop {
-        let (error, aborted) = match node.process(ctx, input.clone()).await {
+        let (error, aborted) = match process_caught(name, node, ctx, input.clone()).await {
             Ok(Transition::Abort(e)) => (e, true),
             Ok(t) => return Ok(t),
             Err(e) => (e, false),

@@ -157,6 +157,7 @@ where
         input: Self::Input,
     ) -> Result<crate::Transition<Self::Output>, FloxideError> {
         crate::private::invoke_with_retry(
+            std::any::type_name::<N>(),
             &self.inner,
             &self.policy,
             ctx,

@@ -357,7 +357,7 @@ where
             Err(panic) => Some((
                 FloxideError::NodePanicked {
                     node: taken.node.clone(),
-                    message: panic_message(panic.as_ref()),
+                    message: crate::error::panic_message(panic.as_ref()),
                 },
                 None,
                 true,
@@ -490,15 +490,5 @@ where
             }
         }
         tracing::debug!("a held step saw a newer context; executing it again");
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "<non-string panic payload>".to_owned()
     }
 }

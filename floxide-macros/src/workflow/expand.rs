@@ -333,10 +333,10 @@ fn step_arm(names: &Names, node: &FieldDef, output: &TokenStream) -> TokenStream
         Some(policy) => {
             let policy_ref = quote_spanned!(policy.span()=> &self.#policy);
             quote! {
-                ::floxide::__private::invoke_with_retry(&self.#field, #policy_ref, __ctx, __input, __env).await
+                ::floxide::__private::invoke_with_retry(#node_str, &self.#field, #policy_ref, __ctx, __input, __env).await
             }
         }
-        None => quote!(::floxide::__private::invoke(&self.#field, __ctx, __input).await),
+        None => quote!(::floxide::__private::invoke(#node_str, &self.#field, __ctx, __input).await),
     };
 
     let keep_input = if failure_targets.is_empty() {
