@@ -68,10 +68,14 @@ for _ = 1, k do
 end
 
 redis.call('HINCRBY', rk, 'm_done', 1)
-redis.call('HINCRBY', rk, 'n:' .. node .. ':c', 1)
-redis.call('HINCRBY', rk, 'n:' .. node .. ':t', dur)
-local max = tonumber(redis.call('HGET', rk, 'n:' .. node .. ':x') or '0')
-if dur > max then redis.call('HSET', rk, 'n:' .. node .. ':x', dur) end
+-- Node timing in one field: '<count> <total µs> <max µs>'.
+local timing = redis.call('HGET', rk, 'n:' .. node)
+local c, t, x = 0, 0, 0
+if timing then
+  local a, b, m = string.match(timing, '^(%d+) (%d+) (%d+)$')
+  c, t, x = tonumber(a) or 0, tonumber(b) or 0, tonumber(m) or 0
+end
+redis.call('HSET', rk, 'n:' .. node, (c + 1) .. ' ' .. (t + dur) .. ' ' .. math.max(x, dur))
 
 if st == 'pending' then redis.call('HSET', rk, 'st', 'running'); st = 'running' end
 local fin = ''

@@ -130,10 +130,8 @@ local function release_held(run, wf)
   return n
 end
 
--- Leases the next ready item of `wf` for `worker` (see take.lua for the reply).
-local function take_next(wf, worker, lease_ms, max_deliveries)
-  local now = now_ms()
-
+-- Hands expired leases back to the queue and makes due retries ready.
+local function due_work(now)
   local expired = redis.call('ZRANGEBYSCORE', PFX .. 'leases', '-inf', now, 'LIMIT', 0, 64)
   for _, e in ipairs(expired) do
     redis.call('ZREM', PFX .. 'leases', e)
@@ -159,10 +157,14 @@ local function take_next(wf, worker, lease_ms, max_deliveries)
       if owner then push_ready(owner, e, false) end
     end
   end
+end
 
+-- Pops ready entries of `wf` (skipping stale ones, holding items of paused or failed runs,
+-- dead-lettering poison items) until one is leased; returns the take reply, or nil.
+local function pop_ready(wf, worker, lease_ms, max_deliveries, now)
   while true do
     local e = redis.call('RPOP', PFX .. 'ready:' .. wf)
-    if not e then break end
+    if not e then return nil end
     local id, run = split(e)
     local it, rk = items_key(run), run_key(run)
     local f = redis.call('HMGET', it, id .. ':s', id, id .. ':n', id .. ':a')
@@ -189,6 +191,22 @@ local function take_next(wf, worker, lease_ms, max_deliveries)
         redis.call('HINCRBY', rk, 'left', -1)
       end
     end
+  end
+end
+
+-- Leases the next ready item of `wf` for `worker` (see take.lua for the reply). Expired
+-- leases and due retries are rare, so under load they are looked for on about one take in
+-- four (by the server's clock), and always before answering that nothing is ready.
+local function take_next(wf, worker, lease_ms, max_deliveries)
+  local now = now_ms()
+  local scanned = now % 4 == 0
+  if scanned then due_work(now) end
+  local got = pop_ready(wf, worker, lease_ms, max_deliveries, now)
+  if got then return got end
+  if not scanned then
+    due_work(now)
+    got = pop_ready(wf, worker, lease_ms, max_deliveries, now)
+    if got then return got end
   end
 
   local next_due = -1

@@ -643,19 +643,27 @@ impl Backend for RedisBackend {
 
     async fn metrics(&self, run_id: &str) -> Result<RunMetrics, DistributedError> {
         let (_, map) = self.run_hash(run_id).await?;
+        // `n:<node>` holds "<count> <total µs> <max µs>".
         let mut per_node: BTreeMap<String, NodeTiming> = BTreeMap::new();
-        for (field, _) in map.iter().filter(|(f, _)| f.starts_with("n:")) {
-            let Some((node, kind)) = field[2..].rsplit_once(':') else {
+        for (field, value) in map.iter() {
+            let Some(node) = field.strip_prefix("n:") else {
                 continue;
             };
-            let t = per_node.entry(node.to_owned()).or_default();
-            let v = field_u64(&map, field);
-            match kind {
-                "c" => t.count = v,
-                "t" => t.total = Duration::from_micros(v),
-                "x" => t.max = Duration::from_micros(v),
-                _ => {}
-            }
+            let text = String::from_utf8_lossy(value);
+            let mut numbers = text.split(' ').map(|n| n.parse::<u64>().unwrap_or(0));
+            let (count, total, max) = (
+                numbers.next().unwrap_or(0),
+                numbers.next().unwrap_or(0),
+                numbers.next().unwrap_or(0),
+            );
+            per_node.insert(
+                node.to_owned(),
+                NodeTiming {
+                    count,
+                    total: Duration::from_micros(total),
+                    max: Duration::from_micros(max),
+                },
+            );
         }
         Ok(RunMetrics {
             total_work_items: field_u64(&map, "m_items"),

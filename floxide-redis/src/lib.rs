@@ -37,7 +37,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `run:<run>` | hash | status, workflow, times, first output, error, outstanding items, context version, metrics (`m_*`), node timings (`n:<node>:c`, `:t`, `:x`) |
+//! | `run:<run>` | hash | status, workflow, times, first output, error, outstanding items, context version, metrics (`m_*`), node timings (`n:<node>`: count, total and max µs) |
 //! | `ctx:<run>` | string | the serialized context |
 //! | `it:<run>` | hash | per item `<id>` (bytes), `<id>:n` node, `:s` state, `:a` attempt, `:d` deliveries, `:l` lease token, `:w` worker |
 //! | `outs:<run>`, `errs:<run>` | list | terminal outputs; failure records |
