@@ -190,7 +190,7 @@ pub(crate) async fn execute<C, W>(
     backend: &dyn Backend,
     config: &ExecConfig,
     worker: &WorkerId,
-    taken: Taken,
+    mut taken: Taken,
     stop: Option<(&CancellationToken, Duration)>,
     next: Option<NextTake<'_>>,
 ) -> Result<StepEnd<W::Output>, FloxideError>
@@ -217,7 +217,7 @@ where
         worker: worker.clone(),
         cancel: token.clone(),
     };
-    let inner = execute_inner(workflow, backend, config, &taken, stop, token, next);
+    let inner = execute_inner(workflow, backend, config, &mut taken, stop, token, next);
     let end = with_step(step, tracing::Instrument::instrument(inner, span)).await?;
     metrics::step_ended(workflow.name(), &taken.node, &end);
     Ok(end)
@@ -247,7 +247,7 @@ async fn execute_inner<C, W>(
     workflow: &W,
     backend: &dyn Backend,
     config: &ExecConfig,
-    taken: &Taken,
+    taken: &mut Taken,
     stop: Option<(&CancellationToken, Duration)>,
     token: CancellationToken,
     next: Option<NextTake<'_>>,
@@ -256,9 +256,12 @@ where
     C: Context + Merge,
     W: Workflow<C>,
 {
+    // The context fetched with the item moves into the first execution (no copy of its
+    // bytes); a re-execution (a held step that saw a newer context) loads the latest one.
+    let mut prefetched = taken.context.take();
+    let taken: &Taken = taken;
     let lease = &taken.lease;
     let started = tokio::time::Instant::now();
-    let mut prefetched = taken.context.clone();
     loop {
         let item: W::WorkItem = match decode(&taken.bytes) {
             Ok(item) => item,
@@ -266,8 +269,6 @@ where
                 return dead_letter(backend, taken, format!("undecodable work item: {e}")).await;
             }
         };
-        // The context fetched with the item serves the first execution; a re-execution (a
-        // held step that saw a newer context) loads the latest one.
         let loaded = match prefetched.take() {
             Some(ctx) => ctx,
             None => backend.load_context(&lease.run_id).await?,
