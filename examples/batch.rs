@@ -35,7 +35,7 @@ node! {
 
 workflow! {
     /// Price every item, at most three lookups at a time, then total.
-    pub struct Checkout { prices: BatchNode<Price>, total: Total }
+    pub struct Checkout { prices: BatchNode<(), Price>, total: Total }
     start = prices;
     edges { prices => [total]; total => []; }
 }

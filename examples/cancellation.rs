@@ -51,7 +51,7 @@ async fn demo() -> (Result<u32, FloxideError>, Vec<u32>) {
         handle.cancel();
     });
     let result = wf.run(&ctx, 1).await;
-    let done: Vec<u32> = ctx.store.done.iter().collect();
+    let done: Vec<u32> = ctx.store.done.events().collect();
     println!("result: {result:?}; finished steps: {done:?}");
     (result, done)
 }

@@ -257,7 +257,7 @@ async fn demo(child_args: &[&str]) -> Result<Outcome, BoxError> {
     let saved: Checkpoint<Journal, PipelineWorkItem> = CheckpointStore::load(&store, RUN_ID)
         .await?
         .ok_or("the child saved no checkpoint")?;
-    let saved_steps: Vec<String> = saved.context.steps.iter().collect();
+    let saved_steps: Vec<String> = saved.context.steps.events().collect();
     let saved_next: Vec<&'static str> = saved.queue.iter().map(WorkItem::node_name).collect();
 
     let effects = Effects::new(dir.path(), "parent", None);
@@ -284,7 +284,7 @@ async fn demo(child_args: &[&str]) -> Result<Outcome, BoxError> {
         output,
         rerun,
         executions: effects.executions()?,
-        journal: finished.context.steps.iter().collect(),
+        journal: finished.context.steps.events().collect(),
     };
     Ok(outcome)
 }

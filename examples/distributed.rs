@@ -119,7 +119,7 @@ async fn demo() -> Result<(usize, RunInfo, RunMetrics, Vec<String>), FloxideErro
     let info = orchestrator.run_info(&run).await?;
     let metrics = orchestrator.metrics(&run).await?;
     let context = orchestrator.context(&run).await?;
-    let log: Vec<String> = context.log.iter().collect();
+    let log: Vec<String> = context.log.events().collect();
     println!("status: {:?}, total words: {total}", info.status);
     println!(
         "steps: {} completed, {} failed, {} retried",

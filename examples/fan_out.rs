@@ -70,7 +70,7 @@ async fn demo() -> Result<(Vec<String>, Duration), FloxideError> {
     let first = wf.run(&ctx, "https://example.org".to_owned()).await?;
     let took = started.elapsed();
     println!("first branch done: {first}; all three took {took:?} (each 100 ms)");
-    let mut lines: Vec<String> = ctx.store.lines.iter().collect();
+    let mut lines: Vec<String> = ctx.store.lines.events().collect();
     lines.sort();
     for line in &lines {
         println!("  {line}");

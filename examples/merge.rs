@@ -171,7 +171,7 @@ async fn demo(delays_ms: [u64; 3]) -> Result<(BestOffer, Vec<Event>), FloxideErr
     let ctx = WorkflowCtx::new(Market::default());
     let offer = wf.run(&ctx, "widgets".to_owned()).await?;
     println!("joined: {offer:?}");
-    let events: Vec<Event> = ctx.store.events.iter().collect();
+    let events: Vec<Event> = ctx.store.events.events().collect();
 
     // A copy of the context, as a worker of a distributed run would send back, merged twice:
     // the join is idempotent, so nothing is duplicated.
@@ -182,7 +182,7 @@ async fn demo(delays_ms: [u64; 3]) -> Result<(BestOffer, Vec<Event>), FloxideErr
     let mut merged = copy()?;
     merged.merge(copy()?);
     merged.merge(copy()?);
-    if merged.events.iter().collect::<Vec<_>>() != events
+    if merged.events.events().collect::<Vec<_>>() != events
         || merged.quotes.snapshot().await != ctx.store.quotes.snapshot().await
     {
         return Err(FloxideError::generic(

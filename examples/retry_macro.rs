@@ -24,7 +24,7 @@ impl Outbox {
     /// How many times `send` ran.
     fn send_attempts(&self) -> usize {
         self.log
-            .apply_all(0, |n, line| n + usize::from(line.starts_with("send")))
+            .fold(0, |n, line| n + usize::from(line.starts_with("send")))
     }
 }
 
@@ -132,7 +132,7 @@ async fn demo(to: &str, outages: usize) -> Result<Outcome, FloxideError> {
     let outcome = Outcome {
         output,
         attempts: ctx.store.send_attempts(),
-        log: ctx.store.log.iter().collect(),
+        log: ctx.store.log.events().collect(),
         took: started.elapsed(),
     };
     println!(

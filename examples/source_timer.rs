@@ -62,7 +62,7 @@ async fn demo(ticks: u32) -> Result<(SourceSummary, Vec<(u32, u32)>), FloxideErr
         record: Record {},
     };
     let summary = ticks_source.run(&wf, &ctx).await?;
-    let taken: Vec<(u32, u32)> = ctx.store.taken.iter().collect();
+    let taken: Vec<(u32, u32)> = ctx.store.taken.events().collect();
     println!("{summary:?}; samples {taken:?}");
     Ok((summary, taken))
 }

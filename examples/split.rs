@@ -45,7 +45,7 @@ async fn demo() -> Result<Vec<String>, FloxideError> {
     let ctx = WorkflowCtx::new(Seen::default());
     wf.run(&ctx, "floxide splits work into pieces".to_owned())
         .await?;
-    let mut shouted: Vec<String> = ctx.store.words.iter().collect();
+    let mut shouted: Vec<String> = ctx.store.words.events().collect();
     shouted.sort();
     println!("every word was processed: {shouted:?}");
     Ok(shouted)

@@ -40,7 +40,7 @@ pub struct Trace {
 impl Trace {
     /// How many events equal `event`.
     pub fn count(&self, event: &str) -> usize {
-        self.events.iter().filter(|e| e == event).count()
+        self.events.events().filter(|e| e == event).count()
     }
 }
 
@@ -452,7 +452,7 @@ pub async fn g3_parallel_branches_keep_every_change<B: Backend>(backend: B) {
     workers.stop().await.unwrap();
     assert_eq!(info.status, RunStatus::Completed);
     let trace = o.context(&run).await.unwrap();
-    let events: BTreeSet<String> = trace.events.iter().collect();
+    let events: BTreeSet<String> = trace.events.events().collect();
     assert_eq!(
         trace.events.len(),
         100,
@@ -506,7 +506,7 @@ pub async fn g3_joins_fire_exactly_once<B: Backend>(backend: B) {
         assert_eq!(
             trace
                 .events
-                .iter()
+                .events()
                 .filter(|e| e.starts_with("work:"))
                 .count(),
             10
@@ -966,7 +966,7 @@ pub async fn g3_successors_see_predecessor_changes<B: Backend>(backend: B) {
     for run in &runs {
         let info = finish(&o, run).await;
         assert_eq!(info.status, RunStatus::Completed);
-        let events: Vec<String> = o.context(run).await.unwrap().events.iter().collect();
+        let events: Vec<String> = o.context(run).await.unwrap().events.events().collect();
         assert_eq!(events.len(), 3);
         assert!(
             events[0].starts_with("a:")

@@ -102,7 +102,7 @@ node! {
 }
 
 workflow! {
-    pub struct Batched { batch: BatchNode<SlowInverse> }
+    pub struct Batched { batch: BatchNode<(), SlowInverse> }
     start = batch;
     edges { batch => []; }
 }
@@ -149,7 +149,7 @@ async fn batch_size_bounds_the_elements_in_flight() {
 
 #[test]
 fn batch_size_zero_means_one_at_a_time() {
-    let batch = BatchNode::new(
+    let batch: BatchNode<(), _> = BatchNode::new(
         SlowInverse {
             in_flight: InFlight::default(),
         },
@@ -198,7 +198,7 @@ async fn batch_fails_with_an_element_error() {
 #[tokio::test]
 async fn a_failing_batch_fails_the_run() {
     workflow! {
-        pub struct PickyBatch { batch: BatchNode<Picky> }
+        pub struct PickyBatch { batch: BatchNode<(), Picky> }
         start = batch;
         edges { batch => []; }
     }

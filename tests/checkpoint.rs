@@ -102,7 +102,7 @@ fn journal(store: &InMemoryCheckpointStore, id: &str) -> Vec<String> {
     let cp: Checkpoint<Journal, PipelineWorkItem> = futures_block(CheckpointStore::load(store, id))
         .unwrap()
         .unwrap();
-    cp.context.log.iter().collect()
+    cp.context.log.events().collect()
 }
 
 fn futures_block<F: std::future::Future>(f: F) -> F::Output {

@@ -115,7 +115,7 @@ type View = (Vec<u32>, BTreeSet<u8>, Tags, u32);
 
 fn view(ctx: &RunCtx) -> View {
     (
-        ctx.log.iter().collect(),
+        ctx.log.events().collect(),
         ctx.counters.try_get().expect("unlocked").clone(),
         ctx.tags.clone(),
         *ctx.limit,

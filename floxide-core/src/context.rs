@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::FloxideError;
 
+/// [`SharedState`] also lives here, its Floxide 3.x path (`floxide::context::SharedState`).
+pub use crate::merge::SharedState;
+
 /// The user's state, shared by every node of a run.
 ///
 /// Implemented for every type with the listed traits: derive

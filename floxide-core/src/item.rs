@@ -105,4 +105,9 @@ pub trait WorkItem: Debug + Clone + Send + Sync + Serialize + DeserializeOwned +
     fn instance_id(&self) -> ItemId;
     /// The name of the node that will execute this item (its field name in the workflow).
     fn node_name(&self) -> &'static str;
+    /// Whether this item's node may end the run: its `edges` entry is terminal (`n => [];`) or
+    /// has a terminal arm.
+    fn is_terminal(&self) -> bool {
+        false
+    }
 }

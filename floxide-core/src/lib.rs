@@ -6,17 +6,38 @@
 #![warn(missing_docs)]
 
 mod blocks;
-mod checkpoint;
-mod context;
+pub mod checkpoint;
+pub mod context;
 pub mod distributed;
-mod error;
+pub mod error;
 mod item;
-mod merge;
-mod node;
-mod retry;
+pub mod merge;
+pub mod node;
+pub mod retry;
 mod run;
-mod transition;
-mod workflow;
+pub mod transition;
+pub mod workflow;
+
+// The module paths of Floxide 3.x for the building blocks (`floxide::batch::BatchNode`, ...).
+// The other 3.x paths (`floxide::transition::Transition`, `floxide::error::FloxideError`,
+// `floxide::context::SharedState`, `floxide::merge::Fixed`, ...) are the modules above.
+
+/// [`BatchNode`](crate::BatchNode), at its Floxide 3.x path.
+pub mod batch {
+    pub use crate::blocks::BatchNode;
+}
+/// [`CompositeNode`](crate::CompositeNode), at its Floxide 3.x path.
+pub mod composite {
+    pub use crate::blocks::CompositeNode;
+}
+/// [`source`](crate::source) and [`Source`](crate::Source), at their Floxide 3.x path.
+pub mod source {
+    pub use crate::blocks::{source, Source, SourceSummary};
+}
+/// [`SplitNode`](crate::SplitNode), at its Floxide 3.x path.
+pub mod split {
+    pub use crate::blocks::SplitNode;
+}
 
 #[doc(hidden)]
 pub mod private;

@@ -152,7 +152,7 @@ impl<T: Default + PartialEq + Serialize> Merge for Fixed<T> {
 mod event_log;
 mod shared_state;
 
-pub use event_log::{EventId, EventLog};
+pub use event_log::{EventId, EventLog, LoggedEvent};
 pub use shared_state::SharedState;
 
 /// Shared by the interior-mutable types: the value behind an `Arc` when this is its only

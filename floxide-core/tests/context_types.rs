@@ -15,7 +15,7 @@ fn log_of(events: impl IntoIterator<Item = u32>) -> EventLog<u32> {
 }
 
 fn events(log: &EventLog<u32>) -> Vec<u32> {
-    log.iter().collect()
+    log.events().collect()
 }
 
 fn roundtrip<T: Serialize + for<'de> Deserialize<'de>>(value: &T) -> T {
@@ -35,7 +35,7 @@ fn event_log_new_is_empty() {
     let log = EventLog::<u32>::new();
     assert!(log.is_empty());
     assert_eq!(log.len(), 0);
-    assert_eq!(log.iter().count(), 0);
+    assert_eq!(log.events().count(), 0);
     assert_eq!(EventLog::<u32>::default(), log);
     assert_eq!(format!("{log:?}"), "[]");
 }
@@ -63,33 +63,65 @@ fn event_log_append_preserves_order() {
 #[test]
 fn event_log_iter_is_a_snapshot() {
     let log = log_of([1, 2]);
-    let it = log.iter();
+    let it = log.events();
+    let logged = log.iter();
     log.append(3);
     assert_eq!(it.collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        logged.iter().map(|e| e.event).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     assert_eq!(events(&log), vec![1, 2, 3]);
 }
 
 #[test]
-fn event_log_apply_all_folds_in_log_order() {
+fn event_log_iter_gives_logged_events_in_log_order() {
+    let log = log_of([7, 8]);
+    let logged = log.iter();
+    assert_eq!(logged.len(), 2);
+    assert_eq!((logged[0].event, logged[1].event), (7, 8));
+    assert!(logged[0].seq < logged[1].seq);
+    assert_ne!(logged[0].id, logged[1].id);
+}
+
+#[test]
+fn event_log_apply_all_applies_in_log_order() {
     let log = log_of([1, 2, 3, 4]);
-    // Order-sensitive fold: the digits in log order.
-    let digits = log.apply_all(String::from(">"), |mut s, e| {
+    // Order-sensitive: the digits in log order.
+    let mut digits = String::from(">");
+    log.apply_all(&mut digits, |e, s: &mut String| s.push_str(&e.to_string()));
+    assert_eq!(digits, ">1234");
+    let mut sum = 10u32;
+    log.apply_all(&mut sum, |e, acc| *acc += e);
+    assert_eq!(sum, 20);
+    let collected: Vec<u32> = log.apply_all_default(|e, v: &mut Vec<u32>| v.push(e * 10));
+    assert_eq!(collected, vec![10, 20, 30, 40]);
+    let empty: Vec<u32> =
+        EventLog::<u32>::new().apply_all_default(|e, v: &mut Vec<u32>| v.push(*e));
+    assert!(empty.is_empty());
+}
+
+#[test]
+fn event_log_apply_all_may_append_to_the_log() {
+    let log = log_of([1, 2]);
+    let mut seen = 0;
+    log.apply_all(&mut seen, |e, n| {
+        *n += 1;
+        log.append(e + 10);
+    });
+    assert_eq!(seen, 2);
+    assert_eq!(events(&log), vec![1, 2, 11, 12]);
+}
+
+#[test]
+fn event_log_fold_folds_in_log_order() {
+    let log = log_of([1, 2, 3, 4]);
+    let digits = log.fold(String::from(">"), |mut s, e| {
         s.push_str(&e.to_string());
         s
     });
     assert_eq!(digits, ">1234");
-    let sum = log.apply_all(10u32, |acc, e| acc + e);
-    assert_eq!(sum, 20);
-    let collected: Vec<u32> = log.apply_all_default(|mut v: Vec<u32>, e| {
-        v.push(e * 10);
-        v
-    });
-    assert_eq!(collected, vec![10, 20, 30, 40]);
-    let empty: Vec<u32> = EventLog::<u32>::new().apply_all_default(|mut v: Vec<u32>, e| {
-        v.push(*e);
-        v
-    });
-    assert!(empty.is_empty());
+    assert_eq!(log.fold(10u32, |acc, e| acc + e), 20);
 }
 
 #[test]

@@ -221,7 +221,7 @@ async fn demo(
             .await
         {
             Ok(invoice) => {
-                let trail: Vec<String> = orchestrator.context(id).await?.trail.iter().collect();
+                let trail: Vec<String> = orchestrator.context(id).await?.trail.events().collect();
                 println!("{invoice}  [{}]", trail.join(", "));
                 invoices.push(invoice);
             }

@@ -341,7 +341,7 @@ impl Side {
             assert_eq!(info.status, RunStatus::Completed, "run {run}: {info:?}");
             assert_eq!(info.output, Some(serde_json::json!(n + 3)), "run {run}");
             let log = self.orchestrator.context(run).await.expect("context");
-            let mut events: Vec<String> = log.events.iter().collect();
+            let mut events: Vec<String> = log.events.events().collect();
             events.sort();
             assert_eq!(
                 events,

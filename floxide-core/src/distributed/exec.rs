@@ -126,9 +126,9 @@ where
             outputs.into_iter().next().map(|o| (run_id, o)),
             next.map(|t| *t),
         )),
-        StepEnd::Retried
-        | StepEnd::Failed
-        | StepEnd::DeadLettered
+        StepEnd::Retried(_)
+        | StepEnd::Failed(_)
+        | StepEnd::DeadLettered(_)
         | StepEnd::Abandoned { .. }
         | StepEnd::Released => Ok((None, None)),
     }
@@ -154,14 +154,15 @@ pub(crate) enum StepEnd<O> {
         /// How long the node ran (its last execution, for a held step run again).
         ran: Duration,
     },
-    /// The node failed and its retry is scheduled.
-    Retried,
-    /// The node failed with no retry left: the item was dead-lettered and the run failed.
-    Failed,
-    /// The item was dead-lettered without a failure of its node: the item or the run's context
-    /// could not be decoded, the run's deadline passed, or the context could not be serialized
-    /// after the step.
-    DeadLettered,
+    /// The node failed (with this error) and its retry is scheduled.
+    Retried(FloxideError),
+    /// The node failed (with this error) with no retry left: the item was dead-lettered and the
+    /// run failed.
+    Failed(FloxideError),
+    /// The item was dead-lettered (for this reason) without a failure of its node: the item or
+    /// the run's context could not be decoded, the run's deadline passed, or the context could
+    /// not be serialized after the step.
+    DeadLettered(String),
     /// Given up, nothing applied: the lease was lost (`lease_lost`) or the run is no longer
     /// active.
     Abandoned {
@@ -235,12 +236,15 @@ async fn dead_letter<O>(
             &taken.lease,
             StepFailed {
                 node: taken.node.clone(),
-                error,
+                error: error.clone(),
                 retry_after: None,
             },
         )
         .await?;
-    Ok(StepEnd::after_failure(outcome, StepEnd::DeadLettered))
+    Ok(StepEnd::after_failure(
+        outcome,
+        StepEnd::DeadLettered(error),
+    ))
 }
 
 async fn execute_inner<C, W>(
@@ -399,8 +403,8 @@ where
                 )
                 .await?;
             let recorded = match retry_after {
-                Some(_) => StepEnd::Retried,
-                None => StepEnd::Failed,
+                Some(_) => StepEnd::Retried(error),
+                None => StepEnd::Failed(error),
             };
             return Ok(StepEnd::after_failure(outcome, recorded));
         }

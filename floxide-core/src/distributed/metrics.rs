@@ -47,9 +47,9 @@ pub(crate) const QUEUE_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) fn step_ended<O>(workflow: &'static str, node: &str, end: &StepEnd<O>) {
     let outcome = match end {
         StepEnd::Committed { .. } => "committed",
-        StepEnd::Retried => "retried",
-        StepEnd::Failed => "failed",
-        StepEnd::DeadLettered => "dead_lettered",
+        StepEnd::Retried(_) => "retried",
+        StepEnd::Failed(_) => "failed",
+        StepEnd::DeadLettered(_) => "dead_lettered",
         StepEnd::Abandoned { .. } => "abandoned",
         StepEnd::Released => "released",
     };
@@ -60,13 +60,13 @@ pub(crate) fn step_ended<O>(workflow: &'static str, node: &str, end: &StepEnd<O>
             histogram!(STEP_DURATION, "workflow" => workflow, "node" => node.to_owned())
                 .record(ran.as_secs_f64());
         }
-        StepEnd::Failed | StepEnd::DeadLettered => {
+        StepEnd::Failed(_) | StepEnd::DeadLettered(_) => {
             counter!(DEAD_LETTERS, "workflow" => workflow).increment(1);
         }
         StepEnd::Abandoned { lease_lost: true } => {
             counter!(LEASES_LOST, "workflow" => workflow).increment(1);
         }
-        StepEnd::Retried | StepEnd::Abandoned { lease_lost: false } | StepEnd::Released => {}
+        StepEnd::Retried(_) | StepEnd::Abandoned { lease_lost: false } | StepEnd::Released => {}
     }
 }
 

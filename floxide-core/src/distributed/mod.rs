@@ -12,38 +12,84 @@
 //! everything in memory; `floxide-redis` provides the Redis backend.
 
 mod backend;
+mod compat;
 pub(crate) mod exec;
 mod memory;
 mod metrics;
-mod orchestrator;
+pub mod orchestrator;
 mod pool;
 mod runner;
 mod step;
-mod stores;
-mod types;
-pub(crate) mod worker;
+pub mod types;
+pub mod worker;
+
+// The module paths of Floxide 3.x (`floxide::distributed::context_store::ContextStore`, ...).
+// `orchestrator`, `types` and `worker` are the modules above.
+
+/// The context store of Floxide 3.x.
+pub mod context_store {
+    pub use super::compat::{ContextStore, ContextStoreError, InMemoryContextStore};
+}
+/// The error store of Floxide 3.x.
+pub mod error_store {
+    pub use super::compat::{ErrorStore, ErrorStoreError, InMemoryErrorStore};
+}
+/// [`EventLog`](crate::EventLog), at its Floxide 3.x path.
+pub mod event_log {
+    pub use crate::merge::{EventLog, LoggedEvent};
+}
+/// The liveness store of Floxide 3.x.
+pub mod liveness_store {
+    pub use super::compat::{InMemoryLivenessStore, LivenessStore, LivenessStoreError};
+    pub use super::types::{WorkerHealth, WorkerStatus};
+}
+/// The metrics store of Floxide 3.x.
+pub mod metrics_store {
+    pub use super::compat::{InMemoryMetricsStore, MetricsError, MetricsStore};
+}
+/// The run store of Floxide 3.x.
+pub mod run_info_store {
+    pub use super::compat::{InMemoryRunInfoStore, RunInfoError, RunInfoStore};
+}
+/// The work-item state store of Floxide 3.x.
+pub mod work_item_store {
+    pub use super::compat::{
+        InMemoryWorkItemStateStore, WorkItemState, WorkItemStateStore, WorkItemStateStoreError,
+    };
+    pub use super::types::WorkItemStatus;
+}
+/// The work queue of Floxide 3.x.
+pub mod work_queue {
+    pub use super::compat::{InMemoryWorkQueue, WorkQueue, WorkQueueError};
+}
 
 #[cfg(feature = "prometheus")]
 pub use self::metrics::install_prometheus_exporter;
 pub use self::metrics::{describe_metrics, record_queue_stats};
-pub use crate::merge::EventLog;
+pub use crate::merge::{EventLog, LoggedEvent};
 pub use backend::{
     Backend, CommitOutcome, DistributedError, Lease, LeaseState, NewItem, NextTake, QueueStats,
     RunAction, RunWatch, StartRun, StepCommit, StepFailed, TakeOptions, Taken, VersionedContext,
 };
-pub use exec::new_run_id;
-pub use memory::{
-    InMemoryBackend, InMemoryContextStore, InMemoryErrorStore, InMemoryLivenessStore,
-    InMemoryMetricsStore, InMemoryRunInfoStore, InMemoryWorkItemStateStore, InMemoryWorkQueue,
+#[doc(hidden)]
+pub use compat::{kind, StoreBinding, StoreKind, StoreParts, StoreView};
+pub(crate) use compat::{
+    start_distributed as compat_start_distributed, step_distributed as compat_step_distributed,
 };
+pub use compat::{
+    ContextStore, ContextStoreError, ErrorStore, ErrorStoreError, InMemoryContextStore,
+    InMemoryErrorStore, InMemoryLivenessStore, InMemoryMetricsStore, InMemoryRunInfoStore,
+    InMemoryWorkItemStateStore, InMemoryWorkQueue, ItemProcessedOutcome, LivenessStore,
+    LivenessStoreError, MetricsError, MetricsStore, RunInfoError, RunInfoStore, StepCallbacks,
+    StepError, Unsupported, WorkItemState, WorkItemStateStore, WorkItemStateStoreError, WorkQueue,
+    WorkQueueError,
+};
+pub use exec::new_run_id;
+pub use memory::InMemoryBackend;
 pub use orchestrator::{DistributedOrchestrator, OrchestratorBuilder};
 pub use pool::WorkerPool;
 pub use runner::{run_worker, run_worker_main, shutdown_signal, WorkerArgs};
 pub use step::{current_step, StepContext};
-pub use stores::{
-    ContextStore, ErrorStore, LivenessStore, MetricsStore, RunInfoStore, StoreParts,
-    WorkItemStateStore, WorkQueue,
-};
 pub use types::{
     DeadLetter, LivenessStatus, NodeTiming, RunId, RunInfo, RunMetrics, RunStatus, WorkItemInfo,
     WorkItemStatus, WorkerHealth, WorkerId, WorkerStatus, WorkflowError,

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::distributed::backend::{Backend, DistributedError, RunAction};
+use crate::distributed::compat::StoreParts;
 use crate::distributed::exec::{codec_error, decode, start_run};
-use crate::distributed::stores::StoreParts;
 use crate::distributed::worker::store_setters;
 use crate::distributed::{
     DeadLetter, RunId, RunInfo, RunMetrics, RunStatus, WorkItemInfo, WorkerHealth, WorkflowError,

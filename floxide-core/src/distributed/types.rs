@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::ItemId;
 
+// The other names of the Floxide 3.x module `floxide::distributed::types`.
+pub use super::compat::{
+    ErrorStoreError, ItemProcessedOutcome, LivenessStoreError, StepCallbacks, StepError,
+};
+
 /// The name of a run.
 pub type RunId = String;
 

@@ -7,10 +7,13 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use crate::distributed::backend::{Backend, NextTake, TakeOptions, Taken};
+use crate::distributed::compat::StoreParts;
 use crate::distributed::exec::{step_taken, ExecConfig, StepOutput};
-use crate::distributed::stores::StoreParts;
 use crate::distributed::{RunId, WorkerHealth, WorkerId, WorkerStatus};
 use crate::{Context, FloxideError, Merge, RetryPolicy, Workflow};
+
+/// [`WorkerPool`](crate::distributed::WorkerPool) also lives here, its Floxide 3.x path.
+pub use crate::distributed::WorkerPool;
 
 /// Defaults shared by the worker settings.
 pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -77,48 +80,48 @@ macro_rules! store_setters {
             self
         }
 
-        /// The work queue.
-        pub fn queue(mut self, store: impl $crate::distributed::WorkQueue) -> Self {
-            store.attach(&mut self.parts);
+        /// The work queue (a view of the backend, like every store below).
+        pub fn queue(mut self, store: impl $crate::distributed::WorkQueue<C, W::WorkItem>) -> Self {
+            self.parts.set("queue", store.binding());
             self
         }
 
         /// The context store.
-        pub fn context_store(mut self, store: impl $crate::distributed::ContextStore) -> Self {
-            store.attach(&mut self.parts);
+        pub fn context_store(mut self, store: impl $crate::distributed::ContextStore<C>) -> Self {
+            self.parts.set("context_store", store.binding());
             self
         }
 
         /// The run-info store.
         pub fn run_info_store(mut self, store: impl $crate::distributed::RunInfoStore) -> Self {
-            store.attach(&mut self.parts);
+            self.parts.set("run_info_store", store.binding());
             self
         }
 
         /// The metrics store.
         pub fn metrics_store(mut self, store: impl $crate::distributed::MetricsStore) -> Self {
-            store.attach(&mut self.parts);
+            self.parts.set("metrics_store", store.binding());
             self
         }
 
         /// The error store.
         pub fn error_store(mut self, store: impl $crate::distributed::ErrorStore) -> Self {
-            store.attach(&mut self.parts);
+            self.parts.set("error_store", store.binding());
             self
         }
 
         /// The liveness store.
         pub fn liveness_store(mut self, store: impl $crate::distributed::LivenessStore) -> Self {
-            store.attach(&mut self.parts);
+            self.parts.set("liveness_store", store.binding());
             self
         }
 
         /// The work-item state store.
         pub fn work_item_state_store(
             mut self,
-            store: impl $crate::distributed::WorkItemStateStore,
+            store: impl $crate::distributed::WorkItemStateStore<W::WorkItem>,
         ) -> Self {
-            store.attach(&mut self.parts);
+            self.parts.set("work_item_state_store", store.binding());
             self
         }
 

@@ -54,15 +54,19 @@ impl<'de> Deserialize<'de> for EventId {
     }
 }
 
-/// One entry of the log.
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct Entry<E> {
-    /// Logical time: one more than the greatest `seq` this log held when the event was
+/// One event of an [`EventLog`] with its identity and logical time (see [`EventLog::iter`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LoggedEvent<E> {
+    /// Logical time: one more than the greatest `seq` the log held when the event was
     /// appended. Orders causally related events without reading any clock.
-    seq: u64,
-    id: EventId,
-    event: E,
+    pub seq: u64,
+    /// The event's identity (random; merges keep one copy per id).
+    pub id: EventId,
+    /// The event.
+    pub event: E,
 }
+
+type Entry<E> = LoggedEvent<E>;
 
 /// An append-only log of events, shared by the clones of a context.
 ///
@@ -110,8 +114,17 @@ impl<E> EventLog<E> {
         self.entries().is_empty()
     }
 
+    /// A snapshot of the events with their ids and logical times, in log order (the
+    /// Floxide 3.x signature; [`events`](Self::events) iterates over the events alone).
+    pub fn iter(&self) -> Vec<LoggedEvent<E>>
+    where
+        E: Clone,
+    {
+        self.entries().clone()
+    }
+
     /// A snapshot of the events, in log order.
-    pub fn iter(&self) -> std::vec::IntoIter<E>
+    pub fn events(&self) -> std::vec::IntoIter<E>
     where
         E: Clone,
     {
@@ -132,23 +145,40 @@ impl<E> EventLog<E> {
         snapshot.into_iter()
     }
 
-    /// Folds the events, in log order, into `initial` with `apply`.
-    pub fn apply_all<S, F>(&self, initial: S, mut apply: F) -> S
+    /// Applies every event, in log order, to `state` with `apply`.
+    ///
+    /// The log is not locked while `apply` runs (it sees a snapshot), so `apply` may read or
+    /// append to this log.
+    pub fn apply_all<S, F>(&self, state: &mut S, mut apply: F)
+    where
+        F: FnMut(&E, &mut S),
+        E: Clone,
+    {
+        for event in self.events() {
+            apply(&event, state);
+        }
+    }
+
+    /// Applies every event, in log order, to `S::default()` with `apply`, and returns it.
+    pub fn apply_all_default<S, F>(&self, apply: F) -> S
+    where
+        S: Default,
+        F: FnMut(&E, &mut S),
+        E: Clone,
+    {
+        let mut state = S::default();
+        self.apply_all(&mut state, apply);
+        state
+    }
+
+    /// Folds the events, in log order, into `initial` with `f`.
+    pub fn fold<S, F>(&self, initial: S, mut f: F) -> S
     where
         F: FnMut(S, &E) -> S,
     {
         self.entries()
             .iter()
-            .fold(initial, |state, entry| apply(state, &entry.event))
-    }
-
-    /// Folds the events, in log order, into `S::default()` with `apply`.
-    pub fn apply_all_default<S, F>(&self, apply: F) -> S
-    where
-        S: Default,
-        F: FnMut(S, &E) -> S,
-    {
-        self.apply_all(S::default(), apply)
+            .fold(initial, |state, entry| f(state, &entry.event))
     }
 
     /// A copy that shares nothing with this log.

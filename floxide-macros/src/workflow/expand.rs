@@ -117,28 +117,68 @@ pub fn expand_items(def: &WorkflowDef) -> TokenStream {
     }
 }
 
-/// `WorkItem` for the work-item enum. It depends only on the node list, so a workflow that
-/// failed validation gets the same impl.
+/// `WorkItem`, `Display` and `PartialEq` for the work-item enum. They depend only on the node
+/// list and entries, so a workflow that failed validation gets the same impls.
 fn work_item_impl(names: &Names) -> TokenStream {
     let item_enum = &names.item_enum;
     let nodes = names.def.nodes();
-    let id_arms = nodes.iter().map(|n| {
-        let v = variant_name(&n.ident);
-        quote!(#item_enum::#v(id, _) => id,)
-    });
-    let name_arms = nodes.iter().map(|n| {
-        let v = variant_name(&n.ident);
-        let s = n.ident.to_string();
-        quote!(#item_enum::#v(..) => #s,)
-    });
+    let variants: Vec<Ident> = nodes.iter().map(|n| variant_name(&n.ident)).collect();
+    let node_strs: Vec<String> = nodes.iter().map(|n| n.ident.to_string()).collect();
+    let variant_strs: Vec<String> = variants.iter().map(Ident::to_string).collect();
+    let terminals: Vec<&Ident> = nodes
+        .iter()
+        .zip(&variants)
+        .filter(|(n, _)| {
+            names
+                .def
+                .entry(&n.ident)
+                .is_some_and(|e| e.body.has_terminal())
+        })
+        .map(|(_, v)| v)
+        .collect();
+    let inputs: Vec<TokenStream> = nodes.iter().map(|n| names.node_input(n)).collect();
     quote! {
         #[automatically_derived]
         impl ::floxide::WorkItem for #item_enum {
             fn instance_id(&self) -> ::floxide::ItemId {
-                match *self { #(#id_arms)* }
+                match *self { #(#item_enum::#variants(id, _) => id,)* }
             }
             fn node_name(&self) -> &'static str {
-                match *self { #(#name_arms)* }
+                match *self { #(#item_enum::#variants(..) => #node_strs,)* }
+            }
+            fn is_terminal(&self) -> bool {
+                #[allow(unreachable_patterns)]
+                match *self {
+                    #(#item_enum::#terminals(..) => true,)*
+                    _ => false,
+                }
+            }
+        }
+
+        /// The node's variant and its input, as in Floxide 3.x: `Greet("ada")`.
+        #[automatically_derived]
+        impl ::core::fmt::Display for #item_enum {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                match *self {
+                    #(#item_enum::#variants(_, ref input) => {
+                        ::core::write!(f, "{}({:?})", #variant_strs, input)
+                    })*
+                }
+            }
+        }
+
+        /// Equal items: same node, id and input. Usable when every node input is `PartialEq`.
+        #[automatically_derived]
+        impl ::core::cmp::PartialEq for #item_enum
+        where
+            #(for<'__floxide> #inputs: ::core::cmp::PartialEq,)*
+        {
+            fn eq(&self, other: &Self) -> bool {
+                #[allow(unreachable_patterns)]
+                match (self, other) {
+                    #((#item_enum::#variants(a, x), #item_enum::#variants(b, y)) => a == b && x == y,)*
+                    _ => false,
+                }
             }
         }
     }
@@ -449,7 +489,7 @@ fn push_all(
 
 /// One arm of a branching node: its pattern, guard and routing.
 fn arm_code(names: &Names, node: &FieldDef, arm: &ArmDef, output: &TokenStream) -> TokenStream {
-    let pat = &arm.pat;
+    let pat = &forward_wildcard_fields(&arm.pat);
     let guard = arm.guard.as_ref().map(|g| quote!(if #g));
     let node_out = names.node_output(node);
     let wildcard = matches!(pat, Pat::Wild(_));
@@ -520,6 +560,41 @@ fn arm_code(names: &Names, node: &FieldDef, arm: &ArmDef, output: &TokenStream) 
         quote!(#(#pushes)*)
     };
     quote!(#pat #guard => { #body })
+}
+
+/// `Enum::Variant(_)` binds the variant's payload (as in Floxide 3.x, where `_` in the variant
+/// forwards it to the successor): a tuple-variant pattern whose fields are all `_` gets a fresh
+/// binding for each, in each alternative of an or-pattern. Other patterns are unchanged.
+fn forward_wildcard_fields(pat: &Pat) -> Pat {
+    match pat {
+        Pat::TupleStruct(p)
+            if !p.elems.is_empty() && p.elems.iter().all(|e| matches!(e, Pat::Wild(_))) =>
+        {
+            let mut p = p.clone();
+            for (i, elem) in p.elems.iter_mut().enumerate() {
+                let ident = Ident::new(
+                    &format!("__floxide_field{i}"),
+                    syn::spanned::Spanned::span(&*elem),
+                );
+                *elem = Pat::Ident(syn::PatIdent {
+                    attrs: Vec::new(),
+                    by_ref: None,
+                    mutability: None,
+                    ident,
+                    subpat: None,
+                });
+            }
+            Pat::TupleStruct(p)
+        }
+        Pat::Or(p) => {
+            let mut p = p.clone();
+            for case in p.cases.iter_mut() {
+                *case = forward_wildcard_fields(case);
+            }
+            Pat::Or(p)
+        }
+        other => other.clone(),
+    }
 }
 
 /// The names a pattern binds, in order (the first alternative of an or-pattern).

@@ -12,10 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-pub use parts::{
-    InMemoryContextStore, InMemoryErrorStore, InMemoryLivenessStore, InMemoryMetricsStore,
-    InMemoryRunInfoStore, InMemoryWorkItemStateStore, InMemoryWorkQueue,
-};
+use parts::{ContextsPart, ErrorsPart, ItemsPart, LivenessPart, MetricsPart, QueuePart, RunsPart};
 use parts::{ItemRecord, ItemsState, QueueState, RunItems};
 
 use crate::distributed::backend::{
@@ -39,13 +36,13 @@ use crate::ItemId;
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct InMemoryBackend {
-    pub(crate) runs: InMemoryRunInfoStore,
-    pub(crate) items: InMemoryWorkItemStateStore,
-    pub(crate) queue: InMemoryWorkQueue,
-    pub(crate) contexts: InMemoryContextStore,
-    pub(crate) metrics: InMemoryMetricsStore,
-    pub(crate) errors: InMemoryErrorStore,
-    pub(crate) liveness: InMemoryLivenessStore,
+    pub(crate) runs: RunsPart,
+    pub(crate) items: ItemsPart,
+    pub(crate) queue: QueuePart,
+    pub(crate) contexts: ContextsPart,
+    pub(crate) metrics: MetricsPart,
+    pub(crate) errors: ErrorsPart,
+    pub(crate) liveness: LivenessPart,
 }
 
 impl InMemoryBackend {
@@ -54,54 +51,9 @@ impl InMemoryBackend {
         Self::default()
     }
 
-    /// A backend over existing stores (what the per-store builder setters assemble).
-    pub fn from_stores(
-        queue: InMemoryWorkQueue,
-        contexts: InMemoryContextStore,
-        runs: InMemoryRunInfoStore,
-        metrics: InMemoryMetricsStore,
-        errors: InMemoryErrorStore,
-        liveness: InMemoryLivenessStore,
-        items: InMemoryWorkItemStateStore,
-    ) -> Self {
-        InMemoryBackend {
-            runs,
-            items,
-            queue,
-            contexts,
-            metrics,
-            errors,
-            liveness,
-        }
-    }
-
-    /// The work queue.
-    pub fn queue(&self) -> InMemoryWorkQueue {
-        self.queue.clone()
-    }
-    /// The context store.
-    pub fn context_store(&self) -> InMemoryContextStore {
-        self.contexts.clone()
-    }
-    /// The run-info store.
-    pub fn run_info_store(&self) -> InMemoryRunInfoStore {
-        self.runs.clone()
-    }
-    /// The metrics store.
-    pub fn metrics_store(&self) -> InMemoryMetricsStore {
-        self.metrics.clone()
-    }
-    /// The error store.
-    pub fn error_store(&self) -> InMemoryErrorStore {
-        self.errors.clone()
-    }
-    /// The liveness store.
-    pub fn liveness_store(&self) -> InMemoryLivenessStore {
-        self.liveness.clone()
-    }
-    /// The work-item state store.
-    pub fn work_item_state_store(&self) -> InMemoryWorkItemStateStore {
-        self.items.clone()
+    /// Whether both values are handles to the same stores.
+    pub fn same_backend(&self, other: &InMemoryBackend) -> bool {
+        Arc::ptr_eq(&self.runs.part, &other.runs.part)
     }
 
     /// Replaces the stored bytes of a pending item (for tests of corrupt items).

@@ -29,7 +29,7 @@ macro_rules! part {
     ($(#[$doc:meta])* $name:ident, $state:ty) => {
         $(#[$doc])*
         #[derive(Clone, Default)]
-        pub struct $name {
+        pub(crate) struct $name {
             pub(crate) part: Arc<Part<$state>>,
         }
 
@@ -40,16 +40,6 @@ macro_rules! part {
         }
 
         impl $name {
-            /// An empty store.
-            pub fn new() -> Self {
-                Self::default()
-            }
-
-            /// Whether both handles refer to the same store.
-            pub fn same_store(&self, other: &Self) -> bool {
-                Arc::ptr_eq(&self.part, &other.part)
-            }
-
             pub(crate) fn lock(&self) -> MutexGuard<'_, $state> {
                 lock(&self.part.state)
             }
@@ -77,37 +67,37 @@ impl<S: Default> Default for Part<S> {
 
 part!(
     /// Run records and idempotency keys (in memory).
-    InMemoryRunInfoStore,
+    RunsPart,
     RunsState
 );
 part!(
     /// The state of every work item of every run (in memory).
-    InMemoryWorkItemStateStore,
+    ItemsPart,
     ItemsState
 );
 part!(
     /// The ready, delayed and leased queues and the dead-letter list (in memory).
-    InMemoryWorkQueue,
+    QueuePart,
     QueueState
 );
 part!(
     /// Run contexts with their versions, as serialized bytes (in memory).
-    InMemoryContextStore,
+    ContextsPart,
     ContextsState
 );
 part!(
     /// Per-run counters (in memory).
-    InMemoryMetricsStore,
+    MetricsPart,
     MetricsState
 );
 part!(
     /// Per-run failure records (in memory).
-    InMemoryErrorStore,
+    ErrorsPart,
     ErrorsState
 );
 part!(
     /// Worker health reports (in memory).
-    InMemoryLivenessStore,
+    LivenessPart,
     LivenessState
 );
 
