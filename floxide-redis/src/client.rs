@@ -39,6 +39,9 @@ impl From<RedisBackendError> for floxide_core::FloxideError {
     }
 }
 
+/// The Floxide 3.x name of [`RedisBackendError`], the error of [`RedisClient::new`].
+pub type RedisClientError = RedisBackendError;
+
 /// A connection to Redis for the backend: a shared, reconnecting connection for commands,
 /// dedicated connections for blocking waits, and a subscription to run events.
 ///
@@ -215,6 +218,17 @@ impl RedisClient {
     /// The settings.
     pub fn config(&self) -> &RedisConfig {
         &self.inner.config
+    }
+
+    /// The key prefix of this deployment (Floxide 3.x).
+    pub fn key_prefix(&self) -> &str {
+        self.inner.config.key_prefix()
+    }
+
+    /// `key` under this deployment's prefix (Floxide 3.x), for keys of your own next to
+    /// Floxide's.
+    pub fn prefixed_key(&self, key: &str) -> String {
+        format!("{}{key}", self.key_prefix())
     }
 
     /// The shared command connection (reconnects by itself).

@@ -67,6 +67,11 @@ impl RedisConfig {
         self
     }
 
+    /// The Floxide 3.x name of [`with_connect_timeout`](Self::with_connect_timeout).
+    pub fn with_connection_timeout(self, timeout: Duration) -> Self {
+        self.with_connect_timeout(timeout)
+    }
+
     /// How long a command may take to answer (default 10 s; blocking waits are not bounded
     /// by it).
     pub fn with_response_timeout(mut self, timeout: Duration) -> Self {

@@ -69,7 +69,7 @@ mod stores;
 pub mod testing;
 
 pub use backend::RedisBackend;
-pub use client::{RedisBackendError, RedisClient};
+pub use client::{RedisBackendError, RedisClient, RedisClientError};
 pub use config::RedisConfig;
 pub use stats::{RunProgress, Stats, WorkflowCounts};
 pub use stores::{
