@@ -134,10 +134,10 @@ async fn demo() -> Result<(usize, RunInfo, RunMetrics, Vec<String>), FloxideErro
     for line in &log {
         println!("  {line}");
     }
-    for health in pool.health().await? {
+    for health in pool.try_health().await? {
         println!("worker {}: {:?}", health.worker_id, health.status);
     }
-    pool.stop().await?;
+    pool.try_stop().await?;
     Ok((total, info, metrics, log))
 }
 

@@ -59,7 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let output = orchestrator
         .wait_for_output(&run, Duration::from_secs(10))
         .await?;
-    pool.stop().await?;
+    pool.try_stop().await?;
     // Flushes the spans still held by the pipeline.
     provider.shutdown()?;
     println!("run {run}: 5 * 4 = {output}");

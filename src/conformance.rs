@@ -319,7 +319,7 @@ pub async fn g1_crashed_worker_item_is_rerun<B: Backend>(backend: B) {
     // Another worker takes over once the lease has expired.
     let mut survivors = pool(wf, &backend, 1);
     let info = finish(&o, &run).await;
-    survivors.stop().await.unwrap();
+    survivors.try_stop().await.unwrap();
     assert_eq!(
         info.status,
         RunStatus::Completed,
@@ -370,7 +370,7 @@ pub async fn g2_zombie_commit_is_rejected<B: Backend>(backend: B) {
     gate.release();
     let late = zombie_step.await.unwrap().unwrap();
     assert!(late.is_none(), "G2: the zombie's step must not commit");
-    healthy.stop().await.unwrap();
+    healthy.try_stop().await.unwrap();
     let trace = o.context(&run).await.unwrap();
     assert_eq!(
         trace.count("b:2"),
@@ -449,7 +449,7 @@ pub async fn g3_parallel_branches_keep_every_change<B: Backend>(backend: B) {
     let run = o.start_run(&ctx(), 0).await.unwrap();
     let mut workers = pool(wf, &backend, 8);
     let info = finish(&o, &run).await;
-    workers.stop().await.unwrap();
+    workers.try_stop().await.unwrap();
     assert_eq!(info.status, RunStatus::Completed);
     let trace = o.context(&run).await.unwrap();
     let events: BTreeSet<String> = trace.events.events().collect();
@@ -513,7 +513,7 @@ pub async fn g3_joins_fire_exactly_once<B: Backend>(backend: B) {
         );
         assert_eq!(trace.arrived.snapshot().await.len(), 10);
     }
-    workers.stop().await.unwrap();
+    workers.try_stop().await.unwrap();
 }
 
 /// G7: cancelling a run stops new steps at once and fires the in-flight step's token.
@@ -541,7 +541,7 @@ pub async fn g7_cancel_stops_the_run<B: Backend>(backend: B) {
     );
     gate.release();
     tokio::time::sleep(LEASE * 3).await;
-    workers.stop().await.unwrap();
+    workers.try_stop().await.unwrap();
     let trace = o.context(&run).await.unwrap();
     assert_eq!(trace.count("c:3"), 0, "G7: a node executed after cancel");
     assert_eq!(trace.count("b:2"), 0, "G7: the cancelled step committed");
@@ -575,7 +575,7 @@ pub async fn g7_pause_holds_until_resume<B: Backend>(backend: B) {
     );
     o.resume(&run).await.unwrap();
     let info = finish(&o, &run).await;
-    workers.stop().await.unwrap();
+    workers.try_stop().await.unwrap();
     assert_eq!(info.status, RunStatus::Completed);
     assert_eq!(info.output, Some(serde_json::json!(4)));
 }
@@ -614,7 +614,7 @@ pub async fn completion_waits_for_every_branch<B: Backend>(backend: B) {
     );
     slow_gate.release();
     let info = finish(&o, &run).await;
-    workers.stop().await.unwrap();
+    workers.try_stop().await.unwrap();
     assert_eq!(info.status, RunStatus::Completed);
     assert_eq!(info.outputs.len(), 2, "both terminal outputs are recorded");
     assert_eq!(o.context(&run).await.unwrap().count("slow:2"), 1);
@@ -688,7 +688,7 @@ pub async fn g6_corrupt_input_is_dead_lettered<B: Backend>(backend: B) {
         RunStatus::Completed,
         "G6: the worker died"
     );
-    workers.stop().await.unwrap();
+    workers.try_stop().await.unwrap();
 }
 
 /// G6: a node that panics is a recorded failure; the worker survives.
@@ -716,7 +716,7 @@ pub async fn g6_panicking_node_is_a_failure<B: Backend>(backend: B) {
     // G5/G7: resuming the failed run re-enqueues only what failed.
     o.resume(&run).await.unwrap();
     let info = finish(&o, &run).await;
-    workers.stop().await.unwrap();
+    workers.try_stop().await.unwrap();
     assert_eq!(info.status, RunStatus::Completed);
     let trace = o.context(&run).await.unwrap();
     assert_eq!(
@@ -757,7 +757,7 @@ pub async fn g5_retries_are_scheduled<B: Backend>(backend: B) {
         "G5: {items:?}"
     );
     let info = finish(&o, &retried).await;
-    workers.stop().await.unwrap();
+    workers.try_stop().await.unwrap();
     assert_eq!(info.status, RunStatus::Completed);
     let m = o.metrics(&retried).await.unwrap();
     assert_eq!((m.retries, m.failed, m.completed), (2, 2, 1), "G5: {m:?}");
@@ -802,7 +802,7 @@ pub async fn g5_retries_are_scheduled<B: Backend>(backend: B) {
     exhausted.fail_first.store(0, Ordering::SeqCst);
     o2.requeue_dead_letter(&run, letter.item_id).await.unwrap();
     let info = finish(&o2, &run).await;
-    workers.stop().await.unwrap();
+    workers.try_stop().await.unwrap();
     assert_eq!(
         info.status,
         RunStatus::Completed,
@@ -880,7 +880,7 @@ pub async fn g6_invalid_requests_are_typed_errors<B: Backend>(backend: B) {
     ));
     let mut workers = pool(wf, &backend, 1);
     assert_eq!(o.wait_for_output(&first, PATIENCE).await.unwrap(), 4);
-    workers.stop().await.unwrap();
+    workers.try_stop().await.unwrap();
     assert!(matches!(
         o.cancel(&first).await,
         Err(FloxideError::Distributed(
@@ -936,13 +936,13 @@ pub async fn g7_runs_and_workers_are_observable<B: Backend>(backend: B) {
     }
     // Each worker reports when its task first runs, which may be after the run finished.
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    let mut health = workers.health().await.unwrap();
+    let mut health = workers.try_health().await.unwrap();
     while health.len() < 2 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        health = workers.health().await.unwrap();
+        health = workers.try_health().await.unwrap();
     }
     assert_eq!(health.len(), 2, "G7: every worker reports its health");
-    workers.stop().await.unwrap();
+    workers.try_stop().await.unwrap();
     let after = o.liveness().await.unwrap();
     assert!(
         after
@@ -975,7 +975,7 @@ pub async fn g3_successors_see_predecessor_changes<B: Backend>(backend: B) {
             "{events:?}"
         );
     }
-    workers.stop().await.unwrap();
+    workers.try_stop().await.unwrap();
 }
 
 /// Runs every check with a backend from `make` and the test attribute given.

@@ -36,6 +36,10 @@ pub use floxide_macros::{node, workflow, Merge};
 
 pub mod conformance;
 
+/// The Redis backend (the `floxide-redis` crate), with feature `redis`.
+#[cfg(feature = "redis")]
+pub use floxide_redis as redis;
+
 #[doc(hidden)]
 pub mod __private {
     pub use floxide_core::private::*;

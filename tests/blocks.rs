@@ -455,15 +455,28 @@ async fn source_counts_failed_runs() {
         }
     );
     assert_eq!(errors.len(), 5);
+}
 
+#[tokio::test(start_paused = true)]
+async fn source_run_stops_at_the_first_failed_run_as_in_3x() {
+    let wf = per_item(1, true);
     let (tx, items) = source::<(), u64>(1);
     send_all(tx, 0..4);
-    let summary = items.run(&wf, &WorkflowCtx::new(())).await.unwrap();
+    // Item 0 succeeds, item 1 fails: `run` returns that failure; items 2 and 3 stay queued
+    // for the next run of the source (a clone shares the channel).
+    let result = items.run(&wf, &WorkflowCtx::new(())).await;
+    assert_eq!(result, Err(FloxideError::generic("odd: 1")));
+    assert_eq!(wf.work.runs.load(Ordering::SeqCst), 2);
+    let again = items.clone();
+    let rest = again
+        .run_with(&wf, &WorkflowCtx::new(()), |_| {})
+        .await
+        .unwrap();
     assert_eq!(
-        summary,
+        rest,
         SourceSummary {
-            completed: 2,
-            failed: 2
+            completed: 1,
+            failed: 1
         }
     );
 }
@@ -475,7 +488,8 @@ async fn cancellation_stops_the_source() {
     tx.send(1).await.unwrap();
     let ctx = WorkflowCtx::new(());
     let started = Instant::now();
-    let (result, ()) = tokio::join!(items.with_concurrency(2).run(&wf, &ctx), async {
+    let items = items.with_concurrency(2);
+    let (result, ()) = tokio::join!(items.run(&wf, &ctx), async {
         tokio::time::sleep(Duration::from_millis(50)).await;
         ctx.cancel();
     });

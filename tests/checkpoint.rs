@@ -98,7 +98,7 @@ fn pipeline(faults: &Faults) -> Pipeline {
     }
 }
 
-fn journal(store: &InMemoryCheckpointStore, id: &str) -> Vec<String> {
+fn journal(store: &InMemoryCheckpointStore<Journal, PipelineWorkItem>, id: &str) -> Vec<String> {
     let cp: Checkpoint<Journal, PipelineWorkItem> = futures_block(CheckpointStore::load(store, id))
         .unwrap()
         .unwrap();

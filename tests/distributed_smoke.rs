@@ -98,7 +98,7 @@ async fn per_store_builders_share_state() {
             .unwrap(),
         13
     );
-    pool.stop().await.unwrap();
+    pool.try_stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -185,7 +185,7 @@ async fn a_nodes_own_retry_policy_is_not_extended_by_the_worker_policy() {
         .wait_for_completion(&run, Duration::from_secs(5))
         .await
         .unwrap();
-    pool.stop().await.unwrap();
+    pool.try_stop().await.unwrap();
     assert_eq!(info.status, RunStatus::Failed);
     assert_eq!(
         node.calls.load(std::sync::atomic::Ordering::SeqCst),
@@ -215,6 +215,6 @@ async fn pools_in_one_process_have_distinct_worker_ids() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 4);
-    one.stop().await.unwrap();
-    two.stop().await.unwrap();
+    one.try_stop().await.unwrap();
+    two.try_stop().await.unwrap();
 }

@@ -80,7 +80,7 @@ pub(crate) async fn worker(args: &Args) -> Result<serde_json::Value, String> {
     let mut pool = WorkerPool::new(worker, 4).with_grace_period(Duration::from_secs(5));
     pool.start();
     floxide::shutdown_signal().await;
-    pool.stop().await.map_err(|e| e.to_string())?;
+    pool.try_stop().await.map_err(|e| e.to_string())?;
     Ok(json!({ "worker": "stopped" }))
 }
 

@@ -157,7 +157,7 @@ async fn dist_mem_linear(args: &Args) -> Result<serde_json::Value, String> {
         }
     }
     let wall = started.elapsed().as_secs_f64();
-    pool.stop().await.map_err(|e| e.to_string())?;
+    pool.try_stop().await.map_err(|e| e.to_string())?;
     latencies.sort_by(f64::total_cmp);
     let steps = completed * 3;
     Ok(json!({

@@ -132,7 +132,7 @@ async fn drain<W: Workflow<()> + 'static>(
         .unwrap_or_default()
         .as_secs_f64()
         .max(1e-3);
-    pool.stop().await.map_err(err)?;
+    pool.try_stop().await.map_err(err)?;
     let cmds = commands(&backend).await?.saturating_sub(before);
     latencies.sort_by(f64::total_cmp);
     let steps = completed * steps_per_run;
@@ -235,7 +235,7 @@ pub(crate) async fn latency(args: &Args) -> Result<serde_json::Value, String> {
             return Err(format!("wrong result {out}"));
         }
     }
-    pool.stop().await.map_err(err)?;
+    pool.try_stop().await.map_err(err)?;
     latencies.sort_by(f64::total_cmp);
     Ok(json!({
         "framework": framework(),

@@ -364,7 +364,7 @@ async fn runs_list_show_and_wait() {
     assert_contains(&error, &["error: unknown run `nope`"]);
     d.fails(2, &["runs", "list", "--status", "bogus"]).await;
     d.fails(2, &["runs", "frobnicate"]).await;
-    pool.stop().await.unwrap();
+    pool.try_stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,7 +411,7 @@ async fn runs_pause_resume_cancel() {
         .await;
     assert_contains(&error, &["run `stuck` did not finish within 300ms"]);
     d.fails(1, &["runs", "resume", "nope"]).await;
-    pool.stop().await.unwrap();
+    pool.try_stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,7 +483,7 @@ async fn in_flight_items_and_workers() {
 
     RELEASED.store(true, Ordering::SeqCst);
     d.finished("busy").await;
-    pool.stop().await.unwrap();
+    pool.try_stop().await.unwrap();
     let workers = d.json(&["workers"]).await;
     assert_eq!(workers[0]["status"], "stopped");
     assert_eq!(workers[0]["liveness"], "stopped");
@@ -554,7 +554,7 @@ async fn dead_letters_list_requeue_and_drop() {
     d.fails(2, &["dlq", "requeue"]).await;
     d.fails(2, &["dlq", "requeue", "not-an-id"]).await;
     d.fails(2, &["dlq", "drop"]).await;
-    pool.stop().await.unwrap();
+    pool.try_stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,7 +624,7 @@ async fn stats_count_queues_and_throughput() {
     assert_eq!(stats["total"]["ready"], 0);
     let table = d.table(&["stats", "--interval", "0.2"]).await;
     assert_contains(&table, &["throughput: ", " steps/s over "]);
-    pool.stop().await.unwrap();
+    pool.try_stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

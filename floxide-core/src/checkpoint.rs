@@ -130,6 +130,20 @@ pub enum CheckpointError {
         /// What failed.
         reason: String,
     },
+    /// A store of your own failed (Floxide 3.x's catch-all).
+    #[error("Store error: {0}")]
+    Store(String),
+}
+
+/// An I/O error of a store of your own (Floxide 3.x: `?` on an `io::Result` in a store),
+/// without a path.
+impl From<std::io::Error> for CheckpointError {
+    fn from(source: std::io::Error) -> Self {
+        CheckpointError::Io {
+            path: PathBuf::new(),
+            source: Arc::new(source),
+        }
+    }
 }
 
 impl PartialEq for CheckpointError {
@@ -153,6 +167,7 @@ impl PartialEq for CheckpointError {
                 CheckpointError::Serialize { id: a, reason: x },
                 CheckpointError::Serialize { id: b, reason: y },
             ) => a == b && x == y,
+            (CheckpointError::Store(a), CheckpointError::Store(b)) => a == b,
             _ => false,
         }
     }

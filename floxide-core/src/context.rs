@@ -22,9 +22,15 @@ pub use crate::merge::SharedState;
 /// Implemented for every type with the listed traits: derive
 /// `Default, Debug, Clone, Serialize, Deserialize` on a struct and it is a context.
 /// Distributed runs also need [`Merge`](crate::Merge) to join concurrent changes.
-pub trait Context: Default + Serialize + DeserializeOwned + Debug + Clone + Send + Sync {}
+pub trait Context:
+    Default + Serialize + DeserializeOwned + Debug + Clone + Send + Sync + 'static
+{
+}
 
-impl<T: Default + Serialize + DeserializeOwned + Debug + Clone + Send + Sync> Context for T {}
+impl<T: Default + Serialize + DeserializeOwned + Debug + Clone + Send + Sync + 'static> Context
+    for T
+{
+}
 
 /// The control block of a run: the user's context (`store`), a cancellation token and an
 /// optional deadline for the whole run.
@@ -98,6 +104,14 @@ impl<S> WorkflowCtx<S> {
         &self.cancel.token
     }
 
+    /// Calls `f` with the context (Floxide 3.x; the same as `f(&ctx.store)`).
+    pub fn with_store<F, R>(&self, f: F) -> R
+    where
+        F: FnOnce(&S) -> R,
+    {
+        f(&self.store)
+    }
+
     /// Completes once the run is cancelled.
     pub async fn cancelled(&self) {
         self.cancel.token.cancelled().await;
@@ -120,7 +134,7 @@ impl<S> WorkflowCtx<S> {
     ///
     /// # Errors
     /// The future's own error, [`FloxideError::Cancelled`] or [`FloxideError::Timeout`].
-    pub async fn run_future<F, T>(&self, fut: F) -> Result<T, FloxideError>
+    pub async fn run_future<T, F>(&self, fut: F) -> Result<T, FloxideError>
     where
         F: Future<Output = Result<T, FloxideError>>,
     {

@@ -14,7 +14,7 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum FloxideError {
     /// A free-form failure raised by user code.
-    #[error("{0}")]
+    #[error("Generic error: {0}")]
     Generic(String),
 
     /// A node name that the workflow does not know.
@@ -31,20 +31,20 @@ pub enum FloxideError {
     },
 
     /// The run was cancelled through its [`WorkflowCtx`](crate::WorkflowCtx).
-    #[error("workflow cancelled")]
+    #[error("Workflow cancelled")]
     Cancelled,
 
     /// The run's deadline (see [`WorkflowCtx::set_timeout`](crate::WorkflowCtx::set_timeout))
     /// passed before it finished; holds the configured timeout.
-    #[error("workflow timed out after {0:?}")]
+    #[error("Workflow timed out after {0:?}")]
     Timeout(Duration),
 
     /// The workflow (or the run named by an id) was never started.
-    #[error("workflow not started")]
+    #[error("Workflow has not been started")]
     NotStarted,
 
     /// The workflow (or the run named by an id) has already completed.
-    #[error("workflow already completed")]
+    #[error("Workflow already completed")]
     AlreadyCompleted,
 
     /// The run ended with no work left but no terminal node produced an output: every

@@ -100,7 +100,9 @@ impl<'de> Deserialize<'de> for ItemId {
 
 /// The work-item enum that `workflow!` generates: one variant per node, holding the item's
 /// id and the node's input.
-pub trait WorkItem: Debug + Clone + Send + Sync + Serialize + DeserializeOwned + 'static {
+pub trait WorkItem:
+    Debug + fmt::Display + Clone + Send + Sync + Serialize + DeserializeOwned + 'static
+{
     /// The item's id within its run.
     fn instance_id(&self) -> ItemId;
     /// The name of the node that will execute this item (its field name in the workflow).

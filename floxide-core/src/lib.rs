@@ -22,19 +22,19 @@ pub mod workflow;
 // The other 3.x paths (`floxide::transition::Transition`, `floxide::error::FloxideError`,
 // `floxide::context::SharedState`, `floxide::merge::Fixed`, ...) are the modules above.
 
-/// [`BatchNode`](crate::BatchNode), at its Floxide 3.x path.
+/// [`BatchNode`], at its Floxide 3.x path.
 pub mod batch {
     pub use crate::blocks::BatchNode;
 }
-/// [`CompositeNode`](crate::CompositeNode), at its Floxide 3.x path.
+/// [`CompositeNode`], at its Floxide 3.x path.
 pub mod composite {
     pub use crate::blocks::CompositeNode;
 }
-/// [`source`](crate::source) and [`Source`](crate::Source), at their Floxide 3.x path.
+/// [`source`](crate::source()) and [`Source`], at their Floxide 3.x path.
 pub mod source {
     pub use crate::blocks::{source, Source, SourceSummary};
 }
-/// [`SplitNode`](crate::SplitNode), at its Floxide 3.x path.
+/// [`SplitNode`], at its Floxide 3.x path.
 pub mod split {
     pub use crate::blocks::SplitNode;
 }

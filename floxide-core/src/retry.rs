@@ -133,11 +133,45 @@ pub struct RetryNode<N> {
     pub policy: RetryPolicy,
 }
 
+impl<N> RetryNode<N> {
+    /// Wraps `inner` so that its failures are retried under `policy` (as [`with_retry`]).
+    pub fn new(inner: N, policy: RetryPolicy) -> Self {
+        RetryNode { inner, policy }
+    }
+}
+
 /// Wraps `node` so that its failures are retried under `policy`.
 pub fn with_retry<N>(node: N, policy: RetryPolicy) -> RetryNode<N> {
-    RetryNode {
-        inner: node,
-        policy,
+    RetryNode::new(node, policy)
+}
+
+/// Waiting between attempts (Floxide 3.x): on a [`WorkflowCtx`](crate::WorkflowCtx) the wait
+/// ends early with its cancellation or deadline; on a bare context it is a plain sleep.
+#[async_trait::async_trait]
+pub trait RetryDelay {
+    /// Waits `dur`.
+    ///
+    /// # Errors
+    /// [`FloxideError::Cancelled`] or [`FloxideError::Timeout`] from a `WorkflowCtx`.
+    async fn wait(&self, dur: Duration) -> Result<(), FloxideError>;
+}
+
+#[async_trait::async_trait]
+impl<S: crate::Context> RetryDelay for crate::WorkflowCtx<S> {
+    async fn wait(&self, dur: Duration) -> Result<(), FloxideError> {
+        self.run_future(async {
+            tokio::time::sleep(dur).await;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: crate::Context> RetryDelay for S {
+    async fn wait(&self, dur: Duration) -> Result<(), FloxideError> {
+        tokio::time::sleep(dur).await;
+        Ok(())
     }
 }
 

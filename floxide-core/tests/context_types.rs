@@ -45,12 +45,12 @@ fn event_log_append_preserves_order() {
     let log = EventLog::new();
     let mut returned = Vec::new();
     for e in [5u32, 3, 9, 3, 1, 100, 0] {
-        returned.push(log.append(e));
+        returned.push(log.append_with_id(e));
     }
     assert_eq!(events(&log), vec![5, 3, 9, 3, 1, 100, 0]);
     assert_eq!(log.len(), 7);
     assert!(!log.is_empty());
-    // `append` returns the id stored with the event; equal payloads get distinct ids.
+    // `append_with_id` returns the id stored with the event; equal payloads get distinct ids.
     let with_ids: Vec<(EventId, u32)> = log.iter_with_ids().collect();
     assert_eq!(
         with_ids.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
@@ -194,9 +194,9 @@ fn event_log_concurrent_order_does_not_follow_the_clock() {
     for _ in 0..64 {
         let base = log_of([0]);
         let (early, late) = (base.deep_clone(), base.deep_clone());
-        let early_id = early.append(1);
+        let early_id = early.append_with_id(1);
         std::thread::sleep(Duration::from_millis(1));
-        let late_id = late.append(2);
+        let late_id = late.append_with_id(2);
 
         let one = merged(&early, &late);
         let two = merged(&late, &early);

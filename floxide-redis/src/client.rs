@@ -127,7 +127,13 @@ impl RedisClient {
             url: redact(&config.url),
             reason,
         };
-        let base = redis::Client::open(config.url.as_str()).map_err(|e| invalid(e.to_string()))?;
+        // As in Floxide 3.x, `host:port` without a scheme means `redis://host:port`.
+        let url = if config.url.contains("://") || config.url.starts_with("unix:") {
+            config.url.clone()
+        } else {
+            format!("redis://{}", config.url)
+        };
+        let base = redis::Client::open(url.as_str()).map_err(|e| invalid(e.to_string()))?;
         let mut info = base.get_connection_info().clone();
         let mut settings = info.redis_settings().clone();
         if let Some(user) = &config.username {

@@ -123,7 +123,7 @@ async fn seed_shaped_worker_builder_runs_on_redis_stores() {
         .await
         .unwrap();
     assert_eq!(items.len(), 4);
-    pool.stop().await.unwrap();
+    pool.try_stop().await.unwrap();
 }
 
 struct Count(Mutex<Vec<String>>);

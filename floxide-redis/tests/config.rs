@@ -41,7 +41,7 @@ async fn runs_a_workflow(client: RedisClient) {
     let mut pool = WorkerPool::new(worker, 1).with_grace_period(Duration::from_millis(100));
     pool.start();
     let output = o.wait_for_output(&run, Duration::from_secs(20)).await;
-    pool.stop().await.unwrap();
+    pool.try_stop().await.unwrap();
     assert_eq!(output.unwrap(), 3);
 }
 
@@ -376,4 +376,14 @@ async fn clear_removes_only_its_prefixes_keys() {
     assert!(o.list_runs(None).await.unwrap().is_empty());
     // The cleared deployment is usable again.
     runs_a_workflow(mine).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_without_scheme_means_redis_as_in_3x() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let bare = format!("127.0.0.1:{}", server.port());
+    let client = RedisClient::new(RedisConfig::new(bare).with_key_prefix("bare:"))
+        .await
+        .expect("host:port is a redis:// URL");
+    runs_a_workflow(client).await;
 }

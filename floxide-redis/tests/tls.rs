@@ -71,7 +71,7 @@ async fn runs_complete_over_tls_with_a_private_ca() {
             .unwrap(),
         20
     );
-    pool.stop().await.unwrap();
+    pool.try_stop().await.unwrap();
 }
 
 #[tokio::test]

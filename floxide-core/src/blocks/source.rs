@@ -4,7 +4,9 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Mutex};
 
 use crate::{Context, FloxideError, Workflow, WorkflowCtx};
 
@@ -28,19 +30,27 @@ use crate::{Context, FloxideError, Workflow, WorkflowCtx};
 /// ```
 pub fn source<C, O>(capacity: usize) -> (mpsc::Sender<O>, Source<C, O>) {
     let (tx, items) = mpsc::channel(capacity.max(1));
-    let source = Source {
-        items,
-        concurrency: 1,
-        _context: PhantomData,
-    };
-    (tx, source)
+    (tx, Source::new(items))
 }
 
 /// The receiving end of [`source`]: runs a workflow once per received item.
+///
+/// Clones share the channel: items are received by whichever clone is running (one at a
+/// time).
 pub struct Source<C, O> {
-    items: mpsc::Receiver<O>,
+    items: Arc<Mutex<mpsc::Receiver<O>>>,
     concurrency: usize,
     _context: PhantomData<fn(&C)>,
+}
+
+impl<C, O> Clone for Source<C, O> {
+    fn clone(&self) -> Self {
+        Source {
+            items: Arc::clone(&self.items),
+            concurrency: self.concurrency,
+            _context: PhantomData,
+        }
+    }
 }
 
 /// What a source's runs came to.
@@ -53,6 +63,15 @@ pub struct SourceSummary {
 }
 
 impl<C, O> Source<C, O> {
+    /// A source fed by `items` (what [`source`] builds around a new channel).
+    pub fn new(items: mpsc::Receiver<O>) -> Self {
+        Source {
+            items: Arc::new(Mutex::new(items)),
+            concurrency: 1,
+            _context: PhantomData,
+        }
+    }
+
     /// Runs up to `n` workflow runs at a time (default 1, one after the other); 0 is treated
     /// as 1. The runs are futures polled by the task driving the source, not spawned tasks.
     pub fn with_concurrency(mut self, n: usize) -> Self {
@@ -69,34 +88,42 @@ impl<C, O> Source<C, O> {
 impl<C: Context, O> Source<C, O> {
     /// Runs `wf` under `ctx` once per received item, at most
     /// [`concurrency`](Self::with_concurrency) at a time, until every sender is dropped and
-    /// every run has finished. Failed runs are logged (`tracing::warn!`) and counted.
+    /// every run has finished, or a run fails (as in Floxide 3.x): then the other runs in
+    /// flight are dropped and the failure is returned. [`run_with`](Self::run_with) goes on
+    /// after failures instead.
     ///
     /// Each run is a separate [`Workflow::run`] with `ctx`: they share its context, and a
     /// timeout set on `ctx` applies to each run on its own.
     ///
     /// # Errors
-    /// [`FloxideError::Cancelled`] once `ctx` is cancelled: the runs in flight are dropped
-    /// and the items still queued are discarded.
-    pub async fn run<W>(self, wf: &W, ctx: &WorkflowCtx<C>) -> Result<SourceSummary, FloxideError>
+    /// The error of the first run that failed; [`FloxideError::Cancelled`] once `ctx` is
+    /// cancelled (the runs in flight are dropped and the items still queued stay queued).
+    pub async fn run<W>(&self, wf: &W, ctx: &WorkflowCtx<C>) -> Result<SourceSummary, FloxideError>
     where
         W: Workflow<C, Input = O>,
     {
-        self.run_with(wf, ctx, |result| {
-            if let Err(error) = result {
-                tracing::warn!(workflow = wf.name(), %error, "source: a run failed");
-            }
-        })
-        .await
+        let mut first_failure = None;
+        let summary = self
+            .drive(wf, ctx, |result| match result {
+                Ok(_) => true,
+                Err(error) => {
+                    first_failure = Some(error);
+                    false
+                }
+            })
+            .await?;
+        first_failure.map_or(Ok(summary), Err)
     }
 
-    /// Like [`run`](Self::run), but hands every finished run's result to `on_result` (called
-    /// once per run, in the order the runs finish) instead of logging failures.
+    /// Like [`run`](Self::run), but goes on after failed runs: every finished run's result
+    /// goes to `on_result` (called once per run, in the order the runs finish), and the
+    /// summary counts completed and failed runs.
     ///
     /// # Errors
     /// [`FloxideError::Cancelled`] once `ctx` is cancelled: the runs in flight are dropped
-    /// (`on_result` is not called for them) and the items still queued are discarded.
+    /// (`on_result` is not called for them) and the items still queued stay queued.
     pub async fn run_with<W, F>(
-        mut self,
+        &self,
         wf: &W,
         ctx: &WorkflowCtx<C>,
         mut on_result: F,
@@ -105,6 +132,26 @@ impl<C: Context, O> Source<C, O> {
         W: Workflow<C, Input = O>,
         F: FnMut(Result<W::Output, FloxideError>),
     {
+        self.drive(wf, ctx, |result| {
+            on_result(result);
+            true
+        })
+        .await
+    }
+
+    /// Runs `wf` once per received item until the channel closes, or `on_result` returns
+    /// `false` for a finished run.
+    async fn drive<W, F>(
+        &self,
+        wf: &W,
+        ctx: &WorkflowCtx<C>,
+        mut on_result: F,
+    ) -> Result<SourceSummary, FloxideError>
+    where
+        W: Workflow<C, Input = O>,
+        F: FnMut(Result<W::Output, FloxideError>) -> bool,
+    {
+        let mut items = self.items.lock().await;
         let mut summary = SourceSummary::default();
         let mut in_flight = FuturesUnordered::new();
         let mut open = true;
@@ -117,9 +164,11 @@ impl<C: Context, O> Source<C, O> {
                         Ok(_) => summary.completed += 1,
                         Err(_) => summary.failed += 1,
                     }
-                    on_result(result);
+                    if !on_result(result) {
+                        return Ok(summary);
+                    }
                 }
-                item = self.items.recv(), if open && in_flight.len() < self.concurrency => {
+                item = items.recv(), if open && in_flight.len() < self.concurrency => {
                     match item {
                         Some(item) => in_flight.push(wf.run(ctx, item)),
                         None => open = false,
@@ -135,7 +184,10 @@ impl<C, O> fmt::Debug for Source<C, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Source")
             .field("concurrency", &self.concurrency)
-            .field("queued", &self.items.len())
+            .field(
+                "queued",
+                &self.items.try_lock().map(|items| items.len()).ok(),
+            )
             .finish_non_exhaustive()
     }
 }

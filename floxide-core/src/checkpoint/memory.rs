@@ -1,6 +1,7 @@
 //! [`InMemoryCheckpointStore`].
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::CheckpointError;
@@ -8,13 +9,40 @@ use super::CheckpointError;
 /// Checkpoints kept in memory **as serialized bytes**, so a loaded checkpoint never aliases
 /// the running context: it behaves like a durable store, minus the durability.
 ///
-/// Clones share the same storage.
-#[derive(Debug, Clone, Default)]
-pub struct InMemoryCheckpointStore {
+/// Typed by the context and work item of the workflow it serves, as in Floxide 3.x
+/// (`InMemoryCheckpointStore<C, WI>`; usually inferred). Clones share the same storage.
+pub struct InMemoryCheckpointStore<C, WI> {
     entries: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    _types: PhantomData<fn() -> (C, WI)>,
 }
 
-impl InMemoryCheckpointStore {
+impl<C, WI> Clone for InMemoryCheckpointStore<C, WI> {
+    fn clone(&self) -> Self {
+        InMemoryCheckpointStore {
+            entries: Arc::clone(&self.entries),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<C, WI> Default for InMemoryCheckpointStore<C, WI> {
+    fn default() -> Self {
+        InMemoryCheckpointStore {
+            entries: Arc::default(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<C, WI> std::fmt::Debug for InMemoryCheckpointStore<C, WI> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryCheckpointStore")
+            .field("ids", &self.ids())
+            .finish()
+    }
+}
+
+impl<C, WI> InMemoryCheckpointStore<C, WI> {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
@@ -48,7 +76,7 @@ impl InMemoryCheckpointStore {
     }
 }
 
-impl InMemoryCheckpointStore {
+impl<C, WI> InMemoryCheckpointStore<C, WI> {
     async fn write_bytes(&self, id: &str, bytes: Vec<u8>) -> Result<(), CheckpointError> {
         self.entries().insert(id.to_owned(), bytes);
         Ok(())
@@ -61,4 +89,4 @@ impl InMemoryCheckpointStore {
     }
 }
 
-byte_checkpoint_store!(InMemoryCheckpointStore);
+byte_checkpoint_store!(InMemoryCheckpointStore<C, WI>);

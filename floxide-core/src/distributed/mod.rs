@@ -34,7 +34,7 @@ pub mod context_store {
 pub mod error_store {
     pub use super::compat::{ErrorStore, ErrorStoreError, InMemoryErrorStore};
 }
-/// [`EventLog`](crate::EventLog), at its Floxide 3.x path.
+/// [`EventLog`], at its Floxide 3.x path.
 pub mod event_log {
     pub use crate::merge::{EventLog, LoggedEvent};
 }

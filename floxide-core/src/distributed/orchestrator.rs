@@ -9,7 +9,8 @@ use crate::distributed::compat::StoreParts;
 use crate::distributed::exec::{codec_error, decode, start_run};
 use crate::distributed::worker::store_setters;
 use crate::distributed::{
-    DeadLetter, RunId, RunInfo, RunMetrics, RunStatus, WorkItemInfo, WorkerHealth, WorkflowError,
+    DeadLetter, LivenessStatus, LivenessStoreError, RunId, RunInfo, RunMetrics, RunStatus,
+    WorkItemInfo, WorkerHealth, WorkflowError,
 };
 use crate::{Context, FloxideError, ItemId, Merge, Workflow, WorkflowCtx};
 
@@ -232,6 +233,63 @@ where
     /// Backend errors.
     pub async fn liveness(&self) -> Result<Vec<WorkerHealth>, FloxideError> {
         Ok(self.backend.workers().await?)
+    }
+
+    /// The workers that reported, by numeric id (Floxide 3.x; workers named otherwise, like
+    /// those of a [`WorkerPool`](crate::distributed::WorkerPool), are in
+    /// [`liveness`](Self::liveness)).
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn list_workers(&self) -> Result<Vec<usize>, LivenessStoreError> {
+        let health = self.backend.workers().await?;
+        Ok(health
+            .iter()
+            .filter_map(|h| h.worker_id.as_str().parse().ok())
+            .collect())
+    }
+
+    /// Every worker's last report (Floxide 3.x; the same as [`liveness`](Self::liveness)).
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn list_worker_health(&self) -> Result<Vec<WorkerHealth>, LivenessStoreError> {
+        Ok(self.backend.workers().await?)
+    }
+
+    /// The liveness of the workers numbered `worker_ids` (Floxide 3.x): `Alive` when the last
+    /// report is younger than `threshold`, `Stale` within three times that, `Dead` otherwise or
+    /// without a report (or when the backend cannot be read).
+    pub async fn check_worker_liveness(
+        &self,
+        worker_ids: &[usize],
+        threshold: Duration,
+    ) -> Vec<(usize, LivenessStatus)> {
+        let health = self.backend.workers().await.unwrap_or_default();
+        let now = std::time::SystemTime::now();
+        worker_ids
+            .iter()
+            .map(|&n| {
+                let id = crate::distributed::WorkerId::from(n);
+                let status = match health.iter().find(|h| h.worker_id == id) {
+                    Some(h) if h.status == crate::distributed::WorkerStatus::Stopped => {
+                        LivenessStatus::Stopped
+                    }
+                    Some(h) => {
+                        let silent = now.duration_since(h.last_heartbeat).unwrap_or_default();
+                        if silent < threshold {
+                            LivenessStatus::Alive
+                        } else if silent < threshold * 3 {
+                            LivenessStatus::Stale
+                        } else {
+                            LivenessStatus::Dead
+                        }
+                    }
+                    None => LivenessStatus::Dead,
+                };
+                (n, status)
+            })
+            .collect()
     }
 
     /// The run's context as stored now.

@@ -74,20 +74,35 @@ where
     }
 
     /// Stops gracefully: the workers take no more work, finish their in-flight steps within
-    /// the grace period (or release them to other workers), and exit. Waits for them.
-    ///
-    /// # Errors
-    /// A worker task that panicked or failed.
-    pub async fn stop(&mut self) -> Result<(), FloxideError> {
+    /// the grace period (or release them to other workers), and exit. Waits for them; a worker
+    /// task that failed is logged (see [`try_join`](Self::try_join)).
+    pub async fn stop(&mut self) {
         self.stop.cancel();
-        self.join().await
+        self.join().await;
     }
 
-    /// Waits for every worker to exit (they exit after [`stop`](Self::stop)).
+    /// Like [`stop`](Self::stop), returning the first failure of a worker task.
     ///
     /// # Errors
     /// A worker task that panicked or failed.
-    pub async fn join(&mut self) -> Result<(), FloxideError> {
+    pub async fn try_stop(&mut self) -> Result<(), FloxideError> {
+        self.stop.cancel();
+        self.try_join().await
+    }
+
+    /// Waits for every worker to exit (they exit after [`stop`](Self::stop)); a worker task
+    /// that failed is logged.
+    pub async fn join(&mut self) {
+        if let Err(error) = self.try_join().await {
+            tracing::error!(%error, "a worker of the pool failed");
+        }
+    }
+
+    /// Like [`join`](Self::join), returning the first failure of a worker task.
+    ///
+    /// # Errors
+    /// A worker task that panicked or failed.
+    pub async fn try_join(&mut self) -> Result<(), FloxideError> {
         let mut first_error = None;
         for handle in self.handles.drain(..) {
             let result = match handle.await {
@@ -106,11 +121,20 @@ where
         self.stop.clone()
     }
 
+    /// The last health report of each worker of this pool (empty when the backend cannot be
+    /// read; see [`try_health`](Self::try_health)).
+    pub async fn health(&self) -> Vec<WorkerHealth> {
+        self.try_health().await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "could not read the workers' health");
+            Vec::new()
+        })
+    }
+
     /// The last health report of each worker of this pool.
     ///
     /// # Errors
     /// Backend errors.
-    pub async fn health(&self) -> Result<Vec<WorkerHealth>, FloxideError> {
+    pub async fn try_health(&self) -> Result<Vec<WorkerHealth>, FloxideError> {
         let all = self.worker.backend().workers().await?;
         Ok(all
             .into_iter()

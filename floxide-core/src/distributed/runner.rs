@@ -202,7 +202,7 @@ where
     tracing::info!(workers = ?pool.worker_ids(), "workers started");
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight steps");
-    let stopped = pool.stop().await;
+    let stopped = pool.try_stop().await;
     if let Some(sampler) = sampler {
         sampler.abort();
     }

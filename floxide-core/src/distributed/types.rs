@@ -200,9 +200,10 @@ pub struct WorkflowError {
 }
 
 /// The state of one work item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum WorkItemStatus {
     /// Waiting for a worker.
+    #[default]
     Pending,
     /// Leased by a worker.
     InProgress,
@@ -238,9 +239,10 @@ pub struct WorkItemInfo {
 }
 
 /// What a worker is doing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerStatus {
     /// Waiting for work.
+    #[default]
     Idle,
     /// Executing a step.
     InProgress,
@@ -271,6 +273,22 @@ pub struct WorkerHealth {
     pub current_work_item: Option<ItemId>,
     /// The run of that item.
     pub current_work_item_run_id: Option<RunId>,
+}
+
+/// A report of no worker yet (Floxide 3.x): id `0`, idle, heartbeat now.
+impl Default for WorkerHealth {
+    fn default() -> Self {
+        WorkerHealth {
+            worker_id: WorkerId::from(0usize),
+            host: String::new(),
+            pid: 0,
+            last_heartbeat: SystemTime::now(),
+            error_count: 0,
+            status: WorkerStatus::Idle,
+            current_work_item: None,
+            current_work_item_run_id: None,
+        }
+    }
 }
 
 /// Whether a worker is alive, judged by its last heartbeat.

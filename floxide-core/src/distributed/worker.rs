@@ -12,7 +12,7 @@ use crate::distributed::exec::{step_taken, ExecConfig, StepOutput};
 use crate::distributed::{RunId, WorkerHealth, WorkerId, WorkerStatus};
 use crate::{Context, FloxideError, Merge, RetryPolicy, Workflow};
 
-/// [`WorkerPool`](crate::distributed::WorkerPool) also lives here, its Floxide 3.x path.
+/// [`WorkerPool`] also lives here, its Floxide 3.x path.
 pub use crate::distributed::WorkerPool;
 
 /// Defaults shared by the worker settings.
@@ -254,7 +254,7 @@ where
 }
 
 /// Takes work items of one workflow from a backend and executes them. Cloning is cheap and
-/// clones share the backend; run several with a [`WorkerPool`](crate::distributed::WorkerPool).
+/// clones share the backend; run several with a [`WorkerPool`].
 pub struct DistributedWorker<W, C> {
     workflow: W,
     backend: Arc<dyn Backend>,
@@ -295,6 +295,24 @@ where
     /// Sets the retry policy for nodes without `#[retry = ..]`.
     pub fn set_retry_policy(&mut self, policy: RetryPolicy) {
         self.config.retry_policy = Some(policy);
+    }
+
+    /// Records that worker `worker_id` is alive now (Floxide 3.x): its last health report
+    /// with a fresh heartbeat time (the worker loops report by themselves). Errors are logged.
+    pub async fn heartbeat(&self, worker_id: impl Into<WorkerId>) {
+        let id = worker_id.into();
+        let mut health = match self.backend.workers().await {
+            Ok(all) => all.into_iter().find(|h| h.worker_id == id),
+            Err(error) => {
+                tracing::warn!(%error, "could not read worker health");
+                None
+            }
+        }
+        .unwrap_or_else(|| HealthReporter::new(id.clone()).health);
+        health.last_heartbeat = SystemTime::now();
+        if let Err(error) = self.backend.report_worker(&health).await {
+            tracing::warn!(worker = %id, %error, "could not report a heartbeat");
+        }
     }
 
     /// The workflow.

@@ -95,8 +95,13 @@ impl<E> EventLog<E> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Appends `event` after every event this log holds now; returns its id.
-    pub fn append(&self, event: E) -> EventId {
+    /// Appends `event` after every event this log holds now.
+    pub fn append(&self, event: E) {
+        self.append_with_id(event);
+    }
+
+    /// Appends `event` like [`append`](Self::append) and returns its id.
+    pub fn append_with_id(&self, event: E) -> EventId {
         let mut entries = self.entries();
         let seq = entries.last().map_or(1, |e| e.seq + 1);
         let id = EventId::random();

@@ -99,7 +99,7 @@ store_error!(
 );
 
 /// A work item of a run with its state (see [`WorkItemStateStore::get_all`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkItemState<W> {
     /// Its state.
     pub status: WorkItemStatus,
