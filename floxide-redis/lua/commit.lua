@@ -19,7 +19,7 @@ local f = redis.call('HMGET', it, id .. ':s', id .. ':l')
 if f[1] ~= 'I' or f[2] ~= token then return { 'lost' } end
 local r = redis.call('HMGET', rk, 'st', 'ver', 'wf')
 local st, ver, wf = r[1], tonumber(r[2] or '0'), r[3]
-if st == 'cancelled' or st == 'completed' or not st then
+if not accepts_results(st) then
   redis.call('HSET', it, id .. ':s', 'X')
   redis.call('HDEL', it, id .. ':l', id .. ':w')
   redis.call('HINCRBY', rk, 'left', -1)
@@ -77,19 +77,18 @@ if timing then
 end
 redis.call('HSET', rk, 'n:' .. node, (c + 1) .. ' ' .. (t + dur) .. ' ' .. math.max(x, dur))
 
-if st == 'pending' then redis.call('HSET', rk, 'st', 'running'); st = 'running' end
+local new = after_commit(st, left, redis.call('HEXISTS', rk, 'out') == 1)
 local fin = ''
-if left <= 0 and is_active(st) then
-  local now = now_ms()
-  if redis.call('HEXISTS', rk, 'out') == 1 then
-    fin = 'completed'
-    redis.call('HSET', rk, 'st', fin, 't1', now)
+if new ~= st then
+  if is_finished(new) then
+    fin = new
+    local now = now_ms()
+    redis.call('HSET', rk, 'st', new, 't1', now)
+    if new == 'failed' then redis.call('HSET', rk, 'err', 'workflow `' .. wf .. '`' .. NO_OUTPUT) end
+    finish_run(run, now)
   else
-    fin = 'failed'
-    redis.call('HSET', rk, 'st', fin, 't1', now, 'err',
-      'workflow `' .. wf .. '` finished without output: no terminal node produced a value')
+    redis.call('HSET', rk, 'st', new)
   end
-  finish_run(run, now)
 end
 if ARGV[i] and ARGV[i] ~= '' then
   -- The worker's next item, in the same round trip.

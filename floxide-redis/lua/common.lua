@@ -53,6 +53,38 @@ end
 local function is_finished(st) return st == 'completed' or st == 'failed' or st == 'cancelled' end
 local function is_active(st) return st == 'pending' or st == 'running' end
 
+-- The run state machine, mirroring floxide-core's `distributed::machine` (same names).
+local function finished_status(has_output) if has_output then return 'completed' end return 'failed' end
+-- A leased item's commit or failure report is refused once the run is cancelled or completed.
+local function accepts_results(st) return st ~= 'cancelled' and st ~= 'completed' and st ~= nil end
+local function takes_items(st) return is_active(st) end
+-- The status after a step committed, `left` counting the run's outstanding items after it.
+local function after_commit(st, left, has_output)
+  if st == 'pending' then st = 'running' end
+  if is_active(st) and left <= 0 then return finished_status(has_output) end
+  return st
+end
+-- What a failed step's report does: 'inactive', 'retry', or 'dead' with the run's new status.
+local function after_failure(st, retry)
+  if not accepts_results(st) then return 'inactive' end
+  if retry then return 'retry' end
+  if is_finished(st) then return 'dead', st end
+  return 'dead', 'failed'
+end
+-- Resuming: the run's new status, or nil when refused (with the action's name).
+local function resume_status(st, outstanding, has_output)
+  if st == 'paused' then
+    if outstanding <= 0 then return finished_status(has_output) end
+    return 'running'
+  elseif st == 'failed' then
+    if outstanding > 0 then return 'running' end
+    return nil, 'resume: nothing is left to run'
+  end
+  return nil, 'resume'
+end
+
+local NO_OUTPUT = ' finished without output: no terminal node produced a value'
+
 local function publish(run) redis.call('PUBLISH', PFX .. 'events', run) end
 
 local RUN_KEYS = { 'run:', 'ctx:', 'it:', 'outs:', 'errs:' }
@@ -171,7 +203,7 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, now)
     if f[1] == 'P' then
       local r = redis.call('HMGET', rk, 'st', 'dl', 'ver')
       local st = r[1]
-      if st == 'pending' or st == 'running' then
+      if takes_items(st) then
         local d = redis.call('HINCRBY', it, id .. ':d', 1)
         if d > max_deliveries then
           dead_letter(run, id, 'poison item: delivered ' .. (d - 1) ..
@@ -184,7 +216,7 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, now)
           local ctx = redis.call('GET', PFX .. 'ctx:' .. run) or ''
           return { 1, run, id, token, f[2], f[3], f[4], d, r[2] or '', ctx, r[3] or '0' }
         end
-      elseif st == 'paused' or st == 'failed' then
+      elseif accepts_results(st) then
         redis.call('HSET', it, id .. ':s', 'H')
       else
         redis.call('HSET', it, id .. ':s', 'X')

@@ -30,30 +30,35 @@ elseif action == 'pause' then
   publish(run)
   return { 'ok', 'paused' }
 elseif action == 'resume' then
-  local wf = redis.call('HGET', rk, 'wf')
-  if st == 'paused' then
-    redis.call('HSET', rk, 'st', 'running')
-    release_held(run, wf)
-  elseif st == 'failed' then
+  local r = redis.call('HMGET', rk, 'wf', 'left')
+  local wf, left = r[1], tonumber(r[2] or '0')
+  local revivable = {}
+  if st == 'failed' then
     local fields = redis.call('HGETALL', it)
-    local revived = 0
     for i = 1, #fields, 2 do
       local f, v = fields[i], fields[i + 1]
-      if string.sub(f, -2) == ':s' and v == 'F' then
-        local id = string.sub(f, 1, 32)
-        redis.call('HSET', it, f, 'H', id .. ':d', 0)
-        redis.call('HDEL', PFX .. 'dlq', entry(id, run))
-        revived = revived + 1
-      end
+      if string.sub(f, -2) == ':s' and v == 'F' then revivable[#revivable + 1] = string.sub(f, 1, 32) end
     end
-    if revived > 0 then redis.call('HINCRBY', rk, 'left', revived) end
-    redis.call('HSET', rk, 'st', 'running')
+  end
+  local new, refused = resume_status(st, left + #revivable, redis.call('HEXISTS', rk, 'out') == 1)
+  if not new then return { 'invalid', st, refused } end
+  for _, id in ipairs(revivable) do
+    redis.call('HSET', it, id .. ':s', 'H', id .. ':d', 0)
+    redis.call('HDEL', PFX .. 'dlq', entry(id, run))
+  end
+  if #revivable > 0 then redis.call('HINCRBY', rk, 'left', #revivable) end
+  if is_finished(new) then
+    redis.call('HSET', rk, 'st', new, 't1', now)
+    if new == 'failed' then redis.call('HSET', rk, 'err', 'workflow `' .. wf .. '`' .. NO_OUTPUT) end
+    finish_run(run, now)
+    return { 'ok', new }
+  end
+  redis.call('HSET', rk, 'st', 'running')
+  if st == 'failed' then
     redis.call('HDEL', rk, 't1', 'err')
     revive_run(run)
-    release_held(run, wf)
-  else
-    return { 'invalid', st }
   end
+  release_held(run, wf)
   publish(run)
   return { 'ok', 'running' }
 end

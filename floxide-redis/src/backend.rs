@@ -4,10 +4,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
 use floxide_core::distributed::{
-    Backend, CommitOutcome, DeadLetter, DistributedError, Lease, LeaseState, NextTake, NodeTiming,
-    QueueStats, RunAction, RunId, RunInfo, RunMetrics, RunStatus, RunWatch, StartRun, StepCommit,
-    StepFailed, TakeOptions, Taken, VersionedContext, WorkItemInfo, WorkItemStatus, WorkerHealth,
-    WorkerId, WorkflowError,
+    machine, Backend, CommitOutcome, DeadLetter, DistributedError, Lease, LeaseState, NextTake,
+    NodeTiming, QueueStats, RunAction, RunId, RunInfo, RunMetrics, RunStatus, RunWatch, StartRun,
+    StepCommit, StepFailed, TakeOptions, Taken, VersionedContext, WorkItemInfo, WorkItemStatus,
+    WorkerHealth, WorkerId, WorkflowError,
 };
 use floxide_core::ItemId;
 use redis::{AsyncCommands, Value};
@@ -432,7 +432,12 @@ impl Backend for RedisBackend {
             "invalid" => Err(DistributedError::InvalidRunState {
                 run_id: run_id.to_owned(),
                 status: run_status_of(&r.text(1)),
-                action: verb,
+                // The script names a refusal more precisely than the verb when it can.
+                action: if r.text(2) == machine::NOTHING_TO_RESUME {
+                    machine::NOTHING_TO_RESUME
+                } else {
+                    verb
+                },
             }),
             other => Err(malformed(&format!("control answered `{other}`"))),
         }

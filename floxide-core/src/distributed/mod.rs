@@ -14,6 +14,7 @@
 mod backend;
 mod compat;
 pub(crate) mod exec;
+pub mod machine;
 mod memory;
 mod metrics;
 pub mod orchestrator;

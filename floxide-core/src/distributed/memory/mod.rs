@@ -19,6 +19,7 @@ use crate::distributed::backend::{
     Backend, CommitOutcome, DistributedError, Lease, LeaseState, QueueStats, RunAction, RunWatch,
     StartRun, StepCommit, StepFailed, TakeOptions, Taken, VersionedContext,
 };
+use crate::distributed::machine::{self, ControlEffect, FailureEffect, RunState};
 use crate::distributed::types::payload_text;
 use crate::distributed::{
     DeadLetter, RunId, RunInfo, RunMetrics, RunStatus, WorkItemInfo, WorkItemStatus, WorkerHealth,
@@ -178,17 +179,15 @@ impl InMemoryBackend {
             let Some(info) = runs.runs.get_mut(&run_id) else {
                 continue;
             };
-            match info.status {
-                RunStatus::Pending | RunStatus::Running => {}
-                RunStatus::Paused | RunStatus::Failed => {
+            if !machine::takes_items(info.status) {
+                if machine::accepts_results(info.status) {
+                    // Paused or failed: the item waits for a resume.
                     record.status = WorkItemStatus::Held;
-                    continue;
-                }
-                RunStatus::Completed | RunStatus::Cancelled => {
+                } else {
                     record.status = WorkItemStatus::Cancelled;
                     run_items.outstanding = run_items.outstanding.saturating_sub(1);
-                    continue;
                 }
+                continue;
             }
             record.deliveries += 1;
             if record.deliveries > options.max_deliveries {
@@ -263,6 +262,20 @@ impl InMemoryBackend {
         }
         result
     }
+}
+
+/// Drops a leased item of a run that is over.
+fn drop_item(run_items: &mut RunItems, item: ItemId) {
+    if let Some(r) = run_items.items.get_mut(&item) {
+        r.status = WorkItemStatus::Cancelled;
+        r.lease = None;
+        run_items.outstanding = run_items.outstanding.saturating_sub(1);
+    }
+}
+
+/// The error of a run that finished without output.
+fn no_output(workflow: &str) -> String {
+    format!("workflow `{workflow}` finished without output: no terminal node produced a value")
 }
 
 /// Marks a run failed with `error`.
@@ -413,12 +426,29 @@ impl Backend for InMemoryBackend {
             action,
         };
         let run_items = items.runs.entry(run_id.to_owned()).or_default();
+        let state = RunState {
+            status: info.status,
+            outstanding: run_items.outstanding as u64,
+            has_output: info.output.is_some(),
+        };
+        let revivable: Vec<ItemId> = match action {
+            RunAction::Resume if info.status == RunStatus::Failed => queue
+                .dead
+                .iter()
+                .filter(|d| d.run_id == run_id)
+                .map(|d| d.item_id)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let effect = match action {
+            RunAction::Cancel => machine::cancel(info.status),
+            RunAction::Pause => machine::pause(info.status),
+            RunAction::Resume => machine::resume(state, revivable.len() as u64),
+        }
+        .map_err(|refused| invalid(info.status, refused.action))?;
         let mut woken = 0;
-        match action {
-            RunAction::Cancel => {
-                if info.status.is_finished() {
-                    return Err(invalid(info.status, "cancel"));
-                }
+        match effect {
+            ControlEffect::Cancel => {
                 info.status = RunStatus::Cancelled;
                 info.finished_at = Some(SystemTime::now());
                 for record in run_items.items.values_mut() {
@@ -433,42 +463,30 @@ impl Backend for InMemoryBackend {
                     }
                 }
             }
-            RunAction::Pause => {
-                if !info.status.is_active() {
-                    return Err(invalid(info.status, "pause"));
-                }
-                info.status = RunStatus::Paused;
-            }
-            RunAction::Resume => match info.status {
-                RunStatus::Paused => {
-                    info.status = RunStatus::Running;
-                    woken = release_held(run_id, &info.workflow, run_items, &mut queue);
-                }
-                RunStatus::Failed => {
-                    let mut revived: Vec<ItemId> = Vec::new();
-                    queue.dead.retain(|d| {
-                        let mine = d.run_id == run_id;
-                        if mine {
-                            revived.push(d.item_id);
-                        }
-                        !mine
-                    });
-                    for id in &revived {
-                        if let Some(r) = run_items.items.get_mut(id) {
-                            if r.status == WorkItemStatus::PermanentlyFailed {
-                                r.status = WorkItemStatus::Held;
-                                r.deliveries = 0;
-                                run_items.outstanding += 1;
-                            }
+            ControlEffect::Pause => info.status = RunStatus::Paused,
+            ControlEffect::Resume(status) => {
+                queue.dead.retain(|d| d.run_id != run_id);
+                for id in &revivable {
+                    if let Some(r) = run_items.items.get_mut(id) {
+                        if r.status == WorkItemStatus::PermanentlyFailed {
+                            r.status = WorkItemStatus::Held;
+                            r.deliveries = 0;
+                            run_items.outstanding += 1;
                         }
                     }
-                    info.status = RunStatus::Running;
+                }
+                info.status = status;
+                if status.is_finished() {
+                    info.finished_at = Some(SystemTime::now());
+                    if status == RunStatus::Failed {
+                        info.error = Some(no_output(&info.workflow));
+                    }
+                } else {
                     info.finished_at = None;
                     info.error = None;
                     woken = release_held(run_id, &info.workflow, run_items, &mut queue);
                 }
-                other => return Err(invalid(other, "resume")),
-            },
+            }
         }
         let info = info.clone();
         drop((runs, items, queue));
@@ -575,12 +593,8 @@ impl Backend for InMemoryBackend {
             .runs
             .get_mut(&lease.run_id)
             .ok_or_else(|| unknown(&lease.run_id))?;
-        if info.status == RunStatus::Cancelled || info.status == RunStatus::Completed {
-            if let Some(r) = run_items.items.get_mut(&lease.item_id) {
-                r.status = WorkItemStatus::Cancelled;
-                r.lease = None;
-                run_items.outstanding = run_items.outstanding.saturating_sub(1);
-            }
+        if !machine::accepts_results(info.status) {
+            drop_item(run_items, lease.item_id);
             return Ok(CommitOutcome::RunInactive(info.status));
         }
         let (ctx_bytes, version) = contexts.contexts.entry(lease.run_id.clone()).or_default();
@@ -640,23 +654,20 @@ impl Backend for InMemoryBackend {
             info.output = commit.outputs.first().cloned();
         }
         info.outputs.extend(commit.outputs);
-        if info.status == RunStatus::Pending {
-            info.status = RunStatus::Running;
-        }
+        let status = machine::after_commit(RunState {
+            status: info.status,
+            outstanding: outstanding as u64,
+            has_output: info.output.is_some(),
+        });
         let mut finished = None;
-        if outstanding == 0 && info.status.is_active() {
+        if status.is_finished() && !info.status.is_finished() {
             info.finished_at = Some(SystemTime::now());
-            if info.output.is_some() {
-                info.status = RunStatus::Completed;
-            } else {
-                info.status = RunStatus::Failed;
-                info.error = Some(format!(
-                    "workflow `{}` finished without output: no terminal node produced a value",
-                    info.workflow
-                ));
+            if status == RunStatus::Failed {
+                info.error = Some(no_output(&info.workflow));
             }
-            finished = Some(info.status);
+            finished = Some(status);
         }
+        info.status = status;
         {
             let mut metrics = self.metrics.lock();
             let m = metrics.runs.entry(lease.run_id.clone()).or_default();
@@ -698,6 +709,11 @@ impl Backend for InMemoryBackend {
             .runs
             .get_mut(&lease.run_id)
             .ok_or_else(|| unknown(&lease.run_id))?;
+        let effect = machine::after_failure(info.status, failure.retry_after.is_some());
+        if effect == FailureEffect::Inactive {
+            drop_item(run_items, lease.item_id);
+            return Ok(CommitOutcome::RunInactive(info.status));
+        }
         let Some(record) = run_items.items.get_mut(&lease.item_id) else {
             return Ok(CommitOutcome::LeaseLost);
         };
@@ -710,8 +726,8 @@ impl Backend for InMemoryBackend {
         };
         let mut finished = None;
         let retried = failure.retry_after.is_some();
-        match failure.retry_after {
-            Some(wait) if info.status != RunStatus::Cancelled => {
+        match (failure.retry_after, effect) {
+            (Some(wait), FailureEffect::Retry) => {
                 record.status = WorkItemStatus::WaitingRetry;
                 record.attempt += 1;
                 record.deliveries = 0;
@@ -738,9 +754,11 @@ impl Backend for InMemoryBackend {
                     at: SystemTime::now(),
                     payload: payload_text(&record.bytes),
                 });
-                if !info.status.is_finished() {
-                    fail_run(info, format!("node `{node}` failed: {}", failure.error));
-                    finished = Some(RunStatus::Failed);
+                if let FailureEffect::DeadLetter(status) = effect {
+                    if status != info.status {
+                        fail_run(info, format!("node `{node}` failed: {}", failure.error));
+                        finished = Some(status);
+                    }
                 }
             }
         }

@@ -22,6 +22,9 @@ use std::time::Duration;
 use crate::distributed::*;
 use crate::*;
 
+mod control;
+pub use control::*;
+
 /// The lease the checks use.
 pub const LEASE: Duration = Duration::from_millis(400);
 /// How long a check waits for a run before it declares it stuck.
@@ -996,6 +999,9 @@ macro_rules! conformance_tests {
             g7_cancel_stops_the_run,
             g7_pause_holds_until_resume,
             g7_runs_and_workers_are_observable,
+            g7_a_run_paused_during_its_last_step_finishes_on_resume,
+            g7_resuming_a_run_with_nothing_left_is_refused,
+            g5_failures_of_a_cancelled_run_are_not_dead_lettered,
             completion_waits_for_every_branch
         );
     };
