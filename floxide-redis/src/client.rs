@@ -343,7 +343,8 @@ impl RecentEvents {
 }
 
 /// Follows the run events of every partition, waking waiters; resubscribes after a
-/// connection loss (waking everyone, since events may have been missed).
+/// connection loss, waking everyone when the subscription drops and again once it is back
+/// (events published in between are missed).
 async fn listen(
     client: redis::Client,
     channels: Vec<String>,
@@ -375,6 +376,9 @@ async fn listen(
                     if let Some(ready) = ready.take() {
                         let _ = ready.send(());
                     }
+                    // Events published while the subscription was down are lost: wake every
+                    // waiter now that it is back, so that each one reads its run again.
+                    wake(None);
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
                         wake(message.get_payload::<String>().ok());
