@@ -85,7 +85,10 @@ async fn a_waiter_is_woken_after_the_event_subscription_drops() {
             if !subscribers.trim().is_empty() {
                 break;
             }
-            assert!(Instant::now() < deadline, "the subscription never came back");
+            assert!(
+                Instant::now() < deadline,
+                "the subscription never came back"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let run = o.start_run(&WorkflowCtx::new(()), attempt).await.unwrap();
@@ -116,4 +119,89 @@ async fn a_waiter_is_woken_after_the_event_subscription_drops() {
         );
     }
     pool.try_stop().await.unwrap();
+}
+
+node! {
+    /// Sleeps `ms`, counting its executions.
+    pub struct Slow { ms: u64, runs: Arc<AtomicUsize> };
+    input = u64;
+    output = u64;
+    |_ctx, n| {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(self.ms)).await;
+        Ok(Transition::Next(n))
+    }
+}
+
+workflow! {
+    pub struct Long { slow: Slow }
+    start = slow;
+    edges { slow => []; }
+}
+
+/// Runs one `Long` step of `node_ms` under `lease` (heartbeat every `beat`) while Redis is
+/// down from `down_at` for `outage` after the step starts; returns its executions.
+async fn step_through_outage(
+    node_ms: u64,
+    lease: Duration,
+    beat: Duration,
+    down_at: Duration,
+    outage: Duration,
+) -> usize {
+    let mut server = RedisServer::start_or_panic(ServerOptions {
+        appendonly: true,
+        ..ServerOptions::default()
+    });
+    let client = client(&server, "hb:").await;
+    let backend = RedisBackend::new(client);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let wf = Long {
+        slow: Slow {
+            ms: node_ms,
+            runs: Arc::clone(&runs),
+        },
+    };
+    let o = wf.orchestrator(backend.clone()).build().unwrap();
+    let worker = wf
+        .worker(backend)
+        .lease_timeout(lease)
+        .heartbeat_interval(beat)
+        .build()
+        .unwrap();
+    let mut pool = WorkerPool::new(worker, 1);
+    pool.start();
+    let run = o.start_run(&WorkflowCtx::new(()), 7).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runs.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the step never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(down_at).await;
+    server.kill();
+    tokio::time::sleep(outage).await;
+    server.restart().expect("redis-server restarts");
+    let out = o
+        .wait_for_output(&run, Duration::from_secs(60))
+        .await
+        .unwrap();
+    pool.try_stop().await.unwrap();
+    assert_eq!(out, 7);
+    let metrics = o.metrics(&run).await.unwrap();
+    assert_eq!(metrics.completed, 1);
+    runs.load(Ordering::SeqCst)
+}
+
+/// Issue 11, case 7: a Redis outage shorter than the lease does not cost the step: an 8 s
+/// node under a 6 s lease, Redis down from t = 3 s for 1.5 s. One execution, one commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_redis_outage_does_not_cost_the_running_step() {
+    let executions = step_through_outage(
+        8000,
+        Duration::from_secs(6),
+        Duration::from_secs(2),
+        Duration::from_secs(3),
+        Duration::from_millis(1500),
+    )
+    .await;
+    assert_eq!(executions, 1, "the step executed again");
 }

@@ -185,6 +185,83 @@ impl<O> StepEnd<O> {
     }
 }
 
+/// What a check of the lease while the node runs found.
+enum LeaseCheck {
+    /// Held; the run has this status.
+    Held(RunStatus),
+    /// The backend did not answer, but the lease is still valid by our clock: go on.
+    Unknown,
+    /// Lost (taken over, or expired while the backend could not be reached).
+    Lost,
+}
+
+/// Renews a step's lease while its node runs: a heartbeat every `heartbeat_interval`, and,
+/// when the backend does not answer, retries with backoff for as long as the lease is valid
+/// (by this process's clock, from its last renewal), so that a short outage of the backend
+/// does not cost the step.
+struct LeaseKeeper {
+    interval: Duration,
+    timeout: Duration,
+    next_beat: tokio::time::Instant,
+    valid_until: tokio::time::Instant,
+    backoff: Duration,
+}
+
+impl LeaseKeeper {
+    /// A keeper for a lease granted (or last renewed) at `granted`.
+    fn new(config: &ExecConfig, granted: tokio::time::Instant) -> Self {
+        LeaseKeeper {
+            interval: config.heartbeat_interval,
+            timeout: config.lease_timeout,
+            next_beat: granted + config.heartbeat_interval,
+            valid_until: granted + config.lease_timeout,
+            backoff: Self::FIRST_RETRY,
+        }
+    }
+
+    const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+    /// When the next heartbeat is due.
+    fn next_beat(&self) -> tokio::time::Instant {
+        self.next_beat
+    }
+
+    /// Renews the lease when a heartbeat is due, else reads the run's status (after a run
+    /// event).
+    async fn check(
+        &mut self,
+        backend: &dyn Backend,
+        lease: &crate::distributed::Lease,
+    ) -> LeaseCheck {
+        let now = tokio::time::Instant::now();
+        if now < self.next_beat {
+            return match backend.run_info(&lease.run_id).await {
+                Ok(info) => LeaseCheck::Held(info.status),
+                Err(_) => LeaseCheck::Unknown,
+            };
+        }
+        match backend.heartbeat(lease, self.timeout).await {
+            Ok(LeaseState::Active(status)) => {
+                self.valid_until = now + self.timeout;
+                self.next_beat = now + self.interval;
+                self.backoff = Self::FIRST_RETRY;
+                LeaseCheck::Held(status)
+            }
+            Ok(LeaseState::Lost) => LeaseCheck::Lost,
+            Err(error) if now + self.backoff < self.valid_until => {
+                tracing::warn!(%error, retry_in = ?self.backoff, "heartbeat failed; the lease is still valid, retrying");
+                self.next_beat = now + self.backoff;
+                self.backoff = (self.backoff * 2).min(self.interval);
+                LeaseCheck::Unknown
+            }
+            Err(error) => {
+                tracing::warn!(%error, "heartbeat failed until the lease expired");
+                LeaseCheck::Lost
+            }
+        }
+    }
+}
+
 /// Executes the leased item `taken` and commits its effects.
 pub(crate) async fn execute<C, W>(
     workflow: &W,
@@ -304,10 +381,10 @@ where
             });
             let node_run = AssertUnwindSafe(node_run).catch_unwind();
             tokio::pin!(node_run);
-            let mut last_beat = tokio::time::Instant::now();
+            let mut keeper = LeaseKeeper::new(config, started);
             let mut stop_at: Option<tokio::time::Instant> = None;
             loop {
-                let wake = last_beat + config.heartbeat_interval;
+                let wake = keeper.next_beat();
                 let wake = stop_at.map_or(wake, |s| s.min(wake));
                 tokio::select! {
                     biased;
@@ -326,18 +403,14 @@ where
                         if stop_at.is_some_and(|s| now >= s) {
                             break None;
                         }
-                        let status = if now >= last_beat + config.heartbeat_interval {
-                            last_beat = now;
-                            match backend.heartbeat(lease, config.lease_timeout).await? {
-                                LeaseState::Active(status) => status,
-                                LeaseState::Lost => {
-                                    tracing::warn!("lease lost while the node ran; abandoning the step");
-                                    cancel.cancel();
-                                    return Ok(StepEnd::Abandoned { lease_lost: true });
-                                }
+                        let status = match keeper.check(backend, lease).await {
+                            LeaseCheck::Held(status) => status,
+                            LeaseCheck::Unknown => continue,
+                            LeaseCheck::Lost => {
+                                tracing::warn!("lease lost while the node ran; abandoning the step");
+                                cancel.cancel();
+                                return Ok(StepEnd::Abandoned { lease_lost: true });
                             }
-                        } else {
-                            backend.run_info(&lease.run_id).await?.status
                         };
                         if status == RunStatus::Cancelled {
                             tracing::info!("run cancelled; signalling the running node");
