@@ -56,16 +56,16 @@ pub struct Connection {
     )]
     pub prefix: String,
 
-    /// The number of partitions of the deployment (as given to `RedisConfig::with_partitions`).
+    /// The number of partitions of the deployment (as given to `RedisConfig::with_partitions`);
+    /// by default the one the deployment recorded.
     #[arg(
         long,
         value_name = "N",
         env = "FLOXIDE_REDIS_PARTITIONS",
-        default_value_t = 1,
         value_parser = clap::value_parser!(u32).range(1..),
         global = true
     )]
-    pub partitions: u32,
+    pub partitions: Option<u32>,
 
     /// The Redis password (overrides the one in the URL; prefer the variable to the flag,
     /// which other users of the machine can see).

@@ -64,9 +64,11 @@ pub fn stored(text: &str) -> serde_json::Value {
 
 /// Connects to `url` and runs the command.
 pub async fn execute(cli: Cli, url: String) -> Result<(), CliError> {
-    let mut config = RedisConfig::new(url)
-        .with_key_prefix(cli.connection.prefix)
-        .with_partitions(cli.connection.partitions);
+    let mut config = RedisConfig::new(url).with_key_prefix(cli.connection.prefix);
+    config = match cli.connection.partitions {
+        Some(n) => config.with_partitions(n),
+        None => config.with_recorded_partitions(),
+    };
     if let Some(password) = cli.connection.password {
         config = config.with_password(password);
     }

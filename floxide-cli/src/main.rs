@@ -17,9 +17,10 @@
 //! bytes).
 //!
 //! # Connection
-//! `--redis URL` (or `FLOXIDE_REDIS_URL`), `--prefix` (`FLOXIDE_REDIS_PREFIX`, default
-//! `floxide:`) and `--partitions` (`FLOXIDE_REDIS_PARTITIONS`, default 1) must match the
-//! deployment's `RedisConfig`; the password may come from `FLOXIDE_REDIS_PASSWORD`.
+//! `--redis URL` (or `FLOXIDE_REDIS_URL`) and `--prefix` (`FLOXIDE_REDIS_PREFIX`, default
+//! `floxide:`) name the deployment; its partition count is the one it recorded (or
+//! `--partitions`, `FLOXIDE_REDIS_PARTITIONS`, which must match it); the password may come
+//! from `FLOXIDE_REDIS_PASSWORD`.
 //!
 //! # Output
 //! Tables by default; `--json` prints one JSON document (times in RFC 3339 UTC, durations in

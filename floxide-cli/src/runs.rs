@@ -264,7 +264,8 @@ pub async fn show(s: &mut Session, run_id: &str, all_items: bool) -> Result<(), 
     let mut items = b.work_items(run_id).await?;
     let leases = b.lease_deadlines(run_id).await?;
     let errors = b.errors(run_id).await?;
-    let item_count = items.len();
+    // A finished run's items are gone; the record counts every item the run had.
+    let item_count = progress.total.max(items.len() as u64);
     if !all_items {
         items.retain(is_unfinished);
     }
@@ -325,7 +326,9 @@ pub async fn show(s: &mut Session, run_id: &str, all_items: bool) -> Result<(), 
             text += &table.render();
         }
 
-        text += &if all_items {
+        text += &if item_count > 0 && items.is_empty() && info.status.is_finished() {
+            format!("\nitems: {item_count} (not kept once the run finished)\n")
+        } else if all_items {
             format!("\nitems: {item_count}\n")
         } else {
             format!(

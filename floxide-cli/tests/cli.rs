@@ -314,12 +314,10 @@ async fn runs_list_show_and_wait() {
             "check",
             "double",
             "report",
-            "items: 0 pending or in flight, of 3",
+            "items: 3 (not kept once the run finished)",
             "errors: none",
         ],
     );
-    let all = d.table(&["runs", "show", "first", "--all-items"]).await;
-    assert_contains(&all, &["items: 3", "completed", "PAYLOAD", "Check"]);
     let details = d.json(&["runs", "show", "first", "--all-items"]).await;
     assert_eq!(details["run"]["status"], "completed");
     assert_eq!(details["progress"]["completed"], 3);
@@ -330,9 +328,9 @@ async fn runs_list_show_and_wait() {
         details["context"]["trail"].to_string().contains("check 1"),
         "{details}"
     );
-    assert_eq!(details["items"].as_array().unwrap().len(), 3);
-    assert_eq!(details["items"][0]["status"], "completed");
-    assert!(details["items"][0]["payload"].is_object(), "{details}");
+    // The items of a completed run are not kept (its record, context and output are).
+    assert_eq!(details["items"], serde_json::json!([]));
+    assert_eq!(details["progress"]["total"], 3);
     assert_eq!(details["errors"], serde_json::json!([]));
 
     // A finished run: no wait.
@@ -379,7 +377,9 @@ async fn runs_pause_resume_cancel() {
     assert_eq!(paused, "run held paused: it is now paused\n");
     let show = d.json(&["runs", "show", "held"]).await;
     assert_eq!(show["run"]["status"], "paused");
-    assert_eq!(show["items"][0]["status"], "pending");
+    // A ready item of a paused run is held until the resume.
+    assert_eq!(show["items"][0]["status"], "held");
+    assert!(show["items"][0]["payload"].is_object(), "{show}");
     assert_eq!(show["items"][0]["worker"], Value::Null);
     assert_eq!(show["items"][0]["lease_deadline"], Value::Null);
     let error = d.fails(1, &["runs", "pause", "held"]).await;
@@ -647,9 +647,13 @@ async fn connection_settings_come_from_flags_or_environment() {
     assert_eq!(stats["total"]["ready"], 6);
     let runs = d.json(&["runs", "list", "--partitions", "3"]).await;
     assert_eq!(runs.as_array().unwrap().len(), 6);
-    // With the wrong partition count only some runs are seen: the flag must match.
-    let some = d.json(&["runs", "list"]).await;
-    assert!(some.as_array().unwrap().len() < 6, "{some}");
+    // Without the flag the tool uses the count the deployment recorded.
+    let recorded = d.json(&["runs", "list"]).await;
+    assert_eq!(recorded.as_array().unwrap().len(), 6, "{recorded}");
+    // A wrong count is refused with a clear error (it would see only some runs).
+    let wrong = d.floxide(&["runs", "list", "--partitions", "2"]).await;
+    assert_eq!(wrong.code, Some(1));
+    assert_contains(&wrong.stderr, &["uses 3 partition(s)", "configured with 2"]);
 
     let mut command = floxide_command();
     command.args(["runs", "list"]);

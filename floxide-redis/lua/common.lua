@@ -1,15 +1,24 @@
 -- Shared helpers, prepended to every script.
 --
--- Key layout: every key of a partition starts with the same prefix, `<prefix>{p<N>}:`, whose
--- hash tag `{p<N>}` puts them all in one Redis Cluster slot. Scripts receive one key of the
--- partition in KEYS[1] (for routing) and the partition prefix in ARGV[1]; the keys of a run
--- they derive from it all carry the same tag. ARGV[2] is the retention of finished runs in
--- seconds.
+-- Key layout (see the crate documentation): every key of a partition starts with the same
+-- prefix `<prefix>{p<N>}:`, whose hash tag puts them all in one Redis Cluster slot. Every
+-- script receives one key of the partition in KEYS[1] (for routing) and, in ARGV:
+--   [1] the partition prefix, [2] the retention of finished runs (ms), [3] the retention of
+--   dead letters (ms), [4] the request id (retries of one request send the same id, and get
+--   the first answer), then its own arguments from ARGV[5].
 --
--- Work item entries are `<item id: 32 hex digits>:<run id>`.
+-- A work item entry is `<item id: 32 hex digits>:<run id>`. An item's state is one field of
+-- the run's item hash, `<id>:m` = `<state> <attempt> <deliveries> <token> <node> <request>`:
+-- state P (ready or parked), I (leased), R (waiting for its retry), C (committed), F (dead
+-- letter), X (dropped); the token grows with each lease of the item (fencing); request is the
+-- id of the request that committed or failed it (`-` before). `<id>` holds the item's bytes
+-- until it is committed, `<id>:w` its last worker, `<id>:x` what the committing request took
+-- next (for a retry of that request).
 
 local PFX = ARGV[1]
 local RETENTION = tonumber(ARGV[2])
+local LETTER_RETENTION = tonumber(ARGV[3])
+local RID = ARGV[4]
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -18,45 +27,43 @@ end
 
 local function entry(id, run) return id .. ':' .. run end
 local function split(e) return string.sub(e, 1, 32), string.sub(e, 34) end
-local function run_key(run) return PFX .. 'run:' .. run end
-local function items_key(run) return PFX .. 'it:' .. run end
 
--- Makes an item ready for its workflow's workers and wakes one blocked worker.
-local function push_ready(wf, e, front)
-  if front then
-    redis.call('RPUSH', PFX .. 'ready:' .. wf, e)
-  else
-    redis.call('LPUSH', PFX .. 'ready:' .. wf, e)
-  end
-  if redis.call('LPUSH', PFX .. 'wake:' .. wf, '1') > 64 then
-    redis.call('LTRIM', PFX .. 'wake:' .. wf, 0, 63)
-  end
+local function run_key(run) return PFX .. 'r:' .. run end
+local function items_key(run) return PFX .. 'i:' .. run end
+local function parked_key(run) return PFX .. 'pk:' .. run end
+local function letters_of_key(run) return PFX .. 'rdl:' .. run end
+local function outs_key(run) return PFX .. 'outs:' .. run end
+local function errs_key(run) return PFX .. 'errs:' .. run end
+local function queue_key(wf) return PFX .. 'q:' .. wf end
+local function wake_key(wf) return PFX .. 'wake:' .. wf end
+local TIMERS = PFX .. 'tm'
+local RUNS = PFX .. 'runs'
+local DONE = PFX .. 'done'
+local LETTERS = PFX .. 'dlh'
+local LETTER_INDEX = PFX .. 'dlq'
+
+-- Item state ----------------------------------------------------------------------------------
+
+local function meta(s, a, d, t, node, rid)
+  return s .. ' ' .. a .. ' ' .. d .. ' ' .. t .. ' ' .. node .. ' ' .. (rid or '-')
 end
 
--- Makes several items ready at once (in order) and wakes as many blocked workers: two calls
--- per chunk instead of two per item.
-local function push_ready_many(wf, entries)
-  local i = 1
-  while i <= #entries do
-    local chunk = {}
-    for j = i, math.min(i + 999, #entries) do chunk[#chunk + 1] = entries[j] end
-    redis.call('LPUSH', PFX .. 'ready:' .. wf, unpack(chunk))
-    local tokens = {}
-    for _ = 1, math.min(#chunk, 64) do tokens[#tokens + 1] = '1' end
-    if redis.call('LPUSH', PFX .. 'wake:' .. wf, unpack(tokens)) > 64 then
-      redis.call('LTRIM', PFX .. 'wake:' .. wf, 0, 63)
-    end
-    i = i + 1000
-  end
+local function parse_meta(m)
+  if not m then return nil end
+  local s, a, d, t, n, r = string.match(m, '^(%u) (%d+) (%d+) (%d+) (%S+) (%S+)$')
+  if not s then return nil end
+  return { s = s, a = tonumber(a), d = tonumber(d), t = tonumber(t), n = n, r = r }
 end
+
+local function with_state(m, s, rid) return meta(s, m.a, m.d, m.t, m.n, rid or m.r) end
+
+-- The run state machine, mirroring floxide-core's `distributed::machine` (same names) -------
 
 local function is_finished(st) return st == 'completed' or st == 'failed' or st == 'cancelled' end
 local function is_active(st) return st == 'pending' or st == 'running' end
-
--- The run state machine, mirroring floxide-core's `distributed::machine` (same names).
 local function finished_status(has_output) if has_output then return 'completed' end return 'failed' end
 -- A leased item's commit or failure report is refused once the run is cancelled or completed.
-local function accepts_results(st) return st ~= 'cancelled' and st ~= 'completed' and st ~= nil end
+local function accepts_results(st) return st ~= nil and st ~= false and st ~= 'cancelled' and st ~= 'completed' end
 local function takes_items(st) return is_active(st) end
 -- The status after a step committed, `left` counting the run's outstanding items after it.
 local function after_commit(st, left, has_output)
@@ -71,7 +78,7 @@ local function after_failure(st, retry)
   if is_finished(st) then return 'dead', st end
   return 'dead', 'failed'
 end
--- Resuming: the run's new status, or nil when refused (with the action's name).
+-- Resuming: the run's new status, or nil and the refused action.
 local function resume_status(st, outstanding, has_output)
   if st == 'paused' then
     if outstanding <= 0 then return finished_status(has_output) end
@@ -85,167 +92,356 @@ end
 
 local NO_OUTPUT = ' finished without output: no terminal node produced a value'
 
-local function publish(run) redis.call('PUBLISH', PFX .. 'events', run) end
+-- Queues -----------------------------------------------------------------------------------
 
-local RUN_KEYS = { 'run:', 'ctx:', 'it:', 'outs:', 'errs:' }
-
--- A run reached a final state: index it for retention, let its keys expire, drop the
--- index entries of runs whose retention is over, and tell waiters.
-local function finish_run(run, now)
-  redis.call('ZADD', PFX .. 'done', now, run)
-  for _, k in ipairs(RUN_KEYS) do redis.call('EXPIRE', PFX .. k .. run, RETENTION) end
-  local idem = redis.call('HGET', run_key(run), 'idem')
-  if idem then redis.call('EXPIRE', PFX .. 'idem:' .. idem, RETENTION) end
-  local old = redis.call('ZRANGEBYSCORE', PFX .. 'done', '-inf', now - RETENTION * 1000, 'LIMIT', 0, 32)
-  for _, r in ipairs(old) do
-    redis.call('ZREM', PFX .. 'done', r)
-    redis.call('ZREM', PFX .. 'runs', r)
+-- Wakes up to `n` blocked workers of `wf` (the wake list is kept to 64 tokens).
+local function wake(wf, n)
+  local tokens = {}
+  for _ = 1, math.min(n, 64) do tokens[#tokens + 1] = '1' end
+  if redis.call('LPUSH', wake_key(wf), unpack(tokens)) > 64 then
+    redis.call('LTRIM', wake_key(wf), 0, 63)
   end
-  publish(run)
 end
 
--- A finished run comes back to life (resume): its keys no longer expire.
-local function revive_run(run)
-  redis.call('ZREM', PFX .. 'done', run)
-  for _, k in ipairs(RUN_KEYS) do redis.call('PERSIST', PFX .. k .. run) end
-  local idem = redis.call('HGET', run_key(run), 'idem')
-  if idem then redis.call('PERSIST', PFX .. 'idem:' .. idem) end
-end
-
-local function fail_run(run, err, now)
-  local rk = run_key(run)
-  local st = redis.call('HGET', rk, 'st')
-  if st and not is_finished(st) then
-    redis.call('HSET', rk, 'st', 'failed', 'err', err, 't1', now)
-    finish_run(run, now)
-    return true
+-- Queues entries for `wf`'s workers, at the back (or the front), waking blocked workers when
+-- the queue was empty (busy workers take from a non-empty queue before they block).
+local function enqueue(wf, entries, front)
+  if #entries == 0 then return end
+  local len
+  if front then
+    len = redis.call('RPUSH', queue_key(wf), unpack(entries))
+  else
+    len = redis.call('LPUSH', queue_key(wf), unpack(entries))
   end
-  return false
+  if len == #entries then wake(wf, #entries) end
 end
 
--- Moves an item to the dead letters and fails its run. Returns whether the run failed now.
-local function dead_letter(run, id, err, now)
-  local it = items_key(run)
-  local rk = run_key(run)
-  redis.call('HSET', it, id .. ':s', 'F')
-  redis.call('HDEL', it, id .. ':l', id .. ':w')
-  redis.call('HINCRBY', rk, 'left', -1)
-  local e = entry(id, run)
-  redis.call('ZREM', PFX .. 'leases', e)
-  local letter = cjson.encode({
-    run_id = run,
-    item_id = id,
-    node = redis.call('HGET', it, id .. ':n') or '',
-    error = err,
-    deliveries = tonumber(redis.call('HGET', it, id .. ':d') or '0'),
-    attempt = tonumber(redis.call('HGET', it, id .. ':a') or '1'),
-    at = now,
-  })
-  redis.call('HSET', PFX .. 'dlq', e, letter)
-  return fail_run(run, err, now)
+-- Makes item `id` of `run` ready: queued when the run takes items, parked while it is paused
+-- or failed (a resume queues it), dropped once the run is over. `r` holds the run's status
+-- (`st`) and workflow (`wf`); parked items are counted in `r.pkc` (written by the caller).
+-- Returns whether the item is still outstanding.
+local function make_ready(run, id, r, front)
+  if takes_items(r.st) then
+    enqueue(r.wf, { entry(id, run) }, front)
+  elseif accepts_results(r.st) then
+    redis.call('LPUSH', parked_key(run), id)
+    r.pkc = (r.pkc or 0) + 1
+  else
+    return false
+  end
+  return true
 end
 
--- Puts every held item of a run back in the queue. Returns how many.
-local function release_held(run, wf)
-  local it = items_key(run)
-  local fields = redis.call('HGETALL', it)
-  local n = 0
-  for i = 1, #fields, 2 do
-    local f = fields[i]
-    if string.sub(f, -2) == ':s' and fields[i + 1] == 'H' then
-      local id = string.sub(f, 1, 32)
-      redis.call('HSET', it, f, 'P')
-      push_ready(wf, entry(id, run), false)
-      n = n + 1
+-- Run records ---------------------------------------------------------------------------------
+
+-- Writes the fields in `set` to the run's record (one command).
+local function write_run(run, set)
+  local args = {}
+  for k, v in pairs(set) do
+    args[#args + 1] = k
+    args[#args + 1] = v
+  end
+  if #args > 0 then redis.call('HSET', run_key(run), unpack(args)) end
+end
+
+-- Reads fields of a run's record into a table (false for missing ones).
+local function read_run(run, fields)
+  local v = redis.call('HMGET', run_key(run), unpack(fields))
+  local r = {}
+  for i, f in ipairs(fields) do r[f] = v[i] end
+  return r
+end
+
+-- Retention --------------------------------------------------------------------------------
+
+-- Keeps a key of a finished run expiring at the run's expiry (a write may have cleared it).
+local function keep_expiry(key, exp)
+  if exp then redis.call('PEXPIREAT', key, exp) end
+end
+
+-- A run reached a final status: record when, let its keys expire after the retention (the
+-- items of a completed or cancelled run go now; a failed run keeps them for a resume), index
+-- it for the pruning of the run index, and tell waiters. `set` holds the fields the caller
+-- writes to the run's record afterwards (the new ones win over the stored ones).
+local function finish_run(run, set, st, now)
+  local exp = now + RETENTION
+  set.st, set.t1, set.exp = st, now, exp
+  local r = read_run(run, { 'nout', 'nerr', 'idem' })
+  local nout, nerr = set.nout or r.nout, set.nerr or r.nerr
+  redis.call('ZADD', DONE, now, run)
+  redis.call('PEXPIREAT', run_key(run), exp)
+  if nout and tonumber(nout) > 0 then redis.call('PEXPIREAT', outs_key(run), exp) end
+  if nerr and tonumber(nerr) > 0 then redis.call('PEXPIREAT', errs_key(run), exp) end
+  if r.idem then redis.call('PEXPIREAT', PFX .. 'idem:' .. r.idem, exp) end
+  if st == 'failed' then
+    redis.call('PEXPIREAT', items_key(run), exp)
+    redis.call('PEXPIREAT', parked_key(run), exp)
+    redis.call('PEXPIREAT', letters_of_key(run), exp)
+  else
+    redis.call('UNLINK', items_key(run), parked_key(run))
+  end
+  -- Drop the index entries of runs whose retention is over, a few at a time.
+  local old = redis.call('ZRANGEBYSCORE', DONE, '-inf', now - RETENTION, 'LIMIT', 0, 16)
+  if #old > 0 then
+    redis.call('ZREM', DONE, unpack(old))
+    redis.call('ZREM', RUNS, unpack(old))
+  end
+  redis.call('PUBLISH', PFX .. 'ev', run)
+end
+
+-- A finished (failed) run runs again: its keys no longer expire.
+local function revive_run(run, r)
+  redis.call('ZREM', DONE, run)
+  for _, k in ipairs({ run_key(run), items_key(run), parked_key(run), letters_of_key(run),
+                       outs_key(run), errs_key(run) }) do
+    redis.call('PERSIST', k)
+  end
+  if r.idem then redis.call('PERSIST', PFX .. 'idem:' .. r.idem) end
+end
+
+-- Dead letters -----------------------------------------------------------------------------
+
+-- Drops the dead letters whose retention is over, a few at a time.
+local function prune_letters(now)
+  local old = redis.call('ZRANGEBYSCORE', LETTER_INDEX, '-inf', now - LETTER_RETENTION, 'LIMIT', 0, 16)
+  if #old > 0 then
+    redis.call('ZREM', LETTER_INDEX, unpack(old))
+    local fields = {}
+    for _, e in ipairs(old) do
+      fields[#fields + 1] = e
+      fields[#fields + 1] = e .. ':p'
     end
+    redis.call('HDEL', LETTERS, unpack(fields))
   end
-  return n
 end
 
--- Hands expired leases back to the queue and makes due retries ready.
+-- Moves item `id` (state `m`, bytes `payload`) of `run` to the dead letters with `err`: the
+-- letter (JSON) under its entry, the item's bytes under `<entry>:p`. The caller updates the
+-- run (outstanding count, status).
+local function dead_letter(run, id, m, payload, err, now)
+  local e = entry(id, run)
+  redis.call('HSET', items_key(run), id .. ':m', with_state(m, 'F'))
+  redis.call('HDEL', items_key(run), id)
+  redis.call('HSET', LETTERS, e, cjson.encode({
+    run_id = run, item_id = id, node = m.n, error = err, deliveries = m.d, attempt = m.a,
+    at = now,
+  }), e .. ':p', payload or '')
+  redis.call('ZADD', LETTER_INDEX, now, e)
+  redis.call('SADD', letters_of_key(run), id)
+  prune_letters(now)
+end
+
+-- Records a failure of item `id` of `run` in the run's error list (a `WorkflowError`).
+local function record_error(run, id, node, err, attempt, now)
+  redis.call('RPUSH', errs_key(run), cjson.encode({
+    work_item = id, node = node, error = err, attempt = attempt, handled = false,
+    timestamp = { secs_since_epoch = math.floor(now / 1000), nanos_since_epoch = (now % 1000) * 1000000 },
+  }))
+end
+
+-- Takes ----------------------------------------------------------------------------------------
+
+-- Hands expired leases back to the queue and makes due retries ready (32 at most per call).
 local function due_work(now)
-  local expired = redis.call('ZRANGEBYSCORE', PFX .. 'leases', '-inf', now, 'LIMIT', 0, 64)
-  for _, e in ipairs(expired) do
-    redis.call('ZREM', PFX .. 'leases', e)
+  local due = redis.call('ZRANGEBYSCORE', TIMERS, '-inf', now, 'LIMIT', 0, 32)
+  if #due == 0 then return end
+  redis.call('ZREM', TIMERS, unpack(due))
+  for _, member in ipairs(due) do
+    local kind, e = string.sub(member, 1, 1), string.sub(member, 2)
     local id, run = split(e)
     local it = items_key(run)
-    if redis.call('HGET', it, id .. ':s') == 'I' then
-      redis.call('HSET', it, id .. ':s', 'P')
-      redis.call('HDEL', it, id .. ':l', id .. ':w')
-      redis.call('HINCRBY', run_key(run), 'm_reclaimed', 1)
-      redis.call('INCR', PFX .. 'reclaimed')
-      local owner = redis.call('HGET', run_key(run), 'wf')
-      if owner then push_ready(owner, e, true) end
-    end
-  end
-
-  local due = redis.call('ZRANGEBYSCORE', PFX .. 'delayed', '-inf', now, 'LIMIT', 0, 64)
-  for _, e in ipairs(due) do
-    redis.call('ZREM', PFX .. 'delayed', e)
-    local id, run = split(e)
-    if redis.call('HGET', items_key(run), id .. ':s') == 'R' then
-      redis.call('HSET', items_key(run), id .. ':s', 'P')
-      local owner = redis.call('HGET', run_key(run), 'wf')
-      if owner then push_ready(owner, e, false) end
+    local m = parse_meta(redis.call('HGET', it, id .. ':m'))
+    if m and ((kind == 'L' and m.s == 'I') or (kind == 'R' and m.s == 'R')) then
+      redis.call('HSET', it, id .. ':m', with_state(m, 'P'))
+      local r = read_run(run, { 'st', 'wf', 'pkc' })
+      local set = {}
+      if make_ready(run, id, r, kind == 'L') and r.pkc then set.pkc = r.pkc end
+      if kind == 'L' then
+        redis.call('HINCRBY', run_key(run), 'm_reclaimed', 1)
+        redis.call('INCR', PFX .. 'reclaimed')
+      end
+      write_run(run, set)
     end
   end
 end
 
--- Pops ready entries of `wf` (skipping stale ones, holding items of paused or failed runs,
--- dead-lettering poison items) until one is leased; returns the take reply, or nil.
-local function pop_ready(wf, worker, lease_ms, max_deliveries, now)
-  while true do
-    local e = redis.call('RPOP', PFX .. 'ready:' .. wf)
-    if not e then return nil end
-    local id, run = split(e)
-    local it, rk = items_key(run), run_key(run)
-    local f = redis.call('HMGET', it, id .. ':s', id, id .. ':n', id .. ':a')
-    if f[1] == 'P' then
-      local r = redis.call('HMGET', rk, 'st', 'dl', 'ver')
-      local st = r[1]
-      if takes_items(st) then
-        local d = redis.call('HINCRBY', it, id .. ':d', 1)
-        if d > max_deliveries then
-          dead_letter(run, id, 'poison item: delivered ' .. (d - 1) ..
-            ' times without a commit (limit ' .. max_deliveries .. ')', now)
-        else
-          local token = redis.call('INCR', PFX .. 'token')
-          redis.call('HSET', it, id .. ':s', 'I', id .. ':l', token, id .. ':w', worker)
-          redis.call('ZADD', PFX .. 'leases', now + lease_ms, e)
-          if st == 'pending' then redis.call('HSET', rk, 'st', 'running') end
-          local ctx = redis.call('GET', PFX .. 'ctx:' .. run) or ''
-          return { 1, run, id, token, f[2], f[3], f[4], d, r[2] or '', ctx, r[3] or '0' }
+-- Moves up to 256 parked items of a resumed run back to the queue (the rest on a later take).
+local function unpark(run, marker)
+  local r = read_run(run, { 'st', 'wf', 'pkc' })
+  if not takes_items(r.st) then return end
+  local ids = redis.call('RPOP', parked_key(run), 256)
+  if not ids then ids = {} end
+  local entries = {}
+  for i, id in ipairs(ids) do entries[i] = entry(id, run) end
+  enqueue(r.wf, entries, false)
+  local left = math.max(0, tonumber(r.pkc or '0') - #ids)
+  redis.call('HSET', run_key(run), 'pkc', left)
+  if left > 0 and #ids > 0 then redis.call('LPUSH', queue_key(r.wf), marker) end
+end
+
+-- Leases item `id` of `run` (state `m`) to `worker`; returns its new token.
+local function lease(run, id, m, worker, lease_ms, now)
+  local token = m.t + 1
+  redis.call('HSET', items_key(run), id .. ':m', meta('I', m.a, m.d, token, m.n, m.r), id .. ':w', worker)
+  redis.call('ZADD', TIMERS, now + lease_ms, 'L' .. entry(id, run))
+  return token
+end
+
+-- Pops ready entries of `wf` and leases up to `max_n` items to `worker` (skipping stale
+-- entries, parking items of paused or failed runs, dropping those of finished runs,
+-- dead-lettering poison items; 64 entries examined at most). The context is left out of an
+-- item of run `have_run` when it is still at version `have_ver` (the worker holds it).
+-- Returns the leased items as reply rows (see take.lua) and whether the batch is full.
+local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, have_run, have_ver, now)
+  local rows = {}
+  local runs = {}
+  local budget = 64
+  while #rows < max_n and budget > 0 do
+    local e = redis.call('RPOP', queue_key(wf))
+    if not e then return rows, false end
+    budget = budget - 1
+    if string.sub(e, 1, 1) == '@' then
+      unpark(string.sub(e, 2), e)
+    else
+      local id, run = split(e)
+      local r = runs[run]
+      if not r then
+        r = read_run(run, { 'st', 'dl', 'ver', 'pkc', 'left' })
+        r.wf = wf
+        runs[run] = r
+      end
+      local f = redis.call('HMGET', items_key(run), id .. ':m', id)
+      local m = parse_meta(f[1])
+      if m and m.s == 'P' then
+        if takes_items(r.st) then
+          m.d = m.d + 1
+          if m.d > max_deliveries then
+            local err = 'poison item: delivered ' .. (m.d - 1) ..
+              ' times without a commit (limit ' .. max_deliveries .. ')'
+            m.d = m.d - 1
+            dead_letter(run, id, m, f[2], err, now)
+            record_error(run, id, m.n, err, m.a, now)
+            r.left = tonumber(r.left or '1') - 1
+            local set = { err = err, left = r.left, nerr = 1 }
+            finish_run(run, set, 'failed', now)
+            write_run(run, set)
+            r.st = 'failed'
+          else
+            if r.st == 'pending' then
+              redis.call('HSET', run_key(run), 'st', 'running')
+              r.st = 'running'
+            end
+            local token = lease(run, id, m, worker, lease_ms, now)
+            local ctx, same = '', 1
+            if run ~= have_run or tonumber(r.ver or '0') ~= have_ver then
+              ctx, same = redis.call('HGET', run_key(run), 'ctx') or '', 0
+            end
+            rows[#rows + 1] = { run, id, token, f[2] or '', m.n, m.a, m.d, r.dl or '', same, ctx, r.ver or '0' }
+          end
+        elseif accepts_results(r.st) then
+          redis.call('LPUSH', parked_key(run), id)
+          redis.call('HINCRBY', run_key(run), 'pkc', 1)
         end
-      elseif accepts_results(st) then
-        redis.call('HSET', it, id .. ':s', 'H')
-      else
-        redis.call('HSET', it, id .. ':s', 'X')
-        redis.call('HINCRBY', rk, 'left', -1)
       end
     end
   end
+  return rows, #rows >= max_n
 end
 
--- Leases the next ready item of `wf` for `worker` (see take.lua for the reply). Expired
+-- Leases up to `max_n` ready items of `wf` for `worker` (see take.lua for the reply). Expired
 -- leases and due retries are rare, so under load they are looked for on about one take in
 -- four (by the server's clock), and always before answering that nothing is ready.
-local function take_next(wf, worker, lease_ms, max_deliveries)
+local function take_next(wf, worker, lease_ms, max_deliveries, max_n, have_run, have_ver, woken)
   local now = now_ms()
   local scanned = now % 4 == 0
   if scanned then due_work(now) end
-  local got = pop_ready(wf, worker, lease_ms, max_deliveries, now)
-  if got then return got end
-  if not scanned then
+  local rows, full = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, have_run, have_ver, now)
+  if #rows == 0 and not scanned then
     due_work(now)
-    got = pop_ready(wf, worker, lease_ms, max_deliveries, now)
-    if got then return got end
+    rows, full = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, have_run, have_ver, now)
   end
-
+  if #rows > 0 then
+    -- A worker woken from its wait passes the wake-up on while work may be left.
+    if woken and full then wake(wf, 1) end
+    local reply = { 1, #rows }
+    for _, row in ipairs(rows) do
+      for _, v in ipairs(row) do reply[#reply + 1] = v end
+    end
+    return reply
+  end
   local next_due = -1
-  local d = redis.call('ZRANGE', PFX .. 'delayed', 0, 0, 'WITHSCORES')
-  if d[2] then next_due = tonumber(d[2]) end
-  local l = redis.call('ZRANGE', PFX .. 'leases', 0, 0, 'WITHSCORES')
-  if l[2] and (next_due < 0 or tonumber(l[2]) < next_due) then next_due = tonumber(l[2]) end
-  if next_due >= 0 then next_due = math.max(0, next_due - now) end
+  local d = redis.call('ZRANGE', TIMERS, 0, 0, 'WITHSCORES')
+  if d[2] then next_due = math.max(0, tonumber(d[2]) - now) end
   return { 0, next_due }
+end
+
+-- Replays ---------------------------------------------------------------------------------
+
+-- The entries a take reply leased.
+local function taken_entries(reply)
+  local out = {}
+  if reply[1] ~= 1 then return out end
+  for k = 0, reply[2] - 1 do
+    local base = 3 + k * 11
+    out[#out + 1] = entry(reply[base + 1], reply[base])
+  end
+  return out
+end
+
+-- A take reply for `entries` that are still leased to `worker` (a retried request gets the
+-- items its first attempt leased, with their current tokens).
+local function leased_rows(entries, worker)
+  local reply = { 1, 0 }
+  for _, e in ipairs(entries) do
+    local id, run = split(e)
+    local f = redis.call('HMGET', items_key(run), id .. ':m', id, id .. ':w')
+    local m = parse_meta(f[1])
+    if m and m.s == 'I' and f[3] == worker then
+      local r = read_run(run, { 'dl', 'ver', 'ctx' })
+      for _, v in ipairs({ run, id, m.t, f[2] or '', m.n, m.a, m.d, r.dl or '', 0, r.ctx or '', r.ver or '0' }) do
+        reply[#reply + 1] = v
+      end
+      reply[2] = reply[2] + 1
+    end
+  end
+  if reply[2] == 0 then return { 0, 0 } end
+  return reply
+end
+
+-- `entries` as one string, for a replay.
+local function joined(entries) return table.concat(entries, '\n') end
+
+local function entries_of(text)
+  local out = {}
+  for e in string.gmatch(text or '', '[^\n]+') do out[#out + 1] = e end
+  return out
+end
+
+-- What a take leased, kept for two minutes under the worker's key with the request id.
+local function remember_take(key, reply)
+  if reply[1] == 1 then
+    redis.call('SET', key, RID .. '\n' .. joined(taken_entries(reply)), 'PX', 120000)
+  end
+end
+
+-- The reply a retried take (same request id) gets, or nil for a new request.
+local function replay_take(key, worker)
+  local prev = redis.call('GET', key)
+  if not prev or string.sub(prev, 1, #RID + 1) ~= RID .. '\n' then return nil end
+  return leased_rows(entries_of(string.sub(prev, #RID + 2)), worker)
+end
+
+-- Node timings: one field of the run's record, `<node> <count> <total µs> <max µs>;...`.
+local function add_timing(nt, node, dur)
+  local out, found = {}, false
+  for seg in string.gmatch(nt or '', '[^;]+') do
+    local n, c, t, x = string.match(seg, '^(%S+) (%d+) (%d+) (%d+)$')
+    if n == node then
+      seg = n .. ' ' .. (tonumber(c) + 1) .. ' ' .. (tonumber(t) + dur) .. ' ' .. math.max(tonumber(x), dur)
+      found = true
+    end
+    if n then out[#out + 1] = seg end
+  end
+  if not found then out[#out + 1] = node .. ' 1 ' .. dur .. ' ' .. dur end
+  return table.concat(out, ';')
 end

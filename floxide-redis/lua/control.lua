@@ -1,65 +1,70 @@
--- Cancels, pauses or resumes a run. Resuming a failed run re-enqueues only what failed
--- (its dead-lettered items) and what was held.
--- KEYS[1]: the partition's run index (`<pfx>runs`).
--- ARGV: pfx, retention, run id, action ('cancel' | 'pause' | 'resume')
--- Returns {'ok', new status} | {'unknown'} | {'invalid', status}
-local run, action = ARGV[3], ARGV[4]
-local rk, it = run_key(run), items_key(run)
-local st = redis.call('HGET', rk, 'st')
-if not st then return { 'unknown' } end
+-- Cancels, pauses or resumes a run, in bounded work: a cancel drops the run's items (their
+-- queue entries and timers are skipped when met), a pause stops its items being taken (they
+-- are parked when met), a resume queues a marker that moves the parked items back, a few
+-- hundred per take. Resuming a failed run also revives its dead letters (up to 1000 per
+-- resume; the rest stay dead letters).
+-- KEYS[1]: the partition's run index (`<pfx>runs`), for routing.
+-- ARGV[5..]: run id, action ('cancel' | 'pause' | 'resume')
+-- Returns {'ok', new status} | {'unknown'} | {'invalid', status, refused action}
+-- A retry of the request (same request id) gets its first answer.
+local run, action = ARGV[5], ARGV[6]
+local r = read_run(run, { 'st', 'wf', 'left', 'out', 'pkc', 'crid', 'cst', 'idem' })
+if not r.st then return { 'unknown' } end
+if r.crid == RID then return { 'ok', r.cst } end
 local now = now_ms()
+local set = { crid = RID }
+local new
 if action == 'cancel' then
-  if is_finished(st) then return { 'invalid', st } end
-  redis.call('HSET', rk, 'st', 'cancelled', 't1', now)
-  local fields = redis.call('HGETALL', it)
-  local dropped = 0
-  for i = 1, #fields, 2 do
-    local f, v = fields[i], fields[i + 1]
-    if string.sub(f, -2) == ':s' and (v == 'P' or v == 'R' or v == 'H') then
-      redis.call('HSET', it, f, 'X')
-      redis.call('ZREM', PFX .. 'delayed', entry(string.sub(f, 1, 32), run))
-      dropped = dropped + 1
-    end
-  end
-  if dropped > 0 then redis.call('HINCRBY', rk, 'left', 0 - dropped) end
-  finish_run(run, now)
-  return { 'ok', 'cancelled' }
+  if is_finished(r.st) then return { 'invalid', r.st, 'cancel' } end
+  new = 'cancelled'
+  finish_run(run, set, new, now)
 elseif action == 'pause' then
-  if not is_active(st) then return { 'invalid', st } end
-  redis.call('HSET', rk, 'st', 'paused')
-  publish(run)
-  return { 'ok', 'paused' }
+  if not is_active(r.st) then return { 'invalid', r.st, 'pause' } end
+  new = 'paused'
+  set.st = new
+  redis.call('PUBLISH', PFX .. 'ev', run)
 elseif action == 'resume' then
-  local r = redis.call('HMGET', rk, 'wf', 'left')
-  local wf, left = r[1], tonumber(r[2] or '0')
-  local revivable = {}
-  if st == 'failed' then
-    local fields = redis.call('HGETALL', it)
-    for i = 1, #fields, 2 do
-      local f, v = fields[i], fields[i + 1]
-      if string.sub(f, -2) == ':s' and v == 'F' then revivable[#revivable + 1] = string.sub(f, 1, 32) end
+  local letters = 0
+  if r.st == 'failed' then letters = math.min(redis.call('SCARD', letters_of_key(run)), 1000) end
+  local refused
+  new, refused = resume_status(r.st, tonumber(r.left or '0') + letters, r.out)
+  if not new then return { 'invalid', r.st, refused } end
+  local pkc = tonumber(r.pkc or '0')
+  if letters > 0 then
+    local it = items_key(run)
+    for _, id in ipairs(redis.call('SPOP', letters_of_key(run), letters)) do
+      local e = entry(id, run)
+      local letter = redis.call('HMGET', LETTERS, e, e .. ':p')
+      if letter[1] then
+        local l = cjson.decode(letter[1])
+        local m = parse_meta(redis.call('HGET', it, id .. ':m'))
+        redis.call('HSET', it, id, letter[2] or '', id .. ':m',
+          meta('P', l.attempt, 0, m and m.t or 0, l.node, RID))
+        redis.call('HDEL', LETTERS, e, e .. ':p')
+        redis.call('ZREM', LETTER_INDEX, e)
+        redis.call('LPUSH', parked_key(run), id)
+        pkc = pkc + 1
+        set.left = tonumber(set.left or r.left or '0') + 1
+      end
     end
   end
-  local new, refused = resume_status(st, left + #revivable, redis.call('HEXISTS', rk, 'out') == 1)
-  if not new then return { 'invalid', st, refused } end
-  for _, id in ipairs(revivable) do
-    redis.call('HSET', it, id .. ':s', 'H', id .. ':d', 0)
-    redis.call('HDEL', PFX .. 'dlq', entry(id, run))
+  if r.st == 'failed' and not is_finished(new) then
+    redis.call('HDEL', run_key(run), 't1', 'err', 'exp', 'frid', 'fx')
+    revive_run(run, r)
   end
-  if #revivable > 0 then redis.call('HINCRBY', rk, 'left', #revivable) end
   if is_finished(new) then
-    redis.call('HSET', rk, 'st', new, 't1', now)
-    if new == 'failed' then redis.call('HSET', rk, 'err', 'workflow `' .. wf .. '`' .. NO_OUTPUT) end
-    finish_run(run, now)
-    return { 'ok', new }
+    if new == 'failed' then set.err = 'workflow `' .. r.wf .. '`' .. NO_OUTPUT end
+    finish_run(run, set, new, now)
+  else
+    set.st = new
+    set.pkc = pkc
+    -- The parked items go back to the queue through a marker at its front.
+    if pkc > 0 then enqueue(r.wf, { '@' .. run }, true) end
+    redis.call('PUBLISH', PFX .. 'ev', run)
   end
-  redis.call('HSET', rk, 'st', 'running')
-  if st == 'failed' then
-    redis.call('HDEL', rk, 't1', 'err')
-    revive_run(run)
-  end
-  release_held(run, wf)
-  publish(run)
-  return { 'ok', 'running' }
+else
+  return redis.error_reply('unknown action ' .. action)
 end
-return redis.error_reply('unknown action ' .. action)
+set.cst = new
+write_run(run, set)
+return { 'ok', new }

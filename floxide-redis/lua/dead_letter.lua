@@ -1,24 +1,44 @@
--- Re-enqueues or drops a dead letter. Re-enqueueing revives its run if it had failed.
--- KEYS[1]: the partition's dead-letter hash (`<pfx>dlq`).
--- ARGV: pfx, retention, run id, item id, action ('requeue' | 'drop')
--- Returns {'ok'} | {'unknown'}
-local run, id, action = ARGV[3], ARGV[4], ARGV[5]
+-- Re-enqueues or drops a dead letter. Re-enqueueing revives its run if it had failed; a
+-- letter whose run has passed its retention, or is cancelled or completed, is kept.
+-- KEYS[1]: the partition's dead-letter index (`<pfx>dlq`).
+-- ARGV[5..]: run id, item id, action ('requeue' | 'drop')
+-- Returns {'ok'} | {'unknown'} | {'expired'} | {'invalid', run status}
+-- A retry of the request that requeued the letter (same request id) gets {'ok'}.
+local run, id, action = ARGV[5], ARGV[6], ARGV[7]
 local e = entry(id, run)
-if redis.call('HDEL', PFX .. 'dlq', e) == 0 then return { 'unknown' } end
-if action == 'drop' then return { 'ok' } end
-local it, rk = items_key(run), run_key(run)
-local wf = redis.call('HGET', rk, 'wf')
-if not wf then return { 'ok' } end
-if redis.call('HGET', it, id .. ':s') == 'F' then
-  redis.call('HSET', it, id .. ':s', 'P', id .. ':d', 0)
-  redis.call('HINCRBY', rk, 'left', 1)
-  push_ready(wf, e, false)
+local it = items_key(run)
+local stored = redis.call('HMGET', LETTERS, e, e .. ':p')
+local letter = stored[1]
+if not letter then
+  local m = parse_meta(redis.call('HGET', it, id .. ':m'))
+  if m and m.r == RID then return { 'ok' } end
+  return { 'unknown' }
 end
-if redis.call('HGET', rk, 'st') == 'failed' then
-  redis.call('HSET', rk, 'st', 'running')
-  redis.call('HDEL', rk, 't1', 'err')
-  revive_run(run)
-  release_held(run, wf)
-  publish(run)
+if action == 'drop' then
+  redis.call('HDEL', LETTERS, e, e .. ':p')
+  redis.call('ZREM', LETTER_INDEX, e)
+  redis.call('SREM', letters_of_key(run), id)
+  return { 'ok' }
 end
+local r = read_run(run, { 'st', 'wf', 'left', 'pkc', 'idem' })
+if not r.st then return { 'expired' } end
+if not accepts_results(r.st) then return { 'invalid', r.st } end
+local l = cjson.decode(letter)
+local m = parse_meta(redis.call('HGET', it, id .. ':m'))
+redis.call('HSET', it, id, stored[2] or '', id .. ':m', meta('P', l.attempt, 0, m and m.t or 0, l.node, RID))
+redis.call('HDEL', LETTERS, e, e .. ':p')
+redis.call('ZREM', LETTER_INDEX, e)
+redis.call('SREM', letters_of_key(run), id)
+local set = { left = tonumber(r.left or '0') + 1 }
+if r.st == 'failed' then
+  redis.call('HDEL', run_key(run), 't1', 'err', 'exp', 'frid', 'fx')
+  revive_run(run, r)
+  r.st = 'running'
+  set.st = 'running'
+  -- Items parked while the run had failed go back to the queue too.
+  if tonumber(r.pkc or '0') > 0 then enqueue(r.wf, { '@' .. run }, true) end
+  redis.call('PUBLISH', PFX .. 'ev', run)
+end
+if make_ready(run, id, r, false) and r.pkc then set.pkc = r.pkc end
+write_run(run, set)
 return { 'ok' }

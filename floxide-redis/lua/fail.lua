@@ -1,38 +1,53 @@
--- Records a failed step, fenced by its lease: schedules its retry as a delayed item, or
--- dead-letters it and fails the run.
--- KEYS[1]: the partition's delayed index (`<pfx>delayed`).
--- ARGV: pfx, retention, run id, item id, token, error record (JSON), error text,
---       retry delay in ms ('' to dead-letter)
+-- Records a failed step, fenced by its lease: schedules its retry (a timer), or dead-letters
+-- the item (with its bytes) and fails the run; nothing but the item's drop once the run is
+-- cancelled or completed.
+-- KEYS[1]: the partition's timer set (`<pfx>tm`), for routing.
+-- ARGV[5..]: run id, item id, token, error record (JSON), error text, retry delay in ms
+--            ('' to dead-letter)
 -- Returns {'ok', 'failed' when the run failed now, else ''} | {'lost'} | {'inactive', status}
-local run, id, token = ARGV[3], ARGV[4], ARGV[5]
-local record, text, retry = ARGV[6], ARGV[7], ARGV[8]
-local it, rk = items_key(run), run_key(run)
+-- A retry of the request that recorded the failure (same request id) gets {'ok', ''}.
+local run, id, token = ARGV[5], ARGV[6], tonumber(ARGV[7])
+local record, text, retry = ARGV[8], ARGV[9], ARGV[10]
+local it = items_key(run)
 local e = entry(id, run)
-local f = redis.call('HMGET', it, id .. ':s', id .. ':l', id .. ':n')
-if f[1] ~= 'I' or f[2] ~= token then return { 'lost' } end
-local st = redis.call('HGET', rk, 'st')
-local effect = after_failure(st, retry ~= '')
+local f = redis.call('HMGET', it, id .. ':m', id)
+local m = parse_meta(f[1])
+if not m or m.s ~= 'I' or m.t ~= token then
+  if m and m.r == RID and (m.s == 'R' or m.s == 'F' or m.s == 'X') then return { 'ok', '' } end
+  -- A cancelled or completed run's items are gone: its in-flight steps learn it is over.
+  local st = not m and redis.call('HGET', run_key(run), 'st')
+  if st and not accepts_results(st) then return { 'inactive', st } end
+  return { 'lost' }
+end
+local r = read_run(run, { 'st', 'left', 'nerr', 'exp', 'm_failed', 'm_retries' })
+local effect, new = after_failure(r.st, retry ~= '')
+redis.call('ZREM', TIMERS, 'L' .. e)
 if effect == 'inactive' then
-  redis.call('HSET', it, id .. ':s', 'X')
-  redis.call('HDEL', it, id .. ':l', id .. ':w')
-  redis.call('HINCRBY', rk, 'left', -1)
-  redis.call('ZREM', PFX .. 'leases', e)
-  return { 'inactive', st or 'cancelled' }
+  redis.call('HSET', it, id .. ':m', with_state(m, 'X', RID))
+  return { 'inactive', r.st or 'cancelled' }
 end
 local now = now_ms()
-redis.call('HINCRBY', rk, 'm_failed', 1)
 -- The record's attempt is the item's, which only the server knows.
 local rec = cjson.decode(record)
-rec.attempt = tonumber(redis.call('HGET', it, id .. ':a') or '1')
-redis.call('RPUSH', PFX .. 'errs:' .. run, cjson.encode(rec))
+rec.attempt = m.a
+redis.call('RPUSH', errs_key(run), cjson.encode(rec))
+local set = { nerr = tonumber(r.nerr or '0') + 1, m_failed = tonumber(r.m_failed or '0') + 1 }
+keep_expiry(errs_key(run), r.exp)
+local fin = ''
 if effect == 'retry' then
-  redis.call('HSET', it, id .. ':s', 'R', id .. ':d', 0)
-  redis.call('HINCRBY', it, id .. ':a', 1)
-  redis.call('HDEL', it, id .. ':l', id .. ':w')
-  redis.call('ZREM', PFX .. 'leases', e)
-  redis.call('ZADD', PFX .. 'delayed', now + tonumber(retry), e)
-  redis.call('HINCRBY', rk, 'm_retries', 1)
-  return { 'ok', '' }
+  redis.call('HSET', it, id .. ':m', meta('R', m.a + 1, 0, m.t, m.n, RID))
+  redis.call('ZADD', TIMERS, now + tonumber(retry), 'R' .. e)
+  set.m_retries = tonumber(r.m_retries or '0') + 1
+else
+  m.r = RID
+  dead_letter(run, id, m, f[2], 'node `' .. m.n .. '` failed: ' .. text, now)
+  set.left = tonumber(r.left or '1') - 1
+  if new ~= r.st then
+    fin = new
+    set.err = 'node `' .. m.n .. '` failed: ' .. text
+    finish_run(run, set, new, now)
+  end
 end
-local failed = dead_letter(run, id, 'node `' .. (f[3] or '') .. '` failed: ' .. text, now)
-return { 'ok', failed and 'failed' or '' }
+write_run(run, set)
+if r.exp then keep_expiry(it, r.exp) end
+return { 'ok', fin }

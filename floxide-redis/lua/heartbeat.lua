@@ -1,10 +1,14 @@
 -- Renews a lease, if still held.
--- KEYS[1]: the partition's lease index (`<pfx>leases`).
--- ARGV: pfx, retention, run id, item id, token, lease in ms
+-- KEYS[1]: the partition's timer set (`<pfx>tm`), for routing.
+-- ARGV[5..]: run id, item id, token, lease in ms
 -- Returns {'ok', run status} | {'lost'}
-local run, id, token, lease_ms = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
-local it = items_key(run)
-local f = redis.call('HMGET', it, id .. ':s', id .. ':l')
-if f[1] ~= 'I' or f[2] ~= token then return { 'lost' } end
-redis.call('ZADD', PFX .. 'leases', now_ms() + lease_ms, entry(id, run))
+local run, id, token, lease_ms = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local m = parse_meta(redis.call('HGET', items_key(run), id .. ':m'))
+if not m then
+  -- A cancelled or completed run's items are gone: tell the step its run is over.
+  local st = redis.call('HGET', run_key(run), 'st')
+  if st and not accepts_results(st) then return { 'ok', st } end
+end
+if not m or m.s ~= 'I' or m.t ~= token then return { 'lost' } end
+redis.call('ZADD', TIMERS, now_ms() + lease_ms, 'L' .. entry(id, run))
 return { 'ok', redis.call('HGET', run_key(run), 'st') or 'cancelled' }

@@ -1,15 +1,16 @@
--- Gives a leased item back untouched (graceful shutdown): not counted as a delivery.
--- KEYS[1]: the partition's lease index (`<pfx>leases`).
--- ARGV: pfx, retention, run id, item id, token
+-- Gives a leased item back untouched (graceful shutdown): ready again at the front of the
+-- queue, and not counted as a delivery.
+-- KEYS[1]: the partition's timer set (`<pfx>tm`), for routing.
+-- ARGV[5..]: run id, item id, token
 -- Returns {'ok'} | {'lost'}
-local run, id, token = ARGV[3], ARGV[4], ARGV[5]
+local run, id, token = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local it = items_key(run)
-local f = redis.call('HMGET', it, id .. ':s', id .. ':l')
-if f[1] ~= 'I' or f[2] ~= token then return { 'lost' } end
-redis.call('HSET', it, id .. ':s', 'P')
-redis.call('HINCRBY', it, id .. ':d', -1)
-redis.call('HDEL', it, id .. ':l', id .. ':w')
-redis.call('ZREM', PFX .. 'leases', entry(id, run))
-local wf = redis.call('HGET', run_key(run), 'wf')
-if wf then push_ready(wf, entry(id, run), true) end
+local m = parse_meta(redis.call('HGET', it, id .. ':m'))
+if not m or m.s ~= 'I' or m.t ~= token then return { 'lost' } end
+redis.call('HSET', it, id .. ':m', meta('P', m.a, math.max(m.d - 1, 0), m.t, m.n, m.r))
+redis.call('ZREM', TIMERS, 'L' .. entry(id, run))
+local r = read_run(run, { 'st', 'wf', 'pkc' })
+local set = {}
+if make_ready(run, id, r, true) and r.pkc then set.pkc = r.pkc end
+write_run(run, set)
 return { 'ok' }

@@ -1,6 +1,6 @@
 //! [`RedisBackend`]: the `Backend` trait on Redis, one Lua script per transition.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use floxide_core::distributed::{
@@ -10,10 +10,10 @@ use floxide_core::distributed::{
     WorkerHealth, WorkerId, WorkflowError,
 };
 use floxide_core::ItemId;
-use redis::{AsyncCommands, Value};
+use redis::Value;
 
 use crate::keys::Keys;
-use crate::reply::{backend, field_text, field_u64, hash, malformed, ms_of, time_ms, Reply};
+use crate::reply::{hash, malformed, ms_of, time_ms, Reply};
 use crate::{RedisBackendError, RedisClient, RedisConfig};
 
 /// The distributed backend on Redis: any number of worker processes on any number of machines
@@ -22,6 +22,15 @@ use crate::{RedisBackendError, RedisClient, RedisConfig};
 pub struct RedisBackend {
     client: RedisClient,
 }
+
+/// A fresh request id: retries of one request send the same id, and the scripts answer a
+/// retry of an applied request as they answered it the first time.
+fn request_id() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// The fields of a run record that [`RunInfo`] shows (not the context).
+const INFO_FIELDS: [&str; 9] = ["wf", "st", "t0", "t1", "out", "err", "idem", "dl", "nout"];
 
 impl RedisBackend {
     /// Connects with default settings to `url`.
@@ -48,12 +57,34 @@ impl RedisBackend {
         &self.client.inner.keys
     }
 
-    fn retention_secs(&self) -> u64 {
-        self.client.inner.config.retention.as_secs().max(1)
+    /// The scripts' common arguments: partition prefix, retentions (ms), request id.
+    fn invoke<'a>(
+        &self,
+        script: &'a redis::Script,
+        key: String,
+        pfx: &str,
+        rid: &str,
+    ) -> redis::ScriptInvocation<'a> {
+        let config = &self.client.inner.config;
+        let mut inv = script.key(key);
+        inv.arg(pfx)
+            .arg(config.retention.as_millis() as u64)
+            .arg(config.letter_retention.as_millis() as u64)
+            .arg(rid);
+        inv
     }
 
-    fn conn(&self) -> redis::aio::ConnectionManager {
-        self.client.connection()
+    /// Runs a script (retried through the client's connection handling: the request id makes
+    /// a retry of an applied write answer as the first attempt did).
+    async fn script_reply(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Reply, DistributedError> {
+        let value: Value = self
+            .client
+            .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await?;
+        Reply::from(value)
     }
 
     /// Runs one take in partition `pfx`: `Ok(taken)` or `Err(ms until something is due)`.
@@ -63,23 +94,25 @@ impl RedisBackend {
         workflow: &str,
         worker: &WorkerId,
         options: TakeOptions,
+        woken: bool,
     ) -> Result<Result<Taken, Option<u64>>, DistributedError> {
-        let reply = self
-            .script_reply(
-                self.client
-                    .inner
-                    .scripts
-                    .take
-                    .key(Keys::ready(pfx, workflow))
-                    .arg(pfx)
-                    .arg(self.retention_secs())
-                    .arg(workflow)
-                    .arg(worker.as_str())
-                    .arg(options.lease_timeout.as_millis() as u64)
-                    .arg(options.max_deliveries),
-            )
-            .await?;
-        parse_take(reply, worker)
+        let scripts = &self.client.inner.scripts;
+        let mut inv = self.invoke(
+            &scripts.take,
+            Keys::queue(pfx, workflow),
+            pfx,
+            &request_id(),
+        );
+        inv.arg(workflow)
+            .arg(worker.as_str())
+            .arg(options.lease_timeout.as_millis() as u64)
+            .arg(options.max_deliveries)
+            .arg(1)
+            .arg("")
+            .arg(-1)
+            .arg(if woken { "1" } else { "0" });
+        let reply = self.script_reply(&inv).await?;
+        Ok(parse_take(reply, worker, None)?.map(first))
     }
 
     /// Waits on `workflow`'s wake list of partition `pfx` (a blocking pop: no polling).
@@ -89,13 +122,20 @@ impl RedisBackend {
         workflow: &str,
         wait: Duration,
     ) -> Result<(), DistributedError> {
-        let mut conn = self.client.blocking_connection().await.map_err(backend)?;
+        let mut conn = self
+            .client
+            .blocking_connection()
+            .await
+            .map_err(crate::reply::backend)?;
         let secs = wait.as_secs_f64().max(0.001);
         // A connection that died silently would block forever: bound the wait, and drop the
         // connection instead of reusing it when the server did not answer in time.
         let answered = tokio::time::timeout(
             wait + Duration::from_secs(2),
-            conn.blpop::<_, Option<(String, String)>>(Keys::wake(pfx, workflow), secs),
+            redis::cmd("BLPOP")
+                .arg(Keys::wake(pfx, workflow))
+                .arg(secs)
+                .query_async::<Option<(String, String)>>(&mut conn),
         )
         .await;
         match answered {
@@ -103,7 +143,7 @@ impl RedisBackend {
                 self.client.give_back(conn);
                 Ok(())
             }
-            Ok(Err(e)) => Err(backend(e)),
+            Ok(Err(e)) => Err(crate::reply::backend(e)),
             Err(_) => Err(DistributedError::Backend(format!(
                 "no answer from Redis to a blocking wait within {:?}",
                 wait + Duration::from_secs(2)
@@ -111,171 +151,190 @@ impl RedisBackend {
         }
     }
 
-    async fn run_hash(
+    /// Reads fields of a run's record (`None` for an unknown run).
+    async fn run_fields(
         &self,
         run_id: &str,
-    ) -> Result<(String, HashMap<String, Vec<u8>>), DistributedError> {
-        let pfx = self.keys().partition_of_run(run_id);
-        let key = Keys::run(&pfx, run_id);
-        let value: Value = retry_dropped(|| {
-            let mut conn = self.conn();
-            let key = &key;
-            async move { conn.hgetall(key).await }
-        })
-        .await?;
-        let map = hash(value);
-        if map.is_empty() {
-            return Err(DistributedError::UnknownRun(run_id.to_owned()));
-        }
-        Ok((pfx, map))
+        fields: &[&str],
+    ) -> Result<Option<Vec<Option<Vec<u8>>>>, DistributedError> {
+        let key = Keys::run(&self.keys().partition_of_run(run_id), run_id);
+        let key = &key;
+        let values: Vec<Option<Vec<u8>>> = self
+            .client
+            .run(|mut conn| async move {
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg(fields)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        // Every record has a status.
+        Ok(values
+            .first()
+            .is_some_and(Option::is_some)
+            .then_some(values))
     }
 
-    fn run_info_from(
-        &self,
-        run_id: &str,
-        map: &HashMap<String, Vec<u8>>,
-        outputs: Vec<Vec<u8>>,
-    ) -> RunInfo {
-        let status = match field_text(map, "st").as_deref() {
-            Some("pending") => RunStatus::Pending,
-            Some("running") => RunStatus::Running,
-            Some("paused") => RunStatus::Paused,
-            Some("completed") => RunStatus::Completed,
-            Some("failed") => RunStatus::Failed,
-            _ => RunStatus::Cancelled,
+    fn run_info_from(&self, run_id: &str, f: &[Option<Vec<u8>>], extra: Vec<Vec<u8>>) -> RunInfo {
+        let text = |i: usize| {
+            f.get(i)
+                .and_then(Option::as_ref)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
         };
+        let number = |i: usize| text(i).and_then(|t| t.parse::<u64>().ok());
         let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).ok();
+        let output = f.get(4).and_then(Option::as_ref).and_then(|b| json(b));
+        let mut outputs: Vec<serde_json::Value> = output.iter().cloned().collect();
+        outputs.extend(extra.iter().filter_map(|b| json(b)));
         RunInfo {
             run_id: run_id.to_owned(),
-            workflow: field_text(map, "wf").unwrap_or_default(),
-            status,
-            started_at: time_ms(field_u64(map, "t0")),
-            finished_at: map
-                .contains_key("t1")
-                .then(|| time_ms(field_u64(map, "t1"))),
-            output: map.get("out").and_then(|b| json(b)),
-            outputs: outputs.iter().filter_map(|b| json(b)).collect(),
-            error: field_text(map, "err"),
-            idempotency_key: field_text(map, "idem"),
-            deadline: map
-                .contains_key("dl")
-                .then(|| time_ms(field_u64(map, "dl"))),
+            workflow: text(0).unwrap_or_default(),
+            status: run_status_of(&text(1).unwrap_or_default()),
+            started_at: time_ms(number(2).unwrap_or_default()),
+            finished_at: number(3).map(time_ms),
+            output,
+            outputs,
+            error: text(5),
+            idempotency_key: text(6),
+            deadline: number(7).map(time_ms),
         }
     }
 
-    async fn items_of(
-        &self,
-        run_id: &str,
-    ) -> Result<Vec<(ItemId, HashMap<&'static str, Vec<u8>>)>, DistributedError> {
+    /// Every field of a run's item hash, by item.
+    async fn items_of(&self, run_id: &str) -> Result<Vec<StoredItem>, DistributedError> {
         let pfx = self.keys().partition_of_run(run_id);
-        let value: Value = self
-            .conn()
-            .hgetall(Keys::items(&pfx, run_id))
-            .await
-            .map_err(backend)?;
-        let map = hash(value);
-        if map.is_empty() {
-            self.run_hash(run_id).await?;
-        }
-        let mut items: BTreeMap<ItemId, HashMap<&'static str, Vec<u8>>> = BTreeMap::new();
-        for (field, value) in map {
+        let key = Keys::items(&pfx, run_id);
+        let key = &key;
+        let value: Value =
+            self.client
+                .run(|mut conn| async move {
+                    redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
+                })
+                .await?;
+        let mut items: BTreeMap<ItemId, StoredItem> = BTreeMap::new();
+        for (field, value) in hash(value) {
             let (id, part) = match field.split_once(':') {
-                Some((id, suffix)) => (
-                    id.to_owned(),
-                    match suffix {
-                        "n" => "node",
-                        "s" => "status",
-                        "a" => "attempt",
-                        "d" => "deliveries",
-                        "l" => "lease",
-                        "w" => "worker",
-                        _ => continue,
-                    },
-                ),
-                None => (field, "payload"),
+                Some((id, part)) => (id.to_owned(), part.to_owned()),
+                None => (field, String::new()),
             };
             let Ok(id) = id.parse::<ItemId>() else {
                 continue;
             };
-            items.entry(id).or_default().insert(part, value);
-        }
-        Ok(items.into_iter().collect())
-    }
-
-    async fn script_reply(
-        &self,
-        invocation: &mut redis::ScriptInvocation<'_>,
-    ) -> Result<Reply, DistributedError> {
-        let invocation = &*invocation;
-        let value: Value = retry_dropped(|| {
-            let mut conn = self.conn();
-            async move { invocation.invoke_async(&mut conn).await }
-        })
-        .await?;
-        Reply::from(value)
-    }
-}
-
-/// Runs a command, once more after a short pause when the connection had dropped (Redis
-/// restarted, network blip): the connection manager reconnects in the background. Every
-/// command here may run twice safely: reads are idempotent, and every write is fenced or
-/// deduplicated by its script (a commit whose reply was lost finds its lease gone).
-async fn retry_dropped<T, F, Fut>(mut command: F) -> Result<T, DistributedError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = redis::RedisResult<T>>,
-{
-    let mut pause = Duration::from_millis(50);
-    for _ in 0..4 {
-        match command().await {
-            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
-                tracing::debug!(error = %e, ?pause, "Redis connection dropped; retrying");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
+            let item = items.entry(id).or_insert_with(|| StoredItem {
+                id,
+                payload: None,
+                meta: String::new(),
+                worker: None,
+            });
+            match part.as_str() {
+                "" => item.payload = Some(value),
+                "m" => item.meta = String::from_utf8_lossy(&value).into_owned(),
+                "w" => item.worker = Some(String::from_utf8_lossy(&value).into_owned()),
+                _ => {}
             }
-            other => return other.map_err(backend),
+        }
+        Ok(items.into_values().collect())
+    }
+
+    /// The status a run's record holds, for the items' states.
+    async fn status_of(&self, run_id: &str) -> Result<RunStatus, DistributedError> {
+        match self.run_fields(run_id, &["st"]).await? {
+            Some(f) => Ok(run_status_of(&String::from_utf8_lossy(
+                f[0].as_deref().unwrap_or_default(),
+            ))),
+            None => Err(DistributedError::UnknownRun(run_id.to_owned())),
         }
     }
-    command().await.map_err(backend)
 }
 
-/// A take reply (see `lua/take.lua`): `Ok(taken)` or `Err(ms until something is due)`.
-fn parse_take(r: Reply, worker: &WorkerId) -> Result<Result<Taken, Option<u64>>, DistributedError> {
+/// One item as stored: its bytes (until committed), state and last worker.
+#[derive(Debug)]
+struct StoredItem {
+    id: ItemId,
+    payload: Option<Vec<u8>>,
+    meta: String,
+    worker: Option<String>,
+}
+
+impl StoredItem {
+    /// `<state> <attempt> <deliveries> <token> <node> <request>`.
+    fn parts(&self) -> (char, u32, u32, &str) {
+        let mut it = self.meta.split(' ');
+        let state = it.next().and_then(|s| s.chars().next()).unwrap_or('X');
+        let attempt = it.next().and_then(|s| s.parse().ok()).unwrap_or(1);
+        let deliveries = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let _token = it.next();
+        (state, attempt, deliveries, it.next().unwrap_or_default())
+    }
+
+    /// The item's state; a ready item of a paused or failed run is held.
+    fn status(&self, run: RunStatus) -> WorkItemStatus {
+        match self.parts().0 {
+            'P' if machine::takes_items(run) => WorkItemStatus::Pending,
+            'P' if machine::accepts_results(run) => WorkItemStatus::Held,
+            'I' => WorkItemStatus::InProgress,
+            'R' => WorkItemStatus::WaitingRetry,
+            'C' => WorkItemStatus::Completed,
+            'F' => WorkItemStatus::PermanentlyFailed,
+            _ => WorkItemStatus::Cancelled,
+        }
+    }
+}
+
+/// The first item of a take.
+fn first(mut taken: Vec<Taken>) -> Taken {
+    taken.swap_remove(0)
+}
+
+/// A take reply (see `lua/take.lua`): `Ok(items)` or `Err(ms until something is due)`.
+/// `held` is the context the caller holds (bytes, version), for items whose context the
+/// reply leaves out.
+fn parse_take(
+    r: Reply,
+    worker: &WorkerId,
+    held: Option<&VersionedContext>,
+) -> Result<Result<Vec<Taken>, Option<u64>>, DistributedError> {
     if r.int(0) != Some(1) {
         let due = r.int(1).filter(|d| *d >= 0).map(|d| d as u64);
         return Ok(Err(due));
     }
-    let item_id: ItemId = r.text(2).parse().map_err(|_| malformed("item id"))?;
-    let deadline = r.text(8).parse::<u64>().ok().map(time_ms);
-    Ok(Ok(Taken {
-        lease: Lease {
-            run_id: r.text(1),
-            item_id,
-            token: r.int(3).unwrap_or_default() as u64,
-            worker: worker.clone(),
-        },
-        bytes: r.bytes(4),
-        node: r.text(5),
-        attempt: r.int(6).unwrap_or(1) as u32,
-        deliveries: r.int(7).unwrap_or(1) as u32,
-        deadline,
-        context: Some(VersionedContext {
-            bytes: r.bytes(9),
-            version: r.int(10).unwrap_or_default() as u64,
-        }),
-    }))
-}
-
-fn status_of(code: &[u8]) -> WorkItemStatus {
-    match code {
-        b"P" => WorkItemStatus::Pending,
-        b"I" => WorkItemStatus::InProgress,
-        b"R" => WorkItemStatus::WaitingRetry,
-        b"H" => WorkItemStatus::Held,
-        b"C" => WorkItemStatus::Completed,
-        b"F" => WorkItemStatus::PermanentlyFailed,
-        _ => WorkItemStatus::Cancelled,
+    let count = r.int(1).unwrap_or_default().max(0) as usize;
+    let mut out = Vec::with_capacity(count);
+    for k in 0..count {
+        let b = 2 + k * 11;
+        let item_id: ItemId = r.text(b + 1).parse().map_err(|_| malformed("item id"))?;
+        let version = r.int(b + 10).unwrap_or_default() as u64;
+        let context = if r.int(b + 8) == Some(1) {
+            match held {
+                Some(ctx) if ctx.version == version => Some(ctx.clone()),
+                _ => None,
+            }
+        } else {
+            Some(VersionedContext {
+                bytes: r.bytes(b + 9),
+                version,
+            })
+        };
+        out.push(Taken {
+            lease: Lease {
+                run_id: r.text(b),
+                item_id,
+                token: r.int(b + 2).unwrap_or_default() as u64,
+                worker: worker.clone(),
+            },
+            bytes: r.bytes(b + 3),
+            node: r.text(b + 4),
+            attempt: r.int(b + 5).unwrap_or(1) as u32,
+            deliveries: r.int(b + 6).unwrap_or(1) as u32,
+            deadline: r.text(b + 7).parse::<u64>().ok().map(time_ms),
+            context,
+        });
     }
+    if out.is_empty() {
+        return Ok(Err(Some(0)));
+    }
+    Ok(Ok(out))
 }
 
 fn run_status_of(text: &str) -> RunStatus {
@@ -314,6 +373,7 @@ fn payload_text(bytes: &[u8]) -> String {
     }
 }
 
+/// A dead letter as the scripts store it.
 #[derive(serde::Deserialize)]
 struct StoredLetter {
     run_id: String,
@@ -325,37 +385,64 @@ struct StoredLetter {
     at: u64,
 }
 
+/// Node timings as the commit script keeps them: `<node> <count> <total µs> <max µs>;...`.
+fn node_timings(text: &str) -> BTreeMap<String, NodeTiming> {
+    text.split(';')
+        .filter_map(|seg| {
+            let mut it = seg.split(' ');
+            let node = it.next().filter(|n| !n.is_empty())?;
+            let mut number = || it.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+            let (count, total, max) = (number(), number(), number());
+            Some((
+                node.to_owned(),
+                NodeTiming {
+                    count,
+                    total: Duration::from_micros(total),
+                    max: Duration::from_micros(max),
+                },
+            ))
+        })
+        .collect()
+}
+
 #[async_trait::async_trait]
 impl Backend for RedisBackend {
     async fn start_run(&self, start: StartRun) -> Result<RunId, DistributedError> {
-        let pfx = self.keys().partition_of_run(&start.run_id);
-        let r = self
-            .script_reply(
-                self.client
-                    .inner
-                    .scripts
-                    .start_run
-                    .key(Keys::runs(&pfx))
-                    .arg(&pfx)
-                    .arg(self.retention_secs())
-                    .arg(&start.run_id)
-                    .arg(&start.workflow)
-                    .arg(&start.context)
-                    .arg(start.first.id.to_string())
-                    .arg(&start.first.node)
-                    .arg(&start.first.bytes)
-                    .arg(start.idempotency_key.as_deref().unwrap_or(""))
-                    .arg(
-                        start
-                            .deadline
-                            .map(|d| ms_of(d).to_string())
-                            .unwrap_or_default(),
-                    ),
-            )
-            .await?;
+        // An idempotency key is checked in its own partition, so the run must live there:
+        // a run id that would land elsewhere gets a suffix that moves it (the same one on every
+        // try, so a retried start finds its run).
+        let run_id = match &start.idempotency_key {
+            Some(key)
+                if self.keys().partition_of(key) != self.keys().partition_of(&start.run_id) =>
+            {
+                let home = self.keys().partition_of(key);
+                (0u32..)
+                    .map(|n| format!("{}-{n}", start.run_id))
+                    .find(|id| self.keys().partition_of(id) == home)
+                    .unwrap_or_else(|| start.run_id.clone())
+            }
+            _ => start.run_id.clone(),
+        };
+        let pfx = self.keys().partition_of_run(&run_id);
+        let scripts = &self.client.inner.scripts;
+        let mut inv = self.invoke(&scripts.start_run, Keys::runs(&pfx), &pfx, &request_id());
+        inv.arg(&run_id)
+            .arg(&start.workflow)
+            .arg(&start.context)
+            .arg(start.first.id.to_string())
+            .arg(&start.first.node)
+            .arg(&start.first.bytes)
+            .arg(start.idempotency_key.as_deref().unwrap_or(""))
+            .arg(
+                start
+                    .deadline
+                    .map(|d| ms_of(d).to_string())
+                    .unwrap_or_default(),
+            );
+        let r = self.script_reply(&inv).await?;
         match r.text(0).as_str() {
-            "ok" => Ok(start.run_id),
-            "exists" => Err(DistributedError::RunExists(start.run_id)),
+            "ok" => Ok(run_id),
+            "exists" => Err(DistributedError::RunExists(run_id)),
             "dup" => Err(DistributedError::DuplicateRun {
                 key: start.idempotency_key.unwrap_or_default(),
                 existing: r.text(1),
@@ -365,33 +452,51 @@ impl Backend for RedisBackend {
     }
 
     async fn run_info(&self, run_id: &str) -> Result<RunInfo, DistributedError> {
-        // The record and its outputs in one round trip.
-        let pfx = self.keys().partition_of_run(run_id);
-        let mut pipe = redis::pipe();
-        pipe.hgetall(Keys::run(&pfx, run_id))
-            .lrange(Keys::outputs(&pfx, run_id), 0, -1);
-        let pipe = &pipe;
-        let (record, outputs): (Value, Vec<Vec<u8>>) = retry_dropped(|| {
-            let mut conn = self.conn();
-            async move { pipe.query_async(&mut conn).await }
-        })
-        .await?;
-        let map = hash(record);
-        if map.is_empty() {
+        let Some(f) = self.run_fields(run_id, &INFO_FIELDS).await? else {
             return Err(DistributedError::UnknownRun(run_id.to_owned()));
-        }
-        Ok(self.run_info_from(run_id, &map, outputs))
+        };
+        let more = f
+            .get(8)
+            .and_then(Option::as_ref)
+            .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        let extra: Vec<Vec<u8>> = if more > 0 {
+            let key = Keys::outputs(&self.keys().partition_of_run(run_id), run_id);
+            let key = &key;
+            self.client
+                .run(|mut conn| async move {
+                    redis::cmd("LRANGE")
+                        .arg(key)
+                        .arg(0)
+                        .arg(-1)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(self.run_info_from(run_id, &f, extra))
     }
 
     async fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunInfo>, DistributedError> {
         let mut all: Vec<(u64, RunInfo)> = Vec::new();
         for p in self.keys().all() {
             let pfx = self.keys().partition(p);
+            let key = Keys::runs(&pfx);
+            let key = &key;
             let ids: Vec<(String, f64)> = self
-                .conn()
-                .zrevrange_withscores(Keys::runs(&pfx), 0, -1)
-                .await
-                .map_err(backend)?;
+                .client
+                .run(|mut conn| async move {
+                    redis::cmd("ZREVRANGE")
+                        .arg(key)
+                        .arg(0)
+                        .arg(-1)
+                        .arg("WITHSCORES")
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
             for (id, score) in ids {
                 match self.run_info(&id).await {
                     Ok(info) if status.is_none_or(|s| info.status == s) => {
@@ -408,24 +513,15 @@ impl Backend for RedisBackend {
 
     async fn control(&self, run_id: &str, action: RunAction) -> Result<RunInfo, DistributedError> {
         let pfx = self.keys().partition_of_run(run_id);
-        let (name, verb) = match action {
-            RunAction::Cancel => ("cancel", "cancel"),
-            RunAction::Pause => ("pause", "pause"),
-            RunAction::Resume => ("resume", "resume"),
+        let verb = match action {
+            RunAction::Cancel => "cancel",
+            RunAction::Pause => "pause",
+            RunAction::Resume => "resume",
         };
-        let r = self
-            .script_reply(
-                self.client
-                    .inner
-                    .scripts
-                    .control
-                    .key(Keys::runs(&pfx))
-                    .arg(&pfx)
-                    .arg(self.retention_secs())
-                    .arg(run_id)
-                    .arg(name),
-            )
-            .await?;
+        let scripts = &self.client.inner.scripts;
+        let mut inv = self.invoke(&scripts.control, Keys::runs(&pfx), &pfx, &request_id());
+        inv.arg(run_id).arg(verb);
+        let r = self.script_reply(&inv).await?;
         match r.text(0).as_str() {
             "ok" => self.run_info(run_id).await,
             "unknown" => Err(DistributedError::UnknownRun(run_id.to_owned())),
@@ -479,11 +575,12 @@ impl Backend for RedisBackend {
         let started = tokio::time::Instant::now();
         let partitions = self.client.inner.config.partitions;
         let home = self.keys().partition_of(worker.as_str());
+        let mut woken = false;
         loop {
             let mut next_due: Option<u64> = None;
             for k in 0..partitions {
                 let pfx = self.keys().partition((home + k) % partitions);
-                match self.take_in(&pfx, workflow, worker, options).await? {
+                match self.take_in(&pfx, workflow, worker, options, woken).await? {
                     Ok(taken) => return Ok(Some(taken)),
                     Err(due) => {
                         next_due = match (next_due, due) {
@@ -506,6 +603,7 @@ impl Backend for RedisBackend {
             }
             self.block(&self.keys().partition(home), workflow, block)
                 .await?;
+            woken = true;
         }
     }
 
@@ -515,21 +613,13 @@ impl Backend for RedisBackend {
         lease_timeout: Duration,
     ) -> Result<LeaseState, DistributedError> {
         let pfx = self.keys().partition_of_run(&lease.run_id);
-        let r = self
-            .script_reply(
-                self.client
-                    .inner
-                    .scripts
-                    .heartbeat
-                    .key(Keys::leases(&pfx))
-                    .arg(&pfx)
-                    .arg(self.retention_secs())
-                    .arg(&lease.run_id)
-                    .arg(lease.item_id.to_string())
-                    .arg(lease.token)
-                    .arg(lease_timeout.as_millis() as u64),
-            )
-            .await?;
+        let scripts = &self.client.inner.scripts;
+        let mut inv = self.invoke(&scripts.heartbeat, Keys::timers(&pfx), &pfx, &request_id());
+        inv.arg(&lease.run_id)
+            .arg(lease.item_id.to_string())
+            .arg(lease.token)
+            .arg(lease_timeout.as_millis() as u64);
+        let r = self.script_reply(&inv).await?;
         Ok(match r.text(0).as_str() {
             "ok" => LeaseState::Active(run_status_of(&r.text(1))),
             _ => LeaseState::Lost,
@@ -537,22 +627,15 @@ impl Backend for RedisBackend {
     }
 
     async fn load_context(&self, run_id: &str) -> Result<VersionedContext, DistributedError> {
-        let pfx = self.keys().partition_of_run(run_id);
-        let mut pipe = redis::pipe();
-        pipe.get(Keys::ctx(&pfx, run_id))
-            .hget(Keys::run(&pfx, run_id), "ver");
-        let pipe = &pipe;
-        let (bytes, version): (Option<Vec<u8>>, Option<u64>) = retry_dropped(|| {
-            let mut conn = self.conn();
-            async move { pipe.query_async(&mut conn).await }
-        })
-        .await?;
-        match (bytes, version) {
-            (Some(bytes), version) => Ok(VersionedContext {
-                bytes,
-                version: version.unwrap_or_default(),
+        match self.run_fields(run_id, &["st", "ctx", "ver"]).await? {
+            Some(f) => Ok(VersionedContext {
+                bytes: f[1].clone().unwrap_or_default(),
+                version: f[2]
+                    .as_deref()
+                    .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok())
+                    .unwrap_or_default(),
             }),
-            _ => Err(DistributedError::UnknownRun(run_id.to_owned())),
+            None => Err(DistributedError::UnknownRun(run_id.to_owned())),
         }
     }
 
@@ -587,59 +670,52 @@ impl Backend for RedisBackend {
             handled: false,
             timestamp: SystemTime::now(),
         };
-        let r = self
-            .script_reply(
-                self.client
-                    .inner
-                    .scripts
-                    .fail
-                    .key(Keys::delayed(&pfx))
-                    .arg(&pfx)
-                    .arg(self.retention_secs())
-                    .arg(&lease.run_id)
-                    .arg(lease.item_id.to_string())
-                    .arg(lease.token)
-                    .arg(
-                        serde_json::to_string(&record)
-                            .map_err(|e| DistributedError::Codec(e.to_string()))?,
-                    )
-                    .arg(&failure.error)
-                    .arg(
-                        failure
-                            .retry_after
-                            .map(|d| (d.as_millis() as u64).to_string())
-                            .unwrap_or_default(),
-                    ),
+        let scripts = &self.client.inner.scripts;
+        let mut inv = self.invoke(&scripts.fail, Keys::timers(&pfx), &pfx, &request_id());
+        inv.arg(&lease.run_id)
+            .arg(lease.item_id.to_string())
+            .arg(lease.token)
+            .arg(
+                serde_json::to_string(&record)
+                    .map_err(|e| DistributedError::Codec(e.to_string()))?,
             )
-            .await?;
+            .arg(&failure.error)
+            .arg(
+                failure
+                    .retry_after
+                    .map(|d| (d.as_millis() as u64).to_string())
+                    .unwrap_or_default(),
+            );
+        let r = self.script_reply(&inv).await?;
         commit_outcome(&r)
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), DistributedError> {
         let pfx = self.keys().partition_of_run(&lease.run_id);
-        self.script_reply(
-            self.client
-                .inner
-                .scripts
-                .release
-                .key(Keys::leases(&pfx))
-                .arg(&pfx)
-                .arg(self.retention_secs())
-                .arg(&lease.run_id)
-                .arg(lease.item_id.to_string())
-                .arg(lease.token),
-        )
-        .await?;
+        let scripts = &self.client.inner.scripts;
+        let mut inv = self.invoke(&scripts.release, Keys::timers(&pfx), &pfx, &request_id());
+        inv.arg(&lease.run_id)
+            .arg(lease.item_id.to_string())
+            .arg(lease.token);
+        self.script_reply(&inv).await?;
         Ok(())
     }
 
     async fn errors(&self, run_id: &str) -> Result<Vec<WorkflowError>, DistributedError> {
-        let (pfx, _) = self.run_hash(run_id).await?;
+        self.status_of(run_id).await?;
+        let key = Keys::errors(&self.keys().partition_of_run(run_id), run_id);
+        let key = &key;
         let raw: Vec<Vec<u8>> = self
-            .conn()
-            .lrange(Keys::errors(&pfx, run_id), 0, -1)
-            .await
-            .map_err(backend)?;
+            .client
+            .run(|mut conn| async move {
+                redis::cmd("LRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
         Ok(raw
             .iter()
             .filter_map(|b| serde_json::from_slice(b).ok())
@@ -647,59 +723,56 @@ impl Backend for RedisBackend {
     }
 
     async fn metrics(&self, run_id: &str) -> Result<RunMetrics, DistributedError> {
-        let (_, map) = self.run_hash(run_id).await?;
-        // `n:<node>` holds "<count> <total µs> <max µs>".
-        let mut per_node: BTreeMap<String, NodeTiming> = BTreeMap::new();
-        for (field, value) in map.iter() {
-            let Some(node) = field.strip_prefix("n:") else {
-                continue;
-            };
-            let text = String::from_utf8_lossy(value);
-            let mut numbers = text.split(' ').map(|n| n.parse::<u64>().unwrap_or(0));
-            let (count, total, max) = (
-                numbers.next().unwrap_or(0),
-                numbers.next().unwrap_or(0),
-                numbers.next().unwrap_or(0),
-            );
-            per_node.insert(
-                node.to_owned(),
-                NodeTiming {
-                    count,
-                    total: Duration::from_micros(total),
-                    max: Duration::from_micros(max),
-                },
-            );
-        }
+        let fields = [
+            "st",
+            "m_items",
+            "m_done",
+            "m_failed",
+            "m_retries",
+            "m_reclaimed",
+            "nt",
+        ];
+        let Some(f) = self.run_fields(run_id, &fields).await? else {
+            return Err(DistributedError::UnknownRun(run_id.to_owned()));
+        };
+        let number = |i: usize| {
+            f[i].as_deref()
+                .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         Ok(RunMetrics {
-            total_work_items: field_u64(&map, "m_items"),
-            completed: field_u64(&map, "m_done"),
-            failed: field_u64(&map, "m_failed"),
-            retries: field_u64(&map, "m_retries"),
-            reclaimed: field_u64(&map, "m_reclaimed"),
-            per_node,
+            total_work_items: number(1),
+            completed: number(2),
+            failed: number(3),
+            retries: number(4),
+            reclaimed: number(5),
+            per_node: node_timings(&String::from_utf8_lossy(
+                f[6].as_deref().unwrap_or_default(),
+            )),
         })
     }
 
     async fn work_items(&self, run_id: &str) -> Result<Vec<WorkItemInfo>, DistributedError> {
-        let items = self.items_of(run_id).await?;
-        Ok(items
+        let status = self.status_of(run_id).await?;
+        Ok(self
+            .items_of(run_id)
+            .await?
             .into_iter()
-            .map(|(id, parts)| {
-                let text = |k: &str| {
-                    parts
-                        .get(k)
-                        .map(|b| String::from_utf8_lossy(b).into_owned())
-                };
+            .map(|item| {
+                let (_, attempt, deliveries, node) = item.parts();
                 WorkItemInfo {
-                    item_id: id,
-                    node: text("node").unwrap_or_default(),
-                    status: status_of(parts.get("status").map_or(&b"X"[..], Vec::as_slice)),
-                    attempt: text("attempt").and_then(|t| t.parse().ok()).unwrap_or(1),
-                    deliveries: text("deliveries").and_then(|t| t.parse().ok()).unwrap_or(0),
-                    worker: text("worker").map(WorkerId),
-                    payload: parts
-                        .get("payload")
-                        .map(|b| payload_text(b))
+                    item_id: item.id,
+                    node: node.to_owned(),
+                    status: item.status(status),
+                    attempt,
+                    deliveries,
+                    worker: (item.parts().0 == 'I')
+                        .then(|| item.worker.clone().map(WorkerId))
+                        .flatten(),
+                    payload: item
+                        .payload
+                        .as_deref()
+                        .map(payload_text)
                         .unwrap_or_default(),
                 }
             })
@@ -707,40 +780,44 @@ impl Backend for RedisBackend {
     }
 
     async fn pending_items(&self, run_id: &str) -> Result<Vec<Vec<u8>>, DistributedError> {
-        let items = self.items_of(run_id).await?;
-        Ok(items
+        let status = self.status_of(run_id).await?;
+        if !machine::accepts_results(status) {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .items_of(run_id)
+            .await?
             .into_iter()
-            .filter(|(_, parts)| {
-                matches!(
-                    parts.get("status").map(Vec::as_slice),
-                    Some(b"P" | b"I" | b"R" | b"H")
-                )
-            })
-            .filter_map(|(_, mut parts)| parts.remove("payload"))
+            .filter(|item| matches!(item.parts().0, 'P' | 'I' | 'R'))
+            .filter_map(|item| item.payload)
             .collect())
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, DistributedError> {
         let mut out = Vec::new();
         for p in self.keys().all() {
-            let pfx = self.keys().partition(p);
+            let key = Keys::dead_letters(&self.keys().partition(p));
+            let key = &key;
             let value: Value = self
-                .conn()
-                .hgetall(Keys::dead_letters(&pfx))
-                .await
-                .map_err(backend)?;
-            for (_, raw) in hash(value) {
-                let Ok(letter) = serde_json::from_slice::<StoredLetter>(&raw) else {
+                .client
+                .run(|mut conn| async move {
+                    redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
+                })
+                .await?;
+            let fields = hash(value);
+            for (field, raw) in &fields {
+                if field.ends_with(":p") {
+                    continue;
+                }
+                let Ok(letter) = serde_json::from_slice::<StoredLetter>(raw) else {
                     continue;
                 };
+                let payload = fields
+                    .get(&format!("{field}:p"))
+                    .map_or_else(|| "<missing>".to_owned(), |b| payload_text(b));
                 let Ok(item_id) = letter.item_id.parse::<ItemId>() else {
                     continue;
                 };
-                let payload: Option<Vec<u8>> = self
-                    .conn()
-                    .hget(Keys::items(&pfx, &letter.run_id), &letter.item_id)
-                    .await
-                    .map_err(backend)?;
                 out.push(DeadLetter {
                     run_id: letter.run_id,
                     item_id,
@@ -749,7 +826,7 @@ impl Backend for RedisBackend {
                     deliveries: letter.deliveries,
                     attempt: letter.attempt,
                     at: time_ms(letter.at),
-                    payload: payload.map_or_else(|| "<expired>".to_owned(), |b| payload_text(&b)),
+                    payload,
                 });
             }
         }
@@ -774,25 +851,34 @@ impl Backend for RedisBackend {
     }
 
     async fn queue_stats(&self, workflow: &str) -> Result<Option<QueueStats>, DistributedError> {
-        // Cheap counters for a periodic sample: the ready list of `workflow` (it may still
-        // hold a few stale entries that takes skip), and the partition-wide retry, lease and
-        // dead-letter indexes (shared by every workflow of the deployment).
+        // Cheap counters for a periodic sample: the ready queue of `workflow` (it may hold a
+        // few stale entries that takes skip), and the partition-wide timers (the first 10,000
+        // of them) and dead letters (shared by every workflow of the deployment).
         let mut stats = QueueStats::default();
         for p in self.keys().all() {
             let pfx = self.keys().partition(p);
-            let (ready, delayed, in_flight, dead, reclaimed): (u64, u64, u64, u64, Option<u64>) =
-                redis::pipe()
-                    .llen(Keys::ready(&pfx, workflow))
-                    .zcard(Keys::delayed(&pfx))
-                    .zcard(Keys::leases(&pfx))
-                    .hlen(Keys::dead_letters(&pfx))
-                    .get(Keys::reclaimed(&pfx))
-                    .query_async(&mut self.conn())
-                    .await
-                    .map_err(backend)?;
+            let pipe = {
+                let mut pipe = redis::pipe();
+                pipe.cmd("LLEN")
+                    .arg(Keys::queue(&pfx, workflow))
+                    .cmd("ZRANGE")
+                    .arg(Keys::timers(&pfx))
+                    .arg(0)
+                    .arg(9999)
+                    .cmd("HLEN")
+                    .arg(Keys::dead_letters(&pfx))
+                    .cmd("GET")
+                    .arg(Keys::reclaimed(&pfx));
+                pipe
+            };
+            let pipe = &pipe;
+            let (ready, timers, dead, reclaimed): (u64, Vec<String>, u64, Option<u64>) = self
+                .client
+                .run(|mut conn| async move { pipe.query_async(&mut conn).await })
+                .await?;
             stats.ready += ready;
-            stats.delayed += delayed;
-            stats.in_flight += in_flight;
+            stats.in_flight += timers.iter().filter(|t| t.starts_with('L')).count() as u64;
+            stats.delayed += timers.iter().filter(|t| t.starts_with('R')).count() as u64;
             stats.dead_letters += dead;
             stats.leases_reclaimed += reclaimed.unwrap_or(0);
         }
@@ -802,18 +888,29 @@ impl Backend for RedisBackend {
     async fn report_worker(&self, health: &WorkerHealth) -> Result<(), DistributedError> {
         let json =
             serde_json::to_string(health).map_err(|e| DistributedError::Codec(e.to_string()))?;
-        self.conn()
-            .hset::<_, _, _, ()>(self.keys().workers(), health.worker_id.as_str(), json)
+        let key = self.keys().workers();
+        let (key, json) = (&key, &json);
+        self.client
+            .run(|mut conn| async move {
+                redis::cmd("HSET")
+                    .arg(key)
+                    .arg(health.worker_id.as_str())
+                    .arg(json)
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
             .await
-            .map_err(backend)
     }
 
     async fn workers(&self) -> Result<Vec<WorkerHealth>, DistributedError> {
-        let value: Value = self
-            .conn()
-            .hgetall(self.keys().workers())
-            .await
-            .map_err(backend)?;
+        let key = self.keys().workers();
+        let key = &key;
+        let value: Value =
+            self.client
+                .run(|mut conn| async move {
+                    redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
+                })
+                .await?;
         let mut out: Vec<WorkerHealth> = hash(value)
             .values()
             .filter_map(|b| serde_json::from_slice(b).ok())
@@ -828,10 +925,16 @@ impl Backend for RedisBackend {
         });
         if !gone.is_empty() {
             let ids: Vec<&str> = gone.iter().map(|h| h.worker_id.as_str()).collect();
-            self.conn()
-                .hdel::<_, _, ()>(self.keys().workers(), ids)
-                .await
-                .map_err(backend)?;
+            let ids = &ids;
+            self.client
+                .run(|mut conn| async move {
+                    redis::cmd("HDEL")
+                        .arg(key)
+                        .arg(ids)
+                        .query_async::<()>(&mut conn)
+                        .await
+                })
+                .await?;
         }
         out = live;
         out.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
@@ -848,11 +951,9 @@ impl RedisBackend {
         next: Option<NextTake<'_>>,
     ) -> Result<(CommitOutcome, Option<Taken>), DistributedError> {
         let pfx = self.keys().partition_of_run(&lease.run_id);
-        let script = &self.client.inner.scripts.commit;
-        let mut inv = script.key(Keys::leases(&pfx));
-        inv.arg(&pfx)
-            .arg(self.retention_secs())
-            .arg(&lease.run_id)
+        let scripts = &self.client.inner.scripts;
+        let mut inv = self.invoke(&scripts.commit, Keys::timers(&pfx), &pfx, &request_id());
+        inv.arg(&lease.run_id)
             .arg(lease.item_id.to_string())
             .arg(lease.token)
             .arg(
@@ -884,16 +985,32 @@ impl RedisBackend {
         // The next take runs in the same script only within the run's partition (one hash
         // tag per script); with several partitions the worker takes on its own afterwards.
         let fused = next.filter(|_| self.client.inner.config.partitions == 1);
-        if let Some(n) = fused {
-            inv.arg(n.workflow)
+        // The context this step leaves behind: takes of the same run at that version need
+        // not send it back.
+        let held = commit
+            .context
+            .as_ref()
+            .map(|(base, bytes)| VersionedContext {
+                bytes: bytes.clone(),
+                version: base + 1,
+            });
+        match fused {
+            Some(n) => inv
+                .arg(n.workflow)
                 .arg(n.worker.as_str())
                 .arg(n.options.lease_timeout.as_millis() as u64)
-                .arg(n.options.max_deliveries);
-        }
-        let mut r = self.script_reply(&mut inv).await?;
+                .arg(n.options.max_deliveries)
+                .arg(1)
+                .arg("0")
+                .arg(held.as_ref().map_or(-1, |h| h.version as i64)),
+            None => inv.arg(""),
+        };
+        let mut r = self.script_reply(&inv).await?;
         let outcome = commit_outcome(&r)?;
         let taken = match (fused, r.0.get_mut(2).map(std::mem::take)) {
-            (Some(n), Some(value)) => parse_take(Reply::from(value)?, n.worker)?.ok(),
+            (Some(n), Some(value)) => parse_take(Reply::from(value)?, n.worker, held.as_ref())?
+                .ok()
+                .map(first),
             _ => None,
         };
         Ok((outcome, taken))
@@ -906,22 +1023,23 @@ impl RedisBackend {
         action: &str,
     ) -> Result<(), DistributedError> {
         let pfx = self.keys().partition_of_run(run_id);
-        let r = self
-            .script_reply(
-                self.client
-                    .inner
-                    .scripts
-                    .dead_letter
-                    .key(Keys::dead_letters(&pfx))
-                    .arg(&pfx)
-                    .arg(self.retention_secs())
-                    .arg(run_id)
-                    .arg(item_id.to_string())
-                    .arg(action),
-            )
-            .await?;
+        let scripts = &self.client.inner.scripts;
+        let mut inv = self.invoke(
+            &scripts.dead_letter,
+            Keys::dead_letter_index(&pfx),
+            &pfx,
+            &request_id(),
+        );
+        inv.arg(run_id).arg(item_id.to_string()).arg(action);
+        let r = self.script_reply(&inv).await?;
         match r.text(0).as_str() {
             "ok" => Ok(()),
+            "expired" => Err(DistributedError::RunExpired(run_id.to_owned())),
+            "invalid" => Err(DistributedError::InvalidRunState {
+                run_id: run_id.to_owned(),
+                status: run_status_of(&r.text(1)),
+                action: "requeue a dead letter",
+            }),
             _ => Err(DistributedError::UnknownDeadLetter {
                 run_id: run_id.to_owned(),
                 item_id,

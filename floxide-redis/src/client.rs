@@ -1,5 +1,6 @@
 //! [`RedisClient`]: the connections of the backend.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -7,7 +8,10 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::AsyncConnectionConfig;
 
+use floxide_core::distributed::DistributedError;
+
 use crate::keys::Keys;
+use crate::reply::backend;
 use crate::scripts::Scripts;
 use crate::RedisConfig;
 
@@ -31,6 +35,21 @@ pub enum RedisBackendError {
         /// The server's or the network's answer.
         reason: String,
     },
+    /// The deployment (this key prefix on this Redis) was set up with another partition
+    /// count: runs are placed by it, so every client must use the recorded one.
+    #[error(
+        "the deployment `{prefix}` uses {recorded} partition(s), but this client is configured \
+         with {configured}: use `with_partitions({recorded})` (changing the count of a live \
+         deployment would strand its runs)"
+    )]
+    PartitionMismatch {
+        /// The key prefix.
+        prefix: String,
+        /// The count this client was configured with.
+        configured: u32,
+        /// The count recorded in Redis.
+        recorded: u32,
+    },
 }
 
 impl From<RedisBackendError> for floxide_core::FloxideError {
@@ -53,7 +72,11 @@ pub struct RedisClient {
 
 pub(crate) struct ClientInner {
     pub(crate) client: redis::Client,
-    pub(crate) conn: ConnectionManager,
+    /// The shared command connection; replaced after repeated timeouts.
+    conn: Mutex<ConnectionManager>,
+    manager_config: ConnectionManagerConfig,
+    /// Consecutive commands that timed out.
+    timeouts: std::sync::atomic::AtomicU32,
     pub(crate) config: RedisConfig,
     pub(crate) keys: Keys,
     pub(crate) scripts: Scripts,
@@ -167,20 +190,48 @@ impl RedisClient {
         })
         .await
         .map_err(|_| no_answer())??;
+        // The manager reconnects once per failure; `RedisClient::run` retries the command
+        // within the retry window (a manager retrying on its own blocks a command for tens
+        // of seconds while Redis is down).
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(2))
-            .set_number_of_retries(8);
-        let conn = tokio::time::timeout(
+            .set_min_delay(Duration::from_millis(25))
+            .set_max_delay(Duration::from_millis(500))
+            .set_number_of_retries(1);
+        let mut conn = tokio::time::timeout(
             config.connect_timeout,
-            ConnectionManager::new_with_config(client.clone(), manager_config),
+            ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
         )
         .await
         .map_err(|_| no_answer())?
         .map_err(|e| connect(e.to_string()))?;
-        let keys = Keys::new(&config.key_prefix, config.partitions);
+        let mut partitions = config.partitions;
+        if config.adopt_partitions {
+            let recorded: Option<u32> = redis::cmd("HGET")
+                .arg(format!("{}meta", config.key_prefix))
+                .arg("partitions")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| connect(e.to_string()))?;
+            partitions = recorded.unwrap_or(partitions).max(1);
+        }
+        let keys = Keys::new(&config.key_prefix, partitions);
+        // The partition count is recorded by the first client of a deployment; every later
+        // client must use the same (runs are placed by it).
+        let (_, recorded): (bool, u32) = redis::pipe()
+            .hset_nx(keys.meta(), "partitions", partitions)
+            .hget(keys.meta(), "partitions")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| connect(e.to_string()))?;
+        if recorded != partitions {
+            return Err(RedisBackendError::PartitionMismatch {
+                prefix: config.key_prefix.clone(),
+                configured: partitions,
+                recorded,
+            });
+        }
         let recent = Arc::new(Mutex::new(RecentEvents::default()));
         let version = Arc::new(tokio::sync::watch::channel(0).0);
         let channels: Vec<String> = keys
@@ -206,10 +257,16 @@ impl RedisClient {
                 config.connect_timeout
             )));
         }
+        let config = RedisConfig {
+            partitions,
+            ..config
+        };
         Ok(RedisClient {
             inner: Arc::new(ClientInner {
                 client,
-                conn,
+                conn: Mutex::new(conn),
+                manager_config,
+                timeouts: std::sync::atomic::AtomicU32::new(0),
                 config,
                 keys,
                 scripts,
@@ -237,9 +294,80 @@ impl RedisClient {
         format!("{}{key}", self.key_prefix())
     }
 
-    /// The shared command connection (reconnects by itself).
+    /// The shared command connection (it reconnects by itself). Commands sent on it directly
+    /// are not retried; the backend's own go through [`run`](Self::run).
     pub fn connection(&self) -> ConnectionManager {
-        self.inner.conn.clone()
+        self.inner
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Runs `command` on the shared connection. After a dropped or refused connection, a
+    /// timeout, or a server still loading its data, it is run again with backoff (25 ms
+    /// doubling to 500 ms) until the configured retry window has passed; after three timeouts
+    /// in a row the connection is rebuilt. Every command of the backend may run twice safely:
+    /// reads are idempotent, and every write carries a request id by which a retry gets the
+    /// first answer.
+    ///
+    /// # Errors
+    /// The command's error once it is not retryable or the window has passed.
+    pub(crate) async fn run<T, F, Fut>(&self, mut command: F) -> Result<T, DistributedError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(25);
+        loop {
+            match command(self.connection()).await {
+                Ok(value) => {
+                    self.inner.timeouts.store(0, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Err(e)
+                    if retryable(&e)
+                        && started.elapsed() + pause < self.inner.config.retry_window =>
+                {
+                    if e.is_timeout()
+                        && self.inner.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= 3
+                    {
+                        self.rebuild().await;
+                    }
+                    tracing::debug!(error = %e, ?pause, "Redis command failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        }
+    }
+
+    /// Replaces the shared connection (after repeated timeouts: a connection that died
+    /// silently is never noticed by its manager).
+    async fn rebuild(&self) {
+        let fresh = tokio::time::timeout(
+            self.inner.config.connect_timeout,
+            ConnectionManager::new_with_config(
+                self.inner.client.clone(),
+                self.inner.manager_config.clone(),
+            ),
+        )
+        .await;
+        match fresh {
+            Ok(Ok(conn)) => {
+                *self
+                    .inner
+                    .conn
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = conn;
+                self.inner.timeouts.store(0, Ordering::Relaxed);
+                tracing::info!("rebuilt the Redis connection after repeated timeouts");
+            }
+            Ok(Err(error)) => tracing::debug!(%error, "could not rebuild the Redis connection"),
+            Err(_) => tracing::debug!("rebuilding the Redis connection timed out"),
+        }
     }
 
     /// Deletes every key of this deployment (its key prefix). For tests and benchmarks.
@@ -302,6 +430,22 @@ impl RedisClient {
             pool.push(conn);
         }
     }
+}
+
+/// Whether a failed command may succeed when sent again.
+fn retryable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(
+                redis::ServerErrorKind::BusyLoading
+                    | redis::ServerErrorKind::TryAgain
+                    | redis::ServerErrorKind::MasterDown
+            )
+        )
 }
 
 /// The last run events, numbered: lets a waiter on one run ignore the others' events.

@@ -21,7 +21,10 @@ pub struct RedisConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
     pub(crate) partitions: u32,
+    pub(crate) adopt_partitions: bool,
     pub(crate) retention: Duration,
+    pub(crate) letter_retention: Duration,
+    pub(crate) retry_window: Duration,
     pub(crate) tls_root: Option<Vec<u8>>,
 }
 
@@ -37,7 +40,10 @@ impl RedisConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(10),
             partitions: 1,
+            adopt_partitions: false,
             retention: Duration::from_secs(24 * 3600),
+            letter_retention: Duration::from_secs(7 * 24 * 3600),
+            retry_window: Duration::from_secs(5),
             tls_root: None,
         }
     }
@@ -86,9 +92,33 @@ impl RedisConfig {
         self
     }
 
+    /// Uses the partition count the deployment recorded (its first client's), whatever
+    /// [`with_partitions`](Self::with_partitions) says; that one is used for a new deployment.
+    /// For tools that inspect a deployment, like the `floxide` CLI.
+    pub fn with_recorded_partitions(mut self) -> Self {
+        self.adopt_partitions = true;
+        self
+    }
+
     /// How long finished runs are kept before their keys expire (default 24 h).
     pub fn with_retention(mut self, retention: Duration) -> Self {
         self.retention = retention.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How long dead letters are kept before they expire (default 7 days), whether or not
+    /// their run is still kept.
+    pub fn with_dead_letter_retention(mut self, retention: Duration) -> Self {
+        self.letter_retention = retention.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How long a command is retried after a dropped connection, a refused connection or a
+    /// timeout before the error reaches the caller (default 5 s: a Redis restart or failover
+    /// of a few seconds goes unnoticed). Writes are retried safely: each carries a request id,
+    /// and a retry of a request that was applied gets the first answer.
+    pub fn with_retry_window(mut self, window: Duration) -> Self {
+        self.retry_window = window;
         self
     }
 
@@ -118,5 +148,10 @@ impl RedisConfig {
     /// The retention of finished runs.
     pub fn retention(&self) -> Duration {
         self.retention
+    }
+
+    /// The retention of dead letters.
+    pub fn dead_letter_retention(&self) -> Duration {
+        self.letter_retention
     }
 }

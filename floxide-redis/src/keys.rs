@@ -15,7 +15,7 @@ impl Keys {
         }
     }
 
-    /// The partition of a run: a stable hash of its id.
+    /// The partition of a run (or of an idempotency key): a stable hash of its id.
     pub(crate) fn partition_of(&self, run_id: &str) -> u32 {
         let h = run_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
@@ -38,13 +38,10 @@ impl Keys {
     }
 
     pub(crate) fn run(pfx: &str, run_id: &str) -> String {
-        format!("{pfx}run:{run_id}")
-    }
-    pub(crate) fn ctx(pfx: &str, run_id: &str) -> String {
-        format!("{pfx}ctx:{run_id}")
+        format!("{pfx}r:{run_id}")
     }
     pub(crate) fn items(pfx: &str, run_id: &str) -> String {
-        format!("{pfx}it:{run_id}")
+        format!("{pfx}i:{run_id}")
     }
     pub(crate) fn outputs(pfx: &str, run_id: &str) -> String {
         format!("{pfx}outs:{run_id}")
@@ -52,8 +49,9 @@ impl Keys {
     pub(crate) fn errors(pfx: &str, run_id: &str) -> String {
         format!("{pfx}errs:{run_id}")
     }
-    pub(crate) fn ready(pfx: &str, workflow: &str) -> String {
-        format!("{pfx}ready:{workflow}")
+    /// A workflow's queue of ready entries (`<item id>:<run>`, and `@<run>` resume markers).
+    pub(crate) fn queue(pfx: &str, workflow: &str) -> String {
+        format!("{pfx}q:{workflow}")
     }
     pub(crate) fn wake(pfx: &str, workflow: &str) -> String {
         format!("{pfx}wake:{workflow}")
@@ -61,13 +59,16 @@ impl Keys {
     pub(crate) fn runs(pfx: &str) -> String {
         format!("{pfx}runs")
     }
-    pub(crate) fn leases(pfx: &str) -> String {
-        format!("{pfx}leases")
+    /// Leases (`L<entry>`, by expiry) and retries (`R<entry>`, by due time), in one set.
+    pub(crate) fn timers(pfx: &str) -> String {
+        format!("{pfx}tm")
     }
-    pub(crate) fn delayed(pfx: &str) -> String {
-        format!("{pfx}delayed")
-    }
+    /// Dead letters by entry (JSON, with the item's bytes).
     pub(crate) fn dead_letters(pfx: &str) -> String {
+        format!("{pfx}dlh")
+    }
+    /// Dead letters by time (for listing and their retention).
+    pub(crate) fn dead_letter_index(pfx: &str) -> String {
         format!("{pfx}dlq")
     }
     /// Expired leases handed back to the queue so far (a counter).
@@ -76,7 +77,11 @@ impl Keys {
     }
     /// Run status changes are published here (one channel per partition).
     pub(crate) fn events(pfx: &str) -> String {
-        format!("{pfx}events")
+        format!("{pfx}ev")
+    }
+    /// The deployment's settings that every client must share (the partition count).
+    pub(crate) fn meta(&self) -> String {
+        format!("{}meta", self.prefix)
     }
     /// Worker health reports (one hash for the deployment; never part of a multi-key script).
     pub(crate) fn workers(&self) -> String {
@@ -98,8 +103,8 @@ mod tests {
         let pfx = keys.partition_of_run("run-1");
         for key in [
             Keys::run(&pfx, "run-1"),
-            Keys::ready(&pfx, "Flow"),
-            Keys::leases(&pfx),
+            Keys::queue(&pfx, "Flow"),
+            Keys::timers(&pfx),
         ] {
             let tag = &key[key.find('{').unwrap()..=key.find('}').unwrap()];
             assert_eq!(tag, &pfx[pfx.find('{').unwrap()..=pfx.find('}').unwrap()]);

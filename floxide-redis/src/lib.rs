@@ -18,43 +18,63 @@
 //! - **take** leases the next ready item (after handing expired leases back to the queue and
 //!   making due retries ready) and returns it with the run's context: one round trip;
 //! - **commit** applies a step's effects — context (with a version check), successors
-//!   (deduplicated by their derived ids), the item's completion, outputs, errors, metrics and
-//!   the run's completion — only while the step's lease token is current: one round trip;
-//! - **fail** schedules a retry as a delayed item or dead-letters the item;
+//!   (deduplicated by their derived ids), the item's completion, outputs, errors, counters and
+//!   the run's completion — only while the step's lease token is current, and takes the
+//!   worker's next item: one round trip per step (the only new successor of a step goes
+//!   straight to its worker);
+//! - **fail** schedules a retry (a timer) or dead-letters the item;
 //! - **heartbeat**, **release**, **control** (cancel, pause, resume), **start_run** (with its
 //!   idempotency key) and **dead_letter** (requeue, drop).
 //!
+//! Every script does bounded work, whatever the size of a run or a queue: a cancel or pause
+//! changes the run's record only (the run's queued items are dropped or parked when a take
+//! meets them), a resume queues a marker that moves parked items back a few hundred at a
+//! time, and timers, index pruning and dead-letter expiry are handled in small slices.
+//!
+//! Every write carries a request id: when a connection drops after a request was sent, the
+//! client sends it again, and a script that already applied it answers as it did the first
+//! time (a start finds its run, a commit its commit and the item it took next, a cancel its
+//! cancel). Commands are retried within a window (default 5 s, `with_retry_window`), and a
+//! connection that stops answering is rebuilt.
+//!
 //! An idle worker blocks on a wake-up list (`BLPOP`) instead of polling; status changes reach
-//! waiters through pub/sub. Times (leases, retries) are the server's clock (`TIME`), so
-//! workers' clocks do not matter. What Redis itself promises bounds what Floxide can: with
-//! `appendonly yes` and `appendfsync everysec` a crash of Redis loses at most about a second
-//! of writes; without persistence a restart loses everything.
+//! waiters through pub/sub (a dropped subscription wakes every waiter once it is back). Times
+//! (leases, retries) are the server's clock (`TIME`), so workers' clocks do not matter. What
+//! Redis itself promises bounds what Floxide can: with `appendonly yes` and
+//! `appendfsync everysec` a crash of Redis loses at most about a second of writes (a run whose
+//! start was acknowledged can be lost with them; `appendfsync always` closes that window at a
+//! cost in throughput); without persistence a restart loses everything.
 //!
 //! # Key layout
-//! Runs are spread over partitions (default 1) by a hash of their id. All keys of a partition
+//! Runs are spread over partitions (default 1) by a hash of their id (a run started with an
+//! idempotency key lives in its key's partition). The partition count is recorded under
+//! `<prefix>meta`; a client configured with another count is refused. All keys of a partition
 //! start with `<prefix>{p<N>}:` — the hash tag `{p<N>}` puts them in one Redis Cluster slot,
 //! so every script touches keys of one slot:
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `run:<run>` | hash | status, workflow, times, first output, error, outstanding items, context version, metrics (`m_*`), node timings (`n:<node>`: count, total and max µs) |
-//! | `ctx:<run>` | string | the serialized context |
-//! | `it:<run>` | hash | per item `<id>` (bytes), `<id>:n` node, `:s` state, `:a` attempt, `:d` deliveries, `:l` lease token, `:w` worker |
-//! | `outs:<run>`, `errs:<run>` | list | terminal outputs; failure records |
-//! | `ready:<workflow>` | list | ready items (`<item id>:<run>`) |
-//! | `wake:<workflow>` | list | wake-up tokens for blocked workers (trimmed to 64) |
-//! | `leases` | sorted set | leased items by expiry |
-//! | `delayed` | sorted set | retries by due time |
+//! | `r:<run>` | hash | the run's record: status, workflow, times, context (`ctx`) and its version, first output, error, outstanding and parked item counts, counters (`m_*`), node timings (`nt`), the request ids that started, controlled and finished it |
+//! | `i:<run>` | hash | per item: `<id>` its bytes (until committed), `<id>:m` its state (`<state> <attempt> <deliveries> <token> <node> <request>`), `<id>:w` its worker, `<id>:x` what its commit took next |
+//! | `pk:<run>` | list | ready items of a paused or failed run, parked until a resume |
+//! | `outs:<run>`, `errs:<run>` | list | terminal outputs after the first; failure records |
+//! | `rdl:<run>` | set | the run's dead-lettered items |
+//! | `q:<workflow>` | list | ready items (`<item id>:<run>`) and resume markers (`@<run>`) |
+//! | `wake:<workflow>` | list | wake-up tokens for blocked workers (at most 64) |
+//! | `tm` | sorted set | timers: leases (`L<entry>`) by expiry, retries (`R<entry>`) by due time |
 //! | `runs`, `done` | sorted set | runs by start time; finished runs by finish time |
-//! | `dlq` | hash | dead letters by item |
+//! | `dlh`, `dlq` | hash, sorted set | dead letters (JSON, and the item's bytes under `<entry>:p`); by time |
 //! | `idem:<key>` | string | the run an idempotency key started |
-//! | `token` | string | the lease token counter |
+//! | `wt:<worker>` | string | what a worker's last take leased (for a retried take; 2 minutes) |
 //! | `reclaimed` | string | expired leases handed back so far |
-//! | `events` | channel | run status changes |
+//! | `ev` | channel | run status changes |
 //!
-//! `<prefix>workers` (a hash of worker health reports) is outside the partitions. Finished
-//! runs' keys expire after the retention (default 24 h) and leave the indexes, so nothing
-//! grows without bound.
+//! `<prefix>meta` (the partition count) and `<prefix>workers` (worker health reports) are
+//! outside the partitions. A finished run keeps its record (with its context), outputs and
+//! errors for the retention (default 24 h); the items of a completed or cancelled run go when
+//! it finishes, those of a failed run (which a resume may need) with its other keys. Dead
+//! letters carry their item's bytes and expire after their own retention (default 7 days).
+//! So nothing grows without bound.
 
 #![warn(missing_docs)]
 

@@ -79,17 +79,6 @@ pub(crate) fn hash(value: Value) -> HashMap<String, Vec<u8>> {
     out
 }
 
-pub(crate) fn field_text(map: &HashMap<String, Vec<u8>>, key: &str) -> Option<String> {
-    map.get(key)
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-}
-
-pub(crate) fn field_u64(map: &HashMap<String, Vec<u8>>, key: &str) -> u64 {
-    field_text(map, key)
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(0)
-}
-
 pub(crate) fn time_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }

@@ -18,7 +18,7 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::Keys;
-use crate::reply::{backend, time_ms};
+use crate::reply::time_ms;
 use crate::RedisBackend;
 
 /// How many run records are read per pipelined round trip.
@@ -131,17 +131,18 @@ impl RedisBackend {
     /// # Errors
     /// A backend error.
     pub async fn stats(&self) -> Result<Stats, DistributedError> {
-        let mut conn = self.client().connection();
-        let now_ms = server_time_ms(&mut conn).await?;
+        let now_ms = self.server_time_ms().await?;
         let mut workflows: BTreeMap<String, WorkflowCounts> = BTreeMap::new();
         for p in self.keys().all() {
             let pfx = self.keys().partition(p);
-            let ids: Vec<String> = conn
-                .zrange(Keys::runs(&pfx), 0, -1)
-                .await
-                .map_err(backend)?;
+            let key = Keys::runs(&pfx);
+            let key = &key;
+            let ids: Vec<String> = self
+                .client()
+                .run(|mut conn| async move { conn.zrange(key, 0, -1).await })
+                .await?;
             let mut workflow_of: HashMap<String, String> = HashMap::new();
-            for (id, row) in ids.iter().zip(read_runs(&mut conn, &pfx, &ids).await?) {
+            for (id, row) in ids.iter().zip(self.read_runs(&pfx, &ids).await?) {
                 let Some(row) = row else { continue };
                 let counts = workflows.entry(row.workflow.clone()).or_default();
                 counts.runs += 1;
@@ -155,38 +156,44 @@ impl RedisBackend {
             }
             let names: Vec<String> = workflows.keys().cloned().collect();
             for name in names.iter().filter(|n| !n.is_empty()) {
-                let ready: u64 = conn.llen(Keys::ready(&pfx, name)).await.map_err(backend)?;
+                let key = Keys::queue(&pfx, name);
+                let key = &key;
+                let ready: u64 = self
+                    .client()
+                    .run(|mut conn| async move { conn.llen(key).await })
+                    .await?;
                 workflows.entry(name.clone()).or_default().ready += ready;
             }
 
-            let leases: Vec<(String, f64)> = conn
-                .zrange_withscores(Keys::leases(&pfx), 0, -1)
-                .await
-                .map_err(backend)?;
-            let delayed: Vec<String> = conn
-                .zrange(Keys::delayed(&pfx), 0, -1)
-                .await
-                .map_err(backend)?;
-            let letters: Vec<String> = conn
-                .hkeys(Keys::dead_letters(&pfx))
-                .await
-                .map_err(backend)?;
-            let runs_of = |entries: &mut dyn Iterator<Item = &String>| -> Vec<String> {
+            let (timers, letters): (Vec<(String, f64)>, Vec<String>) = {
+                let pipe = {
+                    let mut pipe = redis::pipe();
+                    pipe.zrange_withscores(Keys::timers(&pfx), 0, -1).zrange(
+                        Keys::dead_letter_index(&pfx),
+                        0,
+                        -1,
+                    );
+                    pipe
+                };
+                let pipe = &pipe;
+                self.client()
+                    .run(|mut conn| async move { pipe.query_async(&mut conn).await })
+                    .await?
+            };
+            // Timers are `L<entry>` (a lease, by expiry) or `R<entry>` (a retry, by due time).
+            let entry_of = |t: &String| t.get(1..).map(str::to_owned).unwrap_or_default();
+            let runs_of = |entries: &mut dyn Iterator<Item = String>| -> Vec<String> {
                 entries
-                    .filter_map(|e| split_entry(e).map(|(_, run)| run.to_owned()))
+                    .filter_map(|e| split_entry(&e).map(|(_, run)| run.to_owned()))
                     .filter(|run| !workflow_of.contains_key(run))
                     .collect()
             };
-            let mut unknown = runs_of(&mut leases.iter().map(|(e, _)| e));
-            unknown.extend(runs_of(&mut delayed.iter()));
-            unknown.extend(runs_of(&mut letters.iter()));
+            let mut unknown = runs_of(&mut timers.iter().map(|(t, _)| entry_of(t)));
+            unknown.extend(runs_of(&mut letters.iter().cloned()));
             unknown.sort();
             unknown.dedup();
             // Runs that left the index (or were never in it) but still have items here.
-            for (id, row) in unknown
-                .iter()
-                .zip(read_runs(&mut conn, &pfx, &unknown).await?)
-            {
+            for (id, row) in unknown.iter().zip(self.read_runs(&pfx, &unknown).await?) {
                 workflow_of.insert(id.clone(), row.map(|r| r.workflow).unwrap_or_default());
             }
             let workflow_of_entry = |entry: &str| {
@@ -195,19 +202,17 @@ impl RedisBackend {
                     .cloned()
                     .unwrap_or_default()
             };
-            for (entry, expiry) in &leases {
-                let counts = workflows.entry(workflow_of_entry(entry)).or_default();
-                if (*expiry as u64) > now_ms {
+            for (timer, due) in &timers {
+                let counts = workflows
+                    .entry(workflow_of_entry(&entry_of(timer)))
+                    .or_default();
+                if timer.starts_with('R') {
+                    counts.delayed += 1;
+                } else if (*due as u64) > now_ms {
                     counts.in_flight += 1;
                 } else {
                     counts.expired_leases += 1;
                 }
-            }
-            for entry in &delayed {
-                workflows
-                    .entry(workflow_of_entry(entry))
-                    .or_default()
-                    .delayed += 1;
             }
             for entry in &letters {
                 workflows
@@ -232,20 +237,25 @@ impl RedisBackend {
         run_id: &str,
     ) -> Result<BTreeMap<ItemId, SystemTime>, DistributedError> {
         let pfx = self.keys().partition_of_run(run_id);
-        let mut conn = self.client().connection();
-        let (exists, leases): (bool, Vec<(String, f64)>) = redis::pipe()
-            .exists(Keys::run(&pfx, run_id))
-            .zrange_withscores(Keys::leases(&pfx), 0, -1)
-            .query_async(&mut conn)
-            .await
-            .map_err(backend)?;
+        let pipe = {
+            let mut pipe = redis::pipe();
+            pipe.exists(Keys::run(&pfx, run_id))
+                .zrange_withscores(Keys::timers(&pfx), 0, -1);
+            pipe
+        };
+        let pipe = &pipe;
+        let (exists, timers): (bool, Vec<(String, f64)>) = self
+            .client()
+            .run(|mut conn| async move { pipe.query_async(&mut conn).await })
+            .await?;
         if !exists {
             return Err(DistributedError::UnknownRun(run_id.to_owned()));
         }
-        Ok(leases
+        Ok(timers
             .into_iter()
-            .filter_map(|(entry, expiry)| {
-                let (item, run) = split_entry(&entry)?;
+            .filter_map(|(timer, expiry)| {
+                let entry = timer.strip_prefix('L')?;
+                let (item, run) = split_entry(entry)?;
                 let item = item.parse::<ItemId>().ok()?;
                 (run == run_id).then(|| (item, time_ms(expiry as u64)))
             })
@@ -258,18 +268,23 @@ impl RedisBackend {
     /// # Errors
     /// [`DistributedError::UnknownRun`] or a backend error.
     pub async fn progress(&self, run_id: &str) -> Result<RunProgress, DistributedError> {
-        let pfx = self.keys().partition_of_run(run_id);
+        let key = Keys::run(&self.keys().partition_of_run(run_id), run_id);
+        let key = &key;
         let (status, total, completed, left): (
             Option<String>,
             Option<u64>,
             Option<u64>,
             Option<i64>,
-        ) = redis::cmd("HMGET")
-            .arg(Keys::run(&pfx, run_id))
-            .arg(&["st", "m_items", "m_done", "left"])
-            .query_async(&mut self.client().connection())
-            .await
-            .map_err(backend)?;
+        ) = self
+            .client()
+            .run(|mut conn| async move {
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg(&["st", "m_items", "m_done", "left"])
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
         if status.is_none() {
             return Err(DistributedError::UnknownRun(run_id.to_owned()));
         }
@@ -279,48 +294,55 @@ impl RedisBackend {
             outstanding: left.unwrap_or_default().max(0) as u64,
         })
     }
+
+    async fn server_time_ms(&self) -> Result<u64, DistributedError> {
+        let (secs, micros): (u64, u64) = self
+            .client()
+            .run(|mut conn| async move { redis::cmd("TIME").query_async(&mut conn).await })
+            .await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    /// The records of runs `ids` of partition `pfx` (`None` for a run whose record is gone).
+    async fn read_runs(
+        &self,
+        pfx: &str,
+        ids: &[String],
+    ) -> Result<Vec<Option<RunRow>>, DistributedError> {
+        type Fields = (Option<String>, Option<String>, Option<u64>, Option<u64>);
+        let mut rows = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(BATCH) {
+            let pipe = {
+                let mut pipe = redis::pipe();
+                for id in chunk {
+                    pipe.cmd("HMGET")
+                        .arg(Keys::run(pfx, id))
+                        .arg(&["wf", "st", "m_done", "t1"]);
+                }
+                pipe
+            };
+            let pipe = &pipe;
+            let fields: Vec<Fields> = self
+                .client()
+                .run(|mut conn| async move { pipe.query_async(&mut conn).await })
+                .await?;
+            rows.extend(fields.into_iter().map(|(workflow, status, done, t1)| {
+                Some(RunRow {
+                    workflow: workflow?,
+                    status: status.and_then(|s| s.parse().ok()),
+                    completed_steps: done.unwrap_or_default(),
+                    finished_ms: t1,
+                })
+            }));
+        }
+        Ok(rows)
+    }
 }
 
 /// A queue entry `<item id: 32 hex digits>:<run id>` as (item id, run id).
 fn split_entry(entry: &str) -> Option<(&str, &str)> {
     let (item, run) = entry.split_at_checked(32)?;
     Some((item, run.strip_prefix(':')?))
-}
-
-async fn server_time_ms(conn: &mut redis::aio::ConnectionManager) -> Result<u64, DistributedError> {
-    let (secs, micros): (u64, u64) = redis::cmd("TIME")
-        .query_async(conn)
-        .await
-        .map_err(backend)?;
-    Ok(secs * 1000 + micros / 1000)
-}
-
-/// The records of runs `ids` of partition `pfx` (`None` for a run whose record is gone).
-async fn read_runs(
-    conn: &mut redis::aio::ConnectionManager,
-    pfx: &str,
-    ids: &[String],
-) -> Result<Vec<Option<RunRow>>, DistributedError> {
-    type Fields = (Option<String>, Option<String>, Option<u64>, Option<u64>);
-    let mut rows = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(BATCH) {
-        let mut pipe = redis::pipe();
-        for id in chunk {
-            pipe.cmd("HMGET")
-                .arg(Keys::run(pfx, id))
-                .arg(&["wf", "st", "m_done", "t1"]);
-        }
-        let fields: Vec<Fields> = pipe.query_async(conn).await.map_err(backend)?;
-        rows.extend(fields.into_iter().map(|(workflow, status, done, t1)| {
-            Some(RunRow {
-                workflow: workflow?,
-                status: status.and_then(|s| s.parse().ok()),
-                completed_steps: done.unwrap_or_default(),
-                finished_ms: t1,
-            })
-        }));
-    }
-    Ok(rows)
 }
 
 #[cfg(test)]

@@ -74,6 +74,10 @@ pub enum DistributedError {
         /// Why, when it failed.
         error: Option<String>,
     },
+    /// The run has passed its retention: its records are gone (its dead letters may remain,
+    /// to be dropped).
+    #[error("run `{0}` has passed its retention: its records are gone")]
+    RunExpired(RunId),
     /// A builder was used without a required part.
     #[error("cannot build: {0}")]
     Build(String),
