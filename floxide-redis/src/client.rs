@@ -295,7 +295,7 @@ impl RedisClient {
     }
 
     /// The shared command connection (it reconnects by itself). Commands sent on it directly
-    /// are not retried; the backend's own go through [`run`](Self::run).
+    /// are not retried; the backend's own are (within the configured retry window).
     pub fn connection(&self) -> ConnectionManager {
         self.inner
             .conn
