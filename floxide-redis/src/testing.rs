@@ -1,8 +1,13 @@
 //! A private `redis-server` for tests: free port, temporary directory, optional AOF and
-//! password, kill and restart. Used by this crate's tests and by anyone testing a deployment.
+//! password, kill and restart; and a [`FaultProxy`] that loses replies and freezes
+//! connections. Used by this crate's tests and by anyone testing a deployment.
 //!
 //! When `redis-server` is not installed, [`RedisServer::start`] fails with a message naming
 //! the package to install; tests must not skip silently.
+
+mod proxy;
+
+pub use proxy::FaultProxy;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

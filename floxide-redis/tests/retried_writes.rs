@@ -1,0 +1,240 @@
+//! Requests whose reply is lost (issue 11, cases 6 and 11): a proxy between the client and a
+//! private `redis-server` forwards a request, then cuts the connection before the reply. The
+//! client sends the request again; the scripts answer a retry as they answered the first
+//! attempt, so the caller sees what really happened. And a connection that goes silent is
+//! rebuilt.
+
+use std::time::Duration;
+
+use floxide::*;
+use floxide_redis::testing::{FaultProxy, RedisServer, ServerOptions};
+use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
+
+node! {
+    pub struct Echo {};
+    input = u64;
+    output = u64;
+    |_ctx, n| {
+        if n == 13 {
+            return Err(FloxideError::generic("thirteen"));
+        }
+        Ok(Transition::Next(n))
+    }
+}
+
+workflow! {
+    pub struct One { echo: Echo }
+    start = echo;
+    edges { echo => []; }
+}
+
+struct Setup {
+    _server: RedisServer,
+    proxy: FaultProxy,
+    backend: RedisBackend,
+    orchestrator: DistributedOrchestrator<One, ()>,
+}
+
+/// A server, a proxy in front of it, and a backend that talks through the proxy.
+async fn setup(config: impl FnOnce(RedisConfig) -> RedisConfig) -> Setup {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let proxy = FaultProxy::start(server.port()).await.unwrap();
+    let client = RedisClient::new(config(
+        RedisConfig::new(proxy.url()).with_key_prefix("cut:"),
+    ))
+    .await
+    .unwrap();
+    let backend = RedisBackend::new(client);
+    let orchestrator = One { echo: Echo {} }
+        .orchestrator(backend.clone())
+        .build()
+        .unwrap();
+    Setup {
+        _server: server,
+        proxy,
+        backend,
+        orchestrator,
+    }
+}
+
+fn options() -> TakeOptions {
+    TakeOptions {
+        lease_timeout: Duration::from_secs(60),
+        max_deliveries: 5,
+    }
+}
+
+fn done(output: u64) -> StepCommit {
+    StepCommit {
+        outputs: vec![serde_json::json!(output)],
+        node: "echo".into(),
+        ..StepCommit::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_start_finds_its_own_run() {
+    let s = setup(|c| c).await;
+    s.proxy.cut_after_request(b"EVALSHA");
+    let run = s
+        .orchestrator
+        .start_run_with_key(&WorkflowCtx::new(()), 1, "order-1")
+        .await
+        .expect("a retried start is the caller's own start, not a duplicate");
+    assert_eq!(s.proxy.cuts(), 1, "the reply was lost once");
+    assert_eq!(s.orchestrator.status(&run).await.unwrap(), RunStatus::Pending);
+    assert_eq!(s.orchestrator.list_runs(None).await.unwrap().len(), 1);
+    // The same with a chosen id.
+    s.proxy.cut_after_request(b"EVALSHA");
+    s.orchestrator
+        .start_run_with_id(&WorkflowCtx::new(()), 1, "by-id".to_owned())
+        .await
+        .expect("a retried start is not a RunExists");
+    assert_eq!(s.proxy.cuts(), 2);
+    // A start of another request with the same key is still refused.
+    let again = s
+        .orchestrator
+        .start_run_with_key(&WorkflowCtx::new(()), 1, "order-1")
+        .await;
+    assert!(matches!(
+        again,
+        Err(FloxideError::Distributed(DistributedError::DuplicateRun { .. }))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_cancel_is_ok() {
+    let s = setup(|c| c).await;
+    let run = s.orchestrator.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+    s.proxy.cut_after_request(b"EVALSHA");
+    s.orchestrator
+        .cancel(&run)
+        .await
+        .expect("a retried cancel is the caller's own cancel");
+    assert_eq!(s.proxy.cuts(), 1);
+    assert_eq!(s.orchestrator.status(&run).await.unwrap(), RunStatus::Cancelled);
+    // A second cancel (another request) is refused, as it should be.
+    assert!(s.orchestrator.cancel(&run).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_requeue_is_ok() {
+    let s = setup(|c| c).await;
+    let wf = One { echo: Echo {} };
+    let run = s.orchestrator.start_run(&WorkflowCtx::new(()), 13).await.unwrap();
+    let worker = wf.worker(s.backend.clone()).build().unwrap();
+    worker.run_once("w").await.unwrap();
+    assert_eq!(s.orchestrator.status(&run).await.unwrap(), RunStatus::Failed);
+    let letter = s.orchestrator.dead_letters().await.unwrap().remove(0);
+    s.proxy.cut_after_request(b"EVALSHA");
+    s.orchestrator
+        .requeue_dead_letter(&run, letter.item_id)
+        .await
+        .expect("a retried requeue is the caller's own requeue");
+    assert_eq!(s.proxy.cuts(), 1);
+    assert_eq!(s.orchestrator.status(&run).await.unwrap(), RunStatus::Running);
+    assert!(s.orchestrator.dead_letters().await.unwrap().is_empty());
+    let items = s.orchestrator.list_work_items(&run).await.unwrap();
+    assert_eq!(items[0].status, WorkItemStatus::Pending);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_take_leases_nothing_twice() {
+    let s = setup(|c| c).await;
+    let wf = One { echo: Echo {} };
+    let first = s.orchestrator.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+    let second = s.orchestrator.start_run(&WorkflowCtx::new(()), 2).await.unwrap();
+    let me = WorkerId::from("me");
+
+    // A plain take whose reply is lost: the retry gets the same item, under the same lease.
+    s.proxy.cut_after_request(b"EVALSHA");
+    let taken = s
+        .backend
+        .take(wf.name(), &me, options(), Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("the retry returns the item the lost reply held");
+    assert_eq!(s.proxy.cuts(), 1);
+    assert_eq!(taken.lease.run_id, first);
+    assert_eq!(taken.deliveries, 1, "delivered once");
+
+    // A commit whose reply is lost, with the next take fused in: the retry answers Committed
+    // and returns the item the first attempt took.
+    s.proxy.cut_after_request(b"EVALSHA");
+    let next = NextTake {
+        workflow: wf.name(),
+        worker: &me,
+        options: options(),
+    };
+    let (outcome, following) = s
+        .backend
+        .commit_and_take(&taken.lease, done(1), Some(next))
+        .await
+        .unwrap();
+    assert_eq!(s.proxy.cuts(), 2);
+    assert_eq!(
+        outcome,
+        CommitOutcome::Committed {
+            finished: Some(RunStatus::Completed)
+        },
+        "the retried commit reports the commit"
+    );
+    let following = following.expect("the item the lost reply held, not an orphan");
+    assert_eq!(following.lease.run_id, second);
+    assert_eq!(following.deliveries, 1);
+
+    // Nothing else is ready, and the second run's item is leased once, to us.
+    assert!(s
+        .backend
+        .take(wf.name(), &me, options(), Duration::ZERO)
+        .await
+        .unwrap()
+        .is_none());
+    let (outcome, _) = s
+        .backend
+        .commit_and_take(&following.lease, done(2), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        CommitOutcome::Committed {
+            finished: Some(RunStatus::Completed)
+        }
+    );
+    assert_eq!(
+        s.orchestrator
+            .wait_for_output(&second, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_retried_too() {
+    let s = setup(|c| c).await;
+    s.orchestrator.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+    // The operator's statistics (the CLI's `stats`) read several keys: one lost reply is
+    // retried, not reported.
+    s.proxy.cut_after_request(b"ZRANGE");
+    let stats = s.backend.stats().await.expect("a lost read reply is retried");
+    assert_eq!(s.proxy.cuts(), 1);
+    assert_eq!(stats.total().runs, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_goes_silent_is_rebuilt() {
+    let s = setup(|c| {
+        c.with_response_timeout(Duration::from_millis(300))
+            .with_retry_window(Duration::from_secs(20))
+    })
+    .await;
+    let run = s.orchestrator.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+    // Every open connection stops answering without closing (a dead peer behind a NAT, a
+    // frozen proxy): only a new connection works.
+    s.proxy.freeze_existing();
+    let status = tokio::time::timeout(Duration::from_secs(15), s.orchestrator.status(&run))
+        .await
+        .expect("answered within the retry window");
+    assert_eq!(status.unwrap(), RunStatus::Pending);
+}
