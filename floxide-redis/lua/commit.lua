@@ -41,7 +41,7 @@ local woken, have_ver = ARGV[i + 5] == '1', tonumber(ARGV[i + 6] or '-1')
 -- The item and the successors' states, in one read.
 local fields = { id .. ':m', id .. ':x' }
 for _, s in ipairs(succs) do fields[#fields + 1] = s.id .. ':m' end
-local f = redis.call('HMGET', it, unpack(fields))
+local f = hmget_chunked(it, fields)
 local m = parse_meta(f[1])
 if not m or m.s ~= 'I' or m.t ~= token then
   if m and m.s == 'C' and m.r == RID then
@@ -106,7 +106,7 @@ for _, s in ipairs(fresh) do
     queued[#queued + 1] = s.id
   end
 end
-redis.call('HSET', it, unpack(hset))
+call_chunked('HSET', it, hset)
 redis.call('HDEL', it, id)
 redis.call('ZREM', TIMERS, 'L' .. e)
 if direct then redis.call('ZADD', TIMERS, now + lease_ms, 'L' .. entry(fresh[1].id, run)) end
@@ -116,7 +116,7 @@ if #queued > 0 then
     for k, q in ipairs(queued) do entries[k] = entry(q, run) end
     enqueue(r.wf, entries, false)
   else
-    redis.call('LPUSH', parked_key(run), unpack(queued))
+    call_chunked('LPUSH', parked_key(run), queued)
     set.pkc = tonumber(r.pkc or '0') + #queued
   end
 end
@@ -127,12 +127,12 @@ for k, o in ipairs(outputs) do
   if k == 1 and not r.out then set.out = o else extra[#extra + 1] = o end
 end
 if #extra > 0 then
-  redis.call('RPUSH', outs_key(run), unpack(extra))
+  call_chunked('RPUSH', outs_key(run), extra)
   set.nout = tonumber(r.nout or '0') + #extra
   keep_expiry(outs_key(run), r.exp)
 end
 if #errors > 0 then
-  redis.call('RPUSH', errs_key(run), unpack(errors))
+  call_chunked('RPUSH', errs_key(run), errors)
   set.nerr = tonumber(r.nerr or '0') + #errors
   keep_expiry(errs_key(run), r.exp)
 end

@@ -25,6 +25,27 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- `redis.call(cmd, key, items...)` in slices of 1000 items (Lua's stack bounds unpack);
+-- returns the first slice's answer.
+local function call_chunked(cmd, key, items)
+  local first
+  for i = 1, #items, 1000 do
+    local answer = redis.call(cmd, key, unpack(items, i, math.min(i + 999, #items)))
+    if i == 1 then first = answer end
+  end
+  return first
+end
+
+-- HMGET of many fields, in slices of 1000.
+local function hmget_chunked(key, fields)
+  local out = {}
+  for i = 1, #fields, 1000 do
+    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + 999, #fields)))
+    for k = 1, #part do out[i + k - 1] = part[k] end
+  end
+  return out
+end
+
 local function entry(id, run) return id .. ':' .. run end
 local function split(e) return string.sub(e, 1, 32), string.sub(e, 34) end
 
@@ -107,13 +128,8 @@ end
 -- the queue was empty (busy workers take from a non-empty queue before they block).
 local function enqueue(wf, entries, front)
   if #entries == 0 then return end
-  local len
-  if front then
-    len = redis.call('RPUSH', queue_key(wf), unpack(entries))
-  else
-    len = redis.call('LPUSH', queue_key(wf), unpack(entries))
-  end
-  if len == #entries then wake(wf, #entries) end
+  local len = call_chunked(front and 'RPUSH' or 'LPUSH', queue_key(wf), entries)
+  if len == math.min(#entries, 1000) then wake(wf, #entries) end
 end
 
 -- Makes item `id` of `run` ready: queued when the run takes items, parked while it is paused
@@ -289,16 +305,18 @@ end
 
 -- Pops ready entries of `wf` and leases up to `max_n` items to `worker` (skipping stale
 -- entries, parking items of paused or failed runs, dropping those of finished runs,
--- dead-lettering poison items; 64 entries examined at most). The context is left out of an
+-- dead-lettering poison items; 256 entries examined at most). The context is left out of an
 -- item of run `have_run` when it is still at version `have_ver` (the worker holds it).
--- Returns the leased items as reply rows (see take.lua) and whether the batch is full.
+-- Returns the leased items as reply rows (see take.lua), whether the batch is full, and
+-- whether entries are left unexamined (the budget ran out).
 local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, have_run, have_ver, now)
   local rows = {}
   local runs = {}
-  local budget = 64
-  while #rows < max_n and budget > 0 do
+  local budget = 256
+  while #rows < max_n do
+    if budget == 0 then return rows, false, true end
     local e = redis.call('RPOP', queue_key(wf))
-    if not e then return rows, false end
+    if not e then return rows, false, false end
     budget = budget - 1
     if string.sub(e, 1, 1) == '@' then
       unpark(string.sub(e, 2), e)
@@ -310,42 +328,45 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, have_run, 
         r.wf = wf
         runs[run] = r
       end
-      local f = redis.call('HMGET', items_key(run), id .. ':m', id)
-      local m = parse_meta(f[1])
-      if m and m.s == 'P' then
-        if takes_items(r.st) then
-          m.d = m.d + 1
-          if m.d > max_deliveries then
-            local err = 'poison item: delivered ' .. (m.d - 1) ..
-              ' times without a commit (limit ' .. max_deliveries .. ')'
-            m.d = m.d - 1
-            dead_letter(run, id, m, f[2], err, now)
-            record_error(run, id, m.n, err, m.a, now)
-            r.left = tonumber(r.left or '1') - 1
-            local set = { err = err, left = r.left, nerr = 1 }
-            finish_run(run, set, 'failed', now)
-            write_run(run, set)
-            r.st = 'failed'
+      -- Entries of finished runs (their items are gone) are dropped without a read.
+      if accepts_results(r.st) then
+        local f = redis.call('HMGET', items_key(run), id .. ':m', id)
+        local m = parse_meta(f[1])
+        if m and m.s == 'P' then
+          if takes_items(r.st) then
+            m.d = m.d + 1
+            if m.d > max_deliveries then
+              local err = 'poison item: delivered ' .. (m.d - 1) ..
+                ' times without a commit (limit ' .. max_deliveries .. ')'
+              m.d = m.d - 1
+              dead_letter(run, id, m, f[2], err, now)
+              record_error(run, id, m.n, err, m.a, now)
+              r.left = tonumber(r.left or '1') - 1
+              local set = { err = err, left = r.left, nerr = 1 }
+              finish_run(run, set, 'failed', now)
+              write_run(run, set)
+              r.st = 'failed'
+            else
+              if r.st == 'pending' then
+                redis.call('HSET', run_key(run), 'st', 'running')
+                r.st = 'running'
+              end
+              local token = lease(run, id, m, worker, lease_ms, now)
+              local ctx, same = '', 1
+              if run ~= have_run or tonumber(r.ver or '0') ~= have_ver then
+                ctx, same = redis.call('HGET', run_key(run), 'ctx') or '', 0
+              end
+              rows[#rows + 1] = { run, id, token, f[2] or '', m.n, m.a, m.d, r.dl or '', same, ctx, r.ver or '0' }
+            end
           else
-            if r.st == 'pending' then
-              redis.call('HSET', run_key(run), 'st', 'running')
-              r.st = 'running'
-            end
-            local token = lease(run, id, m, worker, lease_ms, now)
-            local ctx, same = '', 1
-            if run ~= have_run or tonumber(r.ver or '0') ~= have_ver then
-              ctx, same = redis.call('HGET', run_key(run), 'ctx') or '', 0
-            end
-            rows[#rows + 1] = { run, id, token, f[2] or '', m.n, m.a, m.d, r.dl or '', same, ctx, r.ver or '0' }
+            redis.call('LPUSH', parked_key(run), id)
+            redis.call('HINCRBY', run_key(run), 'pkc', 1)
           end
-        elseif accepts_results(r.st) then
-          redis.call('LPUSH', parked_key(run), id)
-          redis.call('HINCRBY', run_key(run), 'pkc', 1)
         end
       end
     end
   end
-  return rows, #rows >= max_n
+  return rows, true, false
 end
 
 -- Leases up to `max_n` ready items of `wf` for `worker` (see take.lua for the reply). Expired
@@ -355,10 +376,12 @@ local function take_next(wf, worker, lease_ms, max_deliveries, max_n, have_run, 
   local now = now_ms()
   local scanned = now % 4 == 0
   if scanned then due_work(now) end
-  local rows, full = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, have_run, have_ver, now)
+  local rows, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, have_run, have_ver, now)
+  if #rows == 0 and more then return { 2 } end
   if #rows == 0 and not scanned then
     due_work(now)
-    rows, full = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, have_run, have_ver, now)
+    rows, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, have_run, have_ver, now)
+    if #rows == 0 and more then return { 2 } end
   end
   if #rows > 0 then
     -- A worker woken from its wait passes the wake-up on while work may be left.

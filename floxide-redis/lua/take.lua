@@ -9,6 +9,7 @@
 --          deliveries, deadline ms or '', 1 when the context is left out (the worker holds
 --          that version) else 0, context bytes, context version)}
 --       | {0, ms until the next retry or lease expiry (-1 for none)}
+--       | {2}: nothing leased yet, but queued entries were left unexamined (call again)
 -- A retry of the request (same request id) gets the items the first attempt leased again.
 local wf, worker = ARGV[5], ARGV[6]
 local lease_ms, max_del, n = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])

@@ -287,7 +287,8 @@ fn first(mut taken: Vec<Taken>) -> Taken {
     taken.swap_remove(0)
 }
 
-/// A take reply (see `lua/take.lua`): `Ok(items)` or `Err(ms until something is due)`.
+/// A take reply (see `lua/take.lua`): `Ok(items)` or `Err(ms until something is due)`
+/// (`Some(0)`: call again at once).
 /// `held` is the context the caller holds (bytes, version), for items whose context the
 /// reply leaves out.
 fn parse_take(
@@ -295,6 +296,10 @@ fn parse_take(
     worker: &WorkerId,
     held: Option<&VersionedContext>,
 ) -> Result<Result<Vec<Taken>, Option<u64>>, DistributedError> {
+    if r.int(0) == Some(2) {
+        // Nothing leased yet, but entries were left unexamined: due now.
+        return Ok(Err(Some(0)));
+    }
     if r.int(0) != Some(1) {
         let due = r.int(1).filter(|d| *d >= 0).map(|d| d as u64);
         return Ok(Err(due));
@@ -589,6 +594,10 @@ impl Backend for RedisBackend {
                         }
                     }
                 }
+            }
+            // Entries left unexamined (a take examines a bounded number): go on at once.
+            if next_due == Some(0) {
+                continue;
             }
             let left = wait.saturating_sub(started.elapsed());
             if left.is_zero() {

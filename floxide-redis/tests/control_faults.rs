@@ -205,3 +205,262 @@ async fn a_short_redis_outage_does_not_cost_the_running_step() {
     .await;
     assert_eq!(executions, 1, "the step executed again");
 }
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Nothing;
+
+node! {
+    /// Emits `0..n`.
+    pub struct Spread { n: u64 };
+    input = u64;
+    output = u64;
+    |_ctx, _n| { Ok(Transition::NextAll((0..self.n).collect())) }
+}
+
+node! {
+    pub struct Leaf {};
+    input = u64;
+    output = u64;
+    |_ctx, n| { Ok(Transition::Next(n)) }
+}
+
+workflow! {
+    pub struct Fan { spread: Spread, leaf: Leaf }
+    start = spread;
+    edges { spread => [leaf]; leaf => []; }
+}
+
+fn fan(n: u64) -> Fan {
+    Fan {
+        spread: Spread { n },
+        leaf: Leaf {},
+    }
+}
+
+/// Issue 11, case 3 (G9): every script does bounded work. A run with 200,000 queued items is
+/// cancelled while another connection PINGs every 10 ms, and another run of the same
+/// workflow, queued behind them, is then executed: no PING waits 100 ms or more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_huge_run_does_not_block_redis() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let client = client(&server, "big:").await;
+    let backend = RedisBackend::new(client.clone());
+    let o = fan(200_000).orchestrator(backend.clone()).build().unwrap();
+    let big = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
+    let spreader = fan(200_000).worker(backend.clone()).build().unwrap();
+    spreader.run_once("spreader").await.unwrap();
+    assert_eq!(
+        backend.progress(&big).await.unwrap().outstanding,
+        200_000,
+        "the leaves are queued"
+    );
+    let other = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pinger = {
+        let stop = Arc::clone(&stop);
+        let mut conn = redis::Client::open(server.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let mut worst = Duration::ZERO;
+            while !stop.load(Ordering::SeqCst) {
+                let sent = Instant::now();
+                let _: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+                worst = worst.max(sent.elapsed());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            worst
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    o.cancel(&big).await.unwrap();
+    // The other run's items sit behind 200,000 entries of the cancelled run.
+    let mut pool = WorkerPool::new(fan(1).worker(backend).build().unwrap(), 2);
+    pool.start();
+    let out = o.wait_for_output(&other, Duration::from_secs(60)).await;
+    stop.store(true, Ordering::SeqCst);
+    let worst = pinger.await.unwrap();
+    pool.try_stop().await.unwrap();
+    assert_eq!(out.unwrap(), 0);
+    assert_eq!(o.status(&big).await.unwrap(), RunStatus::Cancelled);
+    assert!(
+        worst < Duration::from_millis(100),
+        "G9: a PING waited {worst:?} while a huge run was cancelled and its queue drained"
+    );
+}
+
+/// Issue 11, case 2: an idempotency key is honoured whatever partition the run would land
+/// in, and the partition count is recorded: a client configured with another is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_hold_across_partitions() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let config = RedisConfig::new(server.url())
+        .with_key_prefix("parts:")
+        .with_partitions(8);
+    let backend = RedisBackend::new(RedisClient::new(config.clone()).await.unwrap());
+    let o = once(&Arc::new(Semaphore::new(0)))
+        .orchestrator(backend)
+        .build()
+        .unwrap();
+    for i in 0..50 {
+        let key = format!("order-{i}");
+        let first = o
+            .start_run_with_key(&WorkflowCtx::new(()), i, &key)
+            .await
+            .unwrap();
+        match o.start_run_with_key(&WorkflowCtx::new(()), i, &key).await {
+            Err(FloxideError::Distributed(DistributedError::DuplicateRun { existing, .. })) => {
+                assert_eq!(existing, first)
+            }
+            other => panic!("key {key} started twice: {other:?}"),
+        }
+    }
+    let refused = RedisClient::new(config.with_partitions(4)).await;
+    match refused {
+        Err(floxide_redis::RedisBackendError::PartitionMismatch {
+            configured: 4,
+            recorded: 8,
+            ..
+        }) => {}
+        other => panic!("a client with another partition count must be refused: {other:?}"),
+    }
+}
+
+node! {
+    /// Fails on 3; waits for `gate` on 2.
+    pub struct Picky { gate: Arc<Semaphore> };
+    input = u64;
+    output = u64;
+    |_ctx, n| {
+        if n == 3 {
+            return Err(FloxideError::generic("three"));
+        }
+        if n == 2 {
+            let permit = self.gate.acquire().await.map_err(FloxideError::generic)?;
+            permit.forget();
+        }
+        Ok(Transition::Next(n))
+    }
+}
+
+node! {
+    /// Emits its input and the next number.
+    pub struct Pair {};
+    input = u64;
+    output = u64;
+    |_ctx, n| { Ok(Transition::NextAll(vec![n, n + 1])) }
+}
+
+workflow! {
+    pub struct Mixed { pair: Pair, picky: Picky }
+    start = pair;
+    edges { pair => [picky]; picky => []; }
+}
+
+/// The keys of `run` left in the server (of any kind).
+async fn keys_of(server: &RedisServer, run: &str) -> Vec<String> {
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{run}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys
+}
+
+/// Issue 11, cases 5 and 8 (G9): after the retention, no key of a finished run remains —
+/// whether it completed, was cancelled, or failed and then took a late commit and more
+/// failures; a dead letter outlives its run (its own retention), and requeueing it then is a
+/// typed error that keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_of_a_finished_run_outlives_its_retention() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let retention = Duration::from_secs(2);
+    let client = RedisClient::new(
+        RedisConfig::new(server.url())
+            .with_key_prefix("ret:")
+            .with_retention(retention),
+    )
+    .await
+    .unwrap();
+    let backend = RedisBackend::new(client);
+    let gate = Arc::new(Semaphore::new(0));
+    let wf = Mixed {
+        pair: Pair {},
+        picky: Picky {
+            gate: Arc::clone(&gate),
+        },
+    };
+    let o = wf.orchestrator(backend.clone()).build().unwrap();
+    let mut pool = WorkerPool::new(wf.worker(backend.clone()).build().unwrap(), 3);
+    pool.start();
+
+    // `pair` emits 2 and 3: the run fails (3 is odd) while 2 waits for the gate, which opens
+    // after the failure: a late commit to a failed run.
+    let failed = o.start_run(&WorkflowCtx::new(()), 2).await.unwrap();
+    let info = o
+        .wait_for_completion(&failed, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(info.status, RunStatus::Failed);
+    gate.add_permits(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while o.metrics(&failed).await.unwrap().completed < 2 {
+        assert!(Instant::now() < deadline, "the late commit never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Completed: 4 and 5 pass.
+    let completed = o.start_run(&WorkflowCtx::new(()), 4).await.unwrap();
+    assert_eq!(
+        o.wait_for_completion(&completed, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .status,
+        RunStatus::Completed
+    );
+    pool.try_stop().await.unwrap();
+    // Cancelled while its first item waits in the queue.
+    let cancelled = o.start_run(&WorkflowCtx::new(()), 4).await.unwrap();
+    o.cancel(&cancelled).await.unwrap();
+
+    let letter = o
+        .dead_letters()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.run_id == failed)
+        .expect("the failed run's dead letter");
+    assert!(!keys_of(&server, &failed).await.is_empty());
+    tokio::time::sleep(retention + Duration::from_millis(1500)).await;
+    for run in [&failed, &completed, &cancelled] {
+        let left = keys_of(&server, run).await;
+        assert!(
+            left.is_empty(),
+            "G9: keys of run {run} outlived its retention: {left:?}"
+        );
+    }
+    // The dead letter is still there; requeueing it is a typed error and keeps it.
+    match o.requeue_dead_letter(&failed, letter.item_id).await {
+        Err(FloxideError::Distributed(DistributedError::RunExpired(run))) => {
+            assert_eq!(run, failed)
+        }
+        other => panic!("requeue after the retention must be refused: {other:?}"),
+    }
+    assert!(o
+        .dead_letters()
+        .await
+        .unwrap()
+        .iter()
+        .any(|d| d.run_id == failed && d.item_id == letter.item_id));
+    o.backend()
+        .drop_dead_letter(&failed, letter.item_id)
+        .await
+        .unwrap();
+}

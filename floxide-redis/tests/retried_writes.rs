@@ -82,7 +82,10 @@ async fn a_retried_start_finds_its_own_run() {
         .await
         .expect("a retried start is the caller's own start, not a duplicate");
     assert_eq!(s.proxy.cuts(), 1, "the reply was lost once");
-    assert_eq!(s.orchestrator.status(&run).await.unwrap(), RunStatus::Pending);
+    assert_eq!(
+        s.orchestrator.status(&run).await.unwrap(),
+        RunStatus::Pending
+    );
     assert_eq!(s.orchestrator.list_runs(None).await.unwrap().len(), 1);
     // The same with a chosen id.
     s.proxy.cut_after_request(b"EVALSHA");
@@ -98,21 +101,30 @@ async fn a_retried_start_finds_its_own_run() {
         .await;
     assert!(matches!(
         again,
-        Err(FloxideError::Distributed(DistributedError::DuplicateRun { .. }))
+        Err(FloxideError::Distributed(
+            DistributedError::DuplicateRun { .. }
+        ))
     ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_cancel_is_ok() {
     let s = setup(|c| c).await;
-    let run = s.orchestrator.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+    let run = s
+        .orchestrator
+        .start_run(&WorkflowCtx::new(()), 1)
+        .await
+        .unwrap();
     s.proxy.cut_after_request(b"EVALSHA");
     s.orchestrator
         .cancel(&run)
         .await
         .expect("a retried cancel is the caller's own cancel");
     assert_eq!(s.proxy.cuts(), 1);
-    assert_eq!(s.orchestrator.status(&run).await.unwrap(), RunStatus::Cancelled);
+    assert_eq!(
+        s.orchestrator.status(&run).await.unwrap(),
+        RunStatus::Cancelled
+    );
     // A second cancel (another request) is refused, as it should be.
     assert!(s.orchestrator.cancel(&run).await.is_err());
 }
@@ -121,10 +133,17 @@ async fn a_retried_cancel_is_ok() {
 async fn a_retried_requeue_is_ok() {
     let s = setup(|c| c).await;
     let wf = One { echo: Echo {} };
-    let run = s.orchestrator.start_run(&WorkflowCtx::new(()), 13).await.unwrap();
+    let run = s
+        .orchestrator
+        .start_run(&WorkflowCtx::new(()), 13)
+        .await
+        .unwrap();
     let worker = wf.worker(s.backend.clone()).build().unwrap();
     worker.run_once("w").await.unwrap();
-    assert_eq!(s.orchestrator.status(&run).await.unwrap(), RunStatus::Failed);
+    assert_eq!(
+        s.orchestrator.status(&run).await.unwrap(),
+        RunStatus::Failed
+    );
     let letter = s.orchestrator.dead_letters().await.unwrap().remove(0);
     s.proxy.cut_after_request(b"EVALSHA");
     s.orchestrator
@@ -132,7 +151,10 @@ async fn a_retried_requeue_is_ok() {
         .await
         .expect("a retried requeue is the caller's own requeue");
     assert_eq!(s.proxy.cuts(), 1);
-    assert_eq!(s.orchestrator.status(&run).await.unwrap(), RunStatus::Running);
+    assert_eq!(
+        s.orchestrator.status(&run).await.unwrap(),
+        RunStatus::Running
+    );
     assert!(s.orchestrator.dead_letters().await.unwrap().is_empty());
     let items = s.orchestrator.list_work_items(&run).await.unwrap();
     assert_eq!(items[0].status, WorkItemStatus::Pending);
@@ -142,8 +164,16 @@ async fn a_retried_requeue_is_ok() {
 async fn a_retried_take_leases_nothing_twice() {
     let s = setup(|c| c).await;
     let wf = One { echo: Echo {} };
-    let first = s.orchestrator.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
-    let second = s.orchestrator.start_run(&WorkflowCtx::new(()), 2).await.unwrap();
+    let first = s
+        .orchestrator
+        .start_run(&WorkflowCtx::new(()), 1)
+        .await
+        .unwrap();
+    let second = s
+        .orchestrator
+        .start_run(&WorkflowCtx::new(()), 2)
+        .await
+        .unwrap();
     let me = WorkerId::from("me");
 
     // A plain take whose reply is lost: the retry gets the same item, under the same lease.
@@ -213,11 +243,18 @@ async fn a_retried_take_leases_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_are_retried_too() {
     let s = setup(|c| c).await;
-    s.orchestrator.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+    s.orchestrator
+        .start_run(&WorkflowCtx::new(()), 1)
+        .await
+        .unwrap();
     // The operator's statistics (the CLI's `stats`) read several keys: one lost reply is
     // retried, not reported.
     s.proxy.cut_after_request(b"ZRANGE");
-    let stats = s.backend.stats().await.expect("a lost read reply is retried");
+    let stats = s
+        .backend
+        .stats()
+        .await
+        .expect("a lost read reply is retried");
     assert_eq!(s.proxy.cuts(), 1);
     assert_eq!(stats.total().runs, 1);
 }
@@ -229,7 +266,11 @@ async fn a_connection_that_goes_silent_is_rebuilt() {
             .with_retry_window(Duration::from_secs(20))
     })
     .await;
-    let run = s.orchestrator.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+    let run = s
+        .orchestrator
+        .start_run(&WorkflowCtx::new(()), 1)
+        .await
+        .unwrap();
     // Every open connection stops answering without closing (a dead peer behind a NAT, a
     // frozen proxy): only a new connection works.
     s.proxy.freeze_existing();
