@@ -115,6 +115,39 @@ impl RedisBackend {
         Ok(parse_take(reply, worker, None)?.map(first))
     }
 
+    /// [`take_in`](Self::take_in) in a task of its own, so that a caller that stops waiting
+    /// (a worker shutting down drops its take) loses nothing: an item leased by a take whose
+    /// caller is gone is released by the task.
+    async fn take_detached(
+        &self,
+        pfx: &str,
+        workflow: &str,
+        worker: &WorkerId,
+        options: TakeOptions,
+        woken: bool,
+    ) -> Result<Result<Taken, Option<u64>>, DistributedError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (this, pfx, workflow, worker) = (
+            self.clone(),
+            pfx.to_owned(),
+            workflow.to_owned(),
+            worker.clone(),
+        );
+        tokio::spawn(async move {
+            let result = this.take_in(&pfx, &workflow, &worker, options, woken).await;
+            if let Err(Ok(Ok(taken))) = tx.send(result) {
+                if let Err(error) = this.release(&taken.lease).await {
+                    tracing::warn!(%error, "could not release an item taken for a cancelled take; its lease will expire");
+                }
+            }
+        });
+        rx.await.unwrap_or_else(|_| {
+            Err(DistributedError::Backend(
+                "the take task ended without an answer".to_owned(),
+            ))
+        })
+    }
+
     /// Waits on `workflow`'s wake list of partition `pfx` (a blocking pop: no polling).
     async fn block(
         &self,
@@ -585,7 +618,7 @@ impl Backend for RedisBackend {
             let mut next_due: Option<u64> = None;
             for k in 0..partitions {
                 let pfx = self.keys().partition((home + k) % partitions);
-                match self.take_in(&pfx, workflow, worker, options, woken).await? {
+                match self.take_detached(&pfx, workflow, worker, options, woken).await? {
                     Ok(taken) => return Ok(Some(taken)),
                     Err(due) => {
                         next_due = match (next_due, due) {

@@ -464,3 +464,59 @@ async fn nothing_of_a_finished_run_outlives_its_retention() {
         .await
         .unwrap();
 }
+
+/// Issue 11, case 9: a worker shutting down while its take is on the wire loses nothing. The
+/// worker talks to Redis through a proxy that holds every reply for 300 ms; the pool is
+/// stopped while the take's reply (which leases the item) is held. The item must come back
+/// to the queue at once, not wait for its 60 s lease to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_cut_short_by_shutdown_gives_its_item_back() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let proxy = floxide_redis::testing::FaultProxy::start(server.port())
+        .await
+        .unwrap();
+    let direct = RedisBackend::new(client(&server, "stop:").await);
+    let slow = RedisBackend::new(
+        RedisClient::new(RedisConfig::new(proxy.url()).with_key_prefix("stop:"))
+            .await
+            .unwrap(),
+    );
+    let gate = Arc::new(Semaphore::new(0));
+    let wf = once(&gate);
+    let o = wf.orchestrator(direct.clone()).build().unwrap();
+    let worker = wf
+        .worker(slow)
+        .lease_timeout(Duration::from_secs(60))
+        .idle_sleep_duration(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut pool = WorkerPool::new(worker, 1).with_grace_period(Duration::ZERO);
+    pool.start();
+    // The worker is idle, blocked on its wake-up list.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.delay_replies(Duration::from_millis(300));
+    let run = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+    // The wake-up reaches the worker ~300 ms later; its take's reply ~300 ms after that.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    pool.try_stop().await.unwrap();
+    proxy.delay_replies(Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let items = o.list_work_items(&run).await.unwrap();
+        if items[0].status == WorkItemStatus::Pending {
+            assert_eq!(items[0].deliveries, 0, "a release is not a delivery");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the item taken for a stopped worker was not given back: {items:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another worker takes it at once.
+    let mut pool = WorkerPool::new(wf.worker(direct).build().unwrap(), 1);
+    pool.start();
+    gate.add_permits(1);
+    assert_eq!(o.wait_for_output(&run, Duration::from_secs(10)).await.unwrap(), 1);
+    pool.try_stop().await.unwrap();
+}

@@ -32,6 +32,8 @@ struct State {
     frozen_below: AtomicU64,
     next_connection: AtomicU64,
     stopped: AtomicBool,
+    /// Milliseconds every reply is held before it is forwarded.
+    reply_delay_ms: AtomicU64,
 }
 
 impl FaultProxy {
@@ -69,6 +71,13 @@ impl FaultProxy {
     /// How many requests were cut so far.
     pub fn cuts(&self) -> u64 {
         self.state.cuts.load(Ordering::SeqCst)
+    }
+
+    /// Holds every reply for `delay` before forwarding it (a slow network), until set to zero.
+    pub fn delay_replies(&self, delay: std::time::Duration) {
+        self.state
+            .reply_delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Freezes every connection open now: nothing more goes through them in either
@@ -154,6 +163,10 @@ async fn pump_pair(client: TcpStream, server: TcpStream, generation: u64, state:
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
+                let delay = state.reply_delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                }
                 if cutting.load(Ordering::SeqCst) {
                     return;
                 }
