@@ -5,8 +5,8 @@ use std::io::IsTerminal;
 use std::time::{Duration, SystemTime};
 
 use floxide_core::distributed::{
-    Backend, DistributedError, NodeTiming, RunAction, RunInfo, RunMetrics, RunStatus, WorkItemInfo,
-    WorkItemStatus, WorkflowError,
+    stall_of, Backend, DistributedError, NodeTiming, RunAction, RunInfo, RunMetrics, RunStatus,
+    WorkItemInfo, WorkItemStatus, WorkflowError,
 };
 use floxide_redis::RunProgress;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -221,6 +221,8 @@ struct RunDetails {
     /// Pending and in-flight items (every item with `--all-items`).
     items: Vec<ItemView>,
     errors: Vec<ErrorView>,
+    /// Why the run makes no progress, when no live worker serves its workflow.
+    stalled: Option<String>,
 }
 
 /// Bytes as text when UTF-8, else a summary.
@@ -270,6 +272,9 @@ pub async fn show(s: &mut Session, run_id: &str, all_items: bool) -> Result<(), 
         items.retain(is_unfinished);
     }
     let now = SystemTime::now();
+    // A worker reports every few seconds while it runs; a minute of silence is no worker.
+    let stalled =
+        stall_of(&info, &b.workers().await?, now, Duration::from_secs(60)).map(|e| e.to_string());
     let context_text = bytes_text(&context.bytes);
     let details = RunDetails {
         run: RunView::new(&info, now),
@@ -291,9 +296,13 @@ pub async fn show(s: &mut Session, run_id: &str, all_items: bool) -> Result<(), 
             })
             .collect(),
         errors: errors.iter().map(ErrorView::new).collect(),
+        stalled: stalled.clone(),
     };
     s.print(&details, |_| {
         let mut fields = run_fields(&info, Some(progress), now);
+        if let Some(stall) = &stalled {
+            fields.add("stalled", stall.clone());
+        }
         fields.add(
             "context",
             format!(

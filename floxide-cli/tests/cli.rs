@@ -672,3 +672,106 @@ async fn connection_settings_come_from_flags_or_environment() {
         &["error: cannot connect to Redis at `redis://127.0.0.1:1/`"],
     );
 }
+
+/// Version 1 of a shop: its one node is called `old`.
+mod shop_v1 {
+    use floxide::*;
+    node! {
+        pub struct Pass {};
+        input = u32;
+        output = u32;
+        |_ctx, n| { Ok(Transition::Next(n)) }
+    }
+    workflow! {
+        pub struct Shop { old: Pass }
+        start = old;
+        edges { old => []; }
+    }
+}
+
+/// Version 2 of the shop: the node was renamed `new`.
+mod shop_v2 {
+    use floxide::*;
+    node! {
+        pub struct Pass {};
+        input = u32;
+        output = u32;
+        |_ctx, n| { Ok(Transition::Next(n)) }
+    }
+    workflow! {
+        pub struct Shop { new: Pass }
+        start = new;
+        edges { new => []; }
+    }
+    workflow! {
+        /// The same shop, renamed.
+        pub struct Store { new: Pass }
+        start = new;
+        edges { new => []; }
+    }
+}
+
+/// Issue 11, case 10: redeploys. An item queued for a node that a new version renamed gets a
+/// typed error naming the node (not an undecodable-payload message), visible in `runs show`;
+/// a run of a renamed workflow, which no live worker serves, is shown as stalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeploys_with_renamed_nodes_and_workflows_are_visible() {
+    let d = Deployment::new().await;
+    let v1 = shop_v1::Shop {
+        old: shop_v1::Pass {},
+    };
+    let o = v1.orchestrator(d.backend.clone()).build().unwrap();
+    let run = o
+        .start_run_with_id(&WorkflowCtx::new(()), 7, "renamed-node")
+        .await
+        .unwrap();
+    // Version 2 takes over the queue.
+    let v2 = shop_v2::Shop {
+        new: shop_v2::Pass {},
+    };
+    let worker = v2.worker(d.backend.clone()).build().unwrap();
+    worker.run_once("v2").await.unwrap();
+    let info = o.run_info(&run).await.unwrap();
+    assert_eq!(info.status, RunStatus::Failed);
+    let show = d.table(&["runs", "show", "renamed-node"]).await;
+    assert_contains(
+        &show,
+        &[
+            "work item of node `old`, which workflow `Shop` does not have (its nodes: new)",
+            "deploy a version that still has `old`",
+        ],
+    );
+
+    // The workflow renamed: its runs wait in a queue no live worker reads.
+    let stuck = o
+        .start_run_with_id(&WorkflowCtx::new(()), 8, "renamed-workflow")
+        .await
+        .unwrap();
+    let renamed = shop_v2::Store {
+        new: shop_v2::Pass {},
+    };
+    let mut pool = WorkerPool::new(renamed.worker(d.backend.clone()).build().unwrap(), 1);
+    pool.start();
+    // Once the worker reported, the run shows why it does not move.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let show = loop {
+        let show = d.table(&["runs", "show", &stuck]).await;
+        if show.contains("stalled") || std::time::Instant::now() > deadline {
+            break show;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_contains(
+        &show,
+        &[
+            "stalled",
+            "no live worker serves workflow `Shop` (live workers serve: Store)",
+        ],
+    );
+    let json = d.json(&["runs", "show", &stuck]).await;
+    assert!(
+        json["stalled"].as_str().unwrap().contains("`Shop`"),
+        "{json}"
+    );
+    pool.try_stop().await.unwrap();
+}

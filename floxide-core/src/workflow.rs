@@ -243,6 +243,13 @@ pub trait Workflow<C: Context = ()>: Debug + Clone + Send + Sync + Sized {
 
     /// The graph as a Mermaid flowchart; the same source always gives the same text.
     fn to_mermaid(&self) -> &'static str;
+
+    /// The names of the nodes, in declaration order (the work items' node names). Workers
+    /// check a taken item's node against them, so that an item of a node renamed or removed
+    /// since it was queued gets a clear error. Empty (no check) unless generated.
+    fn node_names(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// How a step handles retries of a node that has a retry policy.

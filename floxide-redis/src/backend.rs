@@ -618,7 +618,10 @@ impl Backend for RedisBackend {
             let mut next_due: Option<u64> = None;
             for k in 0..partitions {
                 let pfx = self.keys().partition((home + k) % partitions);
-                match self.take_detached(&pfx, workflow, worker, options, woken).await? {
+                match self
+                    .take_detached(&pfx, workflow, worker, options, woken)
+                    .await?
+                {
                     Ok(taken) => return Ok(Some(taken)),
                     Err(due) => {
                         next_due = match (next_due, due) {

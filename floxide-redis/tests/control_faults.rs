@@ -517,6 +517,11 @@ async fn a_take_cut_short_by_shutdown_gives_its_item_back() {
     let mut pool = WorkerPool::new(wf.worker(direct).build().unwrap(), 1);
     pool.start();
     gate.add_permits(1);
-    assert_eq!(o.wait_for_output(&run, Duration::from_secs(10)).await.unwrap(), 1);
+    assert_eq!(
+        o.wait_for_output(&run, Duration::from_secs(10))
+            .await
+            .unwrap(),
+        1
+    );
     pool.try_stop().await.unwrap();
 }

@@ -78,6 +78,34 @@ pub enum DistributedError {
     /// to be dropped).
     #[error("run `{0}` has passed its retention: its records are gone")]
     RunExpired(RunId),
+    /// A work item names a node its workflow does not have: the node was renamed or removed
+    /// while items of it were queued (see the guide's deploy section).
+    #[error(
+        "work item of node `{node}`, which workflow `{workflow}` does not have (its nodes: \
+         {known}): a node renamed or removed while its items were queued; deploy a version \
+         that still has `{node}` until its items are done, then remove it"
+    )]
+    UnknownNode {
+        /// The workflow.
+        workflow: String,
+        /// The node the item names.
+        node: String,
+        /// The workflow's nodes.
+        known: String,
+    },
+    /// No live worker serves the run's workflow: its items wait in a queue nobody reads (a
+    /// workflow renamed by a deploy while its runs were queued, or no worker deployed).
+    #[error(
+        "no live worker serves workflow `{workflow}` (live workers serve: {serving}): its \
+         runs wait; if the workflow was renamed, run a worker of the old name until they are \
+         done"
+    )]
+    NoWorker {
+        /// The run's workflow.
+        workflow: String,
+        /// The workflows live workers serve.
+        serving: String,
+    },
     /// A builder was used without a required part.
     #[error("cannot build: {0}")]
     Build(String),

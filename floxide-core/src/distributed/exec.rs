@@ -343,6 +343,15 @@ where
     let taken: &Taken = taken;
     let lease = &taken.lease;
     let started = tokio::time::Instant::now();
+    let nodes = workflow.node_names();
+    if !nodes.is_empty() && !taken.node.is_empty() && !nodes.contains(&taken.node.as_str()) {
+        let error = DistributedError::UnknownNode {
+            workflow: workflow.name().to_owned(),
+            node: taken.node.clone(),
+            known: nodes.join(", "),
+        };
+        return dead_letter(backend, taken, error.to_string()).await;
+    }
     loop {
         let item: W::WorkItem = match decode(&taken.bytes) {
             Ok(item) => item,

@@ -92,7 +92,7 @@ pub use pool::WorkerPool;
 pub use runner::{run_worker, run_worker_main, shutdown_signal, WorkerArgs};
 pub use step::{current_step, StepContext};
 pub use types::{
-    DeadLetter, LivenessStatus, NodeTiming, RunId, RunInfo, RunMetrics, RunStatus, WorkItemInfo,
-    WorkItemStatus, WorkerHealth, WorkerId, WorkerStatus, WorkflowError,
+    stall_of, DeadLetter, LivenessStatus, NodeTiming, RunId, RunInfo, RunMetrics, RunStatus,
+    WorkItemInfo, WorkItemStatus, WorkerHealth, WorkerId, WorkerStatus, WorkflowError,
 };
 pub use worker::{DistributedWorker, WorkerBuilder};

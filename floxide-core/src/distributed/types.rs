@@ -273,6 +273,9 @@ pub struct WorkerHealth {
     pub current_work_item: Option<ItemId>,
     /// The run of that item.
     pub current_work_item_run_id: Option<RunId>,
+    /// The workflow it executes (empty in reports of other sources).
+    #[serde(default)]
+    pub workflow: String,
 }
 
 /// A report of no worker yet (Floxide 3.x): id `0`, idle, heartbeat now.
@@ -287,8 +290,48 @@ impl Default for WorkerHealth {
             status: WorkerStatus::Idle,
             current_work_item: None,
             current_work_item_run_id: None,
+            workflow: String::new(),
         }
     }
+}
+
+/// Why an active run makes no progress when no live worker serves its workflow (a workflow
+/// renamed by a deploy while its runs were queued, or no worker deployed at all): `None` when
+/// a worker of `info.workflow` reported within `alive` before `now`, or the run is not
+/// active.
+pub fn stall_of(
+    info: &RunInfo,
+    workers: &[WorkerHealth],
+    now: SystemTime,
+    alive: Duration,
+) -> Option<crate::distributed::DistributedError> {
+    if !info.status.is_active() {
+        return None;
+    }
+    let live = |h: &&WorkerHealth| {
+        h.status != WorkerStatus::Stopped
+            && now
+                .duration_since(h.last_heartbeat)
+                .is_ok_and(|d| d <= alive)
+    };
+    if workers
+        .iter()
+        .filter(live)
+        .any(|h| h.workflow == info.workflow || h.workflow.is_empty())
+    {
+        return None;
+    }
+    let mut serving: Vec<&str> = workers
+        .iter()
+        .filter(live)
+        .map(|h| h.workflow.as_str())
+        .collect();
+    serving.sort_unstable();
+    serving.dedup();
+    Some(crate::distributed::DistributedError::NoWorker {
+        workflow: info.workflow.clone(),
+        serving: serving.join(", "),
+    })
 }
 
 /// Whether a worker is alive, judged by its last heartbeat.

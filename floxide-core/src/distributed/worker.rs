@@ -308,7 +308,7 @@ where
                 None
             }
         }
-        .unwrap_or_else(|| HealthReporter::new(id.clone()).health);
+        .unwrap_or_else(|| HealthReporter::new(id.clone(), self.workflow.name()).health);
         health.last_heartbeat = SystemTime::now();
         if let Err(error) = self.backend.report_worker(&health).await {
             tracing::warn!(worker = %id, %error, "could not report a heartbeat");
@@ -394,7 +394,7 @@ where
         grace: Duration,
     ) -> Result<(), FloxideError> {
         let worker = worker_id.into();
-        let mut reporter = HealthReporter::new(worker.clone());
+        let mut reporter = HealthReporter::new(worker.clone(), self.workflow.name());
         let mut backoff = Duration::from_millis(50);
         let options = self.config.take_options();
         let fused = NextTake {
@@ -525,7 +525,7 @@ struct HealthReporter {
 }
 
 impl HealthReporter {
-    fn new(worker: WorkerId) -> Self {
+    fn new(worker: WorkerId, workflow: &str) -> Self {
         HealthReporter {
             health: WorkerHealth {
                 worker_id: worker,
@@ -536,6 +536,7 @@ impl HealthReporter {
                 status: WorkerStatus::Idle,
                 current_work_item: None,
                 current_work_item_run_id: None,
+                workflow: workflow.to_owned(),
             },
             last: None,
             errors: 0,

@@ -257,6 +257,10 @@ pub fn expand_impls(def: &WorkflowDef) -> TokenStream {
             fn to_mermaid(&self) -> &'static str {
                 #mermaid
             }
+
+            fn node_names(&self) -> &'static [&'static str] {
+                Self::NODE_NAMES
+            }
         }
 
         #[automatically_derived]

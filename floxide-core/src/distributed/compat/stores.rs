@@ -533,6 +533,7 @@ where
                 status: WorkerStatus::Idle,
                 current_work_item: None,
                 current_work_item_run_id: None,
+                workflow: String::new(),
             });
         health.last_heartbeat = timestamp;
         self.update_health(worker_id, health).await
