@@ -148,13 +148,14 @@ impl RedisBackend {
         })
     }
 
-    /// Waits on `workflow`'s wake list of partition `pfx` (a blocking pop: no polling).
-    async fn block(
-        &self,
-        pfx: &str,
-        workflow: &str,
-        wait: Duration,
-    ) -> Result<(), DistributedError> {
+    /// Waits on `workflow`'s wake lists of every partition at once (one blocking pop over
+    /// all of them: no polling, whatever the number of partitions).
+    async fn block(&self, workflow: &str, wait: Duration) -> Result<(), DistributedError> {
+        let lists: Vec<String> = self
+            .keys()
+            .all()
+            .map(|p| Keys::wake(&self.keys().partition(p), workflow))
+            .collect();
         let mut conn = self
             .client
             .blocking_connection()
@@ -166,7 +167,7 @@ impl RedisBackend {
         let answered = tokio::time::timeout(
             wait + Duration::from_secs(2),
             redis::cmd("BLPOP")
-                .arg(Keys::wake(pfx, workflow))
+                .arg(&lists)
                 .arg(secs)
                 .query_async::<Option<(String, String)>>(&mut conn),
         )
@@ -643,11 +644,7 @@ impl Backend for RedisBackend {
             if let Some(due) = next_due {
                 block = block.min(Duration::from_millis(due.max(1)));
             }
-            if partitions > 1 {
-                block = block.min(Duration::from_millis(200));
-            }
-            self.block(&self.keys().partition(home), workflow, block)
-                .await?;
+            self.block(workflow, block).await?;
             woken = true;
         }
     }
@@ -1027,9 +1024,9 @@ impl RedisBackend {
         for e in &commit.handled_failures {
             inv.arg(serde_json::to_string(e).map_err(|e| DistributedError::Codec(e.to_string()))?);
         }
-        // The next take runs in the same script only within the run's partition (one hash
-        // tag per script); with several partitions the worker takes on its own afterwards.
-        let fused = next.filter(|_| self.client.inner.config.partitions == 1);
+        // The next take runs in the same script, within the run's partition (one hash tag per
+        // script); when that partition has nothing ready the worker takes on its own.
+        let fused = next;
         // The context this step leaves behind: takes of the same run at that version need
         // not send it back.
         let held = commit

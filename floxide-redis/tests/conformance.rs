@@ -20,3 +20,24 @@ async fn backend() -> RedisBackend {
 }
 
 floxide::conformance_tests!(#[tokio::test(flavor = "multi_thread", worker_threads = 4)], backend());
+
+/// The same checks with runs spread over four partitions (one blocking wait over all of
+/// them; takes fused into commits within the committing run's partition).
+mod partitioned {
+    use super::*;
+
+    async fn backend() -> RedisBackend {
+        let server = SERVER.get_or_init(|| RedisServer::start_or_panic(ServerOptions::default()));
+        let prefix = format!("part{}:", NEXT.fetch_add(1, Ordering::SeqCst));
+        let client = RedisClient::new(
+            RedisConfig::new(server.url())
+                .with_key_prefix(prefix)
+                .with_partitions(4),
+        )
+        .await
+        .expect("connect to the test redis-server");
+        RedisBackend::new(client)
+    }
+
+    floxide::conformance_tests!(#[tokio::test(flavor = "multi_thread", worker_threads = 4)], backend());
+}
