@@ -373,23 +373,12 @@ async fn seed_shaped_worker_builder_runs_on_in_memory_stores() {
         .unwrap()
         .unwrap();
     assert_eq!(metrics.completed, 1);
-    let items = my_work_item_state_store.get_all(&run_id).await.unwrap();
-    assert_eq!(items.len(), 1);
-    assert_eq!(items[0].work_item.to_string(), "Double(21)");
-    assert_eq!(
-        my_work_item_state_store
-            .get_status(&run_id, &items[0].work_item)
-            .await
-            .unwrap(),
-        floxide::WorkItemStatus::Completed
-    );
-    assert_eq!(
-        my_work_item_state_store
-            .get_attempts(&run_id, &items[0].work_item)
-            .await
-            .unwrap(),
-        1
-    );
+    // A completed run's items go at its finish (its record, context and output stay).
+    assert!(my_work_item_state_store
+        .get_all(&run_id)
+        .await
+        .unwrap()
+        .is_empty());
     let listed = my_run_info_store
         .list_runs(Some(RunStatus::Completed))
         .await;
@@ -419,6 +408,14 @@ async fn writes_that_bypass_the_engine_are_typed_errors_and_status_changes_steer
     let pending = WorkQueue::<(), _>::pending_work(&queue, "r").await.unwrap();
     assert_eq!(pending.len(), 1);
     assert!(pending[0].is_terminal());
+    let all = items.get_all("r").await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].work_item.to_string(), "Double(1)");
+    assert_eq!(
+        items.get_status("r", &all[0].work_item).await.unwrap(),
+        floxide::WorkItemStatus::Pending
+    );
+    assert_eq!(items.get_attempts("r", &all[0].work_item).await.unwrap(), 1);
     let dequeue = WorkQueue::<(), _>::dequeue(&queue).await.unwrap_err();
     assert!(
         matches!(dequeue, WorkQueueError::Unsupported(_)),

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use parts::{ContextsPart, ErrorsPart, ItemsPart, LivenessPart, MetricsPart, QueuePart, RunsPart};
-use parts::{ItemRecord, ItemsState, QueueState, RunItems};
+use parts::{ItemRecord, ItemsState, QueueState, RunItems, RunsState, RESUME_MARKER};
 
 use crate::distributed::backend::{
     Backend, CommitOutcome, DistributedError, Lease, LeaseState, QueueStats, RunAction, RunWatch,
@@ -35,8 +35,12 @@ use crate::ItemId;
 /// let shared = backend.clone(); // the same runs, queues and contexts
 /// # let _ = shared;
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct InMemoryBackend {
+    /// How long finished runs are kept.
+    retention: Duration,
+    /// How long dead letters are kept.
+    letter_retention: Duration,
     pub(crate) runs: RunsPart,
     pub(crate) items: ItemsPart,
     pub(crate) queue: QueuePart,
@@ -46,10 +50,46 @@ pub struct InMemoryBackend {
     pub(crate) liveness: LivenessPart,
 }
 
+impl Default for InMemoryBackend {
+    fn default() -> Self {
+        InMemoryBackend {
+            retention: Duration::from_secs(24 * 3600),
+            letter_retention: Duration::from_secs(7 * 24 * 3600),
+            runs: RunsPart::default(),
+            items: ItemsPart::default(),
+            queue: QueuePart::default(),
+            contexts: ContextsPart::default(),
+            metrics: MetricsPart::default(),
+            errors: ErrorsPart::default(),
+            liveness: LivenessPart::default(),
+        }
+    }
+}
+
+/// Entries of finished runs or dead letters removed per operation, so that no operation
+/// does work proportional to the history (G9).
+const PRUNE_SLICE: usize = 16;
+
+/// Parked items moved back to the queue per resume marker met by a take.
+const UNPARK_SLICE: usize = 256;
+
 impl InMemoryBackend {
-    /// A backend with empty stores.
+    /// A backend with empty stores (finished runs kept 24 h, dead letters 7 days).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How long finished runs are kept (default 24 h): after it, every record of the run is
+    /// gone (its dead letters have their own retention).
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// How long dead letters are kept (default 7 days).
+    pub fn with_dead_letter_retention(mut self, retention: Duration) -> Self {
+        self.letter_retention = retention;
+        self
     }
 
     /// Whether both values are handles to the same stores.
@@ -162,30 +202,50 @@ impl InMemoryBackend {
             }
         }
 
+        let mut failed_now: Option<RunId> = None;
         let result = loop {
             let Some((run_id, item_id)) = queue.ready.get_mut(workflow).and_then(|q| q.pop_front())
             else {
                 break Err(queue.next_due());
             };
+            // Entries of finished runs (whose items are gone) are dropped here.
             let Some(run_items) = items.runs.get_mut(&run_id) else {
                 continue;
             };
+            let Some(info) = runs.runs.get_mut(&run_id) else {
+                continue;
+            };
+            if item_id == RESUME_MARKER {
+                // A resumed run's parked items go back to the queue, a slice at a time.
+                if machine::takes_items(info.status) {
+                    for _ in 0..UNPARK_SLICE {
+                        let Some(id) = run_items.parked.pop_front() else {
+                            break;
+                        };
+                        if let Some(r) = run_items.items.get_mut(&id) {
+                            if r.status == WorkItemStatus::Held {
+                                r.status = WorkItemStatus::Pending;
+                                queue.push_ready(workflow, (run_id.clone(), id));
+                            }
+                        }
+                    }
+                    if !run_items.parked.is_empty() {
+                        queue.push_ready(workflow, (run_id, RESUME_MARKER));
+                    }
+                }
+                continue;
+            }
             let Some(record) = run_items.items.get_mut(&item_id) else {
                 continue;
             };
             if record.status != WorkItemStatus::Pending {
                 continue;
             }
-            let Some(info) = runs.runs.get_mut(&run_id) else {
-                continue;
-            };
             if !machine::takes_items(info.status) {
                 if machine::accepts_results(info.status) {
-                    // Paused or failed: the item waits for a resume.
+                    // Paused or failed: the item waits, parked, for a resume.
                     record.status = WorkItemStatus::Held;
-                } else {
-                    record.status = WorkItemStatus::Cancelled;
-                    run_items.outstanding = run_items.outstanding.saturating_sub(1);
+                    run_items.parked.push_back(item_id);
                 }
                 continue;
             }
@@ -198,7 +258,7 @@ impl InMemoryBackend {
                 );
                 record.status = WorkItemStatus::PermanentlyFailed;
                 run_items.outstanding = run_items.outstanding.saturating_sub(1);
-                queue.dead.push(DeadLetter {
+                let letter = DeadLetter {
                     run_id: run_id.clone(),
                     item_id,
                     node: record.node.clone(),
@@ -207,7 +267,8 @@ impl InMemoryBackend {
                     attempt: record.attempt,
                     at: SystemTime::now(),
                     payload: payload_text(&record.bytes),
-                });
+                };
+                add_letter(&mut queue, letter, self.letter_retention);
                 self.errors
                     .lock()
                     .runs
@@ -221,7 +282,9 @@ impl InMemoryBackend {
                         handled: false,
                         timestamp: SystemTime::now(),
                     });
-                fail_run(info, error);
+                if fail_run(info, error) {
+                    failed_now = Some(run_id);
+                }
                 changed_runs = true;
                 continue;
             }
@@ -256,7 +319,10 @@ impl InMemoryBackend {
                 context: None,
             });
         };
+        let garbage =
+            failed_now.and_then(|run| finished(&mut runs, &mut items, &run, RunStatus::Failed));
         drop((runs, items, queue));
+        drop(garbage);
         if changed_runs {
             self.notify_runs();
         }
@@ -278,12 +344,54 @@ fn no_output(workflow: &str) -> String {
     format!("workflow `{workflow}` finished without output: no terminal node produced a value")
 }
 
-/// Marks a run failed with `error`.
-fn fail_run(info: &mut RunInfo, error: String) {
-    if !info.status.is_finished() {
-        info.status = RunStatus::Failed;
-        info.finished_at = Some(SystemTime::now());
-        info.error = Some(error);
+/// Marks a run failed with `error`; returns whether it was not finished before.
+fn fail_run(info: &mut RunInfo, error: String) -> bool {
+    if info.status.is_finished() {
+        return false;
+    }
+    info.status = RunStatus::Failed;
+    info.finished_at = Some(SystemTime::now());
+    info.error = Some(error);
+    true
+}
+
+/// A run reached a final status: remembered for its retention, and the items of a completed
+/// or cancelled run go (returned, to be dropped once the locks are released: no lock is held
+/// while a large run's items are freed). A failed run keeps its items, which a resume needs.
+fn finished(
+    runs: &mut RunsState,
+    items: &mut ItemsState,
+    run_id: &str,
+    status: RunStatus,
+) -> Option<RunItems> {
+    let now = Instant::now();
+    runs.finished.push_back((now, run_id.to_owned()));
+    runs.finished_at.insert(run_id.to_owned(), now);
+    if status == RunStatus::Failed {
+        None
+    } else {
+        items.runs.remove(run_id)
+    }
+}
+
+/// Adds a dead letter (and drops those past their retention, a slice at a time).
+fn add_letter(queue: &mut QueueState, letter: DeadLetter, retention: Duration) {
+    let now = Instant::now();
+    queue
+        .dead_order
+        .push_back((now, letter.run_id.clone(), letter.item_id));
+    queue
+        .dead
+        .insert((letter.run_id.clone(), letter.item_id), letter);
+    for _ in 0..PRUNE_SLICE {
+        match queue.dead_order.front() {
+            Some((at, _, _)) if *at + retention <= now => {
+                if let Some((_, run, item)) = queue.dead_order.pop_front() {
+                    queue.dead.remove(&(run, item));
+                }
+            }
+            _ => break,
+        }
     }
 }
 
@@ -301,29 +409,26 @@ fn unknown(run_id: &str) -> DistributedError {
     DistributedError::UnknownRun(run_id.to_owned())
 }
 
-/// Puts every held item of a run back in the queue; returns how many.
-fn release_held(
-    run_id: &str,
-    workflow: &str,
-    run_items: &mut RunItems,
-    queue: &mut QueueState,
-) -> usize {
-    let mut n = 0;
-    let mut ids: Vec<ItemId> = run_items
-        .items
-        .iter()
-        .filter(|(_, r)| r.status == WorkItemStatus::Held)
-        .map(|(id, _)| *id)
-        .collect();
-    ids.sort_unstable();
-    for id in ids {
-        if let Some(r) = run_items.items.get_mut(&id) {
-            r.status = WorkItemStatus::Pending;
-            queue.push_ready(workflow, (run_id.to_owned(), id));
-            n += 1;
+/// The answer to a commit or failure report whose lease is not held: the run is over
+/// (cancelled or completed: its items are gone), or the lease was lost.
+fn not_held(runs: &RunsState, run_id: &str) -> CommitOutcome {
+    match runs.runs.get(run_id) {
+        Some(info) if !machine::accepts_results(info.status) => {
+            CommitOutcome::RunInactive(info.status)
+        }
+        _ => CommitOutcome::LeaseLost,
+    }
+}
+
+/// Queues a resume marker for a run with parked items: takes move them back, a slice at a
+/// time.
+fn queue_resume(queue: &mut QueueState, workflow: &str, run_id: &str, run_items: &RunItems) {
+    if !run_items.parked.is_empty() {
+        match queue.ready.get_mut(workflow) {
+            Some(q) => q.push_front((run_id.to_owned(), RESUME_MARKER)),
+            None => queue.push_ready(workflow, (run_id.to_owned(), RESUME_MARKER)),
         }
     }
-    n
 }
 
 #[async_trait::async_trait]
@@ -345,6 +450,40 @@ impl Backend for InMemoryBackend {
         let mut queue = self.queue.lock();
         let mut contexts = self.contexts.lock();
         let mut metrics = self.metrics.lock();
+        let mut errors = self.errors.lock();
+        // Runs past their retention go, a slice per start: no operation does work
+        // proportional to the history (G9).
+        let mut gone = Vec::new();
+        let now = Instant::now();
+        for _ in 0..PRUNE_SLICE {
+            let Some((at, run)) = runs.finished.front().cloned() else {
+                break;
+            };
+            if at + self.retention > now {
+                break;
+            }
+            runs.finished.pop_front();
+            // A run resumed since (or finished again later) is not this entry's to remove.
+            if runs.finished_at.get(&run) != Some(&at) {
+                continue;
+            }
+            runs.finished_at.remove(&run);
+            if let Some(info) = runs.runs.remove(&run) {
+                if let Some(key) = &info.idempotency_key {
+                    runs.keys.remove(key);
+                }
+            }
+            if let Some(seq) = runs.seq_of.remove(&run) {
+                runs.order.remove(&seq);
+            }
+            gone.push((
+                items.runs.remove(&run),
+                contexts.contexts.remove(&run),
+                metrics.runs.remove(&run),
+                errors.runs.remove(&run),
+            ));
+        }
+        drop(errors);
         let run_id = start.run_id.clone();
         runs.runs.insert(
             run_id.clone(),
@@ -361,7 +500,10 @@ impl Backend for InMemoryBackend {
                 deadline: start.deadline,
             },
         );
-        runs.order.push(run_id.clone());
+        let seq = runs.next_seq;
+        runs.next_seq += 1;
+        runs.order.insert(seq, run_id.clone());
+        runs.seq_of.insert(run_id.clone(), seq);
         if let Some(key) = start.idempotency_key {
             runs.keys.insert(key, run_id.clone());
         }
@@ -389,6 +531,7 @@ impl Backend for InMemoryBackend {
         );
         queue.push_ready(&start.workflow, (run_id.clone(), start.first.id));
         drop((runs, items, queue, contexts, metrics));
+        drop(gone);
         self.notify_work(1);
         self.notify_runs();
         Ok(run_id)
@@ -407,7 +550,7 @@ impl Backend for InMemoryBackend {
         let runs = self.runs.lock();
         Ok(runs
             .order
-            .iter()
+            .values()
             .rev()
             .filter_map(|id| runs.runs.get(id))
             .filter(|r| status.is_none_or(|s| r.status == s))
@@ -419,24 +562,29 @@ impl Backend for InMemoryBackend {
         let mut runs = self.runs.lock();
         let mut items = self.items.lock();
         let mut queue = self.queue.lock();
+        let mut runs_finished_at_clear = false;
         let info = runs.runs.get_mut(run_id).ok_or_else(|| unknown(run_id))?;
         let invalid = |status, action| DistributedError::InvalidRunState {
             run_id: run_id.to_owned(),
             status,
             action,
         };
-        let run_items = items.runs.entry(run_id.to_owned()).or_default();
+        let outstanding = items.runs.get(run_id).map_or(0, |r| r.outstanding) as u64;
         let state = RunState {
             status: info.status,
-            outstanding: run_items.outstanding as u64,
+            outstanding,
             has_output: info.output.is_some(),
         };
+        // A failed run's dead letters are revived by a resume (up to 1000 per resume).
         let revivable: Vec<ItemId> = match action {
             RunAction::Resume if info.status == RunStatus::Failed => queue
                 .dead
-                .iter()
-                .filter(|d| d.run_id == run_id)
-                .map(|d| d.item_id)
+                .range(
+                    (run_id.to_owned(), ItemId::from_u128(0))
+                        ..=(run_id.to_owned(), ItemId::from_u128(u128::MAX)),
+                )
+                .map(|(key, _)| key.1)
+                .take(1000)
                 .collect(),
             _ => Vec::new(),
         };
@@ -447,33 +595,30 @@ impl Backend for InMemoryBackend {
         }
         .map_err(|refused| invalid(info.status, refused.action))?;
         let mut woken = 0;
+        let mut finish = None;
         match effect {
+            // Bounded work: the run's queued entries are dropped when takes meet them.
             ControlEffect::Cancel => {
                 info.status = RunStatus::Cancelled;
                 info.finished_at = Some(SystemTime::now());
-                for record in run_items.items.values_mut() {
-                    if matches!(
-                        record.status,
-                        WorkItemStatus::Pending
-                            | WorkItemStatus::WaitingRetry
-                            | WorkItemStatus::Held
-                    ) {
-                        record.status = WorkItemStatus::Cancelled;
-                        run_items.outstanding = run_items.outstanding.saturating_sub(1);
-                    }
-                }
+                finish = Some(RunStatus::Cancelled);
             }
             ControlEffect::Pause => info.status = RunStatus::Paused,
             ControlEffect::Resume(status) => {
-                queue.dead.retain(|d| d.run_id != run_id);
+                let run_items = items.runs.entry(run_id.to_owned()).or_default();
                 for id in &revivable {
+                    queue.dead.remove(&(run_id.to_owned(), *id));
                     if let Some(r) = run_items.items.get_mut(id) {
                         if r.status == WorkItemStatus::PermanentlyFailed {
                             r.status = WorkItemStatus::Held;
                             r.deliveries = 0;
                             run_items.outstanding += 1;
+                            run_items.parked.push_back(*id);
                         }
                     }
+                }
+                if info.status == RunStatus::Failed {
+                    runs_finished_at_clear = true;
                 }
                 info.status = status;
                 if status.is_finished() {
@@ -481,15 +626,23 @@ impl Backend for InMemoryBackend {
                     if status == RunStatus::Failed {
                         info.error = Some(no_output(&info.workflow));
                     }
+                    finish = Some(status);
                 } else {
                     info.finished_at = None;
                     info.error = None;
-                    woken = release_held(run_id, &info.workflow, run_items, &mut queue);
+                    // The parked items go back to the queue through a marker at its front.
+                    queue_resume(&mut queue, &info.workflow, run_id, run_items);
+                    woken = 1;
                 }
             }
         }
         let info = info.clone();
+        if runs_finished_at_clear {
+            runs.finished_at.remove(run_id);
+        }
+        let garbage = finish.and_then(|status| finished(&mut runs, &mut items, run_id, status));
         drop((runs, items, queue));
+        drop(garbage);
         self.notify_runs();
         self.notify_work(woken);
         Ok(info)
@@ -540,7 +693,11 @@ impl Backend for InMemoryBackend {
         let mut items = self.items.lock();
         let mut queue = self.queue.lock();
         let Some((run_items, true)) = leased(&mut items, lease) else {
-            return Ok(LeaseState::Lost);
+            // A cancelled or completed run's items are gone: tell the step its run is over.
+            return Ok(match not_held(&runs, &lease.run_id) {
+                CommitOutcome::RunInactive(status) => LeaseState::Active(status),
+                _ => LeaseState::Lost,
+            });
         };
         let status = runs
             .runs
@@ -587,7 +744,7 @@ impl Backend for InMemoryBackend {
         let mut queue = self.queue.lock();
         let mut contexts = self.contexts.lock();
         let Some((run_items, true)) = leased(&mut items, lease) else {
-            return Ok(CommitOutcome::LeaseLost);
+            return Ok(not_held(&runs, &lease.run_id));
         };
         let info = runs
             .runs
@@ -637,7 +794,9 @@ impl Backend for InMemoryBackend {
             );
             run_items.outstanding += 1;
             added += 1;
-            if !held {
+            if held {
+                run_items.parked.push_back(s.id);
+            } else {
                 queue.push_ready(&info.workflow, (lease.run_id.clone(), s.id));
                 woken += 1;
             }
@@ -686,7 +845,10 @@ impl Backend for InMemoryBackend {
                 .or_default()
                 .extend(commit.handled_failures);
         }
+        let garbage = finished
+            .and_then(|status| self::finished(&mut runs, &mut items, &lease.run_id, status));
         drop((runs, items));
+        drop(garbage);
         self.notify_work(woken);
         if finished.is_some() {
             self.notify_runs();
@@ -703,7 +865,7 @@ impl Backend for InMemoryBackend {
         let mut items = self.items.lock();
         let mut queue = self.queue.lock();
         let Some((run_items, true)) = leased(&mut items, lease) else {
-            return Ok(CommitOutcome::LeaseLost);
+            return Ok(not_held(&runs, &lease.run_id));
         };
         let info = runs
             .runs
@@ -744,7 +906,7 @@ impl Backend for InMemoryBackend {
             _ => {
                 record.status = WorkItemStatus::PermanentlyFailed;
                 run_items.outstanding = run_items.outstanding.saturating_sub(1);
-                queue.dead.push(DeadLetter {
+                let letter = DeadLetter {
                     run_id: lease.run_id.clone(),
                     item_id: lease.item_id,
                     node: node.clone(),
@@ -753,7 +915,8 @@ impl Backend for InMemoryBackend {
                     attempt,
                     at: SystemTime::now(),
                     payload: payload_text(&record.bytes),
-                });
+                };
+                add_letter(&mut queue, letter, self.letter_retention);
                 if let FailureEffect::DeadLetter(status) = effect {
                     if status != info.status {
                         fail_run(info, format!("node `{node}` failed: {}", failure.error));
@@ -784,6 +947,10 @@ impl Backend for InMemoryBackend {
                 handled: false,
                 timestamp: SystemTime::now(),
             });
+        if finished.is_some() {
+            // A failed run keeps its items (nothing to drop).
+            let _ = self::finished(&mut runs, &mut items, &lease.run_id, RunStatus::Failed);
+        }
         drop((runs, items));
         self.notify_work(1);
         if finished.is_some() {
@@ -845,8 +1012,15 @@ impl Backend for InMemoryBackend {
     }
 
     async fn work_items(&self, run_id: &str) -> Result<Vec<WorkItemInfo>, DistributedError> {
+        let runs = self.runs.lock();
         let items = self.items.lock();
-        let run_items = items.runs.get(run_id).ok_or_else(|| unknown(run_id))?;
+        if !runs.runs.contains_key(run_id) {
+            return Err(unknown(run_id));
+        }
+        // A completed or cancelled run's items are gone.
+        let Some(run_items) = items.runs.get(run_id) else {
+            return Ok(Vec::new());
+        };
         let mut out: Vec<WorkItemInfo> = run_items
             .items
             .iter()
@@ -865,8 +1039,14 @@ impl Backend for InMemoryBackend {
     }
 
     async fn pending_items(&self, run_id: &str) -> Result<Vec<Vec<u8>>, DistributedError> {
+        let runs = self.runs.lock();
         let items = self.items.lock();
-        let run_items = items.runs.get(run_id).ok_or_else(|| unknown(run_id))?;
+        if !runs.runs.contains_key(run_id) {
+            return Err(unknown(run_id));
+        }
+        let Some(run_items) = items.runs.get(run_id) else {
+            return Ok(Vec::new());
+        };
         Ok(run_items
             .items
             .values()
@@ -884,7 +1064,9 @@ impl Backend for InMemoryBackend {
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, DistributedError> {
-        Ok(self.queue.lock().dead.clone())
+        let mut letters: Vec<DeadLetter> = self.queue.lock().dead.values().cloned().collect();
+        letters.sort_by_key(|d| d.at);
+        Ok(letters)
     }
 
     async fn requeue_dead_letter(
@@ -895,18 +1077,25 @@ impl Backend for InMemoryBackend {
         let mut runs = self.runs.lock();
         let mut items = self.items.lock();
         let mut queue = self.queue.lock();
-        let Some(pos) = queue
-            .dead
-            .iter()
-            .position(|d| d.run_id == run_id && d.item_id == item_id)
-        else {
+        if !queue.dead.contains_key(&(run_id.to_owned(), item_id)) {
             return Err(DistributedError::UnknownDeadLetter {
                 run_id: run_id.to_owned(),
                 item_id,
             });
-        };
-        queue.dead.remove(pos);
-        let info = runs.runs.get_mut(run_id).ok_or_else(|| unknown(run_id))?;
+        }
+        // The run may have passed its retention: the letter stays.
+        let info = runs
+            .runs
+            .get_mut(run_id)
+            .ok_or_else(|| DistributedError::RunExpired(run_id.to_owned()))?;
+        if !machine::accepts_results(info.status) {
+            return Err(DistributedError::InvalidRunState {
+                run_id: run_id.to_owned(),
+                status: info.status,
+                action: "requeue a dead letter",
+            });
+        }
+        queue.dead.remove(&(run_id.to_owned(), item_id));
         let run_items = items.runs.entry(run_id.to_owned()).or_default();
         let mut woken = 0;
         if let Some(r) = run_items.items.get_mut(&item_id) {
@@ -918,11 +1107,14 @@ impl Backend for InMemoryBackend {
                 woken += 1;
             }
         }
-        if info.status == RunStatus::Failed {
+        let revived = info.status == RunStatus::Failed;
+        if revived {
             info.status = RunStatus::Running;
             info.finished_at = None;
             info.error = None;
-            woken += release_held(run_id, &info.workflow.clone(), run_items, &mut queue);
+            queue_resume(&mut queue, &info.workflow.clone(), run_id, run_items);
+            woken += 1;
+            runs.finished_at.remove(run_id);
         }
         drop((runs, items, queue));
         self.notify_runs();
@@ -936,11 +1128,7 @@ impl Backend for InMemoryBackend {
         item_id: ItemId,
     ) -> Result<(), DistributedError> {
         let mut queue = self.queue.lock();
-        let before = queue.dead.len();
-        queue
-            .dead
-            .retain(|d| !(d.run_id == run_id && d.item_id == item_id));
-        if queue.dead.len() == before {
+        if queue.dead.remove(&(run_id.to_owned(), item_id)).is_none() {
             return Err(DistributedError::UnknownDeadLetter {
                 run_id: run_id.to_owned(),
                 item_id,
@@ -991,7 +1179,11 @@ impl Backend for InMemoryBackend {
                 }
             }
         }
-        stats.dead_letters = queue.dead.iter().filter(|d| of_workflow(&d.run_id)).count() as u64;
+        stats.dead_letters = queue
+            .dead
+            .values()
+            .filter(|d| of_workflow(&d.run_id))
+            .count() as u64;
         Ok(Some(stats))
     }
 }

@@ -104,9 +104,17 @@ part!(
 #[derive(Default)]
 pub(crate) struct RunsState {
     pub(crate) runs: HashMap<RunId, RunInfo>,
-    /// Start order, for listing.
-    pub(crate) order: Vec<RunId>,
+    /// Start order, for listing: sequence number → run.
+    pub(crate) order: BTreeMap<u64, RunId>,
+    /// Each run's sequence number in `order`.
+    pub(crate) seq_of: HashMap<RunId, u64>,
+    pub(crate) next_seq: u64,
     pub(crate) keys: HashMap<String, RunId>,
+    /// Finished runs in finish order, for their retention (a run resumed and finished again
+    /// is listed again; the entry that no longer matches its finish is skipped).
+    pub(crate) finished: VecDeque<(Instant, RunId)>,
+    /// When each finished run finished.
+    pub(crate) finished_at: HashMap<RunId, Instant>,
 }
 
 /// A stored work item.
@@ -125,6 +133,8 @@ pub(crate) struct RunItems {
     pub(crate) items: HashMap<ItemId, ItemRecord>,
     /// Items not yet Completed, PermanentlyFailed or Cancelled.
     pub(crate) outstanding: usize,
+    /// Ready items of a paused or failed run, held until a resume.
+    pub(crate) parked: VecDeque<ItemId>,
 }
 
 #[derive(Default)]
@@ -132,8 +142,13 @@ pub(crate) struct ItemsState {
     pub(crate) runs: HashMap<RunId, RunItems>,
 }
 
-/// An entry of the ready queue: the item and its run.
+/// An entry of the ready queue: the item and its run (or a resume marker: the run and
+/// [`RESUME_MARKER`]).
 pub(crate) type Entry = (RunId, ItemId);
+
+/// The item id of a resume marker: a take that meets it moves the run's parked items back to
+/// the queue, a slice at a time (no item has this id: ids are 1 or derived hashes).
+pub(crate) const RESUME_MARKER: ItemId = ItemId::from_u128(0);
 
 /// An entry of a timed heap: (due, sequence or lease token, workflow, run, item).
 pub(crate) type Timed = Reverse<(Instant, u64, String, RunId, ItemId)>;
@@ -146,7 +161,9 @@ pub(crate) struct QueueState {
     pub(crate) delayed: BinaryHeap<Timed>,
     /// Leases by expiry: (expiry, token, workflow, run, item). Renewals push a new entry.
     pub(crate) leases: BinaryHeap<Timed>,
-    pub(crate) dead: Vec<DeadLetter>,
+    pub(crate) dead: BTreeMap<(RunId, ItemId), DeadLetter>,
+    /// Dead letters in the order they came, for their retention.
+    pub(crate) dead_order: VecDeque<(Instant, RunId, ItemId)>,
     pub(crate) next_token: u64,
     pub(crate) seq: u64,
 }
