@@ -274,7 +274,7 @@ async fn step_distributed_never_takes_an_item_leased_by_a_worker() {
     wf.start_distributed(&WorkflowCtx::new(Ctx::default()), 1, &store, &queue, "r")
         .await
         .unwrap();
-    let leased = floxide::Backend::take(
+    let leased = floxide::WorkerBackend::take(
         &backend,
         wf.name(),
         &floxide::WorkerId::from("holder"),

@@ -64,7 +64,53 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// Bytes Redis holds under the backend's prefix (MEMORY USAGE of every key), per run.
+pub(crate) async fn bytes_per_run(backend: &RedisBackend, runs: usize) -> Result<f64, String> {
+    let pattern = format!("{}*", backend.client().key_prefix());
+    let mut conn = backend.client().connection();
+    let mut cursor = 0u64;
+    let mut total = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .map_err(err)?;
+        if !keys.is_empty() {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(key)
+                    .arg("SAMPLES")
+                    .arg(0);
+            }
+            let sizes: Vec<Option<u64>> = pipe.query_async(&mut conn).await.map_err(err)?;
+            total += sizes.into_iter().flatten().sum::<u64>();
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    Ok(total as f64 / runs.max(1) as f64)
+}
+
+/// How a drain starts its runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// `start_run` calls, 64 in flight.
+    Concurrent,
+    /// `start_runs`: pipelined, a hundred per round trip.
+    Pipelined,
+}
+
 /// Starts `runs` runs of `wf`, drains them with `workers` worker tasks, and reports.
+#[allow(clippy::too_many_arguments)]
 async fn drain<W: Workflow<()> + 'static>(
     workload: &str,
     wf: W,
@@ -73,9 +119,11 @@ async fn drain<W: Workflow<()> + 'static>(
     steps_per_run: u64,
     args: &Args,
     default_runs: usize,
+    (start, default_batch): (Start, usize),
 ) -> Result<serde_json::Value, String> {
     let runs: usize = args.get("runs", default_runs)?;
     let workers: usize = args.get("workers", 4)?;
+    let batch: usize = args.get("batch", default_batch)?;
     let backend = connect(args).await?;
     let orchestrator = OrchestratorBuilder::new()
         .workflow(wf.clone())
@@ -85,20 +133,29 @@ async fn drain<W: Workflow<()> + 'static>(
     let worker = WorkerBuilder::new()
         .workflow(wf)
         .backend(backend.clone())
+        .concurrency(batch)
         .build()
         .map_err(err)?;
     let before = commands(&backend).await?;
     let started = std::time::SystemTime::now();
-    // Starts are independent: keep 64 in flight (each is one round trip).
     let ctx = WorkflowCtx::new(());
-    let ids: Vec<RunId> =
-        futures_util::stream::iter((0..runs).map(|_| orchestrator.start_run(&ctx, input())))
-            .buffered(64)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .map_err(err)?;
+    let ids: Vec<RunId> = match start {
+        // Starts are independent: keep 64 in flight (each is one round trip).
+        Start::Concurrent => {
+            futures_util::stream::iter((0..runs).map(|_| orchestrator.start_run(&ctx, input())))
+                .buffered(64)
+                .collect::<Vec<_>>()
+                .await
+        }
+        Start::Pipelined => {
+            orchestrator
+                .start_runs(&ctx, (0..runs).map(|_| input()))
+                .await
+        }
+    }
+    .into_iter()
+    .collect::<Result<_, _>>()
+    .map_err(err)?;
     let mut pool = WorkerPool::new(worker, workers).with_grace_period(Duration::from_secs(1));
     pool.start();
     let mut completed = 0u64;
@@ -136,6 +193,7 @@ async fn drain<W: Workflow<()> + 'static>(
     let cmds = commands(&backend).await?.saturating_sub(before);
     latencies.sort_by(f64::total_cmp);
     let steps = completed * steps_per_run;
+    let bytes = bytes_per_run(&backend, runs).await?;
     Ok(json!({
         "framework": framework(),
         "workload": workload,
@@ -147,6 +205,8 @@ async fn drain<W: Workflow<()> + 'static>(
         "lat_p50_ms": percentile(&latencies, 50.0),
         "lat_p99_ms": percentile(&latencies, 99.0),
         "redis_cmds_per_step": cmds as f64 / steps.max(1) as f64,
+        "redis_bytes_per_finished_run": bytes,
+        "batch": batch,
     }))
 }
 
@@ -160,6 +220,7 @@ pub(crate) async fn linear(args: &Args) -> Result<serde_json::Value, String> {
         3,
         args,
         1_000,
+        (Start::Concurrent, DEFAULT_CONCURRENCY),
     )
     .await
 }
@@ -171,7 +232,17 @@ pub(crate) async fn fanout(args: &Args) -> Result<serde_json::Value, String> {
         fan: Fan { fanout },
         leaf: Leaf {},
     };
-    let mut out = drain("dist-redis-fanout", wf, || 0, None, 1 + fanout, args, 200).await?;
+    let mut out = drain(
+        "dist-redis-fanout",
+        wf,
+        || 0,
+        None,
+        1 + fanout,
+        args,
+        200,
+        (Start::Concurrent, 16),
+    )
+    .await?;
     // Any leaf's output is the run's output; completion is what is checked here.
     if let Some(map) = out.as_object_mut() {
         map.remove("redis_cmds_per_step");
@@ -189,6 +260,7 @@ pub(crate) async fn bulk(args: &Args) -> Result<serde_json::Value, String> {
         3,
         args,
         30_000,
+        (Start::Pipelined, MAX_BATCH),
     )
     .await?;
     if let Some(map) = out.as_object_mut() {

@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use floxide_core::distributed::Backend;
+use floxide_core::distributed::AdminBackend;
 use serde::Serialize;
 use serde_json::{json, Value};
 

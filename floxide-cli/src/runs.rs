@@ -5,8 +5,8 @@ use std::io::IsTerminal;
 use std::time::{Duration, SystemTime};
 
 use floxide_core::distributed::{
-    stall_of, Backend, DistributedError, NodeTiming, RunAction, RunInfo, RunMetrics, RunStatus,
-    WorkItemInfo, WorkItemStatus, WorkflowError,
+    stall_of, AdminBackend, DistributedError, NodeTiming, RunAction, RunInfo, RunMetrics,
+    RunStatus, WorkItemInfo, WorkItemStatus, WorkerBackend, WorkflowError,
 };
 use floxide_redis::RunProgress;
 use indicatif::{ProgressBar, ProgressStyle};

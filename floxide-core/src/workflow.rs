@@ -154,7 +154,7 @@ pub trait Workflow<C: Context = ()>: Debug + Clone + Send + Sync + Sized {
         backend: &'a dyn Backend,
         run_id: &'a str,
     ) -> impl Future<Output = Result<RunId, FloxideError>> + Send + 'a {
-        crate::distributed::exec::start_run(
+        crate::distributed::start::start_run(
             self,
             backend,
             ctx,

@@ -1,177 +1,240 @@
--- Commits a step's effects, fenced by its lease: the context (replaced only if still at the
--- version the step's merge was based on; a held step also requires the version it read),
--- successor items (known ids are ignored), the item's completion (its bytes are dropped),
--- outputs, errors, counters and the run's completion when no item is left. Optionally takes
--- the worker's next item in the same call: the only new successor goes straight to the
--- worker ("direct hand-off"), else the next ready item of the workflow is taken.
+-- Commits a batch of steps, each fenced by its lease and applied or refused on its own: the
+-- context (replaced only if still at the version the step's merge was based on; a held step
+-- also requires the version it read), successor items (known ids are ignored), the item's
+-- completion (its bytes are dropped), outputs, errors, counters, and the run's completion when
+-- no item is left. A run's record is read once and written once per script, however many of
+-- its steps the batch holds. Optionally takes up to n items for the worker in the same call:
+-- new successors go straight to the worker ("direct hand-off", no queue round trip), then
+-- ready items of the workflow fill what is left; workers are woken only for what this take
+-- left in the queue.
 -- KEYS[1]: the partition's timer set (`<pfx>tm`), for routing.
--- ARGV[5..]: run id, item id, token, required version ('' for none), context base version
---            ('' when the context is unchanged), context bytes, node, duration in µs,
---            successor count n, then n × (id, node, bytes), output count m, then m outputs
---            (JSON), error count k, then k errors (JSON), then for the next take: workflow
---            ('' for none), worker id, lease in ms, max deliveries, max items, woken flag,
---            the context version the worker holds after this step (-1 for none)
--- Returns {'ok', final status or '', take reply (see take.lua) when asked}
---       | {'conflict', version} | {'lost'} | {'inactive', status}
--- A retry of the request that committed (same request id) gets {'ok', …} again, with the
--- items its take leased.
-local run, id, token = ARGV[5], ARGV[6], tonumber(ARGV[7])
-local required, base, ctx, node = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
-local dur = tonumber(ARGV[12])
-local it, rk = items_key(run), run_key(run)
-local e = entry(id, run)
-
-local i = 13
-local succs = {}
-for _ = 1, tonumber(ARGV[i]) do
-  succs[#succs + 1] = { id = ARGV[i + 1], node = ARGV[i + 2], bytes = ARGV[i + 3] }
-  i = i + 3
+-- ARGV[5..]: step count k, then k × (run id, item id, token, required version ('' for none),
+--            context base version ('' when the context is unchanged), context bytes, node,
+--            duration in µs, successor count s, s × (id, node, bytes), output count o,
+--            o outputs (JSON), error count e, e errors (JSON)), then for the take: workflow
+--            ('' for none), worker id, lease in ms, max deliveries, n, woken flag
+-- Returns {k × ({'ok', final status or ''} | {'conflict', version} | {'lost'} |
+--          {'inactive', status}), take reply (see take.lua) or {0, -1}}
+-- A retry of the request (same request id) answers its applied steps with {'ok', …} again and
+-- gets the items its take leased.
+local k = tonumber(ARGV[5])
+local i = 6
+local commits = {}
+for c = 1, k do
+  local x = {
+    run = ARGV[i], id = ARGV[i + 1], token = tonumber(ARGV[i + 2]), required = ARGV[i + 3],
+    base = ARGV[i + 4], ctx = ARGV[i + 5], node = ARGV[i + 6], dur = tonumber(ARGV[i + 7]),
+    succs = {}, outputs = {}, errors = {},
+  }
+  i = i + 8
+  for _ = 1, tonumber(ARGV[i]) do
+    x.succs[#x.succs + 1] = { id = ARGV[i + 1], node = ARGV[i + 2], bytes = ARGV[i + 3] }
+    i = i + 3
+  end
+  i = i + 1
+  for _ = 1, tonumber(ARGV[i]) do x.outputs[#x.outputs + 1] = ARGV[i + 1]; i = i + 1 end
+  i = i + 1
+  for _ = 1, tonumber(ARGV[i]) do x.errors[#x.errors + 1] = ARGV[i + 1]; i = i + 1 end
+  i = i + 1
+  commits[c] = x
 end
-i = i + 1
-local outputs = {}
-for _ = 1, tonumber(ARGV[i]) do outputs[#outputs + 1] = ARGV[i + 1]; i = i + 1 end
-i = i + 1
-local errors = {}
-for _ = 1, tonumber(ARGV[i]) do errors[#errors + 1] = ARGV[i + 1]; i = i + 1 end
-i = i + 1
 local next_wf = ARGV[i] or ''
-local worker, lease_ms, max_del, max_n = ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-local woken, have_ver = ARGV[i + 5] == '1', tonumber(ARGV[i + 6] or '-1')
-
--- The item and the successors' states, in one read.
-local fields = { id .. ':m', id .. ':x' }
-for _, s in ipairs(succs) do fields[#fields + 1] = s.id .. ':m' end
-local f = hmget_chunked(it, fields)
-local m = parse_meta(f[1])
-if not m or m.s ~= 'I' or m.t ~= token then
-  if m and m.s == 'C' and m.r == RID then
-    -- This request committed before its reply was lost: answer as then.
-    local st = redis.call('HGET', rk, 'st')
-    local reply = { 'ok', is_finished(st) and st or '' }
-    if next_wf ~= '' then reply[3] = leased_rows(entries_of(f[2]), worker) end
-    return reply
-  end
-  local fin = redis.call('HMGET', rk, 'frid', 'st', 'fx')
-  if not m and fin[1] == RID then
-    -- This request finished the run (whose items are gone) before its reply was lost.
-    local reply = { 'ok', fin[2] or '' }
-    if next_wf ~= '' then reply[3] = leased_rows(entries_of(fin[3]), worker) end
-    return reply
-  end
-  -- A cancelled or completed run's items are gone: its in-flight steps learn it is over.
-  if not m and fin[2] and not accepts_results(fin[2]) then return { 'inactive', fin[2] } end
-  return { 'lost' }
-end
-
-local r = read_run(run, { 'st', 'ver', 'wf', 'left', 'out', 'pkc', 'nout', 'nerr', 'exp', 'dl',
-                          'm_done', 'm_items', 'nt' })
-if not accepts_results(r.st) then
-  redis.call('HSET', it, id .. ':m', with_state(m, 'X', RID))
-  redis.call('ZREM', TIMERS, 'L' .. e)
-  return { 'inactive', r.st or 'cancelled' }
-end
-local ver = tonumber(r.ver or '0')
-if required ~= '' and tonumber(required) ~= ver then return { 'conflict', ver } end
-local set = {}
-if base ~= '' then
-  if tonumber(base) ~= ver then return { 'conflict', ver } end
-  ver = ver + 1
-  set.ctx, set.ver = ctx, ver
-end
+local worker, lease_ms, max_del = ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+local budget = next_wf ~= '' and tonumber(ARGV[i + 4]) or 0
+local woken = ARGV[i + 5] == '1'
+local last = PFX .. 'wt:' .. (worker or '')
 local now = now_ms()
-local st = r.st
-if st == 'pending' then st = 'running' end
 
--- Successors: new ones are stored; the only new one of a worker that asked for its next item
--- is leased to it at once, the others are queued (parked while the run is paused or failed).
-local fresh = {}
-for k, s in ipairs(succs) do
-  if not f[2 + k] then fresh[#fresh + 1] = s end
-end
-local direct = next_wf ~= '' and #fresh == 1 and takes_items(st) and max_n >= 1
-local hset = { id .. ':m', with_state(m, 'C', RID) }
-local queued = {}
-for _, s in ipairs(fresh) do
-  hset[#hset + 1] = s.id
-  hset[#hset + 1] = s.bytes
-  hset[#hset + 1] = s.id .. ':m'
-  if direct then
-    hset[#hset + 1] = meta('I', 1, 1, 1, s.node)
-    hset[#hset + 1] = s.id .. ':w'
-    hset[#hset + 1] = worker
-    hset[#hset + 1] = id .. ':x'
-    hset[#hset + 1] = entry(s.id, run)
-  else
-    hset[#hset + 1] = meta('P', 1, 0, 0, s.node)
-    queued[#queued + 1] = s.id
+-- Runs touched by the batch: their record's fields, read once; `set` collects the writes.
+local RUN_FIELDS = { 'st', 'ver', 'wf', 'left', 'out', 'pkc', 'nout', 'nerr', 'exp', 'dl',
+                     'm_done', 'm_items', 'nt', 'frid' }
+local runs, order = {}, {}
+local function run_of(run)
+  local x = runs[run]
+  if not x then
+    x = { f = read_run(run, RUN_FIELDS), set = {}, touched = false }
+    runs[run] = x
+    order[#order + 1] = run
   end
-end
-call_chunked('HSET', it, hset)
-redis.call('HDEL', it, id)
-redis.call('ZREM', TIMERS, 'L' .. e)
-if direct then redis.call('ZADD', TIMERS, now + lease_ms, 'L' .. entry(fresh[1].id, run)) end
-if #queued > 0 then
-  if takes_items(st) then
-    local entries = {}
-    for k, q in ipairs(queued) do entries[k] = entry(q, run) end
-    enqueue(r.wf, entries, false)
-  else
-    call_chunked('LPUSH', parked_key(run), queued)
-    set.pkc = tonumber(r.pkc or '0') + #queued
-  end
+  return x
 end
 
--- Outputs (the first in the record, the others in a list), errors, counters.
-local extra = {}
-for k, o in ipairs(outputs) do
-  if k == 1 and not r.out then set.out = o else extra[#extra + 1] = o end
-end
-if #extra > 0 then
-  call_chunked('RPUSH', outs_key(run), extra)
-  set.nout = tonumber(r.nout or '0') + #extra
-  keep_expiry(outs_key(run), r.exp)
-end
-if #errors > 0 then
-  call_chunked('RPUSH', errs_key(run), errors)
-  set.nerr = tonumber(r.nerr or '0') + #errors
-  keep_expiry(errs_key(run), r.exp)
-end
-local left = tonumber(r.left or '1') + #fresh - 1
-set.left = left
-set.m_done = tonumber(r.m_done or '0') + 1
-if #fresh > 0 then set.m_items = tonumber(r.m_items or '0') + #fresh end
-set.nt = add_timing(r.nt, node, dur)
+local held = {}      -- run -> context version this worker holds (its own commits' contexts)
+local direct = {}    -- successors leased straight to the worker: {run, successor}
+local queued = {}    -- workflow -> entries to queue
+local timers = {}    -- ZADD arguments for the direct hand-offs' leases
 
-local new = after_commit(r.st, left, r.out or set.out)
-local fin = ''
-if new ~= r.st then
-  if is_finished(new) then
-    fin = new
-    set.frid = RID
-    if new == 'failed' then set.err = 'workflow `' .. r.wf .. '`' .. NO_OUTPUT end
-    finish_run(run, set, new, now)
-  else
-    set.st = new
+-- Applies step `x`; returns its reply row (the final status is filled in at the end) and
+-- whether it was applied now.
+local function commit_one(x)
+  local it = items_key(x.run)
+  local e = entry(x.id, x.run)
+  local fields = { x.id .. ':m' }
+  for _, s in ipairs(x.succs) do fields[#fields + 1] = s.id .. ':m' end
+  local f = hmget_chunked(it, fields)
+  local m = parse_meta(f[1])
+  if not m or m.s ~= 'I' or m.t ~= x.token then
+    local r = run_of(x.run).f
+    -- This request applied the step before its reply was lost: answer as then.
+    if m and m.s == 'C' and m.r == RID then return { 'ok', is_finished(r.st) and r.st or '' } end
+    if not m and r.frid == RID then return { 'ok', r.st or '' } end
+    -- A cancelled or completed run's items are gone: its in-flight steps learn it is over.
+    if not m and r.st and not accepts_results(r.st) then return { 'inactive', r.st } end
+    return { 'lost' }
+  end
+  local run = run_of(x.run)
+  local r = run.f
+  if not accepts_results(r.st) then
+    redis.call('HSET', it, x.id .. ':m', with_state(m, 'X', RID))
+    redis.call('ZREM', TIMERS, 'L' .. e)
+    return { 'inactive', r.st or 'cancelled' }
+  end
+  local ver = tonumber(r.ver or '0')
+  if x.required ~= '' and tonumber(x.required) ~= ver then return { 'conflict', ver } end
+  if x.base ~= '' then
+    if tonumber(x.base) ~= ver then return { 'conflict', ver } end
+    ver = ver + 1
+    r.ver, run.set.ver, run.set.ctx = ver, ver, x.ctx
+    held[x.run] = ver
+  end
+  if r.st == 'pending' then r.st = 'running'; run.set.st = 'running' end
+  run.touched = true
+
+  -- Successors: new ones are stored, leased straight to the worker while it has room, the
+  -- others queued (parked while the run is paused or failed).
+  local fresh = 0
+  local hset = { x.id .. ':m', with_state(m, 'C', RID) }
+  local parked = {}
+  for n, s in ipairs(x.succs) do
+    if not f[1 + n] then
+      fresh = fresh + 1
+      hset[#hset + 1] = s.id
+      hset[#hset + 1] = s.bytes
+      hset[#hset + 1] = s.id .. ':m'
+      if budget > 0 and takes_items(r.st) then
+        budget = budget - 1
+        hset[#hset + 1] = meta('I', 1, 1, 1, s.node)
+        hset[#hset + 1] = s.id .. ':w'
+        hset[#hset + 1] = worker
+        direct[#direct + 1] = { x.run, s }
+        timers[#timers + 1] = now + lease_ms
+        timers[#timers + 1] = 'L' .. entry(s.id, x.run)
+      else
+        hset[#hset + 1] = meta('P', 1, 0, 0, s.node)
+        if takes_items(r.st) then
+          local q = queued[r.wf]
+          if not q then q = {}; queued[r.wf] = q end
+          q[#q + 1] = entry(s.id, x.run)
+        else
+          parked[#parked + 1] = s.id
+        end
+      end
+    end
+  end
+  call_chunked('HSET', it, hset)
+  redis.call('HDEL', it, x.id)
+  redis.call('ZREM', TIMERS, 'L' .. e)
+  if #parked > 0 then
+    call_chunked('LPUSH', parked_key(x.run), parked)
+    r.pkc = tonumber(r.pkc or '0') + #parked
+    run.set.pkc = r.pkc
+  end
+
+  -- Outputs (the first in the record, the others in a list), errors, counters.
+  local extra = {}
+  for _, o in ipairs(x.outputs) do
+    if not r.out then r.out = o; run.set.out = o else extra[#extra + 1] = o end
+  end
+  if #extra > 0 then
+    call_chunked('RPUSH', outs_key(x.run), extra)
+    r.nout = tonumber(r.nout or '0') + #extra
+    run.set.nout = r.nout
+    keep_expiry(outs_key(x.run), r.exp)
+  end
+  if #x.errors > 0 then
+    call_chunked('RPUSH', errs_key(x.run), x.errors)
+    r.nerr = tonumber(r.nerr or '0') + #x.errors
+    run.set.nerr = r.nerr
+    keep_expiry(errs_key(x.run), r.exp)
+  end
+  r.left = tonumber(r.left or '1') + fresh - 1
+  r.m_done = tonumber(r.m_done or '0') + 1
+  r.m_items = tonumber(r.m_items or '0') + fresh
+  r.nt = add_timing(r.nt, x.node, x.dur)
+  run.set.left, run.set.m_done, run.set.m_items, run.set.nt = r.left, r.m_done, r.m_items, r.nt
+  return { 'ok', '' }, true
+end
+
+-- A retried request whose take was applied gets the same items back.
+local replay = next_wf ~= '' and replay_take(last, worker) or nil
+local replies = {}
+local last_of = {}
+for c, x in ipairs(commits) do
+  local row, applied = commit_one(x)
+  replies[c] = row
+  if applied then last_of[x.run] = c end
+end
+
+-- Each touched run: its new status (finished when nothing is left), written once.
+for _, run in ipairs(order) do
+  local x = runs[run]
+  if x.touched then
+    local r = x.f
+    local new = after_commit(r.st, r.left, r.out)
+    if new ~= r.st and is_finished(new) then
+      x.set.frid = RID
+      if new == 'failed' then x.set.err = 'workflow `' .. r.wf .. '`' .. NO_OUTPUT end
+      finish_run(run, x.set, new, now)
+      replies[last_of[run]][2] = new
+    elseif new ~= r.st then
+      x.set.st = new
+    end
+    write_run(run, x.set)
+    if r.exp then keep_expiry(items_key(run), r.exp) end
   end
 end
-write_run(run, set)
-if r.exp then keep_expiry(it, r.exp) end
+if #timers > 0 then call_chunked('ZADD', TIMERS, timers) end
 
-if next_wf == '' then return { 'ok', fin } end
-if direct then
-  local s = fresh[1]
-  local same, bytes = 1, ''
-  if have_ver ~= ver then same, bytes = 0, redis.call('HGET', rk, 'ctx') or '' end
-  return { 'ok', fin, { 1, 1, run, s.id, 1, s.bytes, s.node, 1, 1, r.dl or '', same, bytes, ver } }
+-- Queue what was not handed over; the take pops from it before anyone is woken.
+local woke = {}
+for wf, entries in pairs(queued) do
+  if enqueue_quietly(wf, entries) then woke[wf] = #entries end
 end
-local reply = take_next(next_wf, worker, lease_ms, max_del, max_n, run, have_ver, woken)
-local taken = taken_entries(reply)
-if #taken > 0 then
-  -- For a retry of this request: in the run's record once its items are gone.
-  if fin == 'completed' then
-    redis.call('HSET', rk, 'fx', joined(taken))
-  else
-    redis.call('HSET', it, id .. ':x', joined(taken))
+
+local take = { 0, -1 }
+if replay then
+  take = replay
+elseif next_wf ~= '' then
+  local rows = {}
+  for _, d in ipairs(direct) do
+    local run, s = d[1], d[2]
+    local x = runs[run]
+    local ver = tonumber(x.f.ver or '0')
+    local same, bytes = 1, ''
+    if held[run] ~= ver then same, bytes = 0, x.set.ctx or redis.call('HGET', run_key(run), 'ctx') or '' end
+    rows[#rows + 1] = { run, s.id, 1, s.bytes, s.node, 1, 1, x.f.dl or '', same, bytes, ver }
+  end
+  local popped = { 0, -1 }
+  if budget > 0 then
+    popped = take_next(next_wf, worker, lease_ms, max_del, budget, held, woken, now)
+  end
+  if popped[1] == 1 then
+    for n = 0, popped[2] - 1 do
+      local row = {}
+      for v = 1, 11 do row[v] = popped[3 + n * 11 + v - 1] end
+      rows[#rows + 1] = row
+    end
+  end
+  if #rows > 0 then
+    take = { 1, #rows }
+    for _, row in ipairs(rows) do
+      for _, v in ipairs(row) do take[#take + 1] = v end
+    end
+    remember_take(last, take)
   end
 end
-return { 'ok', fin, reply }
+for wf, n in pairs(woke) do
+  local left = wf == next_wf and budget > 0 and redis.call('LLEN', queue_key(wf)) or n
+  if left > 0 then wake(wf, left) end
+end
+return { replies, take }

@@ -132,6 +132,13 @@ local function enqueue(wf, entries, front)
   if len == math.min(#entries, 1000) then wake(wf, #entries) end
 end
 
+-- Queues entries at the back without waking anyone; returns whether the queue was empty
+-- (the caller wakes workers for what is left once its own take has popped what it wants).
+local function enqueue_quietly(wf, entries)
+  if #entries == 0 then return false end
+  return call_chunked('LPUSH', queue_key(wf), entries) == math.min(#entries, 1000)
+end
+
 -- Makes item `id` of `run` ready: queued when the run takes items, parked while it is paused
 -- or failed (a resume queues it), dropped once the run is over. `r` holds the run's status
 -- (`st`) and workflow (`wf`); parked items are counted in `r.pkc` (written by the caller).
@@ -306,10 +313,10 @@ end
 -- Pops ready entries of `wf` and leases up to `max_n` items to `worker` (skipping stale
 -- entries, parking items of paused or failed runs, dropping those of finished runs,
 -- dead-lettering poison items; 256 entries examined at most). The context is left out of an
--- item of run `have_run` when it is still at version `have_ver` (the worker holds it).
+-- item of a run whose version is `held[run]` (the worker holds that context).
 -- Returns the leased items as reply rows (see take.lua), whether the batch is full, and
 -- whether entries are left unexamined (the budget ran out).
-local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, have_run, have_ver, now)
+local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
   local rows = {}
   local runs = {}
   local budget = 256
@@ -353,7 +360,7 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, have_run, 
               end
               local token = lease(run, id, m, worker, lease_ms, now)
               local ctx, same = '', 1
-              if run ~= have_run or tonumber(r.ver or '0') ~= have_ver then
+              if held[run] ~= tonumber(r.ver or '0') then
                 ctx, same = redis.call('HGET', run_key(run), 'ctx') or '', 0
               end
               rows[#rows + 1] = { run, id, token, f[2] or '', m.n, m.a, m.d, r.dl or '', same, ctx, r.ver or '0' }
@@ -372,15 +379,15 @@ end
 -- Leases up to `max_n` ready items of `wf` for `worker` (see take.lua for the reply). Expired
 -- leases and due retries are rare, so under load they are looked for on about one take in
 -- four (by the server's clock), and always before answering that nothing is ready.
-local function take_next(wf, worker, lease_ms, max_deliveries, max_n, have_run, have_ver, woken)
-  local now = now_ms()
+local function take_next(wf, worker, lease_ms, max_deliveries, max_n, held, woken, now)
+  now = now or now_ms()
   local scanned = now % 4 == 0
   if scanned then due_work(now) end
-  local rows, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, have_run, have_ver, now)
+  local rows, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
   if #rows == 0 and more then return { 2 } end
   if #rows == 0 and not scanned then
     due_work(now)
-    rows, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, have_run, have_ver, now)
+    rows, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
     if #rows == 0 and more then return { 2 } end
   end
   if #rows > 0 then

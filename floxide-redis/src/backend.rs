@@ -4,10 +4,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use floxide_core::distributed::{
-    machine, Backend, CommitOutcome, DeadLetter, DistributedError, Lease, LeaseState, NextTake,
-    NodeTiming, QueueStats, RunAction, RunId, RunInfo, RunMetrics, RunStatus, RunWatch, StartRun,
-    StepCommit, StepFailed, TakeOptions, Taken, VersionedContext, WorkItemInfo, WorkItemStatus,
-    WorkerHealth, WorkerId, WorkflowError,
+    machine, AdminBackend, DeadLetter, DistributedError, NodeTiming, QueueStats, RunAction, RunId,
+    RunInfo, RunMetrics, RunStatus, RunWatch, StartRun, WorkItemInfo, WorkItemStatus, WorkerHealth,
+    WorkerId, WorkflowError,
 };
 use floxide_core::ItemId;
 use redis::Value;
@@ -25,7 +24,7 @@ pub struct RedisBackend {
 
 /// A fresh request id: retries of one request send the same id, and the scripts answer a
 /// retry of an applied request as they answered it the first time.
-fn request_id() -> String {
+pub(crate) fn request_id() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
 
@@ -58,7 +57,7 @@ impl RedisBackend {
     }
 
     /// The scripts' common arguments: partition prefix, retentions (ms), request id.
-    fn invoke<'a>(
+    pub(crate) fn invoke<'a>(
         &self,
         script: &'a redis::Script,
         key: String,
@@ -76,7 +75,7 @@ impl RedisBackend {
 
     /// Runs a script (retried through the client's connection handling: the request id makes
     /// a retry of an applied write answer as the first attempt did).
-    async fn script_reply(
+    pub(crate) async fn script_reply(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Reply, DistributedError> {
@@ -87,106 +86,8 @@ impl RedisBackend {
         Reply::from(value)
     }
 
-    /// Runs one take in partition `pfx`: `Ok(taken)` or `Err(ms until something is due)`.
-    async fn take_in(
-        &self,
-        pfx: &str,
-        workflow: &str,
-        worker: &WorkerId,
-        options: TakeOptions,
-        woken: bool,
-    ) -> Result<Result<Taken, Option<u64>>, DistributedError> {
-        let scripts = &self.client.inner.scripts;
-        let mut inv = self.invoke(
-            &scripts.take,
-            Keys::queue(pfx, workflow),
-            pfx,
-            &request_id(),
-        );
-        inv.arg(workflow)
-            .arg(worker.as_str())
-            .arg(options.lease_timeout.as_millis() as u64)
-            .arg(options.max_deliveries)
-            .arg(1)
-            .arg("")
-            .arg(-1)
-            .arg(if woken { "1" } else { "0" });
-        let reply = self.script_reply(&inv).await?;
-        Ok(parse_take(reply, worker, None)?.map(first))
-    }
-
-    /// [`take_in`](Self::take_in) in a task of its own, so that a caller that stops waiting
-    /// (a worker shutting down drops its take) loses nothing: an item leased by a take whose
-    /// caller is gone is released by the task.
-    async fn take_detached(
-        &self,
-        pfx: &str,
-        workflow: &str,
-        worker: &WorkerId,
-        options: TakeOptions,
-        woken: bool,
-    ) -> Result<Result<Taken, Option<u64>>, DistributedError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (this, pfx, workflow, worker) = (
-            self.clone(),
-            pfx.to_owned(),
-            workflow.to_owned(),
-            worker.clone(),
-        );
-        tokio::spawn(async move {
-            let result = this.take_in(&pfx, &workflow, &worker, options, woken).await;
-            if let Err(Ok(Ok(taken))) = tx.send(result) {
-                if let Err(error) = this.release(&taken.lease).await {
-                    tracing::warn!(%error, "could not release an item taken for a cancelled take; its lease will expire");
-                }
-            }
-        });
-        rx.await.unwrap_or_else(|_| {
-            Err(DistributedError::Backend(
-                "the take task ended without an answer".to_owned(),
-            ))
-        })
-    }
-
-    /// Waits on `workflow`'s wake lists of every partition at once (one blocking pop over
-    /// all of them: no polling, whatever the number of partitions).
-    async fn block(&self, workflow: &str, wait: Duration) -> Result<(), DistributedError> {
-        let lists: Vec<String> = self
-            .keys()
-            .all()
-            .map(|p| Keys::wake(&self.keys().partition(p), workflow))
-            .collect();
-        let mut conn = self
-            .client
-            .blocking_connection()
-            .await
-            .map_err(crate::reply::backend)?;
-        let secs = wait.as_secs_f64().max(0.001);
-        // A connection that died silently would block forever: bound the wait, and drop the
-        // connection instead of reusing it when the server did not answer in time.
-        let answered = tokio::time::timeout(
-            wait + Duration::from_secs(2),
-            redis::cmd("BLPOP")
-                .arg(&lists)
-                .arg(secs)
-                .query_async::<Option<(String, String)>>(&mut conn),
-        )
-        .await;
-        match answered {
-            Ok(Ok(_)) => {
-                self.client.give_back(conn);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(crate::reply::backend(e)),
-            Err(_) => Err(DistributedError::Backend(format!(
-                "no answer from Redis to a blocking wait within {:?}",
-                wait + Duration::from_secs(2)
-            ))),
-        }
-    }
-
     /// Reads fields of a run's record (`None` for an unknown run).
-    async fn run_fields(
+    pub(crate) async fn run_fields(
         &self,
         run_id: &str,
         fields: &[&str],
@@ -316,67 +217,7 @@ impl StoredItem {
     }
 }
 
-/// The first item of a take.
-fn first(mut taken: Vec<Taken>) -> Taken {
-    taken.swap_remove(0)
-}
-
-/// A take reply (see `lua/take.lua`): `Ok(items)` or `Err(ms until something is due)`
-/// (`Some(0)`: call again at once).
-/// `held` is the context the caller holds (bytes, version), for items whose context the
-/// reply leaves out.
-fn parse_take(
-    r: Reply,
-    worker: &WorkerId,
-    held: Option<&VersionedContext>,
-) -> Result<Result<Vec<Taken>, Option<u64>>, DistributedError> {
-    if r.int(0) == Some(2) {
-        // Nothing leased yet, but entries were left unexamined: due now.
-        return Ok(Err(Some(0)));
-    }
-    if r.int(0) != Some(1) {
-        let due = r.int(1).filter(|d| *d >= 0).map(|d| d as u64);
-        return Ok(Err(due));
-    }
-    let count = r.int(1).unwrap_or_default().max(0) as usize;
-    let mut out = Vec::with_capacity(count);
-    for k in 0..count {
-        let b = 2 + k * 11;
-        let item_id: ItemId = r.text(b + 1).parse().map_err(|_| malformed("item id"))?;
-        let version = r.int(b + 10).unwrap_or_default() as u64;
-        let context = if r.int(b + 8) == Some(1) {
-            match held {
-                Some(ctx) if ctx.version == version => Some(ctx.clone()),
-                _ => None,
-            }
-        } else {
-            Some(VersionedContext {
-                bytes: r.bytes(b + 9),
-                version,
-            })
-        };
-        out.push(Taken {
-            lease: Lease {
-                run_id: r.text(b),
-                item_id,
-                token: r.int(b + 2).unwrap_or_default() as u64,
-                worker: worker.clone(),
-            },
-            bytes: r.bytes(b + 3),
-            node: r.text(b + 4),
-            attempt: r.int(b + 5).unwrap_or(1) as u32,
-            deliveries: r.int(b + 6).unwrap_or(1) as u32,
-            deadline: r.text(b + 7).parse::<u64>().ok().map(time_ms),
-            context,
-        });
-    }
-    if out.is_empty() {
-        return Ok(Err(Some(0)));
-    }
-    Ok(Ok(out))
-}
-
-fn run_status_of(text: &str) -> RunStatus {
+pub(crate) fn run_status_of(text: &str) -> RunStatus {
     match text {
         "pending" => RunStatus::Pending,
         "running" => RunStatus::Running,
@@ -384,23 +225,6 @@ fn run_status_of(text: &str) -> RunStatus {
         "completed" => RunStatus::Completed,
         "failed" => RunStatus::Failed,
         _ => RunStatus::Cancelled,
-    }
-}
-
-fn commit_outcome(r: &Reply) -> Result<CommitOutcome, DistributedError> {
-    match r.text(0).as_str() {
-        "ok" => {
-            let fin = r.text(1);
-            Ok(CommitOutcome::Committed {
-                finished: (!fin.is_empty()).then(|| run_status_of(&fin)),
-            })
-        }
-        "conflict" => Ok(CommitOutcome::ContextConflict {
-            current: r.int(1).unwrap_or_default() as u64,
-        }),
-        "lost" => Ok(CommitOutcome::LeaseLost),
-        "inactive" => Ok(CommitOutcome::RunInactive(run_status_of(&r.text(1)))),
-        other => Err(malformed(&format!("commit answered `{other}`"))),
     }
 }
 
@@ -445,49 +269,23 @@ fn node_timings(text: &str) -> BTreeMap<String, NodeTiming> {
 }
 
 #[async_trait::async_trait]
-impl Backend for RedisBackend {
+impl AdminBackend for RedisBackend {
     async fn start_run(&self, start: StartRun) -> Result<RunId, DistributedError> {
-        // An idempotency key is checked in its own partition, so the run must live there:
-        // a run id that would land elsewhere gets a suffix that moves it (the same one on every
-        // try, so a retried start finds its run).
-        let run_id = match &start.idempotency_key {
-            Some(key)
-                if self.keys().partition_of(key) != self.keys().partition_of(&start.run_id) =>
-            {
-                let home = self.keys().partition_of(key);
-                (0u32..)
-                    .map(|n| format!("{}-{n}", start.run_id))
-                    .find(|id| self.keys().partition_of(id) == home)
-                    .unwrap_or_else(|| start.run_id.clone())
-            }
-            _ => start.run_id.clone(),
-        };
-        let pfx = self.keys().partition_of_run(&run_id);
-        let scripts = &self.client.inner.scripts;
-        let mut inv = self.invoke(&scripts.start_run, Keys::runs(&pfx), &pfx, &request_id());
-        inv.arg(&run_id)
-            .arg(&start.workflow)
-            .arg(&start.context)
-            .arg(start.first.id.to_string())
-            .arg(&start.first.node)
-            .arg(&start.first.bytes)
-            .arg(start.idempotency_key.as_deref().unwrap_or(""))
-            .arg(
-                start
-                    .deadline
-                    .map(|d| ms_of(d).to_string())
-                    .unwrap_or_default(),
-            );
+        let run_id = self.placed_run_id(&start);
+        let rid = request_id();
+        let inv = self.start_invocation(&start, &run_id, &rid);
         let r = self.script_reply(&inv).await?;
-        match r.text(0).as_str() {
-            "ok" => Ok(run_id),
-            "exists" => Err(DistributedError::RunExists(run_id)),
-            "dup" => Err(DistributedError::DuplicateRun {
-                key: start.idempotency_key.unwrap_or_default(),
-                existing: r.text(1),
-            }),
-            other => Err(malformed(&format!("start answered `{other}`"))),
+        start_answer(run_id, start, &r)
+    }
+
+    async fn start_runs(&self, starts: Vec<StartRun>) -> Vec<Result<RunId, DistributedError>> {
+        let mut out = Vec::with_capacity(starts.len());
+        let mut starts = starts.into_iter().peekable();
+        while starts.peek().is_some() {
+            let chunk: Vec<StartRun> = starts.by_ref().take(START_PIPELINE).collect();
+            out.extend(self.start_chunk(chunk).await);
         }
+        out
     }
 
     async fn run_info(&self, run_id: &str) -> Result<RunInfo, DistributedError> {
@@ -578,169 +376,8 @@ impl Backend for RedisBackend {
         }
     }
 
-    async fn wait_run_change(&self, run_id: &str, timeout: Duration) {
-        // Wake only for this run's events (every run's changes are published).
-        let inner = &self.client.inner;
-        let mut rx = inner.version.subscribe();
-        let since = *rx.borrow_and_update();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return,
-            }
-            rx.borrow_and_update();
-            let recent = inner
-                .recent
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if recent.touched_since(since, run_id) {
-                return;
-            }
-        }
-    }
-
     fn watch_runs(&self) -> RunWatch {
         RunWatch::new(self.client.inner.version.subscribe())
-    }
-
-    async fn take(
-        &self,
-        workflow: &str,
-        worker: &WorkerId,
-        options: TakeOptions,
-        wait: Duration,
-    ) -> Result<Option<Taken>, DistributedError> {
-        let started = tokio::time::Instant::now();
-        let partitions = self.client.inner.config.partitions;
-        let home = self.keys().partition_of(worker.as_str());
-        let mut woken = false;
-        loop {
-            let mut next_due: Option<u64> = None;
-            for k in 0..partitions {
-                let pfx = self.keys().partition((home + k) % partitions);
-                match self
-                    .take_detached(&pfx, workflow, worker, options, woken)
-                    .await?
-                {
-                    Ok(taken) => return Ok(Some(taken)),
-                    Err(due) => {
-                        next_due = match (next_due, due) {
-                            (Some(a), Some(b)) => Some(a.min(b)),
-                            (a, b) => a.or(b),
-                        }
-                    }
-                }
-            }
-            // Entries left unexamined (a take examines a bounded number): go on at once.
-            if next_due == Some(0) {
-                continue;
-            }
-            let left = wait.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            let mut block = left;
-            if let Some(due) = next_due {
-                block = block.min(Duration::from_millis(due.max(1)));
-            }
-            self.block(workflow, block).await?;
-            woken = true;
-        }
-    }
-
-    async fn heartbeat(
-        &self,
-        lease: &Lease,
-        lease_timeout: Duration,
-    ) -> Result<LeaseState, DistributedError> {
-        let pfx = self.keys().partition_of_run(&lease.run_id);
-        let scripts = &self.client.inner.scripts;
-        let mut inv = self.invoke(&scripts.heartbeat, Keys::timers(&pfx), &pfx, &request_id());
-        inv.arg(&lease.run_id)
-            .arg(lease.item_id.to_string())
-            .arg(lease.token)
-            .arg(lease_timeout.as_millis() as u64);
-        let r = self.script_reply(&inv).await?;
-        Ok(match r.text(0).as_str() {
-            "ok" => LeaseState::Active(run_status_of(&r.text(1))),
-            _ => LeaseState::Lost,
-        })
-    }
-
-    async fn load_context(&self, run_id: &str) -> Result<VersionedContext, DistributedError> {
-        match self.run_fields(run_id, &["st", "ctx", "ver"]).await? {
-            Some(f) => Ok(VersionedContext {
-                bytes: f[1].clone().unwrap_or_default(),
-                version: f[2]
-                    .as_deref()
-                    .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok())
-                    .unwrap_or_default(),
-            }),
-            None => Err(DistributedError::UnknownRun(run_id.to_owned())),
-        }
-    }
-
-    async fn commit(
-        &self,
-        lease: &Lease,
-        commit: StepCommit,
-    ) -> Result<CommitOutcome, DistributedError> {
-        Ok(self.commit_with(lease, commit, None).await?.0)
-    }
-
-    async fn commit_and_take(
-        &self,
-        lease: &Lease,
-        commit: StepCommit,
-        next: Option<NextTake<'_>>,
-    ) -> Result<(CommitOutcome, Option<Taken>), DistributedError> {
-        self.commit_with(lease, commit, next).await
-    }
-
-    async fn fail(
-        &self,
-        lease: &Lease,
-        failure: StepFailed,
-    ) -> Result<CommitOutcome, DistributedError> {
-        let pfx = self.keys().partition_of_run(&lease.run_id);
-        let record = WorkflowError {
-            work_item: lease.item_id,
-            node: failure.node.clone(),
-            error: failure.error.clone(),
-            attempt: 0, // filled in by the fail script
-            handled: false,
-            timestamp: SystemTime::now(),
-        };
-        let scripts = &self.client.inner.scripts;
-        let mut inv = self.invoke(&scripts.fail, Keys::timers(&pfx), &pfx, &request_id());
-        inv.arg(&lease.run_id)
-            .arg(lease.item_id.to_string())
-            .arg(lease.token)
-            .arg(
-                serde_json::to_string(&record)
-                    .map_err(|e| DistributedError::Codec(e.to_string()))?,
-            )
-            .arg(&failure.error)
-            .arg(
-                failure
-                    .retry_after
-                    .map(|d| (d.as_millis() as u64).to_string())
-                    .unwrap_or_default(),
-            );
-        let r = self.script_reply(&inv).await?;
-        commit_outcome(&r)
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<(), DistributedError> {
-        let pfx = self.keys().partition_of_run(&lease.run_id);
-        let scripts = &self.client.inner.scripts;
-        let mut inv = self.invoke(&scripts.release, Keys::timers(&pfx), &pfx, &request_id());
-        inv.arg(&lease.run_id)
-            .arg(lease.item_id.to_string())
-            .arg(lease.token);
-        self.script_reply(&inv).await?;
-        Ok(())
     }
 
     async fn errors(&self, run_id: &str) -> Result<Vec<WorkflowError>, DistributedError> {
@@ -984,78 +621,108 @@ impl Backend for RedisBackend {
     }
 }
 
+/// Starts sent in one pipeline by [`AdminBackend::start_runs`].
+const START_PIPELINE: usize = 100;
+
+/// A start script's answer for the run `run_id` that `start` asked for.
+fn start_answer(run_id: RunId, start: StartRun, r: &Reply) -> Result<RunId, DistributedError> {
+    match r.text(0).as_str() {
+        "ok" => Ok(run_id),
+        "exists" => Err(DistributedError::RunExists(run_id)),
+        "dup" => Err(DistributedError::DuplicateRun {
+            key: start.idempotency_key.unwrap_or_default(),
+            existing: r.text(1),
+        }),
+        other => Err(malformed(&format!("start answered `{other}`"))),
+    }
+}
+
 impl RedisBackend {
-    /// The commit script, also taking the worker's next item when `next` is given.
-    async fn commit_with(
-        &self,
-        lease: &Lease,
-        commit: StepCommit,
-        next: Option<NextTake<'_>>,
-    ) -> Result<(CommitOutcome, Option<Taken>), DistributedError> {
-        let pfx = self.keys().partition_of_run(&lease.run_id);
+    /// The id a run gets: an idempotency key is checked in its own partition, so the run must
+    /// live there; a run id that would land elsewhere gets a suffix that moves it (the same
+    /// one on every try, so a retried start finds its run).
+    fn placed_run_id(&self, start: &StartRun) -> RunId {
+        match &start.idempotency_key {
+            Some(key)
+                if self.keys().partition_of(key) != self.keys().partition_of(&start.run_id) =>
+            {
+                let home = self.keys().partition_of(key);
+                (0u32..)
+                    .map(|n| format!("{}-{n}", start.run_id))
+                    .find(|id| self.keys().partition_of(id) == home)
+                    .unwrap_or_else(|| start.run_id.clone())
+            }
+            _ => start.run_id.clone(),
+        }
+    }
+
+    /// The start script's invocation for `start` under `run_id`, request `rid`.
+    fn start_invocation<'a>(
+        &'a self,
+        start: &StartRun,
+        run_id: &str,
+        rid: &str,
+    ) -> redis::ScriptInvocation<'a> {
+        let pfx = self.keys().partition_of_run(run_id);
         let scripts = &self.client.inner.scripts;
-        let mut inv = self.invoke(&scripts.commit, Keys::timers(&pfx), &pfx, &request_id());
-        inv.arg(&lease.run_id)
-            .arg(lease.item_id.to_string())
-            .arg(lease.token)
+        let mut inv = self.invoke(&scripts.start_run, Keys::runs(&pfx), &pfx, rid);
+        inv.arg(run_id)
+            .arg(&start.workflow)
+            .arg(&start.context)
+            .arg(start.first.id.to_string())
+            .arg(&start.first.node)
+            .arg(&start.first.bytes)
+            .arg(start.idempotency_key.as_deref().unwrap_or(""))
             .arg(
-                commit
-                    .require_version
-                    .map(|v| v.to_string())
+                start
+                    .deadline
+                    .map(|d| ms_of(d).to_string())
                     .unwrap_or_default(),
             );
-        match &commit.context {
-            Some((base, bytes)) => inv.arg(base.to_string()).arg(bytes.as_slice()),
-            None => inv.arg("").arg(""),
-        };
-        inv.arg(&commit.node)
-            .arg(commit.duration.as_micros() as u64);
-        inv.arg(commit.successors.len());
-        for s in &commit.successors {
-            inv.arg(s.id.to_string())
-                .arg(&s.node)
-                .arg(s.bytes.as_slice());
+        inv
+    }
+
+    /// Starts `chunk` in one pipeline (retried as a whole: each start's request id makes a
+    /// retry of an applied start answer as the first attempt did).
+    async fn start_chunk(&self, chunk: Vec<StartRun>) -> Vec<Result<RunId, DistributedError>> {
+        let placed: Vec<(RunId, String)> = chunk
+            .iter()
+            .map(|s| (self.placed_run_id(s), request_id()))
+            .collect();
+        let invocations: Vec<redis::ScriptInvocation<'_>> = chunk
+            .iter()
+            .zip(&placed)
+            .map(|(s, (run_id, rid))| self.start_invocation(s, run_id, rid))
+            .collect();
+        let script = &self.client.inner.scripts.start_run;
+        let invocations = &invocations;
+        let replies: Result<Vec<Value>, DistributedError> = self
+            .client
+            .run(|mut conn| async move {
+                let mut pipe = redis::pipe();
+                // The script is loaded first: a restarted server has forgotten it.
+                pipe.load_script(script).ignore();
+                for inv in invocations {
+                    pipe.invoke_script(inv);
+                }
+                pipe.query_async(&mut conn).await
+            })
+            .await;
+        match replies {
+            Ok(values) if values.len() == chunk.len() => chunk
+                .into_iter()
+                .zip(placed)
+                .zip(values)
+                .map(|((start, (run_id, _)), value)| {
+                    start_answer(run_id, start, &Reply::from(value)?)
+                })
+                .collect(),
+            Ok(_) => chunk
+                .iter()
+                .map(|_| Err(malformed("a pipelined start was not answered")))
+                .collect(),
+            Err(error) => chunk.iter().map(|_| Err(error.clone())).collect(),
         }
-        inv.arg(commit.outputs.len());
-        for o in &commit.outputs {
-            inv.arg(o.to_string());
-        }
-        inv.arg(commit.handled_failures.len());
-        for e in &commit.handled_failures {
-            inv.arg(serde_json::to_string(e).map_err(|e| DistributedError::Codec(e.to_string()))?);
-        }
-        // The next take runs in the same script, within the run's partition (one hash tag per
-        // script); when that partition has nothing ready the worker takes on its own.
-        let fused = next;
-        // The context this step leaves behind: takes of the same run at that version need
-        // not send it back.
-        let held = commit
-            .context
-            .as_ref()
-            .map(|(base, bytes)| VersionedContext {
-                bytes: bytes.clone(),
-                version: base + 1,
-            });
-        match fused {
-            Some(n) => inv
-                .arg(n.workflow)
-                .arg(n.worker.as_str())
-                .arg(n.options.lease_timeout.as_millis() as u64)
-                .arg(n.options.max_deliveries)
-                .arg(1)
-                .arg("0")
-                .arg(held.as_ref().map_or(-1, |h| h.version as i64)),
-            None => inv.arg(""),
-        };
-        let mut r = self.script_reply(&inv).await?;
-        let outcome = commit_outcome(&r)?;
-        let taken = match (fused, r.0.get_mut(2).map(std::mem::take)) {
-            (Some(n), Some(value)) => parse_take(Reply::from(value)?, n.worker, held.as_ref())?
-                .ok()
-                .map(first),
-            _ => None,
-        };
-        Ok((outcome, taken))
     }
 
     async fn dead_letter_action(

@@ -87,6 +87,7 @@ mod scripts;
 mod stats;
 mod stores;
 pub mod testing;
+mod worker;
 
 pub use backend::RedisBackend;
 pub use client::{RedisBackendError, RedisClient, RedisClientError};

@@ -65,11 +65,9 @@ fn options() -> TakeOptions {
 }
 
 fn done(output: u64) -> StepCommit {
-    StepCommit {
-        outputs: vec![serde_json::json!(output)],
-        node: "echo".into(),
-        ..StepCommit::default()
-    }
+    let mut step = StepCommit::new("echo");
+    step.outputs = vec![serde_json::json!(output)];
+    step
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,25 +189,27 @@ async fn a_retried_take_leases_nothing_twice() {
     // A commit whose reply is lost, with the next take fused in: the retry answers Committed
     // and returns the item the first attempt took.
     s.proxy.cut_after_request(b"EVALSHA");
-    let next = NextTake {
-        workflow: wf.name(),
-        worker: &me,
-        options: options(),
-    };
-    let (outcome, following) = s
+    let next = TakeRequest::new(wf.name(), &me, options()).with_max(4);
+    let step = done(1);
+    let reply = s
         .backend
-        .commit_and_take(&taken.lease, done(1), Some(next))
+        .commit_batch(&[CommitItem::new(&taken.lease, &step)], Some(next))
         .await
         .unwrap();
     assert_eq!(s.proxy.cuts(), 2);
     assert_eq!(
-        outcome,
-        CommitOutcome::Committed {
+        reply.outcomes,
+        vec![CommitOutcome::Committed {
             finished: Some(RunStatus::Completed)
-        },
+        }],
         "the retried commit reports the commit"
     );
-    let following = following.expect("the item the lost reply held, not an orphan");
+    assert_eq!(
+        reply.taken.len(),
+        1,
+        "the item the lost reply held, not an orphan"
+    );
+    let following = reply.taken.into_iter().next().unwrap();
     assert_eq!(following.lease.run_id, second);
     assert_eq!(following.deliveries, 1);
 
@@ -220,11 +220,7 @@ async fn a_retried_take_leases_nothing_twice() {
         .await
         .unwrap()
         .is_none());
-    let (outcome, _) = s
-        .backend
-        .commit_and_take(&following.lease, done(2), None)
-        .await
-        .unwrap();
+    let outcome = s.backend.commit(&following.lease, &done(2)).await.unwrap();
     assert_eq!(
         outcome,
         CommitOutcome::Committed {

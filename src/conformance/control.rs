@@ -107,11 +107,7 @@ pub async fn g5_failures_of_a_cancelled_run_are_not_dead_lettered<B: Backend>(ba
         let outcome = backend
             .fail(
                 &taken.lease,
-                StepFailed {
-                    node: taken.node.clone(),
-                    error: "failed after the cancel".into(),
-                    retry_after,
-                },
+                &StepFailed::new(taken.node.clone(), "failed after the cancel", retry_after),
             )
             .await
             .unwrap();

@@ -22,7 +22,9 @@ use std::time::Duration;
 use crate::distributed::*;
 use crate::*;
 
+mod batch;
 mod control;
+pub use batch::*;
 pub use control::*;
 
 /// The lease the checks use.
@@ -404,13 +406,7 @@ pub async fn g2_zombie_commit_is_rejected<B: Backend>(backend: B) {
     assert_eq!(second.lease.item_id, first.lease.item_id);
     assert_eq!(second.deliveries, 2);
     let stale = backend
-        .commit(
-            &first.lease,
-            StepCommit {
-                node: "a".into(),
-                ..StepCommit::default()
-            },
-        )
+        .commit(&first.lease, &StepCommit::new("a"))
         .await
         .unwrap();
     assert_eq!(
@@ -423,13 +419,7 @@ pub async fn g2_zombie_commit_is_rejected<B: Backend>(backend: B) {
         LeaseState::Lost
     );
     let fresh = backend
-        .commit(
-            &second.lease,
-            StepCommit {
-                node: "a".into(),
-                ..StepCommit::default()
-            },
-        )
+        .commit(&second.lease, &StepCommit::new("a"))
         .await
         .unwrap();
     assert!(
@@ -630,34 +620,22 @@ pub async fn g6_corrupt_input_is_dead_lettered<B: Backend>(backend: B) {
     let wf = Chain::new(Gate::open());
     let o = orchestrator(wf.clone(), &backend);
     let corrupt_item = backend
-        .start_run(StartRun {
-            run_id: new_run_id(),
-            workflow: "Chain".into(),
-            context: serde_json::to_vec(&Trace::default()).unwrap(),
-            first: NewItem {
-                id: ItemId::ROOT,
-                node: "a".into(),
-                bytes: b"\xff\xfe{not json".to_vec(),
-            },
-            idempotency_key: None,
-            deadline: None,
-        })
+        .start_run(StartRun::new(
+            new_run_id(),
+            "Chain",
+            serde_json::to_vec(&Trace::default()).unwrap(),
+            NewItem::new(ItemId::ROOT, "a", b"\xff\xfe{not json".to_vec()),
+        ))
         .await
         .unwrap();
     let good_item = serde_json::to_vec(&wf.start_work_item(1)).unwrap();
     let corrupt_ctx = backend
-        .start_run(StartRun {
-            run_id: new_run_id(),
-            workflow: "Chain".into(),
-            context: b"{\"events\": 42".to_vec(),
-            first: NewItem {
-                id: ItemId::ROOT,
-                node: "a".into(),
-                bytes: good_item,
-            },
-            idempotency_key: None,
-            deadline: None,
-        })
+        .start_run(StartRun::new(
+            new_run_id(),
+            "Chain",
+            b"{\"events\": 42".to_vec(),
+            NewItem::new(ItemId::ROOT, "a", good_item),
+        ))
         .await
         .unwrap();
     let mut workers = pool(wf, &backend, 1);
@@ -1002,6 +980,8 @@ macro_rules! conformance_tests {
             g7_a_run_paused_during_its_last_step_finishes_on_resume,
             g7_resuming_a_run_with_nothing_left_is_refused,
             g5_failures_of_a_cancelled_run_are_not_dead_lettered,
+            g4_batches_commit_each_step_on_its_own,
+            g4_a_worker_batches_queued_work,
             completion_waits_for_every_branch
         );
     };

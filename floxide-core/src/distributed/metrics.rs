@@ -27,7 +27,6 @@ use ::metrics::{
 };
 
 use crate::distributed::backend::{Backend, DistributedError};
-use crate::distributed::exec::StepEnd;
 
 const STEPS: &str = "floxide_steps_total";
 const STEP_DURATION: &str = "floxide_step_duration_seconds";
@@ -43,30 +42,49 @@ const LEASES_RECLAIMED: &str = "floxide_leases_reclaimed_total";
 /// How often a worker process that exports metrics samples its queue.
 pub(crate) const QUEUE_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How a step ended, as the metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StepOutcome {
+    /// Committed; the node ran this long.
+    Committed { ran: Duration },
+    /// Failed, retry scheduled.
+    Retried,
+    /// Failed, dead-lettered.
+    Failed,
+    /// Not executable (undecodable item or context, deadline passed): dead-lettered.
+    DeadLettered,
+    /// Lease lost (`lease_lost`) or run inactive: nothing applied.
+    Abandoned { lease_lost: bool },
+    /// Released on shutdown.
+    Released,
+}
+
 /// Records how a step of `workflow` that executed `node` ended.
-pub(crate) fn step_ended<O>(workflow: &'static str, node: &str, end: &StepEnd<O>) {
-    let outcome = match end {
-        StepEnd::Committed { .. } => "committed",
-        StepEnd::Retried(_) => "retried",
-        StepEnd::Failed(_) => "failed",
-        StepEnd::DeadLettered(_) => "dead_lettered",
-        StepEnd::Abandoned { .. } => "abandoned",
-        StepEnd::Released => "released",
+pub(crate) fn step_ended(workflow: &'static str, node: &str, outcome: StepOutcome) {
+    let label = match outcome {
+        StepOutcome::Committed { .. } => "committed",
+        StepOutcome::Retried => "retried",
+        StepOutcome::Failed => "failed",
+        StepOutcome::DeadLettered => "dead_lettered",
+        StepOutcome::Abandoned { .. } => "abandoned",
+        StepOutcome::Released => "released",
     };
-    counter!(STEPS, "workflow" => workflow, "node" => node.to_owned(), "outcome" => outcome)
+    counter!(STEPS, "workflow" => workflow, "node" => node.to_owned(), "outcome" => label)
         .increment(1);
-    match end {
-        StepEnd::Committed { ran, .. } => {
+    match outcome {
+        StepOutcome::Committed { ran } => {
             histogram!(STEP_DURATION, "workflow" => workflow, "node" => node.to_owned())
                 .record(ran.as_secs_f64());
         }
-        StepEnd::Failed(_) | StepEnd::DeadLettered(_) => {
+        StepOutcome::Failed | StepOutcome::DeadLettered => {
             counter!(DEAD_LETTERS, "workflow" => workflow).increment(1);
         }
-        StepEnd::Abandoned { lease_lost: true } => {
+        StepOutcome::Abandoned { lease_lost: true } => {
             counter!(LEASES_LOST, "workflow" => workflow).increment(1);
         }
-        StepEnd::Retried(_) | StepEnd::Abandoned { lease_lost: false } | StepEnd::Released => {}
+        StepOutcome::Retried
+        | StepOutcome::Abandoned { lease_lost: false }
+        | StepOutcome::Released => {}
     }
 }
 

@@ -12,14 +12,17 @@
 //! everything in memory; `floxide-redis` provides the Redis backend.
 
 mod backend;
+mod codec;
 mod compat;
 pub(crate) mod exec;
+mod health;
 pub mod machine;
 mod memory;
 mod metrics;
 pub mod orchestrator;
 mod pool;
 mod runner;
+pub(crate) mod start;
 mod step;
 pub mod types;
 pub mod worker;
@@ -69,8 +72,9 @@ pub use self::metrics::install_prometheus_exporter;
 pub use self::metrics::{describe_metrics, record_queue_stats};
 pub use crate::merge::{EventLog, LoggedEvent};
 pub use backend::{
-    Backend, CommitOutcome, DistributedError, Lease, LeaseState, NewItem, NextTake, QueueStats,
-    RunAction, RunWatch, StartRun, StepCommit, StepFailed, TakeOptions, Taken, VersionedContext,
+    AdminBackend, Backend, CommitItem, CommitOutcome, CommitReply, DistributedError, Lease,
+    LeaseState, NewItem, QueueStats, RunAction, RunWatch, StartRun, StepCommit, StepFailed,
+    TakeOptions, TakeRequest, Taken, VersionedContext, WorkerBackend, MAX_BATCH,
 };
 #[doc(hidden)]
 pub use compat::{kind, StoreBinding, StoreKind, StoreParts, StoreView};
@@ -85,14 +89,14 @@ pub use compat::{
     StepError, Unsupported, WorkItemState, WorkItemStateStore, WorkItemStateStoreError, WorkQueue,
     WorkQueueError,
 };
-pub use exec::new_run_id;
 pub use memory::InMemoryBackend;
 pub use orchestrator::{DistributedOrchestrator, OrchestratorBuilder};
 pub use pool::WorkerPool;
 pub use runner::{run_worker, run_worker_main, shutdown_signal, WorkerArgs};
+pub use start::new_run_id;
 pub use step::{current_step, StepContext};
 pub use types::{
     stall_of, DeadLetter, LivenessStatus, NodeTiming, RunId, RunInfo, RunMetrics, RunStatus,
     WorkItemInfo, WorkItemStatus, WorkerHealth, WorkerId, WorkerStatus, WorkflowError,
 };
-pub use worker::{DistributedWorker, WorkerBuilder};
+pub use worker::{DistributedWorker, WorkerBuilder, DEFAULT_CONCURRENCY};

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::distributed::backend::{Backend, DistributedError, RunAction};
+use crate::distributed::codec::{codec_error, decode};
 use crate::distributed::compat::StoreParts;
-use crate::distributed::exec::{codec_error, decode, start_run};
+use crate::distributed::start::{start_request, start_run};
 use crate::distributed::worker::store_setters;
 use crate::distributed::{
     DeadLetter, LivenessStatus, LivenessStoreError, RunId, RunInfo, RunMetrics, RunStatus,
@@ -123,6 +124,40 @@ where
         input: W::Input,
     ) -> Result<RunId, FloxideError> {
         start_run(&self.workflow, &*self.backend, ctx, input, None, None).await
+    }
+
+    /// Starts one run per input, all with `ctx.store` as their context, sent to the backend
+    /// together (the Redis backend pipelines them: one round trip per hundred runs). One
+    /// answer per input, in order; a failed start does not stop the others.
+    pub async fn start_runs(
+        &self,
+        ctx: &WorkflowCtx<C>,
+        inputs: impl IntoIterator<Item = W::Input>,
+    ) -> Vec<Result<RunId, FloxideError>> {
+        let mut answers: Vec<Option<Result<RunId, FloxideError>>> = Vec::new();
+        let mut requests = Vec::new();
+        for input in inputs {
+            match start_request(&self.workflow, ctx, input, None, None) {
+                Ok(request) => {
+                    requests.push(request);
+                    answers.push(None);
+                }
+                Err(error) => answers.push(Some(Err(error))),
+            }
+        }
+        let mut started = self.backend.start_runs(requests).await.into_iter();
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| match started.next() {
+                    Some(result) => result.map_err(FloxideError::from),
+                    None => Err(DistributedError::Backend(
+                        "the backend answered fewer starts than it was sent".to_owned(),
+                    )
+                    .into()),
+                })
+            })
+            .collect()
     }
 
     /// Starts a run unless one was already started with `key`.

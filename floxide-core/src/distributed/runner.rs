@@ -27,7 +27,8 @@ use crate::{Context, FloxideError, Merge, Workflow};
 pub struct WorkerArgs {
     /// `--backend URL` / `FLOXIDE_BACKEND_URL` (also `--redis` / `FLOXIDE_REDIS_URL`).
     pub backend_url: Option<String>,
-    /// `--concurrency N` / `FLOXIDE_CONCURRENCY`: concurrent steps (default 4).
+    /// `--concurrency N` / `FLOXIDE_CONCURRENCY`: concurrent steps of the process, split into one
+    /// worker per core (or fewer) with an equal share of the slots (default 4).
     pub concurrency: usize,
     /// `--worker-name NAME` / `FLOXIDE_WORKER_NAME`: the prefix of the worker ids.
     pub worker_name: String,
@@ -144,8 +145,22 @@ fn address(name: &str, value: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// Splits `steps` concurrent steps into workers and slots per worker: as many workers as
+/// cores (or fewer, so that every worker gets the same number of slots and the total is
+/// exactly `steps`).
+fn split_concurrency(steps: usize) -> (usize, usize) {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let steps = steps.max(1);
+    let loops = (1..=steps.min(cores))
+        .rev()
+        .find(|l| steps % l == 0)
+        .unwrap_or(1);
+    (loops, steps / loops)
+}
+
 /// Runs a worker process: parses [`WorkerArgs`], serves metrics when asked to, builds the
-/// worker with `build`, runs `concurrency` workers until SIGTERM or SIGINT, then stops
+/// worker with `build`, runs `concurrency` concurrent steps (one worker per core, each with
+/// its share of the slots) until SIGTERM or SIGINT, then stops
 /// gracefully (in-flight steps get the grace period, then are released to other workers).
 ///
 /// Exits with 0 after a graceful stop, 2 on bad arguments (`--metrics-addr` without the
@@ -184,7 +199,7 @@ where
             return code;
         }
     }
-    let worker = match build(args).await {
+    let mut worker = match build(args).await {
         Ok(worker) => worker,
         Err(error) => {
             eprintln!("cannot start the worker: {error}");
@@ -195,7 +210,11 @@ where
         let backend = Arc::clone(worker.backend());
         tokio::spawn(sample_queue_stats(backend, worker.workflow().name()))
     });
-    let mut pool = WorkerPool::new(worker, concurrency)
+    // `concurrency` steps in all: one worker per core at most, each with an equal share of
+    // the slots (its batches).
+    let (loops, slots) = split_concurrency(concurrency);
+    worker.set_concurrency(slots);
+    let mut pool = WorkerPool::new(worker, loops)
         .with_id_prefix(name)
         .with_grace_period(grace);
     pool.start();
@@ -350,5 +369,19 @@ mod tests {
     fn metrics_without_the_prometheus_feature_are_a_usage_error() {
         let addr = "127.0.0.1:9".parse().unwrap();
         assert_eq!(serve_metrics(addr), Err(ExitCode::from(2)));
+    }
+
+    #[test]
+    fn concurrency_splits_exactly_into_workers_and_slots() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        for steps in 1..=40 {
+            let (loops, slots) = split_concurrency(steps);
+            assert_eq!(loops * slots, steps, "{steps} steps");
+            assert!(
+                loops >= 1 && loops <= cores,
+                "{steps} steps: {loops} workers"
+            );
+        }
+        assert_eq!(split_concurrency(0), (1, 1));
     }
 }

@@ -6,10 +6,11 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::distributed::backend::{Backend, NextTake, TakeOptions, Taken};
+use crate::distributed::backend::{Backend, TakeOptions};
 use crate::distributed::compat::StoreParts;
-use crate::distributed::exec::{step_taken, ExecConfig, StepOutput};
-use crate::distributed::{RunId, WorkerHealth, WorkerId, WorkerStatus};
+use crate::distributed::exec::{step_one, Batcher, ExecConfig, Slots, StepEnd};
+use crate::distributed::health::HealthReporter;
+use crate::distributed::{RunId, WorkerId};
 use crate::{Context, FloxideError, Merge, RetryPolicy, Workflow};
 
 /// [`WorkerPool`] also lives here, its Floxide 3.x path.
@@ -17,6 +18,9 @@ pub use crate::distributed::WorkerPool;
 
 /// Defaults shared by the worker settings.
 pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// Steps a worker runs at once unless told otherwise (see [`WorkerBuilder::concurrency`]).
+pub const DEFAULT_CONCURRENCY: usize = 16;
 
 /// Settings of a worker.
 #[derive(Debug, Clone)]
@@ -27,6 +31,7 @@ pub(crate) struct WorkerConfig {
     pub(crate) idle_wait: Duration,
     pub(crate) idle_jitter: Duration,
     pub(crate) retry_policy: Option<RetryPolicy>,
+    pub(crate) concurrency: usize,
 }
 
 impl Default for WorkerConfig {
@@ -38,6 +43,7 @@ impl Default for WorkerConfig {
             idle_wait: Duration::from_secs(1),
             idle_jitter: Duration::ZERO,
             retry_policy: None,
+            concurrency: DEFAULT_CONCURRENCY,
         }
     }
 }
@@ -51,6 +57,14 @@ impl WorkerConfig {
                 .unwrap_or(self.lease_timeout / 3)
                 .max(Duration::from_millis(1)),
             retry_policy: self.retry_policy.clone(),
+        }
+    }
+
+    pub(crate) fn slots(&self) -> Slots {
+        Slots {
+            capacity: self.concurrency,
+            idle_wait: self.idle_wait,
+            idle_jitter: self.idle_jitter,
         }
     }
 
@@ -236,6 +250,17 @@ where
         self
     }
 
+    /// How many steps the worker runs at once (default [`DEFAULT_CONCURRENCY`], at least 1).
+    /// Its takes and commits carry up to this many items per call (at most
+    /// [`MAX_BATCH`](crate::distributed::MAX_BATCH)): a busy worker takes a batch of ready items in one round trip and
+    /// commits the finished ones together, taking the next batch in the same call. Steps of
+    /// one worker run on its task; for parallelism across cores run several workers (a
+    /// [`WorkerPool`]). `1` executes one step at a time.
+    pub fn concurrency(mut self, steps: usize) -> Self {
+        self.config.concurrency = steps.max(1);
+        self
+    }
+
     /// The worker.
     ///
     /// # Errors
@@ -297,6 +322,11 @@ where
         self.config.retry_policy = Some(policy);
     }
 
+    /// Sets how many steps the worker runs at once (see [`WorkerBuilder::concurrency`]).
+    pub fn set_concurrency(&mut self, steps: usize) {
+        self.config.concurrency = steps.max(1);
+    }
+
     /// Records that worker `worker_id` is alive now (Floxide 3.x): its last health report
     /// with a fresh heartbeat time (the worker loops report by themselves). Errors are logged.
     pub async fn heartbeat(&self, worker_id: impl Into<WorkerId>) {
@@ -346,30 +376,17 @@ where
                 Duration::ZERO,
             )
             .await?;
-        match taken {
-            None => Ok(None),
-            Some(taken) => Ok(self.step(&worker, taken, None, None).await?.0),
-        }
-    }
-
-    async fn step(
-        &self,
-        worker: &WorkerId,
-        taken: Taken,
-        stop: Option<(&CancellationToken, Duration)>,
-        next: Option<NextTake<'_>>,
-    ) -> Result<(StepOutput<W::Output>, Option<Taken>), FloxideError> {
+        let Some(taken) = taken else {
+            return Ok(None);
+        };
+        let run_id = taken.lease.run_id.clone();
         let exec = self.config.exec();
-        step_taken(
-            &self.workflow,
-            &*self.backend,
-            &exec,
-            worker,
-            taken,
-            stop,
-            next,
-        )
-        .await
+        match step_one(&self.workflow, &*self.backend, &exec, &worker, taken, None).await? {
+            StepEnd::Committed { outputs, .. } => {
+                Ok(outputs.into_iter().next().map(|o| (run_id, o)))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Takes and executes work items until the process ends, waiting on the backend while
@@ -382,8 +399,9 @@ where
             .await
     }
 
-    /// Like [`run_forever`](Self::run_forever) until `stop` is cancelled; a step in flight then
-    /// gets `grace` to finish, after which its lease is released for another worker.
+    /// Like [`run_forever`](Self::run_forever) until `stop` is cancelled; steps in flight then
+    /// get `grace` to finish (and are committed), after which their leases are released for
+    /// another worker.
     ///
     /// # Errors
     /// None in normal operation: backend errors are logged and retried with backoff.
@@ -395,193 +413,20 @@ where
     ) -> Result<(), FloxideError> {
         let worker = worker_id.into();
         let mut reporter = HealthReporter::new(worker.clone(), self.workflow.name());
-        let mut backoff = Duration::from_millis(50);
-        let options = self.config.take_options();
-        let fused = NextTake {
-            workflow: self.workflow.name(),
+        let exec = self.config.exec();
+        let batcher = Batcher {
+            workflow: &self.workflow,
+            backend: &*self.backend,
+            config: &exec,
             worker: &worker,
-            options,
+            options: self.config.take_options(),
+            slots: self.config.slots(),
+            stop: &stop,
+            grace,
+            context: PhantomData,
         };
-        // The item the last commit took for this worker (one round trip per step).
-        let mut next: Option<Taken> = None;
-        loop {
-            if stop.is_cancelled() {
-                if let Some(unstarted) = next.take() {
-                    if let Err(error) = self.backend.release(&unstarted.lease).await {
-                        tracing::warn!(%worker, %error, "could not release an item on shutdown; its lease will expire");
-                    }
-                }
-                break;
-            }
-            if let Some(taken) = next.take() {
-                next = self
-                    .run_step(
-                        &worker,
-                        taken,
-                        &stop,
-                        grace,
-                        fused,
-                        &mut reporter,
-                        &mut backoff,
-                    )
-                    .await;
-                continue;
-            }
-            reporter
-                .report(&*self.backend, WorkerStatus::Idle, None)
-                .await;
-            let wait = self.config.idle_wait
-                + if self.config.idle_jitter.is_zero() {
-                    Duration::ZERO
-                } else {
-                    Duration::from_nanos(fastrand::u64(
-                        0..=self.config.idle_jitter.as_nanos() as u64,
-                    ))
-                };
-            let taken = tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                t = self.backend.take(self.workflow.name(), &worker, options, wait) => t,
-            };
-            let taken = match taken {
-                Ok(Some(taken)) => taken,
-                Ok(None) => continue,
-                Err(error) => {
-                    tracing::warn!(%worker, %error, ?backoff, "backend error while taking work; retrying");
-                    reporter.errors += 1;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            backoff = Duration::from_millis(50);
-            next = self
-                .run_step(
-                    &worker,
-                    taken,
-                    &stop,
-                    grace,
-                    fused,
-                    &mut reporter,
-                    &mut backoff,
-                )
-                .await;
-        }
+        batcher.run(&mut reporter).await;
         reporter.stopped(&*self.backend).await;
         Ok(())
     }
-
-    /// Executes one taken item for [`run_until`](Self::run_until), reporting health while it
-    /// runs; returns the next item the commit took, if any.
-    #[allow(clippy::too_many_arguments)]
-    async fn run_step(
-        &self,
-        worker: &WorkerId,
-        taken: Taken,
-        stop: &CancellationToken,
-        grace: Duration,
-        fused: NextTake<'_>,
-        reporter: &mut HealthReporter,
-        backoff: &mut Duration,
-    ) -> Option<Taken> {
-        let item = (taken.lease.item_id, taken.lease.run_id.clone());
-        let status = if taken.attempt > 1 {
-            WorkerStatus::Retrying(taken.attempt, 0)
-        } else {
-            WorkerStatus::InProgress
-        };
-        reporter
-            .report(&*self.backend, status.clone(), Some(item.clone()))
-            .await;
-        // Keep reporting while a long step runs, so the worker does not look dead.
-        let step = self.step(worker, taken, Some((stop, grace)), Some(fused));
-        tokio::pin!(step);
-        let result = loop {
-            tokio::select! {
-                r = &mut step => break r,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                    reporter.report(&*self.backend, status.clone(), Some(item.clone())).await;
-                }
-            }
-        };
-        match result {
-            Ok((_, next)) => next,
-            Err(error) => {
-                reporter.errors += 1;
-                tracing::warn!(%worker, %error, "step could not be completed; its lease will expire");
-                tokio::time::sleep(*backoff).await;
-                None
-            }
-        }
-    }
-}
-
-/// Sends a worker's health to the backend at most once a second, so that reporting never
-/// costs a round trip per step.
-struct HealthReporter {
-    health: WorkerHealth,
-    last: Option<tokio::time::Instant>,
-    errors: u64,
-}
-
-impl HealthReporter {
-    fn new(worker: WorkerId, workflow: &str) -> Self {
-        HealthReporter {
-            health: WorkerHealth {
-                worker_id: worker,
-                host: hostname(),
-                pid: std::process::id(),
-                last_heartbeat: SystemTime::now(),
-                error_count: 0,
-                status: WorkerStatus::Idle,
-                current_work_item: None,
-                current_work_item_run_id: None,
-                workflow: workflow.to_owned(),
-            },
-            last: None,
-            errors: 0,
-        }
-    }
-
-    async fn report(
-        &mut self,
-        backend: &dyn Backend,
-        status: WorkerStatus,
-        item: Option<(crate::ItemId, RunId)>,
-    ) {
-        let now = tokio::time::Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-        {
-            return;
-        }
-        self.last = Some(now);
-        self.health.status = status;
-        self.health.error_count = self.errors;
-        self.health.last_heartbeat = SystemTime::now();
-        let (item, run) = item.map_or((None, None), |(i, r)| (Some(i), Some(r)));
-        self.health.current_work_item = item;
-        self.health.current_work_item_run_id = run;
-        if let Err(error) = backend.report_worker(&self.health).await {
-            tracing::debug!(%error, "could not report worker health");
-        }
-    }
-
-    async fn stopped(&mut self, backend: &dyn Backend) {
-        self.health.status = WorkerStatus::Stopped;
-        self.health.current_work_item = None;
-        self.health.current_work_item_run_id = None;
-        self.health.last_heartbeat = SystemTime::now();
-        let _ = backend.report_worker(&self.health).await;
-    }
-}
-
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
 }

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 
 use super::binding::StoreBinding;
 use super::stores::{kind, ContextStore, StoreKind, WorkQueue};
-use crate::distributed::exec::{self, codec_error, decode, StepEnd};
+use crate::distributed::codec::{codec_error, decode};
+use crate::distributed::exec::{self, StepEnd};
 use crate::distributed::worker::WorkerConfig;
 use crate::distributed::{Backend, DistributedError, WorkerId};
 use crate::{Context, FloxideError, Merge, Workflow, WorkflowCtx};
@@ -101,7 +102,7 @@ where
     Q: WorkQueue<C, W::WorkItem>,
 {
     let backend = backend_of(context_store, queue)?;
-    match exec::start_run(
+    match crate::distributed::start::start_run(
         workflow,
         &*backend,
         ctx,
@@ -164,17 +165,9 @@ where
             return Err(failed(error, Some(&run_id), Some(item)));
         }
     }
-    let end = exec::execute(
-        workflow,
-        &*backend,
-        &config.exec(),
-        &worker,
-        taken,
-        None,
-        None,
-    )
-    .await
-    .map_err(|e| failed(e, Some(&run_id), item.as_ref()))?;
+    let end = exec::step_one(workflow, &*backend, &config.exec(), &worker, taken, None)
+        .await
+        .map_err(|e| failed(e, Some(&run_id), item.as_ref()))?;
     let (outcome, result) = match end {
         StepEnd::Committed { mut outputs, .. } if !outputs.is_empty() => {
             let output = outputs.swap_remove(0);

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use super::binding::StoreBinding;
-use crate::distributed::exec::decode;
+use crate::distributed::codec::decode;
 use crate::distributed::{
     DistributedError, RunAction, RunInfo, RunMetrics, RunStatus, WorkItemStatus, WorkerHealth,
     WorkerId, WorkerStatus, WorkflowError,

@@ -16,8 +16,9 @@ use parts::{ContextsPart, ErrorsPart, ItemsPart, LivenessPart, MetricsPart, Queu
 use parts::{ItemRecord, ItemsState, QueueState, RunItems, RunsState, RESUME_MARKER};
 
 use crate::distributed::backend::{
-    Backend, CommitOutcome, DistributedError, Lease, LeaseState, QueueStats, RunAction, RunWatch,
-    StartRun, StepCommit, StepFailed, TakeOptions, Taken, VersionedContext,
+    AdminBackend, CommitItem, CommitOutcome, CommitReply, DistributedError, Lease, LeaseState,
+    QueueStats, RunAction, RunWatch, StartRun, StepCommit, StepFailed, TakeOptions, TakeRequest,
+    Taken, VersionedContext, WorkerBackend,
 };
 use crate::distributed::machine::{self, ControlEffect, FailureEffect, RunState};
 use crate::distributed::types::payload_text;
@@ -432,7 +433,7 @@ fn queue_resume(queue: &mut QueueState, workflow: &str, run_id: &str, run_items:
 }
 
 #[async_trait::async_trait]
-impl Backend for InMemoryBackend {
+impl AdminBackend for InMemoryBackend {
     async fn start_run(&self, start: StartRun) -> Result<RunId, DistributedError> {
         let mut runs = self.runs.lock();
         if let Some(key) = &start.idempotency_key {
@@ -648,341 +649,8 @@ impl Backend for InMemoryBackend {
         Ok(info)
     }
 
-    async fn wait_run_change(&self, _run_id: &str, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.runs.part.changed.notified()).await;
-    }
-
     fn watch_runs(&self) -> RunWatch {
         RunWatch::new(self.runs.part.version.subscribe())
-    }
-
-    async fn take(
-        &self,
-        workflow: &str,
-        worker: &WorkerId,
-        options: TakeOptions,
-        wait: Duration,
-    ) -> Result<Option<Taken>, DistributedError> {
-        let give_up = Instant::now() + wait;
-        loop {
-            let notified = self.queue.part.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let next_due = match self.try_take(workflow, worker, options) {
-                Ok(taken) => return Ok(Some(taken)),
-                Err(next_due) => next_due,
-            };
-            let now = Instant::now();
-            if now >= give_up {
-                return Ok(None);
-            }
-            let until = next_due.map_or(give_up, |d| d.min(give_up));
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(until) => {}
-            }
-        }
-    }
-
-    async fn heartbeat(
-        &self,
-        lease: &Lease,
-        lease_timeout: Duration,
-    ) -> Result<LeaseState, DistributedError> {
-        let runs = self.runs.lock();
-        let mut items = self.items.lock();
-        let mut queue = self.queue.lock();
-        let Some((run_items, true)) = leased(&mut items, lease) else {
-            // A cancelled or completed run's items are gone: tell the step its run is over.
-            return Ok(match not_held(&runs, &lease.run_id) {
-                CommitOutcome::RunInactive(status) => LeaseState::Active(status),
-                _ => LeaseState::Lost,
-            });
-        };
-        let status = runs
-            .runs
-            .get(&lease.run_id)
-            .map_or(RunStatus::Cancelled, |r| r.status);
-        let workflow = runs
-            .runs
-            .get(&lease.run_id)
-            .map(|r| r.workflow.clone())
-            .unwrap_or_default();
-        let expiry = Instant::now() + lease_timeout;
-        if let Some(record) = run_items.items.get_mut(&lease.item_id) {
-            record.lease = Some((lease.token, lease.worker.clone(), expiry));
-        }
-        queue.leases.push(Reverse((
-            expiry,
-            lease.token,
-            workflow,
-            lease.run_id.clone(),
-            lease.item_id,
-        )));
-        Ok(LeaseState::Active(status))
-    }
-
-    async fn load_context(&self, run_id: &str) -> Result<VersionedContext, DistributedError> {
-        let contexts = self.contexts.lock();
-        let (bytes, version) = contexts
-            .contexts
-            .get(run_id)
-            .ok_or_else(|| unknown(run_id))?;
-        Ok(VersionedContext {
-            bytes: bytes.clone(),
-            version: *version,
-        })
-    }
-
-    async fn commit(
-        &self,
-        lease: &Lease,
-        commit: StepCommit,
-    ) -> Result<CommitOutcome, DistributedError> {
-        let mut runs = self.runs.lock();
-        let mut items = self.items.lock();
-        let mut queue = self.queue.lock();
-        let mut contexts = self.contexts.lock();
-        let Some((run_items, true)) = leased(&mut items, lease) else {
-            return Ok(not_held(&runs, &lease.run_id));
-        };
-        let info = runs
-            .runs
-            .get_mut(&lease.run_id)
-            .ok_or_else(|| unknown(&lease.run_id))?;
-        if !machine::accepts_results(info.status) {
-            drop_item(run_items, lease.item_id);
-            return Ok(CommitOutcome::RunInactive(info.status));
-        }
-        let (ctx_bytes, version) = contexts.contexts.entry(lease.run_id.clone()).or_default();
-        if let Some(required) = commit.require_version {
-            if required != *version {
-                return Ok(CommitOutcome::ContextConflict { current: *version });
-            }
-        }
-        if let Some((base, bytes)) = commit.context {
-            if base != *version {
-                return Ok(CommitOutcome::ContextConflict { current: *version });
-            }
-            *ctx_bytes = bytes;
-            *version += 1;
-        }
-        drop(contexts);
-
-        let held = !info.status.is_active();
-        let mut added = 0u64;
-        let mut woken = 0;
-        for s in commit.successors {
-            if run_items.items.contains_key(&s.id) {
-                continue;
-            }
-            let status = if held {
-                WorkItemStatus::Held
-            } else {
-                WorkItemStatus::Pending
-            };
-            run_items.items.insert(
-                s.id,
-                ItemRecord {
-                    node: s.node,
-                    bytes: Arc::from(s.bytes),
-                    status,
-                    attempt: 1,
-                    deliveries: 0,
-                    lease: None,
-                },
-            );
-            run_items.outstanding += 1;
-            added += 1;
-            if held {
-                run_items.parked.push_back(s.id);
-            } else {
-                queue.push_ready(&info.workflow, (lease.run_id.clone(), s.id));
-                woken += 1;
-            }
-        }
-        if let Some(r) = run_items.items.get_mut(&lease.item_id) {
-            r.status = WorkItemStatus::Completed;
-            r.lease = None;
-        }
-        run_items.outstanding = run_items.outstanding.saturating_sub(1);
-        let outstanding = run_items.outstanding;
-        drop(queue);
-
-        if info.output.is_none() {
-            info.output = commit.outputs.first().cloned();
-        }
-        info.outputs.extend(commit.outputs);
-        let status = machine::after_commit(RunState {
-            status: info.status,
-            outstanding: outstanding as u64,
-            has_output: info.output.is_some(),
-        });
-        let mut finished = None;
-        if status.is_finished() && !info.status.is_finished() {
-            info.finished_at = Some(SystemTime::now());
-            if status == RunStatus::Failed {
-                info.error = Some(no_output(&info.workflow));
-            }
-            finished = Some(status);
-        }
-        info.status = status;
-        {
-            let mut metrics = self.metrics.lock();
-            let m = metrics.runs.entry(lease.run_id.clone()).or_default();
-            m.completed += 1;
-            m.total_work_items += added;
-            let t = m.per_node.entry(commit.node).or_default();
-            t.count += 1;
-            t.total += commit.duration;
-            t.max = t.max.max(commit.duration);
-        }
-        if !commit.handled_failures.is_empty() {
-            let mut errors = self.errors.lock();
-            errors
-                .runs
-                .entry(lease.run_id.clone())
-                .or_default()
-                .extend(commit.handled_failures);
-        }
-        let garbage = finished
-            .and_then(|status| self::finished(&mut runs, &mut items, &lease.run_id, status));
-        drop((runs, items));
-        drop(garbage);
-        self.notify_work(woken);
-        if finished.is_some() {
-            self.notify_runs();
-        }
-        Ok(CommitOutcome::Committed { finished })
-    }
-
-    async fn fail(
-        &self,
-        lease: &Lease,
-        failure: StepFailed,
-    ) -> Result<CommitOutcome, DistributedError> {
-        let mut runs = self.runs.lock();
-        let mut items = self.items.lock();
-        let mut queue = self.queue.lock();
-        let Some((run_items, true)) = leased(&mut items, lease) else {
-            return Ok(not_held(&runs, &lease.run_id));
-        };
-        let info = runs
-            .runs
-            .get_mut(&lease.run_id)
-            .ok_or_else(|| unknown(&lease.run_id))?;
-        let effect = machine::after_failure(info.status, failure.retry_after.is_some());
-        if effect == FailureEffect::Inactive {
-            drop_item(run_items, lease.item_id);
-            return Ok(CommitOutcome::RunInactive(info.status));
-        }
-        let Some(record) = run_items.items.get_mut(&lease.item_id) else {
-            return Ok(CommitOutcome::LeaseLost);
-        };
-        record.lease = None;
-        let attempt = record.attempt;
-        let node = if failure.node.is_empty() {
-            record.node.clone()
-        } else {
-            failure.node.clone()
-        };
-        let mut finished = None;
-        let retried = failure.retry_after.is_some();
-        match (failure.retry_after, effect) {
-            (Some(wait), FailureEffect::Retry) => {
-                record.status = WorkItemStatus::WaitingRetry;
-                record.attempt += 1;
-                record.deliveries = 0;
-                queue.seq += 1;
-                let seq = queue.seq;
-                queue.delayed.push(Reverse((
-                    Instant::now() + wait,
-                    seq,
-                    info.workflow.clone(),
-                    lease.run_id.clone(),
-                    lease.item_id,
-                )));
-            }
-            _ => {
-                record.status = WorkItemStatus::PermanentlyFailed;
-                run_items.outstanding = run_items.outstanding.saturating_sub(1);
-                let letter = DeadLetter {
-                    run_id: lease.run_id.clone(),
-                    item_id: lease.item_id,
-                    node: node.clone(),
-                    error: failure.error.clone(),
-                    deliveries: record.deliveries,
-                    attempt,
-                    at: SystemTime::now(),
-                    payload: payload_text(&record.bytes),
-                };
-                add_letter(&mut queue, letter, self.letter_retention);
-                if let FailureEffect::DeadLetter(status) = effect {
-                    if status != info.status {
-                        fail_run(info, format!("node `{node}` failed: {}", failure.error));
-                        finished = Some(status);
-                    }
-                }
-            }
-        }
-        drop(queue);
-        {
-            let mut metrics = self.metrics.lock();
-            let m = metrics.runs.entry(lease.run_id.clone()).or_default();
-            m.failed += 1;
-            if retried {
-                m.retries += 1;
-            }
-        }
-        self.errors
-            .lock()
-            .runs
-            .entry(lease.run_id.clone())
-            .or_default()
-            .push(WorkflowError {
-                work_item: lease.item_id,
-                node,
-                error: failure.error,
-                attempt,
-                handled: false,
-                timestamp: SystemTime::now(),
-            });
-        if finished.is_some() {
-            // A failed run keeps its items (nothing to drop).
-            let _ = self::finished(&mut runs, &mut items, &lease.run_id, RunStatus::Failed);
-        }
-        drop((runs, items));
-        self.notify_work(1);
-        if finished.is_some() {
-            self.notify_runs();
-        }
-        Ok(CommitOutcome::Committed { finished })
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<(), DistributedError> {
-        let runs = self.runs.lock();
-        let mut items = self.items.lock();
-        let mut queue = self.queue.lock();
-        let Some((run_items, true)) = leased(&mut items, lease) else {
-            return Ok(());
-        };
-        if let Some(record) = run_items.items.get_mut(&lease.item_id) {
-            record.lease = None;
-            record.status = WorkItemStatus::Pending;
-            record.deliveries = record.deliveries.saturating_sub(1);
-            let workflow = runs
-                .runs
-                .get(&lease.run_id)
-                .map(|r| r.workflow.clone())
-                .unwrap_or_default();
-            match queue.ready.get_mut(&workflow) {
-                Some(q) => q.push_front((lease.run_id.clone(), lease.item_id)),
-                None => queue.push_ready(&workflow, (lease.run_id.clone(), lease.item_id)),
-            }
-        }
-        drop((runs, items, queue));
-        self.notify_work(1);
-        Ok(())
     }
 
     async fn errors(&self, run_id: &str) -> Result<Vec<WorkflowError>, DistributedError> {
@@ -1185,5 +853,375 @@ impl Backend for InMemoryBackend {
             .filter(|d| of_workflow(&d.run_id))
             .count() as u64;
         Ok(Some(stats))
+    }
+}
+
+#[async_trait::async_trait]
+impl WorkerBackend for InMemoryBackend {
+    async fn take_batch(
+        &self,
+        take: TakeRequest<'_>,
+        wait: Duration,
+    ) -> Result<Vec<Taken>, DistributedError> {
+        let (workflow, worker, options) = (take.workflow, take.worker, take.options);
+        let give_up = Instant::now() + wait;
+        loop {
+            let notified = self.queue.part.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next_due = match self.try_take(workflow, worker, options) {
+                Ok(first) => return Ok(self.take_more(first, take)),
+                Err(next_due) => next_due,
+            };
+            let now = Instant::now();
+            if now >= give_up {
+                return Ok(Vec::new());
+            }
+            let until = next_due.map_or(give_up, |d| d.min(give_up));
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        lease: &Lease,
+        lease_timeout: Duration,
+    ) -> Result<LeaseState, DistributedError> {
+        let runs = self.runs.lock();
+        let mut items = self.items.lock();
+        let mut queue = self.queue.lock();
+        let Some((run_items, true)) = leased(&mut items, lease) else {
+            // A cancelled or completed run's items are gone: tell the step its run is over.
+            return Ok(match not_held(&runs, &lease.run_id) {
+                CommitOutcome::RunInactive(status) => LeaseState::Active(status),
+                _ => LeaseState::Lost,
+            });
+        };
+        let status = runs
+            .runs
+            .get(&lease.run_id)
+            .map_or(RunStatus::Cancelled, |r| r.status);
+        let workflow = runs
+            .runs
+            .get(&lease.run_id)
+            .map(|r| r.workflow.clone())
+            .unwrap_or_default();
+        let expiry = Instant::now() + lease_timeout;
+        if let Some(record) = run_items.items.get_mut(&lease.item_id) {
+            record.lease = Some((lease.token, lease.worker.clone(), expiry));
+        }
+        queue.leases.push(Reverse((
+            expiry,
+            lease.token,
+            workflow,
+            lease.run_id.clone(),
+            lease.item_id,
+        )));
+        Ok(LeaseState::Active(status))
+    }
+
+    async fn load_context(&self, run_id: &str) -> Result<VersionedContext, DistributedError> {
+        let contexts = self.contexts.lock();
+        let (bytes, version) = contexts
+            .contexts
+            .get(run_id)
+            .ok_or_else(|| unknown(run_id))?;
+        Ok(VersionedContext {
+            bytes: bytes.clone(),
+            version: *version,
+        })
+    }
+
+    async fn commit_batch(
+        &self,
+        commits: &[CommitItem<'_>],
+        next: Option<TakeRequest<'_>>,
+    ) -> Result<CommitReply, DistributedError> {
+        let mut outcomes = Vec::with_capacity(commits.len());
+        for c in commits {
+            outcomes.push(self.commit_one(c.lease, c.step)?);
+        }
+        let taken = match next {
+            Some(take) => match self.try_take(take.workflow, take.worker, take.options) {
+                Ok(first) => self.take_more(first, take),
+                Err(_) => Vec::new(),
+            },
+            None => Vec::new(),
+        };
+        Ok(CommitReply::new(outcomes, taken))
+    }
+
+    async fn fail(
+        &self,
+        lease: &Lease,
+        failure: &StepFailed,
+    ) -> Result<CommitOutcome, DistributedError> {
+        let mut runs = self.runs.lock();
+        let mut items = self.items.lock();
+        let mut queue = self.queue.lock();
+        let Some((run_items, true)) = leased(&mut items, lease) else {
+            return Ok(not_held(&runs, &lease.run_id));
+        };
+        let info = runs
+            .runs
+            .get_mut(&lease.run_id)
+            .ok_or_else(|| unknown(&lease.run_id))?;
+        let effect = machine::after_failure(info.status, failure.retry_after.is_some());
+        if effect == FailureEffect::Inactive {
+            drop_item(run_items, lease.item_id);
+            return Ok(CommitOutcome::RunInactive(info.status));
+        }
+        let Some(record) = run_items.items.get_mut(&lease.item_id) else {
+            return Ok(CommitOutcome::LeaseLost);
+        };
+        record.lease = None;
+        let attempt = record.attempt;
+        let node = if failure.node.is_empty() {
+            record.node.clone()
+        } else {
+            failure.node.clone()
+        };
+        let mut finished = None;
+        let retried = failure.retry_after.is_some();
+        match (failure.retry_after, effect) {
+            (Some(wait), FailureEffect::Retry) => {
+                record.status = WorkItemStatus::WaitingRetry;
+                record.attempt += 1;
+                record.deliveries = 0;
+                queue.seq += 1;
+                let seq = queue.seq;
+                queue.delayed.push(Reverse((
+                    Instant::now() + wait,
+                    seq,
+                    info.workflow.clone(),
+                    lease.run_id.clone(),
+                    lease.item_id,
+                )));
+            }
+            _ => {
+                record.status = WorkItemStatus::PermanentlyFailed;
+                run_items.outstanding = run_items.outstanding.saturating_sub(1);
+                let letter = DeadLetter {
+                    run_id: lease.run_id.clone(),
+                    item_id: lease.item_id,
+                    node: node.clone(),
+                    error: failure.error.clone(),
+                    deliveries: record.deliveries,
+                    attempt,
+                    at: SystemTime::now(),
+                    payload: payload_text(&record.bytes),
+                };
+                add_letter(&mut queue, letter, self.letter_retention);
+                if let FailureEffect::DeadLetter(status) = effect {
+                    if status != info.status {
+                        fail_run(info, format!("node `{node}` failed: {}", failure.error));
+                        finished = Some(status);
+                    }
+                }
+            }
+        }
+        drop(queue);
+        {
+            let mut metrics = self.metrics.lock();
+            let m = metrics.runs.entry(lease.run_id.clone()).or_default();
+            m.failed += 1;
+            if retried {
+                m.retries += 1;
+            }
+        }
+        self.errors
+            .lock()
+            .runs
+            .entry(lease.run_id.clone())
+            .or_default()
+            .push(WorkflowError {
+                work_item: lease.item_id,
+                node,
+                error: failure.error.clone(),
+                attempt,
+                handled: false,
+                timestamp: SystemTime::now(),
+            });
+        if finished.is_some() {
+            // A failed run keeps its items (nothing to drop).
+            let _ = self::finished(&mut runs, &mut items, &lease.run_id, RunStatus::Failed);
+        }
+        drop((runs, items));
+        self.notify_work(1);
+        if finished.is_some() {
+            self.notify_runs();
+        }
+        Ok(CommitOutcome::Committed { finished })
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), DistributedError> {
+        let runs = self.runs.lock();
+        let mut items = self.items.lock();
+        let mut queue = self.queue.lock();
+        let Some((run_items, true)) = leased(&mut items, lease) else {
+            return Ok(());
+        };
+        if let Some(record) = run_items.items.get_mut(&lease.item_id) {
+            record.lease = None;
+            record.status = WorkItemStatus::Pending;
+            record.deliveries = record.deliveries.saturating_sub(1);
+            let workflow = runs
+                .runs
+                .get(&lease.run_id)
+                .map(|r| r.workflow.clone())
+                .unwrap_or_default();
+            match queue.ready.get_mut(&workflow) {
+                Some(q) => q.push_front((lease.run_id.clone(), lease.item_id)),
+                None => queue.push_ready(&workflow, (lease.run_id.clone(), lease.item_id)),
+            }
+        }
+        drop((runs, items, queue));
+        self.notify_work(1);
+        Ok(())
+    }
+
+    async fn wait_run_change(&self, _run_id: &str, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.runs.part.changed.notified()).await;
+    }
+}
+
+impl InMemoryBackend {
+    /// Commits one step (see [`WorkerBackend::commit_batch`]).
+    fn commit_one(
+        &self,
+        lease: &Lease,
+        commit: &StepCommit,
+    ) -> Result<CommitOutcome, DistributedError> {
+        let mut runs = self.runs.lock();
+        let mut items = self.items.lock();
+        let mut queue = self.queue.lock();
+        let mut contexts = self.contexts.lock();
+        let Some((run_items, true)) = leased(&mut items, lease) else {
+            return Ok(not_held(&runs, &lease.run_id));
+        };
+        let info = runs
+            .runs
+            .get_mut(&lease.run_id)
+            .ok_or_else(|| unknown(&lease.run_id))?;
+        if !machine::accepts_results(info.status) {
+            drop_item(run_items, lease.item_id);
+            return Ok(CommitOutcome::RunInactive(info.status));
+        }
+        let (ctx_bytes, version) = contexts.contexts.entry(lease.run_id.clone()).or_default();
+        if let Some(required) = commit.require_version {
+            if required != *version {
+                return Ok(CommitOutcome::ContextConflict { current: *version });
+            }
+        }
+        if let Some((base, bytes)) = &commit.context {
+            let base = *base;
+            if base != *version {
+                return Ok(CommitOutcome::ContextConflict { current: *version });
+            }
+            ctx_bytes.clone_from(bytes);
+            *version += 1;
+        }
+        drop(contexts);
+
+        let held = !info.status.is_active();
+        let mut added = 0u64;
+        let mut woken = 0;
+        for s in &commit.successors {
+            if run_items.items.contains_key(&s.id) {
+                continue;
+            }
+            let status = if held {
+                WorkItemStatus::Held
+            } else {
+                WorkItemStatus::Pending
+            };
+            run_items.items.insert(
+                s.id,
+                ItemRecord {
+                    node: s.node.clone(),
+                    bytes: Arc::from(s.bytes.as_slice()),
+                    status,
+                    attempt: 1,
+                    deliveries: 0,
+                    lease: None,
+                },
+            );
+            run_items.outstanding += 1;
+            added += 1;
+            if held {
+                run_items.parked.push_back(s.id);
+            } else {
+                queue.push_ready(&info.workflow, (lease.run_id.clone(), s.id));
+                woken += 1;
+            }
+        }
+        if let Some(r) = run_items.items.get_mut(&lease.item_id) {
+            r.status = WorkItemStatus::Completed;
+            r.lease = None;
+        }
+        run_items.outstanding = run_items.outstanding.saturating_sub(1);
+        let outstanding = run_items.outstanding;
+        drop(queue);
+
+        if info.output.is_none() {
+            info.output = commit.outputs.first().cloned();
+        }
+        info.outputs.extend(commit.outputs.iter().cloned());
+        let status = machine::after_commit(RunState {
+            status: info.status,
+            outstanding: outstanding as u64,
+            has_output: info.output.is_some(),
+        });
+        let mut finished = None;
+        if status.is_finished() && !info.status.is_finished() {
+            info.finished_at = Some(SystemTime::now());
+            if status == RunStatus::Failed {
+                info.error = Some(no_output(&info.workflow));
+            }
+            finished = Some(status);
+        }
+        info.status = status;
+        {
+            let mut metrics = self.metrics.lock();
+            let m = metrics.runs.entry(lease.run_id.clone()).or_default();
+            m.completed += 1;
+            m.total_work_items += added;
+            let t = m.per_node.entry(commit.node.clone()).or_default();
+            t.count += 1;
+            t.total += commit.duration;
+            t.max = t.max.max(commit.duration);
+        }
+        if !commit.handled_failures.is_empty() {
+            let mut errors = self.errors.lock();
+            errors
+                .runs
+                .entry(lease.run_id.clone())
+                .or_default()
+                .extend(commit.handled_failures.iter().cloned());
+        }
+        let garbage = finished
+            .and_then(|status| self::finished(&mut runs, &mut items, &lease.run_id, status));
+        drop((runs, items));
+        drop(garbage);
+        self.notify_work(woken);
+        if finished.is_some() {
+            self.notify_runs();
+        }
+        Ok(CommitOutcome::Committed { finished })
+    }
+
+    /// `first` and up to `take.max - 1` more ready items, without waiting.
+    fn take_more(&self, first: Taken, take: TakeRequest<'_>) -> Vec<Taken> {
+        let mut out = vec![first];
+        while out.len() < take.max {
+            match self.try_take(take.workflow, take.worker, take.options) {
+                Ok(taken) => out.push(taken),
+                Err(_) => break,
+            }
+        }
+        out
     }
 }

@@ -1,0 +1,321 @@
+//! Step part 5: a worker's loop with several steps in flight.
+//!
+//! A worker has `capacity` slots. When idle it blocks on the backend for up to `capacity`
+//! items (one take). Each step runs concurrently with the others; as soon as any finish, the
+//! finished ones are committed together in one call that also takes up to as many new items
+//! as slots are free (never waiting to fill a batch: a lone run's step is committed at once,
+//! and its single successor comes back in the same reply). Steps that finish while a commit
+//! is in flight go in the next one. When steps run long and slots are free, a blocking take
+//! for the free slots runs alongside them. Each step of a batch is settled on its own: a
+//! context conflict re-merges (or re-runs a `Hold`) and commits again, without touching the
+//! others.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use tokio_util::sync::CancellationToken;
+
+use super::commit::{self, Pending, Settled};
+use super::{ended, execute, ExecConfig, Executed, StepEnd};
+use crate::distributed::backend::{
+    Backend, CommitItem, CommitReply, DistributedError, TakeOptions, TakeRequest, Taken, MAX_BATCH,
+};
+use crate::distributed::health::HealthReporter;
+use crate::distributed::{RunId, WorkerId, WorkerStatus};
+use crate::{Context, FloxideError, ItemId, Merge, Workflow};
+
+/// How long a busy worker with free slots waits for one of its steps to finish before it
+/// also waits for new work (so that fast steps keep refilling slots through their commits).
+const QUIET: Duration = Duration::from_millis(10);
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A worker's slots and idle waits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slots {
+    /// Steps in flight at most.
+    pub(crate) capacity: usize,
+    /// How long one idle wait lasts before the worker re-checks.
+    pub(crate) idle_wait: Duration,
+    /// A random extra for each idle wait.
+    pub(crate) idle_jitter: Duration,
+}
+
+/// Everything a worker's loop needs; see the module documentation.
+pub(crate) struct Batcher<'a, C, W> {
+    pub(crate) workflow: &'a W,
+    pub(crate) backend: &'a dyn Backend,
+    pub(crate) config: &'a ExecConfig,
+    pub(crate) worker: &'a WorkerId,
+    pub(crate) options: TakeOptions,
+    pub(crate) slots: Slots,
+    pub(crate) stop: &'a CancellationToken,
+    pub(crate) grace: Duration,
+    pub(crate) context: PhantomData<fn() -> C>,
+}
+
+/// The loop's state: steps running, finished ones waiting for a commit, the commit and the
+/// take in flight.
+struct State<'a, O> {
+    running: FuturesUnordered<Boxed<'a, Result<Executed<O>, FloxideError>>>,
+    ready: Vec<Pending<O>>,
+    committing: Option<Boxed<'a, CommitDone<O>>>,
+    committing_len: usize,
+    taker: Option<Boxed<'a, Result<Vec<Taken>, DistributedError>>>,
+    reserved: usize,
+    take_failures: u32,
+    current: Option<(ItemId, RunId, u32)>,
+}
+
+/// A finished commit call: the steps it carried and the backend's reply.
+type CommitDone<O> = (Vec<Pending<O>>, Result<CommitReply, DistributedError>);
+
+impl<O> State<'_, O> {
+    /// Slots in use.
+    fn busy(&self) -> usize {
+        self.running.len() + self.ready.len() + self.committing_len
+    }
+}
+
+/// Awaits the future in `slot`, or never when there is none.
+async fn opt<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    match slot {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<'a, C, W> Batcher<'a, C, W>
+where
+    C: Context + Merge,
+    W: Workflow<C>,
+{
+    /// Runs until the stop token is cancelled and every step in flight is settled.
+    pub(crate) async fn run(&self, reporter: &mut HealthReporter) {
+        let mut st = State {
+            running: FuturesUnordered::new(),
+            ready: Vec::new(),
+            committing: None,
+            committing_len: 0,
+            taker: None,
+            reserved: 0,
+            take_failures: 0,
+            current: None,
+        };
+        let mut quiet = false;
+        loop {
+            let stopping = self.stop.is_cancelled();
+            if st.committing.is_none() && !st.ready.is_empty() {
+                self.start_commit(&mut st, stopping);
+            }
+            let busy = st.busy();
+            let free = self.slots.capacity.saturating_sub(busy + st.reserved);
+            if st.taker.is_none() && !stopping && free > 0 && (busy == 0 || quiet) {
+                st.taker = Some(self.start_take(free, busy == 0, st.take_failures));
+                st.reserved = free;
+            }
+            if stopping && busy == 0 {
+                break;
+            }
+            let (status, item) = Self::health(&st);
+            reporter.report(self.backend, status, item).await;
+            let wait_quiet = st.taker.is_none() && !stopping && free > 0 && busy > 0;
+            quiet = false;
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled(), if !stopping => {}
+                Some(result) = st.running.next(), if !st.running.is_empty() => {
+                    self.executed(&mut st, result, reporter);
+                    // Everything else that finished meanwhile joins the same commit.
+                    while let Some(Some(result)) = st.running.next().now_or_never() {
+                        self.executed(&mut st, result, reporter);
+                    }
+                }
+                (batch, reply) = opt(&mut st.committing) => {
+                    st.committing = None;
+                    st.committing_len = 0;
+                    self.committed(&mut st, batch, reply, reporter);
+                }
+                taken = opt(&mut st.taker) => {
+                    st.taker = None;
+                    st.reserved = 0;
+                    match taken {
+                        Ok(items) => {
+                            st.take_failures = 0;
+                            for taken in items {
+                                self.launch(&mut st, taken);
+                            }
+                        }
+                        Err(error) => {
+                            st.take_failures += 1;
+                            reporter.errors += 1;
+                            tracing::warn!(worker = %self.worker, %error, "backend error while taking work; retrying");
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(QUIET), if wait_quiet => quiet = true,
+            }
+        }
+        // A take still waiting is dropped here: what it leases from now on is released.
+    }
+
+    /// Starts executing `taken` (or, once the worker is stopping, gives it back unstarted).
+    fn launch(&self, st: &mut State<'a, W::Output>, taken: Taken) {
+        let (workflow, backend, config, worker) =
+            (self.workflow, self.backend, self.config, self.worker);
+        if self.stop.is_cancelled() {
+            st.running.push(Box::pin(async move {
+                backend.release(&taken.lease).await?;
+                Ok(Executed::Ended {
+                    node: taken.node,
+                    end: StepEnd::Released,
+                })
+            }));
+            return;
+        }
+        st.current = Some((
+            taken.lease.item_id,
+            taken.lease.run_id.clone(),
+            taken.attempt,
+        ));
+        let stop = Some((self.stop, self.grace));
+        st.running.push(Box::pin(execute(
+            workflow, backend, config, worker, taken, stop,
+        )));
+    }
+
+    /// A step's execution ended: its commit waits for the next batch, or it is over.
+    fn executed(
+        &self,
+        st: &mut State<'a, W::Output>,
+        result: Result<Executed<W::Output>, FloxideError>,
+        reporter: &mut HealthReporter,
+    ) {
+        match result {
+            Ok(Executed::Ready(pending)) => st.ready.push(*pending),
+            Ok(Executed::Ended { node, end }) => {
+                ended(self.workflow.name(), &node, end);
+            }
+            Err(error) => {
+                reporter.errors += 1;
+                tracing::warn!(worker = %self.worker, %error, "step could not be completed; its lease will expire");
+            }
+        }
+    }
+
+    /// A batch commit answered: settle each step, run what came back with it.
+    fn committed(
+        &self,
+        st: &mut State<'a, W::Output>,
+        batch: Vec<Pending<W::Output>>,
+        reply: Result<CommitReply, DistributedError>,
+        reporter: &mut HealthReporter,
+    ) {
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(error) => {
+                reporter.errors += 1;
+                tracing::warn!(worker = %self.worker, %error, steps = batch.len(), "commit failed; the steps' leases will expire and their items run again");
+                return;
+            }
+        };
+        let CommitReply { outcomes, taken } = reply;
+        if outcomes.len() != batch.len() {
+            tracing::error!(
+                expected = batch.len(),
+                got = outcomes.len(),
+                "the backend answered a batch commit with a wrong number of outcomes; the unanswered steps' leases will expire"
+            );
+        }
+        for (pending, outcome) in batch.into_iter().zip(outcomes) {
+            match commit::settle(self.workflow.name(), pending, outcome) {
+                Settled::Done { node, end } => {
+                    ended(self.workflow.name(), &node, end);
+                }
+                Settled::Rerun(taken) => self.launch(st, taken),
+                Settled::Remerge(stale) => {
+                    let backend = self.backend;
+                    st.running.push(Box::pin(async move {
+                        let merged = commit::remerge::<C, _>(backend, stale).await?;
+                        Ok(Executed::Ready(merged))
+                    }));
+                }
+            }
+        }
+        for item in taken {
+            self.launch(st, item);
+        }
+    }
+
+    /// Sends the finished steps (up to a batch) in one commit that also takes new items for
+    /// the slots it frees.
+    fn start_commit(&self, st: &mut State<'a, W::Output>, stopping: bool) {
+        let n = st.ready.len().min(MAX_BATCH);
+        let batch: Vec<Pending<W::Output>> = st.ready.drain(..n).collect();
+        let left = st.running.len() + st.ready.len() + st.reserved;
+        let free = self.slots.capacity.saturating_sub(left).min(MAX_BATCH);
+        let next = (!stopping && free > 0).then(|| {
+            TakeRequest::new(self.workflow.name(), self.worker, self.options).with_max(free)
+        });
+        let backend = self.backend;
+        st.committing_len = batch.len();
+        st.committing = Some(Box::pin(async move {
+            let items: Vec<CommitItem<'_>> = batch
+                .iter()
+                .map(|p| CommitItem::new(&p.taken.lease, &p.commit))
+                .collect();
+            let reply = backend.commit_batch(&items, next).await;
+            drop(items);
+            if reply.is_err() {
+                // The backend has been unreachable for its whole retry window: pause a little.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (batch, reply)
+        }));
+    }
+
+    /// A blocking take of up to `n` items (`idle`: the worker has nothing else to do), after
+    /// a backoff when the last ones failed.
+    fn start_take(
+        &self,
+        n: usize,
+        idle: bool,
+        failures: u32,
+    ) -> Boxed<'a, Result<Vec<Taken>, DistributedError>> {
+        let backend = self.backend;
+        let request = TakeRequest::new(self.workflow.name(), self.worker, self.options)
+            .with_max(n.min(MAX_BATCH));
+        let mut wait = self.slots.idle_wait;
+        if idle && !self.slots.idle_jitter.is_zero() {
+            wait +=
+                Duration::from_nanos(fastrand::u64(0..=self.slots.idle_jitter.as_nanos() as u64));
+        }
+        let backoff = (Duration::from_millis(50) * 2u32.saturating_pow(failures.min(7)))
+            .min(Duration::from_secs(5));
+        Box::pin(async move {
+            if failures > 0 {
+                tokio::time::sleep(backoff).await;
+            }
+            backend.take_batch(request, wait).await
+        })
+    }
+
+    /// What the worker's health report says now: its status and an item it executes.
+    fn health(st: &State<'a, W::Output>) -> (WorkerStatus, Option<(ItemId, RunId)>) {
+        if st.busy() == 0 {
+            return (WorkerStatus::Idle, None);
+        }
+        match &st.current {
+            Some((item, run, attempt)) if *attempt > 1 => (
+                WorkerStatus::Retrying(*attempt, 0),
+                Some((*item, run.clone())),
+            ),
+            Some((item, run, _)) => (WorkerStatus::InProgress, Some((*item, run.clone()))),
+            None => (WorkerStatus::InProgress, None),
+        }
+    }
+}

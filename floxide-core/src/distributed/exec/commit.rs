@@ -1,0 +1,183 @@
+//! Step part 4: build a step's commit, and settle the backend's answer to it.
+
+use std::time::{Duration, SystemTime};
+
+use super::lease::Finished;
+use super::StepEnd;
+use crate::distributed::backend::{Backend, CommitOutcome, NewItem, StepCommit, Taken};
+use crate::distributed::codec::{codec_error, decode, encode};
+use crate::distributed::{metrics, WorkflowError};
+use crate::{Context, FloxideError, Merge, WorkItem};
+
+/// A step whose effects wait to be committed.
+#[derive(Debug)]
+pub(crate) struct Pending<O> {
+    /// The item (its lease fences the commit; a held step runs again from it).
+    pub(crate) taken: Taken,
+    /// The effects.
+    pub(crate) commit: StepCommit,
+    /// Whether the node returned `Hold` (then a changed context means running it again).
+    held: bool,
+    /// The context the step left, to join into a newer one after a conflict.
+    after: Vec<u8>,
+    outputs: Vec<O>,
+    ran: Duration,
+}
+
+/// The commit of a node that ran to its end; `Err` (with the item back) when its results
+/// cannot be serialized, a reason to dead-letter it.
+pub(super) fn build<C, WI, O>(
+    taken: Taken,
+    finished: Finished<C, WI, O>,
+) -> Result<Pending<O>, Box<(Taken, String)>>
+where
+    C: Context,
+    WI: WorkItem,
+    O: serde::Serialize,
+{
+    let Finished {
+        mut sink,
+        ctx,
+        loaded,
+        ran,
+        elapsed,
+        ..
+    } = finished;
+    let after = match encode(&ctx) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let reason = format!("the context could not be serialized after the step: {e}");
+            return Err(Box::new((taken, reason)));
+        }
+    };
+    drop(ctx);
+    let held = sink.held();
+    let mut commit = StepCommit::new(taken.node.clone());
+    commit.duration = elapsed;
+    commit.require_version = held.then_some(loaded.version);
+    commit.handled_failures = sink
+        .handled_failures()
+        .iter()
+        .map(|(node, error)| WorkflowError {
+            work_item: taken.lease.item_id,
+            node: (*node).to_owned(),
+            error: error.to_string(),
+            attempt: taken.attempt,
+            handled: true,
+            timestamp: SystemTime::now(),
+        })
+        .collect();
+    let (items, outputs, _) = sink.take();
+    let encoded = encode_effects(&items, &outputs);
+    let (successors, json) = match encoded {
+        Ok(effects) => effects,
+        Err(reason) => return Err(Box::new((taken, reason))),
+    };
+    commit.successors = successors;
+    commit.outputs = json;
+    if after != loaded.bytes {
+        commit.context = Some((loaded.version, after.clone()));
+    }
+    Ok(Pending {
+        taken,
+        commit,
+        held,
+        after,
+        outputs,
+        ran,
+    })
+}
+
+/// The successors and outputs as the backend stores them.
+fn encode_effects<WI: WorkItem, O: serde::Serialize>(
+    items: &[WI],
+    outputs: &[O],
+) -> Result<(Vec<NewItem>, Vec<serde_json::Value>), String> {
+    let mut successors = Vec::with_capacity(items.len());
+    for item in items {
+        let bytes =
+            encode(item).map_err(|e| format!("a successor could not be serialized: {e}"))?;
+        successors.push(NewItem::new(item.instance_id(), item.node_name(), bytes));
+    }
+    let mut json = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        json.push(
+            serde_json::to_value(output)
+                .map_err(|e| format!("the output could not be serialized: {e}"))?,
+        );
+    }
+    Ok((successors, json))
+}
+
+/// What to do after the backend answered a step's commit.
+#[derive(Debug)]
+pub(crate) enum Settled<O> {
+    /// The step is over.
+    Done {
+        /// Its node.
+        node: String,
+        /// How it ended.
+        end: StepEnd<O>,
+    },
+    /// A held step saw a newer context: run it again (on the latest context).
+    Rerun(Taken),
+    /// Another step of the run committed first: join into the latest context and commit again.
+    Remerge(Box<Pending<O>>),
+}
+
+/// Settles `pending` after the backend answered `outcome` to its commit.
+pub(crate) fn settle<O>(
+    workflow: &'static str,
+    pending: Pending<O>,
+    outcome: CommitOutcome,
+) -> Settled<O> {
+    let end = match outcome {
+        CommitOutcome::Committed { .. } => StepEnd::Committed {
+            outputs: pending.outputs,
+            ran: pending.ran,
+        },
+        CommitOutcome::LeaseLost => {
+            tracing::warn!(run_id = %pending.taken.lease.run_id, node = %pending.taken.node, "lease lost before the commit; the step's effects are discarded");
+            StepEnd::Abandoned { lease_lost: true }
+        }
+        CommitOutcome::RunInactive(status) => {
+            tracing::info!(run_id = %pending.taken.lease.run_id, %status, "run no longer active; the step's effects are discarded");
+            StepEnd::Abandoned { lease_lost: false }
+        }
+        CommitOutcome::ContextConflict { .. } => {
+            metrics::commit_conflict(workflow);
+            if pending.held {
+                tracing::debug!(run_id = %pending.taken.lease.run_id, "a held step saw a newer context; executing it again");
+                let mut taken = pending.taken;
+                taken.context = None;
+                return Settled::Rerun(taken);
+            }
+            return Settled::Remerge(Box::new(pending));
+        }
+    };
+    Settled::Done {
+        node: pending.taken.node,
+        end,
+    }
+}
+
+/// Joins the context `pending` left into the run's latest one (with [`Merge`]), for a new
+/// commit against that version. The node does not run again.
+///
+/// # Errors
+/// A backend error loading the context, or a codec error.
+pub(crate) async fn remerge<C, O>(
+    backend: &dyn Backend,
+    mut pending: Box<Pending<O>>,
+) -> Result<Box<Pending<O>>, FloxideError>
+where
+    C: Context + Merge,
+{
+    let latest = backend.load_context(&pending.taken.lease.run_id).await?;
+    let mut merged: C = decode(&latest.bytes).map_err(codec_error)?;
+    let ours: C = decode(&pending.after).map_err(codec_error)?;
+    merged.merge(ours);
+    let bytes = encode(&merged).map_err(codec_error)?;
+    pending.commit.context = (bytes != latest.bytes).then_some((latest.version, bytes));
+    Ok(pending)
+}

@@ -1,0 +1,80 @@
+//! [`HealthReporter`]: a worker's health reports, at most one a second.
+
+use std::time::{Duration, SystemTime};
+
+use crate::distributed::backend::AdminBackend;
+use crate::distributed::{RunId, WorkerHealth, WorkerId, WorkerStatus};
+
+/// Sends a worker's health to the backend at most once a second, so that reporting never
+/// costs a round trip per step.
+pub(crate) struct HealthReporter {
+    pub(crate) health: WorkerHealth,
+    last: Option<tokio::time::Instant>,
+    pub(crate) errors: u64,
+}
+
+impl HealthReporter {
+    /// A reporter for `worker` of `workflow`, idle.
+    pub(crate) fn new(worker: WorkerId, workflow: &str) -> Self {
+        HealthReporter {
+            health: WorkerHealth {
+                worker_id: worker,
+                host: hostname(),
+                pid: std::process::id(),
+                last_heartbeat: SystemTime::now(),
+                error_count: 0,
+                status: WorkerStatus::Idle,
+                current_work_item: None,
+                current_work_item_run_id: None,
+                workflow: workflow.to_owned(),
+            },
+            last: None,
+            errors: 0,
+        }
+    }
+
+    /// Reports `status` (and the item being executed) unless a report went out less than a
+    /// second ago.
+    pub(crate) async fn report<B: AdminBackend + ?Sized>(
+        &mut self,
+        backend: &B,
+        status: WorkerStatus,
+        item: Option<(crate::ItemId, RunId)>,
+    ) {
+        let now = tokio::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last = Some(now);
+        self.health.status = status;
+        self.health.error_count = self.errors;
+        self.health.last_heartbeat = SystemTime::now();
+        let (item, run) = item.map_or((None, None), |(i, r)| (Some(i), Some(r)));
+        self.health.current_work_item = item;
+        self.health.current_work_item_run_id = run;
+        if let Err(error) = backend.report_worker(&self.health).await {
+            tracing::debug!(%error, "could not report worker health");
+        }
+    }
+
+    /// Reports that the worker stopped.
+    pub(crate) async fn stopped<B: AdminBackend + ?Sized>(&mut self, backend: &B) {
+        self.health.status = WorkerStatus::Stopped;
+        self.health.current_work_item = None;
+        self.health.current_work_item_run_id = None;
+        self.health.last_heartbeat = SystemTime::now();
+        let _ = backend.report_worker(&self.health).await;
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}

@@ -1,0 +1,466 @@
+//! The worker's path on Redis ([`WorkerBackend`]): batched takes over the partitions, one
+//! commit script per partition that also takes the next batch, heartbeats, failures, releases.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use floxide_core::distributed::{
+    CommitItem, CommitOutcome, CommitReply, DistributedError, Lease, LeaseState, StepFailed,
+    TakeRequest, Taken, VersionedContext, WorkerBackend, WorkerId, WorkflowError,
+};
+use floxide_core::ItemId;
+use redis::Value;
+
+use crate::backend::{request_id, run_status_of, RedisBackend};
+use crate::keys::Keys;
+use crate::reply::{malformed, time_ms, Reply};
+
+/// The contexts a worker holds after its commits (run → version and bytes), for items whose
+/// context a take reply leaves out.
+type Held<'a> = HashMap<&'a str, (u64, &'a [u8])>;
+
+/// A take reply (see `lua/take.lua`): `Ok(items)` or `Err(ms until something is due)`
+/// (`Some(0)`: call again at once).
+fn parse_take(
+    r: Reply,
+    worker: &WorkerId,
+    held: &Held<'_>,
+) -> Result<Result<Vec<Taken>, Option<u64>>, DistributedError> {
+    if r.int(0) == Some(2) {
+        // Nothing leased yet, but entries were left unexamined: due now.
+        return Ok(Err(Some(0)));
+    }
+    if r.int(0) != Some(1) {
+        let due = r.int(1).filter(|d| *d >= 0).map(|d| d as u64);
+        return Ok(Err(due));
+    }
+    let count = r.int(1).unwrap_or_default().max(0) as usize;
+    let mut out = Vec::with_capacity(count);
+    for k in 0..count {
+        let b = 2 + k * 11;
+        let run_id = r.text(b);
+        let item_id: ItemId = r.text(b + 1).parse().map_err(|_| malformed("item id"))?;
+        let version = r.int(b + 10).unwrap_or_default() as u64;
+        let context = if r.int(b + 8) == Some(1) {
+            // Left out: the worker holds this version (from its own commit).
+            held.get(run_id.as_str())
+                .filter(|(v, _)| *v == version)
+                .map(|(v, bytes)| VersionedContext::new(bytes.to_vec(), *v))
+        } else {
+            Some(VersionedContext::new(r.bytes(b + 9), version))
+        };
+        let lease = Lease::new(
+            run_id,
+            item_id,
+            r.int(b + 2).unwrap_or_default() as u64,
+            worker.clone(),
+        );
+        out.push(
+            Taken::new(lease, r.text(b + 4), r.bytes(b + 3))
+                .with_attempt(
+                    r.int(b + 5).unwrap_or(1) as u32,
+                    r.int(b + 6).unwrap_or(1) as u32,
+                )
+                .with_deadline(r.text(b + 7).parse::<u64>().ok().map(time_ms))
+                .with_context(context),
+        );
+    }
+    if out.is_empty() {
+        return Ok(Err(Some(0)));
+    }
+    Ok(Ok(out))
+}
+
+/// One step's answer to a commit or failure report.
+pub(crate) fn commit_outcome(r: &Reply) -> Result<CommitOutcome, DistributedError> {
+    match r.text(0).as_str() {
+        "ok" => {
+            let fin = r.text(1);
+            Ok(CommitOutcome::Committed {
+                finished: (!fin.is_empty()).then(|| run_status_of(&fin)),
+            })
+        }
+        "conflict" => Ok(CommitOutcome::ContextConflict {
+            current: r.int(1).unwrap_or_default() as u64,
+        }),
+        "lost" => Ok(CommitOutcome::LeaseLost),
+        "inactive" => Ok(CommitOutcome::RunInactive(run_status_of(&r.text(1)))),
+        other => Err(malformed(&format!("commit answered `{other}`"))),
+    }
+}
+
+/// The arguments of one step in the commit script (see `lua/commit.lua`).
+fn commit_args(
+    inv: &mut redis::ScriptInvocation<'_>,
+    c: &CommitItem<'_>,
+) -> Result<(), DistributedError> {
+    let (lease, step) = (c.lease, c.step);
+    inv.arg(&lease.run_id)
+        .arg(lease.item_id.to_string())
+        .arg(lease.token)
+        .arg(
+            step.require_version
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        );
+    match &step.context {
+        Some((base, bytes)) => inv.arg(base.to_string()).arg(bytes.as_slice()),
+        None => inv.arg("").arg(""),
+    };
+    inv.arg(&step.node).arg(step.duration.as_micros() as u64);
+    inv.arg(step.successors.len());
+    for s in &step.successors {
+        inv.arg(s.id.to_string())
+            .arg(&s.node)
+            .arg(s.bytes.as_slice());
+    }
+    inv.arg(step.outputs.len());
+    for o in &step.outputs {
+        inv.arg(o.to_string());
+    }
+    inv.arg(step.handled_failures.len());
+    for e in &step.handled_failures {
+        inv.arg(serde_json::to_string(e).map_err(|e| DistributedError::Codec(e.to_string()))?);
+    }
+    Ok(())
+}
+
+impl RedisBackend {
+    /// Runs one take of up to `take.max` items in partition `pfx`: `Ok(items)` or
+    /// `Err(ms until something is due)`.
+    async fn take_in(
+        &self,
+        pfx: &str,
+        take: TakeRequest<'_>,
+        woken: bool,
+    ) -> Result<Result<Vec<Taken>, Option<u64>>, DistributedError> {
+        let scripts = &self.client().inner.scripts;
+        let key = Keys::queue(pfx, take.workflow);
+        let mut inv = self.invoke(&scripts.take, key, pfx, &request_id());
+        inv.arg(take.workflow)
+            .arg(take.worker.as_str())
+            .arg(take.options.lease_timeout.as_millis() as u64)
+            .arg(take.options.max_deliveries)
+            .arg(take.max)
+            .arg(if woken { "1" } else { "0" });
+        let reply = self.script_reply(&inv).await?;
+        parse_take(reply, take.worker, &Held::new())
+    }
+
+    /// [`take_in`](Self::take_in) in a task of its own, so that a caller that stops waiting
+    /// (a worker shutting down drops its take) loses nothing: items leased by a take whose
+    /// caller is gone are released by the task.
+    async fn take_detached(
+        &self,
+        pfx: &str,
+        take: TakeRequest<'_>,
+        woken: bool,
+    ) -> Result<Result<Vec<Taken>, Option<u64>>, DistributedError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (this, pfx, workflow, worker) = (
+            self.clone(),
+            pfx.to_owned(),
+            take.workflow.to_owned(),
+            take.worker.clone(),
+        );
+        let (options, max) = (take.options, take.max);
+        tokio::spawn(async move {
+            let take = TakeRequest::new(&workflow, &worker, options).with_max(max);
+            let result = this.take_in(&pfx, take, woken).await;
+            if let Err(Ok(Ok(taken))) = tx.send(result) {
+                for item in taken {
+                    if let Err(error) = this.release(&item.lease).await {
+                        tracing::warn!(%error, "could not release an item taken for a cancelled take; its lease will expire");
+                    }
+                }
+            }
+        });
+        rx.await.unwrap_or_else(|_| {
+            Err(DistributedError::Backend(
+                "the take task ended without an answer".to_owned(),
+            ))
+        })
+    }
+
+    /// Waits on `workflow`'s wake lists of every partition at once (one blocking pop over
+    /// all of them: no polling, whatever the number of partitions).
+    async fn block(&self, workflow: &str, wait: Duration) -> Result<(), DistributedError> {
+        let lists: Vec<String> = self
+            .keys()
+            .all()
+            .map(|p| Keys::wake(&self.keys().partition(p), workflow))
+            .collect();
+        let mut conn = self
+            .client()
+            .blocking_connection()
+            .await
+            .map_err(crate::reply::backend)?;
+        let secs = wait.as_secs_f64().max(0.001);
+        // A connection that died silently would block forever: bound the wait, and drop the
+        // connection instead of reusing it when the server did not answer in time.
+        let answered = tokio::time::timeout(
+            wait + Duration::from_secs(2),
+            redis::cmd("BLPOP")
+                .arg(&lists)
+                .arg(secs)
+                .query_async::<Option<(String, String)>>(&mut conn),
+        )
+        .await;
+        match answered {
+            Ok(Ok(_)) => {
+                self.client().give_back(conn);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(crate::reply::backend(e)),
+            Err(_) => Err(DistributedError::Backend(format!(
+                "no answer from Redis to a blocking wait within {:?}",
+                wait + Duration::from_secs(2)
+            ))),
+        }
+    }
+
+    /// One commit script for `commits` (all of partition `pfx`), taking for the worker when
+    /// `next` is given.
+    async fn commit_in(
+        &self,
+        pfx: &str,
+        commits: &[CommitItem<'_>],
+        next: Option<TakeRequest<'_>>,
+    ) -> Result<CommitReply, DistributedError> {
+        let scripts = &self.client().inner.scripts;
+        let mut inv = self.invoke(&scripts.commit, Keys::timers(pfx), pfx, &request_id());
+        inv.arg(commits.len());
+        for c in commits {
+            commit_args(&mut inv, c)?;
+        }
+        match next {
+            Some(n) => inv
+                .arg(n.workflow)
+                .arg(n.worker.as_str())
+                .arg(n.options.lease_timeout.as_millis() as u64)
+                .arg(n.options.max_deliveries)
+                .arg(n.max)
+                .arg("0"),
+            None => inv.arg(""),
+        };
+        let reply = self.script_reply(&inv).await?;
+        let mut parts = reply.0.into_iter();
+        let rows = match parts.next() {
+            Some(Value::Array(rows)) => rows,
+            _ => return Err(malformed("commit reply without outcomes")),
+        };
+        let mut outcomes = Vec::with_capacity(rows.len());
+        for row in rows {
+            outcomes.push(commit_outcome(&Reply::from(row)?)?);
+        }
+        if outcomes.len() != commits.len() {
+            return Err(malformed("commit reply with a wrong number of outcomes"));
+        }
+        let taken = match (next, parts.next()) {
+            (Some(n), Some(value)) => {
+                // The contexts this worker's applied steps left: takes of those runs at those
+                // versions leave them out of the reply.
+                let mut held = Held::new();
+                for (c, outcome) in commits.iter().zip(&outcomes) {
+                    if let (CommitOutcome::Committed { .. }, Some((base, bytes))) =
+                        (outcome, &c.step.context)
+                    {
+                        held.insert(c.lease.run_id.as_str(), (base + 1, bytes.as_slice()));
+                    }
+                }
+                parse_take(Reply::from(value)?, n.worker, &held)?.unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        Ok(CommitReply::new(outcomes, taken))
+    }
+}
+
+#[async_trait::async_trait]
+impl WorkerBackend for RedisBackend {
+    async fn take_batch(
+        &self,
+        take: TakeRequest<'_>,
+        wait: Duration,
+    ) -> Result<Vec<Taken>, DistributedError> {
+        let started = tokio::time::Instant::now();
+        let partitions = self.client().inner.config.partitions;
+        let home = self.keys().partition_of(take.worker.as_str());
+        let mut woken = false;
+        loop {
+            let mut next_due: Option<u64> = None;
+            for k in 0..partitions {
+                let pfx = self.keys().partition((home + k) % partitions);
+                match self.take_detached(&pfx, take, woken).await? {
+                    Ok(taken) => return Ok(taken),
+                    Err(due) => {
+                        next_due = match (next_due, due) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        }
+                    }
+                }
+            }
+            // Entries left unexamined (a take examines a bounded number): go on at once.
+            if next_due == Some(0) {
+                continue;
+            }
+            let left = wait.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Ok(Vec::new());
+            }
+            let mut block = left;
+            if let Some(due) = next_due {
+                block = block.min(Duration::from_millis(due.max(1)));
+            }
+            self.block(take.workflow, block).await?;
+            woken = true;
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        lease: &Lease,
+        lease_timeout: Duration,
+    ) -> Result<LeaseState, DistributedError> {
+        let pfx = self.keys().partition_of_run(&lease.run_id);
+        let scripts = &self.client().inner.scripts;
+        let mut inv = self.invoke(&scripts.heartbeat, Keys::timers(&pfx), &pfx, &request_id());
+        inv.arg(&lease.run_id)
+            .arg(lease.item_id.to_string())
+            .arg(lease.token)
+            .arg(lease_timeout.as_millis() as u64);
+        let r = self.script_reply(&inv).await?;
+        Ok(match r.text(0).as_str() {
+            "ok" => LeaseState::Active(run_status_of(&r.text(1))),
+            _ => LeaseState::Lost,
+        })
+    }
+
+    async fn load_context(&self, run_id: &str) -> Result<VersionedContext, DistributedError> {
+        match self.run_fields(run_id, &["st", "ctx", "ver"]).await? {
+            Some(f) => Ok(VersionedContext::new(
+                f[1].clone().unwrap_or_default(),
+                f[2].as_deref()
+                    .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok())
+                    .unwrap_or_default(),
+            )),
+            None => Err(DistributedError::UnknownRun(run_id.to_owned())),
+        }
+    }
+
+    async fn commit_batch(
+        &self,
+        commits: &[CommitItem<'_>],
+        next: Option<TakeRequest<'_>>,
+    ) -> Result<CommitReply, DistributedError> {
+        // One script per partition (one hash slot each); the next take goes with the first.
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, c) in commits.iter().enumerate() {
+            let pfx = self.keys().partition_of_run(&c.lease.run_id);
+            match groups.iter_mut().find(|(p, _)| *p == pfx) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((pfx, vec![i])),
+            }
+        }
+        if groups.len() <= 1 {
+            let pfx = match groups.first() {
+                Some((pfx, _)) => pfx.clone(),
+                None => match next {
+                    Some(n) => self
+                        .keys()
+                        .partition(self.keys().partition_of(n.worker.as_str())),
+                    None => return Ok(CommitReply::default()),
+                },
+            };
+            return self.commit_in(&pfx, commits, next).await;
+        }
+        let calls = groups.iter().enumerate().map(|(g, (pfx, members))| {
+            let items: Vec<CommitItem<'_>> = members.iter().map(|&i| commits[i]).collect();
+            let next = if g == 0 { next } else { None };
+            async move { self.commit_in(pfx, &items, next).await }
+        });
+        let replies = futures_util::future::join_all(calls).await;
+        let mut outcomes: Vec<Option<CommitOutcome>> = vec![None; commits.len()];
+        let mut taken = Vec::new();
+        for ((_, members), reply) in groups.iter().zip(replies) {
+            let reply = reply?;
+            for (&i, outcome) in members.iter().zip(reply.outcomes) {
+                outcomes[i] = Some(outcome);
+            }
+            taken.extend(reply.taken);
+        }
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| o.ok_or_else(|| malformed("a step of a batch commit was not answered")))
+            .collect::<Result<_, _>>()?;
+        Ok(CommitReply::new(outcomes, taken))
+    }
+
+    async fn fail(
+        &self,
+        lease: &Lease,
+        failure: &StepFailed,
+    ) -> Result<CommitOutcome, DistributedError> {
+        let pfx = self.keys().partition_of_run(&lease.run_id);
+        let record = WorkflowError {
+            work_item: lease.item_id,
+            node: failure.node.clone(),
+            error: failure.error.clone(),
+            attempt: 0, // filled in by the fail script
+            handled: false,
+            timestamp: SystemTime::now(),
+        };
+        let scripts = &self.client().inner.scripts;
+        let mut inv = self.invoke(&scripts.fail, Keys::timers(&pfx), &pfx, &request_id());
+        inv.arg(&lease.run_id)
+            .arg(lease.item_id.to_string())
+            .arg(lease.token)
+            .arg(
+                serde_json::to_string(&record)
+                    .map_err(|e| DistributedError::Codec(e.to_string()))?,
+            )
+            .arg(&failure.error)
+            .arg(
+                failure
+                    .retry_after
+                    .map(|d| (d.as_millis() as u64).to_string())
+                    .unwrap_or_default(),
+            );
+        let r = self.script_reply(&inv).await?;
+        commit_outcome(&r)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), DistributedError> {
+        let pfx = self.keys().partition_of_run(&lease.run_id);
+        let scripts = &self.client().inner.scripts;
+        let mut inv = self.invoke(&scripts.release, Keys::timers(&pfx), &pfx, &request_id());
+        inv.arg(&lease.run_id)
+            .arg(lease.item_id.to_string())
+            .arg(lease.token);
+        self.script_reply(&inv).await?;
+        Ok(())
+    }
+
+    async fn wait_run_change(&self, run_id: &str, timeout: Duration) {
+        // Wake only for this run's events (every run's changes are published).
+        let inner = &self.client().inner;
+        let mut rx = inner.version.subscribe();
+        let since = *rx.borrow_and_update();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+            rx.borrow_and_update();
+            let recent = inner
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if recent.touched_since(since, run_id) {
+                return;
+            }
+        }
+    }
+}

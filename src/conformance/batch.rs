@@ -1,0 +1,294 @@
+//! G4 batches: takes and commits carry several items, each settled on its own.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{ctx, finish, orchestrator, Chain, Gate, Trace, LEASE, PATIENCE};
+use crate::distributed::*;
+use crate::*;
+
+fn options() -> TakeOptions {
+    TakeOptions {
+        lease_timeout: PATIENCE,
+        max_deliveries: 5,
+    }
+}
+
+/// A commit of `taken`'s step with one successor (never executed: the check cancels its
+/// runs), the context left as it was read.
+fn commit_of(taken: &Taken) -> StepCommit {
+    let mut step = StepCommit::new(taken.node.clone());
+    let id = ItemId::from_u128(taken.lease.item_id.as_u128() ^ 0x5eed);
+    step.successors.push(NewItem::new(id, "b", b"{}".to_vec()));
+    step
+}
+
+/// G4: a take leases up to the batch size, never more, and a batch commit applies each step
+/// on its own: a step with a context conflict or a lost lease is refused without refusing the
+/// others, stays as it was (a refused step can still be committed under its real lease), and
+/// the commit's take hands the worker up to the slots it asked for.
+pub async fn g4_batches_commit_each_step_on_its_own<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let wf = Chain::new(Gate::open());
+    let o = orchestrator(wf.clone(), &backend);
+    let mut runs = Vec::new();
+    for i in 0..6 {
+        runs.push(o.start_run(&ctx(), i).await.unwrap());
+    }
+    let me = WorkerId::from("batcher");
+    let take = TakeRequest::new(wf.name(), &me, options()).with_max(3);
+    let batch = backend.take_batch(take, PATIENCE).await.unwrap();
+    assert_eq!(
+        batch.len(),
+        3,
+        "G4: a take of 3 with 6 ready items leases 3"
+    );
+    let mut ids: Vec<_> = batch
+        .iter()
+        .map(|t| (t.lease.run_id.clone(), t.lease.item_id))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "G4: a batch leases distinct items");
+
+    // Step 0 commits; step 1 relies on a context version that does not exist; step 2 comes
+    // with a token its lease never had.
+    let good = commit_of(&batch[0]);
+    let mut conflicting = commit_of(&batch[1]);
+    conflicting.require_version = Some(99);
+    let forged = Lease::new(
+        batch[2].lease.run_id.clone(),
+        batch[2].lease.item_id,
+        batch[2].lease.token + 1000,
+        me.clone(),
+    );
+    let plain = commit_of(&batch[2]);
+    let reply = backend
+        .commit_batch(
+            &[
+                CommitItem::new(&batch[0].lease, &good),
+                CommitItem::new(&batch[1].lease, &conflicting),
+                CommitItem::new(&forged, &plain),
+            ],
+            Some(TakeRequest::new(wf.name(), &me, options()).with_max(2)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.outcomes.len(), 3, "G4: one outcome per step");
+    assert_eq!(
+        reply.outcomes[0],
+        CommitOutcome::Committed { finished: None },
+        "G4: the good step of a batch commits"
+    );
+    assert!(
+        matches!(reply.outcomes[1], CommitOutcome::ContextConflict { .. }),
+        "G4: a step with a stale version is refused alone, got {:?}",
+        reply.outcomes[1]
+    );
+    assert_eq!(
+        reply.outcomes[2],
+        CommitOutcome::LeaseLost,
+        "G2/G4: a step under a forged lease is refused alone"
+    );
+    assert!(
+        !reply.taken.is_empty() && reply.taken.len() <= 2,
+        "G4: the commit's take hands over 1 to 2 items (asked for 2), got {}",
+        reply.taken.len()
+    );
+
+    // The refused steps are intact: committed under their real leases, they apply.
+    let fixed = commit_of(&batch[1]);
+    for (lease, step) in [(&batch[1].lease, &fixed), (&batch[2].lease, &plain)] {
+        let outcome = backend.commit(lease, step).await.unwrap();
+        assert_eq!(
+            outcome,
+            CommitOutcome::Committed { finished: None },
+            "G4: a step refused in a batch is still leased and commits on its own"
+        );
+    }
+    for taken in &reply.taken {
+        backend.release(&taken.lease).await.unwrap();
+    }
+    for run in &runs {
+        o.cancel(run).await.unwrap();
+    }
+}
+
+/// A backend that counts the worker's batch commits (and delegates everything).
+struct Counting {
+    inner: Arc<dyn Backend>,
+    commits: AtomicUsize,
+    steps: AtomicUsize,
+    largest: AtomicUsize,
+    taken: AtomicUsize,
+    largest_take: AtomicUsize,
+}
+
+impl Counting {
+    fn count_taken(&self, n: usize) {
+        self.taken.fetch_add(n, Ordering::SeqCst);
+        self.largest_take.fetch_max(n, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl WorkerBackend for Counting {
+    async fn take_batch(
+        &self,
+        take: TakeRequest<'_>,
+        wait: Duration,
+    ) -> Result<Vec<Taken>, DistributedError> {
+        let taken = self.inner.take_batch(take, wait).await?;
+        self.count_taken(taken.len());
+        Ok(taken)
+    }
+    async fn heartbeat(&self, lease: &Lease, t: Duration) -> Result<LeaseState, DistributedError> {
+        self.inner.heartbeat(lease, t).await
+    }
+    async fn load_context(&self, run_id: &str) -> Result<VersionedContext, DistributedError> {
+        self.inner.load_context(run_id).await
+    }
+    async fn commit_batch(
+        &self,
+        commits: &[CommitItem<'_>],
+        next: Option<TakeRequest<'_>>,
+    ) -> Result<CommitReply, DistributedError> {
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        self.steps.fetch_add(commits.len(), Ordering::SeqCst);
+        self.largest.fetch_max(commits.len(), Ordering::SeqCst);
+        let reply = self.inner.commit_batch(commits, next).await?;
+        self.count_taken(reply.taken.len());
+        Ok(reply)
+    }
+    async fn fail(&self, lease: &Lease, f: &StepFailed) -> Result<CommitOutcome, DistributedError> {
+        self.inner.fail(lease, f).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), DistributedError> {
+        self.inner.release(lease).await
+    }
+    async fn wait_run_change(&self, run_id: &str, timeout: Duration) {
+        self.inner.wait_run_change(run_id, timeout).await
+    }
+}
+
+#[async_trait]
+impl AdminBackend for Counting {
+    async fn start_run(&self, start: StartRun) -> Result<RunId, DistributedError> {
+        self.inner.start_run(start).await
+    }
+    async fn run_info(&self, run_id: &str) -> Result<RunInfo, DistributedError> {
+        self.inner.run_info(run_id).await
+    }
+    async fn list_runs(&self, s: Option<RunStatus>) -> Result<Vec<RunInfo>, DistributedError> {
+        self.inner.list_runs(s).await
+    }
+    async fn control(&self, run_id: &str, a: RunAction) -> Result<RunInfo, DistributedError> {
+        self.inner.control(run_id, a).await
+    }
+    fn watch_runs(&self) -> RunWatch {
+        self.inner.watch_runs()
+    }
+    async fn errors(&self, run_id: &str) -> Result<Vec<WorkflowError>, DistributedError> {
+        self.inner.errors(run_id).await
+    }
+    async fn metrics(&self, run_id: &str) -> Result<RunMetrics, DistributedError> {
+        self.inner.metrics(run_id).await
+    }
+    async fn work_items(&self, run_id: &str) -> Result<Vec<WorkItemInfo>, DistributedError> {
+        self.inner.work_items(run_id).await
+    }
+    async fn pending_items(&self, run_id: &str) -> Result<Vec<Vec<u8>>, DistributedError> {
+        self.inner.pending_items(run_id).await
+    }
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, DistributedError> {
+        self.inner.dead_letters().await
+    }
+    async fn requeue_dead_letter(&self, run: &str, item: ItemId) -> Result<(), DistributedError> {
+        self.inner.requeue_dead_letter(run, item).await
+    }
+    async fn drop_dead_letter(&self, run: &str, item: ItemId) -> Result<(), DistributedError> {
+        self.inner.drop_dead_letter(run, item).await
+    }
+    async fn report_worker(&self, health: &WorkerHealth) -> Result<(), DistributedError> {
+        self.inner.report_worker(health).await
+    }
+    async fn workers(&self) -> Result<Vec<WorkerHealth>, DistributedError> {
+        self.inner.workers().await
+    }
+}
+
+/// G4: a worker with queued work takes and commits batches (never more than its slots); a
+/// lone run is committed step by step, without waiting to fill a batch.
+pub async fn g4_a_worker_batches_queued_work<B: Backend>(backend: B) {
+    let counting = Arc::new(Counting {
+        inner: Arc::new(backend),
+        commits: AtomicUsize::new(0),
+        steps: AtomicUsize::new(0),
+        largest: AtomicUsize::new(0),
+        taken: AtomicUsize::new(0),
+        largest_take: AtomicUsize::new(0),
+    });
+    let backend: Arc<dyn Backend> = counting.clone();
+    let wf = Chain::new(Gate::open());
+    let o = orchestrator(wf.clone(), &backend);
+    let worker = WorkerBuilder::<Chain, Trace>::new()
+        .workflow(wf.clone())
+        .backend_arc(Arc::clone(&backend))
+        .lease_timeout(LEASE)
+        .heartbeat_interval(LEASE / 4)
+        .idle_sleep_duration(Duration::from_millis(50))
+        .concurrency(8)
+        .build()
+        .expect("conformance: worker builds");
+
+    // A lone run, with an idle worker waiting.
+    let mut pool = WorkerPool::new(worker.clone(), 1).with_grace_period(Duration::from_millis(200));
+    pool.start();
+    let lone = o.start_run(&ctx(), 0).await.unwrap();
+    assert_eq!(finish(&o, &lone).await.status, RunStatus::Completed);
+    assert_eq!(
+        counting.largest.load(Ordering::SeqCst),
+        1,
+        "G4: a lone run's steps are committed one by one, as they finish"
+    );
+    assert_eq!(counting.steps.load(Ordering::SeqCst), 3);
+    pool.try_stop().await.unwrap();
+
+    // 40 runs queued before the worker starts.
+    let mut runs = Vec::new();
+    for i in 0..40 {
+        runs.push(o.start_run(&ctx(), i).await.unwrap());
+    }
+    let (commits0, steps0) = (
+        counting.commits.load(Ordering::SeqCst),
+        counting.steps.load(Ordering::SeqCst),
+    );
+    let mut pool = WorkerPool::new(worker, 1).with_grace_period(Duration::from_millis(200));
+    pool.start();
+    for run in &runs {
+        assert_eq!(finish(&o, run).await.status, RunStatus::Completed);
+    }
+    pool.try_stop().await.unwrap();
+    let commits = counting.commits.load(Ordering::SeqCst) - commits0;
+    let steps = counting.steps.load(Ordering::SeqCst) - steps0;
+    assert_eq!(steps, 120, "every step committed once");
+    assert!(
+        commits < steps,
+        "G4: a worker with queued work commits batches: {commits} commits for {steps} steps"
+    );
+    assert!(
+        counting.largest.load(Ordering::SeqCst) > 1,
+        "G4: some commit carried several steps"
+    );
+    assert!(
+        counting.largest.load(Ordering::SeqCst) <= 8 && counting.largest_take.load(Ordering::SeqCst) <= 8,
+        "G4: a worker never takes or commits more than its 8 slots (largest commit {}, largest take {})",
+        counting.largest.load(Ordering::SeqCst),
+        counting.largest_take.load(Ordering::SeqCst)
+    );
+    for run in &runs {
+        let trace = o.context(run).await.unwrap();
+        assert_eq!(trace.events.len(), 3, "each step's effects applied once");
+    }
+}
