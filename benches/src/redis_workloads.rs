@@ -60,6 +60,20 @@ pub(crate) async fn commands(backend: &RedisBackend) -> Result<u64, String> {
         .sum())
 }
 
+/// CPU seconds the Redis server has used so far (INFO cpu: user + system, main thread).
+pub(crate) async fn server_cpu(backend: &RedisBackend) -> Result<f64, String> {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(&mut backend.client().connection())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(info
+        .lines()
+        .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum())
+}
+
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -137,6 +151,7 @@ async fn drain<W: Workflow<()> + 'static>(
         .build()
         .map_err(err)?;
     let before = commands(&backend).await?;
+    let cpu0 = server_cpu(&backend).await?;
     let started = std::time::SystemTime::now();
     let ctx = WorkflowCtx::new(());
     let ids: Vec<RunId> = match start {
@@ -156,6 +171,7 @@ async fn drain<W: Workflow<()> + 'static>(
     .into_iter()
     .collect::<Result<_, _>>()
     .map_err(err)?;
+    let cpu1 = server_cpu(&backend).await?;
     let mut pool = WorkerPool::new(worker, workers).with_grace_period(Duration::from_secs(1));
     pool.start();
     let mut completed = 0u64;
@@ -189,6 +205,7 @@ async fn drain<W: Workflow<()> + 'static>(
         .unwrap_or_default()
         .as_secs_f64()
         .max(1e-3);
+    let cpu2 = server_cpu(&backend).await?;
     pool.try_stop().await.map_err(err)?;
     let cmds = commands(&backend).await?.saturating_sub(before);
     latencies.sort_by(f64::total_cmp);
@@ -207,6 +224,8 @@ async fn drain<W: Workflow<()> + 'static>(
         "redis_cmds_per_step": cmds as f64 / steps.max(1) as f64,
         "redis_bytes_per_finished_run": bytes,
         "batch": batch,
+        "redis_cpu_us_per_start": (cpu1 - cpu0) * 1e6 / runs.max(1) as f64,
+        "redis_cpu_us_per_step": (cpu2 - cpu1) * 1e6 / steps.max(1) as f64,
     }))
 }
 

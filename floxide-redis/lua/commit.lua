@@ -9,7 +9,8 @@
 -- left in the queue.
 -- KEYS[1]: the partition's timer set (`<pfx>tm`), for routing.
 -- ARGV[5..]: step count k, then k × (run id, item id, token, required version ('' for none),
---            context base version ('' when the context is unchanged), context bytes, node,
+--            context base version ('' when the context is unchanged), context bytes, the
+--            context version the worker holds after the step ('' for none), node,
 --            duration in µs, successor count s, s × (id, node, bytes), output count o,
 --            o outputs (JSON), error count e, e errors (JSON)), then for the take: workflow
 --            ('' for none), worker id, lease in ms, max deliveries, n, woken flag
@@ -23,10 +24,10 @@ local commits = {}
 for c = 1, k do
   local x = {
     run = ARGV[i], id = ARGV[i + 1], token = tonumber(ARGV[i + 2]), required = ARGV[i + 3],
-    base = ARGV[i + 4], ctx = ARGV[i + 5], node = ARGV[i + 6], dur = tonumber(ARGV[i + 7]),
-    succs = {}, outputs = {}, errors = {},
+    base = ARGV[i + 4], ctx = ARGV[i + 5], have = ARGV[i + 6], node = ARGV[i + 7],
+    dur = tonumber(ARGV[i + 8]), succs = {}, outputs = {}, errors = {},
   }
-  i = i + 8
+  i = i + 9
   for _ = 1, tonumber(ARGV[i]) do
     x.succs[#x.succs + 1] = { id = ARGV[i + 1], node = ARGV[i + 2], bytes = ARGV[i + 3] }
     i = i + 3
@@ -46,8 +47,8 @@ local last = PFX .. 'wt:' .. (worker or '')
 local now = now_ms()
 
 -- Runs touched by the batch: their record's fields, read once; `set` collects the writes.
-local RUN_FIELDS = { 'st', 'ver', 'wf', 'left', 'out', 'pkc', 'nout', 'nerr', 'exp', 'dl',
-                     'm_done', 'm_items', 'nt', 'frid' }
+local RUN_FIELDS = { 'st', 'ver', 'wf', 'left', 'out', 'pkc', 'nout', 'nerr', 't1', 'dl',
+                     'm_done', 'm_items', 'nt', 'frid', 'idem' }
 local runs, order = {}, {}
 local function run_of(run)
   local x = runs[run]
@@ -59,10 +60,10 @@ local function run_of(run)
   return x
 end
 
-local held = {}      -- run -> context version this worker holds (its own commits' contexts)
+local held = {}      -- run -> context version this worker holds after its applied steps
 local direct = {}    -- successors leased straight to the worker: {run, successor}
 local queued = {}    -- workflow -> entries to queue
-local timers = {}    -- ZADD arguments for the direct hand-offs' leases
+local done = {}      -- the committed items' lease timers, removed in one command
 
 -- Applies step `x`; returns its reply row (the final status is filled in at the end) and
 -- whether it was applied now.
@@ -96,6 +97,8 @@ local function commit_one(x)
     ver = ver + 1
     r.ver, run.set.ver, run.set.ctx = ver, ver, x.ctx
     held[x.run] = ver
+  elseif x.have ~= '' then
+    held[x.run] = tonumber(x.have)
   end
   if r.st == 'pending' then r.st = 'running'; run.set.st = 'running' end
   run.touched = true
@@ -103,7 +106,8 @@ local function commit_one(x)
   -- Successors: new ones are stored, leased straight to the worker while it has room, the
   -- others queued (parked while the run is paused or failed).
   local fresh = 0
-  local hset = { x.id .. ':m', with_state(m, 'C', RID) }
+  -- The item's payload goes (emptied in the same write as its completion).
+  local hset = { x.id .. ':m', with_state(m, 'C', RID), x.id, '' }
   local parked = {}
   for n, s in ipairs(x.succs) do
     if not f[1 + n] then
@@ -117,8 +121,7 @@ local function commit_one(x)
         hset[#hset + 1] = s.id .. ':w'
         hset[#hset + 1] = worker
         direct[#direct + 1] = { x.run, s }
-        timers[#timers + 1] = now + lease_ms
-        timers[#timers + 1] = 'L' .. entry(s.id, x.run)
+        add_timer(now + lease_ms, 'L' .. entry(s.id, x.run))
       else
         hset[#hset + 1] = meta('P', 1, 0, 0, s.node)
         if takes_items(r.st) then
@@ -132,8 +135,7 @@ local function commit_one(x)
     end
   end
   call_chunked('HSET', it, hset)
-  redis.call('HDEL', it, x.id)
-  redis.call('ZREM', TIMERS, 'L' .. e)
+  done[#done + 1] = 'L' .. e
   if #parked > 0 then
     call_chunked('LPUSH', parked_key(x.run), parked)
     r.pkc = tonumber(r.pkc or '0') + #parked
@@ -149,13 +151,13 @@ local function commit_one(x)
     call_chunked('RPUSH', outs_key(x.run), extra)
     r.nout = tonumber(r.nout or '0') + #extra
     run.set.nout = r.nout
-    keep_expiry(outs_key(x.run), r.exp)
+    keep_expiry(outs_key(x.run), r.t1)
   end
   if #x.errors > 0 then
     call_chunked('RPUSH', errs_key(x.run), x.errors)
     r.nerr = tonumber(r.nerr or '0') + #x.errors
     run.set.nerr = r.nerr
-    keep_expiry(errs_key(x.run), r.exp)
+    keep_expiry(errs_key(x.run), r.t1)
   end
   r.left = tonumber(r.left or '1') + fresh - 1
   r.m_done = tonumber(r.m_done or '0') + 1
@@ -184,16 +186,16 @@ for _, run in ipairs(order) do
     if new ~= r.st and is_finished(new) then
       x.set.frid = RID
       if new == 'failed' then x.set.err = 'workflow `' .. r.wf .. '`' .. NO_OUTPUT end
-      finish_run(run, x.set, new, now)
+      finish_run(run, x.set, new, now, r)
       replies[last_of[run]][2] = new
     elseif new ~= r.st then
       x.set.st = new
     end
     write_run(run, x.set)
-    if r.exp then keep_expiry(items_key(run), r.exp) end
+    if r.t1 then keep_expiry(items_key(run), r.t1) end
   end
 end
-if #timers > 0 then call_chunked('ZADD', TIMERS, timers) end
+if #done > 0 then call_chunked('ZREM', TIMERS, done) end
 
 -- Queue what was not handed over; the take pops from it before anyone is woken.
 local woke = {}
@@ -237,4 +239,6 @@ for wf, n in pairs(woke) do
   local left = wf == next_wf and budget > 0 and redis.call('LLEN', queue_key(wf)) or n
   if left > 0 then wake(wf, left) end
 end
+flush_timers()
+flush_events(now)
 return { replies, take }

@@ -177,19 +177,28 @@ end
 
 -- Retention --------------------------------------------------------------------------------
 
--- Keeps a key of a finished run expiring at the run's expiry (a write may have cleared it).
-local function keep_expiry(key, exp)
-  if exp then redis.call('PEXPIREAT', key, exp) end
+-- Keeps a key of a run that finished at `t1` (ms; nil while it runs) expiring with the run's
+-- record, a retention after its finish (a write may have cleared the key's expiry).
+local function keep_expiry(key, t1)
+  if t1 then redis.call('PEXPIREAT', key, tonumber(t1) + RETENTION) end
 end
+
+-- Runs whose record changed in a way waiters care about (finished, paused, resumed): one
+-- message for all of them, sent by `flush_events` at the end of the script.
+local EVENTS = {}
+local PRUNE_DONE = false
+
+local function run_event(run) EVENTS[#EVENTS + 1] = run end
 
 -- A run reached a final status: record when, let its keys expire after the retention (the
 -- items of a completed or cancelled run go now; a failed run keeps them for a resume), index
 -- it for the pruning of the run index, and tell waiters. `set` holds the fields the caller
--- writes to the run's record afterwards (the new ones win over the stored ones).
-local function finish_run(run, set, st, now)
+-- writes to the run's record afterwards (the new ones win over the stored ones); `r`, when
+-- given, holds the record's `nout`, `nerr` and `idem` as read by the caller.
+local function finish_run(run, set, st, now, r)
   local exp = now + RETENTION
-  set.st, set.t1, set.exp = st, now, exp
-  local r = read_run(run, { 'nout', 'nerr', 'idem' })
+  set.st, set.t1 = st, now
+  if not r or r.idem == nil then r = read_run(run, { 'nout', 'nerr', 'idem' }) end
   local nout, nerr = set.nout or r.nout, set.nerr or r.nerr
   redis.call('ZADD', DONE, now, run)
   redis.call('PEXPIREAT', run_key(run), exp)
@@ -203,13 +212,25 @@ local function finish_run(run, set, st, now)
   else
     redis.call('UNLINK', items_key(run), parked_key(run))
   end
-  -- Drop the index entries of runs whose retention is over, a few at a time.
-  local old = redis.call('ZRANGEBYSCORE', DONE, '-inf', now - RETENTION, 'LIMIT', 0, 16)
-  if #old > 0 then
-    redis.call('ZREM', DONE, unpack(old))
-    redis.call('ZREM', RUNS, unpack(old))
+  PRUNE_DONE = true
+  run_event(run)
+end
+
+-- Sends the script's run events (one message) and drops the index entries of runs whose
+-- retention is over, a few at a time. Every script that changes a run's status calls it last.
+local function flush_events(now)
+  if PRUNE_DONE then
+    PRUNE_DONE = false
+    local old = redis.call('ZRANGEBYSCORE', DONE, '-inf', now - RETENTION, 'LIMIT', 0, 16)
+    if #old > 0 then
+      redis.call('ZREM', DONE, unpack(old))
+      redis.call('ZREM', RUNS, unpack(old))
+    end
   end
-  redis.call('PUBLISH', PFX .. 'ev', run)
+  if #EVENTS > 0 then
+    redis.call('PUBLISH', PFX .. 'ev', table.concat(EVENTS, '\n'))
+    EVENTS = {}
+  end
 end
 
 -- A finished (failed) run runs again: its keys no longer expire.
@@ -302,11 +323,27 @@ local function unpark(run, marker)
   if left > 0 and #ids > 0 then redis.call('LPUSH', queue_key(r.wf), marker) end
 end
 
--- Leases item `id` of `run` (state `m`) to `worker`; returns its new token.
+-- Lease timers to add (ZADD arguments), written by `flush_timers` in one command.
+local TIMER_ADDS = {}
+
+local function add_timer(at, member)
+  TIMER_ADDS[#TIMER_ADDS + 1] = at
+  TIMER_ADDS[#TIMER_ADDS + 1] = member
+end
+
+local function flush_timers()
+  if #TIMER_ADDS > 0 then
+    call_chunked('ZADD', TIMERS, TIMER_ADDS)
+    TIMER_ADDS = {}
+  end
+end
+
+-- Leases item `id` of `run` (state `m`) to `worker`; returns its new token. The lease's
+-- timer is added by `flush_timers`.
 local function lease(run, id, m, worker, lease_ms, now)
   local token = m.t + 1
   redis.call('HSET', items_key(run), id .. ':m', meta('I', m.a, m.d, token, m.n, m.r), id .. ':w', worker)
-  redis.call('ZADD', TIMERS, now + lease_ms, 'L' .. entry(id, run))
+  add_timer(now + lease_ms, 'L' .. entry(id, run))
   return token
 end
 
@@ -322,52 +359,53 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
   local budget = 256
   while #rows < max_n do
     if budget == 0 then return rows, false, true end
-    local e = redis.call('RPOP', queue_key(wf))
-    if not e then return rows, false, false end
-    budget = budget - 1
-    if string.sub(e, 1, 1) == '@' then
-      unpark(string.sub(e, 2), e)
-    else
-      local id, run = split(e)
-      local r = runs[run]
-      if not r then
-        r = read_run(run, { 'st', 'dl', 'ver', 'pkc', 'left' })
-        r.wf = wf
-        runs[run] = r
-      end
-      -- Entries of finished runs (their items are gone) are dropped without a read.
-      if accepts_results(r.st) then
-        local f = redis.call('HMGET', items_key(run), id .. ':m', id)
-        local m = parse_meta(f[1])
-        if m and m.s == 'P' then
-          if takes_items(r.st) then
-            m.d = m.d + 1
-            if m.d > max_deliveries then
-              local err = 'poison item: delivered ' .. (m.d - 1) ..
-                ' times without a commit (limit ' .. max_deliveries .. ')'
-              m.d = m.d - 1
-              dead_letter(run, id, m, f[2], err, now)
-              record_error(run, id, m.n, err, m.a, now)
-              r.left = tonumber(r.left or '1') - 1
-              local set = { err = err, left = r.left, nerr = 1 }
-              finish_run(run, set, 'failed', now)
-              write_run(run, set)
-              r.st = 'failed'
+    local want = math.min(max_n - #rows, budget)
+    local popped = redis.call('RPOP', queue_key(wf), want)
+    if not popped then return rows, false, false end
+    budget = budget - #popped
+    for _, e in ipairs(popped) do
+      if string.sub(e, 1, 1) == '@' then
+        unpark(string.sub(e, 2), e)
+      else
+        local id, run = split(e)
+        local r = runs[run]
+        if not r then
+          r = read_run(run, { 'st', 'dl', 'ver', 'pkc', 'left', 'ctx' })
+          r.wf = wf
+          runs[run] = r
+        end
+        -- Entries of finished runs (their items are gone) are dropped without a read.
+        if accepts_results(r.st) then
+          local f = redis.call('HMGET', items_key(run), id .. ':m', id)
+          local m = parse_meta(f[1])
+          if m and m.s == 'P' then
+            if takes_items(r.st) then
+              m.d = m.d + 1
+              if m.d > max_deliveries then
+                local err = 'poison item: delivered ' .. (m.d - 1) ..
+                  ' times without a commit (limit ' .. max_deliveries .. ')'
+                m.d = m.d - 1
+                dead_letter(run, id, m, f[2], err, now)
+                record_error(run, id, m.n, err, m.a, now)
+                r.left = tonumber(r.left or '1') - 1
+                local set = { err = err, left = r.left, nerr = 1 }
+                finish_run(run, set, 'failed', now)
+                write_run(run, set)
+                r.st = 'failed'
+              else
+                if r.st == 'pending' then
+                  redis.call('HSET', run_key(run), 'st', 'running')
+                  r.st = 'running'
+                end
+                local token = lease(run, id, m, worker, lease_ms, now)
+                local ctx, same = r.ctx or '', 0
+                if held[run] == tonumber(r.ver or '0') then ctx, same = '', 1 end
+                rows[#rows + 1] = { run, id, token, f[2] or '', m.n, m.a, m.d, r.dl or '', same, ctx, r.ver or '0' }
+              end
             else
-              if r.st == 'pending' then
-                redis.call('HSET', run_key(run), 'st', 'running')
-                r.st = 'running'
-              end
-              local token = lease(run, id, m, worker, lease_ms, now)
-              local ctx, same = '', 1
-              if held[run] ~= tonumber(r.ver or '0') then
-                ctx, same = redis.call('HGET', run_key(run), 'ctx') or '', 0
-              end
-              rows[#rows + 1] = { run, id, token, f[2] or '', m.n, m.a, m.d, r.dl or '', same, ctx, r.ver or '0' }
+              redis.call('LPUSH', parked_key(run), id)
+              redis.call('HINCRBY', run_key(run), 'pkc', 1)
             end
-          else
-            redis.call('LPUSH', parked_key(run), id)
-            redis.call('HINCRBY', run_key(run), 'pkc', 1)
           end
         end
       end
@@ -381,19 +419,23 @@ end
 -- four (by the server's clock), and always before answering that nothing is ready.
 local function take_next(wf, worker, lease_ms, max_deliveries, max_n, held, woken, now)
   now = now or now_ms()
+  local reply = nil
   local scanned = now % 4 == 0
   if scanned then due_work(now) end
   local rows, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
-  if #rows == 0 and more then return { 2 } end
-  if #rows == 0 and not scanned then
+  if #rows == 0 and more then reply = { 2 } end
+  if not reply and #rows == 0 and not scanned then
     due_work(now)
     rows, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
-    if #rows == 0 and more then return { 2 } end
+    if #rows == 0 and more then reply = { 2 } end
   end
+  flush_timers()
+  flush_events(now)
+  if reply then return reply end
   if #rows > 0 then
     -- A worker woken from its wait passes the wake-up on while work may be left.
     if woken and full then wake(wf, 1) end
-    local reply = { 1, #rows }
+    reply = { 1, #rows }
     for _, row in ipairs(rows) do
       for _, v in ipairs(row) do reply[#reply + 1] = v end
     end

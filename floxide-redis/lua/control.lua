@@ -22,7 +22,7 @@ elseif action == 'pause' then
   if not is_active(r.st) then return { 'invalid', r.st, 'pause' } end
   new = 'paused'
   set.st = new
-  redis.call('PUBLISH', PFX .. 'ev', run)
+  run_event(run)
 elseif action == 'resume' then
   local letters = 0
   if r.st == 'failed' then letters = math.min(redis.call('SCARD', letters_of_key(run)), 1000) end
@@ -60,11 +60,12 @@ elseif action == 'resume' then
     set.pkc = pkc
     -- The parked items go back to the queue through a marker at its front.
     if pkc > 0 then enqueue(r.wf, { '@' .. run }, true) end
-    redis.call('PUBLISH', PFX .. 'ev', run)
+    run_event(run)
   end
 else
   return redis.error_reply('unknown action ' .. action)
 end
 set.cst = new
 write_run(run, set)
+flush_events(now)
 return { 'ok', new }

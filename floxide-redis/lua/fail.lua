@@ -19,7 +19,7 @@ if not m or m.s ~= 'I' or m.t ~= token then
   if st and not accepts_results(st) then return { 'inactive', st } end
   return { 'lost' }
 end
-local r = read_run(run, { 'st', 'left', 'nerr', 'exp', 'm_failed', 'm_retries' })
+local r = read_run(run, { 'st', 'left', 'nerr', 't1', 'm_failed', 'm_retries' })
 local effect, new = after_failure(r.st, retry ~= '')
 redis.call('ZREM', TIMERS, 'L' .. e)
 if effect == 'inactive' then
@@ -32,7 +32,7 @@ local rec = cjson.decode(record)
 rec.attempt = m.a
 redis.call('RPUSH', errs_key(run), cjson.encode(rec))
 local set = { nerr = tonumber(r.nerr or '0') + 1, m_failed = tonumber(r.m_failed or '0') + 1 }
-keep_expiry(errs_key(run), r.exp)
+keep_expiry(errs_key(run), r.t1)
 local fin = ''
 if effect == 'retry' then
   redis.call('HSET', it, id .. ':m', meta('R', m.a + 1, 0, m.t, m.n, RID))
@@ -49,5 +49,6 @@ else
   end
 end
 write_run(run, set)
-if r.exp then keep_expiry(it, r.exp) end
+if r.t1 then keep_expiry(it, r.t1) end
+flush_events(now)
 return { 'ok', fin }

@@ -525,7 +525,11 @@ async fn listen(
                     wake(None);
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
-                        wake(message.get_payload::<String>().ok());
+                        // One message names every run a script changed, one per line.
+                        match message.get_payload::<String>() {
+                            Ok(runs) => runs.split('\n').for_each(|run| wake(Some(run.to_owned()))),
+                            Err(_) => wake(None),
+                        }
                     }
                 }
             }

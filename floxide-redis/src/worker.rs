@@ -107,6 +107,7 @@ fn commit_args(
         Some((base, bytes)) => inv.arg(base.to_string()).arg(bytes.as_slice()),
         None => inv.arg("").arg(""),
     };
+    inv.arg(c.held.map(|(v, _)| v.to_string()).unwrap_or_default());
     inv.arg(&step.node).arg(step.duration.as_micros() as u64);
     inv.arg(step.successors.len());
     for s in &step.successors {
@@ -262,10 +263,8 @@ impl RedisBackend {
                 // versions leave them out of the reply.
                 let mut held = Held::new();
                 for (c, outcome) in commits.iter().zip(&outcomes) {
-                    if let (CommitOutcome::Committed { .. }, Some((base, bytes))) =
-                        (outcome, &c.step.context)
-                    {
-                        held.insert(c.lease.run_id.as_str(), (base + 1, bytes.as_slice()));
+                    if let (CommitOutcome::Committed { .. }, Some(context)) = (outcome, c.held) {
+                        held.insert(c.lease.run_id.as_str(), context);
                     }
                 }
                 parse_take(Reply::from(value)?, n.worker, &held)?.unwrap_or_default()

@@ -270,12 +270,25 @@ pub struct CommitItem<'a> {
     pub lease: &'a Lease,
     /// Its effects.
     pub step: &'a StepCommit,
+    /// The run's context the worker holds once the step is applied (version, bytes): a take
+    /// in the same call may leave that context out of its reply.
+    pub held: Option<(u64, &'a [u8])>,
 }
 
 impl<'a> CommitItem<'a> {
     /// The commit of `step` under `lease`.
     pub fn new(lease: &'a Lease, step: &'a StepCommit) -> Self {
-        CommitItem { lease, step }
+        CommitItem {
+            lease,
+            step,
+            held: None,
+        }
+    }
+
+    /// With the context the worker holds once the step is applied.
+    pub fn with_held_context(mut self, version: u64, bytes: &'a [u8]) -> Self {
+        self.held = Some((version, bytes));
+        self
     }
 }
 

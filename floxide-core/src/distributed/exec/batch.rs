@@ -264,10 +264,7 @@ where
         let backend = self.backend;
         st.committing_len = batch.len();
         st.committing = Some(Box::pin(async move {
-            let items: Vec<CommitItem<'_>> = batch
-                .iter()
-                .map(|p| CommitItem::new(&p.taken.lease, &p.commit))
-                .collect();
+            let items: Vec<CommitItem<'_>> = batch.iter().map(Pending::item).collect();
             let reply = backend.commit_batch(&items, next).await;
             drop(items);
             if reply.is_err() {

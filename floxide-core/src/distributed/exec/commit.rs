@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use super::lease::Finished;
 use super::StepEnd;
-use crate::distributed::backend::{Backend, CommitOutcome, NewItem, StepCommit, Taken};
+use crate::distributed::backend::{Backend, CommitItem, CommitOutcome, NewItem, StepCommit, Taken};
 use crate::distributed::codec::{codec_error, decode, encode};
 use crate::distributed::{metrics, WorkflowError};
 use crate::{Context, FloxideError, Merge, WorkItem};
@@ -20,6 +20,11 @@ pub(crate) struct Pending<O> {
     held: bool,
     /// The context the step left, to join into a newer one after a conflict.
     after: Vec<u8>,
+    /// The context the worker holds once the step is applied: `after`, or after a conflict
+    /// the join of `after` into the latest context.
+    merged: Option<Vec<u8>>,
+    /// Its version.
+    after_version: u64,
     outputs: Vec<O>,
     ran: Duration,
 }
@@ -75,14 +80,18 @@ where
     };
     commit.successors = successors;
     commit.outputs = json;
+    let mut after_version = loaded.version;
     if after != loaded.bytes {
         commit.context = Some((loaded.version, after.clone()));
+        after_version += 1;
     }
     Ok(Pending {
         taken,
         commit,
         held,
         after,
+        merged: None,
+        after_version,
         outputs,
         ran,
     })
@@ -107,6 +116,16 @@ fn encode_effects<WI: WorkItem, O: serde::Serialize>(
         );
     }
     Ok((successors, json))
+}
+
+impl<O> Pending<O> {
+    /// The step as a batch commit carries it.
+    pub(crate) fn item(&self) -> CommitItem<'_> {
+        CommitItem::new(&self.taken.lease, &self.commit).with_held_context(
+            self.after_version,
+            self.merged.as_deref().unwrap_or(&self.after),
+        )
+    }
 }
 
 /// What to do after the backend answered a step's commit.
@@ -178,6 +197,8 @@ where
     let ours: C = decode(&pending.after).map_err(codec_error)?;
     merged.merge(ours);
     let bytes = encode(&merged).map_err(codec_error)?;
-    pending.commit.context = (bytes != latest.bytes).then_some((latest.version, bytes));
+    pending.after_version = latest.version + u64::from(bytes != latest.bytes);
+    pending.commit.context = (bytes != latest.bytes).then(|| (latest.version, bytes.clone()));
+    pending.merged = Some(bytes);
     Ok(pending)
 }
