@@ -24,8 +24,10 @@ use crate::*;
 
 mod batch;
 mod control;
+mod model;
 pub use batch::*;
 pub use control::*;
+pub use model::*;
 
 /// The lease the checks use.
 pub const LEASE: Duration = Duration::from_millis(400);
@@ -982,6 +984,7 @@ macro_rules! conformance_tests {
             g5_failures_of_a_cancelled_run_are_not_dead_lettered,
             g4_batches_commit_each_step_on_its_own,
             g4_a_worker_batches_queued_work,
+            model_based_sequences_agree_with_the_machine,
             completion_waits_for_every_branch
         );
     };
