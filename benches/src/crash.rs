@@ -67,7 +67,8 @@ async fn flow(args: &Args, backend: &floxide_redis::RedisBackend) -> Result<Cras
     })
 }
 
-/// `worker` subcommand: 4 concurrent steps until killed or SIGTERM.
+/// `worker` subcommand: 4 concurrent steps (2 workers with 2 slots each, so that takes and
+/// commits are batched) until killed or SIGTERM.
 pub(crate) async fn worker(args: &Args) -> Result<serde_json::Value, String> {
     let backend = connect_no_clear(args).await?;
     let wf = flow(args, &backend).await?;
@@ -75,9 +76,10 @@ pub(crate) async fn worker(args: &Args) -> Result<serde_json::Value, String> {
         .worker(backend)
         .lease_timeout(LEASE)
         .heartbeat_interval(LEASE / 4)
+        .concurrency(2)
         .build()
         .map_err(|e| e.to_string())?;
-    let mut pool = WorkerPool::new(worker, 4).with_grace_period(Duration::from_secs(5));
+    let mut pool = WorkerPool::new(worker, 2).with_grace_period(Duration::from_secs(5));
     pool.start();
     floxide::shutdown_signal().await;
     pool.try_stop().await.map_err(|e| e.to_string())?;
