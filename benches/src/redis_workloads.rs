@@ -333,6 +333,7 @@ pub(crate) async fn latency(args: &Args) -> Result<serde_json::Value, String> {
         "workload": "dist-redis-latency",
         "runs": runs,
         "lat_p50_ms": percentile(&latencies, 50.0),
+        "lat_p90_ms": percentile(&latencies, 90.0),
         "lat_p99_ms": percentile(&latencies, 99.0),
         "lat_max_ms": latencies.last().copied().unwrap_or(0.0),
     }))

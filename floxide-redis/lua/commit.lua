@@ -142,16 +142,16 @@ local function commit_one(x)
     run.set.pkc = r.pkc
   end
 
-  -- Outputs (the first in the record, the others in a list), errors, counters.
-  local extra = {}
+  -- Outputs (the first in the record, the others in a list, pushed once per run at the
+  -- end), errors, counters.
   for _, o in ipairs(x.outputs) do
-    if not r.out then r.out = o; run.set.out = o else extra[#extra + 1] = o end
-  end
-  if #extra > 0 then
-    call_chunked('RPUSH', outs_key(x.run), extra)
-    r.nout = tonumber(r.nout or '0') + #extra
-    run.set.nout = r.nout
-    keep_expiry(outs_key(x.run), r.t1)
+    if not r.out then
+      r.out = o
+      run.set.out = o
+    else
+      run.outs = run.outs or {}
+      run.outs[#run.outs + 1] = o
+    end
   end
   if #x.errors > 0 then
     call_chunked('RPUSH', errs_key(x.run), x.errors)
@@ -182,6 +182,12 @@ for _, run in ipairs(order) do
   local x = runs[run]
   if x.touched then
     local r = x.f
+    if x.outs then
+      call_chunked('RPUSH', outs_key(run), x.outs)
+      r.nout = tonumber(r.nout or '0') + #x.outs
+      x.set.nout = r.nout
+      keep_expiry(outs_key(run), r.t1)
+    end
     local new = after_commit(r.st, r.left, r.out)
     if new ~= r.st and is_finished(new) then
       x.set.frid = RID

@@ -12,8 +12,8 @@
 -- state P (ready or parked), I (leased), R (waiting for its retry), C (committed), F (dead
 -- letter), X (dropped); the token grows with each lease of the item (fencing); request is the
 -- id of the request that committed or failed it (`-` before). `<id>` holds the item's bytes
--- until it is committed, `<id>:w` its last worker, `<id>:x` what the committing request took
--- next (for a retry of that request).
+-- (emptied when it is committed), `<id>:w` its last worker. `wt:<worker>` holds what the
+-- worker's last take (or commit) leased, with that request's id, for a retry of it.
 
 local PFX = ARGV[1]
 local RETENTION = tonumber(ARGV[2])

@@ -55,7 +55,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `r:<run>` | hash | the run's record: status, workflow, times, context (`ctx`) and its version, first output, error, outstanding and parked item counts, counters (`m_*`), node timings (`nt`), the request ids that started, controlled and finished it |
-//! | `i:<run>` | hash | per item: `<id>` its bytes (until committed), `<id>:m` its state (`<state> <attempt> <deliveries> <token> <node> <request>`), `<id>:w` its worker, `<id>:x` what its commit took next |
+//! | `i:<run>` | hash | per item: `<id>` its bytes (emptied once committed), `<id>:m` its state (`<state> <attempt> <deliveries> <token> <node> <request>`), `<id>:w` its worker |
 //! | `pk:<run>` | list | ready items of a paused or failed run, parked until a resume |
 //! | `outs:<run>`, `errs:<run>` | list | terminal outputs after the first; failure records |
 //! | `rdl:<run>` | set | the run's dead-lettered items |
@@ -65,9 +65,9 @@
 //! | `runs`, `done` | sorted set | runs by start time; finished runs by finish time |
 //! | `dlh`, `dlq` | hash, sorted set | dead letters (JSON, and the item's bytes under `<entry>:p`); by time |
 //! | `idem:<key>` | string | the run an idempotency key started |
-//! | `wt:<worker>` | string | what a worker's last take leased (for a retried take; 2 minutes) |
+//! | `wt:<worker>` | string | what a worker's last take or commit leased (for a retried request; 2 minutes) |
 //! | `reclaimed` | string | expired leases handed back so far |
-//! | `ev` | channel | run status changes |
+//! | `ev` | channel | run status changes (one message per script, a run id per line) |
 //!
 //! `<prefix>meta` (the partition count) and `<prefix>workers` (worker health reports) are
 //! outside the partitions. A finished run keeps its record (with its context), outputs and
