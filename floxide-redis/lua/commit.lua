@@ -115,7 +115,7 @@ local function commit_one(x)
       hset[#hset + 1] = s.id
       hset[#hset + 1] = s.bytes
       hset[#hset + 1] = s.id .. ':m'
-      if budget > 0 and takes_items(r.st) then
+      if budget > 0 and takes_items(r.st) and r.wf == next_wf then
         budget = budget - 1
         hset[#hset + 1] = meta('I', 1, 1, 1, s.node)
         hset[#hset + 1] = s.id .. ':w'
