@@ -1,4 +1,5 @@
--- Commits a batch of steps, each fenced by its lease and applied or refused on its own: the
+-- Commits a batch of steps, in order, each fenced by its lease and applied or refused on its
+-- own (but a run's context changes after a refused one are refused too, see below): the
 -- context (replaced only if still at the version the step's merge was based on; a held step
 -- also requires the version it read), successor items (known ids are ignored), the item's
 -- completion (its bytes are dropped), outputs, errors, counters, and the run's completion when
@@ -43,7 +44,7 @@ local next_wf = ARGV[i] or ''
 local worker, lease_ms, max_del = ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
 local budget = next_wf ~= '' and tonumber(ARGV[i + 4]) or 0
 local woken = ARGV[i + 5] == '1'
-local last = PFX .. 'wt:' .. (worker or '')
+local last = PFX .. 'wc:' .. (worker or '')
 local now = now_ms()
 
 -- Runs touched by the batch: their record's fields, read once; `set` collects the writes.
@@ -138,6 +139,7 @@ local function commit_one(x)
   done[#done + 1] = 'L' .. e
   if #parked > 0 then
     call_chunked('LPUSH', parked_key(x.run), parked)
+    keep_expiry(parked_key(x.run), r.t1)
     r.pkc = tonumber(r.pkc or '0') + #parked
     run.set.pkc = r.pkc
   end
@@ -171,8 +173,17 @@ end
 local replay = next_wf ~= '' and replay_take(last, worker) or nil
 local replies = {}
 local last_of = {}
+-- Once a context change of a run is refused, its later ones in the batch are refused too:
+-- the worker may have joined them onto the refused one, whose version another commit can reach.
+local broken = {}
 for c, x in ipairs(commits) do
-  local row, applied = commit_one(x)
+  local row, applied
+  if x.base ~= '' and broken[x.run] then
+    row = { 'conflict', tonumber(run_of(x.run).f.ver or '0') }
+  else
+    row, applied = commit_one(x)
+  end
+  if x.base ~= '' and row[1] ~= 'ok' then broken[x.run] = true end
   replies[c] = row
   if applied then last_of[x.run] = c end
 end

@@ -12,8 +12,9 @@
 -- state P (ready or parked), I (leased), R (waiting for its retry), C (committed), F (dead
 -- letter), X (dropped); the token grows with each lease of the item (fencing); request is the
 -- id of the request that committed or failed it (`-` before). `<id>` holds the item's bytes
--- (emptied when it is committed), `<id>:w` its last worker. `wt:<worker>` holds what the
--- worker's last take (or commit) leased, with that request's id, for a retry of it.
+-- (emptied when it is committed), `<id>:w` its last worker. `wt:<worker>` (`wc:<worker>`)
+-- holds what the worker's last take (commit) leased, with that request's id and the tokens,
+-- for a retry of it.
 
 local PFX = ARGV[1]
 local RETENTION = tonumber(ARGV[2])
@@ -449,58 +450,60 @@ end
 
 -- Replays ---------------------------------------------------------------------------------
 
--- The entries a take reply leased.
+-- What a take reply leased: `<entry> <token>` per item.
 local function taken_entries(reply)
   local out = {}
   if reply[1] ~= 1 then return out end
   for k = 0, reply[2] - 1 do
     local base = 3 + k * 11
-    out[#out + 1] = entry(reply[base + 1], reply[base])
+    out[#out + 1] = entry(reply[base + 1], reply[base]) .. ' ' .. reply[base + 2]
   end
   return out
 end
 
--- A take reply for `entries` that are still leased to `worker` (a retried request gets the
--- items its first attempt leased, with their current tokens).
-local function leased_rows(entries, worker)
+-- A take reply for the `<entry> <token>` lines whose item is still leased to `worker` under
+-- that token (a retried request gets the items its first attempt leased, never an item
+-- leased again since).
+local function leased_rows(lines, worker)
   local reply = { 1, 0 }
-  for _, e in ipairs(entries) do
-    local id, run = split(e)
-    local f = redis.call('HMGET', items_key(run), id .. ':m', id, id .. ':w')
-    local m = parse_meta(f[1])
-    if m and m.s == 'I' and f[3] == worker then
-      local r = read_run(run, { 'dl', 'ver', 'ctx' })
-      for _, v in ipairs({ run, id, m.t, f[2] or '', m.n, m.a, m.d, r.dl or '', 0, r.ctx or '', r.ver or '0' }) do
-        reply[#reply + 1] = v
+  for _, line in ipairs(lines) do
+    local e, token = string.match(line, '^(%S+) (%d+)$')
+    if e then
+      local id, run = split(e)
+      local f = redis.call('HMGET', items_key(run), id .. ':m', id, id .. ':w')
+      local m = parse_meta(f[1])
+      if m and m.s == 'I' and m.t == tonumber(token) and f[3] == worker then
+        local r = read_run(run, { 'dl', 'ver', 'ctx' })
+        for _, v in ipairs({ run, id, m.t, f[2] or '', m.n, m.a, m.d, r.dl or '', 0, r.ctx or '', r.ver or '0' }) do
+          reply[#reply + 1] = v
+        end
+        reply[2] = reply[2] + 1
       end
-      reply[2] = reply[2] + 1
     end
   end
   if reply[2] == 0 then return { 0, 0 } end
   return reply
 end
 
--- `entries` as one string, for a replay.
-local function joined(entries) return table.concat(entries, '\n') end
-
-local function entries_of(text)
+local function lines_of(text)
   local out = {}
-  for e in string.gmatch(text or '', '[^\n]+') do out[#out + 1] = e end
+  for l in string.gmatch(text or '', '[^\n]+') do out[#out + 1] = l end
   return out
 end
 
--- What a take leased, kept for two minutes under the worker's key with the request id.
+-- What a request leased, kept for two minutes under `key` with the request id. A worker has
+-- at most one take and one commit in flight: they use different keys (`wt:` and `wc:`).
 local function remember_take(key, reply)
   if reply[1] == 1 then
-    redis.call('SET', key, RID .. '\n' .. joined(taken_entries(reply)), 'PX', 120000)
+    redis.call('SET', key, RID .. '\n' .. table.concat(taken_entries(reply), '\n'), 'PX', 120000)
   end
 end
 
--- The reply a retried take (same request id) gets, or nil for a new request.
+-- The reply a retried request (same request id) gets, or nil for a new request.
 local function replay_take(key, worker)
   local prev = redis.call('GET', key)
   if not prev or string.sub(prev, 1, #RID + 1) ~= RID .. '\n' then return nil end
-  return leased_rows(entries_of(string.sub(prev, #RID + 2)), worker)
+  return leased_rows(lines_of(string.sub(prev, #RID + 2)), worker)
 end
 
 -- Node timings: one field of the run's record, `<node> <count> <total µs> <max µs>;...`.

@@ -65,7 +65,7 @@
 //! | `runs`, `done` | sorted set | runs by start time; finished runs by finish time |
 //! | `dlh`, `dlq` | hash, sorted set | dead letters (JSON, and the item's bytes under `<entry>:p`); by time |
 //! | `idem:<key>` | string | the run an idempotency key started |
-//! | `wt:<worker>` | string | what a worker's last take or commit leased (for a retried request; 2 minutes) |
+//! | `wt:<worker>`, `wc:<worker>` | string | what a worker's last take or commit leased, with the tokens (for a retried request; 2 minutes) |
 //! | `reclaimed` | string | expired leases handed back so far |
 //! | `ev` | channel | run status changes (one message per script, a run id per line) |
 //!

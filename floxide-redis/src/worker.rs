@@ -126,6 +126,38 @@ fn commit_args(
     Ok(())
 }
 
+/// What a detached take sends back.
+type TakeAnswer = Result<Result<Vec<Taken>, Option<u64>>, DistributedError>;
+
+/// The receiving end of a detached take. Dropped before the answer was read (the caller
+/// stopped waiting), it gives back whatever the take leased, even when the answer arrived
+/// just before the drop.
+struct Answer {
+    rx: Option<tokio::sync::oneshot::Receiver<TakeAnswer>>,
+    backend: RedisBackend,
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if let Ok(Ok(Ok(taken))) = rx.try_recv() {
+                let backend = self.backend.clone();
+                tokio::spawn(async move { release_all(&backend, taken).await });
+            }
+        }
+    }
+}
+
+/// Releases items that nobody will execute.
+async fn release_all(backend: &RedisBackend, taken: Vec<Taken>) {
+    for item in taken {
+        if let Err(error) = backend.release(&item.lease).await {
+            tracing::warn!(%error, "could not release an item taken for a cancelled take; its lease will expire");
+        }
+    }
+}
+
 impl RedisBackend {
     /// Runs one take of up to `take.max` items in partition `pfx`: `Ok(items)` or
     /// `Err(ms until something is due)`.
@@ -165,18 +197,24 @@ impl RedisBackend {
             take.worker.clone(),
         );
         let (options, max) = (take.options, take.max);
+        let releaser = self.clone();
         tokio::spawn(async move {
             let take = TakeRequest::new(&workflow, &worker, options).with_max(max);
             let result = this.take_in(&pfx, take, woken).await;
             if let Err(Ok(Ok(taken))) = tx.send(result) {
-                for item in taken {
-                    if let Err(error) = this.release(&item.lease).await {
-                        tracing::warn!(%error, "could not release an item taken for a cancelled take; its lease will expire");
-                    }
-                }
+                release_all(&this, taken).await;
             }
         });
-        rx.await.unwrap_or_else(|_| {
+        let mut answer = Answer {
+            rx: Some(rx),
+            backend: releaser,
+        };
+        let result = match answer.rx.as_mut() {
+            Some(rx) => rx.await,
+            None => return Err(DistributedError::Backend("no take in flight".to_owned())),
+        };
+        answer.rx = None;
+        result.unwrap_or_else(|_| {
             Err(DistributedError::Backend(
                 "the take task ended without an answer".to_owned(),
             ))
@@ -382,12 +420,23 @@ impl WorkerBackend for RedisBackend {
         let replies = futures_util::future::join_all(calls).await;
         let mut outcomes: Vec<Option<CommitOutcome>> = vec![None; commits.len()];
         let mut taken = Vec::new();
+        let mut failed = None;
         for ((_, members), reply) in groups.iter().zip(replies) {
-            let reply = reply?;
-            for (&i, outcome) in members.iter().zip(reply.outcomes) {
-                outcomes[i] = Some(outcome);
+            match reply {
+                Ok(reply) => {
+                    for (&i, outcome) in members.iter().zip(reply.outcomes) {
+                        outcomes[i] = Some(outcome);
+                    }
+                    taken.extend(reply.taken);
+                }
+                Err(error) => failed = Some(error),
             }
-            taken.extend(reply.taken);
+        }
+        if let Some(error) = failed {
+            // The caller cannot tell which steps applied: it lets their leases run out. What
+            // the other scripts took for it goes back at once.
+            release_all(self, taken).await;
+            return Err(error);
         }
         let outcomes = outcomes
             .into_iter()

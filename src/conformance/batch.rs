@@ -122,6 +122,91 @@ pub async fn g4_batches_commit_each_step_on_its_own<B: Backend>(backend: B) {
     }
 }
 
+/// G3/G4: in one batch, a worker may join a run's second context change onto its first
+/// (sparing a conflict round trip). When the first is refused, the second must be refused
+/// too, even though its base version exists by then: another step reached that number with
+/// other contents, which the joined context lacks.
+pub async fn g4_a_refused_context_change_refuses_the_runs_later_ones<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let wf = Chain::new(Gate::open());
+    let o = orchestrator(wf.clone(), &backend);
+    let run = o.start_run(&ctx(), 0).await.unwrap();
+    let me = WorkerId::from("joiner");
+    let take = |n| TakeRequest::new(wf.name(), &me, options()).with_max(n);
+    let first = backend.take_batch(take(1), PATIENCE).await.unwrap();
+    assert_eq!(first.len(), 1);
+    // The first step fans out into three items of the same run.
+    let mut spread = StepCommit::new(first[0].node.clone());
+    for k in 1..=3u128 {
+        let id = ItemId::from_u128((0xb0 << 64) + k);
+        spread
+            .successors
+            .push(NewItem::new(id, "b", b"{}".to_vec()));
+    }
+    let outcome = backend.commit(&first[0].lease, &spread).await.unwrap();
+    assert_eq!(outcome, CommitOutcome::Committed { finished: None });
+    let mut leased = Vec::new();
+    while leased.len() < 3 {
+        let got = backend
+            .take_batch(take(3 - leased.len()), PATIENCE)
+            .await
+            .unwrap();
+        assert!(!got.is_empty(), "the three items are ready");
+        leased.extend(got);
+    }
+    let base = backend.load_context(&run).await.unwrap();
+    let v = base.version;
+    let change = |from: u64, tag: &str| {
+        let mut step = StepCommit::new("b");
+        step.context = Some((from, format!("{{\"tag\":\"{tag}\"}}").into_bytes()));
+        step
+    };
+    // Another step changes the context first: version v + 1.
+    let other = change(v, "other");
+    let outcome = backend.commit(&leased[0].lease, &other).await.unwrap();
+    assert_eq!(outcome, CommitOutcome::Committed { finished: None });
+    // A batch: a change based on v (stale), then one joined onto it (based on v + 1).
+    let stale = change(v, "stale");
+    let joined = change(v + 1, "joined");
+    let plain = StepCommit::new("b");
+    let reply = backend
+        .commit_batch(
+            &[
+                CommitItem::new(&leased[1].lease, &stale),
+                CommitItem::new(&leased[2].lease, &joined),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply.outcomes[0], CommitOutcome::ContextConflict { .. }),
+        "a stale change is refused, got {:?}",
+        reply.outcomes[0]
+    );
+    assert!(
+        matches!(reply.outcomes[1], CommitOutcome::ContextConflict { .. }),
+        "G3: a change after a refused change of its run in the same batch is refused, got {:?}",
+        reply.outcomes[1]
+    );
+    let now = backend.load_context(&run).await.unwrap();
+    assert_eq!(
+        now.version,
+        v + 1,
+        "G3: the refused changes applied nothing"
+    );
+    assert_eq!(now.bytes, br#"{"tag":"other"}"#.to_vec());
+    // Both steps are still leased: without a context change they commit (the last one ends
+    // the run, which produced no output).
+    for lease in [&leased[1].lease, &leased[2].lease] {
+        let outcome = backend.commit(lease, &plain).await.unwrap();
+        assert!(
+            matches!(outcome, CommitOutcome::Committed { .. }),
+            "a refused step is still leased and commits, got {outcome:?}"
+        );
+    }
+}
+
 /// A backend that counts the worker's batch commits (and delegates everything).
 struct Counting {
     inner: Arc<dyn Backend>,

@@ -983,6 +983,7 @@ macro_rules! conformance_tests {
             g7_resuming_a_run_with_nothing_left_is_refused,
             g5_failures_of_a_cancelled_run_are_not_dead_lettered,
             g4_batches_commit_each_step_on_its_own,
+            g4_a_refused_context_change_refuses_the_runs_later_ones,
             g4_a_worker_batches_queued_work,
             model_based_sequences_agree_with_the_machine,
             completion_waits_for_every_branch

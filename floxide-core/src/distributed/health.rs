@@ -33,20 +33,19 @@ impl HealthReporter {
         }
     }
 
-    /// Reports `status` (and the item being executed) unless a report went out less than a
-    /// second ago.
-    pub(crate) async fn report<B: AdminBackend + ?Sized>(
+    /// The report to send now (`status`, and the item being executed), unless one went out
+    /// less than a second ago.
+    pub(crate) fn due(
         &mut self,
-        backend: &B,
         status: WorkerStatus,
         item: Option<(crate::ItemId, RunId)>,
-    ) {
+    ) -> Option<WorkerHealth> {
         let now = tokio::time::Instant::now();
         if self
             .last
             .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
         {
-            return;
+            return None;
         }
         self.last = Some(now);
         self.health.status = status;
@@ -55,9 +54,7 @@ impl HealthReporter {
         let (item, run) = item.map_or((None, None), |(i, r)| (Some(i), Some(r)));
         self.health.current_work_item = item;
         self.health.current_work_item_run_id = run;
-        if let Err(error) = backend.report_worker(&self.health).await {
-            tracing::debug!(%error, "could not report worker health");
-        }
+        Some(self.health.clone())
     }
 
     /// Reports that the worker stopped.

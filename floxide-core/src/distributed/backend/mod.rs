@@ -60,9 +60,12 @@ pub trait WorkerBackend: Send + Sync + 'static {
     /// [`DistributedError::UnknownRun`] or a backend error.
     async fn load_context(&self, run_id: &str) -> Result<VersionedContext, DistributedError>;
 
-    /// Commits steps' effects, each fenced by its lease and applied (or refused) on its own:
-    /// a refused step (lost lease, context conflict, inactive run) never refuses the others.
-    /// When `next` is given, also leases up to `next.max` ready items for the worker in the
+    /// Commits steps' effects, in order, each fenced by its lease and applied (or refused) on
+    /// its own: a refused step (lost lease, context conflict, inactive run) never refuses a
+    /// step of another run, nor one that leaves the context unchanged. Once a step that
+    /// changes a run's context is refused, the later context changes of that run in the same
+    /// call are refused as [`CommitOutcome::ContextConflict`] (a worker may have joined them
+    /// onto the refused one, whose version number another commit can reach). When `next` is given, also leases up to `next.max` ready items for the worker in the
     /// same call, sparing a round trip (without waiting). A step's commit is atomic; the
     /// commits of one batch need not be atomic together.
     ///

@@ -67,6 +67,8 @@ struct State<'a, O> {
     committing_len: usize,
     taker: Option<Boxed<'a, Result<Vec<Taken>, DistributedError>>>,
     reserved: usize,
+    /// A health report on its way (it never holds up the steps).
+    reporting: Option<Boxed<'a, ()>>,
     take_failures: u32,
     current: Option<(ItemId, RunId, u32)>,
 }
@@ -103,6 +105,7 @@ where
             committing_len: 0,
             taker: None,
             reserved: 0,
+            reporting: None,
             take_failures: 0,
             current: None,
         };
@@ -121,13 +124,23 @@ where
             if stopping && busy == 0 {
                 break;
             }
-            let (status, item) = Self::health(&st);
-            reporter.report(self.backend, status, item).await;
+            if st.reporting.is_none() {
+                let (status, item) = Self::health(&st);
+                if let Some(health) = reporter.due(status, item) {
+                    let backend = self.backend;
+                    st.reporting = Some(Box::pin(async move {
+                        if let Err(error) = backend.report_worker(&health).await {
+                            tracing::debug!(%error, "could not report worker health");
+                        }
+                    }));
+                }
+            }
             let wait_quiet = st.taker.is_none() && !stopping && free > 0 && busy > 0;
             quiet = false;
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled(), if !stopping => {}
+                () = opt(&mut st.reporting) => st.reporting = None,
                 Some(result) = st.running.next(), if !st.running.is_empty() => {
                     self.executed(&mut st, result, reporter);
                     // Everything else that finished meanwhile joins the same commit.
@@ -168,13 +181,7 @@ where
         let (workflow, backend, config, worker) =
             (self.workflow, self.backend, self.config, self.worker);
         if self.stop.is_cancelled() {
-            st.running.push(Box::pin(async move {
-                backend.release(&taken.lease).await?;
-                Ok(Executed::Ended {
-                    node: taken.node,
-                    end: StepEnd::Released,
-                })
-            }));
+            self.give_back(st, taken);
             return;
         }
         st.current = Some((
@@ -186,6 +193,27 @@ where
         st.running.push(Box::pin(execute(
             workflow, backend, config, worker, taken, stop,
         )));
+    }
+
+    /// Runs a held step again (after a context conflict), renewing its lease first: the node
+    /// ran under it already, and its keeper starts afresh.
+    fn rerun(&self, st: &mut State<'a, W::Output>, taken: Taken) {
+        if self.stop.is_cancelled() {
+            self.give_back(st, taken);
+            return;
+        }
+        let (workflow, backend, config, worker) =
+            (self.workflow, self.backend, self.config, self.worker);
+        let stop = Some((self.stop, self.grace));
+        st.running.push(Box::pin(async move {
+            match super::renew(backend, config, &taken).await? {
+                Some(end) => Ok(Executed::Ended {
+                    node: taken.node,
+                    end,
+                }),
+                None => execute(workflow, backend, config, worker, taken, stop).await,
+            }
+        }));
     }
 
     /// A step's execution ended: its commit waits for the next batch, or it is over.
@@ -236,26 +264,43 @@ where
                 Settled::Done { node, end } => {
                     ended(self.workflow.name(), &node, end);
                 }
-                Settled::Rerun(taken) => self.launch(st, taken),
+                Settled::Rerun(taken) => self.rerun(st, taken),
                 Settled::Remerge(stale) => {
-                    let backend = self.backend;
-                    st.running.push(Box::pin(async move {
-                        let merged = commit::remerge::<C, _>(backend, stale).await?;
-                        Ok(Executed::Ready(merged))
-                    }));
+                    let (backend, config) = (self.backend, self.config);
+                    st.running
+                        .push(Box::pin(commit::remerge::<C, _>(backend, config, stale)));
                 }
             }
         }
+        // Steps refused with a conflict stay in flight (re-merged or run again): what the
+        // commit took beyond the free slots goes back.
         for item in taken {
-            self.launch(st, item);
+            if st.busy() + st.reserved < self.slots.capacity {
+                self.launch(st, item);
+            } else {
+                self.give_back(st, item);
+            }
         }
+    }
+
+    /// Releases `taken` unstarted (its slot is busy until the release is answered).
+    fn give_back(&self, st: &mut State<'a, W::Output>, taken: Taken) {
+        let backend = self.backend;
+        st.running.push(Box::pin(async move {
+            backend.release(&taken.lease).await?;
+            Ok(Executed::Ended {
+                node: taken.node,
+                end: StepEnd::Released,
+            })
+        }));
     }
 
     /// Sends the finished steps (up to a batch) in one commit that also takes new items for
     /// the slots it frees.
     fn start_commit(&self, st: &mut State<'a, W::Output>, stopping: bool) {
         let n = st.ready.len().min(MAX_BATCH);
-        let batch: Vec<Pending<W::Output>> = st.ready.drain(..n).collect();
+        let mut batch: Vec<Pending<W::Output>> = st.ready.drain(..n).collect();
+        commit::chain::<C, _>(&mut batch);
         let left = st.running.len() + st.ready.len() + st.reserved;
         let free = self.slots.capacity.saturating_sub(left).min(MAX_BATCH);
         let next = (!stopping && free > 0).then(|| {

@@ -2,8 +2,10 @@
 
 use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
+
 use super::lease::Finished;
-use super::StepEnd;
+use super::{renew, ExecConfig, Executed, StepEnd};
 use crate::distributed::backend::{Backend, CommitItem, CommitOutcome, NewItem, StepCommit, Taken};
 use crate::distributed::codec::{codec_error, decode, encode};
 use crate::distributed::{metrics, WorkflowError};
@@ -27,6 +29,9 @@ pub(crate) struct Pending<O> {
     after_version: u64,
     outputs: Vec<O>,
     ran: Duration,
+    /// When the lease was last granted or renewed (a step waiting long for its commit renews
+    /// it before trying again).
+    renewed: Instant,
 }
 
 /// The commit of a node that ran to its end; `Err` (with the item back) when its results
@@ -46,6 +51,7 @@ where
         loaded,
         ran,
         elapsed,
+        renewed,
         ..
     } = finished;
     let after = match encode(&ctx) {
@@ -94,6 +100,7 @@ where
         after_version,
         outputs,
         ran,
+        renewed,
     })
 }
 
@@ -181,24 +188,94 @@ pub(crate) fn settle<O>(
 }
 
 /// Joins the context `pending` left into the run's latest one (with [`Merge`]), for a new
-/// commit against that version. The node does not run again.
+/// commit against that version. The node does not run again. The lease is renewed first when a
+/// heartbeat is due (conflicts can keep a step from committing for a while); the step ends
+/// when the lease is gone or the run no longer takes results.
 ///
 /// # Errors
-/// A backend error loading the context, or a codec error.
+/// A backend error loading the context or renewing the lease, or a codec error.
 pub(crate) async fn remerge<C, O>(
     backend: &dyn Backend,
+    config: &ExecConfig,
     mut pending: Box<Pending<O>>,
-) -> Result<Box<Pending<O>>, FloxideError>
+) -> Result<Executed<O>, FloxideError>
 where
     C: Context + Merge,
 {
+    if pending.renewed.elapsed() >= config.heartbeat_interval {
+        let now = Instant::now();
+        if let Some(end) = renew(backend, config, &pending.taken).await? {
+            return Ok(Executed::Ended {
+                node: pending.taken.node,
+                end,
+            });
+        }
+        pending.renewed = now;
+    }
     let latest = backend.load_context(&pending.taken.lease.run_id).await?;
-    let mut merged: C = decode(&latest.bytes).map_err(codec_error)?;
-    let ours: C = decode(&pending.after).map_err(codec_error)?;
-    merged.merge(ours);
-    let bytes = encode(&merged).map_err(codec_error)?;
-    pending.after_version = latest.version + u64::from(bytes != latest.bytes);
-    pending.commit.context = (bytes != latest.bytes).then(|| (latest.version, bytes.clone()));
-    pending.merged = Some(bytes);
-    Ok(pending)
+    let merged = join::<C>(&latest.bytes, &pending.after).map_err(codec_error)?;
+    pending.rebase(latest.version, &latest.bytes, merged);
+    Ok(Executed::Ready(pending))
+}
+
+/// `ours` joined into `base` (both encoded contexts), encoded.
+fn join<C: Context + Merge>(base: &[u8], ours: &[u8]) -> Result<Vec<u8>, String> {
+    let mut merged: C = decode(base)?;
+    merged.merge(decode::<C>(ours)?);
+    encode(&merged)
+}
+
+impl<O> Pending<O> {
+    /// Makes the step commit `merged` against the context `base` at `version`.
+    fn rebase(&mut self, version: u64, base: &[u8], merged: Vec<u8>) {
+        let changed = merged != base;
+        self.after_version = version + u64::from(changed);
+        self.commit.context = changed.then(|| (version, merged.clone()));
+        self.merged = Some(merged);
+    }
+
+    /// The context the run has once this step is committed, and its version (`None` when
+    /// the step leaves the context as it found it).
+    fn context_after(&self) -> Option<(u64, &[u8])> {
+        self.commit.context.as_ref()?;
+        Some((
+            self.after_version,
+            self.merged.as_deref().unwrap_or(&self.after),
+        ))
+    }
+}
+
+/// Chains the context changes of steps of one run within a batch: each later step is joined
+/// (with [`Merge`]) into what the earlier one leaves, as a conflict would make it do after
+/// a round trip, so that they all commit in one call instead of all but one being refused.
+/// A held step is left as it is (a newer context means running it again), and so is a step
+/// that already saw a newer context than the earlier one.
+pub(crate) fn chain<C: Context + Merge, O>(batch: &mut [Pending<O>]) {
+    for i in 1..batch.len() {
+        let (before, rest) = batch.split_at_mut(i);
+        let this = &mut rest[0];
+        let Some((base_version, _)) = this.commit.context else {
+            continue;
+        };
+        if this.held {
+            continue;
+        }
+        let run = &this.taken.lease.run_id;
+        let Some(prev) = before
+            .iter()
+            .rev()
+            .filter(|p| &p.taken.lease.run_id == run)
+            .find_map(Pending::context_after)
+        else {
+            continue;
+        };
+        let (version, base) = prev;
+        if base_version >= version {
+            continue;
+        }
+        // A context that does not decode is left to the regular path (and its error).
+        if let Ok(merged) = join::<C>(base, &this.after) {
+            this.rebase(version, base, merged);
+        }
+    }
 }

@@ -32,6 +32,8 @@ pub(super) struct Finished<C, WI, O> {
     pub(super) ran: Duration,
     /// How long the step has taken so far (preparation included).
     pub(super) elapsed: Duration,
+    /// When the lease was last granted or renewed.
+    pub(super) renewed: Instant,
 }
 
 /// How running the node ended.
@@ -153,13 +155,13 @@ where
     let mut sink = StepSink::new();
     let env = StepEnv::scheduled(taken.attempt);
     let node_started = Instant::now();
+    let mut keeper = LeaseKeeper::new(config, granted);
     let result = {
         let node_run = scope.guarded(&cancel, async {
             Ok(workflow.process_work_item(&ctx, item, env, &mut sink).await)
         });
         let node_run = AssertUnwindSafe(node_run).catch_unwind();
         tokio::pin!(node_run);
-        let mut keeper = LeaseKeeper::new(config, granted);
         let mut stop_at: Option<Instant> = None;
         loop {
             let wake = stop_at.map_or(keeper.next_beat, |s| s.min(keeper.next_beat));
@@ -207,5 +209,6 @@ where
         loaded,
         ran,
         elapsed: granted.elapsed(),
+        renewed: keeper.valid_until - keeper.timeout,
     })))
 }

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::distributed::backend::{Backend, TakeOptions, Taken};
+use crate::distributed::backend::{Backend, LeaseState, TakeOptions, Taken};
+use crate::distributed::machine;
 use crate::distributed::metrics::{self, StepOutcome};
 use crate::distributed::step::{with_step, StepContext};
 use crate::distributed::{RunId, WorkerId};
@@ -182,6 +183,28 @@ where
     }
 }
 
+/// Renews `taken`'s lease before its node runs again (a held step after a conflict): `None`
+/// when renewed, or how the step ends when the lease is gone or the run is over.
+///
+/// # Errors
+/// A backend error.
+pub(crate) async fn renew<O>(
+    backend: &dyn Backend,
+    config: &ExecConfig,
+    taken: &Taken,
+) -> Result<Option<StepEnd<O>>, FloxideError> {
+    match backend
+        .heartbeat(&taken.lease, config.lease_timeout)
+        .await?
+    {
+        LeaseState::Lost => Ok(Some(StepEnd::Abandoned { lease_lost: true })),
+        LeaseState::Active(status) if !machine::accepts_results(status) => {
+            Ok(Some(StepEnd::Abandoned { lease_lost: false }))
+        }
+        LeaseState::Active(_) => Ok(None),
+    }
+}
+
 /// Executes `taken` and commits its effects alone, settling conflicts (one item's path).
 pub(crate) async fn step_one<C, W>(
     workflow: &W,
@@ -207,11 +230,19 @@ where
             match commit::settle(workflow.name(), *pending, outcome) {
                 Settled::Done { node, end } => return Ok(ended(workflow.name(), &node, end)),
                 Settled::Rerun(again) => {
+                    if let Some(end) = renew(backend, config, &again).await? {
+                        return Ok(ended(workflow.name(), &again.node, end));
+                    }
                     taken = again;
                     break;
                 }
                 Settled::Remerge(stale) => {
-                    pending = commit::remerge::<C, _>(backend, stale).await?
+                    match commit::remerge::<C, _>(backend, config, stale).await? {
+                        Executed::Ready(merged) => pending = merged,
+                        Executed::Ended { node, end } => {
+                            return Ok(ended(workflow.name(), &node, end))
+                        }
+                    }
                 }
             }
         }

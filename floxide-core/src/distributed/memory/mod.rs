@@ -941,8 +941,25 @@ impl WorkerBackend for InMemoryBackend {
         next: Option<TakeRequest<'_>>,
     ) -> Result<CommitReply, DistributedError> {
         let mut outcomes = Vec::with_capacity(commits.len());
+        // Runs whose chain of context changes broke in this batch (see the trait).
+        let mut broken: Vec<&str> = Vec::new();
         for c in commits {
-            outcomes.push(self.commit_one(c.lease, c.step)?);
+            let run = c.lease.run_id.as_str();
+            let changes = c.step.context.is_some();
+            let outcome = if changes && broken.contains(&run) {
+                let contexts = self.contexts.lock();
+                let current = contexts
+                    .contexts
+                    .get(run)
+                    .map_or(0, |(_, version)| *version);
+                CommitOutcome::ContextConflict { current }
+            } else {
+                self.commit_one(c.lease, c.step)?
+            };
+            if changes && !matches!(outcome, CommitOutcome::Committed { .. }) {
+                broken.push(run);
+            }
+            outcomes.push(outcome);
         }
         let taken = match next {
             Some(take) => match self.try_take(take.workflow, take.worker, take.options) {
