@@ -16,10 +16,22 @@
 -- holds what the worker's last take (commit) leased, with that request's id and the tokens,
 -- for a retry of it.
 
-local PFX = ARGV[1]
-local RETENTION = tonumber(ARGV[2])
-local LETTER_RETENTION = tonumber(ARGV[3])
-local RID = ARGV[4]
+-- Per call, set by `setup` from ARGV (loaded as a function library, this code runs once and
+-- its functions serve every call).
+local PFX, RETENTION, LETTER_RETENTION, RID
+local TIMERS, RUNS, DONE, LETTERS, LETTER_INDEX
+-- Run events and lease timers a call collects (flushed at its end), and whether it pruned.
+local EVENTS, PRUNE_DONE, TIMER_ADDS
+
+local function setup()
+  PFX = ARGV[1]
+  RETENTION = tonumber(ARGV[2])
+  LETTER_RETENTION = tonumber(ARGV[3])
+  RID = ARGV[4]
+  TIMERS, RUNS, DONE = PFX .. 'tm', PFX .. 'runs', PFX .. 'done'
+  LETTERS, LETTER_INDEX = PFX .. 'dlh', PFX .. 'dlq'
+  EVENTS, PRUNE_DONE, TIMER_ADDS = {}, false, {}
+end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -58,11 +70,6 @@ local function outs_key(run) return PFX .. 'outs:' .. run end
 local function errs_key(run) return PFX .. 'errs:' .. run end
 local function queue_key(wf) return PFX .. 'q:' .. wf end
 local function wake_key(wf) return PFX .. 'wake:' .. wf end
-local TIMERS = PFX .. 'tm'
-local RUNS = PFX .. 'runs'
-local DONE = PFX .. 'done'
-local LETTERS = PFX .. 'dlh'
-local LETTER_INDEX = PFX .. 'dlq'
 
 -- Item state ----------------------------------------------------------------------------------
 
@@ -186,8 +193,6 @@ end
 
 -- Runs whose record changed in a way waiters care about (finished, paused, resumed): one
 -- message for all of them, sent by `flush_events` at the end of the script.
-local EVENTS = {}
-local PRUNE_DONE = false
 
 local function run_event(run) EVENTS[#EVENTS + 1] = run end
 
@@ -324,8 +329,7 @@ local function unpark(run, marker)
   if left > 0 and #ids > 0 then redis.call('LPUSH', queue_key(r.wf), marker) end
 end
 
--- Lease timers to add (ZADD arguments), written by `flush_timers` in one command.
-local TIMER_ADDS = {}
+-- Lease timers to add (ZADD arguments) collect in TIMER_ADDS, written by `flush_timers`.
 
 local function add_timer(at, member)
   TIMER_ADDS[#TIMER_ADDS + 1] = at

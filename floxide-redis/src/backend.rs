@@ -13,6 +13,7 @@ use redis::Value;
 
 use crate::keys::Keys;
 use crate::reply::{hash, malformed, ms_of, time_ms, Reply};
+use crate::scripts::{function_missing, reload, run_call, Call, Lua};
 use crate::{RedisBackendError, RedisClient, RedisConfig};
 
 /// The distributed backend on Redis: any number of worker processes on any number of machines
@@ -59,29 +60,29 @@ impl RedisBackend {
     /// The scripts' common arguments: partition prefix, retentions (ms), request id.
     pub(crate) fn invoke<'a>(
         &self,
-        script: &'a redis::Script,
+        script: &'a Lua,
         key: String,
         pfx: &str,
         rid: &str,
-    ) -> redis::ScriptInvocation<'a> {
+    ) -> Call<'a> {
         let config = &self.client.inner.config;
-        let mut inv = script.key(key);
-        inv.arg(pfx)
+        let mut call = Call::new(script, key);
+        call.arg(pfx)
             .arg(config.retention.as_millis() as u64)
             .arg(config.letter_retention.as_millis() as u64)
             .arg(rid);
-        inv
+        call
     }
 
     /// Runs a script (retried through the client's connection handling: the request id makes
     /// a retry of an applied write answer as the first attempt did).
-    pub(crate) async fn script_reply(
-        &self,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<Reply, DistributedError> {
+    pub(crate) async fn script_reply(&self, call: &Call<'_>) -> Result<Reply, DistributedError> {
+        let inner = &self.client.inner;
         let value: Value = self
             .client
-            .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .run(|mut conn| async move {
+                run_call(&inner.scripts, inner.functions, call, &mut conn).await
+            })
             .await?;
         Reply::from(value)
     }
@@ -657,12 +658,7 @@ impl RedisBackend {
     }
 
     /// The start script's invocation for `start` under `run_id`, request `rid`.
-    fn start_invocation<'a>(
-        &'a self,
-        start: &StartRun,
-        run_id: &str,
-        rid: &str,
-    ) -> redis::ScriptInvocation<'a> {
+    fn start_invocation<'a>(&'a self, start: &StartRun, run_id: &str, rid: &str) -> Call<'a> {
         let pfx = self.keys().partition_of_run(run_id);
         let scripts = &self.client.inner.scripts;
         let mut inv = self.invoke(&scripts.start_run, Keys::runs(&pfx), &pfx, rid);
@@ -689,23 +685,40 @@ impl RedisBackend {
             .iter()
             .map(|s| (self.placed_run_id(s), request_id()))
             .collect();
-        let invocations: Vec<redis::ScriptInvocation<'_>> = chunk
+        let calls: Vec<Call<'_>> = chunk
             .iter()
             .zip(&placed)
             .map(|(s, (run_id, rid))| self.start_invocation(s, run_id, rid))
             .collect();
-        let script = &self.client.inner.scripts.start_run;
-        let invocations = &invocations;
+        let inner = &self.client.inner;
+        let calls = &calls;
         let replies: Result<Vec<Value>, DistributedError> = self
             .client
             .run(|mut conn| async move {
-                let mut pipe = redis::pipe();
-                // The script is loaded first: a restarted server has forgotten it.
-                pipe.load_script(script).ignore();
-                for inv in invocations {
-                    pipe.invoke_script(inv);
+                let pipeline = |load: bool| {
+                    let mut pipe = redis::pipe();
+                    for (n, call) in calls.iter().enumerate() {
+                        if inner.functions {
+                            pipe.add_command(call.fcall());
+                        } else {
+                            // The script is loaded first: a restarted server has forgotten it.
+                            if load && n == 0 {
+                                pipe.load_script(call.script()).ignore();
+                            }
+                            pipe.invoke_script(&call.invocation());
+                        }
+                    }
+                    pipe
+                };
+                match pipeline(true).query_async(&mut conn).await {
+                    // A restarted server lost the library: load it, then send the starts
+                    // again (each start's request id makes that safe).
+                    Err(e) if inner.functions && function_missing(&e) => {
+                        reload(&inner.scripts, &mut conn).await?;
+                        pipeline(false).query_async(&mut conn).await
+                    }
+                    answer => answer,
                 }
-                pipe.query_async(&mut conn).await
             })
             .await;
         match replies {

@@ -80,6 +80,8 @@ pub(crate) struct ClientInner {
     pub(crate) config: RedisConfig,
     pub(crate) keys: Keys,
     pub(crate) scripts: Scripts,
+    /// Whether the scripts run as functions of a loaded library (Redis 7 and later).
+    pub(crate) functions: bool,
     /// The latest run events published by the scripts (for waiters on one run).
     pub(crate) recent: Arc<Mutex<RecentEvents>>,
     /// Bumped on every run event, for subscribers that must not miss one.
@@ -175,18 +177,27 @@ impl RedisClient {
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.connect_timeout));
         let scripts = Scripts::new();
-        tokio::time::timeout(config.connect_timeout, async {
+        let functions = tokio::time::timeout(config.connect_timeout, async {
             let mut probe = client
                 .get_multiplexed_async_connection_with_config(&probe_config)
                 .await
                 .map_err(|e| connect(e.to_string()))?;
+            // Functions where the server has them and the user may load them; else scripts.
+            match crate::scripts::reload(&scripts, &mut probe).await {
+                Ok(()) => return Ok::<_, RedisBackendError>(true),
+                // A server before 7.0 does not know FUNCTION; an ACL may not allow it.
+                Err(e) if crate::scripts::no_functions(&e) => {
+                    tracing::debug!(error = %e, "no function library; running scripts");
+                }
+                Err(e) => return Err(connect(format!("loading the scripts failed: {e}"))),
+            }
             for script in scripts.all() {
                 script
                     .load_async(&mut probe)
                     .await
                     .map_err(|e| connect(format!("loading the scripts failed: {e}")))?;
             }
-            Ok::<_, RedisBackendError>(())
+            Ok(false)
         })
         .await
         .map_err(|_| no_answer())??;
@@ -270,6 +281,7 @@ impl RedisClient {
                 config,
                 keys,
                 scripts,
+                functions,
                 recent,
                 version,
                 blocking: Mutex::new(Vec::new()),

@@ -91,7 +91,7 @@ pub(crate) fn commit_outcome(r: &Reply) -> Result<CommitOutcome, DistributedErro
 
 /// The arguments of one step in the commit script (see `lua/commit.lua`).
 fn commit_args(
-    inv: &mut redis::ScriptInvocation<'_>,
+    inv: &mut crate::scripts::Call<'_>,
     c: &CommitItem<'_>,
 ) -> Result<(), DistributedError> {
     let (lease, step) = (c.lease, c.step);

@@ -133,6 +133,63 @@ async fn password_in_config_or_url_works_and_a_wrong_one_is_a_clear_error() {
     eprintln!("config/password: wrong → {wrong}\nconfig/password: missing → {missing}");
 }
 
+/// A user not allowed to load functions (or a server before Redis 7) runs the same code as
+/// scripts: everything works the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_functions_runs_scripts() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let admin = redis::Client::open(server.url()).unwrap();
+    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "old",
+            "on",
+            ">old-pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-function",
+            "-fcall",
+        ])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let client = RedisClient::new(
+        RedisConfig::new(server.url())
+            .with_key_prefix("old:")
+            .with_username("old")
+            .with_password("old-pw"),
+    )
+    .await
+    .expect("a user without FUNCTION connects");
+    runs_a_workflow(client).await;
+    let libraries: Vec<redis::Value> = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(libraries.is_empty(), "no library was loaded: {libraries:?}");
+    // With the default user, the library is loaded and used.
+    let client = RedisClient::new(RedisConfig::new(server.url()).with_key_prefix("new:"))
+        .await
+        .unwrap();
+    runs_a_workflow(client.clone()).await;
+    let libraries: Vec<redis::Value> = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(libraries.len(), 1, "one library: {libraries:?}");
+    // A server that lost the library (a restart without persistence) gets it again.
+    redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    runs_a_workflow(client).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acl_user_can_connect() {
     let server = RedisServer::start_or_panic(ServerOptions::default());

@@ -73,7 +73,7 @@ fn done(output: u64) -> StepCommit {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_start_finds_its_own_run() {
     let s = setup(|c| c).await;
-    s.proxy.cut_after_request(b"EVALSHA");
+    s.proxy.cut_after_request(b"FCALL");
     let run = s
         .orchestrator
         .start_run_with_key(&WorkflowCtx::new(()), 1, "order-1")
@@ -86,7 +86,7 @@ async fn a_retried_start_finds_its_own_run() {
     );
     assert_eq!(s.orchestrator.list_runs(None).await.unwrap().len(), 1);
     // The same with a chosen id.
-    s.proxy.cut_after_request(b"EVALSHA");
+    s.proxy.cut_after_request(b"FCALL");
     s.orchestrator
         .start_run_with_id(&WorkflowCtx::new(()), 1, "by-id".to_owned())
         .await
@@ -113,7 +113,7 @@ async fn a_retried_cancel_is_ok() {
         .start_run(&WorkflowCtx::new(()), 1)
         .await
         .unwrap();
-    s.proxy.cut_after_request(b"EVALSHA");
+    s.proxy.cut_after_request(b"FCALL");
     s.orchestrator
         .cancel(&run)
         .await
@@ -143,7 +143,7 @@ async fn a_retried_requeue_is_ok() {
         RunStatus::Failed
     );
     let letter = s.orchestrator.dead_letters().await.unwrap().remove(0);
-    s.proxy.cut_after_request(b"EVALSHA");
+    s.proxy.cut_after_request(b"FCALL");
     s.orchestrator
         .requeue_dead_letter(&run, letter.item_id)
         .await
@@ -175,7 +175,7 @@ async fn a_retried_take_leases_nothing_twice() {
     let me = WorkerId::from("me");
 
     // A plain take whose reply is lost: the retry gets the same item, under the same lease.
-    s.proxy.cut_after_request(b"EVALSHA");
+    s.proxy.cut_after_request(b"FCALL");
     let taken = s
         .backend
         .take(wf.name(), &me, options(), Duration::ZERO)
@@ -188,7 +188,7 @@ async fn a_retried_take_leases_nothing_twice() {
 
     // A commit whose reply is lost, with the next take fused in: the retry answers Committed
     // and returns the item the first attempt took.
-    s.proxy.cut_after_request(b"EVALSHA");
+    s.proxy.cut_after_request(b"FCALL");
     let next = TakeRequest::new(wf.name(), &me, options()).with_max(4);
     let step = done(1);
     let reply = s
