@@ -235,7 +235,7 @@ elseif next_wf ~= '' then
   end
   local popped = { 0, -1 }
   if budget > 0 then
-    popped = take_next(next_wf, worker, lease_ms, max_del, budget, held, woken, now)
+    popped = take_next(next_wf, worker, lease_ms, max_del, budget, held, woken, now, true)
   end
   if popped[1] == 1 then
     for n = 0, popped[2] - 1 do

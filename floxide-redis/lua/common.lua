@@ -18,7 +18,7 @@
 
 -- Per call, set by `setup` from ARGV (loaded as a function library, this code runs once and
 -- its functions serve every call).
-local PFX, RETENTION, LETTER_RETENTION, RID
+local PFX, RETENTION, LETTER_RETENTION, RID, RETRY
 local TIMERS, RUNS, DONE, LETTERS, LETTER_INDEX
 -- Run events and lease timers a call collects (flushed at its end), and whether it pruned.
 local EVENTS, PRUNE_DONE, TIMER_ADDS
@@ -27,7 +27,9 @@ local function setup()
   PFX = ARGV[1]
   RETENTION = tonumber(ARGV[2])
   LETTER_RETENTION = tonumber(ARGV[3])
-  RID = ARGV[4]
+  -- A retried request carries its id with a `+`: only then is a first attempt's answer looked for.
+  RID, RETRY = ARGV[4], string.byte(ARGV[4], -1) == 43
+  if RETRY then RID = string.sub(RID, 1, -2) end
   TIMERS, RUNS, DONE = PFX .. 'tm', PFX .. 'runs', PFX .. 'done'
   LETTERS, LETTER_INDEX = PFX .. 'dlh', PFX .. 'dlq'
   EVENTS, PRUNE_DONE, TIMER_ADDS = {}, false, {}
@@ -422,13 +424,20 @@ end
 -- Leases up to `max_n` ready items of `wf` for `worker` (see take.lua for the reply). Expired
 -- leases and due retries are rare, so under load they are looked for on about one take in
 -- four (by the server's clock), and always before answering that nothing is ready.
-local function take_next(wf, worker, lease_ms, max_deliveries, max_n, held, woken, now)
+local function take_next(wf, worker, lease_ms, max_deliveries, max_n, held, woken, now, fused)
   now = now or now_ms()
   local reply = nil
   local scanned = now % 4 == 0
   if scanned then due_work(now) end
   local rows, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
   if #rows == 0 and more then reply = { 2 } end
+  -- A take fused into a commit does not look again, nor say when work falls due: the
+  -- worker's idle take does both before it blocks.
+  if fused and #rows == 0 then
+    flush_timers()
+    flush_events(now)
+    return reply or { 0, -1 }
+  end
   if not reply and #rows == 0 and not scanned then
     due_work(now)
     rows, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
@@ -505,6 +514,7 @@ end
 
 -- The reply a retried request (same request id) gets, or nil for a new request.
 local function replay_take(key, worker)
+  if not RETRY then return nil end
   local prev = redis.call('GET', key)
   if not prev or string.sub(prev, 1, #RID + 1) ~= RID .. '\n' then return nil end
   return leased_rows(lines_of(string.sub(prev, #RID + 2)), worker)

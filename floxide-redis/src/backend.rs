@@ -70,7 +70,7 @@ impl RedisBackend {
         call.arg(pfx)
             .arg(config.retention.as_millis() as u64)
             .arg(config.letter_retention.as_millis() as u64)
-            .arg(rid);
+            .request(rid);
         call
     }
 
@@ -78,12 +78,17 @@ impl RedisBackend {
     /// a retry of an applied write answer as the first attempt did).
     pub(crate) async fn script_reply(&self, call: &Call<'_>) -> Result<Reply, DistributedError> {
         let inner = &self.client.inner;
-        let value: Value = self
-            .client
-            .run(|mut conn| async move {
-                run_call(&inner.scripts, inner.functions, call, &mut conn).await
-            })
-            .await?;
+        let mut attempts = 0u32;
+        let value: Value =
+            self.client
+                .run(|mut conn| {
+                    attempts += 1;
+                    let retry = attempts > 1;
+                    async move {
+                        run_call(&inner.scripts, inner.functions, call, retry, &mut conn).await
+                    }
+                })
+                .await?;
         Reply::from(value)
     }
 
@@ -699,13 +704,13 @@ impl RedisBackend {
                     let mut pipe = redis::pipe();
                     for (n, call) in calls.iter().enumerate() {
                         if inner.functions {
-                            pipe.add_command(call.fcall());
+                            pipe.add_command(call.fcall(false));
                         } else {
                             // The script is loaded first: a restarted server has forgotten it.
                             if load && n == 0 {
                                 pipe.load_script(call.script()).ignore();
                             }
-                            pipe.invoke_script(&call.invocation());
+                            pipe.invoke_script(&call.invocation(false));
                         }
                     }
                     pipe

@@ -119,6 +119,9 @@ pub(crate) struct Call<'a> {
     lua: &'a Lua,
     keys: Vec<Vec<u8>>,
     args: Vec<Vec<u8>>,
+    /// The position of the request id among the arguments: a retry sends it with a `+`
+    /// appended, which tells the script to look for the first attempt's answer.
+    request_at: Option<usize>,
 }
 
 impl<'a> Call<'a> {
@@ -128,6 +131,25 @@ impl<'a> Call<'a> {
             lua,
             keys: key.to_redis_args(),
             args: Vec::new(),
+            request_at: None,
+        }
+    }
+
+    /// Adds the request id as the next argument.
+    pub(crate) fn request(&mut self, id: &str) -> &mut Self {
+        self.request_at = Some(self.args.len());
+        self.arg(id)
+    }
+
+    /// The arguments of an attempt (`retry`: not the first).
+    fn args_for(&self, retry: bool) -> std::borrow::Cow<'_, [Vec<u8>]> {
+        match self.request_at {
+            Some(i) if retry && i < self.args.len() => {
+                let mut args = self.args.clone();
+                args[i].push(b'+');
+                std::borrow::Cow::Owned(args)
+            }
+            _ => std::borrow::Cow::Borrowed(&self.args),
         }
     }
 
@@ -137,23 +159,23 @@ impl<'a> Call<'a> {
         self
     }
 
-    /// The call as `FCALL`.
-    pub(crate) fn fcall(&self) -> redis::Cmd {
+    /// The call as `FCALL` (`retry`: a later attempt of the same request).
+    pub(crate) fn fcall(&self, retry: bool) -> redis::Cmd {
         let mut cmd = redis::cmd("FCALL");
         cmd.arg(&self.lua.function)
             .arg(self.keys.len())
             .arg(&self.keys)
-            .arg(&self.args);
+            .arg(&*self.args_for(retry));
         cmd
     }
 
     /// The call as a script invocation (`EVALSHA`, loading the script when it is missing).
-    pub(crate) fn invocation(&self) -> redis::ScriptInvocation<'a> {
+    pub(crate) fn invocation(&self, retry: bool) -> redis::ScriptInvocation<'a> {
         let mut inv = self.lua.script.prepare_invoke();
         for key in &self.keys {
             inv.key(key);
         }
-        for arg in &self.args {
+        for arg in self.args_for(retry).iter() {
             inv.arg(arg);
         }
         inv
@@ -165,21 +187,22 @@ impl<'a> Call<'a> {
     }
 }
 
-/// Runs `call` on `conn`: `FCALL` when `functions`, loading the library again when the server
-/// lost it; else `EVALSHA`.
+/// Runs `call` on `conn` (`retry`: a later attempt of the same request): `FCALL` when
+/// `functions`, loading the library again when the server lost it; else `EVALSHA`.
 pub(crate) async fn run_call<T: redis::FromRedisValue>(
     scripts: &Scripts,
     functions: bool,
     call: &Call<'_>,
+    retry: bool,
     conn: &mut (impl redis::aio::ConnectionLike + Send),
 ) -> RedisResult<T> {
     if !functions {
-        return call.invocation().invoke_async(conn).await;
+        return call.invocation(retry).invoke_async(conn).await;
     }
-    match call.fcall().query_async(conn).await {
+    match call.fcall(retry).query_async(conn).await {
         Err(e) if function_missing(&e) => {
             reload(scripts, conn).await?;
-            call.fcall().query_async(conn).await
+            call.fcall(retry).query_async(conn).await
         }
         answer => answer,
     }
