@@ -1,0 +1,204 @@
+//! How to reach PostgreSQL and where Floxide keeps its tables.
+
+use std::time::Duration;
+
+use crate::PostgresBackendError;
+
+/// The connection and the schema of a deployment. Processes that share the schema share runs.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    pub(crate) url: String,
+    pub(crate) pool_size: usize,
+    pub(crate) schema: String,
+    pub(crate) statement_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &redacted(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("schema", &self.schema)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl PostgresConfig {
+    /// A configuration for `url` (`postgres://user:password@host:port/database`, or the
+    /// key=value form libpq takes), with a pool of 16 connections, the schema `floxide`, a
+    /// statement timeout of 30 s and a connect timeout of 5 s.
+    pub fn new(url: impl Into<String>) -> Self {
+        PostgresConfig {
+            url: url.into(),
+            pool_size: 16,
+            schema: "floxide".to_owned(),
+            statement_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The most connections this process opens (at least 1).
+    #[must_use]
+    pub fn with_pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// The schema holding Floxide's tables (created when missing): lowercase letters,
+    /// digits and `_`, starting with a letter or `_`, at most 63 characters.
+    #[must_use]
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The longest a statement may run before the server cancels it.
+    #[must_use]
+    pub fn with_statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// How long connecting may take.
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The schema name.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Checks the settings, and parses the URL into the client's configuration.
+    pub(crate) fn client_config(&self) -> Result<tokio_postgres::Config, PostgresBackendError> {
+        check_schema(&self.schema)?;
+        if self.pool_size == 0 {
+            return Err(PostgresBackendError::InvalidConfig(
+                "the pool size must be at least 1".to_owned(),
+            ));
+        }
+        if self.statement_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(PostgresBackendError::InvalidConfig(
+                "the statement and connect timeouts must be longer than zero".to_owned(),
+            ));
+        }
+        let mut config: tokio_postgres::Config = self.url.parse().map_err(|e| {
+            PostgresBackendError::InvalidUrl(format!("`{}`: {e}", redacted(&self.url)))
+        })?;
+        let mut options = config.get_options().unwrap_or("").to_owned();
+        options.push_str(&format!(
+            " -c statement_timeout={} -c search_path={}",
+            self.statement_timeout.as_millis(),
+            self.schema
+        ));
+        config
+            .options(options.trim())
+            .connect_timeout(self.connect_timeout)
+            .application_name("floxide");
+        Ok(config)
+    }
+}
+
+/// A schema name must be a plain identifier: it is written into SQL unquoted.
+fn check_schema(schema: &str) -> Result<(), PostgresBackendError> {
+    let mut chars = schema.chars();
+    let starts_well = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if starts_well && rest_ok && schema.len() <= 63 {
+        Ok(())
+    } else {
+        Err(PostgresBackendError::InvalidConfig(format!(
+            "schema name `{schema}`: use lowercase letters, digits and `_`, starting with a \
+             letter or `_`, at most 63 characters"
+        )))
+    }
+}
+
+/// `url` without its password.
+pub(crate) fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => match url.find("password=") {
+            Some(p) => {
+                let end = url[p..].find(' ').map_or(url.len(), |e| p + e);
+                format!("{}password=***{}", &url[..p], &url[end..])
+            }
+            None => url.to_owned(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redacted("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redacted("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(
+            redacted("host=db password=s3cret user=app"),
+            "host=db password=*** user=app"
+        );
+        let debug = format!("{:?}", PostgresConfig::new("postgres://a:pw@h/d"));
+        assert!(!debug.contains("pw@"), "{debug}");
+    }
+
+    #[test]
+    fn bad_settings_are_typed_errors() {
+        for schema in ["", "Flows", "1abc", "a-b", "a;drop", &"x".repeat(64)] {
+            let e = PostgresConfig::new("postgres://h/d")
+                .with_schema(schema)
+                .client_config()
+                .unwrap_err();
+            assert!(
+                matches!(e, PostgresBackendError::InvalidConfig(_)),
+                "{schema}: {e}"
+            );
+        }
+        let e = PostgresConfig::new("postgres://h/d")
+            .with_pool_size(0)
+            .client_config()
+            .unwrap_err();
+        assert!(matches!(e, PostgresBackendError::InvalidConfig(_)), "{e}");
+        let e = PostgresConfig::new("postgres://u:pw@h:notaport/d")
+            .client_config()
+            .unwrap_err();
+        assert!(matches!(e, PostgresBackendError::InvalidUrl(_)), "{e}");
+        assert!(!e.to_string().contains("pw"), "{e}");
+    }
+
+    #[test]
+    fn the_schema_and_timeout_go_into_the_session() {
+        let config = PostgresConfig::new("postgres://h/d?options=-c%20work_mem%3D8MB")
+            .with_schema("flows")
+            .with_statement_timeout(Duration::from_millis(1500))
+            .client_config()
+            .unwrap();
+        let options = config.get_options().unwrap();
+        assert!(options.contains("work_mem=8MB"), "{options}");
+        assert!(options.contains("statement_timeout=1500"), "{options}");
+        assert!(options.contains("search_path=flows"), "{options}");
+    }
+}

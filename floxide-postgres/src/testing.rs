@@ -1,0 +1,255 @@
+//! A private PostgreSQL server for tests: `initdb` in a temporary directory, `pg_ctl start`
+//! on a free port with its socket in that directory, stopped (and the directory removed) on
+//! drop. Never the server that may run on the standard port.
+//!
+//! The binaries are found on `PATH`, in `pg_config --bindir` or in Debian's
+//! `/usr/lib/postgresql/<version>/bin`; when they are missing,
+//! [`PostgresServer::start`] fails with a message naming the package to install. PostgreSQL
+//! refuses to run as root: a test run as root starts the server as the `postgres` user (the
+//! OS package creates it) through `runuser`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+const INSTALL_HINT: &str = "the PostgreSQL server binaries (initdb, pg_ctl) were not found on \
+PATH, in `pg_config --bindir` or in /usr/lib/postgresql/*/bin: the PostgreSQL tests start their \
+own server. Install them with `apt-get install postgresql` (Debian/Ubuntu) or your OS's \
+PostgreSQL server package.";
+
+/// The server could not be found or started.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ServerError(String);
+
+/// A running PostgreSQL server owned by the test; stopped and removed on drop.
+#[derive(Debug)]
+pub struct PostgresServer {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    /// Run the server's commands as this user (when the tests run as root).
+    run_as: Option<String>,
+    running: bool,
+}
+
+impl PostgresServer {
+    /// Creates a cluster in a new temporary directory and starts it on a free port. Its
+    /// superuser is `floxide`, trusted without a password, and `fsync` is off: a commit
+    /// survives the server's crash (`stop_immediately`), not the machine's.
+    ///
+    /// # Errors
+    /// A [`ServerError`] naming the package to install when the binaries are missing, or
+    /// saying why the server did not start (with its log).
+    pub fn start() -> Result<Self, ServerError> {
+        let bin = find_bin()?;
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!(
+            "floxide-pg-{}-{port}-{:x}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ServerError(format!("cannot create {}: {e}", dir.display())))?;
+        let run_as = is_root().then(|| "postgres".to_owned());
+        let mut server = PostgresServer {
+            bin,
+            dir,
+            port,
+            run_as,
+            running: false,
+        };
+        if let Some(user) = &server.run_as {
+            let chown = Command::new("chown")
+                .arg("-R")
+                .arg(user)
+                .arg(&server.dir)
+                .output()
+                .map_err(|e| ServerError(format!("chown of the test server's directory: {e}")))?;
+            check(&chown, "chown of the test server's directory")?;
+        }
+        let data = server.data_dir();
+        let init = server
+            .command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "floxide",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .output()
+            .map_err(|e| ServerError(format!("running initdb: {e}")))?;
+        check(&init, "initdb")?;
+        server.start_again()?;
+        Ok(server)
+    }
+
+    /// Starts a server, panicking with the install hint when it cannot: for tests.
+    pub fn start_or_panic() -> Self {
+        match PostgresServer::start() {
+            Ok(server) => server,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A URL of the `postgres` database as the superuser `floxide`.
+    pub fn url(&self) -> String {
+        format!("postgres://floxide@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
+    ///
+    /// # Errors
+    /// When `pg_ctl` fails.
+    pub fn stop_immediately(&mut self) -> Result<(), ServerError> {
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "immediate", "-w", "stop"])
+            .output()
+            .map_err(|e| ServerError(format!("running pg_ctl stop: {e}")))?;
+        self.running = false;
+        check(&out, "pg_ctl stop")
+    }
+
+    /// Starts the (stopped) server again on the same port and data.
+    ///
+    /// # Errors
+    /// When it does not start (the message holds its log).
+    pub fn start_again(&mut self) -> Result<(), ServerError> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
+             -c max_connections=200",
+            self.port,
+            self.dir.display()
+        );
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.log_file())
+            .arg("-o")
+            .arg(options)
+            .args(["-w", "-t", "60", "start"])
+            .output()
+            .map_err(|e| ServerError(format!("running pg_ctl start: {e}")))?;
+        if !out.status.success() {
+            let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+            return Err(ServerError(format!(
+                "the test PostgreSQL did not start: {}\n{log}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        self.running = true;
+        Ok(())
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    /// `program` of the server's binaries, run as the server's user.
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        let mut cmd = match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.arg("-u").arg(user).arg("--").arg(path);
+                c
+            }
+            None => Command::new(path),
+        };
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = self.stop_immediately();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The directory holding `initdb` and `pg_ctl`.
+fn find_bin() -> Result<PathBuf, ServerError> {
+    let on_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).find(|dir| has_server_bins(dir)));
+    if let Some(dir) = on_path {
+        return Ok(dir);
+    }
+    let from_pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .filter(|dir| has_server_bins(dir));
+    // Debian and Ubuntu keep them in a versioned directory off PATH: take the newest.
+    let debian = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let version: u32 = e.file_name().to_str()?.parse().ok()?;
+                    Some((version, e.path().join("bin")))
+                })
+                .filter(|(_, dir)| has_server_bins(dir))
+                .max_by_key(|(version, _)| *version)
+                .map(|(_, dir)| dir)
+        });
+    from_pg_config
+        .or(debian)
+        .ok_or_else(|| ServerError(INSTALL_HINT.to_owned()))
+}
+
+fn has_server_bins(dir: &Path) -> bool {
+    dir.join("initdb").is_file() && dir.join("pg_ctl").is_file()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn free_port() -> Result<u16, ServerError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| ServerError(format!("no free port: {e}")))
+}
+
+fn check(out: &Output, what: &str) -> Result<(), ServerError> {
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ServerError(format!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
