@@ -77,8 +77,26 @@ impl RedisBackend {
     /// Runs a script (retried through the client's connection handling: the request id makes
     /// a retry of an applied write answer as the first attempt did).
     pub(crate) async fn script_reply(&self, call: &Call<'_>) -> Result<Reply, DistributedError> {
+        self.script_reply_after(call, 0).await
+    }
+
+    /// [`script_reply`](Self::script_reply) for a request that was sent before and may have
+    /// been applied (every attempt is marked as a retry).
+    pub(crate) async fn script_reply_retried(
+        &self,
+        call: &Call<'_>,
+    ) -> Result<Reply, DistributedError> {
+        self.script_reply_after(call, 1).await
+    }
+
+    /// Runs `call`, `sent` attempts having been made already.
+    async fn script_reply_after(
+        &self,
+        call: &Call<'_>,
+        sent: u32,
+    ) -> Result<Reply, DistributedError> {
         let inner = &self.client.inner;
-        let mut attempts = 0u32;
+        let mut attempts = sent;
         let value: Value =
             self.client
                 .run(|mut conn| {

@@ -14,6 +14,7 @@ use redis::Value;
 use crate::backend::{request_id, run_status_of, RedisBackend};
 use crate::keys::Keys;
 use crate::reply::{malformed, time_ms, Reply};
+use crate::scripts::{function_missing, reload, Call};
 
 /// The contexts a worker holds after its commits (run → version and bytes), for items whose
 /// context a take reply leaves out.
@@ -159,6 +160,26 @@ async fn release_all(backend: &RedisBackend, taken: Vec<Taken>) {
 }
 
 impl RedisBackend {
+    /// The take script's call for up to `take.max` items in partition `pfx`, request `rid`.
+    fn take_call<'a>(
+        &'a self,
+        pfx: &str,
+        take: TakeRequest<'_>,
+        woken: bool,
+        rid: &str,
+    ) -> Call<'a> {
+        let scripts = &self.client().inner.scripts;
+        let key = Keys::queue(pfx, take.workflow);
+        let mut call = self.invoke(&scripts.take, key, pfx, rid);
+        call.arg(take.workflow)
+            .arg(take.worker.as_str())
+            .arg(take.options.lease_timeout.as_millis() as u64)
+            .arg(take.options.max_deliveries)
+            .arg(take.max)
+            .arg(if woken { "1" } else { "0" });
+        call
+    }
+
     /// Runs one take of up to `take.max` items in partition `pfx`: `Ok(items)` or
     /// `Err(ms until something is due)`.
     async fn take_in(
@@ -167,16 +188,61 @@ impl RedisBackend {
         take: TakeRequest<'_>,
         woken: bool,
     ) -> Result<Result<Vec<Taken>, Option<u64>>, DistributedError> {
-        let scripts = &self.client().inner.scripts;
-        let key = Keys::queue(pfx, take.workflow);
-        let mut inv = self.invoke(&scripts.take, key, pfx, &request_id());
-        inv.arg(take.workflow)
-            .arg(take.worker.as_str())
-            .arg(take.options.lease_timeout.as_millis() as u64)
-            .arg(take.options.max_deliveries)
-            .arg(take.max)
-            .arg(if woken { "1" } else { "0" });
-        let reply = self.script_reply(&inv).await?;
+        let call = self.take_call(pfx, take, woken, &request_id());
+        let reply = self.script_reply(&call).await?;
+        parse_take(reply, take.worker, &Held::new())
+    }
+
+    /// Waits up to `wait` on the wake list of the only partition `pfx`, and takes there as
+    /// soon as it is woken (or the wait ends), in one round trip: the take is pipelined
+    /// behind the blocking pop on the same connection, and the server runs it the moment the
+    /// pop returns. (With several partitions the woken one is not known in advance: see
+    /// [`block`](Self::block).)
+    async fn wake_and_take(
+        &self,
+        pfx: &str,
+        take: TakeRequest<'_>,
+        wait: Duration,
+    ) -> Result<Result<Vec<Taken>, Option<u64>>, DistributedError> {
+        let rid = request_id();
+        let call = self.take_call(pfx, take, true, &rid);
+        let mut conn = self
+            .client()
+            .blocking_connection()
+            .await
+            .map_err(crate::reply::backend)?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("BLPOP")
+            .arg(Keys::wake(pfx, take.workflow))
+            .arg(wait.as_secs_f64().max(0.001))
+            .ignore();
+        pipe.add_command(call.fcall(false));
+        // A connection that died silently would block forever: bound the wait.
+        let answered =
+            tokio::time::timeout(wait + Duration::from_secs(2), pipe.query_async(&mut conn)).await;
+        let reply = match answered {
+            Ok(Ok(values)) => {
+                self.client().give_back(conn);
+                let values: Vec<Value> = values;
+                let value = values
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| malformed("a take after a wait was not answered"))?;
+                Reply::from(value)?
+            }
+            Ok(Err(e)) if function_missing(&e) => {
+                // The server lost the library (a restart): load it, then take on its own.
+                let inner = &self.client().inner;
+                reload(&inner.scripts, &mut conn)
+                    .await
+                    .map_err(crate::reply::backend)?;
+                self.client().give_back(conn);
+                return self.take_in(pfx, take, true).await;
+            }
+            // The take may have run and its answer been lost: the same request, marked as a
+            // retry, answers with what it leased (or takes now if it never ran).
+            Ok(Err(_)) | Err(_) => self.script_reply_retried(&call).await?,
+        };
         parse_take(reply, take.worker, &Held::new())
     }
 
@@ -188,6 +254,7 @@ impl RedisBackend {
         pfx: &str,
         take: TakeRequest<'_>,
         woken: bool,
+        wait_first: Option<Duration>,
     ) -> Result<Result<Vec<Taken>, Option<u64>>, DistributedError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (this, pfx, workflow, worker) = (
@@ -200,7 +267,10 @@ impl RedisBackend {
         let releaser = self.clone();
         tokio::spawn(async move {
             let take = TakeRequest::new(&workflow, &worker, options).with_max(max);
-            let result = this.take_in(&pfx, take, woken).await;
+            let result = match wait_first {
+                Some(wait) => this.wake_and_take(&pfx, take, wait).await,
+                None => this.take_in(&pfx, take, woken).await,
+            };
             if let Err(Ok(Ok(taken))) = tx.send(result) {
                 release_all(&this, taken).await;
             }
@@ -321,14 +391,21 @@ impl WorkerBackend for RedisBackend {
         wait: Duration,
     ) -> Result<Vec<Taken>, DistributedError> {
         let started = tokio::time::Instant::now();
-        let partitions = self.client().inner.config.partitions;
+        let inner = &self.client().inner;
+        let partitions = inner.config.partitions;
+        // One partition with functions: the wait and the take after it are one round trip.
+        let fused_wait = partitions == 1 && inner.functions;
         let home = self.keys().partition_of(take.worker.as_str());
         let mut woken = false;
+        let mut wait_first = None;
         loop {
             let mut next_due: Option<u64> = None;
             for k in 0..partitions {
                 let pfx = self.keys().partition((home + k) % partitions);
-                match self.take_detached(&pfx, take, woken).await? {
+                match self
+                    .take_detached(&pfx, take, woken, wait_first.take())
+                    .await?
+                {
                     Ok(taken) => return Ok(taken),
                     Err(due) => {
                         next_due = match (next_due, due) {
@@ -350,8 +427,12 @@ impl WorkerBackend for RedisBackend {
             if let Some(due) = next_due {
                 block = block.min(Duration::from_millis(due.max(1)));
             }
-            self.block(take.workflow, block).await?;
             woken = true;
+            if fused_wait {
+                wait_first = Some(block);
+            } else {
+                self.block(take.workflow, block).await?;
+            }
         }
     }
 
