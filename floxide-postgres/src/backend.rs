@@ -99,6 +99,15 @@ impl PostgresBackend {
             })
     }
 
+    /// A pooled connection, for the runtime's operations.
+    pub(crate) async fn pooled(
+        &self,
+    ) -> Result<deadpool_postgres::Object, floxide_core::distributed::DistributedError> {
+        self.client()
+            .await
+            .map_err(|e| floxide_core::distributed::DistributedError::Backend(e.to_string()))
+    }
+
     /// The schema's version (the newest migration applied).
     ///
     /// # Errors
