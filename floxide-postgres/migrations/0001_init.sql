@@ -4,38 +4,44 @@
 -- A run: its record, context and counters. Finished runs stay for the retention period.
 CREATE TABLE runs (
     run_id          text PRIMARY KEY,
+    seq             bigserial,
     workflow        text NOT NULL,
     status          text NOT NULL,
     context         bytea NOT NULL,
     version         bigint NOT NULL DEFAULT 0,
-    -- Items not yet committed, and those parked while the run is paused or failed.
+    -- Items not yet committed, dead-lettered or dropped.
     outstanding     integer NOT NULL,
-    parked          integer NOT NULL DEFAULT 0,
     output          jsonb,
     error           text,
     idempotency_key text UNIQUE,
-    -- The request that started, controlled or finished the run (retried writes).
+    -- The requests that started the run and that finished it (retried writes).
     start_request   text NOT NULL,
+    finish_request  text,
     deadline        timestamptz,
     started_at      timestamptz NOT NULL DEFAULT now(),
     finished_at     timestamptz,
-    steps_done      bigint NOT NULL DEFAULT 0,
+    -- Counters (RunMetrics) and per-node timings: {"node": {"count", "total_us", "max_us"}}.
     items_created   bigint NOT NULL DEFAULT 1,
+    steps_done      bigint NOT NULL DEFAULT 0,
+    failures        bigint NOT NULL DEFAULT 0,
+    retries         bigint NOT NULL DEFAULT 0,
     node_timings    jsonb NOT NULL DEFAULT '{}'
 );
-CREATE INDEX runs_newest ON runs (started_at DESC);
-CREATE INDEX runs_by_status ON runs (status, started_at DESC);
+CREATE INDEX runs_newest ON runs (seq DESC);
+CREATE INDEX runs_by_status ON runs (status, seq DESC);
 CREATE INDEX runs_finished ON runs (finished_at) WHERE finished_at IS NOT NULL;
 
--- The hot table: items that are ready, leased, waiting for a retry or parked. A committed
--- item leaves it in its commit's transaction, so it stays small.
+-- A run's items. The takes only look at the ones whose time can come (ready, leased,
+-- waiting for a retry: the partial index); committed ones keep a line without payload until
+-- their run ends (a completed or cancelled run's items go at once).
 CREATE TABLE items (
     run_id      text NOT NULL REFERENCES runs ON DELETE CASCADE,
     item_id     uuid NOT NULL,
     workflow    text NOT NULL,
     node        text NOT NULL,
     payload     bytea NOT NULL,
-    -- 'P' ready, 'K' parked, 'I' leased, 'R' waiting for its retry.
+    -- 'P' ready, 'I' leased, 'R' waiting for its retry, 'K' parked (run paused or failed),
+    -- 'C' committed, 'F' dead-lettered, 'X' dropped.
     state       "char" NOT NULL,
     -- Grows with each lease (the fencing token).
     token       bigint NOT NULL DEFAULT 0,
@@ -43,19 +49,23 @@ CREATE TABLE items (
     deliveries  integer NOT NULL DEFAULT 0,
     -- Ready since, lease expiry or retry due, by state.
     due_at      timestamptz NOT NULL DEFAULT now(),
+    -- The length of its current lease (renewed by that much while its commit waits).
+    lease_ms    double precision NOT NULL DEFAULT 0,
     worker      text,
+    -- The request that committed it (a retried commit answers as the first).
+    request     text,
     seq         bigserial,
     PRIMARY KEY (run_id, item_id)
 );
 CREATE INDEX items_due ON items (workflow, due_at, seq) WHERE state IN ('P', 'I', 'R');
 
--- Ids of committed items of running runs (a successor already created is not created twice).
-CREATE TABLE done_items (
-    run_id  text NOT NULL REFERENCES runs ON DELETE CASCADE,
-    item_id uuid NOT NULL,
-    request text NOT NULL,
-    PRIMARY KEY (run_id, item_id)
+-- Leases that expired and were taken again, one line each (appended by takes, which never
+-- wait for a run's row).
+CREATE TABLE reclaims (
+    run_id text NOT NULL REFERENCES runs ON DELETE CASCADE,
+    at     timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX reclaims_by_run ON reclaims (run_id);
 
 CREATE TABLE outputs (
     run_id text NOT NULL REFERENCES runs ON DELETE CASCADE,
@@ -71,17 +81,20 @@ CREATE TABLE errors (
     PRIMARY KEY (run_id, seq)
 );
 
+-- Dead letters keep their own retention: they outlive their run's record if need be.
 CREATE TABLE dead_letters (
-    run_id     text NOT NULL REFERENCES runs ON DELETE CASCADE,
+    run_id     text NOT NULL,
     item_id    uuid NOT NULL,
+    workflow   text NOT NULL,
     node       text NOT NULL,
     payload    bytea NOT NULL,
     error      text NOT NULL,
     attempt    integer NOT NULL,
+    deliveries integer NOT NULL,
     failed_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, item_id)
 );
-CREATE INDEX dead_letters_newest ON dead_letters (failed_at DESC);
+CREATE INDEX dead_letters_oldest ON dead_letters (failed_at);
 
 CREATE TABLE workers (
     worker_id text PRIMARY KEY,

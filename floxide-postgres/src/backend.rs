@@ -12,6 +12,7 @@ use crate::{migrate, PostgresBackendError, PostgresConfig};
 pub struct PostgresBackend {
     pool: Pool,
     config: PostgresConfig,
+    pub(crate) signals: std::sync::Arc<crate::listen::Signals>,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -63,6 +64,8 @@ impl PostgresBackend {
         drop(client);
         let _ = driver.await;
         migrated?;
+        let signals = crate::listen::Signals::new();
+        crate::listen::spawn(client_config.clone(), &config.schema, &signals);
         let manager = Manager::from_config(
             client_config,
             tokio_postgres::NoTls,
@@ -77,7 +80,11 @@ impl PostgresBackend {
             .create_timeout(Some(config.connect_timeout))
             .build()
             .map_err(|e| PostgresBackendError::InvalidConfig(e.to_string()))?;
-        Ok(PostgresBackend { pool, config })
+        Ok(PostgresBackend {
+            pool,
+            config,
+            signals,
+        })
     }
 
     /// The configuration it was connected with.

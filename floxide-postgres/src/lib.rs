@@ -1,11 +1,21 @@
-//! PostgreSQL backend for Floxide's distributed runtime: **in progress**.
+//! PostgreSQL backend for Floxide's distributed runtime (**in progress**, issue 14).
 //!
-//! What exists: [`PostgresBackend::connect`] with a [`PostgresConfig`] (pool size, schema,
-//! statement and connect timeouts), a connection pool, the schema and its versioned
-//! migrations ([`migrate`], applied on connect, idempotent, safe when several processes start
-//! at once), and [`testing::PostgresServer`], a private PostgreSQL server for tests. The
-//! worker and operator traits of `floxide_core::distributed` come next; until then use the
-//! in-memory or Redis backend to run workflows.
+//! [`PostgresBackend`] implements the worker's and the operator's traits
+//! (`WorkerBackend`, `AdminBackend`) on tables in a schema of its own:
+//! - a take leases ready items, expired leases and due retries with `FOR UPDATE SKIP LOCKED`;
+//! - a commit is fenced by each item's lease token, checks the context's version, and applies
+//!   a run's steps in one short transaction (runs in the order of their ids);
+//! - idle takers and run waiters wake on `LISTEN/NOTIFY` (one listening connection per backend
+//!   value, notifications sent once per transaction), not by polling;
+//! - the run's status follows `floxide_core::distributed::machine`, computed in Rust.
+//!
+//! The shared conformance suite passes on it except, under the load of the whole suite on
+//! two cores, its two most contended checks (see `tests/conformance.rs`). Not yet here: TLS,
+//! retention of finished runs, the CLI and the worker runner's `postgres://` URLs, benchmarks.
+//!
+//! [`PostgresBackend::connect`] also brings the schema to [`SCHEMA_VERSION`] ([`migrate`]:
+//! versioned, idempotent, safe when several processes start at once), and
+//! [`testing::PostgresServer`] is a private PostgreSQL server for tests.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), floxide_postgres::PostgresBackendError> {
@@ -18,14 +28,15 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 mod backend;
 mod config;
 mod error;
+mod listen;
 pub mod migrate;
-// The worker's path in SQL, tested on its own; the backend traits built on it come next.
-#[allow(dead_code)]
 mod ops;
 pub mod testing;
+mod worker;
 
 pub use backend::PostgresBackend;
 pub use config::PostgresConfig;

@@ -155,6 +155,12 @@ impl PostgresServer {
             )));
         }
         self.running = true;
+        let pid = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok());
+        if let Some(pid) = pid {
+            guard(pid, &self.dir);
+        }
         Ok(())
     }
 
@@ -189,6 +195,24 @@ impl Drop for PostgresServer {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Stops the server (immediate shutdown) and removes its directory once this process has
+/// exited, even when the server value is never dropped (held in a `static`, or the test
+/// process killed); ends by itself when the server stops first.
+fn guard(postmaster: u32, dir: &Path) {
+    let script = format!(
+        "while kill -0 {test} 2>/dev/null; do kill -0 {postmaster} 2>/dev/null || exit 0; \
+         sleep 0.5; done; kill -QUIT {postmaster} 2>/dev/null; sleep 1; rm -rf '{dir}'",
+        test = std::process::id(),
+        dir = dir.display()
+    );
+    let _ = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
 }
 
 /// The directory holding `initdb` and `pg_ctl`.

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use floxide_core::distributed::payload_text;
 use floxide_core::distributed::{
     machine, AdminBackend, DeadLetter, DistributedError, NodeTiming, QueueStats, RunAction, RunId,
     RunInfo, RunMetrics, RunStatus, RunWatch, StartRun, WorkItemInfo, WorkItemStatus, WorkerHealth,
@@ -249,14 +250,6 @@ pub(crate) fn run_status_of(text: &str) -> RunStatus {
         "completed" => RunStatus::Completed,
         "failed" => RunStatus::Failed,
         _ => RunStatus::Cancelled,
-    }
-}
-
-/// The text form of a stored payload.
-fn payload_text(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_owned(),
-        Err(_) => format!("<{} bytes, not UTF-8>", bytes.len()),
     }
 }
 

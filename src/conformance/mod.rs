@@ -733,7 +733,13 @@ pub async fn g5_retries_are_scheduled<B: Backend>(backend: B) {
     while flaky.executions() == 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let items = o.list_work_items(&retried).await.unwrap();
+    // The failure is recorded just after the execution: wait for it (the retry is due a
+    // lease later, so the item waits that long).
+    let mut items = o.list_work_items(&retried).await.unwrap();
+    while items[0].status == WorkItemStatus::InProgress && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        items = o.list_work_items(&retried).await.unwrap();
+    }
     assert_eq!(
         items[0].status,
         WorkItemStatus::WaitingRetry,

@@ -96,7 +96,7 @@ pub use runner::{run_worker, run_worker_main, shutdown_signal, WorkerArgs};
 pub use start::new_run_id;
 pub use step::{current_step, StepContext};
 pub use types::{
-    stall_of, DeadLetter, LivenessStatus, NodeTiming, RunId, RunInfo, RunMetrics, RunStatus,
-    WorkItemInfo, WorkItemStatus, WorkerHealth, WorkerId, WorkerStatus, WorkflowError,
+    payload_text, stall_of, DeadLetter, LivenessStatus, NodeTiming, RunId, RunInfo, RunMetrics,
+    RunStatus, WorkItemInfo, WorkItemStatus, WorkerHealth, WorkerId, WorkerStatus, WorkflowError,
 };
 pub use worker::{DistributedWorker, WorkerBuilder, DEFAULT_CONCURRENCY};

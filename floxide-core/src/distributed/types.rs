@@ -386,8 +386,9 @@ pub struct DeadLetter {
     pub payload: String,
 }
 
-/// A readable form of stored bytes: the text when UTF-8, else a summary.
-pub(crate) fn payload_text(bytes: &[u8]) -> String {
+/// A readable form of stored bytes (an item's payload in listings and dead letters): the text
+/// when UTF-8, else a summary. Backends use it so that every one shows payloads alike.
+pub fn payload_text(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(text) => text.to_owned(),
         Err(_) => format!("<{} bytes, not UTF-8>", bytes.len()),

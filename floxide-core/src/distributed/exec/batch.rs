@@ -83,6 +83,14 @@ impl<O> State<'_, O> {
     }
 }
 
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Awaits the future in `slot`, or never when there is none.
 async fn opt<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
     match slot {
@@ -135,6 +143,8 @@ where
                     }));
                 }
             }
+            // Steps waiting for a commit (a slow backend, a commit in flight) keep their leases.
+            let keep_due = st.ready.iter().map(|p| p.renewal_due(self.config)).min();
             let wait_quiet = st.taker.is_none() && !stopping && free > 0 && busy > 0;
             quiet = false;
             tokio::select! {
@@ -171,6 +181,7 @@ where
                     }
                 }
                 _ = tokio::time::sleep(QUIET), if wait_quiet => quiet = true,
+                () = sleep_until_opt(keep_due) => self.keep_waiting(&mut st),
             }
         }
         // A take still waiting is dropped here: what it leases from now on is released.
@@ -280,6 +291,21 @@ where
             } else {
                 self.give_back(st, item);
             }
+        }
+    }
+
+    /// Renews the leases of the steps that have waited a heartbeat interval for their commit
+    /// (they come back ready, or end when their lease is gone).
+    fn keep_waiting(&self, st: &mut State<'a, W::Output>) {
+        let now = tokio::time::Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut st.ready)
+            .into_iter()
+            .partition(|p| p.renewal_due(self.config) <= now);
+        st.ready = waiting;
+        let (backend, config) = (self.backend, self.config);
+        for pending in due {
+            st.running
+                .push(Box::pin(Box::new(pending).keep(backend, config)));
         }
     }
 

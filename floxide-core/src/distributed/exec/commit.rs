@@ -126,6 +126,32 @@ fn encode_effects<WI: WorkItem, O: serde::Serialize>(
 }
 
 impl<O> Pending<O> {
+    /// When the step's lease is next due for renewal while it waits for its commit.
+    pub(crate) fn renewal_due(&self, config: &ExecConfig) -> Instant {
+        self.renewed + config.heartbeat_interval
+    }
+
+    /// Renews the step's lease while it waits for its commit: the step again, or how it
+    /// ends when the lease is gone or the run no longer takes results.
+    ///
+    /// # Errors
+    /// A backend error.
+    pub(crate) async fn keep(
+        mut self: Box<Self>,
+        backend: &dyn Backend,
+        config: &ExecConfig,
+    ) -> Result<Executed<O>, FloxideError> {
+        let now = Instant::now();
+        if let Some(end) = renew(backend, config, &self.taken).await? {
+            return Ok(Executed::Ended {
+                node: self.taken.node,
+                end,
+            });
+        }
+        self.renewed = now;
+        Ok(Executed::Ready(self))
+    }
+
     /// The step as a batch commit carries it.
     pub(crate) fn item(&self) -> CommitItem<'_> {
         CommitItem::new(&self.taken.lease, &self.commit).with_held_context(

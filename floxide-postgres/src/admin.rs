@@ -1,0 +1,522 @@
+//! Starting, steering and inspecting runs ([`AdminBackend`]) on PostgreSQL.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use floxide_core::distributed::machine::{self, ControlEffect, RunState};
+use floxide_core::distributed::{
+    payload_text, AdminBackend, DeadLetter, DistributedError, NodeTiming, QueueStats, RunAction,
+    RunId, RunInfo, RunMetrics, RunStatus, RunWatch, StartRun, WorkItemInfo, WorkItemStatus,
+    WorkerHealth, WorkerId, WorkflowError,
+};
+use floxide_core::ItemId;
+use tokio_postgres::Row;
+
+use crate::ops::{self, backend, item_id, no_output, status};
+use crate::worker::request_id;
+use crate::PostgresBackend;
+
+/// The columns of a run's record [`run_info_of`] reads.
+const INFO: &str = "r.run_id, r.workflow, r.status, r.started_at, r.finished_at, r.output::text, \
+    r.error, r.idempotency_key, r.deadline, \
+    (SELECT coalesce(array_agg(o.value::text ORDER BY o.seq), '{}') FROM outputs o \
+     WHERE o.run_id = r.run_id)";
+
+fn json(text: Option<String>) -> Option<serde_json::Value> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+fn run_info_of(row: &Row) -> Result<RunInfo, DistributedError> {
+    let outputs: Vec<String> = row.get(9);
+    Ok(RunInfo {
+        run_id: row.get(0),
+        workflow: row.get(1),
+        status: status(row.get(2))?,
+        started_at: row.get(3),
+        finished_at: row.get(4),
+        output: json(row.get(5)),
+        outputs: outputs
+            .iter()
+            .filter_map(|o| serde_json::from_str(o).ok())
+            .collect(),
+        error: row.get(6),
+        idempotency_key: row.get(7),
+        deadline: row.get(8),
+    })
+}
+
+fn item_status(state: i8) -> WorkItemStatus {
+    match state as u8 {
+        b'P' => WorkItemStatus::Pending,
+        b'I' => WorkItemStatus::InProgress,
+        b'R' => WorkItemStatus::WaitingRetry,
+        b'K' => WorkItemStatus::Held,
+        b'C' => WorkItemStatus::Completed,
+        b'F' => WorkItemStatus::PermanentlyFailed,
+        _ => WorkItemStatus::Cancelled,
+    }
+}
+
+impl PostgresBackend {
+    /// Fails with [`DistributedError::UnknownRun`] when the run does not exist.
+    async fn known(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        run_id: &str,
+    ) -> Result<(), DistributedError> {
+        let found = client
+            .query_opt("SELECT 1 FROM runs WHERE run_id = $1", &[&run_id])
+            .await
+            .map_err(backend)?;
+        found
+            .map(|_| ())
+            .ok_or_else(|| DistributedError::UnknownRun(run_id.to_owned()))
+    }
+}
+
+#[async_trait::async_trait]
+impl AdminBackend for PostgresBackend {
+    async fn start_run(&self, start: StartRun) -> Result<RunId, DistributedError> {
+        let request = request_id();
+        let mut client = self.pooled().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        ops::start(&tx, &start, &request).await?;
+        ops::notify_work(&tx, self.config().schema()).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(start.run_id)
+    }
+
+    async fn run_info(&self, run_id: &str) -> Result<RunInfo, DistributedError> {
+        let client = self.pooled().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {INFO} FROM runs r WHERE r.run_id = $1"),
+                &[&run_id],
+            )
+            .await
+            .map_err(backend)?
+            .ok_or_else(|| DistributedError::UnknownRun(run_id.to_owned()))?;
+        run_info_of(&row)
+    }
+
+    async fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunInfo>, DistributedError> {
+        let client = self.pooled().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {INFO} FROM runs r WHERE $1::text IS NULL OR r.status = $1 \
+                     ORDER BY r.seq DESC"
+                ),
+                &[&status.map(|s| s.to_string())],
+            )
+            .await
+            .map_err(backend)?;
+        rows.iter().map(run_info_of).collect()
+    }
+
+    async fn control(&self, run_id: &str, action: RunAction) -> Result<RunInfo, DistributedError> {
+        let schema = self.config().schema().to_owned();
+        let mut client = self.pooled().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let row = tx
+            .query_opt(
+                "SELECT status, outstanding, output IS NOT NULL, workflow FROM runs \
+                 WHERE run_id = $1 FOR NO KEY UPDATE",
+                &[&run_id],
+            )
+            .await
+            .map_err(backend)?
+            .ok_or_else(|| DistributedError::UnknownRun(run_id.to_owned()))?;
+        let current = status(row.get(0))?;
+        let state = RunState {
+            status: current,
+            outstanding: row.get::<_, i32>(1).max(0) as u64,
+            has_output: row.get(2),
+        };
+        let workflow: String = row.get(3);
+        // A failed run's dead letters are revived by a resume (up to 1000 per resume).
+        let revivable: i64 = if action == RunAction::Resume && current == RunStatus::Failed {
+            tx.query_one(
+                "SELECT count(*) FROM (SELECT 1 FROM dead_letters WHERE run_id = $1 LIMIT 1000) d",
+                &[&run_id],
+            )
+            .await
+            .map_err(backend)?
+            .get(0)
+        } else {
+            0
+        };
+        let effect = match action {
+            RunAction::Cancel => machine::cancel(current),
+            RunAction::Pause => machine::pause(current),
+            RunAction::Resume => machine::resume(state, revivable as u64),
+        }
+        .map_err(|refused| DistributedError::InvalidRunState {
+            run_id: run_id.to_owned(),
+            status: current,
+            action: refused.action,
+        })?;
+        match effect {
+            ControlEffect::Cancel => {
+                tx.execute(
+                    "UPDATE runs SET status = 'cancelled', finished_at = now() WHERE run_id = $1",
+                    &[&run_id],
+                )
+                .await
+                .map_err(backend)?;
+                ops::finish(&tx, run_id, RunStatus::Cancelled).await?;
+            }
+            ControlEffect::Pause => {
+                tx.execute(
+                    "UPDATE runs SET status = 'paused' WHERE run_id = $1",
+                    &[&run_id],
+                )
+                .await
+                .map_err(backend)?;
+            }
+            ControlEffect::Resume(next) => {
+                if revivable > 0 {
+                    let revived = tx
+                        .execute(
+                            "WITH letters AS ( \
+                                 DELETE FROM dead_letters WHERE (run_id, item_id) IN ( \
+                                     SELECT run_id, item_id FROM dead_letters WHERE run_id = $1 \
+                                     LIMIT 1000) RETURNING item_id) \
+                             UPDATE items SET state = 'K', deliveries = 0 \
+                             WHERE run_id = $1 AND state = 'F' \
+                               AND item_id IN (SELECT item_id FROM letters)",
+                            &[&run_id],
+                        )
+                        .await
+                        .map_err(backend)?;
+                    tx.execute(
+                        "UPDATE runs SET outstanding = outstanding + $2 WHERE run_id = $1",
+                        &[&run_id, &(revived as i32)],
+                    )
+                    .await
+                    .map_err(backend)?;
+                }
+                if next.is_finished() {
+                    let error = (next == RunStatus::Failed).then(|| no_output(&workflow));
+                    tx.execute(
+                        "UPDATE runs SET status = $2, finished_at = now(), \
+                         error = coalesce($3, error) WHERE run_id = $1",
+                        &[&run_id, &next.to_string(), &error],
+                    )
+                    .await
+                    .map_err(backend)?;
+                    ops::finish(&tx, run_id, next).await?;
+                } else {
+                    tx.execute(
+                        "UPDATE runs SET status = $2, finished_at = NULL, error = NULL \
+                         WHERE run_id = $1",
+                        &[&run_id, &next.to_string()],
+                    )
+                    .await
+                    .map_err(backend)?;
+                    tx.execute(
+                        "UPDATE items SET state = 'P', due_at = now() \
+                         WHERE run_id = $1 AND state = 'K'",
+                        &[&run_id],
+                    )
+                    .await
+                    .map_err(backend)?;
+                    ops::notify_work(&tx, &schema).await?;
+                }
+            }
+        }
+        ops::notify_run(&tx, &schema, run_id).await?;
+        let row = tx
+            .query_one(
+                &format!("SELECT {INFO} FROM runs r WHERE r.run_id = $1"),
+                &[&run_id],
+            )
+            .await
+            .map_err(backend)?;
+        let info = run_info_of(&row)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(info)
+    }
+
+    fn watch_runs(&self) -> RunWatch {
+        RunWatch::new(self.signals.runs.subscribe())
+    }
+
+    async fn errors(&self, run_id: &str) -> Result<Vec<WorkflowError>, DistributedError> {
+        let client = self.pooled().await?;
+        self.known(&**client, run_id).await?;
+        let rows = client
+            .query(
+                "SELECT error::text FROM errors WHERE run_id = $1 ORDER BY seq",
+                &[&run_id],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| serde_json::from_str(r.get::<_, &str>(0)).ok())
+            .collect())
+    }
+
+    async fn metrics(&self, run_id: &str) -> Result<RunMetrics, DistributedError> {
+        let client = self.pooled().await?;
+        let row = client
+            .query_opt(
+                "SELECT items_created, steps_done, failures, retries, \
+                 (SELECT count(*) FROM reclaims c WHERE c.run_id = r.run_id), \
+                 node_timings::text FROM runs r WHERE run_id = $1",
+                &[&run_id],
+            )
+            .await
+            .map_err(backend)?
+            .ok_or_else(|| DistributedError::UnknownRun(run_id.to_owned()))?;
+        let timings: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(row.get(5)).unwrap_or_default();
+        let micros = |v: &serde_json::Value, k: &str| {
+            Duration::from_micros(v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0))
+        };
+        let mut metrics = RunMetrics {
+            total_work_items: row.get::<_, i64>(0) as u64,
+            completed: row.get::<_, i64>(1) as u64,
+            failed: row.get::<_, i64>(2) as u64,
+            retries: row.get::<_, i64>(3) as u64,
+            reclaimed: row.get::<_, i64>(4) as u64,
+            ..RunMetrics::default()
+        };
+        for (node, t) in timings {
+            let timing = NodeTiming {
+                count: t
+                    .get("count")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0),
+                total: micros(&t, "total_us"),
+                max: micros(&t, "max_us"),
+            };
+            metrics.per_node.insert(node, timing);
+        }
+        Ok(metrics)
+    }
+
+    async fn work_items(&self, run_id: &str) -> Result<Vec<WorkItemInfo>, DistributedError> {
+        let client = self.pooled().await?;
+        self.known(&**client, run_id).await?;
+        let rows = client
+            .query(
+                "SELECT replace(item_id::text, '-', ''), node, state, attempt, deliveries, \
+                 worker, payload FROM items WHERE run_id = $1 ORDER BY item_id",
+                &[&run_id],
+            )
+            .await
+            .map_err(backend)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let state: i8 = row.get(2);
+            out.push(WorkItemInfo {
+                item_id: item_id(row.get(0))?,
+                node: row.get(1),
+                status: item_status(state),
+                attempt: row.get::<_, i32>(3) as u32,
+                deliveries: row.get::<_, i32>(4) as u32,
+                worker: (state == b'I' as i8)
+                    .then(|| row.get::<_, Option<String>>(5))
+                    .flatten()
+                    .map(|w| WorkerId::from(w.as_str())),
+                payload: payload_text(row.get(6)),
+            });
+        }
+        out.sort_by_key(|i| i.item_id);
+        Ok(out)
+    }
+
+    async fn pending_items(&self, run_id: &str) -> Result<Vec<Vec<u8>>, DistributedError> {
+        let client = self.pooled().await?;
+        self.known(&**client, run_id).await?;
+        let rows = client
+            .query(
+                "SELECT payload FROM items WHERE run_id = $1 AND state IN ('P', 'I', 'R', 'K')",
+                &[&run_id],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, DistributedError> {
+        let client = self.pooled().await?;
+        let rows = client
+            .query(
+                "SELECT run_id, replace(item_id::text, '-', ''), node, error, deliveries, \
+                 attempt, failed_at, payload FROM dead_letters ORDER BY failed_at",
+                &[],
+            )
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadLetter {
+                    run_id: row.get(0),
+                    item_id: item_id(row.get(1))?,
+                    node: row.get(2),
+                    error: row.get(3),
+                    deliveries: row.get::<_, i32>(4) as u32,
+                    attempt: row.get::<_, i32>(5) as u32,
+                    at: row.get(6),
+                    payload: payload_text(row.get(7)),
+                })
+            })
+            .collect()
+    }
+
+    async fn requeue_dead_letter(
+        &self,
+        run_id: &str,
+        item_id: ItemId,
+    ) -> Result<(), DistributedError> {
+        let schema = self.config().schema().to_owned();
+        let id = item_id.to_string();
+        let mut client = self.pooled().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let letter = tx
+            .query_opt(
+                "SELECT 1 FROM dead_letters WHERE run_id = $1 AND item_id = $2::text::uuid \
+                 FOR UPDATE",
+                &[&run_id, &id],
+            )
+            .await
+            .map_err(backend)?;
+        if letter.is_none() {
+            return Err(DistributedError::UnknownDeadLetter {
+                run_id: run_id.to_owned(),
+                item_id,
+            });
+        }
+        // The run may have passed its retention: the letter stays.
+        let run = tx
+            .query_opt(
+                "SELECT status FROM runs WHERE run_id = $1 FOR NO KEY UPDATE",
+                &[&run_id],
+            )
+            .await
+            .map_err(backend)?
+            .ok_or_else(|| DistributedError::RunExpired(run_id.to_owned()))?;
+        let current = status(run.get(0))?;
+        if !machine::accepts_results(current) {
+            return Err(DistributedError::InvalidRunState {
+                run_id: run_id.to_owned(),
+                status: current,
+                action: "requeue a dead letter",
+            });
+        }
+        tx.execute(
+            "DELETE FROM dead_letters WHERE run_id = $1 AND item_id = $2::text::uuid",
+            &[&run_id, &id],
+        )
+        .await
+        .map_err(backend)?;
+        let requeued = tx
+            .execute(
+                "UPDATE items SET state = 'P', deliveries = 0, due_at = now() \
+                 WHERE run_id = $1 AND item_id = $2::text::uuid AND state = 'F'",
+                &[&run_id, &id],
+            )
+            .await
+            .map_err(backend)?;
+        tx.execute(
+            "UPDATE runs SET outstanding = outstanding + $2 WHERE run_id = $1",
+            &[&run_id, &(requeued as i32)],
+        )
+        .await
+        .map_err(backend)?;
+        if current == RunStatus::Failed {
+            tx.execute(
+                "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL \
+                 WHERE run_id = $1",
+                &[&run_id],
+            )
+            .await
+            .map_err(backend)?;
+            tx.execute(
+                "UPDATE items SET state = 'P', due_at = now() WHERE run_id = $1 AND state = 'K'",
+                &[&run_id],
+            )
+            .await
+            .map_err(backend)?;
+        }
+        ops::notify_work(&tx, &schema).await?;
+        ops::notify_run(&tx, &schema, run_id).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn drop_dead_letter(
+        &self,
+        run_id: &str,
+        item_id: ItemId,
+    ) -> Result<(), DistributedError> {
+        let client = self.pooled().await?;
+        let dropped = client
+            .execute(
+                "DELETE FROM dead_letters WHERE run_id = $1 AND item_id = $2::text::uuid",
+                &[&run_id, &item_id.to_string()],
+            )
+            .await
+            .map_err(backend)?;
+        if dropped == 0 {
+            return Err(DistributedError::UnknownDeadLetter {
+                run_id: run_id.to_owned(),
+                item_id,
+            });
+        }
+        Ok(())
+    }
+
+    async fn report_worker(&self, health: &WorkerHealth) -> Result<(), DistributedError> {
+        let json =
+            serde_json::to_string(health).map_err(|e| DistributedError::Codec(e.to_string()))?;
+        let client = self.pooled().await?;
+        client
+            .execute(
+                "INSERT INTO workers (worker_id, health) VALUES ($1, $2::text::jsonb) \
+                 ON CONFLICT (worker_id) DO UPDATE SET health = excluded.health, seen_at = now()",
+                &[&health.worker_id.as_str(), &json],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerHealth>, DistributedError> {
+        let client = self.pooled().await?;
+        let rows = client
+            .query("SELECT health::text FROM workers ORDER BY worker_id", &[])
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| serde_json::from_str(r.get::<_, &str>(0)).ok())
+            .collect())
+    }
+
+    async fn queue_stats(&self, workflow: &str) -> Result<Option<QueueStats>, DistributedError> {
+        let client = self.pooled().await?;
+        let row = client
+            .query_one(
+                "SELECT \
+                   (SELECT count(*) FROM items WHERE workflow = $1 AND state = 'P'), \
+                   (SELECT count(*) FROM items WHERE workflow = $1 AND state = 'R'), \
+                   (SELECT count(*) FROM items WHERE workflow = $1 AND state = 'I'), \
+                   (SELECT count(*) FROM dead_letters WHERE workflow = $1), \
+                   (SELECT count(*) FROM reclaims c JOIN runs r ON r.run_id = c.run_id \
+                    WHERE r.workflow = $1)",
+                &[&workflow],
+            )
+            .await
+            .map_err(backend)?;
+        let mut stats = QueueStats::default();
+        stats.ready = row.get::<_, i64>(0) as u64;
+        stats.delayed = row.get::<_, i64>(1) as u64;
+        stats.in_flight = row.get::<_, i64>(2) as u64;
+        stats.dead_letters = row.get::<_, i64>(3) as u64;
+        stats.leases_reclaimed = row.get::<_, i64>(4) as u64;
+        Ok(Some(stats))
+    }
+}

@@ -1,0 +1,188 @@
+//! The backend's transitions on a private PostgreSQL server, one by one (the conformance
+//! suite runs whole workflows on it).
+
+use std::time::Duration;
+
+use floxide::distributed::*;
+use floxide::ItemId;
+use floxide_postgres::testing::PostgresServer;
+use floxide_postgres::PostgresBackend;
+
+async fn setup() -> (PostgresServer, PostgresBackend) {
+    let server = PostgresServer::start_or_panic();
+    let backend = PostgresBackend::connect(server.url()).await.unwrap();
+    (server, backend)
+}
+
+fn options(lease_ms: u64, max_deliveries: u32) -> TakeOptions {
+    TakeOptions {
+        lease_timeout: Duration::from_millis(lease_ms),
+        max_deliveries,
+    }
+}
+
+fn start(run: &str) -> StartRun {
+    StartRun::new(
+        run,
+        "Flow",
+        b"{}".to_vec(),
+        NewItem::new(ItemId::from_u128(1), "a", b"1".to_vec()),
+    )
+}
+
+async fn take(b: &PostgresBackend, worker: &WorkerId, opts: TakeOptions, max: usize) -> Vec<Taken> {
+    b.take_batch(
+        TakeRequest::new("Flow", worker, opts).with_max(max),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_goes_from_its_start_to_its_output() {
+    let (_server, backend) = setup().await;
+    backend.start_run(start("r1")).await.unwrap();
+    let me = WorkerId::from("w");
+    let first = take(&backend, &me, options(30_000, 5), 4).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].node, "a");
+    assert_eq!(first[0].context.as_ref().map(|c| c.version), Some(0));
+    assert_eq!(
+        backend.run_info("r1").await.unwrap().status,
+        RunStatus::Running
+    );
+    let mut step = StepCommit::new("a");
+    step.context = Some((0, b"{\"n\":1}".to_vec()));
+    step.successors
+        .push(NewItem::new(ItemId::from_u128(2), "b", b"2".to_vec()));
+    let outcome = backend.commit(&first[0].lease, &step).await.unwrap();
+    assert_eq!(outcome, CommitOutcome::Committed { finished: None });
+    let second = take(&backend, &me, options(30_000, 5), 4).await;
+    assert_eq!(second.len(), 1);
+    let context = second[0].context.clone().unwrap();
+    assert_eq!((context.version, context.bytes), (1, b"{\"n\":1}".to_vec()));
+    let mut last = StepCommit::new("b");
+    last.outputs.push(serde_json::json!(42));
+    let outcome = backend.commit(&second[0].lease, &last).await.unwrap();
+    assert_eq!(
+        outcome,
+        CommitOutcome::Committed {
+            finished: Some(RunStatus::Completed)
+        }
+    );
+    let info = backend.run_info("r1").await.unwrap();
+    assert_eq!(info.output, Some(serde_json::json!(42)));
+    assert!(backend.work_items("r1").await.unwrap().is_empty());
+    let again = backend.commit(&second[0].lease, &last).await.unwrap();
+    assert_eq!(again, CommitOutcome::RunInactive(RunStatus::Completed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_are_unique_by_id_and_by_key() {
+    let (_server, backend) = setup().await;
+    backend.start_run(start("r1")).await.unwrap();
+    let again = backend.start_run(start("r1")).await.unwrap_err();
+    assert!(matches!(again, DistributedError::RunExists(_)), "{again}");
+    let keyed = |run: &str| start(run).with_idempotency_key(Some("order-7".to_owned()));
+    backend.start_run(keyed("r2")).await.unwrap();
+    match backend.start_run(keyed("r3")).await.unwrap_err() {
+        DistributedError::DuplicateRun { key, existing } => {
+            assert_eq!((key.as_str(), existing.as_str()), ("order-7", "r2"));
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_reclaimed_and_the_stale_commit_is_refused() {
+    let (_server, backend) = setup().await;
+    backend.start_run(start("r1")).await.unwrap();
+    let (w1, w2) = (WorkerId::from("w1"), WorkerId::from("w2"));
+    let first = take(&backend, &w1, options(200, 5), 1).await;
+    assert_eq!(first.len(), 1);
+    assert!(take(&backend, &w2, options(200, 5), 1).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let second = take(&backend, &w2, options(30_000, 5), 1).await;
+    assert_eq!(second.len(), 1, "the expired lease is reclaimed");
+    assert!(second[0].lease.token > first[0].lease.token);
+    assert_eq!(second[0].deliveries, 2);
+    let step = StepCommit::new("a");
+    assert_eq!(
+        backend.commit(&first[0].lease, &step).await.unwrap(),
+        CommitOutcome::LeaseLost,
+        "G2: the stale lease does not commit"
+    );
+    assert_eq!(
+        backend
+            .heartbeat(&first[0].lease, Duration::from_secs(1))
+            .await
+            .unwrap(),
+        LeaseState::Lost
+    );
+    assert!(matches!(
+        backend.commit(&second[0].lease, &step).await.unwrap(),
+        CommitOutcome::Committed { .. }
+    ));
+    assert_eq!(backend.metrics("r1").await.unwrap().reclaimed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_take_wakes_when_work_arrives() {
+    let (_server, backend) = setup().await;
+    let waiter = backend.clone();
+    let taker = tokio::spawn(async move {
+        let me = WorkerId::from("w");
+        let started = std::time::Instant::now();
+        let got = waiter
+            .take_batch(
+                TakeRequest::new("Flow", &me, options(30_000, 5)),
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap();
+        (got.len(), started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    backend.start_run(start("r1")).await.unwrap();
+    let (n, waited) = taker.await.unwrap();
+    assert_eq!(n, 1);
+    assert!(
+        waited < Duration::from_secs(10),
+        "woken by the notification: {waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_takes_lease_each_item_once() {
+    let (_server, backend) = setup().await;
+    for i in 0..40 {
+        backend.start_run(start(&format!("r{i}"))).await.unwrap();
+    }
+    let takers = (0..4).map(|w| {
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            let me = WorkerId::from(format!("w{w}").as_str());
+            let mut got = Vec::new();
+            loop {
+                let batch = take(&backend, &me, options(30_000, 5), 3).await;
+                if batch.is_empty() {
+                    break got;
+                }
+                got.extend(batch.into_iter().map(|t| t.lease.run_id));
+            }
+        })
+    });
+    let mut all: Vec<String> = Vec::new();
+    for taker in takers {
+        all.extend(taker.await.unwrap());
+    }
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(
+        (before, all.len()),
+        (40, 40),
+        "every item leased exactly once"
+    );
+}
