@@ -46,6 +46,21 @@ impl PostgresBackend {
             let result = async {
                 let mut client = self.pooled().await?;
                 let tx = client.transaction().await.map_err(backend)?;
+                // All the run's items of the batch at once, before its row: while this waits
+                // for a busy run, no take can reclaim them (takes skip locked items).
+                let run = commits.first().map_or("", |c| c.lease.run_id.as_str());
+                let ids: Vec<String> = commits
+                    .iter()
+                    .map(|c| c.lease.item_id.to_string())
+                    .collect();
+                tx.execute(
+                    "SELECT 1 FROM items WHERE run_id = $1 \
+                     AND item_id IN (SELECT unnest($2::text[])::uuid) \
+                     ORDER BY item_id FOR UPDATE",
+                    &[&run, &ids],
+                )
+                .await
+                .map_err(backend)?;
                 let mut effects = Effects::default();
                 let mut outcomes = Vec::with_capacity(commits.len());
                 // Once a context change is refused, the run's later ones are too (see the
