@@ -57,3 +57,9 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
         None => e.to_string(),
     }
 }
+
+impl From<PostgresBackendError> for floxide_core::FloxideError {
+    fn from(error: PostgresBackendError) -> Self {
+        floxide_core::distributed::DistributedError::Backend(error.to_string()).into()
+    }
+}

@@ -24,5 +24,6 @@ chapters! {
     distributed => "distributed.md",
     graphs => "graphs.md",
     redis => "redis.md",
+    postgres => "postgres.md",
     migration => "migration.md",
 }
