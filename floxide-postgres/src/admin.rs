@@ -207,20 +207,7 @@ impl AdminBackend for PostgresBackend {
                     .map_err(backend)?;
                     ops::finish(&tx, run_id, next).await?;
                 } else {
-                    tx.execute(
-                        "UPDATE runs SET status = $2, finished_at = NULL, error = NULL \
-                         WHERE run_id = $1",
-                        &[&run_id, &next.to_string()],
-                    )
-                    .await
-                    .map_err(backend)?;
-                    tx.execute(
-                        "UPDATE items SET state = 'P', due_at = now() \
-                         WHERE run_id = $1 AND state = 'K'",
-                        &[&run_id],
-                    )
-                    .await
-                    .map_err(backend)?;
+                    ops::reopen(&tx, run_id, next).await?;
                     ops::notify_work(&tx, &schema).await?;
                 }
             }
@@ -428,19 +415,7 @@ impl AdminBackend for PostgresBackend {
         .await
         .map_err(backend)?;
         if current == RunStatus::Failed {
-            tx.execute(
-                "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL \
-                 WHERE run_id = $1",
-                &[&run_id],
-            )
-            .await
-            .map_err(backend)?;
-            tx.execute(
-                "UPDATE items SET state = 'P', due_at = now() WHERE run_id = $1 AND state = 'K'",
-                &[&run_id],
-            )
-            .await
-            .map_err(backend)?;
+            ops::reopen(&tx, run_id, RunStatus::Running).await?;
         }
         ops::notify_work(&tx, &schema).await?;
         ops::notify_run(&tx, &schema, run_id).await?;

@@ -607,6 +607,28 @@ pub(crate) async fn commit_one(
     Ok(CommitOutcome::Committed { finished })
 }
 
+/// A paused or failed run runs again with `status`: its record no longer says it finished,
+/// and its parked items are ready.
+pub(crate) async fn reopen(
+    tx: &Transaction<'_>,
+    run_id: &str,
+    status: RunStatus,
+) -> Result<(), DistributedError> {
+    tx.execute(
+        "UPDATE runs SET status = $2, finished_at = NULL, error = NULL WHERE run_id = $1",
+        &[&run_id, &status.to_string()],
+    )
+    .await
+    .map_err(backend)?;
+    tx.execute(
+        "UPDATE items SET state = 'P', due_at = now() WHERE run_id = $1 AND state = 'K'",
+        &[&run_id],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
 /// A run reached `status`: a completed or cancelled run's items go (a failed run keeps them
 /// for a resume).
 pub(crate) async fn finish(

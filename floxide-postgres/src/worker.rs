@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use floxide_core::distributed::machine::ContextChains;
 use floxide_core::distributed::CommitOutcome;
 use floxide_core::distributed::{
     CommitItem, CommitReply, DistributedError, Lease, LeaseState, StepFailed, TakeRequest, Taken,
@@ -39,7 +40,7 @@ impl PostgresBackend {
         &self,
         commits: &[&CommitItem<'_>],
         request: &str,
-    ) -> Result<(Vec<CommitOutcome>, Effects), DistributedError> {
+    ) -> Result<Vec<CommitOutcome>, DistributedError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -63,12 +64,10 @@ impl PostgresBackend {
                 .map_err(backend)?;
                 let mut effects = Effects::default();
                 let mut outcomes = Vec::with_capacity(commits.len());
-                // Once a context change is refused, the run's later ones are too (see the
-                // trait).
-                let mut broken = false;
+                let mut chains = ContextChains::default();
                 for c in commits {
-                    let changes = c.step.context.is_some();
-                    let outcome = if changes && broken {
+                    let (run, changes) = (c.lease.run_id.as_str(), c.step.context.is_some());
+                    let outcome = if chains.refuses(run, changes) {
                         let current: i64 = tx
                             .query_one(
                                 "SELECT version FROM runs WHERE run_id = $1",
@@ -83,12 +82,13 @@ impl PostgresBackend {
                     } else {
                         ops::commit_one(&tx, c, request, &mut effects).await?
                     };
-                    broken |= changes && !matches!(outcome, CommitOutcome::Committed { .. });
+                    let committed = matches!(outcome, CommitOutcome::Committed { .. });
+                    chains.settled(run, changes, committed);
                     outcomes.push(outcome);
                 }
                 self.notify(&tx, &effects).await?;
                 tx.commit().await.map_err(backend)?;
-                Ok::<_, DistributedError>((outcomes, effects))
+                Ok::<_, DistributedError>(outcomes)
             }
             .await;
             match result {
@@ -195,7 +195,7 @@ impl WorkerBackend for PostgresBackend {
                 .enumerate()
                 .filter(|(_, c)| c.lease.run_id == run)
                 .unzip();
-            let (answers, _) = self.commit_run(&group, &request).await?;
+            let answers = self.commit_run(&group, &request).await?;
             for (i, outcome) in indices.into_iter().zip(answers) {
                 outcomes[i] = outcome;
             }

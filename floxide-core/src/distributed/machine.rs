@@ -57,6 +57,29 @@ pub fn after_commit(state: RunState) -> RunStatus {
     }
 }
 
+/// The batch rule for context changes (see `WorkerBackend::commit_batch`): once a step that
+/// changes a run's context is refused, that run's later context changes in the same call are
+/// refused too, as conflicts (a worker may have joined them onto the refused one, whose
+/// version number another commit can reach).
+#[derive(Debug, Default)]
+pub struct ContextChains<'a> {
+    broken: Vec<&'a str>,
+}
+
+impl<'a> ContextChains<'a> {
+    /// Whether a step of `run` that changes the context (`changes`) is refused untried.
+    pub fn refuses(&self, run: &str, changes: bool) -> bool {
+        changes && self.broken.contains(&run)
+    }
+
+    /// Records how a step of `run` ended (`committed`, or refused).
+    pub fn settled(&mut self, run: &'a str, changes: bool, committed: bool) {
+        if changes && !committed {
+            self.broken.push(run);
+        }
+    }
+}
+
 /// What a failed step's report does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureEffect {
@@ -200,6 +223,23 @@ mod tests {
         assert_eq!(
             after_failure(Failed, false),
             FailureEffect::DeadLetter(Failed)
+        );
+    }
+
+    #[test]
+    fn a_refused_context_change_refuses_its_runs_later_ones_only() {
+        let mut chains = ContextChains::default();
+        assert!(!chains.refuses("a", true));
+        chains.settled("a", true, false);
+        chains.settled("b", false, false);
+        assert!(chains.refuses("a", true));
+        assert!(
+            !chains.refuses("a", false),
+            "a step without a change is tried"
+        );
+        assert!(
+            !chains.refuses("b", true),
+            "a refused step without a change breaks nothing"
         );
     }
 

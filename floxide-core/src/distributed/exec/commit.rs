@@ -228,15 +228,11 @@ pub(crate) async fn remerge<C, O>(
 where
     C: Context + Merge,
 {
-    if pending.renewed.elapsed() >= config.heartbeat_interval {
-        let now = Instant::now();
-        if let Some(end) = renew(backend, config, &pending.taken).await? {
-            return Ok(Executed::Ended {
-                node: pending.taken.node,
-                end,
-            });
-        }
-        pending.renewed = now;
+    if pending.renewal_due(config) <= Instant::now() {
+        pending = match pending.keep(backend, config).await? {
+            Executed::Ready(kept) => kept,
+            ended => return Ok(ended),
+        };
     }
     let latest = backend.load_context(&pending.taken.lease.run_id).await?;
     let merged = join::<C>(&latest.bytes, &pending.after).map_err(codec_error)?;

@@ -941,12 +941,11 @@ impl WorkerBackend for InMemoryBackend {
         next: Option<TakeRequest<'_>>,
     ) -> Result<CommitReply, DistributedError> {
         let mut outcomes = Vec::with_capacity(commits.len());
-        // Runs whose chain of context changes broke in this batch (see the trait).
-        let mut broken: Vec<&str> = Vec::new();
+        let mut chains = machine::ContextChains::default();
         for c in commits {
             let run = c.lease.run_id.as_str();
             let changes = c.step.context.is_some();
-            let outcome = if changes && broken.contains(&run) {
+            let outcome = if chains.refuses(run, changes) {
                 let contexts = self.contexts.lock();
                 let current = contexts
                     .contexts
@@ -956,9 +955,11 @@ impl WorkerBackend for InMemoryBackend {
             } else {
                 self.commit_one(c.lease, c.step)?
             };
-            if changes && !matches!(outcome, CommitOutcome::Committed { .. }) {
-                broken.push(run);
-            }
+            chains.settled(
+                run,
+                changes,
+                matches!(outcome, CommitOutcome::Committed { .. }),
+            );
             outcomes.push(outcome);
         }
         let taken = match next {
