@@ -3,14 +3,15 @@
 //! [`PostgresBackend`] implements the worker's and the operator's traits
 //! (`WorkerBackend`, `AdminBackend`) on tables in a schema of its own:
 //! - a take leases ready items, expired leases and due retries with `FOR UPDATE SKIP LOCKED`;
-//! - a commit is fenced by each item's lease token, checks the context's version, and applies
-//!   a run's steps in one short transaction (runs in the order of their ids);
+//! - a batch commit is one transaction of two round trips: lock and read the batch's items and
+//!   runs, judge each step in Rust (its lease token, its run's status, its context's
+//!   version), then write every accepted step in one statement pipelined with the next take
+//!   and `COMMIT`;
 //! - idle takers and run waiters wake on `LISTEN/NOTIFY` (one listening connection per backend
 //!   value, notifications sent once per transaction), not by polling;
 //! - the run's status follows `floxide_core::distributed::machine`, computed in Rust.
 //!
-//! The shared conformance suite passes on it except, under the load of the whole suite on
-//! two cores, its two most contended checks (see `tests/conformance.rs`). Not yet here: TLS,
+//! The shared conformance suite passes on it. Not yet here: TLS,
 //! retention of finished runs, the CLI and the worker runner's `postgres://` URLs, benchmarks.
 //!
 //! [`PostgresBackend::connect`] also brings the schema to [`SCHEMA_VERSION`] ([`migrate`]:
@@ -30,11 +31,14 @@
 
 mod admin;
 mod backend;
+mod commit;
 mod config;
 mod error;
 mod listen;
 pub mod migrate;
 mod ops;
+mod pipeline;
+mod take;
 pub mod testing;
 mod worker;
 

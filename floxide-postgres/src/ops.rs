@@ -9,10 +9,10 @@
 use std::time::Duration;
 
 use deadpool_postgres::Transaction;
-use floxide_core::distributed::machine::{self, FailureEffect, RunState};
+use floxide_core::distributed::machine::{self, FailureEffect};
 use floxide_core::distributed::{
-    CommitItem, CommitOutcome, DistributedError, Lease, LeaseState, RunStatus, StartRun,
-    StepFailed, TakeRequest, Taken, VersionedContext, WorkflowError, MAX_BATCH,
+    CommitOutcome, DistributedError, Lease, LeaseState, RunStatus, StartRun, StepFailed,
+    WorkflowError,
 };
 use floxide_core::ItemId;
 
@@ -138,143 +138,56 @@ pub(crate) async fn start(
     Ok(())
 }
 
-/// Leases up to `take.max` items of `take.workflow` whose time has come: ready ones, expired
-/// leases (reclaimed) and due retries. Items of paused or failed runs are parked, those of
-/// finished runs dropped; an item delivered too often is a poison item. Returns whether runs
-/// changed (for the run waiters).
-pub(crate) async fn take(
+/// Dead-letters a poison item (delivered `max_deliveries` times without a commit) that a
+/// take reported, if it still is one under its lock; its run fails. Returns the run when
+/// its record changed.
+pub(crate) async fn poison(
     tx: &Transaction<'_>,
-    take: TakeRequest<'_>,
-) -> Result<(Vec<Taken>, Vec<String>), DistributedError> {
-    let max = take.max.min(MAX_BATCH);
-    let mut out = Vec::with_capacity(max);
-    let mut changed = Vec::new();
-    // Items that cannot be leased (parked, dropped, poison) do not use up the batch: look
-    // further, up to a bounded number of rows per call (G9).
-    let mut budget = 256usize;
-    while out.len() < max && budget > 0 {
-        let want = (max - out.len()).min(budget);
-        let rows = tx
-            .query(
-                "SELECT i.run_id, replace(i.item_id::text, '-', ''), i.node, i.payload, \
-                 i.attempt, i.deliveries, r.status, r.deadline, r.context, r.version, \
-                 i.state \
-                 FROM items i JOIN runs r ON r.run_id = i.run_id \
-                 WHERE i.workflow = $1 AND i.state IN ('P', 'I', 'R') AND i.due_at <= now() \
-                 ORDER BY i.due_at, i.seq LIMIT $2 \
-                 FOR UPDATE OF i SKIP LOCKED",
-                &[&take.workflow, &(want as i64)],
-            )
-            .await
-            .map_err(backend)?;
-        budget -= rows.len().min(budget);
-        let page_full = rows.len() == want;
-        for row in rows {
-            if let Some(taken) = take_row(tx, take, &row, &mut changed).await? {
-                out.push(taken);
-            }
-        }
-        if !page_full {
-            break;
-        }
-    }
-    Ok((out, changed))
-}
-
-/// Leases one selected row's item, or parks, drops or dead-letters it.
-async fn take_row(
-    tx: &Transaction<'_>,
-    take: TakeRequest<'_>,
-    row: &tokio_postgres::Row,
-    changed: &mut Vec<String>,
-) -> Result<Option<Taken>, DistributedError> {
-    let lease_ms = take.options.lease_timeout.as_millis() as f64;
-    let run_id: String = row.get(0);
-    let id_text: &str = row.get(1);
-    let id = item_id(id_text)?;
-    let run_status = status(row.get(6))?;
-    // A reclaimed lease is counted in a table of its own: a take never waits for a run's row
-    // (commits hold them), which would invite deadlocks with batch commits.
-    if row.get::<_, i8>(10) == b'I' as i8 {
-        tx.execute("INSERT INTO reclaims (run_id) VALUES ($1)", &[&run_id])
-            .await
-            .map_err(backend)?;
-    }
-    if !machine::accepts_results(run_status) {
-        set_state(tx, &run_id, id_text, b'X').await?;
-        return Ok(None);
-    }
-    if !machine::takes_items(run_status) {
-        set_state(tx, &run_id, id_text, b'K').await?;
-        return Ok(None);
-    }
-    let deliveries: i32 = row.get(5);
-    if deliveries as u32 >= take.options.max_deliveries {
-        let error = format!(
-            "poison item: delivered {deliveries} times without a commit (limit {})",
-            take.options.max_deliveries
-        );
-        dead_letter(tx, &run_id, id, &error).await?;
-        record_error(tx, &run_id, id, row.get(2), &error, row.get(4), false).await?;
-        let failed = tx
-            .execute(
-                "UPDATE runs SET outstanding = outstanding - 1, status = 'failed', \
-                 error = $2, finished_at = now() \
-                 WHERE run_id = $1 AND status NOT IN ('completed', 'failed', 'cancelled')",
-                &[&run_id, &error],
-            )
-            .await
-            .map_err(backend)?;
-        if failed == 0 {
-            tx.execute(
-                "UPDATE runs SET outstanding = outstanding - 1 WHERE run_id = $1",
-                &[&run_id],
-            )
-            .await
-            .map_err(backend)?;
-        }
-        changed.push(run_id);
-        return Ok(None);
-    }
-    let leased = tx
-        .query_one(
-            "UPDATE items SET state = 'I', token = token + 1, deliveries = deliveries + 1, \
-             due_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000), \
-             lease_ms = $3, worker = $4 \
-             WHERE run_id = $1 AND item_id = $2::text::uuid RETURNING token",
-            &[&run_id, &id_text, &lease_ms, &take.worker.as_str()],
+    run_id: &str,
+    id_text: &str,
+    max_deliveries: u32,
+) -> Result<Option<String>, DistributedError> {
+    let row = tx
+        .query_opt(
+            "SELECT node, attempt, deliveries FROM items \
+             WHERE run_id = $1 AND item_id = $2::text::uuid AND state IN ('P', 'I', 'R') \
+             AND deliveries >= $3 FOR UPDATE",
+            &[
+                &run_id,
+                &id_text,
+                &(max_deliveries.min(i32::MAX as u32) as i32),
+            ],
         )
         .await
         .map_err(backend)?;
-    if run_status == RunStatus::Pending {
-        // Without waiting: a run whose row another transaction holds becomes running at its
-        // first commit instead (machine::after_commit).
-        let started = tx
-            .execute(
-                "UPDATE runs SET status = 'running' WHERE run_id IN ( \
-                     SELECT run_id FROM runs WHERE run_id = $1 AND status = 'pending' \
-                     FOR NO KEY UPDATE SKIP LOCKED)",
-                &[&run_id],
-            )
-            .await
-            .map_err(backend)?;
-        if started > 0 {
-            changed.push(run_id.clone());
-        }
-    }
-    let token: i64 = leased.get(0);
-    let version: i64 = row.get(9);
-    let attempt: i32 = row.get(4);
-    Ok(Some(
-        Taken::new(
-            Lease::new(run_id, id, token as u64, take.worker.clone()),
-            row.get::<_, String>(2),
-            row.get::<_, Vec<u8>>(3),
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let deliveries: i32 = row.get(2);
+    let error = format!(
+        "poison item: delivered {deliveries} times without a commit (limit {max_deliveries})"
+    );
+    let id = item_id(id_text)?;
+    dead_letter(tx, run_id, id, &error).await?;
+    record_error(tx, run_id, id, row.get(0), &error, row.get(1), false).await?;
+    let failed = tx
+        .execute(
+            "UPDATE runs SET outstanding = outstanding - 1, status = 'failed', \
+             error = $2, finished_at = now() \
+             WHERE run_id = $1 AND status NOT IN ('completed', 'failed', 'cancelled')",
+            &[&run_id, &error],
         )
-        .with_attempt(attempt as u32, deliveries as u32 + 1)
-        .with_deadline(row.get(7))
-        .with_context(Some(VersionedContext::new(row.get(8), version as u64))),
-    ))
+        .await
+        .map_err(backend)?;
+    if failed == 0 {
+        tx.execute(
+            "UPDATE runs SET outstanding = outstanding - 1 WHERE run_id = $1",
+            &[&run_id],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    Ok(Some(run_id.to_owned()))
 }
 
 /// Milliseconds until the next item of `workflow` falls due (a lease expires or a retry is
@@ -372,44 +285,13 @@ async fn insert_error(
     Ok(())
 }
 
-/// Renews, by their own lease length, the leases of `commits` still held (one statement,
-/// committed on its own): steps waiting for a busy run's row keep their items.
-pub(crate) async fn renew_batch(
-    client: &impl tokio_postgres::GenericClient,
-    commits: &[CommitItem<'_>],
-) -> Result<(), DistributedError> {
-    let runs: Vec<&str> = commits.iter().map(|c| c.lease.run_id.as_str()).collect();
-    let ids: Vec<String> = commits
-        .iter()
-        .map(|c| c.lease.item_id.to_string())
-        .collect();
-    let tokens: Vec<i64> = commits.iter().map(|c| c.lease.token as i64).collect();
-    client
-        .execute(
-            "UPDATE items i SET due_at = clock_timestamp() + make_interval(secs => i.lease_ms / 1000) \
-             FROM unnest($1::text[], $2::text[], $3::int8[]) AS u(r, id, t) \
-             WHERE i.run_id = u.r AND i.item_id = u.id::uuid AND i.token = u.t AND i.state = 'I'",
-            &[&runs, &ids, &tokens],
-        )
-        .await
-        .map_err(backend)?;
-    Ok(())
-}
-
 /// A leased item and its run, locked (item first); `None` when the run is unknown.
 struct Locked {
     /// Whether the lease still holds the item.
     held: bool,
-    /// The request that committed the item, if it was.
-    committed_by: Option<String>,
     node: String,
     attempt: i32,
     status: RunStatus,
-    version: u64,
-    outstanding: i32,
-    has_output: bool,
-    workflow: String,
-    finish_request: Option<String>,
 }
 
 async fn lock(tx: &Transaction<'_>, lease: &Lease) -> Result<Option<Locked>, DistributedError> {
@@ -417,13 +299,12 @@ async fn lock(tx: &Transaction<'_>, lease: &Lease) -> Result<Option<Locked>, Dis
     // Both in one round trip (pipelined; the server locks them in this order).
     let (item, run) = futures_util::future::try_join(
         tx.query_opt(
-            "SELECT token, state, request, node, attempt FROM items \
+            "SELECT token, state, node, attempt FROM items \
              WHERE run_id = $1 AND item_id = $2::text::uuid FOR UPDATE",
             &[&lease.run_id, &id],
         ),
         tx.query_opt(
-            "SELECT status, version, outstanding, output IS NOT NULL, workflow, finish_request \
-             FROM runs WHERE run_id = $1 FOR NO KEY UPDATE",
+            "SELECT status FROM runs WHERE run_id = $1 FOR NO KEY UPDATE",
             &[&lease.run_id],
         ),
     )
@@ -437,33 +318,10 @@ async fn lock(tx: &Transaction<'_>, lease: &Lease) -> Result<Option<Locked>, Dis
     });
     Ok(Some(Locked {
         held,
-        committed_by: item.as_ref().and_then(|row| row.get(2)),
-        node: item.as_ref().map(|row| row.get(3)).unwrap_or_default(),
-        attempt: item.as_ref().map_or(1, |row| row.get(4)),
+        node: item.as_ref().map(|row| row.get(2)).unwrap_or_default(),
+        attempt: item.as_ref().map_or(1, |row| row.get(3)),
         status: status(run.get(0))?,
-        version: run.get::<_, i64>(1) as u64,
-        outstanding: run.get(2),
-        has_output: run.get(3),
-        workflow: run.get(4),
-        finish_request: run.get(5),
     }))
-}
-
-/// The answer to a step whose lease is not held: applied already by this request, the run
-/// is over, or the lease was lost.
-fn not_held(locked: &Locked, request: &str) -> CommitOutcome {
-    if locked.committed_by.as_deref() == Some(request) {
-        return CommitOutcome::Committed { finished: None };
-    }
-    if locked.finish_request.as_deref() == Some(request) {
-        return CommitOutcome::Committed {
-            finished: Some(locked.status),
-        };
-    }
-    if !machine::accepts_results(locked.status) {
-        return CommitOutcome::RunInactive(locked.status);
-    }
-    CommitOutcome::LeaseLost
 }
 
 /// What a commit changed besides its outcome: work for others, a run's record.
@@ -471,140 +329,6 @@ fn not_held(locked: &Locked, request: &str) -> CommitOutcome {
 pub(crate) struct Effects {
     pub(crate) work: bool,
     pub(crate) runs: Vec<String>,
-}
-
-/// Applies or refuses one step inside `tx`.
-pub(crate) async fn commit_one(
-    tx: &Transaction<'_>,
-    c: &CommitItem<'_>,
-    request: &str,
-    effects: &mut Effects,
-) -> Result<CommitOutcome, DistributedError> {
-    let (lease, step) = (c.lease, c.step);
-    let id = lease.item_id.to_string();
-    let Some(locked) = lock(tx, lease).await? else {
-        return Ok(CommitOutcome::LeaseLost);
-    };
-    if !locked.held {
-        return Ok(not_held(&locked, request));
-    }
-    let run_status = locked.status;
-    if !machine::accepts_results(run_status) {
-        set_state(tx, &lease.run_id, &id, b'X').await?;
-        return Ok(CommitOutcome::RunInactive(run_status));
-    }
-    let version = locked.version;
-    if step.require_version.is_some_and(|v| v != version)
-        || step
-            .context
-            .as_ref()
-            .is_some_and(|(base, _)| *base != version)
-    {
-        return Ok(CommitOutcome::ContextConflict { current: version });
-    }
-    let ready = machine::takes_items(run_status);
-    let state = if ready { b'P' } else { b'K' } as i8;
-    let ids: Vec<String> = step.successors.iter().map(|s| s.id.to_string()).collect();
-    let nodes: Vec<&str> = step.successors.iter().map(|s| s.node.as_str()).collect();
-    let payloads: Vec<&[u8]> = step.successors.iter().map(|s| s.bytes.as_slice()).collect();
-    let outputs: Vec<String> = step.outputs.iter().map(ToString::to_string).collect();
-    let failures = step
-        .handled_failures
-        .iter()
-        .map(serde_json::to_string)
-        .collect::<Result<Vec<String>, _>>()
-        .map_err(|e| DistributedError::Codec(e.to_string()))?;
-    // The step's own writes in one round trip (pipelined): the item is done, its successors
-    // come in (known ids are not created again), outputs and handled failures are recorded.
-    let (_, fresh, _, _) = futures_util::future::try_join4(
-        tx.execute(
-            "UPDATE items SET state = 'C', payload = '', worker = NULL, request = $3 \
-             WHERE run_id = $1 AND item_id = $2::text::uuid",
-            &[&lease.run_id, &id, &request],
-        ),
-        tx.execute(
-            "INSERT INTO items (run_id, item_id, workflow, node, payload, state) \
-             SELECT $1, s.id::uuid, $2, s.node, s.payload, $6 \
-             FROM unnest($3::text[], $4::text[], $5::bytea[]) AS s(id, node, payload) \
-             ON CONFLICT DO NOTHING",
-            &[
-                &lease.run_id,
-                &locked.workflow,
-                &ids,
-                &nodes,
-                &payloads,
-                &state,
-            ],
-        ),
-        tx.execute(
-            "INSERT INTO outputs (run_id, value) \
-             SELECT $1, o::jsonb FROM unnest($2::text[]) WITH ORDINALITY AS u(o, n) ORDER BY n",
-            &[&lease.run_id, &outputs],
-        ),
-        tx.execute(
-            "INSERT INTO errors (run_id, error) \
-             SELECT $1, e::jsonb FROM unnest($2::text[]) WITH ORDINALITY AS u(e, n) ORDER BY n",
-            &[&lease.run_id, &failures],
-        ),
-    )
-    .await
-    .map_err(backend)?;
-    let fresh = fresh as i32;
-    effects.work |= fresh > 0 && ready;
-    let outstanding = locked.outstanding + fresh - 1;
-    let after = machine::after_commit(RunState {
-        status: run_status,
-        outstanding: outstanding.max(0) as u64,
-        has_output: locked.has_output || !step.outputs.is_empty(),
-    });
-    let finished = (after != run_status && after.is_finished()).then_some(after);
-    let (context, new_version) = match &step.context {
-        Some((_, bytes)) => (Some(bytes.as_slice()), version as i64 + 1),
-        None => (None, version as i64),
-    };
-    let first_output = step.outputs.first().map(ToString::to_string);
-    let error = (finished == Some(RunStatus::Failed)).then(|| no_output(&locked.workflow));
-    let node = if step.node.is_empty() {
-        locked.node.as_str()
-    } else {
-        step.node.as_str()
-    };
-    tx.execute(
-        "UPDATE runs SET status = $2, outstanding = $3, version = $4, \
-         context = coalesce($5, context), output = coalesce(output, $6::text::jsonb), \
-         error = coalesce($7, error), \
-         finished_at = CASE WHEN $8 THEN now() ELSE finished_at END, \
-         finish_request = CASE WHEN $8 THEN $12 ELSE finish_request END, \
-         steps_done = steps_done + 1, items_created = items_created + $9, \
-         node_timings = jsonb_set(node_timings, ARRAY[$10::text], jsonb_build_object( \
-             'count', coalesce((node_timings -> $10 ->> 'count')::bigint, 0) + 1, \
-             'total_us', coalesce((node_timings -> $10 ->> 'total_us')::bigint, 0) + $11, \
-             'max_us', greatest(coalesce((node_timings -> $10 ->> 'max_us')::bigint, 0), $11))) \
-         WHERE run_id = $1",
-        &[
-            &lease.run_id,
-            &after.to_string(),
-            &outstanding,
-            &new_version,
-            &context,
-            &first_output,
-            &error,
-            &finished.is_some(),
-            &i64::from(fresh),
-            &node,
-            &(step.duration.as_micros() as i64),
-            &request,
-        ],
-    )
-    .await
-    .map_err(backend)?;
-    if let Some(status) = finished {
-        finish(tx, &lease.run_id, status).await?;
-    }
-    if finished.is_some() || after != run_status {
-        effects.runs.push(lease.run_id.clone());
-    }
-    Ok(CommitOutcome::Committed { finished })
 }
 
 /// A paused or failed run runs again with `status`: its record no longer says it finished,

@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use floxide_core::distributed::machine::ContextChains;
 use floxide_core::distributed::CommitOutcome;
 use floxide_core::distributed::{
     CommitItem, CommitReply, DistributedError, Lease, LeaseState, StepFailed, TakeRequest, Taken,
-    VersionedContext, WorkerBackend,
+    VersionedContext, WorkerBackend, MAX_BATCH,
 };
 
 use crate::ops::{self, backend, Effects};
+use crate::take::{take_once, Held};
 use crate::PostgresBackend;
 
 /// A request id, for answering a retried write as its first attempt.
@@ -34,82 +34,48 @@ impl PostgresBackend {
         Ok(())
     }
 
-    /// One run's steps of a batch in one transaction (retried after a deadlock): its items
-    /// and its row are locked, its steps applied in order.
-    async fn commit_run(
-        &self,
-        commits: &[&CommitItem<'_>],
-        request: &str,
-    ) -> Result<Vec<CommitOutcome>, DistributedError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = async {
-                let mut client = self.pooled().await?;
-                let tx = client.transaction().await.map_err(backend)?;
-                // All the run's items of the batch at once, before its row: while this waits
-                // for a busy run, no take can reclaim them (takes skip locked items).
-                let run = commits.first().map_or("", |c| c.lease.run_id.as_str());
-                let ids: Vec<String> = commits
-                    .iter()
-                    .map(|c| c.lease.item_id.to_string())
-                    .collect();
-                tx.execute(
-                    "SELECT 1 FROM items WHERE run_id = $1 \
-                     AND item_id IN (SELECT unnest($2::text[])::uuid) \
-                     ORDER BY item_id FOR UPDATE",
-                    &[&run, &ids],
-                )
-                .await
-                .map_err(backend)?;
-                let mut effects = Effects::default();
-                let mut outcomes = Vec::with_capacity(commits.len());
-                let mut chains = ContextChains::default();
-                for c in commits {
-                    let (run, changes) = (c.lease.run_id.as_str(), c.step.context.is_some());
-                    let outcome = if chains.refuses(run, changes) {
-                        let current: i64 = tx
-                            .query_one(
-                                "SELECT version FROM runs WHERE run_id = $1",
-                                &[&c.lease.run_id],
-                            )
-                            .await
-                            .map_err(backend)?
-                            .get(0);
-                        CommitOutcome::ContextConflict {
-                            current: current as u64,
-                        }
-                    } else {
-                        ops::commit_one(&tx, c, request, &mut effects).await?
-                    };
-                    let committed = matches!(outcome, CommitOutcome::Committed { .. });
-                    chains.settled(run, changes, committed);
-                    outcomes.push(outcome);
-                }
-                self.notify(&tx, &effects).await?;
-                tx.commit().await.map_err(backend)?;
-                Ok::<_, DistributedError>(outcomes)
+    /// Takes without waiting: take statements until the batch is full, a page comes back
+    /// short, or a bounded number of rows was looked at (G9); poison items met on the way
+    /// are dead-lettered.
+    async fn take_now(&self, take: TakeRequest<'_>) -> Result<Vec<Taken>, DistributedError> {
+        let max = take.max.min(MAX_BATCH);
+        let mut out = Vec::new();
+        let mut budget = 256usize;
+        while out.len() < max && budget > 0 {
+            let want = (max - out.len()).min(budget);
+            let rows = {
+                let client = self.pooled().await?;
+                take_once(&client, take.with_max(want), &Held::new()).await?
+            };
+            budget -= rows.seen.min(budget);
+            let page_full = rows.seen == want;
+            out.extend(rows.taken);
+            if !rows.poison.is_empty() {
+                self.dead_letter_poison(take, &rows.poison).await?;
             }
-            .await;
-            match result {
-                Err(e) if attempt < 5 && ops::is_transient(&e) => continue,
-                other => return other,
+            if !page_full {
+                break;
             }
         }
+        Ok(out)
     }
 
-    /// One take without waiting.
-    async fn take_once(&self, take: TakeRequest<'_>) -> Result<Vec<Taken>, DistributedError> {
-        let mut client = self.pooled().await?;
-        let tx = client.transaction().await.map_err(backend)?;
-        let (taken, changed) = ops::take(&tx, take).await?;
-        let effects = Effects {
-            work: false,
-            runs: changed,
-        };
-        self.notify(&tx, &effects).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(taken)
+    /// Dead-letters items a take found delivered too often (each in a transaction of its
+    /// own, checked again under its lock: another take may have handled it meanwhile).
+    pub(crate) async fn dead_letter_poison(
+        &self,
+        take: TakeRequest<'_>,
+        items: &[(String, String)],
+    ) -> Result<(), DistributedError> {
+        for (run, id) in items {
+            let mut client = self.pooled().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            if let Some(run) = ops::poison(&tx, run, id, take.options.max_deliveries).await? {
+                ops::notify_run(&tx, self.config().schema(), &run).await?;
+            }
+            tx.commit().await.map_err(backend)?;
+        }
+        Ok(())
     }
 }
 
@@ -126,7 +92,7 @@ impl WorkerBackend for PostgresBackend {
             let notified = self.signals.work.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let taken = self.take_once(take).await?;
+            let taken = self.take_now(take).await?;
             if !taken.is_empty() {
                 return Ok(taken);
             }
@@ -178,33 +144,13 @@ impl WorkerBackend for PostgresBackend {
         commits: &[CommitItem<'_>],
         next: Option<TakeRequest<'_>>,
     ) -> Result<CommitReply, DistributedError> {
-        let request = request_id();
-        // The batch's leases first (one statement): its steps may wait for busy runs' rows.
-        if commits.len() > 1 {
-            let client = self.pooled().await?;
-            ops::renew_batch(&**client, commits).await?;
+        if commits.is_empty() {
+            return match next {
+                Some(take) => Ok(CommitReply::new(Vec::new(), self.take_now(take).await?)),
+                None => Ok(CommitReply::default()),
+            };
         }
-        // One short transaction per run: a run's row is held for its own steps only.
-        let mut runs: Vec<&str> = commits.iter().map(|c| c.lease.run_id.as_str()).collect();
-        runs.sort_unstable();
-        runs.dedup();
-        let mut outcomes = vec![CommitOutcome::LeaseLost; commits.len()];
-        for run in runs {
-            let (indices, group): (Vec<usize>, Vec<&CommitItem<'_>>) = commits
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.lease.run_id == run)
-                .unzip();
-            let answers = self.commit_run(&group, &request).await?;
-            for (i, outcome) in indices.into_iter().zip(answers) {
-                outcomes[i] = outcome;
-            }
-        }
-        let taken = match next {
-            Some(take) => self.take_once(take).await?,
-            None => Vec::new(),
-        };
-        Ok(CommitReply::new(outcomes, taken))
+        self.commit_pipelined(commits, next, &request_id()).await
     }
 
     async fn fail(

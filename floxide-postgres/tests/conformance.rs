@@ -20,12 +20,7 @@ async fn backend() -> PostgresBackend {
     PostgresBackend::connect_with(config).await.unwrap()
 }
 
-// Every check of the suite but two. `g3_parallel_branches_keep_every_change` (100 branches of
-// one run changing its context, 8 workers) and `g3_joins_fire_exactly_once` (10 runs of 10
-// branches joined, 20 workers) pass alone, but not yet when the whole suite shares one server
-// on two cores: commits of one run serialize on its row for several round trips each, steps
-// wait, and their 400 ms leases run out until items are poisoned. Work in progress (issue 14):
-// fewer round trips per commit, then these two join the list.
+// Every check of the suite.
 floxide::conformance_tests!(@each #[tokio::test(flavor = "multi_thread", worker_threads = 2)], backend(),
     g1_crashed_worker_item_is_rerun,
     g2_zombie_commit_is_rejected,
@@ -45,5 +40,7 @@ floxide::conformance_tests!(@each #[tokio::test(flavor = "multi_thread", worker_
     g4_a_refused_context_change_refuses_the_runs_later_ones,
     g4_a_worker_batches_queued_work,
     model_based_sequences_agree_with_the_machine,
-    completion_waits_for_every_branch
+    completion_waits_for_every_branch,
+    g3_parallel_branches_keep_every_change,
+    g3_joins_fire_exactly_once
 );

@@ -1,0 +1,572 @@
+//! A batch commit in one transaction and two round trips: the batch's items and runs are
+//! locked and read (with `BEGIN`), each step is judged in Rust by the run state machine (its
+//! lease token, its run's status, its context's version), and one statement writes every
+//! accepted step, followed by the next take and `COMMIT`.
+//!
+//! Rows are locked in one order (items, then runs by id) so that concurrent commits do not
+//! deadlock; a take never waits for them (`SKIP LOCKED`). A run's row is held for one round
+//! trip.
+
+use std::collections::{HashMap, HashSet};
+
+use floxide_core::distributed::machine::{self, ContextChains, RunState};
+use floxide_core::distributed::{
+    CommitItem, CommitOutcome, CommitReply, DistributedError, RunStatus, TakeRequest,
+};
+
+use crate::ops::{backend, no_output, status};
+use crate::pipeline::Pipelined;
+use crate::take::{take_once, Held, TakeRows};
+use crate::PostgresBackend;
+
+/// The batch's items, locked. `$1` runs, `$2` item ids.
+const LOCK_ITEMS: &str = "\
+SELECT run_id, replace(item_id::text, '-', ''), token, state, request, node FROM items
+WHERE (run_id, item_id) IN (SELECT u.r, u.id::uuid FROM unnest($1::text[], $2::text[]) AS u(r, id))
+ORDER BY run_id, item_id FOR UPDATE";
+
+/// The batch's runs, locked after their items. `$1` runs.
+const LOCK_RUNS: &str = "\
+SELECT run_id, status, version, outstanding, output IS NOT NULL, workflow, finish_request,
+    node_timings::text
+FROM runs WHERE run_id = ANY($1::text[]) ORDER BY run_id FOR NO KEY UPDATE";
+
+/// Successors that exist already (a step executed again after its lease was taken over
+/// derives the same ids). `$1` runs, `$2` item ids.
+const EXISTING: &str = "\
+SELECT run_id, replace(item_id::text, '-', '') FROM items
+WHERE (run_id, item_id) IN (SELECT u.r, u.id::uuid FROM unnest($1::text[], $2::text[]) AS u(r, id))";
+
+/// Every write of the accepted steps. `$1`–`$3` items marked (run, id, state: committed or
+/// dropped), `$4` the request; `$5`/`$6` leases renewed (steps sent back to re-merge);
+/// `$7`–`$12` new items; `$13`/`$14` outputs and `$15`/`$16` handled failures (run, JSON);
+/// `$17` runs whose items go; `$18`–`$28` the runs' new records; `$29`/`$30` notifications.
+const APPLY: &str = "\
+WITH marked AS (
+    UPDATE items i SET state = u.st, worker = NULL,
+        payload = CASE WHEN u.st = 'C' THEN ''::bytea ELSE i.payload END,
+        request = CASE WHEN u.st = 'C' THEN $4 ELSE i.request END
+    FROM unnest($1::text[], $2::text[], $3::\"char\"[]) AS u(r, id, st)
+    WHERE i.run_id = u.r AND i.item_id = u.id::uuid),
+renewed AS (
+    UPDATE items i SET due_at = clock_timestamp() + make_interval(secs => i.lease_ms / 1000)
+    FROM unnest($5::text[], $6::text[]) AS u(r, id)
+    WHERE i.run_id = u.r AND i.item_id = u.id::uuid AND i.state = 'I'),
+created AS (
+    INSERT INTO items (run_id, item_id, workflow, node, payload, state)
+    SELECT s.r, s.id::uuid, s.wf, s.node, s.payload, s.st
+    FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[], $12::\"char\"[])
+        AS s(r, id, wf, node, payload, st)),
+outs AS (
+    INSERT INTO outputs (run_id, value)
+    SELECT o.r, o.v::jsonb FROM unnest($13::text[], $14::text[]) WITH ORDINALITY AS o(r, v, n)
+    ORDER BY o.n),
+errs AS (
+    INSERT INTO errors (run_id, error)
+    SELECT e.r, e.v::jsonb FROM unnest($15::text[], $16::text[]) WITH ORDINALITY AS e(r, v, n)
+    ORDER BY e.n),
+gone AS (
+    DELETE FROM items WHERE run_id = ANY($17::text[])),
+updated AS (
+    UPDATE runs r SET status = u.status, outstanding = u.outstanding, version = u.version,
+        context = coalesce(u.context, r.context), output = coalesce(r.output, u.output::jsonb),
+        error = coalesce(u.error, r.error),
+        finished_at = CASE WHEN u.fin THEN now() ELSE r.finished_at END,
+        finish_request = CASE WHEN u.fin THEN $4 ELSE r.finish_request END,
+        steps_done = r.steps_done + u.steps, items_created = r.items_created + u.made,
+        node_timings = u.timings::jsonb
+    FROM unnest($18::text[], $19::text[], $20::int4[], $21::int8[], $22::bytea[], $23::text[],
+                $24::text[], $25::bool[], $26::int8[], $27::int8[], $28::text[])
+        AS u(run_id, status, outstanding, version, context, output, error, fin, steps, made,
+             timings)
+    WHERE r.run_id = u.run_id)
+SELECT pg_notify(n.ch, n.msg) FROM unnest($29::text[], $30::text[]) AS n(ch, msg)";
+
+/// A locked item of the batch.
+struct ItemRow {
+    token: u64,
+    state: i8,
+    /// The request that committed it.
+    request: Option<String>,
+    node: String,
+}
+
+/// A locked run of the batch, and what the batch's accepted steps make of it.
+struct RunRow {
+    status: RunStatus,
+    version: u64,
+    outstanding: i64,
+    has_output: bool,
+    workflow: String,
+    finish_request: Option<String>,
+    timings: serde_json::Map<String, serde_json::Value>,
+    /// Changed by an accepted step (its record is written).
+    touched: bool,
+    /// Its status when locked (a change is announced).
+    locked_status: RunStatus,
+    context: Option<Vec<u8>>,
+    output: Option<String>,
+    error: Option<String>,
+    finished: bool,
+    steps: i64,
+    made: i64,
+}
+
+impl RunRow {
+    fn read(row: &tokio_postgres::Row) -> Result<(String, RunRow), DistributedError> {
+        let timings: &str = row.get(7);
+        let timings = serde_json::from_str(timings)
+            .map_err(|e| DistributedError::Backend(format!("PostgreSQL: node timings: {e}")))?;
+        let status = status(row.get(1))?;
+        Ok((
+            row.get(0),
+            RunRow {
+                status,
+                version: row.get::<_, i64>(2) as u64,
+                outstanding: i64::from(row.get::<_, i32>(3)),
+                has_output: row.get(4),
+                workflow: row.get(5),
+                finish_request: row.get(6),
+                timings,
+                touched: false,
+                locked_status: status,
+                context: None,
+                output: None,
+                error: None,
+                finished: false,
+                steps: 0,
+                made: 0,
+            },
+        ))
+    }
+
+    /// Adds one execution of `node` that took `us` microseconds to its timings.
+    fn time(&mut self, node: &str, us: i64) {
+        let entry = self
+            .timings
+            .entry(node.to_owned())
+            .or_insert_with(|| serde_json::json!({}));
+        let get = |e: &serde_json::Value, k: &str| e.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
+        let (count, total, max) = (
+            get(entry, "count"),
+            get(entry, "total_us"),
+            get(entry, "max_us"),
+        );
+        *entry = serde_json::json!({
+            "count": count + 1,
+            "total_us": total + us,
+            "max_us": max.max(us),
+        });
+    }
+}
+
+/// The answer to a step whose lease is not held: applied already by this request, the run
+/// is over, or the lease was lost.
+fn not_held(item: Option<&ItemRow>, run: &RunRow, request: &str) -> CommitOutcome {
+    if item.and_then(|i| i.request.as_deref()) == Some(request) {
+        return CommitOutcome::Committed { finished: None };
+    }
+    if run.finish_request.as_deref() == Some(request) {
+        return CommitOutcome::Committed {
+            finished: Some(run.status),
+        };
+    }
+    if !machine::accepts_results(run.status) {
+        return CommitOutcome::RunInactive(run.status);
+    }
+    CommitOutcome::LeaseLost
+}
+
+/// The writes of a batch, as the apply statement's arrays.
+#[derive(Default)]
+struct Writes<'a> {
+    /// Items committed (`C`) or dropped (`X`).
+    marked: Vec<(&'a str, String, i8)>,
+    /// Leases renewed: steps sent back to re-merge.
+    renewed: Vec<(&'a str, String)>,
+    created: Created<'a>,
+    outputs: (Vec<&'a str>, Vec<String>),
+    errors: (Vec<&'a str>, Vec<String>),
+    /// Fresh successors a take can lease now.
+    ready: usize,
+}
+
+#[derive(Default)]
+struct Created<'a> {
+    runs: Vec<&'a str>,
+    ids: Vec<String>,
+    workflows: Vec<String>,
+    nodes: Vec<&'a str>,
+    payloads: Vec<&'a [u8]>,
+    states: Vec<i8>,
+}
+
+/// Judges each step of the batch against the locked rows, in order, and collects the writes
+/// of the accepted ones.
+fn judge<'a>(
+    commits: &'a [CommitItem<'a>],
+    items: &HashMap<(String, String), ItemRow>,
+    runs: &mut HashMap<String, RunRow>,
+    existing: &mut HashSet<(String, String)>,
+    request: &str,
+) -> Result<(Vec<CommitOutcome>, Writes<'a>), DistributedError> {
+    let mut writes = Writes::default();
+    let mut outcomes = Vec::with_capacity(commits.len());
+    let mut chains = ContextChains::default();
+    for c in commits {
+        let (lease, step) = (c.lease, c.step);
+        let run_id = lease.run_id.as_str();
+        let changes = step.context.is_some();
+        let id = lease.item_id.to_string();
+        let outcome = match runs.get_mut(run_id) {
+            None => CommitOutcome::LeaseLost,
+            Some(run) => {
+                let item = items.get(&(lease.run_id.clone(), id.clone()));
+                let held = item.is_some_and(|i| i.token == lease.token && i.state == b'I' as i8);
+                if !held {
+                    not_held(item, run, request)
+                } else if chains.refuses(run_id, changes) {
+                    writes.renewed.push((run_id, id));
+                    CommitOutcome::ContextConflict {
+                        current: run.version,
+                    }
+                } else if !machine::accepts_results(run.status) {
+                    writes.marked.push((run_id, id, b'X' as i8));
+                    CommitOutcome::RunInactive(run.status)
+                } else if step.require_version.is_some_and(|v| v != run.version)
+                    || step
+                        .context
+                        .as_ref()
+                        .is_some_and(|(base, _)| *base != run.version)
+                {
+                    writes.renewed.push((run_id, id));
+                    CommitOutcome::ContextConflict {
+                        current: run.version,
+                    }
+                } else {
+                    let node = match item {
+                        Some(i) if step.node.is_empty() => i.node.as_str(),
+                        _ => step.node.as_str(),
+                    };
+                    accept(c, node, run, id, existing, &mut writes)?
+                }
+            }
+        };
+        chains.settled(
+            run_id,
+            changes,
+            matches!(outcome, CommitOutcome::Committed { .. }),
+        );
+        outcomes.push(outcome);
+    }
+    Ok((outcomes, writes))
+}
+
+/// Applies an accepted step to its run's row (in memory) and collects its writes.
+fn accept<'a>(
+    c: &'a CommitItem<'a>,
+    node: &str,
+    run: &mut RunRow,
+    id: String,
+    existing: &mut HashSet<(String, String)>,
+    writes: &mut Writes<'a>,
+) -> Result<CommitOutcome, DistributedError> {
+    let (lease, step) = (c.lease, c.step);
+    let run_id = lease.run_id.as_str();
+    let ready = machine::takes_items(run.status);
+    let state = if ready { b'P' } else { b'K' } as i8;
+    let mut fresh = 0i64;
+    for s in &step.successors {
+        let sid = s.id.to_string();
+        // Known ids are not created again.
+        if !existing.insert((lease.run_id.clone(), sid.clone())) {
+            continue;
+        }
+        fresh += 1;
+        let created = &mut writes.created;
+        created.runs.push(run_id);
+        created.ids.push(sid);
+        created.workflows.push(run.workflow.clone());
+        created.nodes.push(&s.node);
+        created.payloads.push(&s.bytes);
+        created.states.push(state);
+    }
+    if ready {
+        writes.ready += fresh as usize;
+    }
+    for output in &step.outputs {
+        writes.outputs.0.push(run_id);
+        writes.outputs.1.push(output.to_string());
+    }
+    for failure in &step.handled_failures {
+        writes.errors.0.push(run_id);
+        writes.errors.1.push(
+            serde_json::to_string(failure).map_err(|e| DistributedError::Codec(e.to_string()))?,
+        );
+    }
+    writes.marked.push((run_id, id, b'C' as i8));
+    run.outstanding += fresh - 1;
+    let before = run.status;
+    run.has_output |= !step.outputs.is_empty();
+    let after = machine::after_commit(RunState {
+        status: before,
+        outstanding: run.outstanding.max(0) as u64,
+        has_output: run.has_output,
+    });
+    let finished = (after != before && after.is_finished()).then_some(after);
+    if let Some((_, bytes)) = &step.context {
+        run.version += 1;
+        run.context = Some(bytes.clone());
+    }
+    if run.output.is_none() {
+        run.output = step.outputs.first().map(ToString::to_string);
+    }
+    if finished == Some(RunStatus::Failed) {
+        run.error = Some(no_output(&run.workflow));
+    }
+    run.finished |= finished.is_some();
+    run.status = after;
+    run.steps += 1;
+    run.made += fresh;
+    run.touched = true;
+    run.time(node, step.duration.as_micros() as i64);
+    Ok(CommitOutcome::Committed { finished })
+}
+
+impl PostgresBackend {
+    /// Commits `commits` in one transaction and, when asked, takes the next batch in it.
+    pub(crate) async fn commit_pipelined(
+        &self,
+        commits: &[CommitItem<'_>],
+        next: Option<TakeRequest<'_>>,
+        request: &str,
+    ) -> Result<CommitReply, DistributedError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.commit_attempt(commits, next, request).await {
+                Err(e) if attempt < 5 && crate::ops::is_transient(&e) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn commit_attempt(
+        &self,
+        commits: &[CommitItem<'_>],
+        next: Option<TakeRequest<'_>>,
+        request: &str,
+    ) -> Result<CommitReply, DistributedError> {
+        let tx = Pipelined::new(self.pooled().await?);
+        let client = tx.client();
+        let (lock_items, lock_runs, existing_q, apply) = futures_util::future::try_join4(
+            client.prepare_cached(LOCK_ITEMS),
+            client.prepare_cached(LOCK_RUNS),
+            client.prepare_cached(EXISTING),
+            client.prepare_cached(APPLY),
+        )
+        .await
+        .map_err(backend)?;
+
+        let item_runs: Vec<&str> = commits.iter().map(|c| c.lease.run_id.as_str()).collect();
+        let item_ids: Vec<String> = commits
+            .iter()
+            .map(|c| c.lease.item_id.to_string())
+            .collect();
+        let mut run_ids = item_runs.clone();
+        run_ids.sort_unstable();
+        run_ids.dedup();
+        let (succ_runs, succ_ids): (Vec<&str>, Vec<String>) = commits
+            .iter()
+            .flat_map(|c| {
+                c.step
+                    .successors
+                    .iter()
+                    .map(|s| (c.lease.run_id.as_str(), s.id.to_string()))
+            })
+            .unzip();
+
+        // Round trip 1: begin, lock and read.
+        let (_, item_rows, run_rows, existing_rows) = futures_util::future::try_join4(
+            tx.begin(),
+            async {
+                client
+                    .query(&lock_items, &[&item_runs, &item_ids])
+                    .await
+                    .map_err(backend)
+            },
+            async { client.query(&lock_runs, &[&run_ids]).await.map_err(backend) },
+            async {
+                client
+                    .query(&existing_q, &[&succ_runs, &succ_ids])
+                    .await
+                    .map_err(backend)
+            },
+        )
+        .await?;
+        let items: HashMap<(String, String), ItemRow> = item_rows
+            .iter()
+            .map(|row| {
+                (
+                    (row.get(0), row.get(1)),
+                    ItemRow {
+                        token: row.get::<_, i64>(2) as u64,
+                        state: row.get(3),
+                        request: row.get(4),
+                        node: row.get(5),
+                    },
+                )
+            })
+            .collect();
+        let mut runs = HashMap::with_capacity(run_rows.len());
+        for row in &run_rows {
+            let (id, run) = RunRow::read(row)?;
+            runs.insert(id, run);
+        }
+        let mut existing: HashSet<(String, String)> = existing_rows
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+
+        let (outcomes, writes) = judge(commits, &items, &mut runs, &mut existing, request)?;
+
+        // The runs' new records; finished runs (but failed ones, kept for a resume) lose
+        // their items, so no other write touches those.
+        let schema = self.config().schema();
+        let (work_channel, runs_channel) = crate::listen::channels(schema);
+        let mut record = RunRecords::default();
+        let mut gone: Vec<&str> = Vec::new();
+        let mut notify: (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
+        for (id, run) in &runs {
+            if !run.touched {
+                continue;
+            }
+            if run.finished && run.status != RunStatus::Failed {
+                gone.push(id);
+            }
+            if run.finished || run.status != run.locked_status {
+                notify.0.push(&runs_channel);
+                notify.1.push(id);
+            }
+            record.push(id, run)?;
+        }
+        let mut marked = (Vec::new(), Vec::new(), Vec::new());
+        for (run, id, state) in writes.marked.iter().filter(|m| !gone.contains(&m.0)) {
+            marked.0.push(*run);
+            marked.1.push(id.as_str());
+            marked.2.push(*state);
+        }
+        let renewed: (Vec<&str>, Vec<&str>) = writes
+            .renewed
+            .iter()
+            .filter(|r| !gone.contains(&r.0))
+            .map(|(run, id)| (*run, id.as_str()))
+            .unzip();
+        // Work for others: fresh items beyond what this worker's own take may lease.
+        if writes.ready > next.map_or(0, |n| n.max) {
+            notify.0.push(&work_channel);
+            notify.1.push("");
+        }
+        let held: Held<'_> = commits
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| matches!(o, CommitOutcome::Committed { .. }))
+            .filter_map(|(c, _)| c.held.map(|h| (c.lease.run_id.as_str(), h)))
+            .collect();
+        let created = &writes.created;
+
+        // Round trip 2: write, take, commit.
+        let apply_fut = async {
+            client
+                .query(
+                    &apply,
+                    &[
+                        &marked.0,
+                        &marked.1,
+                        &marked.2,
+                        &request,
+                        &renewed.0,
+                        &renewed.1,
+                        &created.runs,
+                        &created.ids,
+                        &created.workflows,
+                        &created.nodes,
+                        &created.payloads,
+                        &created.states,
+                        &writes.outputs.0,
+                        &writes.outputs.1,
+                        &writes.errors.0,
+                        &writes.errors.1,
+                        &gone,
+                        &record.ids,
+                        &record.statuses,
+                        &record.outstanding,
+                        &record.versions,
+                        &record.contexts,
+                        &record.outputs,
+                        &record.errors,
+                        &record.finished,
+                        &record.steps,
+                        &record.made,
+                        &record.timings,
+                        &notify.0,
+                        &notify.1,
+                    ],
+                )
+                .await
+                .map_err(backend)
+        };
+        let take_fut = async {
+            match next {
+                Some(take) => take_once(client, take, &held).await,
+                None => Ok(TakeRows::default()),
+            }
+        };
+        let (_, taken, ()) =
+            futures_util::future::try_join3(apply_fut, take_fut, tx.commit()).await?;
+        drop(tx);
+        if !taken.poison.is_empty() {
+            if let Some(take) = next {
+                self.dead_letter_poison(take, &taken.poison).await?;
+            }
+        }
+        Ok(CommitReply::new(outcomes, taken.taken))
+    }
+}
+
+/// The runs' new records, as the apply statement's arrays.
+#[derive(Default)]
+struct RunRecords<'a> {
+    ids: Vec<&'a str>,
+    statuses: Vec<String>,
+    outstanding: Vec<i32>,
+    versions: Vec<i64>,
+    contexts: Vec<Option<&'a [u8]>>,
+    outputs: Vec<Option<&'a str>>,
+    errors: Vec<Option<&'a str>>,
+    finished: Vec<bool>,
+    steps: Vec<i64>,
+    made: Vec<i64>,
+    timings: Vec<String>,
+}
+
+impl<'a> RunRecords<'a> {
+    fn push(&mut self, id: &'a str, run: &'a RunRow) -> Result<(), DistributedError> {
+        self.ids.push(id);
+        self.statuses.push(run.status.to_string());
+        self.outstanding
+            .push(i32::try_from(run.outstanding.max(0)).unwrap_or(i32::MAX));
+        self.versions.push(run.version as i64);
+        self.contexts.push(run.context.as_deref());
+        self.outputs.push(run.output.as_deref());
+        self.errors.push(run.error.as_deref());
+        self.finished.push(run.finished);
+        self.steps.push(run.steps);
+        self.made.push(run.made);
+        self.timings.push(
+            serde_json::to_string(&run.timings)
+                .map_err(|e| DistributedError::Codec(e.to_string()))?,
+        );
+        Ok(())
+    }
+}

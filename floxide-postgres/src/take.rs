@@ -1,0 +1,174 @@
+//! The take: one statement leases up to N items whose time has come (ready ones, expired
+//! leases, due retries) with `FOR UPDATE SKIP LOCKED`, parks the items of paused or failed
+//! runs and drops those of finished ones. Poison items (delivered too often) are reported
+//! back and dead-lettered by a transaction of their own, off the hot path.
+
+use std::collections::HashMap;
+
+use deadpool_postgres::ClientWrapper;
+use floxide_core::distributed::machine;
+use floxide_core::distributed::{
+    DistributedError, Lease, RunStatus, TakeRequest, Taken, VersionedContext, MAX_BATCH,
+};
+
+use crate::ops::{backend, item_id};
+
+/// The statement. `$1` workflow, `$2` limit, `$3` lease in ms, `$4` worker, `$5` the statuses
+/// whose items are leased, `$6` those whose results are still accepted (else dropped), `$7`
+/// the delivery limit, `$8`/`$9` pending/running, `$10`/`$11` the contexts the worker holds
+/// (run, version): left out of the reply. A run's context comes once, with its first item.
+/// Rows not leased come back too (fate `D` poison, `K` parked, `X` dropped), without payload.
+const TAKE: &str = "\
+WITH cand AS (
+    SELECT i.run_id, i.item_id, i.state AS was, i.deliveries
+    FROM items i
+    WHERE i.workflow = $1 AND i.state IN ('P', 'I', 'R') AND i.due_at <= now()
+    ORDER BY i.due_at, i.seq LIMIT $2
+    FOR UPDATE SKIP LOCKED),
+classed AS (
+    SELECT c.run_id, c.item_id, c.was, c.deliveries,
+        CASE WHEN NOT r.status = ANY($6::text[]) THEN 'X'
+             WHEN NOT r.status = ANY($5::text[]) THEN 'K'
+             WHEN c.deliveries >= $7 THEN 'D'
+             ELSE 'I' END::\"char\" AS fate
+    FROM cand c JOIN runs r ON r.run_id = c.run_id),
+moved AS (
+    UPDATE items i SET state = c.fate, worker = NULL
+    FROM classed c
+    WHERE c.fate IN ('X', 'K') AND i.run_id = c.run_id AND i.item_id = c.item_id),
+leased AS (
+    UPDATE items i SET state = 'I', token = i.token + 1, deliveries = i.deliveries + 1,
+        due_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000),
+        lease_ms = $3, worker = $4
+    FROM classed c
+    WHERE c.fate = 'I' AND i.run_id = c.run_id AND i.item_id = c.item_id
+    RETURNING i.run_id, i.item_id, i.node, i.payload, i.attempt, i.deliveries, i.token, i.seq),
+reclaimed AS (
+    INSERT INTO reclaims (run_id) SELECT run_id FROM classed WHERE was = 'I'),
+started AS (
+    UPDATE runs SET status = $9 WHERE run_id IN (
+        SELECT run_id FROM runs WHERE run_id IN (SELECT run_id FROM leased) AND status = $8
+        FOR NO KEY UPDATE SKIP LOCKED))
+SELECT l.run_id, replace(l.item_id::text, '-', ''), l.node, l.payload, l.attempt,
+    l.deliveries, l.token, r.deadline,
+    CASE WHEN row_number() OVER (PARTITION BY l.run_id ORDER BY l.seq) > 1
+              OR (l.run_id, r.version) IN (SELECT * FROM unnest($10::text[], $11::int8[]))
+         THEN NULL ELSE r.context END,
+    r.version, 'I'::\"char\"
+FROM leased l JOIN runs r ON r.run_id = l.run_id
+UNION ALL
+SELECT c.run_id, replace(c.item_id::text, '-', ''), '', NULL, 0, c.deliveries, 0, NULL, NULL,
+    0, c.fate
+FROM classed c WHERE c.fate <> 'I'";
+
+/// The contexts a worker holds after its commits, by run: (version, bytes).
+pub(crate) type Held<'a> = HashMap<&'a str, (u64, &'a [u8])>;
+
+/// What one take statement found.
+#[derive(Default)]
+pub(crate) struct TakeRows {
+    /// The items leased.
+    pub(crate) taken: Vec<Taken>,
+    /// Poison items: (run, item) to dead-letter.
+    pub(crate) poison: Vec<(String, String)>,
+    /// Rows it looked at, leased or not (a full page may hide more).
+    pub(crate) seen: usize,
+}
+
+/// Statuses as the statement's arrays: those whose items are leased, and those whose
+/// results are still accepted (the machine's rules).
+fn status_sets() -> (Vec<String>, Vec<String>) {
+    let all = [
+        RunStatus::Pending,
+        RunStatus::Running,
+        RunStatus::Paused,
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+    ];
+    let names = |keep: fn(RunStatus) -> bool| {
+        all.iter()
+            .filter(|s| keep(**s))
+            .map(ToString::to_string)
+            .collect()
+    };
+    (names(machine::takes_items), names(machine::accepts_results))
+}
+
+/// Runs the take statement once on `client` (inside a transaction or on its own).
+pub(crate) async fn take_once(
+    client: &ClientWrapper,
+    take: TakeRequest<'_>,
+    held: &Held<'_>,
+) -> Result<TakeRows, DistributedError> {
+    let statement = client.prepare_cached(TAKE).await.map_err(backend)?;
+    let (leasable, accepting) = status_sets();
+    let (held_runs, held_versions): (Vec<&str>, Vec<i64>) =
+        held.iter().map(|(run, (v, _))| (*run, *v as i64)).unzip();
+    let max = take.max.clamp(1, MAX_BATCH) as i64;
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &take.workflow,
+                &max,
+                &(take.options.lease_timeout.as_millis() as f64),
+                &take.worker.as_str(),
+                &leasable,
+                &accepting,
+                &(take.options.max_deliveries.min(i32::MAX as u32) as i32),
+                &RunStatus::Pending.to_string(),
+                &RunStatus::Running.to_string(),
+                &held_runs,
+                &held_versions,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    let mut out = TakeRows {
+        seen: rows.len(),
+        ..TakeRows::default()
+    };
+    // Contexts sent once per run: the first row's, or the one the worker holds.
+    let mut contexts: HashMap<String, VersionedContext> = HashMap::new();
+    for row in &rows {
+        let run_id: String = row.get(0);
+        match row.get::<_, i8>(10) as u8 {
+            b'I' => {}
+            b'D' => {
+                out.poison.push((run_id, row.get(1)));
+                continue;
+            }
+            // Parked or dropped.
+            _ => continue,
+        }
+        let version = row.get::<_, i64>(9) as u64;
+        let context = match row.get::<_, Option<Vec<u8>>>(8) {
+            Some(bytes) => {
+                let context = VersionedContext::new(bytes, version);
+                contexts.insert(run_id.clone(), context.clone());
+                Some(context)
+            }
+            None => contexts.get(&run_id).cloned().or_else(|| {
+                held.get(run_id.as_str())
+                    .filter(|(v, _)| *v == version)
+                    .map(|(v, bytes)| VersionedContext::new(bytes.to_vec(), *v))
+            }),
+        };
+        let id = item_id(row.get(1))?;
+        let token = row.get::<_, i64>(6) as u64;
+        let attempt = row.get::<_, i32>(4) as u32;
+        let deliveries = row.get::<_, i32>(5) as u32;
+        out.taken.push(
+            Taken::new(
+                Lease::new(run_id, id, token, take.worker.clone()),
+                row.get::<_, String>(2),
+                row.get::<_, Vec<u8>>(3),
+            )
+            .with_attempt(attempt, deliveries)
+            .with_deadline(row.get(7))
+            .with_context(context),
+        );
+    }
+    Ok(out)
+}
