@@ -7,10 +7,16 @@
 //! cargo run --release -p floxide-bench -- dist-redis-fanout [--runs 200] [--fanout 10] [--workers 4]
 //! cargo run --release -p floxide-bench -- dist-redis-bulk [--runs 30000] [--workers 4]
 //! cargo run --release -p floxide-bench -- dist-redis-latency [--runs 200] [--workers 4]
+//! cargo run --release -p floxide-bench -- dist-pg-linear [--runs 1000] [--workers 4]
+//! cargo run --release -p floxide-bench -- dist-pg-fanout [--runs 200] [--fanout 10] [--workers 4]
+//! cargo run --release -p floxide-bench -- dist-pg-bulk [--runs 30000] [--workers 4]
+//! cargo run --release -p floxide-bench -- dist-pg-latency [--runs 200] [--workers 4]
 //! cargo run --release -p floxide-bench -- crash [--runs 200] [--step-ms 20]
 //! ```
 //! Common flags: `--threads N` (tokio worker threads; default: number of cores), `--redis URL`
-//! (default `redis://127.0.0.1:6379/`), `--prefix P` (a key prefix deleted before the run).
+//! (default `redis://127.0.0.1:6379/`), `--prefix P` (a key prefix deleted before the run);
+//! for PostgreSQL `--pg URL` (default `postgres://postgres@127.0.0.1:5432/test`), `--schema S`
+//! (dropped before the run, default `floxide_bench`) and `--pool N` (connections, default 16).
 
 use std::time::{Duration, Instant};
 
@@ -174,7 +180,9 @@ async fn dist_mem_linear(args: &Args) -> Result<serde_json::Value, String> {
 }
 
 mod crash;
+mod pg_workloads;
 mod redis_workloads;
+mod workloads;
 
 fn main() -> std::process::ExitCode {
     let args = match Args::parse() {
@@ -209,10 +217,24 @@ fn main() -> std::process::ExitCode {
         match args.workload.as_str() {
             "local-linear" => local_linear(&args).await,
             "dist-mem-linear" => dist_mem_linear(&args).await,
-            "dist-redis-linear" => redis_workloads::linear(&args).await,
-            "dist-redis-fanout" => redis_workloads::fanout(&args).await,
-            "dist-redis-bulk" => redis_workloads::bulk(&args).await,
-            "dist-redis-latency" => redis_workloads::latency(&args).await,
+            "dist-redis-linear" => {
+                workloads::linear(&redis_workloads::target(&args).await?, &args).await
+            }
+            "dist-redis-fanout" => {
+                workloads::fanout(&redis_workloads::target(&args).await?, &args).await
+            }
+            "dist-redis-bulk" => {
+                workloads::bulk(&redis_workloads::target(&args).await?, &args).await
+            }
+            "dist-redis-latency" => {
+                workloads::latency(&redis_workloads::target(&args).await?, &args).await
+            }
+            "dist-pg-linear" => workloads::linear(&pg_workloads::target(&args).await?, &args).await,
+            "dist-pg-fanout" => workloads::fanout(&pg_workloads::target(&args).await?, &args).await,
+            "dist-pg-bulk" => workloads::bulk(&pg_workloads::target(&args).await?, &args).await,
+            "dist-pg-latency" => {
+                workloads::latency(&pg_workloads::target(&args).await?, &args).await
+            }
             "crash" => crash::driver(&args).await,
             "worker" => crash::worker(&args).await,
             other => Err(format!("unknown workload `{other}`")),

@@ -13,7 +13,6 @@ use floxide_core::ItemId;
 use tokio_postgres::Row;
 
 use crate::ops::{self, backend, item_id, no_output, status};
-use crate::worker::request_id;
 use crate::PostgresBackend;
 
 /// The columns of a run's record [`run_info_of`] reads.
@@ -77,22 +76,26 @@ impl PostgresBackend {
 #[async_trait::async_trait]
 impl AdminBackend for PostgresBackend {
     async fn start_run(&self, start: StartRun) -> Result<RunId, DistributedError> {
-        let request = request_id();
-        let mut client = self.pooled().await?;
-        let tx = client.transaction().await.map_err(backend)?;
-        ops::start(&tx, &start, &request).await?;
-        ops::notify_work(&tx, self.config().schema()).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(start.run_id)
+        self.start_many(vec![start]).await.pop().unwrap_or_else(|| {
+            Err(DistributedError::Backend(
+                "PostgreSQL: no answer to a start".into(),
+            ))
+        })
+    }
+
+    async fn start_runs(&self, starts: Vec<StartRun>) -> Vec<Result<RunId, DistributedError>> {
+        self.start_many(starts).await
     }
 
     async fn run_info(&self, run_id: &str) -> Result<RunInfo, DistributedError> {
         let client = self.pooled().await?;
+        // Waiters ask often: prepared once per connection.
+        let statement = client
+            .prepare_cached(&format!("SELECT {INFO} FROM runs r WHERE r.run_id = $1"))
+            .await
+            .map_err(backend)?;
         let row = client
-            .query_opt(
-                &format!("SELECT {INFO} FROM runs r WHERE r.run_id = $1"),
-                &[&run_id],
-            )
+            .query_opt(&statement, &[&run_id])
             .await
             .map_err(backend)?
             .ok_or_else(|| DistributedError::UnknownRun(run_id.to_owned()))?;

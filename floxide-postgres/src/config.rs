@@ -92,7 +92,7 @@ impl PostgresConfig {
         })?;
         let mut options = config.get_options().unwrap_or("").to_owned();
         options.push_str(&format!(
-            " -c statement_timeout={} -c search_path={}",
+            " -c statement_timeout={} -c search_path={} -c jit=off",
             self.statement_timeout.as_millis(),
             self.schema
         ));

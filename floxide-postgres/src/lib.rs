@@ -38,6 +38,7 @@ mod listen;
 pub mod migrate;
 mod ops;
 mod pipeline;
+mod start;
 mod take;
 pub mod testing;
 mod worker;

@@ -1,0 +1,317 @@
+//! The distributed workloads of BENCH.md, on any backend: workers are tasks of this process
+//! sharing one backend value; a [`Meter`] reads the server's own counters.
+
+use std::time::{Duration, Instant};
+
+use floxide::distributed::Backend;
+use floxide::*;
+use futures_util::StreamExt;
+use serde_json::json;
+
+use crate::{framework, percentile, Args};
+
+node! {
+    /// Emits `0..fanout`.
+    pub struct Fan { fanout: u64 };
+    input = u64;
+    output = u64;
+    |_ctx, _n| { Ok(Transition::NextAll((0..self.fanout).collect())) }
+}
+
+node! {
+    /// `n -> n`.
+    pub struct Leaf {};
+    input = u64;
+    output = u64;
+    |_ctx, n| { Ok(Transition::Next(n)) }
+}
+
+workflow! {
+    /// `fan => [leaf]; leaf => [];`
+    pub struct FanOut { fan: Fan, leaf: Leaf }
+    start = fan;
+    edges { fan => [leaf]; leaf => []; }
+}
+
+/// A server's own counters, read before and after a workload.
+#[async_trait::async_trait]
+pub(crate) trait Meter: Send + Sync {
+    /// The prefix of the JSON fields (`redis`, `pg`).
+    fn name(&self) -> &'static str;
+    /// What [`Meter::operations`] counts (`cmds`, `txns`).
+    fn unit(&self) -> &'static str;
+    /// Operations the server executed so far.
+    async fn operations(&self) -> Result<u64, String>;
+    /// CPU seconds the server used so far.
+    async fn cpu(&self) -> Result<f64, String>;
+    /// Bytes the server keeps for the workload, per run.
+    async fn bytes_per_run(&self, runs: usize) -> Result<f64, String>;
+}
+
+pub(crate) fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// A workload's backend and its meter.
+pub(crate) struct Target<B> {
+    /// The prefix of the workload names (`dist-redis`, `dist-pg`).
+    pub(crate) family: &'static str,
+    pub(crate) backend: B,
+    pub(crate) meter: Box<dyn Meter>,
+}
+
+/// How a drain starts its runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// `start_run` calls, 64 in flight.
+    Concurrent,
+    /// `start_runs`: pipelined, a hundred per round trip.
+    Pipelined,
+}
+
+/// Starts `runs` runs of `wf`, drains them with `workers` worker tasks, and reports.
+#[allow(clippy::too_many_arguments)]
+async fn drain<B: Backend + Clone + 'static, W: Workflow<()> + 'static>(
+    target: &Target<B>,
+    workload: &str,
+    wf: W,
+    input: impl Fn() -> W::Input,
+    expected: Option<serde_json::Value>,
+    steps_per_run: u64,
+    args: &Args,
+    default_runs: usize,
+    (start, default_batch): (Start, usize),
+) -> Result<serde_json::Value, String> {
+    let runs: usize = args.get("runs", default_runs)?;
+    let workers: usize = args.get("workers", 4)?;
+    let batch: usize = args.get("batch", default_batch)?;
+    let backend = target.backend.clone();
+    let meter = &target.meter;
+    let workload = format!("{}-{workload}", target.family);
+    let orchestrator = OrchestratorBuilder::new()
+        .workflow(wf.clone())
+        .backend(backend.clone())
+        .build()
+        .map_err(err)?;
+    let worker = WorkerBuilder::new()
+        .workflow(wf)
+        .backend(backend.clone())
+        .concurrency(batch)
+        .build()
+        .map_err(err)?;
+    let before = meter.operations().await?;
+    let cpu0 = meter.cpu().await?;
+    let started = std::time::SystemTime::now();
+    let ctx = WorkflowCtx::new(());
+    let ids: Vec<RunId> = match start {
+        // Starts are independent: keep 64 in flight (each is one round trip).
+        Start::Concurrent => {
+            futures_util::stream::iter((0..runs).map(|_| orchestrator.start_run(&ctx, input())))
+                .buffered(64)
+                .collect::<Vec<_>>()
+                .await
+        }
+        Start::Pipelined => {
+            orchestrator
+                .start_runs(&ctx, (0..runs).map(|_| input()))
+                .await
+        }
+    }
+    .into_iter()
+    .collect::<Result<_, _>>()
+    .map_err(err)?;
+    let cpu1 = meter.cpu().await?;
+    let mut pool = WorkerPool::new(worker, workers).with_grace_period(Duration::from_secs(1));
+    pool.start();
+    let mut completed = 0u64;
+    let mut last = started;
+    let mut latencies = Vec::with_capacity(runs);
+    for id in &ids {
+        let info = orchestrator
+            .wait_for_completion(id, Duration::from_secs(1))
+            .await
+            .map_err(err)?;
+        if info.status == RunStatus::Completed
+            && expected
+                .as_ref()
+                .is_none_or(|e| info.output.as_ref() == Some(e))
+        {
+            completed += 1;
+        }
+        if let Some(done) = info.finished_at {
+            latencies.push(
+                done.duration_since(info.started_at)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+                    * 1e3,
+            );
+            last = last.max(done);
+        }
+    }
+    // First start to last completion (the server's clock, millisecond resolution).
+    let wall = last
+        .duration_since(started)
+        .unwrap_or_default()
+        .as_secs_f64()
+        .max(1e-3);
+    let cpu2 = meter.cpu().await?;
+    pool.try_stop().await.map_err(err)?;
+    let ops = meter.operations().await?.saturating_sub(before);
+    latencies.sort_by(f64::total_cmp);
+    let steps = completed * steps_per_run;
+    let bytes = meter.bytes_per_run(runs).await?;
+    let (name, unit) = (meter.name(), meter.unit());
+    let mut out = json!({
+        "framework": framework(),
+        "workload": workload,
+        "runs": runs,
+        "completed": completed,
+        "steps": steps,
+        "wall_s": wall,
+        "steps_per_s": steps as f64 / wall,
+        "lat_p50_ms": percentile(&latencies, 50.0),
+        "lat_p99_ms": percentile(&latencies, 99.0),
+        "batch": batch,
+    });
+    if let Some(map) = out.as_object_mut() {
+        map.insert(
+            format!("{name}_{unit}_per_step"),
+            json!(ops as f64 / steps.max(1) as f64),
+        );
+        map.insert(format!("{name}_bytes_per_finished_run"), json!(bytes));
+        map.insert(
+            format!("{name}_cpu_us_per_start"),
+            json!((cpu1 - cpu0) * 1e6 / runs.max(1) as f64),
+        );
+        map.insert(
+            format!("{name}_cpu_us_per_step"),
+            json!((cpu2 - cpu1) * 1e6 / steps.max(1) as f64),
+        );
+    }
+    Ok(out)
+}
+
+/// `dist-*-linear`.
+pub(crate) async fn linear<B: Backend + Clone + 'static>(
+    target: &Target<B>,
+    args: &Args,
+) -> Result<serde_json::Value, String> {
+    drain(
+        target,
+        "linear",
+        crate::linear(),
+        || 0,
+        Some(json!(3)),
+        3,
+        args,
+        1_000,
+        (Start::Concurrent, DEFAULT_CONCURRENCY),
+    )
+    .await
+}
+
+/// `dist-*-fanout`.
+pub(crate) async fn fanout<B: Backend + Clone + 'static>(
+    target: &Target<B>,
+    args: &Args,
+) -> Result<serde_json::Value, String> {
+    let fanout: u64 = args.get("fanout", 10)?;
+    let wf = FanOut {
+        fan: Fan { fanout },
+        leaf: Leaf {},
+    };
+    let mut out = drain(
+        target,
+        "fanout",
+        wf,
+        || 0,
+        None,
+        1 + fanout,
+        args,
+        200,
+        (Start::Concurrent, 16),
+    )
+    .await?;
+    // Any leaf's output is the run's output; completion is what is checked here.
+    if let Some(map) = out.as_object_mut() {
+        map.retain(|k, _| !k.ends_with("s_per_step") || k == "steps_per_s");
+    }
+    Ok(out)
+}
+
+/// `dist-*-bulk`: a large backlog started before the workers drain it.
+pub(crate) async fn bulk<B: Backend + Clone + 'static>(
+    target: &Target<B>,
+    args: &Args,
+) -> Result<serde_json::Value, String> {
+    let mut out = drain(
+        target,
+        "bulk",
+        crate::linear(),
+        || 0,
+        Some(json!(3)),
+        3,
+        args,
+        30_000,
+        (Start::Pipelined, MAX_BATCH),
+    )
+    .await?;
+    if let Some(map) = out.as_object_mut() {
+        map.remove("lat_p50_ms");
+        map.remove("lat_p99_ms");
+    }
+    Ok(out)
+}
+
+/// `dist-*-latency`: one run at a time, start → completion measured by the client.
+pub(crate) async fn latency<B: Backend + Clone + 'static>(
+    target: &Target<B>,
+    args: &Args,
+) -> Result<serde_json::Value, String> {
+    let runs: usize = args.get("runs", 200)?;
+    let workers: usize = args.get("workers", 4)?;
+    let backend = target.backend.clone();
+    let wf = crate::linear();
+    let orchestrator = wf.orchestrator(backend.clone()).build().map_err(err)?;
+    let mut pool = WorkerPool::new(wf.worker(backend).build().map_err(err)?, workers)
+        .with_grace_period(Duration::from_secs(1));
+    pool.start();
+    // Warm up: connections, scripts, idle workers blocked on the queue.
+    for _ in 0..20 {
+        let id = orchestrator
+            .start_run(&WorkflowCtx::new(()), 0)
+            .await
+            .map_err(err)?;
+        orchestrator
+            .wait_for_output(&id, Duration::from_secs(10))
+            .await
+            .map_err(err)?;
+    }
+    let mut latencies = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let id = orchestrator
+            .start_run(&WorkflowCtx::new(()), 0)
+            .await
+            .map_err(err)?;
+        let out = orchestrator
+            .wait_for_output(&id, Duration::from_secs(10))
+            .await
+            .map_err(err)?;
+        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+        if out != 3 {
+            return Err(format!("wrong result {out}"));
+        }
+    }
+    pool.try_stop().await.map_err(err)?;
+    latencies.sort_by(f64::total_cmp);
+    Ok(json!({
+        "framework": framework(),
+        "workload": format!("{}-latency", target.family),
+        "runs": runs,
+        "lat_p50_ms": percentile(&latencies, 50.0),
+        "lat_p90_ms": percentile(&latencies, 90.0),
+        "lat_p99_ms": percentile(&latencies, 99.0),
+        "lat_max_ms": latencies.last().copied().unwrap_or(0.0),
+    }))
+}
