@@ -9,10 +9,13 @@
 #[allow(dead_code)]
 #[path = "../examples/fault_worker.rs"]
 mod fault_worker;
+#[allow(dead_code)]
+#[path = "../../testkit/processes.rs"]
+mod processes;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,6 +23,7 @@ use fault_worker::{Env, Fault, Log};
 use floxide::*;
 use floxide_redis::testing::{RedisServer, ServerOptions};
 use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
+use processes::{locate_or_build, signal, Rng, Workers};
 
 /// The workers' lease: short, so that crashed workers' items come back quickly.
 const LEASE_MS: u64 = 1000;
@@ -27,9 +31,6 @@ const LEASE_MS: u64 = 1000;
 const PATIENCE: Duration = Duration::from_secs(45);
 /// The bound on a whole test.
 const TEST_LIMIT: Duration = Duration::from_secs(100);
-
-/// One fault test at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---------------------------------------------------------------------------------------------
 // The worker binary and the worker processes
@@ -40,59 +41,13 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// after changing only the library, run that rather than `--test faults` alone.)
 fn worker_binary() -> &'static Path {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BIN.get_or_init(locate_or_build) {
+    let built = BIN.get_or_init(|| {
+        locate_or_build("floxide-redis", env!("CARGO_MANIFEST_DIR"), "fault_worker")
+    });
+    match built {
         Ok(path) => path,
         Err(e) => panic!("{e}"),
     }
-}
-
-fn locate_or_build() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    // Tests live in target/<profile>/deps/.
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| format!("unexpected test binary location {}", exe.display()))?;
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("fault_worker{}", std::env::consts::EXE_SUFFIX));
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fault_worker.rs");
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let fresh = match (modified(&bin), modified(&source)) {
-        (Some(b), Some(s)) => b >= s,
-        (Some(_), None) => true,
-        (None, _) => false,
-    };
-    if fresh {
-        return Ok(bin);
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "floxide-redis", "--example", "fault_worker"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => {}
-        Some("release") => {
-            cmd.arg("--release");
-        }
-        Some(other) => {
-            cmd.args(["--profile", other]);
-        }
-    }
-    if let Some(target_dir) = profile_dir.parent() {
-        cmd.env("CARGO_TARGET_DIR", target_dir);
-    }
-    eprintln!("faults: building the worker binary: {cmd:?}");
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run cargo to build fault_worker: {e}"))?;
-    if !status.success() || !bin.exists() {
-        return Err(format!(
-            "`cargo build -p floxide-redis --example fault_worker` failed ({status}); expected {}",
-            bin.display()
-        ));
-    }
-    Ok(bin)
 }
 
 /// How the worker processes of a test are configured.
@@ -102,145 +57,25 @@ struct Settings {
     step_ms: u64,
 }
 
-/// The worker processes of a test. Dropping it kills them all (SIGKILL), on every path; when
-/// the test failed it prints the tail of each worker's stderr.
-struct Workers {
-    name: &'static str,
-    url: String,
-    prefix: String,
-    settings: Settings,
-    dir: PathBuf,
-    children: Vec<Child>,
-    spawned: usize,
-}
-
-impl Workers {
-    fn new(name: &'static str, url: &str, prefix: &str, settings: Settings) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "floxide-faults-{name}-{}-{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).expect("create the workers' log directory");
-        Workers {
-            name,
-            url: url.to_owned(),
-            prefix: prefix.to_owned(),
-            settings,
-            dir,
-            children: Vec::new(),
-            spawned: 0,
-        }
-    }
-
-    /// Starts one more worker process; returns its pid.
-    fn spawn(&mut self) -> u32 {
-        let n = self.spawned;
-        self.spawned += 1;
-        let log = std::fs::File::create(self.dir.join(format!("worker-{n}.log")))
-            .expect("create a worker log");
-        let child = Command::new(worker_binary())
-            .args(["--backend", &self.url])
-            .args(["--concurrency", &self.settings.concurrency.to_string()])
-            .args(["--worker-name", &format!("{}{n}", self.name)])
+/// Worker processes `<name><n>` on the Redis at `url`, under `prefix`.
+fn fault_workers(name: &'static str, url: &str, prefix: &str, settings: Settings) -> Workers {
+    let (url, prefix) = (url.to_owned(), prefix.to_owned());
+    Workers::new(name, move |n| {
+        let mut cmd = Command::new(worker_binary());
+        cmd.args(["--backend", &url])
+            .args(["--concurrency", &settings.concurrency.to_string()])
+            .args(["--worker-name", &format!("{name}{n}")])
             .env_remove("FLOXIDE_BACKEND_URL")
             .env_remove("FLOXIDE_REDIS_URL")
             .env_remove("FLOXIDE_CONCURRENCY")
             .env_remove("FLOXIDE_WORKER_NAME")
             .env_remove("FLOXIDE_GRACE_SECS")
-            .env("FAULT_PREFIX", &self.prefix)
+            .env("FAULT_PREFIX", &prefix)
             .env("FAULT_LEASE_MS", LEASE_MS.to_string())
-            .env("FAULT_STEP_MS", self.settings.step_ms.to_string())
-            .env("FAULT_WATCH_PARENT", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start a fault_worker process");
-        let pid = child.id();
-        self.children.push(child);
-        pid
-    }
-
-    fn len(&self) -> usize {
-        self.children.len()
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
-    }
-
-    /// SIGKILLs the `i`-th live worker and reaps it; returns its pid.
-    fn kill(&mut self, i: usize) -> u32 {
-        let mut child = self.children.remove(i);
-        let pid = child.id();
-        let _ = child.kill();
-        let _ = child.wait();
-        pid
-    }
-
-    /// Whether the worker `pid` is still running: not exited, and `kill -0` reaches it.
-    fn alive(&mut self, pid: u32) -> bool {
-        let Some(child) = self.children.iter_mut().find(|c| c.id() == pid) else {
-            return false;
-        };
-        matches!(child.try_wait(), Ok(None)) && signal(pid, "-0")
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill(); // SIGKILL also ends a SIGSTOPped process
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            for n in 0..self.spawned {
-                let path = self.dir.join(format!("worker-{n}.log"));
-                let log = std::fs::read_to_string(&path).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                if !tail.is_empty() {
-                    eprintln!("--- {} (last lines, newest first)", path.display());
-                    for line in tail {
-                        eprintln!("{line}");
-                    }
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// `kill <sig> <pid>`, without libc.
-fn signal(pid: u32, sig: &str) -> bool {
-    Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// A small xorshift generator: which worker dies is random, the seed is printed.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Self {
-        let seed = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64
-            ^ (u64::from(std::process::id()) << 32);
-        Rng(seed | 1)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
+            .env("FAULT_STEP_MS", settings.step_ms.to_string())
+            .env("FAULT_WATCH_PARENT", "1");
+        cmd
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -409,14 +244,9 @@ impl Side {
     }
 }
 
-/// Runs `body` under the serial lock and the time bound, and prints its one-line summary.
+/// Runs `body` one test at a time, within [`TEST_LIMIT`].
 async fn bounded<F: std::future::Future<Output = String>>(name: &str, body: F) {
-    let _serial = SERIAL.lock().await;
-    let started = Instant::now();
-    let summary = tokio::time::timeout(TEST_LIMIT, body)
-        .await
-        .unwrap_or_else(|_| panic!("{name} did not finish within {TEST_LIMIT:?}"));
-    eprintln!("faults/{name}: {summary} [{:.1?}]", started.elapsed());
+    processes::bounded(name, TEST_LIMIT, body).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -436,7 +266,7 @@ async fn killed_worker_processes_lose_nothing() {
             concurrency: 4,
             step_ms: 40,
         };
-        let mut workers = Workers::new("kill9-", &server.url(), prefix, settings);
+        let mut workers = fault_workers("kill9-", &server.url(), prefix, settings);
         for _ in 0..3 {
             workers.spawn();
         }
@@ -500,7 +330,7 @@ async fn redis_restart_mid_run_loses_nothing() {
             concurrency: 4,
             step_ms: 40,
         };
-        let mut workers = Workers::new("restart-", &server.url(), prefix, settings);
+        let mut workers = fault_workers("restart-", &server.url(), prefix, settings);
         for _ in 0..3 {
             workers.spawn();
         }
@@ -563,7 +393,7 @@ async fn zombie_commit_after_lease_loss_is_rejected() {
             concurrency: 2,
             step_ms: 20,
         };
-        let mut workers = Workers::new("zombie-", &server.url(), prefix, settings);
+        let mut workers = fault_workers("zombie-", &server.url(), prefix, settings);
         workers.spawn();
         workers.spawn();
         let side = Side::connect(&server.url(), prefix).await;
@@ -709,7 +539,7 @@ async fn corrupt_items_and_contexts_are_dead_lettered() {
             .await
             .unwrap();
 
-        let mut workers = Workers::new(
+        let mut workers = fault_workers(
             "corrupt-",
             &server.url(),
             prefix,
@@ -803,7 +633,7 @@ async fn a_thousand_concurrent_runs_complete() {
         const RUNS: u64 = 1000;
         let server = RedisServer::start_or_panic(ServerOptions::default());
         let prefix = "many:";
-        let mut workers = Workers::new(
+        let mut workers = fault_workers(
             "many-",
             &server.url(),
             prefix,
