@@ -1,4 +1,4 @@
-//! Fault tests with real processes on PostgreSQL: worker processes (`examples/fault_worker.rs`)
+//! Fault tests with real processes on PostgreSQL: worker processes (`examples/pg_fault_worker.rs`)
 //! killed with SIGKILL while runs flow, the server stopped (`pg_ctl stop -m immediate`) and
 //! started again under them, their connections cut mid-transaction, corrupt bytes in stored
 //! items and contexts, and a thousand concurrent runs on eight processes (G1, G2, G6, G8).
@@ -7,7 +7,7 @@
 //! kills on every path. The tests run one at a time and each ends within a bounded time.
 
 #[allow(dead_code)]
-#[path = "../examples/fault_worker.rs"]
+#[path = "../examples/pg_fault_worker.rs"]
 mod fault_worker;
 #[allow(dead_code)]
 #[path = "../../testkit/processes.rs"]
@@ -40,7 +40,7 @@ fn worker_binary() -> &'static Path {
         locate_or_build(
             "floxide-postgres",
             env!("CARGO_MANIFEST_DIR"),
-            "fault_worker",
+            "pg_fault_worker",
         )
     });
     match built {

@@ -15,7 +15,7 @@
 //! process is gone).
 //!
 //! ```text
-//! FAULT_SCHEMA=t1 cargo run -p floxide-postgres --example fault_worker -- --backend postgres://postgres@127.0.0.1/test
+//! FAULT_SCHEMA=t1 cargo run -p floxide-postgres --example pg_fault_worker -- --backend postgres://postgres@127.0.0.1/test
 //! ```
 
 use std::process::ExitCode;
