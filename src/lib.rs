@@ -40,6 +40,13 @@ pub mod conformance;
 #[cfg(feature = "redis")]
 pub use floxide_redis as redis;
 
+/// The PostgreSQL backend (the `floxide-postgres` crate), with feature `postgres`.
+#[cfg(feature = "postgres")]
+pub use floxide_postgres as postgres;
+
+mod connect;
+pub use connect::connect_backend;
+
 #[doc(hidden)]
 pub mod __private {
     pub use floxide_core::private::*;

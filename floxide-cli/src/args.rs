@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use floxide_core::distributed::{RunId, RunStatus};
 use floxide_core::ItemId;
 
-/// Operate Floxide's distributed runs on a Redis backend.
+/// Operate Floxide's distributed runs on a Redis or PostgreSQL backend.
 ///
 /// Inspects and controls runs, waits for them, lists workers and dead letters, and reports
 /// queue statistics. It needs no knowledge of the workflows: work items, contexts and
@@ -35,6 +35,27 @@ pub struct Cli {
 /// Where the deployment is.
 #[derive(Debug, Args)]
 pub struct Connection {
+    /// The backend, by its URL's scheme: redis://… or rediss://… (Redis, as --redis),
+    /// postgres://user:password@host:port/database or postgresql://… (PostgreSQL).
+    #[arg(
+        long = "backend",
+        value_name = "URL",
+        env = "FLOXIDE_BACKEND_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub backend: Option<String>,
+
+    /// The PostgreSQL schema of the deployment (as given to `PostgresConfig::with_schema`).
+    #[arg(
+        long,
+        value_name = "SCHEMA",
+        env = "FLOXIDE_PG_SCHEMA",
+        default_value = "floxide",
+        global = true
+    )]
+    pub schema: String,
+
     /// The Redis server: redis://host:port/db, or redis://user:password@host:port/db, or
     /// rediss://… for TLS.
     #[arg(

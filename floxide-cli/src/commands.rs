@@ -2,7 +2,13 @@
 
 use std::io::Write;
 
-use floxide_core::distributed::{DistributedError, RunAction};
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use floxide_core::distributed::overview::{RunProgress, Stats};
+use floxide_core::distributed::{Backend, DistributedError, RunAction};
+use floxide_core::ItemId;
+use floxide_postgres::{PostgresBackend, PostgresBackendError, PostgresConfig};
 use floxide_redis::{RedisBackend, RedisBackendError, RedisClient, RedisConfig};
 use serde::Serialize;
 
@@ -15,6 +21,15 @@ pub enum CliError {
     /// Redis could not be reached.
     #[error(transparent)]
     Connect(#[from] RedisBackendError),
+    /// PostgreSQL could not be reached (or its schema is not one this tool knows).
+    #[error(transparent)]
+    ConnectPostgres(#[from] PostgresBackendError),
+    /// The backend URL names no backend this tool knows.
+    #[error(
+        "unknown backend URL scheme `{0}`: use redis://… or rediss://… (Redis), postgres://… or \
+         postgresql://… (PostgreSQL)"
+    )]
+    UnknownScheme(String),
     /// The backend refused or failed the request (unknown run, invalid state, ...).
     #[error(transparent)]
     Backend(#[from] DistributedError),
@@ -26,9 +41,58 @@ pub enum CliError {
     Json(#[from] serde_json::Error),
 }
 
+/// The deployment a command works on: its backend's traits (through `Deref`) and what each
+/// backend offers operators beyond them.
+pub enum Deployment {
+    /// A Redis deployment (one key prefix).
+    Redis(RedisBackend),
+    /// A PostgreSQL deployment (one schema).
+    Postgres(PostgresBackend),
+}
+
+impl std::ops::Deref for Deployment {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Deployment::Redis(b) => b,
+            Deployment::Postgres(b) => b,
+        }
+    }
+}
+
+impl Deployment {
+    /// Queue counters per workflow.
+    pub async fn stats(&self) -> Result<Stats, DistributedError> {
+        match self {
+            Deployment::Redis(b) => b.stats().await,
+            Deployment::Postgres(b) => b.stats().await,
+        }
+    }
+
+    /// How far a run is.
+    pub async fn progress(&self, run_id: &str) -> Result<RunProgress, DistributedError> {
+        match self {
+            Deployment::Redis(b) => b.progress(run_id).await,
+            Deployment::Postgres(b) => b.progress(run_id).await,
+        }
+    }
+
+    /// When the leases of a run's in-flight items expire.
+    pub async fn lease_deadlines(
+        &self,
+        run_id: &str,
+    ) -> Result<BTreeMap<ItemId, SystemTime>, DistributedError> {
+        match self {
+            Deployment::Redis(b) => b.lease_deadlines(run_id).await,
+            Deployment::Postgres(b) => b.lease_deadlines(run_id).await,
+        }
+    }
+}
+
 /// What every command works with.
 pub struct Session {
-    pub backend: RedisBackend,
+    pub backend: Deployment,
     json: bool,
     out: std::io::Stdout,
 }
@@ -62,18 +126,43 @@ pub fn stored(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
 }
 
+/// Connects to the deployment `url` names, by its scheme.
+async fn connect(cli: &Cli, url: String) -> Result<Deployment, CliError> {
+    let scheme = url
+        .split("://")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match scheme.as_str() {
+        "redis" | "rediss" | "redis+unix" | "unix" => {
+            let mut config = RedisConfig::new(url).with_key_prefix(&cli.connection.prefix);
+            config = match cli.connection.partitions {
+                Some(n) => config.with_partitions(n),
+                None => config.with_recorded_partitions(),
+            };
+            if let Some(password) = &cli.connection.password {
+                config = config.with_password(password);
+            }
+            Ok(Deployment::Redis(RedisBackend::new(
+                RedisClient::new(config).await?,
+            )))
+        }
+        "postgres" | "postgresql" => {
+            let config = PostgresConfig::new(url)
+                .with_schema(&cli.connection.schema)
+                .with_pool_size(4);
+            Ok(Deployment::Postgres(
+                PostgresBackend::connect_with(config).await?,
+            ))
+        }
+        _ => Err(CliError::UnknownScheme(scheme)),
+    }
+}
+
 /// Connects to `url` and runs the command.
 pub async fn execute(cli: Cli, url: String) -> Result<(), CliError> {
-    let mut config = RedisConfig::new(url).with_key_prefix(cli.connection.prefix);
-    config = match cli.connection.partitions {
-        Some(n) => config.with_partitions(n),
-        None => config.with_recorded_partitions(),
-    };
-    if let Some(password) = cli.connection.password {
-        config = config.with_password(password);
-    }
     let mut session = Session {
-        backend: RedisBackend::new(RedisClient::new(config).await?),
+        backend: connect(&cli, url).await?,
         json: cli.json,
         out: std::io::stdout(),
     };

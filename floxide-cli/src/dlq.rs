@@ -2,7 +2,6 @@
 
 use std::time::SystemTime;
 
-use floxide_core::distributed::AdminBackend;
 use serde::Serialize;
 use serde_json::{json, Value};
 

@@ -1,4 +1,4 @@
-//! `floxide`: operate Floxide's distributed runs on a Redis backend.
+//! `floxide`: operate Floxide's distributed runs on a Redis or PostgreSQL backend.
 //!
 //! ```text
 //! $ export FLOXIDE_REDIS_URL=redis://127.0.0.1:6379/
@@ -17,7 +17,10 @@
 //! bytes).
 //!
 //! # Connection
-//! `--redis URL` (or `FLOXIDE_REDIS_URL`) and `--prefix` (`FLOXIDE_REDIS_PREFIX`, default
+//! `--backend URL` (or `FLOXIDE_BACKEND_URL`) picks the backend by the URL's scheme:
+//! `postgres://…` for PostgreSQL, whose deployment is the schema `--schema`
+//! (`FLOXIDE_PG_SCHEMA`, default `floxide`); `redis://…` or `rediss://…` for Redis.
+//! For Redis, `--redis URL` (or `FLOXIDE_REDIS_URL`) and `--prefix` (`FLOXIDE_REDIS_PREFIX`, default
 //! `floxide:`) name the deployment; its partition count is the one it recorded (or
 //! `--partitions`, `FLOXIDE_REDIS_PARTITIONS`, which must match it); the password may come
 //! from `FLOXIDE_REDIS_PASSWORD`.
@@ -44,11 +47,17 @@ use crate::commands::CliError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Some(url) = cli.connection.url.clone() else {
+    let url = cli
+        .connection
+        .backend
+        .clone()
+        .or(cli.connection.url.clone());
+    let Some(url) = url else {
         Cli::command()
             .error(
                 clap::error::ErrorKind::MissingRequiredArgument,
-                "no Redis URL: pass --redis URL or set FLOXIDE_REDIS_URL",
+                "no backend URL: pass --backend URL (redis://… or postgres://…) or set \
+                 FLOXIDE_BACKEND_URL (for Redis, --redis URL or FLOXIDE_REDIS_URL work too)",
             )
             .exit();
     };

@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::{Duration, SystemTime};
 
+use floxide_core::distributed::overview::RunProgress;
 use floxide_core::distributed::{
-    stall_of, AdminBackend, DistributedError, NodeTiming, RunAction, RunInfo, RunMetrics,
-    RunStatus, WorkItemInfo, WorkItemStatus, WorkerBackend, WorkflowError,
+    stall_of, DistributedError, NodeTiming, RunAction, RunInfo, RunMetrics, RunStatus,
+    WorkItemInfo, WorkItemStatus, WorkflowError,
 };
-use floxide_redis::RunProgress;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::Value;

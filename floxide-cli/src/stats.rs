@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use floxide_redis::{Stats, WorkflowCounts};
+use floxide_core::distributed::overview::{Stats, WorkflowCounts};
 use serde::Serialize;
 
 use crate::commands::{CliError, Session};

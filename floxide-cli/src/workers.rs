@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use floxide_core::distributed::{AdminBackend, LivenessStatus, WorkerHealth, WorkerStatus};
+use floxide_core::distributed::{LivenessStatus, WorkerHealth, WorkerStatus};
 use serde::Serialize;
 
 use crate::commands::{CliError, Session};

@@ -1,12 +1,15 @@
-//! Every `floxide` command, end to end: the built binary against a private `redis-server`,
-//! on runs made by real orchestrators and workers of a workflow defined here. Table output
-//! and `--json` are both checked.
+//! Every `floxide` command, end to end: the built binary against a private `redis-server`
+//! (and the commands that do not depend on Redis's settings, again against a private
+//! PostgreSQL), on runs made by real orchestrators and workers of a workflow defined here.
+//! Table output and `--json` are both checked.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use floxide::*;
+use floxide_postgres::testing::PostgresServer;
+use floxide_postgres::{PostgresBackend, PostgresConfig};
 use floxide_redis::testing::{RedisServer, ServerOptions};
 use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
 use serde::{Deserialize, Serialize};
@@ -96,13 +99,18 @@ type Orchestrator = DistributedOrchestrator<Pipeline, Audit>;
 type Pool = WorkerPool<Pipeline, Audit>;
 
 static SERVER: OnceLock<RedisServer> = OnceLock::new();
+static POSTGRES: OnceLock<PostgresServer> = OnceLock::new();
 static NEXT: AtomicUsize = AtomicUsize::new(0);
+/// The tests that flip [`RELEASED`] or [`FIXED`] run one at a time (each backend runs them).
+static FLAGS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// One deployment (a key prefix of its own) on the shared test server.
+/// One deployment (a key prefix, or a schema, of its own) on a shared test server.
 struct Deployment {
     url: String,
     prefix: String,
-    backend: RedisBackend,
+    /// The connection flags of the binary.
+    connection: Vec<String>,
+    backend: Arc<dyn Backend>,
     orchestrator: Orchestrator,
 }
 
@@ -127,11 +135,36 @@ impl Deployment {
         let client = RedisClient::new(config)
             .await
             .expect("connect to the test redis-server");
-        let backend = RedisBackend::new(client);
+        let backend: Arc<dyn Backend> = Arc::new(RedisBackend::new(client));
         let orchestrator = pipeline().orchestrator(backend.clone()).build().unwrap();
         Deployment {
+            connection: ["--redis", &server.url(), "--prefix", &prefix]
+                .map(String::from)
+                .to_vec(),
             url: server.url(),
             prefix,
+            backend,
+            orchestrator,
+        }
+    }
+
+    /// A deployment in a schema of its own on the shared PostgreSQL test server.
+    async fn postgres() -> Self {
+        let server = POSTGRES.get_or_init(PostgresServer::start_or_panic);
+        let schema = format!("cli{}", NEXT.fetch_add(1, Ordering::SeqCst));
+        let config = PostgresConfig::new(server.url()).with_schema(&schema);
+        let backend: Arc<dyn Backend> = Arc::new(
+            PostgresBackend::connect_with(config)
+                .await
+                .expect("connect to the test PostgreSQL"),
+        );
+        let orchestrator = pipeline().orchestrator(backend.clone()).build().unwrap();
+        Deployment {
+            connection: ["--backend", &server.url(), "--schema", &schema]
+                .map(String::from)
+                .to_vec(),
+            url: server.url(),
+            prefix: schema,
             backend,
             orchestrator,
         }
@@ -170,9 +203,7 @@ impl Deployment {
     /// Runs `floxide <args>` on this deployment.
     async fn floxide(&self, args: &[&str]) -> Run {
         let mut command = floxide_command();
-        command
-            .args(args)
-            .args(["--redis", &self.url, "--prefix", &self.prefix]);
+        command.args(args).args(&self.connection);
         run(command).await
     }
 
@@ -216,6 +247,8 @@ impl Deployment {
 fn floxide_command() -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_floxide"));
     for var in [
+        "FLOXIDE_BACKEND_URL",
+        "FLOXIDE_PG_SCHEMA",
         "FLOXIDE_REDIS_URL",
         "FLOXIDE_REDIS_PREFIX",
         "FLOXIDE_REDIS_PARTITIONS",
@@ -258,7 +291,15 @@ fn assert_contains(text: &str, parts: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_list_show_and_wait() {
-    let d = Deployment::new().await;
+    runs_list_show_and_wait_on(Deployment::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_runs_list_show_and_wait() {
+    runs_list_show_and_wait_on(Deployment::postgres().await).await;
+}
+
+async fn runs_list_show_and_wait_on(d: Deployment) {
     let mut pool = d.pool(2);
     d.start("first", 1).await;
     assert_eq!(d.finished("first").await.status, RunStatus::Completed);
@@ -367,7 +408,15 @@ async fn runs_list_show_and_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_pause_resume_cancel() {
-    let d = Deployment::new().await;
+    runs_pause_resume_cancel_on(Deployment::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_runs_pause_resume_cancel() {
+    runs_pause_resume_cancel_on(Deployment::postgres().await).await;
+}
+
+async fn runs_pause_resume_cancel_on(d: Deployment) {
     // No workers yet: the runs stay pending.
     d.start("held", 3).await;
     d.start("doomed", 4).await;
@@ -416,7 +465,17 @@ async fn runs_pause_resume_cancel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_items_and_workers() {
-    let d = Deployment::new().await;
+    in_flight_items_and_workers_on(Deployment::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_in_flight_items_and_workers() {
+    in_flight_items_and_workers_on(Deployment::postgres().await).await;
+}
+
+async fn in_flight_items_and_workers_on(d: Deployment) {
+    let _flags = FLAGS.lock().await;
+    RELEASED.store(false, Ordering::SeqCst);
     assert_eq!(d.table(&["workers"]).await, "no workers\n");
     let mut pool = d.pool(1);
     let worker = pool.worker_ids()[0].to_string();
@@ -493,7 +552,17 @@ async fn in_flight_items_and_workers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_list_requeue_and_drop() {
-    let d = Deployment::new().await;
+    dead_letters_list_requeue_and_drop_on(Deployment::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_dead_letters_list_requeue_and_drop() {
+    dead_letters_list_requeue_and_drop_on(Deployment::postgres().await).await;
+}
+
+async fn dead_letters_list_requeue_and_drop_on(d: Deployment) {
+    let _flags = FLAGS.lock().await;
+    FIXED.store(false, Ordering::SeqCst);
     assert_eq!(d.table(&["dlq", "list"]).await, "no dead letters\n");
     let mut pool = d.pool(2);
     for (run, input) in [("d1", 7), ("d2", 8), ("d3", 9), ("d4", 10)] {
@@ -559,7 +628,15 @@ async fn dead_letters_list_requeue_and_drop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_queues_and_throughput() {
-    let d = Deployment::new().await;
+    stats_count_queues_and_throughput_on(Deployment::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stats_count_queues_and_throughput() {
+    stats_count_queues_and_throughput_on(Deployment::postgres().await).await;
+}
+
+async fn stats_count_queues_and_throughput_on(d: Deployment) {
     // A retry far in the future: one delayed item.
     let retrying = pipeline()
         .worker(d.backend.clone())
@@ -661,7 +738,11 @@ async fn connection_settings_come_from_flags_or_environment() {
     assert_eq!(out.code, Some(2));
     assert_contains(
         &out.stderr,
-        &["no Redis URL: pass --redis URL or set FLOXIDE_REDIS_URL"],
+        &[
+            "no backend URL: pass --backend URL (redis://… or postgres://…)",
+            "FLOXIDE_BACKEND_URL",
+            "--redis URL or FLOXIDE_REDIS_URL",
+        ],
     );
     let mut command = floxide_command();
     command.args(["runs", "list", "--redis", "redis://127.0.0.1:1/"]);

@@ -289,7 +289,14 @@ impl AdminBackend for PostgresBackend {
 
     async fn work_items(&self, run_id: &str) -> Result<Vec<WorkItemInfo>, DistributedError> {
         let client = self.pooled().await?;
-        self.known(&**client, run_id).await?;
+        let run = client
+            .query_opt("SELECT status FROM runs WHERE run_id = $1", &[&run_id])
+            .await
+            .map_err(backend)?
+            .ok_or_else(|| DistributedError::UnknownRun(run_id.to_owned()))?;
+        // Takes park a paused (or failed) run's ready items lazily: until one looks, they
+        // are held all the same.
+        let parked = !machine::takes_items(status(run.get(0))?);
         let rows = client
             .query(
                 "SELECT replace(item_id::text, '-', ''), node, state, attempt, deliveries, \
@@ -300,7 +307,10 @@ impl AdminBackend for PostgresBackend {
             .map_err(backend)?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let state: i8 = row.get(2);
+            let mut state: i8 = row.get(2);
+            if parked && state == b'P' as i8 {
+                state = b'K' as i8;
+            }
             out.push(WorkItemInfo {
                 item_id: item_id(row.get(0))?,
                 node: row.get(1),

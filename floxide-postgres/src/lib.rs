@@ -11,8 +11,9 @@
 //!   value, notifications sent once per transaction), not by polling;
 //! - the run's status follows `floxide_core::distributed::machine`, computed in Rust.
 //!
-//! The shared conformance suite passes on it. Not yet here: TLS,
-//! retention of finished runs, the CLI and the worker runner's `postgres://` URLs, benchmarks.
+//! The shared conformance suite and fault tests with real worker processes pass on it; the
+//! `floxide` tool (`--backend postgres://…`) and `floxide::connect_backend` (feature
+//! `postgres`) reach it by URL. Not yet here: TLS and retention of finished runs.
 //!
 //! [`PostgresBackend::connect`] also brings the schema to [`SCHEMA_VERSION`] ([`migrate`]:
 //! versioned, idempotent, safe when several processes start at once), and
@@ -37,6 +38,7 @@ mod error;
 mod listen;
 pub mod migrate;
 mod ops;
+mod overview;
 mod pipeline;
 mod start;
 mod take;

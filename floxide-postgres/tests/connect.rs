@@ -179,3 +179,53 @@ async fn the_pool_reconnects_after_a_server_restart() {
         }
     }
 }
+
+mod by_url {
+    use floxide::*;
+
+    node! {
+        /// `n -> n * 2`.
+        pub struct Double {};
+        input = u32;
+        output = u32;
+        |_ctx, n| { Ok(Transition::Next(n * 2)) }
+    }
+
+    workflow! {
+        pub struct Twice { double: Double }
+        start = double;
+        edges { double => []; }
+    }
+
+    /// The worker runner's `--backend postgres://…` reaches this backend through
+    /// `floxide::connect_backend`, and the shared backend it returns runs workflows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connect_backend_picks_postgres_by_the_url_scheme() {
+        let server = floxide_postgres::testing::PostgresServer::start_or_panic();
+        let backend = floxide::connect_backend(&server.url()).await.unwrap();
+        let wf = Twice { double: Double {} };
+        let orchestrator = wf.orchestrator(backend.clone()).build().unwrap();
+        let mut pool = WorkerPool::new(wf.worker(backend).build().unwrap(), 1);
+        pool.start();
+        let run = orchestrator
+            .start_run(&WorkflowCtx::new(()), 21)
+            .await
+            .unwrap();
+        let out = orchestrator
+            .wait_for_output(&run, std::time::Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(out, 42);
+        pool.try_stop().await.unwrap();
+        let wrong = floxide::connect_backend("mysql://db/app")
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            wrong
+                .to_string()
+                .contains("no backend for URL scheme `mysql`"),
+            "{wrong}"
+        );
+    }
+}

@@ -20,6 +20,7 @@ pub mod machine;
 mod memory;
 mod metrics;
 pub mod orchestrator;
+pub mod overview;
 mod pool;
 mod runner;
 pub(crate) mod start;

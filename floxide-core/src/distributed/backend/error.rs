@@ -100,4 +100,15 @@ pub enum DistributedError {
     /// A builder was used without a required part.
     #[error("cannot build: {0}")]
     Build(String),
+    /// A backend URL whose scheme names no backend this build has.
+    #[error(
+        "no backend for URL scheme `{scheme}`: this build knows {known} (the facade's features \
+         `redis` and `postgres` add redis://, rediss:// and postgres://, postgresql://)"
+    )]
+    UnknownBackendScheme {
+        /// The URL's scheme.
+        scheme: String,
+        /// The schemes this build knows, or "none".
+        known: String,
+    },
 }

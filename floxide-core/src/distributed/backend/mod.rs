@@ -10,6 +10,7 @@
 //! checks them for any backend, with a model-based test against the machine.
 
 mod error;
+mod shared;
 mod types;
 
 use std::time::Duration;
