@@ -10,7 +10,7 @@ use crate::{migrate, PostgresBackendError, PostgresConfig};
 /// Cheap to clone (clones share the pool).
 #[derive(Clone)]
 pub struct PostgresBackend {
-    pool: Pool,
+    pub(crate) pool: Pool,
     config: PostgresConfig,
     pub(crate) signals: std::sync::Arc<crate::listen::Signals>,
 }
@@ -80,11 +80,13 @@ impl PostgresBackend {
             .create_timeout(Some(config.connect_timeout))
             .build()
             .map_err(|e| PostgresBackendError::InvalidConfig(e.to_string()))?;
-        Ok(PostgresBackend {
+        let backend = PostgresBackend {
             pool,
             config,
             signals,
-        })
+        };
+        backend.spawn_sweeper(std::sync::Arc::downgrade(&backend.signals));
+        Ok(backend)
     }
 
     /// The configuration it was connected with.

@@ -12,6 +12,9 @@ pub struct PostgresConfig {
     pub(crate) schema: String,
     pub(crate) statement_timeout: Duration,
     pub(crate) connect_timeout: Duration,
+    pub(crate) retention: Duration,
+    pub(crate) letter_retention: Duration,
+    pub(crate) sweep_interval: Duration,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -22,6 +25,9 @@ impl std::fmt::Debug for PostgresConfig {
             .field("schema", &self.schema)
             .field("statement_timeout", &self.statement_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("retention", &self.retention)
+            .field("dead_letter_retention", &self.letter_retention)
+            .field("sweep_interval", &self.sweep_interval)
             .finish()
     }
 }
@@ -37,7 +43,45 @@ impl PostgresConfig {
             schema: "floxide".to_owned(),
             statement_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
+            retention: Duration::from_secs(24 * 3600),
+            letter_retention: Duration::from_secs(7 * 24 * 3600),
+            sweep_interval: Duration::from_secs(60),
         }
+    }
+
+    /// How long finished runs are kept, with their items, outputs and errors (default 24 h;
+    /// at least 1 s). A sweeper deletes them afterwards (see
+    /// [`PostgresBackend::sweep`](crate::PostgresBackend::sweep)).
+    #[must_use]
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How long dead letters are kept, whether or not their run still is (default 7 days; at
+    /// least 1 s).
+    #[must_use]
+    pub fn with_dead_letter_retention(mut self, retention: Duration) -> Self {
+        self.letter_retention = retention.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How often each backend value sweeps what outlived its retention (default 60 s; at
+    /// least 100 ms).
+    #[must_use]
+    pub fn with_sweep_interval(mut self, interval: Duration) -> Self {
+        self.sweep_interval = interval.max(Duration::from_millis(100));
+        self
+    }
+
+    /// The retention of finished runs.
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    /// The retention of dead letters.
+    pub fn dead_letter_retention(&self) -> Duration {
+        self.letter_retention
     }
 
     /// The most connections this process opens (at least 1).

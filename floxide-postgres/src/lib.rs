@@ -13,7 +13,9 @@
 //!
 //! The shared conformance suite and fault tests with real worker processes pass on it; the
 //! `floxide` tool (`--backend postgres://…`) and `floxide::connect_backend` (feature
-//! `postgres`) reach it by URL. Not yet here: TLS and retention of finished runs.
+//! `postgres`) reach it by URL. Finished runs and dead letters are deleted after their
+//! retention ([`PostgresConfig::with_retention`], [`PostgresBackend::sweep`]). Not yet here:
+//! TLS.
 //!
 //! [`PostgresBackend::connect`] also brings the schema to [`SCHEMA_VERSION`] ([`migrate`]:
 //! versioned, idempotent, safe when several processes start at once), and
@@ -40,6 +42,7 @@ pub mod migrate;
 mod ops;
 mod overview;
 mod pipeline;
+mod retention;
 mod start;
 mod take;
 pub mod testing;
@@ -49,3 +52,4 @@ pub use backend::PostgresBackend;
 pub use config::PostgresConfig;
 pub use error::PostgresBackendError;
 pub use migrate::SCHEMA_VERSION;
+pub use retention::Swept;

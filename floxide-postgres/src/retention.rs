@@ -1,0 +1,120 @@
+//! Retention (G9): finished runs, dead letters and silent workers are deleted once they
+//! outlive their retention, in slices of a bounded number of rows per statement, so that a
+//! sweep never holds many locks or a long transaction. Each backend value sweeps on its own
+//! schedule (`PostgresConfig::with_sweep_interval`); concurrent sweeps skip each other's rows.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use floxide_core::distributed::DistributedError;
+
+use crate::ops::backend;
+use crate::PostgresBackend;
+
+/// Rows per delete statement.
+const SLICE: i64 = 500;
+
+/// Finished runs past the retention (`$1` seconds), oldest first; their items, outputs,
+/// errors and reclaims go with them (foreign keys, `ON DELETE CASCADE`).
+const RUNS: &str = "\
+DELETE FROM runs WHERE run_id IN (
+    SELECT run_id FROM runs
+    WHERE finished_at < now() - make_interval(secs => $1::float8)
+    ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)";
+
+/// Dead letters past their retention (`$1` seconds), oldest first.
+const LETTERS: &str = "\
+DELETE FROM dead_letters WHERE (run_id, item_id) IN (
+    SELECT run_id, item_id FROM dead_letters
+    WHERE failed_at < now() - make_interval(secs => $1::float8)
+    ORDER BY failed_at LIMIT $2 FOR UPDATE SKIP LOCKED)";
+
+/// Workers not heard from for longer than the retention (`$1` seconds).
+const WORKERS: &str = "\
+DELETE FROM workers WHERE worker_id IN (
+    SELECT worker_id FROM workers
+    WHERE seen_at < now() - make_interval(secs => $1::float8)
+    LIMIT $2 FOR UPDATE SKIP LOCKED)";
+
+/// What one sweep deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Swept {
+    /// Finished runs (with their items, outputs and errors).
+    pub runs: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+    /// Worker records.
+    pub workers: u64,
+}
+
+impl PostgresBackend {
+    /// Deletes what outlived its retention now: finished runs (with their items, outputs,
+    /// errors), dead letters, and workers silent for longer than the run retention. Each
+    /// statement deletes at most 500 rows; the sweep goes on until nothing is left. The
+    /// backend also does this on its own every sweep interval.
+    ///
+    /// # Errors
+    /// A backend error (what was deleted before it stays deleted).
+    pub async fn sweep(&self) -> Result<Swept, DistributedError> {
+        sweep(&self.pool, self.config()).await
+    }
+
+    /// Starts the periodic sweep of this backend value (it ends when the last clone of the
+    /// value is dropped, `alive` being its listener's signals).
+    pub(crate) fn spawn_sweeper<T: Send + Sync + 'static>(&self, alive: Weak<T>) {
+        let (pool, config) = (self.pool.clone(), self.config().clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(config.sweep_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if alive.strong_count() == 0 {
+                    return;
+                }
+                if let Err(error) = sweep(&pool, &config).await {
+                    tracing::debug!(%error, "the retention sweep failed; trying again later");
+                }
+            }
+        });
+    }
+}
+
+async fn sweep(pool: &Pool, config: &crate::PostgresConfig) -> Result<Swept, DistributedError> {
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| DistributedError::Backend(format!("PostgreSQL: {e}")))?;
+    let runs = secs(config.retention);
+    let letters = secs(config.letter_retention);
+    Ok(Swept {
+        runs: in_slices(&client, RUNS, runs).await?,
+        dead_letters: in_slices(&client, LETTERS, letters).await?,
+        workers: in_slices(&client, WORKERS, runs).await?,
+    })
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Runs a slice-limited delete until a slice comes back short.
+async fn in_slices(
+    client: &deadpool_postgres::Object,
+    statement: &str,
+    retention: f64,
+) -> Result<u64, DistributedError> {
+    let statement = client.prepare_cached(statement).await.map_err(backend)?;
+    let mut total = 0;
+    loop {
+        let deleted = client
+            .execute(&statement, &[&retention, &SLICE])
+            .await
+            .map_err(backend)?;
+        total += deleted;
+        if deleted < SLICE as u64 {
+            return Ok(total);
+        }
+    }
+}

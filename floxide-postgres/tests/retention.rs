@@ -1,0 +1,134 @@
+//! Retention (G9): a finished run's rows and a dead letter are deleted after their own
+//! retentions, by an explicit sweep and by the backend's periodic one; unfinished runs stay.
+
+use std::time::Duration;
+
+use floxide::*;
+use floxide_postgres::testing::PostgresServer;
+use floxide_postgres::{PostgresBackend, PostgresConfig};
+
+node! {
+    /// Fails on 13 (no retry: a dead letter), passes anything else on doubled.
+    pub struct Double {};
+    input = u32;
+    output = u32;
+    |_ctx, n| {
+        if n == 13 {
+            return Err(FloxideError::Generic("thirteen".into()));
+        }
+        Ok(Transition::Next(n * 2))
+    }
+}
+
+workflow! {
+    pub struct Twice { double: Double }
+    start = double;
+    edges { double => []; }
+}
+
+async fn count(server: &PostgresServer, schema: &str, table: &str) -> i64 {
+    let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .query_one(&format!("SELECT count(*) FROM {schema}.{table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn finish(o: &DistributedOrchestrator<Twice, ()>, run: &str) -> RunInfo {
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        o.wait_for_completion(run, Duration::from_millis(50)),
+    )
+    .await
+    .expect("the run finishes")
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_runs_and_dead_letters_go_after_their_retention() {
+    let server = PostgresServer::start_or_panic();
+    let config = PostgresConfig::new(server.url())
+        .with_schema("kept")
+        .with_retention(Duration::from_secs(1))
+        .with_dead_letter_retention(Duration::from_secs(4))
+        .with_sweep_interval(Duration::from_secs(3600));
+    let backend = PostgresBackend::connect_with(config).await.unwrap();
+    let wf = Twice { double: Double {} };
+    let o = wf.orchestrator(backend.clone()).build().unwrap();
+    let done = o.start_run(&WorkflowCtx::new(()), 21).await.unwrap();
+    let failed = o.start_run(&WorkflowCtx::new(()), 13).await.unwrap();
+    let mut pool = WorkerPool::new(wf.worker(backend.clone()).build().unwrap(), 1);
+    pool.start();
+    assert_eq!(finish(&o, &done).await.status, RunStatus::Completed);
+    assert_eq!(finish(&o, &failed).await.status, RunStatus::Failed);
+    pool.try_stop().await.unwrap();
+    // No worker now: this one stays pending, unfinished, however old it gets.
+    let waiting = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+
+    // Within the retention nothing goes.
+    let early = backend.sweep().await.unwrap();
+    assert_eq!((early.runs, early.dead_letters), (0, 0));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let swept = backend.sweep().await.unwrap();
+    assert_eq!(swept.runs, 2, "{swept:?}");
+    for run in [&done, &failed] {
+        assert!(
+            matches!(
+                backend.run_info(run).await,
+                Err(DistributedError::UnknownRun(_))
+            ),
+            "run {run} outlived its retention"
+        );
+    }
+    assert_eq!(count(&server, "kept", "outputs").await, 0);
+    assert_eq!(count(&server, "kept", "errors").await, 0);
+    assert_eq!(
+        count(&server, "kept", "items").await,
+        1,
+        "the waiting run's item"
+    );
+    assert_eq!(
+        backend.run_info(&waiting).await.unwrap().status,
+        RunStatus::Pending
+    );
+    // The dead letter has a longer retention of its own.
+    assert_eq!(backend.dead_letters().await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let later = backend.sweep().await.unwrap();
+    assert_eq!(later.dead_letters, 1, "{later:?}");
+    assert!(backend.dead_letters().await.unwrap().is_empty());
+    assert_eq!(
+        backend.run_info(&waiting).await.unwrap().status,
+        RunStatus::Pending
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_sweeps_on_its_own() {
+    let server = PostgresServer::start_or_panic();
+    let config = PostgresConfig::new(server.url())
+        .with_schema("auto")
+        .with_retention(Duration::from_secs(1))
+        .with_sweep_interval(Duration::from_millis(200));
+    let backend = PostgresBackend::connect_with(config).await.unwrap();
+    let wf = Twice { double: Double {} };
+    let o = wf.orchestrator(backend.clone()).build().unwrap();
+    let run = o.start_run(&WorkflowCtx::new(()), 5).await.unwrap();
+    let mut pool = WorkerPool::new(wf.worker(backend.clone()).build().unwrap(), 1);
+    pool.start();
+    assert_eq!(finish(&o, &run).await.status, RunStatus::Completed);
+    pool.try_stop().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while backend.run_info(&run).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the periodic sweep did not delete the run"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&server, "auto", "runs").await, 0);
+}
