@@ -41,20 +41,19 @@ impl PostgresBackend {
     /// settings, [`PostgresBackendError::Connect`] when the server cannot be reached or
     /// refuses the credentials, and the errors of [`migrate::migrate`].
     pub async fn connect_with(config: PostgresConfig) -> Result<Self, PostgresBackendError> {
-        let client_config = config.client_config()?;
+        let mut client_config = config.client_config()?;
+        let tls = crate::tls::connector(&config, &mut client_config)?;
         let target = target_of(&config.url);
         let unreachable = |reason: String| PostgresBackendError::Connect {
             target: target.clone(),
             reason,
         };
         // The first connection, direct: its errors are the server's, not the pool's.
-        let (mut client, connection) = tokio::time::timeout(
-            config.connect_timeout,
-            client_config.connect(tokio_postgres::NoTls),
-        )
-        .await
-        .map_err(|_| unreachable(format!("no answer within {:?}", config.connect_timeout)))?
-        .map_err(|e| unreachable(describe(&e)))?;
+        let (mut client, connection) =
+            tokio::time::timeout(config.connect_timeout, client_config.connect(tls.clone()))
+                .await
+                .map_err(|_| unreachable(format!("no answer within {:?}", config.connect_timeout)))?
+                .map_err(|e| unreachable(describe(&e)))?;
         let driver = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "migration connection ended");
@@ -65,10 +64,10 @@ impl PostgresBackend {
         let _ = driver.await;
         migrated?;
         let signals = crate::listen::Signals::new();
-        crate::listen::spawn(client_config.clone(), &config.schema, &signals);
+        crate::listen::spawn(client_config.clone(), tls.clone(), &config.schema, &signals);
         let manager = Manager::from_config(
             client_config,
-            tokio_postgres::NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -15,6 +15,7 @@ pub struct PostgresConfig {
     pub(crate) retention: Duration,
     pub(crate) letter_retention: Duration,
     pub(crate) sweep_interval: Duration,
+    pub(crate) tls_root: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -28,6 +29,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("retention", &self.retention)
             .field("dead_letter_retention", &self.letter_retention)
             .field("sweep_interval", &self.sweep_interval)
+            .field("tls_root", &self.tls_root.is_some())
             .finish()
     }
 }
@@ -46,7 +48,17 @@ impl PostgresConfig {
             retention: Duration::from_secs(24 * 3600),
             letter_retention: Duration::from_secs(7 * 24 * 3600),
             sweep_interval: Duration::from_secs(60),
+            tls_root: None,
         }
+    }
+
+    /// Trusts the root certificate(s) in `pem` (instead of the operating system's) to verify
+    /// the server, and uses TLS. Without it, TLS is used when the URL says `sslmode=require`,
+    /// verified against the operating system's roots. The server's name is checked either way.
+    #[must_use]
+    pub fn with_tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root = Some(pem.into());
+        self
     }
 
     /// How long finished runs are kept, with their items, outputs and errors (default 24 h;

@@ -14,8 +14,8 @@
 //! The shared conformance suite and fault tests with real worker processes pass on it; the
 //! `floxide` tool (`--backend postgres://…`) and `floxide::connect_backend` (feature
 //! `postgres`) reach it by URL. Finished runs and dead letters are deleted after their
-//! retention ([`PostgresConfig::with_retention`], [`PostgresBackend::sweep`]). Not yet here:
-//! TLS.
+//! retention ([`PostgresConfig::with_retention`], [`PostgresBackend::sweep`]). TLS: `sslmode=require` or
+//! [`PostgresConfig::with_tls_root_certificate`], always verified.
 //!
 //! [`PostgresBackend::connect`] also brings the schema to [`SCHEMA_VERSION`] ([`migrate`]:
 //! versioned, idempotent, safe when several processes start at once), and
@@ -46,6 +46,7 @@ mod retention;
 mod start;
 mod take;
 pub mod testing;
+mod tls;
 mod worker;
 
 pub use backend::PostgresBackend;

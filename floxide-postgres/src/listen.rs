@@ -41,13 +41,18 @@ pub(crate) fn channels(schema: &str) -> (String, String) {
 }
 
 /// Listens on the schema's channels until `signals` is dropped.
-pub(crate) fn spawn(config: tokio_postgres::Config, schema: &str, signals: &Arc<Signals>) {
+pub(crate) fn spawn(
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    schema: &str,
+    signals: &Arc<Signals>,
+) {
     let (work, runs) = channels(schema);
     let weak = Arc::downgrade(signals);
     tokio::spawn(async move {
         let mut first = true;
         while weak.strong_count() > 0 {
-            if let Err(error) = listen(&config, &work, &runs, &weak, &mut first).await {
+            if let Err(error) = listen(&config, &tls, &work, &runs, &weak, &mut first).await {
                 tracing::debug!(%error, "the PostgreSQL listener lost its connection; reconnecting");
             }
             if let Some(signals) = weak.upgrade() {
@@ -61,12 +66,13 @@ pub(crate) fn spawn(config: tokio_postgres::Config, schema: &str, signals: &Arc<
 /// One listening connection, until it fails or the signals are gone.
 async fn listen(
     config: &tokio_postgres::Config,
+    tls: &tokio_postgres_rustls::MakeRustlsConnect,
     work: &str,
     runs: &str,
     weak: &Weak<Signals>,
     first: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (client, mut connection) = config.connect(tls.clone()).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     let driver = tokio::spawn(async move {

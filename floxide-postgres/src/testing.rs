@@ -164,6 +164,52 @@ impl PostgresServer {
         Ok(())
     }
 
+    /// Makes the server accept TLS connections only, with this certificate and key (PEM),
+    /// and restarts it.
+    ///
+    /// # Errors
+    /// When the files cannot be written or the server does not start again.
+    pub fn require_tls(&mut self, cert_pem: &str, key_pem: &str) -> Result<(), ServerError> {
+        let data = self.data_dir();
+        let write = |name: &str, text: &str| {
+            std::fs::write(data.join(name), text)
+                .map_err(|e| ServerError(format!("cannot write {name}: {e}")))
+        };
+        write("server.crt", cert_pem)?;
+        write("server.key", key_pem)?;
+        write(
+            "pg_hba.conf",
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )?;
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf)
+            .map_err(|e| ServerError(format!("cannot read postgresql.conf: {e}")))?;
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text)
+            .map_err(|e| ServerError(format!("cannot write postgresql.conf: {e}")))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .map_err(|e| ServerError(format!("cannot protect server.key: {e}")))?;
+        }
+        if let Some(user) = &self.run_as {
+            let chown = Command::new("chown")
+                .arg(user)
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key"))
+                .arg(data.join("pg_hba.conf"))
+                .output()
+                .map_err(|e| ServerError(format!("chown of the TLS files: {e}")))?;
+            check(&chown, "chown of the TLS files")?;
+        }
+        self.stop_immediately()?;
+        self.start_again()
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
