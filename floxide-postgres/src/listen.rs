@@ -106,7 +106,8 @@ async fn listen(
             return Ok(());
         };
         match heard {
-            Ok(Some(channel)) if channel == work => signals.work.notify_waiters(),
+            // One idle taker per notification: it wakes the next when it found a full batch.
+            Ok(Some(channel)) if channel == work => signals.work.notify_one(),
             Ok(Some(_)) => signals.runs.send_modify(|v| *v = v.wrapping_add(1)),
             Ok(None) => break,
             Err(_) => {}

@@ -94,6 +94,10 @@ impl WorkerBackend for PostgresBackend {
             notified.as_mut().enable();
             let taken = self.take_now(take).await?;
             if !taken.is_empty() {
+                if taken.len() >= take.max.min(MAX_BATCH) {
+                    // There may be more: pass the wake-up on to another idle taker.
+                    self.signals.work.notify_one();
+                }
                 return Ok(taken);
             }
             let now = tokio::time::Instant::now();
