@@ -1,44 +1,105 @@
-//! The `crash` workload: two worker processes, one killed with SIGKILL mid-step.
+//! The `crash` workload: two worker processes, one killed with SIGKILL mid-step, on Redis
+//! (`--redis URL`, `--prefix`) or on any backend `--backend URL` names (`postgres://…`, with
+//! `--schema`).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use std::sync::Arc;
 
 use floxide::*;
 use redis::AsyncCommands;
 use serde_json::json;
 
-use crate::redis_workloads::connect;
 use crate::{framework, Args};
 
 /// Lease of the crash workers: the killed worker's items return after at most this long.
 const LEASE: Duration = Duration::from_secs(2);
 
 node! {
-    /// `INCR started:{run}:{node}`, sleep, `n -> n + 1`.
-    pub struct Counted { name: &'static str, step_ms: u64, conn: Conn };
+    /// Counts its execution (`started:{run}:{node}`), sleeps, `n -> n + 1`.
+    pub struct Counted { name: &'static str, step_ms: u64, counter: Counter };
     input = u64;
     output = u64;
     |_ctx, n| {
         if let Some(step) = floxide::current_step() {
-            let key = format!("{}started:{}:{}", self.conn.prefix, step.run_id, self.name);
-            let mut c = self.conn.conn.clone();
-            let _: Result<i64, _> = c.incr(key, 1).await;
+            self.counter.incr(&step.run_id, self.name).await;
         }
         tokio::time::sleep(Duration::from_millis(self.step_ms)).await;
         Ok(Transition::Next(n + 1))
     }
 }
 
-/// A Redis connection for the nodes' counters.
+/// Where the nodes count their executions: keys beside the Redis deployment, or a table in
+/// the PostgreSQL one's schema.
 #[derive(Clone)]
-pub struct Conn {
-    conn: redis::aio::ConnectionManager,
-    prefix: String,
+pub enum Counter {
+    /// `INCR <prefix>started:<run>:<node>`.
+    Redis(redis::aio::ConnectionManager, String),
+    /// `crash_executions (run_id, node, count)`.
+    Postgres(Arc<tokio_postgres::Client>),
 }
 
-impl std::fmt::Debug for Conn {
+impl std::fmt::Debug for Counter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Conn")
+        f.write_str("Counter")
+    }
+}
+
+/// The counters' table.
+const COUNTERS: &str = "CREATE TABLE IF NOT EXISTS crash_executions (
+    run_id text NOT NULL, node text NOT NULL, count integer NOT NULL,
+    PRIMARY KEY (run_id, node))";
+
+impl Counter {
+    async fn incr(&self, run: &str, node: &str) {
+        match self {
+            Counter::Redis(conn, prefix) => {
+                let mut c = conn.clone();
+                let _: Result<i64, _> = c.incr(format!("{prefix}started:{run}:{node}"), 1).await;
+            }
+            Counter::Postgres(client) => {
+                let _ = client
+                    .execute(
+                        "INSERT INTO crash_executions (run_id, node, count) VALUES ($1, $2, 1) \
+                         ON CONFLICT (run_id, node) DO UPDATE \
+                         SET count = crash_executions.count + 1",
+                        &[&run, &node],
+                    )
+                    .await;
+            }
+        }
+    }
+
+    /// Executions beyond one per item of `ids`.
+    async fn duplicates(&self, ids: &[RunId]) -> Result<i64, String> {
+        let mut duplicates = 0;
+        match self {
+            Counter::Redis(conn, prefix) => {
+                let mut conn = conn.clone();
+                for id in ids {
+                    for node in ["a", "b", "c"] {
+                        let n: Option<i64> = conn
+                            .get(format!("{prefix}started:{id}:{node}"))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        duplicates += n.unwrap_or(0).saturating_sub(1).max(0);
+                    }
+                }
+            }
+            Counter::Postgres(client) => {
+                let row = client
+                    .query_one(
+                        "SELECT coalesce(sum(greatest(count - 1, 0)), 0)::int8 \
+                         FROM crash_executions WHERE run_id = ANY($1)",
+                        &[&ids],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                duplicates = row.get(0);
+            }
+        }
+        Ok(duplicates)
     }
 }
 
@@ -49,16 +110,12 @@ workflow! {
     edges { a => [b]; b => [c]; c => []; }
 }
 
-async fn flow(args: &Args, backend: &floxide_redis::RedisBackend) -> Result<CrashFlow, String> {
+fn flow(args: &Args, counter: &Counter) -> Result<CrashFlow, String> {
     let step_ms: u64 = args.get("step-ms", 20)?;
-    let conn = Conn {
-        conn: backend.client().connection(),
-        prefix: backend.client().config().key_prefix().to_owned(),
-    };
     let node = |name| Counted {
         name,
         step_ms,
-        conn: conn.clone(),
+        counter: counter.clone(),
     };
     Ok(CrashFlow {
         a: node("a"),
@@ -67,11 +124,55 @@ async fn flow(args: &Args, backend: &floxide_redis::RedisBackend) -> Result<Cras
     })
 }
 
+/// The deployment `--backend URL` names (default: the Redis of `--redis`), under `--prefix`
+/// (Redis) or `--schema` (PostgreSQL), emptied first when `fresh`.
+async fn connect(args: &Args, fresh: bool) -> Result<(Arc<dyn Backend>, Counter), String> {
+    let redis_url: String = args.get("redis", "redis://127.0.0.1:6379/".to_owned())?;
+    let url: String = args.get("backend", redis_url)?;
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let schema: String = args.get("schema", "floxide_crash".to_owned())?;
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        if fresh {
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let backend = floxide_postgres::PostgresBackend::connect_with(
+            floxide_postgres::PostgresConfig::new(&url).with_schema(&schema),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        client
+            .batch_execute(&format!("SET search_path = {schema}; {COUNTERS}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok((Arc::new(backend), Counter::Postgres(Arc::new(client))));
+    }
+    let prefix: String = args.get("prefix", "bench-crash:".to_owned())?;
+    let client = floxide_redis::RedisClient::new(
+        floxide_redis::RedisConfig::new(url).with_key_prefix(prefix.clone()),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if fresh {
+        client
+            .clear()
+            .await
+            .map_err(|e| format!("clearing the prefix failed: {e}"))?;
+    }
+    let counter = Counter::Redis(client.connection(), prefix);
+    Ok((Arc::new(floxide_redis::RedisBackend::new(client)), counter))
+}
+
 /// `worker` subcommand: 4 concurrent steps (2 workers with 2 slots each, so that takes and
 /// commits are batched) until killed or SIGTERM.
 pub(crate) async fn worker(args: &Args) -> Result<serde_json::Value, String> {
-    let backend = connect_no_clear(args).await?;
-    let wf = flow(args, &backend).await?;
+    let (backend, counter) = connect(args, false).await?;
+    let wf = flow(args, &counter)?;
     let worker = wf
         .worker(backend)
         .lease_timeout(LEASE)
@@ -84,17 +185,6 @@ pub(crate) async fn worker(args: &Args) -> Result<serde_json::Value, String> {
     floxide::shutdown_signal().await;
     pool.try_stop().await.map_err(|e| e.to_string())?;
     Ok(json!({ "worker": "stopped" }))
-}
-
-async fn connect_no_clear(args: &Args) -> Result<floxide_redis::RedisBackend, String> {
-    let url: String = args.get("redis", "redis://127.0.0.1:6379/".to_owned())?;
-    let prefix: String = args.get("prefix", "bench-crash:".to_owned())?;
-    let client = floxide_redis::RedisClient::new(
-        floxide_redis::RedisConfig::new(url).with_key_prefix(prefix),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    Ok(floxide_redis::RedisBackend::new(client))
 }
 
 struct Workers(Vec<Child>);
@@ -112,15 +202,8 @@ impl Drop for Workers {
 pub(crate) async fn driver(args: &Args) -> Result<serde_json::Value, String> {
     let runs: usize = args.get("runs", 200)?;
     let step_ms: u64 = args.get("step-ms", 20)?;
-    let url: String = args.get("redis", "redis://127.0.0.1:6379/".to_owned())?;
-    let prefix: String = args.get("prefix", "bench-crash:".to_owned())?;
-    let mut full = Args {
-        workload: "crash".into(),
-        flags: args.flags.clone(),
-    };
-    full.flags.push(("prefix".into(), prefix.clone()));
-    let backend = connect(&full).await?;
-    let wf = flow(&full, &backend).await?;
+    let (backend, counter) = connect(args, true).await?;
+    let wf = flow(args, &counter)?;
     let orchestrator = wf
         .orchestrator(backend.clone())
         .build()
@@ -129,17 +212,17 @@ pub(crate) async fn driver(args: &Args) -> Result<serde_json::Value, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let spawn = || {
         Command::new(&exe)
-            .args([
-                "worker",
-                "--redis",
-                &url,
-                "--prefix",
-                &prefix,
-                "--step-ms",
-                &step_ms.to_string(),
-                "--threads",
-                "2",
-            ])
+            .arg("worker")
+            // The same deployment flags (backend, prefix, schema).
+            .args(
+                args.flags
+                    .iter()
+                    .filter(|(k, _)| {
+                        matches!(k.as_str(), "redis" | "backend" | "prefix" | "schema")
+                    })
+                    .flat_map(|(k, v)| [format!("--{k}"), v.clone()]),
+            )
+            .args(["--step-ms", &step_ms.to_string(), "--threads", "2"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -197,17 +280,7 @@ pub(crate) async fn driver(args: &Args) -> Result<serde_json::Value, String> {
             duplicate_commits += timing.count.saturating_sub(1);
         }
     }
-    let mut duplicate_executions = 0i64;
-    let mut conn = backend.client().connection();
-    for id in &ids {
-        for node in ["a", "b", "c"] {
-            let n: Option<i64> = conn
-                .get(format!("{prefix}started:{id}:{node}"))
-                .await
-                .map_err(|e| e.to_string())?;
-            duplicate_executions += n.unwrap_or(0).saturating_sub(1).max(0);
-        }
-    }
+    let duplicate_executions = counter.duplicates(&ids).await?;
     let mut stranded = 0usize;
     for id in &ids {
         let items = orchestrator

@@ -11,7 +11,7 @@
 //! cargo run --release -p floxide-bench -- dist-pg-fanout [--runs 200] [--fanout 10] [--workers 4]
 //! cargo run --release -p floxide-bench -- dist-pg-bulk [--runs 30000] [--workers 4]
 //! cargo run --release -p floxide-bench -- dist-pg-latency [--runs 200] [--workers 4]
-//! cargo run --release -p floxide-bench -- crash [--runs 200] [--step-ms 20]
+//! cargo run --release -p floxide-bench -- crash [--runs 200] [--step-ms 20] [--backend postgres://…]
 //! ```
 //! Common flags: `--threads N` (tokio worker threads; default: number of cores), `--redis URL`
 //! (default `redis://127.0.0.1:6379/`), `--prefix P` (a key prefix deleted before the run);
