@@ -6,9 +6,9 @@ use floxide_core::distributed::{Backend, DistributedError};
 use floxide_core::FloxideError;
 
 /// Connects to the backend `url` names, by its scheme: `redis://` or `rediss://` (feature
-/// `redis`: a [`RedisBackend`](floxide_redis::RedisBackend) with the default configuration)
+/// `redis`: a `floxide_redis::RedisBackend` with the default configuration)
 /// and `postgres://` or `postgresql://` (feature `postgres`: a
-/// [`PostgresBackend`](floxide_postgres::PostgresBackend), schema `floxide`). The worker
+/// `floxide_postgres::PostgresBackend`, schema `floxide`). The worker
 /// runner's `--backend URL` is meant for it:
 ///
 /// ```no_run
