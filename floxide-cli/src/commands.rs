@@ -148,9 +148,11 @@ async fn connect(cli: &Cli, url: String) -> Result<Deployment, CliError> {
             )))
         }
         "postgres" | "postgresql" => {
+            // An operator's tool creates no tables: a wrong schema name is an error.
             let config = PostgresConfig::new(url)
                 .with_schema(&cli.connection.schema)
-                .with_pool_size(4);
+                .with_pool_size(4)
+                .with_migration_on_connect(false);
             Ok(Deployment::Postgres(
                 PostgresBackend::connect_with(config).await?,
             ))

@@ -856,3 +856,47 @@ async fn redeploys_with_renamed_nodes_and_workflows_are_visible() {
     );
     pool.try_stop().await.unwrap();
 }
+
+/// On PostgreSQL the tool checks the deployment's schema and creates nothing: a wrong schema
+/// name is a clear error, not an empty deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_wrong_schema_is_an_error_and_creates_nothing() {
+    let d = Deployment::postgres().await;
+    let mut command = floxide_command();
+    command.args([
+        "runs",
+        "list",
+        "--backend",
+        &d.url,
+        "--schema",
+        "nosuchschema",
+    ]);
+    let out = run(command).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_contains(
+        &out.stderr,
+        &[
+            "schema `nosuchschema` is at version 0",
+            "check the schema name",
+        ],
+    );
+    let (client, connection) = tokio_postgres::connect(&d.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let schemas: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'nosuchschema'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(schemas, 0, "the tool created the schema");
+    // An unknown scheme is refused by name.
+    let mut command = floxide_command();
+    command.args(["runs", "list", "--backend", "mysql://db/app"]);
+    let out = run(command).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_contains(&out.stderr, &["unknown backend URL scheme `mysql`"]);
+}

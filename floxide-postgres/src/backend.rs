@@ -34,7 +34,8 @@ impl PostgresBackend {
 
     /// Connects with `config`: one connection at once (so that a wrong address or refused
     /// credentials are reported right away), which brings the schema to
-    /// [`SCHEMA_VERSION`](crate::SCHEMA_VERSION); the pool opens the others when needed.
+    /// [`SCHEMA_VERSION`](crate::SCHEMA_VERSION) (or only checks it, see
+    /// [`PostgresConfig::with_migration_on_connect`]); the pool opens the others when needed.
     ///
     /// # Errors
     /// [`PostgresBackendError::InvalidUrl`] or [`PostgresBackendError::InvalidConfig`] for bad
@@ -59,7 +60,13 @@ impl PostgresBackend {
                 tracing::debug!(error = %e, "migration connection ended");
             }
         });
-        let migrated = migrate::migrate(&mut client, &config.schema).await;
+        let migrated = if config.migrate {
+            migrate::migrate(&mut client, &config.schema)
+                .await
+                .map(|_| ())
+        } else {
+            migrate::check(&client, &config.schema).await
+        };
         drop(client);
         let _ = driver.await;
         migrated?;

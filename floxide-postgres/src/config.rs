@@ -16,6 +16,7 @@ pub struct PostgresConfig {
     pub(crate) letter_retention: Duration,
     pub(crate) sweep_interval: Duration,
     pub(crate) tls_root: Option<Vec<u8>>,
+    pub(crate) migrate: bool,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -30,6 +31,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("dead_letter_retention", &self.letter_retention)
             .field("sweep_interval", &self.sweep_interval)
             .field("tls_root", &self.tls_root.is_some())
+            .field("migrate", &self.migrate)
             .finish()
     }
 }
@@ -49,7 +51,18 @@ impl PostgresConfig {
             letter_retention: Duration::from_secs(7 * 24 * 3600),
             sweep_interval: Duration::from_secs(60),
             tls_root: None,
+            migrate: true,
         }
+    }
+
+    /// Whether connecting brings the schema to this release's version (the default), or
+    /// only checks it and refuses a missing or older one
+    /// ([`PostgresBackendError::SchemaNotReady`]): for tools that must not create tables,
+    /// such as the `floxide` command-line tool.
+    #[must_use]
+    pub fn with_migration_on_connect(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
     }
 
     /// Trusts the root certificate(s) in `pem` (instead of the operating system's) to verify

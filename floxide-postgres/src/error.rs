@@ -39,6 +39,21 @@ pub enum PostgresBackendError {
         /// The newest version this release knows.
         known: i32,
     },
+    /// Connecting without migrating (`PostgresConfig::with_migration_on_connect(false)`)
+    /// found the schema missing or older than this release.
+    #[error(
+        "the Floxide schema `{schema}` is at version {found} (0: it does not exist) and this \
+         release needs {needed}; check the schema name, or start a worker or orchestrator of \
+         this release, which migrates it when it connects"
+    )]
+    SchemaNotReady {
+        /// The schema.
+        schema: String,
+        /// The version found.
+        found: i32,
+        /// The version this release needs.
+        needed: i32,
+    },
     /// A query failed.
     #[error("PostgreSQL error: {0}")]
     Query(String),

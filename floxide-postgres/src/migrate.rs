@@ -79,6 +79,43 @@ pub async fn migrate(
     Ok(applied)
 }
 
+/// Checks, without changing anything, that `schema` is at [`SCHEMA_VERSION`].
+///
+/// # Errors
+/// [`PostgresBackendError::SchemaNotReady`] when it is missing or older,
+/// [`PostgresBackendError::SchemaTooNew`] when it is newer, or a query error.
+pub async fn check(client: &impl GenericClient, schema: &str) -> Result<(), PostgresBackendError> {
+    let table = format!("{schema}.floxide_migrations");
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await?
+        .get(0);
+    let found = if exists {
+        client
+            .query_one(
+                &format!("SELECT coalesce(max(version), 0) FROM {table}"),
+                &[],
+            )
+            .await?
+            .try_get(0)?
+    } else {
+        0
+    };
+    match found {
+        v if v == SCHEMA_VERSION => Ok(()),
+        v if v > SCHEMA_VERSION => Err(PostgresBackendError::SchemaTooNew {
+            schema: schema.to_owned(),
+            found: v,
+            known: SCHEMA_VERSION,
+        }),
+        v => Err(PostgresBackendError::SchemaNotReady {
+            schema: schema.to_owned(),
+            found: v,
+            needed: SCHEMA_VERSION,
+        }),
+    }
+}
+
 /// The newest migration applied to the schema on the session's `search_path` (0 for none).
 pub(crate) async fn current_version(
     client: &impl GenericClient,
