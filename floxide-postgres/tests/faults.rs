@@ -12,6 +12,8 @@ mod fault_worker;
 #[allow(dead_code)]
 #[path = "../../testkit/processes.rs"]
 mod processes;
+#[path = "../../testkit/runs.rs"]
+mod runs;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -113,54 +115,15 @@ impl Side {
         client.query(sql, &[]).await.expect(sql)
     }
 
-    /// Starts a run with input `n` under a chosen id, retrying while the server is away (a
-    /// retry that finds the id taken means the earlier attempt went through).
+    /// Starts a run with input `n`, retrying while the backend is away.
     async fn start(&self, n: u64) -> String {
-        let id = new_run_id();
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            match self
-                .orchestrator
-                .start_run_with_id(&WorkflowCtx::new(Log::default()), n, id.clone())
-                .await
-            {
-                Ok(run) => return run,
-                Err(FloxideError::Distributed(DistributedError::RunExists(_))) => return id,
-                Err(e) if Instant::now() >= deadline => panic!("cannot start a run: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        let ctx = WorkflowCtx::new(Log::default());
+        runs::start_retrying(&self.orchestrator, &ctx, n, PATIENCE).await
     }
 
-    /// Waits for every run to reach a final state (tolerating the server being away).
+    /// Waits for every run to reach a final state (tolerating the backend being away).
     async fn wait_all(&self, runs: &[(String, u64)]) -> Vec<RunInfo> {
-        let deadline = Instant::now() + PATIENCE;
-        let mut out = Vec::with_capacity(runs.len());
-        for (run, _) in runs {
-            loop {
-                match self.backend.run_info(run).await {
-                    Ok(info) if info.status.is_finished() => {
-                        out.push(info);
-                        break;
-                    }
-                    Ok(info) if Instant::now() >= deadline => {
-                        let items = self.backend.work_items(run).await;
-                        panic!(
-                            "run {run} did not finish within {PATIENCE:?}: {:?}\nitems: {items:#?}",
-                            info.status
-                        );
-                    }
-                    Ok(_) => {
-                        self.backend
-                            .wait_run_change(run, Duration::from_millis(200))
-                            .await
-                    }
-                    Err(e) if Instant::now() >= deadline => panic!("run {run}: {e}"),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-        }
-        out
+        runs::wait_all(&self.backend, runs, PATIENCE).await
     }
 
     /// Checks that every run completed with each step's effect applied exactly once and that

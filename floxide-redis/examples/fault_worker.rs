@@ -31,6 +31,10 @@ use floxide::*;
 use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
 use serde::{Deserialize, Serialize};
 
+#[path = "../../testkit/worker_env.rs"]
+mod worker_env;
+use worker_env::{env_ms, watch_parent};
+
 /// The context: one event per committed step.
 #[derive(Debug, Clone, Default, Merge, Serialize, Deserialize)]
 pub struct Log {
@@ -158,31 +162,6 @@ impl Fault {
             b: work("b"),
             c: work("c"),
         }
-    }
-}
-
-fn env_ms(name: &str, default: u64) -> Result<Duration, FloxideError> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .map(Duration::from_millis)
-            .map_err(|_| FloxideError::Generic(format!("{name}: `{v}` is not a number of ms"))),
-        Err(_) => Ok(Duration::from_millis(default)),
-    }
-}
-
-/// With `FAULT_WATCH_PARENT=1`, exits when the process that started this one is gone (the
-/// tests set it, so that no worker outlives a test binary that was itself killed).
-fn watch_parent() {
-    #[cfg(unix)]
-    if std::env::var("FAULT_WATCH_PARENT").is_ok_and(|v| v == "1") {
-        let parent = std::os::unix::process::parent_id();
-        std::thread::spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(250));
-            if std::os::unix::process::parent_id() != parent {
-                std::process::exit(3);
-            }
-        });
     }
 }
 
