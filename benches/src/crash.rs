@@ -131,15 +131,9 @@ async fn connect(args: &Args, fresh: bool) -> Result<(Arc<dyn Backend>, Counter)
     let url: String = args.get("backend", redis_url)?;
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let schema: String = args.get("schema", "floxide_crash".to_owned())?;
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
+        let client = crate::pg_workloads::direct(&url).await?;
         if fresh {
-            client
-                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                .await
-                .map_err(|e| e.to_string())?;
+            crate::pg_workloads::drop_schema(&client, &schema).await?;
         }
         let backend = floxide_postgres::PostgresBackend::connect_with(
             floxide_postgres::PostgresConfig::new(&url).with_schema(&schema),

@@ -8,12 +8,23 @@ use crate::workloads::{err, Meter, Target};
 use crate::Args;
 
 /// A direct connection for the meter and the schema's reset.
-async fn direct(url: &str) -> Result<tokio_postgres::Client, String> {
+pub(crate) async fn direct(url: &str) -> Result<tokio_postgres::Client, String> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(err)?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
     Ok(client)
+}
+
+/// Drops `schema` (a workload starts on an empty deployment).
+pub(crate) async fn drop_schema(
+    client: &tokio_postgres::Client,
+    schema: &str,
+) -> Result<(), String> {
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .map_err(|e| format!("dropping schema {schema}: {e}"))
 }
 
 /// Transactions committed and rolled back in the database (pg_stat_database), CPU time of
@@ -93,10 +104,7 @@ pub(crate) async fn target(args: &Args) -> Result<Target<PostgresBackend>, Strin
     let url: String = args.get("pg", "postgres://postgres@127.0.0.1:5432/test".to_owned())?;
     let schema: String = args.get("schema", "floxide_bench".to_owned())?;
     let client = direct(&url).await?;
-    client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .await
-        .map_err(|e| format!("dropping schema {schema}: {e}"))?;
+    drop_schema(&client, &schema).await?;
     let backend = PostgresBackend::connect_with(
         PostgresConfig::new(url)
             .with_schema(schema.clone())

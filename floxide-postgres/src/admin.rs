@@ -58,7 +58,7 @@ fn item_status(state: i8) -> WorkItemStatus {
 
 impl PostgresBackend {
     /// Fails with [`DistributedError::UnknownRun`] when the run does not exist.
-    async fn known(
+    pub(crate) async fn known(
         &self,
         client: &impl tokio_postgres::GenericClient,
         run_id: &str,

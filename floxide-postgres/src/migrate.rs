@@ -85,19 +85,13 @@ pub async fn migrate(
 /// [`PostgresBackendError::SchemaNotReady`] when it is missing or older,
 /// [`PostgresBackendError::SchemaTooNew`] when it is newer, or a query error.
 pub async fn check(client: &impl GenericClient, schema: &str) -> Result<(), PostgresBackendError> {
-    let table = format!("{schema}.floxide_migrations");
+    // The session's search_path is the schema (see `PostgresConfig`).
     let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .query_one("SELECT to_regclass('floxide_migrations') IS NOT NULL", &[])
         .await?
         .get(0);
     let found = if exists {
-        client
-            .query_one(
-                &format!("SELECT coalesce(max(version), 0) FROM {table}"),
-                &[],
-            )
-            .await?
-            .try_get(0)?
+        current_version(client).await?
     } else {
         0
     };

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use floxide_core::distributed::overview::{RunProgress, Stats, WorkflowCounts};
-use floxide_core::distributed::{DistributedError, RunStatus};
+use floxide_core::distributed::DistributedError;
 use floxide_core::ItemId;
 
 use crate::ops::{backend, item_id};
@@ -49,11 +49,8 @@ impl PostgresBackend {
             .start()
             .await
             .map_err(backend)?;
-        let active: Vec<String> = [RunStatus::Pending, RunStatus::Running]
-            .iter()
-            .filter(|s| s.is_active())
-            .map(ToString::to_string)
-            .collect();
+        // Active runs are those whose items are leased.
+        let (active, _) = crate::take::status_sets();
         let (now, runs, items, letters) = futures_util::future::try_join4(
             tx.query_one("SELECT now()", &[]),
             tx.query(RUNS, &[&active]),
@@ -119,19 +116,15 @@ impl PostgresBackend {
         run_id: &str,
     ) -> Result<BTreeMap<ItemId, SystemTime>, DistributedError> {
         let client = self.pooled().await?;
-        let (known, rows) = futures_util::future::try_join(
-            client.query_opt("SELECT 1 FROM runs WHERE run_id = $1", &[&run_id]),
-            client.query(
+        self.known(&**client, run_id).await?;
+        let rows = client
+            .query(
                 "SELECT replace(item_id::text, '-', ''), due_at FROM items \
                  WHERE run_id = $1 AND state = 'I'",
                 &[&run_id],
-            ),
-        )
-        .await
-        .map_err(backend)?;
-        if known.is_none() {
-            return Err(DistributedError::UnknownRun(run_id.to_owned()));
-        }
+            )
+            .await
+            .map_err(backend)?;
         rows.iter()
             .map(|row| Ok((item_id(row.get(0))?, row.get(1))))
             .collect()

@@ -77,7 +77,7 @@ pub(crate) struct TakeRows {
 
 /// Statuses as the statement's arrays: those whose items are leased, and those whose
 /// results are still accepted (the machine's rules).
-fn status_sets() -> (Vec<String>, Vec<String>) {
+pub(crate) fn status_sets() -> (Vec<String>, Vec<String>) {
     let all = [
         RunStatus::Pending,
         RunStatus::Running,
