@@ -69,3 +69,44 @@ pub async fn wait_all<T>(
     }
     out
 }
+
+/// Checks that each run of `runs` (run, input `n`) of the fault workflows (`a → b → c`, each
+/// node appending `"<node>:<input>"` and passing `input + 1` on) completed with output `n + 3`,
+/// each node's event exactly once, no item left and one commit per item. `events` reads a
+/// run's context's events. Returns the leases reclaimed from dead workers.
+pub async fn check_each_completed_once<W, C>(
+    orchestrator: &DistributedOrchestrator<W, C>,
+    backend: &dyn Backend,
+    runs: &[(String, u64)],
+    infos: &[RunInfo],
+    events: impl Fn(&C) -> Vec<String>,
+) -> u64
+where
+    C: Context + Merge + 'static,
+    W: Workflow<C> + 'static,
+{
+    let mut reclaimed = 0;
+    for ((run, n), info) in runs.iter().zip(infos) {
+        assert_eq!(info.status, RunStatus::Completed, "run {run}: {info:?}");
+        assert_eq!(info.output, Some(serde_json::json!(n + 3)), "run {run}");
+        let context = orchestrator.context(run).await.expect("context");
+        let mut events = events(&context);
+        events.sort();
+        assert_eq!(
+            events,
+            vec![
+                format!("a:{n}"),
+                format!("b:{}", n + 1),
+                format!("c:{}", n + 2)
+            ],
+            "G2: run {run} must hold each node's event exactly once"
+        );
+        // A completed run's items go at its finish (its record, context and outputs stay).
+        let items = backend.work_items(run).await.expect("work items");
+        assert!(items.is_empty(), "run {run}: {items:#?}");
+        let metrics = backend.metrics(run).await.expect("metrics");
+        assert_eq!(metrics.completed, 3, "G2: one commit per item: {metrics:?}");
+        reclaimed += metrics.reclaimed;
+    }
+    reclaimed
+}

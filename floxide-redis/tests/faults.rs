@@ -132,29 +132,10 @@ impl Side {
     /// Checks that every run completed with each step's effect applied exactly once, and that
     /// nothing is left in processing. Returns the leases reclaimed from dead workers.
     async fn check_completed_once(&self, runs: &[(String, u64)], infos: &[RunInfo]) -> u64 {
-        let mut reclaimed = 0;
-        for ((run, n), info) in runs.iter().zip(infos) {
-            assert_eq!(info.status, RunStatus::Completed, "run {run}: {info:?}");
-            assert_eq!(info.output, Some(serde_json::json!(n + 3)), "run {run}");
-            let log = self.orchestrator.context(run).await.expect("context");
-            let mut events: Vec<String> = log.events.events().collect();
-            events.sort();
-            assert_eq!(
-                events,
-                vec![
-                    format!("a:{n}"),
-                    format!("b:{}", n + 1),
-                    format!("c:{}", n + 2)
-                ],
-                "G2: run {run} must hold each node's event exactly once"
-            );
-            // A completed run's items go at its finish (its record, context and outputs stay).
-            let items = self.backend.work_items(run).await.expect("work items");
-            assert!(items.is_empty(), "run {run}: {items:#?}");
-            let metrics = self.backend.metrics(run).await.expect("metrics");
-            assert_eq!(metrics.completed, 3, "G2: one commit per item: {metrics:?}");
-            reclaimed += metrics.reclaimed;
-        }
+        let events = |log: &Log| log.events.events().collect();
+        let reclaimed =
+            runs::check_each_completed_once(&self.orchestrator, &self.backend, runs, infos, events)
+                .await;
         self.assert_nothing_in_processing().await;
         reclaimed
     }
