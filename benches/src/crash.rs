@@ -35,7 +35,7 @@ node! {
 #[derive(Clone)]
 pub enum Counter {
     /// `INCR <prefix>started:<run>:<node>`.
-    Redis(redis::aio::ConnectionManager, String),
+    Redis(floxide_redis::RedisConnection, String),
     /// `crash_executions (run_id, node, count)`.
     Postgres(Arc<tokio_postgres::Client>),
 }

@@ -47,8 +47,9 @@ pub struct Log {
 pub struct Env(Arc<EnvInner>);
 
 struct EnvInner {
-    conn: redis::aio::ConnectionManager,
-    client: redis::Client,
+    conn: floxide_redis::RedisConnection,
+    /// For a synchronous counter (one server only: not for a `redis+cluster://` URL).
+    client: Option<redis::Client>,
     prefix: String,
     step: Duration,
 }
@@ -75,7 +76,11 @@ impl Env {
     ) -> Result<Self, FloxideError> {
         Ok(Env(Arc::new(EnvInner {
             conn: client.connection(),
-            client: redis::Client::open(url).map_err(|e| FloxideError::Generic(e.to_string()))?,
+            client: if client.config().is_cluster() {
+                None
+            } else {
+                Some(redis::Client::open(url).map_err(|e| FloxideError::Generic(e.to_string()))?)
+            },
             prefix: prefix.to_owned(),
             step,
         })))
@@ -85,17 +90,27 @@ impl Env {
     /// counters are best effort (retried while Redis restarts): they only report duplicates.
     async fn begin(&self, run: &str, node: &str) -> Option<u64> {
         let p = &self.0.prefix;
-        let mut pipe = redis::pipe();
-        pipe.cmd("INCR")
-            .arg(format!("{p}started:{run}:{node}"))
-            .cmd("GETDEL")
-            .arg(format!("{p}stall:{node}"));
+        // Two commands, not a pipeline: on a cluster the keys live in different slots.
+        let mut counted = false;
         for _ in 0..50 {
             let mut conn = self.0.conn.clone();
-            match pipe.query_async::<(i64, Option<u64>)>(&mut conn).await {
-                Ok((_, stall)) => return stall,
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            if !counted {
+                counted = redis::cmd("INCR")
+                    .arg(format!("{p}started:{run}:{node}"))
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .is_ok();
             }
+            if counted {
+                if let Ok(stall) = redis::cmd("GETDEL")
+                    .arg(format!("{p}stall:{node}"))
+                    .query_async::<Option<u64>>(&mut conn)
+                    .await
+                {
+                    return stall;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         None
     }
@@ -113,7 +128,7 @@ impl Env {
     /// Counts a finished stalled execution without awaiting anything, so that nothing but the
     /// commit stands between the end of the node and the end of the step.
     fn finished_blocking(&self, run: &str, node: &str) {
-        if let Ok(mut conn) = self.0.client.get_connection() {
+        if let Some(Ok(mut conn)) = self.0.client.as_ref().map(redis::Client::get_connection) {
             let _: redis::RedisResult<i64> = redis::cmd("INCR")
                 .arg(format!("{}finished:{run}:{node}", self.0.prefix))
                 .query(&mut conn);

@@ -125,8 +125,20 @@ local NO_OUTPUT = ' finished without output: no terminal node produced a value'
 
 -- Queues -----------------------------------------------------------------------------------
 
--- Wakes up to `n` blocked workers of `wf` (the wake list is kept to 64 tokens).
+-- Publishes `message` on the partition's `channel` (`ev`, `wk`): on a cluster (`SHARDED`,
+-- set in the library's header) to the partition's master only.
+local function publish(channel, message)
+  redis.call(SHARDED and 'SPUBLISH' or 'PUBLISH', PFX .. channel, message)
+end
+
+-- Wakes up to `n` blocked workers of `wf` (the wake list is kept to 64 tokens). On a cluster,
+-- idle workers wait for a message on the partition's wake channel instead (a blocking pop
+-- cannot span the partitions' slots).
 local function wake(wf, n)
+  if SHARDED then
+    publish('wk', wf)
+    return
+  end
   local tokens = {}
   for _ = 1, math.min(n, 64) do tokens[#tokens + 1] = '1' end
   if redis.call('LPUSH', wake_key(wf), unpack(tokens)) > 64 then
@@ -236,7 +248,7 @@ local function flush_events(now)
     end
   end
   if #EVENTS > 0 then
-    redis.call('PUBLISH', PFX .. 'ev', table.concat(EVENTS, '\n'))
+    publish('ev', table.concat(EVENTS, '\n'))
     EVENTS = {}
   end
 end

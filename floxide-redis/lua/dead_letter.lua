@@ -37,7 +37,7 @@ if r.st == 'failed' then
   set.st = 'running'
   -- Items parked while the run had failed go back to the queue too.
   if tonumber(r.pkc or '0') > 0 then enqueue(r.wf, { '@' .. run }, true) end
-  redis.call('PUBLISH', PFX .. 'ev', run)
+  publish('ev', run)
 end
 if make_ready(run, id, r, false) and r.pkc then set.pkc = r.pkc end
 write_run(run, set)

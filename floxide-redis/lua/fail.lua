@@ -19,7 +19,7 @@ if not m or m.s ~= 'I' or m.t ~= token then
   if st and not accepts_results(st) then return { 'inactive', st } end
   return { 'lost' }
 end
-local r = read_run(run, { 'st', 'left', 'nerr', 't1', 'm_failed', 'm_retries' })
+local r = read_run(run, { 'st', 'left', 'nerr', 't1', 'm_failed', 'm_retries', 'wf' })
 local effect, new = after_failure(r.st, retry ~= '')
 redis.call('ZREM', TIMERS, 'L' .. e)
 if effect == 'inactive' then
@@ -37,6 +37,8 @@ local fin = ''
 if effect == 'retry' then
   redis.call('HSET', it, id .. ':m', meta('R', m.a + 1, 0, m.t, m.n, RID))
   redis.call('ZADD', TIMERS, now + tonumber(retry), 'R' .. e)
+  -- On a cluster, idle workers learn of the new due time by taking once more.
+  if SHARDED then publish('wk', r.wf) end
   set.m_retries = tonumber(r.m_retries or '0') + 1
 else
   m.r = RID

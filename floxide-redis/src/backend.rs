@@ -58,6 +58,15 @@ impl RedisBackend {
         &self.client.inner.keys
     }
 
+    /// Tells this client's idle workers on a cluster that `run_id`'s partition may have new
+    /// ready work (other processes learn it from the partition's wake channel).
+    pub(crate) fn may_have_work(&self, run_id: &str) {
+        if self.client.inner.config.is_cluster() {
+            let p = self.keys().partition_of(run_id);
+            self.client.inner.wakes.signal(p);
+        }
+    }
+
     /// The scripts' common arguments: partition prefix, retentions (ms), request id.
     pub(crate) fn invoke<'a>(
         &self,
@@ -68,6 +77,11 @@ impl RedisBackend {
     ) -> Call<'a> {
         let config = &self.client.inner.config;
         let mut call = Call::new(script, key);
+        // Never written: while the partition's slot migrates, a cluster refuses a call that
+        // declares a missing key on both nodes (`TRYAGAIN`, resent until the move is done)
+        // rather than run it over a half-moved partition. Every key a script touches shares
+        // the partition's hash tag, so it is in the slot the declared keys are checked for.
+        call.key(Keys::guard(pfx));
         call.arg(pfx)
             .arg(config.retention.as_millis() as u64)
             .arg(config.letter_retention.as_millis() as u64)
@@ -296,13 +310,41 @@ impl AdminBackend for RedisBackend {
     }
 
     async fn start_runs(&self, starts: Vec<StartRun>) -> Vec<Result<RunId, DistributedError>> {
-        let mut out = Vec::with_capacity(starts.len());
-        let mut starts = starts.into_iter().peekable();
-        while starts.peek().is_some() {
-            let chunk: Vec<StartRun> = starts.by_ref().take(START_PIPELINE).collect();
-            out.extend(self.start_chunk(chunk).await);
+        // A pipeline stays within one partition (one cluster slot); the partitions' pipelines
+        // are in flight at once.
+        let count = starts.len();
+        let mut groups: std::collections::BTreeMap<u32, Vec<(usize, StartRun)>> =
+            std::collections::BTreeMap::new();
+        for (i, start) in starts.into_iter().enumerate() {
+            let p = self.keys().partition_of(&self.placed_run_id(&start));
+            groups.entry(p).or_default().push((i, start));
         }
-        out
+        let sends = groups.into_values().map(|group| async move {
+            let mut answers = Vec::with_capacity(group.len());
+            let mut group = group.into_iter().peekable();
+            while group.peek().is_some() {
+                let (at, chunk): (Vec<usize>, Vec<StartRun>) =
+                    group.by_ref().take(START_PIPELINE).unzip();
+                let run = chunk.first().map(|s| self.placed_run_id(s));
+                answers.extend(at.into_iter().zip(self.start_chunk(chunk).await));
+                if let Some(run) = run {
+                    self.may_have_work(&run);
+                }
+            }
+            answers
+        });
+        let mut out: Vec<Option<Result<RunId, DistributedError>>> =
+            std::iter::repeat_with(|| None).take(count).collect();
+        for (i, answer) in futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            out[i] = Some(answer);
+        }
+        out.into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(malformed("a start was not answered"))))
+            .collect()
     }
 
     async fn run_info(&self, run_id: &str) -> Result<RunInfo, DistributedError> {
@@ -376,6 +418,7 @@ impl AdminBackend for RedisBackend {
         let mut inv = self.invoke(&scripts.control, Keys::runs(&pfx), &pfx, &request_id());
         inv.arg(run_id).arg(verb);
         let r = self.script_reply(&inv).await?;
+        self.may_have_work(run_id);
         match r.text(0).as_str() {
             "ok" => self.run_info(run_id).await,
             "unknown" => Err(DistributedError::UnknownRun(run_id.to_owned())),
@@ -770,6 +813,7 @@ impl RedisBackend {
         );
         inv.arg(run_id).arg(item_id.to_string()).arg(action);
         let r = self.script_reply(&inv).await?;
+        self.may_have_work(run_id);
         match r.text(0).as_str() {
             "ok" => Ok(()),
             "expired" => Err(DistributedError::RunExpired(run_id.to_owned())),

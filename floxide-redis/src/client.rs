@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::AsyncConnectionConfig;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::{AsyncConnectionConfig, PushKind};
 
 use floxide_core::distributed::DistributedError;
 
 use crate::keys::Keys;
 use crate::reply::backend;
 use crate::scripts::Scripts;
-use crate::RedisConfig;
+use crate::{RedisConfig, RedisConnection};
 
 /// Why the Redis backend could not be set up.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -71,10 +72,9 @@ pub struct RedisClient {
 }
 
 pub(crate) struct ClientInner {
-    pub(crate) client: redis::Client,
+    servers: Servers,
     /// The shared command connection; replaced after repeated timeouts.
-    conn: Mutex<ConnectionManager>,
-    manager_config: ConnectionManagerConfig,
+    conn: Mutex<RedisConnection>,
     /// Consecutive commands that timed out.
     timeouts: std::sync::atomic::AtomicU32,
     pub(crate) config: RedisConfig,
@@ -86,6 +86,8 @@ pub(crate) struct ClientInner {
     pub(crate) recent: Arc<Mutex<RecentEvents>>,
     /// Bumped on every run event, for subscribers that must not miss one.
     pub(crate) version: Arc<tokio::sync::watch::Sender<u64>>,
+    /// On a cluster, which partitions were told of new ready work (idle workers wait on it).
+    pub(crate) wakes: Arc<Wakes>,
     blocking: Mutex<Vec<MultiplexedConnection>>,
     listener: tokio::task::JoinHandle<()>,
 }
@@ -137,6 +139,177 @@ fn open_client(info: redis::ConnectionInfo, config: &RedisConfig) -> Result<redi
     redis::Client::open(info).map_err(|e| e.to_string())
 }
 
+/// What the client talks to.
+enum Servers {
+    /// One server.
+    Server {
+        client: redis::Client,
+        manager_config: ConnectionManagerConfig,
+    },
+    /// A Redis Cluster.
+    Cluster(ClusterClient),
+}
+
+/// Connects to the one server of `config`: the shared connection, and whether the scripts run
+/// as a function library.
+async fn connect_server(
+    config: &RedisConfig,
+    scripts: &Scripts,
+) -> Result<(Servers, RedisConnection, bool), RedisBackendError> {
+    let invalid = |reason: String| RedisBackendError::InvalidUrl {
+        url: redact(&config.url),
+        reason,
+    };
+    let connect = |reason: String| RedisBackendError::Connect {
+        url: redact(&config.url),
+        reason,
+    };
+    // As in Floxide 3.x, `host:port` without a scheme means `redis://host:port`.
+    let url = if config.url.contains("://") || config.url.starts_with("unix:") {
+        config.url.clone()
+    } else {
+        format!("redis://{}", config.url)
+    };
+    let base = redis::Client::open(url.as_str()).map_err(|e| invalid(e.to_string()))?;
+    let mut info = base.get_connection_info().clone();
+    let mut settings = info.redis_settings().clone();
+    if let Some(user) = &config.username {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = &config.password {
+        settings = settings.set_password(password);
+    }
+    info = info.set_redis_settings(settings);
+    let client = open_client(info, config).map_err(invalid)?;
+    let no_answer = || connect(format!("no answer within {:?}", config.connect_timeout));
+    // One direct attempt first, which also loads the scripts: a refused connection or
+    // refused credentials are reported as such at once (the manager below retries every
+    // failure with backoff, which would turn them into "no answer" after the timeout).
+    let probe_config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.connect_timeout));
+    let functions = tokio::time::timeout(config.connect_timeout, async {
+        let mut probe = client
+            .get_multiplexed_async_connection_with_config(&probe_config)
+            .await
+            .map_err(|e| connect(e.to_string()))?;
+        // Functions where the server has them and the user may load them; else scripts.
+        match crate::scripts::reload(scripts, &mut probe).await {
+            Ok(()) => return Ok::<_, RedisBackendError>(true),
+            // A server before 7.0 does not know FUNCTION; an ACL may not allow it.
+            Err(e) if crate::scripts::no_functions(&e) => {
+                tracing::debug!(error = %e, "no function library; running scripts");
+            }
+            Err(e) => return Err(connect(format!("loading the scripts failed: {e}"))),
+        }
+        for script in scripts.all() {
+            script
+                .load_async(&mut probe)
+                .await
+                .map_err(|e| connect(format!("loading the scripts failed: {e}")))?;
+        }
+        Ok(false)
+    })
+    .await
+    .map_err(|_| no_answer())??;
+    // The manager reconnects once per failure; `RedisClient::run` retries the command
+    // within the retry window (a manager retrying on its own blocks a command for tens
+    // of seconds while Redis is down).
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.response_timeout))
+        .set_min_delay(Duration::from_millis(25))
+        .set_max_delay(Duration::from_millis(500))
+        .set_number_of_retries(1);
+    let conn = tokio::time::timeout(
+        config.connect_timeout,
+        ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
+    )
+    .await
+    .map_err(|_| no_answer())?
+    .map_err(|e| connect(e.to_string()))?;
+    let servers = Servers::Server {
+        client,
+        manager_config,
+    };
+    Ok((servers, RedisConnection::server(conn), functions))
+}
+
+/// A builder for clients of the cluster of `config`. Commands are not resent by the cluster
+/// client (it could not mark them as retries): [`RedisClient::run`] resends them, redirects
+/// included, with their request ids marked.
+fn cluster_builder(config: &RedisConfig) -> Result<ClusterClientBuilder, String> {
+    let mut builder = ClusterClientBuilder::new(config.nodes.iter().map(String::as_str))
+        .connection_timeout(config.connect_timeout)
+        .response_timeout(config.response_timeout)
+        .retries(0);
+    if let Some(user) = &config.username {
+        builder = builder.username(user);
+    }
+    if let Some(password) = &config.password {
+        builder = builder.password(password);
+    }
+    #[cfg(feature = "tls")]
+    if config.nodes.iter().any(|n| n.starts_with("rediss://")) || config.tls_root.is_some() {
+        // Several crates may try to install a provider; the first one wins, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if let Some(root) = &config.tls_root {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root.clone()),
+            });
+        }
+    }
+    #[cfg(not(feature = "tls"))]
+    if config.nodes.iter().any(|n| n.starts_with("rediss://")) {
+        return Err(
+            "this build of floxide-redis has no TLS support: enable its `tls` feature".to_owned(),
+        );
+    }
+    Ok(builder)
+}
+
+/// Connects to the cluster of `config` and loads the function library on every master (a
+/// cluster needs Redis 7 or later: sharded pub/sub and functions).
+async fn connect_cluster(
+    config: &RedisConfig,
+    scripts: &Scripts,
+) -> Result<(Servers, RedisConnection, bool), RedisBackendError> {
+    let invalid = |reason: String| RedisBackendError::InvalidUrl {
+        url: redact(&config.url),
+        reason,
+    };
+    let connect = |reason: String| RedisBackendError::Connect {
+        url: redact(&config.url),
+        reason,
+    };
+    let client = cluster_builder(config)
+        .and_then(|b| b.build().map_err(|e| e.to_string()))
+        .map_err(invalid)?;
+    let conn = tokio::time::timeout(config.connect_timeout, async {
+        let mut conn = client
+            .get_async_connection()
+            .await
+            .map_err(|e| connect(e.to_string()))?;
+        crate::scripts::reload(scripts, &mut conn)
+            .await
+            .map_err(|e| {
+                connect(format!(
+                    "loading the function library on every master failed (a cluster needs \
+                     Redis 7 or later, and a user allowed to run FUNCTION LOAD): {e}"
+                ))
+            })?;
+        Ok::<_, RedisBackendError>(conn)
+    })
+    .await
+    .map_err(|_| connect(format!("no answer within {:?}", config.connect_timeout)))??;
+    Ok((
+        Servers::Cluster(client),
+        RedisConnection::cluster(conn),
+        true,
+    ))
+}
+
 impl RedisClient {
     /// Connects to the server of `config`, loads the scripts and subscribes to run events.
     ///
@@ -144,80 +317,17 @@ impl RedisClient {
     /// [`RedisBackendError::InvalidUrl`], or [`RedisBackendError::Connect`] when the server
     /// cannot be reached within the connect timeout or refuses the credentials.
     pub async fn new(config: RedisConfig) -> Result<Self, RedisBackendError> {
-        let invalid = |reason: String| RedisBackendError::InvalidUrl {
-            url: redact(&config.url),
-            reason,
-        };
         let connect = |reason: String| RedisBackendError::Connect {
             url: redact(&config.url),
             reason,
         };
-        // As in Floxide 3.x, `host:port` without a scheme means `redis://host:port`.
-        let url = if config.url.contains("://") || config.url.starts_with("unix:") {
-            config.url.clone()
+        let scripts = Scripts::new(config.is_cluster());
+        let (servers, mut conn, functions) = if config.is_cluster() {
+            connect_cluster(&config, &scripts).await?
         } else {
-            format!("redis://{}", config.url)
+            connect_server(&config, &scripts).await?
         };
-        let base = redis::Client::open(url.as_str()).map_err(|e| invalid(e.to_string()))?;
-        let mut info = base.get_connection_info().clone();
-        let mut settings = info.redis_settings().clone();
-        if let Some(user) = &config.username {
-            settings = settings.set_username(user);
-        }
-        if let Some(password) = &config.password {
-            settings = settings.set_password(password);
-        }
-        info = info.set_redis_settings(settings);
-        let client = open_client(info, &config).map_err(invalid)?;
-        let no_answer = || connect(format!("no answer within {:?}", config.connect_timeout));
-        // One direct attempt first, which also loads the scripts: a refused connection or
-        // refused credentials are reported as such at once (the manager below retries every
-        // failure with backoff, which would turn them into "no answer" after the timeout).
-        let probe_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.connect_timeout));
-        let scripts = Scripts::new();
-        let functions = tokio::time::timeout(config.connect_timeout, async {
-            let mut probe = client
-                .get_multiplexed_async_connection_with_config(&probe_config)
-                .await
-                .map_err(|e| connect(e.to_string()))?;
-            // Functions where the server has them and the user may load them; else scripts.
-            match crate::scripts::reload(&scripts, &mut probe).await {
-                Ok(()) => return Ok::<_, RedisBackendError>(true),
-                // A server before 7.0 does not know FUNCTION; an ACL may not allow it.
-                Err(e) if crate::scripts::no_functions(&e) => {
-                    tracing::debug!(error = %e, "no function library; running scripts");
-                }
-                Err(e) => return Err(connect(format!("loading the scripts failed: {e}"))),
-            }
-            for script in scripts.all() {
-                script
-                    .load_async(&mut probe)
-                    .await
-                    .map_err(|e| connect(format!("loading the scripts failed: {e}")))?;
-            }
-            Ok(false)
-        })
-        .await
-        .map_err(|_| no_answer())??;
-        // The manager reconnects once per failure; `RedisClient::run` retries the command
-        // within the retry window (a manager retrying on its own blocks a command for tens
-        // of seconds while Redis is down).
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            .set_min_delay(Duration::from_millis(25))
-            .set_max_delay(Duration::from_millis(500))
-            .set_number_of_retries(1);
-        let mut conn = tokio::time::timeout(
-            config.connect_timeout,
-            ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
-        )
-        .await
-        .map_err(|_| no_answer())?
-        .map_err(|e| connect(e.to_string()))?;
-        let mut partitions = config.partitions;
+        let mut partitions = config.partitions();
         if config.adopt_partitions {
             let recorded: Option<u32> = redis::cmd("HGET")
                 .arg(format!("{}meta", config.key_prefix))
@@ -227,7 +337,7 @@ impl RedisClient {
                 .map_err(|e| connect(e.to_string()))?;
             partitions = recorded.unwrap_or(partitions).max(1);
         }
-        let keys = Keys::new(&config.key_prefix, partitions);
+        let keys = Keys::new(&config.key_prefix, partitions, config.is_cluster());
         // The partition count is recorded by the first client of a deployment; every later
         // client must use the same (runs are placed by it).
         let (_, recorded): (bool, u32) = redis::pipe()
@@ -245,18 +355,30 @@ impl RedisClient {
         }
         let recent = Arc::new(Mutex::new(RecentEvents::default()));
         let version = Arc::new(tokio::sync::watch::channel(0).0);
-        let channels: Vec<String> = keys
-            .all()
-            .map(|p| Keys::events(&keys.partition(p)))
-            .collect();
+        let wakes = Arc::new(Wakes::new(partitions));
         let (subscribed, is_subscribed) = tokio::sync::oneshot::channel();
-        let listener = tokio::spawn(listen(
-            client.clone(),
-            channels,
-            Arc::clone(&recent),
-            Arc::clone(&version),
-            subscribed,
-        ));
+        let events = Events {
+            channels: keys
+                .all()
+                .map(|p| (Keys::events(&keys.partition(p)), Channel::Runs))
+                .collect(),
+            recent: Arc::clone(&recent),
+            version: Arc::clone(&version),
+            wakes: Arc::clone(&wakes),
+        };
+        let listener = match &servers {
+            Servers::Server { client, .. } => {
+                tokio::spawn(listen(client.clone(), events, subscribed))
+            }
+            Servers::Cluster(_) => {
+                let mut events = events;
+                events.channels.extend(
+                    keys.all()
+                        .map(|p| (Keys::wakes(&keys.partition(p)), Channel::Wakes(p))),
+                );
+                tokio::spawn(listen_cluster(config.clone(), events, subscribed))
+            }
+        };
         // Events published before the subscription would be missed by waiters.
         if tokio::time::timeout(config.connect_timeout, is_subscribed)
             .await
@@ -269,14 +391,13 @@ impl RedisClient {
             )));
         }
         let config = RedisConfig {
-            partitions,
+            partitions: Some(partitions),
             ..config
         };
         Ok(RedisClient {
             inner: Arc::new(ClientInner {
-                client,
+                servers,
                 conn: Mutex::new(conn),
-                manager_config,
                 timeouts: std::sync::atomic::AtomicU32::new(0),
                 config,
                 keys,
@@ -284,6 +405,7 @@ impl RedisClient {
                 functions,
                 recent,
                 version,
+                wakes,
                 blocking: Mutex::new(Vec::new()),
                 listener,
             }),
@@ -293,6 +415,15 @@ impl RedisClient {
     /// The settings.
     pub fn config(&self) -> &RedisConfig {
         &self.inner.config
+    }
+
+    /// The Redis Cluster slot of each partition, in partition order: which master holds which
+    /// partition is `CLUSTER SHARDS` (or `redis-cli --cluster check`) away.
+    pub fn partition_slots(&self) -> Vec<u16> {
+        let keys = &self.inner.keys;
+        keys.all()
+            .map(|p| crate::keys::slot_of_key(&keys.partition(p)))
+            .collect()
     }
 
     /// The key prefix of this deployment (Floxide 3.x).
@@ -306,9 +437,10 @@ impl RedisClient {
         format!("{}{key}", self.key_prefix())
     }
 
-    /// The shared command connection (it reconnects by itself). Commands sent on it directly
-    /// are not retried; the backend's own are (within the configured retry window).
-    pub fn connection(&self) -> ConnectionManager {
+    /// The shared command connection (it reconnects by itself; on a cluster it follows the
+    /// slots). Commands sent on it directly are not retried; the backend's own are (within
+    /// the configured retry window, redirections included).
+    pub fn connection(&self) -> RedisConnection {
         self.inner
             .conn
             .lock()
@@ -327,7 +459,7 @@ impl RedisClient {
     /// The command's error once it is not retryable or the window has passed.
     pub(crate) async fn run<T, F, Fut>(&self, mut command: F) -> Result<T, DistributedError>
     where
-        F: FnMut(ConnectionManager) -> Fut,
+        F: FnMut(RedisConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let started = tokio::time::Instant::now();
@@ -348,7 +480,13 @@ impl RedisClient {
                         self.rebuild().await;
                     }
                     tracing::debug!(error = %e, ?pause, "Redis command failed; retrying");
-                    tokio::time::sleep(pause).await;
+                    // A slot that moved is known at once (the connection refreshes its map).
+                    if !matches!(
+                        e.kind(),
+                        redis::ErrorKind::Server(redis::ServerErrorKind::Moved)
+                    ) {
+                        tokio::time::sleep(pause).await;
+                    }
                     pause = (pause * 2).min(Duration::from_millis(500));
                 }
                 Err(e) => return Err(backend(e)),
@@ -359,13 +497,20 @@ impl RedisClient {
     /// Replaces the shared connection (after repeated timeouts: a connection that died
     /// silently is never noticed by its manager).
     async fn rebuild(&self) {
-        let fresh = tokio::time::timeout(
-            self.inner.config.connect_timeout,
-            ConnectionManager::new_with_config(
-                self.inner.client.clone(),
-                self.inner.manager_config.clone(),
-            ),
-        )
+        let fresh = tokio::time::timeout(self.inner.config.connect_timeout, async {
+            match &self.inner.servers {
+                Servers::Server {
+                    client,
+                    manager_config,
+                } => ConnectionManager::new_with_config(client.clone(), manager_config.clone())
+                    .await
+                    .map(RedisConnection::server),
+                Servers::Cluster(client) => client
+                    .get_async_connection()
+                    .await
+                    .map(RedisConnection::cluster),
+            }
+        })
         .await;
         match fresh {
             Ok(Ok(conn)) => {
@@ -388,6 +533,34 @@ impl RedisClient {
     /// A Redis error.
     pub async fn clear(&self) -> redis::RedisResult<()> {
         let mut conn = self.connection();
+        if let Servers::Cluster(_) = self.inner.servers {
+            // Every key is in a partition's slot but the two deployment-wide ones.
+            let keys = &self.inner.keys;
+            for p in keys.all() {
+                let pfx = keys.partition(p);
+                let slot = crate::keys::slot_of_key(&pfx);
+                loop {
+                    let mut ask = redis::cmd("CLUSTER");
+                    ask.arg("GETKEYSINSLOT").arg(slot).arg(1000);
+                    let mut found: Vec<String> = conn.on_slot(&ask, slot).await?;
+                    found.retain(|k| k.starts_with(&pfx));
+                    if found.is_empty() {
+                        break;
+                    }
+                    redis::cmd("UNLINK")
+                        .arg(&found)
+                        .query_async::<()>(&mut conn)
+                        .await?;
+                }
+            }
+            for key in [keys.meta(), keys.workers()] {
+                redis::cmd("UNLINK")
+                    .arg(key)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+            }
+            return Ok(());
+        }
         let pattern = self.inner.keys.pattern();
         let mut cursor: u64 = 0;
         loop {
@@ -426,10 +599,18 @@ impl RedisClient {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.inner.config.connect_timeout))
             .set_response_timeout(None);
-        self.inner
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
+        match &self.inner.servers {
+            Servers::Server { client, .. } => {
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+            }
+            // Idle workers on a cluster wait for sharded wake messages instead.
+            Servers::Cluster(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "no blocking commands on a cluster",
+            ))),
+        }
     }
 
     pub(crate) fn give_back(&self, conn: MultiplexedConnection) {
@@ -456,6 +637,12 @@ fn retryable(e: &redis::RedisError) -> bool {
                 redis::ServerErrorKind::BusyLoading
                     | redis::ServerErrorKind::TryAgain
                     | redis::ServerErrorKind::MasterDown
+                    // A cluster's slots moved or its failover is under way: the connection
+                    // learns the new map, and a resent command reaches the right master.
+                    | redis::ServerErrorKind::Moved
+                    | redis::ServerErrorKind::Ask
+                    | redis::ServerErrorKind::ClusterDown
+                    | redis::ServerErrorKind::ReadOnly
             )
         )
 }
@@ -498,30 +685,196 @@ impl RecentEvents {
     }
 }
 
-/// Follows the run events of every partition, waking waiters; resubscribes after a
-/// connection loss, waking everyone when the subscription drops and again once it is back
-/// (events published in between are missed).
-async fn listen(
-    client: redis::Client,
-    channels: Vec<String>,
+/// What a subscribed channel carries.
+#[derive(Debug, Clone, Copy)]
+enum Channel {
+    /// Run events: the ids of the runs a script changed, one per line.
+    Runs,
+    /// On a cluster: the name of a workflow that got ready work in partition `.0`.
+    Wakes(u32),
+}
+
+/// Where the listener delivers what it hears.
+struct Events {
+    channels: std::collections::HashMap<String, Channel>,
     recent: Arc<Mutex<RecentEvents>>,
     version: Arc<tokio::sync::watch::Sender<u64>>,
-    ready: tokio::sync::oneshot::Sender<()>,
-) {
-    let mut ready = Some(ready);
-    let wake = |run: Option<String>| {
-        let n = recent
+    wakes: Arc<Wakes>,
+}
+
+impl Events {
+    /// Wakes the waiters on `run` (`None`: on every run, and every idle worker: after a
+    /// dropped subscription, messages may have been missed).
+    fn wake(&self, run: Option<String>) {
+        if run.is_none() {
+            self.wakes.signal_all();
+        }
+        let n = self
+            .recent
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .record(run);
-        version.send_replace(n);
-    };
+        self.version.send_replace(n);
+    }
+
+    /// Handles a message on `channel`.
+    fn message(&self, channel: &str, payload: Option<String>) {
+        match (self.channels.get(channel), payload) {
+            (Some(Channel::Runs), Some(runs)) => runs
+                .split('\n')
+                .for_each(|run| self.wake(Some(run.to_owned()))),
+            (Some(Channel::Wakes(p)), _) => self.wakes.signal(*p),
+            _ => self.wake(None),
+        }
+    }
+}
+
+/// On a cluster, which partitions were told of new ready work: idle workers wait on it
+/// instead of blocking on each partition's wake list (one blocking pop cannot span slots).
+#[derive(Debug)]
+pub(crate) struct Wakes {
+    /// Per partition, the number of the last signal it got.
+    signals: Vec<std::sync::atomic::AtomicU64>,
+    /// The number of the last signal of any partition.
+    last: tokio::sync::watch::Sender<u64>,
+    /// Per workflow and partition, what the last take there found.
+    queues: Mutex<std::collections::HashMap<String, Vec<Found>>>,
+}
+
+/// What the last take in one partition found for one workflow.
+#[derive(Debug, Clone, Copy, Default)]
+struct Found {
+    /// When.
+    at: Option<tokio::time::Instant>,
+    /// Nothing ready, as of the partition's signal with this number (`None`: not known to be
+    /// empty).
+    empty_as_of: Option<u64>,
+    /// When something becomes due there (a retry, an expiring lease).
+    due: Option<tokio::time::Instant>,
+}
+
+impl Wakes {
+    fn new(partitions: u32) -> Self {
+        Wakes {
+            signals: (0..partitions)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+            last: tokio::sync::watch::channel(0).0,
+            queues: Mutex::default(),
+        }
+    }
+
+    /// Runs `f` on what is known of `workflow`'s queues.
+    fn with_found<T>(&self, workflow: &str, f: impl FnOnce(&mut Vec<Found>) -> T) -> T {
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = queues
+            .entry(workflow.to_owned())
+            .or_insert_with(|| vec![Found::default(); self.signals.len()]);
+        f(found)
+    }
+
+    /// Whether a take of `workflow` in partition `p` may find something: it was not found
+    /// empty, was signalled since, has something due, or was last looked at `stale` ago or
+    /// more. (A lease another process took after that look is not known here; looking again
+    /// within a lease timeout learns its expiry before it expires.)
+    pub(crate) fn worth_taking(
+        &self,
+        workflow: &str,
+        p: u32,
+        now: tokio::time::Instant,
+        stale: Duration,
+    ) -> bool {
+        let signal = self.of(p);
+        self.with_found(workflow, |found| {
+            found.get(p as usize).is_none_or(|f| {
+                f.empty_as_of.is_none_or(|seen| signal > seen)
+                    || f.due.is_some_and(|d| d <= now)
+                    || f.at.is_none_or(|at| now.duration_since(at) >= stale)
+            })
+        })
+    }
+
+    /// Records what a take of `workflow` in partition `p` found: ready work (`empty_as_of`
+    /// `None`), or nothing as of signal `empty_as_of`, with something due at `due`.
+    pub(crate) fn found(
+        &self,
+        workflow: &str,
+        p: u32,
+        empty_as_of: Option<u64>,
+        due: Option<tokio::time::Instant>,
+    ) {
+        self.with_found(workflow, |found| {
+            if let Some(f) = found.get_mut(p as usize) {
+                *f = Found {
+                    at: Some(tokio::time::Instant::now()),
+                    empty_as_of,
+                    due,
+                };
+            }
+        });
+    }
+
+    /// The earliest time something becomes due in `workflow`'s partitions, or one of them
+    /// becomes `stale`.
+    pub(crate) fn next_due(&self, workflow: &str, stale: Duration) -> Option<tokio::time::Instant> {
+        self.with_found(workflow, |found| {
+            found
+                .iter()
+                .flat_map(|f| [f.due, f.at.map(|at| at + stale)])
+                .flatten()
+                .min()
+        })
+    }
+
+    /// Partition `p` may have new ready work (this client's own writes signal it at once).
+    pub(crate) fn signal(&self, p: u32) {
+        self.last.send_modify(|n| {
+            *n += 1;
+            if let Some(s) = self.signals.get(p as usize) {
+                s.store(*n, Ordering::SeqCst);
+            }
+        });
+    }
+
+    fn signal_all(&self) {
+        self.last.send_modify(|n| {
+            *n += 1;
+            for s in &self.signals {
+                s.store(*n, Ordering::SeqCst);
+            }
+        });
+    }
+
+    /// The number of the last signal of any partition.
+    pub(crate) fn last(&self) -> u64 {
+        *self.last.borrow()
+    }
+
+    /// The number of the last signal of partition `p`.
+    pub(crate) fn of(&self, p: u32) -> u64 {
+        self.signals
+            .get(p as usize)
+            .map_or(0, |s| s.load(Ordering::SeqCst))
+    }
+
+    /// Waits until a signal after number `seen` arrives, or `timeout` passes.
+    pub(crate) async fn wait_after(&self, seen: u64, timeout: Duration) {
+        let mut rx = self.last.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|n| *n > seen)).await;
+    }
+}
+
+/// Follows the run events of every partition, waking waiters; resubscribes after a
+/// connection loss, waking everyone when the subscription drops and again once it is back
+/// (events published in between are missed).
+async fn listen(client: redis::Client, events: Events, ready: tokio::sync::oneshot::Sender<()>) {
+    let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(50);
     loop {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => {
                 let mut ok = true;
-                for channel in &channels {
+                for channel in events.channels.keys() {
                     if pubsub.subscribe(channel).await.is_err() {
                         ok = false;
                         break;
@@ -534,20 +887,78 @@ async fn listen(
                     }
                     // Events published while the subscription was down are lost: wake every
                     // waiter now that it is back, so that each one reads its run again.
-                    wake(None);
+                    events.wake(None);
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
-                        // One message names every run a script changed, one per line.
-                        match message.get_payload::<String>() {
-                            Ok(runs) => runs.split('\n').for_each(|run| wake(Some(run.to_owned()))),
-                            Err(_) => wake(None),
-                        }
+                        events.message(
+                            message.get_channel_name(),
+                            message.get_payload::<String>().ok(),
+                        );
                     }
                 }
             }
             Err(error) => tracing::debug!(%error, "run event subscription failed; retrying"),
         }
-        wake(None);
+        events.wake(None);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// [`listen`] on a cluster: sharded subscriptions (`SSUBSCRIBE`), so that each partition's
+/// messages come from its own master only. The cluster connection resubscribes by itself
+/// after a reconnection or a slot move; each disconnection wakes every waiter.
+async fn listen_cluster(
+    config: RedisConfig,
+    events: Events,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let subscribed = async {
+            let client = cluster_builder(&config)
+                .map_err(|e| redis::RedisError::from((redis::ErrorKind::Client, "TLS", e)))?
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(tx)
+                .build()?;
+            let mut conn = client.get_async_connection().await?;
+            // One channel per call: the channels of one `SSUBSCRIBE` must share a slot.
+            for channel in events.channels.keys() {
+                conn.ssubscribe(channel).await?;
+            }
+            Ok::<_, redis::RedisError>(conn)
+        };
+        match subscribed.await {
+            Ok(conn) => {
+                backoff = Duration::from_millis(50);
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+                events.wake(None);
+                while let Some(push) = rx.recv().await {
+                    match push.kind {
+                        PushKind::SMessage => {
+                            let mut data = push.data.into_iter();
+                            let channel: Option<String> =
+                                data.next().and_then(|v| redis::from_redis_value(v).ok());
+                            let payload: Option<String> =
+                                data.next().and_then(|v| redis::from_redis_value(v).ok());
+                            match channel {
+                                Some(channel) => events.message(&channel, payload),
+                                None => events.wake(None),
+                            }
+                        }
+                        PushKind::Disconnection | PushKind::SUnsubscribe => events.wake(None),
+                        _ => {}
+                    }
+                }
+                drop(conn);
+            }
+            Err(error) => tracing::debug!(%error, "run event subscription failed; retrying"),
+        }
+        events.wake(None);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }

@@ -2,6 +2,36 @@
 
 use std::time::Duration;
 
+/// The default partition count on a Redis Cluster: 48 partitions give 3, 4, 6, 8, 12 and 16
+/// masters exactly equal shares, and any count of masters up to 16 shares that differ by at
+/// most one partition.
+pub const CLUSTER_PARTITIONS: u32 = 48;
+
+/// The seed node URLs of a `redis+cluster://` (`rediss+cluster://`) URL; empty for any other.
+fn cluster_seeds(url: &str) -> Vec<String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    let scheme = match scheme {
+        "redis+cluster" => "redis",
+        "rediss+cluster" => "rediss",
+        _ => return Vec::new(),
+    };
+    let (credentials, hosts) = match rest.rsplit_once('@') {
+        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let (hosts, tail) = match hosts.find(['/', '?', '#']) {
+        Some(at) => hosts.split_at(at),
+        None => (hosts, ""),
+    };
+    hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|host| format!("{scheme}://{credentials}{host}{tail}"))
+        .collect()
+}
+
 /// Connection and layout settings of the Redis backend.
 ///
 /// ```
@@ -15,12 +45,15 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     pub(crate) url: String,
+    /// The seed nodes of a Redis Cluster (empty: one server at `url`).
+    pub(crate) nodes: Vec<String>,
     pub(crate) key_prefix: String,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
-    pub(crate) partitions: u32,
+    /// The partition count asked for (`None`: the default for the deployment's kind).
+    pub(crate) partitions: Option<u32>,
     pub(crate) adopt_partitions: bool,
     pub(crate) retention: Duration,
     pub(crate) letter_retention: Duration,
@@ -31,21 +64,61 @@ pub struct RedisConfig {
 impl RedisConfig {
     /// Settings for the server at `url` (`redis://[user:password@]host:port/db`, or `rediss://`
     /// for TLS when the crate is built with its `tls` feature).
+    ///
+    /// A Redis Cluster is named by its seed nodes, comma-separated, under the scheme
+    /// `redis+cluster://` (or `rediss+cluster://` for TLS):
+    /// `redis+cluster://user:password@10.0.0.1:7000,10.0.0.2:7000/`. The same as
+    /// [`cluster`](Self::cluster).
     pub fn new(url: impl Into<String>) -> Self {
+        let url = url.into();
+        let nodes = cluster_seeds(&url);
         RedisConfig {
-            url: url.into(),
+            url,
+            nodes,
             key_prefix: "floxide:".to_owned(),
             username: None,
             password: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(10),
-            partitions: 1,
+            partitions: None,
             adopt_partitions: false,
             retention: Duration::from_secs(24 * 3600),
             letter_retention: Duration::from_secs(7 * 24 * 3600),
             retry_window: Duration::from_secs(5),
             tls_root: None,
         }
+    }
+
+    /// Settings for a Redis Cluster reached through `nodes`, each a server URL
+    /// (`redis://host:port`, `rediss://` for TLS; credentials in the first one, or set with
+    /// [`with_username`](Self::with_username) and [`with_password`](Self::with_password)).
+    /// One reachable node is enough: the client learns the others from it.
+    ///
+    /// On a cluster the default partition count is [`CLUSTER_PARTITIONS`], and the
+    /// partitions' hash tags are chosen to fall evenly over the 16,384 slots, so that masters
+    /// holding equal slot ranges get an equal share of the runs.
+    ///
+    /// ```
+    /// use floxide_redis::RedisConfig;
+    /// let config = RedisConfig::cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]);
+    /// assert!(config.is_cluster());
+    /// assert_eq!(config.partitions(), floxide_redis::CLUSTER_PARTITIONS);
+    /// ```
+    pub fn cluster<S: Into<String>>(nodes: impl IntoIterator<Item = S>) -> Self {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        let mut config = RedisConfig::new(nodes.first().cloned().unwrap_or_default());
+        config.nodes = nodes;
+        config
+    }
+
+    /// Whether these settings name a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        !self.nodes.is_empty()
+    }
+
+    /// The seed nodes of a cluster (empty for one server).
+    pub fn cluster_nodes(&self) -> &[String] {
+        &self.nodes
     }
 
     /// Every key starts with `prefix` (default `floxide:`): several deployments can share one
@@ -85,10 +158,12 @@ impl RedisConfig {
         self
     }
 
-    /// Spreads runs over `n` partitions (default 1). Each partition's keys share one hash
-    /// tag, so on Redis Cluster partitions can live on different shards.
+    /// Spreads runs over `n` partitions (default 1 on one server, [`CLUSTER_PARTITIONS`] on a
+    /// cluster). Each partition's keys share one hash tag (one cluster slot), so on a Redis
+    /// Cluster the partitions live on different masters: choose a multiple of the master
+    /// count, a few per master, so that each gets an equal share.
     pub fn with_partitions(mut self, n: u32) -> Self {
-        self.partitions = n.max(1);
+        self.partitions = Some(n.max(1));
         self
     }
 
@@ -142,7 +217,11 @@ impl RedisConfig {
 
     /// The number of partitions.
     pub fn partitions(&self) -> u32 {
-        self.partitions
+        match self.partitions {
+            Some(n) => n,
+            None if self.is_cluster() => CLUSTER_PARTITIONS,
+            None => 1,
+        }
     }
 
     /// The retention of finished runs.

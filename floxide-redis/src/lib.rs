@@ -81,6 +81,7 @@
 mod backend;
 mod client;
 mod config;
+mod connection;
 mod keys;
 mod reply;
 mod scripts;
@@ -91,7 +92,8 @@ mod worker;
 
 pub use backend::RedisBackend;
 pub use client::{RedisBackendError, RedisClient, RedisClientError};
-pub use config::RedisConfig;
+pub use config::{RedisConfig, CLUSTER_PARTITIONS};
+pub use connection::RedisConnection;
 pub use stats::{RunProgress, Stats, WorkflowCounts};
 pub use stores::{
     RedisContextStore, RedisErrorStore, RedisLivenessStore, RedisMetricsStore, RedisRunInfoStore,

@@ -44,10 +44,13 @@ pub(crate) struct Scripts {
 }
 
 impl Scripts {
-    pub(crate) fn new() -> Self {
+    /// The scripts; `sharded` for a Redis Cluster (they publish with `SPUBLISH`, to the
+    /// partition's own master, and announce new ready work on the partition's wake channel).
+    pub(crate) fn new(sharded: bool) -> Self {
         let all: String = BODIES.iter().map(|(_, body)| *body).collect();
-        let hash = Script::new(&format!("{COMMON}{all}")).get_hash()[..12].to_owned();
-        let mut library = format!("#!lua name=floxide_{hash}\nlocal KEYS, ARGV\n{COMMON}\n");
+        let common = format!("local SHARDED = {sharded}\n{COMMON}");
+        let hash = Script::new(&format!("{common}{all}")).get_hash()[..12].to_owned();
+        let mut library = format!("#!lua name=floxide_{hash}\nlocal KEYS, ARGV\n{common}\n");
         let mut lua = Vec::with_capacity(BODIES.len());
         for (name, body) in BODIES {
             let function = format!("floxide_{hash}_{name}");
@@ -56,7 +59,7 @@ impl Scripts {
                  KEYS, ARGV = keys, args\nsetup()\n{body}\nend)\n"
             ));
             lua.push(Lua {
-                script: Script::new(&format!("{COMMON}\nsetup()\n{body}")),
+                script: Script::new(&format!("{common}\nsetup()\n{body}")),
                 function,
             });
         }
@@ -133,6 +136,12 @@ impl<'a> Call<'a> {
             args: Vec::new(),
             request_at: None,
         }
+    }
+
+    /// Adds a key.
+    pub(crate) fn key(&mut self, key: impl ToRedisArgs) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
     }
 
     /// Adds the request id as the next argument.

@@ -5,8 +5,10 @@
 //! When `redis-server` is not installed, [`RedisServer::start`] fails with a message naming
 //! the package to install; tests must not skip silently.
 
+mod cluster;
 mod proxy;
 
+pub use cluster::RedisCluster;
 pub use proxy::FaultProxy;
 
 use std::net::TcpListener;
@@ -24,6 +26,8 @@ pub struct ServerOptions {
     /// Serve TLS only, with this certificate and key (PEM files); clients are not asked
     /// for certificates.
     pub tls: Option<TlsFiles>,
+    /// `cluster-enabled yes`: a node of a Redis Cluster (see [`RedisCluster`]).
+    pub cluster: bool,
 }
 
 /// The server certificate and key for a TLS server.
@@ -47,7 +51,7 @@ pub struct RedisServer {
 /// `redis-server` is missing or did not come up.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct ServerError(String);
+pub struct ServerError(pub(crate) String);
 
 const INSTALL_HINT: &str = "redis-server was not found on PATH: the Redis tests start their own \
 server. Install it with `apt-get install redis-server` (Debian/Ubuntu) or your OS's redis package.";
@@ -106,6 +110,15 @@ impl RedisServer {
         }
         if let Some(password) = &self.options.password {
             cmd.arg("--requirepass").arg(password);
+        }
+        if self.options.cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                // A replica may always take over (a fresh replica's data age would stop it).
+                .args(["--cluster-replica-validity-factor", "0"])
+                // Replicas sync at once, not after the default 5 s wait for company.
+                .args(["--repl-diskless-sync-delay", "0"])
+                .arg("--cluster-config-file")
+                .arg(self.dir.join("nodes.conf"));
         }
         if let Some(tls) = &self.options.tls {
             // TLS only: the plain port is the TLS port.
@@ -226,7 +239,7 @@ fn spawn_watchdog(server_pid: u32, dir: &Path) {
         .spawn();
 }
 
-fn free_port() -> Result<u16, ServerError> {
+pub(crate) fn free_port() -> Result<u16, ServerError> {
     let listener =
         TcpListener::bind("127.0.0.1:0").map_err(|e| ServerError(format!("no free port: {e}")))?;
     listener

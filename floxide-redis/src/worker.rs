@@ -328,6 +328,65 @@ impl RedisBackend {
         }
     }
 
+    /// [`WorkerBackend::take_batch`] on a cluster: takes only in partitions that may have
+    /// work (not found empty since their last wake message, or with something due), and
+    /// waits for the next wake message of any partition, without polling.
+    async fn take_on_cluster(
+        &self,
+        take: TakeRequest<'_>,
+        wait: Duration,
+    ) -> Result<Vec<Taken>, DistributedError> {
+        let started = tokio::time::Instant::now();
+        let wakes = &self.client().inner.wakes;
+        let partitions = self.keys().all().count() as u32;
+        let home = self.keys().partition_of(take.worker.as_str());
+        let stale = take.options.lease_timeout;
+        let mut woken = false;
+        loop {
+            let seen = wakes.last();
+            let mut again = false;
+            for k in 0..partitions {
+                let p = (home + k) % partitions;
+                let now = tokio::time::Instant::now();
+                if !wakes.worth_taking(take.workflow, p, now, stale) {
+                    continue;
+                }
+                // Read before the take: a signal after it makes the partition worth another.
+                let signal = wakes.of(p);
+                let pfx = self.keys().partition(p);
+                match self.take_detached(&pfx, take, woken, None).await? {
+                    Ok(taken) => {
+                        wakes.found(take.workflow, p, None, None);
+                        return Ok(taken);
+                    }
+                    Err(Some(0)) => {
+                        wakes.found(take.workflow, p, None, None);
+                        again = true;
+                    }
+                    Err(due) => wakes.found(
+                        take.workflow,
+                        p,
+                        Some(signal),
+                        due.map(|ms| now + Duration::from_millis(ms.max(1))),
+                    ),
+                }
+            }
+            if again {
+                continue;
+            }
+            let left = wait.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Ok(Vec::new());
+            }
+            let mut block = left;
+            if let Some(due) = wakes.next_due(take.workflow, stale) {
+                block = block.min(due.saturating_duration_since(tokio::time::Instant::now()));
+            }
+            wakes.wait_after(seen, block).await;
+            woken = true;
+        }
+    }
+
     /// One commit script for `commits` (all of partition `pfx`), taking for the worker when
     /// `next` is given.
     async fn commit_in(
@@ -353,6 +412,9 @@ impl RedisBackend {
             None => inv.arg(""),
         };
         let reply = self.script_reply(&inv).await?;
+        for c in commits.iter().filter(|c| !c.step.successors.is_empty()) {
+            self.may_have_work(&c.lease.run_id);
+        }
         let mut parts = reply.0.into_iter();
         let rows = match parts.next() {
             Some(Value::Array(rows)) => rows,
@@ -390,9 +452,12 @@ impl WorkerBackend for RedisBackend {
         take: TakeRequest<'_>,
         wait: Duration,
     ) -> Result<Vec<Taken>, DistributedError> {
-        let started = tokio::time::Instant::now();
         let inner = &self.client().inner;
-        let partitions = inner.config.partitions;
+        if inner.config.is_cluster() {
+            return self.take_on_cluster(take, wait).await;
+        }
+        let started = tokio::time::Instant::now();
+        let partitions = inner.config.partitions();
         // One partition with functions: the wait and the take after it are one round trip.
         let fused_wait = partitions == 1 && inner.functions;
         let home = self.keys().partition_of(take.worker.as_str());
@@ -449,6 +514,9 @@ impl WorkerBackend for RedisBackend {
             .arg(lease.token)
             .arg(lease_timeout.as_millis() as u64);
         let r = self.script_reply(&inv).await?;
+        // A lease renewed with a shorter timeout expires earlier than an idle worker of this
+        // client may have noted.
+        self.may_have_work(&lease.run_id);
         Ok(match r.text(0).as_str() {
             "ok" => LeaseState::Active(run_status_of(&r.text(1))),
             _ => LeaseState::Lost,
@@ -557,6 +625,7 @@ impl WorkerBackend for RedisBackend {
                     .unwrap_or_default(),
             );
         let r = self.script_reply(&inv).await?;
+        self.may_have_work(&lease.run_id);
         commit_outcome(&r)
     }
 
@@ -568,6 +637,7 @@ impl WorkerBackend for RedisBackend {
             .arg(lease.item_id.to_string())
             .arg(lease.token);
         self.script_reply(&inv).await?;
+        self.may_have_work(&lease.run_id);
         Ok(())
     }
 

@@ -90,7 +90,7 @@ type Orchestrator = DistributedOrchestrator<Fault, Log>;
 struct Side {
     backend: RedisBackend,
     orchestrator: Orchestrator,
-    raw: redis::aio::ConnectionManager,
+    raw: floxide_redis::RedisConnection,
     prefix: String,
 }
 
