@@ -6,7 +6,8 @@ use floxide_core::distributed::{Backend, DistributedError};
 use floxide_core::FloxideError;
 
 /// Connects to the backend `url` names, by its scheme: `redis://` or `rediss://` (feature
-/// `redis`: a `floxide_redis::RedisBackend` with the default configuration)
+/// `redis`: a `floxide_redis::RedisBackend` with the default configuration), a Redis Cluster
+/// as `redis+cluster://host:port,host:port/` (or `rediss+cluster://`)
 /// and `postgres://` or `postgresql://` (feature `postgres`: a
 /// `floxide_postgres::PostgresBackend`, schema `floxide`). The worker
 /// runner's `--backend URL` is meant for it:
@@ -34,7 +35,9 @@ pub async fn connect_backend(url: &str) -> Result<Arc<dyn Backend>, FloxideError
         .unwrap_or_default();
     match scheme.as_str() {
         #[cfg(feature = "redis")]
-        "redis" | "rediss" => Ok(Arc::new(floxide_redis::RedisBackend::connect(url).await?)),
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
+            Ok(Arc::new(floxide_redis::RedisBackend::connect(url).await?))
+        }
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => Ok(Arc::new(
             floxide_postgres::PostgresBackend::connect(url).await?,
@@ -50,8 +53,10 @@ pub async fn connect_backend(url: &str) -> Result<Arc<dyn Backend>, FloxideError
 /// The schemes this build knows.
 fn known_schemes() -> &'static str {
     match (cfg!(feature = "redis"), cfg!(feature = "postgres")) {
-        (true, true) => "redis://, rediss://, postgres://, postgresql://",
-        (true, false) => "redis://, rediss://",
+        (true, true) => {
+            "redis://, rediss://, redis+cluster://, rediss+cluster://, postgres://, postgresql://"
+        }
+        (true, false) => "redis://, rediss://, redis+cluster://, rediss+cluster://",
         (false, true) => "postgres://, postgresql://",
         (false, false) => "none",
     }

@@ -36,7 +36,8 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Connection {
     /// The backend, by its URL's scheme: redis://… or rediss://… (Redis, as --redis),
-    /// postgres://user:password@host:port/database or postgresql://… (PostgreSQL).
+    /// redis+cluster://host:port,host:port/ or rediss+cluster://… (a Redis Cluster, by seed
+    /// nodes), postgres://user:password@host:port/database or postgresql://… (PostgreSQL).
     #[arg(
         long = "backend",
         value_name = "URL",

@@ -134,7 +134,7 @@ async fn connect(cli: &Cli, url: String) -> Result<Deployment, CliError> {
         .unwrap_or_default()
         .to_ascii_lowercase();
     match scheme.as_str() {
-        "redis" | "rediss" | "redis+unix" | "unix" => {
+        "redis" | "rediss" | "redis+unix" | "unix" | "redis+cluster" | "rediss+cluster" => {
             let mut config = RedisConfig::new(url).with_key_prefix(&cli.connection.prefix);
             config = match cli.connection.partitions {
                 Some(n) => config.with_partitions(n),

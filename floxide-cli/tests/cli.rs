@@ -10,7 +10,7 @@ use std::time::Duration;
 use floxide::*;
 use floxide_postgres::testing::PostgresServer;
 use floxide_postgres::{PostgresBackend, PostgresConfig};
-use floxide_redis::testing::{RedisServer, ServerOptions};
+use floxide_redis::testing::{RedisCluster, RedisServer, ServerOptions};
 use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -100,6 +100,7 @@ type Pool = WorkerPool<Pipeline, Audit>;
 
 static SERVER: OnceLock<RedisServer> = OnceLock::new();
 static POSTGRES: OnceLock<PostgresServer> = OnceLock::new();
+static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// The tests that flip [`RELEASED`] or [`FIXED`] run one at a time (each backend runs them).
 static FLAGS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -142,6 +143,28 @@ impl Deployment {
                 .map(String::from)
                 .to_vec(),
             url: server.url(),
+            prefix,
+            backend,
+            orchestrator,
+        }
+    }
+
+    /// A deployment under a key prefix of its own on the shared Redis Cluster (six servers),
+    /// named to the binary by a `redis+cluster://` URL.
+    async fn cluster() -> Self {
+        let cluster = CLUSTER.get_or_init(RedisCluster::start_or_panic);
+        let prefix = format!("clu{}:", NEXT.fetch_add(1, Ordering::SeqCst));
+        let url = cluster.url();
+        let client = RedisClient::new(RedisConfig::new(&url).with_key_prefix(&prefix))
+            .await
+            .expect("connect to the test cluster");
+        let backend: Arc<dyn Backend> = Arc::new(RedisBackend::new(client));
+        let orchestrator = pipeline().orchestrator(backend.clone()).build().unwrap();
+        Deployment {
+            connection: ["--backend", &url, "--prefix", &prefix]
+                .map(String::from)
+                .to_vec(),
+            url,
             prefix,
             backend,
             orchestrator,
@@ -295,6 +318,11 @@ async fn runs_list_show_and_wait() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_runs_list_show_and_wait() {
+    runs_list_show_and_wait_on(Deployment::cluster().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_runs_list_show_and_wait() {
     runs_list_show_and_wait_on(Deployment::postgres().await).await;
 }
@@ -412,6 +440,11 @@ async fn runs_pause_resume_cancel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_runs_pause_resume_cancel() {
+    runs_pause_resume_cancel_on(Deployment::cluster().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_runs_pause_resume_cancel() {
     runs_pause_resume_cancel_on(Deployment::postgres().await).await;
 }
@@ -466,6 +499,11 @@ async fn runs_pause_resume_cancel_on(d: Deployment) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_items_and_workers() {
     in_flight_items_and_workers_on(Deployment::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_in_flight_items_and_workers() {
+    in_flight_items_and_workers_on(Deployment::cluster().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -556,6 +594,11 @@ async fn dead_letters_list_requeue_and_drop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_dead_letters_list_requeue_and_drop() {
+    dead_letters_list_requeue_and_drop_on(Deployment::cluster().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_dead_letters_list_requeue_and_drop() {
     dead_letters_list_requeue_and_drop_on(Deployment::postgres().await).await;
 }
@@ -629,6 +672,11 @@ async fn dead_letters_list_requeue_and_drop_on(d: Deployment) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_queues_and_throughput() {
     stats_count_queues_and_throughput_on(Deployment::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_stats_count_queues_and_throughput() {
+    stats_count_queues_and_throughput_on(Deployment::cluster().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,6 +110,9 @@ impl RedisServer {
         }
         if let Some(password) = &self.options.password {
             cmd.arg("--requirepass").arg(password);
+            if self.options.cluster {
+                cmd.arg("--masterauth").arg(password);
+            }
         }
         if self.options.cluster {
             cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])

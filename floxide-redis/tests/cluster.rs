@@ -24,3 +24,80 @@ async fn backend() -> RedisBackend {
 }
 
 floxide::conformance_tests!(#[tokio::test(flavor = "multi_thread", worker_threads = 4)], backend());
+
+/// G8: the partition count is recorded in the cluster; a client configured with another count
+/// is refused with an error naming both.
+#[tokio::test]
+async fn another_partition_count_is_refused() {
+    let prefix = format!("count{}:", NEXT.fetch_add(1, Ordering::SeqCst));
+    let first = RedisClient::new(RedisConfig::cluster(cluster().urls()).with_key_prefix(&prefix))
+        .await
+        .expect("connect");
+    assert_eq!(first.config().partitions(), floxide_redis::CLUSTER_PARTITIONS);
+    let err = RedisClient::new(
+        RedisConfig::cluster(cluster().urls())
+            .with_key_prefix(&prefix)
+            .with_partitions(16),
+    )
+    .await
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        err.contains("uses 48 partition(s)") && err.contains("configured with 16"),
+        "{err}"
+    );
+    // A tool that adopts the recorded count gets the same layout.
+    let tool = RedisClient::new(
+        RedisConfig::new(cluster().url())
+            .with_key_prefix(&prefix)
+            .with_recorded_partitions(),
+    )
+    .await
+    .expect("connect with the recorded count");
+    assert_eq!(tool.partition_slots(), first.partition_slots());
+}
+
+/// G8: the default partitions fall evenly over the masters (three masters of equal slot
+/// ranges: sixteen partitions each).
+#[tokio::test]
+async fn partitions_spread_evenly_over_the_masters() {
+    let client = backend().await.client().clone();
+    let slots = client.partition_slots();
+    let masters = tokio::task::spawn_blocking(move || {
+        let mut per_master = std::collections::BTreeMap::<u16, usize>::new();
+        for slot in slots {
+            let master = cluster().master_of(slot).expect("a master serves the slot");
+            *per_master.entry(master).or_default() += 1;
+        }
+        per_master
+    })
+    .await
+    .expect("read the cluster's slots");
+    assert_eq!(masters.len(), 3, "{masters:?}");
+    assert!(masters.values().all(|&n| n == 16), "{masters:?}");
+}
+
+/// A cluster whose nodes require a password: the password from the configuration (or the
+/// URL) reaches every node, the subscriptions included; a wrong one is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_protected_cluster_runs_workflows() {
+    let secured = tokio::task::spawn_blocking(|| {
+        RedisCluster::start_with_password(Some("cluster-pw")).unwrap_or_else(|e| panic!("{e}"))
+    })
+    .await
+    .expect("start the cluster");
+    let wrong = RedisClient::new(RedisConfig::cluster(secured.urls()).with_password("nope"))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(wrong.contains("cannot connect"), "{wrong}");
+    let url = secured.url().replace("redis+cluster://", "redis+cluster://:cluster-pw@");
+    let backend = RedisBackend::new(
+        RedisClient::new(RedisConfig::new(url).with_key_prefix("pw:"))
+            .await
+            .expect("connect with the password in the URL"),
+    );
+    floxide::conformance::g3_parallel_branches_keep_every_change(backend).await;
+}

@@ -15,6 +15,8 @@ redis-tools) or your OS's redis package.";
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// `requirepass` (and `masterauth`) of every node.
+    password: Option<String>,
 }
 
 impl RedisCluster {
@@ -24,19 +26,32 @@ impl RedisCluster {
     /// A [`ServerError`] naming the package to install when `redis-server` or `redis-cli`
     /// is missing, or saying why the cluster did not form.
     pub fn start() -> Result<Self, ServerError> {
+        RedisCluster::start_with_password(None)
+    }
+
+    /// [`start`](Self::start) with `requirepass` (and `masterauth`, for the replicas) set to
+    /// `password` on every node.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_with_password(password: Option<&str>) -> Result<Self, ServerError> {
         let nodes = (0..6)
             .map(|_| {
                 RedisServer::start(ServerOptions {
                     cluster: true,
+                    password: password.map(str::to_owned),
                     ..ServerOptions::default()
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let cluster = RedisCluster {
+            nodes,
+            password: password.map(str::to_owned),
+        };
         let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
-        create.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())));
+        create.extend(cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())));
         create.extend(["--cluster-replicas", "1", "--cluster-yes"].map(str::to_owned));
-        cli(&create)?;
-        let cluster = RedisCluster { nodes };
+        cluster.cli(&create)?;
         cluster.wait_stable(Duration::from_secs(30))?;
         Ok(cluster)
     }
@@ -130,7 +145,7 @@ impl RedisCluster {
             "--cluster-pipeline".into(),
             "10".into(),
         ];
-        cli(&args)?;
+        self.cli(&args)?;
         self.wait_stable(Duration::from_secs(30))
     }
 
@@ -158,7 +173,7 @@ impl RedisCluster {
     }
 
     fn node_id(&self, port: u16) -> Result<String, ServerError> {
-        cli(&[
+        self.cli(&[
             "-p".to_owned(),
             port.to_string(),
             "cluster".into(),
@@ -171,7 +186,7 @@ impl RedisCluster {
     fn cluster_nodes(&self) -> Result<String, ServerError> {
         let mut last = ServerError("no node of the cluster is alive".to_owned());
         for node in &self.nodes {
-            match cli(&[
+            match self.cli(&[
                 "-p".into(),
                 node.port().to_string(),
                 "cluster".into(),
@@ -194,7 +209,7 @@ impl RedisCluster {
             .collect();
         !live.is_empty()
             && live.iter().all(|p| {
-                cli(&["-p".into(), p.to_string(), "cluster".into(), "info".into()])
+                self.cli(&["-p".into(), p.to_string(), "cluster".into(), "info".into()])
                     .is_ok_and(|info| info.contains("cluster_state:ok"))
             })
     }
@@ -214,7 +229,7 @@ impl RedisCluster {
             .filter(|l| l.contains("slave") && !l.contains("fail"))
             .filter_map(|l| port_of(l.split_whitespace().nth(1)?))
             .all(|port| {
-                cli(&[
+                self.cli(&[
                     "-p".into(),
                     port.to_string(),
                     "info".into(),
@@ -245,7 +260,7 @@ impl RedisCluster {
         let Some(port) = self.master_ports().ok().and_then(|p| p.first().copied()) else {
             return false;
         };
-        cli(&[
+        self.cli(&[
             "--cluster".into(),
             "check".into(),
             format!("127.0.0.1:{port}"),
@@ -254,14 +269,25 @@ impl RedisCluster {
     }
 }
 
+impl RedisCluster {
+    /// Runs `redis-cli` with `args` against this cluster's nodes; its standard output.
+    fn cli(&self, args: &[String]) -> Result<String, ServerError> {
+        cli_with(self.password.as_deref(), args)
+    }
+}
+
 /// The port of a `CLUSTER NODES` address (`127.0.0.1:7000@17000`).
 fn port_of(address: &str) -> Option<u16> {
     address.split('@').next()?.rsplit(':').next()?.parse().ok()
 }
 
-/// Runs `redis-cli` with `args`; its standard output.
-fn cli(args: &[String]) -> Result<String, ServerError> {
-    let out = Command::new("redis-cli").args(args).output().map_err(|e| {
+/// Runs `redis-cli` with `args` (and `password`); its standard output.
+fn cli_with(password: Option<&str>, args: &[String]) -> Result<String, ServerError> {
+    let mut command = Command::new("redis-cli");
+    if let Some(password) = password {
+        command.args(["--no-auth-warning", "-a", password]);
+    }
+    let out = command.args(args).output().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             ServerError(CLI_HINT.to_owned())
         } else {
