@@ -234,3 +234,26 @@ impl RedisConfig {
         self.letter_retention
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RedisConfig;
+
+    #[test]
+    fn a_cluster_url_names_its_seed_nodes() {
+        let config = RedisConfig::new("rediss+cluster://user:pw@10.0.0.1:7000,10.0.0.2:7001/?x=1");
+        assert!(config.is_cluster());
+        assert_eq!(
+            config.cluster_nodes(),
+            [
+                "rediss://user:pw@10.0.0.1:7000/?x=1",
+                "rediss://user:pw@10.0.0.2:7001/?x=1"
+            ]
+        );
+        assert_eq!(config.partitions(), super::CLUSTER_PARTITIONS);
+        let one = RedisConfig::new("redis://10.0.0.1:6379/");
+        assert!(!one.is_cluster());
+        assert_eq!(one.partitions(), 1);
+        assert_eq!(one.with_partitions(4).partitions(), 4);
+    }
+}

@@ -123,6 +123,10 @@ impl RedisServer {
                 .arg("--cluster-config-file")
                 .arg(self.dir.join("nodes.conf"));
         }
+        if self.options.cluster && self.options.tls.is_some() {
+            // The cluster bus and replication speak TLS too.
+            cmd.args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+        }
         if let Some(tls) = &self.options.tls {
             // TLS only: the plain port is the TLS port.
             cmd.arg("--port")

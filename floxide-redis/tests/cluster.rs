@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use floxide_redis::testing::RedisCluster;
+use floxide_redis::testing::{RedisCluster, ServerOptions, TlsFiles};
 use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
 
 static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
@@ -33,7 +33,10 @@ async fn another_partition_count_is_refused() {
     let first = RedisClient::new(RedisConfig::cluster(cluster().urls()).with_key_prefix(&prefix))
         .await
         .expect("connect");
-    assert_eq!(first.config().partitions(), floxide_redis::CLUSTER_PARTITIONS);
+    assert_eq!(
+        first.config().partitions(),
+        floxide_redis::CLUSTER_PARTITIONS
+    );
     let err = RedisClient::new(
         RedisConfig::cluster(cluster().urls())
             .with_key_prefix(&prefix)
@@ -83,7 +86,11 @@ async fn partitions_spread_evenly_over_the_masters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_protected_cluster_runs_workflows() {
     let secured = tokio::task::spawn_blocking(|| {
-        RedisCluster::start_with_password(Some("cluster-pw")).unwrap_or_else(|e| panic!("{e}"))
+        RedisCluster::start_with(ServerOptions {
+            password: Some("cluster-pw".to_owned()),
+            ..ServerOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
     })
     .await
     .expect("start the cluster");
@@ -93,11 +100,63 @@ async fn a_password_protected_cluster_runs_workflows() {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(wrong.contains("cannot connect"), "{wrong}");
-    let url = secured.url().replace("redis+cluster://", "redis+cluster://:cluster-pw@");
+    let url = secured
+        .url()
+        .replace("redis+cluster://", "redis+cluster://:cluster-pw@");
     let backend = RedisBackend::new(
         RedisClient::new(RedisConfig::new(url).with_key_prefix("pw:"))
             .await
             .expect("connect with the password in the URL"),
     );
     floxide::conformance::g3_parallel_branches_keep_every_change(backend).await;
+}
+
+/// `rediss+cluster://`: a cluster that serves TLS only (clients, replication, cluster bus),
+/// with a private certificate authority; without it the connection is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_runs_workflows() {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("generate a certificate");
+    let dir = std::env::temp_dir().join(format!("floxide-cluster-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory for the certificate");
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    let ca = certified.cert.pem();
+    std::fs::write(&cert, &ca).expect("write the certificate");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write the key");
+    let secured = tokio::task::spawn_blocking(move || {
+        RedisCluster::start_with(ServerOptions {
+            tls: Some(TlsFiles { cert, key }),
+            ..ServerOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    })
+    .await
+    .expect("start the cluster");
+    let url = secured.url();
+    assert!(url.starts_with("rediss+cluster://"), "{url}");
+    let untrusted = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        RedisClient::new(
+            RedisConfig::new(&url).with_connect_timeout(std::time::Duration::from_secs(2)),
+        ),
+    )
+    .await
+    .expect("an answer")
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(untrusted.contains("cannot connect"), "{untrusted}");
+    let backend = RedisBackend::new(
+        RedisClient::new(
+            RedisConfig::new(url)
+                .with_key_prefix("tls:")
+                .with_tls_root_certificate(ca.into_bytes()),
+        )
+        .await
+        .expect("connect over TLS with the private CA"),
+    );
+    floxide::conformance::g3_parallel_branches_keep_every_change(backend).await;
+    drop(secured);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{RedisServer, ServerError, ServerOptions};
+use super::{RedisServer, ServerError, ServerOptions, TlsFiles};
 
 const CLI_HINT: &str = "redis-cli was not found on PATH: the Redis Cluster tests join their \
 servers with it. Install it with `apt-get install redis-server` (Debian/Ubuntu; it brings \
@@ -17,6 +17,8 @@ pub struct RedisCluster {
     nodes: Vec<RedisServer>,
     /// `requirepass` (and `masterauth`) of every node.
     password: Option<String>,
+    /// The nodes serve TLS only (clients, replication and the cluster bus), with these files.
+    tls: Option<TlsFiles>,
 }
 
 impl RedisCluster {
@@ -26,30 +28,36 @@ impl RedisCluster {
     /// A [`ServerError`] naming the package to install when `redis-server` or `redis-cli`
     /// is missing, or saying why the cluster did not form.
     pub fn start() -> Result<Self, ServerError> {
-        RedisCluster::start_with_password(None)
+        RedisCluster::start_with(ServerOptions::default())
     }
 
-    /// [`start`](Self::start) with `requirepass` (and `masterauth`, for the replicas) set to
-    /// `password` on every node.
+    /// [`start`](Self::start) with every node started with `options` (`cluster` is implied):
+    /// a `password` is also each replica's `masterauth`; with `tls` the nodes serve TLS only,
+    /// to clients, to their replicas and on the cluster bus. The certificate files must stay
+    /// in place while the cluster runs.
     ///
     /// # Errors
     /// As [`start`](Self::start).
-    pub fn start_with_password(password: Option<&str>) -> Result<Self, ServerError> {
+    pub fn start_with(options: ServerOptions) -> Result<Self, ServerError> {
+        let options = ServerOptions {
+            cluster: true,
+            ..options
+        };
         let nodes = (0..6)
-            .map(|_| {
-                RedisServer::start(ServerOptions {
-                    cluster: true,
-                    password: password.map(str::to_owned),
-                    ..ServerOptions::default()
-                })
-            })
+            .map(|_| RedisServer::start(options.clone()))
             .collect::<Result<Vec<_>, _>>()?;
         let cluster = RedisCluster {
             nodes,
-            password: password.map(str::to_owned),
+            password: options.password,
+            tls: options.tls,
         };
         let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
-        create.extend(cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())));
+        create.extend(
+            cluster
+                .nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.port())),
+        );
         create.extend(["--cluster-replicas", "1", "--cluster-yes"].map(str::to_owned));
         cluster.cli(&create)?;
         cluster.wait_stable(Duration::from_secs(30))?;
@@ -69,14 +77,20 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
-    /// `redis+cluster://` with every node, for `RedisConfig::new` and the `floxide` tool.
+    /// `redis+cluster://` (`rediss+cluster://` for TLS) with every node, for
+    /// `RedisConfig::new` and the `floxide` tool.
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
-        format!("redis+cluster://{}/", hosts.join(","))
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}+cluster://{}/", hosts.join(","))
     }
 
     /// The ports of the nodes that are masters now.
@@ -272,7 +286,20 @@ impl RedisCluster {
 impl RedisCluster {
     /// Runs `redis-cli` with `args` against this cluster's nodes; its standard output.
     fn cli(&self, args: &[String]) -> Result<String, ServerError> {
-        cli_with(self.password.as_deref(), args)
+        let mut all = Vec::new();
+        if let Some(password) = &self.password {
+            all.extend([
+                "--no-auth-warning".to_owned(),
+                "-a".to_owned(),
+                password.clone(),
+            ]);
+        }
+        if let Some(tls) = &self.tls {
+            all.extend(["--tls".to_owned(), "--cacert".to_owned()]);
+            all.push(tls.cert.display().to_string());
+        }
+        all.extend_from_slice(args);
+        cli(&all)
     }
 }
 
@@ -281,13 +308,9 @@ fn port_of(address: &str) -> Option<u16> {
     address.split('@').next()?.rsplit(':').next()?.parse().ok()
 }
 
-/// Runs `redis-cli` with `args` (and `password`); its standard output.
-fn cli_with(password: Option<&str>, args: &[String]) -> Result<String, ServerError> {
-    let mut command = Command::new("redis-cli");
-    if let Some(password) = password {
-        command.args(["--no-auth-warning", "-a", password]);
-    }
-    let out = command.args(args).output().map_err(|e| {
+/// Runs `redis-cli` with `args`; its standard output.
+fn cli(args: &[String]) -> Result<String, ServerError> {
+    let out = Command::new("redis-cli").args(args).output().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             ServerError(CLI_HINT.to_owned())
         } else {
