@@ -5,11 +5,22 @@ use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
 use crate::workloads::{err, Meter, Target};
 use crate::Args;
 
-/// Connects under `--prefix` (default `bench:`) and clears it.
+/// Connects under `--prefix` (default `bench:`) and clears it: to the server `--redis`, or to
+/// the Redis Cluster `--cluster` names (seed node URLs, comma-separated, or one
+/// `redis+cluster://` URL), with `--partitions N` when given.
 pub(crate) async fn connect(args: &Args) -> Result<RedisBackend, String> {
     let url: String = args.get("redis", "redis://127.0.0.1:6379/".to_owned())?;
     let prefix: String = args.get("prefix", "bench:".to_owned())?;
-    let client = RedisClient::new(RedisConfig::new(url).with_key_prefix(prefix))
+    let mut config = match args.get::<String>("cluster", String::new())? {
+        seeds if seeds.is_empty() => RedisConfig::new(url),
+        seeds if seeds.contains("+cluster://") => RedisConfig::new(seeds),
+        seeds => RedisConfig::cluster(seeds.split(',').map(str::trim)),
+    };
+    match args.get::<u32>("partitions", 0)? {
+        0 => {}
+        n => config = config.with_partitions(n),
+    }
+    let client = RedisClient::new(config.with_key_prefix(prefix))
         .await
         .map_err(|e| e.to_string())?;
     client
@@ -19,13 +30,33 @@ pub(crate) async fn connect(args: &Args) -> Result<RedisBackend, String> {
     Ok(RedisBackend::new(client))
 }
 
-/// Total commands the server executed so far (INFO commandstats).
-pub(crate) async fn commands(backend: &RedisBackend) -> Result<u64, String> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
+/// `INFO <section>` of the server, or of every master of a cluster (their texts joined).
+async fn info(backend: &RedisBackend, section: &str) -> Result<String, String> {
+    let value: redis::Value = redis::cmd("INFO")
+        .arg(section)
         .query_async(&mut backend.client().connection())
         .await
         .map_err(|e| e.to_string())?;
+    fn texts(value: redis::Value, out: &mut String) {
+        match value {
+            redis::Value::Map(pairs) => pairs.into_iter().for_each(|(_, v)| texts(v, out)),
+            redis::Value::Array(items) => items.into_iter().for_each(|v| texts(v, out)),
+            other => {
+                if let Ok(text) = redis::from_redis_value::<String>(other) {
+                    out.push_str(&text);
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    let mut out = String::new();
+    texts(value, &mut out);
+    Ok(out)
+}
+
+/// Total commands the server (every master) executed so far (INFO commandstats).
+pub(crate) async fn commands(backend: &RedisBackend) -> Result<u64, String> {
+    let info = info(backend, "commandstats").await?;
     Ok(info
         .lines()
         .filter_map(|l| l.split("calls=").nth(1))
@@ -33,13 +64,9 @@ pub(crate) async fn commands(backend: &RedisBackend) -> Result<u64, String> {
         .sum())
 }
 
-/// CPU seconds the Redis server has used so far (INFO cpu: user + system, main thread).
+/// CPU seconds the Redis server (every master) has used so far (INFO cpu: user + system).
 pub(crate) async fn server_cpu(backend: &RedisBackend) -> Result<f64, String> {
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(&mut backend.client().connection())
-        .await
-        .map_err(|e| e.to_string())?;
+    let info = info(backend, "cpu").await?;
     Ok(info
         .lines()
         .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
@@ -49,36 +76,27 @@ pub(crate) async fn server_cpu(backend: &RedisBackend) -> Result<f64, String> {
 
 /// Bytes Redis holds under the backend's prefix (MEMORY USAGE of every key), per run.
 pub(crate) async fn bytes_per_run(backend: &RedisBackend, runs: usize) -> Result<f64, String> {
-    let pattern = format!("{}*", backend.client().key_prefix());
-    let mut conn = backend.client().connection();
-    let mut cursor = 0u64;
+    let keys = backend.client().deployment_keys().await.map_err(err)?;
+    let conn = backend.client().connection();
     let mut total = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .map_err(err)?;
-        if !keys.is_empty() {
-            let mut pipe = redis::pipe();
-            for key in &keys {
-                pipe.cmd("MEMORY")
+    for chunk in keys.chunks(1000) {
+        // Sent at once on the multiplexed connection (a pipeline could not span a cluster's
+        // slots).
+        let sizes = chunk.iter().map(|key| {
+            let mut conn = conn.clone();
+            async move {
+                redis::cmd("MEMORY")
                     .arg("USAGE")
                     .arg(key)
                     .arg("SAMPLES")
-                    .arg(0);
+                    .arg(0)
+                    .query_async::<Option<u64>>(&mut conn)
+                    .await
             }
-            let sizes: Vec<Option<u64>> = pipe.query_async(&mut conn).await.map_err(err)?;
-            total += sizes.into_iter().flatten().sum::<u64>();
+        });
+        for size in futures_util::future::join_all(sizes).await {
+            total += size.map_err(err)?.unwrap_or(0);
         }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
     }
     Ok(total as f64 / runs.max(1) as f64)
 }

@@ -527,39 +527,39 @@ impl RedisClient {
         }
     }
 
-    /// Deletes every key of this deployment (its key prefix). For tests and benchmarks.
+    /// Every key of this deployment (its key prefix): on one server by `SCAN`, on a cluster
+    /// from each partition's slot (`CLUSTER GETKEYSINSLOT`) and the two deployment-wide keys.
+    /// For tools, tests and benchmarks: it reads every key name.
     ///
     /// # Errors
     /// A Redis error.
-    pub async fn clear(&self) -> redis::RedisResult<()> {
+    pub async fn deployment_keys(&self) -> redis::RedisResult<Vec<String>> {
         let mut conn = self.connection();
+        let mut out = Vec::new();
         if let Servers::Cluster(_) = self.inner.servers {
-            // Every key is in a partition's slot but the two deployment-wide ones.
             let keys = &self.inner.keys;
             for p in keys.all() {
                 let pfx = keys.partition(p);
                 let slot = crate::keys::slot_of_key(&pfx);
-                loop {
-                    let mut ask = redis::cmd("CLUSTER");
-                    ask.arg("GETKEYSINSLOT").arg(slot).arg(1000);
-                    let mut found: Vec<String> = conn.on_slot(&ask, slot).await?;
-                    found.retain(|k| k.starts_with(&pfx));
-                    if found.is_empty() {
-                        break;
-                    }
-                    redis::cmd("UNLINK")
-                        .arg(&found)
-                        .query_async::<()>(&mut conn)
-                        .await?;
-                }
+                let mut count = redis::cmd("CLUSTER");
+                count.arg("COUNTKEYSINSLOT").arg(slot);
+                let n: u64 = conn.on_slot(&count, slot).await?;
+                let mut list = redis::cmd("CLUSTER");
+                list.arg("GETKEYSINSLOT").arg(slot).arg(n.max(1));
+                let found: Vec<String> = conn.on_slot(&list, slot).await?;
+                // Other deployments' partitions may share the slot.
+                out.extend(found.into_iter().filter(|k| k.starts_with(&pfx)));
             }
             for key in [keys.meta(), keys.workers()] {
-                redis::cmd("UNLINK")
-                    .arg(key)
-                    .query_async::<()>(&mut conn)
+                let exists: bool = redis::cmd("EXISTS")
+                    .arg(&key)
+                    .query_async(&mut conn)
                     .await?;
+                if exists {
+                    out.push(key);
+                }
             }
-            return Ok(());
+            return Ok(out);
         }
         let pattern = self.inner.keys.pattern();
         let mut cursor: u64 = 0;
@@ -572,17 +572,28 @@ impl RedisClient {
                 .arg(1000)
                 .query_async(&mut conn)
                 .await?;
-            if !keys.is_empty() {
-                redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async::<()>(&mut conn)
-                    .await?;
-            }
+            out.extend(keys);
             if next == 0 {
-                return Ok(());
+                return Ok(out);
             }
             cursor = next;
         }
+    }
+
+    /// Deletes every key of this deployment (its key prefix). For tests and benchmarks.
+    ///
+    /// # Errors
+    /// A Redis error.
+    pub async fn clear(&self) -> redis::RedisResult<()> {
+        let mut conn = self.connection();
+        for keys in self.deployment_keys().await?.chunks(1000) {
+            // On a cluster the keys go to their masters slot by slot.
+            redis::cmd("UNLINK")
+                .arg(keys)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        Ok(())
     }
 
     /// A connection for one blocking command (returned with [`give_back`](Self::give_back)).

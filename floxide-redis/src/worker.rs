@@ -412,9 +412,6 @@ impl RedisBackend {
             None => inv.arg(""),
         };
         let reply = self.script_reply(&inv).await?;
-        for c in commits.iter().filter(|c| !c.step.successors.is_empty()) {
-            self.may_have_work(&c.lease.run_id);
-        }
         let mut parts = reply.0.into_iter();
         let rows = match parts.next() {
             Some(Value::Array(rows)) => rows,
