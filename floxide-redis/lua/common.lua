@@ -2,7 +2,10 @@
 --
 -- Key layout (see the crate documentation): every key of a partition starts with the same
 -- prefix `<prefix>{p<N>}:`, whose hash tag puts them all in one Redis Cluster slot. Every
--- script receives one key of the partition in KEYS[1] (for routing) and, in ARGV:
+-- script receives one key of the partition in KEYS[1] (for routing), the partition's
+-- never-written `guard` key in KEYS[2] (on a cluster, a call declaring a missing key is refused
+-- with TRYAGAIN while the slot migrates, instead of running over a half-moved partition) and,
+-- in ARGV:
 --   [1] the partition prefix, [2] the retention of finished runs (ms), [3] the retention of
 --   dead letters (ms), [4] the request id (retries of one request send the same id, and get
 --   the first answer), then its own arguments from ARGV[5].

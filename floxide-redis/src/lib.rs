@@ -38,7 +38,16 @@
 //! connection that stops answering is rebuilt.
 //!
 //! An idle worker blocks on a wake-up list (`BLPOP`) instead of polling; status changes reach
-//! waiters through pub/sub (a dropped subscription wakes every waiter once it is back). Times
+//! waiters through pub/sub (a dropped subscription wakes every waiter once it is back).
+//!
+//! # Redis Cluster
+//! `RedisConfig::cluster([...seed URLs])` (or a `redis+cluster://h1:p1,h2:p2/` URL) runs the
+//! same scripts on a Redis Cluster (Redis 7 or later), through the `redis` crate's cluster
+//! client: runs spread over 48 partitions by default ([`CLUSTER_PARTITIONS`]), whose hash
+//! tags fall evenly over the slots; every script call declares a never-written key of its
+//! partition, so that a cluster refuses it (`TRYAGAIN`, resent) while the partition's slot
+//! migrates; events and wake-ups go over sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`), and idle
+//! workers wait for them instead of blocking on a list per partition. Times
 //! (leases, retries) are the server's clock (`TIME`), so workers' clocks do not matter. What
 //! Redis itself promises bounds what Floxide can: with `appendonly yes` and
 //! `appendfsync everysec` a crash of Redis loses at most about a second of writes (a run whose
@@ -46,10 +55,11 @@
 //! cost in throughput); without persistence a restart loses everything.
 //!
 //! # Key layout
-//! Runs are spread over partitions (default 1) by a hash of their id (a run started with an
+//! Runs are spread over partitions (default 1; 48 on a cluster) by a hash of their id (a run started with an
 //! idempotency key lives in its key's partition). The partition count is recorded under
 //! `<prefix>meta`; a client configured with another count is refused. All keys of a partition
-//! start with `<prefix>{p<N>}:` — the hash tag `{p<N>}` puts them in one Redis Cluster slot,
+//! start with `<prefix>{p<N>}:` (on a cluster `{p<N>.<s>}`, with `s` chosen to place the
+//! partition in its share of the slots) — the hash tag puts them in one Redis Cluster slot,
 //! so every script touches keys of one slot:
 //!
 //! | key | type | holds |
@@ -67,7 +77,9 @@
 //! | `idem:<key>` | string | the run an idempotency key started |
 //! | `wt:<worker>`, `wc:<worker>` | string | what a worker's last take or commit leased, with the tokens (for a retried request; 2 minutes) |
 //! | `reclaimed` | string | expired leases handed back so far |
-//! | `ev` | channel | run status changes (one message per script, a run id per line) |
+//! | `ev` | channel | run status changes (one message per script, a run id per line; sharded on a cluster) |
+//! | `wk` | channel | on a cluster: a workflow with new ready work (sharded), for idle workers |
+//! | `guard` | none | never written; declared by every script call (see above) |
 //!
 //! `<prefix>meta` (the partition count) and `<prefix>workers` (worker health reports) are
 //! outside the partitions. A finished run keeps its record (with its context), outputs and
