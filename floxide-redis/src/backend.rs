@@ -306,6 +306,7 @@ impl AdminBackend for RedisBackend {
         let rid = request_id();
         let inv = self.start_invocation(&start, &run_id, &rid);
         let r = self.script_reply(&inv).await?;
+        self.may_have_work(&run_id);
         start_answer(run_id, start, &r)
     }
 

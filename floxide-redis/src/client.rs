@@ -917,8 +917,10 @@ async fn listen(client: redis::Client, events: Events, ready: tokio::sync::onesh
 }
 
 /// [`listen`] on a cluster: sharded subscriptions (`SSUBSCRIBE`), so that each partition's
-/// messages come from its own master only. The cluster connection resubscribes by itself
-/// after a reconnection or a slot move; each disconnection wakes every waiter.
+/// messages come from its own master only. When a master's connection drops (it died, and a
+/// replica may be taking over) or the server ends a subscription (its slot moved to another
+/// master), the subscriptions start over on a fresh connection, which learns the cluster's
+/// current slots; every waiter is woken meanwhile and once they are back.
 async fn listen_cluster(
     config: RedisConfig,
     events: Events,
@@ -961,7 +963,7 @@ async fn listen_cluster(
                                 None => events.wake(None),
                             }
                         }
-                        PushKind::Disconnection | PushKind::SUnsubscribe => events.wake(None),
+                        PushKind::Disconnection | PushKind::SUnsubscribe => break,
                         _ => {}
                     }
                 }

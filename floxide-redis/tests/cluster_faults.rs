@@ -349,3 +349,98 @@ async fn killed_workers_on_a_cluster_lose_nothing() {
     })
     .await;
 }
+
+/// G4/G8: after a failover, idle workers are still woken by new work, and waiters by run
+/// events, on the promoted master (the sharded subscriptions follow it): with a 30 s lease
+/// and nothing else to wake them, runs started from another client in the failed-over
+/// partitions complete within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wake_ups_follow_a_failover() {
+    wake_ups_follow("failover", |mut cluster, slot| {
+        cluster.kill_master_of(slot).expect("failover");
+        cluster
+    })
+    .await;
+}
+
+/// G4/G8: the same after the partition's slot moved to another master (the server ends the
+/// sharded subscriptions of a slot that moves away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wake_ups_follow_a_slot_migration() {
+    wake_ups_follow("reshard", |cluster, slot| {
+        let before = cluster.master_of(slot).expect("a master");
+        cluster.reshard_from(slot, 2000).expect("reshard");
+        let after = cluster.master_of(slot).expect("a master");
+        assert_ne!(
+            before, after,
+            "partition 0 did not move: the test proves nothing"
+        );
+        cluster
+    })
+    .await;
+}
+
+/// Idle workers with a 30 s lease, `fault` applied to the master of partition 0, then runs
+/// started from another client: they must all complete within 10 s each.
+async fn wake_ups_follow(
+    name: &'static str,
+    fault: impl FnOnce(RedisCluster, u16) -> RedisCluster + Send + 'static,
+) {
+    bounded(&format!("cluster-wakeups-{name}"), async {
+        let cluster = blocking(RedisCluster::start_or_panic).await;
+        let client = RedisClient::new(RedisConfig::new(cluster.url()).with_key_prefix("wake:"))
+            .await
+            .expect("connect to the test cluster");
+        let env = Env::new(&client, &cluster.url(), "wake:", Duration::ZERO).expect("environment");
+        let backend = RedisBackend::new(client.clone());
+        // The orchestrator has a client of its own, as in another process: its starts reach
+        // the workers only through the cluster.
+        let starter = RedisClient::new(RedisConfig::new(cluster.url()).with_key_prefix("wake:"))
+            .await
+            .expect("connect to the test cluster");
+        let orchestrator = Fault::new(&env)
+            .orchestrator(RedisBackend::new(starter))
+            .build()
+            .expect("orchestrator");
+        let worker = Fault::new(&env)
+            .worker(backend.clone())
+            .lease_timeout(Duration::from_secs(30))
+            .build()
+            .expect("worker");
+        let mut pool = WorkerPool::new(worker, 2);
+        pool.start();
+        let ctx = WorkflowCtx::new(Log::default());
+        let warm = orchestrator.start_run(&ctx, 0).await.expect("start");
+        orchestrator
+            .wait_for_output(&warm, Duration::from_secs(10))
+            .await
+            .expect("a run before the failover");
+        // Let the idle workers find every partition empty: from now on only a wake-up
+        // message (or the 30 s lease timeout) makes them look again.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let slot = client.partition_slots()[0];
+        let cluster = blocking(move || fault(cluster, slot)).await;
+        // Runs in every partition, partition 0 included.
+        let took = Instant::now();
+        let mut runs = Vec::new();
+        for i in 1..=40 {
+            let ctx = WorkflowCtx::new(Log::default());
+            runs.push(runs::start_retrying(&orchestrator, &ctx, i * 10, PATIENCE).await);
+        }
+        for run in &runs {
+            if let Err(e) = orchestrator
+                .wait_for_output(run, Duration::from_secs(10))
+                .await
+            {
+                let info = backend.run_info(run).await;
+                let items = backend.work_items(run).await;
+                panic!("run {run} after the {name}: {e}\n{info:?}\n{items:?}");
+            }
+        }
+        let elapsed = took.elapsed();
+        pool.try_stop().await.expect("stop the workers");
+        drop(cluster);
+        format!("40 runs started after the {name} completed in {elapsed:.1?} (lease 30 s)")
+    })
+    .await;
+}
