@@ -82,7 +82,8 @@ async fn partitions_spread_evenly_over_the_masters() {
 }
 
 /// A cluster whose nodes require a password: the password from the configuration (or the
-/// URL) reaches every node, the subscriptions included; a wrong one is a clear error.
+/// URL) reaches every node, the subscriptions included; a wrong one is a clear error. An ACL
+/// user limited to the deployment's keys and channels runs workflows too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_protected_cluster_runs_workflows() {
     let secured = tokio::task::spawn_blocking(|| {
@@ -107,6 +108,43 @@ async fn a_password_protected_cluster_runs_workflows() {
         RedisClient::new(RedisConfig::new(url).with_key_prefix("pw:"))
             .await
             .expect("connect with the password in the URL"),
+    );
+    floxide::conformance::g3_parallel_branches_keep_every_change(backend).await;
+
+    // An ACL user allowed the `acl:` keys and channels, scripts and functions only.
+    let secured = tokio::task::spawn_blocking(move || {
+        secured
+            .on_every_node(&[
+                "ACL", "SETUSER", "flow", "on", ">flow-pw", "~acl:*", "&acl:*", "+@all",
+            ])
+            .unwrap_or_else(|e| panic!("{e}"));
+        secured
+    })
+    .await
+    .expect("create the ACL user");
+    let outside = RedisClient::new(
+        RedisConfig::cluster(secured.urls())
+            .with_username("flow")
+            .with_password("flow-pw")
+            .with_key_prefix("other:"),
+    )
+    .await
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        outside.contains("NOPERM") || outside.contains("permission"),
+        "{outside}"
+    );
+    let backend = RedisBackend::new(
+        RedisClient::new(
+            RedisConfig::cluster(secured.urls())
+                .with_username("flow")
+                .with_password("flow-pw")
+                .with_key_prefix("acl:"),
+        )
+        .await
+        .expect("connect as the ACL user"),
     );
     floxide::conformance::g3_parallel_branches_keep_every_change(backend).await;
 }

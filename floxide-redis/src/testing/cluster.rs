@@ -93,16 +93,30 @@ impl RedisCluster {
         format!("{scheme}+cluster://{}/", hosts.join(","))
     }
 
+    /// Runs `redis-cli <args>` on every live node (for example `ACL SETUSER …`, which each
+    /// node keeps for itself); the outputs.
+    ///
+    /// # Errors
+    /// When `redis-cli` fails on a node.
+    pub fn on_every_node(&self, args: &[&str]) -> Result<Vec<String>, ServerError> {
+        self.nodes
+            .iter()
+            .map(|node| {
+                let mut all = vec!["-p".to_owned(), node.port().to_string()];
+                all.extend(args.iter().map(|a| (*a).to_owned()));
+                self.cli(&all)
+            })
+            .collect()
+    }
+
     /// The ports of the nodes that are masters now.
     ///
     /// # Errors
     /// When no live node answers.
     pub fn master_ports(&self) -> Result<Vec<u16>, ServerError> {
-        let nodes = self.cluster_nodes()?;
-        Ok(nodes
-            .lines()
-            .filter(|l| l.contains("master") && !l.contains("fail"))
-            .filter_map(|l| port_of(l.split_whitespace().nth(1)?))
+        Ok(serving_masters(&self.cluster_nodes()?)
+            .into_iter()
+            .map(|(port, _)| port)
             .collect())
     }
 
@@ -168,21 +182,10 @@ impl RedisCluster {
     /// # Errors
     /// When no live node answers or the slot is not served.
     pub fn master_of(&self, slot: u16) -> Result<u16, ServerError> {
-        let nodes = self.cluster_nodes()?;
-        nodes
-            .lines()
-            .filter(|l| l.contains("master") && !l.contains("fail"))
-            .find(|l| {
-                l.split_whitespace().skip(8).any(|range| {
-                    let mut ends = range.split('-').filter_map(|n| n.parse::<u16>().ok());
-                    match (ends.next(), ends.next()) {
-                        (Some(a), Some(b)) => (a..=b).contains(&slot),
-                        (Some(a), None) => a == slot,
-                        _ => false,
-                    }
-                })
-            })
-            .and_then(|l| port_of(l.split_whitespace().nth(1)?))
+        serving_masters(&self.cluster_nodes()?)
+            .into_iter()
+            .find(|(_, slots)| slots.iter().any(|range| range.contains(&slot)))
+            .map(|(port, _)| port)
             .ok_or_else(|| ServerError(format!("no live master serves slot {slot}")))
     }
 
@@ -301,6 +304,34 @@ impl RedisCluster {
         all.extend_from_slice(args);
         cli(&all)
     }
+}
+
+/// The live masters that serve slots, from `CLUSTER NODES` text: each one's port and slot
+/// ranges. (A node just joined is a master without slots until it becomes a replica.)
+fn serving_masters(nodes: &str) -> Vec<(u16, Vec<std::ops::RangeInclusive<u16>>)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags: Vec<&str> = fields.get(2)?.split(',').collect();
+            if !flags.contains(&"master") || flags.iter().any(|f| f.starts_with("fail")) {
+                return None;
+            }
+            let ranges: Vec<_> = fields
+                .iter()
+                .skip(8)
+                .filter_map(|range| {
+                    let mut ends = range.split('-').filter_map(|n| n.parse::<u16>().ok());
+                    match (ends.next(), ends.next()) {
+                        (Some(a), Some(b)) => Some(a..=b),
+                        (Some(a), None) => Some(a..=a),
+                        _ => None,
+                    }
+                })
+                .collect();
+            (!ranges.is_empty()).then(|| Some((port_of(fields.get(1)?)?, ranges)))?
+        })
+        .collect()
 }
 
 /// The port of a `CLUSTER NODES` address (`127.0.0.1:7000@17000`).
