@@ -156,3 +156,73 @@ async fn on_failure_after_retries_gets_the_input() {
     println!("{}", wf.to_dot());
     println!("{}", wf.to_mermaid());
 }
+
+/// `graph()` describes the workflow as written: nodes with their types, every arm with its
+/// pattern and guard, terminal arms and edges, `on_failure` edges and `#[retry]` nodes.
+#[test]
+fn the_graph_lists_nodes_and_edges_with_their_kinds() {
+    let graph = branchy().graph();
+    assert_eq!(
+        (graph.workflow.as_str(), graph.start.as_str()),
+        ("Branchy", "classify")
+    );
+    let classify = &graph.nodes[0];
+    assert_eq!(
+        (classify.name.as_str(), classify.node_type.as_str()),
+        ("classify", "Classify")
+    );
+    assert_eq!(classify.input, "u32");
+    assert!(classify.output.ends_with("Choice"), "{}", classify.output);
+    assert!(graph.nodes[5].input.contains("u32") && graph.nodes[5].input.contains("String"));
+    let arm = |pattern: &str, to: Option<&str>| {
+        let kind = match to {
+            Some(_) => EdgeKind::Arm {
+                pattern: pattern.to_owned(),
+            },
+            None => EdgeKind::Terminal {
+                pattern: Some(pattern.to_owned()),
+            },
+        };
+        ("classify".to_owned(), to.map(str::to_owned), kind)
+    };
+    let edges: Vec<(String, Option<String>, EdgeKind)> = graph
+        .edges
+        .iter()
+        .map(|e| (e.from.clone(), e.to.clone(), e.kind.clone()))
+        .collect();
+    assert_eq!(
+        edges[..7],
+        [
+            arm("Choice::Left(x)", Some("left")),
+            arm("Choice::Right(x) if x > 15", Some("big")),
+            arm("Choice::Right(x)", Some("right")),
+            arm("Choice::Unit", Some("unit")),
+            arm("Choice::Pair(a, b)", Some("pair")),
+            arm("Choice::Done(s)", None),
+            arm("_", Some("rest")),
+        ]
+    );
+    assert_eq!(
+        edges[7],
+        (
+            "left".to_owned(),
+            None,
+            EdgeKind::Terminal { pattern: None }
+        )
+    );
+
+    let fallback = WithFallback {
+        fail: Fail {},
+        recover: Recover {},
+        policy: RetryPolicy::default(),
+    }
+    .graph();
+    assert!(fallback.nodes[0].retried && !fallback.nodes[1].retried);
+    assert_eq!(fallback.nodes.len(), 2, "the policy field is not a node");
+    assert_eq!(fallback.edges[0].kind, EdgeKind::OnFailure);
+    assert_eq!(fallback.edges[0].to.as_deref(), Some("recover"));
+
+    // The same source gives the same graph and hash; another graph another hash.
+    assert_eq!(branchy().graph().hash(), graph.hash());
+    assert_ne!(fallback.hash(), graph.hash());
+}

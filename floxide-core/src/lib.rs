@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod context;
 pub mod distributed;
 pub mod error;
+pub mod graph;
 mod item;
 pub mod merge;
 pub mod node;
@@ -50,6 +51,7 @@ pub use checkpoint::{
 };
 pub use context::{Context, WorkflowCtx};
 pub use error::FloxideError;
+pub use graph::{EdgeKind, GraphEdge, GraphNode, RegisteredGraph, WorkflowGraph};
 pub use item::{ItemId, ParseItemIdError, WorkItem};
 pub use merge::{EventId, EventLog, Fixed, Merge, SharedState};
 pub use node::Node;

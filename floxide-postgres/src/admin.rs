@@ -9,7 +9,8 @@ use floxide_core::distributed::{
     RunId, RunInfo, RunMetrics, RunStatus, RunWatch, StartRun, WorkItemInfo, WorkItemStatus,
     WorkerHealth, WorkerId, WorkflowError,
 };
-use floxide_core::ItemId;
+use floxide_core::graph::VERSIONS_KEPT;
+use floxide_core::{ItemId, RegisteredGraph, WorkflowGraph};
 use tokio_postgres::Row;
 
 use crate::ops::{self, backend, item_id, no_output, status};
@@ -481,6 +482,45 @@ impl AdminBackend for PostgresBackend {
         Ok(rows
             .iter()
             .filter_map(|r| serde_json::from_str(r.get::<_, &str>(0)).ok())
+            .collect())
+    }
+
+    async fn register_graph(&self, graph: &WorkflowGraph) -> Result<(), DistributedError> {
+        let json =
+            serde_json::to_string(graph).map_err(|e| DistributedError::Codec(e.to_string()))?;
+        let kept = VERSIONS_KEPT as i64;
+        let client = self.pooled().await?;
+        client
+            .execute(
+                "WITH registered AS ( \
+                   INSERT INTO graphs (workflow, hash, graph) VALUES ($1, $2, $3::text::jsonb) \
+                   ON CONFLICT (workflow, hash) DO UPDATE SET last_seen = now() \
+                   RETURNING workflow) \
+                 DELETE FROM graphs g WHERE g.workflow = $1 AND g.hash <> $2 AND g.hash NOT IN ( \
+                   SELECT hash FROM graphs WHERE workflow = $1 AND hash <> $2 \
+                   ORDER BY last_seen DESC LIMIT $4::bigint - 1)",
+                &[&graph.workflow, &graph.hash(), &json, &kept],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn graphs(&self) -> Result<Vec<RegisteredGraph>, DistributedError> {
+        let client = self.pooled().await?;
+        let rows = client
+            .query(
+                "SELECT graph::text, first_seen, last_seen FROM graphs ORDER BY first_seen DESC",
+                &[],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let graph: WorkflowGraph = serde_json::from_str(r.get::<_, &str>(0)).ok()?;
+                Some(RegisteredGraph::new(graph, r.get(1), r.get(2)))
+            })
             .collect())
     }
 

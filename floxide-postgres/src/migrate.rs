@@ -12,11 +12,13 @@ use crate::error::describe;
 use crate::PostgresBackendError;
 
 /// The migrations: version, name, SQL.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "graphs", include_str!("../migrations/0002_graphs.sql")),
+];
 
 /// The schema version this release creates and expects.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The first key of the advisory lock that serializes migrations (`'flx'`); the second is a
 /// hash of the schema name.

@@ -42,5 +42,6 @@ floxide::conformance_tests!(@each #[tokio::test(flavor = "multi_thread", worker_
     model_based_sequences_agree_with_the_machine,
     completion_waits_for_every_branch,
     g3_parallel_branches_keep_every_change,
-    g3_joins_fire_exactly_once
+    g3_joins_fire_exactly_once,
+    g7_workflow_graphs_are_registered
 );

@@ -9,7 +9,7 @@ use floxide_core::distributed::{
     RunInfo, RunMetrics, RunStatus, RunWatch, StartRun, WorkItemInfo, WorkItemStatus, WorkerHealth,
     WorkerId, WorkflowError,
 };
-use floxide_core::ItemId;
+use floxide_core::{ItemId, RegisteredGraph, WorkflowGraph};
 use redis::Value;
 
 use crate::keys::Keys;
@@ -588,6 +588,14 @@ impl AdminBackend for RedisBackend {
         item_id: ItemId,
     ) -> Result<(), DistributedError> {
         self.dead_letter_action(run_id, item_id, "drop").await
+    }
+
+    async fn register_graph(&self, graph: &WorkflowGraph) -> Result<(), DistributedError> {
+        self.register_graph_here(graph).await
+    }
+
+    async fn graphs(&self) -> Result<Vec<RegisteredGraph>, DistributedError> {
+        self.graphs_here().await
     }
 
     async fn queue_stats(&self, workflow: &str) -> Result<Option<QueueStats>, DistributedError> {

@@ -528,7 +528,7 @@ impl RedisClient {
     }
 
     /// Every key of this deployment (its key prefix): on one server by `SCAN`, on a cluster
-    /// from each partition's slot (`CLUSTER GETKEYSINSLOT`) and the two deployment-wide keys.
+    /// from each partition's slot (`CLUSTER GETKEYSINSLOT`) and the deployment-wide keys.
     /// For tools, tests and benchmarks: it reads every key name.
     ///
     /// # Errors
@@ -550,7 +550,7 @@ impl RedisClient {
                 // Other deployments' partitions may share the slot.
                 out.extend(found.into_iter().filter(|k| k.starts_with(&pfx)));
             }
-            for key in [keys.meta(), keys.workers()] {
+            for key in [keys.meta(), keys.workers(), keys.graphs()] {
                 let exists: bool = redis::cmd("EXISTS")
                     .arg(&key)
                     .query_async(&mut conn)

@@ -140,6 +140,10 @@ impl Keys {
     pub(crate) fn workers(&self) -> String {
         format!("{}workers", self.prefix)
     }
+    /// The registered workflow graphs (one hash for the deployment; never part of a script).
+    pub(crate) fn graphs(&self) -> String {
+        format!("{}graphs", self.prefix)
+    }
     /// Every key of the deployment, for clearing it.
     pub(crate) fn pattern(&self) -> String {
         format!("{}*", self.prefix)

@@ -81,8 +81,8 @@
 //! | `wk` | channel | on a cluster: a workflow with new ready work (sharded), for idle workers |
 //! | `guard` | none | never written; declared by every script call (see above) |
 //!
-//! `<prefix>meta` (the partition count) and `<prefix>workers` (worker health reports) are
-//! outside the partitions. A finished run keeps its record (with its context), outputs and
+//! `<prefix>meta` (the partition count), `<prefix>workers` (worker health reports) and
+//! `<prefix>graphs` (the workflows' registered graphs) are outside the partitions. A finished run keeps its record (with its context), outputs and
 //! errors for the retention (default 24 h); the items of a completed or cancelled run go when
 //! it finishes, those of a failed run (which a resume may need) with its other keys. Dead
 //! letters carry their item's bytes and expire after their own retention (default 7 days).
@@ -94,6 +94,7 @@ mod backend;
 mod client;
 mod config;
 mod connection;
+mod graphs;
 mod keys;
 mod reply;
 mod scripts;

@@ -308,6 +308,12 @@ impl AdminBackend for Counting {
     async fn workers(&self) -> Result<Vec<WorkerHealth>, DistributedError> {
         self.inner.workers().await
     }
+    async fn register_graph(&self, graph: &WorkflowGraph) -> Result<(), DistributedError> {
+        self.inner.register_graph(graph).await
+    }
+    async fn graphs(&self) -> Result<Vec<RegisteredGraph>, DistributedError> {
+        self.inner.graphs().await
+    }
 }
 
 /// G4: a worker with queued work takes and commits batches (never more than its slots); a

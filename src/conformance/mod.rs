@@ -24,9 +24,11 @@ use crate::*;
 
 mod batch;
 mod control;
+mod graphs;
 mod model;
 pub use batch::*;
 pub use control::*;
+pub use graphs::*;
 pub use model::*;
 
 /// The lease the checks use.
@@ -992,7 +994,8 @@ macro_rules! conformance_tests {
             g4_a_refused_context_change_refuses_the_runs_later_ones,
             g4_a_worker_batches_queued_work,
             model_based_sequences_agree_with_the_machine,
-            completion_waits_for_every_branch
+            completion_waits_for_every_branch,
+            g7_workflow_graphs_are_registered
         );
     };
     (@each #[$attr:meta], $make:expr, $($check:ident),*) => {

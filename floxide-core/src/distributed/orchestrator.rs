@@ -1,6 +1,7 @@
 //! [`DistributedOrchestrator`]: start, observe and steer distributed runs.
 
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,7 @@ where
         Ok(DistributedOrchestrator {
             workflow,
             backend,
+            graph_registered: Arc::default(),
             _context: PhantomData,
         })
     }
@@ -77,6 +79,8 @@ where
 pub struct DistributedOrchestrator<W, C> {
     workflow: W,
     backend: Arc<dyn Backend>,
+    /// Whether the workflow's graph was registered (by the first start; clones share it).
+    graph_registered: Arc<AtomicBool>,
     _context: PhantomData<fn() -> C>,
 }
 
@@ -85,6 +89,7 @@ impl<W: Clone, C> Clone for DistributedOrchestrator<W, C> {
         DistributedOrchestrator {
             workflow: self.workflow.clone(),
             backend: Arc::clone(&self.backend),
+            graph_registered: Arc::clone(&self.graph_registered),
             _context: PhantomData,
         }
     }
@@ -113,6 +118,18 @@ where
         &self.backend
     }
 
+    /// Registers the workflow's graph in the backend before the first start (best effort: a
+    /// failure is logged, and the next start tries again).
+    async fn register_graph(&self) {
+        if self.graph_registered.load(Ordering::Relaxed) {
+            return;
+        }
+        match self.backend.register_graph(&self.workflow.graph()).await {
+            Ok(()) => self.graph_registered.store(true, Ordering::Relaxed),
+            Err(error) => tracing::warn!(%error, "could not register the workflow's graph"),
+        }
+    }
+
     /// Starts a run from `input` with `ctx.store` as its context; `ctx`'s timeout becomes the
     /// run's deadline. The run record, context and first item are stored at once.
     ///
@@ -123,6 +140,7 @@ where
         ctx: &WorkflowCtx<C>,
         input: W::Input,
     ) -> Result<RunId, FloxideError> {
+        self.register_graph().await;
         start_run(&self.workflow, &*self.backend, ctx, input, None, None).await
     }
 
@@ -134,6 +152,7 @@ where
         ctx: &WorkflowCtx<C>,
         inputs: impl IntoIterator<Item = W::Input>,
     ) -> Vec<Result<RunId, FloxideError>> {
+        self.register_graph().await;
         let mut answers: Vec<Option<Result<RunId, FloxideError>>> = Vec::new();
         let mut requests = Vec::new();
         for input in inputs {
@@ -170,6 +189,7 @@ where
         input: W::Input,
         key: impl Into<String>,
     ) -> Result<RunId, FloxideError> {
+        self.register_graph().await;
         start_run(
             &self.workflow,
             &*self.backend,
@@ -191,6 +211,7 @@ where
         input: W::Input,
         run_id: impl Into<RunId>,
     ) -> Result<RunId, FloxideError> {
+        self.register_graph().await;
         start_run(
             &self.workflow,
             &*self.backend,

@@ -184,6 +184,54 @@ fn work_item_impl(names: &Names) -> TokenStream {
     }
 }
 
+/// The expression building the workflow's [`WorkflowGraph`]: nodes with their type names
+/// (known only once types are resolved: `type_name` at run time), edges with their kinds.
+fn graph_data(names: &Names<'_>, workflow: &str, start: &str) -> TokenStream {
+    let nodes = names.def.nodes().into_iter().map(|node| {
+        let name = node.ident.to_string();
+        let written = graph::type_text(&node.ty);
+        let (input, output) = (names.node_input(node), names.node_output(node));
+        let retried = node.retry.is_some();
+        quote! {
+            .with_node(
+                #name,
+                #written,
+                ::core::any::type_name::<#input>(),
+                ::core::any::type_name::<#output>(),
+                #retried,
+            )
+        }
+    });
+    let edges = graph::edges(names.def).into_iter().map(|edge| {
+        let from = &edge.from;
+        let to = match &edge.to {
+            Some(to) => quote!(::core::option::Option::Some(#to)),
+            None => quote!(::core::option::Option::None),
+        };
+        let kind = match (&edge.to, &edge.label, edge.failure) {
+            (_, _, true) => quote!(::floxide::EdgeKind::OnFailure),
+            (Some(_), Some(pattern), false) => {
+                quote!(::floxide::EdgeKind::Arm { pattern: ::std::string::String::from(#pattern) })
+            }
+            (Some(_), None, false) => quote!(::floxide::EdgeKind::Direct),
+            (None, Some(pattern), false) => quote!(::floxide::EdgeKind::Terminal {
+                pattern: ::core::option::Option::Some(::std::string::String::from(#pattern))
+            }),
+            (None, None, false) => {
+                quote!(::floxide::EdgeKind::Terminal {
+                    pattern: ::core::option::Option::None
+                })
+            }
+        };
+        quote!(.with_edge(#from, #to, #kind))
+    });
+    quote! {
+        ::floxide::WorkflowGraph::new(#workflow, #start)
+            #(#nodes)*
+            #(#edges)*
+    }
+}
+
 /// The trait implementations of a validated workflow.
 pub fn expand_impls(def: &WorkflowDef) -> TokenStream {
     let names = Names::new(def);
@@ -210,6 +258,7 @@ pub fn expand_impls(def: &WorkflowDef) -> TokenStream {
     let node_names: Vec<String> = def.nodes().iter().map(|n| n.ident.to_string()).collect();
     let dot = graph::dot(def);
     let mermaid = graph::mermaid(def);
+    let graph_data = graph_data(&names, &name_str, &start_str);
 
     quote! {
         #work_item
@@ -256,6 +305,10 @@ pub fn expand_impls(def: &WorkflowDef) -> TokenStream {
 
             fn to_mermaid(&self) -> &'static str {
                 #mermaid
+            }
+
+            fn graph(&self) -> ::floxide::WorkflowGraph {
+                #graph_data
             }
 
             fn node_names(&self) -> &'static [&'static str] {

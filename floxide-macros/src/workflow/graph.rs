@@ -8,14 +8,19 @@ use quote::ToTokens;
 use super::ast::{EdgeBody, WorkflowDef};
 
 /// One labelled edge of the graph.
-struct Edge {
-    from: String,
-    to: Option<String>,
-    label: Option<String>,
-    failure: bool,
+pub(super) struct Edge {
+    /// The source node.
+    pub(super) from: String,
+    /// The successor; `None` for a terminal edge.
+    pub(super) to: Option<String>,
+    /// The arm's pattern (with its guard), or `on_failure`.
+    pub(super) label: Option<String>,
+    /// An `on_failure` edge.
+    pub(super) failure: bool,
 }
 
-fn edges(def: &WorkflowDef) -> Vec<Edge> {
+/// Every edge, in declaration order.
+pub(super) fn edges(def: &WorkflowDef) -> Vec<Edge> {
     let mut out = Vec::new();
     for entry in &def.edges {
         let from = entry.source.to_string();
@@ -79,7 +84,8 @@ fn tidy(text: &str) -> String {
     s
 }
 
-fn type_text(ty: &syn::Type) -> String {
+/// A type as written, with the spaces of token text removed.
+pub(super) fn type_text(ty: &syn::Type) -> String {
     tidy(&ty.to_token_stream().to_string())
         .replace(" < ", "<")
         .replace(" >", ">")

@@ -19,6 +19,7 @@ use crate::distributed::{
     DeadLetter, RunId, RunInfo, RunMetrics, RunStatus, WorkItemInfo, WorkerHealth, WorkerId,
     WorkflowError,
 };
+use crate::graph::{RegisteredGraph, WorkflowGraph};
 use crate::ItemId;
 
 pub use error::DistributedError;
@@ -238,6 +239,21 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// # Errors
     /// A backend error.
     async fn workers(&self) -> Result<Vec<WorkerHealth>, DistributedError>;
+
+    /// Records `graph` under its workflow's name and hash (a graph already known gets its
+    /// `last_seen` updated): workers and orchestrators register their workflow's graph, so
+    /// that tools without its code can draw its runs.
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn register_graph(&self, graph: &WorkflowGraph) -> Result<(), DistributedError>;
+
+    /// Every registered graph, the most recently first seen first (several per workflow when
+    /// its graph changed between deployments).
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn graphs(&self) -> Result<Vec<RegisteredGraph>, DistributedError>;
 
     /// The sizes of `workflow`'s queue, for metrics; `None` (the default) when the backend
     /// does not keep them. Called every few seconds by a worker process that exports

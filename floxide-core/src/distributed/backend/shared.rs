@@ -12,6 +12,7 @@ use crate::distributed::{
     StepFailed, TakeOptions, TakeRequest, Taken, VersionedContext, WorkItemInfo, WorkerHealth,
     WorkerId, WorkflowError,
 };
+use crate::graph::{RegisteredGraph, WorkflowGraph};
 use crate::ItemId;
 
 #[async_trait::async_trait]
@@ -147,6 +148,14 @@ impl<B: AdminBackend + ?Sized> AdminBackend for Arc<B> {
 
     async fn workers(&self) -> Result<Vec<WorkerHealth>, DistributedError> {
         (**self).workers().await
+    }
+
+    async fn register_graph(&self, graph: &WorkflowGraph) -> Result<(), DistributedError> {
+        (**self).register_graph(graph).await
+    }
+
+    async fn graphs(&self) -> Result<Vec<RegisteredGraph>, DistributedError> {
+        (**self).graphs().await
     }
 
     async fn queue_stats(&self, workflow: &str) -> Result<Option<QueueStats>, DistributedError> {

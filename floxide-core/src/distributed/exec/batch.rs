@@ -106,6 +106,10 @@ where
 {
     /// Runs until the stop token is cancelled and every step in flight is settled.
     pub(crate) async fn run(&self, reporter: &mut HealthReporter) {
+        // The workflow's graph, for tools that draw its runs without its code (best effort).
+        if let Err(error) = self.backend.register_graph(&self.workflow.graph()).await {
+            tracing::warn!(%error, "could not register the workflow's graph");
+        }
         let mut st = State {
             running: FuturesUnordered::new(),
             ready: Vec::new(),

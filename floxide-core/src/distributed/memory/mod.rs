@@ -26,6 +26,7 @@ use crate::distributed::{
     DeadLetter, RunId, RunInfo, RunMetrics, RunStatus, WorkItemInfo, WorkItemStatus, WorkerHealth,
     WorkerId, WorkflowError,
 };
+use crate::graph::{RegisteredGraph, WorkflowGraph};
 use crate::ItemId;
 
 /// Every store of the distributed runtime, in memory. Clones share the same stores.
@@ -815,6 +816,33 @@ impl AdminBackend for InMemoryBackend {
 
     async fn workers(&self) -> Result<Vec<WorkerHealth>, DistributedError> {
         Ok(self.liveness.lock().workers.values().cloned().collect())
+    }
+
+    async fn register_graph(&self, graph: &WorkflowGraph) -> Result<(), DistributedError> {
+        let now = SystemTime::now();
+        let key = (graph.workflow.clone(), graph.hash());
+        let mut liveness = self.liveness.lock();
+        let graphs = &mut liveness.graphs;
+        graphs
+            .entry(key.clone())
+            .and_modify(|known| known.last_seen = now)
+            .or_insert_with(|| RegisteredGraph::new(graph.clone(), now, now));
+        // The workflow's least recently registered versions beyond the kept count go.
+        let versions = graphs
+            .iter()
+            .filter(|((workflow, _), _)| *workflow == key.0)
+            .map(|((_, hash), g)| (hash.as_str(), g.last_seen));
+        for hash in crate::graph::versions_to_drop(versions, &key.1) {
+            graphs.remove(&(key.0.clone(), hash));
+        }
+        Ok(())
+    }
+
+    async fn graphs(&self) -> Result<Vec<RegisteredGraph>, DistributedError> {
+        let mut graphs: Vec<RegisteredGraph> =
+            self.liveness.lock().graphs.values().cloned().collect();
+        graphs.sort_by_key(|g| std::cmp::Reverse(g.first_seen));
+        Ok(graphs)
     }
 
     /// Counts the items of the workflow's unfinished runs (those of finished runs are no

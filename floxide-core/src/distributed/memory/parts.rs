@@ -96,7 +96,8 @@ part!(
     ErrorsState
 );
 part!(
-    /// Worker health reports (in memory).
+    /// What processes report about themselves (in memory): worker health and the graphs of
+    /// their workflows.
     LivenessPart,
     LivenessState
 );
@@ -208,4 +209,6 @@ pub(crate) struct ErrorsState {
 #[derive(Default)]
 pub(crate) struct LivenessState {
     pub(crate) workers: BTreeMap<WorkerId, WorkerHealth>,
+    /// Registered graphs by workflow name and graph hash.
+    pub(crate) graphs: BTreeMap<(String, String), crate::graph::RegisteredGraph>,
 }
