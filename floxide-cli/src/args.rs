@@ -113,6 +113,28 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Queue depth, delayed retries, items in flight, dead letters and throughput per workflow.
     Stats(StatsArgs),
+    /// The workflow graphs that workers and orchestrators registered: list them, show one, or
+    /// draw it as SVG.
+    #[command(subcommand)]
+    Graphs(GraphsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GraphsCommand {
+    /// List every registered version: workflow, hash, size, when first and last registered.
+    List,
+    /// Show a workflow's graph (its most recently registered version, or `--hash`): nodes with
+    /// their types, edges with their kinds; `--svg` draws it instead.
+    Show {
+        /// The workflow's name.
+        workflow: String,
+        /// The version's hash (a prefix is enough).
+        #[arg(long, value_name = "HASH")]
+        hash: Option<String>,
+        /// Print the graph as an SVG document (`> graph.svg`).
+        #[arg(long)]
+        svg: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,8 +12,8 @@ use floxide_postgres::{PostgresBackend, PostgresBackendError, PostgresConfig};
 use floxide_redis::{RedisBackend, RedisBackendError, RedisClient, RedisConfig};
 use serde::Serialize;
 
-use crate::args::{Cli, Command, DlqCommand, RunsCommand};
-use crate::{dlq, runs, stats, workers};
+use crate::args::{Cli, Command, DlqCommand, GraphsCommand, RunsCommand};
+use crate::{dlq, graphs, runs, stats, workers};
 
 /// Why a command failed (exit status 1).
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,20 @@ pub enum CliError {
     /// The backend refused or failed the request (unknown run, invalid state, ...).
     #[error(transparent)]
     Backend(#[from] DistributedError),
+    /// No registered graph of that workflow (or with that hash).
+    #[error(
+        "no registered graph of workflow `{workflow}`{}{}",
+        hash.as_ref().map(|h| format!(" with hash `{h}`")).unwrap_or_default(),
+        if known.is_empty() { String::from(" (workers and orchestrators register theirs when they start; `floxide graphs list` shows them)") } else { format!("; known versions: {}", known.join(", ")) }
+    )]
+    UnknownGraph {
+        /// The workflow asked for.
+        workflow: String,
+        /// The hash asked for.
+        hash: Option<String>,
+        /// The hashes of the workflow's registered versions.
+        known: Vec<String>,
+    },
     /// Standard output could not be written.
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
@@ -101,6 +115,14 @@ impl Session {
     /// Whether the output is JSON.
     pub fn json(&self) -> bool {
         self.json
+    }
+
+    /// Writes `text` as it is (an SVG document), whatever the output format.
+    pub fn write_raw(&mut self, text: &str) -> Result<(), CliError> {
+        let mut out = self.out.lock();
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
+        Ok(())
     }
 
     /// Prints `value` as JSON, or the text `table` makes of it.
@@ -194,5 +216,11 @@ pub async fn execute(cli: Cli, url: String) -> Result<(), CliError> {
         Command::Dlq(DlqCommand::Requeue { ids, all }) => dlq::requeue(s, ids, all).await,
         Command::Dlq(DlqCommand::Drop { ids }) => dlq::drop(s, ids).await,
         Command::Stats(args) => stats::show(s, args.interval).await,
+        Command::Graphs(GraphsCommand::List) => graphs::list(s).await,
+        Command::Graphs(GraphsCommand::Show {
+            workflow,
+            hash,
+            svg,
+        }) => graphs::show(s, &workflow, hash.as_deref(), svg).await,
     }
 }

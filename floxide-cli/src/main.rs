@@ -9,6 +9,7 @@
 //! $ floxide runs wait order-17          # a progress bar; exit status 0 once it completed
 //! $ floxide dlq list --json | jq -r '.[].id' | xargs -r floxide dlq requeue
 //! $ floxide stats --interval 5          # queue depth, in flight, steps per second
+//! $ floxide graphs show Orders --svg > orders.svg   # a workflow's registered graph, drawn
 //! ```
 //!
 //! Every command reads or changes the shared state in Redis the way workers and orchestrators
@@ -33,9 +34,12 @@
 mod args;
 mod commands;
 mod dlq;
+mod graphs;
+mod layout;
 mod render;
 mod runs;
 mod stats;
+mod svg;
 mod workers;
 
 use std::process::ExitCode;

@@ -435,6 +435,64 @@ async fn runs_list_show_and_wait_on(d: Deployment) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphs_list_show_and_draw() {
+    graphs_list_show_and_draw_on(Deployment::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_graphs_list_show_and_draw() {
+    graphs_list_show_and_draw_on(Deployment::postgres().await).await;
+}
+
+/// `floxide graphs`: what the orchestrator registered when it started a run, listed, shown
+/// as a table and as JSON, and drawn as SVG; an unknown workflow is a clear error.
+async fn graphs_list_show_and_draw_on(d: Deployment) {
+    assert_contains(
+        &d.table(&["graphs", "list"]).await,
+        &["no registered graphs"],
+    );
+    d.start("g1", 1).await;
+    let hash = pipeline().graph().hash();
+    assert_contains(
+        &d.table(&["graphs", "list"]).await,
+        &["Pipeline", &hash, "3"],
+    );
+    let shown = d.table(&["graphs", "show", "Pipeline"]).await;
+    assert_contains(
+        &shown,
+        &[
+            "Pipeline",
+            &hash,
+            "check",
+            "Check",
+            "u32",
+            "alloc::string::String",
+            "double",
+            "report",
+            "direct",
+            "terminal",
+        ],
+    );
+    let json = d
+        .json(&["graphs", "show", "Pipeline", "--hash", &hash[..6]])
+        .await;
+    assert_eq!(json["hash"], hash.as_str());
+    assert_eq!(json["graph"]["edges"][0]["kind"], "direct");
+    let svg = d.table(&["graphs", "show", "Pipeline", "--svg"]).await;
+    assert!(
+        svg.starts_with("<svg") && svg.contains(r#"data-node="report""#),
+        "{svg}"
+    );
+    assert_eq!(svg.matches(r#"class="edge""#).count(), 3);
+    let err = d.fails(1, &["graphs", "show", "Nope"]).await;
+    assert_contains(&err, &["no registered graph of workflow `Nope`"]);
+    let err = d
+        .fails(1, &["graphs", "show", "Pipeline", "--hash", "ffff"])
+        .await;
+    assert_contains(&err, &["with hash `ffff`", &hash]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_pause_resume_cancel() {
     runs_pause_resume_cancel_on(Deployment::new().await).await;
 }

@@ -92,7 +92,9 @@ pub struct GraphEdge {
     pub from: String,
     /// The successor (`None` for a terminal edge: the source's output is the run's output).
     pub to: Option<String>,
-    /// How the edge is taken.
+    /// How the edge is taken (in JSON, its fields sit next to `from` and `to`:
+    /// `{"from": "a", "to": "b", "kind": "arm", "pattern": "Choice::Left(x)"}`).
+    #[serde(flatten)]
     pub kind: EdgeKind,
 }
 
