@@ -159,6 +159,10 @@ pub enum RunsCommand {
         /// Show every item, completed ones included.
         #[arg(long)]
         all_items: bool,
+        /// Draw the run as its workflow's graph instead (SVG): each node coloured by what its
+        /// items are doing, with their counts.
+        #[arg(long, conflicts_with = "all_items")]
+        svg: bool,
     },
     /// Cancel a run: no step starts, in-flight steps are signalled and their commits rejected.
     Cancel {

@@ -197,7 +197,10 @@ pub async fn execute(cli: Cli, url: String) -> Result<(), CliError> {
             workflow,
             limit,
         }) => runs::list(s, status, workflow, limit).await,
-        Command::Runs(RunsCommand::Show { run, all_items }) => runs::show(s, &run, all_items).await,
+        Command::Runs(RunsCommand::Show { run, svg: true, .. }) => graphs::draw_run(s, &run).await,
+        Command::Runs(RunsCommand::Show { run, all_items, .. }) => {
+            runs::show(s, &run, all_items).await
+        }
         Command::Runs(RunsCommand::Cancel { run }) => {
             runs::control(s, &run, RunAction::Cancel).await
         }

@@ -1,9 +1,13 @@
 //! `floxide graphs …`: the workflow graphs that workers and orchestrators registered, as a
 //! list, as text, or drawn as SVG.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use floxide_core::distributed::WorkItemStatus;
 use floxide_core::{EdgeKind, RegisteredGraph};
+
+use crate::svg::NodeStates;
 
 use crate::commands::{CliError, Session};
 use crate::render::{timestamp_relative, Table};
@@ -107,4 +111,53 @@ pub async fn show(
         out.push_str(&table.render());
         out
     })
+}
+
+/// `floxide runs show RUN --svg`: the run drawn as its workflow's graph (the version
+/// registered most recently before the run started, else the newest), each node coloured by
+/// what its items are doing.
+pub async fn draw_run(s: &mut Session, run_id: &str) -> Result<(), CliError> {
+    let b = &s.backend;
+    let info = b.run_info(run_id).await?;
+    let metrics = b.metrics(run_id).await?;
+    let items = b.work_items(run_id).await?;
+    let graphs = b.graphs().await?;
+    let versions: Vec<&RegisteredGraph> = graphs
+        .iter()
+        .filter(|g| g.graph.workflow == info.workflow)
+        .collect();
+    let chosen = versions
+        .iter()
+        .find(|g| g.first_seen <= info.started_at)
+        .or(versions.first());
+    let Some(chosen) = chosen else {
+        return Err(CliError::UnknownGraph {
+            workflow: info.workflow.clone(),
+            hash: None,
+            known: Vec::new(),
+        });
+    };
+    // A finished run's items are gone: its committed steps are in its metrics.
+    let mut states: BTreeMap<String, NodeStates> = metrics
+        .per_node
+        .iter()
+        .map(|(node, timing)| {
+            let done = NodeStates {
+                done: timing.count,
+                ..NodeStates::default()
+            };
+            (node.clone(), done)
+        })
+        .collect();
+    for item in &items {
+        let state = states.entry(item.node.clone()).or_default();
+        match item.status {
+            WorkItemStatus::InProgress => state.in_flight += 1,
+            WorkItemStatus::Pending | WorkItemStatus::Held => state.waiting += 1,
+            WorkItemStatus::WaitingRetry => state.retrying += 1,
+            WorkItemStatus::PermanentlyFailed => state.dead += 1,
+            WorkItemStatus::Completed | WorkItemStatus::Cancelled => {}
+        }
+    }
+    s.write_raw(&crate::svg::render_run(&chosen.graph, &states))
 }

@@ -2,14 +2,71 @@
 //! and input → output types, the end of the run as a circle, arms labelled with their
 //! patterns, `on_failure` edges dashed red, edges that close a cycle dotted.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use floxide_core::{EdgeKind, WorkflowGraph};
 
 use crate::layout::{layout, Layout, END, NODE_HEIGHT, NODE_WIDTH};
 
+/// What one node's items of a run are doing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodeStates {
+    /// Steps committed.
+    pub done: u64,
+    /// Items leased by a worker now.
+    pub in_flight: u64,
+    /// Items waiting for a worker (or held while the run is paused).
+    pub waiting: u64,
+    /// Items that failed and wait for their retry.
+    pub retrying: u64,
+    /// Items dead-lettered.
+    pub dead: u64,
+}
+
+impl NodeStates {
+    /// The colour of the node's box: the most pressing state wins.
+    fn fill(&self) -> &'static str {
+        if self.dead > 0 {
+            "#f8d7da"
+        } else if self.retrying > 0 {
+            "#ffe5b4"
+        } else if self.in_flight > 0 {
+            "#d6e9ff"
+        } else if self.waiting > 0 {
+            "#fff3cd"
+        } else if self.done > 0 {
+            "#d4edda"
+        } else {
+            "#f4f6fb"
+        }
+    }
+
+    /// "2 done · 1 in flight", or `None` when nothing happened there.
+    fn summary(&self) -> Option<String> {
+        let parts: Vec<String> = [
+            (self.done, "done"),
+            (self.in_flight, "in flight"),
+            (self.waiting, "waiting"),
+            (self.retrying, "retrying"),
+            (self.dead, "dead"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(" · "))
+    }
+}
+
 /// The SVG document of `graph`.
 pub fn render(graph: &WorkflowGraph) -> String {
+    render_run(graph, &BTreeMap::new())
+}
+
+/// The SVG document of `graph` with each node coloured by what its items of one run are
+/// doing (`states`, by node name), and their counts under its types.
+pub fn render_run(graph: &WorkflowGraph, states: &BTreeMap<String, NodeStates>) -> String {
     let laid = layout(graph);
     let mut out = String::new();
     let _ = write!(
@@ -42,10 +99,12 @@ pub fn render(graph: &WorkflowGraph) -> String {
         };
         let (left, top) = (placed.x - NODE_WIDTH / 2.0, placed.y - NODE_HEIGHT / 2.0);
         let stroke = if node.name == graph.start { 3 } else { 1 };
+        let state = states.get(&node.name).copied().unwrap_or_default();
+        let fill = state.fill();
         let types = format!("{} → {}", short(&node.input), short(&node.output));
         let _ = write!(
             out,
-            r##"<g class="node" data-node="{name}"><rect x="{left:.1}" y="{top:.1}" width="{NODE_WIDTH}" height="{NODE_HEIGHT}" rx="6" fill="#f4f6fb" stroke="#333" stroke-width="{stroke}"/>"##,
+            r##"<g class="node" data-node="{name}"><rect x="{left:.1}" y="{top:.1}" width="{NODE_WIDTH}" height="{NODE_HEIGHT}" rx="6" fill="{fill}" stroke="#333" stroke-width="{stroke}"/>"##,
             name = escape(&node.name),
         );
         if node.retried {
@@ -60,13 +119,23 @@ pub fn render(graph: &WorkflowGraph) -> String {
         }
         let _ = write!(
             out,
-            r##"<text x="{x:.1}" y="{y1:.1}" text-anchor="middle" font-weight="bold">{name}</text><text x="{x:.1}" y="{y2:.1}" text-anchor="middle" fill="#555" font-size="11">{types}</text></g>"##,
+            r##"<text x="{x:.1}" y="{y1:.1}" text-anchor="middle" font-weight="bold">{name}</text><text x="{x:.1}" y="{y2:.1}" text-anchor="middle" fill="#555" font-size="11">{types}</text>"##,
             x = placed.x,
-            y1 = placed.y - 4.0,
-            y2 = placed.y + 13.0,
+            y1 = placed.y - 8.0,
+            y2 = placed.y + 7.0,
             name = escape(&clip(&node.name, 24)),
             types = escape(&clip(&types, 30)),
         );
+        if let Some(summary) = state.summary() {
+            let _ = write!(
+                out,
+                r##"<text class="states" x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text>"##,
+                placed.x,
+                placed.y + 21.0,
+                escape(&summary)
+            );
+        }
+        out.push_str("</g>");
     }
     out.push_str("</svg>\n");
     out
@@ -206,5 +275,48 @@ mod tests {
             "on_failure is dashed"
         );
         assert_eq!(svg, render(&graph), "deterministic");
+    }
+
+    #[test]
+    fn a_run_colours_each_node_by_its_items() {
+        let graph = WorkflowGraph::new("Flow", "a")
+            .with_node("a", "A", "u32", "u32", false)
+            .with_node("b", "B", "u32", "u32", false)
+            .with_node("c", "C", "u32", "u32", false)
+            .with_edge("a", Some("b"), EdgeKind::Direct)
+            .with_edge("a", Some("c"), EdgeKind::Direct);
+        let states = BTreeMap::from([
+            (
+                "a".to_owned(),
+                NodeStates {
+                    done: 1,
+                    ..NodeStates::default()
+                },
+            ),
+            (
+                "b".to_owned(),
+                NodeStates {
+                    done: 2,
+                    in_flight: 1,
+                    ..NodeStates::default()
+                },
+            ),
+            (
+                "c".to_owned(),
+                NodeStates {
+                    dead: 1,
+                    waiting: 3,
+                    ..NodeStates::default()
+                },
+            ),
+        ]);
+        let svg = render_run(&graph, &states);
+        let node = |name: &str| {
+            let at = svg.find(&format!(r#"data-node="{name}""#)).unwrap();
+            svg[at..at + svg[at..].find("</g>").unwrap()].to_owned()
+        };
+        assert!(node("a").contains("#d4edda") && node("a").contains("1 done"));
+        assert!(node("b").contains("#d6e9ff") && node("b").contains("2 done · 1 in flight"));
+        assert!(node("c").contains("#f8d7da") && node("c").contains("3 waiting · 1 dead"));
     }
 }

@@ -490,6 +490,26 @@ async fn graphs_list_show_and_draw_on(d: Deployment) {
         .fails(1, &["graphs", "show", "Pipeline", "--hash", "ffff"])
         .await;
     assert_contains(&err, &["with hash `ffff`", &hash]);
+
+    // The run drawn as its graph: waiting at its first node, then done everywhere.
+    let node = |svg: &str, name: &str| {
+        let at = svg
+            .find(&format!(r#"data-node="{name}""#))
+            .unwrap_or_else(|| panic!("no node {name} in {svg}"));
+        svg[at..at + svg[at..].find("</g>").unwrap_or(0)].to_owned()
+    };
+    let waiting = d.table(&["runs", "show", "g1", "--svg"]).await;
+    assert_contains(&node(&waiting, "check"), &["1 waiting"]);
+    assert!(!node(&waiting, "report").contains("class=\"states\""));
+    let mut pool = d.pool(1);
+    d.finished("g1").await;
+    pool.try_stop().await.unwrap();
+    let done = d.table(&["runs", "show", "g1", "--svg"]).await;
+    for name in ["check", "double", "report"] {
+        assert_contains(&node(&done, name), &["1 done", "#d4edda"]);
+    }
+    let err = d.fails(1, &["runs", "show", "nope", "--svg"]).await;
+    assert_contains(&err, &["nope"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,22 +8,18 @@
 //! version next to the old one.
 //!
 //! ```
-//! use floxide::*;
+//! use floxide_core::{EdgeKind, WorkflowGraph};
 //!
-//! node! { pub struct Inc {}; input = u64; output = u64; |_ctx, n| { Ok(Transition::Next(n + 1)) } }
-//! workflow! {
-//!     pub struct Flow { a: Inc, b: Inc }
-//!     start = a;
-//!     edges { a => [b]; b => []; }
-//! }
-//!
-//! let graph = Flow { a: Inc {}, b: Inc {} }.graph();
-//! assert_eq!(graph.workflow, "Flow");
-//! assert_eq!(graph.start, "a");
-//! assert_eq!(graph.nodes[0].input, "u64");
-//! assert_eq!(graph.edges[0].kind, EdgeKind::Direct);
-//! assert_eq!(graph.edges[1].kind, EdgeKind::Terminal { pattern: None });
+//! // What `workflow! { pub struct Flow { a: Inc, b: Inc } start = a; edges { a => [b]; b => []; } }`
+//! // generates as `Flow::graph()`:
+//! let graph = WorkflowGraph::new("Flow", "a")
+//!     .with_node("a", "Inc", "u64", "u64", false)
+//!     .with_node("b", "Inc", "u64", "u64", false)
+//!     .with_edge("a", Some("b"), EdgeKind::Direct)
+//!     .with_edge("b", None, EdgeKind::Terminal { pattern: None });
 //! assert_eq!(graph.hash().len(), 16);
+//! assert_eq!(graph.hash(), graph.clone().hash());
+//! assert_ne!(graph.hash(), graph.clone().with_edge("a", None, EdgeKind::OnFailure).hash());
 //! ```
 
 use std::time::SystemTime;
