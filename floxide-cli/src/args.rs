@@ -117,6 +117,26 @@ pub enum Command {
     /// draw it as SVG.
     #[command(subcommand)]
     Graphs(GraphsCommand),
+    /// Serve the dashboard: runs, each run drawn as its graph (live), run control.
+    Ui(UiArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UiArgs {
+    /// Where to listen. Anything but a loopback address needs --token.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// The token clients must present (`?token=…` once, or `Authorization: Bearer …`).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "FLOXIDE_UI_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Hide and refuse every action (cancel, pause, resume).
+    #[arg(long)]
+    pub read_only: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -33,6 +33,12 @@ pub enum CliError {
     /// The backend refused or failed the request (unknown run, invalid state, ...).
     #[error(transparent)]
     Backend(#[from] DistributedError),
+    /// `floxide ui` would listen on a non-loopback address without a token.
+    #[error(
+        "refusing to serve the dashboard on {0} without a token: pass --token (or set \
+         FLOXIDE_UI_TOKEN), or listen on 127.0.0.1"
+    )]
+    UiUnsafe(std::net::SocketAddr),
     /// No registered graph of that workflow (or with that hash).
     #[error(
         "no registered graph of workflow `{workflow}`{}{}",
@@ -76,6 +82,14 @@ impl std::ops::Deref for Deployment {
 }
 
 impl Deployment {
+    /// The backend as a shared trait object (clones share its connections).
+    pub fn shared(&self) -> std::sync::Arc<dyn Backend> {
+        match self {
+            Deployment::Redis(b) => std::sync::Arc::new(b.clone()),
+            Deployment::Postgres(b) => std::sync::Arc::new(b.clone()),
+        }
+    }
+
     /// Queue counters per workflow.
     pub async fn stats(&self) -> Result<Stats, DistributedError> {
         match self {
@@ -219,6 +233,15 @@ pub async fn execute(cli: Cli, url: String) -> Result<(), CliError> {
         Command::Dlq(DlqCommand::Requeue { ids, all }) => dlq::requeue(s, ids, all).await,
         Command::Dlq(DlqCommand::Drop { ids }) => dlq::drop(s, ids).await,
         Command::Stats(args) => stats::show(s, args.interval).await,
+        Command::Ui(args) => {
+            let backend = s.backend.shared();
+            let options = crate::ui::UiOptions {
+                listen: args.listen,
+                token: args.token,
+                read_only: args.read_only,
+            };
+            crate::ui::serve(backend, options).await
+        }
         Command::Graphs(GraphsCommand::List) => graphs::list(s).await,
         Command::Graphs(GraphsCommand::Show {
             workflow,

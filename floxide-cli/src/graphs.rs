@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use floxide_core::distributed::WorkItemStatus;
+use floxide_core::distributed::{Backend, DistributedError, WorkItemStatus};
 use floxide_core::{EdgeKind, RegisteredGraph};
 
 use crate::svg::NodeStates;
@@ -113,15 +113,33 @@ pub async fn show(
     })
 }
 
-/// `floxide runs show RUN --svg`: the run drawn as its workflow's graph (the version
-/// registered most recently before the run started, else the newest), each node coloured by
-/// what its items are doing.
+/// `floxide runs show RUN --svg`: the run drawn as its workflow's graph, each node coloured
+/// by what its items are doing.
 pub async fn draw_run(s: &mut Session, run_id: &str) -> Result<(), CliError> {
-    let b = &s.backend;
-    let info = b.run_info(run_id).await?;
-    let metrics = b.metrics(run_id).await?;
-    let items = b.work_items(run_id).await?;
-    let graphs = b.graphs().await?;
+    match run_svg(&*s.backend, run_id).await? {
+        Ok(svg) => s.write_raw(&svg),
+        Err(workflow) => Err(CliError::UnknownGraph {
+            workflow,
+            hash: None,
+            known: Vec::new(),
+        }),
+    }
+}
+
+/// Run `run_id` drawn as its workflow's graph (the version registered most recently before
+/// the run started, else the newest), each node coloured by what its items are doing; the
+/// workflow's name when it has no registered graph.
+///
+/// # Errors
+/// [`DistributedError::UnknownRun`] and backend errors.
+pub async fn run_svg(
+    backend: &dyn Backend,
+    run_id: &str,
+) -> Result<Result<String, String>, DistributedError> {
+    let info = backend.run_info(run_id).await?;
+    let metrics = backend.metrics(run_id).await?;
+    let items = backend.work_items(run_id).await?;
+    let graphs = backend.graphs().await?;
     let versions: Vec<&RegisteredGraph> = graphs
         .iter()
         .filter(|g| g.graph.workflow == info.workflow)
@@ -131,11 +149,7 @@ pub async fn draw_run(s: &mut Session, run_id: &str) -> Result<(), CliError> {
         .find(|g| g.first_seen <= info.started_at)
         .or(versions.first());
     let Some(chosen) = chosen else {
-        return Err(CliError::UnknownGraph {
-            workflow: info.workflow.clone(),
-            hash: None,
-            known: Vec::new(),
-        });
+        return Ok(Err(info.workflow));
     };
     // A finished run's items are gone: its committed steps are in its metrics.
     let mut states: BTreeMap<String, NodeStates> = metrics
@@ -159,5 +173,5 @@ pub async fn draw_run(s: &mut Session, run_id: &str) -> Result<(), CliError> {
             WorkItemStatus::Completed | WorkItemStatus::Cancelled => {}
         }
     }
-    s.write_raw(&crate::svg::render_run(&chosen.graph, &states))
+    Ok(Ok(crate::svg::render_run(&chosen.graph, &states)))
 }

@@ -10,6 +10,7 @@
 //! $ floxide dlq list --json | jq -r '.[].id' | xargs -r floxide dlq requeue
 //! $ floxide stats --interval 5          # queue depth, in flight, steps per second
 //! $ floxide graphs show Orders --svg > orders.svg   # a workflow's registered graph, drawn
+//! $ floxide ui --listen 127.0.0.1:8080   # the dashboard: runs, each drawn as its graph, live
 //! ```
 //!
 //! Every command reads or changes the shared state in Redis the way workers and orchestrators
@@ -40,6 +41,7 @@ mod render;
 mod runs;
 mod stats;
 mod svg;
+mod ui;
 mod workers;
 
 use std::process::ExitCode;

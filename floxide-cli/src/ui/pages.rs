@@ -1,0 +1,260 @@
+//! The dashboard's pages, rendered as HTML on the server.
+
+use std::fmt::Write;
+use std::time::SystemTime;
+
+use floxide_core::distributed::{DistributedError, RunInfo, RunStatus};
+
+use super::{AppState, RunsQuery};
+use crate::render::{rfc3339, timestamp_relative};
+
+/// Runs per page of the runs list.
+const PAGE: usize = 50;
+
+/// The page around `body`.
+fn page(title: &str, body: &str, live: bool) -> String {
+    // A page that follows the runs reloads (at most every 2 s) when one changed.
+    let script = if live {
+        "<script>let t=null;const e=new EventSource('/events');e.addEventListener('change',()=>{if(!t){t=setTimeout(()=>location.reload(),2000)}});</script>"
+    } else {
+        ""
+    };
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title} · floxide</title>\
+         <style>body{{font-family:sans-serif;margin:1.5em;color:#222}}table{{border-collapse:collapse}}\
+         td,th{{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:left}}\
+         .status{{font-weight:bold}}pre{{background:#f6f6f6;padding:.8em;overflow:auto}}\
+         form{{display:inline}}nav a{{margin-right:1em}}</style></head>\
+         <body><nav><a href=\"/\">Runs</a></nav><h1>{title}</h1>{body}{script}</body></html>",
+        title = escape(title)
+    )
+}
+
+/// A page with one message (errors, refusals).
+pub(crate) fn message(title: &str, detail: &str) -> String {
+    page(title, &format!("<p>{}</p>", escape(detail)), false)
+}
+
+/// The runs list: filters, one page of runs newest first, links to the next pages.
+pub(crate) fn runs(q: &RunsQuery, mut runs: Vec<RunInfo>) -> String {
+    if let Some(workflow) = q.workflow.as_deref().filter(|w| !w.is_empty()) {
+        runs.retain(|r| r.workflow == workflow);
+    }
+    let total = runs.len();
+    let page_no = q.page.unwrap_or(1).max(1);
+    let shown: Vec<&RunInfo> = runs.iter().skip((page_no - 1) * PAGE).take(PAGE).collect();
+    let now = SystemTime::now();
+    let mut body = String::new();
+    let status_options: String = [
+        "",
+        "pending",
+        "running",
+        "paused",
+        "completed",
+        "failed",
+        "cancelled",
+    ]
+    .iter()
+    .map(|s| {
+        let selected = if q.status.as_deref().unwrap_or("") == *s {
+            " selected"
+        } else {
+            ""
+        };
+        format!(
+            "<option value=\"{s}\"{selected}>{}</option>",
+            if s.is_empty() { "any status" } else { s }
+        )
+    })
+    .collect();
+    let _ = write!(
+        body,
+        "<form method=\"get\" action=\"/\">Workflow <input name=\"workflow\" value=\"{}\"> \
+         <select name=\"status\">{status_options}</select> <button>Filter</button></form>",
+        escape(q.workflow.as_deref().unwrap_or(""))
+    );
+    let _ = write!(body, "<p>{total} runs</p><table id=\"runs\"><tr><th>Run</th><th>Workflow</th><th>Status</th><th>Started</th><th>Finished</th></tr>");
+    for run in shown {
+        let _ = write!(
+            body,
+            "<tr data-run=\"{id}\"><td><a href=\"/runs/{link}\">{id}</a></td><td>{wf}</td><td class=\"status\">{st}</td><td>{t0}</td><td>{t1}</td></tr>",
+            id = escape(&run.run_id),
+            link = url_segment(&run.run_id),
+            wf = escape(&run.workflow),
+            st = status_name(run.status),
+            t0 = escape(&timestamp_relative(run.started_at, now)),
+            t1 = run
+                .finished_at
+                .map(|t| escape(&timestamp_relative(t, now)))
+                .unwrap_or_else(|| "-".to_owned()),
+        );
+    }
+    body.push_str("</table>");
+    let pages = total.div_ceil(PAGE).max(1);
+    if pages > 1 {
+        let filters = format!(
+            "workflow={}&status={}",
+            url_segment(q.workflow.as_deref().unwrap_or("")),
+            url_segment(q.status.as_deref().unwrap_or(""))
+        );
+        let _ = write!(body, "<p>Page {page_no} of {pages} ");
+        if page_no > 1 {
+            let _ = write!(
+                body,
+                "<a href=\"/?{filters}&page={}\">previous</a> ",
+                page_no - 1
+            );
+        }
+        if page_no < pages {
+            let _ = write!(
+                body,
+                "<a href=\"/?{filters}&page={}\">next</a>",
+                page_no + 1
+            );
+        }
+        body.push_str("</p>");
+    }
+    page("Runs", &body, true)
+}
+
+/// A run's page: status and times, actions, the graph, items, context, output or error.
+pub(crate) async fn run(state: &AppState, id: &str) -> Result<String, DistributedError> {
+    let b = &state.backend;
+    let info = b.run_info(id).await?;
+    let items = b.work_items(id).await?;
+    let errors = b.errors(id).await?;
+    let context = b.load_context(id).await?;
+    let now = SystemTime::now();
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<p>Workflow <b>{}</b> · status <span class=\"status\" id=\"status\">{}</span> · started {}{}</p>",
+        escape(&info.workflow),
+        status_name(info.status),
+        escape(&rfc3339(info.started_at)),
+        info.finished_at
+            .map(|t| format!(" · finished {}", escape(&rfc3339(t))))
+            .unwrap_or_default()
+    );
+    if !state.read_only && !info.status.is_finished() {
+        for (action, label) in [
+            ("pause", "Pause"),
+            ("resume", "Resume"),
+            ("cancel", "Cancel"),
+        ] {
+            let _ = write!(
+                body,
+                "<form method=\"post\" action=\"/runs/{}/{action}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button id=\"{action}\">{label}</button></form> ",
+                url_segment(id),
+                state.csrf
+            );
+        }
+    }
+    if let Some(output) = &info.output {
+        let _ = write!(
+            body,
+            "<h2>Output</h2><pre id=\"output\">{}</pre>",
+            escape(&output.to_string())
+        );
+    }
+    if let Some(error) = &info.error {
+        let _ = write!(
+            body,
+            "<h2>Error</h2><pre id=\"error\">{}</pre>",
+            escape(error)
+        );
+    }
+    let _ = write!(
+        body,
+        "<h2>Graph</h2><div id=\"graph\">{}</div>",
+        run_graph(state, id)
+            .await
+            .unwrap_or_else(|e| format!("<p>{}</p>", escape(&e.to_string())))
+    );
+    body.push_str("<h2>Items</h2><table><tr><th>Item</th><th>Node</th><th>State</th><th>Attempt</th><th>Worker</th></tr>");
+    for item in &items {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td><td>{}</td></tr>",
+            item.item_id,
+            escape(&item.node),
+            item.status,
+            item.attempt,
+            escape(item.worker.as_ref().map_or("-", |w| w.0.as_str()))
+        );
+    }
+    body.push_str("</table>");
+    if !errors.is_empty() {
+        body.push_str("<h2>Errors</h2><table><tr><th>Node</th><th>Attempt</th><th>When</th><th>Error</th></tr>");
+        for e in &errors {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&e.node),
+                e.attempt,
+                escape(&timestamp_relative(e.timestamp, now)),
+                escape(&e.error)
+            );
+        }
+        body.push_str("</table>");
+    }
+    let context_text = String::from_utf8_lossy(&context.bytes);
+    let pretty = serde_json::from_str::<serde_json::Value>(&context_text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| context_text.into_owned());
+    let _ = write!(
+        body,
+        "<h2>Context</h2><pre id=\"context\">{}</pre>",
+        escape(&pretty)
+    );
+    Ok(page(
+        &format!("Run {id}"),
+        &body,
+        !info.status.is_finished(),
+    ))
+}
+
+/// The run drawn as its workflow's graph (SVG), coloured by its items' states.
+pub(crate) async fn run_graph(state: &AppState, id: &str) -> Result<String, DistributedError> {
+    crate::graphs::run_svg(&*state.backend, id)
+        .await?
+        .map_err(|workflow| {
+            DistributedError::Backend(format!(
+                "no registered graph of workflow `{workflow}` (workers and orchestrators register \
+             theirs when they start)"
+            ))
+        })
+}
+
+fn status_name(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Pending => "pending",
+        RunStatus::Running => "running",
+        RunStatus::Paused => "paused",
+        RunStatus::Completed => "completed",
+        RunStatus::Failed => "failed",
+        RunStatus::Cancelled => "cancelled",
+    }
+}
+
+/// `text` percent-encoded for a URL path segment or query value.
+pub(crate) fn url_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `text` safe inside HTML text and attributes.
+pub(crate) fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}

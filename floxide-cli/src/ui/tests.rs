@@ -1,0 +1,200 @@
+//! The dashboard's routes, driven without a socket on the in-memory backend.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use floxide_core::distributed::{Backend, InMemoryBackend, NewItem, RunStatus, StartRun};
+use floxide_core::{EdgeKind, ItemId, WorkflowGraph};
+use tower::ServiceExt;
+
+/// A backend with one registered graph and one run waiting at its first node.
+async fn backend_with_a_run() -> Arc<dyn Backend> {
+    let backend: Arc<dyn Backend> = Arc::new(InMemoryBackend::new());
+    let graph = WorkflowGraph::new("Flow", "a")
+        .with_node("a", "A", "u32", "u32", false)
+        .with_node("b", "B", "u32", "u32", false)
+        .with_edge("a", Some("b"), EdgeKind::Direct)
+        .with_edge("b", None, EdgeKind::Terminal { pattern: None });
+    backend.register_graph(&graph).await.expect("register");
+    let start = StartRun::new(
+        "run-1",
+        "Flow",
+        b"{\"n\":1}".to_vec(),
+        NewItem::new(ItemId::ROOT, "a", b"1".to_vec()),
+    );
+    backend.start_run(start).await.expect("start");
+    backend
+}
+
+async fn get(app: &Router, uri: &str) -> (StatusCode, String) {
+    let response = app
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+        .await
+        .expect("response");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+async fn post(app: &Router, uri: &str, form: &str) -> (StatusCode, String) {
+    let request = Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(form.to_owned()))
+        .expect("request");
+    let response = app.clone().oneshot(request).await.expect("response");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The page's CSRF token.
+fn csrf(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").expect("a form") + 19;
+    page[at..at + 32].to_owned()
+}
+
+#[tokio::test]
+async fn the_runs_list_filters_and_links_to_each_run() {
+    let app = super::router(backend_with_a_run().await, None, false);
+    let (status, page) = get(&app, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("href=\"/runs/run-1\"") && page.contains("pending"),
+        "{page}"
+    );
+    assert!(
+        page.contains("new EventSource('/events')"),
+        "the list follows changes"
+    );
+    let (_, none) = get(&app, "/?workflow=Other").await;
+    assert!(none.contains("0 runs") && !none.contains("run-1"));
+    let (_, done) = get(&app, "/?status=completed").await;
+    assert!(!done.contains("href=\"/runs/run-1\""));
+    let (status, bad) = get(&app, "/?status=sideways").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(bad.contains("`sideways` is not a run status"), "{bad}");
+}
+
+#[tokio::test]
+async fn a_run_page_draws_its_graph_and_its_actions_work_with_the_csrf_token() {
+    let backend = backend_with_a_run().await;
+    let app = super::router(backend.clone(), None, false);
+    let (status, page) = get(&app, "/runs/run-1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("<svg") && page.contains("1 waiting"),
+        "{page}"
+    );
+    assert!(page.contains("id=\"context\"") && page.contains("&quot;n&quot;"));
+    let (status, svg) = get(&app, "/runs/run-1/graph.svg").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(svg.starts_with("<svg"));
+
+    // Without the page's token, an action is refused and changes nothing.
+    let (status, refused) = post(&app, "/runs/run-1/cancel", "csrf=forged").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    assert_eq!(
+        backend.run_info("run-1").await.unwrap().status,
+        RunStatus::Pending
+    );
+    let token = csrf(&page);
+    let (status, _) = post(&app, "/runs/run-1/pause", &format!("csrf={token}")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        backend.run_info("run-1").await.unwrap().status,
+        RunStatus::Paused
+    );
+    let (status, _) = post(&app, "/runs/run-1/cancel", &format!("csrf={token}")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        backend.run_info("run-1").await.unwrap().status,
+        RunStatus::Cancelled
+    );
+    let (status, again) = post(&app, "/runs/run-1/resume", &format!("csrf={token}")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+}
+
+#[tokio::test]
+async fn unknown_runs_and_actions_get_clear_pages() {
+    let app = super::router(backend_with_a_run().await, None, false);
+    let (status, page) = get(&app, "/runs/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("there is no run `nope`"), "{page}");
+    let (_, run) = get(&app, "/runs/run-1").await;
+    let (status, page) = post(&app, "/runs/run-1/explode", &format!("csrf={}", csrf(&run))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("`explode` is not an action"));
+}
+
+#[tokio::test]
+async fn read_only_hides_and_refuses_actions() {
+    let app = super::router(backend_with_a_run().await, None, true);
+    let (_, page) = get(&app, "/runs/run-1").await;
+    assert!(!page.contains("<form method=\"post\""), "{page}");
+    let (status, _) = post(&app, "/runs/run-1/cancel", "csrf=x").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_token_is_required_when_set() {
+    let app = super::router(backend_with_a_run().await, Some("s3cret".into()), false);
+    let (status, _) = get(&app, "/").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let response = app
+        .clone()
+        .oneshot(Request::get("/?token=s3cret").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = response.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.starts_with("floxide_token=s3cret") && cookie.contains("HttpOnly"));
+    let with_cookie = Request::get("/runs/run-1")
+        .header(header::COOKIE, "floxide_token=s3cret")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.clone().oneshot(with_cookie).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let bearer = Request::get("/")
+        .header(header::AUTHORIZATION, "Bearer s3cret")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.clone().oneshot(bearer).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let wrong = Request::get("/")
+        .header(header::AUTHORIZATION, "Bearer nope")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.oneshot(wrong).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn a_public_address_needs_a_token() {
+    let options = super::UiOptions {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        token: None,
+        read_only: false,
+    };
+    let err = super::serve(backend_with_a_run().await, options)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("without a token"), "{err}");
+}
