@@ -314,19 +314,23 @@ impl AdminBackend for RedisBackend {
         // A pipeline stays within one partition (one cluster slot); the partitions' pipelines
         // are in flight at once.
         let count = starts.len();
-        let mut groups: std::collections::BTreeMap<u32, Vec<(usize, StartRun)>> =
+        let mut groups: std::collections::BTreeMap<u32, Vec<(usize, RunId, StartRun)>> =
             std::collections::BTreeMap::new();
         for (i, start) in starts.into_iter().enumerate() {
-            let p = self.keys().partition_of(&self.placed_run_id(&start));
-            groups.entry(p).or_default().push((i, start));
+            let run_id = self.placed_run_id(&start);
+            let p = self.keys().partition_of(&run_id);
+            groups.entry(p).or_default().push((i, run_id, start));
         }
         let sends = groups.into_values().map(|group| async move {
             let mut answers = Vec::with_capacity(group.len());
             let mut group = group.into_iter().peekable();
             while group.peek().is_some() {
-                let (at, chunk): (Vec<usize>, Vec<StartRun>) =
-                    group.by_ref().take(START_PIPELINE).unzip();
-                let run = chunk.first().map(|s| self.placed_run_id(s));
+                let (at, chunk): (Vec<usize>, Vec<(RunId, StartRun)>) = group
+                    .by_ref()
+                    .take(START_PIPELINE)
+                    .map(|(i, run_id, start)| (i, (run_id, start)))
+                    .unzip();
+                let run = chunk.first().map(|(run_id, _)| run_id.clone());
                 answers.extend(at.into_iter().zip(self.start_chunk(chunk).await));
                 if let Some(run) = run {
                     self.may_have_work(&run);
@@ -746,17 +750,17 @@ impl RedisBackend {
         inv
     }
 
-    /// Starts `chunk` in one pipeline (retried as a whole: each start's request id makes a
-    /// retry of an applied start answer as the first attempt did).
-    async fn start_chunk(&self, chunk: Vec<StartRun>) -> Vec<Result<RunId, DistributedError>> {
-        let placed: Vec<(RunId, String)> = chunk
-            .iter()
-            .map(|s| (self.placed_run_id(s), request_id()))
-            .collect();
+    /// Starts `chunk` (each start under its placed run id) in one pipeline (retried as a whole:
+    /// each start's request id makes a retry of an applied start answer as the first did).
+    async fn start_chunk(
+        &self,
+        chunk: Vec<(RunId, StartRun)>,
+    ) -> Vec<Result<RunId, DistributedError>> {
+        let rids: Vec<String> = chunk.iter().map(|_| request_id()).collect();
         let calls: Vec<Call<'_>> = chunk
             .iter()
-            .zip(&placed)
-            .map(|(s, (run_id, rid))| self.start_invocation(s, run_id, rid))
+            .zip(&rids)
+            .map(|((run_id, s), rid)| self.start_invocation(s, run_id, rid))
             .collect();
         let inner = &self.client.inner;
         let calls = &calls;
@@ -792,11 +796,8 @@ impl RedisBackend {
         match replies {
             Ok(values) if values.len() == chunk.len() => chunk
                 .into_iter()
-                .zip(placed)
                 .zip(values)
-                .map(|((start, (run_id, _)), value)| {
-                    start_answer(run_id, start, &Reply::from(value)?)
-                })
+                .map(|((run_id, start), value)| start_answer(run_id, start, &Reply::from(value)?))
                 .collect(),
             Ok(_) => chunk
                 .iter()

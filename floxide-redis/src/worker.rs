@@ -338,7 +338,7 @@ impl RedisBackend {
     ) -> Result<Vec<Taken>, DistributedError> {
         let started = tokio::time::Instant::now();
         let wakes = &self.client().inner.wakes;
-        let partitions = self.keys().all().count() as u32;
+        let partitions = self.client().inner.config.partitions();
         let home = self.keys().partition_of(take.worker.as_str());
         let stale = take.options.lease_timeout;
         let mut woken = false;
