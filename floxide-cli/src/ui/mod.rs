@@ -7,6 +7,7 @@
 //! or `FLOXIDE_UI_TOKEN`), given once as `?token=…` (kept in a cookie) or as a bearer token.
 //! Actions are POSTs that carry the page's CSRF token; `--read-only` hides and refuses them.
 
+mod operate;
 mod pages;
 
 use std::convert::Infallible;
@@ -75,6 +76,10 @@ pub(crate) fn router(backend: Arc<dyn Backend>, token: Option<String>, read_only
         .route("/runs/{id}", get(run_page))
         .route("/runs/{id}/graph.svg", get(run_svg))
         .route("/runs/{id}/{action}", post(run_action))
+        .route("/workers", get(operate::workers))
+        .route("/queues", get(operate::queues))
+        .route("/dead-letters", get(operate::dead_letters))
+        .route("/dead-letters/{action}", post(operate::letter_action))
         .route("/events", get(events))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
@@ -131,7 +136,7 @@ pub(crate) struct RunsQuery {
 }
 
 /// A page that failed: a clear page, never a backtrace.
-fn failure(status: StatusCode, title: &str, detail: &str) -> Response {
+pub(crate) fn failure(status: StatusCode, title: &str, detail: &str) -> Response {
     (status, Html(pages::message(title, detail))).into_response()
 }
 
@@ -185,6 +190,40 @@ fn error_page(id: &str, e: floxide_core::distributed::DistributedError) -> Respo
 #[derive(Debug, Deserialize)]
 struct ActionForm {
     csrf: String,
+}
+
+/// A form that carries this server's CSRF token.
+pub(crate) trait CarriesCsrf {
+    fn csrf(&self) -> &str;
+}
+
+impl CarriesCsrf for ActionForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// The form of an action, once the dashboard allows actions and the form came from its own
+/// page (its CSRF token); else the page saying why not.
+pub(crate) fn checked_form<F: CarriesCsrf>(
+    state: &AppState,
+    form: Result<Form<F>, FormRejection>,
+) -> Result<F, Response> {
+    if state.read_only {
+        return Err(failure(
+            StatusCode::FORBIDDEN,
+            "Read-only",
+            "this dashboard is read-only",
+        ));
+    }
+    match form {
+        Ok(Form(form)) if form.csrf() == state.csrf => Ok(form),
+        _ => Err(failure(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "the request did not come from this dashboard's page (CSRF token missing or wrong)",
+        )),
+    }
 }
 
 async fn run_action(

@@ -12,7 +12,7 @@ use crate::render::{rfc3339, timestamp_relative};
 const PAGE: usize = 50;
 
 /// The page around `body`.
-fn page(title: &str, body: &str, live: bool) -> String {
+pub(crate) fn page(title: &str, body: &str, live: bool) -> String {
     // A page that follows the runs reloads (at most every 2 s) when one changed.
     let script = if live {
         "<script>let t=null;const e=new EventSource('/events');e.addEventListener('change',()=>{if(!t){t=setTimeout(()=>location.reload(),2000)}});</script>"
@@ -25,7 +25,7 @@ fn page(title: &str, body: &str, live: bool) -> String {
          td,th{{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:left}}\
          .status{{font-weight:bold}}pre{{background:#f6f6f6;padding:.8em;overflow:auto}}\
          form{{display:inline}}nav a{{margin-right:1em}}</style></head>\
-         <body><nav><a href=\"/\">Runs</a></nav><h1>{title}</h1>{body}{script}</body></html>",
+         <body><nav><a href=\"/\">Runs</a><a href=\"/workers\">Workers</a><a href=\"/queues\">Queues</a><a href=\"/dead-letters\">Dead letters</a></nav><h1>{title}</h1>{body}{script}</body></html>",
         title = escape(title)
     )
 }

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
-use floxide_core::distributed::{Backend, InMemoryBackend, NewItem, RunStatus, StartRun};
+use floxide_core::distributed::{
+    Backend, InMemoryBackend, NewItem, RunStatus, StartRun, StepFailed, TakeOptions, TakeRequest,
+    WorkerHealth, WorkerId,
+};
 use floxide_core::{EdgeKind, ItemId, WorkflowGraph};
 use tower::ServiceExt;
 
@@ -197,4 +200,105 @@ async fn a_public_address_needs_a_token() {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(err.contains("without a token"), "{err}");
+}
+
+/// A backend whose run `run-1` has its first item dead-lettered, and a worker's report.
+async fn backend_with_a_dead_letter() -> Arc<dyn Backend> {
+    let backend = backend_with_a_run().await;
+    let me = WorkerId::from("w-1");
+    let taken = backend
+        .take_batch(
+            TakeRequest::new("Flow", &me, TakeOptions::default()),
+            std::time::Duration::ZERO,
+        )
+        .await
+        .expect("take");
+    let lease = &taken.first().expect("the first item").lease;
+    backend
+        .fail(lease, &StepFailed::new("a", "it <broke>", None))
+        .await
+        .expect("fail");
+    let mut health = WorkerHealth::default();
+    health.worker_id = me;
+    health.workflow = "Flow".to_owned();
+    backend.report_worker(&health).await.expect("report");
+    backend
+}
+
+#[tokio::test]
+async fn workers_queues_and_dead_letters_are_shown() {
+    let app = super::router(backend_with_a_dead_letter().await, None, false);
+    let (status, workers) = get(&app, "/workers").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        workers.contains("1 workers") && workers.contains("w-1"),
+        "{workers}"
+    );
+    let (_, queues) = get(&app, "/queues").await;
+    assert!(queues.contains("<td>Flow</td>"), "{queues}");
+    let (_, letters) = get(&app, "/dead-letters").await;
+    assert!(letters.contains("1 dead letters"), "{letters}");
+    assert!(
+        letters.contains("it &lt;broke&gt;"),
+        "the error, escaped: {letters}"
+    );
+    assert!(letters.contains("href=\"/runs/run-1\""));
+}
+
+#[tokio::test]
+async fn dead_letters_are_requeued_and_dropped_one_or_all_after_a_count_check() {
+    let backend = backend_with_a_dead_letter().await;
+    let app = super::router(backend.clone(), None, false);
+    let (_, page) = get(&app, "/dead-letters").await;
+    let token = csrf(&page);
+    // A stale count (the page showed another number): nothing is done.
+    let (status, stale) = post(
+        &app,
+        "/dead-letters/requeue",
+        &format!("csrf={token}&expect=5"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{stale}");
+    assert!(stale.contains("showed 5 dead letters, there are 1 now"));
+    assert_eq!(backend.dead_letters().await.unwrap().len(), 1);
+    let (status, bad) = post(
+        &app,
+        "/dead-letters/drop",
+        &format!("csrf={token}&id=nonsense"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    let (status, _) = post(
+        &app,
+        "/dead-letters/requeue",
+        &format!("csrf={token}&expect=1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(backend.dead_letters().await.unwrap().is_empty(), "requeued");
+    assert_eq!(
+        backend.run_info("run-1").await.unwrap().status,
+        RunStatus::Running
+    );
+
+    // Dead-letter it again, then drop it by its id; without the token nothing happens.
+    let me = WorkerId::from("w-2");
+    let taken = backend
+        .take_batch(
+            TakeRequest::new("Flow", &me, TakeOptions::default()),
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    backend
+        .fail(&taken[0].lease, &StepFailed::new("a", "again", None))
+        .await
+        .unwrap();
+    let id = format!("run-1:{}", ItemId::ROOT);
+    let (status, _) = post(&app, "/dead-letters/drop", &format!("csrf=forged&id={id}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(backend.dead_letters().await.unwrap().len(), 1);
+    let (status, _) = post(&app, "/dead-letters/drop", &format!("csrf={token}&id={id}")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(backend.dead_letters().await.unwrap().is_empty(), "dropped");
 }
