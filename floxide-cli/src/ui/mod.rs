@@ -203,23 +203,27 @@ impl CarriesCsrf for ActionForm {
     }
 }
 
+/// Why an action was refused.
+pub(crate) struct Refused(&'static str, &'static str);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        failure(StatusCode::FORBIDDEN, self.0, self.1)
+    }
+}
+
 /// The form of an action, once the dashboard allows actions and the form came from its own
-/// page (its CSRF token); else the page saying why not.
+/// page (its CSRF token); else why not.
 pub(crate) fn checked_form<F: CarriesCsrf>(
     state: &AppState,
     form: Result<Form<F>, FormRejection>,
-) -> Result<F, Response> {
+) -> Result<F, Refused> {
     if state.read_only {
-        return Err(failure(
-            StatusCode::FORBIDDEN,
-            "Read-only",
-            "this dashboard is read-only",
-        ));
+        return Err(Refused("Read-only", "this dashboard is read-only"));
     }
     match form {
         Ok(Form(form)) if form.csrf() == state.csrf => Ok(form),
-        _ => Err(failure(
-            StatusCode::FORBIDDEN,
+        _ => Err(Refused(
             "Refused",
             "the request did not come from this dashboard's page (CSRF token missing or wrong)",
         )),
@@ -231,20 +235,8 @@ async fn run_action(
     Path((id, action)): Path<(String, String)>,
     form: Result<Form<ActionForm>, FormRejection>,
 ) -> Response {
-    if state.read_only {
-        return failure(
-            StatusCode::FORBIDDEN,
-            "Read-only",
-            "this dashboard is read-only",
-        );
-    }
-    let same_page = form.as_ref().is_ok_and(|f| f.csrf == state.csrf);
-    if !same_page {
-        return failure(
-            StatusCode::FORBIDDEN,
-            "Refused",
-            "the request did not come from this dashboard's page (CSRF token missing or wrong)",
-        );
+    if let Err(refused) = checked_form(&state, form) {
+        return refused.into_response();
     }
     let action = match action.as_str() {
         "cancel" => RunAction::Cancel,

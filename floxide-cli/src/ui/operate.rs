@@ -175,7 +175,7 @@ pub(crate) async fn letter_action(
 ) -> Response {
     let form = match super::checked_form(&state, form) {
         Ok(form) => form,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let requeue = match action.as_str() {
         "requeue" => true,

@@ -218,9 +218,11 @@ async fn backend_with_a_dead_letter() -> Arc<dyn Backend> {
         .fail(lease, &StepFailed::new("a", "it <broke>", None))
         .await
         .expect("fail");
-    let mut health = WorkerHealth::default();
-    health.worker_id = me;
-    health.workflow = "Flow".to_owned();
+    let health = WorkerHealth {
+        worker_id: me,
+        workflow: "Flow".to_owned(),
+        ..WorkerHealth::default()
+    };
     backend.report_worker(&health).await.expect("report");
     backend
 }
