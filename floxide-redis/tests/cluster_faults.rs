@@ -12,56 +12,31 @@ mod fault_worker;
 mod processes;
 #[path = "../../testkit/runs.rs"]
 mod runs;
+#[path = "support/fault_workers.rs"]
+mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use fault_worker::{Env, Fault, Log};
 use floxide::*;
 use floxide_redis::testing::RedisCluster;
 use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
-use processes::{locate_or_build, Rng, Workers};
+use processes::{Rng, Workers};
+use support::{fault_workers, Settings};
 
-/// The workers' lease: short, so that crashed workers' items come back quickly.
-const LEASE_MS: u64 = 1000;
 /// How long a test waits for its runs before it declares them stuck.
 const PATIENCE: Duration = Duration::from_secs(60);
 /// The bound on a whole test.
 const TEST_LIMIT: Duration = Duration::from_secs(150);
 
-fn worker_binary() -> &'static Path {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = BIN.get_or_init(|| {
-        locate_or_build("floxide-redis", env!("CARGO_MANIFEST_DIR"), "fault_worker")
-    });
-    match built {
-        Ok(path) => path,
-        Err(e) => panic!("{e}"),
-    }
-}
-
 /// Worker processes `<name><n>` on the cluster at `url` (`redis+cluster://…`), 4 steps at
 /// once each, 30 ms per step.
-fn fault_workers(name: &'static str, url: &str, prefix: &str) -> Workers {
-    let (url, prefix) = (url.to_owned(), prefix.to_owned());
-    Workers::new(name, move |n| {
-        let mut cmd = Command::new(worker_binary());
-        cmd.args(["--backend", &url])
-            .args(["--concurrency", "4"])
-            .args(["--worker-name", &format!("{name}{n}")])
-            .env_remove("FLOXIDE_BACKEND_URL")
-            .env_remove("FLOXIDE_REDIS_URL")
-            .env_remove("FLOXIDE_CONCURRENCY")
-            .env_remove("FLOXIDE_WORKER_NAME")
-            .env_remove("FLOXIDE_GRACE_SECS")
-            .env("FAULT_PREFIX", &prefix)
-            .env("FAULT_LEASE_MS", LEASE_MS.to_string())
-            .env("FAULT_STEP_MS", "30")
-            .env("FAULT_WATCH_PARENT", "1");
-        cmd
-    })
+fn cluster_workers(name: &'static str, url: &str, prefix: &str) -> Workers {
+    let settings = Settings {
+        concurrency: 4,
+        step_ms: 30,
+    };
+    fault_workers(name, url, prefix, settings)
 }
 
 /// The orchestrator side of a test.
@@ -165,7 +140,7 @@ async fn slot_migration_under_load_loses_nothing() {
     bounded("cluster-reshard", async {
         let cluster = std::sync::Arc::new(blocking(RedisCluster::start_or_panic).await);
         let (url, prefix) = (cluster.url(), "reshard:");
-        let mut workers = fault_workers("reshard-", &url, prefix);
+        let mut workers = cluster_workers("reshard-", &url, prefix);
         for _ in 0..3 {
             workers.spawn();
         }
@@ -236,7 +211,7 @@ async fn master_failover_under_load() {
     bounded("cluster-failover", async {
         let cluster = blocking(RedisCluster::start_or_panic).await;
         let (url, prefix) = (cluster.url(), "failover:");
-        let mut workers = fault_workers("failover-", &url, prefix);
+        let mut workers = cluster_workers("failover-", &url, prefix);
         for _ in 0..3 {
             workers.spawn();
         }
@@ -318,7 +293,7 @@ async fn killed_workers_on_a_cluster_lose_nothing() {
     bounded("cluster-kill9", async {
         let cluster = blocking(RedisCluster::start_or_panic).await;
         let (url, prefix) = (cluster.url(), "kill9:");
-        let mut workers = fault_workers("ckill9-", &url, prefix);
+        let mut workers = cluster_workers("ckill9-", &url, prefix);
         for _ in 0..3 {
             workers.spawn();
         }

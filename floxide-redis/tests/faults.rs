@@ -14,71 +14,23 @@ mod fault_worker;
 mod processes;
 #[path = "../../testkit/runs.rs"]
 mod runs;
+#[path = "support/fault_workers.rs"]
+mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use fault_worker::{Env, Fault, Log};
 use floxide::*;
 use floxide_redis::testing::{RedisServer, ServerOptions};
 use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
-use processes::{locate_or_build, signal, Rng, Workers};
+use processes::{signal, Rng};
+use support::{fault_workers, Settings, LEASE_MS};
 
-/// The workers' lease: short, so that crashed workers' items come back quickly.
-const LEASE_MS: u64 = 1000;
 /// How long a test waits for its runs before it declares them stuck.
 const PATIENCE: Duration = Duration::from_secs(45);
 /// The bound on a whole test.
 const TEST_LIMIT: Duration = Duration::from_secs(100);
-
-// ---------------------------------------------------------------------------------------------
-// The worker binary and the worker processes
-// ---------------------------------------------------------------------------------------------
-
-/// `target/<profile>/examples/fault_worker`, built (once per test binary) when it is missing or
-/// older than its source. (`cargo test -p floxide-redis` builds it anyway, like every example;
-/// after changing only the library, run that rather than `--test faults` alone.)
-fn worker_binary() -> &'static Path {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = BIN.get_or_init(|| {
-        locate_or_build("floxide-redis", env!("CARGO_MANIFEST_DIR"), "fault_worker")
-    });
-    match built {
-        Ok(path) => path,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-/// How the worker processes of a test are configured.
-#[derive(Debug, Clone, Copy)]
-struct Settings {
-    concurrency: usize,
-    step_ms: u64,
-}
-
-/// Worker processes `<name><n>` on the Redis at `url`, under `prefix`.
-fn fault_workers(name: &'static str, url: &str, prefix: &str, settings: Settings) -> Workers {
-    let (url, prefix) = (url.to_owned(), prefix.to_owned());
-    Workers::new(name, move |n| {
-        let mut cmd = Command::new(worker_binary());
-        cmd.args(["--backend", &url])
-            .args(["--concurrency", &settings.concurrency.to_string()])
-            .args(["--worker-name", &format!("{name}{n}")])
-            .env_remove("FLOXIDE_BACKEND_URL")
-            .env_remove("FLOXIDE_REDIS_URL")
-            .env_remove("FLOXIDE_CONCURRENCY")
-            .env_remove("FLOXIDE_WORKER_NAME")
-            .env_remove("FLOXIDE_GRACE_SECS")
-            .env("FAULT_PREFIX", &prefix)
-            .env("FAULT_LEASE_MS", LEASE_MS.to_string())
-            .env("FAULT_STEP_MS", settings.step_ms.to_string())
-            .env("FAULT_WATCH_PARENT", "1");
-        cmd
-    })
-}
 
 // ---------------------------------------------------------------------------------------------
 // The test's side: an orchestrator, raw Redis access, waiting and checking
