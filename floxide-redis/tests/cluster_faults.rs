@@ -39,6 +39,18 @@ fn cluster_workers(name: &'static str, url: &str, prefix: &str) -> Workers {
     fault_workers(name, url, prefix, settings)
 }
 
+/// A fresh cluster with three worker processes `<name><n>` and a test side, under `prefix`.
+async fn loaded(name: &'static str, prefix: &str) -> (RedisCluster, Workers, Side) {
+    let cluster = blocking(RedisCluster::start_or_panic).await;
+    let url = cluster.url();
+    let mut workers = cluster_workers(name, &url, prefix);
+    for _ in 0..3 {
+        workers.spawn();
+    }
+    let side = Side::connect(&url, prefix).await;
+    (cluster, workers, side)
+}
+
 /// The orchestrator side of a test.
 struct Side {
     client: RedisClient,
@@ -138,13 +150,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_migration_under_load_loses_nothing() {
     bounded("cluster-reshard", async {
-        let cluster = std::sync::Arc::new(blocking(RedisCluster::start_or_panic).await);
+        let (cluster, workers, side) = loaded("reshard-", "reshard:").await;
         let (url, prefix) = (cluster.url(), "reshard:");
-        let mut workers = cluster_workers("reshard-", &url, prefix);
-        for _ in 0..3 {
-            workers.spawn();
-        }
-        let side = Side::connect(&url, prefix).await;
+        let cluster = std::sync::Arc::new(cluster);
         let slots = side.client.partition_slots();
         let before: Vec<u16> = {
             let cluster = cluster.clone();
@@ -209,13 +217,8 @@ async fn slot_migration_under_load_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_failover_under_load() {
     bounded("cluster-failover", async {
-        let cluster = blocking(RedisCluster::start_or_panic).await;
+        let (cluster, mut workers, side) = loaded("failover-", "failover:").await;
         let (url, prefix) = (cluster.url(), "failover:");
-        let mut workers = cluster_workers("failover-", &url, prefix);
-        for _ in 0..3 {
-            workers.spawn();
-        }
-        let side = Side::connect(&url, prefix).await;
         let slot = side.client.partition_slots()[0];
         // Runs start over two seconds; the master of partition 0 dies half a second in.
         let starter = {
@@ -291,13 +294,8 @@ async fn master_failover_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_workers_on_a_cluster_lose_nothing() {
     bounded("cluster-kill9", async {
-        let cluster = blocking(RedisCluster::start_or_panic).await;
+        let (cluster, mut workers, side) = loaded("ckill9-", "kill9:").await;
         let (url, prefix) = (cluster.url(), "kill9:");
-        let mut workers = cluster_workers("ckill9-", &url, prefix);
-        for _ in 0..3 {
-            workers.spawn();
-        }
-        let side = Side::connect(&url, prefix).await;
         let starter = Side::start_over_time(&url, prefix, 0, 100, Duration::from_millis(10));
         let mut rng = Rng::seeded();
         let seed = rng.0;
