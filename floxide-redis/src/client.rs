@@ -139,6 +139,22 @@ fn open_client(info: redis::ConnectionInfo, config: &RedisConfig) -> Result<redi
     redis::Client::open(info).map_err(|e| e.to_string())
 }
 
+/// [`RedisBackendError::InvalidUrl`] for `config`'s URL (without its password).
+fn invalid_url(config: &RedisConfig) -> impl Fn(String) -> RedisBackendError + '_ {
+    |reason| RedisBackendError::InvalidUrl {
+        url: redact(&config.url),
+        reason,
+    }
+}
+
+/// [`RedisBackendError::Connect`] for `config`'s URL (without its password).
+fn unreachable(config: &RedisConfig) -> impl Fn(String) -> RedisBackendError + '_ {
+    |reason| RedisBackendError::Connect {
+        url: redact(&config.url),
+        reason,
+    }
+}
+
 /// What the client talks to.
 enum Servers {
     /// One server.
@@ -156,14 +172,7 @@ async fn connect_server(
     config: &RedisConfig,
     scripts: &Scripts,
 ) -> Result<(Servers, RedisConnection, bool), RedisBackendError> {
-    let invalid = |reason: String| RedisBackendError::InvalidUrl {
-        url: redact(&config.url),
-        reason,
-    };
-    let connect = |reason: String| RedisBackendError::Connect {
-        url: redact(&config.url),
-        reason,
-    };
+    let (invalid, connect) = (invalid_url(config), unreachable(config));
     // As in Floxide 3.x, `host:port` without a scheme means `redis://host:port`.
     let url = if config.url.contains("://") || config.url.starts_with("unix:") {
         config.url.clone()
@@ -275,14 +284,7 @@ async fn connect_cluster(
     config: &RedisConfig,
     scripts: &Scripts,
 ) -> Result<(Servers, RedisConnection, bool), RedisBackendError> {
-    let invalid = |reason: String| RedisBackendError::InvalidUrl {
-        url: redact(&config.url),
-        reason,
-    };
-    let connect = |reason: String| RedisBackendError::Connect {
-        url: redact(&config.url),
-        reason,
-    };
+    let (invalid, connect) = (invalid_url(config), unreachable(config));
     let client = cluster_builder(config)
         .and_then(|b| b.build().map_err(|e| e.to_string()))
         .map_err(invalid)?;
@@ -317,10 +319,7 @@ impl RedisClient {
     /// [`RedisBackendError::InvalidUrl`], or [`RedisBackendError::Connect`] when the server
     /// cannot be reached within the connect timeout or refuses the credentials.
     pub async fn new(config: RedisConfig) -> Result<Self, RedisBackendError> {
-        let connect = |reason: String| RedisBackendError::Connect {
-            url: redact(&config.url),
-            reason,
-        };
+        let connect = |reason: String| unreachable(&config)(reason);
         let scripts = Scripts::new(config.is_cluster());
         let (servers, mut conn, functions) = if config.is_cluster() {
             connect_cluster(&config, &scripts).await?
