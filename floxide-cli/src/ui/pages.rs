@@ -11,22 +11,28 @@ use crate::render::{rfc3339, timestamp_relative};
 /// Runs per page of the runs list.
 const PAGE: usize = 50;
 
-/// The page around `body`.
+/// Follows changes without a reload: on each `change` event (at most one fetch a second), the
+/// page fetches itself again and swaps its `<main>` in place; a page whose fresh copy is no
+/// longer live (a finished run) stops following.
+const LIVE_SCRIPT: &str = "<script>(()=>{const e=new EventSource('/events');let busy=false;\
+e.addEventListener('change',()=>{if(busy)return;busy=true;setTimeout(async()=>{try{\
+const r=await fetch(location.href,{credentials:'same-origin'});if(r.ok){\
+const d=new DOMParser().parseFromString(await r.text(),'text/html');const m=d.querySelector('main');\
+if(m){document.querySelector('main').replaceWith(m);document.title=d.title;\
+if(m.dataset.live!=='true')e.close();}}}finally{busy=false}},1000)});})();</script>";
+
+/// The page around `body`; a `live` page follows changes (see [`LIVE_SCRIPT`]).
 pub(crate) fn page(title: &str, body: &str, live: bool) -> String {
-    // A page that follows the runs reloads (at most every 2 s) when one changed.
-    let script = if live {
-        "<script>let t=null;const e=new EventSource('/events');e.addEventListener('change',()=>{if(!t){t=setTimeout(()=>location.reload(),2000)}});</script>"
-    } else {
-        ""
-    };
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title} · floxide</title>\
          <style>body{{font-family:sans-serif;margin:1.5em;color:#222}}table{{border-collapse:collapse}}\
          td,th{{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:left}}\
          .status{{font-weight:bold}}pre{{background:#f6f6f6;padding:.8em;overflow:auto}}\
          form{{display:inline}}nav a{{margin-right:1em}}</style></head>\
-         <body><nav><a href=\"/\">Runs</a><a href=\"/workers\">Workers</a><a href=\"/queues\">Queues</a><a href=\"/dead-letters\">Dead letters</a></nav><h1>{title}</h1>{body}{script}</body></html>",
-        title = escape(title)
+         <body><nav><a href=\"/\">Runs</a><a href=\"/workers\">Workers</a><a href=\"/queues\">Queues</a><a href=\"/dead-letters\">Dead letters</a></nav>\
+         <main data-live=\"{live}\"><h1>{title}</h1>{body}</main>{script}</body></html>",
+        title = escape(title),
+        script = if live { LIVE_SCRIPT } else { "" },
     )
 }
 
