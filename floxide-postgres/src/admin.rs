@@ -6,8 +6,8 @@ use std::time::Duration;
 use floxide_core::distributed::machine::{self, ControlEffect, RunState};
 use floxide_core::distributed::{
     payload_text, AdminBackend, DeadLetter, DistributedError, NodeTiming, QueueStats, RunAction,
-    RunId, RunInfo, RunMetrics, RunStatus, RunWatch, StartRun, WorkItemInfo, WorkItemStatus,
-    WorkerHealth, WorkerId, WorkflowError,
+    RunId, RunInfo, RunMetrics, RunPage, RunQuery, RunStatus, RunWatch, StartRun, WorkItemInfo,
+    WorkItemStatus, WorkerHealth, WorkerId, WorkflowError,
 };
 use floxide_core::graph::VERSIONS_KEPT;
 use floxide_core::{ItemId, RegisteredGraph, WorkflowGraph};
@@ -17,7 +17,8 @@ use crate::ops::{self, backend, item_id, no_output, status};
 use crate::PostgresBackend;
 
 /// The columns of a run's record [`run_info_of`] reads.
-const INFO: &str = "r.run_id, r.workflow, r.status, r.started_at, r.finished_at, r.output::text, \
+pub(crate) const INFO: &str =
+    "r.run_id, r.workflow, r.status, r.started_at, r.finished_at, r.output::text, \
     r.error, r.idempotency_key, r.deadline, \
     (SELECT coalesce(array_agg(o.value::text ORDER BY o.seq), '{}') FROM outputs o \
      WHERE o.run_id = r.run_id)";
@@ -26,7 +27,7 @@ fn json(text: Option<String>) -> Option<serde_json::Value> {
     text.and_then(|t| serde_json::from_str(&t).ok())
 }
 
-fn run_info_of(row: &Row) -> Result<RunInfo, DistributedError> {
+pub(crate) fn run_info_of(row: &Row) -> Result<RunInfo, DistributedError> {
     let outputs: Vec<String> = row.get(9);
     Ok(RunInfo {
         run_id: row.get(0),
@@ -116,6 +117,10 @@ impl AdminBackend for PostgresBackend {
             .await
             .map_err(backend)?;
         rows.iter().map(run_info_of).collect()
+    }
+
+    async fn query_runs(&self, query: &RunQuery) -> Result<RunPage, DistributedError> {
+        self.page_of_runs(query).await
     }
 
     async fn control(&self, run_id: &str, action: RunAction) -> Result<RunInfo, DistributedError> {

@@ -41,6 +41,7 @@ mod listen;
 pub mod migrate;
 mod ops;
 mod overview;
+mod pages;
 mod pipeline;
 mod retention;
 mod start;

@@ -43,5 +43,6 @@ floxide::conformance_tests!(@each #[tokio::test(flavor = "multi_thread", worker_
     completion_waits_for_every_branch,
     g3_parallel_branches_keep_every_change,
     g3_joins_fire_exactly_once,
-    g7_workflow_graphs_are_registered
+    g7_workflow_graphs_are_registered,
+    g7_runs_are_listed_page_by_page
 );

@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 use floxide_core::distributed::payload_text;
 use floxide_core::distributed::{
     machine, AdminBackend, DeadLetter, DistributedError, NodeTiming, QueueStats, RunAction, RunId,
-    RunInfo, RunMetrics, RunStatus, RunWatch, StartRun, WorkItemInfo, WorkItemStatus, WorkerHealth,
-    WorkerId, WorkflowError,
+    RunInfo, RunMetrics, RunPage, RunQuery, RunStatus, RunWatch, StartRun, WorkItemInfo,
+    WorkItemStatus, WorkerHealth, WorkerId, WorkflowError,
 };
 use floxide_core::{ItemId, RegisteredGraph, WorkflowGraph};
 use redis::Value;
@@ -410,6 +410,10 @@ impl AdminBackend for RedisBackend {
         }
         all.sort_by_key(|(started, _)| std::cmp::Reverse(*started));
         Ok(all.into_iter().map(|(_, info)| info).collect())
+    }
+
+    async fn query_runs(&self, query: &RunQuery) -> Result<RunPage, DistributedError> {
+        self.page_of_runs(query).await
     }
 
     async fn control(&self, run_id: &str, action: RunAction) -> Result<RunInfo, DistributedError> {

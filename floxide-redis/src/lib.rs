@@ -96,6 +96,7 @@ mod config;
 mod connection;
 mod graphs;
 mod keys;
+mod pages;
 mod reply;
 mod scripts;
 mod stats;

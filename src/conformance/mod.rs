@@ -26,10 +26,12 @@ mod batch;
 mod control;
 mod graphs;
 mod model;
+mod pages;
 pub use batch::*;
 pub use control::*;
 pub use graphs::*;
 pub use model::*;
+pub use pages::*;
 
 /// The lease the checks use.
 pub const LEASE: Duration = Duration::from_millis(400);
@@ -995,7 +997,8 @@ macro_rules! conformance_tests {
             g4_a_worker_batches_queued_work,
             model_based_sequences_agree_with_the_machine,
             completion_waits_for_every_branch,
-            g7_workflow_graphs_are_registered
+            g7_workflow_graphs_are_registered,
+            g7_runs_are_listed_page_by_page
         );
     };
     (@each #[$attr:meta], $make:expr, $($check:ident),*) => {

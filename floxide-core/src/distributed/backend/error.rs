@@ -41,6 +41,11 @@ pub enum DistributedError {
         /// The item.
         item_id: ItemId,
     },
+    /// A page cursor that this backend did not write (pass back [`RunPage::next`] as given).
+    ///
+    /// [`RunPage::next`]: super::RunPage::next
+    #[error("`{0}` is not a cursor of this backend's run pages")]
+    InvalidCursor(String),
     /// Stored bytes could not be decoded, or a value could not be encoded.
     #[error("codec error: {0}")]
     Codec(String),

@@ -10,6 +10,7 @@
 //! checks them for any backend, with a model-based test against the machine.
 
 mod error;
+pub mod query;
 mod shared;
 mod types;
 
@@ -23,6 +24,7 @@ use crate::graph::{RegisteredGraph, WorkflowGraph};
 use crate::ItemId;
 
 pub use error::DistributedError;
+pub use query::{RunCursor, RunPage, RunQuery};
 pub use types::{
     CommitItem, CommitOutcome, CommitReply, Lease, LeaseState, NewItem, QueueStats, RunAction,
     RunWatch, StartRun, StepCommit, StepFailed, TakeOptions, TakeRequest, Taken, VersionedContext,
@@ -166,6 +168,16 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// # Errors
     /// A backend error.
     async fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunInfo>, DistributedError>;
+
+    /// One page of runs, newest first, filtered by `query`. The default pages through
+    /// [`list_runs`](Self::list_runs); a backend with many runs answers from its index.
+    ///
+    /// # Errors
+    /// [`DistributedError::InvalidCursor`] or a backend error.
+    async fn query_runs(&self, query: &RunQuery) -> Result<RunPage, DistributedError> {
+        let candidates = self.list_runs(query.status).await?;
+        query::page_of(self, query, candidates).await
+    }
 
     /// Cancels, pauses or resumes a run.
     ///
