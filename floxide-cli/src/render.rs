@@ -94,14 +94,20 @@ pub fn or_dash(value: Option<String>) -> String {
 
 /// RFC 3339 in UTC with milliseconds, for JSON: `2026-03-01T12:00:00.250Z`.
 pub fn rfc3339(time: SystemTime) -> String {
-    let (date, clock, ms) = utc(time);
-    format!("{date}T{clock}.{ms:03}Z")
+    humantime::format_rfc3339_millis(printable(time)).to_string()
 }
 
 /// A time for tables: `2026-03-01 12:00:00` (UTC).
 pub fn timestamp(time: SystemTime) -> String {
-    let (date, clock, _) = utc(time);
-    format!("{date} {clock}")
+    let text = humantime::format_rfc3339_seconds(printable(time)).to_string();
+    text.trim_end_matches('Z').replacen('T', " ", 1)
+}
+
+/// `time` within the years 1970 to 9999 that RFC 3339 text covers (a backend's odd clock
+/// value must not stop a listing).
+fn printable(time: SystemTime) -> SystemTime {
+    const LAST: Duration = Duration::from_secs(253_402_300_799); // 9999-12-31T23:59:59Z
+    time.clamp(UNIX_EPOCH, UNIX_EPOCH + LAST)
 }
 
 /// A time for tables with how long ago (or how far ahead) it is: `… (3s ago)`, `… (in 20s)`.
@@ -127,34 +133,6 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
-/// `(YYYY-MM-DD, hh:mm:ss, milliseconds)` of a time in UTC (times before 1970 as 1970).
-fn utc(time: SystemTime) -> (String, String, u32) {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (year, month, day) = civil_from_days((secs / 86400) as i64);
-    let t = secs % 86400;
-    (
-        format!("{year:04}-{month:02}-{day:02}"),
-        format!("{:02}:{:02}:{:02}", t / 3600, t % 3600 / 60, t % 60),
-        since.subsec_millis(),
-    )
-}
-
-/// The proleptic Gregorian date of a day number counted from 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +146,14 @@ mod tests {
             "2023-11-14 22:13:20"
         );
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_secs(5)),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            timestamp(UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 100)),
+            "9999-12-31 23:59:59"
+        );
         assert_eq!(
             timestamp_relative(t, t + Duration::from_secs(3)),
             "2000-02-29 00:00:00 (3.0s ago)"
