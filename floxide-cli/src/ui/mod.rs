@@ -9,6 +9,7 @@
 
 mod operate;
 mod pages;
+mod runs;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,14 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, Path, Query, Request, State};
+use axum::extract::{Form, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use floxide_core::distributed::{Backend, RunAction, RunStatus};
+use floxide_core::distributed::{Backend, RunAction};
 use serde::Deserialize;
 
 use crate::commands::CliError;
@@ -72,7 +73,8 @@ pub(crate) fn router(backend: Arc<dyn Backend>, token: Option<String>, read_only
         csrf: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
     });
     Router::new()
-        .route("/", get(runs_page))
+        .route("/", get(runs::runs_page))
+        .route("/bulk", get(runs::bulk_preview).post(runs::bulk_apply))
         .route("/runs/{id}", get(run_page))
         .route("/runs/{id}/graph.svg", get(run_svg))
         .route("/runs/{id}/{action}", post(run_action))
@@ -127,37 +129,9 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: N
     response
 }
 
-/// The runs list's filters.
-#[derive(Debug, Deserialize)]
-pub(crate) struct RunsQuery {
-    pub(crate) workflow: Option<String>,
-    pub(crate) status: Option<String>,
-    pub(crate) page: Option<usize>,
-}
-
 /// A page that failed: a clear page, never a backtrace.
 pub(crate) fn failure(status: StatusCode, title: &str, detail: &str) -> Response {
     (status, Html(pages::message(title, detail))).into_response()
-}
-
-async fn runs_page(State(state): State<Arc<AppState>>, Query(q): Query<RunsQuery>) -> Response {
-    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(text) => match text.parse::<RunStatus>() {
-            Ok(status) => Some(status),
-            Err(_) => {
-                return failure(
-                    StatusCode::BAD_REQUEST,
-                    "Bad filter",
-                    &format!("`{text}` is not a run status (pending, running, paused, completed, failed, cancelled)"),
-                )
-            }
-        },
-    };
-    match state.backend.list_runs(status).await {
-        Ok(runs) => Html(pages::runs(&q, runs)).into_response(),
-        Err(e) => failure(StatusCode::BAD_GATEWAY, "Backend error", &e.to_string()),
-    }
 }
 
 async fn run_page(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
@@ -203,12 +177,17 @@ impl CarriesCsrf for ActionForm {
     }
 }
 
-/// Why an action was refused.
-pub(crate) struct Refused(&'static str, &'static str);
+/// Why a request cannot be served, shown as a clear page (small, unlike a [`Response`]).
+#[derive(Debug)]
+pub(crate) struct Problem(
+    pub(crate) StatusCode,
+    pub(crate) &'static str,
+    pub(crate) String,
+);
 
-impl IntoResponse for Refused {
+impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        failure(StatusCode::FORBIDDEN, self.0, self.1)
+        failure(self.0, self.1, &self.2)
     }
 }
 
@@ -217,15 +196,21 @@ impl IntoResponse for Refused {
 pub(crate) fn checked_form<F: CarriesCsrf>(
     state: &AppState,
     form: Result<Form<F>, FormRejection>,
-) -> Result<F, Refused> {
+) -> Result<F, Problem> {
     if state.read_only {
-        return Err(Refused("Read-only", "this dashboard is read-only"));
+        return Err(Problem(
+            StatusCode::FORBIDDEN,
+            "Read-only",
+            "this dashboard is read-only".into(),
+        ));
     }
     match form {
         Ok(Form(form)) if form.csrf() == state.csrf => Ok(form),
-        _ => Err(Refused(
+        _ => Err(Problem(
+            StatusCode::FORBIDDEN,
             "Refused",
-            "the request did not come from this dashboard's page (CSRF token missing or wrong)",
+            "the request did not come from this dashboard's page (CSRF token missing or wrong)"
+                .into(),
         )),
     }
 }

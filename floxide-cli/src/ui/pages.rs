@@ -3,13 +3,10 @@
 use std::fmt::Write;
 use std::time::SystemTime;
 
-use floxide_core::distributed::{DistributedError, RunInfo, RunStatus};
+use floxide_core::distributed::{DistributedError, RunStatus};
 
-use super::{AppState, RunsQuery};
+use super::AppState;
 use crate::render::{rfc3339, timestamp_relative};
-
-/// Runs per page of the runs list.
-const PAGE: usize = 50;
 
 /// Follows changes without a reload: on each `change` event (at most one fetch a second), the
 /// page fetches itself again and swaps its `<main>` in place; a page whose fresh copy is no
@@ -39,88 +36,6 @@ pub(crate) fn page(title: &str, body: &str, live: bool) -> String {
 /// A page with one message (errors, refusals).
 pub(crate) fn message(title: &str, detail: &str) -> String {
     page(title, &format!("<p>{}</p>", escape(detail)), false)
-}
-
-/// The runs list: filters, one page of runs newest first, links to the next pages.
-pub(crate) fn runs(q: &RunsQuery, mut runs: Vec<RunInfo>) -> String {
-    if let Some(workflow) = q.workflow.as_deref().filter(|w| !w.is_empty()) {
-        runs.retain(|r| r.workflow == workflow);
-    }
-    let total = runs.len();
-    let page_no = q.page.unwrap_or(1).max(1);
-    let shown: Vec<&RunInfo> = runs.iter().skip((page_no - 1) * PAGE).take(PAGE).collect();
-    let now = SystemTime::now();
-    let mut body = String::new();
-    let status_options: String = [
-        "",
-        "pending",
-        "running",
-        "paused",
-        "completed",
-        "failed",
-        "cancelled",
-    ]
-    .iter()
-    .map(|s| {
-        let selected = if q.status.as_deref().unwrap_or("") == *s {
-            " selected"
-        } else {
-            ""
-        };
-        format!(
-            "<option value=\"{s}\"{selected}>{}</option>",
-            if s.is_empty() { "any status" } else { s }
-        )
-    })
-    .collect();
-    let _ = write!(
-        body,
-        "<form method=\"get\" action=\"/\">Workflow <input name=\"workflow\" value=\"{}\"> \
-         <select name=\"status\">{status_options}</select> <button>Filter</button></form>",
-        escape(q.workflow.as_deref().unwrap_or(""))
-    );
-    let _ = write!(body, "<p>{total} runs</p><table id=\"runs\"><tr><th>Run</th><th>Workflow</th><th>Status</th><th>Started</th><th>Finished</th></tr>");
-    for run in shown {
-        let _ = write!(
-            body,
-            "<tr data-run=\"{id}\"><td><a href=\"/runs/{link}\">{id}</a></td><td>{wf}</td><td class=\"status\">{st}</td><td>{t0}</td><td>{t1}</td></tr>",
-            id = escape(&run.run_id),
-            link = url_segment(&run.run_id),
-            wf = escape(&run.workflow),
-            st = status_name(run.status),
-            t0 = escape(&timestamp_relative(run.started_at, now)),
-            t1 = run
-                .finished_at
-                .map(|t| escape(&timestamp_relative(t, now)))
-                .unwrap_or_else(|| "-".to_owned()),
-        );
-    }
-    body.push_str("</table>");
-    let pages = total.div_ceil(PAGE).max(1);
-    if pages > 1 {
-        let filters = format!(
-            "workflow={}&status={}",
-            url_segment(q.workflow.as_deref().unwrap_or("")),
-            url_segment(q.status.as_deref().unwrap_or(""))
-        );
-        let _ = write!(body, "<p>Page {page_no} of {pages} ");
-        if page_no > 1 {
-            let _ = write!(
-                body,
-                "<a href=\"/?{filters}&page={}\">previous</a> ",
-                page_no - 1
-            );
-        }
-        if page_no < pages {
-            let _ = write!(
-                body,
-                "<a href=\"/?{filters}&page={}\">next</a>",
-                page_no + 1
-            );
-        }
-        body.push_str("</p>");
-    }
-    page("Runs", &body, true)
 }
 
 /// A run's page: status and times, actions, the graph, items, context, output or error.
@@ -233,7 +148,7 @@ pub(crate) async fn run_graph(state: &AppState, id: &str) -> Result<String, Dist
         })
 }
 
-fn status_name(status: RunStatus) -> &'static str {
+pub(crate) fn status_name(status: RunStatus) -> &'static str {
     match status {
         RunStatus::Pending => "pending",
         RunStatus::Running => "running",

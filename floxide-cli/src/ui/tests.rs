@@ -77,7 +77,7 @@ async fn the_runs_list_filters_and_links_to_each_run() {
         "the list follows changes"
     );
     let (_, none) = get(&app, "/?workflow=Other").await;
-    assert!(none.contains("0 runs") && !none.contains("run-1"));
+    assert!(none.contains("0 runs shown") && !none.contains("run-1"));
     let (_, done) = get(&app, "/?status=completed").await;
     assert!(!done.contains("href=\"/runs/run-1\""));
     let (status, bad) = get(&app, "/?status=sideways").await;
@@ -303,4 +303,132 @@ async fn dead_letters_are_requeued_and_dropped_one_or_all_after_a_count_check() 
     let (status, _) = post(&app, "/dead-letters/drop", &format!("csrf={token}&id={id}")).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert!(backend.dead_letters().await.unwrap().is_empty(), "dropped");
+}
+
+/// A backend with `n` runs of "Flow" (`run-0` oldest), each waiting at its first node with
+/// its number as input.
+async fn backend_with_runs(n: usize) -> Arc<dyn Backend> {
+    let backend: Arc<dyn Backend> = Arc::new(InMemoryBackend::new());
+    for i in 0..n {
+        let first = NewItem::new(ItemId::ROOT, "a", format!("{i}").into_bytes());
+        let start = StartRun::new(format!("run-{i}"), "Flow", b"null".to_vec(), first);
+        backend.start_run(start).await.expect("start");
+        // Distinct start times: newest first is then start order reversed.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    backend
+}
+
+/// The `href` of the element with `id`.
+fn link(page: &str, id: &str) -> String {
+    let pattern = format!("id=\"{id}\" href=\"");
+    let at = page.find(&pattern).expect("the link") + pattern.len();
+    page[at..at + page[at..].find('"').expect("end of link")].replace("&amp;", "&")
+}
+
+#[tokio::test]
+async fn the_runs_list_pages_on_the_server_and_filters_by_node_text_and_time() {
+    let app = super::router(backend_with_runs(55).await, None, false);
+    let (_, first) = get(&app, "/").await;
+    assert!(first.contains("50 runs shown"), "{first}");
+    assert!(first.contains("run-54") && !first.contains("\"run-4\""));
+    let (_, second) = get(&app, &link(&first, "next")).await;
+    assert!(second.contains("5 runs shown"), "{second}");
+    assert!(second.contains("data-run=\"run-4\"") && !second.contains("data-run=\"run-5\""));
+    assert!(
+        !second.contains("id=\"next\""),
+        "the last page links no further"
+    );
+
+    let (_, text) = get(&app, "/?q=run-17").await;
+    assert!(
+        text.contains("1 run shown") && text.contains("data-run=\"run-17\""),
+        "{text}"
+    );
+    let (_, node) = get(&app, "/?node=zz").await;
+    assert!(node.contains("0 runs shown"), "{node}");
+    let (_, recent) = get(&app, "/?since=1h").await;
+    assert!(recent.contains("50 runs shown"), "{recent}");
+    let (_, future) = get(&app, "/?since=2999-01-01T00:00:00Z").await;
+    assert!(future.contains("0 runs shown"), "{future}");
+
+    let (status, bad) = get(&app, "/?since=yesterday-ish").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(bad.contains("neither a time"), "{bad}");
+    let (status, bad) = get(&app, "/?after=garbage").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(bad.contains("is not a page of this list"), "{bad}");
+}
+
+#[tokio::test]
+async fn bulk_actions_count_first_and_act_only_on_that_count() {
+    let backend = backend_with_runs(4).await;
+    backend
+        .control("run-0", floxide_core::distributed::RunAction::Cancel)
+        .await
+        .unwrap();
+    let app = super::router(backend.clone(), None, false);
+    let (_, list) = get(&app, "/?workflow=Flow").await;
+    let preview_link = link(&list, "bulk-cancel");
+    let (status, preview) = get(&app, &preview_link).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        preview.contains("This would cancel 3 runs."),
+        "the cancelled run is not counted: {preview}"
+    );
+    let token = csrf(&preview);
+
+    // A run started after the dry run: the count no longer holds, nothing is done.
+    let first = NewItem::new(ItemId::ROOT, "a", b"9".to_vec());
+    backend
+        .start_run(StartRun::new("run-late", "Flow", b"null".to_vec(), first))
+        .await
+        .unwrap();
+    let form = format!("csrf={token}&action=cancel&expect=3&workflow=Flow");
+    let (status, changed) = post(&app, "/bulk", &form).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(changed.contains("matches 4 runs now"), "{changed}");
+    assert_eq!(
+        backend.run_info("run-1").await.unwrap().status,
+        RunStatus::Pending
+    );
+
+    let form = format!("csrf={token}&action=cancel&expect=4&workflow=Flow");
+    let (status, _) = post(&app, "/bulk", &form).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    for run in ["run-1", "run-2", "run-3", "run-late"] {
+        assert_eq!(
+            backend.run_info(run).await.unwrap().status,
+            RunStatus::Cancelled
+        );
+    }
+
+    let (status, _) = post(&app, "/bulk", "csrf=wrong&action=cancel&expect=0").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, bad) = get(&app, "/bulk?action=explode&workflow=Flow").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(bad.contains("not a bulk action"), "{bad}");
+    let read_only = super::router(backend, None, true);
+    let (_, list) = get(&read_only, "/?workflow=Flow").await;
+    assert!(!list.contains("bulk-cancel"));
+    let (status, _) = get(&read_only, "/bulk?action=cancel&workflow=Flow").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn dead_letters_of_matching_runs_are_requeued_in_bulk() {
+    let backend = backend_with_a_dead_letter().await;
+    let app = super::router(backend.clone(), None, false);
+    let (_, preview) = get(&app, "/bulk?action=requeue&status=failed").await;
+    assert!(
+        preview.contains("This would requeue 1 dead letter."),
+        "{preview}"
+    );
+    let form = format!(
+        "csrf={}&action=requeue&expect=1&status=failed",
+        csrf(&preview)
+    );
+    let (status, _) = post(&app, "/bulk", &form).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(backend.dead_letters().await.unwrap().is_empty());
 }
