@@ -406,7 +406,7 @@ async fn a_dead_letter_is_requeued_from_its_page() {
     .unwrap();
     assert_eq!(failed.status, RunStatus::Failed);
     d.open("/dead-letters").await;
-    assert_eq!(d.text_of("count").await, "1 dead letters");
+    assert_eq!(d.text_of("count").await, "1 dead letter");
     let letters = d.text_of("letters").await;
     assert!(letters.contains("order 13 has no address"), "{letters}");
     d.screenshot("dead-letter").await;

@@ -944,6 +944,16 @@ pub async fn g7_runs_and_workers_are_observable<B: Backend>(backend: B) {
             .count()
             >= 2
     );
+    // The stop report carries every step the workers committed.
+    let steps: u64 = after
+        .iter()
+        .filter(|h| h.workflow == "Chain")
+        .map(|h| h.steps_done)
+        .sum();
+    assert_eq!(
+        steps, 3,
+        "the workers count their committed steps: {after:?}"
+    );
 }
 
 /// Steps of one run never observe a predecessor's context without its changes.

@@ -7,6 +7,7 @@
 //! or `FLOXIDE_UI_TOKEN`), given once as `?token=…` (kept in a cookie) or as a bearer token.
 //! Actions are POSTs that carry the page's CSRF token; `--read-only` hides and refuses them.
 
+mod history;
 mod operate;
 mod pages;
 mod runs;
@@ -47,6 +48,8 @@ pub(crate) struct AppState {
     token: Option<String>,
     /// The CSRF token of this server's pages (forms carry it back).
     pub(crate) csrf: String,
+    /// The last minutes' readings of workers and queues.
+    pub(crate) history: history::History,
 }
 
 /// Serves the dashboard until the process is stopped.
@@ -57,21 +60,65 @@ pub async fn serve(backend: Arc<dyn Backend>, options: UiOptions) -> Result<(), 
     if !options.listen.ip().is_loopback() && options.token.is_none() {
         return Err(CliError::UiUnsafe(options.listen));
     }
-    let app = router(backend, options.token, options.read_only);
+    let state = app_state(backend, options.token, options.read_only);
+    tokio::spawn(keep_history(state.clone()));
+    let app = routes(state);
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     eprintln!("floxide ui: http://{}/", listener.local_addr()?);
     axum::serve(listener, app).await?;
     Ok(())
 }
 
-/// The dashboard's routes over `backend`.
-pub(crate) fn router(backend: Arc<dyn Backend>, token: Option<String>, read_only: bool) -> Router {
-    let state = Arc::new(AppState {
+/// Reads the workers and the queues of every registered workflow every few seconds.
+async fn keep_history(state: Arc<AppState>) {
+    loop {
+        let workflows = registered_workflows(&*state.backend)
+            .await
+            .unwrap_or_default();
+        // A failed reading leaves a gap; the next one comes all the same.
+        let _ = state.history.sample(&*state.backend, &workflows).await;
+        tokio::time::sleep(history::EVERY).await;
+    }
+}
+
+/// The names of the registered workflows, sorted.
+pub(crate) async fn registered_workflows(
+    backend: &dyn Backend,
+) -> Result<Vec<String>, floxide_core::distributed::DistributedError> {
+    let mut workflows: Vec<String> = backend
+        .graphs()
+        .await?
+        .into_iter()
+        .map(|g| g.graph.workflow)
+        .collect();
+    workflows.sort();
+    workflows.dedup();
+    Ok(workflows)
+}
+
+/// What the handlers share, for `backend`.
+pub(crate) fn app_state(
+    backend: Arc<dyn Backend>,
+    token: Option<String>,
+    read_only: bool,
+) -> Arc<AppState> {
+    Arc::new(AppState {
         backend,
         read_only,
         token,
         csrf: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
-    });
+        history: history::History::default(),
+    })
+}
+
+/// The dashboard's routes over `backend` (without the history of rates).
+#[cfg(test)]
+pub(crate) fn router(backend: Arc<dyn Backend>, token: Option<String>, read_only: bool) -> Router {
+    routes(app_state(backend, token, read_only))
+}
+
+/// The dashboard's routes.
+pub(crate) fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(runs::runs_page))
         .route("/bulk", get(runs::bulk_preview).post(runs::bulk_apply))

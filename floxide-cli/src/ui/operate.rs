@@ -12,21 +12,24 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use floxide_core::ItemId;
 use serde::Deserialize;
 
+use super::history::sparkline;
 use super::pages::{escape, page};
 use super::{failure, AppState};
 use crate::render::timestamp_relative;
 
-/// `/workers`: each worker's liveness, current item and errors.
+/// `/workers`: each worker's liveness, current item, steps (and their rate over the last
+/// readings) and errors.
 pub(crate) async fn workers(State(state): State<Arc<AppState>>) -> Response {
     let workers = match state.backend.workers().await {
         Ok(workers) => workers,
         Err(e) => return failure(StatusCode::BAD_GATEWAY, "Backend error", &e.to_string()),
     };
     let now = SystemTime::now();
+    let rates = state.history.worker_rates();
     let mut body = format!(
-        "<p>{} workers</p><table id=\"workers\"><tr><th>Worker</th><th>Workflow</th><th>Host</th>\
-         <th>Status</th><th>Last heartbeat</th><th>Current item</th><th>Errors</th></tr>",
-        workers.len()
+        "<p>{}</p><table id=\"workers\"><tr><th>Worker</th><th>Workflow</th><th>Host</th>\
+         <th>Status</th><th>Last heartbeat</th><th>Current item</th><th>Steps</th><th>Steps/s</th><th>Errors</th></tr>",
+        super::runs::plural(workers.len(), "worker")
     );
     for w in &workers {
         let current = match (&w.current_work_item_run_id, w.current_work_item) {
@@ -39,13 +42,18 @@ pub(crate) async fn workers(State(state): State<Arc<AppState>>) -> Response {
         };
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{} ({})</td><td>{:?}</td><td>{}</td><td>{current}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{} ({})</td><td>{:?}</td><td>{}</td><td>{current}</td>\
+             <td>{}</td><td class=\"rate\">{}</td><td>{}</td></tr>",
             escape(&w.worker_id.0),
             escape(&w.workflow),
             escape(&w.host),
             w.pid,
             w.status,
             escape(&timestamp_relative(w.last_heartbeat, now)),
+            w.steps_done,
+            rates
+                .get(&w.worker_id.0)
+                .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}")),
             w.error_count
         );
     }
@@ -53,38 +61,42 @@ pub(crate) async fn workers(State(state): State<Arc<AppState>>) -> Response {
     Html(page("Workers", &body, true)).into_response()
 }
 
-/// `/queues`: per registered workflow, ready, delayed, in-flight items, dead letters and
-/// reclaimed leases.
+/// `/queues`: per registered workflow, ready, delayed, in-flight items, dead letters,
+/// reclaimed leases, and charts of the last minutes' throughput and ready items.
 pub(crate) async fn queues(State(state): State<Arc<AppState>>) -> Response {
-    let graphs = match state.backend.graphs().await {
-        Ok(graphs) => graphs,
+    let workflows = match super::registered_workflows(&*state.backend).await {
+        Ok(workflows) => workflows,
         Err(e) => return failure(StatusCode::BAD_GATEWAY, "Backend error", &e.to_string()),
     };
-    let mut workflows: Vec<String> = graphs.into_iter().map(|g| g.graph.workflow).collect();
-    workflows.sort();
-    workflows.dedup();
+    let series = state.history.workflow_series();
     let mut body = String::from(
         "<table id=\"queues\"><tr><th>Workflow</th><th>Ready</th><th>Delayed</th><th>In flight</th>\
-         <th>Dead letters</th><th>Leases reclaimed</th></tr>",
+         <th>Dead letters</th><th>Leases reclaimed</th><th>Steps per second, last minutes</th>\
+         <th>Ready, last minutes</th></tr>",
     );
     for workflow in &workflows {
         match state.backend.queue_stats(workflow).await {
             Ok(Some(q)) => {
+                let recent = series.get(workflow).cloned().unwrap_or_default();
+                let ready: Vec<f64> = recent.ready.iter().map(|&n| n as f64).collect();
                 let _ = write!(
                     body,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                     <td class=\"throughput\">{}</td><td>{}</td></tr>",
                     escape(workflow),
                     q.ready,
                     q.delayed,
                     q.in_flight,
                     q.dead_letters,
-                    q.leases_reclaimed
+                    q.leases_reclaimed,
+                    sparkline(&recent.steps_per_second, "steps/s"),
+                    sparkline(&ready, "ready"),
                 );
             }
             Ok(None) => {
                 let _ = write!(
                     body,
-                    "<tr><td>{}</td><td colspan=\"5\">this backend keeps no queue counters</td></tr>",
+                    "<tr><td>{}</td><td colspan=\"7\">this backend keeps no queue counters</td></tr>",
                     escape(workflow)
                 );
             }
@@ -103,7 +115,10 @@ pub(crate) async fn dead_letters(State(state): State<Arc<AppState>>) -> Response
         Err(e) => return failure(StatusCode::BAD_GATEWAY, "Backend error", &e.to_string()),
     };
     let now = SystemTime::now();
-    let mut body = format!("<p id=\"count\">{} dead letters</p>", letters.len());
+    let mut body = format!(
+        "<p id=\"count\">{}</p>",
+        super::runs::plural(letters.len(), "dead letter")
+    );
     if !state.read_only && !letters.is_empty() {
         // The count shown travels with the form: if it changed meanwhile, nothing is done.
         for (action, label) in [("requeue", "Requeue all"), ("drop", "Drop all")] {

@@ -233,13 +233,13 @@ async fn workers_queues_and_dead_letters_are_shown() {
     let (status, workers) = get(&app, "/workers").await;
     assert_eq!(status, StatusCode::OK);
     assert!(
-        workers.contains("1 workers") && workers.contains("w-1"),
+        workers.contains("1 worker<") && workers.contains("w-1"),
         "{workers}"
     );
     let (_, queues) = get(&app, "/queues").await;
     assert!(queues.contains("<td>Flow</td>"), "{queues}");
     let (_, letters) = get(&app, "/dead-letters").await;
-    assert!(letters.contains("1 dead letters"), "{letters}");
+    assert!(letters.contains("1 dead letter<"), "{letters}");
     assert!(
         letters.contains("it &lt;broke&gt;"),
         "the error, escaped: {letters}"
@@ -431,4 +431,38 @@ async fn dead_letters_of_matching_runs_are_requeued_in_bulk() {
     let (status, _) = post(&app, "/bulk", &form).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert!(backend.dead_letters().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn workers_show_their_step_rate_and_queues_chart_the_last_minutes() {
+    let backend = backend_with_a_run().await;
+    let state = super::app_state(backend.clone(), None, false);
+    let app = super::routes(state.clone());
+    let workflows = vec!["Flow".to_owned()];
+    let (_, queues) = get(&app, "/queues").await;
+    assert!(queues.contains("collecting"), "no readings yet: {queues}");
+    let mut health = WorkerHealth {
+        worker_id: WorkerId::from("w-1"),
+        workflow: "Flow".to_owned(),
+        ..WorkerHealth::default()
+    };
+    for steps in [10, 30, 70] {
+        health.steps_done = steps;
+        backend.report_worker(&health).await.unwrap();
+        state.history.sample(&*backend, &workflows).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (_, workers) = get(&app, "/workers").await;
+    assert!(workers.contains("<td>70</td>"), "the step count: {workers}");
+    let rate = workers
+        .split("class=\"rate\">")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .and_then(|r| r.parse::<f64>().ok())
+        .expect("a rate");
+    // 40 steps in about 0.1 s.
+    assert!(rate > 100.0 && rate < 400.0, "{rate}");
+    let (_, queues) = get(&app, "/queues").await;
+    assert!(queues.contains("<polyline"), "a chart: {queues}");
+    assert!(queues.contains("steps/s now"), "{queues}");
 }

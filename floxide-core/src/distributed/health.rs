@@ -27,6 +27,7 @@ impl HealthReporter {
                 current_work_item: None,
                 current_work_item_run_id: None,
                 workflow: workflow.to_owned(),
+                steps_done: 0,
             },
             last: None,
             errors: 0,
@@ -55,6 +56,13 @@ impl HealthReporter {
         self.health.current_work_item = item;
         self.health.current_work_item_run_id = run;
         Some(self.health.clone())
+    }
+
+    /// Counts a step that ended, if it was committed.
+    pub(crate) fn step_ended<O>(&mut self, end: &crate::distributed::exec::StepEnd<O>) {
+        if matches!(end, crate::distributed::exec::StepEnd::Committed { .. }) {
+            self.health.steps_done += 1;
+        }
     }
 
     /// Reports that the worker stopped.

@@ -276,6 +276,9 @@ pub struct WorkerHealth {
     /// The workflow it executes (empty in reports of other sources).
     #[serde(default)]
     pub workflow: String,
+    /// Steps it committed since it started (a rate is the difference of two reports).
+    #[serde(default)]
+    pub steps_done: u64,
 }
 
 /// A report of no worker yet (Floxide 3.x): id `0`, idle, heartbeat now.
@@ -291,6 +294,7 @@ impl Default for WorkerHealth {
             current_work_item: None,
             current_work_item_run_id: None,
             workflow: String::new(),
+            steps_done: 0,
         }
     }
 }

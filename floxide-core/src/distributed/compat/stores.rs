@@ -534,6 +534,7 @@ where
                 current_work_item: None,
                 current_work_item_run_id: None,
                 workflow: String::new(),
+                steps_done: 0,
             });
         health.last_heartbeat = timestamp;
         self.update_health(worker_id, health).await
