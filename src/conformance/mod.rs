@@ -25,11 +25,13 @@ use crate::*;
 mod batch;
 mod control;
 mod graphs;
+mod history;
 mod model;
 mod pages;
 pub use batch::*;
 pub use control::*;
 pub use graphs::*;
+pub use history::*;
 pub use model::*;
 pub use pages::*;
 
@@ -1008,7 +1010,8 @@ macro_rules! conformance_tests {
             model_based_sequences_agree_with_the_machine,
             completion_waits_for_every_branch,
             g7_workflow_graphs_are_registered,
-            g7_runs_are_listed_page_by_page
+            g7_runs_are_listed_page_by_page,
+            g7_step_history_explains_every_lease
         );
     };
     (@each #[$attr:meta], $make:expr, $($check:ident),*) => {

@@ -72,12 +72,12 @@ pub mod work_queue {
 pub use self::metrics::install_prometheus_exporter;
 pub use self::metrics::{describe_metrics, record_queue_stats};
 pub use crate::merge::{EventLog, LoggedEvent};
-pub use backend::query;
+pub use backend::{history, query};
 pub use backend::{
     AdminBackend, Backend, CommitItem, CommitOutcome, CommitReply, DistributedError, Lease,
     LeaseState, NewItem, QueueStats, RunAction, RunCursor, RunPage, RunQuery, RunWatch, StartRun,
-    StepCommit, StepFailed, TakeOptions, TakeRequest, Taken, VersionedContext, WorkerBackend,
-    MAX_BATCH,
+    StepCommit, StepEvent, StepEventKind, StepFailed, TakeOptions, TakeRequest, Taken,
+    VersionedContext, WorkerBackend, MAX_BATCH,
 };
 #[doc(hidden)]
 pub use compat::{kind, StoreBinding, StoreKind, StoreParts, StoreView};

@@ -10,6 +10,7 @@
 //! checks them for any backend, with a model-based test against the machine.
 
 mod error;
+pub mod history;
 pub mod query;
 mod shared;
 mod types;
@@ -24,6 +25,7 @@ use crate::graph::{RegisteredGraph, WorkflowGraph};
 use crate::ItemId;
 
 pub use error::DistributedError;
+pub use history::{StepEvent, StepEventKind};
 pub use query::{RunCursor, RunPage, RunQuery};
 pub use types::{
     CommitItem, CommitOutcome, CommitReply, Lease, LeaseState, NewItem, QueueStats, RunAction,
@@ -216,6 +218,16 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// # Errors
     /// [`DistributedError::UnknownRun`] or a backend error.
     async fn pending_items(&self, run_id: &str) -> Result<Vec<Vec<u8>>, DistributedError>;
+
+    /// A run's step history (leases taken, renewed, expired; commits applied or fenced out;
+    /// failures; releases), oldest first; `None` (the default) when the backend keeps none.
+    ///
+    /// # Errors
+    /// [`DistributedError::UnknownRun`] or a backend error.
+    async fn step_history(&self, run_id: &str) -> Result<Option<Vec<StepEvent>>, DistributedError> {
+        let _ = run_id;
+        Ok(None)
+    }
 
     /// Every dead letter.
     ///

@@ -8,9 +8,9 @@ use std::time::Duration;
 use super::{AdminBackend, WorkerBackend};
 use crate::distributed::{
     CommitItem, CommitOutcome, CommitReply, DeadLetter, DistributedError, Lease, LeaseState,
-    QueueStats, RunAction, RunId, RunInfo, RunMetrics, RunStatus, RunWatch, StartRun, StepCommit,
-    StepFailed, TakeOptions, TakeRequest, Taken, VersionedContext, WorkItemInfo, WorkerHealth,
-    WorkerId, WorkflowError,
+    QueueStats, RunAction, RunId, RunInfo, RunMetrics, RunPage, RunQuery, RunStatus, RunWatch,
+    StartRun, StepCommit, StepEvent, StepFailed, TakeOptions, TakeRequest, Taken, VersionedContext,
+    WorkItemInfo, WorkerHealth, WorkerId, WorkflowError,
 };
 use crate::graph::{RegisteredGraph, WorkflowGraph};
 use crate::ItemId;
@@ -96,6 +96,14 @@ impl<B: AdminBackend + ?Sized> AdminBackend for Arc<B> {
 
     async fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunInfo>, DistributedError> {
         (**self).list_runs(status).await
+    }
+
+    async fn query_runs(&self, query: &RunQuery) -> Result<RunPage, DistributedError> {
+        (**self).query_runs(query).await
+    }
+
+    async fn step_history(&self, run_id: &str) -> Result<Option<Vec<StepEvent>>, DistributedError> {
+        (**self).step_history(run_id).await
     }
 
     async fn control(&self, run_id: &str, action: RunAction) -> Result<RunInfo, DistributedError> {

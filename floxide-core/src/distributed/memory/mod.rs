@@ -17,9 +17,10 @@ use parts::{ItemRecord, ItemsState, QueueState, RunItems, RunsState, RESUME_MARK
 
 use crate::distributed::backend::{
     AdminBackend, CommitItem, CommitOutcome, CommitReply, DistributedError, Lease, LeaseState,
-    QueueStats, RunAction, RunWatch, StartRun, StepCommit, StepFailed, TakeOptions, TakeRequest,
-    Taken, VersionedContext, WorkerBackend,
+    QueueStats, RunAction, RunWatch, StartRun, StepCommit, StepEvent, StepEventKind, StepFailed,
+    TakeOptions, TakeRequest, Taken, VersionedContext, WorkerBackend,
 };
+use crate::distributed::history::HISTORY_KEPT;
 use crate::distributed::machine::{self, ControlEffect, FailureEffect, RunState};
 use crate::distributed::types::payload_text;
 use crate::distributed::{
@@ -177,14 +178,20 @@ impl InMemoryBackend {
             else {
                 continue;
             };
-            match &record.lease {
-                Some((t, _, expiry)) if *t == token && *expiry <= now => {
-                    record.lease = None;
+            match record.lease.take() {
+                Some((t, holder, expiry)) if t == token && expiry <= now => {
                     record.status = WorkItemStatus::Pending;
                     queue.push_ready(&wf, (run.clone(), item));
-                    self.metrics.lock().runs.entry(run).or_default().reclaimed += 1;
+                    self.metrics
+                        .lock()
+                        .runs
+                        .entry(run.clone())
+                        .or_default()
+                        .reclaimed += 1;
+                    let kind = StepEventKind::Expired;
+                    self.record(&run, item, record, kind, Some(holder), token);
                 }
-                _ => {}
+                other => record.lease = other,
             }
         }
         while let Some(Reverse((due, _, wf, run, item))) = queue.delayed.peek().cloned() {
@@ -295,6 +302,11 @@ impl InMemoryBackend {
             let expiry = now + options.lease_timeout;
             record.status = WorkItemStatus::InProgress;
             record.lease = Some((token, worker.clone(), expiry));
+            let kind = StepEventKind::Leased {
+                until: SystemTime::now() + options.lease_timeout,
+                delivery: record.deliveries,
+            };
+            self.record(&run_id, item_id, record, kind, Some(worker.clone()), token);
             queue.leases.push(Reverse((
                 expiry,
                 token,
@@ -483,6 +495,7 @@ impl AdminBackend for InMemoryBackend {
                 contexts.contexts.remove(&run),
                 metrics.runs.remove(&run),
                 errors.runs.remove(&run),
+                errors.history.remove(&run),
             ));
         }
         drop(errors);
@@ -652,6 +665,19 @@ impl AdminBackend for InMemoryBackend {
 
     fn watch_runs(&self) -> RunWatch {
         RunWatch::new(self.runs.part.version.subscribe())
+    }
+
+    async fn step_history(&self, run_id: &str) -> Result<Option<Vec<StepEvent>>, DistributedError> {
+        if !self.runs.lock().runs.contains_key(run_id) {
+            return Err(unknown(run_id));
+        }
+        let errors = self.errors.lock();
+        let history = errors.history.get(run_id);
+        Ok(Some(
+            history
+                .map(|h| h.iter().cloned().collect())
+                .unwrap_or_default(),
+        ))
     }
 
     async fn errors(&self, run_id: &str) -> Result<Vec<WorkflowError>, DistributedError> {
@@ -940,6 +966,8 @@ impl WorkerBackend for InMemoryBackend {
         let expiry = Instant::now() + lease_timeout;
         if let Some(record) = run_items.items.get_mut(&lease.item_id) {
             record.lease = Some((lease.token, lease.worker.clone(), expiry));
+            let until = SystemTime::now() + lease_timeout;
+            self.record_of(lease, record, StepEventKind::Renewed { until });
         }
         queue.leases.push(Reverse((
             expiry,
@@ -1009,7 +1037,9 @@ impl WorkerBackend for InMemoryBackend {
         let mut items = self.items.lock();
         let mut queue = self.queue.lock();
         let Some((run_items, true)) = leased(&mut items, lease) else {
-            return Ok(not_held(&runs, &lease.run_id));
+            let outcome = not_held(&runs, &lease.run_id);
+            self.fenced(&items, lease, &outcome);
+            return Ok(outcome);
         };
         let info = runs
             .runs
@@ -1032,6 +1062,11 @@ impl WorkerBackend for InMemoryBackend {
         };
         let mut finished = None;
         let retried = failure.retry_after.is_some();
+        let retry_at = match (failure.retry_after, effect) {
+            (Some(wait), FailureEffect::Retry) => Some(SystemTime::now() + wait),
+            _ => None,
+        };
+        self.record_of(lease, record, StepEventKind::Failed { retry_at });
         match (failure.retry_after, effect) {
             (Some(wait), FailureEffect::Retry) => {
                 record.status = WorkItemStatus::WaitingRetry;
@@ -1114,6 +1149,7 @@ impl WorkerBackend for InMemoryBackend {
             record.lease = None;
             record.status = WorkItemStatus::Pending;
             record.deliveries = record.deliveries.saturating_sub(1);
+            self.record_of(lease, record, StepEventKind::Released);
             let workflow = runs
                 .runs
                 .get(&lease.run_id)
@@ -1146,7 +1182,9 @@ impl InMemoryBackend {
         let mut queue = self.queue.lock();
         let mut contexts = self.contexts.lock();
         let Some((run_items, true)) = leased(&mut items, lease) else {
-            return Ok(not_held(&runs, &lease.run_id));
+            let outcome = not_held(&runs, &lease.run_id);
+            self.fenced(&items, lease, &outcome);
+            return Ok(outcome);
         };
         let info = runs
             .runs
@@ -1207,6 +1245,7 @@ impl InMemoryBackend {
         if let Some(r) = run_items.items.get_mut(&lease.item_id) {
             r.status = WorkItemStatus::Completed;
             r.lease = None;
+            self.record_of(lease, r, StepEventKind::Committed);
         }
         run_items.outstanding = run_items.outstanding.saturating_sub(1);
         let outstanding = run_items.outstanding;
@@ -1257,6 +1296,62 @@ impl InMemoryBackend {
             self.notify_runs();
         }
         Ok(CommitOutcome::Committed { finished })
+    }
+
+    /// Appends an event about item `item` (`record`) to `run`'s step history. Takes the
+    /// errors lock: callers hold none after it (the lock order).
+    fn record(
+        &self,
+        run: &str,
+        item: ItemId,
+        record: &ItemRecord,
+        kind: StepEventKind,
+        worker: Option<WorkerId>,
+        token: u64,
+    ) {
+        let event = StepEvent::new(
+            SystemTime::now(),
+            item,
+            record.node.clone(),
+            kind,
+            worker,
+            token,
+            record.attempt,
+        );
+        let mut errors = self.errors.lock();
+        let history = errors.history.entry(run.to_owned()).or_default();
+        history.push_back(event);
+        if history.len() > HISTORY_KEPT {
+            history.pop_front();
+        }
+    }
+
+    /// Appends an event about the item of `lease`, by its holder.
+    fn record_of(&self, lease: &Lease, record: &ItemRecord, kind: StepEventKind) {
+        let worker = Some(lease.worker.clone());
+        self.record(
+            &lease.run_id,
+            lease.item_id,
+            record,
+            kind,
+            worker,
+            lease.token,
+        );
+    }
+
+    /// Records a commit or failure report refused because its lease was lost (not one
+    /// refused because the run is over).
+    fn fenced(&self, items: &ItemsState, lease: &Lease, outcome: &CommitOutcome) {
+        if *outcome != CommitOutcome::LeaseLost {
+            return;
+        }
+        let record = items
+            .runs
+            .get(&lease.run_id)
+            .and_then(|r| r.items.get(&lease.item_id));
+        if let Some(record) = record {
+            self.record_of(lease, record, StepEventKind::Fenced);
+        }
     }
 
     /// `first` and up to `take.max - 1` more ready items, without waiting.

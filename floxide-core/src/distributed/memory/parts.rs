@@ -204,6 +204,10 @@ pub(crate) struct MetricsState {
 #[derive(Default)]
 pub(crate) struct ErrorsState {
     pub(crate) runs: HashMap<RunId, Vec<WorkflowError>>,
+    /// Each run's step history, the latest [`HISTORY_KEPT`] events.
+    ///
+    /// [`HISTORY_KEPT`]: crate::distributed::history::HISTORY_KEPT
+    pub(crate) history: HashMap<RunId, VecDeque<crate::distributed::StepEvent>>,
 }
 
 #[derive(Default)]
