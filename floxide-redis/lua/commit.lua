@@ -12,7 +12,7 @@
 -- ARGV[5..]: step count k, then k × (run id, item id, token, required version ('' for none),
 --            context base version ('' when the context is unchanged), context bytes, the
 --            context version the worker holds after the step ('' for none), node,
---            duration in µs, successor count s, s × (id, node, bytes), output count o,
+--            duration in µs, the lease's holder, successor count s, s × (id, node, bytes), output count o,
 --            o outputs (JSON), error count e, e errors (JSON)), then for the take: workflow
 --            ('' for none), worker id, lease in ms, max deliveries, n, woken flag
 -- Returns {k × ({'ok', final status or ''} | {'conflict', version} | {'lost'} |
@@ -26,9 +26,9 @@ for c = 1, k do
   local x = {
     run = ARGV[i], id = ARGV[i + 1], token = tonumber(ARGV[i + 2]), required = ARGV[i + 3],
     base = ARGV[i + 4], ctx = ARGV[i + 5], have = ARGV[i + 6], node = ARGV[i + 7],
-    dur = tonumber(ARGV[i + 8]), succs = {}, outputs = {}, errors = {},
+    dur = tonumber(ARGV[i + 8]), holder = ARGV[i + 9], succs = {}, outputs = {}, errors = {},
   }
-  i = i + 9
+  i = i + 10
   for _ = 1, tonumber(ARGV[i]) do
     x.succs[#x.succs + 1] = { id = ARGV[i + 1], node = ARGV[i + 2], bytes = ARGV[i + 3] }
     i = i + 3
@@ -82,6 +82,7 @@ local function commit_one(x)
     if not m and r.frid == RID then return { 'ok', r.st or '' } end
     -- A cancelled or completed run's items are gone: its in-flight steps learn it is over.
     if not m and r.st and not accepts_results(r.st) then return { 'inactive', r.st } end
+    if m then step_event(x.run, 'Z', x.id, m.n, x.holder, x.token, m.a, now) end
     return { 'lost' }
   end
   local run = run_of(x.run)
@@ -123,6 +124,7 @@ local function commit_one(x)
         hset[#hset + 1] = worker
         direct[#direct + 1] = { x.run, s }
         add_timer(now + lease_ms, 'L' .. entry(s.id, x.run))
+        step_event(x.run, 'L', s.id, s.node, worker, 1, 1, now, 1, now + lease_ms, true)
       else
         hset[#hset + 1] = meta('P', 1, 0, 0, s.node)
         if takes_items(r.st) then
@@ -137,6 +139,7 @@ local function commit_one(x)
   end
   call_chunked('HSET', it, hset)
   done[#done + 1] = 'L' .. e
+  step_event(x.run, 'C', x.id, m.n, x.holder, m.t, m.a, now, nil, nil, true)
   if #parked > 0 then
     call_chunked('LPUSH', parked_key(x.run), parked)
     keep_expiry(parked_key(x.run), r.t1)

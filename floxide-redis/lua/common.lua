@@ -17,7 +17,10 @@
 -- id of the request that committed or failed it (`-` before). `<id>` holds the item's bytes
 -- (emptied when it is committed), `<id>:w` its last worker. `wt:<worker>` (`wc:<worker>`)
 -- holds what the worker's last take (commit) leased, with that request's id and the tokens,
--- for a retry of it.
+-- for a retry of it. `sh:<run>` is the run's step history: one line per lease transition,
+-- `<kind> <ms> <token> <attempt> <delivery or -> <lease end ms or -> <item id> <node>
+-- <worker>`, kind L (leased), H (renewed), E (expired), C (committed), Z (fenced out),
+-- F (failed; the lease end field holds the retry's due time), R (released).
 
 -- Per call, set by `setup` from ARGV (loaded as a function library, this code runs once and
 -- its functions serve every call).
@@ -25,6 +28,11 @@ local PFX, RETENTION, LETTER_RETENTION, RID, RETRY
 local TIMERS, RUNS, DONE, LETTERS, LETTER_INDEX
 -- Run events and lease timers a call collects (flushed at its end), and whether it pruned.
 local EVENTS, PRUNE_DONE, TIMER_ADDS
+-- Step history lines a call collects per run (flushed at its end, one push per run), the runs
+-- in order, the runs whose state the flush must check, and those that finished in the call.
+local HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS
+-- The most lines a run's history keeps: trimmed to that once it holds twice as many.
+local HISTORY_KEPT = 1000
 
 local function setup()
   PFX = ARGV[1]
@@ -36,6 +44,7 @@ local function setup()
   TIMERS, RUNS, DONE = PFX .. 'tm', PFX .. 'runs', PFX .. 'done'
   LETTERS, LETTER_INDEX = PFX .. 'dlh', PFX .. 'dlq'
   EVENTS, PRUNE_DONE, TIMER_ADDS = {}, false, {}
+  HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS = {}, {}, {}, {}
 end
 
 local function now_ms()
@@ -73,6 +82,7 @@ local function parked_key(run) return PFX .. 'pk:' .. run end
 local function letters_of_key(run) return PFX .. 'rdl:' .. run end
 local function outs_key(run) return PFX .. 'outs:' .. run end
 local function errs_key(run) return PFX .. 'errs:' .. run end
+local function history_key(run) return PFX .. 'sh:' .. run end
 local function queue_key(wf) return PFX .. 'q:' .. wf end
 local function wake_key(wf) return PFX .. 'wake:' .. wf end
 
@@ -200,6 +210,43 @@ local function read_run(run, fields)
   return r
 end
 
+-- Step history -----------------------------------------------------------------------------
+
+-- Adds a line to `run`'s step history (see the key layout); `active` when the caller knows
+-- the run is active (else the flush checks whether the run still exists and has finished).
+local function step_event(run, kind, id, node, worker, token, attempt, now, delivery, until_ms, active)
+  local lines = HISTORY[run]
+  if not lines then
+    lines = {}
+    HISTORY[run] = lines
+    HISTORY_RUNS[#HISTORY_RUNS + 1] = run
+  end
+  lines[#lines + 1] = kind .. ' ' .. now .. ' ' .. token .. ' ' .. attempt .. ' ' .. (delivery or '-') ..
+    ' ' .. (until_ms or '-') .. ' ' .. id .. ' ' .. node .. ' ' .. (worker or '')
+  if not active then HISTORY_CHECK[run] = true end
+end
+
+-- Pushes the collected lines, one push per run. A history that did not exist before (its run
+-- finished long ago, or is gone) gets its run's expiry, or is dropped with its run.
+local function flush_history()
+  for _, run in ipairs(HISTORY_RUNS) do
+    local key, lines = history_key(run), HISTORY[run]
+    local n = call_chunked('RPUSH', key, lines)
+    if HISTORY_ENDS[run] then
+      redis.call('PEXPIREAT', key, HISTORY_ENDS[run])
+    elseif HISTORY_CHECK[run] and n == #lines then
+      local r = read_run(run, { 'st', 't1' })
+      if not r.st then
+        redis.call('DEL', key)
+      elseif r.t1 then
+        redis.call('PEXPIREAT', key, tonumber(r.t1) + RETENTION)
+      end
+    end
+    if n > 2 * HISTORY_KEPT then redis.call('LTRIM', key, -HISTORY_KEPT, -1) end
+  end
+  HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS = {}, {}, {}, {}
+end
+
 -- Retention --------------------------------------------------------------------------------
 
 -- Keeps a key of a run that finished at `t1` (ms; nil while it runs) expiring with the run's
@@ -225,6 +272,8 @@ local function finish_run(run, set, st, now, r)
   local nout, nerr = set.nout or r.nout, set.nerr or r.nerr
   redis.call('ZADD', DONE, now, run)
   redis.call('PEXPIREAT', run_key(run), exp)
+  redis.call('PEXPIREAT', history_key(run), exp)
+  HISTORY_ENDS[run] = exp
   if nout and tonumber(nout) > 0 then redis.call('PEXPIREAT', outs_key(run), exp) end
   if nerr and tonumber(nerr) > 0 then redis.call('PEXPIREAT', errs_key(run), exp) end
   if r.idem then redis.call('PEXPIREAT', PFX .. 'idem:' .. r.idem, exp) end
@@ -242,6 +291,7 @@ end
 -- Sends the script's run events (one message) and drops the index entries of runs whose
 -- retention is over, a few at a time. Every script that changes a run's status calls it last.
 local function flush_events(now)
+  flush_history()
   if PRUNE_DONE then
     PRUNE_DONE = false
     local old = redis.call('ZRANGEBYSCORE', DONE, '-inf', now - RETENTION, 'LIMIT', 0, 16)
@@ -260,7 +310,7 @@ end
 local function revive_run(run, r)
   redis.call('ZREM', DONE, run)
   for _, k in ipairs({ run_key(run), items_key(run), parked_key(run), letters_of_key(run),
-                       outs_key(run), errs_key(run) }) do
+                       outs_key(run), errs_key(run), history_key(run) }) do
     redis.call('PERSIST', k)
   end
   if r.idem then redis.call('PERSIST', PFX .. 'idem:' .. r.idem) end
@@ -317,8 +367,10 @@ local function due_work(now)
     local kind, e = string.sub(member, 1, 1), string.sub(member, 2)
     local id, run = split(e)
     local it = items_key(run)
-    local m = parse_meta(redis.call('HGET', it, id .. ':m'))
+    local f = redis.call('HMGET', it, id .. ':m', id .. ':w')
+    local m = parse_meta(f[1])
     if m and ((kind == 'L' and m.s == 'I') or (kind == 'R' and m.s == 'R')) then
+      if kind == 'L' then step_event(run, 'E', id, m.n, f[2], m.t, m.a, now) end
       redis.call('HSET', it, id .. ':m', with_state(m, 'P'))
       local r = read_run(run, { 'st', 'wf', 'pkc' })
       local set = {}
@@ -366,6 +418,7 @@ local function lease(run, id, m, worker, lease_ms, now)
   local token = m.t + 1
   redis.call('HSET', items_key(run), id .. ':m', meta('I', m.a, m.d, token, m.n, m.r), id .. ':w', worker)
   add_timer(now + lease_ms, 'L' .. entry(id, run))
+  step_event(run, 'L', id, m.n, worker, token, m.a, now, m.d, now + lease_ms, true)
   return token
 end
 
@@ -409,6 +462,7 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
                 m.d = m.d - 1
                 dead_letter(run, id, m, f[2], err, now)
                 record_error(run, id, m.n, err, m.a, now)
+                step_event(run, 'F', id, m.n, '', m.t, m.a, now)
                 r.left = tonumber(r.left or '1') - 1
                 local set = { err = err, left = r.left, nerr = 1 }
                 finish_run(run, set, 'failed', now)

@@ -3,11 +3,11 @@
 -- cancelled or completed.
 -- KEYS[1]: the partition's timer set (`<pfx>tm`), for routing.
 -- ARGV[5..]: run id, item id, token, error record (JSON), error text, retry delay in ms
---            ('' to dead-letter)
+--            ('' to dead-letter), the lease's holder
 -- Returns {'ok', 'failed' when the run failed now, else ''} | {'lost'} | {'inactive', status}
 -- A retry of the request that recorded the failure (same request id) gets {'ok', ''}.
 local run, id, token = ARGV[5], ARGV[6], tonumber(ARGV[7])
-local record, text, retry = ARGV[8], ARGV[9], ARGV[10]
+local record, text, retry, holder = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local it = items_key(run)
 local e = entry(id, run)
 local f = redis.call('HMGET', it, id .. ':m', id)
@@ -17,6 +17,10 @@ if not m or m.s ~= 'I' or m.t ~= token then
   -- A cancelled or completed run's items are gone: its in-flight steps learn it is over.
   local st = not m and redis.call('HGET', run_key(run), 'st')
   if st and not accepts_results(st) then return { 'inactive', st } end
+  if m then
+    step_event(run, 'Z', id, m.n, holder, token, m.a, now_ms())
+    flush_history()
+  end
   return { 'lost' }
 end
 local r = read_run(run, { 'st', 'left', 'nerr', 't1', 'm_failed', 'm_retries', 'wf' })
@@ -34,6 +38,8 @@ redis.call('RPUSH', errs_key(run), cjson.encode(rec))
 local set = { nerr = tonumber(r.nerr or '0') + 1, m_failed = tonumber(r.m_failed or '0') + 1 }
 keep_expiry(errs_key(run), r.t1)
 local fin = ''
+local retry_at = effect == 'retry' and now + tonumber(retry) or nil
+step_event(run, 'F', id, m.n, holder, m.t, m.a, now, nil, retry_at)
 if effect == 'retry' then
   redis.call('HSET', it, id .. ':m', meta('R', m.a + 1, 0, m.t, m.n, RID))
   redis.call('ZADD', TIMERS, now + tonumber(retry), 'R' .. e)

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use floxide_core::distributed::payload_text;
 use floxide_core::distributed::{
     machine, AdminBackend, DeadLetter, DistributedError, NodeTiming, QueueStats, RunAction, RunId,
-    RunInfo, RunMetrics, RunPage, RunQuery, RunStatus, RunWatch, StartRun, WorkItemInfo,
+    RunInfo, RunMetrics, RunPage, RunQuery, RunStatus, RunWatch, StartRun, StepEvent, WorkItemInfo,
     WorkItemStatus, WorkerHealth, WorkerId, WorkflowError,
 };
 use floxide_core::{ItemId, RegisteredGraph, WorkflowGraph};
@@ -212,7 +212,7 @@ impl RedisBackend {
     }
 
     /// The status a run's record holds, for the items' states.
-    async fn status_of(&self, run_id: &str) -> Result<RunStatus, DistributedError> {
+    pub(crate) async fn status_of(&self, run_id: &str) -> Result<RunStatus, DistributedError> {
         match self.run_fields(run_id, &["st"]).await? {
             Some(f) => Ok(run_status_of(&String::from_utf8_lossy(
                 f[0].as_deref().unwrap_or_default(),
@@ -447,6 +447,10 @@ impl AdminBackend for RedisBackend {
 
     fn watch_runs(&self) -> RunWatch {
         RunWatch::new(self.client.inner.version.subscribe())
+    }
+
+    async fn step_history(&self, run_id: &str) -> Result<Option<Vec<StepEvent>>, DistributedError> {
+        self.history_of(run_id).await.map(Some)
     }
 
     async fn errors(&self, run_id: &str) -> Result<Vec<WorkflowError>, DistributedError> {

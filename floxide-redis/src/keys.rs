@@ -91,6 +91,10 @@ impl Keys {
     pub(crate) fn errors(pfx: &str, run_id: &str) -> String {
         format!("{pfx}errs:{run_id}")
     }
+    /// A run's step history (a list of lines, see `lua/common.lua`).
+    pub(crate) fn history(pfx: &str, run_id: &str) -> String {
+        format!("{pfx}sh:{run_id}")
+    }
     /// A workflow's queue of ready entries (`<item id>:<run>`, and `@<run>` resume markers).
     pub(crate) fn queue(pfx: &str, workflow: &str) -> String {
         format!("{pfx}q:{workflow}")

@@ -95,6 +95,7 @@ mod client;
 mod config;
 mod connection;
 mod graphs;
+mod history;
 mod keys;
 mod pages;
 mod reply;

@@ -110,6 +110,7 @@ fn commit_args(
     };
     inv.arg(c.held.map(|(v, _)| v.to_string()).unwrap_or_default());
     inv.arg(&step.node).arg(step.duration.as_micros() as u64);
+    inv.arg(lease.worker.as_str());
     inv.arg(step.successors.len());
     for s in &step.successors {
         inv.arg(s.id.to_string())
@@ -620,7 +621,8 @@ impl WorkerBackend for RedisBackend {
                     .retry_after
                     .map(|d| (d.as_millis() as u64).to_string())
                     .unwrap_or_default(),
-            );
+            )
+            .arg(lease.worker.as_str());
         let r = self.script_reply(&inv).await?;
         self.may_have_work(&lease.run_id);
         commit_outcome(&r)
