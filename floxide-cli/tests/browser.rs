@@ -127,7 +127,8 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// orchestrator, `floxide ui` on it, and a headless browser.
 struct Dashboard {
     orchestrator: DistributedOrchestrator<Shop, Audit>,
-    pool: WorkerPool<Shop, Audit>,
+    backend: RedisBackend,
+    pool: Option<WorkerPool<Shop, Audit>>,
     base: String,
     browser: Client,
     _ui: Child,
@@ -135,7 +136,15 @@ struct Dashboard {
 }
 
 impl Dashboard {
+    /// A dashboard with its workers running.
     async fn start() -> Self {
+        let mut d = Dashboard::without_workers().await;
+        d.start_workers();
+        d
+    }
+
+    /// A dashboard whose workers are started later ([`Dashboard::start_workers`]).
+    async fn without_workers() -> Self {
         let server = SERVER.get_or_init(|| RedisServer::start_or_panic(ServerOptions::default()));
         let prefix = format!("ui{}:", NEXT.fetch_add(1, Ordering::SeqCst));
         let client = RedisClient::new(RedisConfig::new(server.url()).with_key_prefix(&prefix))
@@ -143,8 +152,22 @@ impl Dashboard {
             .expect("connect to the test redis-server");
         let backend = RedisBackend::new(client);
         let orchestrator = shop().orchestrator(backend.clone()).build().unwrap();
+        let (ui, base) = start_ui(&server.url(), &prefix).await;
+        let (driver, browser) = start_browser().await;
+        Dashboard {
+            orchestrator,
+            backend,
+            pool: None,
+            base,
+            browser,
+            _ui: ui,
+            _driver: driver,
+        }
+    }
+
+    fn start_workers(&mut self) {
         let worker = shop()
-            .worker(backend)
+            .worker(self.backend.clone())
             .retry_policy(RetryPolicy::new(
                 1,
                 Duration::from_millis(10),
@@ -156,16 +179,7 @@ impl Dashboard {
             .unwrap();
         let mut pool = WorkerPool::new(worker, 4).with_id_prefix("browser-worker");
         pool.start();
-        let (ui, base) = start_ui(&server.url(), &prefix).await;
-        let (driver, browser) = start_browser().await;
-        Dashboard {
-            orchestrator,
-            pool,
-            base,
-            browser,
-            _ui: ui,
-            _driver: driver,
-        }
+        self.pool = Some(pool);
     }
 
     async fn start_run(&self, id: &str, input: u32) {
@@ -238,8 +252,10 @@ impl Dashboard {
 
     async fn stop(mut self) {
         let _ = self.browser.close().await;
-        self.pool.stop().await;
-        self.pool.join().await;
+        if let Some(mut pool) = self.pool.take() {
+            pool.stop().await;
+            pool.join().await;
+        }
     }
 }
 
@@ -361,6 +377,13 @@ async fn a_run_goes_from_running_to_completed_on_its_page_without_a_reload() {
     let svg = graph.html(true).await.unwrap();
     assert!(svg.contains("<svg"), "{svg}");
     assert!(svg.contains("receive") && svg.contains("approve"), "{svg}");
+    // The step timeline: one committed lease per step that ran.
+    let committed = d
+        .browser
+        .find_all(Locator::Css("#timeline rect.lease.committed"))
+        .await
+        .unwrap();
+    assert_eq!(committed.len(), 3, "receive, route, pack");
     d.screenshot("run-completed").await;
 
     // The runs list shows it too, and followed it live.
@@ -427,5 +450,75 @@ async fn a_dead_letter_is_requeued_from_its_page() {
     d.open("/runs/order-doomed").await;
     assert_eq!(d.text_of("status").await, "completed");
     d.screenshot("dead-letter-requeued").await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_taken_over_shows_on_the_timeline_with_the_fenced_out_commit() {
+    let mut d = Dashboard::without_workers().await;
+    // Slow steps: the zombie's late commit comes while the step runs again.
+    d.start_run("order-zombie", SLOW).await;
+    // A worker takes the first step and stalls past its lease, then tries to commit.
+    let options = TakeOptions {
+        lease_timeout: Duration::from_millis(300),
+        ..TakeOptions::default()
+    };
+    let zombie = WorkerId::from("zombie");
+    let stalled = d
+        .backend
+        .take("Shop", &zombie, options, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the first step");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    d.start_workers();
+    // Once a worker took the step over, the zombie's commit is refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let history = d.backend.step_history("order-zombie").await.unwrap();
+        let taken_over = history
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e.kind.name() == "leased")
+            .count()
+            >= 2;
+        if taken_over {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no worker took the step over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let late = d
+        .backend
+        .commit(&stalled.lease, &StepCommit::new("receive"))
+        .await
+        .unwrap();
+    assert_eq!(late, CommitOutcome::LeaseLost);
+    let done = tokio::time::timeout(
+        Duration::from_secs(15),
+        d.orchestrator
+            .wait_for_completion("order-zombie", Duration::from_millis(50)),
+    )
+    .await
+    .expect("the run did not finish")
+    .unwrap();
+    assert_eq!(done.status, RunStatus::Completed);
+
+    d.open("/runs/order-zombie").await;
+    let expired = d
+        .browser
+        .find_all(Locator::Css("#timeline rect.lease.expired"))
+        .await
+        .unwrap();
+    assert_eq!(expired.len(), 1, "the zombie's lease expired");
+    let timeline = d.text_of("timeline").await;
+    assert!(timeline.contains("receive · zombie · attempt 1 · delivery 1"), "{timeline}");
+    assert!(timeline.contains("delivery 2"), "the step ran again: {timeline}");
+    assert!(timeline.contains("commit fenced out"), "{timeline}");
+    let events = d.text_of("step-events").await;
+    assert!(events.contains("refused: the lease was taken over"), "{events}");
+    // Tall enough for the graph and the timeline together (the README's picture).
+    d.browser.set_window_size(1280, 1500).await.unwrap();
+    d.screenshot("lease-taken-over").await;
     d.stop().await;
 }

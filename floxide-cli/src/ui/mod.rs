@@ -11,6 +11,7 @@ mod history;
 mod operate;
 mod pages;
 mod runs;
+mod timeline;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

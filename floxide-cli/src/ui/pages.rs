@@ -92,6 +92,14 @@ pub(crate) async fn run(state: &AppState, id: &str) -> Result<String, Distribute
             .await
             .unwrap_or_else(|e| format!("<p>{}</p>", escape(&e.to_string())))
     );
+    let _ = write!(
+        body,
+        "<h2>Steps</h2>{}",
+        match b.step_history(id).await? {
+            Some(events) => super::timeline::render(&events, now),
+            None => "<p id=\"timeline\">This backend keeps no step history.</p>".to_owned(),
+        }
+    );
     body.push_str("<h2>Items</h2><table><tr><th>Item</th><th>Node</th><th>State</th><th>Attempt</th><th>Worker</th></tr>");
     for item in &items {
         let _ = write!(
