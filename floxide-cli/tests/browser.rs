@@ -512,11 +512,20 @@ async fn a_lease_taken_over_shows_on_the_timeline_with_the_fenced_out_commit() {
         .unwrap();
     assert_eq!(expired.len(), 1, "the zombie's lease expired");
     let timeline = d.text_of("timeline").await;
-    assert!(timeline.contains("receive · zombie · attempt 1 · delivery 1"), "{timeline}");
-    assert!(timeline.contains("delivery 2"), "the step ran again: {timeline}");
+    assert!(
+        timeline.contains("receive · zombie · attempt 1 · delivery 1"),
+        "{timeline}"
+    );
+    assert!(
+        timeline.contains("delivery 2"),
+        "the step ran again: {timeline}"
+    );
     assert!(timeline.contains("commit fenced out"), "{timeline}");
     let events = d.text_of("step-events").await;
-    assert!(events.contains("refused: the lease was taken over"), "{events}");
+    assert!(
+        events.contains("refused: the lease was taken over"),
+        "{events}"
+    );
     // Tall enough for the graph and the timeline together (the README's picture).
     d.browser.set_window_size(1280, 1500).await.unwrap();
     d.screenshot("lease-taken-over").await;

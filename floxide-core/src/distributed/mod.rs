@@ -95,7 +95,9 @@ pub use compat::{
 pub use memory::InMemoryBackend;
 pub use orchestrator::{DistributedOrchestrator, OrchestratorBuilder};
 pub use pool::WorkerPool;
-pub use runner::{run_worker, run_worker_main, shutdown_signal, WorkerArgs};
+#[cfg(feature = "runner")]
+pub use runner::run_worker_main;
+pub use runner::{run_worker, shutdown_signal, WorkerArgs};
 pub use start::new_run_id;
 pub use step::{current_step, StepContext};
 pub use types::{

@@ -52,69 +52,106 @@ impl Default for WorkerArgs {
     }
 }
 
-const USAGE: &str = "usage: [--backend URL] [--concurrency N] [--worker-name NAME] [--grace SECONDS] [--metrics-addr HOST:PORT]
-environment: FLOXIDE_BACKEND_URL (or FLOXIDE_REDIS_URL), FLOXIDE_CONCURRENCY, FLOXIDE_WORKER_NAME, FLOXIDE_GRACE_SECS, FLOXIDE_METRICS_ADDR";
+/// The environment variables a worker process reads (flags win over them).
+#[cfg(feature = "runner")]
+const ENVIRONMENT: &str =
+    "environment: FLOXIDE_BACKEND_URL (or FLOXIDE_REDIS_URL), FLOXIDE_CONCURRENCY, \
+FLOXIDE_WORKER_NAME, FLOXIDE_GRACE_SECS, FLOXIDE_METRICS_ADDR";
+
+/// The command line of a worker process (parsed by clap; each flag overrides its variable).
+#[cfg(feature = "runner")]
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "worker",
+    about = "A Floxide worker process: takes and executes its workflow's steps until SIGTERM.",
+    disable_version_flag = true,
+    after_help = ENVIRONMENT
+)]
+struct Flags {
+    /// The backend: redis://…, rediss://…, redis+cluster://host:port,…, postgres://…
+    #[arg(long = "backend", visible_alias = "redis", value_name = "URL")]
+    backend: Option<String>,
+    /// Concurrent steps of the process (default 4).
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    concurrency: Option<usize>,
+    /// The prefix of the worker ids (default `worker`).
+    #[arg(long = "worker-name", value_name = "NAME")]
+    worker_name: Option<String>,
+    /// Seconds in-flight steps may take to finish on shutdown (default 30).
+    #[arg(long, value_name = "SECONDS")]
+    grace: Option<u64>,
+    /// Serve Prometheus metrics on this address (needs the `prometheus` feature).
+    #[arg(long = "metrics-addr", value_name = "HOST:PORT")]
+    metrics_addr: Option<SocketAddr>,
+}
+
+#[cfg(feature = "runner")]
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("not a whole number".to_owned()),
+    }
+}
 
 impl WorkerArgs {
     /// Parses `args` (without the program name) over the values of `env`.
     ///
     /// # Errors
-    /// An unknown flag, a missing value or a value that is not a number, with the usage text.
+    /// An unknown flag, a missing value or a value that is not a number, with the usage text
+    /// (also the help text, for `--help`).
+    #[cfg(feature = "runner")]
     pub fn parse<I, S>(args: I, env: impl Fn(&str) -> Option<String>) -> Result<Self, String>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let mut out = WorkerArgs {
-            backend_url: env("FLOXIDE_BACKEND_URL").or_else(|| env("FLOXIDE_REDIS_URL")),
-            ..WorkerArgs::default()
+        use clap::Parser;
+        let args = std::iter::once("worker".to_owned()).chain(args.into_iter().map(Into::into));
+        let flags = Flags::try_parse_from(args).map_err(|e| e.render().to_string())?;
+        let defaults = WorkerArgs::default();
+        let concurrency = match (flags.concurrency, env("FLOXIDE_CONCURRENCY")) {
+            (Some(n), _) => n,
+            (None, Some(n)) => match number("FLOXIDE_CONCURRENCY", &n)? {
+                0 => {
+                    return Err(format!(
+                        "FLOXIDE_CONCURRENCY must be at least 1\n{ENVIRONMENT}"
+                    ))
+                }
+                n => n,
+            },
+            (None, None) => defaults.concurrency,
         };
-        if let Some(n) = env("FLOXIDE_CONCURRENCY") {
-            out.concurrency = number("FLOXIDE_CONCURRENCY", &n)?;
-        }
-        if let Some(name) = env("FLOXIDE_WORKER_NAME") {
-            out.worker_name = name;
-        }
-        if let Some(g) = env("FLOXIDE_GRACE_SECS") {
-            out.grace = Duration::from_secs(number("FLOXIDE_GRACE_SECS", &g)? as u64);
-        }
-        if let Some(a) = env("FLOXIDE_METRICS_ADDR") {
-            out.metrics_addr = Some(address("FLOXIDE_METRICS_ADDR", &a)?);
-        }
-        let mut args = args.into_iter().map(Into::into);
-        while let Some(flag) = args.next() {
-            let (name, inline) = match flag.split_once('=') {
-                Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
-                None => (flag.clone(), None),
-            };
-            if name == "--help" || name == "-h" {
-                return Err(USAGE.to_owned());
-            }
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
-            };
-            match name.as_str() {
-                "--backend" | "--redis" => out.backend_url = Some(value()?),
-                "--concurrency" => out.concurrency = number(&name, &value()?)?,
-                "--worker-name" => out.worker_name = value()?,
-                "--grace" => out.grace = Duration::from_secs(number(&name, &value()?)? as u64),
-                "--metrics-addr" => out.metrics_addr = Some(address(&name, &value()?)?),
-                other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
-            }
-        }
-        if out.concurrency == 0 {
-            return Err(format!("--concurrency must be at least 1\n{USAGE}"));
-        }
-        Ok(out)
+        let grace = match (flags.grace, env("FLOXIDE_GRACE_SECS")) {
+            (Some(secs), _) => Duration::from_secs(secs),
+            (None, Some(g)) => Duration::from_secs(number("FLOXIDE_GRACE_SECS", &g)? as u64),
+            (None, None) => defaults.grace,
+        };
+        let metrics_addr = match (flags.metrics_addr, env("FLOXIDE_METRICS_ADDR")) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(a)) => Some(address("FLOXIDE_METRICS_ADDR", &a)?),
+            (None, None) => None,
+        };
+        Ok(WorkerArgs {
+            backend_url: flags
+                .backend
+                .or_else(|| env("FLOXIDE_BACKEND_URL"))
+                .or_else(|| env("FLOXIDE_REDIS_URL")),
+            concurrency,
+            worker_name: flags
+                .worker_name
+                .or_else(|| env("FLOXIDE_WORKER_NAME"))
+                .unwrap_or(defaults.worker_name),
+            grace,
+            metrics_addr,
+        })
     }
 
     /// Parses the process's own arguments and environment.
     ///
     /// # Errors
     /// As [`parse`](Self::parse).
+    #[cfg(feature = "runner")]
     pub fn from_env() -> Result<Self, String> {
         Self::parse(std::env::args().skip(1), |k| std::env::var(k).ok())
     }
@@ -133,15 +170,19 @@ impl WorkerArgs {
     }
 }
 
+#[cfg(feature = "runner")]
 fn number(name: &str, value: &str) -> Result<usize, String> {
     value
         .parse()
-        .map_err(|_| format!("{name}: `{value}` is not a whole number\n{USAGE}"))
+        .map_err(|_| format!("{name}: `{value}` is not a whole number\n{ENVIRONMENT}"))
 }
 
+#[cfg(feature = "runner")]
 fn address(name: &str, value: &str) -> Result<SocketAddr, String> {
     value.parse().map_err(|_| {
-        format!("{name}: `{value}` is not an address like 0.0.0.0:9000 or [::1]:9000\n{USAGE}")
+        format!(
+            "{name}: `{value}` is not an address like 0.0.0.0:9000 or [::1]:9000\n{ENVIRONMENT}"
+        )
     })
 }
 
@@ -165,7 +206,9 @@ fn split_concurrency(steps: usize) -> (usize, usize) {
 ///
 /// Exits with 0 after a graceful stop, 2 on bad arguments (`--metrics-addr` without the
 /// `prometheus` feature included), 1 when the metrics address cannot be served, the worker
-/// cannot be built or a worker task fails.
+/// cannot be built or a worker task fails. Needs the `runner` feature (on by default), which
+/// parses the flags with clap.
+#[cfg(feature = "runner")]
 pub async fn run_worker_main<W, C, F, Fut>(build: F) -> ExitCode
 where
     C: Context + Merge + 'static,
@@ -250,7 +293,7 @@ fn serve_metrics(addr: SocketAddr) -> Result<(), ExitCode> {
 fn serve_metrics(addr: SocketAddr) -> Result<(), ExitCode> {
     eprintln!(
         "--metrics-addr {addr}: this worker was built without Prometheus support; enable the \
-         `prometheus` feature of floxide, or drop the flag\n{USAGE}"
+         `prometheus` feature of floxide, or drop the flag"
     );
     Err(ExitCode::from(2))
 }
@@ -278,7 +321,7 @@ pub async fn shutdown_signal() {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "runner"))]
 mod tests {
     use super::*;
 
@@ -293,6 +336,12 @@ mod tests {
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.clone())
         }
+    }
+
+    #[test]
+    fn the_redis_alias_still_names_the_backend() {
+        let args = WorkerArgs::parse(["--redis", "redis://a/"], env(&[])).unwrap();
+        assert_eq!(args.backend_url.as_deref(), Some("redis://a/"));
     }
 
     #[test]
@@ -331,17 +380,31 @@ mod tests {
     fn bad_arguments_are_explained() {
         let e = WorkerArgs::parse(["--concurrency", "many"], env(&[])).unwrap_err();
         assert!(
-            e.contains("not a whole number") && e.contains("usage"),
+            e.contains("'many'") && e.contains("not a whole number") && e.contains("--help"),
             "{e}"
         );
         let e = WorkerArgs::parse(["--frobnicate"], env(&[])).unwrap_err();
-        assert!(e.contains("unknown argument `--frobnicate`"), "{e}");
+        assert!(e.contains("unexpected argument '--frobnicate'"), "{e}");
         let e = WorkerArgs::parse(["--backend"], env(&[])).unwrap_err();
-        assert!(e.contains("needs a value"), "{e}");
+        assert!(
+            e.contains("a value is required for '--backend <URL>'"),
+            "{e}"
+        );
         let e = WorkerArgs::parse(["--concurrency", "0"], env(&[])).unwrap_err();
         assert!(e.contains("at least 1"), "{e}");
+        let e = WorkerArgs::parse(Vec::<String>::new(), env(&[("FLOXIDE_CONCURRENCY", "0")]))
+            .unwrap_err();
+        assert!(e.contains("FLOXIDE_CONCURRENCY must be at least 1"), "{e}");
         let e = WorkerArgs::parse(["--metrics-addr", "localhost"], env(&[])).unwrap_err();
+        assert!(e.contains("'localhost'"), "{e}");
+        let e = WorkerArgs::parse(Vec::<String>::new(), env(&[("FLOXIDE_METRICS_ADDR", "x")]))
+            .unwrap_err();
         assert!(e.contains("not an address"), "{e}");
+        let help = WorkerArgs::parse(["--help"], env(&[])).unwrap_err();
+        assert!(
+            help.contains("--backend <URL>") && help.contains("FLOXIDE_BACKEND_URL"),
+            "{help}"
+        );
         assert!(WorkerArgs::default().backend_url().is_err());
     }
 
