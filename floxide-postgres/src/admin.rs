@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use floxide_core::distributed::history::HISTORY_KEPT;
 use floxide_core::distributed::machine::{self, ControlEffect, RunState};
 use floxide_core::distributed::{
     payload_text, AdminBackend, DeadLetter, DistributedError, NodeTiming, QueueStats, RunAction,
-    RunId, RunInfo, RunMetrics, RunPage, RunQuery, RunStatus, RunWatch, StartRun, WorkItemInfo,
-    WorkItemStatus, WorkerHealth, WorkerId, WorkflowError,
+    RunId, RunInfo, RunMetrics, RunPage, RunQuery, RunStatus, RunWatch, StartRun, StepEvent,
+    StepEventKind, WorkItemInfo, WorkItemStatus, WorkerHealth, WorkerId, WorkflowError,
 };
 use floxide_core::graph::VERSIONS_KEPT;
 use floxide_core::{ItemId, RegisteredGraph, WorkflowGraph};
@@ -44,6 +45,33 @@ pub(crate) fn run_info_of(row: &Row) -> Result<RunInfo, DistributedError> {
         idempotency_key: row.get(7),
         deadline: row.get(8),
     })
+}
+
+/// A row of `step_events` (a kind this version does not know is left out).
+fn step_event_of(row: &Row) -> Option<StepEvent> {
+    let until: Option<std::time::SystemTime> = row.get(8);
+    let kind = match row.get::<_, i8>(3) as u8 {
+        b'L' => StepEventKind::Leased {
+            until: until?,
+            delivery: u32::try_from(row.get::<_, Option<i32>>(7)?).ok()?,
+        },
+        b'H' => StepEventKind::Renewed { until: until? },
+        b'E' => StepEventKind::Expired,
+        b'C' => StepEventKind::Committed,
+        b'Z' => StepEventKind::Fenced,
+        b'F' => StepEventKind::Failed { retry_at: until },
+        b'R' => StepEventKind::Released,
+        _ => return None,
+    };
+    Some(StepEvent::new(
+        row.get(0),
+        item_id(row.get(1)).ok()?,
+        row.get::<_, String>(2),
+        kind,
+        row.get::<_, Option<String>>(4).map(WorkerId::from),
+        row.get::<_, i64>(5) as u64,
+        u32::try_from(row.get::<_, i32>(6)).ok()?,
+    ))
 }
 
 fn item_status(state: i8) -> WorkItemStatus {
@@ -236,6 +264,22 @@ impl AdminBackend for PostgresBackend {
 
     fn watch_runs(&self) -> RunWatch {
         RunWatch::new(self.signals.runs.subscribe())
+    }
+
+    async fn step_history(&self, run_id: &str) -> Result<Option<Vec<StepEvent>>, DistributedError> {
+        let client = self.pooled().await?;
+        self.known(&**client, run_id).await?;
+        let rows = client
+            .query(
+                "SELECT at, replace(item_id::text, '-', ''), node, kind, worker, token, attempt, \
+                 delivery, until FROM step_events WHERE run_id = $1 ORDER BY seq DESC LIMIT $2",
+                &[&run_id, &(HISTORY_KEPT as i64)],
+            )
+            .await
+            .map_err(backend)?;
+        let mut events: Vec<StepEvent> = rows.iter().filter_map(step_event_of).collect();
+        events.reverse();
+        Ok(Some(events))
     }
 
     async fn errors(&self, run_id: &str) -> Result<Vec<WorkflowError>, DistributedError> {

@@ -21,7 +21,7 @@ use crate::PostgresBackend;
 
 /// The batch's items, locked. `$1` runs, `$2` item ids.
 const LOCK_ITEMS: &str = "\
-SELECT run_id, replace(item_id::text, '-', ''), token, state, request, node FROM items
+SELECT run_id, replace(item_id::text, '-', ''), token, state, request, node, attempt FROM items
 WHERE (run_id, item_id) IN (SELECT u.r, u.id::uuid FROM unnest($1::text[], $2::text[]) AS u(r, id))
 ORDER BY run_id, item_id FOR UPDATE";
 
@@ -40,7 +40,8 @@ WHERE (run_id, item_id) IN (SELECT u.r, u.id::uuid FROM unnest($1::text[], $2::t
 /// Every write of the accepted steps. `$1`–`$3` items marked (run, id, state: committed or
 /// dropped), `$4` the request; `$5`/`$6` leases renewed (steps sent back to re-merge);
 /// `$7`–`$12` new items; `$13`/`$14` outputs and `$15`/`$16` handled failures (run, JSON);
-/// `$17` runs whose items go; `$18`–`$28` the runs' new records; `$29`/`$30` notifications.
+/// `$17` runs whose items go; `$18`–`$28` the runs' new records; `$29`/`$30` notifications;
+/// `$31`–`$37` step history events (run, item, node, kind, worker, token, attempt).
 const APPLY: &str = "\
 WITH marked AS (
     UPDATE items i SET state = u.st, worker = NULL,
@@ -79,7 +80,13 @@ updated AS (
                 $24::text[], $25::bool[], $26::int8[], $27::int8[], $28::text[])
         AS u(run_id, status, outstanding, version, context, output, error, fin, steps, made,
              timings)
-    WHERE r.run_id = u.run_id)
+    WHERE r.run_id = u.run_id),
+history AS (
+    INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt)
+    SELECT h.r, h.id::uuid, h.node, h.kind, h.w, h.token, h.attempt
+    FROM unnest($31::text[], $32::text[], $33::text[], $34::\"char\"[], $35::text[], $36::int8[],
+                $37::int4[]) WITH ORDINALITY AS h(r, id, node, kind, w, token, attempt, n)
+    ORDER BY h.n)
 SELECT pg_notify(n.ch, n.msg) FROM unnest($29::text[], $30::text[]) AS n(ch, msg)";
 
 /// A locked item of the batch.
@@ -89,6 +96,7 @@ struct ItemRow {
     /// The request that committed it.
     request: Option<String>,
     node: String,
+    attempt: i32,
 }
 
 /// A locked run of the batch, and what the batch's accepted steps make of it.
@@ -189,6 +197,31 @@ struct Writes<'a> {
     errors: (Vec<&'a str>, Vec<String>),
     /// Fresh successors a take can lease now.
     ready: usize,
+    history: History<'a>,
+}
+
+/// Step history events of the batch: commits applied, commits fenced out.
+#[derive(Default)]
+struct History<'a> {
+    runs: Vec<&'a str>,
+    ids: Vec<String>,
+    nodes: Vec<String>,
+    kinds: Vec<i8>,
+    workers: Vec<&'a str>,
+    tokens: Vec<i64>,
+    attempts: Vec<i32>,
+}
+
+impl<'a> History<'a> {
+    fn push(&mut self, lease: &'a floxide_core::distributed::Lease, item: &ItemRow, kind: u8) {
+        self.runs.push(lease.run_id.as_str());
+        self.ids.push(lease.item_id.to_string());
+        self.nodes.push(item.node.clone());
+        self.kinds.push(kind as i8);
+        self.workers.push(lease.worker.as_str());
+        self.tokens.push(lease.token as i64);
+        self.attempts.push(item.attempt);
+    }
 }
 
 #[derive(Default)]
@@ -224,7 +257,11 @@ fn judge<'a>(
                 let item = items.get(&(lease.run_id.clone(), id.clone()));
                 let held = item.is_some_and(|i| i.token == lease.token && i.state == b'I' as i8);
                 if !held {
-                    not_held(item, run, request)
+                    let outcome = not_held(item, run, request);
+                    if let (CommitOutcome::LeaseLost, Some(item)) = (&outcome, item) {
+                        writes.history.push(lease, item, b'Z');
+                    }
+                    outcome
                 } else if chains.refuses(run_id, changes) {
                     writes.renewed.push((run_id, id));
                     CommitOutcome::ContextConflict {
@@ -248,6 +285,9 @@ fn judge<'a>(
                         Some(i) if step.node.is_empty() => i.node.as_str(),
                         _ => step.node.as_str(),
                     };
+                    if let Some(item) = item {
+                        writes.history.push(lease, item, b'C');
+                    }
                     accept(c, node, run, id, existing, &mut writes)?
                 }
             }
@@ -414,6 +454,7 @@ impl PostgresBackend {
                         state: row.get(3),
                         request: row.get(4),
                         node: row.get(5),
+                        attempt: row.get(6),
                     },
                 )
             })
@@ -511,6 +552,13 @@ impl PostgresBackend {
                         &record.timings,
                         &notify.0,
                         &notify.1,
+                        &writes.history.runs,
+                        &writes.history.ids,
+                        &writes.history.nodes,
+                        &writes.history.kinds,
+                        &writes.history.workers,
+                        &writes.history.tokens,
+                        &writes.history.attempts,
                     ],
                 )
                 .await

@@ -15,10 +15,15 @@ use crate::PostgresBackendError;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (2, "graphs", include_str!("../migrations/0002_graphs.sql")),
+    (
+        3,
+        "step history",
+        include_str!("../migrations/0003_step_history.sql"),
+    ),
 ];
 
 /// The schema version this release creates and expects.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The first key of the advisory lock that serializes migrations (`'flx'`); the second is a
 /// hash of the schema name.

@@ -289,6 +289,8 @@ async fn insert_error(
 struct Locked {
     /// Whether the lease still holds the item.
     held: bool,
+    /// Whether the item exists (its run's items are not gone).
+    exists: bool,
     node: String,
     attempt: i32,
     status: RunStatus,
@@ -318,10 +320,40 @@ async fn lock(tx: &Transaction<'_>, lease: &Lease) -> Result<Option<Locked>, Dis
     });
     Ok(Some(Locked {
         held,
+        exists: item.is_some(),
         node: item.as_ref().map(|row| row.get(2)).unwrap_or_default(),
         attempt: item.as_ref().map_or(1, |row| row.get(3)),
         status: status(run.get(0))?,
     }))
+}
+
+/// Appends an event about the item of `lease` (by its holder) to its run's step history;
+/// `after`: how far from now the time it points to is (a retry's due time).
+async fn step_event(
+    tx: &Transaction<'_>,
+    lease: &Lease,
+    locked: &Locked,
+    kind: u8,
+    after: Option<Duration>,
+) -> Result<(), DistributedError> {
+    tx.execute(
+        "INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, until) \
+         VALUES ($1, $2::text::uuid, $3, $4, $5, $6, $7, \
+                 clock_timestamp() + make_interval(secs => $8::float8 / 1000))",
+        &[
+            &lease.run_id,
+            &lease.item_id.to_string(),
+            &locked.node,
+            &(kind as i8),
+            &lease.worker.as_str(),
+            &(lease.token as i64),
+            &locked.attempt,
+            &after.map(|d| d.as_millis() as f64),
+        ],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(())
 }
 
 /// What a commit changed besides its outcome: work for others, a run's record.
@@ -384,9 +416,19 @@ pub(crate) async fn fail(
         if !machine::accepts_results(locked.status) {
             return Ok(CommitOutcome::RunInactive(locked.status));
         }
+        if locked.exists {
+            step_event(tx, lease, &locked, b'Z', None).await?;
+        }
         return Ok(CommitOutcome::LeaseLost);
     }
     let effect = machine::after_failure(locked.status, failure.retry_after.is_some());
+    if effect != FailureEffect::Inactive {
+        let retry = match effect {
+            FailureEffect::Retry => failure.retry_after,
+            _ => None,
+        };
+        step_event(tx, lease, &locked, b'F', retry).await?;
+    }
     if effect == FailureEffect::Inactive {
         set_state(tx, &lease.run_id, &id, b'X').await?;
         return Ok(CommitOutcome::RunInactive(locked.status));
@@ -461,6 +503,7 @@ pub(crate) async fn release(tx: &Transaction<'_>, lease: &Lease) -> Result<bool,
     if !locked.held {
         return Ok(false);
     }
+    step_event(tx, lease, &locked, b'R', None).await?;
     let id = lease.item_id.to_string();
     let state = if machine::takes_items(locked.status) {
         b'P'
@@ -490,7 +533,10 @@ pub(crate) async fn heartbeat(
             "WITH renewed AS ( \
                  UPDATE items SET due_at = clock_timestamp() + make_interval(secs => $4::float8 / 1000) \
                  WHERE run_id = $1 AND item_id = $2::text::uuid AND token = $3 AND state = 'I' \
-                 RETURNING 1) \
+                 RETURNING run_id, item_id, node, worker, token, attempt, due_at), \
+             history AS ( \
+                 INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, until) \
+                 SELECT run_id, item_id, node, 'H', worker, token, attempt, due_at FROM renewed) \
              SELECT r.status, (SELECT count(*) FROM renewed) FROM runs r WHERE r.run_id = $1",
             &[
                 &lease.run_id,

@@ -20,13 +20,14 @@ use crate::ops::{backend, item_id};
 /// Rows not leased come back too (fate `D` poison, `K` parked, `X` dropped), without payload.
 const TAKE: &str = "\
 WITH cand AS (
-    SELECT i.run_id, i.item_id, i.state AS was, i.deliveries
+    SELECT i.run_id, i.item_id, i.state AS was, i.deliveries, i.node, i.worker AS holder,
+        i.token, i.attempt
     FROM items i
     WHERE i.workflow = $1 AND i.state IN ('P', 'I', 'R') AND i.due_at <= now()
     ORDER BY i.due_at, i.seq LIMIT $2
     FOR UPDATE SKIP LOCKED),
 classed AS (
-    SELECT c.run_id, c.item_id, c.was, c.deliveries,
+    SELECT c.run_id, c.item_id, c.was, c.deliveries, c.node, c.holder, c.token, c.attempt,
         CASE WHEN NOT r.status = ANY($6::text[]) THEN 'X'
              WHEN NOT r.status = ANY($5::text[]) THEN 'K'
              WHEN c.deliveries >= $7 THEN 'D'
@@ -42,9 +43,21 @@ leased AS (
         lease_ms = $3, worker = $4
     FROM classed c
     WHERE c.fate = 'I' AND i.run_id = c.run_id AND i.item_id = c.item_id
-    RETURNING i.run_id, i.item_id, i.node, i.payload, i.attempt, i.deliveries, i.token, i.seq),
+    RETURNING i.run_id, i.item_id, i.node, i.payload, i.attempt, i.deliveries, i.token, i.seq,
+        i.due_at),
 reclaimed AS (
     INSERT INTO reclaims (run_id) SELECT run_id FROM classed WHERE was = 'I'),
+history AS (
+    -- A reclaimed lease's expiry first, then the new leases (rows get their sequence numbers
+    -- and times in this order).
+    INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, delivery, until)
+    SELECT run_id, item_id, node, kind, worker, token, attempt, delivery, until FROM (
+        SELECT run_id, item_id, node, 'E'::\"char\" AS kind, holder AS worker, token, attempt,
+            NULL::int4 AS delivery, NULL::timestamptz AS until, 0 AS o
+        FROM classed WHERE was = 'I'
+        UNION ALL
+        SELECT run_id, item_id, node, 'L', $4, token, attempt, deliveries, due_at, 1 FROM leased
+    ) e ORDER BY o),
 started AS (
     UPDATE runs SET status = $9 WHERE run_id IN (
         SELECT run_id FROM runs WHERE run_id IN (SELECT run_id FROM leased) AND status = $8

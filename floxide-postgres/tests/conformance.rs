@@ -44,5 +44,6 @@ floxide::conformance_tests!(@each #[tokio::test(flavor = "multi_thread", worker_
     g3_parallel_branches_keep_every_change,
     g3_joins_fire_exactly_once,
     g7_workflow_graphs_are_registered,
-    g7_runs_are_listed_page_by_page
+    g7_runs_are_listed_page_by_page,
+    g7_step_history_explains_every_lease
 );

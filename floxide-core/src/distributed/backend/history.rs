@@ -2,8 +2,8 @@
 //! failed, released, expired), so that "why did this step run twice?" has an answer.
 //!
 //! Backends that keep it record one [`StepEvent`] per transition, in the same atomic operation
-//! as the transition, keep at most [`HISTORY_KEPT`] events per run (the latest), and let them
-//! expire with the run.
+//! as the transition, return at most [`HISTORY_KEPT`] events per run (the latest), and let
+//! them expire with the run.
 
 use std::time::SystemTime;
 
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::distributed::WorkerId;
 use crate::ItemId;
 
-/// The most events a run's history keeps (the latest ones).
+/// The most events of a run's history a backend returns (the latest ones).
 pub const HISTORY_KEPT: usize = 1_000;
 
 /// One transition of a step's lease.
