@@ -15,7 +15,8 @@
 //! ```
 //! Common flags: `--threads N` (tokio worker threads; default: number of cores), `--redis URL`
 //! (default `redis://127.0.0.1:6379/`) or `--cluster URL[,URL…]` (a Redis Cluster's seed nodes,
-//! with `--partitions N`, default 48), `--prefix P` (a key prefix deleted before the run);
+//! with `--partitions N`, default 48), `--prefix P` (a key prefix deleted before the run),
+//! `--step-history on|off` (default on: the runs' step history is recorded);
 //! for PostgreSQL `--pg URL` (default `postgres://postgres@127.0.0.1:5432/test`), `--schema S`
 //! (dropped before the run, default `floxide_bench`) and `--pool N` (connections, default 16).
 

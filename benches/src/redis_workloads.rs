@@ -7,7 +7,8 @@ use crate::Args;
 
 /// Connects under `--prefix` (default `bench:`) and clears it: to the server `--redis`, or to
 /// the Redis Cluster `--cluster` names (seed node URLs, comma-separated, or one
-/// `redis+cluster://` URL), with `--partitions N` when given.
+/// `redis+cluster://` URL), with `--partitions N` when given, and without the step history
+/// with `--step-history off` (to measure what it costs).
 pub(crate) async fn connect(args: &Args) -> Result<RedisBackend, String> {
     let url: String = args.get("redis", "redis://127.0.0.1:6379/".to_owned())?;
     let prefix: String = args.get("prefix", "bench:".to_owned())?;
@@ -20,7 +21,15 @@ pub(crate) async fn connect(args: &Args) -> Result<RedisBackend, String> {
         0 => {}
         n => config = config.with_partitions(n),
     }
-    let client = RedisClient::new(config.with_key_prefix(prefix))
+    let history = match args
+        .get::<String>("step-history", "on".to_owned())?
+        .as_str()
+    {
+        "on" => true,
+        "off" => false,
+        other => return Err(format!("--step-history: `{other}` is neither on nor off")),
+    };
+    let client = RedisClient::new(config.with_key_prefix(prefix).with_step_history(history))
         .await
         .map_err(|e| e.to_string())?;
     client

@@ -37,7 +37,8 @@ fn status(status: &WorkerStatus) -> (&'static str, Option<u32>) {
     }
 }
 
-fn liveness(liveness: LivenessStatus) -> &'static str {
+/// The name of a worker's liveness.
+pub(crate) fn liveness(liveness: LivenessStatus) -> &'static str {
     match liveness {
         LivenessStatus::Alive => "alive",
         LivenessStatus::Stale => "stale",

@@ -215,6 +215,7 @@ end
 -- Adds a line to `run`'s step history (see the key layout); `active` when the caller knows
 -- the run is active (else the flush checks whether the run still exists and has finished).
 local function step_event(run, kind, id, node, worker, token, attempt, now, delivery, until_ms, active)
+  if not STEP_HISTORY then return end
   local lines = HISTORY[run]
   if not lines then
     lines = {}

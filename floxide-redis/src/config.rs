@@ -59,6 +59,7 @@ pub struct RedisConfig {
     pub(crate) letter_retention: Duration,
     pub(crate) retry_window: Duration,
     pub(crate) tls_root: Option<Vec<u8>>,
+    pub(crate) step_history: bool,
 }
 
 impl RedisConfig {
@@ -86,6 +87,7 @@ impl RedisConfig {
             letter_retention: Duration::from_secs(7 * 24 * 3600),
             retry_window: Duration::from_secs(5),
             tls_root: None,
+            step_history: true,
         }
     }
 
@@ -164,6 +166,18 @@ impl RedisConfig {
     /// count, a few per master, so that each gets an equal share.
     pub fn with_partitions(mut self, n: u32) -> Self {
         self.partitions = Some(n.max(1));
+        self
+    }
+
+    /// Whether the scripts record each run's step history (on by default): every lease taken,
+    /// renewed or expired, every commit applied or fenced out, every failure and release, read
+    /// back by `AdminBackend::step_history` and drawn by the dashboard. It costs a list push
+    /// per call and run (a commit and the hand-off of its successor share one) and the list's
+    /// expiry: 1.7 commands per step of a 3-step linear run. A deployment that never looks at
+    /// it can turn it off (its runs then have an empty history). Processes of one deployment
+    /// may differ in this setting.
+    pub fn with_step_history(mut self, on: bool) -> Self {
+        self.step_history = on;
         self
     }
 

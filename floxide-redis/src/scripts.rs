@@ -45,10 +45,11 @@ pub(crate) struct Scripts {
 
 impl Scripts {
     /// The scripts; `sharded` for a Redis Cluster (they publish with `SPUBLISH`, to the
-    /// partition's own master, and announce new ready work on the partition's wake channel).
-    pub(crate) fn new(sharded: bool) -> Self {
+    /// partition's own master, and announce new ready work on the partition's wake channel);
+    /// `history` when they record the runs' step history.
+    pub(crate) fn new(sharded: bool, history: bool) -> Self {
         let all: String = BODIES.iter().map(|(_, body)| *body).collect();
-        let common = format!("local SHARDED = {sharded}\n{COMMON}");
+        let common = format!("local SHARDED = {sharded}\nlocal STEP_HISTORY = {history}\n{COMMON}");
         let hash = Script::new(&format!("{common}{all}")).get_hash()[..12].to_owned();
         let mut library = format!("#!lua name=floxide_{hash}\nlocal KEYS, ARGV\n{common}\n");
         let mut lua = Vec::with_capacity(BODIES.len());

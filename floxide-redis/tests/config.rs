@@ -443,3 +443,26 @@ async fn a_url_without_scheme_means_redis_as_in_3x() {
         .expect("host:port is a redis:// URL");
     runs_a_workflow(client).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_step_history_can_be_turned_off() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let mut histories = Vec::new();
+    for on in [true, false] {
+        let config = RedisConfig::new(server.url())
+            .with_key_prefix(format!("history-{on}:"))
+            .with_step_history(on);
+        let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+        let o = chain().orchestrator(backend.clone()).build().unwrap();
+        let run = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+        let worker = chain().worker(backend.clone()).build().unwrap();
+        while worker.run_once("w").await.unwrap().is_none() {}
+        let history = backend.step_history(&run).await.unwrap().unwrap();
+        histories.push(history.iter().map(|e| e.kind.name()).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        histories,
+        vec![vec!["leased", "committed", "leased", "committed"], vec![]],
+        "recorded when on, nothing when off"
+    );
+}

@@ -17,6 +17,10 @@ use super::pages::{escape, page};
 use super::{failure, AppState};
 use crate::render::timestamp_relative;
 
+/// How often workers report their health (their liveness is judged by it, as by
+/// `floxide workers`).
+const REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// `/workers`: each worker's liveness, current item, steps (and their rate over the last
 /// readings) and errors.
 pub(crate) async fn workers(State(state): State<Arc<AppState>>) -> Response {
@@ -28,7 +32,7 @@ pub(crate) async fn workers(State(state): State<Arc<AppState>>) -> Response {
     let rates = state.history.worker_rates();
     let mut body = format!(
         "<p>{}</p><table id=\"workers\"><tr><th>Worker</th><th>Workflow</th><th>Host</th>\
-         <th>Status</th><th>Last heartbeat</th><th>Current item</th><th>Steps</th><th>Steps/s</th><th>Errors</th></tr>",
+         <th>Liveness</th><th>Status</th><th>Last heartbeat</th><th>Current item</th><th>Steps</th><th>Steps/s</th><th>Errors</th></tr>",
         super::runs::plural(workers.len(), "worker")
     );
     for w in &workers {
@@ -42,12 +46,13 @@ pub(crate) async fn workers(State(state): State<Arc<AppState>>) -> Response {
         };
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{} ({})</td><td>{:?}</td><td>{}</td><td>{current}</td>\
+            "<tr><td>{}</td><td>{}</td><td>{} ({})</td><td class=\"liveness\">{}</td><td>{:?}</td><td>{}</td><td>{current}</td>\
              <td>{}</td><td class=\"rate\">{}</td><td>{}</td></tr>",
             escape(&w.worker_id.0),
             escape(&w.workflow),
             escape(&w.host),
             w.pid,
+            crate::workers::liveness(w.liveness(now, REPORT_INTERVAL)),
             w.status,
             escape(&timestamp_relative(w.last_heartbeat, now)),
             w.steps_done,

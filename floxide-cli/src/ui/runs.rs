@@ -94,8 +94,8 @@ impl RunsFilter {
         Ok(query.after(given(&self.after).map(RunCursor::new)))
     }
 
-    /// The filters as a URL query (without the cursor).
-    fn url_query(&self) -> String {
+    /// The filters that are set, by name (without the cursor).
+    fn set_fields(&self) -> impl Iterator<Item = (&'static str, &str)> {
         [
             ("workflow", &self.workflow),
             ("status", &self.status),
@@ -104,35 +104,33 @@ impl RunsFilter {
             ("since", &self.since),
             ("until", &self.until),
         ]
-        .iter()
-        .filter_map(|(name, value)| Some(format!("{name}={}", url_segment(given(value)?))))
-        .collect::<Vec<_>>()
-        .join("&")
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, given(value)?)))
+    }
+
+    /// The filters as a URL query (without the cursor).
+    fn url_query(&self) -> String {
+        self.set_fields()
+            .map(|(name, value)| format!("{name}={}", url_segment(value)))
+            .collect::<Vec<_>>()
+            .join("&")
     }
 
     /// The filters as hidden form fields (a bulk action's form carries them).
     fn hidden_fields(&self) -> String {
-        [
-            ("workflow", &self.workflow),
-            ("status", &self.status),
-            ("node", &self.node),
-            ("q", &self.q),
-            ("since", &self.since),
-            ("until", &self.until),
-        ]
-        .iter()
-        .filter_map(|(name, value)| {
-            Some(format!(
-                "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
-                escape(given(value)?)
-            ))
-        })
-        .collect()
+        self.set_fields()
+            .map(|(name, value)| {
+                format!(
+                    "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
+                    escape(value)
+                )
+            })
+            .collect()
     }
 
     /// Whether any filter is set.
     fn is_set(&self) -> bool {
-        !self.url_query().is_empty()
+        self.set_fields().next().is_some()
     }
 }
 

@@ -233,7 +233,9 @@ async fn workers_queues_and_dead_letters_are_shown() {
     let (status, workers) = get(&app, "/workers").await;
     assert_eq!(status, StatusCode::OK);
     assert!(
-        workers.contains("1 worker<") && workers.contains("w-1"),
+        workers.contains("1 worker<")
+            && workers.contains("w-1")
+            && workers.contains("class=\"liveness\">alive<"),
         "{workers}"
     );
     let (_, queues) = get(&app, "/queues").await;
