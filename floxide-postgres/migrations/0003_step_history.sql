@@ -16,3 +16,7 @@ CREATE TABLE step_events (
     until    timestamptz,
     PRIMARY KEY (run_id, seq)
 );
+
+-- A run's input (its first item's payload), kept with its record for tools to show and search
+-- (the item's own payload goes when its step commits).
+ALTER TABLE runs ADD COLUMN input bytea;

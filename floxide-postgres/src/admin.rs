@@ -266,6 +266,16 @@ impl AdminBackend for PostgresBackend {
         RunWatch::new(self.signals.runs.subscribe())
     }
 
+    async fn run_input(&self, run_id: &str) -> Result<Option<Vec<u8>>, DistributedError> {
+        let client = self.pooled().await?;
+        let row = client
+            .query_opt("SELECT input FROM runs WHERE run_id = $1", &[&run_id])
+            .await
+            .map_err(backend)?
+            .ok_or_else(|| DistributedError::UnknownRun(run_id.to_owned()))?;
+        Ok(row.get(0))
+    }
+
     async fn step_history(&self, run_id: &str) -> Result<Option<Vec<StepEvent>>, DistributedError> {
         let client = self.pooled().await?;
         self.known(&**client, run_id).await?;

@@ -14,6 +14,7 @@ const DETAILS: &str = "($7::text IS NULL \
       OR EXISTS (SELECT 1 FROM errors e WHERE e.run_id = r.run_id AND e.error->>'node' = $7)) \
     AND ($8::text IS NULL \
       OR strpos(lower(r.run_id), $8) > 0 \
+      OR strpos(lower(encode(coalesce(r.input, ''::bytea), 'escape')), $8) > 0 \
       OR strpos(lower(coalesce(r.output::text, '')), $8) > 0 \
       OR strpos(lower(coalesce(r.error, '')), $8) > 0 \
       OR EXISTS (SELECT 1 FROM outputs o WHERE o.run_id = r.run_id \

@@ -12,14 +12,15 @@ use crate::PostgresBackend;
 const CHUNK: usize = 500;
 
 /// `$1`–`$5` the runs (id, workflow, context, deadline, idempotency key), `$6` pending, `$7`
-/// the request, `$8`–`$10` their first items (id, node, payload), `$11` the work channel.
+/// the request, `$8`–`$10` their first items (id, node, payload; the payload is also kept as
+/// the run's input), `$11` the work channel.
 const START: &str = "\
 WITH started AS (
     INSERT INTO runs (run_id, workflow, status, context, outstanding, start_request, deadline,
-                      idempotency_key)
-    SELECT u.id, u.wf, $6, u.ctx, 1, $7, u.deadline, u.key
-    FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[], $5::text[])
-        AS u(id, wf, ctx, deadline, key)
+                      idempotency_key, input)
+    SELECT u.id, u.wf, $6, u.ctx, 1, $7, u.deadline, u.key, u.input
+    FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[], $5::text[], $10::bytea[])
+        AS u(id, wf, ctx, deadline, key, input)
     ON CONFLICT DO NOTHING
     RETURNING run_id, workflow),
 first AS (

@@ -20,7 +20,9 @@ if started_by then
   return { 'exists' }
 end
 local now = now_ms()
-local set = { wf = wf, st = 'pending', t0 = now, left = 1, ver = 0, m_items = 1, rid = RID, ctx = ctx }
+-- The record keeps the run's input (`inp`: its first item's bytes) for tools to show and search.
+local set = { wf = wf, st = 'pending', t0 = now, left = 1, ver = 0, m_items = 1, rid = RID, ctx = ctx,
+              inp = payload }
 if idem ~= '' then
   set.idem = idem
   redis.call('SET', PFX .. 'idem:' .. idem, run)

@@ -449,6 +449,26 @@ impl AdminBackend for RedisBackend {
         RunWatch::new(self.client.inner.version.subscribe())
     }
 
+    async fn run_input(&self, run_id: &str) -> Result<Option<Vec<u8>>, DistributedError> {
+        let key = Keys::run(&self.keys().partition_of_run(run_id), run_id);
+        let key = &key;
+        let (exists, input): (Option<String>, Option<Vec<u8>>) = self
+            .client
+            .run(|mut conn| async move {
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg("st")
+                    .arg("inp")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        match exists {
+            Some(_) => Ok(input),
+            None => Err(DistributedError::UnknownRun(run_id.to_owned())),
+        }
+    }
+
     async fn step_history(&self, run_id: &str) -> Result<Option<Vec<StepEvent>>, DistributedError> {
         self.history_of(run_id).await.map(Some)
     }

@@ -38,8 +38,9 @@ async fn every_page(backend: &Arc<dyn Backend>, query: RunQuery) -> (Vec<String>
 }
 
 /// G7: runs are listed newest first, one page at a time from a cursor, filtered by workflow,
-/// status, start time, node and text; a filter that reads items examines a bounded number of
-/// runs per page; a cursor the backend did not write is a typed error.
+/// status, start time, node and text (the input included, after its step committed); a filter
+/// that reads items examines a bounded number of runs per page; a cursor the backend did not
+/// write is a typed error.
 pub async fn g7_runs_are_listed_page_by_page<B: Backend>(backend: B) {
     let backend: Arc<dyn Backend> = Arc::new(backend);
     for i in 0..7 {
@@ -107,6 +108,30 @@ pub async fn g7_runs_are_listed_page_by_page<B: Backend>(backend: B) {
     let (none, pages) = every_page(&backend, thin).await;
     assert!(none.is_empty());
     assert_eq!(pages, 3, "10 runs examined 4 at a time");
+
+    // A run's input stays searchable after its step committed (its item's payload is gone).
+    start(&backend, "in0", "Inputs", "a", "\"an Input Word\"").await;
+    let me = WorkerId::from("w");
+    let taken = backend
+        .take(
+            "Inputs",
+            &me,
+            TakeOptions::default(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        .expect("the run's item");
+    let done = backend.commit(&taken.lease, &StepCommit::new("a")).await;
+    assert!(
+        matches!(done, Ok(CommitOutcome::Committed { .. })),
+        "{done:?}"
+    );
+    if let Some(input) = backend.run_input("in0").await.unwrap() {
+        assert_eq!(input, b"\"an Input Word\"".to_vec());
+    }
+    let (by_input, _) = every_page(&backend, RunQuery::new(10).text("input word")).await;
+    assert_eq!(by_input, vec!["in0".to_owned()], "text in the run's input");
 
     let bad = RunQuery::new(3).after(Some(RunCursor::new("not a cursor")));
     match backend.query_runs(&bad).await {

@@ -71,6 +71,13 @@ pub(crate) async fn run(state: &AppState, id: &str) -> Result<String, Distribute
             );
         }
     }
+    if let Some(input) = b.run_input(id).await? {
+        let _ = write!(
+            body,
+            "<h2>Input</h2><pre id=\"input\">{}</pre>",
+            escape(&floxide_core::distributed::payload_text(&input))
+        );
+    }
     if let Some(output) = &info.output {
         let _ = write!(
             body,

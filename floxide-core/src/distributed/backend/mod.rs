@@ -219,6 +219,16 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// [`DistributedError::UnknownRun`] or a backend error.
     async fn pending_items(&self, run_id: &str) -> Result<Vec<Vec<u8>>, DistributedError>;
 
+    /// A run's input, as stored (its first item's bytes); `None` (the default) when the
+    /// backend does not keep it.
+    ///
+    /// # Errors
+    /// [`DistributedError::UnknownRun`] or a backend error.
+    async fn run_input(&self, run_id: &str) -> Result<Option<Vec<u8>>, DistributedError> {
+        let _ = run_id;
+        Ok(None)
+    }
+
     /// A run's step history (leases taken, renewed, expired; commits applied or fenced out;
     /// failures; releases), oldest first; `None` (the default) when the backend keeps none.
     ///

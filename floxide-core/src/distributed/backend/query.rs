@@ -30,9 +30,9 @@ pub struct RunQuery {
     pub started_before: Option<SystemTime>,
     /// Only runs with an item at this node, or an error recorded there.
     pub node: Option<String>,
-    /// Only runs where this text occurs (ignoring case) in the run id, an output, the run's
-    /// error, a recorded step error, or the payload of an item still stored (a finished run's
-    /// items may be gone).
+    /// Only runs where this text occurs (ignoring case) in the run id, its input, an output,
+    /// the run's error, a recorded step error, or the payload of an item still stored (a
+    /// finished run's items may be gone).
     pub text: Option<String>,
     /// Continue after this point (from the previous page's [`RunPage::next`]).
     pub after: Option<RunCursor>,
@@ -163,9 +163,15 @@ impl RunQuery {
             }
         }
         if let Some(text) = &self.text {
+            let input = match backend.run_input(&info.run_id).await {
+                Ok(input) => input,
+                Err(DistributedError::UnknownRun(_)) => return Ok(false),
+                Err(e) => return Err(e),
+            };
             let needle = text.to_lowercase();
             let found = |hay: &str| hay.to_lowercase().contains(&needle);
             let hit = found(&info.run_id)
+                || input.is_some_and(|bytes| found(&crate::distributed::payload_text(&bytes)))
                 || info.outputs.iter().any(|o| found(&o.to_string()))
                 || info.output.as_ref().is_some_and(|o| found(&o.to_string()))
                 || info.error.as_deref().is_some_and(found)

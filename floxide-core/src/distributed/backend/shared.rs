@@ -102,6 +102,10 @@ impl<B: AdminBackend + ?Sized> AdminBackend for Arc<B> {
         (**self).query_runs(query).await
     }
 
+    async fn run_input(&self, run_id: &str) -> Result<Option<Vec<u8>>, DistributedError> {
+        (**self).run_input(run_id).await
+    }
+
     async fn step_history(&self, run_id: &str) -> Result<Option<Vec<StepEvent>>, DistributedError> {
         (**self).step_history(run_id).await
     }

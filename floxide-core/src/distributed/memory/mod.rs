@@ -482,6 +482,7 @@ impl AdminBackend for InMemoryBackend {
                 continue;
             }
             runs.finished_at.remove(&run);
+            runs.inputs.remove(&run);
             if let Some(info) = runs.runs.remove(&run) {
                 if let Some(key) = &info.idempotency_key {
                     runs.keys.remove(key);
@@ -500,6 +501,8 @@ impl AdminBackend for InMemoryBackend {
         }
         drop(errors);
         let run_id = start.run_id.clone();
+        runs.inputs
+            .insert(run_id.clone(), Arc::from(start.first.bytes.as_slice()));
         runs.runs.insert(
             run_id.clone(),
             RunInfo {
@@ -665,6 +668,14 @@ impl AdminBackend for InMemoryBackend {
 
     fn watch_runs(&self) -> RunWatch {
         RunWatch::new(self.runs.part.version.subscribe())
+    }
+
+    async fn run_input(&self, run_id: &str) -> Result<Option<Vec<u8>>, DistributedError> {
+        let runs = self.runs.lock();
+        if !runs.runs.contains_key(run_id) {
+            return Err(unknown(run_id));
+        }
+        Ok(runs.inputs.get(run_id).map(|bytes| bytes.to_vec()))
     }
 
     async fn step_history(&self, run_id: &str) -> Result<Option<Vec<StepEvent>>, DistributedError> {

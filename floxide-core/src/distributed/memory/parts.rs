@@ -116,6 +116,8 @@ pub(crate) struct RunsState {
     pub(crate) finished: VecDeque<(Instant, RunId)>,
     /// When each finished run finished.
     pub(crate) finished_at: HashMap<RunId, Instant>,
+    /// Each run's input (its first item's bytes).
+    pub(crate) inputs: HashMap<RunId, Arc<[u8]>>,
 }
 
 /// A stored work item.
