@@ -372,7 +372,10 @@ async fn a_run_goes_from_running_to_completed_on_its_page_without_a_reload() {
         .unwrap();
     assert_eq!(mark, json!(42), "the page was reloaded instead of updated");
     assert_eq!(d.text_of("output").await, "\"parcel 7\"");
-    assert!(d.text_of("input").await.contains('7'), "the run's input is shown");
+    assert!(
+        d.text_of("input").await.contains('7'),
+        "the run's input is shown"
+    );
     // The graph shows the nodes that ran as done, and the skipped arm as untouched.
     let graph = d.browser.find(Locator::Id("graph")).await.unwrap();
     let svg = graph.html(true).await.unwrap();
