@@ -212,6 +212,20 @@ impl RedisBackend {
     }
 
     /// The status a run's record holds, for the items' states.
+    /// Every element of the list at `key` (empty when there is none).
+    pub(crate) async fn whole_list(&self, key: &str) -> Result<Vec<Vec<u8>>, DistributedError> {
+        self.client
+            .run(|mut conn| async move {
+                redis::cmd("LRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await
+    }
+
     pub(crate) async fn status_of(&self, run_id: &str) -> Result<RunStatus, DistributedError> {
         match self.run_fields(run_id, &["st"]).await? {
             Some(f) => Ok(run_status_of(&String::from_utf8_lossy(
@@ -362,18 +376,11 @@ impl AdminBackend for RedisBackend {
             .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
             .unwrap_or(0);
         let extra: Vec<Vec<u8>> = if more > 0 {
-            let key = Keys::outputs(&self.keys().partition_of_run(run_id), run_id);
-            let key = &key;
-            self.client
-                .run(|mut conn| async move {
-                    redis::cmd("LRANGE")
-                        .arg(key)
-                        .arg(0)
-                        .arg(-1)
-                        .query_async(&mut conn)
-                        .await
-                })
-                .await?
+            self.whole_list(&Keys::outputs(
+                &self.keys().partition_of_run(run_id),
+                run_id,
+            ))
+            .await?
         } else {
             Vec::new()
         };
@@ -475,18 +482,8 @@ impl AdminBackend for RedisBackend {
 
     async fn errors(&self, run_id: &str) -> Result<Vec<WorkflowError>, DistributedError> {
         self.status_of(run_id).await?;
-        let key = Keys::errors(&self.keys().partition_of_run(run_id), run_id);
-        let key = &key;
-        let raw: Vec<Vec<u8>> = self
-            .client
-            .run(|mut conn| async move {
-                redis::cmd("LRANGE")
-                    .arg(key)
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut conn)
-                    .await
-            })
+        let raw = self
+            .whole_list(&Keys::errors(&self.keys().partition_of_run(run_id), run_id))
             .await?;
         Ok(raw
             .iter()

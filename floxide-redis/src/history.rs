@@ -15,21 +15,17 @@ impl RedisBackend {
         run_id: &str,
     ) -> Result<Vec<StepEvent>, DistributedError> {
         self.status_of(run_id).await?;
-        let key = Keys::history(&self.keys().partition_of_run(run_id), run_id);
-        let key = &key;
-        let lines: Vec<String> = self
-            .client()
-            .run(|mut conn| async move {
-                redis::cmd("LRANGE")
-                    .arg(key)
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut conn)
-                    .await
-            })
+        let lines = self
+            .whole_list(&Keys::history(
+                &self.keys().partition_of_run(run_id),
+                run_id,
+            ))
             .await?;
         // A line this version cannot read (written by another one) is left out.
-        Ok(lines.iter().filter_map(|l| parse_line(l)).collect())
+        Ok(lines
+            .iter()
+            .filter_map(|l| parse_line(std::str::from_utf8(l).ok()?))
+            .collect())
     }
 }
 

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::time::SystemTime;
 
-use floxide_core::distributed::{DistributedError, RunStatus};
+use floxide_core::distributed::DistributedError;
 
 use super::AppState;
 use crate::render::{rfc3339, timestamp_relative};
@@ -51,7 +51,7 @@ pub(crate) async fn run(state: &AppState, id: &str) -> Result<String, Distribute
         body,
         "<p>Workflow <b>{}</b> · status <span class=\"status\" id=\"status\">{}</span> · started {}{}</p>",
         escape(&info.workflow),
-        status_name(info.status),
+        info.status,
         escape(&rfc3339(info.started_at)),
         info.finished_at
             .map(|t| format!(" · finished {}", escape(&rfc3339(t))))
@@ -161,17 +161,6 @@ pub(crate) async fn run_graph(state: &AppState, id: &str) -> Result<String, Dist
              theirs when they start)"
             ))
         })
-}
-
-pub(crate) fn status_name(status: RunStatus) -> &'static str {
-    match status {
-        RunStatus::Pending => "pending",
-        RunStatus::Running => "running",
-        RunStatus::Paused => "paused",
-        RunStatus::Completed => "completed",
-        RunStatus::Failed => "failed",
-        RunStatus::Cancelled => "cancelled",
-    }
 }
 
 /// `text` percent-encoded for a URL path segment or query value.

@@ -17,7 +17,7 @@ use floxide_core::distributed::{
 use floxide_core::ItemId;
 use serde::Deserialize;
 
-use super::pages::{escape, page, status_name, url_segment};
+use super::pages::{escape, page, url_segment};
 use super::{checked_form, failure, AppState, CarriesCsrf, Problem};
 use crate::render::timestamp_relative;
 
@@ -214,7 +214,7 @@ fn render_runs(
             id = escape(&run.run_id),
             link = url_segment(&run.run_id),
             wf = escape(&run.workflow),
-            st = status_name(run.status),
+            st = run.status,
             t0 = escape(&timestamp_relative(run.started_at, now)),
             t1 = run
                 .finished_at
