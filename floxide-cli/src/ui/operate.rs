@@ -13,7 +13,7 @@ use floxide_core::ItemId;
 use serde::Deserialize;
 
 use super::history::sparkline;
-use super::pages::{escape, page};
+use super::pages::{escape, page, post_form};
 use super::{failure, AppState};
 use crate::render::timestamp_relative;
 
@@ -127,14 +127,15 @@ pub(crate) async fn dead_letters(State(state): State<Arc<AppState>>) -> Response
     if !state.read_only && !letters.is_empty() {
         // The count shown travels with the form: if it changed meanwhile, nothing is done.
         for (action, label) in [("requeue", "Requeue all"), ("drop", "Drop all")] {
-            let _ = write!(
-                body,
-                "<form method=\"post\" action=\"/dead-letters/{action}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-                 <input type=\"hidden\" name=\"expect\" value=\"{}\"><button id=\"{action}-all\">{label} {}</button></form> ",
-                state.csrf,
-                letters.len(),
-                letters.len()
-            );
+            body.push_str(&post_form(
+                &format!("/dead-letters/{action}"),
+                &state.csrf,
+                &[("expect", letters.len().to_string())],
+                &format!(
+                    "<button id=\"{action}-all\">{label} {}</button>",
+                    letters.len()
+                ),
+            ));
         }
     }
     body.push_str(
@@ -145,14 +146,12 @@ pub(crate) async fn dead_letters(State(state): State<Arc<AppState>>) -> Response
         let mut actions = String::new();
         if !state.read_only {
             for (action, label) in [("requeue", "Requeue"), ("drop", "Drop")] {
-                let _ = write!(
-                    actions,
-                    "<form method=\"post\" action=\"/dead-letters/{action}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-                     <input type=\"hidden\" name=\"id\" value=\"{}:{}\"><button>{label}</button></form> ",
-                    state.csrf,
-                    escape(&d.run_id),
-                    d.item_id
-                );
+                actions.push_str(&post_form(
+                    &format!("/dead-letters/{action}"),
+                    &state.csrf,
+                    &[("id", format!("{}:{}", d.run_id, d.item_id))],
+                    &format!("<button>{label}</button>"),
+                ));
             }
         }
         let _ = write!(

@@ -63,12 +63,12 @@ pub(crate) async fn run(state: &AppState, id: &str) -> Result<String, Distribute
             ("resume", "Resume"),
             ("cancel", "Cancel"),
         ] {
-            let _ = write!(
-                body,
-                "<form method=\"post\" action=\"/runs/{}/{action}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button id=\"{action}\">{label}</button></form> ",
-                url_segment(id),
-                state.csrf
-            );
+            body.push_str(&post_form(
+                &format!("/runs/{}/{action}", url_segment(id)),
+                &state.csrf,
+                &[],
+                &format!("<button id=\"{action}\">{label}</button>"),
+            ));
         }
     }
     if let Some(input) = b.run_input(id).await? {
@@ -161,6 +161,28 @@ pub(crate) async fn run_graph(state: &AppState, id: &str) -> Result<String, Dist
              theirs when they start)"
             ))
         })
+}
+
+/// A POST form to `action` carrying the page's CSRF token and `fields` (hidden, escaped
+/// here), sent by `button` (HTML): every action of the dashboard is one.
+pub(crate) fn post_form(
+    action: &str,
+    csrf: &str,
+    fields: &[(&str, String)],
+    button: &str,
+) -> String {
+    let mut form = format!(
+        "<form method=\"post\" action=\"{action}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">"
+    );
+    for (name, value) in fields {
+        let _ = write!(
+            form,
+            "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
+            escape(value)
+        );
+    }
+    let _ = write!(form, "{button}</form> ");
+    form
 }
 
 /// `text` percent-encoded for a URL path segment or query value.

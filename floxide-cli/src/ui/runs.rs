@@ -17,7 +17,7 @@ use floxide_core::distributed::{
 use floxide_core::ItemId;
 use serde::Deserialize;
 
-use super::pages::{escape, page, url_segment};
+use super::pages::{escape, page, post_form, url_segment};
 use super::{checked_form, failure, AppState, CarriesCsrf, Problem};
 use crate::render::timestamp_relative;
 
@@ -114,18 +114,6 @@ impl RunsFilter {
             .map(|(name, value)| format!("{name}={}", url_segment(value)))
             .collect::<Vec<_>>()
             .join("&")
-    }
-
-    /// The filters as hidden form fields (a bulk action's form carries them).
-    fn hidden_fields(&self) -> String {
-        self.set_fields()
-            .map(|(name, value)| {
-                format!(
-                    "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
-                    escape(value)
-                )
-            })
-            .collect()
     }
 
     /// Whether any filter is set.
@@ -426,18 +414,26 @@ pub(crate) async fn bulk_preview(
         targets.describe()
     );
     if targets.len() > 0 {
-        let _ = write!(
-            body,
-            "<form method=\"post\" action=\"/bulk\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <input type=\"hidden\" name=\"action\" value=\"{}\"><input type=\"hidden\" name=\"expect\" value=\"{}\">{}\
-             <button id=\"confirm\">{} {}</button></form> ",
-            state.csrf,
-            bulk.what(),
-            targets.len(),
-            request.filter.hidden_fields(),
-            capitalized(bulk.what()),
-            targets.describe()
+        let mut fields = vec![
+            ("action", bulk.what().to_owned()),
+            ("expect", targets.len().to_string()),
+        ];
+        fields.extend(
+            request
+                .filter
+                .set_fields()
+                .map(|(name, value)| (name, value.to_owned())),
         );
+        body.push_str(&post_form(
+            "/bulk",
+            &state.csrf,
+            &fields,
+            &format!(
+                "<button id=\"confirm\">{} {}</button>",
+                capitalized(bulk.what()),
+                targets.describe()
+            ),
+        ));
     }
     let _ = write!(
         body,
