@@ -358,6 +358,13 @@ async fn a_run_goes_from_running_to_completed_on_its_page_without_a_reload() {
     d.start_run("order-slow", SLOW).await;
     d.open("/runs/order-slow").await;
     assert_eq!(d.text_of("status").await, "running");
+    // While it runs, its timeline shows the lease of the step in flight.
+    let leases = d
+        .browser
+        .find_all(Locator::Css("#timeline rect.lease"))
+        .await
+        .unwrap();
+    assert!(!leases.is_empty(), "a lease bar while the run runs");
     // A mark that a reload would wipe out.
     d.browser
         .execute("window.floxideMark = 42;", vec![])
@@ -381,13 +388,24 @@ async fn a_run_goes_from_running_to_completed_on_its_page_without_a_reload() {
     let svg = graph.html(true).await.unwrap();
     assert!(svg.contains("<svg"), "{svg}");
     assert!(svg.contains("receive") && svg.contains("approve"), "{svg}");
-    // The step timeline: one committed lease per step that ran.
-    let committed = d
+    // A routine history goes with the completed run (the Redis default): the page says so,
+    // and the node timings show the steps that ran.
+    assert!(
+        d.text_of("timeline").await.contains("completed routinely"),
+        "{}",
+        d.text_of("timeline").await
+    );
+    let timings = d
         .browser
-        .find_all(Locator::Css("#timeline rect.lease.committed"))
+        .find_all(Locator::Css("#timings tr td:first-child"))
         .await
         .unwrap();
-    assert_eq!(committed.len(), 3, "receive, route, pack");
+    let mut nodes = Vec::new();
+    for cell in timings {
+        nodes.push(cell.text().await.unwrap());
+    }
+    nodes.sort();
+    assert_eq!(nodes, ["pack", "receive", "route"]);
     d.screenshot("run-completed").await;
 
     // The runs list shows it too, and followed it live.

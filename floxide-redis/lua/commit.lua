@@ -49,7 +49,7 @@ local now = now_ms()
 
 -- Runs touched by the batch: their record's fields, read once; `set` collects the writes.
 local RUN_FIELDS = { 'st', 'ver', 'wf', 'left', 'out', 'pkc', 'nout', 'nerr', 't1', 'dl',
-                     'm_done', 'm_items', 'nt', 'frid', 'idem' }
+                     'm_done', 'm_items', 'nt', 'frid', 'idem', 'hx' }
 local runs, order = {}, {}
 local function run_of(run)
   local x = runs[run]

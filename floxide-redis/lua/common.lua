@@ -20,17 +20,22 @@
 -- for a retry of it. `sh:<run>` is the run's step history: one line per lease transition,
 -- `<kind> <ms> <token> <attempt> <delivery or -> <lease end ms or -> <item id> <node>
 -- <worker>`, kind L (leased), H (renewed), E (expired), C (committed), Z (fenced out),
--- F (failed; the lease end field holds the retry's due time), R (released).
+-- F (failed; the lease end field holds the retry's due time), R (released). A history is
+-- "routine" while every item was leased once, on its first attempt, and renewed or committed;
+-- the first other line sets the record's `hx` field. A run that completes with a routine
+-- history drops it (unless `KEEP_ROUTINE`, set in the library's header): only the histories
+-- that explain something outlive their run.
 
 -- Per call, set by `setup` from ARGV (loaded as a function library, this code runs once and
 -- its functions serve every call).
 local PFX, RETENTION, LETTER_RETENTION, RID, RETRY
-local TIMERS, RUNS, DONE, LETTERS, LETTER_INDEX
+local TIMERS, RUNS, FINISHED, LEGACY_DONE, LETTERS, LETTER_INDEX
 -- Run events and lease timers a call collects (flushed at its end), and whether it pruned.
 local EVENTS, PRUNE_DONE, TIMER_ADDS
 -- Step history lines a call collects per run (flushed at its end, one push per run), the runs
--- in order, the runs whose state the flush must check, and those that finished in the call.
-local HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS
+-- in order, the runs whose state the flush must check, those that finished in the call (their
+-- history's expiry, or 'drop'), and those given a line that is not routine.
+local HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS, HISTORY_NOTE
 -- The most lines a run's history keeps: trimmed to that once it holds twice as many.
 local HISTORY_KEPT = 1000
 
@@ -41,10 +46,10 @@ local function setup()
   -- A retried request carries its id with a `+`: only then is a first attempt's answer looked for.
   RID, RETRY = ARGV[4], string.byte(ARGV[4], -1) == 43
   if RETRY then RID = string.sub(RID, 1, -2) end
-  TIMERS, RUNS, DONE = PFX .. 'tm', PFX .. 'runs', PFX .. 'done'
+  TIMERS, RUNS, FINISHED, LEGACY_DONE = PFX .. 'tm', PFX .. 'runs', PFX .. 'fin', PFX .. 'done'
   LETTERS, LETTER_INDEX = PFX .. 'dlh', PFX .. 'dlq'
   EVENTS, PRUNE_DONE, TIMER_ADDS = {}, false, {}
-  HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS = {}, {}, {}, {}
+  HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS, HISTORY_NOTE = {}, {}, {}, {}, {}
 end
 
 local function now_ms()
@@ -225,27 +230,36 @@ local function step_event(run, kind, id, node, worker, token, attempt, now, deli
   lines[#lines + 1] = kind .. ' ' .. now .. ' ' .. token .. ' ' .. attempt .. ' ' .. (delivery or '-') ..
     ' ' .. (until_ms or '-') .. ' ' .. id .. ' ' .. node .. ' ' .. (worker or '')
   if not active then HISTORY_CHECK[run] = true end
+  if kind ~= 'C' and kind ~= 'H' and (kind ~= 'L' or delivery ~= 1 or attempt ~= 1) then
+    HISTORY_NOTE[run] = true
+  end
 end
 
--- Pushes the collected lines, one push per run. A history that did not exist before (its run
--- finished long ago, or is gone) gets its run's expiry, or is dropped with its run.
+-- Pushes the collected lines, one push per run, and marks the runs given a line that is not
+-- routine. A history that did not exist before (its run finished long ago, or is gone) gets its
+-- run's expiry, or is dropped with its run; one dropped when its run completed takes no more.
 local function flush_history()
   for _, run in ipairs(HISTORY_RUNS) do
-    local key, lines = history_key(run), HISTORY[run]
-    local n = call_chunked('RPUSH', key, lines)
-    if HISTORY_ENDS[run] then
-      redis.call('PEXPIREAT', key, HISTORY_ENDS[run])
-    elseif HISTORY_CHECK[run] and n == #lines then
-      local r = read_run(run, { 'st', 't1' })
-      if not r.st then
-        redis.call('DEL', key)
-      elseif r.t1 then
-        redis.call('PEXPIREAT', key, tonumber(r.t1) + RETENTION)
+    local key, lines, ends = history_key(run), HISTORY[run], HISTORY_ENDS[run]
+    if ends ~= 'drop' then
+      local n = call_chunked('RPUSH', key, lines)
+      local exists = not HISTORY_CHECK[run]
+      if ends then
+        redis.call('PEXPIREAT', key, ends)
+      elseif HISTORY_CHECK[run] and (n == #lines or HISTORY_NOTE[run]) then
+        local r = read_run(run, { 'st', 't1' })
+        exists = r.st
+        if not r.st then
+          redis.call('DEL', key)
+        elseif r.t1 and n == #lines then
+          redis.call('PEXPIREAT', key, tonumber(r.t1) + RETENTION)
+        end
       end
+      if HISTORY_NOTE[run] and exists then redis.call('HSET', run_key(run), 'hx', 1) end
+      if n > 2 * HISTORY_KEPT then redis.call('LTRIM', key, -HISTORY_KEPT, -1) end
     end
-    if n > 2 * HISTORY_KEPT then redis.call('LTRIM', key, -HISTORY_KEPT, -1) end
   end
-  HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS = {}, {}, {}, {}
+  HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS, HISTORY_NOTE = {}, {}, {}, {}, {}
 end
 
 -- Retention --------------------------------------------------------------------------------
@@ -265,16 +279,22 @@ local function run_event(run) EVENTS[#EVENTS + 1] = run end
 -- items of a completed or cancelled run go now; a failed run keeps them for a resume), index
 -- it for the pruning of the run index, and tell waiters. `set` holds the fields the caller
 -- writes to the run's record afterwards (the new ones win over the stored ones); `r`, when
--- given, holds the record's `nout`, `nerr` and `idem` as read by the caller.
+-- given, holds the record's `nout`, `nerr`, `idem` and `hx` as read by the caller. A completed
+-- run's routine step history goes with its items (see the key layout).
 local function finish_run(run, set, st, now, r)
   local exp = now + RETENTION
   set.st, set.t1 = st, now
-  if not r or r.idem == nil then r = read_run(run, { 'nout', 'nerr', 'idem' }) end
+  if not r or r.idem == nil then r = read_run(run, { 'nout', 'nerr', 'idem', 'hx' }) end
   local nout, nerr = set.nout or r.nout, set.nerr or r.nerr
-  redis.call('ZADD', DONE, now, run)
+  redis.call('RPUSH', FINISHED, now .. ' ' .. run)
   redis.call('PEXPIREAT', run_key(run), exp)
-  redis.call('PEXPIREAT', history_key(run), exp)
-  HISTORY_ENDS[run] = exp
+  local routine = st == 'completed' and not KEEP_ROUTINE and not r.hx and not HISTORY_NOTE[run]
+  if routine then
+    HISTORY_ENDS[run] = 'drop'
+  else
+    redis.call('PEXPIREAT', history_key(run), exp)
+    HISTORY_ENDS[run] = exp
+  end
   if nout and tonumber(nout) > 0 then redis.call('PEXPIREAT', outs_key(run), exp) end
   if nerr and tonumber(nerr) > 0 then redis.call('PEXPIREAT', errs_key(run), exp) end
   if r.idem then redis.call('PEXPIREAT', PFX .. 'idem:' .. r.idem, exp) end
@@ -282,6 +302,8 @@ local function finish_run(run, set, st, now, r)
     redis.call('PEXPIREAT', items_key(run), exp)
     redis.call('PEXPIREAT', parked_key(run), exp)
     redis.call('PEXPIREAT', letters_of_key(run), exp)
+  elseif routine then
+    redis.call('UNLINK', items_key(run), parked_key(run), history_key(run))
   else
     redis.call('UNLINK', items_key(run), parked_key(run))
   end
@@ -295,11 +317,27 @@ local function flush_events(now)
   flush_history()
   if PRUNE_DONE then
     PRUNE_DONE = false
-    local old = redis.call('ZRANGEBYSCORE', DONE, '-inf', now - RETENTION, 'LIMIT', 0, 16)
-    if #old > 0 then
-      redis.call('ZREM', DONE, unpack(old))
-      redis.call('ZREM', RUNS, unpack(old))
+    -- The finished runs, oldest first: those whose retention is over leave the run index,
+    -- unless a resume revived them (their record is still there; a second finish pushed
+    -- them again).
+    local head = redis.call('LRANGE', FINISHED, 0, 15)
+    local over, old = 0, {}
+    for _, line in ipairs(head) do
+      local t, run = string.match(line, '^(%d+) (.+)$')
+      if t and tonumber(t) >= now - RETENTION then break end
+      over = over + 1
+      if run and redis.call('EXISTS', run_key(run)) == 0 then old[#old + 1] = run end
     end
+    if over > 0 then redis.call('LPOP', FINISHED, over) end
+    -- Runs finished by a version that indexed them in a sorted set (`done`) leave too.
+    if now % 64 == 0 then
+      local legacy = redis.call('ZRANGEBYSCORE', LEGACY_DONE, '-inf', now - RETENTION, 'LIMIT', 0, 16)
+      if #legacy > 0 then
+        redis.call('ZREM', LEGACY_DONE, unpack(legacy))
+        for _, run in ipairs(legacy) do old[#old + 1] = run end
+      end
+    end
+    if #old > 0 then redis.call('ZREM', RUNS, unpack(old)) end
   end
   if #EVENTS > 0 then
     publish('ev', table.concat(EVENTS, '\n'))
@@ -309,7 +347,6 @@ end
 
 -- A finished (failed) run runs again: its keys no longer expire.
 local function revive_run(run, r)
-  redis.call('ZREM', DONE, run)
   for _, k in ipairs({ run_key(run), items_key(run), parked_key(run), letters_of_key(run),
                        outs_key(run), errs_key(run), history_key(run) }) do
     redis.call('PERSIST', k)

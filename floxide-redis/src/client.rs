@@ -320,7 +320,11 @@ impl RedisClient {
     /// cannot be reached within the connect timeout or refuses the credentials.
     pub async fn new(config: RedisConfig) -> Result<Self, RedisBackendError> {
         let connect = |reason: String| unreachable(&config)(reason);
-        let scripts = Scripts::new(config.is_cluster(), config.step_history);
+        let scripts = Scripts::new(
+            config.is_cluster(),
+            config.step_history,
+            config.routine_history,
+        );
         let (servers, mut conn, functions) = if config.is_cluster() {
             connect_cluster(&config, &scripts).await?
         } else {

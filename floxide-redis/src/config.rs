@@ -60,6 +60,7 @@ pub struct RedisConfig {
     pub(crate) retry_window: Duration,
     pub(crate) tls_root: Option<Vec<u8>>,
     pub(crate) step_history: bool,
+    pub(crate) routine_history: bool,
 }
 
 impl RedisConfig {
@@ -88,6 +89,7 @@ impl RedisConfig {
             retry_window: Duration::from_secs(5),
             tls_root: None,
             step_history: true,
+            routine_history: false,
         }
     }
 
@@ -172,12 +174,27 @@ impl RedisConfig {
     /// Whether the scripts record each run's step history (on by default): every lease taken,
     /// renewed or expired, every commit applied or fenced out, every failure and release, read
     /// back by `AdminBackend::step_history` and drawn by the dashboard. It costs a list push
-    /// per call and run (a commit and the hand-off of its successor share one) and the list's
-    /// expiry: 1.7 commands per step of a 3-step linear run. A deployment that never looks at
-    /// it can turn it off (its runs then have an empty history). Processes of one deployment
-    /// may differ in this setting.
+    /// per call and run (a commit and the hand-off of its successor share one): one command
+    /// per step of a 3-step linear run. A deployment that never looks at it can turn it off
+    /// (its runs then have an empty history). Processes of one deployment may differ in this
+    /// setting.
+    ///
+    /// What is kept once a run finished: see
+    /// [`with_routine_step_history`](Self::with_routine_step_history).
     pub fn with_step_history(mut self, on: bool) -> Self {
         self.step_history = on;
+        self
+    }
+
+    /// Whether a run that completes with a routine step history keeps it for the retention
+    /// (off by default). A history is routine while every item was leased once, on its first
+    /// attempt, and renewed or committed: nothing expired, failed, was fenced out or released.
+    /// By default such a history is dropped when its run completes, as Redis holds everything
+    /// in memory and it would be most of a finished run's bytes (about 800 of a 3-step run's
+    /// 1,400); its node timings stay in the run's record. Failed and cancelled runs, and runs
+    /// whose history holds anything else, keep theirs for the retention.
+    pub fn with_routine_step_history(mut self, keep: bool) -> Self {
+        self.routine_history = keep;
         self
     }
 

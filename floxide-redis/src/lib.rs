@@ -72,7 +72,9 @@
 //! | `q:<workflow>` | list | ready items (`<item id>:<run>`) and resume markers (`@<run>`) |
 //! | `wake:<workflow>` | list | wake-up tokens for blocked workers (at most 64) |
 //! | `tm` | sorted set | timers: leases (`L<entry>`) by expiry, retries (`R<entry>`) by due time |
-//! | `runs`, `done` | sorted set | runs by start time; finished runs by finish time |
+//! | `sh:<run>` | list | the run's step history, a line per lease transition (a completed run's routine one goes with its items) |
+//! | `runs` | sorted set | runs by start time |
+//! | `fin` | list | finished runs (`<finish ms> <run>`), oldest first, for the pruning of `runs` |
 //! | `dlh`, `dlq` | hash, sorted set | dead letters (JSON, and the item's bytes under `<entry>:p`); by time |
 //! | `idem:<key>` | string | the run an idempotency key started |
 //! | `wt:<worker>`, `wc:<worker>` | string | what a worker's last take or commit leased, with the tokens (for a retried request; 2 minutes) |

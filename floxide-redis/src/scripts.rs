@@ -46,10 +46,14 @@ pub(crate) struct Scripts {
 impl Scripts {
     /// The scripts; `sharded` for a Redis Cluster (they publish with `SPUBLISH`, to the
     /// partition's own master, and announce new ready work on the partition's wake channel);
-    /// `history` when they record the runs' step history.
-    pub(crate) fn new(sharded: bool, history: bool) -> Self {
+    /// `history` when they record the runs' step history, `keep_routine` when a completed run
+    /// keeps a routine one.
+    pub(crate) fn new(sharded: bool, history: bool, keep_routine: bool) -> Self {
         let all: String = BODIES.iter().map(|(_, body)| *body).collect();
-        let common = format!("local SHARDED = {sharded}\nlocal STEP_HISTORY = {history}\n{COMMON}");
+        let common = format!(
+            "local SHARDED = {sharded}\nlocal STEP_HISTORY = {history}\n\
+             local KEEP_ROUTINE = {keep_routine}\n{COMMON}"
+        );
         let hash = Script::new(&format!("{common}{all}")).get_hash()[..12].to_owned();
         let mut library = format!("#!lua name=floxide_{hash}\nlocal KEYS, ARGV\n{common}\n");
         let mut lua = Vec::with_capacity(BODIES.len());

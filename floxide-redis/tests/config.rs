@@ -444,6 +444,21 @@ async fn a_url_without_scheme_means_redis_as_in_3x() {
     runs_a_workflow(client).await;
 }
 
+/// The kinds of `run`'s step history on `backend`.
+async fn history_kinds(backend: &RedisBackend, run: &str) -> Vec<&'static str> {
+    let history = backend.step_history(run).await.unwrap().unwrap();
+    history.iter().map(|e| e.kind.name()).collect()
+}
+
+/// Runs `Chain` from 1 to its end with one worker.
+async fn run_chain(backend: &RedisBackend) -> String {
+    let o = chain().orchestrator(backend.clone()).build().unwrap();
+    let run = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+    let worker = chain().worker(backend.clone()).build().unwrap();
+    while worker.run_once("w").await.unwrap().is_none() {}
+    run
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_step_history_can_be_turned_off() {
     let server = RedisServer::start_or_panic(ServerOptions::default());
@@ -451,18 +466,75 @@ async fn the_step_history_can_be_turned_off() {
     for on in [true, false] {
         let config = RedisConfig::new(server.url())
             .with_key_prefix(format!("history-{on}:"))
-            .with_step_history(on);
+            .with_step_history(on)
+            .with_routine_step_history(true);
         let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
-        let o = chain().orchestrator(backend.clone()).build().unwrap();
-        let run = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
-        let worker = chain().worker(backend.clone()).build().unwrap();
-        while worker.run_once("w").await.unwrap().is_none() {}
-        let history = backend.step_history(&run).await.unwrap().unwrap();
-        histories.push(history.iter().map(|e| e.kind.name()).collect::<Vec<_>>());
+        let run = run_chain(&backend).await;
+        histories.push(history_kinds(&backend, &run).await);
     }
     assert_eq!(
         histories,
         vec![vec!["leased", "committed", "leased", "committed"], vec![]],
         "recorded when on, nothing when off"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_run_keeps_its_step_history_only_when_it_explains_something() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let config = RedisConfig::new(server.url()).with_key_prefix("routine:");
+    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+
+    // A routine history goes when its run completes; its node timings stay.
+    let routine = run_chain(&backend).await;
+    assert_eq!(history_kinds(&backend, &routine).await, Vec::<&str>::new());
+    let info = backend.run_info(&routine).await.unwrap();
+    assert_eq!(info.status, RunStatus::Completed);
+    let metrics = backend.metrics(&routine).await.unwrap();
+    assert_eq!(metrics.completed, 2, "{metrics:?}");
+    assert_eq!(metrics.per_node.len(), 2, "{metrics:?}");
+
+    // While a run is live its history shows; one released lease makes it worth keeping.
+    let o = chain().orchestrator(backend.clone()).build().unwrap();
+    let live = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+    let w = WorkerId::from("w");
+    let taken = backend
+        .take("Chain", &w, TakeOptions::default(), Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the first step is ready");
+    assert_eq!(history_kinds(&backend, &live).await, vec!["leased"]);
+    backend.release(&taken.lease).await.unwrap();
+
+    let worker = chain().worker(backend.clone()).build().unwrap();
+    while worker.run_once("w").await.unwrap().is_none() {}
+    assert_eq!(
+        history_kinds(&backend, &live).await,
+        vec![
+            "leased",
+            "released",
+            "leased",
+            "committed",
+            "leased",
+            "committed"
+        ]
+    );
+    // The kept history expires with its run (G9).
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("routine:{{p0}}:sh:{live}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "the kept history expires with its run: {ttl}");
+    let gone: i64 = redis::cmd("EXISTS")
+        .arg(format!("routine:{{p0}}:sh:{routine}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(gone, 0, "the routine history's key is gone");
 }

@@ -446,6 +446,35 @@ async fn nothing_of_a_finished_run_outlives_its_retention() {
             "G9: keys of run {run} outlived its retention: {left:?}"
         );
     }
+    // The next run to finish drops them from the run index and its list of finished runs.
+    let later = o.start_run(&WorkflowCtx::new(()), 4).await.unwrap();
+    o.cancel(&later).await.unwrap();
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let indexed: Vec<String> = redis::cmd("ZRANGE")
+        .arg("ret:{p0}:runs")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        indexed,
+        vec![later.clone()],
+        "G9: the run index forgets expired runs"
+    );
+    let finished: Vec<String> = redis::cmd("LRANGE")
+        .arg("ret:{p0}:fin")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(finished.len(), 1, "{finished:?}");
+    assert!(finished[0].ends_with(&format!(" {later}")), "{finished:?}");
     // The dead letter is still there; requeueing it is a typed error and keeps it.
     match o.requeue_dead_letter(&failed, letter.item_id).await {
         Err(FloxideError::Distributed(DistributedError::RunExpired(run))) => {

@@ -236,8 +236,8 @@ async fn redis_restart_mid_run_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let done_before = {
             let mut conn = side.raw.clone();
-            let done: u64 = redis::cmd("ZCARD")
-                .arg(side.key("done"))
+            let done: u64 = redis::cmd("LLEN")
+                .arg(side.key("fin"))
                 .query_async(&mut conn)
                 .await
                 .unwrap_or(0);
@@ -551,8 +551,8 @@ async fn a_thousand_concurrent_runs_complete() {
         let mut conn = side.raw.clone();
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let done: u64 = redis::cmd("ZCARD")
-                .arg(side.key("done"))
+            let done: u64 = redis::cmd("LLEN")
+                .arg(side.key("fin"))
                 .query_async(&mut conn)
                 .await
                 .unwrap();

@@ -3,10 +3,10 @@
 use std::fmt::Write;
 use std::time::SystemTime;
 
-use floxide_core::distributed::DistributedError;
+use floxide_core::distributed::{DistributedError, RunMetrics, RunStatus};
 
 use super::AppState;
-use crate::render::{rfc3339, timestamp_relative};
+use crate::render::{duration, rfc3339, timestamp_relative};
 
 /// Follows changes without a reload: on each `change` event (at most one fetch a second), the
 /// page fetches itself again and swaps its `<main>` in place; a page whose fresh copy is no
@@ -17,6 +17,28 @@ const r=await fetch(location.href,{credentials:'same-origin'});if(r.ok){\
 const d=new DOMParser().parseFromString(await r.text(),'text/html');const m=d.querySelector('main');\
 if(m){document.querySelector('main').replaceWith(m);document.title=d.title;\
 if(m.dataset.live!=='true')e.close();}}}finally{busy=false}},1000)});})();</script>";
+
+/// The run's committed steps per node: count, total, mean and longest duration.
+fn node_timings(metrics: &RunMetrics) -> String {
+    let mut html = String::from(
+        "<h2>Node timings</h2><table id=\"timings\"><tr><th>Node</th><th>Steps</th>\
+         <th>Total</th><th>Mean</th><th>Longest</th></tr>",
+    );
+    for (node, t) in &metrics.per_node {
+        let mean = t.total / u32::try_from(t.count.max(1)).unwrap_or(u32::MAX);
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(node),
+            t.count,
+            duration(t.total),
+            duration(mean),
+            duration(t.max)
+        );
+    }
+    html.push_str("</table>");
+    html
+}
 
 /// The page around `body`; a `live` page follows changes (see [`LIVE_SCRIPT`]).
 pub(crate) fn page(title: &str, body: &str, live: bool) -> String {
@@ -103,10 +125,17 @@ pub(crate) async fn run(state: &AppState, id: &str) -> Result<String, Distribute
         body,
         "<h2>Steps</h2>{}",
         match b.step_history(id).await? {
+            Some(events) if events.is_empty() && info.status == RunStatus::Completed => {
+                "<p id=\"timeline\">No step history was kept: the run completed routinely (every \
+                 step leased once and committed), and such a history goes with its run on this \
+                 backend's default settings. The node timings are below.</p>"
+                    .to_owned()
+            }
             Some(events) => super::timeline::render(&events, now),
             None => "<p id=\"timeline\">This backend keeps no step history.</p>".to_owned(),
         }
     );
+    body.push_str(&node_timings(&b.metrics(id).await?));
     body.push_str("<h2>Items</h2><table><tr><th>Item</th><th>Node</th><th>State</th><th>Attempt</th><th>Worker</th></tr>");
     for item in &items {
         let _ = write!(
