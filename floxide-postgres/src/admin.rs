@@ -134,16 +134,27 @@ impl AdminBackend for PostgresBackend {
 
     async fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunInfo>, DistributedError> {
         let client = self.pooled().await?;
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {INFO} FROM runs r WHERE $1::text IS NULL OR r.status = $1 \
-                     ORDER BY r.seq DESC"
-                ),
-                &[&status.map(|s| s.to_string())],
-            )
-            .await
-            .map_err(backend)?;
+        let rows = match status {
+            Some(status) => {
+                client
+                    .query(
+                        &format!(
+                            "SELECT {INFO} FROM runs r WHERE r.status = $1 ORDER BY r.seq DESC"
+                        ),
+                        &[&status.to_string()],
+                    )
+                    .await
+            }
+            None => {
+                client
+                    .query(
+                        &format!("SELECT {INFO} FROM runs r ORDER BY r.seq DESC"),
+                        &[],
+                    )
+                    .await
+            }
+        }
+        .map_err(backend)?;
         rows.iter().map(run_info_of).collect()
     }
 

@@ -160,8 +160,13 @@ impl PostgresConfig {
             PostgresBackendError::InvalidUrl(format!("`{}`: {e}", redacted(&self.url)))
         })?;
         let mut options = config.get_options().unwrap_or("").to_owned();
+        // Generic plans: the hot statements are prepared once per connection, and a custom
+        // plan re-plans every execution at bind time (0.07–0.1 ms each for the take and the
+        // commit's write, most of a lone step's server time). Statements whose filters are
+        // optional are written per combination of filters instead of `$1 IS NULL OR …`.
         options.push_str(&format!(
-            " -c statement_timeout={} -c search_path={} -c jit=off",
+            " -c statement_timeout={} -c search_path={} -c jit=off \
+             -c plan_cache_mode=force_generic_plan",
             self.statement_timeout.as_millis(),
             self.schema
         ));

@@ -193,15 +193,19 @@ pub(crate) async fn poison(
 /// Milliseconds until the next item of `workflow` falls due (a lease expires or a retry is
 /// due), if any; 0 when something is due already (held by another transaction).
 pub(crate) async fn next_due(
-    tx: &impl tokio_postgres::GenericClient,
+    client: &deadpool_postgres::ClientWrapper,
     workflow: &str,
 ) -> Result<Option<u64>, DistributedError> {
-    let row = tx
-        .query_one(
+    // Prepared once per connection: every idle taker asks before it waits.
+    let statement = client
+        .prepare_cached(
             "SELECT (extract(epoch FROM min(due_at) - now()) * 1000)::float8 FROM items \
              WHERE workflow = $1 AND state IN ('P', 'I', 'R')",
-            &[&workflow],
         )
+        .await
+        .map_err(backend)?;
+    let row = client
+        .query_one(&statement, &[&workflow])
         .await
         .map_err(backend)?;
     Ok(row

@@ -7,22 +7,61 @@ use floxide_core::distributed::{DistributedError, RunCursor, RunPage, RunQuery};
 use crate::admin::{run_info_of, INFO};
 use crate::ops::backend;
 use crate::PostgresBackend;
+use tokio_postgres::types::ToSql;
 
-/// Whether run `r` passes the node (`$7`) and text (`$8`, lower case) filters.
-const DETAILS: &str = "($7::text IS NULL \
-      OR EXISTS (SELECT 1 FROM items i WHERE i.run_id = r.run_id AND i.node = $7) \
-      OR EXISTS (SELECT 1 FROM errors e WHERE e.run_id = r.run_id AND e.error->>'node' = $7)) \
-    AND ($8::text IS NULL \
-      OR strpos(lower(r.run_id), $8) > 0 \
-      OR strpos(lower(encode(coalesce(r.input, ''::bytea), 'escape')), $8) > 0 \
-      OR strpos(lower(coalesce(r.output::text, '')), $8) > 0 \
-      OR strpos(lower(coalesce(r.error, '')), $8) > 0 \
-      OR EXISTS (SELECT 1 FROM outputs o WHERE o.run_id = r.run_id \
-                 AND strpos(lower(o.value::text), $8) > 0) \
-      OR EXISTS (SELECT 1 FROM errors e WHERE e.run_id = r.run_id \
-                 AND strpos(lower(e.error->>'error'), $8) > 0) \
-      OR EXISTS (SELECT 1 FROM items i WHERE i.run_id = r.run_id \
-                 AND strpos(lower(encode(i.payload, 'escape')), $8) > 0))";
+/// Whether run `r` has an item or an error at node `$N`.
+fn node_filter(n: usize) -> String {
+    format!(
+        "(EXISTS (SELECT 1 FROM items i WHERE i.run_id = r.run_id AND i.node = ${n}) \
+          OR EXISTS (SELECT 1 FROM errors e WHERE e.run_id = r.run_id AND e.error->>'node' = ${n}))"
+    )
+}
+
+/// Whether run `r` holds the text `$N` (lower case) in its id, input, output, error, outputs,
+/// errors or items.
+fn text_filter(n: usize) -> String {
+    format!(
+        "(strpos(lower(r.run_id), ${n}) > 0 \
+          OR strpos(lower(encode(coalesce(r.input, ''::bytea), 'escape')), ${n}) > 0 \
+          OR strpos(lower(coalesce(r.output::text, '')), ${n}) > 0 \
+          OR strpos(lower(coalesce(r.error, '')), ${n}) > 0 \
+          OR EXISTS (SELECT 1 FROM outputs o WHERE o.run_id = r.run_id \
+                     AND strpos(lower(o.value::text), ${n}) > 0) \
+          OR EXISTS (SELECT 1 FROM errors e WHERE e.run_id = r.run_id \
+                     AND strpos(lower(e.error->>'error'), ${n}) > 0) \
+          OR EXISTS (SELECT 1 FROM items i WHERE i.run_id = r.run_id \
+                     AND strpos(lower(encode(i.payload, 'escape')), ${n}) > 0))"
+    )
+}
+
+/// A query's parameters and the SQL conditions on them, one per filter given (the sessions
+/// use generic plans, which could not leave out a `$n IS NULL OR …` condition).
+#[derive(Default)]
+struct Filters {
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+    conditions: Vec<String>,
+}
+
+impl Filters {
+    /// Adds `value` as the next parameter, with the condition `sql` makes of its number.
+    fn add(
+        &mut self,
+        value: impl ToSql + Sync + Send + 'static,
+        sql: impl FnOnce(usize) -> String,
+    ) {
+        self.params.push(Box::new(value));
+        self.conditions.push(sql(self.params.len()));
+    }
+
+    /// The conditions, joined (`TRUE` for none).
+    fn sql(&self) -> String {
+        if self.conditions.is_empty() {
+            "TRUE".to_owned()
+        } else {
+            self.conditions.join(" AND ")
+        }
+    }
+}
 
 impl PostgresBackend {
     pub(crate) async fn page_of_runs(&self, query: &RunQuery) -> Result<RunPage, DistributedError> {
@@ -42,31 +81,47 @@ impl PostgresBackend {
         } else {
             limit.saturating_add(1)
         } as i64;
+        // The record's filters narrow the scan; the node and text filters judge the runs read.
+        let mut scanned = Filters::default();
+        if let Some(seq) = after {
+            scanned.add(seq, |n| format!("r.seq < ${n}"));
+        }
+        if let Some(workflow) = &query.workflow {
+            scanned.add(workflow.clone(), |n| format!("r.workflow = ${n}"));
+        }
+        if let Some(status) = query.status {
+            scanned.add(status.to_string(), |n| format!("r.status = ${n}"));
+        }
+        if let Some(t) = query.started_after {
+            scanned.add(t, |n| format!("r.started_at >= ${n}"));
+        }
+        if let Some(t) = query.started_before {
+            scanned.add(t, |n| format!("r.started_at < ${n}"));
+        }
+        let mut all = Filters {
+            params: std::mem::take(&mut scanned.params),
+            conditions: Vec::new(),
+        };
+        if let Some(node) = &query.node {
+            all.add(node.clone(), node_filter);
+        }
+        if let Some(text) = &query.text {
+            all.add(text.to_lowercase(), text_filter);
+        }
+        all.params.push(Box::new(scan));
+        let sql = format!(
+            "SELECT r.seq, {} FROM runs r WHERE {} ORDER BY r.seq DESC LIMIT ${}",
+            all.sql(),
+            scanned.sql(),
+            all.params.len()
+        );
+        let params: Vec<&(dyn ToSql + Sync)> = all
+            .params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
         let client = self.pooled().await?;
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT r.seq, {DETAILS} FROM runs r \
-                     WHERE ($1::bigint IS NULL OR r.seq < $1) \
-                       AND ($2::text IS NULL OR r.workflow = $2) \
-                       AND ($3::text IS NULL OR r.status = $3) \
-                       AND ($4::timestamptz IS NULL OR r.started_at >= $4) \
-                       AND ($5::timestamptz IS NULL OR r.started_at < $5) \
-                     ORDER BY r.seq DESC LIMIT $6"
-                ),
-                &[
-                    &after,
-                    &query.workflow,
-                    &query.status.map(|s| s.to_string()),
-                    &query.started_after,
-                    &query.started_before,
-                    &scan,
-                    &query.node,
-                    &query.text.as_ref().map(|t| t.to_lowercase()),
-                ],
-            )
-            .await
-            .map_err(backend)?;
+        let rows = client.query(&sql, &params).await.map_err(backend)?;
         let hits: Vec<i64> = rows
             .iter()
             .filter(|row| row.get::<_, bool>(1))

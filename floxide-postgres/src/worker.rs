@@ -105,7 +105,7 @@ impl WorkerBackend for PostgresBackend {
                 return Ok(Vec::new());
             }
             let client = self.pooled().await?;
-            let due = ops::next_due(&**client, take.workflow).await?;
+            let due = ops::next_due(&client, take.workflow).await?;
             drop(client);
             // Something due now is held by another transaction: look again shortly.
             let until = due.map_or(give_up, |ms| {
