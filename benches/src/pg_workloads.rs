@@ -108,7 +108,8 @@ pub(crate) async fn target(args: &Args) -> Result<Target<PostgresBackend>, Strin
     let backend = PostgresBackend::connect_with(
         PostgresConfig::new(url)
             .with_schema(schema.clone())
-            .with_pool_size(args.get("pool", 16)?),
+            .with_pool_size(args.get("pool", 16)?)
+            .with_step_history(crate::workloads::step_history(args)?),
     )
     .await
     .map_err(err)?;

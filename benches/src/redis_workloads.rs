@@ -21,14 +21,7 @@ pub(crate) async fn connect(args: &Args) -> Result<RedisBackend, String> {
         0 => {}
         n => config = config.with_partitions(n),
     }
-    let history = match args
-        .get::<String>("step-history", "on".to_owned())?
-        .as_str()
-    {
-        "on" => true,
-        "off" => false,
-        other => return Err(format!("--step-history: `{other}` is neither on nor off")),
-    };
+    let history = crate::workloads::step_history(args)?;
     let client = RedisClient::new(config.with_key_prefix(prefix).with_step_history(history))
         .await
         .map_err(|e| e.to_string())?;

@@ -315,3 +315,15 @@ pub(crate) async fn latency<B: Backend + Clone + 'static>(
         "lat_max_ms": latencies.last().copied().unwrap_or(0.0),
     }))
 }
+
+/// `--step-history on|off` (default on): whether the backend records the runs' step history.
+pub(crate) fn step_history(args: &Args) -> Result<bool, String> {
+    match args
+        .get::<String>("step-history", "on".to_owned())?
+        .as_str()
+    {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("--step-history: `{other}` is neither on nor off")),
+    }
+}

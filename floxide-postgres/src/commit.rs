@@ -469,7 +469,10 @@ impl PostgresBackend {
             .map(|row| (row.get(0), row.get(1)))
             .collect();
 
-        let (outcomes, writes) = judge(commits, &items, &mut runs, &mut existing, request)?;
+        let (outcomes, mut writes) = judge(commits, &items, &mut runs, &mut existing, request)?;
+        if !self.config().step_history {
+            writes.history = History::default();
+        }
 
         // The runs' new records; finished runs (but failed ones, kept for a resume) lose
         // their items, so no other write touches those.
@@ -566,7 +569,7 @@ impl PostgresBackend {
         };
         let take_fut = async {
             match next {
-                Some(take) => take_once(client, take, &held).await,
+                Some(take) => take_once(client, take, &held, self.config().step_history).await,
                 None => Ok(TakeRows::default()),
             }
         };

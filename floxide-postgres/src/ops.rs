@@ -405,12 +405,13 @@ pub(crate) async fn finish(
 }
 
 /// Records a failed step: its retry scheduled, or the item dead-lettered (and the run
-/// failed).
+/// failed); with `history`, in the run's step history too.
 pub(crate) async fn fail(
     tx: &Transaction<'_>,
     lease: &Lease,
     failure: &StepFailed,
     effects: &mut Effects,
+    history: bool,
 ) -> Result<CommitOutcome, DistributedError> {
     let id = lease.item_id.to_string();
     let Some(locked) = lock(tx, lease).await? else {
@@ -420,13 +421,13 @@ pub(crate) async fn fail(
         if !machine::accepts_results(locked.status) {
             return Ok(CommitOutcome::RunInactive(locked.status));
         }
-        if locked.exists {
+        if locked.exists && history {
             step_event(tx, lease, &locked, b'Z', None).await?;
         }
         return Ok(CommitOutcome::LeaseLost);
     }
     let effect = machine::after_failure(locked.status, failure.retry_after.is_some());
-    if effect != FailureEffect::Inactive {
+    if effect != FailureEffect::Inactive && history {
         let retry = match effect {
             FailureEffect::Retry => failure.retry_after,
             _ => None,
@@ -499,15 +500,22 @@ pub(crate) async fn fail(
 }
 
 /// Gives a leased item back untouched: ready again (parked while its run is paused or
-/// failed, dropped once it is over), not counted as a delivery.
-pub(crate) async fn release(tx: &Transaction<'_>, lease: &Lease) -> Result<bool, DistributedError> {
+/// failed, dropped once it is over), not counted as a delivery; with `history`, recorded in
+/// the run's step history.
+pub(crate) async fn release(
+    tx: &Transaction<'_>,
+    lease: &Lease,
+    history: bool,
+) -> Result<bool, DistributedError> {
     let Some(locked) = lock(tx, lease).await? else {
         return Ok(false);
     };
     if !locked.held {
         return Ok(false);
     }
-    step_event(tx, lease, &locked, b'R', None).await?;
+    if history {
+        step_event(tx, lease, &locked, b'R', None).await?;
+    }
     let id = lease.item_id.to_string();
     let state = if machine::takes_items(locked.status) {
         b'P'
@@ -526,11 +534,13 @@ pub(crate) async fn release(tx: &Transaction<'_>, lease: &Lease) -> Result<bool,
     Ok(state == b'P')
 }
 
-/// Renews a lease; a run that is over answers with its status (its in-flight step stops).
+/// Renews a lease (recorded in the run's step history with `history`); a run that is over
+/// answers with its status (its in-flight step stops).
 pub(crate) async fn heartbeat(
     client: &impl tokio_postgres::GenericClient,
     lease: &Lease,
     timeout: Duration,
+    history: bool,
 ) -> Result<LeaseState, DistributedError> {
     let row = client
         .query_opt(
@@ -540,13 +550,15 @@ pub(crate) async fn heartbeat(
                  RETURNING run_id, item_id, node, worker, token, attempt, due_at), \
              history AS ( \
                  INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, until) \
-                 SELECT run_id, item_id, node, 'H', worker, token, attempt, due_at FROM renewed) \
+                 SELECT run_id, item_id, node, 'H', worker, token, attempt, due_at FROM renewed \
+                 WHERE $5::bool) \
              SELECT r.status, (SELECT count(*) FROM renewed) FROM runs r WHERE r.run_id = $1",
             &[
                 &lease.run_id,
                 &lease.item_id.to_string(),
                 &(lease.token as i64),
                 &(timeout.as_millis() as f64),
+                &history,
             ],
         )
         .await

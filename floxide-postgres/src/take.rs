@@ -16,7 +16,8 @@ use crate::ops::{backend, item_id};
 /// The statement. `$1` workflow, `$2` limit, `$3` lease in ms, `$4` worker, `$5` the statuses
 /// whose items are leased, `$6` those whose results are still accepted (else dropped), `$7`
 /// the delivery limit, `$8`/`$9` pending/running, `$10`/`$11` the contexts the worker holds
-/// (run, version): left out of the reply. A run's context comes once, with its first item.
+/// (run, version): left out of the reply; `$12` whether the step history is recorded. A run's
+/// context comes once, with its first item.
 /// Rows not leased come back too (fate `D` poison, `K` parked, `X` dropped), without payload.
 const TAKE: &str = "\
 WITH cand AS (
@@ -57,7 +58,7 @@ history AS (
         FROM classed WHERE was = 'I'
         UNION ALL
         SELECT run_id, item_id, node, 'L', $4, token, attempt, deliveries, due_at, 1 FROM leased
-    ) e ORDER BY o),
+    ) e WHERE $12::bool ORDER BY o),
 started AS (
     UPDATE runs SET status = $9 WHERE run_id IN (
         SELECT run_id FROM runs WHERE run_id IN (SELECT run_id FROM leased) AND status = $8
@@ -113,6 +114,7 @@ pub(crate) async fn take_once(
     client: &ClientWrapper,
     take: TakeRequest<'_>,
     held: &Held<'_>,
+    history: bool,
 ) -> Result<TakeRows, DistributedError> {
     let statement = client.prepare_cached(TAKE).await.map_err(backend)?;
     let (leasable, accepting) = status_sets();
@@ -134,6 +136,7 @@ pub(crate) async fn take_once(
                 &RunStatus::Running.to_string(),
                 &held_runs,
                 &held_versions,
+                &history,
             ],
         )
         .await

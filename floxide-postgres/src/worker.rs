@@ -45,7 +45,13 @@ impl PostgresBackend {
             let want = (max - out.len()).min(budget);
             let rows = {
                 let client = self.pooled().await?;
-                take_once(&client, take.with_max(want), &Held::new()).await?
+                take_once(
+                    &client,
+                    take.with_max(want),
+                    &Held::new(),
+                    self.config().step_history,
+                )
+                .await?
             };
             budget -= rows.seen.min(budget);
             let page_full = rows.seen == want;
@@ -124,7 +130,7 @@ impl WorkerBackend for PostgresBackend {
         lease_timeout: Duration,
     ) -> Result<LeaseState, DistributedError> {
         let client = self.pooled().await?;
-        ops::heartbeat(&**client, lease, lease_timeout).await
+        ops::heartbeat(&**client, lease, lease_timeout, self.config().step_history).await
     }
 
     async fn load_context(&self, run_id: &str) -> Result<VersionedContext, DistributedError> {
@@ -165,7 +171,14 @@ impl WorkerBackend for PostgresBackend {
         let mut client = self.pooled().await?;
         let tx = client.transaction().await.map_err(backend)?;
         let mut effects = Effects::default();
-        let outcome = ops::fail(&tx, lease, failure, &mut effects).await?;
+        let outcome = ops::fail(
+            &tx,
+            lease,
+            failure,
+            &mut effects,
+            self.config().step_history,
+        )
+        .await?;
         self.notify(&tx, &effects).await?;
         tx.commit().await.map_err(backend)?;
         Ok(outcome)
@@ -174,7 +187,7 @@ impl WorkerBackend for PostgresBackend {
     async fn release(&self, lease: &Lease) -> Result<(), DistributedError> {
         let mut client = self.pooled().await?;
         let tx = client.transaction().await.map_err(backend)?;
-        let ready = ops::release(&tx, lease).await?;
+        let ready = ops::release(&tx, lease, self.config().step_history).await?;
         let effects = Effects {
             work: ready,
             runs: Vec::new(),

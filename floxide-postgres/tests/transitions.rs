@@ -186,3 +186,53 @@ async fn concurrent_takes_lease_each_item_once() {
         "every item leased exactly once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_step_history_can_be_turned_off() {
+    let server = PostgresServer::start_or_panic();
+    let mut histories = Vec::new();
+    for on in [true, false] {
+        let config = floxide_postgres::PostgresConfig::new(server.url())
+            .with_schema(format!("history_{on}"))
+            .with_step_history(on);
+        let backend = PostgresBackend::connect_with(config).await.unwrap();
+        backend.start_run(start("h")).await.unwrap();
+        let me = WorkerId::from("w");
+        let first = take(&backend, &me, options(30_000, 5), 1).await;
+        let renewed = backend
+            .heartbeat(&first[0].lease, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(matches!(renewed, LeaseState::Active(_)), "{renewed:?}");
+        backend.release(&first[0].lease).await.unwrap();
+        let again = take(&backend, &me, options(30_000, 5), 1).await;
+        let failed = StepFailed::new("a", "boom", Some(Duration::from_millis(1)));
+        backend.fail(&again[0].lease, &failed).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let last = take(&backend, &me, options(30_000, 5), 1).await;
+        let mut step = StepCommit::new("a");
+        step.outputs.push(serde_json::json!(1));
+        backend.commit(&last[0].lease, &step).await.unwrap();
+        // A late commit of the released lease is refused, and records nothing more.
+        let late = backend.commit(&first[0].lease, &step).await.unwrap();
+        assert!(!matches!(late, CommitOutcome::Committed { .. }), "{late:?}");
+        let history = backend.step_history("h").await.unwrap().unwrap();
+        histories.push(history.iter().map(|e| e.kind.name()).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        histories,
+        vec![
+            vec![
+                "leased",
+                "renewed",
+                "released",
+                "leased",
+                "failed",
+                "leased",
+                "committed"
+            ],
+            vec![]
+        ],
+        "recorded when on, nothing when off"
+    );
+}
