@@ -20,10 +20,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "step history",
         include_str!("../migrations/0003_step_history.sql"),
     ),
+    (
+        4,
+        "unchecked run keys",
+        include_str!("../migrations/0004_unchecked_run_keys.sql"),
+    ),
 ];
 
 /// The schema version this release creates and expects.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The first key of the advisory lock that serializes migrations (`'flx'`); the second is a
 /// hash of the schema name.

@@ -15,27 +15,39 @@ use crate::PostgresBackend;
 /// Rows per delete statement.
 const SLICE: i64 = 500;
 
-/// Finished runs past the retention (`$1` seconds), oldest first; their items, outputs,
-/// errors and reclaims go with them (foreign keys, `ON DELETE CASCADE`).
+/// Finished runs past the retention (`$1` seconds), oldest first, with their items and step
+/// history; their outputs, errors and reclaims go with them through their foreign keys
+/// (`ON DELETE CASCADE`). Counts the runs.
 const RUNS: &str = "\
-DELETE FROM runs WHERE run_id IN (
-    SELECT run_id FROM runs
-    WHERE finished_at < now() - make_interval(secs => $1::float8)
-    ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)";
+WITH gone AS (
+    DELETE FROM runs WHERE run_id IN (
+        SELECT run_id FROM runs
+        WHERE finished_at < now() - make_interval(secs => $1::float8)
+        ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+    RETURNING run_id),
+items AS (DELETE FROM items WHERE run_id IN (SELECT run_id FROM gone)),
+history AS (DELETE FROM step_events WHERE run_id IN (SELECT run_id FROM gone))
+SELECT count(*) FROM gone";
 
-/// Dead letters past their retention (`$1` seconds), oldest first.
+/// Dead letters past their retention (`$1` seconds), oldest first. Counts them.
 const LETTERS: &str = "\
-DELETE FROM dead_letters WHERE (run_id, item_id) IN (
-    SELECT run_id, item_id FROM dead_letters
-    WHERE failed_at < now() - make_interval(secs => $1::float8)
-    ORDER BY failed_at LIMIT $2 FOR UPDATE SKIP LOCKED)";
+WITH gone AS (
+    DELETE FROM dead_letters WHERE (run_id, item_id) IN (
+        SELECT run_id, item_id FROM dead_letters
+        WHERE failed_at < now() - make_interval(secs => $1::float8)
+        ORDER BY failed_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+    RETURNING 1)
+SELECT count(*) FROM gone";
 
-/// Workers not heard from for longer than the retention (`$1` seconds).
+/// Workers not heard from for longer than the retention (`$1` seconds). Counts them.
 const WORKERS: &str = "\
-DELETE FROM workers WHERE worker_id IN (
-    SELECT worker_id FROM workers
-    WHERE seen_at < now() - make_interval(secs => $1::float8)
-    LIMIT $2 FOR UPDATE SKIP LOCKED)";
+WITH gone AS (
+    DELETE FROM workers WHERE worker_id IN (
+        SELECT worker_id FROM workers
+        WHERE seen_at < now() - make_interval(secs => $1::float8)
+        LIMIT $2 FOR UPDATE SKIP LOCKED)
+    RETURNING 1)
+SELECT count(*) FROM gone";
 
 /// What one sweep deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -99,7 +111,7 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Runs a slice-limited delete until a slice comes back short.
+/// Runs a slice-limited delete (which answers its count) until a slice comes back short.
 async fn in_slices(
     client: &deadpool_postgres::Object,
     statement: &str,
@@ -109,9 +121,10 @@ async fn in_slices(
     let mut total = 0;
     loop {
         let deleted = client
-            .execute(&statement, &[&retention, &SLICE])
+            .query_one(&statement, &[&retention, &SLICE])
             .await
-            .map_err(backend)?;
+            .map_err(backend)?
+            .get::<_, i64>(0) as u64;
         total += deleted;
         if deleted < SLICE as u64 {
             return Ok(total);

@@ -87,6 +87,11 @@ async fn finished_runs_and_dead_letters_go_after_their_retention() {
     assert_eq!(count(&server, "kept", "outputs").await, 0);
     assert_eq!(count(&server, "kept", "errors").await, 0);
     assert_eq!(
+        count(&server, "kept", "step_events").await,
+        0,
+        "the swept runs' step history"
+    );
+    assert_eq!(
         count(&server, "kept", "items").await,
         1,
         "the waiting run's item"
