@@ -34,32 +34,32 @@ fn text_filter(n: usize) -> String {
     )
 }
 
-/// A query's parameters and the SQL conditions on them, one per filter given (the sessions
-/// use generic plans, which could not leave out a `$n IS NULL OR …` condition).
+/// A query's parameters, numbered as they are added. The sessions use generic plans, which
+/// cannot leave out a `$n IS NULL OR …` condition, so a query names only the filters given.
 #[derive(Default)]
-struct Filters {
-    params: Vec<Box<dyn ToSql + Sync + Send>>,
-    conditions: Vec<String>,
-}
+struct Params(Vec<Box<dyn ToSql + Sync + Send>>);
 
-impl Filters {
-    /// Adds `value` as the next parameter, with the condition `sql` makes of its number.
-    fn add(
-        &mut self,
-        value: impl ToSql + Sync + Send + 'static,
-        sql: impl FnOnce(usize) -> String,
-    ) {
-        self.params.push(Box::new(value));
-        self.conditions.push(sql(self.params.len()));
+impl Params {
+    /// Adds `value`; returns its number (`$n`).
+    fn add(&mut self, value: impl ToSql + Sync + Send + 'static) -> usize {
+        self.0.push(Box::new(value));
+        self.0.len()
     }
 
-    /// The conditions, joined (`TRUE` for none).
-    fn sql(&self) -> String {
-        if self.conditions.is_empty() {
-            "TRUE".to_owned()
-        } else {
-            self.conditions.join(" AND ")
-        }
+    fn as_refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.0
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+/// `conditions` joined with `AND` (`TRUE` for none).
+fn all_of(conditions: &[String]) -> String {
+    if conditions.is_empty() {
+        "TRUE".to_owned()
+    } else {
+        conditions.join(" AND ")
     }
 }
 
@@ -82,46 +82,41 @@ impl PostgresBackend {
             limit.saturating_add(1)
         } as i64;
         // The record's filters narrow the scan; the node and text filters judge the runs read.
-        let mut scanned = Filters::default();
+        let mut params = Params::default();
+        let mut scanned = Vec::new();
         if let Some(seq) = after {
-            scanned.add(seq, |n| format!("r.seq < ${n}"));
+            scanned.push(format!("r.seq < ${}", params.add(seq)));
         }
         if let Some(workflow) = &query.workflow {
-            scanned.add(workflow.clone(), |n| format!("r.workflow = ${n}"));
+            scanned.push(format!("r.workflow = ${}", params.add(workflow.clone())));
         }
         if let Some(status) = query.status {
-            scanned.add(status.to_string(), |n| format!("r.status = ${n}"));
+            scanned.push(format!("r.status = ${}", params.add(status.to_string())));
         }
         if let Some(t) = query.started_after {
-            scanned.add(t, |n| format!("r.started_at >= ${n}"));
+            scanned.push(format!("r.started_at >= ${}", params.add(t)));
         }
         if let Some(t) = query.started_before {
-            scanned.add(t, |n| format!("r.started_at < ${n}"));
+            scanned.push(format!("r.started_at < ${}", params.add(t)));
         }
-        let mut all = Filters {
-            params: std::mem::take(&mut scanned.params),
-            conditions: Vec::new(),
-        };
+        let mut details = Vec::new();
         if let Some(node) = &query.node {
-            all.add(node.clone(), node_filter);
+            details.push(node_filter(params.add(node.clone())));
         }
         if let Some(text) = &query.text {
-            all.add(text.to_lowercase(), text_filter);
+            details.push(text_filter(params.add(text.to_lowercase())));
         }
-        all.params.push(Box::new(scan));
         let sql = format!(
             "SELECT r.seq, {} FROM runs r WHERE {} ORDER BY r.seq DESC LIMIT ${}",
-            all.sql(),
-            scanned.sql(),
-            all.params.len()
+            all_of(&details),
+            all_of(&scanned),
+            params.add(scan)
         );
-        let params: Vec<&(dyn ToSql + Sync)> = all
-            .params
-            .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-            .collect();
         let client = self.pooled().await?;
-        let rows = client.query(&sql, &params).await.map_err(backend)?;
+        let rows = client
+            .query(&sql, &params.as_refs())
+            .await
+            .map_err(backend)?;
         let hits: Vec<i64> = rows
             .iter()
             .filter(|row| row.get::<_, bool>(1))
