@@ -391,7 +391,7 @@ async fn a_run_goes_from_running_to_completed_on_its_page_without_a_reload() {
     // A routine history goes with the completed run (the Redis default): the page says so,
     // and the node timings show the steps that ran.
     assert!(
-        d.text_of("timeline").await.contains("completed routinely"),
+        d.text_of("timeline").await.contains("a routine history"),
         "{}",
         d.text_of("timeline").await
     );

@@ -126,9 +126,10 @@ pub(crate) async fn run(state: &AppState, id: &str) -> Result<String, Distribute
         "<h2>Steps</h2>{}",
         match b.step_history(id).await? {
             Some(events) if events.is_empty() && info.status == RunStatus::Completed => {
-                "<p id=\"timeline\">No step history was kept: the run completed routinely (every \
-                 step leased once and committed), and such a history goes with its run on this \
-                 backend's default settings. The node timings are below.</p>"
+                "<p id=\"timeline\">No step history was kept for this run: on Redis a routine \
+                 history (every step leased once and committed) goes when its run completes, \
+                 and a backend whose step history is turned off records none. The node \
+                 timings are below.</p>"
                     .to_owned()
             }
             Some(events) => super::timeline::render(&events, now),
