@@ -7,6 +7,7 @@
 //! cargo run --release -p floxide-bench -- dist-redis-fanout [--runs 200] [--fanout 10] [--workers 4]
 //! cargo run --release -p floxide-bench -- dist-redis-bulk [--runs 30000] [--workers 4]
 //! cargo run --release -p floxide-bench -- dist-redis-latency [--runs 200] [--workers 4]
+//! cargo run --release -p floxide-bench -- dist-mem-latency [--runs 200] [--workers 4]
 //! cargo run --release -p floxide-bench -- dist-pg-linear [--runs 1000] [--workers 4]
 //! cargo run --release -p floxide-bench -- dist-pg-fanout [--runs 200] [--fanout 10] [--workers 4]
 //! cargo run --release -p floxide-bench -- dist-pg-bulk [--runs 30000] [--workers 4]
@@ -219,6 +220,7 @@ fn main() -> std::process::ExitCode {
         match args.workload.as_str() {
             "local-linear" => local_linear(&args).await,
             "dist-mem-linear" => dist_mem_linear(&args).await,
+            "dist-mem-latency" => workloads::latency(&workloads::in_memory(), &args).await,
             "dist-redis-linear" => {
                 workloads::linear(&redis_workloads::target(&args).await?, &args).await
             }

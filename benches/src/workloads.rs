@@ -48,6 +48,38 @@ pub(crate) trait Meter: Send + Sync {
     async fn bytes_per_run(&self, runs: usize) -> Result<f64, String>;
 }
 
+/// No server to read counters from: the in-memory backend.
+struct NoServer;
+
+#[async_trait::async_trait]
+impl Meter for NoServer {
+    fn name(&self) -> &'static str {
+        "mem"
+    }
+    fn unit(&self) -> &'static str {
+        "ops"
+    }
+    async fn operations(&self) -> Result<u64, String> {
+        Err("the in-memory backend counts no operations".to_owned())
+    }
+    async fn cpu(&self) -> Result<f64, String> {
+        Err("the in-memory backend has no server".to_owned())
+    }
+    async fn bytes_per_run(&self, _runs: usize) -> Result<f64, String> {
+        Err("the in-memory backend has no server".to_owned())
+    }
+}
+
+/// The in-memory backend as a target (`dist-mem-latency`: what a lone run costs without a
+/// server, the client's own share of the Redis and PostgreSQL latencies).
+pub(crate) fn in_memory() -> Target<InMemoryBackend> {
+    Target {
+        family: "dist-mem",
+        backend: InMemoryBackend::new(),
+        meter: Box::new(NoServer),
+    }
+}
+
 pub(crate) fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
