@@ -293,15 +293,8 @@ fn seconds(text: &str) -> Result<Duration, String> {
 }
 
 fn status_parser() -> impl TypedValueParser<Value = RunStatus> {
-    PossibleValuesParser::new([
-        "pending",
-        "running",
-        "paused",
-        "completed",
-        "failed",
-        "cancelled",
-    ])
-    .try_map(|s| s.parse::<RunStatus>())
+    PossibleValuesParser::new(RunStatus::ALL.map(RunStatus::as_str))
+        .try_map(|s| s.parse::<RunStatus>())
 }
 
 #[cfg(test)]

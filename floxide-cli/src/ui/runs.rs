@@ -155,26 +155,18 @@ fn render_runs(
             escape(given(value).unwrap_or(""))
         )
     };
-    let status_options: String = [
-        "",
-        "pending",
-        "running",
-        "paused",
-        "completed",
-        "failed",
-        "cancelled",
-    ]
-    .iter()
-    .map(|s| {
-        let selected = if given(&filter.status).unwrap_or("") == *s {
-            " selected"
-        } else {
-            ""
-        };
-        let label = if s.is_empty() { "any status" } else { s };
-        format!("<option value=\"{s}\"{selected}>{label}</option>")
-    })
-    .collect();
+    let status_options: String = std::iter::once("")
+        .chain(RunStatus::ALL.map(RunStatus::as_str))
+        .map(|s| {
+            let selected = if given(&filter.status).unwrap_or("") == s {
+                " selected"
+            } else {
+                ""
+            };
+            let label = if s.is_empty() { "any status" } else { s };
+            format!("<option value=\"{s}\"{selected}>{label}</option>")
+        })
+        .collect();
     let mut body = format!(
         "<form method=\"get\" action=\"/\" id=\"filters\">{}<select name=\"status\">{status_options}</select> {}{}{}{}\
          <button>Filter</button> <a href=\"/?status=failed\">failed only</a> <a href=\"/\">clear</a></form>",
