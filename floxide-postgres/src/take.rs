@@ -92,16 +92,9 @@ pub(crate) struct TakeRows {
 /// Statuses as the statement's arrays: those whose items are leased, and those whose
 /// results are still accepted (the machine's rules).
 pub(crate) fn status_sets() -> (Vec<String>, Vec<String>) {
-    let all = [
-        RunStatus::Pending,
-        RunStatus::Running,
-        RunStatus::Paused,
-        RunStatus::Completed,
-        RunStatus::Failed,
-        RunStatus::Cancelled,
-    ];
     let names = |keep: fn(RunStatus) -> bool| {
-        all.iter()
+        RunStatus::ALL
+            .iter()
             .filter(|s| keep(**s))
             .map(ToString::to_string)
             .collect()
