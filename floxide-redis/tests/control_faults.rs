@@ -259,11 +259,7 @@ async fn cancelling_a_huge_run_does_not_block_redis() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let pinger = {
         let stop = Arc::clone(&stop);
-        let mut conn = redis::Client::open(server.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut conn = raw(&server).await;
         tokio::spawn(async move {
             let mut worst = Duration::ZERO;
             while !stop.load(Ordering::SeqCst) {
@@ -361,12 +357,17 @@ workflow! {
 }
 
 /// The keys of `run` left in the server (of any kind).
-async fn keys_of(server: &RedisServer, run: &str) -> Vec<String> {
-    let mut conn = redis::Client::open(server.url())
+/// A plain connection to `server`, for looking at its keys directly.
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn keys_of(server: &RedisServer, run: &str) -> Vec<String> {
+    let mut conn = raw(server).await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("*{run}*"))
         .query_async(&mut conn)
@@ -449,11 +450,7 @@ async fn nothing_of_a_finished_run_outlives_its_retention() {
     // The next run to finish drops them from the run index and its list of finished runs.
     let later = o.start_run(&WorkflowCtx::new(()), 4).await.unwrap();
     o.cancel(&later).await.unwrap();
-    let mut conn = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = raw(&server).await;
     let indexed: Vec<String> = redis::cmd("ZRANGE")
         .arg("ret:{p0}:runs")
         .arg(0)
