@@ -360,6 +360,17 @@ async fn targets(state: &AppState, filter: &RunsFilter, bulk: Bulk) -> Result<Ta
 }
 
 /// The action named by a request, or a clear page.
+/// The bulk action named by `action` and the runs `filter` gives it (the dry run and the
+/// action itself read them alike).
+async fn planned(
+    state: &AppState,
+    action: Option<&str>,
+    filter: &RunsFilter,
+) -> Result<(Bulk, Targets), Problem> {
+    let bulk = bulk_of(action)?;
+    Ok((bulk, targets(state, filter, bulk).await?))
+}
+
 fn bulk_of(action: Option<&str>) -> Result<Bulk, Problem> {
     let action = action.unwrap_or("");
     Bulk::parse(action).ok_or_else(|| {
@@ -392,12 +403,8 @@ pub(crate) async fn bulk_preview(
             "this dashboard is read-only",
         );
     }
-    let bulk = match bulk_of(request.action.as_deref()) {
-        Ok(bulk) => bulk,
-        Err(problem) => return problem.into_response(),
-    };
-    let targets = match targets(&state, &request.filter, bulk).await {
-        Ok(targets) => targets,
+    let (bulk, targets) = match planned(&state, request.action.as_deref(), &request.filter).await {
+        Ok(planned) => planned,
         Err(problem) => return problem.into_response(),
     };
     let mut body = format!(
@@ -470,12 +477,8 @@ pub(crate) async fn bulk_apply(
         Ok(form) => form,
         Err(refused) => return refused.into_response(),
     };
-    let bulk = match bulk_of(form.action.as_deref()) {
-        Ok(bulk) => bulk,
-        Err(problem) => return problem.into_response(),
-    };
-    let targets = match targets(&state, &form.filter, bulk).await {
-        Ok(targets) => targets,
+    let (_, targets) = match planned(&state, form.action.as_deref(), &form.filter).await {
+        Ok(planned) => planned,
         Err(problem) => return problem.into_response(),
     };
     if Some(targets.len()) != form.expect {
