@@ -3,6 +3,10 @@
 //! lease token, its run's status, its context's version), and one statement writes every
 //! accepted step, followed by the next take and `COMMIT`.
 //!
+//! New successors go straight to the committing worker while it has free slots and holds their
+//! run's context ("direct hand-off", as on Redis): they are written leased, so the take that
+//! follows looks only for what is left of the worker's budget, and is skipped when nothing is.
+//!
 //! Rows are locked in one order (items, then runs by id) so that concurrent commits do not
 //! deadlock; a take never waits for them (`SKIP LOCKED`). A run's row is held for one round
 //! trip.
@@ -11,7 +15,8 @@ use std::collections::{HashMap, HashSet};
 
 use floxide_core::distributed::machine::{self, ContextChains, RunState};
 use floxide_core::distributed::{
-    CommitItem, CommitOutcome, CommitReply, DistributedError, RunStatus, TakeRequest,
+    CommitItem, CommitOutcome, CommitReply, DistributedError, Lease, NewItem, RunStatus,
+    TakeRequest, Taken, VersionedContext,
 };
 
 use crate::ops::{backend, no_output, status};
@@ -28,7 +33,7 @@ ORDER BY run_id, item_id FOR UPDATE";
 /// The batch's runs, locked after their items. `$1` runs.
 const LOCK_RUNS: &str = "\
 SELECT run_id, status, version, outstanding, output IS NOT NULL, workflow, finish_request,
-    node_timings::text
+    node_timings::text, deadline
 FROM runs WHERE run_id = ANY($1::text[]) ORDER BY run_id FOR NO KEY UPDATE";
 
 /// Successors that exist already (a step executed again after its lease was taken over
@@ -39,7 +44,8 @@ WHERE (run_id, item_id) IN (SELECT u.r, u.id::uuid FROM unnest($1::text[], $2::t
 
 /// Every write of the accepted steps. `$1`–`$3` items marked (run, id, state: committed or
 /// dropped), `$4` the request; `$5`/`$6` leases renewed (steps sent back to re-merge);
-/// `$7`–`$12` new items; `$13`/`$14` outputs and `$15`/`$16` handled failures (run, JSON);
+/// `$7`–`$12` new items (state `I`: handed to the worker `$39` under a lease of `$38` ms, token
+/// 1); `$13`/`$14` outputs and `$15`/`$16` handled failures (run, JSON);
 /// `$17` runs whose items go; `$18`–`$28` the runs' new records; `$29`/`$30` notifications;
 /// `$31`–`$37` step history events (run, item, node, kind, worker, token, attempt).
 const APPLY: &str = "\
@@ -54,8 +60,13 @@ renewed AS (
     FROM unnest($5::text[], $6::text[]) AS u(r, id)
     WHERE i.run_id = u.r AND i.item_id = u.id::uuid AND i.state = 'I'),
 created AS (
-    INSERT INTO items (run_id, item_id, workflow, node, payload, state)
-    SELECT s.r, s.id::uuid, s.wf, s.node, s.payload, s.st
+    INSERT INTO items (run_id, item_id, workflow, node, payload, state, token, deliveries, due_at,
+        lease_ms, worker)
+    SELECT s.r, s.id::uuid, s.wf, s.node, s.payload, s.st, (s.st = 'I')::int4, (s.st = 'I')::int4,
+        CASE WHEN s.st = 'I' THEN clock_timestamp() + make_interval(secs => $38::float8 / 1000)
+             ELSE now() END,
+        CASE WHEN s.st = 'I' THEN $38::float8 ELSE 0 END,
+        CASE WHEN s.st = 'I' THEN $39::text END
     FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[], $12::\"char\"[])
         AS s(r, id, wf, node, payload, st)),
 outs AS (
@@ -82,8 +93,10 @@ updated AS (
              timings)
     WHERE r.run_id = u.run_id),
 history AS (
-    INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt)
-    SELECT h.r, h.id::uuid, h.node, h.kind, h.w, h.token, h.attempt
+    INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, delivery, until)
+    SELECT h.r, h.id::uuid, h.node, h.kind, h.w, h.token, h.attempt,
+        CASE WHEN h.kind = 'L' THEN 1 END,
+        CASE WHEN h.kind = 'L' THEN clock_timestamp() + make_interval(secs => $38::float8 / 1000) END
     FROM unnest($31::text[], $32::text[], $33::text[], $34::\"char\"[], $35::text[], $36::int8[],
                 $37::int4[]) WITH ORDINALITY AS h(r, id, node, kind, w, token, attempt, n)
     ORDER BY h.n)
@@ -108,6 +121,7 @@ struct RunRow {
     workflow: String,
     finish_request: Option<String>,
     timings: serde_json::Map<String, serde_json::Value>,
+    deadline: Option<std::time::SystemTime>,
     /// Changed by an accepted step (its record is written).
     touched: bool,
     /// Its status when locked (a change is announced).
@@ -136,6 +150,7 @@ impl RunRow {
                 workflow: row.get(5),
                 finish_request: row.get(6),
                 timings,
+                deadline: row.get(8),
                 touched: false,
                 locked_status: status,
                 context: None,
@@ -226,6 +241,8 @@ impl<'a> History<'a> {
 
 #[derive(Default)]
 struct Created<'a> {
+    /// The successors themselves, for the hand-off.
+    items: Vec<&'a NewItem>,
     runs: Vec<&'a str>,
     ids: Vec<String>,
     workflows: Vec<String>,
@@ -324,6 +341,7 @@ fn accept<'a>(
         }
         fresh += 1;
         let created = &mut writes.created;
+        created.items.push(s);
         created.runs.push(run_id);
         created.ids.push(sid);
         created.workflows.push(run.workflow.clone());
@@ -371,6 +389,53 @@ fn accept<'a>(
     run.touched = true;
     run.time(node, step.duration.as_micros() as i64);
     Ok(CommitOutcome::Committed { finished })
+}
+
+/// Hands fresh successors straight to the committing worker, up to its `budget` of free
+/// slots: those of runs whose context the worker holds at the version the batch leaves (it
+/// needs no read). They are written leased to it (token 1, first delivery), with their lease
+/// in the step history, and come back as taken items.
+fn hand_off<'a>(
+    writes: &mut Writes<'a>,
+    runs: &HashMap<String, RunRow>,
+    held: &Held<'_>,
+    worker: &'a floxide_core::distributed::WorkerId,
+    budget: usize,
+) -> Vec<Taken> {
+    let created = &mut writes.created;
+    let mut taken = Vec::new();
+    for (n, item) in created.items.iter().enumerate() {
+        if taken.len() == budget {
+            break;
+        }
+        let run_id = created.runs[n];
+        let (Some(run), Some((version, bytes))) = (runs.get(run_id), held.get(run_id)) else {
+            continue;
+        };
+        if created.states[n] != b'P' as i8 || *version != run.version {
+            continue;
+        }
+        created.states[n] = b'I' as i8;
+        let history = &mut writes.history;
+        history.runs.push(run_id);
+        history.ids.push(created.ids[n].clone());
+        history.nodes.push(item.node.clone());
+        history.kinds.push(b'L' as i8);
+        history.workers.push(worker.as_str());
+        history.tokens.push(1);
+        history.attempts.push(1);
+        taken.push(
+            Taken::new(
+                Lease::new(run_id, item.id, 1, worker.clone()),
+                item.node.clone(),
+                item.bytes.clone(),
+            )
+            .with_deadline(run.deadline)
+            .with_context(Some(VersionedContext::new(bytes.to_vec(), *version))),
+        );
+    }
+    writes.ready -= taken.len().min(writes.ready);
+    taken
 }
 
 impl PostgresBackend {
@@ -470,6 +535,24 @@ impl PostgresBackend {
             .collect();
 
         let (outcomes, mut writes) = judge(commits, &items, &mut runs, &mut existing, request)?;
+        let held: Held<'_> = commits
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| matches!(o, CommitOutcome::Committed { .. }))
+            .filter_map(|(c, _)| c.held.map(|h| (c.lease.run_id.as_str(), h)))
+            .collect();
+        let handed = match next {
+            Some(take) => hand_off(&mut writes, &runs, &held, take.worker, take.max),
+            None => Vec::new(),
+        };
+        // The hand-offs' lease; what is left of the worker's free slots, for the take.
+        let lease_ms = next.map_or(0.0, |n| n.options.lease_timeout.as_millis() as f64);
+        let worker = next.map(|n| n.worker.as_str());
+        // No take when the queue is known to be empty and this batch queues nothing.
+        let next = next
+            .filter(|take| take.max > handed.len())
+            .filter(|take| writes.ready > 0 || !self.signals.queue_empty(take.workflow))
+            .map(|take| take.with_max(take.max - handed.len()));
         if !self.config().step_history {
             writes.history = History::default();
         }
@@ -511,12 +594,6 @@ impl PostgresBackend {
             notify.0.push(&work_channel);
             notify.1.push("");
         }
-        let held: Held<'_> = commits
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| matches!(o, CommitOutcome::Committed { .. }))
-            .filter_map(|(c, _)| c.held.map(|h| (c.lease.run_id.as_str(), h)))
-            .collect();
         let created = &writes.created;
 
         // Round trip 2: write, take, commit.
@@ -562,6 +639,8 @@ impl PostgresBackend {
                         &writes.history.workers,
                         &writes.history.tokens,
                         &writes.history.attempts,
+                        &lease_ms,
+                        &worker,
                     ],
                 )
                 .await
@@ -569,7 +648,13 @@ impl PostgresBackend {
         };
         let take_fut = async {
             match next {
-                Some(take) => take_once(client, take, &held, self.config().step_history).await,
+                Some(take) => {
+                    let epoch = self.signals.epoch();
+                    let rows = take_once(client, take, &held, self.config().step_history).await?;
+                    self.signals
+                        .took(take.workflow, epoch, rows.seen < take.max);
+                    Ok(rows)
+                }
                 None => Ok(TakeRows::default()),
             }
         };
@@ -581,7 +666,9 @@ impl PostgresBackend {
                 self.dead_letter_poison(take, &taken.poison).await?;
             }
         }
-        Ok(CommitReply::new(outcomes, taken.taken))
+        let mut handed = handed;
+        handed.extend(taken.taken);
+        Ok(CommitReply::new(outcomes, handed))
     }
 }
 

@@ -5,8 +5,10 @@
 //! commit, once per transaction and channel. After the listening connection is lost, it
 //! reconnects and wakes everyone (a notification may have been missed meanwhile).
 
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::sync::{watch, Notify};
@@ -19,19 +21,66 @@ pub(crate) struct Signals {
     pub(crate) work: Notify,
     /// Some run's record changed (finished, paused, resumed, cancelled).
     pub(crate) runs: watch::Sender<u64>,
+    /// Work notifications heard, and reconnections (a notification may have been missed).
+    heard: AtomicU64,
+    /// By workflow: how many notifications had been heard when a take found its queue empty,
+    /// and when.
+    empty: Mutex<HashMap<String, (u64, Instant)>>,
 }
+
+/// How long a take's finding that a queue is empty is trusted: due retries and expired leases
+/// are announced by no one, so a busy worker looks again at least this often.
+const EMPTY_FOR: Duration = Duration::from_millis(20);
 
 impl Signals {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Signals {
             work: Notify::new(),
             runs: watch::channel(0).0,
+            heard: AtomicU64::new(0),
+            empty: Mutex::new(HashMap::new()),
         })
     }
 
     fn wake_all(&self) {
+        self.heard.fetch_add(1, Ordering::SeqCst);
         self.work.notify_waiters();
         self.runs.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn heard_work(&self) {
+        self.heard.fetch_add(1, Ordering::SeqCst);
+        // One idle taker per notification: it wakes the next when it found a full batch.
+        self.work.notify_one();
+    }
+
+    /// The work notifications heard so far: read before a take, for [`Signals::took`].
+    pub(crate) fn epoch(&self) -> u64 {
+        self.heard.load(Ordering::SeqCst)
+    }
+
+    /// Records what a take of `workflow` that began at `epoch` found: whether it came back
+    /// short (the queue held nothing more that was due).
+    pub(crate) fn took(&self, workflow: &str, epoch: u64, short: bool) {
+        let Ok(mut empty) = self.empty.lock() else {
+            return;
+        };
+        if short {
+            empty.insert(workflow.to_owned(), (epoch, Instant::now()));
+        } else {
+            empty.remove(workflow);
+        }
+    }
+
+    /// Whether `workflow`'s queue is known to be empty: a take found it so, recently, and no
+    /// work was announced since.
+    pub(crate) fn queue_empty(&self, workflow: &str) -> bool {
+        let Ok(empty) = self.empty.lock() else {
+            return false;
+        };
+        empty
+            .get(workflow)
+            .is_some_and(|(epoch, at)| *epoch == self.epoch() && at.elapsed() < EMPTY_FOR)
     }
 }
 
@@ -106,8 +155,7 @@ async fn listen(
             return Ok(());
         };
         match heard {
-            // One idle taker per notification: it wakes the next when it found a full batch.
-            Ok(Some(channel)) if channel == work => signals.work.notify_one(),
+            Ok(Some(channel)) if channel == work => signals.heard_work(),
             Ok(Some(_)) => signals.runs.send_modify(|v| *v = v.wrapping_add(1)),
             Ok(None) => break,
             Err(_) => {}
@@ -116,5 +164,43 @@ async fn listen(
     match driver.await {
         Ok(result) => result,
         Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_is_known_empty_only_until_work_is_announced_or_the_finding_ages() {
+        let signals = Signals::new();
+        assert!(!signals.queue_empty("Flow"), "nothing known at first");
+        let epoch = signals.epoch();
+        signals.took("Flow", epoch, true);
+        assert!(signals.queue_empty("Flow"));
+        assert!(!signals.queue_empty("Other"), "known per workflow");
+
+        signals.heard_work();
+        assert!(!signals.queue_empty("Flow"), "work was announced since");
+
+        // A take that began before an announcement proves nothing about what it announced.
+        signals.took("Flow", epoch, true);
+        assert!(!signals.queue_empty("Flow"));
+
+        signals.took("Flow", signals.epoch(), true);
+        assert!(signals.queue_empty("Flow"));
+        signals.took("Flow", signals.epoch(), false);
+        assert!(!signals.queue_empty("Flow"), "a full take forgets it");
+
+        signals.took("Flow", signals.epoch(), true);
+        std::thread::sleep(EMPTY_FOR + Duration::from_millis(5));
+        assert!(!signals.queue_empty("Flow"), "the finding ages out");
+
+        signals.took("Flow", signals.epoch(), true);
+        signals.wake_all();
+        assert!(
+            !signals.queue_empty("Flow"),
+            "a reconnection may have missed announcements"
+        );
     }
 }

@@ -41,6 +41,16 @@ impl Pipelined {
         self.client().batch_execute("BEGIN").await.map_err(backend)
     }
 
+    /// `BEGIN` of a transaction whose `COMMIT` does not wait for its WAL flush: only for
+    /// writes a server crash may undo without losing anything acknowledged (leases).
+    pub(crate) async fn begin_unflushed(&self) -> Result<(), DistributedError> {
+        self.open.store(true, Ordering::Relaxed);
+        self.client()
+            .batch_execute("BEGIN; SET LOCAL synchronous_commit TO off")
+            .await
+            .map_err(backend)
+    }
+
     /// `COMMIT`: polled after (or together with, last) the transaction's last statements.
     /// Once it is answered the connection goes back to the pool with this value.
     pub(crate) async fn commit(&self) -> Result<(), DistributedError> {

@@ -9,6 +9,7 @@ use floxide_core::distributed::{
 };
 
 use crate::ops::{self, backend, Effects};
+use crate::pipeline::Pipelined;
 use crate::take::{take_once, Held};
 use crate::PostgresBackend;
 
@@ -37,24 +38,36 @@ impl PostgresBackend {
     /// Takes without waiting: take statements until the batch is full, a page comes back
     /// short, or a bounded number of rows was looked at (G9); poison items met on the way
     /// are dead-lettered.
+    ///
+    /// A take's transaction does not wait for its WAL flush (`synchronous_commit = off`, one
+    /// round trip still): a lease is not an acknowledged effect. If the server crashes before
+    /// the flush, the lease is forgotten and the item is leased again; a commit applies only
+    /// to an item still leased under the token it names, so its effects still apply once.
     async fn take_now(&self, take: TakeRequest<'_>) -> Result<Vec<Taken>, DistributedError> {
         let max = take.max.min(MAX_BATCH);
         let mut out = Vec::new();
         let mut budget = 256usize;
         while out.len() < max && budget > 0 {
             let want = (max - out.len()).min(budget);
+            let epoch = self.signals.epoch();
             let rows = {
-                let client = self.pooled().await?;
-                take_once(
-                    &client,
-                    take.with_max(want),
-                    &Held::new(),
-                    self.config().step_history,
+                let tx = Pipelined::new(self.pooled().await?);
+                let (_, rows, ()) = futures_util::future::try_join3(
+                    tx.begin_unflushed(),
+                    take_once(
+                        tx.client(),
+                        take.with_max(want),
+                        &Held::new(),
+                        self.config().step_history,
+                    ),
+                    tx.commit(),
                 )
-                .await?
+                .await?;
+                rows
             };
             budget -= rows.seen.min(budget);
             let page_full = rows.seen == want;
+            self.signals.took(take.workflow, epoch, !page_full);
             out.extend(rows.taken);
             if !rows.poison.is_empty() {
                 self.dead_letter_poison(take, &rows.poison).await?;

@@ -236,3 +236,72 @@ async fn the_step_history_can_be_turned_off() {
         "recorded when on, nothing when off"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committing_worker_gets_its_successors_under_a_lease_that_can_expire() {
+    let (_server, backend) = setup().await;
+    backend.start_run(start("r1")).await.unwrap();
+    let (w1, w2) = (WorkerId::from("w1"), WorkerId::from("w2"));
+    let first = take(&backend, &w1, options(200, 5), 4).await;
+    let mut step = StepCommit::new("a");
+    step.context = Some((0, b"{\"n\":1}".to_vec()));
+    step.successors
+        .push(NewItem::new(ItemId::from_u128(2), "b", b"2".to_vec()));
+    let commit = CommitItem::new(&first[0].lease, &step).with_held_context(1, b"{\"n\":1}");
+    let next = TakeRequest::new("Flow", &w1, options(200, 5)).with_max(4);
+    let reply = backend.commit_batch(&[commit], Some(next)).await.unwrap();
+    assert!(matches!(
+        reply.outcomes[..],
+        [CommitOutcome::Committed { finished: None }]
+    ));
+    assert_eq!(reply.taken.len(), 1, "the successor is handed over");
+    let handed = &reply.taken[0];
+    assert_eq!(
+        (handed.node.as_str(), handed.lease.token, handed.deliveries),
+        ("b", 1, 1)
+    );
+    assert_eq!(handed.lease.worker, w1);
+    let context = handed.context.clone().unwrap();
+    assert_eq!((context.version, context.bytes), (1, b"{\"n\":1}".to_vec()));
+    assert!(
+        take(&backend, &w2, options(30_000, 5), 4).await.is_empty(),
+        "a handed-over item is leased, not ready"
+    );
+    let items = backend.work_items("r1").await.unwrap();
+    assert!(
+        items.iter().any(|i| i.status == WorkItemStatus::InProgress),
+        "{items:?}"
+    );
+
+    // Its worker dies: the lease expires and another worker gets the item (G1).
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let again = take(&backend, &w2, options(30_000, 5), 4).await;
+    assert_eq!(again.len(), 1, "the expired hand-off is reclaimed");
+    assert_eq!((again[0].lease.token, again[0].deliveries), (2, 2));
+    let mut last = StepCommit::new("b");
+    last.outputs.push(serde_json::json!(3));
+    assert_eq!(
+        backend.commit(&handed.lease, &last).await.unwrap(),
+        CommitOutcome::LeaseLost
+    );
+    assert!(matches!(
+        backend.commit(&again[0].lease, &last).await.unwrap(),
+        CommitOutcome::Committed {
+            finished: Some(RunStatus::Completed)
+        }
+    ));
+    let history = backend.step_history("r1").await.unwrap().unwrap();
+    let kinds: Vec<_> = history.iter().map(|e| (e.kind.name(), e.token)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("leased", 1),
+            ("committed", 1),
+            ("leased", 1),
+            ("expired", 1),
+            ("leased", 2),
+            ("fenced", 1),
+            ("committed", 2)
+        ]
+    );
+}
