@@ -180,9 +180,14 @@ impl PostgresConfig {
         // plan re-plans every execution at bind time (0.07–0.1 ms each for the take and the
         // commit's write, most of a lone step's server time). Statements whose filters are
         // optional are written per combination of filters instead of `$1 IS NULL OR …`.
+        // A generic plan is made once, at a statement's first execution on the connection: if
+        // the queue was nearly empty then, it scans whole tables and hash-joins, and keeps
+        // doing so when the queue holds thousands of items. Every hot statement reaches its
+        // rows by key, so sequential and bitmap scans are ruled out to pin the index plans.
         options.push_str(&format!(
             " -c statement_timeout={} -c search_path={} -c jit=off \
-             -c plan_cache_mode=force_generic_plan",
+             -c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
+             -c enable_bitmapscan=off",
             self.statement_timeout.as_millis(),
             self.schema
         ));

@@ -305,3 +305,83 @@ async fn a_committing_worker_gets_its_successors_under_a_lease_that_can_expire()
         ]
     );
 }
+
+/// Sequential scans of the items table so far (the server's statistics, flushed by each
+/// session when it goes idle at most once a second).
+async fn item_seq_scans(observer: &tokio_postgres::Client) -> i64 {
+    let row = observer
+        .query_one(
+            "SELECT seq_scan FROM pg_stat_user_tables WHERE schemaname = 'plans' AND relname = 'items'",
+            &[],
+        )
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hot_statements_stay_on_their_indexes_when_the_queue_grows() {
+    let server = PostgresServer::start_or_panic();
+    let config = floxide_postgres::PostgresConfig::new(server.url())
+        .with_schema("plans")
+        .with_pool_size(1);
+    let backend = PostgresBackend::connect_with(config).await.unwrap();
+    let (observer, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let me = WorkerId::from("w");
+    let opts = options(30_000, 5);
+    let next = |max| Some(TakeRequest::new("Flow", &me, opts).with_max(max));
+    let step = |n: u128| {
+        let mut step = StepCommit::new("a");
+        step.successors
+            .push(NewItem::new(ItemId::from_u128(n), "b", b"2".to_vec()));
+        step
+    };
+
+    // The statements are prepared (and their generic plans made) while the queue is tiny.
+    backend.start_run(start("warm")).await.unwrap();
+    let first = take(&backend, &me, opts, 4).await;
+    let warm = step(2);
+    backend
+        .commit_batch(&[CommitItem::new(&first[0].lease, &warm)], next(4))
+        .await
+        .unwrap();
+
+    // Then it grows.
+    let started = backend
+        .start_runs((0..3000).map(|n| start(&format!("r{n}"))).collect())
+        .await;
+    assert!(started.iter().all(Result::is_ok));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    take(&backend, &me, opts, 1).await; // the session goes idle and reports its statistics
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = item_seq_scans(&observer).await;
+
+    let mut taken = take(&backend, &me, opts, 64).await;
+    for round in 0..5u128 {
+        assert_eq!(taken.len(), 64);
+        let steps: Vec<StepCommit> = (0..64).map(|n| step(1000 + round * 64 + n)).collect();
+        let commits: Vec<CommitItem<'_>> = taken
+            .iter()
+            .zip(&steps)
+            .map(|(t, s)| CommitItem::new(&t.lease, s))
+            .collect();
+        let reply = backend.commit_batch(&commits, next(64)).await.unwrap();
+        assert!(reply
+            .outcomes
+            .iter()
+            .all(|o| matches!(o, CommitOutcome::Committed { .. })));
+        taken = reply.taken;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    take(&backend, &me, opts, 1).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        item_seq_scans(&observer).await,
+        before,
+        "takes and commits read the items table through its indexes, whatever its size when \
+         their plans were made"
+    );
+}
