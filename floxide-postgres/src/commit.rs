@@ -228,14 +228,33 @@ struct History<'a> {
 }
 
 impl<'a> History<'a> {
-    fn push(&mut self, lease: &'a floxide_core::distributed::Lease, item: &ItemRow, kind: u8) {
-        self.runs.push(lease.run_id.as_str());
-        self.ids.push(lease.item_id.to_string());
-        self.nodes.push(item.node.clone());
+    /// An event of `kind` for the item held under `lease` (`item`, its locked row).
+    fn push(&mut self, lease: &'a Lease, item: &ItemRow, kind: u8) {
+        self.event(
+            lease.run_id.as_str(),
+            lease.item_id.to_string(),
+            item.node.clone(),
+            kind,
+            (lease.worker.as_str(), lease.token, item.attempt),
+        );
+    }
+
+    /// An event of `kind` for item `id` of `run` at `node`: (worker, token, attempt).
+    fn event(
+        &mut self,
+        run: &'a str,
+        id: String,
+        node: String,
+        kind: u8,
+        (worker, token, attempt): (&'a str, u64, i32),
+    ) {
+        self.runs.push(run);
+        self.ids.push(id);
+        self.nodes.push(node);
         self.kinds.push(kind as i8);
-        self.workers.push(lease.worker.as_str());
-        self.tokens.push(lease.token as i64);
-        self.attempts.push(item.attempt);
+        self.workers.push(worker);
+        self.tokens.push(token as i64);
+        self.attempts.push(attempt);
     }
 }
 
@@ -416,14 +435,13 @@ fn hand_off<'a>(
             continue;
         }
         created.states[n] = b'I' as i8;
-        let history = &mut writes.history;
-        history.runs.push(run_id);
-        history.ids.push(created.ids[n].clone());
-        history.nodes.push(item.node.clone());
-        history.kinds.push(b'L' as i8);
-        history.workers.push(worker.as_str());
-        history.tokens.push(1);
-        history.attempts.push(1);
+        writes.history.event(
+            run_id,
+            created.ids[n].clone(),
+            item.node.clone(),
+            b'L',
+            (worker.as_str(), 1, 1),
+        );
         taken.push(
             Taken::new(
                 Lease::new(run_id, item.id, 1, worker.clone()),
@@ -541,7 +559,7 @@ impl PostgresBackend {
             .filter(|(_, o)| matches!(o, CommitOutcome::Committed { .. }))
             .filter_map(|(c, _)| c.held.map(|h| (c.lease.run_id.as_str(), h)))
             .collect();
-        let handed = match next {
+        let mut handed = match next {
             Some(take) => hand_off(&mut writes, &runs, &held, take.worker, take.max),
             None => Vec::new(),
         };
@@ -666,7 +684,6 @@ impl PostgresBackend {
                 self.dead_letter_poison(take, &taken.poison).await?;
             }
         }
-        let mut handed = handed;
         handed.extend(taken.taken);
         Ok(CommitReply::new(outcomes, handed))
     }
