@@ -167,8 +167,9 @@ local function commit_one(x)
   r.left = tonumber(r.left or '1') + fresh - 1
   r.m_done = tonumber(r.m_done or '0') + 1
   r.m_items = tonumber(r.m_items or '0') + fresh
-  r.nt = add_timing(r.nt, x.node, x.dur)
-  run.set.left, run.set.m_done, run.set.m_items, run.set.nt = r.left, r.m_done, r.m_items, r.nt
+  run.timings = run.timings or parse_timings(r.nt)
+  add_timing(run.timings, x.node, x.dur)
+  run.set.left, run.set.m_done, run.set.m_items = r.left, r.m_done, r.m_items
   return { 'ok', '' }, true
 end
 
@@ -202,6 +203,7 @@ for _, run in ipairs(order) do
       x.set.nout = r.nout
       keep_expiry(outs_key(run), r.t1)
     end
+    if x.timings then x.set.nt = format_timings(x.timings) end
     local new = after_commit(r.st, r.left, r.out)
     if new ~= r.st and is_finished(new) then
       x.set.frid = RID
@@ -227,31 +229,31 @@ local take = { 0, -1 }
 if replay then
   take = replay
 elseif next_wf ~= '' then
-  local rows = {}
+  -- The reply, flat: the handed-over successors first, then what the take leased.
+  local reply, n = { 1, 0 }, 2
   for _, d in ipairs(direct) do
     local run, s = d[1], d[2]
     local x = runs[run]
     local ver = tonumber(x.f.ver or '0')
     local same, bytes = 1, ''
     if held[run] ~= ver then same, bytes = 0, x.set.ctx or redis.call('HGET', run_key(run), 'ctx') or '' end
-    rows[#rows + 1] = { run, s.id, 1, s.bytes, s.node, 1, 1, x.f.dl or '', same, bytes, ver }
+    reply[n + 1], reply[n + 2], reply[n + 3], reply[n + 4] = run, s.id, 1, s.bytes
+    reply[n + 5], reply[n + 6], reply[n + 7], reply[n + 8] = s.node, 1, 1, x.f.dl or ''
+    reply[n + 9], reply[n + 10], reply[n + 11] = same, bytes, ver
+    n = n + 11
   end
-  local popped = { 0, -1 }
   if budget > 0 then
-    popped = take_next(next_wf, worker, lease_ms, max_del, budget, held, woken, now, true)
-  end
-  if popped[1] == 1 then
-    for n = 0, popped[2] - 1 do
-      local row = {}
-      for v = 1, 11 do row[v] = popped[3 + n * 11 + v - 1] end
-      rows[#rows + 1] = row
+    local popped = take_next(next_wf, worker, lease_ms, max_del, budget, held, woken, now, true)
+    if popped[1] == 1 then
+      for v = 3, 2 + popped[2] * 11 do
+        n = n + 1
+        reply[n] = popped[v]
+      end
     end
   end
-  if #rows > 0 then
-    take = { 1, #rows }
-    for _, row in ipairs(rows) do
-      for _, v in ipairs(row) do take[#take + 1] = v end
-    end
+  if n > 2 then
+    reply[2] = (n - 2) / 11
+    take = reply
     remember_take(last, take)
   end
 end

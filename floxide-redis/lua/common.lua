@@ -557,8 +557,10 @@ local function take_next(wf, worker, lease_ms, max_deliveries, max_n, held, woke
     -- A worker woken from its wait passes the wake-up on while work may be left.
     if woken and full then wake(wf, 1) end
     reply = { 1, #rows }
+    local n = 2
     for _, row in ipairs(rows) do
-      for _, v in ipairs(row) do reply[#reply + 1] = v end
+      for v = 1, 11 do reply[n + v] = row[v] end
+      n = n + 11
     end
     return reply
   end
@@ -627,17 +629,34 @@ local function replay_take(key, worker)
   return leased_rows(lines_of(string.sub(prev, #RID + 2)), worker)
 end
 
--- Node timings: one field of the run's record, `<node> <count> <total µs> <max µs>;...`.
-local function add_timing(nt, node, dur)
-  local out, found = {}, false
-  for seg in string.gmatch(nt or '', '[^;]+') do
-    local n, c, t, x = string.match(seg, '^(%S+) (%d+) (%d+) (%d+)$')
-    if n == node then
-      seg = n .. ' ' .. (tonumber(c) + 1) .. ' ' .. (tonumber(t) + dur) .. ' ' .. math.max(tonumber(x), dur)
-      found = true
-    end
-    if n then out[#out + 1] = seg end
+-- Node timings: one field of the run's record, `<node> <count> <total µs> <max µs>;...`, read
+-- into a table once per run and script (`{ order = {nodes}, by = {[node] = {count, total,
+-- max}} }`), and written back once.
+local function parse_timings(nt)
+  local t = { order = {}, by = {} }
+  for n, c, total, x in string.gmatch(nt or '', '([^;%s]+) (%d+) (%d+) (%d+)') do
+    t.order[#t.order + 1] = n
+    t.by[n] = { tonumber(c), tonumber(total), tonumber(x) }
   end
-  if not found then out[#out + 1] = node .. ' 1 ' .. dur .. ' ' .. dur end
+  return t
+end
+
+local function add_timing(t, node, dur)
+  local e = t.by[node]
+  if e then
+    e[1], e[2] = e[1] + 1, e[2] + dur
+    if dur > e[3] then e[3] = dur end
+  else
+    t.order[#t.order + 1] = node
+    t.by[node] = { 1, dur, dur }
+  end
+end
+
+local function format_timings(t)
+  local out = {}
+  for i, n in ipairs(t.order) do
+    local e = t.by[n]
+    out[i] = n .. ' ' .. e[1] .. ' ' .. e[2] .. ' ' .. e[3]
+  end
   return table.concat(out, ';')
 end

@@ -122,6 +122,62 @@ pub async fn g4_batches_commit_each_step_on_its_own<B: Backend>(backend: B) {
     }
 }
 
+/// G7/G4: node timings add up over the steps of one batch: three steps of the same node of
+/// one run, committed together, count three times, their durations summed and the longest
+/// kept.
+pub async fn g7_node_timings_add_up_within_a_batch<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let wf = Chain::new(Gate::open());
+    let o = orchestrator(wf.clone(), &backend);
+    let run = o.start_run(&ctx(), 1).await.unwrap();
+    let me = WorkerId::from("timer");
+    let take = |max| TakeRequest::new(wf.name(), &me, options()).with_max(max);
+    let first = backend.take_batch(take(1), PATIENCE).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let mut fan = StepCommit::new(first[0].node.clone());
+    fan.duration = Duration::from_micros(5);
+    for n in 0..3u128 {
+        let id = ItemId::from_u128(first[0].lease.item_id.as_u128() ^ (0xb0 + n));
+        fan.successors.push(NewItem::new(id, "b", b"{}".to_vec()));
+    }
+    backend.commit(&first[0].lease, &fan).await.unwrap();
+    let mut leaves = Vec::new();
+    while leaves.len() < 3 {
+        let got = backend
+            .take_batch(take(3 - leaves.len()), PATIENCE)
+            .await
+            .unwrap();
+        assert!(!got.is_empty(), "the three successors are ready");
+        leaves.extend(got);
+    }
+    let steps: Vec<StepCommit> = [10u64, 30, 20]
+        .iter()
+        .map(|us| {
+            let mut step = StepCommit::new("b");
+            step.duration = Duration::from_micros(*us);
+            step
+        })
+        .collect();
+    let commits: Vec<CommitItem<'_>> = leaves
+        .iter()
+        .zip(&steps)
+        .map(|(t, s)| CommitItem::new(&t.lease, s))
+        .collect();
+    let reply = backend.commit_batch(&commits, None).await.unwrap();
+    assert!(reply
+        .outcomes
+        .iter()
+        .all(|o| matches!(o, CommitOutcome::Committed { .. })));
+    let m = o.metrics(&run).await.unwrap();
+    let b = &m.per_node["b"];
+    assert_eq!(
+        (b.count, b.total, b.max),
+        (3, Duration::from_micros(60), Duration::from_micros(30)),
+        "G7: a batch's steps of one node add up: {m:?}"
+    );
+    assert_eq!(m.per_node[first[0].node.as_str()].count, 1);
+}
+
 /// G3/G4: in one batch, a worker may join a run's second context change onto its first
 /// (sparing a conflict round trip). When the first is refused, the second must be refused
 /// too, even though its base version exists by then: another step reached that number with
