@@ -167,8 +167,9 @@ local function commit_one(x)
   r.left = tonumber(r.left or '1') + fresh - 1
   r.m_done = tonumber(r.m_done or '0') + 1
   r.m_items = tonumber(r.m_items or '0') + fresh
-  run.timings = run.timings or parse_timings(r.nt)
-  add_timing(run.timings, x.node, x.dur)
+  run.durs = run.durs or {}
+  run.durs[#run.durs + 1] = x.node
+  run.durs[#run.durs + 1] = x.dur
   run.set.left, run.set.m_done, run.set.m_items = r.left, r.m_done, r.m_items
   return { 'ok', '' }, true
 end
@@ -203,7 +204,7 @@ for _, run in ipairs(order) do
       x.set.nout = r.nout
       keep_expiry(outs_key(run), r.t1)
     end
-    if x.timings then x.set.nt = format_timings(x.timings) end
+    if x.durs then x.set.nt = add_timings(r.nt, x.durs) end
     local new = after_commit(r.st, r.left, r.out)
     if new ~= r.st and is_finished(new) then
       x.set.frid = RID

@@ -629,34 +629,37 @@ local function replay_take(key, worker)
   return leased_rows(lines_of(string.sub(prev, #RID + 2)), worker)
 end
 
--- Node timings: one field of the run's record, `<node> <count> <total µs> <max µs>;...`, read
--- into a table once per run and script (`{ order = {nodes}, by = {[node] = {count, total,
--- max}} }`), and written back once.
-local function parse_timings(nt)
-  local t = { order = {}, by = {} }
-  for n, c, total, x in string.gmatch(nt or '', '([^;%s]+) (%d+) (%d+) (%d+)') do
-    t.order[#t.order + 1] = n
-    t.by[n] = { tonumber(c), tonumber(total), tonumber(x) }
+-- Node timings: one field of the run's record, `<node> <count> <total µs> <max µs>;...`.
+-- `durs` holds a script's steps of the run, `node, µs, node, µs, ...`: the field is read and
+-- rebuilt once for all of them.
+local function add_timings(nt, durs)
+  local agg, order = {}, {}
+  for i = 1, #durs, 2 do
+    local node, dur = durs[i], durs[i + 1]
+    local a = agg[node]
+    if a then
+      a[1], a[2] = a[1] + 1, a[2] + dur
+      if dur > a[3] then a[3] = dur end
+    else
+      agg[node] = { 1, dur, dur }
+      order[#order + 1] = node
+    end
   end
-  return t
-end
-
-local function add_timing(t, node, dur)
-  local e = t.by[node]
-  if e then
-    e[1], e[2] = e[1] + 1, e[2] + dur
-    if dur > e[3] then e[3] = dur end
-  else
-    t.order[#t.order + 1] = node
-    t.by[node] = { 1, dur, dur }
-  end
-end
-
-local function format_timings(t)
   local out = {}
-  for i, n in ipairs(t.order) do
-    local e = t.by[n]
-    out[i] = n .. ' ' .. e[1] .. ' ' .. e[2] .. ' ' .. e[3]
+  for seg in string.gmatch(nt or '', '[^;]+') do
+    local n, c, t, x = string.match(seg, '^(%S+) (%d+) (%d+) (%d+)$')
+    if n then
+      local a = agg[n]
+      if a then
+        seg = n .. ' ' .. (tonumber(c) + a[1]) .. ' ' .. (tonumber(t) + a[2]) .. ' ' .. math.max(tonumber(x), a[3])
+        agg[n] = nil
+      end
+      out[#out + 1] = seg
+    end
+  end
+  for _, node in ipairs(order) do
+    local a = agg[node]
+    if a then out[#out + 1] = node .. ' ' .. a[1] .. ' ' .. a[2] .. ' ' .. a[3] end
   end
   return table.concat(out, ';')
 end
