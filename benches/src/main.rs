@@ -18,8 +18,6 @@
 //! (default `redis://127.0.0.1:6379/`) or `--cluster URL[,URL…]` (a Redis Cluster's seed nodes,
 //! with `--partitions N`, default 48), `--prefix P` (a key prefix deleted before the run),
 //! `--step-history on|off` (default on: the runs' step history is recorded);
-//! for the draining workloads `--workers-first on|off` (default off: the workers start once
-//! every run has started; on, they wait idle before the first start, as in the floor designs);
 //! for PostgreSQL `--pg URL` (default `postgres://postgres@127.0.0.1:5432/test`), `--schema S`
 //! (dropped before the run, default `floxide_bench`) and `--pool N` (connections, default 16).
 

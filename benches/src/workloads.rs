@@ -117,10 +117,6 @@ async fn drain<B: Backend + Clone + 'static, W: Workflow<()> + 'static>(
     let runs: usize = args.get("runs", default_runs)?;
     let workers: usize = args.get("workers", 4)?;
     let batch: usize = args.get("batch", default_batch)?;
-    // `--workers-first on|off` (default off): on, the workers are running, idle, when the
-    // first run starts, as in the floor designs; off, they start once every run has started.
-    // Measured both ways side by side, neither order was faster beyond the noise.
-    let workers_first = on_off(args, "workers-first", false)?;
     let backend = target.backend.clone();
     let meter = &target.meter;
     let workload = format!("{}-{workload}", target.family);
@@ -135,12 +131,6 @@ async fn drain<B: Backend + Clone + 'static, W: Workflow<()> + 'static>(
         .concurrency(batch)
         .build()
         .map_err(err)?;
-    let mut pool = WorkerPool::new(worker, workers).with_grace_period(Duration::from_secs(1));
-    if workers_first {
-        pool.start();
-        // Let them reach their blocking wait before the clock starts.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     let before = meter.operations().await?;
     let cpu0 = meter.cpu().await?;
     let started = std::time::SystemTime::now();
@@ -163,9 +153,8 @@ async fn drain<B: Backend + Clone + 'static, W: Workflow<()> + 'static>(
     .collect::<Result<_, _>>()
     .map_err(err)?;
     let cpu1 = meter.cpu().await?;
-    if !workers_first {
-        pool.start();
-    }
+    let mut pool = WorkerPool::new(worker, workers).with_grace_period(Duration::from_secs(1));
+    pool.start();
     let mut completed = 0u64;
     let mut last = started;
     let mut latencies = Vec::with_capacity(runs);
@@ -222,23 +211,14 @@ async fn drain<B: Backend + Clone + 'static, W: Workflow<()> + 'static>(
             json!(ops as f64 / steps.max(1) as f64),
         );
         map.insert(format!("{name}_bytes_per_finished_run"), json!(bytes));
-        map.insert("workers_first".to_owned(), json!(workers_first));
-        if workers_first {
-            // Starts and steps overlap: the server's time for both, per step.
-            map.insert(
-                format!("{name}_cpu_us_per_step"),
-                json!((cpu2 - cpu0) * 1e6 / steps.max(1) as f64),
-            );
-        } else {
-            map.insert(
-                format!("{name}_cpu_us_per_start"),
-                json!((cpu1 - cpu0) * 1e6 / runs.max(1) as f64),
-            );
-            map.insert(
-                format!("{name}_cpu_us_per_step"),
-                json!((cpu2 - cpu1) * 1e6 / steps.max(1) as f64),
-            );
-        }
+        map.insert(
+            format!("{name}_cpu_us_per_start"),
+            json!((cpu1 - cpu0) * 1e6 / runs.max(1) as f64),
+        );
+        map.insert(
+            format!("{name}_cpu_us_per_step"),
+            json!((cpu2 - cpu1) * 1e6 / steps.max(1) as f64),
+        );
     }
     Ok(out)
 }
@@ -370,15 +350,12 @@ pub(crate) async fn latency<B: Backend + Clone + 'static>(
 
 /// `--step-history on|off` (default on): whether the backend records the runs' step history.
 pub(crate) fn step_history(args: &Args) -> Result<bool, String> {
-    on_off(args, "step-history", true)
-}
-
-/// `--<flag> on|off`, `default` when not given.
-fn on_off(args: &Args, flag: &str, default: bool) -> Result<bool, String> {
-    let default = if default { "on" } else { "off" };
-    match args.get::<String>(flag, default.to_owned())?.as_str() {
+    match args
+        .get::<String>("step-history", "on".to_owned())?
+        .as_str()
+    {
         "on" => Ok(true),
         "off" => Ok(false),
-        other => Err(format!("--{flag}: `{other}` is neither on nor off")),
+        other => Err(format!("--step-history: `{other}` is neither on nor off")),
     }
 }
