@@ -590,6 +590,9 @@ impl PostgresBackend {
             },
             async { client.query(&lock_runs, &[&run_ids]).await.map_err(backend) },
             async {
+                if succ_runs.is_empty() {
+                    return Ok(Vec::new());
+                }
                 client
                     .query(&existing_q, &[&succ_runs, &succ_ids])
                     .await
