@@ -112,48 +112,30 @@ const APPLY_NOTIFY: &str =
     "SELECT pg_notify(n.ch, n.msg) FROM unnest($29::text[], $30::text[]) AS n(ch, msg)";
 
 /// The types of the write statement's parameters, `$1` to `$39`.
+#[rustfmt::skip]
 const APPLY_TYPES: [Type; 39] = {
     use Type as T;
+    const TEXTS: Type = T::TEXT_ARRAY;
     [
-        T::TEXT_ARRAY,
-        T::TEXT_ARRAY,
-        T::CHAR_ARRAY,
-        T::TEXT, // marked, request
-        T::TEXT_ARRAY,
-        T::TEXT_ARRAY, // renewed
-        T::TEXT_ARRAY,
-        T::TEXT_ARRAY,
-        T::TEXT_ARRAY,
-        T::TEXT_ARRAY,
-        T::BYTEA_ARRAY,
-        T::CHAR_ARRAY, // created
-        T::TEXT_ARRAY,
-        T::TEXT_ARRAY,
-        T::TEXT_ARRAY,
-        T::TEXT_ARRAY, // outputs, failures
-        T::TEXT_ARRAY, // gone
-        T::TEXT_ARRAY,
-        T::TEXT_ARRAY,
-        T::INT4_ARRAY,
-        T::INT8_ARRAY,
-        T::BYTEA_ARRAY,
-        T::TEXT_ARRAY,
-        T::TEXT_ARRAY,
-        T::BOOL_ARRAY,
-        T::INT8_ARRAY,
-        T::INT8_ARRAY,
-        T::TEXT_ARRAY, // records
-        T::TEXT_ARRAY,
-        T::TEXT_ARRAY, // notifications
-        T::TEXT_ARRAY,
-        T::TEXT_ARRAY,
-        T::TEXT_ARRAY,
-        T::CHAR_ARRAY,
-        T::TEXT_ARRAY,
-        T::INT8_ARRAY,
-        T::INT4_ARRAY, // history
-        T::FLOAT8,
-        T::TEXT, // the hand-off's lease and worker
+        // marked, the request
+        TEXTS, TEXTS, T::CHAR_ARRAY, T::TEXT,
+        // renewed
+        TEXTS, TEXTS,
+        // created
+        TEXTS, TEXTS, TEXTS, TEXTS, T::BYTEA_ARRAY, T::CHAR_ARRAY,
+        // outputs, handled failures
+        TEXTS, TEXTS, TEXTS, TEXTS,
+        // gone
+        TEXTS,
+        // the runs' records
+        TEXTS, TEXTS, T::INT4_ARRAY, T::INT8_ARRAY, T::BYTEA_ARRAY, TEXTS, TEXTS, T::BOOL_ARRAY,
+        T::INT8_ARRAY, T::INT8_ARRAY, TEXTS,
+        // notifications
+        TEXTS, TEXTS,
+        // the step history
+        TEXTS, TEXTS, TEXTS, T::CHAR_ARRAY, TEXTS, T::INT8_ARRAY, T::INT4_ARRAY,
+        // the hand-off's lease and worker
+        T::FLOAT8, T::TEXT,
     ]
 };
 
