@@ -277,6 +277,10 @@ impl AdminBackend for PostgresBackend {
         RunWatch::new(self.signals.runs.subscribe())
     }
 
+    fn heard_output(&self, run_id: &str) -> Option<Vec<u8>> {
+        self.signals.outputs.get(run_id)
+    }
+
     async fn run_input(&self, run_id: &str) -> Result<Option<Vec<u8>>, DistributedError> {
         let client = self.pooled().await?;
         let row = client

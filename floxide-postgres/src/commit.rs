@@ -165,6 +165,25 @@ struct ItemRow {
     attempt: i32,
 }
 
+/// The longest output a run's completion notification carries (its waiters then need not
+/// read the run).
+const OUTPUT_HEARD: usize = 1024;
+
+/// The runs channel's payload for a changed run: its id, or `<id>\t<output>` when it completed
+/// with a short output.
+fn run_event(id: &str, run: &RunRow) -> String {
+    match &run.output {
+        Some(output)
+            if run.status == RunStatus::Completed
+                && output.len() <= OUTPUT_HEARD
+                && !id.contains('\t') =>
+        {
+            format!("{id}\t{output}")
+        }
+        _ => id.to_owned(),
+    }
+}
+
 /// A locked run of the batch, and what the batch's accepted steps make of it.
 struct RunRow {
     status: RunStatus,
@@ -437,6 +456,10 @@ fn accept<'a>(
     writes.marked.push((run_id, id, b'C' as i8));
     run.outstanding += fresh - 1;
     let before = run.status;
+    // The run's first output (one stored before stays).
+    if !run.has_output {
+        run.output = step.outputs.first().map(ToString::to_string);
+    }
     run.has_output |= !step.outputs.is_empty();
     let after = machine::after_commit(RunState {
         status: before,
@@ -447,9 +470,6 @@ fn accept<'a>(
     if let Some((_, bytes)) = &step.context {
         run.version += 1;
         run.context = Some(bytes.clone());
-    }
-    if run.output.is_none() {
-        run.output = step.outputs.first().map(ToString::to_string);
     }
     if finished == Some(RunStatus::Failed) {
         run.error = Some(no_output(&run.workflow));
@@ -636,7 +656,7 @@ impl PostgresBackend {
         let (work_channel, runs_channel) = crate::listen::channels(schema);
         let mut record = RunRecords::default();
         let mut gone: Vec<&str> = Vec::new();
-        let mut notify: (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
+        let mut notify: (Vec<&str>, Vec<String>) = (Vec::new(), Vec::new());
         for (id, run) in &runs {
             if !run.touched {
                 continue;
@@ -646,7 +666,7 @@ impl PostgresBackend {
             }
             if run.finished || run.status != run.locked_status {
                 notify.0.push(&runs_channel);
-                notify.1.push(id);
+                notify.1.push(run_event(id, run));
             }
             record.push(id, run)?;
         }
@@ -665,7 +685,7 @@ impl PostgresBackend {
         // Work for others: fresh items beyond what this worker's own take may lease.
         if writes.ready > next.map_or(0, |n| n.max) {
             notify.0.push(&work_channel);
-            notify.1.push("");
+            notify.1.push(String::new());
         }
         let created = &writes.created;
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use floxide_core::distributed::HeardOutputs;
 use futures_util::StreamExt;
 use tokio::sync::{watch, Notify};
 use tokio_postgres::AsyncMessage;
@@ -21,6 +22,8 @@ pub(crate) struct Signals {
     pub(crate) work: Notify,
     /// Some run's record changed (finished, paused, resumed, cancelled).
     pub(crate) runs: watch::Sender<u64>,
+    /// The outputs of completed runs, as their notifications carried them.
+    pub(crate) outputs: HeardOutputs,
     /// Work notifications heard, and reconnections (a notification may have been missed).
     heard: AtomicU64,
     /// By workflow: how many notifications had been heard when a take found its queue empty,
@@ -37,6 +40,7 @@ impl Signals {
         Arc::new(Signals {
             work: Notify::new(),
             runs: watch::channel(0).0,
+            outputs: HeardOutputs::default(),
             heard: AtomicU64::new(0),
             empty: Mutex::new(HashMap::new()),
         })
@@ -128,7 +132,10 @@ async fn listen(
         while let Some(message) = messages.next().await {
             match message {
                 Ok(AsyncMessage::Notification(n)) => {
-                    if tx.send(n.channel().to_owned()).is_err() {
+                    if tx
+                        .send((n.channel().to_owned(), n.payload().to_owned()))
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -155,8 +162,14 @@ async fn listen(
             return Ok(());
         };
         match heard {
-            Ok(Some(channel)) if channel == work => signals.heard_work(),
-            Ok(Some(_)) => signals.runs.send_modify(|v| *v = v.wrapping_add(1)),
+            Ok(Some((channel, _))) if channel == work => signals.heard_work(),
+            Ok(Some((_, payload))) => {
+                // `<run id>\t<output>`: a run that completed with a short output.
+                if let Some((run, output)) = payload.split_once('\t') {
+                    signals.outputs.insert(run, output.as_bytes().to_vec());
+                }
+                signals.runs.send_modify(|v| *v = v.wrapping_add(1));
+            }
             Ok(None) => break,
             Err(_) => {}
         }

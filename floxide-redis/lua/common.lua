@@ -271,18 +271,29 @@ local function keep_expiry(key, t1)
 end
 
 -- Runs whose record changed in a way waiters care about (finished, paused, resumed): one
--- message for all of them, sent by `flush_events` at the end of the script.
+-- message for all of them, sent by `flush_events` at the end of the script, a line per run:
+-- its id, or for a run that completed with a short output, `<id>\t<output>` (its waiters
+-- need not read it).
+local OUTPUT_HEARD = 1024
 
-local function run_event(run) EVENTS[#EVENTS + 1] = run end
+local function run_event(run, output)
+  if output and #output <= OUTPUT_HEARD and not string.find(run, '\t', 1, true)
+      and not string.find(output, '\n', 1, true) then
+    EVENTS[#EVENTS + 1] = run .. '\t' .. output
+  else
+    EVENTS[#EVENTS + 1] = run
+  end
+end
 
 -- A run reached a final status: record when, let its keys expire after the retention (the
 -- items of a completed or cancelled run go now; a failed run keeps them for a resume), index
 -- it for the pruning of the run index, and tell waiters. `set` holds the fields the caller
 -- writes to the run's record afterwards (the new ones win over the stored ones); `r`, when
--- given, holds the record's `nout`, `nerr`, `idem` and `hx` as read by the caller. A completed
--- run's routine step history goes with its items (see the key layout).
+-- given, holds the record's `nout`, `nerr`, `idem`, `hx` and `out` as read by the caller. A
+-- completed run's routine step history goes with its items (see the key layout).
 local function finish_run(run, set, st, now, r)
   local exp = now + RETENTION
+  local output = st == 'completed' and (set.out or (r and r.out)) or nil
   set.st, set.t1 = st, now
   if not r or r.idem == nil then r = read_run(run, { 'nout', 'nerr', 'idem', 'hx' }) end
   local nout, nerr = set.nout or r.nout, set.nerr or r.nerr
@@ -308,7 +319,7 @@ local function finish_run(run, set, st, now, r)
     redis.call('UNLINK', items_key(run), parked_key(run))
   end
   PRUNE_DONE = true
-  run_event(run)
+  run_event(run, output)
 end
 
 -- Sends the script's run events (one message) and drops the index entries of runs whose

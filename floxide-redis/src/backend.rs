@@ -456,6 +456,10 @@ impl AdminBackend for RedisBackend {
         RunWatch::new(self.client.inner.version.subscribe())
     }
 
+    fn heard_output(&self, run_id: &str) -> Option<Vec<u8>> {
+        self.client.inner.heard.get(run_id)
+    }
+
     async fn run_input(&self, run_id: &str) -> Result<Option<Vec<u8>>, DistributedError> {
         let key = Keys::run(&self.keys().partition_of_run(run_id), run_id);
         let key = &key;

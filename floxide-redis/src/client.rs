@@ -9,7 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{AsyncConnectionConfig, PushKind};
 
-use floxide_core::distributed::DistributedError;
+use floxide_core::distributed::{DistributedError, HeardOutputs};
 
 use crate::keys::Keys;
 use crate::reply::backend;
@@ -84,6 +84,8 @@ pub(crate) struct ClientInner {
     pub(crate) functions: bool,
     /// The latest run events published by the scripts (for waiters on one run).
     pub(crate) recent: Arc<Mutex<RecentEvents>>,
+    /// The outputs of completed runs, as their run events carried them.
+    pub(crate) heard: Arc<HeardOutputs>,
     /// Bumped on every run event, for subscribers that must not miss one.
     pub(crate) version: Arc<tokio::sync::watch::Sender<u64>>,
     /// On a cluster, which partitions were told of new ready work (idle workers wait on it).
@@ -357,6 +359,7 @@ impl RedisClient {
             });
         }
         let recent = Arc::new(Mutex::new(RecentEvents::default()));
+        let heard = Arc::new(HeardOutputs::default());
         let version = Arc::new(tokio::sync::watch::channel(0).0);
         let wakes = Arc::new(Wakes::new(partitions));
         let (subscribed, is_subscribed) = tokio::sync::oneshot::channel();
@@ -366,6 +369,7 @@ impl RedisClient {
                 .map(|p| (Keys::events(&keys.partition(p)), Channel::Runs))
                 .collect(),
             recent: Arc::clone(&recent),
+            heard: Arc::clone(&heard),
             version: Arc::clone(&version),
             wakes: Arc::clone(&wakes),
         };
@@ -407,6 +411,7 @@ impl RedisClient {
                 scripts,
                 functions,
                 recent,
+                heard,
                 version,
                 wakes,
                 blocking: Mutex::new(Vec::new()),
@@ -702,7 +707,8 @@ impl RecentEvents {
 /// What a subscribed channel carries.
 #[derive(Debug, Clone, Copy)]
 enum Channel {
-    /// Run events: the ids of the runs a script changed, one per line.
+    /// Run events: the ids of the runs a script changed, one per line (`<id>\t<output>` for
+    /// a run that completed with a short output).
     Runs,
     /// On a cluster: the name of a workflow that got ready work in partition `.0`.
     Wakes(u32),
@@ -712,6 +718,7 @@ enum Channel {
 struct Events {
     channels: std::collections::HashMap<String, Channel>,
     recent: Arc<Mutex<RecentEvents>>,
+    heard: Arc<HeardOutputs>,
     version: Arc<tokio::sync::watch::Sender<u64>>,
     wakes: Arc<Wakes>,
 }
@@ -734,9 +741,19 @@ impl Events {
     /// Handles a message on `channel`.
     fn message(&self, channel: &str, payload: Option<String>) {
         match (self.channels.get(channel), payload) {
-            (Some(Channel::Runs), Some(runs)) => runs
-                .split('\n')
-                .for_each(|run| self.wake(Some(run.to_owned()))),
+            (Some(Channel::Runs), Some(runs)) => {
+                for line in runs.split('\n') {
+                    let run = match line.split_once('\t') {
+                        Some((run, output)) => {
+                            // Known before its waiters wake.
+                            self.heard.insert(run, output.as_bytes().to_vec());
+                            run
+                        }
+                        None => line,
+                    };
+                    self.wake(Some(run.to_owned()));
+                }
+            }
             (Some(Channel::Wakes(p)), _) => self.wakes.signal(*p),
             _ => self.wake(None),
         }

@@ -74,9 +74,9 @@ pub use self::metrics::{describe_metrics, record_queue_stats};
 pub use crate::merge::{EventLog, LoggedEvent};
 pub use backend::{history, query};
 pub use backend::{
-    AdminBackend, Backend, CommitItem, CommitOutcome, CommitReply, DistributedError, Lease,
-    LeaseState, NewItem, QueueStats, RunAction, RunCursor, RunPage, RunQuery, RunWatch, StartRun,
-    StepCommit, StepEvent, StepEventKind, StepFailed, TakeOptions, TakeRequest, Taken,
+    AdminBackend, Backend, CommitItem, CommitOutcome, CommitReply, DistributedError, HeardOutputs,
+    Lease, LeaseState, NewItem, QueueStats, RunAction, RunCursor, RunPage, RunQuery, RunWatch,
+    StartRun, StepCommit, StepEvent, StepEventKind, StepFailed, TakeOptions, TakeRequest, Taken,
     VersionedContext, WorkerBackend, MAX_BATCH,
 };
 #[doc(hidden)]

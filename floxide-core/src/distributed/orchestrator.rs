@@ -448,6 +448,10 @@ where
         let mut watch = self.backend.watch_runs();
         let mut failures = 0;
         let info = loop {
+            // Heard complete, with its output: no need to read the run.
+            if let Some(output) = self.backend.heard_output(run_id) {
+                return decode_output(run_id, &output);
+            }
             let info = match self.backend.run_info(run_id).await {
                 Ok(info) => info,
                 Err(e) if started.elapsed() < timeout => {
@@ -471,8 +475,9 @@ where
             watch.changed(left).await;
         };
         match (info.status, info.output) {
-            (RunStatus::Completed, Some(output)) => serde_json::from_value(output)
-                .map_err(|e| codec_error(format!("output of run `{run_id}`: {e}"))),
+            (RunStatus::Completed, Some(output)) => {
+                serde_json::from_value(output).map_err(|e| output_error(run_id, &e))
+            }
             (status, _) => Err(DistributedError::NoOutput {
                 run_id: run_id.to_owned(),
                 status,
@@ -481,4 +486,17 @@ where
             .into()),
         }
     }
+}
+
+/// Decodes the output (JSON bytes) of run `run_id`.
+fn decode_output<T: serde::de::DeserializeOwned>(
+    run_id: &str,
+    output: &[u8],
+) -> Result<T, FloxideError> {
+    serde_json::from_slice(output).map_err(|e| output_error(run_id, &e))
+}
+
+/// The error for an output that does not decode as the workflow's output type.
+fn output_error(run_id: &str, error: &serde_json::Error) -> FloxideError {
+    codec_error(format!("output of run `{run_id}`: {error}"))
 }

@@ -28,8 +28,9 @@ pub use error::DistributedError;
 pub use history::{StepEvent, StepEventKind};
 pub use query::{RunCursor, RunPage, RunQuery};
 pub use types::{
-    CommitItem, CommitOutcome, CommitReply, Lease, LeaseState, NewItem, QueueStats, RunAction,
-    RunWatch, StartRun, StepCommit, StepFailed, TakeOptions, TakeRequest, Taken, VersionedContext,
+    CommitItem, CommitOutcome, CommitReply, HeardOutputs, Lease, LeaseState, NewItem, QueueStats,
+    RunAction, RunWatch, StartRun, StepCommit, StepFailed, TakeOptions, TakeRequest, Taken,
+    VersionedContext,
 };
 
 /// The most items one take or one commit handles: a worker's batch is capped at this.
@@ -193,6 +194,14 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// re-check when their timeout passes).
     fn watch_runs(&self) -> RunWatch {
         RunWatch::never()
+    }
+
+    /// The output (JSON bytes) of run `run_id` when this process heard it complete through
+    /// the backend's own notification, which carried it (see [`HeardOutputs`]); `None`
+    /// otherwise. A waiter woken by that notification then need not read the run. The
+    /// default hears nothing.
+    fn heard_output(&self, _run_id: &str) -> Option<Vec<u8>> {
+        None
     }
 
     /// The failures recorded for a run.

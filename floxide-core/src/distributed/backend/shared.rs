@@ -118,6 +118,10 @@ impl<B: AdminBackend + ?Sized> AdminBackend for Arc<B> {
         (**self).watch_runs()
     }
 
+    fn heard_output(&self, run_id: &str) -> Option<Vec<u8>> {
+        (**self).heard_output(run_id)
+    }
+
     async fn errors(&self, run_id: &str) -> Result<Vec<WorkflowError>, DistributedError> {
         (**self).errors(run_id).await
     }

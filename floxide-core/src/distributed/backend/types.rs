@@ -4,6 +4,7 @@
 //! `#[non_exhaustive]` with constructors, so that fields can be added without breaking
 //! backends written outside this crate; a backend reads the runtime's requests by reference.
 
+use std::sync::PoisonError;
 use std::time::{Duration, SystemTime};
 
 use crate::distributed::{RunId, RunStatus, WorkerId, WorkflowError};
@@ -393,6 +394,55 @@ pub enum RunAction {
     Resume,
 }
 
+/// The outputs of runs this process heard complete, when the backend's notification carried
+/// the output: kept briefly (the latest 1,024, for 10 s) so that a waiter woken by that
+/// notification need not read the run (see
+/// [`AdminBackend::heard_output`](super::AdminBackend::heard_output)). A completed run's first
+/// output never changes.
+#[derive(Debug, Default)]
+pub struct HeardOutputs {
+    heard: std::sync::Mutex<HeardInner>,
+}
+
+#[derive(Debug, Default)]
+struct HeardInner {
+    outputs: std::collections::HashMap<String, (std::time::Instant, Vec<u8>)>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl HeardOutputs {
+    const KEEP: usize = 1024;
+    const FOR: Duration = Duration::from_secs(10);
+
+    /// Records that run `run_id` completed with `output` (JSON bytes).
+    pub fn insert(&self, run_id: &str, output: Vec<u8>) {
+        let mut heard = self.heard.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        if heard
+            .outputs
+            .insert(run_id.to_owned(), (now, output))
+            .is_none()
+        {
+            heard.order.push_back(run_id.to_owned());
+        }
+        while heard.order.len() > Self::KEEP {
+            if let Some(old) = heard.order.pop_front() {
+                heard.outputs.remove(&old);
+            }
+        }
+    }
+
+    /// The output run `run_id` completed with, when heard in the last 10 s.
+    pub fn get(&self, run_id: &str) -> Option<Vec<u8>> {
+        let heard = self.heard.lock().unwrap_or_else(PoisonError::into_inner);
+        heard
+            .outputs
+            .get(run_id)
+            .filter(|(at, _)| at.elapsed() < Self::FOR)
+            .map(|(_, output)| output.clone())
+    }
+}
+
 /// A subscription to run changes (see [`AdminBackend::watch_runs`](super::AdminBackend::watch_runs)).
 #[derive(Debug)]
 pub struct RunWatch {
@@ -422,5 +472,28 @@ impl RunWatch {
             }
             None => tokio::time::sleep(timeout).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeardOutputs;
+
+    #[test]
+    fn heard_outputs_keep_the_latest_runs_only() {
+        let heard = HeardOutputs::default();
+        heard.insert("first", b"1".to_vec());
+        assert_eq!(heard.get("first"), Some(b"1".to_vec()));
+        assert_eq!(heard.get("other"), None);
+        // Heard again (a retried publication): still one entry.
+        heard.insert("first", b"1".to_vec());
+        for n in 0..HeardOutputs::KEEP - 1 {
+            heard.insert(&format!("run-{n}"), n.to_string().into_bytes());
+        }
+        assert_eq!(heard.get("first"), Some(b"1".to_vec()), "1,024 kept");
+        heard.insert("last", b"2".to_vec());
+        assert_eq!(heard.get("first"), None, "the oldest made room");
+        assert_eq!(heard.get("run-0"), Some(b"0".to_vec()));
+        assert_eq!(heard.get("last"), Some(b"2".to_vec()));
     }
 }
