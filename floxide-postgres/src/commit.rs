@@ -1,5 +1,5 @@
 //! A batch commit in one transaction and two round trips: the batch's items and runs are
-//! locked and read (with `BEGIN`), each step is judged in Rust by the run state machine (its
+//! locked and read by one statement (with `BEGIN`), each step is judged in Rust by the run state machine (its
 //! lease token, its run's status, its context's version), and one statement writes every
 //! accepted step, followed by the next take and `COMMIT`.
 //!
@@ -26,23 +26,56 @@ use crate::pipeline::Pipelined;
 use crate::take::{take_once, Held, TakeRows};
 use crate::PostgresBackend;
 
-/// The batch's items, locked. `$1` runs, `$2` item ids.
-const LOCK_ITEMS: &str = "\
-SELECT run_id, replace(item_id::text, '-', ''), token, state, request, node, attempt FROM items
-WHERE (run_id, item_id) IN (SELECT u.r, u.id::uuid FROM unnest($1::text[], $2::text[]) AS u(r, id))
-ORDER BY run_id, item_id FOR UPDATE";
+/// What the commit reads, in one statement (one row layout, [`Read`]): the batch's items,
+/// locked (`i` rows; `$1` runs, `$2` item ids), then their runs, locked after them (`r` rows;
+/// `$3` runs), and the successors that exist already (`e` rows; `$4` runs, `$5` item ids: a
+/// step executed again after its lease was taken over derives the same ids).
+const READ: &str = "\
+WITH locked_items AS (
+    SELECT run_id, replace(item_id::text, '-', '') AS id, token, state, request, node, attempt
+    FROM items
+    WHERE (run_id, item_id) IN (
+        SELECT u.r, u.id::uuid FROM unnest($1::text[], $2::text[]) AS u(r, id))
+    ORDER BY run_id, item_id FOR UPDATE),
+locked_runs AS (
+    SELECT run_id, status, version, outstanding, output IS NOT NULL AS has_output, workflow,
+        finish_request, node_timings::text AS timings, deadline
+    FROM runs WHERE run_id = ANY($3::text[]) ORDER BY run_id FOR NO KEY UPDATE)
+SELECT 'i'::\"char\", run_id, id, token, state, request, node, attempt, NULL::text, NULL::int8,
+    NULL::int4, NULL::bool, NULL::text, NULL::text, NULL::text, NULL::timestamptz
+FROM locked_items
+UNION ALL
+SELECT 'r', run_id, NULL, NULL, NULL, NULL, NULL, NULL, status, version, outstanding,
+    has_output, workflow, finish_request, timings, deadline
+FROM locked_runs
+UNION ALL
+SELECT 'e', run_id, replace(item_id::text, '-', ''), NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+    NULL, NULL, NULL, NULL, NULL, NULL
+FROM items
+WHERE (run_id, item_id) IN (
+    SELECT u.r, u.id::uuid FROM unnest($4::text[], $5::text[]) AS u(r, id))";
 
-/// The batch's runs, locked after their items. `$1` runs.
-const LOCK_RUNS: &str = "\
-SELECT run_id, status, version, outstanding, output IS NOT NULL, workflow, finish_request,
-    node_timings::text, deadline
-FROM runs WHERE run_id = ANY($1::text[]) ORDER BY run_id FOR NO KEY UPDATE";
+/// The columns of a [`READ`] row.
+struct Read;
 
-/// Successors that exist already (a step executed again after its lease was taken over
-/// derives the same ids). `$1` runs, `$2` item ids.
-const EXISTING: &str = "\
-SELECT run_id, replace(item_id::text, '-', '') FROM items
-WHERE (run_id, item_id) IN (SELECT u.r, u.id::uuid FROM unnest($1::text[], $2::text[]) AS u(r, id))";
+impl Read {
+    const KIND: usize = 0;
+    const RUN: usize = 1;
+    const ITEM: usize = 2;
+    const TOKEN: usize = 3;
+    const STATE: usize = 4;
+    const REQUEST: usize = 5;
+    const NODE: usize = 6;
+    const ATTEMPT: usize = 7;
+    const STATUS: usize = 8;
+    const VERSION: usize = 9;
+    const OUTSTANDING: usize = 10;
+    const HAS_OUTPUT: usize = 11;
+    const WORKFLOW: usize = 12;
+    const FINISH_REQUEST: usize = 13;
+    const TIMINGS: usize = 14;
+    const DEADLINE: usize = 15;
+}
 
 /// Every write of the accepted steps, one statement of the parts a batch needs (a part runs
 /// even when its arrays are empty: the nine of them cost 0.13–0.16 ms so). The parameters keep
@@ -184,6 +217,19 @@ fn run_event(id: &str, run: &RunRow) -> String {
     }
 }
 
+impl ItemRow {
+    /// An `i` row of [`READ`].
+    fn read(row: &tokio_postgres::Row) -> Self {
+        ItemRow {
+            token: row.get::<_, i64>(Read::TOKEN) as u64,
+            state: row.get(Read::STATE),
+            request: row.get(Read::REQUEST),
+            node: row.get(Read::NODE),
+            attempt: row.get(Read::ATTEMPT),
+        }
+    }
+}
+
 /// A locked run of the batch, and what the batch's accepted steps make of it.
 struct RunRow {
     status: RunStatus,
@@ -207,22 +253,23 @@ struct RunRow {
 }
 
 impl RunRow {
+    /// An `r` row of [`READ`].
     fn read(row: &tokio_postgres::Row) -> Result<(String, RunRow), DistributedError> {
-        let timings: &str = row.get(7);
+        let timings: &str = row.get(Read::TIMINGS);
         let timings = serde_json::from_str(timings)
             .map_err(|e| DistributedError::Backend(format!("PostgreSQL: node timings: {e}")))?;
-        let status = status(row.get(1))?;
+        let status = status(row.get(Read::STATUS))?;
         Ok((
-            row.get(0),
+            row.get(Read::RUN),
             RunRow {
                 status,
-                version: row.get::<_, i64>(2) as u64,
-                outstanding: i64::from(row.get::<_, i32>(3)),
-                has_output: row.get(4),
-                workflow: row.get(5),
-                finish_request: row.get(6),
+                version: row.get::<_, i64>(Read::VERSION) as u64,
+                outstanding: i64::from(row.get::<_, i32>(Read::OUTSTANDING)),
+                has_output: row.get(Read::HAS_OUTPUT),
+                workflow: row.get(Read::WORKFLOW),
+                finish_request: row.get(Read::FINISH_REQUEST),
                 timings,
-                deadline: row.get(8),
+                deadline: row.get(Read::DEADLINE),
                 touched: false,
                 locked_status: status,
                 context: None,
@@ -555,13 +602,7 @@ impl PostgresBackend {
     ) -> Result<CommitReply, DistributedError> {
         let tx = Pipelined::new(self.pooled().await?);
         let client = tx.client();
-        let (lock_items, lock_runs, existing_q) = futures_util::future::try_join3(
-            client.prepare_cached(LOCK_ITEMS),
-            client.prepare_cached(LOCK_RUNS),
-            client.prepare_cached(EXISTING),
-        )
-        .await
-        .map_err(backend)?;
+        let read = client.prepare_cached(READ).await.map_err(backend)?;
 
         let item_runs: Vec<&str> = commits.iter().map(|c| c.lease.run_id.as_str()).collect();
         let item_ids: Vec<String> = commits
@@ -582,50 +623,34 @@ impl PostgresBackend {
             .unzip();
 
         // Round trip 1: begin, lock and read.
-        let (_, item_rows, run_rows, existing_rows) = futures_util::future::try_join4(
-            tx.begin(),
-            async {
-                client
-                    .query(&lock_items, &[&item_runs, &item_ids])
-                    .await
-                    .map_err(backend)
-            },
-            async { client.query(&lock_runs, &[&run_ids]).await.map_err(backend) },
-            async {
-                if succ_runs.is_empty() {
-                    return Ok(Vec::new());
-                }
-                client
-                    .query(&existing_q, &[&succ_runs, &succ_ids])
-                    .await
-                    .map_err(backend)
-            },
-        )
-        .await?;
-        let items: HashMap<(String, String), ItemRow> = item_rows
-            .iter()
-            .map(|row| {
-                (
-                    (row.get(0), row.get(1)),
-                    ItemRow {
-                        token: row.get::<_, i64>(2) as u64,
-                        state: row.get(3),
-                        request: row.get(4),
-                        node: row.get(5),
-                        attempt: row.get(6),
-                    },
+        let (_, rows) = futures_util::future::try_join(tx.begin(), async {
+            client
+                .query(
+                    &read,
+                    &[&item_runs, &item_ids, &run_ids, &succ_runs, &succ_ids],
                 )
-            })
-            .collect();
-        let mut runs = HashMap::with_capacity(run_rows.len());
-        for row in &run_rows {
-            let (id, run) = RunRow::read(row)?;
-            runs.insert(id, run);
+                .await
+                .map_err(backend)
+        })
+        .await?;
+        let mut items: HashMap<(String, String), ItemRow> = HashMap::with_capacity(commits.len());
+        let mut runs = HashMap::with_capacity(run_ids.len());
+        let mut existing: HashSet<(String, String)> = HashSet::new();
+        for row in &rows {
+            let key = || (row.get(Read::RUN), row.get(Read::ITEM));
+            match row.get::<_, i8>(Read::KIND) as u8 {
+                b'i' => {
+                    items.insert(key(), ItemRow::read(row));
+                }
+                b'r' => {
+                    let (id, run) = RunRow::read(row)?;
+                    runs.insert(id, run);
+                }
+                _ => {
+                    existing.insert(key());
+                }
+            }
         }
-        let mut existing: HashSet<(String, String)> = existing_rows
-            .iter()
-            .map(|row| (row.get(0), row.get(1)))
-            .collect();
 
         let (outcomes, mut writes) = judge(commits, &items, &mut runs, &mut existing, request)?;
         let held: Held<'_> = commits
