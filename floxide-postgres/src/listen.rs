@@ -126,28 +126,25 @@ async fn listen(
     first: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(tls.clone()).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    let driver = tokio::spawn(async move {
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(AsyncMessage::Notification(n)) => {
-                    if tx
-                        .send((n.channel().to_owned(), n.payload().to_owned()))
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(error) => return Err(error),
+    // The connection is driven here: while `LISTEN` runs, then for the notifications (each
+    // handled as it arrives, with no task in between).
+    let statement = format!("LISTEN \"{work}\"; LISTEN \"{runs}\"");
+    let listen = client.batch_execute(&statement);
+    tokio::pin!(listen);
+    loop {
+        tokio::select! {
+            listening = &mut listen => {
+                listening?;
+                break;
             }
+            message = messages.next() => match message {
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return Err(error),
+                None => return Ok(()),
+            },
         }
-        Ok(())
-    });
-    client
-        .batch_execute(&format!("LISTEN \"{work}\"; LISTEN \"{runs}\""))
-        .await?;
+    }
     if !*first {
         // Whatever was notified while no one listened: look again.
         if let Some(signals) = weak.upgrade() {
@@ -155,28 +152,36 @@ async fn listen(
         }
     }
     *first = false;
+    // Now and then, whether anyone still listens.
+    let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let heard = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
+        let message = tokio::select! {
+            message = messages.next() => message,
+            _ = check.tick() => {
+                if weak.strong_count() == 0 {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
         let Some(signals) = weak.upgrade() else {
-            driver.abort();
             return Ok(());
         };
-        match heard {
-            Ok(Some((channel, _))) if channel == work => signals.heard_work(),
-            Ok(Some((_, payload))) => {
+        match message {
+            Some(Ok(AsyncMessage::Notification(n))) if n.channel() == work => {
+                signals.heard_work();
+            }
+            Some(Ok(AsyncMessage::Notification(n))) => {
                 // `<run id>\t<output>`: a run that completed with a short output.
-                if let Some((run, output)) = payload.split_once('\t') {
+                if let Some((run, output)) = n.payload().split_once('\t') {
                     signals.outputs.insert(run, output.as_bytes().to_vec());
                 }
                 signals.runs.send_modify(|v| *v = v.wrapping_add(1));
             }
-            Ok(None) => break,
-            Err(_) => {}
+            Some(Ok(_)) => {}
+            Some(Err(error)) => return Err(error),
+            None => return Ok(()),
         }
-    }
-    match driver.await {
-        Ok(result) => result,
-        Err(_) => Ok(()),
     }
 }
 
