@@ -40,6 +40,7 @@ floxide::conformance_tests!(@each #[tokio::test(flavor = "multi_thread", worker_
     g4_a_refused_context_change_refuses_the_runs_later_ones,
     g4_a_worker_batches_queued_work,
     g7_node_timings_add_up_within_a_batch,
+    g7_waiters_get_short_and_long_outputs,
     model_based_sequences_agree_with_the_machine,
     completion_waits_for_every_branch,
     g3_parallel_branches_keep_every_change,

@@ -28,12 +28,14 @@ mod graphs;
 mod history;
 mod model;
 mod pages;
+mod waiting;
 pub use batch::*;
 pub use control::*;
 pub use graphs::*;
 pub use history::*;
 pub use model::*;
 pub use pages::*;
+pub use waiting::*;
 
 /// The lease the checks use.
 pub const LEASE: Duration = Duration::from_millis(400);
@@ -1008,6 +1010,7 @@ macro_rules! conformance_tests {
             g4_a_refused_context_change_refuses_the_runs_later_ones,
             g4_a_worker_batches_queued_work,
             g7_node_timings_add_up_within_a_batch,
+            g7_waiters_get_short_and_long_outputs,
             model_based_sequences_agree_with_the_machine,
             completion_waits_for_every_branch,
             g7_workflow_graphs_are_registered,

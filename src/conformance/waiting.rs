@@ -1,0 +1,131 @@
+//! Waiting for a run's output, and the outputs a backend's completion events carry.
+
+use super::*;
+
+node! {
+    /// `n` times `x`.
+    pub struct Repeat {};
+    context = Trace;
+    input = usize;
+    output = String;
+    |_ctx, n| { Ok(Transition::Next("x".repeat(n))) }
+}
+
+node! {
+    /// Its input after a tab.
+    pub struct Tabbed {};
+    context = Trace;
+    input = String;
+    output = String;
+    |_ctx, s| { Ok(Transition::Next(format!("\t{s}"))) }
+}
+
+workflow! {
+    /// `repeat → tabbed`: a text output of any length, with a tab in it.
+    pub struct Text { repeat: Repeat, tabbed: Tabbed }
+    context = Trace;
+    start = repeat;
+    edges { repeat => [tabbed]; tabbed => []; }
+}
+
+impl Text {
+    /// The workflow.
+    pub fn new() -> Self {
+        Text {
+            repeat: Repeat {},
+            tabbed: Tabbed {},
+        }
+    }
+
+    /// Its output for input `n`.
+    pub fn output(n: usize) -> String {
+        format!("\t{}", "x".repeat(n))
+    }
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What `backend` heard of run `run`'s output, waiting up to [`PATIENCE`] for it (a process's
+/// listener may hear a completion event a little after the run's waiter returned); `None`
+/// when it heard nothing by then.
+pub async fn heard_output(backend: &dyn AdminBackend, run: &str) -> Option<Vec<u8>> {
+    let heard = async {
+        loop {
+            if let Some(output) = backend.heard_output(run) {
+                return output;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, heard).await.ok()
+}
+
+/// G7: a waiter gets a run's output, short or long, whatever its run id holds. A backend whose
+/// completion events carry outputs (`heard_output`) carries a short one as it is, never one
+/// over 1 KiB, and never with a run id that holds a tab.
+pub async fn g7_waiters_get_short_and_long_outputs<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let o = orchestrator(Text::new(), &backend);
+    let mut workers = pool(Text::new(), &backend, 2);
+    let short = o.start_run(&ctx(), 3).await.unwrap();
+    let long = o.start_run(&ctx(), 2000).await.unwrap();
+    let tabbed = o.start_run_with_id(&ctx(), 1, "order\t17").await.unwrap();
+    for (run, n) in [(&short, 3), (&long, 2000), (&tabbed, 1)] {
+        assert_eq!(
+            o.wait_for_output(run, PATIENCE).await.unwrap(),
+            Text::output(n),
+            "G7: the output of run {run:?}"
+        );
+    }
+    workers.try_stop().await.unwrap();
+    if let Some(heard) = backend.heard_output(&short) {
+        assert_eq!(heard, serde_json::to_vec(&Text::output(3)).unwrap());
+    }
+    assert_eq!(backend.heard_output(&long), None, "too long for an event");
+    assert_eq!(backend.heard_output(&tabbed), None, "a tab in the run id");
+}
+
+/// For backends whose completion events carry outputs: a waiter in another process
+/// (`watcher`, a second backend value on the store `workers` uses) takes a run's output from
+/// the event, without reading the run. `overwrite(run)` must replace the output stored in the
+/// run's record with the JSON string `"stored"`; reads show that one afterwards.
+pub async fn a_waiter_takes_the_output_its_event_carried<B, F, Fut>(
+    workers: B,
+    watcher: B,
+    overwrite: F,
+) where
+    B: Backend + Clone,
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (workers, watcher): (Arc<dyn Backend>, Arc<dyn Backend>) =
+        (Arc::new(workers), Arc::new(watcher));
+    let o = orchestrator(Text::new(), &workers);
+    let mut pool = pool(Text::new(), &workers, 2);
+    let run = o.start_run(&ctx(), 3).await.unwrap();
+    o.wait_for_output(&run, PATIENCE).await.unwrap();
+    pool.try_stop().await.unwrap();
+    let heard = heard_output(watcher.as_ref(), &run).await;
+    assert_eq!(
+        heard,
+        Some(serde_json::to_vec(&Text::output(3)).unwrap()),
+        "the other process heard the output"
+    );
+    overwrite(run.clone()).await;
+    let elsewhere = orchestrator(Text::new(), &watcher);
+    assert_eq!(
+        elsewhere.wait_for_output(&run, PATIENCE).await.unwrap(),
+        Text::output(3),
+        "the waiter takes the output from the event"
+    );
+    let info = watcher.run_info(&run).await.unwrap();
+    assert_eq!(
+        info.output,
+        Some(serde_json::json!("stored")),
+        "reads show the record"
+    );
+}
