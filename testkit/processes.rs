@@ -58,6 +58,52 @@ pub fn locate_or_build(package: &str, manifest: &str, example: &str) -> Result<P
     Ok(bin)
 }
 
+/// [`locate_or_build`], once per test binary (`cell` holds the answer); panics with its error.
+pub fn built_once(
+    cell: &'static std::sync::OnceLock<Result<PathBuf, String>>,
+    package: &str,
+    manifest: &str,
+    example: &str,
+) -> &'static Path {
+    match cell.get_or_init(|| locate_or_build(package, manifest, example)) {
+        Ok(path) => path,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// How a fault worker process runs: its backend, steps at once, lease and step length.
+#[derive(Debug, Clone)]
+pub struct FaultWorker {
+    /// The backend URL (`--backend`).
+    pub url: String,
+    /// Steps the process runs at once (`--concurrency`).
+    pub concurrency: usize,
+    /// The lease, in ms (`FAULT_LEASE_MS`).
+    pub lease_ms: u64,
+    /// How long each step sleeps, in ms (`FAULT_STEP_MS`).
+    pub step_ms: u64,
+}
+
+impl FaultWorker {
+    /// The command for process `<name><n>` of `bin`: none of the runner's `FLOXIDE_*` settings
+    /// come from the test's environment, and the process exits when its parent (the test) does.
+    pub fn command(&self, bin: &Path, name: &str, n: usize) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.args(["--backend", &self.url])
+            .args(["--concurrency", &self.concurrency.to_string()])
+            .args(["--worker-name", &format!("{name}{n}")])
+            .env_remove("FLOXIDE_BACKEND_URL")
+            .env_remove("FLOXIDE_REDIS_URL")
+            .env_remove("FLOXIDE_CONCURRENCY")
+            .env_remove("FLOXIDE_WORKER_NAME")
+            .env_remove("FLOXIDE_GRACE_SECS")
+            .env("FAULT_LEASE_MS", self.lease_ms.to_string())
+            .env("FAULT_STEP_MS", self.step_ms.to_string())
+            .env("FAULT_WATCH_PARENT", "1");
+        cmd
+    }
+}
+
 /// The worker processes of a test. Dropping it kills them all (SIGKILL), on every path; when
 /// the test failed it prints the tail of each worker's stderr.
 pub struct Workers {

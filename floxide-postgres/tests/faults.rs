@@ -17,7 +17,6 @@ mod runs;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,7 @@ use fault_worker::{Env, Fault, Log, COUNTERS};
 use floxide::*;
 use floxide_postgres::testing::PostgresServer;
 use floxide_postgres::{PostgresBackend, PostgresConfig};
-use processes::{locate_or_build, Rng, Workers};
+use processes::{built_once, FaultWorker, Rng, Workers};
 
 /// The workers' lease: short, so that crashed workers' items come back quickly.
 const LEASE_MS: u64 = 1000;
@@ -36,38 +35,29 @@ const TEST_LIMIT: Duration = Duration::from_secs(120);
 /// The schema the workers and the test share.
 const SCHEMA: &str = "fault";
 
+/// `target/<profile>/examples/pg_fault_worker`, built once per test binary when it is missing
+/// or older than its source.
 fn worker_binary() -> &'static Path {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = BIN.get_or_init(|| {
-        locate_or_build(
-            "floxide-postgres",
-            env!("CARGO_MANIFEST_DIR"),
-            "pg_fault_worker",
-        )
-    });
-    match built {
-        Ok(path) => path,
-        Err(e) => panic!("{e}"),
-    }
+    built_once(
+        &BIN,
+        "floxide-postgres",
+        env!("CARGO_MANIFEST_DIR"),
+        "pg_fault_worker",
+    )
 }
 
 /// Worker processes `<name><n>` on the server at `url`, `concurrency` steps each.
 fn fault_workers(name: &'static str, url: &str, concurrency: usize, step_ms: u64) -> Workers {
-    let url = url.to_owned();
+    let worker = FaultWorker {
+        url: url.to_owned(),
+        concurrency,
+        lease_ms: LEASE_MS,
+        step_ms,
+    };
     Workers::new(name, move |n| {
-        let mut cmd = Command::new(worker_binary());
-        cmd.args(["--backend", &url])
-            .args(["--concurrency", &concurrency.to_string()])
-            .args(["--worker-name", &format!("{name}{n}")])
-            .env_remove("FLOXIDE_BACKEND_URL")
-            .env_remove("FLOXIDE_REDIS_URL")
-            .env_remove("FLOXIDE_CONCURRENCY")
-            .env_remove("FLOXIDE_WORKER_NAME")
-            .env_remove("FLOXIDE_GRACE_SECS")
-            .env("FAULT_SCHEMA", SCHEMA)
-            .env("FAULT_LEASE_MS", LEASE_MS.to_string())
-            .env("FAULT_STEP_MS", step_ms.to_string())
-            .env("FAULT_WATCH_PARENT", "1");
+        let mut cmd = worker.command(worker_binary(), name, n);
+        cmd.env("FAULT_SCHEMA", SCHEMA);
         cmd
     })
 }
