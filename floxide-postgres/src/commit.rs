@@ -1,7 +1,7 @@
 //! A batch commit in one transaction and two round trips: the batch's items and runs are
-//! locked and read by one statement (with `BEGIN`), each step is judged in Rust by the run state machine (its
-//! lease token, its run's status, its context's version), and one statement writes every
-//! accepted step, followed by the next take and `COMMIT`.
+//! locked and read by one statement (with `BEGIN`), each step is judged in Rust by the run
+//! state machine (its lease token, its run's status, its context's version), and one
+//! statement writes every accepted step, followed by the next take and `COMMIT`.
 //!
 //! New successors go straight to the committing worker while it has free slots and holds their
 //! run's context ("direct hand-off", as on Redis): they are written leased, so the take that
@@ -198,25 +198,6 @@ struct ItemRow {
     attempt: i32,
 }
 
-/// The longest output a run's completion notification carries (its waiters then need not
-/// read the run).
-const OUTPUT_HEARD: usize = 1024;
-
-/// The runs channel's payload for a changed run: its id, or `<id>\t<output>` when it completed
-/// with a short output.
-fn run_event(id: &str, run: &RunRow) -> String {
-    match &run.output {
-        Some(output)
-            if run.status == RunStatus::Completed
-                && output.len() <= OUTPUT_HEARD
-                && !id.contains('\t') =>
-        {
-            format!("{id}\t{output}")
-        }
-        _ => id.to_owned(),
-    }
-}
-
 impl ItemRow {
     /// An `i` row of [`READ`].
     fn read(row: &tokio_postgres::Row) -> Self {
@@ -299,6 +280,29 @@ impl RunRow {
             "total_us": total + us,
             "max_us": max.max(us),
         });
+    }
+}
+
+/// The longest output a run's completion notification carries (its waiters then need not
+/// read the run).
+const OUTPUT_HEARD: usize = 1024;
+
+/// The longest payload given an output: a notification's payload must stay under 8,000 bytes.
+const PAYLOAD_HEARD: usize = 7000;
+
+/// The runs channel's payload for a changed run: its id, or `<id>\t<output>` when it completed
+/// with a short output.
+fn run_event(id: &str, run: &RunRow) -> String {
+    match &run.output {
+        Some(output)
+            if run.status == RunStatus::Completed
+                && output.len() <= OUTPUT_HEARD
+                && id.len() + output.len() < PAYLOAD_HEARD
+                && !id.contains('\t') =>
+        {
+            format!("{id}\t{output}")
+        }
+        _ => id.to_owned(),
     }
 }
 
