@@ -21,7 +21,7 @@ use floxide_core::distributed::{
 
 use tokio_postgres::types::Type;
 
-use crate::ops::{backend, no_output, status};
+use crate::ops::{backend, no_output, run_payload, status, PAYLOAD_MAX};
 use crate::pipeline::Pipelined;
 use crate::take::{take_once, Held, TakeRows};
 use crate::PostgresBackend;
@@ -287,22 +287,19 @@ impl RunRow {
 /// read the run).
 const OUTPUT_HEARD: usize = 1024;
 
-/// The longest payload given an output: a notification's payload must stay under 8,000 bytes.
-const PAYLOAD_HEARD: usize = 7000;
-
-/// The runs channel's payload for a changed run: its id, or `<id>\t<output>` when it completed
-/// with a short output.
+/// The runs channel's payload for a changed run: its id ([`run_payload`]), or
+/// `<id>\t<output>` when it completed with a short output and both fit.
 fn run_event(id: &str, run: &RunRow) -> String {
     match &run.output {
         Some(output)
             if run.status == RunStatus::Completed
                 && output.len() <= OUTPUT_HEARD
-                && id.len() + output.len() < PAYLOAD_HEARD
+                && id.len() + 1 + output.len() <= PAYLOAD_MAX
                 && !id.contains('\t') =>
         {
             format!("{id}\t{output}")
         }
-        _ => id.to_owned(),
+        _ => run_payload(id).to_owned(),
     }
 }
 

@@ -58,6 +58,21 @@ pub(crate) async fn notify_work(
     Ok(())
 }
 
+/// The longest payload a notification carries here: PostgreSQL refuses 8,000 bytes or more
+/// (and the transaction with them).
+pub(crate) const PAYLOAD_MAX: usize = 7900;
+
+/// The runs channel's payload for a change of `run`: its id, or nothing when the id is too
+/// long to send (the listener wakes waiters on any notification of the channel; the id only
+/// tells which).
+pub(crate) fn run_payload(run: &str) -> &str {
+    if run.len() <= PAYLOAD_MAX {
+        run
+    } else {
+        ""
+    }
+}
+
 /// Notifies run waiters (at commit) that `run`'s record changed.
 pub(crate) async fn notify_run(
     tx: &Transaction<'_>,
@@ -66,7 +81,7 @@ pub(crate) async fn notify_run(
 ) -> Result<(), DistributedError> {
     tx.execute(
         "SELECT pg_notify($1, $2)",
-        &[&format!("{schema}_runs"), &run],
+        &[&format!("{schema}_runs"), &run_payload(run)],
     )
     .await
     .map_err(backend)?;

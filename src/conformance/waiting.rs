@@ -64,7 +64,8 @@ pub async fn heard_output(backend: &dyn AdminBackend, run: &str) -> Option<Vec<u
     tokio::time::timeout(PATIENCE, heard).await.ok()
 }
 
-/// G7: a waiter gets a run's output, short or long, whatever its run id holds. A backend whose
+/// G7: a waiter gets a run's output, short or long, whatever its run id holds or however long
+/// it is (9,000 bytes here: more than a PostgreSQL notification carries). A backend whose
 /// completion events carry outputs (`heard_output`) carries a short one as it is, never one
 /// over 1 KiB, and never with a run id that holds a tab.
 pub async fn g7_waiters_get_short_and_long_outputs<B: Backend>(backend: B) {
@@ -74,7 +75,11 @@ pub async fn g7_waiters_get_short_and_long_outputs<B: Backend>(backend: B) {
     let short = o.start_run(&ctx(), 3).await.unwrap();
     let long = o.start_run(&ctx(), 2000).await.unwrap();
     let tabbed = o.start_run_with_id(&ctx(), 1, "order\t17").await.unwrap();
-    for (run, n) in [(&short, 3), (&long, 2000), (&tabbed, 1)] {
+    let long_id = o
+        .start_run_with_id(&ctx(), 2, "r".repeat(9000))
+        .await
+        .unwrap();
+    for (run, n) in [(&short, 3), (&long, 2000), (&tabbed, 1), (&long_id, 2)] {
         assert_eq!(
             o.wait_for_output(run, PATIENCE).await.unwrap(),
             Text::output(n),
