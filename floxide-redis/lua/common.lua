@@ -273,11 +273,12 @@ end
 -- Runs whose record changed in a way waiters care about (finished, paused, resumed): one
 -- message for all of them, sent by `flush_events` at the end of the script, a line per run:
 -- its id, or for a run that completed with a short output, `<id>\t<output>` (its waiters
--- need not read it).
+-- need not read it). An output rides only on a line of its own: never with a run id that
+-- holds a tab or a line break, nor when it holds a line break itself.
 local OUTPUT_HEARD = 1024
 
 local function run_event(run, output)
-  if output and #output <= OUTPUT_HEARD and not string.find(run, '\t', 1, true)
+  if output and #output <= OUTPUT_HEARD and not string.find(run, '[\t\n]')
       and not string.find(output, '\n', 1, true) then
     EVENTS[#EVENTS + 1] = run .. '\t' .. output
   else

@@ -86,6 +86,19 @@ pub async fn g7_waiters_get_short_and_long_outputs<B: Backend>(backend: B) {
             "G7: the output of run {run:?}"
         );
     }
+    // A run id that holds a line break and ends like another run's id: what is heard of the
+    // first is never taken for the second.
+    let broken = o.start_run_with_id(&ctx(), 4, "early\nlate").await.unwrap();
+    assert_eq!(
+        o.wait_for_output(&broken, PATIENCE).await.unwrap(),
+        Text::output(4)
+    );
+    let late = o.start_run_with_id(&ctx(), 5, "late").await.unwrap();
+    assert_eq!(
+        o.wait_for_output(&late, PATIENCE).await.unwrap(),
+        Text::output(5),
+        "G7: the output of run `late`, not of `early\\nlate`"
+    );
     workers.try_stop().await.unwrap();
     if let Some(heard) = backend.heard_output(&short) {
         assert_eq!(heard, serde_json::to_vec(&Text::output(3)).unwrap());
