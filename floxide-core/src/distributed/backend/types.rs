@@ -395,10 +395,11 @@ pub enum RunAction {
 }
 
 /// The outputs of runs this process heard complete, when the backend's notification carried
-/// the output: kept briefly (the latest 1,024, for 10 s) so that a waiter woken by that
+/// the output: kept briefly (the latest 1,024, for a second) so that a waiter woken by that
 /// notification need not read the run (see
 /// [`AdminBackend::heard_output`](super::AdminBackend::heard_output)). A completed run's first
-/// output never changes.
+/// output never changes; the short life only keeps a run id that is used again once its run's
+/// retention is over (a retention of seconds) from meeting the old run's output.
 #[derive(Debug, Default)]
 pub struct HeardOutputs {
     heard: std::sync::Mutex<HeardInner>,
@@ -412,7 +413,7 @@ struct HeardInner {
 
 impl HeardOutputs {
     const KEEP: usize = 1024;
-    const FOR: Duration = Duration::from_secs(10);
+    const FOR: Duration = Duration::from_secs(1);
 
     /// Records that run `run_id` completed with `output` (JSON bytes).
     pub fn insert(&self, run_id: &str, output: Vec<u8>) {
@@ -432,7 +433,7 @@ impl HeardOutputs {
         }
     }
 
-    /// The output run `run_id` completed with, when heard in the last 10 s.
+    /// The output run `run_id` completed with, when heard in the last second.
     pub fn get(&self, run_id: &str) -> Option<Vec<u8>> {
         let heard = self.heard.lock().unwrap_or_else(PoisonError::into_inner);
         heard
