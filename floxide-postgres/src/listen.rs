@@ -79,12 +79,15 @@ impl Signals {
     /// Whether `workflow`'s queue is known to be empty: a take found it so, recently, and no
     /// work was announced since.
     pub(crate) fn queue_empty(&self, workflow: &str) -> bool {
-        let Ok(empty) = self.empty.lock() else {
-            return false;
-        };
-        empty
-            .get(workflow)
-            .is_some_and(|(epoch, at)| *epoch == self.epoch() && at.elapsed() < EMPTY_FOR)
+        self.empty_until(workflow).is_some()
+    }
+
+    /// Until when `workflow`'s queue is known to be empty (see [`Signals::queue_empty`]).
+    pub(crate) fn empty_until(&self, workflow: &str) -> Option<Instant> {
+        let empty = self.empty.lock().ok()?;
+        let (epoch, at) = empty.get(workflow)?;
+        let until = *at + EMPTY_FOR;
+        (*epoch == self.epoch() && Instant::now() < until).then_some(until)
     }
 }
 
@@ -194,12 +197,16 @@ mod tests {
         let signals = Signals::new();
         assert!(!signals.queue_empty("Flow"), "nothing known at first");
         let epoch = signals.epoch();
+        let before = Instant::now();
         signals.took("Flow", epoch, true);
         assert!(signals.queue_empty("Flow"));
         assert!(!signals.queue_empty("Other"), "known per workflow");
+        let until = signals.empty_until("Flow").expect("known empty");
+        assert!(until > Instant::now() && until <= before + EMPTY_FOR + Duration::from_millis(5));
 
         signals.heard_work();
         assert!(!signals.queue_empty("Flow"), "work was announced since");
+        assert_eq!(signals.empty_until("Flow"), None);
 
         // A take that began before an announcement proves nothing about what it announced.
         signals.took("Flow", epoch, true);

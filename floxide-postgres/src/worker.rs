@@ -106,11 +106,26 @@ impl WorkerBackend for PostgresBackend {
         wait: Duration,
     ) -> Result<Vec<Taken>, DistributedError> {
         let give_up = tokio::time::Instant::now() + wait;
+        let mut first = true;
         loop {
             // Registered before the take: a notification sent meanwhile is not missed.
             let notified = self.signals.work.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            if std::mem::take(&mut first) {
+                // A take found the queue empty moments ago (typically the one the worker's last
+                // commit made) and no work was announced since: wait for an announcement, or
+                // for that finding to age, before looking (and asking what falls due): a look
+                // right after the commit only competes with the next run's statements.
+                if let Some(until) = self.signals.empty_until(take.workflow) {
+                    let until = tokio::time::Instant::from_std(until).min(give_up);
+                    tokio::select! {
+                        () = &mut notified => {}
+                        () = tokio::time::sleep_until(until) => {}
+                    }
+                    continue;
+                }
+            }
             let taken = self.take_now(take).await?;
             if !taken.is_empty() {
                 if taken.len() >= take.max.min(MAX_BATCH) {
