@@ -67,7 +67,7 @@ pub async fn heard_output(backend: &dyn AdminBackend, run: &str) -> Option<Vec<u
 /// G7: a waiter gets a run's output, short or long, whatever its run id holds or however long
 /// it is (9,000 bytes here: more than a PostgreSQL notification carries). A backend whose
 /// completion events carry outputs (`heard_output`) carries a short one as it is, never one
-/// over 1 KiB, and never with a run id that holds a tab.
+/// over 1 KiB, and never one run's output as another's (a run id with a tab or a line break).
 pub async fn g7_waiters_get_short_and_long_outputs<B: Backend>(backend: B) {
     let backend: Arc<dyn Backend> = Arc::new(backend);
     let o = orchestrator(Text::new(), &backend);
@@ -116,7 +116,7 @@ pub async fn a_waiter_takes_the_output_its_event_carried<B, F, Fut>(
     watcher: B,
     overwrite: F,
 ) where
-    B: Backend + Clone,
+    B: Backend,
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
