@@ -32,6 +32,8 @@ local PFX, RETENTION, LETTER_RETENTION, RID, RETRY
 local TIMERS, RUNS, FINISHED, LEGACY_DONE, LETTERS, LETTER_INDEX
 -- Run events and lease timers a call collects (flushed at its end), and whether it pruned.
 local EVENTS, PRUNE_DONE, TIMER_ADDS
+-- The decimal text of the numbers a call formatted (see `text`).
+local TEXT
 -- Step history lines a call collects per run (flushed at its end, one push per run), the runs
 -- in order, the runs whose state the flush must check, those that finished in the call (their
 -- history's expiry, or 'drop'), and those given a line that is not routine.
@@ -48,8 +50,20 @@ local function setup()
   if RETRY then RID = string.sub(RID, 1, -2) end
   TIMERS, RUNS, FINISHED, LEGACY_DONE = PFX .. 'tm', PFX .. 'runs', PFX .. 'fin', PFX .. 'done'
   LETTERS, LETTER_INDEX = PFX .. 'dlh', PFX .. 'dlq'
-  EVENTS, PRUNE_DONE, TIMER_ADDS = {}, false, {}
+  EVENTS, PRUNE_DONE, TIMER_ADDS, TEXT = {}, false, {}, {}
   HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS, HISTORY_NOTE = {}, {}, {}, {}, {}
+end
+
+-- The decimal text of number `n`. Lua formats a number with the C library's floating-point
+-- printer, which costs as much as a Redis command: a call formats each value once (the clock,
+-- a lease's end, small counts and tokens repeat across a batch).
+local function text(n)
+  local s = TEXT[n]
+  if not s then
+    s = tostring(n)
+    TEXT[n] = s
+  end
+  return s
 end
 
 local function now_ms()
@@ -94,7 +108,7 @@ local function wake_key(wf) return PFX .. 'wake:' .. wf end
 -- Item state ----------------------------------------------------------------------------------
 
 local function meta(s, a, d, t, node, rid)
-  return s .. ' ' .. a .. ' ' .. d .. ' ' .. t .. ' ' .. node .. ' ' .. (rid or '-')
+  return s .. ' ' .. text(a) .. ' ' .. text(d) .. ' ' .. text(t) .. ' ' .. node .. ' ' .. (rid or '-')
 end
 
 local function parse_meta(m)
@@ -202,7 +216,7 @@ local function write_run(run, set)
   local args = {}
   for k, v in pairs(set) do
     args[#args + 1] = k
-    args[#args + 1] = v
+    args[#args + 1] = type(v) == 'number' and text(v) or v
   end
   if #args > 0 then redis.call('HSET', run_key(run), unpack(args)) end
 end
@@ -227,8 +241,9 @@ local function step_event(run, kind, id, node, worker, token, attempt, now, deli
     HISTORY[run] = lines
     HISTORY_RUNS[#HISTORY_RUNS + 1] = run
   end
-  lines[#lines + 1] = kind .. ' ' .. now .. ' ' .. token .. ' ' .. attempt .. ' ' .. (delivery or '-') ..
-    ' ' .. (until_ms or '-') .. ' ' .. id .. ' ' .. node .. ' ' .. (worker or '')
+  lines[#lines + 1] = kind .. ' ' .. text(now) .. ' ' .. text(token) .. ' ' .. text(attempt) .. ' ' ..
+    (delivery and text(delivery) or '-') .. ' ' .. (until_ms and text(until_ms) or '-') .. ' ' .. id ..
+    ' ' .. node .. ' ' .. (worker or '')
   if not active then HISTORY_CHECK[run] = true end
   if kind ~= 'C' and kind ~= 'H' and (kind ~= 'L' or delivery ~= 1 or attempt ~= 1) then
     HISTORY_NOTE[run] = true
@@ -298,7 +313,7 @@ local function finish_run(run, set, st, now, r)
   set.st, set.t1 = st, now
   if not r or r.idem == nil then r = read_run(run, { 'nout', 'nerr', 'idem', 'hx' }) end
   local nout, nerr = set.nout or r.nout, set.nerr or r.nerr
-  redis.call('RPUSH', FINISHED, now .. ' ' .. run)
+  redis.call('RPUSH', FINISHED, text(now) .. ' ' .. run)
   redis.call('PEXPIREAT', run_key(run), exp)
   local routine = st == 'completed' and not KEEP_ROUTINE and not r.hx and not HISTORY_NOTE[run]
   if routine then
@@ -451,7 +466,7 @@ end
 -- Lease timers to add (ZADD arguments) collect in TIMER_ADDS, written by `flush_timers`.
 
 local function add_timer(at, member)
-  TIMER_ADDS[#TIMER_ADDS + 1] = at
+  TIMER_ADDS[#TIMER_ADDS + 1] = text(at)
   TIMER_ADDS[#TIMER_ADDS + 1] = member
 end
 
@@ -642,9 +657,10 @@ local function replay_take(key, worker)
 end
 
 -- Node timings: one field of the run's record, `<node> <count> <total µs> <max µs>;...`.
--- `durs` holds a script's steps of the run, `node, µs, node, µs, ...`: the field is read and
--- rebuilt once for all of them.
+-- `durs` holds a script's steps of the run, `node, µs, node, µs, ...`: each node's segment is
+-- found and rewritten in place (the others are kept as they are), once for all its steps.
 local function add_timings(nt, durs)
+  nt = nt or ''
   local agg, order = {}, {}
   for i = 1, #durs, 2 do
     local node, dur = durs[i], durs[i + 1]
@@ -657,21 +673,26 @@ local function add_timings(nt, durs)
       order[#order + 1] = node
     end
   end
-  local out = {}
-  for seg in string.gmatch(nt or '', '[^;]+') do
-    local n, c, t, x = string.match(seg, '^(%S+) (%d+) (%d+) (%d+)$')
-    if n then
-      local a = agg[n]
-      if a then
-        seg = n .. ' ' .. (tonumber(c) + a[1]) .. ' ' .. (tonumber(t) + a[2]) .. ' ' .. math.max(tonumber(x), a[3])
-        agg[n] = nil
-      end
-      out[#out + 1] = seg
+  for _, node in ipairs(order) do
+    local a, head = agg[node], node .. ' '
+    local at = nil
+    if string.sub(nt, 1, #head) == head then
+      at = 1
+    else
+      at = string.find(nt, ';' .. head, 1, true)
+      if at then at = at + 1 end
+    end
+    local stop = at and (string.find(nt, ';', at, true) or #nt + 1)
+    local c, t, x = nil, nil, nil
+    if at then c, t, x = string.match(string.sub(nt, at + #head, stop - 1), '^(%d+) (%d+) (%d+)$') end
+    if c then a[1], a[2], a[3] = tonumber(c) + a[1], tonumber(t) + a[2], math.max(tonumber(x), a[3]) end
+    local seg = head .. text(a[1]) .. ' ' .. text(a[2]) .. ' ' .. text(a[3])
+    if at then
+      -- (A segment that does not read as numbers starts again from this script's steps.)
+      nt = string.sub(nt, 1, at - 1) .. seg .. string.sub(nt, stop)
+    else
+      nt = nt == '' and seg or nt .. ';' .. seg
     end
   end
-  for _, node in ipairs(order) do
-    local a = agg[node]
-    if a then out[#out + 1] = node .. ' ' .. a[1] .. ' ' .. a[2] .. ' ' .. a[3] end
-  end
-  return table.concat(out, ';')
+  return nt
 end
