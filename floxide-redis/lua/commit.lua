@@ -22,11 +22,12 @@
 local k = tonumber(ARGV[5])
 local i = 6
 local commits = {}
+local NONE = {}  -- shared by the steps without outputs or errors (read only)
 for c = 1, k do
   local x = {
     run = ARGV[i], id = ARGV[i + 1], token = tonumber(ARGV[i + 2]), required = ARGV[i + 3],
     base = ARGV[i + 4], ctx = ARGV[i + 5], have = ARGV[i + 6], node = ARGV[i + 7],
-    dur = tonumber(ARGV[i + 8]), holder = ARGV[i + 9], succs = {}, outputs = {}, errors = {},
+    dur = tonumber(ARGV[i + 8]), holder = ARGV[i + 9], succs = {}, outputs = NONE, errors = NONE,
   }
   i = i + 10
   for _ = 1, tonumber(ARGV[i]) do
@@ -34,10 +35,14 @@ for c = 1, k do
     i = i + 3
   end
   i = i + 1
-  for _ = 1, tonumber(ARGV[i]) do x.outputs[#x.outputs + 1] = ARGV[i + 1]; i = i + 1 end
-  i = i + 1
-  for _ = 1, tonumber(ARGV[i]) do x.errors[#x.errors + 1] = ARGV[i + 1]; i = i + 1 end
-  i = i + 1
+  local n = tonumber(ARGV[i])
+  if n > 0 then x.outputs = {} end
+  for o = 1, n do x.outputs[o] = ARGV[i + o] end
+  i = i + 1 + n
+  n = tonumber(ARGV[i])
+  if n > 0 then x.errors = {} end
+  for e = 1, n do x.errors[e] = ARGV[i + e] end
+  i = i + 1 + n
   commits[c] = x
 end
 local next_wf = ARGV[i] or ''
@@ -48,8 +53,9 @@ local last = PFX .. 'wc:' .. (worker or '')
 local now = now_ms()
 
 -- Runs touched by the batch: their record's fields, read once; `set` collects the writes.
-local RUN_FIELDS = { 'st', 'ver', 'wf', 'left', 'out', 'pkc', 'nout', 'nerr', 't1', 'dl',
-                     'm_done', 'm_items', 'nt', 'frid', 'idem', 'hx' }
+-- The fields only some commits need are read when needed (`rare`): a hash kept compact by
+-- Redis looks each field up by a scan, a missing one by a scan of it all.
+local RUN_FIELDS = { 'st', 'ver', 'wf', 'left', 'out', 't1', 'dl', 'm_done', 'm_items', 'nt' }
 local runs, order = {}, {}
 local function run_of(run)
   local x = runs[run]
@@ -59,6 +65,13 @@ local function run_of(run)
     order[#order + 1] = run
   end
   return x
+end
+
+-- Field `name` of a touched run's record, read from it the first time it is asked for.
+local function rare(run, name)
+  local r = runs[run].f
+  if r[name] == nil then r[name] = redis.call('HGET', run_key(run), name) end
+  return r[name]
 end
 
 local held = {}      -- run -> context version this worker holds after its applied steps
@@ -79,7 +92,7 @@ local function commit_one(x)
     local r = run_of(x.run).f
     -- This request applied the step before its reply was lost: answer as then.
     if m and m.s == 'C' and m.r == RID then return { 'ok', is_finished(r.st) and r.st or '' } end
-    if not m and r.frid == RID then return { 'ok', r.st or '' } end
+    if not m and rare(x.run, 'frid') == RID then return { 'ok', r.st or '' } end
     -- A cancelled or completed run's items are gone: its in-flight steps learn it is over.
     if not m and r.st and not accepts_results(r.st) then return { 'inactive', r.st } end
     if m then step_event(x.run, 'Z', x.id, m.n, x.holder, x.token, m.a, now) end
@@ -143,7 +156,7 @@ local function commit_one(x)
   if #parked > 0 then
     call_chunked('LPUSH', parked_key(x.run), parked)
     keep_expiry(parked_key(x.run), r.t1)
-    r.pkc = tonumber(r.pkc or '0') + #parked
+    r.pkc = tonumber(rare(x.run, 'pkc') or '0') + #parked
     run.set.pkc = r.pkc
   end
 
@@ -160,17 +173,25 @@ local function commit_one(x)
   end
   if #x.errors > 0 then
     call_chunked('RPUSH', errs_key(x.run), x.errors)
-    r.nerr = tonumber(r.nerr or '0') + #x.errors
+    r.nerr = tonumber(rare(x.run, 'nerr') or '0') + #x.errors
     run.set.nerr = r.nerr
     keep_expiry(errs_key(x.run), r.t1)
   end
-  r.left = tonumber(r.left or '1') + fresh - 1
+  -- Counters: only those that change are written.
+  r.left = tonumber(r.left or '1')
+  if fresh ~= 1 then
+    r.left = r.left + fresh - 1
+    run.set.left = r.left
+  end
   r.m_done = tonumber(r.m_done or '0') + 1
-  r.m_items = tonumber(r.m_items or '0') + fresh
+  run.set.m_done = r.m_done
+  if fresh > 0 then
+    r.m_items = tonumber(r.m_items or '0') + fresh
+    run.set.m_items = r.m_items
+  end
   run.durs = run.durs or {}
   run.durs[#run.durs + 1] = x.node
   run.durs[#run.durs + 1] = x.dur
-  run.set.left, run.set.m_done, run.set.m_items = r.left, r.m_done, r.m_items
   return { 'ok', '' }, true
 end
 
@@ -200,7 +221,7 @@ for _, run in ipairs(order) do
     local r = x.f
     if x.outs then
       call_chunked('RPUSH', outs_key(run), x.outs)
-      r.nout = tonumber(r.nout or '0') + #x.outs
+      r.nout = tonumber(rare(run, 'nout') or '0') + #x.outs
       x.set.nout = r.nout
       keep_expiry(outs_key(run), r.t1)
     end
