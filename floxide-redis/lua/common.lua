@@ -74,6 +74,8 @@ end
 -- `redis.call(cmd, key, items...)` in slices of 1000 items (Lua's stack bounds unpack);
 -- returns the first slice's answer.
 local function call_chunked(cmd, key, items)
+  if #items == 0 then return nil end
+  if #items <= 1000 then return redis.call(cmd, key, unpack(items)) end
   local first
   for i = 1, #items, 1000 do
     local answer = redis.call(cmd, key, unpack(items, i, math.min(i + 999, #items)))
@@ -84,6 +86,7 @@ end
 
 -- HMGET of many fields, in slices of 1000.
 local function hmget_chunked(key, fields)
+  if #fields <= 1000 then return redis.call('HMGET', key, unpack(fields)) end
   local out = {}
   for i = 1, #fields, 1000 do
     local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + 999, #fields)))
@@ -510,7 +513,7 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
         local id, run = split(e)
         local r = runs[run]
         if not r then
-          r = read_run(run, { 'st', 'dl', 'ver', 'pkc', 'left', 'ctx' })
+          r = read_run(run, { 'st', 'dl', 'ver', 'ctx' })
           r.wf = wf
           runs[run] = r
         end
@@ -528,7 +531,7 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
                 dead_letter(run, id, m, f[2], err, now)
                 record_error(run, id, m.n, err, m.a, now)
                 step_event(run, 'F', id, m.n, '', m.t, m.a, now)
-                r.left = tonumber(r.left or '1') - 1
+                r.left = tonumber(r.left or redis.call('HGET', run_key(run), 'left') or '1') - 1
                 local set = { err = err, left = r.left, nerr = 1 }
                 finish_run(run, set, 'failed', now)
                 write_run(run, set)
