@@ -23,6 +23,23 @@ pub(crate) fn backend(e: tokio_postgres::Error) -> DistributedError {
     DistributedError::Backend(format!("PostgreSQL: {}", describe(&e)))
 }
 
+/// The error of a start PostgreSQL refused: a run id or idempotency key beyond an index's
+/// size limit is the caller's ([`DistributedError::StartRefused`]), anything else the
+/// backend's.
+pub(crate) fn start_error(e: tokio_postgres::Error) -> DistributedError {
+    if is_over_limit(&e) {
+        DistributedError::StartRefused(format!("PostgreSQL: {}", describe(&e)))
+    } else {
+        backend(e)
+    }
+}
+
+/// Whether PostgreSQL refused a statement because a value exceeds one of its limits (an
+/// index row over its size limit, say).
+pub(crate) fn is_over_limit(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::PROGRAM_LIMIT_EXCEEDED)
+}
+
 /// Whether `error` is a deadlock or serialization failure: nothing was applied, and the same
 /// transaction may simply run again.
 pub(crate) fn is_transient(error: &DistributedError) -> bool {
@@ -98,7 +115,7 @@ pub(crate) async fn start(
     let inserted = tx
         .execute(
             "INSERT INTO runs (run_id, workflow, status, context, outstanding, start_request, \
-             deadline, idempotency_key) VALUES ($1, $2, 'pending', $3, 1, $4, $5, $6) \
+             deadline, idempotency_key, input) VALUES ($1, $2, 'pending', $3, 1, $4, $5, $6, $7) \
              ON CONFLICT DO NOTHING",
             &[
                 &start.run_id,
@@ -107,10 +124,11 @@ pub(crate) async fn start(
                 &request,
                 &start.deadline,
                 &start.idempotency_key,
+                &start.first.bytes,
             ],
         )
         .await
-        .map_err(backend)?;
+        .map_err(start_error)?;
     if inserted == 0 {
         let same_id = tx
             .query_opt(
@@ -149,7 +167,7 @@ pub(crate) async fn start(
         ],
     )
     .await
-    .map_err(backend)?;
+    .map_err(start_error)?;
     Ok(())
 }
 

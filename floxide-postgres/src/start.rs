@@ -67,7 +67,7 @@ impl PostgresBackend {
             let nodes: Vec<&str> = chunk.iter().map(|s| s.first.node.as_str()).collect();
             let payloads: Vec<&[u8]> = chunk.iter().map(|s| s.first.bytes.as_slice()).collect();
             let (work, _) = crate::listen::channels(self.config().schema());
-            client
+            let rows = client
                 .query(
                     &statement,
                     &[
@@ -84,11 +84,14 @@ impl PostgresBackend {
                         &work,
                     ],
                 )
-                .await
-                .map_err(backend)?
-                .iter()
-                .map(|row| row.get(0))
-                .collect()
+                .await;
+            match rows {
+                Ok(rows) => rows.iter().map(|row| row.get(0)).collect(),
+                // A run id or key over an index's limit refuses the whole statement: each
+                // run is then started on its own, and only the offending ones are refused.
+                Err(e) if ops::is_over_limit(&e) => Default::default(),
+                Err(e) => return Err(backend(e)),
+            }
         };
         let mut answers = Vec::with_capacity(chunk.len());
         for start in chunk {
@@ -101,8 +104,9 @@ impl PostgresBackend {
         Ok(answers)
     }
 
-    /// A start the statement did not insert: the error (run id or idempotency key taken),
-    /// or the run when a retried statement had inserted it.
+    /// A start the statement did not insert: the error (run id or idempotency key taken or
+    /// refused), or the run when a retried statement had inserted it or when the statement
+    /// failed for another run of its chunk.
     async fn start_refused(
         &self,
         start: &StartRun,

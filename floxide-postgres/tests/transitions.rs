@@ -94,6 +94,66 @@ async fn starts_are_unique_by_id_and_by_key() {
     }
 }
 
+/// `len` pseudo-random letters and digits: text PostgreSQL cannot compress.
+fn incompressible(len: usize) -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            char::from(ALPHABET[((x >> 33) % ALPHABET.len() as u64) as usize])
+        })
+        .collect()
+}
+
+/// G6: a run id or idempotency key beyond what a PostgreSQL index holds (~2.7 KB after
+/// compression) is refused with a typed error and creates nothing; the other runs of the
+/// same batch start and run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_over_the_index_limit_is_refused_alone() {
+    let (_server, backend) = setup().await;
+    let long = incompressible(9_000);
+    match backend.start_run(start(&long)).await.unwrap_err() {
+        DistributedError::StartRefused(message) => {
+            assert!(message.contains("index"), "{message}")
+        }
+        other => panic!("{other}"),
+    }
+    assert!(
+        matches!(
+            backend.run_info(&long).await,
+            Err(DistributedError::UnknownRun(_))
+        ),
+        "a refused start leaves no run"
+    );
+    let answers = backend
+        .start_runs(vec![start("before"), start(&long), start("after")])
+        .await;
+    assert_eq!(answers[0], Ok("before".to_owned()));
+    assert!(
+        matches!(answers[1], Err(DistributedError::StartRefused(_))),
+        "{:?}",
+        answers[1]
+    );
+    assert_eq!(answers[2], Ok("after".to_owned()));
+    let taken = take(&backend, &WorkerId::from("w"), options(30_000, 5), 4).await;
+    let mut runs: Vec<&str> = taken.iter().map(|t| t.lease.run_id.as_str()).collect();
+    runs.sort_unstable();
+    assert_eq!(
+        runs,
+        ["after", "before"],
+        "the batch's other runs started whole"
+    );
+    let keyed = start("keyed").with_idempotency_key(Some(incompressible(9_000)));
+    assert!(matches!(
+        backend.start_run(keyed).await,
+        Err(DistributedError::StartRefused(_))
+    ));
+    assert!(backend.run_info("keyed").await.is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_lease_is_reclaimed_and_the_stale_commit_is_refused() {
     let (_server, backend) = setup().await;

@@ -74,6 +74,11 @@ pub enum DistributedError {
     /// to be dropped).
     #[error("run `{0}` has passed its retention: its records are gone")]
     RunExpired(RunId),
+    /// The backend cannot store a run under this id or idempotency key: it exceeds one of the
+    /// backend's limits (a PostgreSQL index holds at most ~2.7 KB per key, after compression).
+    /// Nothing was created; the other runs of the same `start_runs` call are started as usual.
+    #[error("cannot start a run with this id or idempotency key: {0}")]
+    StartRefused(String),
     /// A work item names a node its workflow does not have: the node was renamed or removed
     /// while items of it were queued (see the guide's deploy section).
     #[error(
