@@ -86,6 +86,7 @@ end
 
 -- HMGET of many fields, in slices of 1000.
 local function hmget_chunked(key, fields)
+  if #fields == 0 then return {} end
   if #fields <= 1000 then return redis.call('HMGET', key, unpack(fields)) end
   local out = {}
   for i = 1, #fields, 1000 do
