@@ -1,0 +1,115 @@
+//! Node timings as the commit script keeps them, one field of the run's record
+//! (`<node> <count> <total µs> <max µs>;...`): a commit rewrites only its nodes' segments, finds
+//! them whatever other node names share their letters, and starts a segment it cannot read
+//! over (G7).
+
+use std::time::Duration;
+
+use floxide::distributed::*;
+use floxide::ItemId;
+use floxide_redis::testing::{RedisServer, ServerOptions};
+use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
+
+const PREFIX: &str = "timing:";
+
+fn options() -> TakeOptions {
+    TakeOptions {
+        lease_timeout: Duration::from_secs(30),
+        max_deliveries: 5,
+    }
+}
+
+/// Takes the run's one ready item and commits it as `node`, `us` microseconds long, with a
+/// successor at `next` (or an output).
+async fn step(backend: &RedisBackend, node: &str, us: u64, next: Option<(u128, &str)>) {
+    let me = WorkerId::from("w");
+    let taken = backend
+        .take_batch(
+            TakeRequest::new("Flow", &me, options()).with_max(4),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].node, node);
+    let mut commit = StepCommit::new(node);
+    commit.duration = Duration::from_micros(us);
+    match next {
+        Some((id, node)) => {
+            commit
+                .successors
+                .push(NewItem::new(ItemId::from_u128(id), node, b"1".to_vec()))
+        }
+        None => commit.outputs.push(serde_json::json!(1)),
+    }
+    let outcome = backend.commit(&taken[0].lease, &commit).await.unwrap();
+    assert!(
+        matches!(outcome, CommitOutcome::Committed { .. }),
+        "{outcome:?}"
+    );
+}
+
+async fn timings(backend: &RedisBackend, run: &str) -> Vec<(String, u64, u64, u64)> {
+    let metrics = backend.metrics(run).await.unwrap();
+    metrics
+        .per_node
+        .iter()
+        .map(|(node, t)| {
+            (
+                node.clone(),
+                t.count,
+                t.total.as_micros() as u64,
+                t.max.as_micros() as u64,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_rewrites_only_its_nodes_timings() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let config = RedisConfig::new(server.url()).with_key_prefix(PREFIX);
+    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    backend
+        .start_run(StartRun::new(
+            "r1",
+            "Flow",
+            b"null".to_vec(),
+            NewItem::new(ItemId::from_u128(1), "a", b"0".to_vec()),
+        ))
+        .await
+        .unwrap();
+    // Timings written before (by other steps): `ab` begins with `a` and ends with `b`, and
+    // `a`'s own segment does not read as numbers.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{PREFIX}{{p0}}:r:r1"))
+        .arg("nt")
+        .arg("ab 2 20 15;b 4 40 30;a x y z")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    step(&backend, "a", 5, Some((2, "ab"))).await;
+    let row = |n: &str, c, t, m| (n.to_owned(), c, t, m);
+    assert_eq!(
+        timings(&backend, "r1").await,
+        [row("a", 1, 5, 5), row("ab", 2, 20, 15), row("b", 4, 40, 30)],
+        "an unreadable segment starts again; the others stay as they were"
+    );
+    step(&backend, "ab", 7, Some((3, "b"))).await;
+    assert_eq!(
+        timings(&backend, "r1").await,
+        [row("a", 1, 5, 5), row("ab", 3, 27, 15), row("b", 4, 40, 30)]
+    );
+    step(&backend, "b", 50, None).await;
+    assert_eq!(
+        timings(&backend, "r1").await,
+        [row("a", 1, 5, 5), row("ab", 3, 27, 15), row("b", 5, 90, 50)]
+    );
+    assert_eq!(
+        backend.run_info("r1").await.unwrap().status,
+        RunStatus::Completed
+    );
+}
