@@ -292,16 +292,22 @@ end
 -- Runs whose record changed in a way waiters care about (finished, paused, resumed): one
 -- message for all of them, sent by `flush_events` at the end of the script, a line per run:
 -- its id, or for a run that completed with a short output, `<id>\t<output>` (its waiters
--- need not read it). An output rides only on a line of its own: never with a run id that
--- holds a tab or a line break, nor when it holds a line break itself.
+-- need not read it). An id holding a tab or a line break, or starting with ESC, goes as ESC
+-- and its bytes in hex (the line stays whole). An output rides only when it holds no line
+-- break.
 local OUTPUT_HEARD = 1024
 
+local function hex(c) return string.format('%02x', string.byte(c)) end
+
 local function run_event(run, output)
-  if output and #output <= OUTPUT_HEARD and not string.find(run, '[\t\n]')
-      and not string.find(output, '\n', 1, true) then
-    EVENTS[#EVENTS + 1] = run .. '\t' .. output
+  local id = run
+  if string.find(run, '[\t\n]') or string.byte(run, 1) == 27 then
+    id = '\27' .. (string.gsub(run, '.', hex))
+  end
+  if output and #output <= OUTPUT_HEARD and not string.find(output, '\n', 1, true) then
+    EVENTS[#EVENTS + 1] = id .. '\t' .. output
   else
-    EVENTS[#EVENTS + 1] = run
+    EVENTS[#EVENTS + 1] = id
   end
 end
 

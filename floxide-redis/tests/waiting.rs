@@ -34,3 +34,69 @@ async fn a_waiter_elsewhere_takes_the_output_from_the_completion_event() {
     })
     .await;
 }
+
+/// G7: a run whose id holds a line break or a tab (or starts with ESC) still gets its
+/// completion event whole: a waiter elsewhere hears its output, and no other run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_id_with_a_line_break_gets_its_event_whole() {
+    use floxide::distributed::*;
+    use floxide::ItemId;
+    use std::time::{Duration, Instant};
+
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let (workers, watcher) = (backend(&server).await, backend(&server).await);
+    let ids = ["two\nlines", "tab\there", "\u{1b}escaped", "lines"];
+    for id in ids {
+        workers
+            .start_run(StartRun::new(
+                id,
+                "Flow",
+                b"null".to_vec(),
+                NewItem::new(ItemId::from_u128(1), "a", b"0".to_vec()),
+            ))
+            .await
+            .unwrap();
+    }
+    let me = WorkerId::from("w");
+    let options = TakeOptions {
+        lease_timeout: Duration::from_secs(30),
+        max_deliveries: 5,
+    };
+    let taken = workers
+        .take_batch(
+            TakeRequest::new("Flow", &me, options).with_max(8),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), ids.len());
+    for (n, t) in taken.iter().enumerate() {
+        let mut step = StepCommit::new("a");
+        step.outputs.push(serde_json::json!(n));
+        let outcome = workers.commit(&t.lease, &step).await.unwrap();
+        assert!(matches!(outcome, CommitOutcome::Committed { .. }));
+    }
+    let outputs: std::collections::HashMap<&str, usize> = taken
+        .iter()
+        .enumerate()
+        .map(|(n, t)| (t.lease.run_id.as_str(), n))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for id in ids {
+        let heard = loop {
+            if let Some(heard) = watcher.heard_output(id) {
+                break heard;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no completion event heard for run {id:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            heard,
+            outputs[id].to_string().into_bytes(),
+            "run {id:?} heard its own output"
+        );
+    }
+}
