@@ -15,8 +15,8 @@ use std::collections::{HashMap, HashSet};
 
 use floxide_core::distributed::machine::{self, ContextChains, RunState};
 use floxide_core::distributed::{
-    CommitItem, CommitOutcome, CommitReply, DistributedError, Lease, NewItem, RunStatus,
-    TakeRequest, Taken, VersionedContext,
+    CommitItem, CommitOutcome, CommitReply, DistributedError, HeardOutputs, Lease, NewItem,
+    RunStatus, TakeRequest, Taken, VersionedContext,
 };
 
 use tokio_postgres::types::Type;
@@ -288,16 +288,17 @@ impl RunRow {
 const OUTPUT_HEARD: usize = 1024;
 
 /// The runs channel's payload for a changed run: its id ([`run_payload`]), or
-/// `<id>\t<output>` when it completed with a short output and both fit.
+/// `<id>\t<output>` when it completed with a short output and both fit (the id as
+/// [`HeardOutputs::line_id`] writes it).
 fn run_event(id: &str, run: &RunRow) -> String {
     match &run.output {
-        Some(output)
-            if run.status == RunStatus::Completed
-                && output.len() <= OUTPUT_HEARD
-                && id.len() + 1 + output.len() <= PAYLOAD_MAX
-                && !id.contains('\t') =>
-        {
-            format!("{id}\t{output}")
+        Some(output) if run.status == RunStatus::Completed && output.len() <= OUTPUT_HEARD => {
+            let line_id = HeardOutputs::line_id(id);
+            if line_id.len() + 1 + output.len() <= PAYLOAD_MAX {
+                format!("{line_id}\t{output}")
+            } else {
+                run_payload(id).to_owned()
+            }
         }
         _ => run_payload(id).to_owned(),
     }

@@ -176,8 +176,10 @@ async fn listen(
             }
             Some(Ok(AsyncMessage::Notification(n))) => {
                 // `<run id>\t<output>`: a run that completed with a short output.
-                if let Some((run, output)) = n.payload().split_once('\t') {
-                    signals.outputs.insert(run, output.as_bytes().to_vec());
+                if let Some((id, output)) = n.payload().split_once('\t') {
+                    if let Some(run) = HeardOutputs::run_of_line(id) {
+                        signals.outputs.insert(&run, output.as_bytes().to_vec());
+                    }
                 }
                 signals.runs.send_modify(|v| *v = v.wrapping_add(1));
             }

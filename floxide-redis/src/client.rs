@@ -747,7 +747,7 @@ impl Events {
                         Some((id, output)) => (id, Some(output)),
                         None => (line, None),
                     };
-                    let Some(run) = event_run_id(id) else {
+                    let Some(run) = HeardOutputs::run_of_line(id) else {
                         continue;
                     };
                     if let Some(output) = output {
@@ -761,23 +761,6 @@ impl Events {
             _ => self.wake(None),
         }
     }
-}
-
-/// The run id of a run event's line: as it is, or, when it starts with ESC, decoded from the
-/// hex that follows (the scripts send ids holding a tab or a line break so). `None` for a
-/// malformed one.
-fn event_run_id(id: &str) -> Option<String> {
-    let Some(hex) = id.strip_prefix('\u{1b}') else {
-        return Some(id.to_owned());
-    };
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    String::from_utf8(bytes).ok()
 }
 
 /// On a cluster, which partitions were told of new ready work: idle workers wait on it
@@ -1014,22 +997,5 @@ async fn listen_cluster(
         events.wake(None);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::event_run_id;
-
-    #[test]
-    fn event_lines_name_their_run_plainly_or_in_hex() {
-        assert_eq!(event_run_id("order-17").as_deref(), Some("order-17"));
-        // `a\nb`, sent as ESC and its bytes in hex.
-        assert_eq!(event_run_id("\u{1b}610a62").as_deref(), Some("a\nb"));
-        assert_eq!(event_run_id("\u{1b}").as_deref(), Some(""));
-        assert_eq!(event_run_id("\u{1b}610"), None, "odd length");
-        assert_eq!(event_run_id("\u{1b}zz"), None, "not hex");
-        assert_eq!(event_run_id("\u{1b}ff"), None, "not UTF-8");
-        assert_eq!(event_run_id("\u{1b}é"), None, "a non-ASCII digit");
     }
 }

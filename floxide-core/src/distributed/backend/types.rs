@@ -442,6 +442,34 @@ impl HeardOutputs {
             .filter(|(at, _)| at.elapsed() < Self::FOR)
             .map(|(_, output)| output.clone())
     }
+
+    /// Run `run_id` as a notification line names it (`<id>` or `<id>\t<output>`): as it is,
+    /// or, when it holds a tab or a line break or starts with ESC, ESC and its bytes in hex, so
+    /// that the line stays whole.
+    pub fn line_id(run_id: &str) -> std::borrow::Cow<'_, str> {
+        if run_id.contains(['\t', '\n']) || run_id.starts_with('\u{1b}') {
+            let hex: String = run_id.bytes().map(|b| format!("{b:02x}")).collect();
+            format!("\u{1b}{hex}").into()
+        } else {
+            run_id.into()
+        }
+    }
+
+    /// The run a notification line's id names (see [`HeardOutputs::line_id`]); `None` when it
+    /// is malformed.
+    pub fn run_of_line(id: &str) -> Option<String> {
+        let Some(hex) = id.strip_prefix('\u{1b}') else {
+            return Some(id.to_owned());
+        };
+        if hex.len() % 2 != 0 {
+            return None;
+        }
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        String::from_utf8(bytes).ok()
+    }
 }
 
 /// A subscription to run changes (see [`AdminBackend::watch_runs`](super::AdminBackend::watch_runs)).
@@ -479,6 +507,25 @@ impl RunWatch {
 #[cfg(test)]
 mod tests {
     use super::HeardOutputs;
+
+    #[test]
+    fn notification_lines_name_their_run_plainly_or_in_hex() {
+        for run in ["order-17", "a\nb", "tab\there", "\u{1b}escaped", "", "ünï"] {
+            let line_id = HeardOutputs::line_id(run);
+            assert!(!line_id.contains(['\t', '\n']), "{line_id:?}");
+            assert_eq!(HeardOutputs::run_of_line(&line_id).as_deref(), Some(run));
+        }
+        assert_eq!(HeardOutputs::line_id("order-17"), "order-17");
+        assert_eq!(HeardOutputs::line_id("a\nb"), "\u{1b}610a62");
+        assert_eq!(HeardOutputs::run_of_line("\u{1b}610"), None, "odd length");
+        assert_eq!(HeardOutputs::run_of_line("\u{1b}zz"), None, "not hex");
+        assert_eq!(HeardOutputs::run_of_line("\u{1b}ff"), None, "not UTF-8");
+        assert_eq!(
+            HeardOutputs::run_of_line("\u{1b}é"),
+            None,
+            "a non-ASCII digit"
+        );
+    }
 
     #[test]
     fn heard_outputs_keep_the_latest_runs_only() {
