@@ -2,7 +2,9 @@
 //! reading the run (the outputs themselves are checked by the conformance suite,
 //! `g7_waiters_get_short_and_long_outputs`).
 
-use floxide::conformance::a_waiter_takes_the_output_its_event_carried;
+use floxide::conformance::{
+    a_waiter_takes_the_output_its_event_carried, awkward_run_ids_have_their_outputs_heard,
+};
 use floxide_redis::testing::{RedisServer, ServerOptions};
 use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
 
@@ -39,64 +41,7 @@ async fn a_waiter_elsewhere_takes_the_output_from_the_completion_event() {
 /// completion event whole: a waiter elsewhere hears its output, and no other run's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_id_with_a_line_break_gets_its_event_whole() {
-    use floxide::distributed::*;
-    use floxide::ItemId;
-    use std::time::{Duration, Instant};
-
     let server = RedisServer::start_or_panic(ServerOptions::default());
     let (workers, watcher) = (backend(&server).await, backend(&server).await);
-    let ids = ["two\nlines", "tab\there", "\u{1b}escaped", "lines"];
-    for id in ids {
-        workers
-            .start_run(StartRun::new(
-                id,
-                "Flow",
-                b"null".to_vec(),
-                NewItem::new(ItemId::from_u128(1), "a", b"0".to_vec()),
-            ))
-            .await
-            .unwrap();
-    }
-    let me = WorkerId::from("w");
-    let options = TakeOptions {
-        lease_timeout: Duration::from_secs(30),
-        max_deliveries: 5,
-    };
-    let taken = workers
-        .take_batch(
-            TakeRequest::new("Flow", &me, options).with_max(8),
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
-    assert_eq!(taken.len(), ids.len());
-    for (n, t) in taken.iter().enumerate() {
-        let mut step = StepCommit::new("a");
-        step.outputs.push(serde_json::json!(n));
-        let outcome = workers.commit(&t.lease, &step).await.unwrap();
-        assert!(matches!(outcome, CommitOutcome::Committed { .. }));
-    }
-    let outputs: std::collections::HashMap<&str, usize> = taken
-        .iter()
-        .enumerate()
-        .map(|(n, t)| (t.lease.run_id.as_str(), n))
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for id in ids {
-        let heard = loop {
-            if let Some(heard) = watcher.heard_output(id) {
-                break heard;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no completion event heard for run {id:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert_eq!(
-            heard,
-            outputs[id].to_string().into_bytes(),
-            "run {id:?} heard its own output"
-        );
-    }
+    awkward_run_ids_have_their_outputs_heard(workers, watcher).await;
 }

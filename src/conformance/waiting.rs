@@ -53,6 +53,15 @@ impl Default for Text {
 /// listener may hear a completion event a little after the run's waiter returned); `None`
 /// when it heard nothing by then.
 pub async fn heard_output(backend: &dyn AdminBackend, run: &str) -> Option<Vec<u8>> {
+    heard_within(backend, run, PATIENCE).await
+}
+
+/// What `backend` heard of run `run`'s output, waiting up to `patience` for it.
+async fn heard_within(
+    backend: &dyn AdminBackend,
+    run: &str,
+    patience: Duration,
+) -> Option<Vec<u8>> {
     let heard = async {
         loop {
             if let Some(output) = backend.heard_output(run) {
@@ -61,7 +70,7 @@ pub async fn heard_output(backend: &dyn AdminBackend, run: &str) -> Option<Vec<u
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
-    tokio::time::timeout(PATIENCE, heard).await.ok()
+    tokio::time::timeout(patience, heard).await.ok()
 }
 
 /// G7: a waiter gets a run's output, short or long, whatever its run id holds or however long
@@ -152,4 +161,43 @@ pub async fn a_waiter_takes_the_output_its_event_carried<B, F, Fut>(
         Some(serde_json::json!("stored")),
         "reads show the record"
     );
+}
+
+/// For backends whose completion events carry outputs: runs named with a tab, a line break or
+/// a leading ESC (what the events' lines are made of) have their outputs carried too, each its
+/// own (`watcher`: a second backend value on the store `workers` uses).
+pub async fn awkward_run_ids_have_their_outputs_heard<B: Backend>(workers: B, watcher: B) {
+    let (workers, watcher): (Arc<dyn Backend>, Arc<dyn Backend>) =
+        (Arc::new(workers), Arc::new(watcher));
+    let o = orchestrator(Text::new(), &workers);
+    let mut pool = pool(Text::new(), &workers, 2);
+    // A watcher may start listening a little after it connected: once it hears a plain run's
+    // output, it is listening.
+    let mut listening = false;
+    for _ in 0..10 {
+        let run = o.start_run(&ctx(), 0).await.unwrap();
+        o.wait_for_output(&run, PATIENCE).await.unwrap();
+        if heard_within(watcher.as_ref(), &run, Duration::from_secs(1))
+            .await
+            .is_some()
+        {
+            listening = true;
+            break;
+        }
+    }
+    assert!(listening, "the watcher heard no completion event");
+    let ids = ["tab\there", "two\nlines", "\u{1b}escaped", "lines"];
+    for (n, id) in ids.into_iter().enumerate() {
+        let run = o.start_run_with_id(&ctx(), n + 1, id).await.unwrap();
+        assert_eq!(
+            o.wait_for_output(&run, PATIENCE).await.unwrap(),
+            Text::output(n + 1)
+        );
+        assert_eq!(
+            heard_output(watcher.as_ref(), &run).await,
+            Some(serde_json::to_vec(&Text::output(n + 1)).unwrap()),
+            "G7: run {id:?} is heard with its own output"
+        );
+    }
+    pool.try_stop().await.unwrap();
 }
