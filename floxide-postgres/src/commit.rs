@@ -297,10 +297,10 @@ fn run_event(id: &str, run: &RunRow) -> String {
             if line_id.len() + 1 + output.len() <= PAYLOAD_MAX {
                 format!("{line_id}\t{output}")
             } else {
-                run_payload(id).to_owned()
+                run_payload(id)
             }
         }
-        _ => run_payload(id).to_owned(),
+        _ => run_payload(id),
     }
 }
 

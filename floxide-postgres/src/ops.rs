@@ -11,8 +11,8 @@ use std::time::Duration;
 use deadpool_postgres::Transaction;
 use floxide_core::distributed::machine::{self, FailureEffect};
 use floxide_core::distributed::{
-    CommitOutcome, DistributedError, Lease, LeaseState, RunStatus, StartRun, StepFailed,
-    WorkflowError,
+    CommitOutcome, DistributedError, HeardOutputs, Lease, LeaseState, RunStatus, StartRun,
+    StepFailed, WorkflowError,
 };
 use floxide_core::ItemId;
 
@@ -79,14 +79,16 @@ pub(crate) async fn notify_work(
 /// (and the transaction with them).
 pub(crate) const PAYLOAD_MAX: usize = 7900;
 
-/// The runs channel's payload for a change of `run`: its id, or nothing when the id is too
-/// long to send (the listener wakes waiters on any notification of the channel; the id only
-/// tells which).
-pub(crate) fn run_payload(run: &str) -> &str {
-    if run.len() <= PAYLOAD_MAX {
-        run
+/// The runs channel's payload for a change of `run`: its id as a notification line names it
+/// ([`HeardOutputs::line_id`]: an id with a tab in it would read as an id and an output), or
+/// nothing when that is too long to send (the listener wakes waiters on any notification of
+/// the channel; the id only tells which).
+pub(crate) fn run_payload(run: &str) -> String {
+    let id = HeardOutputs::line_id(run);
+    if id.len() <= PAYLOAD_MAX {
+        id.into_owned()
     } else {
-        ""
+        String::new()
     }
 }
 

@@ -199,5 +199,20 @@ pub async fn awkward_run_ids_have_their_outputs_heard<B: Backend>(workers: B, wa
             "G7: run {id:?} is heard with its own output"
         );
     }
+    // A tabbed id whose output is too long to ride: its event names it whole, so no part of
+    // the id is ever taken for another run's id, nor the rest for an output.
+    let run = o
+        .start_run_with_id(&ctx(), 2000, "long\toutput")
+        .await
+        .unwrap();
+    assert_eq!(
+        o.wait_for_output(&run, PATIENCE).await.unwrap(),
+        Text::output(2000)
+    );
+    assert_eq!(
+        heard_within(watcher.as_ref(), "long", Duration::from_secs(1)).await,
+        None,
+        "G7: run `long\\toutput`'s event read as run `long` with output `output`"
+    );
     pool.try_stop().await.unwrap();
 }
