@@ -91,7 +91,10 @@ local function commit_one(x)
   if not m or m.s ~= 'I' or m.t ~= x.token then
     local r = run_of(x.run).f
     -- This request applied the step before its reply was lost: answer as then.
-    if m and m.s == 'C' and m.r == RID then return { 'ok', is_finished(r.st) and r.st or '' } end
+    if m and m.s == 'C' and m.r == RID then
+      x.again = true
+      return { 'ok', is_finished(r.st) and r.st or '' }
+    end
     if not m and rare(x.run, 'frid') == RID then return { 'ok', r.st or '' } end
     -- A cancelled or completed run's items are gone: its in-flight steps learn it is over.
     if not m and r.st and not accepts_results(r.st) then return { 'inactive', r.st } end
@@ -132,7 +135,8 @@ local function commit_one(x)
       hset[#hset + 1] = s.id .. ':m'
       if budget > 0 and takes_items(r.st) and r.wf == next_wf then
         budget = budget - 1
-        hset[#hset + 1] = meta('I', 1, 1, 1, s.node)
+        -- (The lease names this request: a retry of it finds the item handed over.)
+        hset[#hset + 1] = meta('I', 1, 1, 1, s.node, RID)
         hset[#hset + 1] = s.id .. ':w'
         hset[#hset + 1] = worker
         direct[#direct + 1] = { x.run, s }
@@ -195,7 +199,8 @@ local function commit_one(x)
   return { 'ok', '' }, true
 end
 
--- A retried request whose take was applied gets the same items back.
+-- A retried request whose take was applied gets the same items back: those its first
+-- attempt popped from the queue (remembered), and those it handed over (below).
 local replay = next_wf ~= '' and replay_take(last, worker) or nil
 local replies = {}
 local last_of = {}
@@ -248,9 +253,23 @@ for wf, entries in pairs(queued) do
 end
 
 local take = { 0, -1 }
-if replay then
-  take = replay
-elseif next_wf ~= '' then
+if next_wf ~= '' then
+  -- A retry of an applied step: its successors the first attempt handed over to this worker
+  -- (its lease names that request) are handed over again.
+  if RETRY then
+    for _, x in ipairs(commits) do
+      if x.again then
+        for _, s in ipairs(x.succs) do
+          local f = redis.call('HMGET', items_key(x.run), s.id .. ':m', s.id .. ':w')
+          local m = parse_meta(f[1])
+          if m and m.s == 'I' and m.t == 1 and m.r == RID and f[2] == worker then
+            direct[#direct + 1] = { x.run, s }
+            budget = budget - 1
+          end
+        end
+      end
+    end
+  end
   -- The reply, flat: the handed-over successors first, then what the take leased.
   local reply, n = { 1, 0 }, 2
   for _, d in ipairs(direct) do
@@ -264,19 +283,21 @@ elseif next_wf ~= '' then
     reply[n + 9], reply[n + 10], reply[n + 11] = same, bytes, ver
     n = n + 11
   end
-  if budget > 0 then
-    local popped = take_next(next_wf, worker, lease_ms, max_del, budget, held, woken, now, true)
-    if popped[1] == 1 then
-      for v = 3, 2 + popped[2] * 11 do
-        n = n + 1
-        reply[n] = popped[v]
-      end
+  -- Only what is popped from the queue is remembered for a retry.
+  local popped = replay
+  if not popped and budget > 0 then
+    popped = take_next(next_wf, worker, lease_ms, max_del, budget, held, woken, now, true)
+    remember_take(last, popped)
+  end
+  if popped and popped[1] == 1 then
+    for v = 3, 2 + popped[2] * 11 do
+      n = n + 1
+      reply[n] = popped[v]
     end
   end
   if n > 2 then
     reply[2] = (n - 2) / 11
     take = reply
-    remember_take(last, take)
   end
 end
 for wf, n in pairs(woke) do

@@ -14,10 +14,11 @@
 -- the run's item hash, `<id>:m` = `<state> <attempt> <deliveries> <token> <node> <request>`:
 -- state P (ready or parked), I (leased), R (waiting for its retry), C (committed), F (dead
 -- letter), X (dropped); the token grows with each lease of the item (fencing); request is the
--- id of the request that committed or failed it (`-` before). `<id>` holds the item's bytes
--- (emptied when it is committed), `<id>:w` its last worker. `wt:<worker>` (`wc:<worker>`)
--- holds what the worker's last take (commit) leased, with that request's id and the tokens,
--- for a retry of it. `sh:<run>` is the run's step history: one line per lease transition,
+-- id of the request that committed or failed it (`-` before; for an item its parent's commit
+-- leased straight to a worker, that commit's, until it is committed or failed). `<id>` holds
+-- the item's bytes (emptied when it is committed), `<id>:w` its last worker. `wt:<worker>`
+-- (`wc:<worker>`) holds what the worker's last take (commit) popped from the queue and
+-- leased, with that request's id and the tokens, for a retry of it. `sh:<run>` is the run's step history: one line per lease transition,
 -- `<kind> <ms> <token> <attempt> <delivery or -> <lease end ms or -> <item id> <node>
 -- <worker>`, kind L (leased), H (renewed), E (expired), C (committed), Z (fenced out),
 -- F (failed; the lease end field holds the retry's due time), R (released). A history is
@@ -357,7 +358,11 @@ local function flush_events(now)
     -- The finished runs, oldest first: those whose retention is over leave the run index,
     -- unless a resume revived them (their record is still there; a second finish pushed
     -- them again).
-    local head = redis.call('LRANGE', FINISHED, 0, 15)
+    -- Most calls find the oldest still within its retention: one element is read for that.
+    local first = redis.call('LINDEX', FINISHED, '0')
+    local t0 = first and string.match(first, '^(%d+) ')
+    local head = (first and not (t0 and tonumber(t0) >= now - RETENTION))
+      and redis.call('LRANGE', FINISHED, '0', '15') or {}
     local over, old = 0, {}
     for _, line in ipairs(head) do
       local t, run = string.match(line, '^(%d+) (.+)$')

@@ -237,6 +237,70 @@ async fn a_retried_take_leases_nothing_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_commit_hands_over_its_successor_again() {
+    let s = setup(|c| c).await;
+    let wf = One { echo: Echo {} };
+    let run = s
+        .orchestrator
+        .start_run(&WorkflowCtx::new(()), 1)
+        .await
+        .unwrap();
+    let me = WorkerId::from("me");
+    let taken = s
+        .backend
+        .take(wf.name(), &me, options(), Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("the run's first item");
+
+    // A commit that makes a successor, with the next take fused in, whose reply is lost: the
+    // first attempt handed the successor straight to this worker, and the retry hands over
+    // that same lease again (it is not queued, nor leased twice).
+    let child = taken.lease.item_id.child(0);
+    let mut step = StepCommit::new("echo");
+    step.successors = vec![NewItem::new(child, "echo", taken.bytes.clone())];
+    s.proxy.cut_after_request(b"FCALL");
+    let next = TakeRequest::new(wf.name(), &me, options()).with_max(4);
+    let reply = s
+        .backend
+        .commit_batch(&[CommitItem::new(&taken.lease, &step)], Some(next))
+        .await
+        .unwrap();
+    assert_eq!(s.proxy.cuts(), 1);
+    assert_eq!(
+        reply.outcomes,
+        vec![CommitOutcome::Committed { finished: None }]
+    );
+    assert_eq!(reply.taken.len(), 1, "the successor the lost reply held");
+    let successor = reply.taken.into_iter().next().unwrap();
+    assert_eq!(successor.lease.item_id, child);
+    assert_eq!(successor.lease.token, 1, "its first lease, not a new one");
+    assert_eq!(successor.deliveries, 1);
+    assert!(s
+        .backend
+        .take(wf.name(), &me, options(), Duration::ZERO)
+        .await
+        .unwrap()
+        .is_none());
+
+    // The lease handed over again is the live one: its commit completes the run.
+    let outcome = s.backend.commit(&successor.lease, &done(7)).await.unwrap();
+    assert_eq!(
+        outcome,
+        CommitOutcome::Committed {
+            finished: Some(RunStatus::Completed)
+        }
+    );
+    assert_eq!(
+        s.orchestrator
+            .wait_for_output(&run, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        7
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_are_retried_too() {
     let s = setup(|c| c).await;
     s.orchestrator
