@@ -42,34 +42,51 @@ local HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS, HISTORY_NOTE
 -- The most lines a run's history keeps: trimmed to that once it holds twice as many.
 local HISTORY_KEPT = 1000
 
+-- The texts the retentions were read from (calls with the same ones skip the conversion).
+local RETENTION_TEXT, LETTER_RETENTION_TEXT
+
 local function setup()
-  PFX = ARGV[1]
-  RETENTION = tonumber(ARGV[2])
-  LETTER_RETENTION = tonumber(ARGV[3])
+  -- The partition's key names are made again only when the partition changes.
+  if PFX ~= ARGV[1] then
+    PFX = ARGV[1]
+    TIMERS, RUNS, FINISHED, LEGACY_DONE = PFX .. 'tm', PFX .. 'runs', PFX .. 'fin', PFX .. 'done'
+    LETTERS, LETTER_INDEX = PFX .. 'dlh', PFX .. 'dlq'
+  end
+  if RETENTION_TEXT ~= ARGV[2] then RETENTION_TEXT, RETENTION = ARGV[2], tonumber(ARGV[2]) end
+  if LETTER_RETENTION_TEXT ~= ARGV[3] then
+    LETTER_RETENTION_TEXT, LETTER_RETENTION = ARGV[3], tonumber(ARGV[3])
+  end
   -- A retried request carries its id with a `+`: only then is a first attempt's answer looked for.
   RID, RETRY = ARGV[4], string.byte(ARGV[4], -1) == 43
   if RETRY then RID = string.sub(RID, 1, -2) end
-  TIMERS, RUNS, FINISHED, LEGACY_DONE = PFX .. 'tm', PFX .. 'runs', PFX .. 'fin', PFX .. 'done'
-  LETTERS, LETTER_INDEX = PFX .. 'dlh', PFX .. 'dlq'
   EVENTS, PRUNE_DONE, TIMER_ADDS, TEXT = {}, false, {}, {}
   HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS, HISTORY_NOTE = {}, {}, {}, {}, {}
 end
 
+-- The texts of the small counts, tokens and attempts (0 to 1023), kept across calls.
+local SMALL = {}
+
 -- The decimal text of number `n`. Lua formats a number with the C library's floating-point
--- printer, which costs as much as a Redis command: a call formats each value once (the clock,
--- a lease's end, small counts and tokens repeat across a batch).
+-- printer, which costs as much as a Redis command: a small number is formatted once for good,
+-- the others once per call (the clock and a lease's end repeat across a batch). Redis formats
+-- a number passed to a command the same way: the scripts pass texts.
 local function text(n)
-  local s = TEXT[n]
+  local s = SMALL[n] or TEXT[n]
   if not s then
     s = tostring(n)
-    TEXT[n] = s
+    if n >= 0 and n < 1024 and n % 1 == 0 then SMALL[n] = s else TEXT[n] = s end
   end
   return s
 end
 
+-- The server's clock in ms (its text is kept: every call formats it).
 local function now_ms()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local ms = string.sub('00000' .. t[2], -6, -4)
+  local s = t[1] .. ms
+  local n = tonumber(s)
+  TEXT[n] = s
+  return n
 end
 
 -- `redis.call(cmd, key, items...)` in slices of 1000 items (Lua's stack bounds unpack);
@@ -179,7 +196,7 @@ local function wake(wf, n)
   local tokens = {}
   for _ = 1, math.min(n, 64) do tokens[#tokens + 1] = '1' end
   if redis.call('LPUSH', wake_key(wf), unpack(tokens)) > 64 then
-    redis.call('LTRIM', wake_key(wf), 0, 63)
+    redis.call('LTRIM', wake_key(wf), '0', '63')
   end
 end
 
@@ -272,10 +289,10 @@ local function flush_history()
         if not r.st then
           redis.call('DEL', key)
         elseif r.t1 and n == #lines then
-          redis.call('PEXPIREAT', key, tonumber(r.t1) + RETENTION)
+          redis.call('PEXPIREAT', key, text(tonumber(r.t1) + RETENTION))
         end
       end
-      if HISTORY_NOTE[run] and exists then redis.call('HSET', run_key(run), 'hx', 1) end
+      if HISTORY_NOTE[run] and exists then redis.call('HSET', run_key(run), 'hx', '1') end
       if n > 2 * HISTORY_KEPT then redis.call('LTRIM', key, -HISTORY_KEPT, -1) end
     end
   end
@@ -287,7 +304,7 @@ end
 -- Keeps a key of a run that finished at `t1` (ms; nil while it runs) expiring with the run's
 -- record, a retention after its finish (a write may have cleared the key's expiry).
 local function keep_expiry(key, t1)
-  if t1 then redis.call('PEXPIREAT', key, tonumber(t1) + RETENTION) end
+  if t1 then redis.call('PEXPIREAT', key, text(tonumber(t1) + RETENTION)) end
 end
 
 -- Runs whose record changed in a way waiters care about (finished, paused, resumed): one
@@ -319,7 +336,7 @@ end
 -- given, holds the record's `nout`, `nerr`, `idem`, `hx` and `out` as read by the caller. A
 -- completed run's routine step history goes with its items (see the key layout).
 local function finish_run(run, set, st, now, r)
-  local exp = now + RETENTION
+  local exp = text(now + RETENTION)
   local output = st == 'completed' and (set.out or (r and r.out)) or nil
   set.st, set.t1 = st, now
   if not r or r.idem == nil then r = read_run(run, { 'nout', 'nerr', 'idem', 'hx' }) end
@@ -373,7 +390,7 @@ local function flush_events(now)
     if over > 0 then redis.call('LPOP', FINISHED, over) end
     -- Runs finished by a version that indexed them in a sorted set (`done`) leave too.
     if now % 64 == 0 then
-      local legacy = redis.call('ZRANGEBYSCORE', LEGACY_DONE, '-inf', now - RETENTION, 'LIMIT', 0, 16)
+      local legacy = redis.call('ZRANGEBYSCORE', LEGACY_DONE, '-inf', text(now - RETENTION), 'LIMIT', '0', '16')
       if #legacy > 0 then
         redis.call('ZREM', LEGACY_DONE, unpack(legacy))
         for _, run in ipairs(legacy) do old[#old + 1] = run end
@@ -400,7 +417,7 @@ end
 
 -- Drops the dead letters whose retention is over, a few at a time.
 local function prune_letters(now)
-  local old = redis.call('ZRANGEBYSCORE', LETTER_INDEX, '-inf', now - LETTER_RETENTION, 'LIMIT', 0, 16)
+  local old = redis.call('ZRANGEBYSCORE', LETTER_INDEX, '-inf', text(now - LETTER_RETENTION), 'LIMIT', '0', '16')
   if #old > 0 then
     redis.call('ZREM', LETTER_INDEX, unpack(old))
     local fields = {}
@@ -423,7 +440,7 @@ local function dead_letter(run, id, m, payload, err, now)
     run_id = run, item_id = id, node = m.n, error = err, deliveries = m.d, attempt = m.a,
     at = now,
   }), e .. ':p', payload or '')
-  redis.call('ZADD', LETTER_INDEX, now, e)
+  redis.call('ZADD', LETTER_INDEX, text(now), e)
   redis.call('SADD', letters_of_key(run), id)
   prune_letters(now)
 end
@@ -440,7 +457,7 @@ end
 
 -- Hands expired leases back to the queue and makes due retries ready (32 at most per call).
 local function due_work(now)
-  local due = redis.call('ZRANGEBYSCORE', TIMERS, '-inf', now, 'LIMIT', 0, 32)
+  local due = redis.call('ZRANGEBYSCORE', TIMERS, '-inf', text(now), 'LIMIT', '0', '32')
   if #due == 0 then return end
   redis.call('ZREM', TIMERS, unpack(due))
   for _, member in ipairs(due) do
@@ -456,7 +473,7 @@ local function due_work(now)
       local set = {}
       if make_ready(run, id, r, kind == 'L') and r.pkc then set.pkc = r.pkc end
       if kind == 'L' then
-        redis.call('HINCRBY', run_key(run), 'm_reclaimed', 1)
+        redis.call('HINCRBY', run_key(run), 'm_reclaimed', '1')
         redis.call('INCR', PFX .. 'reclaimed')
       end
       write_run(run, set)
@@ -468,7 +485,7 @@ end
 local function unpark(run, marker)
   local r = read_run(run, { 'st', 'wf', 'pkc' })
   if not takes_items(r.st) then return end
-  local ids = redis.call('RPOP', parked_key(run), 256)
+  local ids = redis.call('RPOP', parked_key(run), '256')
   if not ids then ids = {} end
   local entries = {}
   for i, id in ipairs(ids) do entries[i] = entry(id, run) end
@@ -515,7 +532,7 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
   while #rows < max_n do
     if budget == 0 then return rows, false, true end
     local want = math.min(max_n - #rows, budget)
-    local popped = redis.call('RPOP', queue_key(wf), want)
+    local popped = redis.call('RPOP', queue_key(wf), text(want))
     if not popped then return rows, false, false end
     budget = budget - #popped
     for _, e in ipairs(popped) do
@@ -560,7 +577,7 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
               end
             else
               redis.call('LPUSH', parked_key(run), id)
-              redis.call('HINCRBY', run_key(run), 'pkc', 1)
+              redis.call('HINCRBY', run_key(run), 'pkc', '1')
             end
           end
         end
@@ -607,7 +624,7 @@ local function take_next(wf, worker, lease_ms, max_deliveries, max_n, held, woke
     return reply
   end
   local next_due = -1
-  local d = redis.call('ZRANGE', TIMERS, 0, 0, 'WITHSCORES')
+  local d = redis.call('ZRANGE', TIMERS, '0', '0', 'WITHSCORES')
   if d[2] then next_due = math.max(0, tonumber(d[2]) - now) end
   return { 0, next_due }
 end
@@ -659,7 +676,7 @@ end
 -- at most one take and one commit in flight: they use different keys (`wt:` and `wc:`).
 local function remember_take(key, reply)
   if reply[1] == 1 then
-    redis.call('SET', key, RID .. '\n' .. table.concat(taken_entries(reply), '\n'), 'PX', 120000)
+    redis.call('SET', key, RID .. '\n' .. table.concat(taken_entries(reply), '\n'), 'PX', '120000')
   end
 end
 

@@ -30,6 +30,6 @@ end
 if deadline ~= '' then set.dl = deadline end
 write_run(run, set)
 redis.call('HSET', items_key(run), id, payload, id .. ':m', meta('P', 1, 0, 0, node))
-redis.call('ZADD', RUNS, now, run)
+redis.call('ZADD', RUNS, text(now), run)
 enqueue(wf, { entry(id, run) }, false)
 return { 'ok' }
