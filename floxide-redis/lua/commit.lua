@@ -19,27 +19,27 @@
 --          {'inactive', status}), take reply (see take.lua) or {0, -1}}
 -- A retry of the request (same request id) answers its applied steps with {'ok', …} again and
 -- gets the items its take leased.
-local k = tonumber(ARGV[5])
+local k = num(ARGV[5])
 local i = 6
 local commits = {}
 local NONE = {}  -- shared by the steps without outputs or errors (read only)
 for c = 1, k do
   local x = {
-    run = ARGV[i], id = ARGV[i + 1], token = tonumber(ARGV[i + 2]), required = ARGV[i + 3],
+    run = ARGV[i], id = ARGV[i + 1], token = num(ARGV[i + 2]), required = ARGV[i + 3],
     base = ARGV[i + 4], ctx = ARGV[i + 5], have = ARGV[i + 6], node = ARGV[i + 7],
     dur = tonumber(ARGV[i + 8]), holder = ARGV[i + 9], succs = {}, outputs = NONE, errors = NONE,
   }
   i = i + 10
-  for _ = 1, tonumber(ARGV[i]) do
+  for _ = 1, num(ARGV[i]) do
     x.succs[#x.succs + 1] = { id = ARGV[i + 1], node = ARGV[i + 2], bytes = ARGV[i + 3] }
     i = i + 3
   end
   i = i + 1
-  local n = tonumber(ARGV[i])
+  local n = num(ARGV[i])
   if n > 0 then x.outputs = {} end
   for o = 1, n do x.outputs[o] = ARGV[i + o] end
   i = i + 1 + n
-  n = tonumber(ARGV[i])
+  n = num(ARGV[i])
   if n > 0 then x.errors = {} end
   for e = 1, n do x.errors[e] = ARGV[i + e] end
   i = i + 1 + n
@@ -47,7 +47,7 @@ for c = 1, k do
 end
 local next_wf = ARGV[i] or ''
 local worker, lease_ms, max_del = ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-local budget = next_wf ~= '' and tonumber(ARGV[i + 4]) or 0
+local budget = next_wf ~= '' and num(ARGV[i + 4]) or 0
 local woken = ARGV[i + 5] == '1'
 local last = PFX .. 'wc:' .. (worker or '')
 local now = now_ms()
@@ -108,15 +108,15 @@ local function commit_one(x)
     redis.call('ZREM', TIMERS, 'L' .. e)
     return { 'inactive', r.st or 'cancelled' }
   end
-  local ver = tonumber(r.ver or '0')
-  if x.required ~= '' and tonumber(x.required) ~= ver then return { 'conflict', ver } end
+  local ver = num(r.ver or '0')
+  if x.required ~= '' and num(x.required) ~= ver then return { 'conflict', ver } end
   if x.base ~= '' then
-    if tonumber(x.base) ~= ver then return { 'conflict', ver } end
+    if num(x.base) ~= ver then return { 'conflict', ver } end
     ver = ver + 1
     r.ver, run.set.ver, run.set.ctx = ver, ver, x.ctx
     held[x.run] = ver
   elseif x.have ~= '' then
-    held[x.run] = tonumber(x.have)
+    held[x.run] = num(x.have)
   end
   if r.st == 'pending' then r.st = 'running'; run.set.st = 'running' end
   run.touched = true
@@ -182,15 +182,15 @@ local function commit_one(x)
     keep_expiry(errs_key(x.run), r.t1)
   end
   -- Counters: only those that change are written.
-  r.left = tonumber(r.left or '1')
+  r.left = num(r.left or '1')
   if fresh ~= 1 then
     r.left = r.left + fresh - 1
     run.set.left = r.left
   end
-  r.m_done = tonumber(r.m_done or '0') + 1
+  r.m_done = num(r.m_done or '0') + 1
   run.set.m_done = r.m_done
   if fresh > 0 then
-    r.m_items = tonumber(r.m_items or '0') + fresh
+    r.m_items = num(r.m_items or '0') + fresh
     run.set.m_items = r.m_items
   end
   run.durs = run.durs or {}
@@ -275,7 +275,7 @@ if next_wf ~= '' then
   for _, d in ipairs(direct) do
     local run, s = d[1], d[2]
     local x = runs[run]
-    local ver = tonumber(x.f.ver or '0')
+    local ver = num(x.f.ver or '0')
     local same, bytes = 1, ''
     if held[run] ~= ver then same, bytes = 0, x.set.ctx or redis.call('HGET', run_key(run), 'ctx') or '' end
     reply[n + 1], reply[n + 2], reply[n + 3], reply[n + 4] = run, s.id, 1, s.bytes

@@ -12,7 +12,7 @@ if not m then
 end
 if not m or m.s ~= 'I' or m.t ~= token then return { 'lost' } end
 local now = now_ms()
-redis.call('ZADD', TIMERS, now + lease_ms, 'L' .. entry(id, run))
+redis.call('ZADD', TIMERS, text(now + lease_ms), 'L' .. entry(id, run))
 step_event(run, 'H', id, m.n, f[2], m.t, m.a, now, nil, now + lease_ms)
 flush_history()
 return { 'ok', redis.call('HGET', run_key(run), 'st') or 'cancelled' }
