@@ -54,13 +54,17 @@ local now = now_ms()
 
 -- Runs touched by the batch: their record's fields, read once; `set` collects the writes.
 -- The fields only some commits need are read when needed (`rare`): a hash kept compact by
--- Redis looks each field up by a scan, a missing one by a scan of it all.
-local RUN_FIELDS = { 'st', 'ver', 'wf', 'left', 'out', 't1', 'dl', 'm_done', 'm_items', 'nt' }
+-- Redis looks each field up by a scan, a missing one by a scan of it all. (The table is made
+-- by one constructor: filled field by field, Lua would grow it four times.)
 local runs, order = {}, {}
 local function run_of(run)
   local x = runs[run]
   if not x then
-    x = { f = read_run(run, RUN_FIELDS), set = {}, touched = false }
+    local v = redis.call('HMGET', run_key(run), 'st', 'ver', 'wf', 'left', 'out', 't1', 'dl',
+      'm_done', 'm_items', 'nt')
+    local f = { st = v[1], ver = v[2], wf = v[3], left = v[4], out = v[5], t1 = v[6], dl = v[7],
+                m_done = v[8], m_items = v[9], nt = v[10] }
+    x = { f = f, set = {}, touched = false }
     runs[run] = x
     order[#order + 1] = run
   end

@@ -354,7 +354,10 @@ local function finish_run(run, set, st, now, r)
   local exp = text(now + RETENTION)
   local output = st == 'completed' and (set.out or (r and r.out)) or nil
   set.st, set.t1 = st, now
-  if not r or r.idem == nil then r = read_run(run, { 'nout', 'nerr', 'idem', 'hx' }) end
+  if not r or r.idem == nil then
+    local v = redis.call('HMGET', run_key(run), 'nout', 'nerr', 'idem', 'hx')
+    r = { nout = v[1], nerr = v[2], idem = v[3], hx = v[4] }
+  end
   local nout, nerr = set.nout or r.nout, set.nerr or r.nerr
   redis.call('RPUSH', FINISHED, text(now) .. ' ' .. run)
   redis.call('PEXPIREAT', run_key(run), exp)
@@ -557,8 +560,8 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
         local id, run = split(e)
         local r = runs[run]
         if not r then
-          r = read_run(run, { 'st', 'dl', 'ver', 'ctx' })
-          r.wf = wf
+          local v = redis.call('HMGET', run_key(run), 'st', 'dl', 'ver', 'ctx')
+          r = { st = v[1], dl = v[2], ver = v[3], ctx = v[4], wf = wf }
           runs[run] = r
         end
         -- Entries of finished runs (their items are gone) are dropped without a read.
