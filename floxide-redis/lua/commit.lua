@@ -282,22 +282,32 @@ if next_wf ~= '' then
     local ver = num(x.f.ver or '0')
     local same, bytes = 1, ''
     if held[run] ~= ver then same, bytes = 0, x.set.ctx or redis.call('HGET', run_key(run), 'ctx') or '' end
-    reply[n + 1], reply[n + 2], reply[n + 3], reply[n + 4] = run, s.id, 1, s.bytes
-    reply[n + 5], reply[n + 6], reply[n + 7], reply[n + 8] = s.node, 1, 1, x.f.dl or ''
-    reply[n + 9], reply[n + 10], reply[n + 11] = same, bytes, ver
+    -- (One value at a time: the table grows in order.)
+    reply[n + 1] = run
+    reply[n + 2] = s.id
+    reply[n + 3] = 1
+    reply[n + 4] = s.bytes
+    reply[n + 5] = s.node
+    reply[n + 6] = 1
+    reply[n + 7] = 1
+    reply[n + 8] = x.f.dl or ''
+    reply[n + 9] = same
+    reply[n + 10] = bytes
+    reply[n + 11] = ver
     n = n + 11
   end
-  -- Only what is popped from the queue is remembered for a retry.
-  local popped = replay
-  if not popped and budget > 0 then
-    popped = take_next(next_wf, worker, lease_ms, max_del, budget, held, woken, now, true)
-    remember_take(last, popped)
-  end
-  if popped and popped[1] == 1 then
-    for v = 3, 2 + popped[2] * 11 do
-      n = n + 1
-      reply[n] = popped[v]
+  if replay then
+    if replay[1] == 1 then
+      for v = 3, 2 + replay[2] * 11 do
+        n = n + 1
+        reply[n] = replay[v]
+      end
     end
+  elseif budget > 0 then
+    -- The take writes its items into this reply; only they are remembered for a retry.
+    local _, count = take_next(next_wf, worker, lease_ms, max_del, budget, held, woken, now, reply, n)
+    remember_take(last, reply, n, count)
+    n = n + 11 * count
   end
   if n > 2 then
     reply[2] = (n - 2) / 11

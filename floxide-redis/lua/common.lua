@@ -541,17 +541,18 @@ end
 -- entries, parking items of paused or failed runs, dropping those of finished runs,
 -- dead-lettering poison items; 256 entries examined at most). The context is left out of an
 -- item of a run whose version is `held[run]` (the worker holds that context).
--- Returns the leased items as reply rows (see take.lua), whether the batch is full, and
--- whether entries are left unexamined (the budget ran out).
-local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
-  local rows = {}
+-- The leased items go into the flat reply `out` (see take.lua), 11 values each after index
+-- `base`. Returns how many were leased, whether the batch is full, and whether entries are
+-- left unexamined (the budget ran out).
+local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now, out, base)
+  local count = 0
   local runs = {}
   local budget = 256
-  while #rows < max_n do
-    if budget == 0 then return rows, false, true end
-    local want = math.min(max_n - #rows, budget)
+  while count < max_n do
+    if budget == 0 then return count, false, true end
+    local want = math.min(max_n - count, budget)
     local popped = redis.call('RPOP', queue_key(wf), text(want))
-    if not popped then return rows, false, false end
+    if not popped then return count, false, false end
     budget = budget - #popped
     for _, e in ipairs(popped) do
       if string.sub(e, 1, 1) == '@' then
@@ -591,7 +592,19 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
                 local token = lease(run, id, m, worker, lease_ms, now)
                 local ctx, same = r.ctx or '', 0
                 if held[run] == num(r.ver or '0') then ctx, same = '', 1 end
-                rows[#rows + 1] = { run, id, token, f[2] or '', m.n, m.a, m.d, r.dl or '', same, ctx, r.ver or '0' }
+                local b = base + count * 11
+                out[b + 1] = run
+                out[b + 2] = id
+                out[b + 3] = token
+                out[b + 4] = f[2] or ''
+                out[b + 5] = m.n
+                out[b + 6] = m.a
+                out[b + 7] = m.d
+                out[b + 8] = r.dl or ''
+                out[b + 9] = same
+                out[b + 10] = ctx
+                out[b + 11] = r.ver or '0'
+                count = count + 1
               end
             else
               redis.call('LPUSH', parked_key(run), id)
@@ -602,60 +615,59 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
       end
     end
   end
-  return rows, true, false
+  return count, true, false
 end
 
--- Leases up to `max_n` ready items of `wf` for `worker` (see take.lua for the reply). Expired
--- leases and due retries are rare, so under load they are looked for on about one take in
--- four (by the server's clock), and always before answering that nothing is ready.
-local function take_next(wf, worker, lease_ms, max_deliveries, max_n, held, woken, now, fused)
+-- Leases up to `max_n` ready items of `wf` for `worker`; returns the reply (see take.lua)
+-- and how many items it leased. A take fused into a commit (`into`, the commit's reply, holds
+-- `at` values) writes its items there instead (its count and the reply's head are the
+-- commit's to set). Expired leases and due retries are rare, so under load they are looked for
+-- on about one take in four (by the server's clock), and always before answering that nothing
+-- is ready.
+local function take_next(wf, worker, lease_ms, max_deliveries, max_n, held, woken, now, into, at)
   now = now or now_ms()
+  local fused = into ~= nil
+  local out, base = into or { 1, 0 }, at or 2
   local reply = nil
   local scanned = now % 4 == 0
   if scanned then due_work(now) end
-  local rows, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
-  if #rows == 0 and more then reply = { 2 } end
+  local count, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now, out, base)
+  if count == 0 and more then reply = { 2 } end
   -- A take fused into a commit does not look again, nor say when work falls due: the
   -- worker's idle take does both before it blocks.
-  if fused and #rows == 0 then
+  if fused and count == 0 then
     flush_timers()
     flush_events(now)
-    return reply or { 0, -1 }
+    return reply or { 0, -1 }, 0
   end
-  if not reply and #rows == 0 and not scanned then
+  if not reply and count == 0 and not scanned then
     due_work(now)
-    rows, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now)
-    if #rows == 0 and more then reply = { 2 } end
+    count, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now, out, base)
+    if count == 0 and more then reply = { 2 } end
   end
   flush_timers()
   flush_events(now)
-  if reply then return reply end
-  if #rows > 0 then
+  if reply then return reply, 0 end
+  if count > 0 then
     -- A worker woken from its wait passes the wake-up on while work may be left.
     if woken and full then wake(wf, 1) end
-    reply = { 1, #rows }
-    local n = 2
-    for _, row in ipairs(rows) do
-      for v = 1, 11 do reply[n + v] = row[v] end
-      n = n + 11
-    end
-    return reply
+    if not fused then out[2] = count end
+    return out, count
   end
   local next_due = -1
   local d = redis.call('ZRANGE', TIMERS, '0', '0', 'WITHSCORES')
   if d[2] then next_due = math.max(0, tonumber(d[2]) - now) end
-  return { 0, next_due }
+  return { 0, next_due }, 0
 end
 
 -- Replays ---------------------------------------------------------------------------------
 
--- What a take reply leased: `<entry> <token>` per item.
-local function taken_entries(reply)
+-- What `count` items of a take reply leased, from index `base` + 1: `<entry> <token>` each.
+local function taken_entries(reply, base, count)
   local out = {}
-  if reply[1] ~= 1 then return out end
-  for k = 0, reply[2] - 1 do
-    local base = 3 + k * 11
-    out[#out + 1] = entry(reply[base + 1], reply[base]) .. ' ' .. reply[base + 2]
+  for k = 0, count - 1 do
+    local b = base + k * 11
+    out[k + 1] = entry(reply[b + 2], reply[b + 1]) .. ' ' .. text(reply[b + 3])
   end
   return out
 end
@@ -692,9 +704,10 @@ end
 
 -- What a request leased, kept for two minutes under `key` with the request id. A worker has
 -- at most one take and one commit in flight: they use different keys (`wt:` and `wc:`).
-local function remember_take(key, reply)
-  if reply[1] == 1 then
-    redis.call('SET', key, RID .. '\n' .. table.concat(taken_entries(reply), '\n'), 'PX', '120000')
+local function remember_take(key, reply, base, count)
+  if count > 0 then
+    redis.call('SET', key, RID .. '\n' .. table.concat(taken_entries(reply, base, count), '\n'),
+      'PX', '120000')
   end
 end
 

@@ -17,6 +17,6 @@ local woken = ARGV[10] == '1'
 local last = PFX .. 'wt:' .. worker
 local replay = replay_take(last, worker)
 if replay then return replay end
-local reply = take_next(wf, worker, lease_ms, max_del, n, {}, woken)
-remember_take(last, reply)
+local reply, count = take_next(wf, worker, lease_ms, max_del, n, {}, woken)
+remember_take(last, reply, 2, count)
 return reply
