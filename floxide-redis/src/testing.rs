@@ -63,22 +63,31 @@ impl RedisServer {
     /// A [`ServerError`] naming the package to install when `redis-server` is missing, or
     /// saying why the server did not answer.
     pub fn start(options: ServerOptions) -> Result<Self, ServerError> {
-        let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!(
-            "floxide-redis-{}-{port}-{:x}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos() ^ u128::from(port) << 32
-        ));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ServerError(format!("cannot create {}: {e}", dir.display())))?;
-        let mut server = RedisServer {
-            child: None,
-            port,
-            dir,
-            options,
-        };
-        server.spawn()?;
-        Ok(server)
+        // Another process may bind the chosen port (or a cluster node's bus port) before the
+        // server does: the server then exits, and starts again on another port.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let port = free_port_for(options.cluster)?;
+            let dir = std::env::temp_dir().join(format!(
+                "floxide-redis-{}-{port}-{:x}",
+                std::process::id(),
+                Instant::now().elapsed().as_nanos() ^ u128::from(port) << 32
+            ));
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| ServerError(format!("cannot create {}: {e}", dir.display())))?;
+            let mut server = RedisServer {
+                child: None,
+                port,
+                dir,
+                options: options.clone(),
+            };
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e) if attempts < 5 && e.0.contains("Address already in use") => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Starts a server, panicking with the install hint when it cannot: for tests.
@@ -160,18 +169,12 @@ impl RedisServer {
     fn wait_ready(&mut self) -> Result<(), ServerError> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let log =
-                        std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
-                    return Err(ServerError(format!(
-                        "redis-server exited with {status}:\n{log}"
-                    )));
-                }
-            }
+            self.check_alive()?;
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                std::thread::sleep(Duration::from_millis(20));
-                return Ok(());
+                // The port answers; the server may still exit (its cluster bus port was
+                // taken), or the answer came from another process that holds the port.
+                std::thread::sleep(Duration::from_millis(50));
+                return self.check_alive();
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -179,6 +182,19 @@ impl RedisServer {
             "redis-server did not listen on port {} within 10 s",
             self.port
         )))
+    }
+
+    /// An error with the server's log when it has exited.
+    fn check_alive(&mut self) -> Result<(), ServerError> {
+        if let Some(child) = self.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+                return Err(ServerError(format!(
+                    "redis-server exited with {status}:\n{log}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// `redis://127.0.0.1:<port>/` (`rediss://` for a TLS server; without credentials).
@@ -244,6 +260,20 @@ fn spawn_watchdog(server_pid: u32, dir: &Path) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
+}
+
+/// A free port; for a cluster node one whose cluster bus port (10,000 higher, at most 65,535)
+/// is free too.
+fn free_port_for(cluster: bool) -> Result<u16, ServerError> {
+    for _ in 0..100 {
+        let port = free_port()?;
+        if !cluster || (port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()) {
+            return Ok(port);
+        }
+    }
+    Err(ServerError(
+        "no free port pair for a cluster node (port and port + 10000)".to_owned(),
+    ))
 }
 
 pub(crate) fn free_port() -> Result<u16, ServerError> {
