@@ -22,7 +22,7 @@
 local k = num(ARGV[5])
 local i = 6
 local commits = {}
-local NONE = {}  -- shared by the steps without outputs or errors (read only)
+local NONE = {}  -- shared by the steps without outputs, errors or parked successors (read only)
 for c = 1, k do
   local x = {
     run = ARGV[i], id = ARGV[i + 1], token = num(ARGV[i + 2]), required = ARGV[i + 3],
@@ -51,6 +51,11 @@ local budget = next_wf ~= '' and num(ARGV[i + 4]) or 0
 local woken = ARGV[i + 5] == '1'
 local last = PFX .. 'wc:' .. (worker or '')
 local now = now_ms()
+-- A direct hand-off's lease end, and the fixed starts of the history lines of commits and
+-- hand-offs (see the key layout; the latter made at the first hand-off).
+local until_ms = now + (lease_ms or 0)
+local commit_line = 'C ' .. text(now) .. ' '
+local lease_line
 
 -- Runs touched by the batch: their record's fields, read once; `set` collects the writes.
 -- The fields only some commits need are read when needed (`rare`): a hash kept compact by
@@ -60,10 +65,12 @@ local runs, order = {}, {}
 local function run_of(run)
   local x = runs[run]
   if not x then
-    local v = redis.call('HMGET', run_key(run), 'st', 'ver', 'wf', 'left', 'out', 't1', 'dl',
-      'm_done', 'm_items', 'nt')
-    local f = { st = v[1], ver = v[2], wf = v[3], left = v[4], out = v[5], t1 = v[6], dl = v[7],
-                m_done = v[8], m_items = v[9], nt = v[10] }
+    local v = redis.call('HMGET', run_key(run), 'st', 'ver', 'wf', 'left', 'out', 'dl', 'm_done',
+      'm_items', 'nt')
+    -- Only a finished run has a finish time (`t1`); of those only a failed one takes commits.
+    local t1 = v[1] == 'failed' and redis.call('HGET', run_key(run), 't1') or false
+    local f = { st = v[1], ver = v[2], wf = v[3], left = v[4], out = v[5], t1 = t1, dl = v[6],
+                m_done = v[7], m_items = v[8], nt = v[9] }
     x = { f = f, set = {}, touched = false }
     runs[run] = x
     order[#order + 1] = run
@@ -130,7 +137,7 @@ local function commit_one(x)
   local fresh = 0
   -- The item's payload goes (emptied in the same write as its completion).
   local hset = { x.id .. ':m', with_state(m, 'C', RID), x.id, '' }
-  local parked = {}
+  local parked = NONE
   for n, s in ipairs(x.succs) do
     if not f[1 + n] then
       fresh = fresh + 1
@@ -144,8 +151,12 @@ local function commit_one(x)
         hset[#hset + 1] = s.id .. ':w'
         hset[#hset + 1] = worker
         direct[#direct + 1] = { x.run, s }
-        add_timer(now + lease_ms, 'L' .. entry(s.id, x.run))
-        step_event(x.run, 'L', s.id, s.node, worker, 1, 1, now, 1, now + lease_ms, true)
+        add_timer(until_ms, 'L' .. entry(s.id, x.run))
+        -- (The routine history lines of a commit are made here, from fewer pieces.)
+        if STEP_HISTORY then
+          lease_line = lease_line or 'L ' .. text(now) .. ' 1 1 1 ' .. text(until_ms) .. ' '
+          history_line(x.run, lease_line .. s.id .. ' ' .. s.node .. ' ' .. worker)
+        end
       else
         hset[#hset + 1] = meta('P', 1, 0, 0, s.node)
         if takes_items(r.st) then
@@ -153,6 +164,7 @@ local function commit_one(x)
           if not q then q = {}; queued[r.wf] = q end
           q[#q + 1] = entry(s.id, x.run)
         else
+          if parked == NONE then parked = {} end
           parked[#parked + 1] = s.id
         end
       end
@@ -160,7 +172,10 @@ local function commit_one(x)
   end
   call_chunked('HSET', it, hset)
   done[#done + 1] = 'L' .. e
-  step_event(x.run, 'C', x.id, m.n, x.holder, m.t, m.a, now, nil, nil, true)
+  if STEP_HISTORY then
+    history_line(x.run, commit_line .. text(m.t) .. ' ' .. text(m.a) .. ' - - ' .. x.id .. ' ' .. m.n ..
+      ' ' .. x.holder)
+  end
   if #parked > 0 then
     call_chunked('LPUSH', parked_key(x.run), parked)
     keep_expiry(parked_key(x.run), r.t1)

@@ -268,19 +268,24 @@ end
 
 -- Step history -----------------------------------------------------------------------------
 
--- Adds a line to `run`'s step history (see the key layout); `active` when the caller knows
--- the run is active (else the flush checks whether the run still exists and has finished).
-local function step_event(run, kind, id, node, worker, token, attempt, now, delivery, until_ms, active)
-  if not STEP_HISTORY then return end
+-- Adds a routine line, made by the caller, to the step history of `run`, known to be active.
+local function history_line(run, line)
   local lines = HISTORY[run]
   if not lines then
     lines = {}
     HISTORY[run] = lines
     HISTORY_RUNS[#HISTORY_RUNS + 1] = run
   end
-  lines[#lines + 1] = kind .. ' ' .. text(now) .. ' ' .. text(token) .. ' ' .. text(attempt) .. ' ' ..
+  lines[#lines + 1] = line
+end
+
+-- Adds a line to `run`'s step history (see the key layout); `active` when the caller knows
+-- the run is active (else the flush checks whether the run still exists and has finished).
+local function step_event(run, kind, id, node, worker, token, attempt, now, delivery, until_ms, active)
+  if not STEP_HISTORY then return end
+  history_line(run, kind .. ' ' .. text(now) .. ' ' .. text(token) .. ' ' .. text(attempt) .. ' ' ..
     (delivery and text(delivery) or '-') .. ' ' .. (until_ms and text(until_ms) or '-') .. ' ' .. id ..
-    ' ' .. node .. ' ' .. (worker or '')
+    ' ' .. node .. ' ' .. (worker or ''))
   if not active then HISTORY_CHECK[run] = true end
   if kind ~= 'C' and kind ~= 'H' and (kind ~= 'L' or delivery ~= 1 or attempt ~= 1) then
     HISTORY_NOTE[run] = true
