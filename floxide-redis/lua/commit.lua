@@ -173,8 +173,8 @@ local function commit_one(x)
   call_chunked('HSET', it, hset)
   done[#done + 1] = 'L' .. e
   if STEP_HISTORY then
-    history_line(x.run, commit_line .. text(m.t) .. ' ' .. text(m.a) .. ' - - ' .. x.id .. ' ' .. m.n ..
-      ' ' .. x.holder)
+    history_line(x.run, commit_line .. text(m.t) .. ' ' .. text(m.a) .. ' - - ' .. x.id .. ' ' ..
+      m.n .. ' ' .. x.holder)
   end
   if #parked > 0 then
     call_chunked('LPUSH', parked_key(x.run), parked)
@@ -320,7 +320,8 @@ if next_wf ~= '' then
     end
   elseif budget > 0 then
     -- The take writes its items into this reply; only they are remembered for a retry.
-    local _, count = take_next(next_wf, worker, lease_ms, max_del, budget, held, woken, now, reply, n)
+    local _, count =
+      take_next(next_wf, worker, lease_ms, max_del, budget, held, woken, now, reply, n)
     remember_take(last, reply, n, count)
     n = n + 11 * count
   end

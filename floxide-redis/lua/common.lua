@@ -10,22 +10,22 @@
 --   dead letters (ms), [4] the request id (retries of one request send the same id, and get
 --   the first answer), then its own arguments from ARGV[5].
 --
--- A work item entry is `<item id: 32 hex digits>:<run id>`. An item's state is one field of
--- the run's item hash, `<id>:m` = `<state> <attempt> <deliveries> <token> <node> <request>`:
--- state P (ready or parked), I (leased), R (waiting for its retry), C (committed), F (dead
--- letter), X (dropped); the token grows with each lease of the item (fencing); request is the
--- id of the request that committed or failed it (`-` before; for an item its parent's commit
--- leased straight to a worker, that commit's, until it is committed or failed). `<id>` holds
--- the item's bytes (emptied when it is committed), `<id>:w` its last worker. `wt:<worker>`
--- (`wc:<worker>`) holds what the worker's last take (commit) popped from the queue and
--- leased, with that request's id and the tokens, for a retry of it. `sh:<run>` is the run's step history: one line per lease transition,
--- `<kind> <ms> <token> <attempt> <delivery or -> <lease end ms or -> <item id> <node>
--- <worker>`, kind L (leased), H (renewed), E (expired), C (committed), Z (fenced out),
--- F (failed; the lease end field holds the retry's due time), R (released). A history is
--- "routine" while every item was leased once, on its first attempt, and renewed or committed;
--- the first other line sets the record's `hx` field. A run that completes with a routine
--- history drops it (unless `KEEP_ROUTINE`, set in the library's header): only the histories
--- that explain something outlive their run.
+-- A work item entry is `<item id: 32 hex digits>:<run id>`. An item's state is one field of the
+-- run's item hash, `<id>:m` = `<state> <attempt> <deliveries> <token> <node> <request>`: state P
+-- (ready or parked), I (leased), R (waiting for its retry), C (committed), F (dead letter), X
+-- (dropped); the token grows with each lease of the item (fencing); request is the id of the
+-- request that committed or failed it (`-` before; for an item its parent's commit leased straight
+-- to a worker, that commit's, until it is committed or failed). `<id>` holds the item's bytes
+-- (emptied when it is committed), `<id>:w` its last worker. `wt:<worker>` (`wc:<worker>`) holds
+-- what the worker's last take (commit) popped from the queue and leased, with that request's id and
+-- the tokens, for a retry of it. `sh:<run>` is the run's step history: one line per lease
+-- transition, `<kind> <ms> <token> <attempt> <delivery or -> <lease end ms or -> <item id> <node>
+-- <worker>`, kind L (leased), H (renewed), E (expired), C (committed), Z (fenced out), F (failed;
+-- the lease end field holds the retry's due time), R (released). A history is "routine" while every
+-- item was leased once, on its first attempt, and renewed or committed; the first other line sets
+-- the record's `hx` field. A run that completes with a routine history drops it (unless
+-- `KEEP_ROUTINE`, set in the library's header): only the histories that explain something outlive
+-- their run.
 
 -- Per call, set by `setup` from ARGV (loaded as a function library, this code runs once and
 -- its functions serve every call).
@@ -268,7 +268,7 @@ end
 
 -- Step history -----------------------------------------------------------------------------
 
--- Adds a routine line, made by the caller, to the step history of `run`, known to be active.
+-- Adds `line` to the step history of `run` (the caller marks the run for the flush's checks).
 local function history_line(run, line)
   local lines = HISTORY[run]
   if not lines then
