@@ -77,7 +77,7 @@
 //! | `fin` | list | finished runs (`<finish ms> <run>`), oldest first, for the pruning of `runs` |
 //! | `dlh`, `dlq` | hash, sorted set | dead letters (JSON, and the item's bytes under `<entry>:p`); by time |
 //! | `idem:<key>` | string | the run an idempotency key started |
-//! | `wt:<worker>`, `wc:<worker>` | string | what a worker's last take or commit leased, with the tokens (for a retried request; 2 minutes) |
+//! | `wt:<worker>`, `wc:<worker>` | string | what a worker's last take or commit leased from the queue, with the tokens (for a retried request; 2 minutes; a successor handed straight to the committing worker names the commit's request in its state instead) |
 //! | `reclaimed` | string | expired leases handed back so far |
 //! | `ev` | channel | run status changes (one message per script, a run id per line; sharded on a cluster) |
 //! | `wk` | channel | on a cluster: a workflow with new ready work (sharded), for idle workers |
