@@ -70,6 +70,38 @@ fn done(output: u64) -> StepCommit {
     step
 }
 
+/// Checks that nothing else is ready for `me`, and that `lease` is live: its commit with
+/// `output` completes `run`, whose waiter gets that output.
+async fn only_this_lease_is_left(
+    s: &Setup,
+    me: &WorkerId,
+    lease: &Lease,
+    run: &RunId,
+    output: u64,
+) {
+    let wf = One { echo: Echo {} };
+    assert!(s
+        .backend
+        .take(wf.name(), me, options(), Duration::ZERO)
+        .await
+        .unwrap()
+        .is_none());
+    let outcome = s.backend.commit(lease, &done(output)).await.unwrap();
+    assert_eq!(
+        outcome,
+        CommitOutcome::Committed {
+            finished: Some(RunStatus::Completed)
+        }
+    );
+    assert_eq!(
+        s.orchestrator
+            .wait_for_output(run, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        output
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_start_finds_its_own_run() {
     let s = setup(|c| c).await;
@@ -214,26 +246,7 @@ async fn a_retried_take_leases_nothing_twice() {
     assert_eq!(following.deliveries, 1);
 
     // Nothing else is ready, and the second run's item is leased once, to us.
-    assert!(s
-        .backend
-        .take(wf.name(), &me, options(), Duration::ZERO)
-        .await
-        .unwrap()
-        .is_none());
-    let outcome = s.backend.commit(&following.lease, &done(2)).await.unwrap();
-    assert_eq!(
-        outcome,
-        CommitOutcome::Committed {
-            finished: Some(RunStatus::Completed)
-        }
-    );
-    assert_eq!(
-        s.orchestrator
-            .wait_for_output(&second, Duration::from_secs(5))
-            .await
-            .unwrap(),
-        2
-    );
+    only_this_lease_is_left(&s, &me, &following.lease, &second, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,28 +289,9 @@ async fn a_retried_commit_hands_over_its_successor_again() {
     assert_eq!(successor.lease.item_id, child);
     assert_eq!(successor.lease.token, 1, "its first lease, not a new one");
     assert_eq!(successor.deliveries, 1);
-    assert!(s
-        .backend
-        .take(wf.name(), &me, options(), Duration::ZERO)
-        .await
-        .unwrap()
-        .is_none());
 
-    // The lease handed over again is the live one: its commit completes the run.
-    let outcome = s.backend.commit(&successor.lease, &done(7)).await.unwrap();
-    assert_eq!(
-        outcome,
-        CommitOutcome::Committed {
-            finished: Some(RunStatus::Completed)
-        }
-    );
-    assert_eq!(
-        s.orchestrator
-            .wait_for_output(&run, Duration::from_secs(5))
-            .await
-            .unwrap(),
-        7
-    );
+    // Nothing else is ready, and the lease handed over again is the live one.
+    only_this_lease_is_left(&s, &me, &successor.lease, &run, 7).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
