@@ -20,30 +20,14 @@
 -- A retry of the request (same request id) answers its applied steps with {'ok', …} again and
 -- gets the items its take leased.
 local k = num(ARGV[5])
+-- Where the take's arguments start: past the k steps (each step's own fields are read where
+-- it is applied, below, without a table per step).
 local i = 6
-local commits = {}
-local NONE = {}  -- shared by the steps without outputs, errors or parked successors (read only)
-for c = 1, k do
-  local x = {
-    run = ARGV[i], id = ARGV[i + 1], token = num(ARGV[i + 2]), required = ARGV[i + 3],
-    base = ARGV[i + 4], ctx = ARGV[i + 5], have = ARGV[i + 6], node = ARGV[i + 7],
-    dur = tonumber(ARGV[i + 8]), holder = ARGV[i + 9], succs = {}, outputs = NONE, errors = NONE,
-  }
+for _ = 1, k do
   i = i + 10
-  for _ = 1, num(ARGV[i]) do
-    x.succs[#x.succs + 1] = { id = ARGV[i + 1], node = ARGV[i + 2], bytes = ARGV[i + 3] }
-    i = i + 3
-  end
-  i = i + 1
-  local n = num(ARGV[i])
-  if n > 0 then x.outputs = {} end
-  for o = 1, n do x.outputs[o] = ARGV[i + o] end
-  i = i + 1 + n
-  n = num(ARGV[i])
-  if n > 0 then x.errors = {} end
-  for e = 1, n do x.errors[e] = ARGV[i + e] end
-  i = i + 1 + n
-  commits[c] = x
+  i = i + 1 + 3 * num(ARGV[i])
+  i = i + 1 + num(ARGV[i])
+  i = i + 1 + num(ARGV[i])
 end
 local next_wf = ARGV[i] or ''
 local worker, lease_ms, max_del = ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
@@ -57,165 +41,200 @@ local until_ms = now + (lease_ms or 0)
 local commit_line = 'C ' .. text(now) .. ' '
 local lease_line
 
--- Runs touched by the batch: their record's fields, read once; `set` collects the writes.
+-- Runs touched by the batch: their record's fields, read once, and `set`, the writes.
 -- The fields only some commits need are read when needed (`rare`): a hash kept compact by
 -- Redis looks each field up by a scan, a missing one by a scan of it all. (The table is made
 -- by one constructor: filled field by field, Lua would grow it four times.)
 local runs, order = {}, {}
 local function run_of(run)
-  local x = runs[run]
-  if not x then
+  local r = runs[run]
+  if not r then
     local v = redis.call('HMGET', run_key(run), 'st', 'ver', 'wf', 'left', 'out', 'dl', 'm_done',
       'm_items', 'nt')
     -- Only a finished run has a finish time (`t1`); of those only a failed one takes commits.
     local t1 = v[1] == 'failed' and redis.call('HGET', run_key(run), 't1') or false
-    local f = { st = v[1], ver = v[2], wf = v[3], left = v[4], out = v[5], t1 = t1, dl = v[6],
-                m_done = v[7], m_items = v[8], nt = v[9] }
-    x = { f = f, set = {}, touched = false }
-    runs[run] = x
+    r = { st = v[1], ver = v[2], wf = v[3], left = v[4], out = v[5], t1 = t1, dl = v[6],
+          m_done = v[7], m_items = v[8], nt = v[9], set = {}, touched = false }
+    runs[run] = r
     order[#order + 1] = run
   end
-  return x
+  return r
 end
 
 -- Field `name` of a touched run's record, read from it the first time it is asked for.
 local function rare(run, name)
-  local r = runs[run].f
+  local r = runs[run]
   if r[name] == nil then r[name] = redis.call('HGET', run_key(run), name) end
   return r[name]
 end
 
 local held = {}      -- run -> context version this worker holds after its applied steps
-local direct = {}    -- successors leased straight to the worker: {run, successor}
+local direct = {}    -- successors leased straight to the worker: run, id, node, bytes (flat)
 local queued = {}    -- workflow -> entries to queue
 local done = {}      -- the committed items' lease timers, removed in one command
+local again = {}     -- steps a retry of this request finds applied: run, successors' index, count
+local broken = {}    -- runs whose context change the batch refused
+local NONE = {}      -- shared by the steps without parked successors (read only)
+local OK = { 'ok', '' }  -- the reply row of an applied step whose run goes on (shared, read only)
 
--- Applies step `x`; returns its reply row (the final status is filled in at the end) and
--- whether it was applied now.
-local function commit_one(x)
-  local it = items_key(x.run)
-  local e = entry(x.id, x.run)
-  local fields = { x.id .. ':m' }
-  for _, s in ipairs(x.succs) do fields[#fields + 1] = s.id .. ':m' end
-  local f = hmget_chunked(it, fields)
-  local m = parse_meta(f[1])
-  if not m or m.s ~= 'I' or m.t ~= x.token then
-    local r = run_of(x.run).f
-    -- This request applied the step before its reply was lost: answer as then.
-    if m and m.s == 'C' and m.r == RID then
-      x.again = true
-      return { 'ok', is_finished(r.st) and r.st or '' }
-    end
-    if not m and rare(x.run, 'frid') == RID then return { 'ok', r.st or '' } end
-    -- A cancelled or completed run's items are gone: its in-flight steps learn it is over.
-    if not m and r.st and not accepts_results(r.st) then return { 'inactive', r.st } end
-    if m then step_event(x.run, 'Z', x.id, m.n, x.holder, x.token, m.a, now) end
-    return { 'lost' }
+-- The answer to step `id` of `run` (leased under `token`, a text) when its lease is not found
+-- as leased: applied before by this request, refused (run over), or lost.
+local function not_leased(run, id, f1, token, holder, s, ns)
+  local m = parse_meta(f1)
+  local r = run_of(run)
+  -- This request applied the step before its reply was lost: answer as then.
+  if m and m.s == 'C' and m.r == RID then
+    again[#again + 1] = run
+    again[#again + 1] = s
+    again[#again + 1] = ns
+    return { 'ok', is_finished(r.st) and r.st or '' }
   end
-  local run = run_of(x.run)
-  local r = run.f
+  if not m and rare(run, 'frid') == RID then return { 'ok', r.st or '' } end
+  -- A cancelled or completed run's items are gone: its in-flight steps learn it is over.
+  if not m and r.st and not accepts_results(r.st) then return { 'inactive', r.st } end
+  if m then step_event(run, 'Z', id, m.n, holder, num(token), m.a, now) end
+  return { 'lost' }
+end
+
+-- Applies the step whose arguments start at ARGV[i] (see above); returns its reply row (the
+-- final status is filled in at the end), whether it was applied now, and where the next
+-- step's arguments start.
+local function commit_one(i)
+  local run, id, token, required = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local base, holder = ARGV[i + 4], ARGV[i + 9]
+  local ns = num(ARGV[i + 10])
+  local s = i + 11                       -- the first successor's id
+  local o = s + 3 * ns                   -- the output count
+  local e = o + 1 + num(ARGV[o])         -- the error count
+  local next_i = e + 1 + num(ARGV[e])
+  if base ~= '' and broken[run] then
+    return { 'conflict', num(run_of(run).ver or '0') }, false, next_i
+  end
+  local it = items_key(run)
+  local f
+  if ns == 0 then
+    f = redis.call('HMGET', it, id .. ':m')
+  elseif ns == 1 then
+    f = redis.call('HMGET', it, id .. ':m', ARGV[s] .. ':m')
+  else
+    local fields = { id .. ':m' }
+    for n = 0, ns - 1 do fields[n + 2] = ARGV[s + 3 * n] .. ':m' end
+    f = hmget_chunked(it, fields)
+  end
+  -- The lease, read without a table: state I under this step's token.
+  local ms, ma, md, mt, mn, mr = string.match(f[1] or '', '^(%u) (%d+) (%d+) (%d+) (%S+) (%S+)$')
+  if ms ~= 'I' or mt ~= token then return not_leased(run, id, f[1], token, holder, s, ns), false, next_i end
+  local r = run_of(run)
+  local ent = entry(id, run)
   if not accepts_results(r.st) then
-    redis.call('HSET', it, x.id .. ':m', with_state(m, 'X', RID))
-    redis.call('ZREM', TIMERS, 'L' .. e)
-    return { 'inactive', r.st or 'cancelled' }
+    redis.call('HSET', it, id .. ':m', 'X ' .. ma .. ' ' .. md .. ' ' .. mt .. ' ' .. mn .. ' ' .. RID)
+    redis.call('ZREM', TIMERS, 'L' .. ent)
+    return { 'inactive', r.st or 'cancelled' }, false, next_i
   end
   local ver = num(r.ver or '0')
-  if x.required ~= '' and num(x.required) ~= ver then return { 'conflict', ver } end
-  if x.base ~= '' then
-    if num(x.base) ~= ver then return { 'conflict', ver } end
+  if required ~= '' and num(required) ~= ver then return { 'conflict', ver }, false, next_i end
+  if base ~= '' then
+    if num(base) ~= ver then return { 'conflict', ver }, false, next_i end
     ver = ver + 1
-    r.ver, run.set.ver, run.set.ctx = ver, ver, x.ctx
-    held[x.run] = ver
-  elseif x.have ~= '' then
-    held[x.run] = num(x.have)
+    r.ver, r.set.ver, r.set.ctx = ver, ver, ARGV[i + 5]
+    held[run] = ver
+  elseif ARGV[i + 6] ~= '' then
+    held[run] = num(ARGV[i + 6])
   end
-  if r.st == 'pending' then r.st = 'running'; run.set.st = 'running' end
-  run.touched = true
+  if r.st == 'pending' then r.st = 'running'; r.set.st = 'running' end
+  r.touched = true
 
   -- Successors: new ones are stored, leased straight to the worker while it has room, the
   -- others queued (parked while the run is paused or failed).
   local fresh = 0
   -- The item's payload goes (emptied in the same write as its completion).
-  local hset = { x.id .. ':m', with_state(m, 'C', RID), x.id, '' }
+  local hset = { id .. ':m', 'C ' .. ma .. ' ' .. md .. ' ' .. mt .. ' ' .. mn .. ' ' .. RID, id, '' }
   local parked = NONE
-  for n, s in ipairs(x.succs) do
+  local hands = budget > 0 and takes_items(r.st) and r.wf == next_wf
+  for n = 1, ns do
     if not f[1 + n] then
+      local sid, snode, sbytes = ARGV[s], ARGV[s + 1], ARGV[s + 2]
       fresh = fresh + 1
-      hset[#hset + 1] = s.id
-      hset[#hset + 1] = s.bytes
-      hset[#hset + 1] = s.id .. ':m'
-      if budget > 0 and takes_items(r.st) and r.wf == next_wf then
+      hset[#hset + 1] = sid
+      hset[#hset + 1] = sbytes
+      hset[#hset + 1] = sid .. ':m'
+      if hands and budget > 0 then
         budget = budget - 1
         -- (The lease names this request: a retry of it finds the item handed over.)
-        hset[#hset + 1] = meta('I', 1, 1, 1, s.node, RID)
-        hset[#hset + 1] = s.id .. ':w'
+        hset[#hset + 1] = 'I 1 1 1 ' .. snode .. ' ' .. RID
+        hset[#hset + 1] = sid .. ':w'
         hset[#hset + 1] = worker
-        direct[#direct + 1] = { x.run, s }
-        add_timer(until_ms, 'L' .. entry(s.id, x.run))
+        direct[#direct + 1] = run
+        direct[#direct + 1] = sid
+        direct[#direct + 1] = snode
+        direct[#direct + 1] = sbytes
+        add_timer(until_ms, 'L' .. entry(sid, run))
         -- (The routine history lines of a commit are made here, from fewer pieces.)
         if STEP_HISTORY then
           lease_line = lease_line or 'L ' .. text(now) .. ' 1 1 1 ' .. text(until_ms) .. ' '
-          history_line(x.run, lease_line .. s.id .. ' ' .. s.node .. ' ' .. worker)
+          history_line(run, lease_line .. sid .. ' ' .. snode .. ' ' .. worker)
         end
       else
-        hset[#hset + 1] = meta('P', 1, 0, 0, s.node)
+        hset[#hset + 1] = 'P 1 0 0 ' .. snode .. ' -'
         if takes_items(r.st) then
           local q = queued[r.wf]
           if not q then q = {}; queued[r.wf] = q end
-          q[#q + 1] = entry(s.id, x.run)
+          q[#q + 1] = entry(sid, run)
         else
           if parked == NONE then parked = {} end
-          parked[#parked + 1] = s.id
+          parked[#parked + 1] = sid
         end
       end
     end
+    s = s + 3
   end
   call_chunked('HSET', it, hset)
-  done[#done + 1] = 'L' .. e
+  done[#done + 1] = 'L' .. ent
   if STEP_HISTORY then
-    history_line(x.run, commit_line .. text(m.t) .. ' ' .. text(m.a) .. ' - - ' .. x.id .. ' ' ..
-      m.n .. ' ' .. x.holder)
+    history_line(run, commit_line .. mt .. ' ' .. ma .. ' - - ' .. id .. ' ' .. mn .. ' ' .. holder)
   end
   if #parked > 0 then
-    call_chunked('LPUSH', parked_key(x.run), parked)
-    keep_expiry(parked_key(x.run), r.t1)
-    r.pkc = tonumber(rare(x.run, 'pkc') or '0') + #parked
-    run.set.pkc = r.pkc
+    call_chunked('LPUSH', parked_key(run), parked)
+    keep_expiry(parked_key(run), r.t1)
+    r.pkc = tonumber(rare(run, 'pkc') or '0') + #parked
+    r.set.pkc = r.pkc
   end
 
   -- Outputs (the first in the record, the others in a list, pushed once per run at the
   -- end), errors, counters.
-  for _, o in ipairs(x.outputs) do
+  for n = o + 1, o + num(ARGV[o]) do
     if not r.out then
-      r.out = o
-      run.set.out = o
+      r.out = ARGV[n]
+      r.set.out = ARGV[n]
     else
-      run.outs = run.outs or {}
-      run.outs[#run.outs + 1] = o
+      r.outs = r.outs or {}
+      r.outs[#r.outs + 1] = ARGV[n]
     end
   end
-  if #x.errors > 0 then
-    call_chunked('RPUSH', errs_key(x.run), x.errors)
-    r.nerr = tonumber(rare(x.run, 'nerr') or '0') + #x.errors
-    run.set.nerr = r.nerr
-    keep_expiry(errs_key(x.run), r.t1)
+  local ne = num(ARGV[e])
+  if ne > 0 then
+    call_chunked('RPUSH', errs_key(run), { unpack(ARGV, e + 1, e + ne) })
+    r.nerr = tonumber(rare(run, 'nerr') or '0') + ne
+    r.set.nerr = r.nerr
+    keep_expiry(errs_key(run), r.t1)
   end
   -- Counters: only those that change are written.
   r.left = num(r.left or '1')
   if fresh ~= 1 then
     r.left = r.left + fresh - 1
-    run.set.left = r.left
+    r.set.left = r.left
   end
   r.m_done = num(r.m_done or '0') + 1
-  run.set.m_done = r.m_done
+  r.set.m_done = r.m_done
   if fresh > 0 then
     r.m_items = num(r.m_items or '0') + fresh
-    run.set.m_items = r.m_items
+    r.set.m_items = r.m_items
   end
-  run.durs = run.durs or {}
-  run.durs[#run.durs + 1] = x.node
-  run.durs[#run.durs + 1] = x.dur
-  return { 'ok', '' }, true
+  local durs = r.durs
+  if not durs then durs = {}; r.durs = durs end
+  durs[#durs + 1] = ARGV[i + 7]
+  durs[#durs + 1] = tonumber(ARGV[i + 8])
+  return OK, true, next_i
 end
 
 -- A retried request whose take was applied gets the same items back: those its first
@@ -225,41 +244,38 @@ local replies = {}
 local last_of = {}
 -- Once a context change of a run is refused, its later ones in the batch are refused too:
 -- the worker may have joined them onto the refused one, whose version another commit can reach.
-local broken = {}
-for c, x in ipairs(commits) do
+i = 6
+for c = 1, k do
+  local run, changes = ARGV[i], ARGV[i + 4] ~= ''
   local row, applied
-  if x.base ~= '' and broken[x.run] then
-    row = { 'conflict', tonumber(run_of(x.run).f.ver or '0') }
-  else
-    row, applied = commit_one(x)
-  end
-  if x.base ~= '' and row[1] ~= 'ok' then broken[x.run] = true end
+  row, applied, i = commit_one(i)
+  if changes and row[1] ~= 'ok' then broken[run] = true end
   replies[c] = row
-  if applied then last_of[x.run] = c end
+  if applied then last_of[run] = c end
 end
 
 -- Each touched run: its new status (finished when nothing is left), written once.
 for _, run in ipairs(order) do
-  local x = runs[run]
-  if x.touched then
-    local r = x.f
-    if x.outs then
-      call_chunked('RPUSH', outs_key(run), x.outs)
-      r.nout = tonumber(rare(run, 'nout') or '0') + #x.outs
-      x.set.nout = r.nout
+  local r = runs[run]
+  if r.touched then
+    local set = r.set
+    if r.outs then
+      call_chunked('RPUSH', outs_key(run), r.outs)
+      r.nout = tonumber(rare(run, 'nout') or '0') + #r.outs
+      set.nout = r.nout
       keep_expiry(outs_key(run), r.t1)
     end
-    if x.durs then x.set.nt = add_timings(r.nt, x.durs) end
+    if r.durs then set.nt = add_timings(r.nt, r.durs) end
     local new = after_commit(r.st, r.left, r.out)
     if new ~= r.st and is_finished(new) then
-      x.set.frid = RID
-      if new == 'failed' then x.set.err = 'workflow `' .. r.wf .. '`' .. NO_OUTPUT end
-      finish_run(run, x.set, new, now, r)
-      replies[last_of[run]][2] = new
+      set.frid = RID
+      if new == 'failed' then set.err = 'workflow `' .. r.wf .. '`' .. NO_OUTPUT end
+      finish_run(run, set, new, now, r)
+      replies[last_of[run]] = { 'ok', new }
     elseif new ~= r.st then
-      x.set.st = new
+      set.st = new
     end
-    write_run(run, x.set)
+    write_run(run, set)
     if r.t1 then keep_expiry(items_key(run), r.t1) end
   end
 end
@@ -275,37 +291,39 @@ local take = { 0, -1 }
 if next_wf ~= '' then
   -- A retry of an applied step: its successors the first attempt handed over to this worker
   -- (its lease names that request) are handed over again.
-  if RETRY then
-    for _, x in ipairs(commits) do
-      if x.again then
-        for _, s in ipairs(x.succs) do
-          local f = redis.call('HMGET', items_key(x.run), s.id .. ':m', s.id .. ':w')
-          local m = parse_meta(f[1])
-          if m and m.s == 'I' and m.t == 1 and m.r == RID and f[2] == worker then
-            direct[#direct + 1] = { x.run, s }
-            budget = budget - 1
-          end
-        end
+  for a = 1, #again, 3 do
+    local run, s = again[a], again[a + 1]
+    for _ = 1, again[a + 2] do
+      local sid = ARGV[s]
+      local f = redis.call('HMGET', items_key(run), sid .. ':m', sid .. ':w')
+      local m = parse_meta(f[1])
+      if m and m.s == 'I' and m.t == 1 and m.r == RID and f[2] == worker then
+        direct[#direct + 1] = run
+        direct[#direct + 1] = sid
+        direct[#direct + 1] = ARGV[s + 1]
+        direct[#direct + 1] = ARGV[s + 2]
+        budget = budget - 1
       end
+      s = s + 3
     end
   end
   -- The reply, flat: the handed-over successors first, then what the take leased.
   local reply, n = { 1, 0 }, 2
-  for _, d in ipairs(direct) do
-    local run, s = d[1], d[2]
-    local x = runs[run]
-    local ver = num(x.f.ver or '0')
+  for d = 1, #direct, 4 do
+    local run = direct[d]
+    local r = runs[run]
+    local ver = num(r.ver or '0')
     local same, bytes = 1, ''
-    if held[run] ~= ver then same, bytes = 0, x.set.ctx or redis.call('HGET', run_key(run), 'ctx') or '' end
+    if held[run] ~= ver then same, bytes = 0, r.set.ctx or redis.call('HGET', run_key(run), 'ctx') or '' end
     -- (One value at a time: the table grows in order.)
     reply[n + 1] = run
-    reply[n + 2] = s.id
+    reply[n + 2] = direct[d + 1]
     reply[n + 3] = 1
-    reply[n + 4] = s.bytes
-    reply[n + 5] = s.node
+    reply[n + 4] = direct[d + 3]
+    reply[n + 5] = direct[d + 2]
     reply[n + 6] = 1
     reply[n + 7] = 1
-    reply[n + 8] = x.f.dl or ''
+    reply[n + 8] = r.dl or ''
     reply[n + 9] = same
     reply[n + 10] = bytes
     reply[n + 11] = ver

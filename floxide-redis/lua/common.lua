@@ -32,13 +32,13 @@
 local PFX, RETENTION, LETTER_RETENTION, RID, RETRY
 local TIMERS, RUNS, FINISHED, LEGACY_DONE, LETTERS, LETTER_INDEX
 -- Run events and lease timers a call collects (flushed at its end), and whether it pruned.
-local EVENTS, PRUNE_DONE, TIMER_ADDS
--- The decimal text of the numbers a call formatted (see `text`).
-local TEXT
+local EVENTS, PRUNE_DONE, TIMER_ADDS = {}, false, {}
+-- The decimal texts of the larger numbers formatted lately, and how many (see `text`).
+local TEXT, TEXT_N = {}, 0
 -- Step history lines a call collects per run (flushed at its end, one push per run), the runs
 -- in order, the runs whose state the flush must check, those that finished in the call (their
 -- history's expiry, or 'drop'), and those given a line that is not routine.
-local HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS, HISTORY_NOTE
+local HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS, HISTORY_NOTE = {}, {}, {}, {}, {}
 -- The most lines a run's history keeps: trimmed to that once it holds twice as many.
 local HISTORY_KEPT = 1000
 
@@ -59,8 +59,14 @@ local function setup()
   -- A retried request carries its id with a `+`: only then is a first attempt's answer looked for.
   RID, RETRY = ARGV[4], string.byte(ARGV[4], -1) == 43
   if RETRY then RID = string.sub(RID, 1, -2) end
-  EVENTS, PRUNE_DONE, TIMER_ADDS, TEXT = {}, false, {}, {}
-  HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS, HISTORY_NOTE = {}, {}, {}, {}, {}
+  PRUNE_DONE = false
+  -- A call's collections are emptied by its flushes: they are made anew only when a call
+  -- stopped before its end and left them filled (making them every call cost 4k instructions).
+  if EVENTS[1] or TIMER_ADDS[1] or HISTORY_RUNS[1] or next(HISTORY_ENDS) then
+    EVENTS, TIMER_ADDS = {}, {}
+    HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS, HISTORY_NOTE = {}, {}, {}, {}, {}
+  end
+  if TEXT_N > 4096 then TEXT, TEXT_N = {}, 0 end
 end
 
 -- The texts of the small counts, tokens and attempts (0 to 1023), kept across calls.
@@ -68,13 +74,17 @@ local SMALL = {}
 
 -- The decimal text of number `n`. Lua formats a number with the C library's floating-point
 -- printer, which costs as much as a Redis command: a small number is formatted once for good,
--- the others once per call (the clock and a lease's end repeat across a batch). Redis formats
+-- the others are kept a while (the clock and a lease's end repeat across a batch). Redis formats
 -- a number passed to a command the same way: the scripts pass texts.
 local function text(n)
   local s = SMALL[n] or TEXT[n]
   if not s then
     s = tostring(n)
-    if n >= 0 and n < 1024 and n % 1 == 0 then SMALL[n] = s else TEXT[n] = s end
+    if n >= 0 and n < 1024 and n % 1 == 0 then
+      SMALL[n] = s
+    else
+      TEXT[n], TEXT_N = s, TEXT_N + 1
+    end
   end
   return s
 end
@@ -100,7 +110,7 @@ local function now_ms()
   local ms = string.sub('00000' .. t[2], -6, -4)
   local s = t[1] .. ms
   local n = tonumber(s)
-  TEXT[n] = s
+  TEXT[n], TEXT_N = s, TEXT_N + 1
   return n
 end
 
@@ -223,6 +233,11 @@ local function enqueue(wf, entries, front)
   if len == math.min(#entries, 1000) then wake(wf, #entries) end
 end
 
+-- Queues one entry (see `enqueue`), without making a list of it.
+local function enqueue_one(wf, e, front)
+  if redis.call(front and 'RPUSH' or 'LPUSH', queue_key(wf), e) == 1 then wake(wf, 1) end
+end
+
 -- Queues entries at the back without waking anyone; returns whether the queue was empty
 -- (the caller wakes workers for what is left once its own take has popped what it wants).
 local function enqueue_quietly(wf, entries)
@@ -236,7 +251,7 @@ end
 -- Returns whether the item is still outstanding.
 local function make_ready(run, id, r, front)
   if takes_items(r.st) then
-    enqueue(r.wf, { entry(id, run) }, front)
+    enqueue_one(r.wf, entry(id, run), front)
   elseif accepts_results(r.st) then
     redis.call('LPUSH', parked_key(run), id)
     r.pkc = (r.pkc or 0) + 1
@@ -316,7 +331,9 @@ local function flush_history()
       if n > 2 * HISTORY_KEPT then redis.call('LTRIM', key, -HISTORY_KEPT, -1) end
     end
   end
-  HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS, HISTORY_NOTE = {}, {}, {}, {}, {}
+  if HISTORY_RUNS[1] or next(HISTORY_ENDS) then
+    HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS, HISTORY_NOTE = {}, {}, {}, {}, {}
+  end
 end
 
 -- Retention --------------------------------------------------------------------------------
@@ -725,10 +742,41 @@ local function replay_take(key, worker)
 end
 
 -- Node timings: one field of the run's record, `<node> <count> <total µs> <max µs>;...`.
+-- Adds `c` steps of `node` taking `t` µs in all and `x` µs at most to `nt`: the node's segment
+-- is rewritten in place (the others are kept as they are); a segment that does not read as
+-- numbers starts again from these steps.
+local function add_timing(nt, node, c, t, x)
+  local head = node .. ' '
+  local at
+  if string.sub(nt, 1, #head) == head then
+    at = 1
+  else
+    at = string.find(nt, ';' .. head, 1, true)
+    if at then at = at + 1 end
+  end
+  if not at then
+    local seg = head .. text(c) .. ' ' .. text(t) .. ' ' .. text(x)
+    return nt == '' and seg or nt .. ';' .. seg
+  end
+  -- (The numbers are read where they stand, and the segment's end found from their lengths.)
+  local from = at + #head
+  local c0, t0, x0 = string.match(nt, '^(%d+) (%d+) (%d+)', from)
+  local stop = c0 and from + #c0 + #t0 + #x0 + 2
+  if c0 and (stop > #nt or string.byte(nt, stop) == 59) then
+    c, t = num(c0) + c, tonumber(t0) + t
+    x = math.max(tonumber(x0), x)
+  else
+    stop = string.find(nt, ';', at, true) or #nt + 1
+  end
+  return string.sub(nt, 1, at - 1) .. head .. text(c) .. ' ' .. text(t) .. ' ' .. text(x) ..
+    string.sub(nt, stop)
+end
+
 -- `durs` holds a script's steps of the run, `node, µs, node, µs, ...`: each node's segment is
--- found and rewritten in place (the others are kept as they are), once for all its steps.
+-- rewritten once for all its steps.
 local function add_timings(nt, durs)
   nt = nt or ''
+  if #durs == 2 then return add_timing(nt, durs[1], 1, durs[2], durs[2]) end
   local agg, order = {}, {}
   for i = 1, #durs, 2 do
     local node, dur = durs[i], durs[i + 1]
@@ -742,25 +790,8 @@ local function add_timings(nt, durs)
     end
   end
   for _, node in ipairs(order) do
-    local a, head = agg[node], node .. ' '
-    local at = nil
-    if string.sub(nt, 1, #head) == head then
-      at = 1
-    else
-      at = string.find(nt, ';' .. head, 1, true)
-      if at then at = at + 1 end
-    end
-    local stop = at and (string.find(nt, ';', at, true) or #nt + 1)
-    local c, t, x = nil, nil, nil
-    if at then c, t, x = string.match(string.sub(nt, at + #head, stop - 1), '^(%d+) (%d+) (%d+)$') end
-    if c then a[1], a[2], a[3] = tonumber(c) + a[1], tonumber(t) + a[2], math.max(tonumber(x), a[3]) end
-    local seg = head .. text(a[1]) .. ' ' .. text(a[2]) .. ' ' .. text(a[3])
-    if at then
-      -- (A segment that does not read as numbers starts again from this script's steps.)
-      nt = string.sub(nt, 1, at - 1) .. seg .. string.sub(nt, stop)
-    else
-      nt = nt == '' and seg or nt .. ';' .. seg
-    end
+    local a = agg[node]
+    nt = add_timing(nt, node, a[1], a[2], a[3])
   end
   return nt
 end
