@@ -14,7 +14,7 @@ use redis::Value;
 
 use crate::keys::Keys;
 use crate::reply::{hash, malformed, ms_of, time_ms, Reply};
-use crate::scripts::{function_missing, reload, run_call, Call, Lua};
+use crate::scripts::{run_call, Call, Lua};
 use crate::{RedisBackendError, RedisClient, RedisConfig};
 
 /// The distributed backend on Redis: any number of worker processes on any number of machines
@@ -317,15 +317,14 @@ fn node_timings(text: &str) -> BTreeMap<String, NodeTiming> {
 impl AdminBackend for RedisBackend {
     async fn start_run(&self, start: StartRun) -> Result<RunId, DistributedError> {
         let run_id = self.placed_run_id(&start);
-        let rid = request_id();
-        let inv = self.start_invocation(&start, &run_id, &rid);
-        let r = self.script_reply(&inv).await?;
-        self.may_have_work(&run_id);
-        start_answer(run_id, start, &r)
+        self.start_chunk(vec![(run_id, start)])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(malformed("the start was not answered")))
     }
 
     async fn start_runs(&self, starts: Vec<StartRun>) -> Vec<Result<RunId, DistributedError>> {
-        // A pipeline stays within one partition (one cluster slot); the partitions' pipelines
+        // A script call stays within one partition (one cluster slot); the partitions' calls
         // are in flight at once.
         let count = starts.len();
         let mut groups: std::collections::BTreeMap<u32, Vec<(usize, RunId, StartRun)>> =
@@ -341,14 +340,10 @@ impl AdminBackend for RedisBackend {
             while group.peek().is_some() {
                 let (at, chunk): (Vec<usize>, Vec<(RunId, StartRun)>) = group
                     .by_ref()
-                    .take(START_PIPELINE)
+                    .take(START_BATCH)
                     .map(|(i, run_id, start)| (i, (run_id, start)))
                     .unzip();
-                let run = chunk.first().map(|(run_id, _)| run_id.clone());
                 answers.extend(at.into_iter().zip(self.start_chunk(chunk).await));
-                if let Some(run) = run {
-                    self.may_have_work(&run);
-                }
             }
             answers
         });
@@ -723,18 +718,25 @@ impl AdminBackend for RedisBackend {
     }
 }
 
-/// Starts sent in one pipeline by [`AdminBackend::start_runs`].
-const START_PIPELINE: usize = 100;
+/// Starts sent in one script call by [`AdminBackend::start_runs`].
+const START_BATCH: usize = 100;
 
 /// A start script's answer for the run `run_id` that `start` asked for.
-fn start_answer(run_id: RunId, start: StartRun, r: &Reply) -> Result<RunId, DistributedError> {
-    match r.text(0).as_str() {
+/// A start's answer: its two values from index `at` of the start script's reply.
+fn start_answer(
+    run_id: RunId,
+    start: StartRun,
+    r: &Reply,
+    at: usize,
+) -> Result<RunId, DistributedError> {
+    match r.text(at).as_str() {
         "ok" => Ok(run_id),
         "exists" => Err(DistributedError::RunExists(run_id)),
         "dup" => Err(DistributedError::DuplicateRun {
             key: start.idempotency_key.unwrap_or_default(),
-            existing: r.text(1),
+            existing: r.text(at + 1),
         }),
+        "" => Err(malformed("a start was not answered")),
         other => Err(malformed(&format!("start answered `{other}`"))),
     }
 }
@@ -759,78 +761,46 @@ impl RedisBackend {
     }
 
     /// The start script's invocation for `start` under `run_id`, request `rid`.
-    fn start_invocation<'a>(&'a self, start: &StartRun, run_id: &str, rid: &str) -> Call<'a> {
-        let pfx = self.keys().partition_of_run(run_id);
-        let scripts = &self.client.inner.scripts;
-        let mut inv = self.invoke(&scripts.start_run, Keys::runs(&pfx), &pfx, rid);
-        inv.arg(run_id)
-            .arg(&start.workflow)
-            .arg(&start.context)
-            .arg(start.first.id.to_string())
-            .arg(&start.first.node)
-            .arg(&start.first.bytes)
-            .arg(start.idempotency_key.as_deref().unwrap_or(""))
-            .arg(
-                start
-                    .deadline
-                    .map(|d| ms_of(d).to_string())
-                    .unwrap_or_default(),
-            );
-        inv
-    }
-
-    /// Starts `chunk` (each start under its placed run id) in one pipeline (retried as a whole:
-    /// each start's request id makes a retry of an applied start answer as the first did).
+    /// Starts `chunk` (each start under its placed run id; one partition) in one script call,
+    /// retried as a whole: each start's request id makes a retry of an applied start answer
+    /// as the first did.
     async fn start_chunk(
         &self,
         chunk: Vec<(RunId, StartRun)>,
     ) -> Vec<Result<RunId, DistributedError>> {
-        let rids: Vec<String> = chunk.iter().map(|_| request_id()).collect();
-        let calls: Vec<Call<'_>> = chunk
-            .iter()
-            .zip(&rids)
-            .map(|((run_id, s), rid)| self.start_invocation(s, run_id, rid))
-            .collect();
-        let inner = &self.client.inner;
-        let calls = &calls;
-        let replies: Result<Vec<Value>, DistributedError> = self
-            .client
-            .run(|mut conn| async move {
-                let pipeline = |load: bool| {
-                    let mut pipe = redis::pipe();
-                    for (n, call) in calls.iter().enumerate() {
-                        if inner.functions {
-                            pipe.add_command(call.fcall(false));
-                        } else {
-                            // The script is loaded first: a restarted server has forgotten it.
-                            if load && n == 0 {
-                                pipe.load_script(call.script()).ignore();
-                            }
-                            pipe.invoke_script(&call.invocation(false));
-                        }
-                    }
-                    pipe
-                };
-                match pipeline(true).query_async(&mut conn).await {
-                    // A restarted server lost the library: load it, then send the starts
-                    // again (each start's request id makes that safe).
-                    Err(e) if inner.functions && function_missing(&e) => {
-                        reload(&inner.scripts, &mut conn).await?;
-                        pipeline(false).query_async(&mut conn).await
-                    }
-                    answer => answer,
-                }
-            })
-            .await;
-        match replies {
-            Ok(values) if values.len() == chunk.len() => chunk
+        let Some((first, _)) = chunk.first() else {
+            return Vec::new();
+        };
+        let pfx = self.keys().partition_of_run(first);
+        let rid = request_id();
+        let mut inv = self.invoke(
+            &self.client.inner.scripts.start_run,
+            Keys::runs(&pfx),
+            &pfx,
+            &rid,
+        );
+        for (run_id, start) in &chunk {
+            inv.arg(run_id)
+                .arg(&start.workflow)
+                .arg(&start.context)
+                .arg(start.first.id.to_string())
+                .arg(&start.first.node)
+                .arg(&start.first.bytes)
+                .arg(start.idempotency_key.as_deref().unwrap_or(""))
+                .arg(
+                    start
+                        .deadline
+                        .map(|d| ms_of(d).to_string())
+                        .unwrap_or_default(),
+                );
+        }
+        let reply = self.script_reply(&inv).await;
+        self.may_have_work(first);
+        match reply {
+            Ok(r) => chunk
                 .into_iter()
-                .zip(values)
-                .map(|((run_id, start), value)| start_answer(run_id, start, &Reply::from(value)?))
-                .collect(),
-            Ok(_) => chunk
-                .iter()
-                .map(|_| Err(malformed("a pipelined start was not answered")))
+                .enumerate()
+                .map(|(n, (run_id, start))| start_answer(run_id, start, &r, 2 * n))
                 .collect(),
             Err(error) => chunk.iter().map(|_| Err(error.clone())).collect(),
         }

@@ -194,11 +194,6 @@ impl<'a> Call<'a> {
         }
         inv
     }
-
-    /// The script, for a pipeline that loads it first.
-    pub(crate) fn script(&self) -> &'a Script {
-        &self.lua.script
-    }
 }
 
 /// Runs `call` on `conn` (`retry`: a later attempt of the same request): `FCALL` when
