@@ -106,6 +106,20 @@ impl Side {
         })
     }
 
+    /// Waits (at most `PATIENCE`) until a run has completed: the worker processes are up and
+    /// stepping (on a loaded machine they take a while to start).
+    async fn wait_for_progress(&self) {
+        let since = Instant::now();
+        while since.elapsed() < PATIENCE {
+            if let Ok(done) = self.backend.list_runs(Some(RunStatus::Completed)).await {
+                if !done.is_empty() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits for the runs and checks each completed with each step applied once; returns
     /// the leases reclaimed.
     async fn check_completed_once(&self, runs: &[(String, u64)]) -> u64 {
@@ -299,6 +313,8 @@ async fn killed_workers_on_a_cluster_lose_nothing() {
         let starter = Side::start_over_time(&url, prefix, 0, 100, Duration::from_millis(10));
         let mut rng = Rng::seeded();
         let seed = rng.0;
+        // The kills must find steps in flight: they begin once the workers are stepping.
+        side.wait_for_progress().await;
         for _ in 0..4 {
             tokio::time::sleep(Duration::from_millis(300)).await;
             let victim = rng.below(workers.len());
