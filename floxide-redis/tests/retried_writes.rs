@@ -333,3 +333,42 @@ async fn a_connection_that_goes_silent_is_rebuilt() {
         .expect("answered within the retry window");
     assert_eq!(status.unwrap(), RunStatus::Pending);
 }
+
+/// A batch of starts is one script call: its retry answers each start as the first attempt
+/// did, and a run id or idempotency key repeated within the batch is refused the second
+/// time, as it would be in separate calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_batch_of_starts_answers_each_start_as_first() {
+    let s = setup(|c| c).await;
+    let start = |id: &str, key: Option<&str>| {
+        StartRun::new(
+            id,
+            One { echo: Echo {} }.name(),
+            b"null".to_vec(),
+            NewItem::new(ItemId::ROOT, "echo", b"1".to_vec()),
+        )
+        .with_idempotency_key(key.map(str::to_owned))
+    };
+    s.proxy.cut_after_request(b"FCALL");
+    let answers = s
+        .backend
+        .start_runs(vec![
+            start("same", None),
+            start("same", None),
+            start("keyed-1", Some("k")),
+            start("keyed-2", Some("k")),
+        ])
+        .await;
+    assert_eq!(s.proxy.cuts(), 1, "the reply was lost once");
+    let [first, second, keyed, refused] = <[_; 4]>::try_from(answers).unwrap();
+    assert_eq!(first.unwrap(), "same");
+    assert!(matches!(second, Err(DistributedError::RunExists(id)) if id == "same"));
+    let keyed = keyed.expect("the first start with the key is the batch's own");
+    match refused {
+        Err(DistributedError::DuplicateRun { key, existing }) => {
+            assert_eq!((key.as_str(), existing), ("k", keyed))
+        }
+        other => panic!("a repeated key within a batch must be refused: {other:?}"),
+    }
+    assert_eq!(s.orchestrator.list_runs(None).await.unwrap().len(), 2);
+}
