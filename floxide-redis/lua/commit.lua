@@ -49,12 +49,12 @@ local runs, order = {}, {}
 local function run_of(run)
   local r = runs[run]
   if not r then
-    local v = redis.call('HMGET', run_key(run), 'st', 'ver', 'wf', 'left', 'out', 'dl', 'm_done',
-      'm_items', 'nt')
+    local v = redis.call('HMGET', run_key(run), 'st', 'ver', 'wf', 'left', 'out', 'dl', 'm_items',
+      'nt')
     -- Only a finished run has a finish time (`t1`); of those only a failed one takes commits.
     local t1 = v[1] == 'failed' and redis.call('HGET', run_key(run), 't1') or false
     r = { st = v[1], ver = v[2], wf = v[3], left = v[4], out = v[5], t1 = t1, dl = v[6],
-          m_done = v[7], m_items = v[8], nt = v[9], set = {}, touched = false }
+          m_items = v[7], nt = v[8], set = {}, touched = false }
     runs[run] = r
     order[#order + 1] = run
   end
@@ -218,14 +218,13 @@ local function commit_one(i)
     r.set.nerr = r.nerr
     keep_expiry(errs_key(run), r.t1)
   end
-  -- Counters: only those that change are written.
+  -- Counters: only those that change are written. (The steps done are counted by the node
+  -- timings, `nt`: their counts add up to them.)
   r.left = num(r.left or '1')
   if fresh ~= 1 then
     r.left = r.left + fresh - 1
     r.set.left = r.left
   end
-  r.m_done = num(r.m_done or '0') + 1
-  r.set.m_done = r.m_done
   if fresh > 0 then
     r.m_items = num(r.m_items or '0') + fresh
     r.set.m_items = r.m_items

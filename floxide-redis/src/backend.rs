@@ -293,6 +293,16 @@ struct StoredLetter {
     at: u64,
 }
 
+/// The steps a run completed: the counts of its node timings (`nt`) add up to them. A record
+/// written before they did also counts them in `m_done`.
+pub(crate) fn steps_done(m_done: Option<u64>, nt: Option<&str>) -> u64 {
+    let counted: u64 = node_timings(nt.unwrap_or_default())
+        .values()
+        .map(|t| t.count)
+        .sum();
+    counted.max(m_done.unwrap_or_default())
+}
+
 /// Node timings as the commit script keeps them: `<node> <count> <total µs> <max µs>;...`.
 fn node_timings(text: &str) -> BTreeMap<String, NodeTiming> {
     text.split(';')
@@ -508,15 +518,14 @@ impl AdminBackend for RedisBackend {
                 .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
                 .unwrap_or(0)
         };
+        let nt = f[6].as_deref().map(String::from_utf8_lossy);
         Ok(RunMetrics {
             total_work_items: number(1),
-            completed: number(2),
+            completed: steps_done(Some(number(2)), nt.as_deref()),
             failed: number(3),
             retries: number(4),
             reclaimed: number(5),
-            per_node: node_timings(&String::from_utf8_lossy(
-                f[6].as_deref().unwrap_or_default(),
-            )),
+            per_node: node_timings(nt.as_deref().unwrap_or_default()),
         })
     }
 

@@ -16,6 +16,7 @@ use floxide_core::distributed::{DistributedError, RunStatus};
 use floxide_core::ItemId;
 use redis::AsyncCommands;
 
+use crate::backend::steps_done;
 use crate::keys::Keys;
 use crate::reply::time_ms;
 use crate::RedisBackend;
@@ -182,17 +183,20 @@ impl RedisBackend {
     pub async fn progress(&self, run_id: &str) -> Result<RunProgress, DistributedError> {
         let key = Keys::run(&self.keys().partition_of_run(run_id), run_id);
         let key = &key;
-        let (status, total, completed, left): (
+        // Status, items, steps done (older records), outstanding, node timings.
+        type Fields = (
             Option<String>,
             Option<u64>,
             Option<u64>,
             Option<i64>,
-        ) = self
+            Option<String>,
+        );
+        let (status, total, done, left, nt): Fields = self
             .client()
             .run(|mut conn| async move {
                 redis::cmd("HMGET")
                     .arg(key)
-                    .arg(&["st", "m_items", "m_done", "left"])
+                    .arg(&["st", "m_items", "m_done", "left", "nt"])
                     .query_async(&mut conn)
                     .await
             })
@@ -202,7 +206,7 @@ impl RedisBackend {
         }
         Ok(RunProgress {
             total: total.unwrap_or_default(),
-            completed: completed.unwrap_or_default(),
+            completed: steps_done(done, nt.as_deref()),
             outstanding: left.unwrap_or_default().max(0) as u64,
         })
     }
@@ -221,7 +225,13 @@ impl RedisBackend {
         pfx: &str,
         ids: &[String],
     ) -> Result<Vec<Option<RunRow>>, DistributedError> {
-        type Fields = (Option<String>, Option<String>, Option<u64>, Option<u64>);
+        type Fields = (
+            Option<String>,
+            Option<String>,
+            Option<u64>,
+            Option<u64>,
+            Option<String>,
+        );
         let mut rows = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(BATCH) {
             let pipe = {
@@ -229,7 +239,7 @@ impl RedisBackend {
                 for id in chunk {
                     pipe.cmd("HMGET")
                         .arg(Keys::run(pfx, id))
-                        .arg(&["wf", "st", "m_done", "t1"]);
+                        .arg(&["wf", "st", "m_done", "t1", "nt"]);
                 }
                 pipe
             };
@@ -238,11 +248,11 @@ impl RedisBackend {
                 .client()
                 .run(|mut conn| async move { pipe.query_async(&mut conn).await })
                 .await?;
-            rows.extend(fields.into_iter().map(|(workflow, status, done, t1)| {
+            rows.extend(fields.into_iter().map(|(workflow, status, done, t1, nt)| {
                 Some(RunRow {
                     workflow: workflow?,
                     status: status.and_then(|s| s.parse().ok()),
-                    completed_steps: done.unwrap_or_default(),
+                    completed_steps: steps_done(done, nt.as_deref()),
                     finished_ms: t1,
                 })
             }));
