@@ -576,9 +576,13 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now,
     local popped = redis.call('RPOP', queue_key(wf), text(want))
     if not popped then return count, false, false end
     budget = budget - #popped
+    -- Fewer entries than asked for: the queue is empty now (unless a resumed run's items
+    -- were moved back to it below), no need to ask again.
+    local drained = #popped < want
     for _, e in ipairs(popped) do
       if string.sub(e, 1, 1) == '@' then
         unpark(string.sub(e, 2), e)
+        drained = false
       else
         local id, run = split(e)
         local r = runs[run]
@@ -636,6 +640,7 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now,
         end
       end
     end
+    if drained and count < max_n then return count, false, false end
   end
   return count, true, false
 end
