@@ -111,24 +111,27 @@ local function commit_one(i)
     return { 'conflict', num(run_of(run).ver or '0') }, false, next_i
   end
   local it = items_key(run)
-  local f
+  -- (Each field name is made once: its state's, and its successors' in `fields` or `field1`.)
+  local field = id .. ':m'
+  local f, fields, field1
   if ns == 0 then
-    f = redis.call('HMGET', it, id .. ':m')
+    f = redis.call('HMGET', it, field)
   elseif ns == 1 then
-    f = redis.call('HMGET', it, id .. ':m', ARGV[s] .. ':m')
+    field1 = ARGV[s] .. ':m'
+    f = redis.call('HMGET', it, field, field1)
   else
-    local fields = { id .. ':m' }
+    fields = { field }
     for n = 0, ns - 1 do fields[n + 2] = ARGV[s + 3 * n] .. ':m' end
     f = hmget_chunked(it, fields)
   end
   -- The lease, read without a table: state I under this step's token.
-  local ms, ma, md, mt, mn, mr = string.match(f[1] or '', '^(%u) (%d+) (%d+) (%d+) (%S+) (%S+)$')
+  local ms, ma, md, mt, mn, mr = string.match(f[1] or '', META)
   if ms ~= 'I' or mt ~= token then return not_leased(run, id, f[1], token, holder, s, ns), false, next_i end
   local r = run_of(run)
-  local ent = entry(id, run)
+  local timer = 'L' .. id .. ':' .. run   -- its lease's timer (see `entry`)
   if not accepts_results(r.st) then
-    redis.call('HSET', it, id .. ':m', 'X ' .. ma .. ' ' .. md .. ' ' .. mt .. ' ' .. mn .. ' ' .. RID)
-    redis.call('ZREM', TIMERS, 'L' .. ent)
+    redis.call('HSET', it, field, 'X ' .. ma .. ' ' .. md .. ' ' .. mt .. ' ' .. mn .. ' ' .. RID)
+    redis.call('ZREM', TIMERS, timer)
     return { 'inactive', r.st or 'cancelled' }, false, next_i
   end
   local ver = num(r.ver or '0')
@@ -148,34 +151,39 @@ local function commit_one(i)
   -- others queued (parked while the run is paused or failed).
   local fresh = 0
   -- The item's payload goes (emptied in the same write as its completion).
-  local hset = { id .. ':m', 'C ' .. ma .. ' ' .. md .. ' ' .. mt .. ' ' .. mn .. ' ' .. RID, id, '' }
+  local hset = { field, 'C ' .. ma .. ' ' .. md .. ' ' .. mt .. ' ' .. mn .. ' ' .. RID, id, '' }
+  local h = 4   -- (counted: `#hset` is a search each time)
   local parked = NONE
   local hands = budget > 0 and takes_items(r.st) and r.wf == next_wf
   for n = 1, ns do
     if not f[1 + n] then
       local sid, snode, sbytes = ARGV[s], ARGV[s + 1], ARGV[s + 2]
       fresh = fresh + 1
-      hset[#hset + 1] = sid
-      hset[#hset + 1] = sbytes
-      hset[#hset + 1] = sid .. ':m'
+      hset[h + 1] = sid
+      hset[h + 2] = sbytes
+      hset[h + 3] = fields and fields[n + 1] or field1
+      h = h + 3
       if hands and budget > 0 then
         budget = budget - 1
         -- (The lease names this request: a retry of it finds the item handed over.)
-        hset[#hset + 1] = 'I 1 1 1 ' .. snode .. ' ' .. RID
-        hset[#hset + 1] = sid .. ':w'
-        hset[#hset + 1] = worker
-        direct[#direct + 1] = run
-        direct[#direct + 1] = sid
-        direct[#direct + 1] = snode
-        direct[#direct + 1] = sbytes
-        add_timer(until_ms, 'L' .. entry(sid, run))
+        hset[h + 1] = 'I 1 1 1 ' .. snode .. ' ' .. RID
+        hset[h + 2] = sid .. ':w'
+        hset[h + 3] = worker
+        h = h + 3
+        local d = #direct
+        direct[d + 1] = run
+        direct[d + 2] = sid
+        direct[d + 3] = snode
+        direct[d + 4] = sbytes
+        add_timer(until_ms, 'L' .. sid .. ':' .. run)
         -- (The routine history lines of a commit are made here, from fewer pieces.)
         if STEP_HISTORY then
           lease_line = lease_line or 'L ' .. text(now) .. ' 1 1 1 ' .. text(until_ms) .. ' '
           history_line(run, lease_line .. sid .. ' ' .. snode .. ' ' .. worker)
         end
       else
-        hset[#hset + 1] = 'P 1 0 0 ' .. snode .. ' -'
+        h = h + 1
+        hset[h] = 'P 1 0 0 ' .. snode .. ' -'
         if takes_items(r.st) then
           local q = queued[r.wf]
           if not q then q = {}; queued[r.wf] = q end
@@ -189,7 +197,7 @@ local function commit_one(i)
     s = s + 3
   end
   call_chunked('HSET', it, hset)
-  done[#done + 1] = 'L' .. ent
+  done[#done + 1] = timer
   if STEP_HISTORY then
     history_line(run, commit_line .. mt .. ' ' .. ma .. ' - - ' .. id .. ' ' .. mn .. ' ' .. holder)
   end

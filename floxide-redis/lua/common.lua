@@ -158,9 +158,12 @@ local function meta(s, a, d, t, node, rid)
   return s .. ' ' .. text(a) .. ' ' .. text(d) .. ' ' .. text(t) .. ' ' .. node .. ' ' .. (rid or '-')
 end
 
+-- The pattern of an item's state (see the key layout).
+local META = '^(%u) (%d+) (%d+) (%d+) (%S+) (%S+)$'
+
 local function parse_meta(m)
   if not m then return nil end
-  local s, a, d, t, n, r = string.match(m, '^(%u) (%d+) (%d+) (%d+) (%S+) (%S+)$')
+  local s, a, d, t, n, r = string.match(m, META)
   if not s then return nil end
   return { s = s, a = num(a), d = num(d), t = num(t), n = n, r = r }
 end
@@ -538,8 +541,9 @@ end
 -- Lease timers to add (ZADD arguments) collect in TIMER_ADDS, written by `flush_timers`.
 
 local function add_timer(at, member)
-  TIMER_ADDS[#TIMER_ADDS + 1] = text(at)
-  TIMER_ADDS[#TIMER_ADDS + 1] = member
+  local n = #TIMER_ADDS
+  TIMER_ADDS[n + 1] = text(at)
+  TIMER_ADDS[n + 2] = member
 end
 
 local function flush_timers()
@@ -549,14 +553,19 @@ local function flush_timers()
   end
 end
 
--- Leases item `id` of `run` (state `m`) to `worker`; returns its new token. The lease's
--- timer is added by `flush_timers`.
-local function lease(run, id, m, worker, lease_ms, now)
-  local token = m.t + 1
-  redis.call('HSET', items_key(run), id .. ':m', meta('I', m.a, m.d, token, m.n, m.r), id .. ':w', worker)
-  add_timer(now + lease_ms, 'L' .. entry(id, run))
-  step_event(run, 'L', id, m.n, worker, token, m.a, now, m.d, now + lease_ms, true)
-  return token
+-- Leases item `id` of `run` to `worker`: its state's attempt `a` (a text), its delivery `d`,
+-- token `t`, node and request as read (the lease's timer is added by `flush_timers`). The
+-- state and the history line are made from texts, without the generic helpers' tables.
+local function lease(run, id, a, d, t, node, rid, worker, lease_ms, now)
+  local until_ms = now + lease_ms
+  redis.call('HSET', items_key(run), id .. ':m',
+    'I ' .. a .. ' ' .. text(d) .. ' ' .. text(t) .. ' ' .. node .. ' ' .. rid, id .. ':w', worker)
+  add_timer(until_ms, 'L' .. id .. ':' .. run)
+  if STEP_HISTORY then
+    history_line(run, 'L ' .. text(now) .. ' ' .. text(t) .. ' ' .. a .. ' ' .. text(d) .. ' ' ..
+      text(until_ms) .. ' ' .. id .. ' ' .. node .. ' ' .. worker)
+    if d ~= 1 or a ~= '1' then HISTORY_NOTE[run] = true end
+  end
 end
 
 -- Pops ready entries of `wf` and leases up to `max_n` items to `worker` (skipping stale
@@ -594,14 +603,15 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now,
         -- Entries of finished runs (their items are gone) are dropped without a read.
         if accepts_results(r.st) then
           local f = redis.call('HMGET', items_key(run), id .. ':m', id)
-          local m = parse_meta(f[1])
-          if m and m.s == 'P' then
+          -- (The state is read into locals: a table per item costs as much as a command.)
+          local ms, ma, md, mt, mn, mr = string.match(f[1] or '', META)
+          if ms == 'P' then
             if takes_items(r.st) then
-              m.d = m.d + 1
-              if m.d > max_deliveries then
-                local err = 'poison item: delivered ' .. (m.d - 1) ..
+              local d = num(md) + 1
+              if d > max_deliveries then
+                local m = parse_meta(f[1])
+                local err = 'poison item: delivered ' .. m.d ..
                   ' times without a commit (limit ' .. max_deliveries .. ')'
-                m.d = m.d - 1
                 dead_letter(run, id, m, f[2], err, now)
                 record_error(run, id, m.n, err, m.a, now)
                 step_event(run, 'F', id, m.n, '', m.t, m.a, now)
@@ -615,7 +625,8 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now,
                   redis.call('HSET', run_key(run), 'st', 'running')
                   r.st = 'running'
                 end
-                local token = lease(run, id, m, worker, lease_ms, now)
+                local token = num(mt) + 1
+                lease(run, id, ma, d, token, mn, mr, worker, lease_ms, now)
                 local ctx, same = r.ctx or '', 0
                 if held[run] == num(r.ver or '0') then ctx, same = '', 1 end
                 local b = base + count * 11
@@ -623,9 +634,9 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now,
                 out[b + 2] = id
                 out[b + 3] = token
                 out[b + 4] = f[2] or ''
-                out[b + 5] = m.n
-                out[b + 6] = m.a
-                out[b + 7] = m.d
+                out[b + 5] = mn
+                out[b + 6] = ma
+                out[b + 7] = d
                 out[b + 8] = r.dl or ''
                 out[b + 9] = same
                 out[b + 10] = ctx
