@@ -700,16 +700,6 @@ end
 
 -- Replays ---------------------------------------------------------------------------------
 
--- What `count` items of a take reply leased, from index `base` + 1: `<entry> <token>` each.
-local function taken_entries(reply, base, count)
-  local out = {}
-  for k = 0, count - 1 do
-    local b = base + k * 11
-    out[k + 1] = entry(reply[b + 2], reply[b + 1]) .. ' ' .. text(reply[b + 3])
-  end
-  return out
-end
-
 -- A take reply for the `<entry> <token>` lines whose item is still leased to `worker` under
 -- that token (a retried request gets the items its first attempt leased, never an item
 -- leased again since).
@@ -742,10 +732,18 @@ end
 
 -- What a request leased, kept for two minutes under `key` with the request id. A worker has
 -- at most one take and one commit in flight: they use different keys (`wt:` and `wc:`).
+-- The record: the request id, then a line `<entry> <token>` per item the reply (`count` items
+-- from index `base` + 1) leased, joined in one piece (no string per line).
 local function remember_take(key, reply, base, count)
   if count > 0 then
-    redis.call('SET', key, RID .. '\n' .. table.concat(taken_entries(reply, base, count), '\n'),
-      'PX', '120000')
+    local parts, n = { RID }, 1
+    for k = 0, count - 1 do
+      local b = base + k * 11
+      parts[n + 1], parts[n + 2], parts[n + 3] = '\n', reply[b + 2], ':'
+      parts[n + 4], parts[n + 5], parts[n + 6] = reply[b + 1], ' ', text(reply[b + 3])
+      n = n + 6
+    end
+    redis.call('SET', key, table.concat(parts), 'PX', '120000')
   end
 end
 
