@@ -42,6 +42,13 @@ local HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS, HISTORY_NOTE = {}, {},
 -- The most lines a run's history keeps: trimmed to that once it holds twice as many.
 local HISTORY_KEPT = 1000
 
+-- Empties the history collections (after their flush, or a call that stopped before it).
+local function reset_history()
+  if HISTORY_RUNS[1] or next(HISTORY_ENDS) then
+    HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS, HISTORY_NOTE = {}, {}, {}, {}, {}
+  end
+end
+
 -- The texts the retentions were read from (calls with the same ones skip the conversion).
 local RETENTION_TEXT, LETTER_RETENTION_TEXT
 
@@ -62,10 +69,8 @@ local function setup()
   PRUNE_DONE = false
   -- A call's collections are emptied by its flushes: they are made anew only when a call
   -- stopped before its end and left them filled (making them every call cost 4k instructions).
-  if EVENTS[1] or TIMER_ADDS[1] or HISTORY_RUNS[1] or next(HISTORY_ENDS) then
-    EVENTS, TIMER_ADDS = {}, {}
-    HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS, HISTORY_NOTE = {}, {}, {}, {}, {}
-  end
+  if EVENTS[1] or TIMER_ADDS[1] then EVENTS, TIMER_ADDS = {}, {} end
+  reset_history()
   if TEXT_N > 4096 then TEXT, TEXT_N = {}, 0 end
 end
 
@@ -334,9 +339,7 @@ local function flush_history()
       if n > 2 * HISTORY_KEPT then redis.call('LTRIM', key, -HISTORY_KEPT, -1) end
     end
   end
-  if HISTORY_RUNS[1] or next(HISTORY_ENDS) then
-    HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS, HISTORY_NOTE = {}, {}, {}, {}, {}
-  end
+  reset_history()
 end
 
 -- Retention --------------------------------------------------------------------------------
@@ -555,17 +558,13 @@ end
 
 -- Leases item `id` of `run` to `worker`: its state's attempt `a` (a text), its delivery `d`,
 -- token `t`, node and request as read (the lease's timer is added by `flush_timers`). The
--- state and the history line are made from texts, without the generic helpers' tables.
+-- state is made from those texts, without a table.
 local function lease(run, id, a, d, t, node, rid, worker, lease_ms, now)
   local until_ms = now + lease_ms
   redis.call('HSET', items_key(run), id .. ':m',
     'I ' .. a .. ' ' .. text(d) .. ' ' .. text(t) .. ' ' .. node .. ' ' .. rid, id .. ':w', worker)
   add_timer(until_ms, 'L' .. id .. ':' .. run)
-  if STEP_HISTORY then
-    history_line(run, 'L ' .. text(now) .. ' ' .. text(t) .. ' ' .. a .. ' ' .. text(d) .. ' ' ..
-      text(until_ms) .. ' ' .. id .. ' ' .. node .. ' ' .. worker)
-    if d ~= 1 or a ~= '1' then HISTORY_NOTE[run] = true end
-  end
+  step_event(run, 'L', id, node, worker, t, num(a), now, d, until_ms, true)
 end
 
 -- Pops ready entries of `wf` and leases up to `max_n` items to `worker` (skipping stale
