@@ -730,8 +730,8 @@ impl AdminBackend for RedisBackend {
 /// Starts sent in one script call by [`AdminBackend::start_runs`].
 const START_BATCH: usize = 100;
 
-/// A start script's answer for the run `run_id` that `start` asked for.
-/// A start's answer: its two values from index `at` of the start script's reply.
+/// The start script's answer for the run `run_id` that `start` asked for: its two values
+/// from index `at` of the reply.
 fn start_answer(
     run_id: RunId,
     start: StartRun,
