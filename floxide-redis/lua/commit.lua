@@ -22,13 +22,16 @@
 local k = num(ARGV[5])
 -- Where the take's arguments start: past the k steps (each step's own fields are read where
 -- it is applied, below, without a table per step).
-local i = 6
-for _ = 1, k do
-  i = i + 10
-  i = i + 1 + 3 * num(ARGV[i])
-  i = i + 1 + num(ARGV[i])
-  i = i + 1 + num(ARGV[i])
+-- Where the parts of the step whose arguments start at ARGV[i] are: its successor count, its
+-- first successor's id, its output count, its error count, and the next step.
+local function step_parts(i)
+  local ns = num(ARGV[i + 10])
+  local o = i + 11 + 3 * ns
+  local e = o + 1 + num(ARGV[o])
+  return ns, i + 11, o, e, e + 1 + num(ARGV[e])
 end
+local i = 6
+for _ = 1, k do i = select(5, step_parts(i)) end
 local next_wf = ARGV[i] or ''
 local worker, lease_ms, max_del = ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
 local budget = next_wf ~= '' and num(ARGV[i + 4]) or 0
@@ -102,11 +105,7 @@ end
 local function commit_one(i)
   local run, id, token, required = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local base, holder = ARGV[i + 4], ARGV[i + 9]
-  local ns = num(ARGV[i + 10])
-  local s = i + 11                       -- the first successor's id
-  local o = s + 3 * ns                   -- the output count
-  local e = o + 1 + num(ARGV[o])         -- the error count
-  local next_i = e + 1 + num(ARGV[e])
+  local ns, s, o, e, next_i = step_parts(i)
   if base ~= '' and broken[run] then
     return { 'conflict', num(run_of(run).ver or '0') }, false, next_i
   end
@@ -130,7 +129,7 @@ local function commit_one(i)
   local r = run_of(run)
   local timer = 'L' .. id .. ':' .. run   -- its lease's timer (see `entry`)
   if not accepts_results(r.st) then
-    redis.call('HSET', it, field, 'X ' .. ma .. ' ' .. md .. ' ' .. mt .. ' ' .. mn .. ' ' .. RID)
+    redis.call('HSET', it, field, state_text('X', ma, md, mt, mn, RID))
     redis.call('ZREM', TIMERS, timer)
     return { 'inactive', r.st or 'cancelled' }, false, next_i
   end
@@ -151,7 +150,7 @@ local function commit_one(i)
   -- others queued (parked while the run is paused or failed).
   local fresh = 0
   -- The item's payload goes (emptied in the same write as its completion).
-  local hset = { field, 'C ' .. ma .. ' ' .. md .. ' ' .. mt .. ' ' .. mn .. ' ' .. RID, id, '' }
+  local hset = { field, state_text('C', ma, md, mt, mn, RID), id, '' }
   local h = 4   -- (counted: `#hset` is a search each time)
   local parked = NONE
   local hands = budget > 0 and takes_items(r.st) and r.wf == next_wf
@@ -166,7 +165,7 @@ local function commit_one(i)
       if hands and budget > 0 then
         budget = budget - 1
         -- (The lease names this request: a retry of it finds the item handed over.)
-        hset[h + 1] = 'I 1 1 1 ' .. snode .. ' ' .. RID
+        hset[h + 1] = state_text('I', '1', '1', '1', snode, RID)
         hset[h + 2] = sid .. ':w'
         hset[h + 3] = worker
         h = h + 3
@@ -183,7 +182,7 @@ local function commit_one(i)
         end
       else
         h = h + 1
-        hset[h] = 'P 1 0 0 ' .. snode .. ' -'
+        hset[h] = state_text('P', '1', '0', '0', snode, '-')
         if takes_items(r.st) then
           local q = queued[r.wf]
           if not q then q = {}; queued[r.wf] = q end

@@ -159,8 +159,13 @@ local function wake_key(wf) return PFX .. 'wake:' .. wf end
 
 -- Item state ----------------------------------------------------------------------------------
 
+-- An item's state from the texts of its fields (see the key layout).
+local function state_text(s, a, d, t, node, rid)
+  return s .. ' ' .. a .. ' ' .. d .. ' ' .. t .. ' ' .. node .. ' ' .. rid
+end
+
 local function meta(s, a, d, t, node, rid)
-  return s .. ' ' .. text(a) .. ' ' .. text(d) .. ' ' .. text(t) .. ' ' .. node .. ' ' .. (rid or '-')
+  return state_text(s, text(a), text(d), text(t), node, rid or '-')
 end
 
 -- The pattern of an item's state (see the key layout).
@@ -562,7 +567,7 @@ end
 local function lease(run, id, a, d, t, node, rid, worker, lease_ms, now)
   local until_ms = now + lease_ms
   redis.call('HSET', items_key(run), id .. ':m',
-    'I ' .. a .. ' ' .. text(d) .. ' ' .. text(t) .. ' ' .. node .. ' ' .. rid, id .. ':w', worker)
+    state_text('I', a, text(d), text(t), node, rid), id .. ':w', worker)
   add_timer(until_ms, 'L' .. id .. ':' .. run)
   step_event(run, 'L', id, node, worker, t, num(a), now, d, until_ms, true)
 end
