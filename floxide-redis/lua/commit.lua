@@ -52,10 +52,10 @@ local runs, order = {}, {}
 local function run_of(run)
   local r = runs[run]
   if not r then
-    local v = redis.call('HMGET', run_key(run), 'st', 'ver', 'wf', 'left', 'out', 'dl', 'm_items',
+    local v = rcall('HMGET', run_key(run), 'st', 'ver', 'wf', 'left', 'out', 'dl', 'm_items',
       'nt')
     -- Only a finished run has a finish time (`t1`); of those only a failed one takes commits.
-    local t1 = v[1] == 'failed' and redis.call('HGET', run_key(run), 't1') or false
+    local t1 = v[1] == 'failed' and rcall('HGET', run_key(run), 't1') or false
     r = { st = v[1], ver = v[2], wf = v[3], left = v[4], out = v[5], t1 = t1, dl = v[6],
           m_items = v[7], nt = v[8], set = {}, touched = false }
     runs[run] = r
@@ -67,7 +67,7 @@ end
 -- Field `name` of a touched run's record, read from it the first time it is asked for.
 local function rare(run, name)
   local r = runs[run]
-  if r[name] == nil then r[name] = redis.call('HGET', run_key(run), name) end
+  if r[name] == nil then r[name] = rcall('HGET', run_key(run), name) end
   return r[name]
 end
 
@@ -114,23 +114,23 @@ local function commit_one(i)
   local field = id .. ':m'
   local f, fields, field1
   if ns == 0 then
-    f = redis.call('HMGET', it, field)
+    f = rcall('HMGET', it, field)
   elseif ns == 1 then
     field1 = ARGV[s] .. ':m'
-    f = redis.call('HMGET', it, field, field1)
+    f = rcall('HMGET', it, field, field1)
   else
     fields = { field }
     for n = 0, ns - 1 do fields[n + 2] = ARGV[s + 3 * n] .. ':m' end
     f = hmget_chunked(it, fields)
   end
   -- The lease, read without a table: state I under this step's token.
-  local ms, ma, md, mt, mn, mr = string.match(f[1] or '', META)
+  local ms, ma, md, mt, mn, mr = match(f[1] or '', META)
   if ms ~= 'I' or mt ~= token then return not_leased(run, id, f[1], token, holder, s, ns), false, next_i end
   local r = run_of(run)
   local timer = 'L' .. id .. ':' .. run   -- its lease's timer (see `entry`)
   if not accepts_results(r.st) then
-    redis.call('HSET', it, field, state_text('X', ma, md, mt, mn, RID))
-    redis.call('ZREM', TIMERS, timer)
+    rcall('HSET', it, field, state_text('X', ma, md, mt, mn, RID))
+    rcall('ZREM', TIMERS, timer)
     return { 'inactive', r.st or 'cancelled' }, false, next_i
   end
   local ver = num(r.ver or '0')
@@ -301,7 +301,7 @@ if next_wf ~= '' then
     local run, s = again[a], again[a + 1]
     for _ = 1, again[a + 2] do
       local sid = ARGV[s]
-      local f = redis.call('HMGET', items_key(run), sid .. ':m', sid .. ':w')
+      local f = rcall('HMGET', items_key(run), sid .. ':m', sid .. ':w')
       local m = parse_meta(f[1])
       if m and m.s == 'I' and m.t == 1 and m.r == RID and f[2] == worker then
         direct[#direct + 1] = run
@@ -320,7 +320,7 @@ if next_wf ~= '' then
     local r = runs[run]
     local ver = num(r.ver or '0')
     local same, bytes = 1, ''
-    if held[run] ~= ver then same, bytes = 0, r.set.ctx or redis.call('HGET', run_key(run), 'ctx') or '' end
+    if held[run] ~= ver then same, bytes = 0, r.set.ctx or rcall('HGET', run_key(run), 'ctx') or '' end
     -- (One value at a time: the table grows in order.)
     reply[n + 1] = run
     reply[n + 2] = direct[d + 1]
@@ -355,7 +355,7 @@ if next_wf ~= '' then
   end
 end
 for wf, n in pairs(woke) do
-  local left = wf == next_wf and budget > 0 and redis.call('LLEN', queue_key(wf)) or n
+  local left = wf == next_wf and budget > 0 and rcall('LLEN', queue_key(wf)) or n
   if left > 0 then wake(wf, left) end
 end
 flush_timers()

@@ -27,6 +27,11 @@
 -- `KEEP_ROUTINE`, set in the library's header): only the histories that explain something outlive
 -- their run.
 
+-- The library functions the scripts call most, bound by `setup` on the first call. A function
+-- library's code finds the globals only through a metatable (a failed lookup first), and may not
+-- read them at all while it loads; as upvalues they cost 2% fewer instructions per step.
+local rcall, sub, match, byte, find, format, gmatch, concat, min, max, floor
+
 -- Per call, set by `setup` from ARGV (loaded as a function library, this code runs once and
 -- its functions serve every call).
 local PFX, RETENTION, LETTER_RETENTION, RID, RETRY
@@ -53,6 +58,11 @@ end
 local RETENTION_TEXT, LETTER_RETENTION_TEXT
 
 local function setup()
+  if not rcall then
+    rcall, sub, match, byte, find, format, gmatch = redis.call, string.sub, string.match,
+      string.byte, string.find, string.format, string.gmatch
+    concat, min, max, floor = table.concat, math.min, math.max, math.floor
+  end
   -- The partition's key names are made again only when the partition changes.
   if PFX ~= ARGV[1] then
     PFX = ARGV[1]
@@ -64,8 +74,8 @@ local function setup()
     LETTER_RETENTION_TEXT, LETTER_RETENTION = ARGV[3], tonumber(ARGV[3])
   end
   -- A retried request carries its id with a `+`: only then is a first attempt's answer looked for.
-  RID, RETRY = ARGV[4], string.byte(ARGV[4], -1) == 43
-  if RETRY then RID = string.sub(RID, 1, -2) end
+  RID, RETRY = ARGV[4], byte(ARGV[4], -1) == 43
+  if RETRY then RID = sub(RID, 1, -2) end
   PRUNE_DONE = false
   -- A call's collections are emptied by its flushes: they are made anew only when a call
   -- stopped before its end and left them filled (making them every call cost 4k instructions).
@@ -111,8 +121,8 @@ end
 
 -- The server's clock in ms (its text is kept: every call formats it).
 local function now_ms()
-  local t = redis.call('TIME')
-  local ms = string.sub('00000' .. t[2], -6, -4)
+  local t = rcall('TIME')
+  local ms = sub('00000' .. t[2], -6, -4)
   local s = t[1] .. ms
   local n = tonumber(s)
   TEXT[n], TEXT_N = s, TEXT_N + 1
@@ -123,10 +133,10 @@ end
 -- returns the first slice's answer.
 local function call_chunked(cmd, key, items)
   if #items == 0 then return nil end
-  if #items <= 1000 then return redis.call(cmd, key, unpack(items)) end
+  if #items <= 1000 then return rcall(cmd, key, unpack(items)) end
   local first
   for i = 1, #items, 1000 do
-    local answer = redis.call(cmd, key, unpack(items, i, math.min(i + 999, #items)))
+    local answer = rcall(cmd, key, unpack(items, i, min(i + 999, #items)))
     if i == 1 then first = answer end
   end
   return first
@@ -135,17 +145,17 @@ end
 -- HMGET of many fields, in slices of 1000.
 local function hmget_chunked(key, fields)
   if #fields == 0 then return {} end
-  if #fields <= 1000 then return redis.call('HMGET', key, unpack(fields)) end
+  if #fields <= 1000 then return rcall('HMGET', key, unpack(fields)) end
   local out = {}
   for i = 1, #fields, 1000 do
-    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + 999, #fields)))
+    local part = rcall('HMGET', key, unpack(fields, i, min(i + 999, #fields)))
     for k = 1, #part do out[i + k - 1] = part[k] end
   end
   return out
 end
 
 local function entry(id, run) return id .. ':' .. run end
-local function split(e) return string.sub(e, 1, 32), string.sub(e, 34) end
+local function split(e) return sub(e, 1, 32), sub(e, 34) end
 
 local function run_key(run) return PFX .. 'r:' .. run end
 local function items_key(run) return PFX .. 'i:' .. run end
@@ -173,7 +183,7 @@ local META = '^(%u) (%d+) (%d+) (%d+) (%S+) (%S+)$'
 
 local function parse_meta(m)
   if not m then return nil end
-  local s, a, d, t, n, r = string.match(m, META)
+  local s, a, d, t, n, r = match(m, META)
   if not s then return nil end
   return { s = s, a = num(a), d = num(d), t = num(t), n = n, r = r }
 end
@@ -220,7 +230,7 @@ local NO_OUTPUT = ' finished without output: no terminal node produced a value'
 -- Publishes `message` on the partition's `channel` (`ev`, `wk`): on a cluster (`SHARDED`,
 -- set in the library's header) to the partition's master only.
 local function publish(channel, message)
-  redis.call(SHARDED and 'SPUBLISH' or 'PUBLISH', PFX .. channel, message)
+  rcall(SHARDED and 'SPUBLISH' or 'PUBLISH', PFX .. channel, message)
 end
 
 -- Wakes up to `n` blocked workers of `wf` (the wake list is kept to 64 tokens). On a cluster,
@@ -232,9 +242,9 @@ local function wake(wf, n)
     return
   end
   local tokens = {}
-  for _ = 1, math.min(n, 64) do tokens[#tokens + 1] = '1' end
-  if redis.call('LPUSH', wake_key(wf), unpack(tokens)) > 64 then
-    redis.call('LTRIM', wake_key(wf), '0', '63')
+  for _ = 1, min(n, 64) do tokens[#tokens + 1] = '1' end
+  if rcall('LPUSH', wake_key(wf), unpack(tokens)) > 64 then
+    rcall('LTRIM', wake_key(wf), '0', '63')
   end
 end
 
@@ -243,19 +253,19 @@ end
 local function enqueue(wf, entries, front)
   if #entries == 0 then return end
   local len = call_chunked(front and 'RPUSH' or 'LPUSH', queue_key(wf), entries)
-  if len == math.min(#entries, 1000) then wake(wf, #entries) end
+  if len == min(#entries, 1000) then wake(wf, #entries) end
 end
 
 -- Queues one entry (see `enqueue`), without making a list of it.
 local function enqueue_one(wf, e, front)
-  if redis.call(front and 'RPUSH' or 'LPUSH', queue_key(wf), e) == 1 then wake(wf, 1) end
+  if rcall(front and 'RPUSH' or 'LPUSH', queue_key(wf), e) == 1 then wake(wf, 1) end
 end
 
 -- Queues entries at the back without waking anyone; returns whether the queue was empty
 -- (the caller wakes workers for what is left once its own take has popped what it wants).
 local function enqueue_quietly(wf, entries)
   if #entries == 0 then return false end
-  return call_chunked('LPUSH', queue_key(wf), entries) == math.min(#entries, 1000)
+  return call_chunked('LPUSH', queue_key(wf), entries) == min(#entries, 1000)
 end
 
 -- Makes item `id` of `run` ready: queued when the run takes items, parked while it is paused
@@ -266,7 +276,7 @@ local function make_ready(run, id, r, front)
   if takes_items(r.st) then
     enqueue_one(r.wf, entry(id, run), front)
   elseif accepts_results(r.st) then
-    redis.call('LPUSH', parked_key(run), id)
+    rcall('LPUSH', parked_key(run), id)
     r.pkc = (r.pkc or 0) + 1
   else
     return false
@@ -283,12 +293,12 @@ local function write_run(run, set)
     args[#args + 1] = k
     args[#args + 1] = type(v) == 'number' and text(v) or v
   end
-  if #args > 0 then redis.call('HSET', run_key(run), unpack(args)) end
+  if #args > 0 then rcall('HSET', run_key(run), unpack(args)) end
 end
 
 -- Reads fields of a run's record into a table (false for missing ones).
 local function read_run(run, fields)
-  local v = redis.call('HMGET', run_key(run), unpack(fields))
+  local v = rcall('HMGET', run_key(run), unpack(fields))
   local r = {}
   for i, f in ipairs(fields) do r[f] = v[i] end
   return r
@@ -330,18 +340,18 @@ local function flush_history()
       local n = call_chunked('RPUSH', key, lines)
       local exists = not HISTORY_CHECK[run]
       if ends then
-        redis.call('PEXPIREAT', key, ends)
+        rcall('PEXPIREAT', key, ends)
       elseif HISTORY_CHECK[run] and (n == #lines or HISTORY_NOTE[run]) then
         local r = read_run(run, { 'st', 't1' })
         exists = r.st
         if not r.st then
-          redis.call('DEL', key)
+          rcall('DEL', key)
         elseif r.t1 and n == #lines then
-          redis.call('PEXPIREAT', key, text(tonumber(r.t1) + RETENTION))
+          rcall('PEXPIREAT', key, text(tonumber(r.t1) + RETENTION))
         end
       end
-      if HISTORY_NOTE[run] and exists then redis.call('HSET', run_key(run), 'hx', '1') end
-      if n > 2 * HISTORY_KEPT then redis.call('LTRIM', key, -HISTORY_KEPT, -1) end
+      if HISTORY_NOTE[run] and exists then rcall('HSET', run_key(run), 'hx', '1') end
+      if n > 2 * HISTORY_KEPT then rcall('LTRIM', key, -HISTORY_KEPT, -1) end
     end
   end
   reset_history()
@@ -352,7 +362,7 @@ end
 -- Keeps a key of a run that finished at `t1` (ms; nil while it runs) expiring with the run's
 -- record, a retention after its finish (a write may have cleared the key's expiry).
 local function keep_expiry(key, t1)
-  if t1 then redis.call('PEXPIREAT', key, text(tonumber(t1) + RETENTION)) end
+  if t1 then rcall('PEXPIREAT', key, text(tonumber(t1) + RETENTION)) end
 end
 
 -- Runs whose record changed in a way waiters care about (finished, paused, resumed): one
@@ -363,14 +373,14 @@ end
 -- break.
 local OUTPUT_HEARD = 1024
 
-local function hex(c) return string.format('%02x', string.byte(c)) end
+local function hex(c) return format('%02x', byte(c)) end
 
 local function run_event(run, output)
   local id = run
-  if string.find(run, '[\t\n]') or string.byte(run, 1) == 27 then
+  if find(run, '[\t\n]') or byte(run, 1) == 27 then
     id = '\27' .. (string.gsub(run, '.', hex))
   end
-  if output and #output <= OUTPUT_HEARD and not string.find(output, '\n', 1, true) then
+  if output and #output <= OUTPUT_HEARD and not find(output, '\n', 1, true) then
     EVENTS[#EVENTS + 1] = id .. '\t' .. output
   else
     EVENTS[#EVENTS + 1] = id
@@ -388,30 +398,30 @@ local function finish_run(run, set, st, now, r)
   local output = st == 'completed' and (set.out or (r and r.out)) or nil
   set.st, set.t1 = st, now
   if not r or r.idem == nil then
-    local v = redis.call('HMGET', run_key(run), 'nout', 'nerr', 'idem', 'hx')
+    local v = rcall('HMGET', run_key(run), 'nout', 'nerr', 'idem', 'hx')
     r = { nout = v[1], nerr = v[2], idem = v[3], hx = v[4] }
   end
   local nout, nerr = set.nout or r.nout, set.nerr or r.nerr
-  redis.call('RPUSH', FINISHED, text(now) .. ' ' .. run)
-  redis.call('PEXPIREAT', run_key(run), exp)
+  rcall('RPUSH', FINISHED, text(now) .. ' ' .. run)
+  rcall('PEXPIREAT', run_key(run), exp)
   local routine = st == 'completed' and not KEEP_ROUTINE and not r.hx and not HISTORY_NOTE[run]
   if routine then
     HISTORY_ENDS[run] = 'drop'
   else
-    redis.call('PEXPIREAT', history_key(run), exp)
+    rcall('PEXPIREAT', history_key(run), exp)
     HISTORY_ENDS[run] = exp
   end
-  if nout and tonumber(nout) > 0 then redis.call('PEXPIREAT', outs_key(run), exp) end
-  if nerr and tonumber(nerr) > 0 then redis.call('PEXPIREAT', errs_key(run), exp) end
-  if r.idem then redis.call('PEXPIREAT', PFX .. 'idem:' .. r.idem, exp) end
+  if nout and tonumber(nout) > 0 then rcall('PEXPIREAT', outs_key(run), exp) end
+  if nerr and tonumber(nerr) > 0 then rcall('PEXPIREAT', errs_key(run), exp) end
+  if r.idem then rcall('PEXPIREAT', PFX .. 'idem:' .. r.idem, exp) end
   if st == 'failed' then
-    redis.call('PEXPIREAT', items_key(run), exp)
-    redis.call('PEXPIREAT', parked_key(run), exp)
-    redis.call('PEXPIREAT', letters_of_key(run), exp)
+    rcall('PEXPIREAT', items_key(run), exp)
+    rcall('PEXPIREAT', parked_key(run), exp)
+    rcall('PEXPIREAT', letters_of_key(run), exp)
   elseif routine then
-    redis.call('UNLINK', items_key(run), parked_key(run), history_key(run))
+    rcall('UNLINK', items_key(run), parked_key(run), history_key(run))
   else
-    redis.call('UNLINK', items_key(run), parked_key(run))
+    rcall('UNLINK', items_key(run), parked_key(run))
   end
   PRUNE_DONE = true
   run_event(run, output)
@@ -427,30 +437,30 @@ local function flush_events(now)
     -- unless a resume revived them (their record is still there; a second finish pushed
     -- them again).
     -- Most calls find the oldest still within its retention: one element is read for that.
-    local first = redis.call('LINDEX', FINISHED, '0')
-    local t0 = first and string.match(first, '^(%d+) ')
+    local first = rcall('LINDEX', FINISHED, '0')
+    local t0 = first and match(first, '^(%d+) ')
     local head = (first and not (t0 and tonumber(t0) >= now - RETENTION))
-      and redis.call('LRANGE', FINISHED, '0', '15') or {}
+      and rcall('LRANGE', FINISHED, '0', '15') or {}
     local over, old = 0, {}
     for _, line in ipairs(head) do
-      local t, run = string.match(line, '^(%d+) (.+)$')
+      local t, run = match(line, '^(%d+) (.+)$')
       if t and tonumber(t) >= now - RETENTION then break end
       over = over + 1
-      if run and redis.call('EXISTS', run_key(run)) == 0 then old[#old + 1] = run end
+      if run and rcall('EXISTS', run_key(run)) == 0 then old[#old + 1] = run end
     end
-    if over > 0 then redis.call('LPOP', FINISHED, over) end
+    if over > 0 then rcall('LPOP', FINISHED, over) end
     -- Runs finished by a version that indexed them in a sorted set (`done`) leave too.
     if now % 64 == 0 then
-      local legacy = redis.call('ZRANGEBYSCORE', LEGACY_DONE, '-inf', text(now - RETENTION), 'LIMIT', '0', '16')
+      local legacy = rcall('ZRANGEBYSCORE', LEGACY_DONE, '-inf', text(now - RETENTION), 'LIMIT', '0', '16')
       if #legacy > 0 then
-        redis.call('ZREM', LEGACY_DONE, unpack(legacy))
+        rcall('ZREM', LEGACY_DONE, unpack(legacy))
         for _, run in ipairs(legacy) do old[#old + 1] = run end
       end
     end
-    if #old > 0 then redis.call('ZREM', RUNS, unpack(old)) end
+    if #old > 0 then rcall('ZREM', RUNS, unpack(old)) end
   end
   if #EVENTS > 0 then
-    publish('ev', table.concat(EVENTS, '\n'))
+    publish('ev', concat(EVENTS, '\n'))
     EVENTS = {}
   end
 end
@@ -459,24 +469,24 @@ end
 local function revive_run(run, r)
   for _, k in ipairs({ run_key(run), items_key(run), parked_key(run), letters_of_key(run),
                        outs_key(run), errs_key(run), history_key(run) }) do
-    redis.call('PERSIST', k)
+    rcall('PERSIST', k)
   end
-  if r.idem then redis.call('PERSIST', PFX .. 'idem:' .. r.idem) end
+  if r.idem then rcall('PERSIST', PFX .. 'idem:' .. r.idem) end
 end
 
 -- Dead letters -----------------------------------------------------------------------------
 
 -- Drops the dead letters whose retention is over, a few at a time.
 local function prune_letters(now)
-  local old = redis.call('ZRANGEBYSCORE', LETTER_INDEX, '-inf', text(now - LETTER_RETENTION), 'LIMIT', '0', '16')
+  local old = rcall('ZRANGEBYSCORE', LETTER_INDEX, '-inf', text(now - LETTER_RETENTION), 'LIMIT', '0', '16')
   if #old > 0 then
-    redis.call('ZREM', LETTER_INDEX, unpack(old))
+    rcall('ZREM', LETTER_INDEX, unpack(old))
     local fields = {}
     for _, e in ipairs(old) do
       fields[#fields + 1] = e
       fields[#fields + 1] = e .. ':p'
     end
-    redis.call('HDEL', LETTERS, unpack(fields))
+    rcall('HDEL', LETTERS, unpack(fields))
   end
 end
 
@@ -485,22 +495,22 @@ end
 -- run (outstanding count, status).
 local function dead_letter(run, id, m, payload, err, now)
   local e = entry(id, run)
-  redis.call('HSET', items_key(run), id .. ':m', with_state(m, 'F'))
-  redis.call('HDEL', items_key(run), id)
-  redis.call('HSET', LETTERS, e, cjson.encode({
+  rcall('HSET', items_key(run), id .. ':m', with_state(m, 'F'))
+  rcall('HDEL', items_key(run), id)
+  rcall('HSET', LETTERS, e, cjson.encode({
     run_id = run, item_id = id, node = m.n, error = err, deliveries = m.d, attempt = m.a,
     at = now,
   }), e .. ':p', payload or '')
-  redis.call('ZADD', LETTER_INDEX, text(now), e)
-  redis.call('SADD', letters_of_key(run), id)
+  rcall('ZADD', LETTER_INDEX, text(now), e)
+  rcall('SADD', letters_of_key(run), id)
   prune_letters(now)
 end
 
 -- Records a failure of item `id` of `run` in the run's error list (a `WorkflowError`).
 local function record_error(run, id, node, err, attempt, now)
-  redis.call('RPUSH', errs_key(run), cjson.encode({
+  rcall('RPUSH', errs_key(run), cjson.encode({
     work_item = id, node = node, error = err, attempt = attempt, handled = false,
-    timestamp = { secs_since_epoch = math.floor(now / 1000), nanos_since_epoch = (now % 1000) * 1000000 },
+    timestamp = { secs_since_epoch = floor(now / 1000), nanos_since_epoch = (now % 1000) * 1000000 },
   }))
 end
 
@@ -508,24 +518,24 @@ end
 
 -- Hands expired leases back to the queue and makes due retries ready (32 at most per call).
 local function due_work(now)
-  local due = redis.call('ZRANGEBYSCORE', TIMERS, '-inf', text(now), 'LIMIT', '0', '32')
+  local due = rcall('ZRANGEBYSCORE', TIMERS, '-inf', text(now), 'LIMIT', '0', '32')
   if #due == 0 then return end
-  redis.call('ZREM', TIMERS, unpack(due))
+  rcall('ZREM', TIMERS, unpack(due))
   for _, member in ipairs(due) do
-    local kind, e = string.sub(member, 1, 1), string.sub(member, 2)
+    local kind, e = sub(member, 1, 1), sub(member, 2)
     local id, run = split(e)
     local it = items_key(run)
-    local f = redis.call('HMGET', it, id .. ':m', id .. ':w')
+    local f = rcall('HMGET', it, id .. ':m', id .. ':w')
     local m = parse_meta(f[1])
     if m and ((kind == 'L' and m.s == 'I') or (kind == 'R' and m.s == 'R')) then
       if kind == 'L' then step_event(run, 'E', id, m.n, f[2], m.t, m.a, now) end
-      redis.call('HSET', it, id .. ':m', with_state(m, 'P'))
+      rcall('HSET', it, id .. ':m', with_state(m, 'P'))
       local r = read_run(run, { 'st', 'wf', 'pkc' })
       local set = {}
       if make_ready(run, id, r, kind == 'L') and r.pkc then set.pkc = r.pkc end
       if kind == 'L' then
-        redis.call('HINCRBY', run_key(run), 'm_reclaimed', '1')
-        redis.call('INCR', PFX .. 'reclaimed')
+        rcall('HINCRBY', run_key(run), 'm_reclaimed', '1')
+        rcall('INCR', PFX .. 'reclaimed')
       end
       write_run(run, set)
     end
@@ -536,14 +546,14 @@ end
 local function unpark(run, marker)
   local r = read_run(run, { 'st', 'wf', 'pkc' })
   if not takes_items(r.st) then return end
-  local ids = redis.call('RPOP', parked_key(run), '256')
+  local ids = rcall('RPOP', parked_key(run), '256')
   if not ids then ids = {} end
   local entries = {}
   for i, id in ipairs(ids) do entries[i] = entry(id, run) end
   enqueue(r.wf, entries, false)
-  local left = math.max(0, tonumber(r.pkc or '0') - #ids)
-  redis.call('HSET', run_key(run), 'pkc', left)
-  if left > 0 and #ids > 0 then redis.call('LPUSH', queue_key(r.wf), marker) end
+  local left = max(0, tonumber(r.pkc or '0') - #ids)
+  rcall('HSET', run_key(run), 'pkc', left)
+  if left > 0 and #ids > 0 then rcall('LPUSH', queue_key(r.wf), marker) end
 end
 
 -- Lease timers to add (ZADD arguments) collect in TIMER_ADDS, written by `flush_timers`.
@@ -566,7 +576,7 @@ end
 -- state is made from those texts, without a table.
 local function lease(run, id, a, d, t, node, rid, worker, lease_ms, now)
   local until_ms = now + lease_ms
-  redis.call('HSET', items_key(run), id .. ':m',
+  rcall('HSET', items_key(run), id .. ':m',
     state_text('I', a, text(d), text(t), node, rid), id .. ':w', worker)
   add_timer(until_ms, 'L' .. id .. ':' .. run)
   step_event(run, 'L', id, node, worker, t, num(a), now, d, until_ms, true)
@@ -585,30 +595,30 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now,
   local budget = 256
   while count < max_n do
     if budget == 0 then return count, false, true end
-    local want = math.min(max_n - count, budget)
-    local popped = redis.call('RPOP', queue_key(wf), text(want))
+    local want = min(max_n - count, budget)
+    local popped = rcall('RPOP', queue_key(wf), text(want))
     if not popped then return count, false, false end
     budget = budget - #popped
     -- Fewer entries than asked for: the queue is empty now (unless a resumed run's items
     -- were moved back to it below), no need to ask again.
     local drained = #popped < want
     for _, e in ipairs(popped) do
-      if string.sub(e, 1, 1) == '@' then
-        unpark(string.sub(e, 2), e)
+      if sub(e, 1, 1) == '@' then
+        unpark(sub(e, 2), e)
         drained = false
       else
         local id, run = split(e)
         local r = runs[run]
         if not r then
-          local v = redis.call('HMGET', run_key(run), 'st', 'dl', 'ver', 'ctx')
+          local v = rcall('HMGET', run_key(run), 'st', 'dl', 'ver', 'ctx')
           r = { st = v[1], dl = v[2], ver = v[3], ctx = v[4], wf = wf }
           runs[run] = r
         end
         -- Entries of finished runs (their items are gone) are dropped without a read.
         if accepts_results(r.st) then
-          local f = redis.call('HMGET', items_key(run), id .. ':m', id)
+          local f = rcall('HMGET', items_key(run), id .. ':m', id)
           -- (The state is read into locals: a table per item costs as much as a command.)
-          local ms, ma, md, mt, mn, mr = string.match(f[1] or '', META)
+          local ms, ma, md, mt, mn, mr = match(f[1] or '', META)
           if ms == 'P' then
             if takes_items(r.st) then
               local d = num(md) + 1
@@ -619,14 +629,14 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now,
                 dead_letter(run, id, m, f[2], err, now)
                 record_error(run, id, m.n, err, m.a, now)
                 step_event(run, 'F', id, m.n, '', m.t, m.a, now)
-                r.left = tonumber(r.left or redis.call('HGET', run_key(run), 'left') or '1') - 1
+                r.left = tonumber(r.left or rcall('HGET', run_key(run), 'left') or '1') - 1
                 local set = { err = err, left = r.left, nerr = 1 }
                 finish_run(run, set, 'failed', now)
                 write_run(run, set)
                 r.st = 'failed'
               else
                 if r.st == 'pending' then
-                  redis.call('HSET', run_key(run), 'st', 'running')
+                  rcall('HSET', run_key(run), 'st', 'running')
                   r.st = 'running'
                 end
                 local token = num(mt) + 1
@@ -648,8 +658,8 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now,
                 count = count + 1
               end
             else
-              redis.call('LPUSH', parked_key(run), id)
-              redis.call('HINCRBY', run_key(run), 'pkc', '1')
+              rcall('LPUSH', parked_key(run), id)
+              rcall('HINCRBY', run_key(run), 'pkc', '1')
             end
           end
         end
@@ -697,8 +707,8 @@ local function take_next(wf, worker, lease_ms, max_deliveries, max_n, held, woke
     return out, count
   end
   local next_due = -1
-  local d = redis.call('ZRANGE', TIMERS, '0', '0', 'WITHSCORES')
-  if d[2] then next_due = math.max(0, tonumber(d[2]) - now) end
+  local d = rcall('ZRANGE', TIMERS, '0', '0', 'WITHSCORES')
+  if d[2] then next_due = max(0, tonumber(d[2]) - now) end
   return { 0, next_due }, 0
 end
 
@@ -710,10 +720,10 @@ end
 local function leased_rows(lines, worker)
   local reply = { 1, 0 }
   for _, line in ipairs(lines) do
-    local e, token = string.match(line, '^(%S+) (%d+)$')
+    local e, token = match(line, '^(%S+) (%d+)$')
     if e then
       local id, run = split(e)
-      local f = redis.call('HMGET', items_key(run), id .. ':m', id, id .. ':w')
+      local f = rcall('HMGET', items_key(run), id .. ':m', id, id .. ':w')
       local m = parse_meta(f[1])
       if m and m.s == 'I' and m.t == tonumber(token) and f[3] == worker then
         local r = read_run(run, { 'dl', 'ver', 'ctx' })
@@ -730,7 +740,7 @@ end
 
 local function lines_of(text)
   local out = {}
-  for l in string.gmatch(text or '', '[^\n]+') do out[#out + 1] = l end
+  for l in gmatch(text or '', '[^\n]+') do out[#out + 1] = l end
   return out
 end
 
@@ -747,16 +757,16 @@ local function remember_take(key, reply, base, count)
       parts[n + 4], parts[n + 5], parts[n + 6] = reply[b + 1], ' ', text(reply[b + 3])
       n = n + 6
     end
-    redis.call('SET', key, table.concat(parts), 'PX', '120000')
+    rcall('SET', key, concat(parts), 'PX', '120000')
   end
 end
 
 -- The reply a retried request (same request id) gets, or nil for a new request.
 local function replay_take(key, worker)
   if not RETRY then return nil end
-  local prev = redis.call('GET', key)
-  if not prev or string.sub(prev, 1, #RID + 1) ~= RID .. '\n' then return nil end
-  return leased_rows(lines_of(string.sub(prev, #RID + 2)), worker)
+  local prev = rcall('GET', key)
+  if not prev or sub(prev, 1, #RID + 1) ~= RID .. '\n' then return nil end
+  return leased_rows(lines_of(sub(prev, #RID + 2)), worker)
 end
 
 -- Node timings: one field of the run's record, `<node> <count> <total µs> <max µs>;...`.
@@ -766,10 +776,10 @@ end
 local function add_timing(nt, node, c, t, x)
   local head = node .. ' '
   local at
-  if string.sub(nt, 1, #head) == head then
+  if sub(nt, 1, #head) == head then
     at = 1
   else
-    at = string.find(nt, ';' .. head, 1, true)
+    at = find(nt, ';' .. head, 1, true)
     if at then at = at + 1 end
   end
   if not at then
@@ -778,16 +788,16 @@ local function add_timing(nt, node, c, t, x)
   end
   -- (The numbers are read where they stand, and the segment's end found from their lengths.)
   local from = at + #head
-  local c0, t0, x0 = string.match(nt, '^(%d+) (%d+) (%d+)', from)
+  local c0, t0, x0 = match(nt, '^(%d+) (%d+) (%d+)', from)
   local stop = c0 and from + #c0 + #t0 + #x0 + 2
-  if c0 and (stop > #nt or string.byte(nt, stop) == 59) then
+  if c0 and (stop > #nt or byte(nt, stop) == 59) then
     c, t = num(c0) + c, tonumber(t0) + t
-    x = math.max(tonumber(x0), x)
+    x = max(tonumber(x0), x)
   else
-    stop = string.find(nt, ';', at, true) or #nt + 1
+    stop = find(nt, ';', at, true) or #nt + 1
   end
-  return string.sub(nt, 1, at - 1) .. head .. text(c) .. ' ' .. text(t) .. ' ' .. text(x) ..
-    string.sub(nt, stop)
+  return sub(nt, 1, at - 1) .. head .. text(c) .. ' ' .. text(t) .. ' ' .. text(x) ..
+    sub(nt, stop)
 end
 
 -- `durs` holds a script's steps of the run, `node, µs, node, µs, ...`: each node's segment is

@@ -25,31 +25,31 @@ elseif action == 'pause' then
   run_event(run)
 elseif action == 'resume' then
   local letters = 0
-  if r.st == 'failed' then letters = math.min(redis.call('SCARD', letters_of_key(run)), 1000) end
+  if r.st == 'failed' then letters = min(rcall('SCARD', letters_of_key(run)), 1000) end
   local refused
   new, refused = resume_status(r.st, tonumber(r.left or '0') + letters, r.out)
   if not new then return { 'invalid', r.st, refused } end
   local pkc = tonumber(r.pkc or '0')
   if letters > 0 then
     local it = items_key(run)
-    for _, id in ipairs(redis.call('SPOP', letters_of_key(run), letters)) do
+    for _, id in ipairs(rcall('SPOP', letters_of_key(run), letters)) do
       local e = entry(id, run)
-      local letter = redis.call('HMGET', LETTERS, e, e .. ':p')
+      local letter = rcall('HMGET', LETTERS, e, e .. ':p')
       if letter[1] then
         local l = cjson.decode(letter[1])
-        local m = parse_meta(redis.call('HGET', it, id .. ':m'))
-        redis.call('HSET', it, id, letter[2] or '', id .. ':m',
+        local m = parse_meta(rcall('HGET', it, id .. ':m'))
+        rcall('HSET', it, id, letter[2] or '', id .. ':m',
           meta('P', l.attempt, 0, m and m.t or 0, l.node, RID))
-        redis.call('HDEL', LETTERS, e, e .. ':p')
-        redis.call('ZREM', LETTER_INDEX, e)
-        redis.call('LPUSH', parked_key(run), id)
+        rcall('HDEL', LETTERS, e, e .. ':p')
+        rcall('ZREM', LETTER_INDEX, e)
+        rcall('LPUSH', parked_key(run), id)
         pkc = pkc + 1
         set.left = tonumber(set.left or r.left or '0') + 1
       end
     end
   end
   if r.st == 'failed' and not is_finished(new) then
-    redis.call('HDEL', run_key(run), 't1', 'err', 'exp', 'frid', 'fx')
+    rcall('HDEL', run_key(run), 't1', 'err', 'exp', 'frid', 'fx')
     revive_run(run, r)
   end
   if is_finished(new) then

@@ -7,31 +7,31 @@
 local run, id, action = ARGV[5], ARGV[6], ARGV[7]
 local e = entry(id, run)
 local it = items_key(run)
-local stored = redis.call('HMGET', LETTERS, e, e .. ':p')
+local stored = rcall('HMGET', LETTERS, e, e .. ':p')
 local letter = stored[1]
 if not letter then
-  local m = parse_meta(redis.call('HGET', it, id .. ':m'))
+  local m = parse_meta(rcall('HGET', it, id .. ':m'))
   if m and m.r == RID then return { 'ok' } end
   return { 'unknown' }
 end
 if action == 'drop' then
-  redis.call('HDEL', LETTERS, e, e .. ':p')
-  redis.call('ZREM', LETTER_INDEX, e)
-  redis.call('SREM', letters_of_key(run), id)
+  rcall('HDEL', LETTERS, e, e .. ':p')
+  rcall('ZREM', LETTER_INDEX, e)
+  rcall('SREM', letters_of_key(run), id)
   return { 'ok' }
 end
 local r = read_run(run, { 'st', 'wf', 'left', 'pkc', 'idem' })
 if not r.st then return { 'expired' } end
 if not accepts_results(r.st) then return { 'invalid', r.st } end
 local l = cjson.decode(letter)
-local m = parse_meta(redis.call('HGET', it, id .. ':m'))
-redis.call('HSET', it, id, stored[2] or '', id .. ':m', meta('P', l.attempt, 0, m and m.t or 0, l.node, RID))
-redis.call('HDEL', LETTERS, e, e .. ':p')
-redis.call('ZREM', LETTER_INDEX, e)
-redis.call('SREM', letters_of_key(run), id)
+local m = parse_meta(rcall('HGET', it, id .. ':m'))
+rcall('HSET', it, id, stored[2] or '', id .. ':m', meta('P', l.attempt, 0, m and m.t or 0, l.node, RID))
+rcall('HDEL', LETTERS, e, e .. ':p')
+rcall('ZREM', LETTER_INDEX, e)
+rcall('SREM', letters_of_key(run), id)
 local set = { left = tonumber(r.left or '0') + 1 }
 if r.st == 'failed' then
-  redis.call('HDEL', run_key(run), 't1', 'err', 'exp', 'frid', 'fx')
+  rcall('HDEL', run_key(run), 't1', 'err', 'exp', 'frid', 'fx')
   revive_run(run, r)
   r.st = 'running'
   set.st = 'running'

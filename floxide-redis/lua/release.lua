@@ -5,12 +5,12 @@
 -- Returns {'ok'} | {'lost'}
 local run, id, token = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local it = items_key(run)
-local f = redis.call('HMGET', it, id .. ':m', id .. ':w')
+local f = rcall('HMGET', it, id .. ':m', id .. ':w')
 local m = parse_meta(f[1])
 if not m or m.s ~= 'I' or m.t ~= token then return { 'lost' } end
 step_event(run, 'R', id, m.n, f[2], m.t, m.a, now_ms())
-redis.call('HSET', it, id .. ':m', meta('P', m.a, math.max(m.d - 1, 0), m.t, m.n, m.r))
-redis.call('ZREM', TIMERS, 'L' .. entry(id, run))
+rcall('HSET', it, id .. ':m', meta('P', m.a, max(m.d - 1, 0), m.t, m.n, m.r))
+rcall('ZREM', TIMERS, 'L' .. entry(id, run))
 local r = read_run(run, { 'st', 'wf', 'pkc' })
 local set = {}
 if make_ready(run, id, r, true) and r.pkc then set.pkc = r.pkc end

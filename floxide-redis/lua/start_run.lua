@@ -19,15 +19,15 @@ for n = 1, (#ARGV - 4) / 8 do
   local rid = RID .. '/' .. text(n)
   local answer, existing = nil, ''
   if idem ~= '' then
-    existing = redis.call('GET', PFX .. 'idem:' .. idem)
+    existing = rcall('GET', PFX .. 'idem:' .. idem)
     if existing then
-      answer = redis.call('HGET', run_key(existing), 'rid') == rid and 'ok' or 'dup'
+      answer = rcall('HGET', run_key(existing), 'rid') == rid and 'ok' or 'dup'
     else
       existing = ''
     end
   end
   if not answer then
-    local started_by = redis.call('HGET', run_key(run), 'rid')
+    local started_by = rcall('HGET', run_key(run), 'rid')
     if started_by then answer = started_by == rid and 'ok' or 'exists' end
   end
   if not answer then
@@ -41,14 +41,14 @@ for n = 1, (#ARGV - 4) / 8 do
     if idem ~= '' then
       fields[#fields + 1] = 'idem'
       fields[#fields + 1] = idem
-      redis.call('SET', PFX .. 'idem:' .. idem, run)
+      rcall('SET', PFX .. 'idem:' .. idem, run)
     end
     if deadline ~= '' then
       fields[#fields + 1] = 'dl'
       fields[#fields + 1] = deadline
     end
-    redis.call('HSET', run_key(run), unpack(fields))
-    redis.call('HSET', items_key(run), id, payload, id .. ':m', meta('P', 1, 0, 0, node))
+    rcall('HSET', run_key(run), unpack(fields))
+    rcall('HSET', items_key(run), id, payload, id .. ':m', meta('P', 1, 0, 0, node))
     index[#index + 1] = text(now)
     index[#index + 1] = run
     first_wf = first_wf or wf
