@@ -138,11 +138,13 @@ function C.ZADD(k, ...)
   end
   return new
 end
-function C.ZREM(k, ...)
-  local z, n = get(k, 'z'), 0
-  if z then for _, m in ipairs({ ... }) do if z.d[m] then n = n + 1; z.d[m] = nil end end end
+-- Removes members from a sorted set or a set (both map member -> something); returns how many.
+local function remove(kind, k, ...)
+  local v, n = get(k, kind), 0
+  if v then for _, m in ipairs({ ... }) do if v.d[m] then n = n + 1; v.d[m] = nil end end end
   return n
 end
+function C.ZREM(k, ...) return remove('z', k, ...) end
 local function sorted(z)
   local r = {}
   for m, s in pairs(z.d) do r[#r + 1] = { m, s } end
@@ -172,11 +174,7 @@ function C.SADD(k, ...)
   for _, m in ipairs({ ... }) do if not s.d[m] then n = n + 1; s.d[m] = true end end
   return n
 end
-function C.SREM(k, ...)
-  local s, n = get(k, 'S'), 0
-  if s then for _, m in ipairs({ ... }) do if s.d[m] then n = n + 1; s.d[m] = nil end end end
-  return n
-end
+function C.SREM(k, ...) return remove('S', k, ...) end
 function C.SCARD(k)
   local s, n = get(k, 'S'), 0
   if s then for _ in pairs(s.d) do n = n + 1 end end
