@@ -96,31 +96,11 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 async fn local_linear(args: &Args) -> Result<serde_json::Value, String> {
     let runs: u64 = args.get("runs", 100_000)?;
-    let wf = linear();
-    let ctx = WorkflowCtx::new(());
-    for _ in 0..1_000 {
-        let out = wf.run(&ctx, 0).await.map_err(|e| e.to_string())?;
-        assert_eq!(out, 3);
-    }
-    let started = Instant::now();
-    for _ in 0..runs {
-        let out = wf.run(&ctx, 0).await.map_err(|e| e.to_string())?;
-        if out != 3 {
-            return Err(format!("wrong result {out}"));
-        }
-    }
-    let wall = started.elapsed().as_secs_f64();
-    let steps = runs * 3;
-    Ok(json!({
-        "framework": framework(),
-        "workload": "local-linear",
-        "runs": runs,
-        "steps": steps,
-        "wall_s": wall,
-        "runs_per_s": runs as f64 / wall,
-        "steps_per_s": steps as f64 / wall,
-        "ns_per_step": wall * 1e9 / steps as f64,
-    }))
+    let (wf, ctx) = (&linear(), &WorkflowCtx::new(()));
+    local_linear::measure(framework(), runs, || async move {
+        wf.run(ctx, 0).await.map_err(|e| e.to_string())
+    })
+    .await
 }
 
 async fn dist_mem_linear(args: &Args) -> Result<serde_json::Value, String> {
@@ -183,6 +163,7 @@ async fn dist_mem_linear(args: &Args) -> Result<serde_json::Value, String> {
 }
 
 mod crash;
+mod local_linear;
 mod pg_workloads;
 mod redis_workloads;
 mod workloads;
