@@ -12,8 +12,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use parts::RESUME_MARKER;
+use parts::{slot, ItemRecord, ItemsState, QueueState, Recorded, RunItems, RunsState};
 use parts::{ContextsPart, ErrorsPart, ItemsPart, LivenessPart, MetricsPart, QueuePart, RunsPart};
-use parts::{ItemRecord, ItemsState, QueueState, RunItems, RunsState, RESUME_MARKER};
 
 use crate::distributed::backend::{
     AdminBackend, CommitItem, CommitOutcome, CommitReply, DistributedError, Lease, LeaseState,
@@ -270,7 +271,7 @@ impl InMemoryBackend {
                 let letter = DeadLetter {
                     run_id: run_id.clone(),
                     item_id,
-                    node: record.node.clone(),
+                    node: record.node.to_string(),
                     error: error.clone(),
                     deliveries: record.deliveries - 1,
                     attempt: record.attempt,
@@ -285,7 +286,7 @@ impl InMemoryBackend {
                     .or_default()
                     .push(WorkflowError {
                         work_item: item_id,
-                        node: record.node.clone(),
+                        node: record.node.to_string(),
                         error: error.clone(),
                         attempt: record.attempt,
                         handled: false,
@@ -301,12 +302,13 @@ impl InMemoryBackend {
             let token = queue.next_token;
             let expiry = now + options.lease_timeout;
             record.status = WorkItemStatus::InProgress;
-            record.lease = Some((token, worker.clone(), expiry));
+            let holder: Arc<str> = Arc::from(worker.0.as_str());
+            record.lease = Some((token, holder.clone(), expiry));
             let kind = StepEventKind::Leased {
                 until: SystemTime::now() + options.lease_timeout,
                 delivery: record.deliveries,
             };
-            self.record(&run_id, item_id, record, kind, Some(worker.clone()), token);
+            self.record(&run_id, item_id, record, kind, Some(holder), token);
             queue.leases.push(Reverse((
                 expiry,
                 token,
@@ -326,7 +328,7 @@ impl InMemoryBackend {
                     worker: worker.clone(),
                 },
                 bytes: record.bytes.to_vec(),
-                node: record.node.clone(),
+                node: record.node.to_string(),
                 attempt: record.attempt,
                 deliveries: record.deliveries,
                 deadline: info.deadline,
@@ -341,6 +343,14 @@ impl InMemoryBackend {
             self.notify_runs();
         }
         result
+    }
+}
+
+/// The holder of `lease`, shared with the item's lease record while that is still `lease`.
+fn holder(record: &ItemRecord, lease: &Lease) -> Arc<str> {
+    match &record.lease {
+        Some((token, worker, _)) if *token == lease.token => worker.clone(),
+        _ => Arc::from(lease.worker.0.as_str()),
     }
 }
 
@@ -529,7 +539,7 @@ impl AdminBackend for InMemoryBackend {
         run_items.items.insert(
             start.first.id,
             ItemRecord {
-                node: start.first.node,
+                node: Arc::from(start.first.node),
                 bytes: Arc::from(start.first.bytes),
                 status: WorkItemStatus::Pending,
                 attempt: 1,
@@ -686,7 +696,7 @@ impl AdminBackend for InMemoryBackend {
         let history = errors.history.get(run_id);
         Ok(Some(
             history
-                .map(|h| h.iter().cloned().collect())
+                .map(|h| h.iter().map(Recorded::to_event).collect())
                 .unwrap_or_default(),
         ))
     }
@@ -732,11 +742,11 @@ impl AdminBackend for InMemoryBackend {
             .iter()
             .map(|(id, r)| WorkItemInfo {
                 item_id: *id,
-                node: r.node.clone(),
+                node: r.node.to_string(),
                 status: r.status,
                 attempt: r.attempt,
                 deliveries: r.deliveries,
-                worker: r.lease.as_ref().map(|l| l.1.clone()),
+                worker: r.lease.as_ref().map(|l| WorkerId(l.1.to_string())),
                 payload: payload_text(&r.bytes),
             })
             .collect();
@@ -976,7 +986,7 @@ impl WorkerBackend for InMemoryBackend {
             .unwrap_or_default();
         let expiry = Instant::now() + lease_timeout;
         if let Some(record) = run_items.items.get_mut(&lease.item_id) {
-            record.lease = Some((lease.token, lease.worker.clone(), expiry));
+            record.lease = Some((lease.token, holder(record, lease), expiry));
             let until = SystemTime::now() + lease_timeout;
             self.record_of(lease, record, StepEventKind::Renewed { until });
         }
@@ -1064,10 +1074,9 @@ impl WorkerBackend for InMemoryBackend {
         let Some(record) = run_items.items.get_mut(&lease.item_id) else {
             return Ok(CommitOutcome::LeaseLost);
         };
-        record.lease = None;
         let attempt = record.attempt;
         let node = if failure.node.is_empty() {
-            record.node.clone()
+            record.node.to_string()
         } else {
             failure.node.clone()
         };
@@ -1078,6 +1087,7 @@ impl WorkerBackend for InMemoryBackend {
             _ => None,
         };
         self.record_of(lease, record, StepEventKind::Failed { retry_at });
+        record.lease = None;
         match (failure.retry_after, effect) {
             (Some(wait), FailureEffect::Retry) => {
                 record.status = WorkItemStatus::WaitingRetry;
@@ -1116,14 +1126,12 @@ impl WorkerBackend for InMemoryBackend {
             }
         }
         drop(queue);
-        {
-            let mut metrics = self.metrics.lock();
-            let m = metrics.runs.entry(lease.run_id.clone()).or_default();
+        slot(&mut self.metrics.lock().runs, &lease.run_id, |m| {
             m.failed += 1;
             if retried {
                 m.retries += 1;
             }
-        }
+        });
         self.errors
             .lock()
             .runs
@@ -1157,10 +1165,10 @@ impl WorkerBackend for InMemoryBackend {
             return Ok(());
         };
         if let Some(record) = run_items.items.get_mut(&lease.item_id) {
+            self.record_of(lease, record, StepEventKind::Released);
             record.lease = None;
             record.status = WorkItemStatus::Pending;
             record.deliveries = record.deliveries.saturating_sub(1);
-            self.record_of(lease, record, StepEventKind::Released);
             let workflow = runs
                 .runs
                 .get(&lease.run_id)
@@ -1205,19 +1213,28 @@ impl InMemoryBackend {
             drop_item(run_items, lease.item_id);
             return Ok(CommitOutcome::RunInactive(info.status));
         }
-        let (ctx_bytes, version) = contexts.contexts.entry(lease.run_id.clone()).or_default();
-        if let Some(required) = commit.require_version {
-            if required != *version {
-                return Ok(CommitOutcome::ContextConflict { current: *version });
-            }
-        }
-        if let Some((base, bytes)) = &commit.context {
-            let base = *base;
-            if base != *version {
-                return Ok(CommitOutcome::ContextConflict { current: *version });
-            }
-            ctx_bytes.clone_from(bytes);
-            *version += 1;
+        // The version the commit required or was based on, when it is not the stored one.
+        let conflict = slot(
+            &mut contexts.contexts,
+            &lease.run_id,
+            |(ctx_bytes, version)| {
+                let base = commit.context.as_ref().map(|(base, _)| *base);
+                if [commit.require_version, base]
+                    .iter()
+                    .flatten()
+                    .any(|v| v != version)
+                {
+                    return Some(*version);
+                }
+                if let Some((_, bytes)) = &commit.context {
+                    ctx_bytes.clone_from(bytes);
+                    *version += 1;
+                }
+                None
+            },
+        );
+        if let Some(current) = conflict {
+            return Ok(CommitOutcome::ContextConflict { current });
         }
         drop(contexts);
 
@@ -1236,7 +1253,7 @@ impl InMemoryBackend {
             run_items.items.insert(
                 s.id,
                 ItemRecord {
-                    node: s.node.clone(),
+                    node: Arc::from(s.node.as_str()),
                     bytes: Arc::from(s.bytes.as_slice()),
                     status,
                     attempt: 1,
@@ -1255,8 +1272,8 @@ impl InMemoryBackend {
         }
         if let Some(r) = run_items.items.get_mut(&lease.item_id) {
             r.status = WorkItemStatus::Completed;
-            r.lease = None;
             self.record_of(lease, r, StepEventKind::Committed);
+            r.lease = None;
         }
         run_items.outstanding = run_items.outstanding.saturating_sub(1);
         let outstanding = run_items.outstanding;
@@ -1280,16 +1297,17 @@ impl InMemoryBackend {
             finished = Some(status);
         }
         info.status = status;
-        {
-            let mut metrics = self.metrics.lock();
-            let m = metrics.runs.entry(lease.run_id.clone()).or_default();
+        slot(&mut self.metrics.lock().runs, &lease.run_id, |m| {
             m.completed += 1;
             m.total_work_items += added;
-            let t = m.per_node.entry(commit.node.clone()).or_default();
+            let t = match m.per_node.get_mut(&commit.node) {
+                Some(t) => t,
+                None => m.per_node.entry(commit.node.clone()).or_default(),
+            };
             t.count += 1;
             t.total += commit.duration;
             t.max = t.max.max(commit.duration);
-        }
+        });
         if !commit.handled_failures.is_empty() {
             let mut errors = self.errors.lock();
             errors
@@ -1317,29 +1335,29 @@ impl InMemoryBackend {
         item: ItemId,
         record: &ItemRecord,
         kind: StepEventKind,
-        worker: Option<WorkerId>,
+        worker: Option<Arc<str>>,
         token: u64,
     ) {
-        let event = StepEvent::new(
-            SystemTime::now(),
+        let event = Recorded {
+            at: SystemTime::now(),
             item,
-            record.node.clone(),
+            node: record.node.clone(),
             kind,
             worker,
             token,
-            record.attempt,
-        );
-        let mut errors = self.errors.lock();
-        let history = errors.history.entry(run.to_owned()).or_default();
-        history.push_back(event);
-        if history.len() > HISTORY_KEPT {
-            history.pop_front();
-        }
+            attempt: record.attempt,
+        };
+        slot(&mut self.errors.lock().history, run, |history| {
+            history.push_back(event);
+            if history.len() > HISTORY_KEPT {
+                history.pop_front();
+            }
+        });
     }
 
     /// Appends an event about the item of `lease`, by its holder.
     fn record_of(&self, lease: &Lease, record: &ItemRecord, kind: StepEventKind) {
-        let worker = Some(lease.worker.clone());
+        let worker = Some(holder(record, lease));
         self.record(
             &lease.run_id,
             lease.item_id,

@@ -10,14 +10,30 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::distributed::{
-    DeadLetter, RunId, RunInfo, RunMetrics, WorkItemStatus, WorkerHealth, WorkerId, WorkflowError,
+    DeadLetter, RunId, RunInfo, RunMetrics, StepEvent, StepEventKind, WorkItemStatus, WorkerHealth,
+    WorkerId, WorkflowError,
 };
 use crate::ItemId;
+
+/// `f` applied to `map`'s value at `key`, a default one inserted first when there is none.
+/// Unlike `entry(key.to_owned())`, it allocates no key when the value exists (the common case:
+/// a run's records are made when it starts).
+pub(crate) fn slot<V: Default, R>(
+    map: &mut HashMap<RunId, V>,
+    key: &str,
+    f: impl FnOnce(&mut V) -> R,
+) -> R {
+    if let Some(value) = map.get_mut(key) {
+        return f(value);
+    }
+    f(map.entry(key.to_owned()).or_default())
+}
 
 /// Locks `m`; the state behind every lock here is updated by plain assignments that cannot
 /// be left half-done, so a lock poisoned by a panicking thread is still consistent.
@@ -122,13 +138,15 @@ pub(crate) struct RunsState {
 
 /// A stored work item.
 pub(crate) struct ItemRecord {
-    pub(crate) node: String,
+    /// Its node, shared with the run's step history.
+    pub(crate) node: Arc<str>,
     pub(crate) bytes: Arc<[u8]>,
     pub(crate) status: WorkItemStatus,
     pub(crate) attempt: u32,
     pub(crate) deliveries: u32,
-    /// Token, holder and expiry of the current lease.
-    pub(crate) lease: Option<(u64, WorkerId, Instant)>,
+    /// Token, holder and expiry of the current lease (the holder is shared with the step
+    /// history).
+    pub(crate) lease: Option<(u64, Arc<str>, Instant)>,
 }
 
 #[derive(Default)]
@@ -209,7 +227,36 @@ pub(crate) struct ErrorsState {
     /// Each run's step history, the latest [`HISTORY_KEPT`] events.
     ///
     /// [`HISTORY_KEPT`]: crate::distributed::history::HISTORY_KEPT
-    pub(crate) history: HashMap<RunId, VecDeque<crate::distributed::StepEvent>>,
+    pub(crate) history: HashMap<RunId, VecDeque<Recorded>>,
+}
+
+/// A step event as the history keeps it: the node and worker names are shared with the item
+/// and its lease, so recording costs no allocation; a [`StepEvent`] is made when it is read.
+pub(crate) struct Recorded {
+    pub(crate) at: SystemTime,
+    pub(crate) item: ItemId,
+    pub(crate) node: Arc<str>,
+    pub(crate) kind: StepEventKind,
+    pub(crate) worker: Option<Arc<str>>,
+    pub(crate) token: u64,
+    pub(crate) attempt: u32,
+}
+
+impl Recorded {
+    /// The event as the backend API reports it.
+    pub(crate) fn to_event(&self) -> StepEvent {
+        let worker = self.worker.as_deref().map(|w| WorkerId(w.to_owned()));
+        let kind = self.kind.clone();
+        StepEvent::new(
+            self.at,
+            self.item,
+            &*self.node,
+            kind,
+            worker,
+            self.token,
+            self.attempt,
+        )
+    }
 }
 
 #[derive(Default)]
