@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, SharedString,
+    Unit,
 };
 
 use crate::distributed::backend::{Backend, DistributedError};
@@ -59,8 +60,19 @@ pub(crate) enum StepOutcome {
     Released,
 }
 
-/// Records how a step of `workflow` that executed `node` ended.
-pub(crate) fn step_ended(workflow: &'static str, node: &str, outcome: StepOutcome) {
+/// Records how a step of `workflow` that executed `node` ended. `nodes` are the workflow's
+/// node names: a node among them is labelled by its static name, so recording a step does
+/// not copy it.
+pub(crate) fn step_ended(
+    workflow: &'static str,
+    nodes: &'static [&'static str],
+    node: &str,
+    outcome: StepOutcome,
+) {
+    let node = match nodes.iter().find(|n| **n == node) {
+        Some(name) => SharedString::const_str(name),
+        None => SharedString::from(node.to_owned()),
+    };
     let label = match outcome {
         StepOutcome::Committed { .. } => "committed",
         StepOutcome::Retried => "retried",
@@ -69,11 +81,11 @@ pub(crate) fn step_ended(workflow: &'static str, node: &str, outcome: StepOutcom
         StepOutcome::Abandoned { .. } => "abandoned",
         StepOutcome::Released => "released",
     };
-    counter!(STEPS, "workflow" => workflow, "node" => node.to_owned(), "outcome" => label)
+    counter!(STEPS, "workflow" => workflow, "node" => node.clone(), "outcome" => label)
         .increment(1);
     match outcome {
         StepOutcome::Committed { ran } => {
-            histogram!(STEP_DURATION, "workflow" => workflow, "node" => node.to_owned())
+            histogram!(STEP_DURATION, "workflow" => workflow, "node" => node)
                 .record(ran.as_secs_f64());
         }
         StepOutcome::Failed | StepOutcome::DeadLettered => {

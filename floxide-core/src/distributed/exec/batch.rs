@@ -241,7 +241,7 @@ where
         match result {
             Ok(Executed::Ready(pending)) => st.ready.push(*pending),
             Ok(Executed::Ended { node, end }) => {
-                reporter.step_ended(&ended(self.workflow.name(), &node, end));
+                reporter.step_ended(&ended(self.workflow, &node, end));
             }
             Err(error) => {
                 reporter.errors += 1;
@@ -277,7 +277,7 @@ where
         for (pending, outcome) in batch.into_iter().zip(outcomes) {
             match commit::settle(self.workflow.name(), pending, outcome) {
                 Settled::Done { node, end } => {
-                    reporter.step_ended(&ended(self.workflow.name(), &node, end));
+                    reporter.step_ended(&ended(self.workflow, &node, end));
                 }
                 Settled::Rerun(taken) => self.rerun(st, taken),
                 Settled::Remerge(stale) => {

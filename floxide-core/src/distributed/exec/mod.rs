@@ -110,8 +110,12 @@ pub(crate) enum Executed<O> {
 }
 
 /// Records a step's end in the metrics and hands it on.
-pub(crate) fn ended<O>(workflow: &'static str, node: &str, end: StepEnd<O>) -> StepEnd<O> {
-    metrics::step_ended(workflow, node, end.outcome());
+pub(crate) fn ended<C: Context, W: Workflow<C>>(
+    workflow: &W,
+    node: &str,
+    end: StepEnd<W::Output>,
+) -> StepEnd<W::Output> {
+    metrics::step_ended(workflow.name(), workflow.node_names(), node, end.outcome());
     end
 }
 
@@ -220,7 +224,7 @@ where
 {
     loop {
         let mut pending = match execute(workflow, backend, config, worker, taken, stop).await? {
-            Executed::Ended { node, end } => return Ok(ended(workflow.name(), &node, end)),
+            Executed::Ended { node, end } => return Ok(ended(workflow, &node, end)),
             Executed::Ready(pending) => pending,
         };
         loop {
@@ -228,10 +232,10 @@ where
                 .commit(&pending.taken.lease, &pending.commit)
                 .await?;
             match commit::settle(workflow.name(), *pending, outcome) {
-                Settled::Done { node, end } => return Ok(ended(workflow.name(), &node, end)),
+                Settled::Done { node, end } => return Ok(ended(workflow, &node, end)),
                 Settled::Rerun(again) => {
                     if let Some(end) = renew(backend, config, &again).await? {
-                        return Ok(ended(workflow.name(), &again.node, end));
+                        return Ok(ended(workflow, &again.node, end));
                     }
                     taken = again;
                     break;
@@ -239,9 +243,7 @@ where
                 Settled::Remerge(stale) => {
                     match commit::remerge::<C, _>(backend, config, stale).await? {
                         Executed::Ready(merged) => pending = merged,
-                        Executed::Ended { node, end } => {
-                            return Ok(ended(workflow.name(), &node, end))
-                        }
+                        Executed::Ended { node, end } => return Ok(ended(workflow, &node, end)),
                     }
                 }
             }
