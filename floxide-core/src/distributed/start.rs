@@ -9,15 +9,17 @@ use crate::{Context, FloxideError, WorkItem, Workflow, WorkflowCtx};
 
 /// A fresh run id: 128 random bits in the familiar 8-4-4-4-12 hex layout.
 pub fn new_run_id() -> RunId {
-    let hex = format!("{:032x}", fastrand::u128(..));
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    let bits = fastrand::u128(..);
+    // Written digit by digit into its final size: one allocation per run started.
+    let mut id = String::with_capacity(36);
+    for i in 0..32 {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            id.push('-');
+        }
+        let nibble = ((bits >> (124 - 4 * i)) & 0xf) as u32;
+        id.extend(char::from_digit(nibble, 16));
+    }
+    id
 }
 
 /// The backend request that starts a run of `workflow` from `input` (a fresh id unless
@@ -66,4 +68,22 @@ where
 {
     let start = start_request(workflow, ctx, input, run_id, idempotency_key)?;
     Ok(backend.start_run(start).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_run_id;
+
+    #[test]
+    fn run_ids_are_fresh_lowercase_hex_in_the_8_4_4_4_12_layout() {
+        let id = new_run_id();
+        let groups: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+        assert!(
+            id.chars()
+                .all(|c| c == '-' || c.is_ascii_digit() || ('a'..='f').contains(&c)),
+            "{id}"
+        );
+        assert_ne!(id, new_run_id());
+    }
 }
