@@ -47,5 +47,10 @@ floxide::conformance_tests!(@each #[tokio::test(flavor = "multi_thread", worker_
     g3_joins_fire_exactly_once,
     g7_workflow_graphs_are_registered,
     g7_runs_are_listed_page_by_page,
-    g7_step_history_explains_every_lease
+    g7_step_history_explains_every_lease,
+    g1_steps_see_their_attempt_and_a_stable_idempotency_key,
+    g1_heartbeats_keep_a_long_step_alive,
+    g5_routed_failures_complete_the_run,
+    g7_a_stopped_worker_finishes_or_releases_its_steps,
+    g4_idle_workers_wake_when_work_arrives
 );

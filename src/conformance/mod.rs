@@ -26,6 +26,7 @@ mod batch;
 mod control;
 mod graphs;
 mod history;
+mod lifecycle;
 mod model;
 mod pages;
 mod waiting;
@@ -33,6 +34,7 @@ pub use batch::*;
 pub use control::*;
 pub use graphs::*;
 pub use history::*;
+pub use lifecycle::*;
 pub use model::*;
 pub use pages::*;
 pub use waiting::*;
@@ -902,12 +904,12 @@ pub async fn g7_runs_and_workers_are_observable<B: Backend>(backend: B) {
     let run = o.start_run(&ctx(), 5).await.unwrap();
     let pending = o.pending_work(&run).await.unwrap();
     assert_eq!(pending.len(), 1);
-    if let Some(stats) = backend.queue_stats("Chain").await.unwrap() {
-        assert!(
-            stats.ready >= 1,
-            "queue stats count the ready item: {stats:?}"
-        );
-    }
+    let stats = backend.queue_stats("Chain").await.unwrap();
+    let stats = stats.expect("G7: the backend reports its queue");
+    assert!(
+        stats.ready >= 1,
+        "queue stats count the ready item: {stats:?}"
+    );
     assert_eq!(pending[0].node_name(), "a");
     let mut workers = pool(wf, &backend, 2);
     let info = finish(&o, &run).await;
@@ -925,12 +927,12 @@ pub async fn g7_runs_and_workers_are_observable<B: Backend>(backend: B) {
         .all(|i| i.status == WorkItemStatus::Completed));
     let listed = o.list_runs(Some(RunStatus::Completed)).await.unwrap();
     assert!(listed.iter().any(|r| r.run_id == run));
-    if let Some(stats) = backend.queue_stats("Chain").await.unwrap() {
-        assert_eq!(
-            stats.in_flight, 0,
-            "nothing leased after completion: {stats:?}"
-        );
-    }
+    let stats = backend.queue_stats("Chain").await.unwrap();
+    let stats = stats.expect("G7: the backend reports its queue");
+    assert_eq!(
+        stats.in_flight, 0,
+        "nothing leased after completion: {stats:?}"
+    );
     // Each worker reports when its task first runs, which may be after the run finished.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let mut health = workers.try_health().await.unwrap();
@@ -1015,7 +1017,12 @@ macro_rules! conformance_tests {
             completion_waits_for_every_branch,
             g7_workflow_graphs_are_registered,
             g7_runs_are_listed_page_by_page,
-            g7_step_history_explains_every_lease
+            g7_step_history_explains_every_lease,
+            g1_steps_see_their_attempt_and_a_stable_idempotency_key,
+            g1_heartbeats_keep_a_long_step_alive,
+            g5_routed_failures_complete_the_run,
+            g7_a_stopped_worker_finishes_or_releases_its_steps,
+            g4_idle_workers_wake_when_work_arrives
         );
     };
     (@each #[$attr:meta], $make:expr, $($check:ident),*) => {

@@ -1,0 +1,319 @@
+//! Checks of a step's life beyond its first execution: what a node sees of its attempts
+//! (G1), leases kept alive by heartbeats (G1), failures routed by `on_failure` (G5),
+//! graceful shutdown (G7) and idle workers that wait for work instead of polling (G4).
+
+use std::sync::Mutex;
+
+use super::*;
+
+/// What a node saw of its step ([`current_step`]) when it ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// [`StepContext::idempotency_key`].
+    pub key: String,
+    /// [`StepContext::attempt`].
+    pub attempt: u32,
+    /// [`StepContext::delivery`].
+    pub delivery: u32,
+}
+
+/// The steps a [`Probe`] saw, shared by its clones.
+#[derive(Debug, Clone, Default)]
+pub struct Sightings(Arc<Mutex<Vec<Seen>>>);
+
+impl Sightings {
+    /// Everything seen so far, in order.
+    pub fn all(&self) -> Vec<Seen> {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn push(&self, seen: Seen) {
+        if let Ok(mut all) = self.0.lock() {
+            all.push(seen);
+        }
+    }
+}
+
+node! {
+    /// Notes what it sees of its step, waits `ms` milliseconds, then behaves as [`Step`].
+    pub struct Probe { name: &'static str, gate: Gate, seen: Sightings, ms: u64 };
+    context = Trace;
+    input = u32;
+    output = u32;
+    |ctx, n| {
+        let step = current_step().ok_or_else(|| {
+            FloxideError::Generic("conformance: a distributed step has a step context".into())
+        })?;
+        self.seen.push(Seen {
+            key: step.idempotency_key(),
+            attempt: step.attempt,
+            delivery: step.delivery,
+        });
+        if self.ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.ms)).await;
+        }
+        self.gate.pass().await?;
+        ctx.events.append(format!("{}:{n}", self.name));
+        Ok(Transition::Next(n + 1))
+    }
+}
+
+workflow! {
+    /// One probed node, retried by the backend under `policy`.
+    pub struct Probed {
+        #[retry = policy]
+        probe: Probe,
+        policy: RetryPolicy,
+    }
+    context = Trace;
+    start = probe;
+    edges { probe => []; }
+}
+
+impl Probed {
+    /// A probe that runs `ms` milliseconds behind `gate`, retried up to 3 attempts.
+    fn new(gate: Gate, seen: Sightings, ms: u64) -> Self {
+        Probed {
+            probe: Probe {
+                name: "probe",
+                gate,
+                seen,
+                ms,
+            },
+            policy: RetryPolicy::new(
+                3,
+                Duration::from_millis(10),
+                Duration::from_millis(10),
+                BackoffStrategy::Linear,
+                RetryError::Generic,
+            ),
+        }
+    }
+}
+
+workflow! {
+    /// `risky`, whose failures go to `fallback`.
+    pub struct Routed { risky: Step, fallback: Step }
+    context = Trace;
+    start = risky;
+    edges {
+        risky on_failure => { [fallback] };
+        risky => [];
+        fallback => [];
+    }
+}
+
+/// Waits (tokio's clock) until `gate` let `n` executions in.
+async fn executions_reach(gate: &Gate, n: usize) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while gate.executions() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node did not run {n} times"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// G1: a node sees which attempt and which delivery of it is running, under an idempotency
+/// key (run id + item id) that stays the same across retries and re-deliveries.
+pub async fn g1_steps_see_their_attempt_and_a_stable_idempotency_key<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    // The first execution fails (a retry follows); the second is held until its worker dies
+    // (another delivery of the same attempt follows); the third completes.
+    let gate = Gate::holding_first();
+    gate.fail_first.store(1, Ordering::SeqCst);
+    let seen = Sightings::default();
+    let wf = Probed::new(gate.clone(), seen.clone(), 0);
+    let o = orchestrator(wf.clone(), &backend);
+    let run = o.start_run(&ctx(), 1).await.unwrap();
+
+    let doomed = worker(wf.clone(), &backend);
+    let crashing = tokio::spawn(async move { doomed.run_forever("doomed").await });
+    executions_reach(&gate, 2).await;
+    crashing.abort();
+    let _ = crashing.await;
+    let mut survivors = pool(wf, &backend, 1);
+    let info = finish(&o, &run).await;
+    survivors.try_stop().await.unwrap();
+    assert_eq!(info.status, RunStatus::Completed, "{info:?}");
+
+    let item = o.list_work_items(&run).await.unwrap();
+    let key = match item.first() {
+        Some(item) => format!("{run}:{}", item.item_id),
+        // A completed run's items may be gone: the key is still the first one seen.
+        None => seen.all()[0].key.clone(),
+    };
+    assert!(
+        key.starts_with(&format!("{run}:")),
+        "G1: the key names the run: {key}"
+    );
+    let expected = [(1, 1), (2, 1), (2, 2)].map(|(attempt, delivery)| Seen {
+        key: key.clone(),
+        attempt,
+        delivery,
+    });
+    assert_eq!(
+        seen.all(),
+        expected,
+        "G1: attempt 1 failed, attempt 2 was delivered twice, all under one key"
+    );
+}
+
+/// G1: a step that runs longer than its lease keeps it by its heartbeats: no other worker
+/// takes the item meanwhile, and it runs once.
+pub async fn g1_heartbeats_keep_a_long_step_alive<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let gate = Gate::open();
+    let seen = Sightings::default();
+    let long = LEASE.as_millis() as u64 * 4;
+    let wf = Probed::new(gate.clone(), seen.clone(), long);
+    let o = orchestrator(wf.clone(), &backend);
+    let run = o.start_run(&ctx(), 1).await.unwrap();
+    let mut workers = pool(wf, &backend, 2);
+    let info = finish(&o, &run).await;
+    workers.try_stop().await.unwrap();
+    assert_eq!(info.status, RunStatus::Completed, "{info:?}");
+    assert_eq!(
+        gate.executions(),
+        1,
+        "G1: a step of {long} ms under a {LEASE:?} lease ran again: {:?}",
+        seen.all()
+    );
+    assert_eq!(
+        o.metrics(&run).await.unwrap().reclaimed,
+        0,
+        "G1: the renewed lease was reclaimed"
+    );
+}
+
+/// G5: a failure the workflow routes with `on_failure` goes to its fallback: the run
+/// completes with the fallback's output, not Failed, and nothing is dead-lettered.
+pub async fn g5_routed_failures_complete_the_run<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let wf = Routed {
+        risky: Step {
+            name: "risky",
+            gate: Gate::failing_first(usize::MAX),
+        },
+        fallback: Step {
+            name: "fallback",
+            gate: Gate::open(),
+        },
+    };
+    let o = orchestrator(wf.clone(), &backend);
+    let run = o.start_run(&ctx(), 5).await.unwrap();
+    let mut workers = pool(wf, &backend, 1);
+    let info = finish(&o, &run).await;
+    workers.try_stop().await.unwrap();
+    assert_eq!(
+        (info.status, info.output),
+        (RunStatus::Completed, Some(serde_json::json!(6))),
+        "G5: the fallback got risky's input (5) and finished the run"
+    );
+    let trace = o.context(&run).await.unwrap();
+    assert_eq!(trace.count("fallback:5"), 1, "{:?}", trace.events);
+    assert_eq!(trace.count("risky:5"), 0, "{:?}", trace.events);
+    let letters = o.dead_letters().await.unwrap();
+    assert!(
+        letters.iter().all(|l| l.run_id != run),
+        "G5: a routed failure is not a dead letter: {letters:?}"
+    );
+}
+
+/// G7: a worker stopped while a step runs finishes it within the grace period, or gives the
+/// item back at once (no lease to wait out); the run then completes on another worker with
+/// each item's effects applied once.
+pub async fn g7_a_stopped_worker_finishes_or_releases_its_steps<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+
+    // A step that ends within the grace period is committed.
+    let quick = Gate::holding_first();
+    let wf = Chain::new(quick.clone());
+    let o = orchestrator(wf.clone(), &backend);
+    let run = o.start_run(&ctx(), 1).await.unwrap();
+    let mut stopping = pool(wf.clone(), &backend, 1);
+    executions_reach(&quick, 1).await;
+    let stop = tokio::spawn(async move { stopping.try_stop().await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    quick.release();
+    stop.await.unwrap().unwrap();
+    let mut rest = pool(wf.clone(), &backend, 1);
+    let info = finish(&o, &run).await;
+    rest.try_stop().await.unwrap();
+    assert_eq!(info.status, RunStatus::Completed, "{info:?}");
+    assert_eq!(
+        quick.executions(),
+        1,
+        "G7: the step finished within the grace period"
+    );
+    assert_eq!(o.context(&run).await.unwrap().count("b:2"), 1);
+
+    // A step that does not end within it is released: its item is Pending again as soon as
+    // the worker has stopped, and the next worker runs it without waiting for the lease.
+    let stuck = Gate::holding_first();
+    let wf = Chain::new(stuck.clone());
+    let o = orchestrator(wf.clone(), &backend);
+    let run = o.start_run(&ctx(), 1).await.unwrap();
+    let mut stopping = pool(wf.clone(), &backend, 1);
+    executions_reach(&stuck, 1).await;
+    tokio::time::timeout(PATIENCE, stopping.try_stop())
+        .await
+        .expect("G7: the worker exits after its grace period")
+        .unwrap();
+    let b = o
+        .list_work_items(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.node == "b")
+        .expect("b's item");
+    assert_eq!(
+        b.status,
+        WorkItemStatus::Pending,
+        "G7: the unfinished step's item was given back: {b:?}"
+    );
+    let mut rest = pool(wf, &backend, 1);
+    let info = finish(&o, &run).await;
+    rest.try_stop().await.unwrap();
+    assert_eq!(info.status, RunStatus::Completed, "{info:?}");
+    assert_eq!(stuck.executions(), 2);
+    assert_eq!(o.context(&run).await.unwrap().count("b:2"), 1);
+    assert_eq!(
+        o.metrics(&run).await.unwrap().reclaimed,
+        0,
+        "G7: the item was released, not reclaimed after its lease expired"
+    );
+}
+
+/// G4: an idle worker waits on the backend and wakes when work arrives, long before its idle
+/// wait (set to a minute here) would have it look again.
+pub async fn g4_idle_workers_wake_when_work_arrives<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let wf = Chain::new(Gate::open());
+    let o = orchestrator(wf.clone(), &backend);
+    let idle = Duration::from_secs(60);
+    let w = WorkerBuilder::new()
+        .workflow(wf)
+        .backend_arc(Arc::clone(&backend))
+        .lease_timeout(LEASE)
+        .idle_sleep_duration(idle)
+        .build()
+        .unwrap();
+    let mut workers = WorkerPool::new(w, 2).with_grace_period(Duration::from_millis(200));
+    workers.start();
+    // Both workers have found the queue empty and wait.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for input in [1, 10] {
+        let run = o.start_run(&ctx(), input).await.unwrap();
+        let info = tokio::time::timeout(
+            idle / 4,
+            o.wait_for_completion(&run, Duration::from_millis(50)),
+        )
+        .await
+        .expect("G4: an idle worker did not wake for new work")
+        .unwrap();
+        assert_eq!(info.status, RunStatus::Completed, "{info:?}");
+    }
+    workers.try_stop().await.unwrap();
+}
