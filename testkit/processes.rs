@@ -136,11 +136,17 @@ impl Workers {
 
     /// Starts one more worker process; returns its pid.
     pub fn spawn(&mut self) -> u32 {
+        self.spawn_with(&[])
+    }
+
+    /// Starts one more worker process with `args` added to its command; returns its pid.
+    pub fn spawn_with(&mut self, args: &[&str]) -> u32 {
         let n = self.spawned;
         self.spawned += 1;
         let log = std::fs::File::create(self.dir.join(format!("worker-{n}.log")))
             .expect("create a worker log");
         let child = (self.command)(n)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

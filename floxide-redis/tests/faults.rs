@@ -383,6 +383,96 @@ async fn zombie_commit_after_lease_loss_is_rejected() {
     .await;
 }
 
+/// G7: a worker process stopped with SIGTERM (the provided runner's graceful shutdown) lets a
+/// step that ends within its grace period commit, gives back one that does not (its item is
+/// Pending as soon as the process has exited, not after its lease), and exits by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_or_releases_the_steps_in_flight() {
+    bounded("sigterm", async {
+        let server = RedisServer::start_or_panic(ServerOptions::default());
+        let prefix = "term:";
+        let settings = Settings {
+            concurrency: 2,
+            step_ms: 20,
+        };
+        let mut workers = fault_workers("term-", &server.url(), prefix, settings);
+        let side = Side::connect(&server.url(), prefix).await;
+        let mut summary = Vec::new();
+        // (stall of `a` in ms, the worker's grace in s): the first ends within the grace.
+        for (stall_ms, grace_s) in [(600u64, 5u64), (60_000, 1)] {
+            let mut conn = side.raw.clone();
+            redis::cmd("SET")
+                .arg(format!("{prefix}stall:a"))
+                .arg(stall_ms)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+            redis::cmd("DEL")
+                .arg(format!("{prefix}stalled"))
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+            let pid = workers.spawn_with(&["--grace", &grace_s.to_string()]);
+            let run = side.start(stall_ms).await;
+            let deadline = Instant::now() + PATIENCE;
+            while side.get(&format!("{prefix}stalled")).await.is_none() {
+                assert!(Instant::now() < deadline, "`a` never stalled");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(signal(pid, "-TERM"), "SIGTERM {pid}");
+            let termed = Instant::now();
+            while workers.alive(pid) {
+                assert!(
+                    termed.elapsed() < Duration::from_secs(grace_s + 10),
+                    "G7: the worker did not exit within its grace period ({grace_s} s)"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let exited = termed.elapsed();
+            let items = side.orchestrator.list_work_items(&run).await.unwrap();
+            let a = items.iter().find(|i| i.node == "a").expect("a's item");
+            let finished = stall_ms < grace_s * 1000;
+            let expected = if finished {
+                WorkItemStatus::Completed
+            } else {
+                WorkItemStatus::Pending
+            };
+            assert_eq!(a.status, expected, "G7: after SIGTERM: {items:?}");
+            assert!(
+                items.iter().all(|i| i.status != WorkItemStatus::InProgress),
+                "G7: the stopped worker holds no lease: {items:?}"
+            );
+            workers.spawn();
+            let runs = vec![(run.clone(), stall_ms)];
+            let infos = side.wait_all(&runs).await;
+            let reclaimed = side.check_completed_once(&runs, &infos).await;
+            assert_eq!(reclaimed, 0, "G7: released, not reclaimed after a lease");
+            let started = side.get(&format!("{prefix}started:{run}:a")).await;
+            let runs_of_a = if finished { "1" } else { "2" };
+            assert_eq!(started.as_deref(), Some(runs_of_a), "executions of `a`");
+            summary.push(format!(
+                "stall {stall_ms} ms, grace {grace_s} s: exited {exited:.1?} after SIGTERM, \
+                 `a` {}",
+                if finished {
+                    "committed"
+                } else {
+                    "released and run again"
+                }
+            ));
+            // The next round's worker is the one just spawned; stop it too.
+            for pid in workers.pids() {
+                if workers.alive(pid) && signal(pid, "-TERM") {
+                    while workers.alive(pid) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }
+        summary.join("; ")
+    })
+    .await;
+}
+
 /// G6: garbage written into a queued item's payload, into runs' contexts and into the queue
 /// itself: the items go to the dead letters with a decoding error, those runs fail, the worker
 /// processes stay alive and healthy runs complete afterwards.
