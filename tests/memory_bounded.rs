@@ -142,4 +142,10 @@ async fn finished_runs_and_dead_letters_leave_after_their_retentions() {
         Err(FloxideError::Distributed(DistributedError::RunExpired(_)))
     ));
     assert_eq!(o.dead_letters().await.unwrap().len(), 1);
+    // It goes after its own retention, with no new letter or start to prune it.
+    tokio::time::advance(Duration::from_secs(600)).await;
+    assert!(
+        o.dead_letters().await.unwrap().is_empty(),
+        "G9: a dead letter outlived its retention"
+    );
 }

@@ -504,6 +504,12 @@ local function dead_letter(run, id, m, payload, err, now)
   rcall('ZADD', LETTER_INDEX, text(now), e)
   rcall('SADD', letters_of_key(run), id)
   prune_letters(now)
+  -- The letters are pruned as new ones come; with none coming, the whole set expires with
+  -- its newest letter, so no letter outlives its retention by more than the gap between it
+  -- and the newest (and the listing hides those past it).
+  local until_ms = text(now + LETTER_RETENTION)
+  rcall('PEXPIREAT', LETTERS, until_ms)
+  rcall('PEXPIREAT', LETTER_INDEX, until_ms)
 end
 
 -- Records a failure of item `id` of `run` in the run's error list (a `WorkflowError`).

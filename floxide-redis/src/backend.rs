@@ -572,6 +572,8 @@ impl AdminBackend for RedisBackend {
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, DistributedError> {
         let mut out = Vec::new();
+        let retention = self.client.config().dead_letter_retention();
+        let now = SystemTime::now();
         for p in self.keys().all() {
             let key = Keys::dead_letters(&self.keys().partition(p));
             let key = &key;
@@ -595,6 +597,10 @@ impl AdminBackend for RedisBackend {
                 let Ok(item_id) = letter.item_id.parse::<ItemId>() else {
                     continue;
                 };
+                // Past its retention: pruned by the scripts as new letters come.
+                if time_ms(letter.at) + retention < now {
+                    continue;
+                }
                 out.push(DeadLetter {
                     run_id: letter.run_id,
                     item_id,

@@ -496,6 +496,61 @@ async fn nothing_of_a_finished_run_outlives_its_retention() {
         .unwrap();
 }
 
+/// G9: a dead letter goes after its own retention, longer than its run's, even when no other
+/// letter comes to prune it: the listing stops showing it and the keys that held it expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_expire_after_their_own_retention() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let client = RedisClient::new(
+        RedisConfig::new(server.url())
+            .with_key_prefix("dlret:")
+            .with_retention(Duration::from_secs(1))
+            .with_dead_letter_retention(Duration::from_secs(3)),
+    )
+    .await
+    .unwrap();
+    let backend = RedisBackend::new(client);
+    let gate = Arc::new(Semaphore::new(1));
+    let wf = Mixed {
+        pair: Pair {},
+        picky: Picky { gate },
+    };
+    let o = wf.orchestrator(backend.clone()).build().unwrap();
+    let mut pool = WorkerPool::new(wf.worker(backend.clone()).build().unwrap(), 1);
+    pool.start();
+    let failed = o.start_run(&WorkflowCtx::new(()), 2).await.unwrap();
+    let info = o
+        .wait_for_completion(&failed, Duration::from_millis(50))
+        .await
+        .unwrap();
+    pool.try_stop().await.unwrap();
+    assert_eq!(info.status, RunStatus::Failed);
+    let letters = o.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let mut conn = raw(&server).await;
+    let (hash, index) = ("dlret:{p0}:dlh", "dlret:{p0}:dlq");
+    // The run goes after its retention; its letter stays.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert!(keys_of(&server, &failed).await.is_empty());
+    assert_eq!(o.dead_letters().await.unwrap().len(), 1);
+    // Then the letter goes too: hidden, and its keys expired.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert!(
+        o.dead_letters().await.unwrap().is_empty(),
+        "G9: a dead letter outlived its retention"
+    );
+    let left: u64 = redis::cmd("EXISTS")
+        .arg(hash)
+        .arg(index)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        left, 0,
+        "G9: the dead letters' keys outlived the newest letter"
+    );
+}
+
 /// Issue 11, case 9: a worker shutting down while its take is on the wire loses nothing. The
 /// worker talks to Redis through a proxy that holds every reply for 300 ms; the pool is
 /// stopped while the take's reply (which leases the item) is held. The item must come back

@@ -407,7 +407,13 @@ fn add_letter(queue: &mut QueueState, letter: DeadLetter, retention: Duration) {
     queue
         .dead
         .insert((letter.run_id.clone(), letter.item_id), letter);
-    for _ in 0..PRUNE_SLICE {
+    prune_letters(queue, retention, PRUNE_SLICE);
+}
+
+/// Drops up to `most` dead letters past their `retention`, oldest first.
+fn prune_letters(queue: &mut QueueState, retention: Duration, most: usize) {
+    let now = Instant::now();
+    for _ in 0..most {
         match queue.dead_order.front() {
             Some((at, _, _)) if *at + retention <= now => {
                 if let Some((_, run, item)) = queue.dead_order.pop_front() {
@@ -780,7 +786,12 @@ impl AdminBackend for InMemoryBackend {
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, DistributedError> {
-        let mut letters: Vec<DeadLetter> = self.queue.lock().dead.values().cloned().collect();
+        let mut queue = self.queue.lock();
+        // Those past their retention go now (the listing is proportional to the letters
+        // anyway), not only as new letters come.
+        prune_letters(&mut queue, self.letter_retention, usize::MAX);
+        let mut letters: Vec<DeadLetter> = queue.dead.values().cloned().collect();
+        drop(queue);
         letters.sort_by_key(|d| d.at);
         Ok(letters)
     }
