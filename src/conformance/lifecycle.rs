@@ -317,3 +317,64 @@ pub async fn g4_idle_workers_wake_when_work_arrives<B: Backend>(backend: B) {
     }
     workers.try_stop().await.unwrap();
 }
+
+/// G5: a failed step's retry waits in the backend, not in its worker: the worker (one step
+/// at a time) completes another run meanwhile, and the retry survives the worker's death and
+/// runs on another worker when it falls due.
+pub async fn g5_a_scheduled_retry_frees_its_worker_and_survives_it<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let gate = Gate::failing_first(1);
+    let seen = Sightings::default();
+    let backoff = LEASE * 5;
+    let wf = Probed {
+        policy: RetryPolicy::new(
+            3,
+            backoff,
+            backoff,
+            BackoffStrategy::Linear,
+            RetryError::Generic,
+        ),
+        ..Probed::new(gate.clone(), seen.clone(), 0)
+    };
+    let o = orchestrator(wf.clone(), &backend);
+    let retried = o.start_run(&ctx(), 1).await.unwrap();
+    let single = WorkerBuilder::new()
+        .workflow(wf.clone())
+        .backend_arc(Arc::clone(&backend))
+        .lease_timeout(LEASE)
+        .heartbeat_interval(LEASE / 4)
+        .idle_sleep_duration(Duration::from_millis(50))
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let doomed = tokio::spawn(async move { single.run_forever("single").await });
+    executions_reach(&gate, 1).await;
+    // While the retry waits, the same worker runs another run to its end.
+    let other = o.start_run(&ctx(), 2).await.unwrap();
+    let info = finish(&o, &other).await;
+    assert_eq!(info.status, RunStatus::Completed, "{info:?}");
+    let items = o.list_work_items(&retried).await.unwrap();
+    assert_eq!(
+        items.iter().map(|i| i.status).collect::<Vec<_>>(),
+        [WorkItemStatus::WaitingRetry],
+        "G5: the retry is still waiting in the backend while its worker did other work"
+    );
+    // The worker dies; the retry still runs, on another one.
+    doomed.abort();
+    let _ = doomed.await;
+    let mut rest = pool(wf, &backend, 1);
+    let info = finish(&o, &retried).await;
+    rest.try_stop().await.unwrap();
+    assert_eq!(info.status, RunStatus::Completed, "{info:?}");
+    let attempts: Vec<u32> = seen
+        .all()
+        .iter()
+        .filter(|s| s.key.starts_with(&format!("{retried}:")))
+        .map(|s| s.attempt)
+        .collect();
+    assert_eq!(
+        attempts,
+        [1, 2],
+        "G5: the scheduled retry ran after its worker died"
+    );
+}

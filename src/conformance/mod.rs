@@ -1022,7 +1022,8 @@ macro_rules! conformance_tests {
             g1_heartbeats_keep_a_long_step_alive,
             g5_routed_failures_complete_the_run,
             g7_a_stopped_worker_finishes_or_releases_its_steps,
-            g4_idle_workers_wake_when_work_arrives
+            g4_idle_workers_wake_when_work_arrives,
+            g5_a_scheduled_retry_frees_its_worker_and_survives_it
         );
     };
     (@each #[$attr:meta], $make:expr, $($check:ident),*) => {
