@@ -293,6 +293,68 @@ async fn cancelling_a_huge_run_does_not_block_redis() {
     );
 }
 
+/// G9: pausing and resuming a run with 200,000 queued items does bounded work too: while
+/// the huge run is paused, another run queued behind it completes; after the resume its own
+/// items flow again; no command or script runs for 100 ms or more throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_and_resuming_a_huge_run_does_not_block_redis() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let client = client(&server, "bigp:").await;
+    let backend = RedisBackend::new(client.clone());
+    let o = fan(200_000).orchestrator(backend.clone()).build().unwrap();
+    let big = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
+    let spreader = fan(200_000).worker(backend.clone()).build().unwrap();
+    spreader.run_once("spreader").await.unwrap();
+    let other = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
+
+    let mut conn = raw(&server).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(100_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    o.pause(&big).await.unwrap();
+    let mut pool = WorkerPool::new(fan(1).worker(backend.clone()).build().unwrap(), 2);
+    pool.start();
+    // The other run's item sits behind the paused run's 200,000 entries.
+    assert_eq!(
+        o.wait_for_output(&other, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(o.status(&big).await.unwrap(), RunStatus::Paused);
+    let before = o.metrics(&big).await.unwrap().completed;
+    o.resume(&big).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while o.metrics(&big).await.unwrap().completed < before + 1_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the resumed run's items did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    o.cancel(&big).await.unwrap();
+    pool.try_stop().await.unwrap();
+    let slow: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        slow.is_empty(),
+        "G9: commands ran for 100 ms or more while a huge run was paused and resumed: {slow:?}"
+    );
+}
+
 /// Issue 11, case 2: an idempotency key is honoured whatever partition the run would land
 /// in, and the partition count is recorded: a client configured with another is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
