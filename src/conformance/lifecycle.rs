@@ -378,3 +378,56 @@ pub async fn g5_a_scheduled_retry_frees_its_worker_and_survives_it<B: Backend>(b
         "G5: the scheduled retry ran after its worker died"
     );
 }
+
+/// G7: a worker's liveness shows what it is doing: while a step runs, its report names the
+/// step's item and run, with a recent heartbeat; once it has stopped, it says so.
+pub async fn g7_liveness_names_the_item_in_progress<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let gate = Gate::holding_first();
+    let wf = Chain::new(gate.clone());
+    let o = orchestrator(wf.clone(), &backend);
+    let run = o.start_run(&ctx(), 1).await.unwrap();
+    let started = std::time::SystemTime::now();
+    let mut workers = pool(wf, &backend, 1);
+    executions_reach(&gate, 1).await;
+    let b = o
+        .list_work_items(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.node == "b")
+        .expect("b's item");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let report = loop {
+        let reports = o.liveness().await.unwrap();
+        if let Some(h) = reports
+            .iter()
+            .find(|h| h.current_work_item_run_id.as_deref() == Some(run.as_str()))
+        {
+            break h.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "G7: no worker report names the item in progress: {reports:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(report.current_work_item, Some(b.item_id), "{report:?}");
+    assert_eq!(report.status, WorkerStatus::InProgress, "{report:?}");
+    assert_eq!(report.workflow, "Chain");
+    assert!(
+        report.last_heartbeat >= started - Duration::from_secs(1),
+        "G7: the heartbeat time is the report's: {report:?}"
+    );
+    gate.release();
+    let info = finish(&o, &run).await;
+    assert_eq!(info.status, RunStatus::Completed);
+    workers.try_stop().await.unwrap();
+    let after = o.liveness().await.unwrap();
+    let mine = after
+        .iter()
+        .find(|h| h.worker_id == report.worker_id)
+        .expect("the worker's last report");
+    assert_eq!(mine.status, WorkerStatus::Stopped, "{mine:?}");
+    assert_eq!(mine.current_work_item, None, "{mine:?}");
+}

@@ -1023,7 +1023,8 @@ macro_rules! conformance_tests {
             g5_routed_failures_complete_the_run,
             g7_a_stopped_worker_finishes_or_releases_its_steps,
             g4_idle_workers_wake_when_work_arrives,
-            g5_a_scheduled_retry_frees_its_worker_and_survives_it
+            g5_a_scheduled_retry_frees_its_worker_and_survives_it,
+            g7_liveness_names_the_item_in_progress
         );
     };
     (@each #[$attr:meta], $make:expr, $($check:ident),*) => {
