@@ -331,6 +331,9 @@ impl AdminBackend for Counting {
     fn watch_runs(&self) -> RunWatch {
         self.inner.watch_runs()
     }
+    fn watch_run(&self, run_id: &str) -> RunWatch {
+        self.inner.watch_run(run_id)
+    }
     async fn errors(&self, run_id: &str) -> Result<Vec<WorkflowError>, DistributedError> {
         self.inner.errors(run_id).await
     }

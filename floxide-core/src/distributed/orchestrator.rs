@@ -416,7 +416,7 @@ where
         run_id: &str,
         poll_interval: Duration,
     ) -> Result<RunInfo, FloxideError> {
-        let mut watch = self.backend.watch_runs();
+        let mut watch = self.backend.watch_run(run_id);
         let mut failures = 0;
         loop {
             let info = match self.backend.run_info(run_id).await {
@@ -445,7 +445,7 @@ where
         timeout: Duration,
     ) -> Result<W::Output, FloxideError> {
         let started = Instant::now();
-        let mut watch = self.backend.watch_runs();
+        let mut watch = self.backend.watch_run(run_id);
         let mut failures = 0;
         let info = loop {
             // Heard complete, with its output: no need to read the run.

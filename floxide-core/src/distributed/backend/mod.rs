@@ -196,6 +196,14 @@ pub trait AdminBackend: Send + Sync + 'static {
         RunWatch::never()
     }
 
+    /// A subscription to changes of run `run_id`'s record, taken like
+    /// [`watch_runs`](Self::watch_runs). A backend that can tell runs apart wakes it for that
+    /// run only; the default is [`watch_runs`](Self::watch_runs) (every run's changes).
+    fn watch_run(&self, run_id: &str) -> RunWatch {
+        let _ = run_id;
+        self.watch_runs()
+    }
+
     /// The output (JSON bytes) of run `run_id` when this process heard it complete through
     /// the backend's own notification, which carried it (see [`HeardOutputs`]); `None`
     /// otherwise. A waiter woken by that notification then need not read the run. The

@@ -118,6 +118,10 @@ impl<B: AdminBackend + ?Sized> AdminBackend for Arc<B> {
         (**self).watch_runs()
     }
 
+    fn watch_run(&self, run_id: &str) -> RunWatch {
+        (**self).watch_run(run_id)
+    }
+
     fn heard_output(&self, run_id: &str) -> Option<Vec<u8>> {
         (**self).heard_output(run_id)
     }

@@ -12,9 +12,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use parts::RESUME_MARKER;
 use parts::{slot, ItemRecord, ItemsState, QueueState, Recorded, RunItems, RunsState};
 use parts::{ContextsPart, ErrorsPart, ItemsPart, LivenessPart, MetricsPart, QueuePart, RunsPart};
+use parts::{RunSignals, RESUME_MARKER};
 
 use crate::distributed::backend::{
     AdminBackend, CommitItem, CommitOutcome, CommitReply, DistributedError, Lease, LeaseState,
@@ -52,6 +52,8 @@ pub struct InMemoryBackend {
     pub(crate) metrics: MetricsPart,
     pub(crate) errors: ErrorsPart,
     pub(crate) liveness: LivenessPart,
+    /// Per-run change signals, for waiters on one run.
+    signals: Arc<RunSignals>,
 }
 
 impl Default for InMemoryBackend {
@@ -66,6 +68,7 @@ impl Default for InMemoryBackend {
             metrics: MetricsPart::default(),
             errors: ErrorsPart::default(),
             liveness: LivenessPart::default(),
+            signals: Arc::default(),
         }
     }
 }
@@ -136,8 +139,11 @@ impl InMemoryBackend {
         Ok(())
     }
 
-    fn notify_runs(&self) {
-        self.runs.part.changed.notify_waiters();
+    /// Wakes the waiters on `changed` runs and those on every run.
+    fn notify_runs<'a>(&self, changed: impl IntoIterator<Item = &'a str>) {
+        for run in changed {
+            self.signals.changed(run);
+        }
         self.runs
             .part
             .version
@@ -164,7 +170,8 @@ impl InMemoryBackend {
         let mut runs = self.runs.lock();
         let mut items = self.items.lock();
         let mut queue = self.queue.lock();
-        let mut changed_runs = false;
+        // Runs whose record this take changes (started, or failed by a poison item).
+        let mut changed: Vec<RunId> = Vec::new();
 
         // Expired leases go back to the queue; due retries become ready.
         while let Some(Reverse((at, token, wf, run, item))) = queue.leases.peek().cloned() {
@@ -293,9 +300,9 @@ impl InMemoryBackend {
                         timestamp: SystemTime::now(),
                     });
                 if fail_run(info, error) {
-                    failed_now = Some(run_id);
+                    failed_now = Some(run_id.clone());
                 }
-                changed_runs = true;
+                changed.push(run_id);
                 continue;
             }
             queue.next_token += 1;
@@ -318,7 +325,7 @@ impl InMemoryBackend {
             )));
             if info.status == RunStatus::Pending {
                 info.status = RunStatus::Running;
-                changed_runs = true;
+                changed.push(run_id.clone());
             }
             break Ok(Taken {
                 lease: Lease {
@@ -339,8 +346,8 @@ impl InMemoryBackend {
             failed_now.and_then(|run| finished(&mut runs, &mut items, &run, RunStatus::Failed));
         drop((runs, items, queue));
         drop(garbage);
-        if changed_runs {
-            self.notify_runs();
+        if !changed.is_empty() {
+            self.notify_runs(changed.iter().map(String::as_str));
         }
         result
     }
@@ -567,7 +574,7 @@ impl AdminBackend for InMemoryBackend {
         drop((runs, items, queue, contexts, metrics));
         drop(gone);
         self.notify_work(1);
-        self.notify_runs();
+        self.notify_runs([run_id.as_str()]);
         Ok(run_id)
     }
 
@@ -677,13 +684,17 @@ impl AdminBackend for InMemoryBackend {
         let garbage = finish.and_then(|status| finished(&mut runs, &mut items, run_id, status));
         drop((runs, items, queue));
         drop(garbage);
-        self.notify_runs();
+        self.notify_runs([run_id]);
         self.notify_work(woken);
         Ok(info)
     }
 
     fn watch_runs(&self) -> RunWatch {
         RunWatch::new(self.runs.part.version.subscribe())
+    }
+
+    fn watch_run(&self, run_id: &str) -> RunWatch {
+        RunWatch::new(self.signals.subscribe(run_id))
     }
 
     async fn run_input(&self, run_id: &str) -> Result<Option<Vec<u8>>, DistributedError> {
@@ -844,7 +855,7 @@ impl AdminBackend for InMemoryBackend {
             runs.finished_at.remove(run_id);
         }
         drop((runs, items, queue));
-        self.notify_runs();
+        self.notify_runs([run_id]);
         self.notify_work(woken);
         Ok(())
     }
@@ -1163,7 +1174,7 @@ impl WorkerBackend for InMemoryBackend {
         drop((runs, items));
         self.notify_work(1);
         if finished.is_some() {
-            self.notify_runs();
+            self.notify_runs([lease.run_id.as_str()]);
         }
         Ok(CommitOutcome::Committed { finished })
     }
@@ -1195,8 +1206,9 @@ impl WorkerBackend for InMemoryBackend {
         Ok(())
     }
 
-    async fn wait_run_change(&self, _run_id: &str, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.runs.part.changed.notified()).await;
+    async fn wait_run_change(&self, run_id: &str, timeout: Duration) {
+        let mut change = self.signals.subscribe(run_id);
+        let _ = tokio::time::timeout(timeout, change.changed()).await;
     }
 }
 
@@ -1333,7 +1345,7 @@ impl InMemoryBackend {
         drop(garbage);
         self.notify_work(woken);
         if finished.is_some() {
-            self.notify_runs();
+            self.notify_runs([lease.run_id.as_str()]);
         }
         Ok(CommitOutcome::Committed { finished })
     }
