@@ -168,8 +168,9 @@ impl AdminBackend for PostgresBackend {
         let tx = client.transaction().await.map_err(backend)?;
         let row = tx
             .query_opt(
-                "SELECT status, outstanding, output IS NOT NULL, workflow FROM runs \
-                 WHERE run_id = $1 FOR NO KEY UPDATE",
+                "SELECT status, outstanding, output IS NOT NULL, workflow, \
+                     EXISTS (SELECT 1 FROM leftovers l WHERE l.run_id = runs.run_id) \
+                 FROM runs WHERE run_id = $1 FOR NO KEY UPDATE",
                 &[&run_id],
             )
             .await
@@ -182,6 +183,10 @@ impl AdminBackend for PostgresBackend {
             has_output: row.get(2),
         };
         let workflow: String = row.get(3);
+        // A failed run past its retention whose items the sweep is deleting cannot come back.
+        if action == RunAction::Resume && current == RunStatus::Failed && row.get::<_, bool>(4) {
+            return Err(DistributedError::RunExpired(run_id.to_owned()));
+        }
         // A failed run's dead letters are revived by a resume (up to 1000 per resume).
         let revivable: i64 = if action == RunAction::Resume && current == RunStatus::Failed {
             tx.query_one(

@@ -25,10 +25,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "unchecked run keys",
         include_str!("../migrations/0004_unchecked_run_keys.sql"),
     ),
+    (
+        5,
+        "leftover items",
+        include_str!("../migrations/0005_leftover_items.sql"),
+    ),
 ];
 
 /// The schema version this release creates and expects.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// The first key of the advisory lock that serializes migrations (`'flx'`); the second is a
 /// hash of the schema name.

@@ -15,19 +15,38 @@ use crate::PostgresBackend;
 /// Rows per delete statement.
 const SLICE: i64 = 500;
 
-/// Finished runs past the retention (`$1` seconds), oldest first, with their items and step
-/// history; their outputs, errors and reclaims go with them through their foreign keys
-/// (`ON DELETE CASCADE`). Counts the runs.
+/// Finished runs past the retention (`$1` seconds), oldest first, with their step history;
+/// their outputs, errors and reclaims go with them through their foreign keys (`ON DELETE
+/// CASCADE`). A run that still has items (a failed run keeps them) is listed in `leftovers`
+/// instead, and goes once [`LEFTOVERS`] has deleted them. Counts the runs deleted.
 const RUNS: &str = "\
-WITH gone AS (
-    DELETE FROM runs WHERE run_id IN (
-        SELECT run_id FROM runs
-        WHERE finished_at < now() - make_interval(secs => $1::float8)
-        ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+WITH old AS (
+    SELECT run_id FROM runs
+    WHERE finished_at < now() - make_interval(secs => $1::float8)
+    ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED),
+busy AS (
+    SELECT o.run_id FROM old o WHERE EXISTS (SELECT 1 FROM items i WHERE i.run_id = o.run_id)),
+listed AS (INSERT INTO leftovers (run_id) SELECT run_id FROM busy ON CONFLICT DO NOTHING),
+gone AS (
+    DELETE FROM runs WHERE run_id IN (SELECT run_id FROM old EXCEPT SELECT run_id FROM busy)
     RETURNING run_id),
-items AS (DELETE FROM items WHERE run_id IN (SELECT run_id FROM gone)),
 history AS (DELETE FROM step_events WHERE run_id IN (SELECT run_id FROM gone))
 SELECT count(*) FROM gone";
+
+/// A slice (`$1` rows) of the items of one run listed in `leftovers` (a finished run, or
+/// one past its retention); the run leaves the list with its last slice. Answers the runs
+/// it found (0 or 1) and the items it deleted.
+const LEFTOVERS: &str = "\
+WITH run AS (SELECT run_id FROM leftovers LIMIT 1 FOR UPDATE SKIP LOCKED),
+gone AS (
+    DELETE FROM items WHERE (run_id, item_id) IN (
+        SELECT run_id, item_id FROM items WHERE run_id IN (SELECT run_id FROM run)
+        LIMIT $1 FOR UPDATE SKIP LOCKED)
+    RETURNING 1),
+done AS (
+    DELETE FROM leftovers WHERE run_id IN (SELECT run_id FROM run)
+        AND (SELECT count(*) FROM gone) < $1)
+SELECT (SELECT count(*) FROM run), (SELECT count(*) FROM gone)";
 
 /// Dead letters past their retention (`$1` seconds), oldest first. Counts them.
 const LETTERS: &str = "\
@@ -53,8 +72,10 @@ SELECT count(*) FROM gone";
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Swept {
-    /// Finished runs (with their items, outputs and errors).
+    /// Finished runs (with their outputs and errors).
     pub runs: u64,
+    /// Items of finished runs that their finish left for the sweep.
+    pub items: u64,
     /// Dead letters.
     pub dead_letters: u64,
     /// Worker records.
@@ -100,8 +121,13 @@ async fn sweep(pool: &Pool, config: &crate::PostgresConfig) -> Result<Swept, Dis
         .map_err(|e| DistributedError::Backend(format!("PostgreSQL: {e}")))?;
     let runs = secs(config.retention);
     let letters = secs(config.letter_retention);
+    // A run past its retention that still has items is listed and kept: its items go in
+    // slices, then the run (the second pass).
+    let first = in_slices(&client, RUNS, runs).await?;
+    let items = leftover_items(&client).await?;
     Ok(Swept {
-        runs: in_slices(&client, RUNS, runs).await?,
+        items,
+        runs: first + in_slices(&client, RUNS, runs).await?,
         dead_letters: in_slices(&client, LETTERS, letters).await?,
         workers: in_slices(&client, WORKERS, runs).await?,
     })
@@ -109,6 +135,24 @@ async fn sweep(pool: &Pool, config: &crate::PostgresConfig) -> Result<Swept, Dis
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
+}
+
+/// Deletes the items listed runs left, a slice per statement, until no listed run is left
+/// (or the others are another sweep's). Answers the items deleted.
+async fn leftover_items(client: &deadpool_postgres::Object) -> Result<u64, DistributedError> {
+    let statement = client.prepare_cached(LEFTOVERS).await.map_err(backend)?;
+    let mut total = 0;
+    loop {
+        let row = client
+            .query_one(&statement, &[&SLICE])
+            .await
+            .map_err(backend)?;
+        let (runs, items): (i64, i64) = (row.get(0), row.get(1));
+        total += items as u64;
+        if runs == 0 {
+            return Ok(total);
+        }
+    }
 }
 
 /// Runs a slice-limited delete (which answers its count) until a slice comes back short.

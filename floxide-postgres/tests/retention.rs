@@ -137,3 +137,133 @@ async fn the_backend_sweeps_on_its_own() {
     }
     assert_eq!(count(&server, "auto", "runs").await, 0);
 }
+
+node! {
+    /// Emits `0..n`.
+    pub struct Spread { n: u32 };
+    input = u32;
+    output = u32;
+    |_ctx, _n| { Ok(Transition::NextAll((0..self.n).collect())) }
+}
+
+node! {
+    /// Passes its input on.
+    pub struct Pass {};
+    input = u32;
+    output = u32;
+    |_ctx, n| { Ok(Transition::Next(n)) }
+}
+
+workflow! {
+    pub struct Fan { spread: Spread, leaf: Pass }
+    start = spread;
+    edges { spread => [leaf]; leaf => []; }
+}
+
+fn fan(n: u32) -> Fan {
+    Fan {
+        spread: Spread { n },
+        leaf: Pass {},
+    }
+}
+
+/// G9: a run that finishes with many items (cancelled with 2,500 queued, or completed after
+/// 1,200 committed) drops at most 1,000 of them in the statement that finishes it; the
+/// sweep deletes the rest in bounded slices, and other runs' items stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_runs_items_go_in_bounded_slices() {
+    let server = PostgresServer::start_or_panic();
+    let config = PostgresConfig::new(server.url())
+        .with_schema("big")
+        .with_sweep_interval(Duration::from_secs(3600));
+    let backend = PostgresBackend::connect_with(config).await.unwrap();
+
+    // Cancelled with its leaves queued.
+    let o = fan(2_500).orchestrator(backend.clone()).build().unwrap();
+    let cancelled = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
+    fan(2_500)
+        .worker(backend.clone())
+        .build()
+        .unwrap()
+        .run_once("spreader")
+        .await
+        .unwrap();
+    let waiting = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
+    assert_eq!(count(&server, "big", "items").await, 2_502);
+    o.cancel(&cancelled).await.unwrap();
+    assert_eq!(
+        count(&server, "big", "items").await,
+        1_502,
+        "the cancel deleted 1,000 items, no more"
+    );
+    assert_eq!(count(&server, "big", "leftovers").await, 1);
+    let swept = backend.sweep().await.unwrap();
+    assert_eq!((swept.items, swept.runs), (1_501, 0), "{swept:?}");
+    assert_eq!(
+        count(&server, "big", "items").await,
+        1,
+        "the waiting run's item"
+    );
+    assert_eq!(count(&server, "big", "leftovers").await, 0);
+    assert_eq!(
+        backend.run_info(&waiting).await.unwrap().status,
+        RunStatus::Pending
+    );
+    o.cancel(&waiting).await.unwrap();
+
+    // Completed: its committed items go the same way.
+    let o = fan(1_200).orchestrator(backend.clone()).build().unwrap();
+    let done = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
+    let mut pool = WorkerPool::new(fan(1_200).worker(backend.clone()).build().unwrap(), 2);
+    pool.start();
+    let info = tokio::time::timeout(
+        Duration::from_secs(60),
+        o.wait_for_completion(&done, Duration::from_millis(50)),
+    )
+    .await
+    .expect("the run finishes")
+    .unwrap();
+    pool.try_stop().await.unwrap();
+    assert_eq!(info.status, RunStatus::Completed, "{info:?}");
+    assert_eq!(count(&server, "big", "items").await, 201);
+    let swept = backend.sweep().await.unwrap();
+    assert_eq!(swept.items, 201, "{swept:?}");
+    assert_eq!(count(&server, "big", "items").await, 0);
+    assert_eq!(count(&server, "big", "leftovers").await, 0);
+}
+
+/// A failed run past its retention whose items the sweep has begun to delete (listed in
+/// `leftovers`) cannot be resumed: it would come back without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_being_swept_is_not_resumed() {
+    let server = PostgresServer::start_or_panic();
+    let config = PostgresConfig::new(server.url())
+        .with_schema("late")
+        .with_sweep_interval(Duration::from_secs(3600));
+    let backend = PostgresBackend::connect_with(config).await.unwrap();
+    let wf = Twice { double: Double {} };
+    let o = wf.orchestrator(backend.clone()).build().unwrap();
+    let failed = o.start_run(&WorkflowCtx::new(()), 13).await.unwrap();
+    let mut pool = WorkerPool::new(wf.worker(backend.clone()).build().unwrap(), 1);
+    pool.start();
+    assert_eq!(finish(&o, &failed).await.status, RunStatus::Failed);
+    pool.try_stop().await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "INSERT INTO late.leftovers (run_id) VALUES ($1)",
+            &[&failed],
+        )
+        .await
+        .unwrap();
+    match o.resume(&failed).await {
+        Err(FloxideError::Distributed(DistributedError::RunExpired(run))) => {
+            assert_eq!(run, failed)
+        }
+        other => panic!("a run being swept must not be resumed: {other:?}"),
+    }
+    assert_eq!(o.status(&failed).await.unwrap(), RunStatus::Failed);
+}
