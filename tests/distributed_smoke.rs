@@ -255,3 +255,35 @@ async fn a_run_watch_wakes_for_its_own_run_only() {
     all.changed(quiet).await;
     assert!(before.elapsed() < quiet);
 }
+
+/// A step's wait for changes of its run (its lease keeper's) that starts after the run was
+/// cancelled answers at once: a cancel made between the take and the step's first wait
+/// reaches the step now, not at its next heartbeat.
+#[tokio::test(start_paused = true)]
+async fn a_wait_that_starts_after_a_cancel_answers_at_once() {
+    let wf = Chain {
+        a: AddOne {},
+        b: AddOne {},
+        c: AddOne {},
+    };
+    let backend = InMemoryBackend::new();
+    let o = wf.orchestrator(backend.clone()).build().unwrap();
+    let run = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+    let options = TakeOptions::default();
+    let taken = backend
+        .take("Chain", &WorkerId::from("w"), options, Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("the first item");
+    assert_eq!(taken.lease.run_id, run);
+    let long = Duration::from_secs(60);
+    // Still running: the wait lasts until its timeout.
+    let before = tokio::time::Instant::now();
+    backend.wait_run_change(&run, long).await;
+    assert_eq!(before.elapsed(), long);
+    // Cancelled before the wait began: it answers at once.
+    o.cancel(&run).await.unwrap();
+    let before = tokio::time::Instant::now();
+    backend.wait_run_change(&run, long).await;
+    assert!(before.elapsed() < long, "the cancel was missed");
+}

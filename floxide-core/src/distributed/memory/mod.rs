@@ -1208,6 +1208,17 @@ impl WorkerBackend for InMemoryBackend {
 
     async fn wait_run_change(&self, run_id: &str, timeout: Duration) {
         let mut change = self.signals.subscribe(run_id);
+        // A cancel made before this subscription (between the take and the step's first
+        // wait) is not a change to come: answer at once (the step then stops).
+        let cancelled = self
+            .runs
+            .lock()
+            .runs
+            .get(run_id)
+            .is_some_and(|info| info.status == RunStatus::Cancelled);
+        if cancelled {
+            return;
+        }
         let _ = tokio::time::timeout(timeout, change.changed()).await;
     }
 }
