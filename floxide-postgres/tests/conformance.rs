@@ -54,5 +54,6 @@ floxide::conformance_tests!(@each #[tokio::test(flavor = "multi_thread", worker_
     g7_a_stopped_worker_finishes_or_releases_its_steps,
     g4_idle_workers_wake_when_work_arrives,
     g5_a_scheduled_retry_frees_its_worker_and_survives_it,
-    g7_liveness_names_the_item_in_progress
+    g7_liveness_names_the_item_in_progress,
+    g7_a_step_learns_of_a_cancel_it_did_not_hear
 );

@@ -257,17 +257,32 @@ pub async fn g4_a_refused_context_change_refuses_the_runs_later_ones<B: Backend>
     }
 }
 
-/// A backend that counts the worker's batch commits (and delegates everything).
-struct Counting {
+/// A backend that counts the worker's batch commits (and delegates everything); a `deaf`
+/// one never hears run changes (its waits for them last their whole timeout).
+pub(super) struct Counting {
     inner: Arc<dyn Backend>,
     commits: AtomicUsize,
     steps: AtomicUsize,
     largest: AtomicUsize,
     taken: AtomicUsize,
     largest_take: AtomicUsize,
+    deaf: bool,
 }
 
 impl Counting {
+    /// Counts the calls to `inner`.
+    pub(super) fn over(inner: Arc<dyn Backend>, deaf: bool) -> Self {
+        Counting {
+            inner,
+            commits: AtomicUsize::new(0),
+            steps: AtomicUsize::new(0),
+            largest: AtomicUsize::new(0),
+            taken: AtomicUsize::new(0),
+            largest_take: AtomicUsize::new(0),
+            deaf,
+        }
+    }
+
     fn count_taken(&self, n: usize) {
         self.taken.fetch_add(n, Ordering::SeqCst);
         self.largest_take.fetch_max(n, Ordering::SeqCst);
@@ -310,7 +325,11 @@ impl WorkerBackend for Counting {
         self.inner.release(lease).await
     }
     async fn wait_run_change(&self, run_id: &str, timeout: Duration) {
-        self.inner.wait_run_change(run_id, timeout).await
+        if self.deaf {
+            tokio::time::sleep(timeout).await;
+        } else {
+            self.inner.wait_run_change(run_id, timeout).await
+        }
     }
 }
 
@@ -372,14 +391,7 @@ impl AdminBackend for Counting {
 /// G4: a worker with queued work takes and commits batches (never more than its slots); a
 /// lone run is committed step by step, without waiting to fill a batch.
 pub async fn g4_a_worker_batches_queued_work<B: Backend>(backend: B) {
-    let counting = Arc::new(Counting {
-        inner: Arc::new(backend),
-        commits: AtomicUsize::new(0),
-        steps: AtomicUsize::new(0),
-        largest: AtomicUsize::new(0),
-        taken: AtomicUsize::new(0),
-        largest_take: AtomicUsize::new(0),
-    });
+    let counting = Arc::new(Counting::over(Arc::new(backend), false));
     let backend: Arc<dyn Backend> = counting.clone();
     let wf = Chain::new(Gate::open());
     let o = orchestrator(wf.clone(), &backend);

@@ -4,6 +4,7 @@
 
 use std::sync::Mutex;
 
+use super::batch::Counting;
 use super::*;
 
 /// What a node saw of its step ([`current_step`]) when it ran.
@@ -430,4 +431,71 @@ pub async fn g7_liveness_names_the_item_in_progress<B: Backend>(backend: B) {
         .expect("the worker's last report");
     assert_eq!(mine.status, WorkerStatus::Stopped, "{mine:?}");
     assert_eq!(mine.current_work_item, None, "{mine:?}");
+}
+
+node! {
+    /// Waits for its step's cancellation (a minute at most) and counts it when it comes.
+    pub struct UntilCancelled { seen: Arc<AtomicUsize> };
+    context = Trace;
+    input = u32;
+    output = u32;
+    |_ctx, n| {
+        if let Some(step) = current_step() {
+            let fired = tokio::time::timeout(Duration::from_secs(60), step.cancel.cancelled());
+            if fired.await.is_ok() {
+                self.seen.fetch_add(1, Ordering::SeqCst);
+                return Err(FloxideError::Cancelled);
+            }
+        }
+        Ok(Transition::Next(n))
+    }
+}
+
+workflow! {
+    /// One node that runs until its run is cancelled.
+    pub struct Cancellable { wait: UntilCancelled }
+    context = Trace;
+    start = wait;
+    edges { wait => []; }
+}
+
+/// G7: a running step learns of its run's cancel even when it did not hear it (a cancel made
+/// between the take and the step's first wait for run changes): it looks at its run once
+/// soon after its take, not only at its next heartbeat. The backend here hears no change.
+pub async fn g7_a_step_learns_of_a_cancel_it_did_not_hear<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(Counting::over(Arc::new(backend), true));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let wf = Cancellable {
+        wait: UntilCancelled { seen: seen.clone() },
+    };
+    let o = orchestrator(wf.clone(), &backend);
+    // Heartbeats far apart: only the step's first look can find the cancel in time.
+    let w = WorkerBuilder::new()
+        .workflow(wf)
+        .backend_arc(Arc::clone(&backend))
+        .lease_timeout(Duration::from_secs(900))
+        .heartbeat_interval(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let mut workers = WorkerPool::new(w, 1).with_grace_period(Duration::from_millis(200));
+    workers.start();
+    let run = o.start_run(&ctx(), 1).await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while o.status(&run).await.unwrap() == RunStatus::Pending {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    o.cancel(&run).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "G7: the running step did not learn of its run's cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    workers.try_stop().await.unwrap();
 }

@@ -64,10 +64,15 @@ struct LeaseKeeper {
     next_beat: Instant,
     valid_until: Instant,
     backoff: Duration,
+    /// When a step still running looks at its run once, whatever it heard: a change made
+    /// between the take and the keeper's first wait (a cancel) is not heard.
+    first_look: Option<Instant>,
 }
 
 impl LeaseKeeper {
     const FIRST_RETRY: Duration = Duration::from_millis(100);
+    /// How long after its take a step first looks at its run.
+    const FIRST_LOOK: Duration = Duration::from_millis(50);
 
     /// A keeper for a lease granted (or last renewed) at `granted`.
     fn new(config: &ExecConfig, granted: Instant) -> Self {
@@ -77,12 +82,20 @@ impl LeaseKeeper {
             next_beat: granted + config.heartbeat_interval,
             valid_until: granted + config.lease_timeout,
             backoff: Self::FIRST_RETRY,
+            first_look: Some(granted + Self::FIRST_LOOK),
         }
+    }
+
+    /// When the keeper next needs to act: a heartbeat, or its first look at the run.
+    fn next_wake(&self) -> Instant {
+        self.first_look
+            .map_or(self.next_beat, |first| first.min(self.next_beat))
     }
 
     /// Renews the lease when a heartbeat is due, else reads the run's status (after a run
     /// event).
     async fn check(&mut self, backend: &dyn Backend, lease: &Lease) -> LeaseCheck {
+        self.first_look = None;
         let now = Instant::now();
         if now < self.next_beat {
             return match backend.run_info(&lease.run_id).await {
@@ -164,7 +177,7 @@ where
         tokio::pin!(node_run);
         let mut stop_at: Option<Instant> = None;
         loop {
-            let wake = stop_at.map_or(keeper.next_beat, |s| s.min(keeper.next_beat));
+            let wake = stop_at.map_or(keeper.next_wake(), |s| s.min(keeper.next_wake()));
             tokio::select! {
                 biased;
                 r = &mut node_run => break Some(r),
