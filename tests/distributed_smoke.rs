@@ -14,13 +14,17 @@ workflow! {
     edges { a => [b]; b => [c]; c => []; }
 }
 
-#[tokio::test]
-async fn a_run_completes_through_run_once() {
-    let wf = Chain {
+fn chain() -> Chain {
+    Chain {
         a: AddOne {},
         b: AddOne {},
         c: AddOne {},
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_run_completes_through_run_once() {
+    let wf = chain();
     let backend = InMemoryBackend::new();
     let orch = OrchestratorBuilder::new()
         .workflow(wf.clone())
@@ -55,11 +59,7 @@ async fn a_run_completes_through_run_once() {
 
 #[tokio::test]
 async fn per_store_builders_share_state() {
-    let wf = Chain {
-        a: AddOne {},
-        b: AddOne {},
-        c: AddOne {},
-    };
+    let wf = chain();
     let q = InMemoryWorkQueue::default();
     let cs = InMemoryContextStore::default();
     let ri = InMemoryRunInfoStore::default();
@@ -103,11 +103,7 @@ async fn per_store_builders_share_state() {
 
 #[tokio::test]
 async fn generated_glue_builds_workers_and_orchestrators() {
-    let wf = Chain {
-        a: AddOne {},
-        b: AddOne {},
-        c: AddOne {},
-    };
+    let wf = chain();
     assert_eq!(Chain::NODE_NAMES, ["a", "b", "c"]);
     let backend = InMemoryBackend::new();
     let orch = wf.orchestrator(backend.clone()).build().unwrap();
@@ -196,11 +192,7 @@ async fn a_nodes_own_retry_policy_is_not_extended_by_the_worker_policy() {
 
 #[tokio::test]
 async fn pools_in_one_process_have_distinct_worker_ids() {
-    let wf = Chain {
-        a: AddOne {},
-        b: AddOne {},
-        c: AddOne {},
-    };
+    let wf = chain();
     let backend = InMemoryBackend::new();
     let mut one = WorkerPool::new(wf.worker(backend.clone()).build().unwrap(), 2);
     let mut two = WorkerPool::new(wf.worker(backend).build().unwrap(), 2);
@@ -224,11 +216,7 @@ async fn pools_in_one_process_have_distinct_worker_ids() {
 /// waiter that subscribed before a change never misses it.
 #[tokio::test(start_paused = true)]
 async fn a_run_watch_wakes_for_its_own_run_only() {
-    let wf = Chain {
-        a: AddOne {},
-        b: AddOne {},
-        c: AddOne {},
-    };
+    let wf = chain();
     let backend = InMemoryBackend::new();
     let o = wf.orchestrator(backend.clone()).build().unwrap();
     let mine = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
@@ -261,11 +249,7 @@ async fn a_run_watch_wakes_for_its_own_run_only() {
 /// reaches the step now, not at its next heartbeat.
 #[tokio::test(start_paused = true)]
 async fn a_wait_that_starts_after_a_cancel_answers_at_once() {
-    let wf = Chain {
-        a: AddOne {},
-        b: AddOne {},
-        c: AddOne {},
-    };
+    let wf = chain();
     let backend = InMemoryBackend::new();
     let o = wf.orchestrator(backend.clone()).build().unwrap();
     let run = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();

@@ -237,60 +237,91 @@ fn fan(n: u64) -> Fan {
     }
 }
 
+/// A run of 200,000 queued leaves on a fresh server (`prefix`), another run queued behind
+/// them, and from then on the server's slow log recording every command of 100 ms or more.
+struct HugeRun {
+    /// Kept for as long as the test runs (dropping it stops the server).
+    _server: RedisServer,
+    backend: RedisBackend,
+    o: DistributedOrchestrator<Fan, ()>,
+    big: String,
+    other: String,
+    conn: redis::aio::MultiplexedConnection,
+}
+
+impl HugeRun {
+    async fn queued(prefix: &str) -> Self {
+        let server = RedisServer::start_or_panic(ServerOptions::default());
+        let backend = RedisBackend::new(client(&server, prefix).await);
+        let o = fan(200_000).orchestrator(backend.clone()).build().unwrap();
+        let big = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
+        let spreader = fan(200_000).worker(backend.clone()).build().unwrap();
+        spreader.run_once("spreader").await.unwrap();
+        assert_eq!(
+            backend.progress(&big).await.unwrap().outstanding,
+            200_000,
+            "the leaves are queued"
+        );
+        let other = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
+        let mut conn = raw(&server).await;
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("slowlog-log-slower-than")
+            .arg(100_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("SLOWLOG")
+            .arg("RESET")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        HugeRun {
+            _server: server,
+            backend,
+            o,
+            big,
+            other,
+            conn,
+        }
+    }
+
+    /// Fails (naming `what`) when a command ran for 100 ms or more since [`Self::queued`].
+    async fn assert_nothing_slow(&mut self, what: &str) {
+        // (Each entry: its id, start time, duration in µs and the command's first arguments.)
+        let slow: Vec<redis::Value> = redis::cmd("SLOWLOG")
+            .arg("GET")
+            .arg(-1)
+            .query_async(&mut self.conn)
+            .await
+            .unwrap();
+        assert!(
+            slow.is_empty(),
+            "G9: commands ran for 100 ms or more while {what}: {slow:?}"
+        );
+    }
+}
+
 /// Issue 11, case 3 (G9): every script does bounded work. A run with 200,000 queued items is
 /// cancelled, and another run of the same workflow, queued behind them, is then executed: no
 /// command or script runs for 100 ms or more. The server times its commands itself (its slow
 /// log), so a test process short of CPU on a busy machine cannot make a fast script look slow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_huge_run_does_not_block_redis() {
-    let server = RedisServer::start_or_panic(ServerOptions::default());
-    let client = client(&server, "big:").await;
-    let backend = RedisBackend::new(client.clone());
-    let o = fan(200_000).orchestrator(backend.clone()).build().unwrap();
-    let big = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
-    let spreader = fan(200_000).worker(backend.clone()).build().unwrap();
-    spreader.run_once("spreader").await.unwrap();
-    assert_eq!(
-        backend.progress(&big).await.unwrap().outstanding,
-        200_000,
-        "the leaves are queued"
-    );
-    let other = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
-
-    // From here on the server logs every command that runs for 100 ms or more.
-    let mut conn = raw(&server).await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("slowlog-log-slower-than")
-        .arg(100_000)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("SLOWLOG")
-        .arg("RESET")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    o.cancel(&big).await.unwrap();
+    let mut huge = HugeRun::queued("big:").await;
+    let o = &huge.o;
+    o.cancel(&huge.big).await.unwrap();
     // The other run's items sit behind 200,000 entries of the cancelled run.
-    let mut pool = WorkerPool::new(fan(1).worker(backend).build().unwrap(), 2);
+    let mut pool = WorkerPool::new(fan(1).worker(huge.backend.clone()).build().unwrap(), 2);
     pool.start();
-    let out = o.wait_for_output(&other, Duration::from_secs(60)).await;
+    let out = o
+        .wait_for_output(&huge.other, Duration::from_secs(60))
+        .await;
     pool.try_stop().await.unwrap();
     assert_eq!(out.unwrap(), 0);
-    assert_eq!(o.status(&big).await.unwrap(), RunStatus::Cancelled);
-    // (Each entry: its id, start time, duration in µs and the command's first arguments.)
-    let slow: Vec<redis::Value> = redis::cmd("SLOWLOG")
-        .arg("GET")
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(
-        slow.is_empty(),
-        "G9: commands ran for 100 ms or more while a huge run was cancelled and its queue \
-         drained: {slow:?}"
-    );
+    assert_eq!(o.status(&huge.big).await.unwrap(), RunStatus::Cancelled);
+    huge.assert_nothing_slow("a huge run was cancelled and its queue drained")
+        .await;
 }
 
 /// G9: pausing and resuming a run with 200,000 queued items does bounded work too: while
@@ -298,61 +329,33 @@ async fn cancelling_a_huge_run_does_not_block_redis() {
 /// items flow again; no command or script runs for 100 ms or more throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pausing_and_resuming_a_huge_run_does_not_block_redis() {
-    let server = RedisServer::start_or_panic(ServerOptions::default());
-    let client = client(&server, "bigp:").await;
-    let backend = RedisBackend::new(client.clone());
-    let o = fan(200_000).orchestrator(backend.clone()).build().unwrap();
-    let big = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
-    let spreader = fan(200_000).worker(backend.clone()).build().unwrap();
-    spreader.run_once("spreader").await.unwrap();
-    let other = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
-
-    let mut conn = raw(&server).await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("slowlog-log-slower-than")
-        .arg(100_000)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("SLOWLOG")
-        .arg("RESET")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    o.pause(&big).await.unwrap();
-    let mut pool = WorkerPool::new(fan(1).worker(backend.clone()).build().unwrap(), 2);
+    let mut huge = HugeRun::queued("bigp:").await;
+    let (o, big) = (&huge.o, &huge.big);
+    o.pause(big).await.unwrap();
+    let mut pool = WorkerPool::new(fan(1).worker(huge.backend.clone()).build().unwrap(), 2);
     pool.start();
     // The other run's item sits behind the paused run's 200,000 entries.
     assert_eq!(
-        o.wait_for_output(&other, Duration::from_secs(60))
+        o.wait_for_output(&huge.other, Duration::from_secs(60))
             .await
             .unwrap(),
         0
     );
-    assert_eq!(o.status(&big).await.unwrap(), RunStatus::Paused);
-    let before = o.metrics(&big).await.unwrap().completed;
-    o.resume(&big).await.unwrap();
+    assert_eq!(o.status(big).await.unwrap(), RunStatus::Paused);
+    let before = o.metrics(big).await.unwrap().completed;
+    o.resume(big).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while o.metrics(&big).await.unwrap().completed < before + 1_000 {
+    while o.metrics(big).await.unwrap().completed < before + 1_000 {
         assert!(
             Instant::now() < deadline,
             "the resumed run's items did not come back"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    o.cancel(&big).await.unwrap();
+    o.cancel(big).await.unwrap();
     pool.try_stop().await.unwrap();
-    let slow: Vec<redis::Value> = redis::cmd("SLOWLOG")
-        .arg("GET")
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(
-        slow.is_empty(),
-        "G9: commands ran for 100 ms or more while a huge run was paused and resumed: {slow:?}"
-    );
+    huge.assert_nothing_slow("a huge run was paused and resumed")
+        .await;
 }
 
 /// Issue 11, case 2: an idempotency key is honoured whatever partition the run would land
@@ -423,6 +426,15 @@ workflow! {
     edges { pair => [picky]; picky => []; }
 }
 
+fn mixed(gate: &Arc<Semaphore>) -> Mixed {
+    Mixed {
+        pair: Pair {},
+        picky: Picky {
+            gate: Arc::clone(gate),
+        },
+    }
+}
+
 /// The keys of `run` left in the server (of any kind).
 /// A plain connection to `server`, for looking at its keys directly.
 async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
@@ -460,12 +472,7 @@ async fn nothing_of_a_finished_run_outlives_its_retention() {
     .unwrap();
     let backend = RedisBackend::new(client);
     let gate = Arc::new(Semaphore::new(0));
-    let wf = Mixed {
-        pair: Pair {},
-        picky: Picky {
-            gate: Arc::clone(&gate),
-        },
-    };
+    let wf = mixed(&gate);
     let o = wf.orchestrator(backend.clone()).build().unwrap();
     let mut pool = WorkerPool::new(wf.worker(backend.clone()).build().unwrap(), 3);
     pool.start();
@@ -573,10 +580,7 @@ async fn dead_letters_expire_after_their_own_retention() {
     .unwrap();
     let backend = RedisBackend::new(client);
     let gate = Arc::new(Semaphore::new(1));
-    let wf = Mixed {
-        pair: Pair {},
-        picky: Picky { gate },
-    };
+    let wf = mixed(&gate);
     let o = wf.orchestrator(backend.clone()).build().unwrap();
     let mut pool = WorkerPool::new(wf.worker(backend.clone()).build().unwrap(), 1);
     pool.start();

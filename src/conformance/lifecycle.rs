@@ -116,6 +116,39 @@ async fn executions_reach(gate: &Gate, n: usize) {
     }
 }
 
+/// A run of [`Chain`] whose `b` is executing on a pool of one worker, held by its gate.
+struct HeldInB {
+    gate: Gate,
+    wf: Chain,
+    o: DistributedOrchestrator<Chain, Trace>,
+    run: RunId,
+    workers: WorkerPool<Chain, Trace>,
+}
+
+impl HeldInB {
+    async fn start(backend: &Arc<dyn Backend>) -> Self {
+        let gate = Gate::holding_first();
+        let wf = Chain::new(gate.clone());
+        let o = orchestrator(wf.clone(), backend);
+        let run = o.start_run(&ctx(), 1).await.unwrap();
+        let workers = pool(wf.clone(), backend, 1);
+        executions_reach(&gate, 1).await;
+        HeldInB {
+            gate,
+            wf,
+            o,
+            run,
+            workers,
+        }
+    }
+
+    /// `b`'s work item, as listed now.
+    async fn b(&self) -> WorkItemInfo {
+        let items = self.o.list_work_items(&self.run).await.unwrap();
+        items.into_iter().find(|i| i.node == "b").expect("b's item")
+    }
+}
+
 /// G1: a node sees which attempt and which delivery of it is running, under an idempotency
 /// key (run id + item id) that stays the same across retries and re-deliveries.
 pub async fn g1_steps_see_their_attempt_and_a_stable_idempotency_key<B: Backend>(backend: B) {
@@ -229,17 +262,18 @@ pub async fn g7_a_stopped_worker_finishes_or_releases_its_steps<B: Backend>(back
     let backend: Arc<dyn Backend> = Arc::new(backend);
 
     // A step that ends within the grace period is committed.
-    let quick = Gate::holding_first();
-    let wf = Chain::new(quick.clone());
-    let o = orchestrator(wf.clone(), &backend);
-    let run = o.start_run(&ctx(), 1).await.unwrap();
-    let mut stopping = pool(wf.clone(), &backend, 1);
-    executions_reach(&quick, 1).await;
+    let HeldInB {
+        gate: quick,
+        wf,
+        o,
+        run,
+        workers: mut stopping,
+    } = HeldInB::start(&backend).await;
     let stop = tokio::spawn(async move { stopping.try_stop().await });
     tokio::time::sleep(Duration::from_millis(20)).await;
     quick.release();
     stop.await.unwrap().unwrap();
-    let mut rest = pool(wf.clone(), &backend, 1);
+    let mut rest = pool(wf, &backend, 1);
     let info = finish(&o, &run).await;
     rest.try_stop().await.unwrap();
     assert_eq!(info.status, RunStatus::Completed, "{info:?}");
@@ -252,23 +286,19 @@ pub async fn g7_a_stopped_worker_finishes_or_releases_its_steps<B: Backend>(back
 
     // A step that does not end within it is released: its item is Pending again as soon as
     // the worker has stopped, and the next worker runs it without waiting for the lease.
-    let stuck = Gate::holding_first();
-    let wf = Chain::new(stuck.clone());
-    let o = orchestrator(wf.clone(), &backend);
-    let run = o.start_run(&ctx(), 1).await.unwrap();
-    let mut stopping = pool(wf.clone(), &backend, 1);
-    executions_reach(&stuck, 1).await;
-    tokio::time::timeout(PATIENCE, stopping.try_stop())
+    let mut held = HeldInB::start(&backend).await;
+    tokio::time::timeout(PATIENCE, held.workers.try_stop())
         .await
         .expect("G7: the worker exits after its grace period")
         .unwrap();
-    let b = o
-        .list_work_items(&run)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|i| i.node == "b")
-        .expect("b's item");
+    let b = held.b().await;
+    let HeldInB {
+        gate: stuck,
+        wf,
+        o,
+        run,
+        ..
+    } = held;
     assert_eq!(
         b.status,
         WorkItemStatus::Pending,
@@ -384,20 +414,16 @@ pub async fn g5_a_scheduled_retry_frees_its_worker_and_survives_it<B: Backend>(b
 /// step's item and run, with a recent heartbeat; once it has stopped, it says so.
 pub async fn g7_liveness_names_the_item_in_progress<B: Backend>(backend: B) {
     let backend: Arc<dyn Backend> = Arc::new(backend);
-    let gate = Gate::holding_first();
-    let wf = Chain::new(gate.clone());
-    let o = orchestrator(wf.clone(), &backend);
-    let run = o.start_run(&ctx(), 1).await.unwrap();
     let started = std::time::SystemTime::now();
-    let mut workers = pool(wf, &backend, 1);
-    executions_reach(&gate, 1).await;
-    let b = o
-        .list_work_items(&run)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|i| i.node == "b")
-        .expect("b's item");
+    let held = HeldInB::start(&backend).await;
+    let b = held.b().await;
+    let HeldInB {
+        gate,
+        o,
+        run,
+        mut workers,
+        ..
+    } = held;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let report = loop {
         let reports = o.liveness().await.unwrap();
