@@ -426,6 +426,17 @@ workflow! {
     edges { pair => [picky]; picky => []; }
 }
 
+/// Starts a run of [`Mixed`] that fails (`pair` emits 2 and 3; 3 fails) and waits for it.
+async fn failed_run(o: &DistributedOrchestrator<Mixed, ()>) -> String {
+    let failed = o.start_run(&WorkflowCtx::new(()), 2).await.unwrap();
+    let info = o
+        .wait_for_completion(&failed, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(info.status, RunStatus::Failed, "{info:?}");
+    failed
+}
+
 fn mixed(gate: &Arc<Semaphore>) -> Mixed {
     Mixed {
         pair: Pair {},
@@ -479,12 +490,7 @@ async fn nothing_of_a_finished_run_outlives_its_retention() {
 
     // `pair` emits 2 and 3: the run fails (3 is odd) while 2 waits for the gate, which opens
     // after the failure: a late commit to a failed run.
-    let failed = o.start_run(&WorkflowCtx::new(()), 2).await.unwrap();
-    let info = o
-        .wait_for_completion(&failed, Duration::from_millis(50))
-        .await
-        .unwrap();
-    assert_eq!(info.status, RunStatus::Failed);
+    let failed = failed_run(&o).await;
     gate.add_permits(1);
     let deadline = Instant::now() + Duration::from_secs(10);
     while o.metrics(&failed).await.unwrap().completed < 2 {
@@ -584,13 +590,8 @@ async fn dead_letters_expire_after_their_own_retention() {
     let o = wf.orchestrator(backend.clone()).build().unwrap();
     let mut pool = WorkerPool::new(wf.worker(backend.clone()).build().unwrap(), 1);
     pool.start();
-    let failed = o.start_run(&WorkflowCtx::new(()), 2).await.unwrap();
-    let info = o
-        .wait_for_completion(&failed, Duration::from_millis(50))
-        .await
-        .unwrap();
+    let failed = failed_run(&o).await;
     pool.try_stop().await.unwrap();
-    assert_eq!(info.status, RunStatus::Failed);
     let letters = o.dead_letters().await.unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
     let mut conn = raw(&server).await;
