@@ -461,6 +461,10 @@ impl AdminBackend for RedisBackend {
         RunWatch::new(self.client.inner.version.subscribe())
     }
 
+    fn watch_run(&self, run_id: &str) -> RunWatch {
+        self.client.inner.signals.watch(run_id)
+    }
+
     fn heard_output(&self, run_id: &str) -> Option<Vec<u8>> {
         self.client.inner.heard.get(run_id)
     }

@@ -88,6 +88,8 @@ pub(crate) struct ClientInner {
     pub(crate) heard: Arc<HeardOutputs>,
     /// Bumped on every run event, for subscribers that must not miss one.
     pub(crate) version: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Signalled per run event, for waiters on one run.
+    pub(crate) signals: Arc<floxide_core::distributed::RunSignals>,
     /// On a cluster, which partitions were told of new ready work (idle workers wait on it).
     pub(crate) wakes: Arc<Wakes>,
     blocking: Mutex<Vec<MultiplexedConnection>>,
@@ -361,6 +363,7 @@ impl RedisClient {
         let recent = Arc::new(Mutex::new(RecentEvents::default()));
         let heard = Arc::new(HeardOutputs::default());
         let version = Arc::new(tokio::sync::watch::channel(0).0);
+        let signals = Arc::new(floxide_core::distributed::RunSignals::default());
         let wakes = Arc::new(Wakes::new(partitions));
         let (subscribed, is_subscribed) = tokio::sync::oneshot::channel();
         let events = Events {
@@ -371,6 +374,7 @@ impl RedisClient {
             recent: Arc::clone(&recent),
             heard: Arc::clone(&heard),
             version: Arc::clone(&version),
+            signals: Arc::clone(&signals),
             wakes: Arc::clone(&wakes),
         };
         let listener = match &servers {
@@ -413,6 +417,7 @@ impl RedisClient {
                 recent,
                 heard,
                 version,
+                signals,
                 wakes,
                 blocking: Mutex::new(Vec::new()),
                 listener,
@@ -720,6 +725,7 @@ struct Events {
     recent: Arc<Mutex<RecentEvents>>,
     heard: Arc<HeardOutputs>,
     version: Arc<tokio::sync::watch::Sender<u64>>,
+    signals: Arc<floxide_core::distributed::RunSignals>,
     wakes: Arc<Wakes>,
 }
 
@@ -727,8 +733,12 @@ impl Events {
     /// Wakes the waiters on `run` (`None`: on every run, and every idle worker: after a
     /// dropped subscription, messages may have been missed).
     fn wake(&self, run: Option<String>) {
-        if run.is_none() {
-            self.wakes.signal_all();
+        match &run {
+            Some(run) => self.signals.changed(run),
+            None => {
+                self.wakes.signal_all();
+                self.signals.changed_all();
+            }
         }
         let n = self
             .recent

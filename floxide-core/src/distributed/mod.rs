@@ -75,9 +75,9 @@ pub use crate::merge::{EventLog, LoggedEvent};
 pub use backend::{history, query};
 pub use backend::{
     AdminBackend, Backend, CommitItem, CommitOutcome, CommitReply, DistributedError, HeardOutputs,
-    Lease, LeaseState, NewItem, QueueStats, RunAction, RunCursor, RunPage, RunQuery, RunWatch,
-    StartRun, StepCommit, StepEvent, StepEventKind, StepFailed, TakeOptions, TakeRequest, Taken,
-    VersionedContext, WorkerBackend, MAX_BATCH,
+    Lease, LeaseState, NewItem, QueueStats, RunAction, RunCursor, RunPage, RunQuery, RunSignals,
+    RunWatch, StartRun, StepCommit, StepEvent, StepEventKind, StepFailed, TakeOptions, TakeRequest,
+    Taken, VersionedContext, WorkerBackend, MAX_BATCH,
 };
 #[doc(hidden)]
 pub use compat::{kind, StoreBinding, StoreKind, StoreParts, StoreView};

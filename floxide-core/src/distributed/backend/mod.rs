@@ -13,6 +13,7 @@ mod error;
 pub mod history;
 pub mod query;
 mod shared;
+mod signals;
 mod types;
 
 use std::time::Duration;
@@ -27,6 +28,7 @@ use crate::ItemId;
 pub use error::DistributedError;
 pub use history::{StepEvent, StepEventKind};
 pub use query::{RunCursor, RunPage, RunQuery};
+pub use signals::RunSignals;
 pub use types::{
     CommitItem, CommitOutcome, CommitReply, HeardOutputs, Lease, LeaseState, NewItem, QueueStats,
     RunAction, RunWatch, StartRun, StepCommit, StepFailed, TakeOptions, TakeRequest, Taken,

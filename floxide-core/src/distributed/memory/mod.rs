@@ -12,14 +12,14 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use parts::RESUME_MARKER;
 use parts::{slot, ItemRecord, ItemsState, QueueState, Recorded, RunItems, RunsState};
 use parts::{ContextsPart, ErrorsPart, ItemsPart, LivenessPart, MetricsPart, QueuePart, RunsPart};
-use parts::{RunSignals, RESUME_MARKER};
 
 use crate::distributed::backend::{
     AdminBackend, CommitItem, CommitOutcome, CommitReply, DistributedError, Lease, LeaseState,
-    QueueStats, RunAction, RunWatch, StartRun, StepCommit, StepEvent, StepEventKind, StepFailed,
-    TakeOptions, TakeRequest, Taken, VersionedContext, WorkerBackend,
+    QueueStats, RunAction, RunSignals, RunWatch, StartRun, StepCommit, StepEvent, StepEventKind,
+    StepFailed, TakeOptions, TakeRequest, Taken, VersionedContext, WorkerBackend,
 };
 use crate::distributed::history::HISTORY_KEPT;
 use crate::distributed::machine::{self, ControlEffect, FailureEffect, RunState};
@@ -694,7 +694,7 @@ impl AdminBackend for InMemoryBackend {
     }
 
     fn watch_run(&self, run_id: &str) -> RunWatch {
-        RunWatch::new(self.signals.subscribe(run_id))
+        self.signals.watch(run_id)
     }
 
     async fn run_input(&self, run_id: &str) -> Result<Option<Vec<u8>>, DistributedError> {

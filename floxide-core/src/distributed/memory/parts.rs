@@ -122,57 +122,6 @@ part!(
     LivenessState
 );
 
-/// Per-run change signals: a waiter on one run is woken by that run's changes only (the runs
-/// part's `version` wakes the waiters on every run's changes).
-#[derive(Default)]
-pub(crate) struct RunSignals {
-    senders: Mutex<RunSenders>,
-}
-
-#[derive(Default)]
-struct RunSenders {
-    by_run: HashMap<RunId, tokio::sync::watch::Sender<u64>>,
-    /// The size at which subscribing next drops the senders nobody listens to.
-    sweep_at: usize,
-}
-
-impl std::fmt::Debug for RunSignals {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunSignals").finish_non_exhaustive()
-    }
-}
-
-impl RunSignals {
-    /// A subscription to `run`'s changes from now on.
-    pub(crate) fn subscribe(&self, run: &str) -> tokio::sync::watch::Receiver<u64> {
-        let mut s = lock(&self.senders);
-        if let Some(tx) = s.by_run.get(run) {
-            return tx.subscribe();
-        }
-        // Senders whose waiters are gone (their run changed no more) go in bulk, at sizes
-        // that double: a constant amortized cost per subscription.
-        if s.by_run.len() >= s.sweep_at {
-            s.by_run.retain(|_, tx| tx.receiver_count() > 0);
-            s.sweep_at = (2 * s.by_run.len()).max(64);
-        }
-        let (tx, rx) = tokio::sync::watch::channel(0);
-        s.by_run.insert(run.to_owned(), tx);
-        rx
-    }
-
-    /// Wakes the subscribers of `run` (a sender nobody listens to any more goes).
-    pub(crate) fn changed(&self, run: &str) {
-        let mut s = lock(&self.senders);
-        if let Some(tx) = s.by_run.get(run) {
-            if tx.receiver_count() == 0 {
-                s.by_run.remove(run);
-            } else {
-                tx.send_modify(|v| *v = v.wrapping_add(1));
-            }
-        }
-    }
-}
-
 #[derive(Default)]
 pub(crate) struct RunsState {
     pub(crate) runs: HashMap<RunId, RunInfo>,
