@@ -212,36 +212,10 @@ async fn pools_in_one_process_have_distinct_worker_ids() {
 }
 
 /// On the in-memory backend a waiter on one run is woken by that run's changes only (not
-/// by every run's, which would wake every waiter of a busy process on each change), and a
-/// waiter that subscribed before a change never misses it.
+/// by every run's, which would wake every waiter of a busy process on each change).
 #[tokio::test(start_paused = true)]
 async fn a_run_watch_wakes_for_its_own_run_only() {
-    let wf = chain();
-    let backend = InMemoryBackend::new();
-    let o = wf.orchestrator(backend.clone()).build().unwrap();
-    let mine = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
-    let other = o.start_run(&WorkflowCtx::new(()), 2).await.unwrap();
-    let mut watch = backend.watch_run(&mine);
-    let quiet = tokio::time::Duration::from_secs(5);
-
-    // Another run is cancelled: no wake-up (the watch waits out its timeout).
-    o.cancel(&other).await.unwrap();
-    let before = tokio::time::Instant::now();
-    watch.changed(quiet).await;
-    assert_eq!(before.elapsed(), quiet, "woken by another run's change");
-
-    // This run is paused: the change made before the wait is seen at once.
-    o.pause(&mine).await.unwrap();
-    let before = tokio::time::Instant::now();
-    watch.changed(quiet).await;
-    assert!(before.elapsed() < quiet, "this run's change was missed");
-
-    // The run-wide subscription hears both kinds.
-    let mut all = backend.watch_runs();
-    o.resume(&mine).await.unwrap();
-    let before = tokio::time::Instant::now();
-    all.changed(quiet).await;
-    assert!(before.elapsed() < quiet);
+    floxide::conformance::a_run_watch_wakes_for_its_own_run_only(InMemoryBackend::new()).await;
 }
 
 /// A step's wait for changes of its run (its lease keeper's) that starts after the run was

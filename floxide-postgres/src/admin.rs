@@ -282,6 +282,10 @@ impl AdminBackend for PostgresBackend {
         RunWatch::new(self.signals.runs.subscribe())
     }
 
+    fn watch_run(&self, run_id: &str) -> RunWatch {
+        self.signals.by_run.watch(run_id)
+    }
+
     fn heard_output(&self, run_id: &str) -> Option<Vec<u8>> {
         self.signals.outputs.get(run_id)
     }

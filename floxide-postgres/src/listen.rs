@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use floxide_core::distributed::HeardOutputs;
+use floxide_core::distributed::{HeardOutputs, RunSignals};
 use futures_util::StreamExt;
 use tokio::sync::{watch, Notify};
 use tokio_postgres::AsyncMessage;
@@ -22,6 +22,8 @@ pub(crate) struct Signals {
     pub(crate) work: Notify,
     /// Some run's record changed (finished, paused, resumed, cancelled).
     pub(crate) runs: watch::Sender<u64>,
+    /// The same, for waiters on one run.
+    pub(crate) by_run: RunSignals,
     /// The outputs of completed runs, as their notifications carried them.
     pub(crate) outputs: HeardOutputs,
     /// Work notifications heard, and reconnections (a notification may have been missed).
@@ -40,6 +42,7 @@ impl Signals {
         Arc::new(Signals {
             work: Notify::new(),
             runs: watch::channel(0).0,
+            by_run: RunSignals::default(),
             outputs: HeardOutputs::default(),
             heard: AtomicU64::new(0),
             empty: Mutex::new(HashMap::new()),
@@ -50,6 +53,7 @@ impl Signals {
         self.heard.fetch_add(1, Ordering::SeqCst);
         self.work.notify_waiters();
         self.runs.send_modify(|v| *v = v.wrapping_add(1));
+        self.by_run.changed_all();
     }
 
     fn heard_work(&self) {
@@ -175,11 +179,20 @@ async fn listen(
                 signals.heard_work();
             }
             Some(Ok(AsyncMessage::Notification(n))) => {
-                // `<run id>\t<output>`: a run that completed with a short output.
-                if let Some((id, output)) = n.payload().split_once('\t') {
-                    if let Some(run) = HeardOutputs::run_of_line(id) {
-                        signals.outputs.insert(&run, output.as_bytes().to_vec());
+                // `<run id>\t<output>` (a run that completed with a short output), `<run id>`,
+                // or nothing (an id too long to send: any run).
+                let (id, output) = match n.payload().split_once('\t') {
+                    Some((id, output)) => (id, Some(output)),
+                    None => (n.payload(), None),
+                };
+                match HeardOutputs::run_of_line(id).filter(|_| !id.is_empty()) {
+                    Some(run) => {
+                        if let Some(output) = output {
+                            signals.outputs.insert(&run, output.as_bytes().to_vec());
+                        }
+                        signals.by_run.changed(&run);
                     }
+                    None => signals.by_run.changed_all(),
                 }
                 signals.runs.send_modify(|v| *v = v.wrapping_add(1));
             }

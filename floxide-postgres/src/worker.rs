@@ -224,8 +224,8 @@ impl WorkerBackend for PostgresBackend {
         tx.commit().await.map_err(backend)
     }
 
-    async fn wait_run_change(&self, _run_id: &str, timeout: Duration) {
-        let mut rx = self.signals.runs.subscribe();
+    async fn wait_run_change(&self, run_id: &str, timeout: Duration) {
+        let mut rx = self.signals.by_run.subscribe(run_id);
         let _ = tokio::time::timeout(timeout, rx.changed()).await;
     }
 }

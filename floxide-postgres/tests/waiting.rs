@@ -3,7 +3,8 @@
 //! suite, `g7_waiters_get_short_and_long_outputs`).
 
 use floxide::conformance::{
-    a_waiter_takes_the_output_its_event_carried, awkward_run_ids_have_their_outputs_heard,
+    a_run_watch_wakes_for_its_own_run_only, a_waiter_takes_the_output_its_event_carried,
+    awkward_run_ids_have_their_outputs_heard,
 };
 use floxide_postgres::testing::PostgresServer;
 use floxide_postgres::PostgresBackend;
@@ -39,4 +40,12 @@ async fn a_run_id_with_a_tab_gets_its_output_heard() {
     let workers = PostgresBackend::connect(server.url()).await.unwrap();
     let watcher = PostgresBackend::connect(server.url()).await.unwrap();
     awkward_run_ids_have_their_outputs_heard(workers, watcher).await;
+}
+
+/// A waiter on one run is woken by that run's notifications only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_watch_wakes_for_its_own_run_only_on_postgres() {
+    let server = PostgresServer::start_or_panic();
+    let backend = PostgresBackend::connect(server.url()).await.unwrap();
+    a_run_watch_wakes_for_its_own_run_only(backend).await;
 }

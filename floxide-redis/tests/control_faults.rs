@@ -121,33 +121,12 @@ async fn a_waiter_is_woken_after_the_event_subscription_drops() {
     pool.try_stop().await.unwrap();
 }
 
-/// A waiter on one run is woken by that run's events only: another run's cancel leaves it
-/// asleep until its timeout, its own run's pause wakes it at once.
+/// A waiter on one run is woken by that run's events only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_watch_wakes_for_its_own_run_only() {
     let server = RedisServer::start_or_panic(ServerOptions::default());
     let backend = RedisBackend::new(client(&server, "watch:").await);
-    let gate = Arc::new(Semaphore::new(0));
-    let o = once(&gate).orchestrator(backend.clone()).build().unwrap();
-    let mine = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
-    let other = o.start_run(&WorkflowCtx::new(()), 2).await.unwrap();
-    let quiet = Duration::from_millis(1500);
-    let mut watch = backend.watch_run(&mine);
-    o.cancel(&other).await.unwrap();
-    let before = Instant::now();
-    watch.changed(quiet).await;
-    assert!(
-        before.elapsed() >= quiet - Duration::from_millis(100),
-        "woken by another run's event after {:?}",
-        before.elapsed()
-    );
-    o.pause(&mine).await.unwrap();
-    let before = Instant::now();
-    watch.changed(Duration::from_secs(30)).await;
-    assert!(
-        before.elapsed() < Duration::from_secs(5),
-        "its own run's pause did not wake it"
-    );
+    floxide::conformance::a_run_watch_wakes_for_its_own_run_only(backend).await;
 }
 
 node! {

@@ -216,3 +216,39 @@ pub async fn awkward_run_ids_have_their_outputs_heard<B: Backend>(workers: B, wa
     );
     pool.try_stop().await.unwrap();
 }
+
+/// A backend that tells runs apart ([`AdminBackend::watch_run`]): a watch on one run sleeps
+/// through another run's cancel (until its timeout) and wakes on its own run's pause. Not in
+/// [`conformance_tests!`]: the trait's default watch hears every run.
+pub async fn a_run_watch_wakes_for_its_own_run_only<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let o = orchestrator(Chain::new(Gate::open()), &backend);
+    let mine = o.start_run(&ctx(), 1).await.unwrap();
+    let other = o.start_run(&ctx(), 2).await.unwrap();
+    let quiet = Duration::from_millis(1500);
+    let mut watch = backend.watch_run(&mine);
+    o.cancel(&other).await.unwrap();
+    let before = tokio::time::Instant::now();
+    watch.changed(quiet).await;
+    assert!(
+        before.elapsed() >= quiet - Duration::from_millis(100),
+        "woken by another run's change after {:?}",
+        before.elapsed()
+    );
+    o.pause(&mine).await.unwrap();
+    let before = tokio::time::Instant::now();
+    watch.changed(PATIENCE).await;
+    assert!(
+        before.elapsed() < PATIENCE / 2,
+        "its own run's change did not wake it"
+    );
+    // The run-wide subscription hears every run.
+    let mut all = backend.watch_runs();
+    o.resume(&mine).await.unwrap();
+    let before = tokio::time::Instant::now();
+    all.changed(PATIENCE).await;
+    assert!(
+        before.elapsed() < PATIENCE / 2,
+        "watch_runs missed a change"
+    );
+}
