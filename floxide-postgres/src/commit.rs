@@ -115,14 +115,7 @@ const APPLY_PARTS: [&str; 8] = [
     INSERT INTO errors (run_id, error)
     SELECT e.r, e.v::jsonb FROM unnest($15::text[], $16::text[]) WITH ORDINALITY AS e(r, v, n)
     ORDER BY e.n)",
-    "gone AS (
-    DELETE FROM items WHERE (run_id, item_id) IN (
-        SELECT run_id, item_id FROM items WHERE run_id = ANY($17::text[]) LIMIT 1000)
-    RETURNING 1),
-leftover AS (
-    INSERT INTO leftovers (run_id)
-    SELECT unnest($17::text[]) WHERE (SELECT count(*) FROM gone) >= 1000
-    ON CONFLICT DO NOTHING)",
+    crate::ops::drop_items_parts!("$17"),
     "updated AS (
     UPDATE runs r SET status = u.status, outstanding = u.outstanding, version = u.version,
         context = coalesce(u.context, r.context), output = coalesce(r.output, u.output::jsonb),

@@ -439,17 +439,32 @@ pub(crate) async fn finish(
     Ok(())
 }
 
-/// Deletes the items of the finished runs `$1` (text[]), at most 1,000 (as the commit's
-/// `gone` part does); when that many went, the runs are listed in `leftovers` and the
-/// retention sweep deletes the rest (G9: no statement proportional to a run's size).
-const DROP_ITEMS: &str = "\
-WITH gone AS (
+/// The parts (`gone`, `leftover`) of a statement that deletes the items of the finished
+/// runs in parameter `$runs` (text[]), at most 1,000; when that many went, the runs are listed
+/// in `leftovers` and the retention sweep deletes the rest (G9: no statement proportional to
+/// a run's size). The commit's write statement uses them with its own parameter.
+macro_rules! drop_items_parts {
+    ($runs:literal) => {
+        concat!(
+            "gone AS (
     DELETE FROM items WHERE (run_id, item_id) IN (
-        SELECT run_id, item_id FROM items WHERE run_id = ANY($1::text[]) LIMIT 1000)
-    RETURNING 1)
-INSERT INTO leftovers (run_id)
-SELECT unnest($1::text[]) WHERE (SELECT count(*) FROM gone) >= 1000
-ON CONFLICT DO NOTHING";
+        SELECT run_id, item_id FROM items WHERE run_id = ANY(",
+            $runs,
+            "::text[]) LIMIT 1000)
+    RETURNING 1),
+leftover AS (
+    INSERT INTO leftovers (run_id)
+    SELECT unnest(",
+            $runs,
+            "::text[]) WHERE (SELECT count(*) FROM gone) >= 1000
+    ON CONFLICT DO NOTHING)"
+        )
+    };
+}
+pub(crate) use drop_items_parts;
+
+/// Deletes the items of the finished runs `$1` (see [`drop_items_parts`]).
+const DROP_ITEMS: &str = concat!("WITH ", drop_items_parts!("$1"), "\nSELECT 1");
 
 /// Records a failed step: its retry scheduled, or the item dead-lettered (and the run
 /// failed); with `history`, in the run's step history too.

@@ -414,12 +414,11 @@ fn add_letter(queue: &mut QueueState, letter: DeadLetter, retention: Duration) {
     queue
         .dead
         .insert((letter.run_id.clone(), letter.item_id), letter);
-    prune_letters(queue, retention, PRUNE_SLICE);
+    prune_letters(queue, retention, PRUNE_SLICE, now);
 }
 
-/// Drops up to `most` dead letters past their `retention`, oldest first.
-fn prune_letters(queue: &mut QueueState, retention: Duration, most: usize) {
-    let now = Instant::now();
+/// Drops up to `most` dead letters past their `retention` at `now`, oldest first.
+fn prune_letters(queue: &mut QueueState, retention: Duration, most: usize, now: Instant) {
     for _ in 0..most {
         match queue.dead_order.front() {
             Some((at, _, _)) if *at + retention <= now => {
@@ -800,7 +799,12 @@ impl AdminBackend for InMemoryBackend {
         let mut queue = self.queue.lock();
         // Those past their retention go now (the listing is proportional to the letters
         // anyway), not only as new letters come.
-        prune_letters(&mut queue, self.letter_retention, usize::MAX);
+        prune_letters(
+            &mut queue,
+            self.letter_retention,
+            usize::MAX,
+            Instant::now(),
+        );
         let mut letters: Vec<DeadLetter> = queue.dead.values().cloned().collect();
         drop(queue);
         letters.sort_by_key(|d| d.at);
