@@ -12,23 +12,28 @@
 -- ARGV[5..]: step count k, then k × (run id, item id, token, required version ('' for none),
 --            context base version ('' when the context is unchanged), context bytes, the
 --            context version the worker holds after the step ('' for none), node,
---            duration in µs, the lease's holder, successor count s, s × (id, node, bytes), output count o,
+--            duration in µs, the lease's holder, the kept successor's lease in ms ('' for none:
+--            see below), successor count s, s × (id, node, bytes), output count o,
 --            o outputs (JSON), error count e, e errors (JSON)), then for the take: workflow
 --            ('' for none), worker id, lease in ms, max deliveries, n, woken flag
 -- Returns {k × ({'ok', final status or ''} | {'conflict', version} | {'lost'} |
 --          {'inactive', status}), take reply (see take.lua) or {0, -1}}
 -- A retry of the request (same request id) answers its applied steps with {'ok', …} again and
 -- gets the items its take leased.
+-- A kept successor (a step's single new successor, when the step asks for it and the run takes
+-- items) is leased to the step's worker with token 0 and not returned: the worker executed it
+-- already (a chained step). Its commit, when it follows in the same call, needs no read; in a
+-- later call its lease is checked with its holder (no take grants token 0).
 local k = num(ARGV[5])
 -- Where the take's arguments start: past the k steps (each step's own fields are read where
 -- it is applied, below, without a table per step).
 -- Where the parts of the step whose arguments start at ARGV[i] are: its successor count, its
 -- first successor's id, its output count, its error count, and the next step.
 local function step_parts(i)
-  local ns = num(ARGV[i + 10])
-  local o = i + 11 + 3 * ns
+  local ns = num(ARGV[i + 11])
+  local o = i + 12 + 3 * ns
   local e = o + 1 + num(ARGV[o])
-  return ns, i + 11, o, e, e + 1 + num(ARGV[e])
+  return ns, i + 12, o, e, e + 1 + num(ARGV[e])
 end
 local i = 6
 for _ = 1, k do i = select(5, step_parts(i)) end
@@ -77,6 +82,7 @@ local queued = {}    -- workflow -> entries to queue
 local done = {}      -- the committed items' lease timers, removed in one command
 local again = {}     -- steps a retry of this request finds applied: run, successors' index, count
 local broken = {}    -- runs whose context change the batch refused
+local kept = {}      -- kept successors' lease timers -> their end (added unless committed here)
 local NONE = {}      -- shared by the steps without parked successors (read only)
 local OK = { 'ok', '' }  -- the reply row of an applied step whose run goes on (shared, read only)
 
@@ -104,33 +110,49 @@ end
 -- step's arguments start.
 local function commit_one(i)
   local run, id, token, required = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local base, holder = ARGV[i + 4], ARGV[i + 9]
+  local base, holder, keep_ms = ARGV[i + 4], ARGV[i + 9], ARGV[i + 10]
   local ns, s, o, e, next_i = step_parts(i)
   if base ~= '' and broken[run] then
     return { 'conflict', num(run_of(run).ver or '0') }, false, next_i
   end
   local it = items_key(run)
+  local timer = 'L' .. id .. ':' .. run   -- its lease's timer (see `entry`)
   -- (Each field name is made once: its state's, and its successors' in `fields` or `field1`.)
   local field = id .. ':m'
   local f, fields, field1
-  if ns == 0 then
-    f = rcall('HMGET', it, field)
-  elseif ns == 1 then
-    field1 = ARGV[s] .. ':m'
-    f = rcall('HMGET', it, field, field1)
+  local ms, ma, md, mt, mn, mr
+  if token == '0' and kept[timer] then
+    -- Kept by an earlier step of this call: leased as written there, and new, so its
+    -- successors are too.
+    ms, ma, md, mt, mn, mr = 'I', '1', '1', '0', ARGV[i + 7], RID
+    f = NONE
+    if ns == 1 then field1 = ARGV[s] .. ':m' end
+    if ns > 1 then
+      fields = { field }
+      for n = 0, ns - 1 do fields[n + 2] = ARGV[s + 3 * n] .. ':m' end
+    end
   else
-    fields = { field }
-    for n = 0, ns - 1 do fields[n + 2] = ARGV[s + 3 * n] .. ':m' end
-    f = hmget_chunked(it, fields)
+    if ns == 0 then
+      f = rcall('HMGET', it, field)
+    elseif ns == 1 then
+      field1 = ARGV[s] .. ':m'
+      f = rcall('HMGET', it, field, field1)
+    else
+      fields = { field }
+      for n = 0, ns - 1 do fields[n + 2] = ARGV[s + 3 * n] .. ':m' end
+      f = hmget_chunked(it, fields)
+    end
+    -- The lease, read without a table: state I under this step's token (a kept one, token 0,
+    -- held by this worker).
+    ms, ma, md, mt, mn, mr = match(f[1] or '', META)
+    if ms ~= 'I' or mt ~= token or (token == '0' and rcall('HGET', it, id .. ':w') ~= holder) then
+      return not_leased(run, id, f[1], token, holder, s, ns), false, next_i
+    end
   end
-  -- The lease, read without a table: state I under this step's token.
-  local ms, ma, md, mt, mn, mr = match(f[1] or '', META)
-  if ms ~= 'I' or mt ~= token then return not_leased(run, id, f[1], token, holder, s, ns), false, next_i end
   local r = run_of(run)
-  local timer = 'L' .. id .. ':' .. run   -- its lease's timer (see `entry`)
   if not accepts_results(r.st) then
     rcall('HSET', it, field, state_text('X', ma, md, mt, mn, RID))
-    rcall('ZREM', TIMERS, timer)
+    if kept[timer] then kept[timer] = nil else rcall('ZREM', TIMERS, timer) end
     return { 'inactive', r.st or 'cancelled' }, false, next_i
   end
   local ver = num(r.ver or '0')
@@ -154,6 +176,7 @@ local function commit_one(i)
   local h = 4   -- (counted: `#hset` is a search each time)
   local parked = NONE
   local hands = budget > 0 and takes_items(r.st) and r.wf == next_wf
+  local keeps = keep_ms ~= '' and ns == 1 and takes_items(r.st)
   for n = 1, ns do
     if not f[1 + n] then
       local sid, snode, sbytes = ARGV[s], ARGV[s + 1], ARGV[s + 2]
@@ -162,7 +185,20 @@ local function commit_one(i)
       hset[h + 2] = sbytes
       hset[h + 3] = fields and fields[n + 1] or field1
       h = h + 3
-      if hands and budget > 0 then
+      if keeps then
+        -- Kept for this worker (see above): its timer is added at the end unless its commit
+        -- follows in this call.
+        local ends = now + num(keep_ms)
+        hset[h + 1] = state_text('I', '1', '1', '0', snode, RID)
+        hset[h + 2] = sid .. ':w'
+        hset[h + 3] = holder
+        h = h + 3
+        kept['L' .. sid .. ':' .. run] = ends
+        if STEP_HISTORY then
+          history_line(run, 'L ' .. text(now) .. ' 0 1 1 ' .. text(ends) .. ' ' .. sid .. ' ' ..
+            snode .. ' ' .. holder)
+        end
+      elseif hands and budget > 0 then
         budget = budget - 1
         -- (The lease names this request: a retry of it finds the item handed over.)
         hset[h + 1] = state_text('I', '1', '1', '1', snode, RID)
@@ -196,7 +232,7 @@ local function commit_one(i)
     s = s + 3
   end
   call_chunked('HSET', it, hset)
-  done[#done + 1] = timer
+  if kept[timer] then kept[timer] = nil else done[#done + 1] = timer end
   if STEP_HISTORY then
     history_line(run, commit_line .. mt .. ' ' .. ma .. ' - - ' .. id .. ' ' .. mn .. ' ' .. holder)
   end
@@ -286,6 +322,7 @@ for _, run in ipairs(order) do
   end
 end
 if #done > 0 then call_chunked('ZREM', TIMERS, done) end
+for timer, ends in pairs(kept) do add_timer(ends, timer) end
 
 -- Queue what was not handed over; the take pops from it before anyone is woken.
 local woke = {}

@@ -111,6 +111,10 @@ fn commit_args(
     inv.arg(c.held.map(|(v, _)| v.to_string()).unwrap_or_default());
     inv.arg(&step.node).arg(step.duration.as_micros() as u64);
     inv.arg(lease.worker.as_str());
+    match c.keep_successor {
+        Some(timeout) if step.successors.len() == 1 => inv.arg(timeout.as_millis() as u64),
+        _ => inv.arg(""),
+    };
     inv.arg(step.successors.len());
     for s in &step.successors {
         inv.arg(s.id.to_string())
@@ -445,6 +449,10 @@ impl RedisBackend {
 
 #[async_trait::async_trait]
 impl WorkerBackend for RedisBackend {
+    fn keeps_successors(&self) -> bool {
+        true
+    }
+
     async fn take_batch(
         &self,
         take: TakeRequest<'_>,

@@ -267,6 +267,8 @@ pub(super) struct Counting {
     taken: AtomicUsize,
     largest_take: AtomicUsize,
     deaf: bool,
+    /// Whether the inner backend's chains show through (else the worker runs no chains).
+    chains: bool,
 }
 
 impl Counting {
@@ -280,7 +282,24 @@ impl Counting {
             taken: AtomicUsize::new(0),
             largest_take: AtomicUsize::new(0),
             deaf,
+            chains: false,
         }
+    }
+
+    /// Counts the calls to `inner`, whose chains show through.
+    pub(super) fn chaining(inner: Arc<dyn Backend>) -> Self {
+        Counting {
+            chains: true,
+            ..Counting::over(inner, false)
+        }
+    }
+
+    /// Commit calls and the steps they carried so far.
+    pub(super) fn counts(&self) -> (usize, usize) {
+        (
+            self.commits.load(Ordering::SeqCst),
+            self.steps.load(Ordering::SeqCst),
+        )
     }
 
     fn count_taken(&self, n: usize) {
@@ -291,6 +310,9 @@ impl Counting {
 
 #[async_trait]
 impl WorkerBackend for Counting {
+    fn keeps_successors(&self) -> bool {
+        self.chains && self.inner.keeps_successors()
+    }
     async fn take_batch(
         &self,
         take: TakeRequest<'_>,

@@ -23,6 +23,7 @@ use crate::distributed::*;
 use crate::*;
 
 mod batch;
+mod chains;
 mod control;
 mod graphs;
 mod history;
@@ -31,6 +32,7 @@ mod model;
 mod pages;
 mod waiting;
 pub use batch::*;
+pub use chains::*;
 pub use control::*;
 pub use graphs::*;
 pub use history::*;
@@ -1025,7 +1027,13 @@ macro_rules! conformance_tests {
             g4_idle_workers_wake_when_work_arrives,
             g5_a_scheduled_retry_frees_its_worker_and_survives_it,
             g7_liveness_names_the_item_in_progress,
-            g7_a_step_learns_of_a_cancel_it_did_not_hear
+            g7_a_step_learns_of_a_cancel_it_did_not_hear,
+            g2_a_kept_successor_is_leased_to_its_committer,
+            g2_a_chain_commits_in_one_call,
+            g1_a_kept_successor_of_a_dead_worker_is_rerun,
+            g4_a_chain_of_fast_steps_is_one_commit,
+            g5_a_chained_step_that_fails_is_retried,
+            g7_a_slow_chained_step_lets_its_parent_commit
         );
     };
     (@each #[$attr:meta], $make:expr, $($check:ident),*) => {

@@ -32,6 +32,7 @@ pub(crate) struct WorkerConfig {
     pub(crate) idle_jitter: Duration,
     pub(crate) retry_policy: Option<RetryPolicy>,
     pub(crate) concurrency: usize,
+    pub(crate) chain_steps: bool,
 }
 
 impl Default for WorkerConfig {
@@ -44,6 +45,7 @@ impl Default for WorkerConfig {
             idle_jitter: Duration::ZERO,
             retry_policy: None,
             concurrency: DEFAULT_CONCURRENCY,
+            chain_steps: true,
         }
     }
 }
@@ -57,6 +59,7 @@ impl WorkerConfig {
                 .unwrap_or(self.lease_timeout / 3)
                 .max(Duration::from_millis(1)),
             retry_policy: self.retry_policy.clone(),
+            chain_steps: self.chain_steps,
         }
     }
 
@@ -258,6 +261,17 @@ where
     /// [`WorkerPool`]). `1` executes one step at a time.
     pub fn concurrency(mut self, steps: usize) -> Self {
         self.config.concurrency = steps.max(1);
+        self
+    }
+
+    /// Whether a step's single successor may run on this worker before the step is committed,
+    /// both then committed in one call (default on, where the backend supports it: see
+    /// [`WorkerBackend::keeps_successors`](crate::distributed::WorkerBackend::keeps_successors)).
+    /// A chain of fast steps then costs one round trip to the backend instead of one per step;
+    /// a step's commit waits at most 2 ms for its chain, and a worker that dies mid-chain has
+    /// the chain's first step run again (at-least-once, as any lost step).
+    pub fn chain_steps(mut self, on: bool) -> Self {
+        self.config.chain_steps = on;
         self
     }
 

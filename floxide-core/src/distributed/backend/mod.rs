@@ -32,7 +32,7 @@ pub use signals::RunSignals;
 pub use types::{
     CommitItem, CommitOutcome, CommitReply, HeardOutputs, Lease, LeaseState, NewItem, QueueStats,
     RunAction, RunWatch, StartRun, StepCommit, StepFailed, TakeOptions, TakeRequest, Taken,
-    VersionedContext,
+    VersionedContext, KEPT_LEASE_TOKEN,
 };
 
 /// The most items one take or one commit handles: a worker's batch is capped at this.
@@ -87,6 +87,13 @@ pub trait WorkerBackend: Send + Sync + 'static {
         commits: &[CommitItem<'_>],
         next: Option<TakeRequest<'_>>,
     ) -> Result<CommitReply, DistributedError>;
+
+    /// Whether [`commit_batch`](Self::commit_batch) honours
+    /// [`CommitItem::keep_successor`]: then a worker may execute a step's single successor
+    /// before the step is committed and commit both in one call (a chain of steps).
+    fn keeps_successors(&self) -> bool {
+        false
+    }
 
     /// Records a failed step: schedules its retry or dead-letters it, fenced by `lease`.
     ///

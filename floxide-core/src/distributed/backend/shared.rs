@@ -17,6 +17,10 @@ use crate::ItemId;
 
 #[async_trait::async_trait]
 impl<B: WorkerBackend + ?Sized> WorkerBackend for Arc<B> {
+    fn keeps_successors(&self) -> bool {
+        (**self).keeps_successors()
+    }
+
     async fn take_batch(
         &self,
         take: TakeRequest<'_>,

@@ -263,6 +263,11 @@ impl StepCommit {
     }
 }
 
+/// The token of the lease a backend grants a kept successor (see
+/// [`CommitItem::keep_successor`]). Leases granted by takes have larger ones, so a kept lease
+/// is never mistaken for one a take granted.
+pub const KEPT_LEASE_TOKEN: u64 = 0;
+
 /// One step of a batch commit: its lease and its effects.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
@@ -274,6 +279,14 @@ pub struct CommitItem<'a> {
     /// The run's context the worker holds once the step is applied (version, bytes): a take
     /// in the same call may leave that context out of its reply.
     pub held: Option<(u64, &'a [u8])>,
+    /// `Some(lease_timeout)`: the step's single new successor is leased straight to the
+    /// committing worker (the lease's holder) for that long, with token [`KEPT_LEASE_TOKEN`], when the run takes
+    /// items; it is not returned in the reply. The worker has executed it already (a chained
+    /// step) and commits, fails or releases it under that lease, in the same call or later.
+    /// Only sent to a backend whose [`WorkerBackend::keeps_successors`] is true.
+    ///
+    /// [`WorkerBackend::keeps_successors`]: super::WorkerBackend::keeps_successors
+    pub keep_successor: Option<Duration>,
 }
 
 impl<'a> CommitItem<'a> {
@@ -283,7 +296,15 @@ impl<'a> CommitItem<'a> {
             lease,
             step,
             held: None,
+            keep_successor: None,
         }
+    }
+
+    /// With the step's single successor leased to the committing worker for `lease_timeout`
+    /// (see [`CommitItem::keep_successor`]).
+    pub fn with_successor_kept(mut self, lease_timeout: Duration) -> Self {
+        self.keep_successor = Some(lease_timeout);
+        self
     }
 
     /// With the context the worker holds once the step is applied.

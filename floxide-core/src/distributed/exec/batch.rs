@@ -19,6 +19,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
+use super::chain::{execute_chain, ChainEnd, Chained};
 use super::commit::{self, Pending, Settled};
 use super::{ended, execute, ExecConfig, Executed, StepEnd};
 use crate::distributed::backend::{
@@ -61,7 +62,7 @@ pub(crate) struct Batcher<'a, C, W> {
 /// The loop's state: steps running, finished ones waiting for a commit, the commit and the
 /// take in flight.
 struct State<'a, O> {
-    running: FuturesUnordered<Boxed<'a, Result<Executed<O>, FloxideError>>>,
+    running: FuturesUnordered<Boxed<'a, Result<ChainEnd<'a, O>, FloxideError>>>,
     ready: Vec<Pending<O>>,
     committing: Option<Boxed<'a, CommitDone<O>>>,
     committing_len: usize,
@@ -205,7 +206,7 @@ where
             taken.attempt,
         ));
         let stop = Some((self.stop, self.grace));
-        st.running.push(Box::pin(execute(
+        st.running.push(Box::pin(execute_chain(
             workflow, backend, config, worker, taken, stop,
         )));
     }
@@ -221,13 +222,14 @@ where
             (self.workflow, self.backend, self.config, self.worker);
         let stop = Some((self.stop, self.grace));
         st.running.push(Box::pin(async move {
-            match super::renew(backend, config, &taken).await? {
-                Some(end) => Ok(Executed::Ended {
+            let executed = match super::renew(backend, config, &taken).await? {
+                Some(end) => Executed::Ended {
                     node: taken.node,
                     end,
-                }),
-                None => execute(workflow, backend, config, worker, taken, stop).await,
-            }
+                },
+                None => execute(workflow, backend, config, worker, taken, stop, None).await?,
+            };
+            Ok(ChainEnd::Single(executed))
         }));
     }
 
@@ -235,13 +237,23 @@ where
     fn executed(
         &self,
         st: &mut State<'a, W::Output>,
-        result: Result<Executed<W::Output>, FloxideError>,
+        result: Result<ChainEnd<'a, W::Output>, FloxideError>,
         reporter: &mut HealthReporter,
     ) {
         match result {
-            Ok(Executed::Ready(pending)) => st.ready.push(*pending),
-            Ok(Executed::Ended { node, end }) => {
+            Ok(ChainEnd::Single(Executed::Ready(pending))) => st.ready.push(*pending),
+            Ok(ChainEnd::Single(Executed::Ended { node, end })) => {
                 reporter.step_ended(&ended(self.workflow, &node, end));
+            }
+            Ok(ChainEnd::Chain(Chained { commits, rest })) => {
+                st.ready.extend(commits);
+                if let Some(rest) = rest {
+                    // The chained step still running is the item this worker executes now.
+                    let (item, run) = rest.item;
+                    st.current = Some((item, run, 1));
+                    st.running
+                        .push(Box::pin(rest.run.map(|r| r.map(ChainEnd::Single))));
+                }
             }
             Err(error) => {
                 reporter.errors += 1;
@@ -282,8 +294,10 @@ where
                 Settled::Rerun(taken) => self.rerun(st, taken),
                 Settled::Remerge(stale) => {
                     let (backend, config) = (self.backend, self.config);
-                    st.running
-                        .push(Box::pin(commit::remerge::<C, _>(backend, config, stale)));
+                    st.running.push(Box::pin(
+                        commit::remerge::<C, _>(backend, config, stale)
+                            .map(|r| r.map(ChainEnd::Single)),
+                    ));
                 }
             }
         }
@@ -308,8 +322,11 @@ where
         st.ready = waiting;
         let (backend, config) = (self.backend, self.config);
         for pending in due {
-            st.running
-                .push(Box::pin(Box::new(pending).keep(backend, config)));
+            st.running.push(Box::pin(
+                Box::new(pending)
+                    .keep(backend, config)
+                    .map(|r| r.map(ChainEnd::Single)),
+            ));
         }
     }
 
@@ -318,10 +335,10 @@ where
         let backend = self.backend;
         st.running.push(Box::pin(async move {
             backend.release(&taken.lease).await?;
-            Ok(Executed::Ended {
+            Ok(ChainEnd::Single(Executed::Ended {
                 node: taken.node,
                 end: StepEnd::Released,
-            })
+            }))
         }));
     }
 

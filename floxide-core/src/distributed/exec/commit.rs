@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use super::chain::GateKeeper;
 use super::lease::Finished;
 use super::{renew, ExecConfig, Executed, StepEnd};
 use crate::distributed::backend::{Backend, CommitItem, CommitOutcome, NewItem, StepCommit, Taken};
@@ -32,6 +33,11 @@ pub(crate) struct Pending<O> {
     /// When the lease was last granted or renewed (a step waiting long for its commit renews
     /// it before trying again).
     renewed: Instant,
+    /// The step's successor runs already (a chain): the commit leases it to this worker for
+    /// that long, and the keeper tells the successor how the commit was settled.
+    keep: Option<(Duration, GateKeeper)>,
+    /// The step's item was kept for this worker by its parent's commit (a chained step).
+    tied: bool,
 }
 
 /// The commit of a node that ran to its end; `Err` (with the item back) when its results
@@ -101,6 +107,8 @@ where
         outputs,
         ran,
         renewed,
+        keep: None,
+        tied: false,
     })
 }
 
@@ -154,10 +162,33 @@ impl<O> Pending<O> {
 
     /// The step as a batch commit carries it.
     pub(crate) fn item(&self) -> CommitItem<'_> {
-        CommitItem::new(&self.taken.lease, &self.commit).with_held_context(
+        let (version, bytes) = self.held_context();
+        let item =
+            CommitItem::new(&self.taken.lease, &self.commit).with_held_context(version, bytes);
+        match &self.keep {
+            Some((timeout, _)) => item.with_successor_kept(*timeout),
+            None => item,
+        }
+    }
+
+    /// The context the worker holds once the step is applied, and its version.
+    pub(crate) fn held_context(&self) -> (u64, &[u8]) {
+        (
             self.after_version,
             self.merged.as_deref().unwrap_or(&self.after),
         )
+    }
+
+    /// Makes the commit lease the step's successor to this worker for `timeout` (it runs
+    /// already); `keeper` hears how the commit is settled.
+    pub(crate) fn keep_successor(&mut self, timeout: Duration, keeper: GateKeeper) {
+        self.keep = Some((timeout, keeper));
+    }
+
+    /// Marks the step as chained: its item is kept for this worker by its parent's commit.
+    pub(crate) fn chained(mut self: Box<Self>) -> Box<Self> {
+        self.tied = true;
+        self
     }
 }
 
@@ -180,14 +211,23 @@ pub(crate) enum Settled<O> {
 /// Settles `pending` after the backend answered `outcome` to its commit.
 pub(crate) fn settle<O>(
     workflow: &'static str,
-    pending: Pending<O>,
+    mut pending: Pending<O>,
     outcome: CommitOutcome,
 ) -> Settled<O> {
+    // A successor running already (a chain) learns whether its item was created; a step
+    // committed again after a conflict no longer keeps it (it is queued as usual).
+    if let Some((_, keeper)) = pending.keep.take() {
+        keeper.settle(matches!(outcome, CommitOutcome::Committed { .. }));
+    }
     let end = match outcome {
         CommitOutcome::Committed { .. } => StepEnd::Committed {
             outputs: pending.outputs,
             ran: pending.ran,
         },
+        CommitOutcome::LeaseLost if pending.tied => {
+            tracing::debug!(run_id = %pending.taken.lease.run_id, node = %pending.taken.node, "a chained step's parent was not committed; its effects are discarded");
+            StepEnd::Abandoned { lease_lost: true }
+        }
         CommitOutcome::LeaseLost => {
             tracing::warn!(run_id = %pending.taken.lease.run_id, node = %pending.taken.node, "lease lost before the commit; the step's effects are discarded");
             StepEnd::Abandoned { lease_lost: true }

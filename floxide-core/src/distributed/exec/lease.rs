@@ -9,6 +9,7 @@ use futures_util::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::chain::Gate;
 use super::prepare::Prepared;
 use super::{ExecConfig, StepEnd};
 use crate::context::{CancelState, RunScope};
@@ -94,7 +95,12 @@ impl LeaseKeeper {
 
     /// Renews the lease when a heartbeat is due, else reads the run's status (after a run
     /// event).
-    async fn check(&mut self, backend: &dyn Backend, lease: &Lease) -> LeaseCheck {
+    async fn check(
+        &mut self,
+        backend: &dyn Backend,
+        lease: &Lease,
+        gate: Option<&Gate>,
+    ) -> LeaseCheck {
         self.first_look = None;
         let now = Instant::now();
         if now < self.next_beat {
@@ -103,7 +109,11 @@ impl LeaseKeeper {
                 Err(_) => LeaseCheck::Unknown,
             };
         }
-        match backend.heartbeat(lease, self.timeout).await {
+        let beat = match gate {
+            Some(gate) => gate.heartbeat(backend, lease, self.timeout).await,
+            None => backend.heartbeat(lease, self.timeout).await,
+        };
+        match beat {
             Ok(LeaseState::Active(status)) => {
                 self.valid_until = now + self.timeout;
                 self.next_beat = now + self.interval;
@@ -148,6 +158,7 @@ pub(super) async fn run_node<C, W>(
     stop: Option<(&CancellationToken, Duration)>,
     token: CancellationToken,
     granted: Instant,
+    gate: Option<&Gate>,
 ) -> Result<Ran<C, W::WorkItem, W::Output>, FloxideError>
 where
     C: Context,
@@ -189,7 +200,7 @@ where
                     if stop_at.is_some_and(|s| Instant::now() >= s) {
                         break None;
                     }
-                    match keeper.check(backend, lease).await {
+                    match keeper.check(backend, lease, gate).await {
                         LeaseCheck::Held(RunStatus::Cancelled) => {
                             tracing::info!("run cancelled; signalling the running node");
                             cancel.cancel();
@@ -212,7 +223,14 @@ where
     let ran = node_started.elapsed();
     let Some(result) = result else {
         cancel.cancel();
-        backend.release(lease).await?;
+        // A chained step's item exists once its parent's commit applied.
+        let exists = match gate {
+            Some(gate) => gate.opened().await,
+            None => true,
+        };
+        if exists {
+            backend.release(lease).await?;
+        }
         return Ok(Ran::Gone(StepEnd::Released));
     };
     Ok(Ran::Finished(Box::new(Finished {

@@ -11,6 +11,7 @@
 //! [`step_one`] drives one item through all of them (`run_once`, `step_once_on`, 3.x steps).
 
 mod batch;
+mod chain;
 mod commit;
 mod lease;
 mod outcome;
@@ -36,6 +37,9 @@ pub(crate) struct ExecConfig {
     pub(crate) lease_timeout: Duration,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) retry_policy: Option<RetryPolicy>,
+    /// Whether a step's single successor may run before the step is committed (see
+    /// [`chain`]), on backends that keep successors.
+    pub(crate) chain_steps: bool,
 }
 
 impl Default for ExecConfig {
@@ -45,6 +49,7 @@ impl Default for ExecConfig {
             lease_timeout,
             heartbeat_interval: lease_timeout / 3,
             retry_policy: None,
+            chain_steps: true,
         }
     }
 }
@@ -119,7 +124,8 @@ pub(crate) fn ended<C: Context, W: Workflow<C>>(
     end
 }
 
-/// Executes the leased item `taken` up to its commit (see the module documentation).
+/// Executes the leased item `taken` up to its commit (see the module documentation); `gate`
+/// for a chained step (see [`chain`]).
 pub(crate) async fn execute<C, W>(
     workflow: &W,
     backend: &dyn Backend,
@@ -127,6 +133,7 @@ pub(crate) async fn execute<C, W>(
     worker: &WorkerId,
     mut taken: Taken,
     stop: Option<(&CancellationToken, Duration)>,
+    gate: Option<&chain::Gate>,
 ) -> Result<Executed<W::Output>, FloxideError>
 where
     C: Context + Merge,
@@ -152,11 +159,12 @@ where
         cancel: token.clone(),
     };
     let context = taken.context.take();
-    let run = run_step(workflow, backend, config, taken, context, stop, token);
+    let run = run_step(workflow, backend, config, taken, context, stop, token, gate);
     with_step(step, tracing::Instrument::instrument(run, span)).await
 }
 
 /// Prepares, runs and classifies one execution of `taken`'s node.
+#[allow(clippy::too_many_arguments)]
 async fn run_step<C, W>(
     workflow: &W,
     backend: &dyn Backend,
@@ -165,6 +173,7 @@ async fn run_step<C, W>(
     context: Option<crate::distributed::VersionedContext>,
     stop: Option<(&CancellationToken, Duration)>,
     token: CancellationToken,
+    gate: Option<&chain::Gate>,
 ) -> Result<Executed<W::Output>, FloxideError>
 where
     C: Context + Merge,
@@ -173,13 +182,15 @@ where
     let started = tokio::time::Instant::now();
     let prepared = match prepare::prepare::<C, W>(workflow, backend, &taken, context).await? {
         Ok(prepared) => prepared,
-        Err(reason) => return outcome::dead_letter(backend, taken, reason).await,
+        Err(reason) => return outcome::dead_letter(backend, taken, reason, gate).await,
     };
     let ran = lease::run_node(
-        workflow, backend, config, &taken, prepared, stop, token, started,
+        workflow, backend, config, &taken, prepared, stop, token, started, gate,
     );
     match ran.await? {
-        lease::Ran::Finished(finished) => outcome::classify(backend, config, taken, finished).await,
+        lease::Ran::Finished(finished) => {
+            outcome::classify(backend, config, taken, finished, gate).await
+        }
         lease::Ran::Gone(end) => Ok(Executed::Ended {
             node: taken.node,
             end,
@@ -223,10 +234,11 @@ where
     W: Workflow<C>,
 {
     loop {
-        let mut pending = match execute(workflow, backend, config, worker, taken, stop).await? {
-            Executed::Ended { node, end } => return Ok(ended(workflow, &node, end)),
-            Executed::Ready(pending) => pending,
-        };
+        let mut pending =
+            match execute(workflow, backend, config, worker, taken, stop, None).await? {
+                Executed::Ended { node, end } => return Ok(ended(workflow, &node, end)),
+                Executed::Ready(pending) => pending,
+            };
         loop {
             let outcome = backend
                 .commit(&pending.taken.lease, &pending.commit)

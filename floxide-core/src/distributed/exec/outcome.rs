@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
+use super::chain::Gate;
 use super::commit;
 use super::lease::Finished;
 use super::{ExecConfig, Executed, StepEnd};
-use crate::distributed::backend::{Backend, CommitOutcome, StepFailed, Taken};
+use crate::distributed::backend::{Backend, CommitOutcome, DistributedError, StepFailed, Taken};
 use crate::{Context, FloxideError, Merge, WorkItem};
 
 /// A failure to report: the error, the scheduled retry, and whether a worker-wide retry
@@ -25,6 +26,7 @@ pub(super) async fn classify<C, WI, O>(
     config: &ExecConfig,
     taken: Taken,
     finished: Box<Finished<C, WI, O>>,
+    gate: Option<&Gate>,
 ) -> Result<Executed<O>, FloxideError>
 where
     C: Context + Merge,
@@ -43,7 +45,7 @@ where
         // The run's deadline passed (its cancellation was handled while the node ran).
         Ok(Err(scope_error)) => {
             let reason = scope_error.to_string();
-            return dead_letter(backend, taken, reason).await;
+            return dead_letter(backend, taken, reason, gate).await;
         }
         Ok(Ok(Err(f))) => Failure {
             error: f.error.clone(),
@@ -60,12 +62,12 @@ where
                 Ok(pending) => Ok(Executed::Ready(Box::new(pending))),
                 Err(rejected) => {
                     let (taken, reason) = *rejected;
-                    dead_letter(backend, taken, reason).await
+                    dead_letter(backend, taken, reason, gate).await
                 }
             };
         }
     };
-    report(backend, config, taken, failure).await
+    report(backend, config, taken, failure, gate).await
 }
 
 /// Reports a node's failure: a retry when its policy (or the worker's) allows one, else the
@@ -75,6 +77,7 @@ async fn report<O>(
     config: &ExecConfig,
     taken: Taken,
     failure: Failure,
+    gate: Option<&Gate>,
 ) -> Result<Executed<O>, FloxideError> {
     let Failure {
         error,
@@ -91,7 +94,7 @@ async fn report<O>(
     }
     tracing::debug!(%error, ?retry_after, "step failed");
     let report = StepFailed::new(taken.node.clone(), error.to_string(), retry_after);
-    let outcome = backend.fail(&taken.lease, &report).await?;
+    let outcome = fail(backend, &taken, &report, gate).await?;
     let recorded = match retry_after {
         Some(_) => StepEnd::Retried(error),
         None => StepEnd::Failed(error),
@@ -107,15 +110,32 @@ pub(super) async fn dead_letter<O>(
     backend: &dyn Backend,
     taken: Taken,
     reason: String,
+    gate: Option<&Gate>,
 ) -> Result<Executed<O>, FloxideError> {
     tracing::warn!(error = %reason, "dead-lettering work item");
     let report = StepFailed::new(taken.node.clone(), reason.clone(), None);
-    let outcome = backend.fail(&taken.lease, &report).await?;
+    let outcome = fail(backend, &taken, &report, gate).await?;
     Ok(after_report(
         taken.node,
         outcome,
         StepEnd::DeadLettered(reason),
     ))
+}
+
+/// Reports `taken`'s failure; a chained step's once its item exists (after its parent's
+/// commit), and not at all when that commit was refused.
+async fn fail(
+    backend: &dyn Backend,
+    taken: &Taken,
+    report: &StepFailed,
+    gate: Option<&Gate>,
+) -> Result<CommitOutcome, DistributedError> {
+    if let Some(gate) = gate {
+        if !gate.opened().await {
+            return Ok(CommitOutcome::LeaseLost);
+        }
+    }
+    backend.fail(&taken.lease, report).await
 }
 
 /// How a step whose failure was reported ends: as `recorded` when the backend applied the

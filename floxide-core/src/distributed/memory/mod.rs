@@ -19,7 +19,7 @@ use parts::{ContextsPart, ErrorsPart, ItemsPart, LivenessPart, MetricsPart, Queu
 use crate::distributed::backend::{
     AdminBackend, CommitItem, CommitOutcome, CommitReply, DistributedError, Lease, LeaseState,
     QueueStats, RunAction, RunSignals, RunWatch, StartRun, StepCommit, StepEvent, StepEventKind,
-    StepFailed, TakeOptions, TakeRequest, Taken, VersionedContext, WorkerBackend,
+    StepFailed, TakeOptions, TakeRequest, Taken, VersionedContext, WorkerBackend, KEPT_LEASE_TOKEN,
 };
 use crate::distributed::history::HISTORY_KEPT;
 use crate::distributed::machine::{self, ControlEffect, FailureEffect, RunState};
@@ -436,7 +436,10 @@ fn leased<'a>(items: &'a mut ItemsState, lease: &Lease) -> Option<(&'a mut RunIt
     let run_items = items.runs.get_mut(&lease.run_id)?;
     let holds = run_items.items.get(&lease.item_id).is_some_and(|r| {
         r.status == WorkItemStatus::InProgress
-            && r.lease.as_ref().is_some_and(|l| l.0 == lease.token)
+            && r.lease.as_ref().is_some_and(|l| {
+                // A kept lease (token 0) is its holder's only.
+                l.0 == lease.token && (l.0 != KEPT_LEASE_TOKEN || *l.1 == *lease.worker.0)
+            })
     });
     Some((run_items, holds))
 }
@@ -959,6 +962,10 @@ impl AdminBackend for InMemoryBackend {
 
 #[async_trait::async_trait]
 impl WorkerBackend for InMemoryBackend {
+    fn keeps_successors(&self) -> bool {
+        true
+    }
+
     async fn take_batch(
         &self,
         take: TakeRequest<'_>,
@@ -1056,7 +1063,7 @@ impl WorkerBackend for InMemoryBackend {
                     .map_or(0, |(_, version)| *version);
                 CommitOutcome::ContextConflict { current }
             } else {
-                self.commit_one(c.lease, c.step)?
+                self.commit_one(c.lease, c.step, c.keep_successor)?
             };
             chains.settled(
                 run,
@@ -1233,6 +1240,7 @@ impl InMemoryBackend {
         &self,
         lease: &Lease,
         commit: &StepCommit,
+        keep: Option<Duration>,
     ) -> Result<CommitOutcome, DistributedError> {
         let mut runs = self.runs.lock();
         let mut items = self.items.lock();
@@ -1288,19 +1296,49 @@ impl InMemoryBackend {
             } else {
                 WorkItemStatus::Pending
             };
-            run_items.items.insert(
-                s.id,
-                ItemRecord {
-                    node: Arc::from(s.node.as_str()),
-                    bytes: Arc::from(s.bytes.as_slice()),
-                    status,
-                    attempt: 1,
-                    deliveries: 0,
-                    lease: None,
-                },
-            );
+            let mut record = ItemRecord {
+                node: Arc::from(s.node.as_str()),
+                bytes: Arc::from(s.bytes.as_slice()),
+                status,
+                attempt: 1,
+                deliveries: 0,
+                lease: None,
+            };
             run_items.outstanding += 1;
             added += 1;
+            if let (Some(timeout), false, 1) = (keep, held, commit.successors.len()) {
+                // A chained step: the worker executed it already and holds its first lease.
+                let holder = match run_items.items.get(&lease.item_id) {
+                    Some(parent) => holder(parent, lease),
+                    None => Arc::from(lease.worker.0.as_str()),
+                };
+                let expiry = Instant::now() + timeout;
+                record.status = WorkItemStatus::InProgress;
+                record.deliveries = 1;
+                record.lease = Some((KEPT_LEASE_TOKEN, holder.clone(), expiry));
+                let kind = StepEventKind::Leased {
+                    until: SystemTime::now() + timeout,
+                    delivery: 1,
+                };
+                self.record(
+                    &lease.run_id,
+                    s.id,
+                    &record,
+                    kind,
+                    Some(holder),
+                    KEPT_LEASE_TOKEN,
+                );
+                queue.leases.push(Reverse((
+                    expiry,
+                    KEPT_LEASE_TOKEN,
+                    info.workflow.clone(),
+                    lease.run_id.clone(),
+                    s.id,
+                )));
+                run_items.items.insert(s.id, record);
+                continue;
+            }
+            run_items.items.insert(s.id, record);
             if held {
                 run_items.parked.push_back(s.id);
             } else {

@@ -1,0 +1,230 @@
+//! Step part 6: chains. A step with a single successor need not wait for its commit before
+//! that successor runs: the worker executes the successor at once, on the context the step
+//! left, and commits both in one call, the step asking the backend to lease the successor
+//! straight to this worker ([`CommitItem::keep_successor`]). A linear run of fast nodes then
+//! costs one commit instead of one per step.
+//!
+//! Only steps that finish without waiting are chained: a successor still pending after a few
+//! polls (it waits for I/O, a timer, a lock; or it must report a failure or release its item)
+//! lets the commits made so far go at once and goes on alone, so a step that runs for a while
+//! is listed as in progress, like any other, within a commit's round trip of its start. A chain
+//! also stops after [`CHAIN_TIME`]. Until the commit that creates its item is settled, a
+//! successor that goes on alone renews its parent's lease, and it reports a failure or releases
+//! its item only after that commit was applied (its [`Gate`]).
+//!
+//! [`CommitItem::keep_successor`]: crate::distributed::CommitItem::keep_successor
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::commit::Pending;
+use super::{execute, ExecConfig, Executed};
+use crate::distributed::backend::{
+    Backend, DistributedError, Lease, LeaseState, Taken, VersionedContext, KEPT_LEASE_TOKEN,
+};
+use crate::distributed::{RunId, WorkerId};
+use crate::{Context, FloxideError, ItemId, Merge, Workflow};
+
+/// How long a chain runs at most before its commits go (checked between its steps).
+pub(crate) const CHAIN_TIME: Duration = Duration::from_millis(2);
+
+/// How many times a chained step is polled (yielding to the runtime in between) before its
+/// chain stops waiting for it.
+const SPINS: usize = 3;
+
+/// The most steps one chain commits together.
+pub(crate) const MAX_CHAIN: usize = 16;
+
+/// What a chained step knows of the commit that creates its item.
+pub(crate) struct Gate {
+    /// The parent step's lease, renewed until that commit is settled.
+    parent: Lease,
+    /// `Some(applied)` once the parent's commit is settled.
+    settled: watch::Receiver<Option<bool>>,
+}
+
+/// The sending side of a [`Gate`], kept with the parent's pending commit.
+#[derive(Debug)]
+pub(crate) struct GateKeeper(watch::Sender<Option<bool>>);
+
+impl GateKeeper {
+    /// The parent's commit is settled: applied, or refused for good.
+    pub(crate) fn settle(self, applied: bool) {
+        let _ = self.0.send(Some(applied));
+    }
+}
+
+impl Gate {
+    /// A gate for a successor of the step holding `parent`, and its keeper.
+    fn new(parent: Lease) -> (Gate, GateKeeper) {
+        let (tx, rx) = watch::channel(None);
+        (
+            Gate {
+                parent,
+                settled: rx,
+            },
+            GateKeeper(tx),
+        )
+    }
+
+    /// Waits until the parent's commit is settled: whether the chained item may now exist.
+    /// A keeper dropped without a verdict (the commit's outcome is unknown) lets the backend's
+    /// fence decide.
+    pub(crate) async fn opened(&self) -> bool {
+        let mut settled = self.settled.clone();
+        loop {
+            let seen = *settled.borrow_and_update();
+            if let Some(applied) = seen {
+                return applied;
+            }
+            if settled.changed().await.is_err() {
+                let last = *settled.borrow();
+                return last.unwrap_or(true);
+            }
+        }
+    }
+
+    /// Renews the chained step's lease `own`: its parent's while the parent's commit is not
+    /// settled (then its own once the parent's is gone: the commit applied meanwhile).
+    pub(crate) async fn heartbeat(
+        &self,
+        backend: &dyn Backend,
+        own: &Lease,
+        timeout: Duration,
+    ) -> Result<LeaseState, DistributedError> {
+        let settled = *self.settled.borrow();
+        match settled {
+            Some(false) => return Ok(LeaseState::Lost),
+            Some(true) => return backend.heartbeat(own, timeout).await,
+            None => {}
+        }
+        match backend.heartbeat(&self.parent, timeout).await? {
+            LeaseState::Lost => backend.heartbeat(own, timeout).await,
+            held => Ok(held),
+        }
+    }
+}
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A chain's end: its commits, in order (each but the last keeps its successor, the next
+/// one), and the successor still running when the chain stopped waiting for it.
+pub(crate) struct Chained<'a, O> {
+    pub(crate) commits: Vec<Pending<O>>,
+    pub(crate) rest: Option<Rest<'a, O>>,
+}
+
+/// A chained step still running: its item and its execution.
+pub(crate) struct Rest<'a, O> {
+    pub(crate) item: (ItemId, RunId),
+    pub(crate) run: Boxed<'a, Result<Executed<O>, FloxideError>>,
+}
+
+/// What executing a taken item with its chain led to.
+pub(crate) enum ChainEnd<'a, O> {
+    /// No chain: as [`execute`] ended.
+    Single(Executed<O>),
+    /// Commits to send, and maybe a step still running.
+    Chain(Chained<'a, O>),
+}
+
+/// The item a chain runs next after `pending`: its single new successor, leased to this
+/// worker by `pending`'s commit.
+fn successor<O>(pending: &Pending<O>, worker: &WorkerId) -> Option<Taken> {
+    let [next] = pending.commit.successors.as_slice() else {
+        return None;
+    };
+    let run = &pending.taken.lease.run_id;
+    let lease = Lease::new(run.clone(), next.id, KEPT_LEASE_TOKEN, worker.clone());
+    let mut taken = Taken::new(lease, next.node.clone(), next.bytes.clone())
+        .with_deadline(pending.taken.deadline);
+    let (version, bytes) = pending.held_context();
+    taken.context = Some(VersionedContext::new(bytes.to_vec(), version));
+    Some(taken)
+}
+
+/// Executes `taken`, then, as long as each step has a single successor that finishes without
+/// waiting and the chain is young, that successor (see the module documentation).
+///
+/// # Errors
+/// As [`execute`].
+pub(crate) async fn execute_chain<'a, C, W>(
+    workflow: &'a W,
+    backend: &'a dyn Backend,
+    config: &'a ExecConfig,
+    worker: &'a WorkerId,
+    taken: Taken,
+    stop: Option<(&'a CancellationToken, Duration)>,
+) -> Result<ChainEnd<'a, W::Output>, FloxideError>
+where
+    C: Context + Merge,
+    W: Workflow<C>,
+{
+    let mut pending = match execute(workflow, backend, config, worker, taken, stop, None).await? {
+        Executed::Ready(pending) => pending,
+        ended => return Ok(ChainEnd::Single(ended)),
+    };
+    if !config.chain_steps || !backend.keeps_successors() {
+        return Ok(ChainEnd::Single(Executed::Ready(pending)));
+    }
+    let deadline = Instant::now() + CHAIN_TIME;
+    let mut commits = Vec::new();
+    loop {
+        let go_on = commits.len() + 1 < MAX_CHAIN
+            && Instant::now() < deadline
+            && !stop.is_some_and(|(token, _)| token.is_cancelled());
+        let next = match successor(&pending, worker) {
+            Some(next) if go_on => next,
+            _ => {
+                commits.push(*pending);
+                return Ok(ChainEnd::Chain(Chained {
+                    commits,
+                    rest: None,
+                }));
+            }
+        };
+        let (gate, keeper) = Gate::new(pending.taken.lease.clone());
+        pending.keep_successor(config.lease_timeout, keeper);
+        commits.push(*pending);
+        let item = (next.lease.item_id, next.lease.run_id.clone());
+        let mut run: Boxed<'a, _> = Box::pin(async move {
+            execute(workflow, backend, config, worker, next, stop, Some(&gate)).await
+        });
+        let mut ran = None;
+        for spin in 0..SPINS {
+            if spin > 0 {
+                tokio::task::yield_now().await;
+            }
+            ran = (&mut run).now_or_never();
+            if ran.is_some() {
+                break;
+            }
+        }
+        let ended = match ran {
+            Some(Ok(Executed::Ready(next))) => {
+                pending = next.chained();
+                continue;
+            }
+            None => {
+                return Ok(ChainEnd::Chain(Chained {
+                    commits,
+                    rest: Some(Rest { item, run }),
+                }))
+            }
+            Some(ended) => ended,
+        };
+        // Over without a commit (the run cancelled, the lease lost, a backend error): its
+        // parent's commit goes on; the batcher records how the step ended.
+        let run: Boxed<'a, _> = Box::pin(async move { ended });
+        return Ok(ChainEnd::Chain(Chained {
+            commits,
+            rest: Some(Rest { item, run }),
+        }));
+    }
+}

@@ -1,0 +1,418 @@
+//! Chains: a worker runs a step's single successor before the step is committed and commits
+//! both together, the step's commit leasing the successor to it ("kept"). The checks at the
+//! level of the backend apply to backends that keep successors
+//! ([`WorkerBackend::keeps_successors`]); the others check that a worker on any backend keeps
+//! every guarantee with chains (where the backend has them) as without.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::batch::Counting;
+use super::{ctx, finish, orchestrator, Chain, Gate, Trace, LEASE, PATIENCE};
+use crate::distributed::*;
+use crate::*;
+
+fn options(lease_timeout: Duration) -> TakeOptions {
+    TakeOptions {
+        lease_timeout,
+        max_deliveries: 5,
+    }
+}
+
+/// The commit of a step of `node` with one successor `next` of node `next_node`.
+fn step_with(node: &str, next: ItemId, next_node: &str) -> StepCommit {
+    let mut step = StepCommit::new(node);
+    step.successors
+        .push(NewItem::new(next, next_node, b"2".to_vec()));
+    step
+}
+
+/// The last step of a chain: no successor, the run's output.
+fn last_step(node: &str) -> StepCommit {
+    let mut step = StepCommit::new(node);
+    step.outputs.push(serde_json::json!(3));
+    step
+}
+
+/// Starts a `Chain` run and leases its first item to `me`.
+async fn first_item(backend: &Arc<dyn Backend>, me: &WorkerId) -> (RunId, Taken) {
+    let wf = Chain::new(Gate::open());
+    let o = orchestrator(wf.clone(), backend);
+    let run = o.start_run(&ctx(), 0).await.unwrap();
+    let taken = backend
+        .take(wf.name(), me, options(PATIENCE), PATIENCE)
+        .await
+        .unwrap()
+        .expect("the run's first item is ready");
+    assert_eq!(taken.lease.run_id, run);
+    (run, taken)
+}
+
+/// G2 with chains: a kept successor is leased to the worker that committed its parent (not
+/// handed to it again, nor to anyone else), shows as in progress under that worker, commits
+/// only under that worker's kept lease (in a later call), and its own kept successor commits
+/// in the same way, completing the run.
+pub async fn g2_a_kept_successor_is_leased_to_its_committer<B: Backend>(backend: B) {
+    if !backend.keeps_successors() {
+        return;
+    }
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let me = WorkerId::from("chainer");
+    let other = WorkerId::from("other");
+    let (run, a) = first_item(&backend, &me).await;
+    let b = a.lease.item_id.child(0);
+    let step_a = step_with("a", b, "b");
+    let reply = backend
+        .commit_batch(
+            &[CommitItem::new(&a.lease, &step_a).with_successor_kept(PATIENCE)],
+            Some(TakeRequest::new("Chain", &me, options(PATIENCE)).with_max(4)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.outcomes,
+        vec![CommitOutcome::Committed { finished: None }]
+    );
+    assert!(
+        reply.taken.is_empty(),
+        "a kept successor is not handed over in the reply: {:?}",
+        reply.taken
+    );
+    let take = TakeRequest::new("Chain", &other, options(PATIENCE));
+    assert!(
+        backend
+            .take_batch(take, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a kept successor is not queued for other workers"
+    );
+    let items = backend.work_items(&run).await.unwrap();
+    let kept = items
+        .iter()
+        .find(|i| i.item_id == b)
+        .expect("the kept successor is stored");
+    assert_eq!(kept.status, WorkItemStatus::InProgress);
+    assert_eq!(kept.worker.as_ref(), Some(&me));
+    assert_eq!((kept.attempt, kept.deliveries), (1, 1));
+
+    let c = b.child(0);
+    let step_b = step_with("b", c, "c");
+    let stolen = Lease::new(run.clone(), b, KEPT_LEASE_TOKEN, other.clone());
+    assert_eq!(
+        backend.commit(&stolen, &step_b).await.unwrap(),
+        CommitOutcome::LeaseLost,
+        "G2: a kept lease is its holder's only"
+    );
+    let lease_b = Lease::new(run.clone(), b, KEPT_LEASE_TOKEN, me.clone());
+    let reply = backend
+        .commit_batch(
+            &[CommitItem::new(&lease_b, &step_b).with_successor_kept(PATIENCE)],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.outcomes,
+        vec![CommitOutcome::Committed { finished: None }]
+    );
+    let lease_c = Lease::new(run.clone(), c, KEPT_LEASE_TOKEN, me.clone());
+    assert_eq!(
+        backend.commit(&lease_c, &last_step("c")).await.unwrap(),
+        CommitOutcome::Committed {
+            finished: Some(RunStatus::Completed)
+        }
+    );
+    let info = backend.run_info(&run).await.unwrap();
+    assert_eq!(info.status, RunStatus::Completed);
+    assert_eq!(info.output, Some(serde_json::json!(3)));
+    let metrics = backend.metrics(&run).await.unwrap();
+    assert_eq!((metrics.completed, metrics.total_work_items), (3, 3));
+}
+
+/// G2 with chains: a chain's steps commit in one call, each on its own: when the first is
+/// refused (a forged lease), its chained successor is refused with it and nothing of either
+/// is applied; the real chain then commits whole and completes the run.
+pub async fn g2_a_chain_commits_in_one_call<B: Backend>(backend: B) {
+    if !backend.keeps_successors() {
+        return;
+    }
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let me = WorkerId::from("chainer");
+    let (run, a) = first_item(&backend, &me).await;
+    let (b, c) = (a.lease.item_id.child(0), a.lease.item_id.child(0).child(0));
+    let (step_a, step_b, step_c) = (
+        step_with("a", b, "b"),
+        step_with("b", c, "c"),
+        last_step("c"),
+    );
+    let lease_b = Lease::new(run.clone(), b, KEPT_LEASE_TOKEN, me.clone());
+    let lease_c = Lease::new(run.clone(), c, KEPT_LEASE_TOKEN, me.clone());
+
+    let forged = Lease::new(
+        run.clone(),
+        a.lease.item_id,
+        a.lease.token + 1000,
+        me.clone(),
+    );
+    let reply = backend
+        .commit_batch(
+            &[
+                CommitItem::new(&forged, &step_a).with_successor_kept(PATIENCE),
+                CommitItem::new(&lease_b, &step_b),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.outcomes,
+        vec![CommitOutcome::LeaseLost, CommitOutcome::LeaseLost],
+        "G2: a chained step whose parent is refused is refused too"
+    );
+    let items = backend.work_items(&run).await.unwrap();
+    assert!(
+        items.iter().all(|i| i.item_id != b),
+        "G2: a refused step's successor is not stored: {items:?}"
+    );
+
+    let reply = backend
+        .commit_batch(
+            &[
+                CommitItem::new(&a.lease, &step_a).with_successor_kept(PATIENCE),
+                CommitItem::new(&lease_b, &step_b).with_successor_kept(PATIENCE),
+                CommitItem::new(&lease_c, &step_c),
+            ],
+            Some(TakeRequest::new("Chain", &me, options(PATIENCE)).with_max(4)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.outcomes,
+        vec![
+            CommitOutcome::Committed { finished: None },
+            CommitOutcome::Committed { finished: None },
+            CommitOutcome::Committed {
+                finished: Some(RunStatus::Completed)
+            },
+        ]
+    );
+    assert!(reply.taken.is_empty(), "nothing is left to take");
+    let info = backend.run_info(&run).await.unwrap();
+    assert_eq!(info.status, RunStatus::Completed);
+    assert_eq!(info.output, Some(serde_json::json!(3)));
+    let metrics = backend.metrics(&run).await.unwrap();
+    assert_eq!((metrics.completed, metrics.total_work_items), (3, 3));
+    for node in ["a", "b", "c"] {
+        assert_eq!(
+            metrics.per_node.get(node).map(|t| t.count),
+            Some(1),
+            "{node}"
+        );
+    }
+}
+
+/// G1 with chains: a kept successor whose worker died (it never commits it) is handed to
+/// another worker once its lease expires, as a second delivery; the dead worker's kept lease
+/// is fenced out.
+pub async fn g1_a_kept_successor_of_a_dead_worker_is_rerun<B: Backend>(backend: B) {
+    if !backend.keeps_successors() {
+        return;
+    }
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let me = WorkerId::from("doomed");
+    let (run, a) = first_item(&backend, &me).await;
+    let b = a.lease.item_id.child(0);
+    let step_a = step_with("a", b, "b");
+    let reply = backend
+        .commit_batch(
+            &[CommitItem::new(&a.lease, &step_a).with_successor_kept(LEASE)],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.outcomes,
+        vec![CommitOutcome::Committed { finished: None }]
+    );
+    let heir = WorkerId::from("heir");
+    let again = backend
+        .take("Chain", &heir, options(PATIENCE), PATIENCE)
+        .await
+        .unwrap()
+        .expect("G1: the kept successor comes back once its lease expired");
+    assert_eq!(
+        (again.lease.run_id.as_str(), again.lease.item_id),
+        (run.as_str(), b)
+    );
+    assert_eq!((again.attempt, again.deliveries), (1, 2));
+    assert!(again.lease.token > KEPT_LEASE_TOKEN);
+    let dead = Lease::new(run.clone(), b, KEPT_LEASE_TOKEN, me.clone());
+    let step_b = step_with("b", b.child(0), "c");
+    assert_eq!(
+        backend.commit(&dead, &step_b).await.unwrap(),
+        CommitOutcome::LeaseLost,
+        "G2: the dead worker's kept lease no longer commits"
+    );
+    assert!(matches!(
+        backend.commit(&again.lease, &step_b).await.unwrap(),
+        CommitOutcome::Committed { .. }
+    ));
+    backend.control(&run, RunAction::Cancel).await.unwrap();
+}
+
+/// A worker over `backend` with `concurrency` slots and a retry policy.
+fn chaining_worker(
+    wf: Chain,
+    backend: &Arc<dyn Backend>,
+    concurrency: usize,
+) -> DistributedWorker<Chain, Trace> {
+    WorkerBuilder::new()
+        .workflow(wf)
+        .backend_arc(Arc::clone(backend))
+        .lease_timeout(LEASE)
+        .heartbeat_interval(LEASE / 4)
+        .idle_sleep_duration(Duration::from_millis(50))
+        .concurrency(concurrency)
+        .retry_policy(RetryPolicy::new(
+            3,
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+            BackoffStrategy::Linear,
+            RetryError::All,
+        ))
+        .build()
+        .expect("conformance: worker builds")
+}
+
+/// G4 with chains: a lone run of fast steps is one commit call on a backend that keeps
+/// successors (one per step on the others), every step applied once; queued runs are
+/// committed in far fewer calls than steps.
+pub async fn g4_a_chain_of_fast_steps_is_one_commit<B: Backend>(backend: B) {
+    let chains = backend.keeps_successors();
+    let counting = Arc::new(Counting::chaining(Arc::new(backend)));
+    let backend: Arc<dyn Backend> = counting.clone();
+    let wf = Chain::new(Gate::open());
+    let o = orchestrator(wf.clone(), &backend);
+    let mut pool = WorkerPool::new(chaining_worker(wf.clone(), &backend, 8), 1)
+        .with_grace_period(Duration::from_millis(200));
+    pool.start();
+    let lone = o.start_run(&ctx(), 0).await.unwrap();
+    assert_eq!(finish(&o, &lone).await.status, RunStatus::Completed);
+    let (commits, steps) = counting.counts();
+    assert_eq!(steps, 3, "every step committed once");
+    assert_eq!(
+        commits,
+        if chains { 1 } else { 3 },
+        "a lone run's fast steps are committed together where the backend keeps successors"
+    );
+    let trace = o.context(&lone).await.unwrap();
+    for event in ["a:0", "b:1", "c:2"] {
+        assert_eq!(trace.count(event), 1, "{event}: {:?}", trace.events);
+    }
+    let mut runs = Vec::new();
+    for i in 0..20 {
+        runs.push(o.start_run(&ctx(), i).await.unwrap());
+    }
+    for run in &runs {
+        assert_eq!(finish(&o, run).await.status, RunStatus::Completed);
+        assert_eq!(o.metrics(run).await.unwrap().completed, 3);
+    }
+    pool.try_stop().await.unwrap();
+    let (commits, steps) = counting.counts();
+    assert_eq!(steps, 63, "every step committed once");
+    assert!(commits < 63, "{commits} commits for 63 steps");
+}
+
+/// G5 with chains: a chained step that fails reports its failure once its parent is
+/// committed: the retry is scheduled as usual, the node runs exactly as often as without a
+/// chain (one failure, one success), and the run completes.
+pub async fn g5_a_chained_step_that_fails_is_retried<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let gate = Gate::failing_first(1);
+    let wf = Chain::new(gate.clone());
+    let o = orchestrator(wf.clone(), &backend);
+    let mut pool = WorkerPool::new(chaining_worker(wf, &backend, 4), 1)
+        .with_grace_period(Duration::from_millis(200));
+    pool.start();
+    let run = o.start_run(&ctx(), 0).await.unwrap();
+    let info = finish(&o, &run).await;
+    pool.try_stop().await.unwrap();
+    assert_eq!(info.status, RunStatus::Completed, "{info:?}");
+    assert_eq!(gate.executions(), 2, "b failed once, then succeeded");
+    let metrics = o.metrics(&run).await.unwrap();
+    assert_eq!(
+        (metrics.completed, metrics.failed, metrics.retries),
+        (3, 1, 1)
+    );
+    let errors = o.errors(&run).await.unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!((errors[0].node.as_str(), errors[0].attempt), ("b", 1));
+    let trace = o.context(&run).await.unwrap();
+    for event in ["a:0", "b:1", "c:2"] {
+        assert_eq!(trace.count(event), 1, "{event}: {:?}", trace.events);
+    }
+}
+
+/// G7 with chains: a chained step that runs long does not hold back its parent's commit: the
+/// parent is committed (observable in the run's metrics and items) while the successor
+/// runs, under its own lease and named by the worker's liveness; once released, the run
+/// completes with every node executed once.
+pub async fn g7_a_slow_chained_step_lets_its_parent_commit<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let gate = Gate::holding_first();
+    let wf = Chain::new(gate.clone());
+    let o = orchestrator(wf.clone(), &backend);
+    let mut pool = WorkerPool::new(chaining_worker(wf, &backend, 4), 1)
+        .with_grace_period(Duration::from_millis(200));
+    pool.start();
+    let run = o.start_run(&ctx(), 0).await.unwrap();
+    let waited = tokio::time::Instant::now();
+    loop {
+        let metrics = o.metrics(&run).await.unwrap();
+        if gate.executions() == 1 && metrics.completed == 1 {
+            break;
+        }
+        assert!(
+            waited.elapsed() < PATIENCE,
+            "a's commit did not come while b runs: {metrics:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let items = o.list_work_items(&run).await.unwrap();
+    let b = items
+        .iter()
+        .find(|i| i.node == "b")
+        .expect("b is stored once a is committed");
+    assert_eq!(b.status, WorkItemStatus::InProgress, "{items:?}");
+    let b = b.item_id;
+    loop {
+        let workers = o.liveness().await.unwrap();
+        if workers.iter().any(|w| w.current_work_item == Some(b)) {
+            break;
+        }
+        assert!(
+            waited.elapsed() < PATIENCE,
+            "G7: liveness does not name the chained step's item: {workers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Lease renewals keep b alive past its lease while it is held.
+    tokio::time::sleep(LEASE * 2).await;
+    assert_eq!(
+        gate.executions(),
+        1,
+        "b is not delivered again while it runs"
+    );
+    gate.release();
+    let info = finish(&o, &run).await;
+    pool.try_stop().await.unwrap();
+    assert_eq!(info.status, RunStatus::Completed);
+    assert_eq!(gate.executions(), 1);
+    let trace = o.context(&run).await.unwrap();
+    for event in ["a:0", "b:1", "c:2"] {
+        assert_eq!(trace.count(event), 1, "{event}: {:?}", trace.events);
+    }
+    let reclaimed = o.metrics(&run).await.unwrap().reclaimed;
+    assert_eq!(reclaimed, 0, "no lease expired");
+}
