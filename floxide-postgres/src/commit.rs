@@ -16,8 +16,9 @@ use std::collections::{HashMap, HashSet};
 use floxide_core::distributed::machine::{self, ContextChains, RunState};
 use floxide_core::distributed::{
     CommitItem, CommitOutcome, CommitReply, DistributedError, HeardOutputs, Lease, NewItem,
-    RunStatus, TakeRequest, Taken, VersionedContext,
+    RunStatus, TakeRequest, Taken, VersionedContext, KEPT_LEASE_TOKEN,
 };
+use floxide_core::ItemId;
 
 use tokio_postgres::types::Type;
 
@@ -32,7 +33,8 @@ use crate::PostgresBackend;
 /// step executed again after its lease was taken over derives the same ids).
 const READ: &str = "\
 WITH locked_items AS (
-    SELECT run_id, replace(item_id::text, '-', '') AS id, token, state, request, node, attempt
+    SELECT run_id, replace(item_id::text, '-', '') AS id, token, state, request, node, attempt,
+        worker
     FROM items
     WHERE (run_id, item_id) IN (
         SELECT u.r, u.id::uuid FROM unnest($1::text[], $2::text[]) AS u(r, id))
@@ -41,7 +43,7 @@ locked_runs AS (
     SELECT run_id, status, version, outstanding, output IS NOT NULL AS has_output, workflow,
         finish_request, node_timings::text AS timings, deadline
     FROM runs WHERE run_id = ANY($3::text[]) ORDER BY run_id FOR NO KEY UPDATE)
-SELECT 'i'::\"char\", run_id, id, token, state, request, node, attempt, NULL::text, NULL::int8,
+SELECT 'i'::\"char\", run_id, id, token, state, request, node, attempt, worker, NULL::int8,
     NULL::int4, NULL::bool, NULL::text, NULL::text, NULL::text, NULL::timestamptz
 FROM locked_items
 UNION ALL
@@ -67,6 +69,8 @@ impl Read {
     const REQUEST: usize = 5;
     const NODE: usize = 6;
     const ATTEMPT: usize = 7;
+    /// An item's worker (`i` rows), a run's status (`r` rows).
+    const WORKER: usize = 8;
     const STATUS: usize = 8;
     const VERSION: usize = 9;
     const OUTSTANDING: usize = 10;
@@ -81,8 +85,9 @@ impl Read {
 /// even when its arrays are empty: the nine of them cost 0.13–0.16 ms so). The parameters keep
 /// their numbers whichever parts are present (their types are declared, [`APPLY_TYPES`]):
 /// `$1`–`$3` items marked (run, id, state: committed or dropped), `$4` the request; `$5`/`$6`
-/// leases renewed (steps sent back to re-merge); `$7`–`$12` new items (state `I`: handed to the
-/// worker `$39` under a lease of `$38` ms, token 1); `$13`/`$14` outputs and `$15`/`$16`
+/// leases renewed (steps sent back to re-merge); `$7`–`$12` and `$40`–`$42` new items (state
+/// `I`: leased to worker `$41` for `$42` ms under token `$40`, handed over or kept; `C`: kept
+/// and committed in the same batch); `$13`/`$14` outputs and `$15`/`$16`
 /// handled failures (run, JSON); `$17` runs whose items go; `$18`–`$28` the runs' new records;
 /// `$29`/`$30` notifications; `$31`–`$37` step history events (run, item, node, kind, worker,
 /// token, attempt).
@@ -99,14 +104,17 @@ const APPLY_PARTS: [&str; 8] = [
     WHERE i.run_id = u.r AND i.item_id = u.id::uuid AND i.state = 'I')",
     "created AS (
     INSERT INTO items (run_id, item_id, workflow, node, payload, state, token, deliveries, due_at,
-        lease_ms, worker)
-    SELECT s.r, s.id::uuid, s.wf, s.node, s.payload, s.st, (s.st = 'I')::int4, (s.st = 'I')::int4,
-        CASE WHEN s.st = 'I' THEN clock_timestamp() + make_interval(secs => $38::float8 / 1000)
+        lease_ms, worker, request)
+    SELECT s.r, s.id::uuid, s.wf, s.node, CASE WHEN s.st = 'C' THEN ''::bytea ELSE s.payload END,
+        s.st, s.token, (s.st IN ('I', 'C'))::int4,
+        CASE WHEN s.st = 'I' THEN clock_timestamp() + make_interval(secs => s.ms / 1000)
              ELSE now() END,
-        CASE WHEN s.st = 'I' THEN $38::float8 ELSE 0 END,
-        CASE WHEN s.st = 'I' THEN $39::text END
-    FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[], $12::\"char\"[])
-        AS s(r, id, wf, node, payload, st))",
+        CASE WHEN s.st = 'I' THEN s.ms ELSE 0 END,
+        CASE WHEN s.st = 'I' THEN s.w END,
+        CASE WHEN s.st = 'C' THEN $4 END
+    FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[], $12::\"char\"[],
+                $40::int8[], $41::text[], $42::float8[])
+        AS s(r, id, wf, node, payload, st, token, w, ms))",
     "outs AS (
     INSERT INTO outputs (run_id, value)
     SELECT o.r, o.v::jsonb FROM unnest($13::text[], $14::text[]) WITH ORDINALITY AS o(r, v, n)
@@ -143,9 +151,9 @@ const APPLY_PARTS: [&str; 8] = [
 const APPLY_NOTIFY: &str =
     "SELECT pg_notify(n.ch, n.msg) FROM unnest($29::text[], $30::text[]) AS n(ch, msg)";
 
-/// The types of the write statement's parameters, `$1` to `$39`.
+/// The types of the write statement's parameters, `$1` to `$42`.
 #[rustfmt::skip]
-const APPLY_TYPES: [Type; 39] = {
+const APPLY_TYPES: [Type; 42] = {
     use Type as T;
     const TEXTS: Type = T::TEXT_ARRAY;
     [
@@ -168,6 +176,8 @@ const APPLY_TYPES: [Type; 39] = {
         TEXTS, TEXTS, TEXTS, T::CHAR_ARRAY, TEXTS, T::INT8_ARRAY, T::INT4_ARRAY,
         // the hand-off's lease and worker
         T::FLOAT8, T::TEXT,
+        // new items' tokens, workers and leases
+        T::INT8_ARRAY, TEXTS, T::FLOAT8_ARRAY,
     ]
 };
 
@@ -187,7 +197,7 @@ fn apply_statement(present: [bool; 8], notify: bool) -> Option<String> {
     }
 }
 
-/// A locked item of the batch.
+/// A locked item of the batch (or one kept for its worker by an earlier step of it).
 struct ItemRow {
     token: u64,
     state: i8,
@@ -195,6 +205,8 @@ struct ItemRow {
     request: Option<String>,
     node: String,
     attempt: i32,
+    /// Its holder, when leased.
+    worker: Option<String>,
 }
 
 impl ItemRow {
@@ -206,7 +218,16 @@ impl ItemRow {
             request: row.get(Read::REQUEST),
             node: row.get(Read::NODE),
             attempt: row.get(Read::ATTEMPT),
+            worker: row.get(Read::WORKER),
         }
+    }
+
+    /// Whether `lease` holds this item: its token, and for a kept lease its holder too.
+    fn held_by(&self, lease: &Lease) -> bool {
+        self.token == lease.token
+            && self.state == b'I' as i8
+            && (lease.token != KEPT_LEASE_TOKEN
+                || self.worker.as_deref() == Some(lease.worker.as_str()))
     }
 }
 
@@ -388,6 +409,51 @@ struct Created<'a> {
     nodes: Vec<&'a str>,
     payloads: Vec<&'a [u8]>,
     states: Vec<i8>,
+    /// The lease of those written leased (`I`): token, holder, length in ms.
+    tokens: Vec<i64>,
+    workers: Vec<Option<&'a str>>,
+    lease_ms: Vec<f64>,
+}
+
+impl<'a> Created<'a> {
+    /// New item `n` as a locked row (it is leased: kept for its worker).
+    fn row(&self, n: usize) -> ItemRow {
+        ItemRow {
+            token: self.tokens[n] as u64,
+            state: self.states[n],
+            request: None,
+            node: self.nodes[n].to_owned(),
+            attempt: 1,
+            worker: self.workers[n].map(str::to_owned),
+        }
+    }
+
+    /// Forgets the new items of `runs` (finished: their items go).
+    fn drop_runs(&mut self, runs: &[&str]) {
+        let keep: Vec<bool> = self.runs.iter().map(|r| !runs.contains(r)).collect();
+        fn only<T>(v: &mut Vec<T>, keep: &[bool]) {
+            let mut k = keep.iter();
+            v.retain(|_| *k.next().unwrap_or(&true));
+        }
+        only(&mut self.items, &keep);
+        only(&mut self.runs, &keep);
+        only(&mut self.ids, &keep);
+        only(&mut self.workflows, &keep);
+        only(&mut self.nodes, &keep);
+        only(&mut self.payloads, &keep);
+        only(&mut self.states, &keep);
+        only(&mut self.tokens, &keep);
+        only(&mut self.workers, &keep);
+        only(&mut self.lease_ms, &keep);
+    }
+
+    /// Leases new item `n` to `worker` for `ms` under `token`.
+    fn lease(&mut self, n: usize, token: u64, worker: &'a str, ms: f64) {
+        self.states[n] = b'I' as i8;
+        self.tokens[n] = token as i64;
+        self.workers[n] = Some(worker);
+        self.lease_ms[n] = ms;
+    }
 }
 
 /// Judges each step of the batch against the locked rows, in order, and collects the writes
@@ -402,6 +468,9 @@ fn judge<'a>(
     let mut writes = Writes::default();
     let mut outcomes = Vec::with_capacity(commits.len());
     let mut chains = ContextChains::default();
+    // Items an earlier step of the batch kept for its worker (not written yet): their index
+    // among the new items.
+    let mut kept: HashMap<(&'a str, ItemId), usize> = HashMap::new();
     for c in commits {
         let (lease, step) = (c.lease, c.step);
         let run_id = lease.run_id.as_str();
@@ -410,8 +479,20 @@ fn judge<'a>(
         let outcome = match runs.get_mut(run_id) {
             None => CommitOutcome::LeaseLost,
             Some(run) => {
-                let item = items.get(&(lease.run_id.clone(), id.clone()));
-                let held = item.is_some_and(|i| i.token == lease.token && i.state == b'I' as i8);
+                let stored = items.get(&(lease.run_id.clone(), id.clone()));
+                let here = match stored {
+                    None => kept.get(&(run_id, lease.item_id)).copied(),
+                    Some(_) => None,
+                };
+                let made;
+                let item = match here {
+                    Some(n) => {
+                        made = writes.created.row(n);
+                        Some(&made)
+                    }
+                    None => stored,
+                };
+                let held = item.is_some_and(|i| i.held_by(lease));
                 if !held {
                     let outcome = not_held(item, run, request);
                     if let (CommitOutcome::LeaseLost, Some(item)) = (&outcome, item) {
@@ -444,7 +525,12 @@ fn judge<'a>(
                     if let Some(item) = item {
                         writes.history.push(lease, item, b'C');
                     }
-                    accept(c, node, run, id, existing, &mut writes)?
+                    let node = node.to_owned();
+                    let kept = Kept {
+                        here,
+                        ids: &mut kept,
+                    };
+                    accept(c, &node, run, id, existing, &mut writes, kept)?
                 }
             }
         };
@@ -458,6 +544,13 @@ fn judge<'a>(
     Ok((outcomes, writes))
 }
 
+/// The batch's kept items, as a step's acceptance sees them: where its own item is among the
+/// new ones (kept for it by an earlier step), and the index of them all.
+struct Kept<'k, 'a> {
+    here: Option<usize>,
+    ids: &'k mut HashMap<(&'a str, ItemId), usize>,
+}
+
 /// Applies an accepted step to its run's row (in memory) and collects its writes.
 fn accept<'a>(
     c: &'a CommitItem<'a>,
@@ -466,6 +559,7 @@ fn accept<'a>(
     id: String,
     existing: &mut HashSet<(String, String)>,
     writes: &mut Writes<'a>,
+    kept: Kept<'_, 'a>,
 ) -> Result<CommitOutcome, DistributedError> {
     let (lease, step) = (c.lease, c.step);
     let run_id = lease.run_id.as_str();
@@ -487,9 +581,34 @@ fn accept<'a>(
         created.nodes.push(&s.node);
         created.payloads.push(&s.bytes);
         created.states.push(state);
+        created.tokens.push(0);
+        created.workers.push(None);
+        created.lease_ms.push(0.0);
     }
     if ready {
         writes.ready += fresh as usize;
+    }
+    // A chained successor: leased to this worker, who executed it already.
+    if let (Some(timeout), [next], 1, true) =
+        (c.keep_successor, step.successors.as_slice(), fresh, ready)
+    {
+        let created = &mut writes.created;
+        let n = created.ids.len() - 1;
+        created.lease(
+            n,
+            KEPT_LEASE_TOKEN,
+            lease.worker.as_str(),
+            timeout.as_millis() as f64,
+        );
+        kept.ids.insert((run_id, next.id), n);
+        writes.ready -= 1;
+        writes.history.event(
+            run_id,
+            created.ids[n].clone(),
+            next.node.clone(),
+            b'L',
+            (lease.worker.as_str(), KEPT_LEASE_TOKEN, 1),
+        );
     }
     for output in &step.outputs {
         writes.outputs.0.push(run_id);
@@ -501,7 +620,11 @@ fn accept<'a>(
             serde_json::to_string(failure).map_err(|e| DistributedError::Codec(e.to_string()))?,
         );
     }
-    writes.marked.push((run_id, id, b'C' as i8));
+    match kept.here {
+        // Kept by an earlier step of the batch: written committed at once.
+        Some(n) => writes.created.states[n] = b'C' as i8,
+        None => writes.marked.push((run_id, id, b'C' as i8)),
+    }
     run.outstanding += fresh - 1;
     let before = run.status;
     // The run's first output (one stored before stays).
@@ -540,11 +663,12 @@ fn hand_off<'a>(
     runs: &HashMap<String, RunRow>,
     held: &Held<'_>,
     worker: &'a floxide_core::distributed::WorkerId,
-    budget: usize,
+    (budget, lease_ms): (usize, f64),
 ) -> Vec<Taken> {
     let created = &mut writes.created;
     let mut taken = Vec::new();
-    for (n, item) in created.items.iter().enumerate() {
+    for n in 0..created.items.len() {
+        let item = created.items[n];
         if taken.len() == budget {
             break;
         }
@@ -555,7 +679,7 @@ fn hand_off<'a>(
         if created.states[n] != b'P' as i8 || *version != run.version {
             continue;
         }
-        created.states[n] = b'I' as i8;
+        created.lease(n, 1, worker.as_str(), lease_ms);
         writes.history.event(
             run_id,
             created.ids[n].clone(),
@@ -660,12 +784,23 @@ impl PostgresBackend {
             .filter(|(_, o)| matches!(o, CommitOutcome::Committed { .. }))
             .filter_map(|(c, _)| c.held.map(|h| (c.lease.run_id.as_str(), h)))
             .collect();
+        // The hand-offs' lease (or the kept items' one, in the step history).
+        let lease_ms = next.map_or_else(
+            || {
+                commits
+                    .iter()
+                    .filter_map(|c| c.keep_successor)
+                    .max()
+                    .unwrap_or_default()
+            },
+            |n| n.options.lease_timeout,
+        );
+        let lease_ms = lease_ms.as_millis() as f64;
         let mut handed = match next {
-            Some(take) => hand_off(&mut writes, &runs, &held, take.worker, take.max),
+            Some(take) => hand_off(&mut writes, &runs, &held, take.worker, (take.max, lease_ms)),
             None => Vec::new(),
         };
-        // The hand-offs' lease; what is left of the worker's free slots, for the take.
-        let lease_ms = next.map_or(0.0, |n| n.options.lease_timeout.as_millis() as f64);
+        // What is left of the worker's free slots, for the take.
         let worker = next.map(|n| n.worker.as_str());
         // No take when the queue is known to be empty and this batch queues nothing.
         let next = next
@@ -701,6 +836,9 @@ impl PostgresBackend {
             marked.0.push(*run);
             marked.1.push(id.as_str());
             marked.2.push(*state);
+        }
+        if !gone.is_empty() {
+            writes.created.drop_runs(&gone);
         }
         let renewed: (Vec<&str>, Vec<&str>) = writes
             .renewed
@@ -787,6 +925,9 @@ impl PostgresBackend {
                         &writes.history.attempts,
                         &lease_ms,
                         &worker,
+                        &created.tokens,
+                        &created.workers,
+                        &created.lease_ms,
                     ],
                 )
                 .await

@@ -100,6 +100,10 @@ impl PostgresBackend {
 
 #[async_trait::async_trait]
 impl WorkerBackend for PostgresBackend {
+    fn keeps_successors(&self) -> bool {
+        true
+    }
+
     async fn take_batch(
         &self,
         take: TakeRequest<'_>,

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::distributed::backend::{Backend, TakeOptions};
 use crate::distributed::compat::StoreParts;
-use crate::distributed::exec::{step_one, Batcher, ExecConfig, Slots, StepEnd};
+use crate::distributed::exec::{step_one, Batcher, ExecConfig, Slots, Speeds, StepEnd};
 use crate::distributed::health::HealthReporter;
 use crate::distributed::{RunId, WorkerId};
 use crate::{Context, FloxideError, Merge, RetryPolicy, Workflow};
@@ -428,6 +428,7 @@ where
         let worker = worker_id.into();
         let mut reporter = HealthReporter::new(worker.clone(), self.workflow.name());
         let exec = self.config.exec();
+        let speeds = Speeds::default();
         let batcher = Batcher {
             workflow: &self.workflow,
             backend: &*self.backend,
@@ -437,6 +438,7 @@ where
             slots: self.config.slots(),
             stop: &stop,
             grace,
+            speeds: &speeds,
             context: PhantomData,
         };
         batcher.run(&mut reporter).await;

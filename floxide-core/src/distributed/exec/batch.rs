@@ -19,7 +19,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
-use super::chain::{execute_chain, ChainEnd, Chained};
+use super::chain::{execute_chain, ChainEnd, Chained, Speeds};
 use super::commit::{self, Pending, Settled};
 use super::{ended, execute, ExecConfig, Executed, StepEnd};
 use crate::distributed::backend::{
@@ -56,6 +56,8 @@ pub(crate) struct Batcher<'a, C, W> {
     pub(crate) slots: Slots,
     pub(crate) stop: &'a CancellationToken,
     pub(crate) grace: Duration,
+    /// What the worker learnt of its nodes' speed (which ones it chains).
+    pub(crate) speeds: &'a Speeds,
     pub(crate) context: PhantomData<fn() -> C>,
 }
 
@@ -207,7 +209,13 @@ where
         ));
         let stop = Some((self.stop, self.grace));
         st.running.push(Box::pin(execute_chain(
-            workflow, backend, config, worker, taken, stop,
+            workflow,
+            backend,
+            config,
+            worker,
+            taken,
+            stop,
+            self.speeds,
         )));
     }
 

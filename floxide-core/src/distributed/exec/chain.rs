@@ -4,8 +4,11 @@
 //! straight to this worker ([`CommitItem::keep_successor`]). A linear run of fast nodes then
 //! costs one commit instead of one per step.
 //!
-//! Only steps that finish without waiting are chained: a successor still pending after a few
-//! polls (it waits for I/O, a timer, a lock; or it must report a failure or release its item)
+//! Only nodes known to be fast are chained: a worker chains a successor whose node's last
+//! execution on it finished without waiting (ready within [`SPINS`] polls; a node it has not
+//! run yet is not chained, so its first execution starts only once its item is stored and
+//! leased, as without chains). A successor
+//! still pending after a few polls (it waits for I/O, a timer, a lock; or it must report a failure or release its item)
 //! lets the commits made so far go at once and goes on alone, so a step that runs for a while
 //! is listed as in progress, like any other, within a commit's round trip of its start. A chain
 //! also stops after [`CHAIN_TIME`]. Until the commit that creates its item is settled, a
@@ -14,6 +17,7 @@
 //!
 //! [`CommitItem::keep_successor`]: crate::distributed::CommitItem::keep_successor
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -34,9 +38,40 @@ use crate::{Context, FloxideError, ItemId, Merge, Workflow};
 /// How long a chain runs at most before its commits go (checked between its steps).
 pub(crate) const CHAIN_TIME: Duration = Duration::from_millis(2);
 
+/// What a worker learnt of its nodes: whether each one's last execution finished without
+/// waiting.
+#[derive(Debug, Default)]
+pub(crate) struct Speeds(std::sync::Mutex<HashMap<String, bool>>);
+
+impl Speeds {
+    /// Records an execution of `node`.
+    fn record(&self, node: &str, fast: bool) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match map.get_mut(node) {
+            Some(known) => *known = fast,
+            None => {
+                map.insert(node.to_owned(), fast);
+            }
+        }
+    }
+
+    /// Whether `node` may be chained: its last execution was fast.
+    fn fast(&self, node: &str) -> bool {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(node).copied().unwrap_or(false)
+    }
+}
+
 /// How many times a chained step is polled (yielding to the runtime in between) before its
-/// chain stops waiting for it.
-const SPINS: usize = 3;
+/// chain stops waiting for it; a node that was not ready fewer times finished "without
+/// waiting".
+pub(crate) const SPINS: usize = 3;
 
 /// The most steps one chain commits together.
 pub(crate) const MAX_CHAIN: usize = 16;
@@ -161,6 +196,7 @@ pub(crate) async fn execute_chain<'a, C, W>(
     worker: &'a WorkerId,
     taken: Taken,
     stop: Option<(&'a CancellationToken, Duration)>,
+    speeds: &'a Speeds,
 ) -> Result<ChainEnd<'a, W::Output>, FloxideError>
 where
     C: Context + Merge,
@@ -173,6 +209,7 @@ where
     if !config.chain_steps || !backend.keeps_successors() {
         return Ok(ChainEnd::Single(Executed::Ready(pending)));
     }
+    speeds.record(&pending.taken.node, pending.waits() < SPINS as u32);
     let deadline = Instant::now() + CHAIN_TIME;
     let mut commits = Vec::new();
     loop {
@@ -180,7 +217,7 @@ where
             && Instant::now() < deadline
             && !stop.is_some_and(|(token, _)| token.is_cancelled());
         let next = match successor(&pending, worker) {
-            Some(next) if go_on => next,
+            Some(next) if go_on && speeds.fast(&next.node) => next,
             _ => {
                 commits.push(*pending);
                 return Ok(ChainEnd::Chain(Chained {
@@ -193,6 +230,7 @@ where
         pending.keep_successor(config.lease_timeout, keeper);
         commits.push(*pending);
         let item = (next.lease.item_id, next.lease.run_id.clone());
+        let node = next.node.clone();
         let mut run: Boxed<'a, _> = Box::pin(async move {
             execute(workflow, backend, config, worker, next, stop, Some(&gate)).await
         });
@@ -208,14 +246,16 @@ where
         }
         let ended = match ran {
             Some(Ok(Executed::Ready(next))) => {
+                speeds.record(&next.taken.node, true);
                 pending = next.chained();
                 continue;
             }
             None => {
+                speeds.record(&node, false);
                 return Ok(ChainEnd::Chain(Chained {
                     commits,
                     rest: Some(Rest { item, run }),
-                }))
+                }));
             }
             Some(ended) => ended,
         };

@@ -30,6 +30,8 @@ pub(crate) struct Pending<O> {
     after_version: u64,
     outputs: Vec<O>,
     ran: Duration,
+    /// How many times the node waited.
+    waits: u32,
     /// When the lease was last granted or renewed (a step waiting long for its commit renews
     /// it before trying again).
     renewed: Instant,
@@ -56,6 +58,7 @@ where
         ctx,
         loaded,
         ran,
+        waits,
         elapsed,
         renewed,
         ..
@@ -106,6 +109,7 @@ where
         after_version,
         outputs,
         ran,
+        waits,
         renewed,
         keep: None,
         tied: false,
@@ -169,6 +173,11 @@ impl<O> Pending<O> {
             Some((timeout, _)) => item.with_successor_kept(*timeout),
             None => item,
         }
+    }
+
+    /// How many times the step's node waited while it ran.
+    pub(crate) fn waits(&self) -> u32 {
+        self.waits
     }
 
     /// The context the worker holds once the step is applied, and its version.

@@ -31,6 +31,8 @@ pub(super) struct Finished<C, WI, O> {
     pub(super) loaded: VersionedContext,
     /// How long the node ran.
     pub(super) ran: Duration,
+    /// How many times the node waited (its future was not ready).
+    pub(super) waits: u32,
     /// How long the step has taken so far (preparation included).
     pub(super) elapsed: Duration,
     /// When the lease was last granted or renewed.
@@ -180,25 +182,29 @@ where
     let env = StepEnv::scheduled(taken.attempt);
     let node_started = Instant::now();
     let mut keeper = LeaseKeeper::new(config, granted);
-    let result = {
+    let (result, waits) = {
         let node_run = scope.guarded(&cancel, async {
             Ok(workflow.process_work_item(&ctx, item, env, &mut sink).await)
         });
         let node_run = AssertUnwindSafe(node_run).catch_unwind();
         tokio::pin!(node_run);
+        let mut node_run = Counted {
+            inner: node_run,
+            waits: 0,
+        };
         let mut stop_at: Option<Instant> = None;
         loop {
             let wake = stop_at.map_or(keeper.next_wake(), |s| s.min(keeper.next_wake()));
             tokio::select! {
                 biased;
-                r = &mut node_run => break Some(r),
+                r = &mut node_run => break (Some(r), node_run.waits),
                 _ = stop_signal(stop, stop_at.is_some()) => {
                     let grace = stop.map_or(Duration::ZERO, |(_, g)| g);
                     stop_at = Some(Instant::now() + grace);
                 }
                 _ = backend.wait_run_change(&lease.run_id, wake.saturating_duration_since(Instant::now())) => {
                     if stop_at.is_some_and(|s| Instant::now() >= s) {
-                        break None;
+                        break (None, node_run.waits);
                     }
                     match keeper.check(backend, lease, gate).await {
                         LeaseCheck::Held(RunStatus::Cancelled) => {
@@ -239,7 +245,29 @@ where
         ctx,
         loaded,
         ran,
+        waits,
         elapsed: granted.elapsed(),
         renewed: keeper.valid_until - keeper.timeout,
     })))
+}
+
+/// A future that counts how often it was not ready (how often the node waited).
+struct Counted<F> {
+    inner: F,
+    waits: u32,
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll(cx);
+        if polled.is_pending() {
+            self.waits = self.waits.saturating_add(1);
+        }
+        polled
+    }
 }

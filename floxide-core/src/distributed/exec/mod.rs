@@ -29,6 +29,7 @@ use crate::distributed::{RunId, WorkerId};
 use crate::{Context, FloxideError, Merge, RetryPolicy, Workflow};
 
 pub(crate) use batch::{Batcher, Slots};
+pub(crate) use chain::Speeds;
 pub(crate) use commit::{Pending, Settled};
 
 /// How the worker executes steps.
