@@ -231,7 +231,9 @@ local function commit_one(i)
     end
     s = s + 3
   end
-  call_chunked('HSET', it, hset)
+  -- (Written with the run's other steps, unless the run completes in this call: its items go.)
+  local hsets = r.hsets
+  if hsets then hsets[#hsets + 1] = hset else r.hsets = { hset } end
   if kept[timer] then kept[timer] = nil else done[#done + 1] = timer end
   if STEP_HISTORY then
     history_line(run, commit_line .. mt .. ' ' .. ma .. ' - - ' .. id .. ' ' .. mn .. ' ' .. holder)
@@ -309,7 +311,18 @@ for _, run in ipairs(order) do
     end
     if r.durs then set.nt = add_timings(r.nt, r.durs) end
     local new = after_commit(r.st, r.left, r.out)
-    if new ~= r.st and is_finished(new) then
+    local finishing = new ~= r.st and is_finished(new)
+    if r.hsets and not (finishing and new ~= 'failed') then
+      local hsets, all = r.hsets, r.hsets[1]
+      if #hsets > 1 then
+        all = {}
+        for _, part in ipairs(hsets) do
+          for j = 1, #part do all[#all + 1] = part[j] end
+        end
+      end
+      call_chunked('HSET', items_key(run), all)
+    end
+    if finishing then
       set.frid = RID
       if new == 'failed' then set.err = 'workflow `' .. r.wf .. '`' .. NO_OUTPUT end
       finish_run(run, set, new, now, r)

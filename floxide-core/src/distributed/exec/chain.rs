@@ -218,6 +218,7 @@ where
             && !stop.is_some_and(|(token, _)| token.is_cancelled());
         let next = match successor(&pending, worker) {
             Some(next) if go_on && speeds.fast(&next.node) => next,
+            _ if commits.is_empty() => return Ok(ChainEnd::Single(Executed::Ready(pending))),
             _ => {
                 commits.push(*pending);
                 return Ok(ChainEnd::Chain(Chained {
