@@ -116,6 +116,7 @@ async fn dist_mem_linear(args: &Args) -> Result<serde_json::Value, String> {
     let worker = WorkerBuilder::new()
         .workflow(wf)
         .backend(backend)
+        .chain_steps(workloads::chains(args)?)
         .build()
         .map_err(|e| e.to_string())?;
     let started = Instant::now();

@@ -131,6 +131,7 @@ async fn drain<B: Backend + Clone + 'static, W: Workflow<()> + 'static>(
         .workflow(wf)
         .backend(backend.clone())
         .concurrency(batch)
+        .chain_steps(chains(args)?)
         .build()
         .map_err(err)?;
     let before = meter.operations().await?;
@@ -334,7 +335,7 @@ pub(crate) async fn latency<B: Backend + Clone + 'static>(
     let backend = target.backend.clone();
     let wf = crate::linear();
     let orchestrator = wf.orchestrator(backend.clone()).build().map_err(err)?;
-    let mut pool = WorkerPool::new(wf.worker(backend).build().map_err(err)?, workers)
+    let mut pool = WorkerPool::new(wf.worker(backend).chain_steps(chains(args)?).build().map_err(err)?, workers)
         .with_grace_period(Duration::from_secs(1));
     pool.start();
     // Warm up: connections, scripts, idle workers blocked on the queue.
@@ -375,6 +376,15 @@ pub(crate) async fn latency<B: Backend + Clone + 'static>(
         "lat_p99_ms": percentile(&latencies, 99.0),
         "lat_max_ms": latencies.last().copied().unwrap_or(0.0),
     }))
+}
+
+/// `--chain on|off` (default on): whether workers chain fast steps (`chain_steps`).
+pub(crate) fn chains(args: &Args) -> Result<bool, String> {
+    match args.get::<String>("chain", "on".to_owned())?.as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("--chain: `{other}` is neither on nor off")),
+    }
 }
 
 /// `--step-history on|off` (default on): whether the backend records the runs' step history.
