@@ -293,7 +293,11 @@ pub(crate) async fn fanout<B: Backend + Clone + 'static>(
 /// on Redis (the server would idle through part of the start phase), `before` on PostgreSQL
 /// (concurrent starts and steps contend there: 5-8k steps/s against 11-13k).
 fn bulk_start(args: &Args, family: &str) -> Result<Start, String> {
-    let default = if family == "dist-pg" { "before" } else { "while" };
+    let default = if family == "dist-pg" {
+        "before"
+    } else {
+        "while"
+    };
     match args.get::<String>("start", default.to_owned())?.as_str() {
         "while" => Ok(Start::PipelinedWhileDraining),
         "before" => Ok(Start::Pipelined),
@@ -335,8 +339,14 @@ pub(crate) async fn latency<B: Backend + Clone + 'static>(
     let backend = target.backend.clone();
     let wf = crate::linear();
     let orchestrator = wf.orchestrator(backend.clone()).build().map_err(err)?;
-    let mut pool = WorkerPool::new(wf.worker(backend).chain_steps(chains(args)?).build().map_err(err)?, workers)
-        .with_grace_period(Duration::from_secs(1));
+    let mut pool = WorkerPool::new(
+        wf.worker(backend)
+            .chain_steps(chains(args)?)
+            .build()
+            .map_err(err)?,
+        workers,
+    )
+    .with_grace_period(Duration::from_secs(1));
     pool.start();
     // Warm up: connections, scripts, idle workers blocked on the queue.
     for _ in 0..20 {

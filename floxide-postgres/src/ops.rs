@@ -12,7 +12,7 @@ use deadpool_postgres::Transaction;
 use floxide_core::distributed::machine::{self, FailureEffect};
 use floxide_core::distributed::{
     CommitOutcome, DistributedError, HeardOutputs, Lease, LeaseState, RunStatus, StartRun,
-    StepFailed, WorkflowError,
+    StepFailed, WorkflowError, KEPT_LEASE_TOKEN,
 };
 use floxide_core::ItemId;
 
@@ -340,7 +340,7 @@ async fn lock(tx: &Transaction<'_>, lease: &Lease) -> Result<Option<Locked>, Dis
     // Both in one round trip (pipelined; the server locks them in this order).
     let (item, run) = futures_util::future::try_join(
         tx.query_opt(
-            "SELECT token, state, node, attempt FROM items \
+            "SELECT token, state, node, attempt, worker FROM items \
              WHERE run_id = $1 AND item_id = $2::text::uuid FOR UPDATE",
             &[&lease.run_id, &id],
         ),
@@ -354,8 +354,12 @@ async fn lock(tx: &Transaction<'_>, lease: &Lease) -> Result<Option<Locked>, Dis
     let Some(run) = run else {
         return Ok(None);
     };
+    // A kept lease (token 0) is its holder's only.
     let held = item.as_ref().is_some_and(|row| {
-        row.get::<_, i64>(0) as u64 == lease.token && row.get::<_, i8>(1) == b'I' as i8
+        row.get::<_, i64>(0) as u64 == lease.token
+            && row.get::<_, i8>(1) == b'I' as i8
+            && (lease.token != KEPT_LEASE_TOKEN
+                || row.get::<_, Option<&str>>(4) == Some(lease.worker.as_str()))
     });
     Ok(Some(Locked {
         held,
@@ -609,6 +613,7 @@ pub(crate) async fn heartbeat(
             "WITH renewed AS ( \
                  UPDATE items SET due_at = clock_timestamp() + make_interval(secs => $4::float8 / 1000) \
                  WHERE run_id = $1 AND item_id = $2::text::uuid AND token = $3 AND state = 'I' \
+                     AND ($3 <> 0 OR worker = $6) \
                  RETURNING run_id, item_id, node, worker, token, attempt, due_at), \
              history AS ( \
                  INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, until) \
@@ -621,6 +626,7 @@ pub(crate) async fn heartbeat(
                 &(lease.token as i64),
                 &(timeout.as_millis() as f64),
                 &history,
+                &lease.worker.as_str(),
             ],
         )
         .await

@@ -190,6 +190,12 @@ end
 
 local function with_state(m, s, rid) return meta(s, m.a, m.d, m.t, m.n, rid or m.r) end
 
+-- Whether state `m` (its item's worker `w`) is leased under `token` to `holder`: a kept lease
+-- (token 0, see commit.lua) is its holder's only.
+local function holds(m, token, w, holder)
+  return m ~= nil and m.s == 'I' and m.t == token and (token ~= 0 or w == holder)
+end
+
 -- The run state machine, mirroring floxide-core's `distributed::machine` (same names) -------
 
 local function is_finished(st) return st == 'completed' or st == 'failed' or st == 'cancelled' end

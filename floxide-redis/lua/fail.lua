@@ -10,9 +10,9 @@ local run, id, token = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local record, text, retry, holder = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local it = items_key(run)
 local e = entry(id, run)
-local f = rcall('HMGET', it, id .. ':m', id)
+local f = rcall('HMGET', it, id .. ':m', id, id .. ':w')
 local m = parse_meta(f[1])
-if not m or m.s ~= 'I' or m.t ~= token then
+if not holds(m, token, f[3], holder) then
   if m and m.r == RID and (m.s == 'R' or m.s == 'F' or m.s == 'X') then return { 'ok', '' } end
   -- A cancelled or completed run's items are gone: its in-flight steps learn it is over.
   local st = not m and rcall('HGET', run_key(run), 'st')

@@ -518,7 +518,8 @@ impl WorkerBackend for RedisBackend {
         inv.arg(&lease.run_id)
             .arg(lease.item_id.to_string())
             .arg(lease.token)
-            .arg(lease_timeout.as_millis() as u64);
+            .arg(lease_timeout.as_millis() as u64)
+            .arg(lease.worker.as_str());
         let r = self.script_reply(&inv).await?;
         // A lease renewed with a shorter timeout expires earlier than an idle worker of this
         // client may have noted.
@@ -642,7 +643,8 @@ impl WorkerBackend for RedisBackend {
         let mut inv = self.invoke(&scripts.release, Keys::timers(&pfx), &pfx, &request_id());
         inv.arg(&lease.run_id)
             .arg(lease.item_id.to_string())
-            .arg(lease.token);
+            .arg(lease.token)
+            .arg(lease.worker.as_str());
         self.script_reply(&inv).await?;
         self.may_have_work(&lease.run_id);
         Ok(())

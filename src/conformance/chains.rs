@@ -104,7 +104,26 @@ pub async fn g2_a_kept_successor_is_leased_to_its_committer<B: Backend>(backend:
         CommitOutcome::LeaseLost,
         "G2: a kept lease is its holder's only"
     );
+    assert_eq!(
+        backend.heartbeat(&stolen, PATIENCE).await.unwrap(),
+        LeaseState::Lost,
+        "G2: a kept lease is renewed by its holder only"
+    );
+    let failure = StepFailed::new("b", "not mine", None);
+    assert_eq!(
+        backend.fail(&stolen, &failure).await.unwrap(),
+        CommitOutcome::LeaseLost,
+        "G2: a kept lease's item is failed by its holder only"
+    );
+    backend.release(&stolen).await.unwrap();
     let lease_b = Lease::new(run.clone(), b, KEPT_LEASE_TOKEN, me.clone());
+    assert!(
+        matches!(
+            backend.heartbeat(&lease_b, PATIENCE).await.unwrap(),
+            LeaseState::Active(_)
+        ),
+        "the holder's kept lease survives the others' attempts"
+    );
     let reply = backend
         .commit_batch(
             &[CommitItem::new(&lease_b, &step_b).with_successor_kept(PATIENCE)],
