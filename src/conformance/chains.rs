@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::batch::Counting;
-use super::{ctx, finish, orchestrator, Chain, Gate, Trace, LEASE, PATIENCE};
+use super::{ctx, finish, orchestrator, worker_builder, Chain, Gate, Trace, LEASE, PATIENCE};
 use crate::distributed::*;
 use crate::*;
 
@@ -286,12 +286,7 @@ fn chaining_worker(
     backend: &Arc<dyn Backend>,
     concurrency: usize,
 ) -> DistributedWorker<Chain, Trace> {
-    WorkerBuilder::new()
-        .workflow(wf)
-        .backend_arc(Arc::clone(backend))
-        .lease_timeout(LEASE)
-        .heartbeat_interval(LEASE / 4)
-        .idle_sleep_duration(Duration::from_millis(50))
+    worker_builder(wf, backend)
         .concurrency(concurrency)
         .retry_policy(RetryPolicy::new(
             3,
@@ -308,6 +303,33 @@ fn chaining_worker(
 async fn warm_up(o: &DistributedOrchestrator<Chain, Trace>) {
     let run = o.start_run(&ctx(), 100).await.unwrap();
     assert_eq!(finish(o, &run).await.status, RunStatus::Completed);
+}
+
+/// A `Chain` whose `b` passes through the returned gate, with one worker that has run it once
+/// (so it chains `b` and `c` from now on).
+async fn warmed_up(
+    backend: &Arc<dyn Backend>,
+) -> (
+    Gate,
+    DistributedOrchestrator<Chain, Trace>,
+    WorkerPool<Chain, Trace>,
+) {
+    let gate = Gate::open();
+    let wf = Chain::new(gate.clone());
+    let o = orchestrator(wf.clone(), backend);
+    let mut pool = WorkerPool::new(chaining_worker(wf, backend, 4), 1)
+        .with_grace_period(Duration::from_millis(200));
+    pool.start();
+    warm_up(&o).await;
+    (gate, o, pool)
+}
+
+/// Asserts that each node of `run` (started with 0) was applied once.
+async fn each_node_once(o: &DistributedOrchestrator<Chain, Trace>, run: &str) {
+    let trace = o.context(run).await.unwrap();
+    for event in ["a:0", "b:1", "c:2"] {
+        assert_eq!(trace.count(event), 1, "{event}: {:?}", trace.events);
+    }
 }
 
 /// G4 with chains: a worker runs a node it has not run yet only once its item is stored (a
@@ -338,10 +360,7 @@ pub async fn g4_a_chain_of_fast_steps_is_one_commit<B: Backend>(backend: B) {
         if chains { 4 } else { 6 },
         "a lone run's fast steps are committed together where the backend keeps successors"
     );
-    let trace = o.context(&lone).await.unwrap();
-    for event in ["a:0", "b:1", "c:2"] {
-        assert_eq!(trace.count(event), 1, "{event}: {:?}", trace.events);
-    }
+    each_node_once(&o, &lone).await;
     let mut runs = Vec::new();
     for i in 0..20 {
         runs.push(o.start_run(&ctx(), i).await.unwrap());
@@ -357,17 +376,11 @@ pub async fn g4_a_chain_of_fast_steps_is_one_commit<B: Backend>(backend: B) {
 }
 
 /// G5 with chains: a chained step (its node ran fast before) that fails reports its failure
-/// once its parent is committed: the retry is scheduled as usual, the node runs exactly as often as without a
-/// chain (one failure, one success), and the run completes.
+/// once its parent is committed: the retry is scheduled as usual, the node runs exactly as
+/// often as without a chain (one failure, one success), and the run completes.
 pub async fn g5_a_chained_step_that_fails_is_retried<B: Backend>(backend: B) {
     let backend: Arc<dyn Backend> = Arc::new(backend);
-    let gate = Gate::open();
-    let wf = Chain::new(gate.clone());
-    let o = orchestrator(wf.clone(), &backend);
-    let mut pool = WorkerPool::new(chaining_worker(wf, &backend, 4), 1)
-        .with_grace_period(Duration::from_millis(200));
-    pool.start();
-    warm_up(&o).await;
+    let (gate, o, mut pool) = warmed_up(&backend).await;
     gate.fail_first
         .store(1, std::sync::atomic::Ordering::SeqCst);
     let run = o.start_run(&ctx(), 0).await.unwrap();
@@ -387,26 +400,16 @@ pub async fn g5_a_chained_step_that_fails_is_retried<B: Backend>(backend: B) {
     let errors = o.errors(&run).await.unwrap();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!((errors[0].node.as_str(), errors[0].attempt), ("b", 1));
-    let trace = o.context(&run).await.unwrap();
-    for event in ["a:0", "b:1", "c:2"] {
-        assert_eq!(trace.count(event), 1, "{event}: {:?}", trace.events);
-    }
+    each_node_once(&o, &run).await;
 }
 
 /// G7 with chains: a chained step (its node ran fast before) that now waits long does not hold
-/// back its parent's commit: the
-/// parent is committed (observable in the run's metrics and items) while the successor
-/// runs, under its own lease and named by the worker's liveness; once released, the run
-/// completes with every node executed once.
+/// back its parent's commit: the parent is committed (observable in the run's metrics and
+/// items) while the successor runs, under its own lease and named by the worker's liveness;
+/// once released, the run completes with every node executed once.
 pub async fn g7_a_slow_chained_step_lets_its_parent_commit<B: Backend>(backend: B) {
     let backend: Arc<dyn Backend> = Arc::new(backend);
-    let gate = Gate::open();
-    let wf = Chain::new(gate.clone());
-    let o = orchestrator(wf.clone(), &backend);
-    let mut pool = WorkerPool::new(chaining_worker(wf, &backend, 4), 1)
-        .with_grace_period(Duration::from_millis(200));
-    pool.start();
-    warm_up(&o).await;
+    let (gate, o, mut pool) = warmed_up(&backend).await;
     gate.hold_first
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let run = o.start_run(&ctx(), 0).await.unwrap();
@@ -452,10 +455,7 @@ pub async fn g7_a_slow_chained_step_lets_its_parent_commit<B: Backend>(backend: 
     pool.try_stop().await.unwrap();
     assert_eq!(info.status, RunStatus::Completed);
     assert_eq!(gate.executions(), 2);
-    let trace = o.context(&run).await.unwrap();
-    for event in ["a:0", "b:1", "c:2"] {
-        assert_eq!(trace.count(event), 1, "{event}: {:?}", trace.events);
-    }
+    each_node_once(&o, &run).await;
     let reclaimed = o.metrics(&run).await.unwrap().reclaimed;
     assert_eq!(reclaimed, 0, "no lease expired");
 }

@@ -264,16 +264,24 @@ workflow! {
     edges { flaky => []; }
 }
 
-fn worker<W: Workflow<Trace> + 'static>(
+/// The suite's worker settings: its short lease, a quick idle wait.
+fn worker_builder<W: Workflow<Trace> + 'static>(
     wf: W,
     backend: &Arc<dyn Backend>,
-) -> DistributedWorker<W, Trace> {
+) -> WorkerBuilder<W, Trace> {
     WorkerBuilder::new()
         .workflow(wf)
         .backend_arc(Arc::clone(backend))
         .lease_timeout(LEASE)
         .heartbeat_interval(LEASE / 4)
         .idle_sleep_duration(Duration::from_millis(50))
+}
+
+fn worker<W: Workflow<Trace> + 'static>(
+    wf: W,
+    backend: &Arc<dyn Backend>,
+) -> DistributedWorker<W, Trace> {
+    worker_builder(wf, backend)
         .build()
         .expect("conformance: worker builds")
 }
