@@ -119,27 +119,25 @@ local function commit_one(i)
   local timer = 'L' .. id .. ':' .. run   -- its lease's timer (see `entry`)
   -- (Each field name is made once: its state's, and its successors' in `fields` or `field1`.)
   local field = id .. ':m'
-  local f, fields, field1
-  local ms, ma, md, mt, mn, mr
+  local fields, field1
+  if ns == 1 then
+    field1 = ARGV[s] .. ':m'
+  elseif ns > 1 then
+    fields = { field }
+    for n = 0, ns - 1 do fields[n + 2] = ARGV[s + 3 * n] .. ':m' end
+  end
+  local f, ms, ma, md, mt, mn, mr
   if token == '0' and kept[timer] then
     -- Kept by an earlier step of this call: leased as written there, and new, so its
     -- successors are too.
-    ms, ma, md, mt, mn, mr = 'I', '1', '1', '0', ARGV[i + 7], RID
     f = NONE
-    if ns == 1 then field1 = ARGV[s] .. ':m' end
-    if ns > 1 then
-      fields = { field }
-      for n = 0, ns - 1 do fields[n + 2] = ARGV[s + 3 * n] .. ':m' end
-    end
+    ms, ma, md, mt, mn, mr = 'I', '1', '1', '0', ARGV[i + 7], RID
   else
     if ns == 0 then
       f = rcall('HMGET', it, field)
     elseif ns == 1 then
-      field1 = ARGV[s] .. ':m'
       f = rcall('HMGET', it, field, field1)
     else
-      fields = { field }
-      for n = 0, ns - 1 do fields[n + 2] = ARGV[s + 3 * n] .. ':m' end
       f = hmget_chunked(it, fields)
     end
     -- The lease, read without a table: state I under this step's token (a kept one, token 0,

@@ -86,6 +86,13 @@ impl<O> State<'_, O> {
     }
 }
 
+/// A step's execution that starts no chain, as the loop keeps it.
+fn single<'a, O: 'a>(
+    run: impl Future<Output = Result<Executed<O>, FloxideError>> + Send + 'a,
+) -> Boxed<'a, Result<ChainEnd<'a, O>, FloxideError>> {
+    Box::pin(run.map(|r| r.map(ChainEnd::Single)))
+}
+
 /// Sleeps until `at`, or forever without one.
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
@@ -229,15 +236,14 @@ where
         let (workflow, backend, config, worker) =
             (self.workflow, self.backend, self.config, self.worker);
         let stop = Some((self.stop, self.grace));
-        st.running.push(Box::pin(async move {
-            let executed = match super::renew(backend, config, &taken).await? {
-                Some(end) => Executed::Ended {
+        st.running.push(single(async move {
+            match super::renew(backend, config, &taken).await? {
+                Some(end) => Ok(Executed::Ended {
                     node: taken.node,
                     end,
-                },
-                None => execute(workflow, backend, config, worker, taken, stop, None).await?,
-            };
-            Ok(ChainEnd::Single(executed))
+                }),
+                None => execute(workflow, backend, config, worker, taken, stop, None).await,
+            }
         }));
     }
 
@@ -259,8 +265,7 @@ where
                     // The chained step still running is the item this worker executes now.
                     let (item, run) = rest.item;
                     st.current = Some((item, run, 1));
-                    st.running
-                        .push(Box::pin(rest.run.map(|r| r.map(ChainEnd::Single))));
+                    st.running.push(single(rest.run));
                 }
             }
             Err(error) => {
@@ -302,10 +307,8 @@ where
                 Settled::Rerun(taken) => self.rerun(st, taken),
                 Settled::Remerge(stale) => {
                     let (backend, config) = (self.backend, self.config);
-                    st.running.push(Box::pin(
-                        commit::remerge::<C, _>(backend, config, stale)
-                            .map(|r| r.map(ChainEnd::Single)),
-                    ));
+                    st.running
+                        .push(single(commit::remerge::<C, _>(backend, config, stale)));
                 }
             }
         }
@@ -330,23 +333,20 @@ where
         st.ready = waiting;
         let (backend, config) = (self.backend, self.config);
         for pending in due {
-            st.running.push(Box::pin(
-                Box::new(pending)
-                    .keep(backend, config)
-                    .map(|r| r.map(ChainEnd::Single)),
-            ));
+            st.running
+                .push(single(Box::new(pending).keep(backend, config)));
         }
     }
 
     /// Releases `taken` unstarted (its slot is busy until the release is answered).
     fn give_back(&self, st: &mut State<'a, W::Output>, taken: Taken) {
         let backend = self.backend;
-        st.running.push(Box::pin(async move {
+        st.running.push(single(async move {
             backend.release(&taken.lease).await?;
-            Ok(ChainEnd::Single(Executed::Ended {
+            Ok(Executed::Ended {
                 node: taken.node,
                 end: StepEnd::Released,
-            }))
+            })
         }));
     }
 

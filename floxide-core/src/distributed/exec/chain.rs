@@ -4,16 +4,16 @@
 //! straight to this worker ([`CommitItem::keep_successor`]). A linear run of fast nodes then
 //! costs one commit instead of one per step.
 //!
-//! Only nodes known to be fast are chained: a worker chains a successor whose node's last
-//! execution on it finished without waiting (ready within [`SPINS`] polls; a node it has not
-//! run yet is not chained, so its first execution starts only once its item is stored and
-//! leased, as without chains). A successor
-//! still pending after a few polls (it waits for I/O, a timer, a lock; or it must report a failure or release its item)
-//! lets the commits made so far go at once and goes on alone, so a step that runs for a while
-//! is listed as in progress, like any other, within a commit's round trip of its start. A chain
-//! also stops after [`CHAIN_TIME`]. Until the commit that creates its item is settled, a
-//! successor that goes on alone renews its parent's lease, and it reports a failure or releases
-//! its item only after that commit was applied (its [`Gate`]).
+//! Only nodes known to be fast are chained: those whose last execution on this worker
+//! finished without waiting (ready within [`SPINS`] polls). A node the worker has not run yet
+//! is not chained, so its first execution starts only once its item is stored and leased, as
+//! without chains. A chained successor still pending after [`SPINS`] polls (it waits for I/O,
+//! a timer, a lock, or must report a failure or release its item) lets the commits made so far
+//! go at once and goes on alone: a step that runs for a while is listed in progress within a
+//! commit's round trip of its start. A chain also stops after [`MAX_CHAIN`] steps or
+//! [`CHAIN_TIME`]. Until the commit that creates its item is settled, a successor that goes on
+//! alone renews its parent's lease, and it reports a failure or releases its item only after
+//! that commit was applied (its [`Gate`]).
 //!
 //! [`CommitItem::keep_successor`]: crate::distributed::CommitItem::keep_successor
 
@@ -216,10 +216,12 @@ where
         let go_on = commits.len() + 1 < MAX_CHAIN
             && Instant::now() < deadline
             && !stop.is_some_and(|(token, _)| token.is_cancelled());
-        let next = match successor(&pending, worker) {
-            Some(next) if go_on && speeds.fast(&next.node) => next,
-            _ if commits.is_empty() => return Ok(ChainEnd::Single(Executed::Ready(pending))),
-            _ => {
+        let chains = go_on
+            && matches!(pending.commit.successors.as_slice(), [next] if speeds.fast(&next.node));
+        let next = match chains.then(|| successor(&pending, worker)).flatten() {
+            Some(next) => next,
+            None if commits.is_empty() => return Ok(ChainEnd::Single(Executed::Ready(pending))),
+            None => {
                 commits.push(*pending);
                 return Ok(ChainEnd::Chain(Chained {
                     commits,
