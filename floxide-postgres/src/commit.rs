@@ -222,12 +222,9 @@ impl ItemRow {
         }
     }
 
-    /// Whether `lease` holds this item: its token, and for a kept lease its holder too.
+    /// Whether `lease` holds this item.
     fn held_by(&self, lease: &Lease) -> bool {
-        self.token == lease.token
-            && self.state == b'I' as i8
-            && (lease.token != KEPT_LEASE_TOKEN
-                || self.worker.as_deref() == Some(lease.worker.as_str()))
+        crate::ops::holds(self.token, self.state, self.worker.as_deref(), lease)
     }
 }
 

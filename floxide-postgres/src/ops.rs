@@ -335,6 +335,14 @@ struct Locked {
     status: RunStatus,
 }
 
+/// Whether `lease` holds an item leased under `token` in `state` to `worker`: a kept lease
+/// (token 0) is its holder's only.
+pub(crate) fn holds(token: u64, state: i8, worker: Option<&str>, lease: &Lease) -> bool {
+    token == lease.token
+        && state == b'I' as i8
+        && (lease.token != KEPT_LEASE_TOKEN || worker == Some(lease.worker.as_str()))
+}
+
 async fn lock(tx: &Transaction<'_>, lease: &Lease) -> Result<Option<Locked>, DistributedError> {
     let id = lease.item_id.to_string();
     // Both in one round trip (pipelined; the server locks them in this order).
@@ -354,13 +362,9 @@ async fn lock(tx: &Transaction<'_>, lease: &Lease) -> Result<Option<Locked>, Dis
     let Some(run) = run else {
         return Ok(None);
     };
-    // A kept lease (token 0) is its holder's only.
-    let held = item.as_ref().is_some_and(|row| {
-        row.get::<_, i64>(0) as u64 == lease.token
-            && row.get::<_, i8>(1) == b'I' as i8
-            && (lease.token != KEPT_LEASE_TOKEN
-                || row.get::<_, Option<&str>>(4) == Some(lease.worker.as_str()))
-    });
+    let held = item
+        .as_ref()
+        .is_some_and(|row| holds(row.get::<_, i64>(0) as u64, row.get(1), row.get(4), lease));
     Ok(Some(Locked {
         held,
         exists: item.is_some(),
