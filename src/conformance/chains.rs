@@ -48,6 +48,33 @@ async fn first_item(backend: &Arc<dyn Backend>, me: &WorkerId) -> (RunId, Taken)
     (run, taken)
 }
 
+/// Starts a `Chain` run, leases its first item `a` to `me` and commits it keeping its successor
+/// `b` for `lease` (with a take of up to 4 items for `me` when `take`): the run, `b` and the
+/// commit's reply (its one step committed).
+async fn a_keeping_b(
+    backend: &Arc<dyn Backend>,
+    me: &WorkerId,
+    lease: Duration,
+    take: bool,
+) -> (RunId, ItemId, CommitReply) {
+    let (run, a) = first_item(backend, me).await;
+    let b = a.lease.item_id.child(0);
+    let step_a = step_with("a", b, "b");
+    let next = take.then(|| TakeRequest::new("Chain", me, options(PATIENCE)).with_max(4));
+    let reply = backend
+        .commit_batch(
+            &[CommitItem::new(&a.lease, &step_a).with_successor_kept(lease)],
+            next,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.outcomes,
+        vec![CommitOutcome::Committed { finished: None }]
+    );
+    (run, b, reply)
+}
+
 /// G2 with chains: a kept successor is leased to the worker that committed its parent (not
 /// handed to it again, nor to anyone else), shows as in progress under that worker, commits
 /// only under that worker's kept lease (in a later call), and its own kept successor commits
@@ -59,20 +86,7 @@ pub async fn g2_a_kept_successor_is_leased_to_its_committer<B: Backend>(backend:
     let backend: Arc<dyn Backend> = Arc::new(backend);
     let me = WorkerId::from("chainer");
     let other = WorkerId::from("other");
-    let (run, a) = first_item(&backend, &me).await;
-    let b = a.lease.item_id.child(0);
-    let step_a = step_with("a", b, "b");
-    let reply = backend
-        .commit_batch(
-            &[CommitItem::new(&a.lease, &step_a).with_successor_kept(PATIENCE)],
-            Some(TakeRequest::new("Chain", &me, options(PATIENCE)).with_max(4)),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        reply.outcomes,
-        vec![CommitOutcome::Committed { finished: None }]
-    );
+    let (run, b, reply) = a_keeping_b(&backend, &me, PATIENCE, true).await;
     assert!(
         reply.taken.is_empty(),
         "a kept successor is not handed over in the reply: {:?}",
@@ -240,20 +254,7 @@ pub async fn g1_a_kept_successor_of_a_dead_worker_is_rerun<B: Backend>(backend: 
     }
     let backend: Arc<dyn Backend> = Arc::new(backend);
     let me = WorkerId::from("doomed");
-    let (run, a) = first_item(&backend, &me).await;
-    let b = a.lease.item_id.child(0);
-    let step_a = step_with("a", b, "b");
-    let reply = backend
-        .commit_batch(
-            &[CommitItem::new(&a.lease, &step_a).with_successor_kept(LEASE)],
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        reply.outcomes,
-        vec![CommitOutcome::Committed { finished: None }]
-    );
+    let (run, b, _) = a_keeping_b(&backend, &me, LEASE, false).await;
     let heir = WorkerId::from("heir");
     let again = backend
         .take("Chain", &heir, options(PATIENCE), PATIENCE)
