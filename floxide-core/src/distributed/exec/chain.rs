@@ -125,6 +125,15 @@ impl Gate {
         }
     }
 
+    /// Whether the item of a step (chained behind `gate`, or not: then always) may be failed
+    /// or released now: once its parent's commit is settled, unless that commit was refused.
+    pub(crate) async fn lets_through(gate: Option<&Gate>) -> bool {
+        match gate {
+            Some(gate) => gate.opened().await,
+            None => true,
+        }
+    }
+
     /// Renews the chained step's lease `own`: its parent's while the parent's commit is not
     /// settled (then its own once the parent's is gone: the commit applied meanwhile).
     pub(crate) async fn heartbeat(

@@ -229,12 +229,7 @@ where
     let ran = node_started.elapsed();
     let Some(result) = result else {
         cancel.cancel();
-        // A chained step's item exists once its parent's commit applied.
-        let exists = match gate {
-            Some(gate) => gate.opened().await,
-            None => true,
-        };
-        if exists {
+        if Gate::lets_through(gate).await {
             backend.release(lease).await?;
         }
         return Ok(Ran::Gone(StepEnd::Released));

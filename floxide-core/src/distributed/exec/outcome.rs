@@ -130,10 +130,8 @@ async fn fail(
     report: &StepFailed,
     gate: Option<&Gate>,
 ) -> Result<CommitOutcome, DistributedError> {
-    if let Some(gate) = gate {
-        if !gate.opened().await {
-            return Ok(CommitOutcome::LeaseLost);
-        }
+    if !Gate::lets_through(gate).await {
+        return Ok(CommitOutcome::LeaseLost);
     }
     backend.fail(&taken.lease, report).await
 }

@@ -307,22 +307,9 @@ impl InMemoryBackend {
             }
             queue.next_token += 1;
             let token = queue.next_token;
-            let expiry = now + options.lease_timeout;
-            record.status = WorkItemStatus::InProgress;
             let holder: Arc<str> = Arc::from(worker.0.as_str());
-            record.lease = Some((token, holder.clone(), expiry));
-            let kind = StepEventKind::Leased {
-                until: SystemTime::now() + options.lease_timeout,
-                delivery: record.deliveries,
-            };
-            self.record(&run_id, item_id, record, kind, Some(holder), token);
-            queue.leases.push(Reverse((
-                expiry,
-                token,
-                workflow.to_owned(),
-                run_id.clone(),
-                item_id,
-            )));
+            let lease = (token, holder, options.lease_timeout);
+            self.grant(&mut queue, (&run_id, item_id, workflow), record, lease);
             if info.status == RunStatus::Pending {
                 info.status = RunStatus::Running;
                 changed.push(run_id.clone());
@@ -1306,44 +1293,34 @@ impl InMemoryBackend {
             };
             run_items.outstanding += 1;
             added += 1;
-            if let (Some(timeout), false, 1) = (keep, held, commit.successors.len()) {
+            let kept = match (keep, held, commit.successors.len()) {
+                (Some(timeout), false, 1) => Some(timeout),
+                _ => None,
+            };
+            if let Some(timeout) = kept {
                 // A chained step: the worker executed it already and holds its first lease.
                 let holder = match run_items.items.get(&lease.item_id) {
                     Some(parent) => holder(parent, lease),
                     None => Arc::from(lease.worker.0.as_str()),
                 };
-                let expiry = Instant::now() + timeout;
-                record.status = WorkItemStatus::InProgress;
                 record.deliveries = 1;
-                record.lease = Some((KEPT_LEASE_TOKEN, holder.clone(), expiry));
-                let kind = StepEventKind::Leased {
-                    until: SystemTime::now() + timeout,
-                    delivery: 1,
-                };
-                self.record(
-                    &lease.run_id,
-                    s.id,
-                    &record,
-                    kind,
-                    Some(holder),
-                    KEPT_LEASE_TOKEN,
+                let item = (&lease.run_id, s.id, info.workflow.as_str());
+                self.grant(
+                    &mut queue,
+                    item,
+                    &mut record,
+                    (KEPT_LEASE_TOKEN, holder, timeout),
                 );
-                queue.leases.push(Reverse((
-                    expiry,
-                    KEPT_LEASE_TOKEN,
-                    info.workflow.clone(),
-                    lease.run_id.clone(),
-                    s.id,
-                )));
-                run_items.items.insert(s.id, record);
-                continue;
             }
             run_items.items.insert(s.id, record);
-            if held {
-                run_items.parked.push_back(s.id);
-            } else {
-                queue.push_ready(&info.workflow, (lease.run_id.clone(), s.id));
-                woken += 1;
+            match (kept, held) {
+                // Neither queued nor parked: its worker runs it.
+                (Some(_), _) => {}
+                (None, true) => run_items.parked.push_back(s.id),
+                (None, false) => {
+                    queue.push_ready(&info.workflow, (lease.run_id.clone(), s.id));
+                    woken += 1;
+                }
             }
         }
         if let Some(r) = run_items.items.get_mut(&lease.item_id) {
@@ -1401,6 +1378,32 @@ impl InMemoryBackend {
             self.notify_runs([lease.run_id.as_str()]);
         }
         Ok(CommitOutcome::Committed { finished })
+    }
+
+    /// Leases item `record` (`run`, its id, its workflow) to a holder under a token for a while:
+    /// in progress, its expiry queued, the lease in the step history (at its delivery).
+    fn grant(
+        &self,
+        queue: &mut QueueState,
+        (run, item, workflow): (&RunId, ItemId, &str),
+        record: &mut ItemRecord,
+        (token, holder, timeout): (u64, Arc<str>, Duration),
+    ) {
+        let expiry = Instant::now() + timeout;
+        record.status = WorkItemStatus::InProgress;
+        record.lease = Some((token, holder.clone(), expiry));
+        let kind = StepEventKind::Leased {
+            until: SystemTime::now() + timeout,
+            delivery: record.deliveries,
+        };
+        self.record(run, item, record, kind, Some(holder), token);
+        queue.leases.push(Reverse((
+            expiry,
+            token,
+            workflow.to_owned(),
+            run.clone(),
+            item,
+        )));
     }
 
     /// Appends an event about item `item` (`record`) to `run`'s step history. Takes the
