@@ -266,6 +266,7 @@ pub(super) struct Counting {
     largest: AtomicUsize,
     taken: AtomicUsize,
     largest_take: AtomicUsize,
+    released: AtomicUsize,
     deaf: bool,
     /// Whether the inner backend's chains show through (else the worker runs no chains).
     chains: bool,
@@ -281,6 +282,7 @@ impl Counting {
             largest: AtomicUsize::new(0),
             taken: AtomicUsize::new(0),
             largest_take: AtomicUsize::new(0),
+            released: AtomicUsize::new(0),
             deaf,
             chains: false,
         }
@@ -300,6 +302,11 @@ impl Counting {
             self.commits.load(Ordering::SeqCst),
             self.steps.load(Ordering::SeqCst),
         )
+    }
+
+    /// Items released unfinished so far.
+    pub(super) fn released(&self) -> usize {
+        self.released.load(Ordering::SeqCst)
     }
 
     fn count_taken(&self, n: usize) {
@@ -344,6 +351,7 @@ impl WorkerBackend for Counting {
         self.inner.fail(lease, f).await
     }
     async fn release(&self, lease: &Lease) -> Result<(), DistributedError> {
+        self.released.fetch_add(1, Ordering::SeqCst);
         self.inner.release(lease).await
     }
     async fn wait_run_change(&self, run_id: &str, timeout: Duration) {

@@ -376,6 +376,35 @@ pub async fn g4_a_chain_of_fast_steps_is_one_commit<B: Backend>(backend: B) {
     assert!(commits < 66, "{commits} commits for 66 steps");
 }
 
+/// G4 with chains: a worker draining a backlog of runs whose steps it chains takes only what
+/// it can run. A chain's steps hold one slot while they wait for their commit, so the items
+/// a commit takes for the slots it frees are all started, none given back unstarted.
+pub async fn g4_a_worker_draining_chains_gives_nothing_back<B: Backend>(backend: B) {
+    let counting = Arc::new(Counting::chaining(Arc::new(backend)));
+    let backend: Arc<dyn Backend> = counting.clone();
+    let wf = Chain::new(Gate::open());
+    let o = orchestrator(wf.clone(), &backend);
+    let mut pool = WorkerPool::new(chaining_worker(wf.clone(), &backend, 8), 1)
+        .with_grace_period(Duration::from_millis(200));
+    pool.start();
+    warm_up(&o).await;
+    let mut runs = Vec::new();
+    for i in 0..300 {
+        runs.push(o.start_run(&ctx(), i).await.unwrap());
+    }
+    for run in &runs {
+        assert_eq!(finish(&o, run).await.status, RunStatus::Completed);
+    }
+    pool.try_stop().await.unwrap();
+    let (_, steps) = counting.counts();
+    assert_eq!(steps, 903, "every step committed once");
+    assert_eq!(
+        counting.released(),
+        0,
+        "a worker gave back items it took for slots it did not have"
+    );
+}
+
 /// G5 with chains: a chained step (its node ran fast before) that fails reports its failure
 /// once its parent is committed: the retry is scheduled as usual, the node runs exactly as
 /// often as without a chain (one failure, one success), and the run completes.

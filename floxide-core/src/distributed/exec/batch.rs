@@ -68,6 +68,10 @@ struct State<'a, O> {
     ready: Vec<Pending<O>>,
     committing: Option<Boxed<'a, CommitDone<O>>>,
     committing_len: usize,
+    /// The slots the commit in flight holds (a chain's steps hold one).
+    committing_slots: usize,
+    /// Running renewals of steps that hold no slot.
+    slotless: usize,
     taker: Option<Boxed<'a, Result<Vec<Taken>, DistributedError>>>,
     reserved: usize,
     /// A health report on its way (it never holds up the steps).
@@ -80,10 +84,21 @@ struct State<'a, O> {
 type CommitDone<O> = (Vec<Pending<O>>, Result<CommitReply, DistributedError>);
 
 impl<O> State<'_, O> {
-    /// Slots in use.
+    /// Steps in flight: running, or waiting for or in a commit.
     fn busy(&self) -> usize {
         self.running.len() + self.ready.len() + self.committing_len
     }
+
+    /// Slots in use: as `busy`, but a chain's steps hold one slot between them (they run one
+    /// at a time), so a worker committing chains takes as many items as it can run.
+    fn used(&self) -> usize {
+        self.running.len() - self.slotless + slots(&self.ready) + self.committing_slots
+    }
+}
+
+/// The slots `steps` waiting for a commit hold: one per chain (see `Pending::holds_slot`).
+fn slots<O>(steps: &[Pending<O>]) -> usize {
+    steps.iter().filter(|p| p.holds_slot()).count()
 }
 
 /// A step's execution that starts no chain, as the loop keeps it.
@@ -125,6 +140,8 @@ where
             ready: Vec::new(),
             committing: None,
             committing_len: 0,
+            committing_slots: 0,
+            slotless: 0,
             taker: None,
             reserved: 0,
             reporting: None,
@@ -138,7 +155,7 @@ where
                 self.start_commit(&mut st, stopping);
             }
             let busy = st.busy();
-            let free = self.slots.capacity.saturating_sub(busy + st.reserved);
+            let free = self.slots.capacity.saturating_sub(st.used() + st.reserved);
             if st.taker.is_none() && !stopping && free > 0 && (busy == 0 || quiet) {
                 st.taker = Some(self.start_take(free, busy == 0, st.take_failures));
                 st.reserved = free;
@@ -175,6 +192,7 @@ where
                 (batch, reply) = opt(&mut st.committing) => {
                     st.committing = None;
                     st.committing_len = 0;
+                    st.committing_slots = 0;
                     self.committed(&mut st, batch, reply, reporter);
                 }
                 taken = opt(&mut st.taker) => {
@@ -255,11 +273,19 @@ where
         reporter: &mut HealthReporter,
     ) {
         match result {
+            Ok(ChainEnd::Renewed(renewed)) => {
+                st.slotless -= 1;
+                self.executed(st, renewed.map(ChainEnd::Single), reporter);
+            }
             Ok(ChainEnd::Single(Executed::Ready(pending))) => st.ready.push(*pending),
             Ok(ChainEnd::Single(Executed::Ended { node, end })) => {
                 reporter.step_ended(&ended(self.workflow, &node, end));
             }
-            Ok(ChainEnd::Chain(Chained { commits, rest })) => {
+            Ok(ChainEnd::Chain(Chained { mut commits, rest })) => {
+                if rest.is_some() {
+                    // The slot stays with the step that goes on.
+                    commits.iter_mut().for_each(Pending::leave_slot);
+                }
                 st.ready.extend(commits);
                 if let Some(rest) = rest {
                     // The chained step still running is the item this worker executes now.
@@ -315,7 +341,7 @@ where
         // Steps refused with a conflict stay in flight (re-merged or run again): what the
         // commit took beyond the free slots goes back.
         for item in taken {
-            if st.busy() + st.reserved < self.slots.capacity {
+            if st.used() + st.reserved < self.slots.capacity {
                 self.launch(st, item);
             } else {
                 self.give_back(st, item);
@@ -333,8 +359,15 @@ where
         st.ready = waiting;
         let (backend, config) = (self.backend, self.config);
         for pending in due {
-            st.running
-                .push(single(Box::new(pending).keep(backend, config)));
+            let holds_slot = pending.holds_slot();
+            let keep = Box::new(pending).keep(backend, config);
+            if holds_slot {
+                st.running.push(single(keep));
+            } else {
+                st.slotless += 1;
+                st.running
+                    .push(Box::pin(keep.map(|r| Ok(ChainEnd::Renewed(r)))));
+            }
         }
     }
 
@@ -356,13 +389,14 @@ where
         let n = st.ready.len().min(MAX_BATCH);
         let mut batch: Vec<Pending<W::Output>> = st.ready.drain(..n).collect();
         commit::chain::<C, _>(&mut batch);
-        let left = st.running.len() + st.ready.len() + st.reserved;
+        let left = st.running.len() + slots(&st.ready) + st.reserved;
         let free = self.slots.capacity.saturating_sub(left).min(MAX_BATCH);
         let next = (!stopping && free > 0).then(|| {
             TakeRequest::new(self.workflow.name(), self.worker, self.options).with_max(free)
         });
         let backend = self.backend;
         st.committing_len = batch.len();
+        st.committing_slots = slots(&batch);
         st.committing = Some(Box::pin(async move {
             let items: Vec<CommitItem<'_>> = batch.iter().map(Pending::item).collect();
             let reply = backend.commit_batch(&items, next).await;

@@ -176,6 +176,9 @@ pub(crate) enum ChainEnd<'a, O> {
     Single(Executed<O>),
     /// Commits to send, and maybe a step still running.
     Chain(Chained<'a, O>),
+    /// The lease renewal of a step waiting for its commit that holds none of the worker's
+    /// slots (see `Pending::holds_slot`), as it ended.
+    Renewed(Result<Executed<O>, FloxideError>),
 }
 
 /// The item a chain runs next after `pending`: its single new successor, leased to this

@@ -40,6 +40,9 @@ pub(crate) struct Pending<O> {
     keep: Option<(Duration, GateKeeper)>,
     /// The step's item was kept for this worker by its parent's commit (a chained step).
     tied: bool,
+    /// Whether the step holds one of the worker's slots while it waits for its commit: not
+    /// when a step of its chain holds it (a chained step, or one whose chain goes on).
+    holds_slot: bool,
 }
 
 /// The commit of a node that ran to its end; `Err` (with the item back) when its results
@@ -113,6 +116,7 @@ where
         renewed,
         keep: None,
         tied: false,
+        holds_slot: true,
     })
 }
 
@@ -197,7 +201,18 @@ impl<O> Pending<O> {
     /// Marks the step as chained: its item is kept for this worker by its parent's commit.
     pub(crate) fn chained(mut self: Box<Self>) -> Box<Self> {
         self.tied = true;
+        self.holds_slot = false;
         self
+    }
+
+    /// Leaves the step's slot to its chain's step that goes on running.
+    pub(crate) fn leave_slot(&mut self) {
+        self.holds_slot = false;
+    }
+
+    /// Whether the step holds one of the worker's slots (see `holds_slot`).
+    pub(crate) fn holds_slot(&self) -> bool {
+        self.holds_slot
     }
 }
 
