@@ -30,10 +30,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "leftover items",
         include_str!("../migrations/0005_leftover_items.sql"),
     ),
+    (
+        6,
+        "lean runs",
+        include_str!("../migrations/0006_lean_runs.sql"),
+    ),
 ];
 
 /// The schema version this release creates and expects.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// The first key of the advisory lock that serializes migrations (`'flx'`); the second is a
 /// hash of the schema name.

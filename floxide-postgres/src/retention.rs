@@ -15,8 +15,8 @@ use crate::PostgresBackend;
 /// Rows per delete statement.
 const SLICE: i64 = 500;
 
-/// Finished runs past the retention (`$1` seconds), oldest first, with their step history;
-/// their outputs, errors and reclaims go with them through their foreign keys (`ON DELETE
+/// Finished runs past the retention (`$1` seconds), oldest first, with their step history,
+/// outputs and errors; their reclaims go with them through their foreign key (`ON DELETE
 /// CASCADE`). A run that still has items (a failed run keeps them) is listed in `leftovers`
 /// instead, and goes once [`LEFTOVERS`] has deleted them. Counts the runs deleted.
 const RUNS: &str = "\
@@ -30,7 +30,9 @@ listed AS (INSERT INTO leftovers (run_id) SELECT run_id FROM busy ON CONFLICT DO
 gone AS (
     DELETE FROM runs WHERE run_id IN (SELECT run_id FROM old EXCEPT SELECT run_id FROM busy)
     RETURNING run_id),
-history AS (DELETE FROM step_events WHERE run_id IN (SELECT run_id FROM gone))
+history AS (DELETE FROM step_events WHERE run_id IN (SELECT run_id FROM gone)),
+outs AS (DELETE FROM outputs WHERE run_id IN (SELECT run_id FROM gone)),
+errs AS (DELETE FROM errors WHERE run_id IN (SELECT run_id FROM gone))
 SELECT count(*) FROM gone";
 
 /// A slice (`$1` rows) of the items of one run listed in `leftovers` (a finished run, or
