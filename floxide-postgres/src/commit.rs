@@ -81,6 +81,19 @@ impl Read {
     const DEADLINE: usize = 15;
 }
 
+/// The events a routine step history holds: leases (on their first delivery), renewals and
+/// commits. A run that completes with only these drops its history (unless configured to
+/// keep it, [`PostgresConfig::with_routine_step_history`](crate::PostgresConfig)).
+const ROUTINE_KINDS: [u8; 3] = [b'L', b'H', b'C'];
+
+/// The SQL test of a stored step event `x` that makes its run's history worth keeping (the
+/// negation of [`ROUTINE_KINDS`], with a delivery beyond the first).
+macro_rules! not_routine {
+    () => {
+        "(x.kind NOT IN ('L', 'H', 'C') OR x.delivery > 1)"
+    };
+}
+
 /// Every write of the accepted steps, one statement of the parts a batch needs (a part runs
 /// even when its arrays are empty: the nine of them cost 0.13–0.16 ms so). The parameters keep
 /// their numbers whichever parts are present (their types are declared, [`APPLY_TYPES`]):
@@ -90,8 +103,9 @@ impl Read {
 /// and committed in the same batch); `$13`/`$14` outputs and `$15`/`$16`
 /// handled failures (run, JSON); `$17` runs whose items go; `$18`–`$28` the runs' new records;
 /// `$29`/`$30` notifications; `$31`–`$37` step history events (run, item, node, kind, worker,
-/// token, attempt).
-const APPLY_PARTS: [&str; 8] = [
+/// token, attempt), except those of the runs `$43` whose routine history goes (see
+/// [`ROUTINE_KINDS`]).
+const APPLY_PARTS: [&str; 9] = [
     "marked AS (
     UPDATE items i SET state = u.st, worker = NULL,
         payload = CASE WHEN u.st = 'C' THEN ''::bytea ELSE i.payload END,
@@ -137,23 +151,36 @@ const APPLY_PARTS: [&str; 8] = [
         AS u(run_id, status, outstanding, version, context, output, error, fin, steps, made,
              timings)
     WHERE r.run_id = u.run_id)",
-    "history AS (
+    concat!(
+        "dropped AS (
+    DELETE FROM step_events e WHERE e.run_id = ANY($43::text[]) AND NOT EXISTS (
+        SELECT 1 FROM step_events x WHERE x.run_id = e.run_id AND ",
+        not_routine!(),
+        "))"
+    ),
+    concat!(
+        "history AS (
     INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, delivery, until)
     SELECT h.r, h.id::uuid, h.node, h.kind, h.w, h.token, h.attempt,
         CASE WHEN h.kind = 'L' THEN 1 END,
         CASE WHEN h.kind = 'L' THEN clock_timestamp() + make_interval(secs => $38::float8 / 1000) END
     FROM unnest($31::text[], $32::text[], $33::text[], $34::\"char\"[], $35::text[], $36::int8[],
                 $37::int4[]) WITH ORDINALITY AS h(r, id, node, kind, w, token, attempt, n)
-    ORDER BY h.n)",
+    WHERE NOT h.r = ANY($43::text[]) OR EXISTS (
+        SELECT 1 FROM step_events x WHERE x.run_id = h.r AND ",
+        not_routine!(),
+        ")
+    ORDER BY h.n)"
+    ),
 ];
 
 /// The write statement's last part: the notifications.
 const APPLY_NOTIFY: &str =
     "SELECT pg_notify(n.ch, n.msg) FROM unnest($29::text[], $30::text[]) AS n(ch, msg)";
 
-/// The types of the write statement's parameters, `$1` to `$42`.
+/// The types of the write statement's parameters, `$1` to `$43`.
 #[rustfmt::skip]
-const APPLY_TYPES: [Type; 42] = {
+const APPLY_TYPES: [Type; 43] = {
     use Type as T;
     const TEXTS: Type = T::TEXT_ARRAY;
     [
@@ -178,12 +205,14 @@ const APPLY_TYPES: [Type; 42] = {
         T::FLOAT8, T::TEXT,
         // new items' tokens, workers and leases
         T::INT8_ARRAY, TEXTS, T::FLOAT8_ARRAY,
+        // runs whose routine history goes
+        TEXTS,
     ]
 };
 
 /// The write statement with the parts `present` marks (in the order of [`APPLY_PARTS`]) and,
 /// when `notify`, the notifications; `None` when there is nothing to write.
-fn apply_statement(present: [bool; 8], notify: bool) -> Option<String> {
+fn apply_statement(present: [bool; 9], notify: bool) -> Option<String> {
     let parts: Vec<&str> = APPLY_PARTS
         .iter()
         .zip(present)
@@ -394,6 +423,30 @@ impl<'a> History<'a> {
         self.tokens.push(token as i64);
         self.attempts.push(attempt);
     }
+}
+
+/// The runs the batch completes whose step history may be routine (see
+/// [`ROUTINE_KINDS`]): small enough for one bounded delete, and with no event of another kind
+/// in this batch. (The statement keeps the history of any whose stored events say otherwise.)
+fn routine_runs<'a>(runs: &'a HashMap<String, RunRow>, history: &History<'_>) -> Vec<&'a str> {
+    let steps = |run: &RunRow| {
+        run.timings
+            .values()
+            .filter_map(|t| t.get("count").and_then(serde_json::Value::as_u64))
+            .sum::<u64>()
+    };
+    runs.iter()
+        .filter(|(_, run)| run.finished && run.status == RunStatus::Completed)
+        .filter(|(_, run)| steps(run) <= crate::ROUTINE_DROP_MAX_STEPS)
+        .filter(|(id, _)| {
+            history
+                .runs
+                .iter()
+                .zip(&history.kinds)
+                .all(|(run, kind)| run != id || ROUTINE_KINDS.contains(&(*kind as u8)))
+        })
+        .map(|(id, _)| id.as_str())
+        .collect()
 }
 
 #[derive(Default)]
@@ -828,6 +881,11 @@ impl PostgresBackend {
             }
             record.push(id, run)?;
         }
+        let routine = if self.config().routine_history {
+            Vec::new()
+        } else {
+            routine_runs(&runs, &writes.history)
+        };
         let mut marked = (Vec::new(), Vec::new(), Vec::new());
         for (run, id, state) in writes.marked.iter().filter(|m| !gone.contains(&m.0)) {
             marked.0.push(*run);
@@ -860,6 +918,7 @@ impl PostgresBackend {
                 !writes.errors.0.is_empty(),
                 !gone.is_empty(),
                 !record.ids.is_empty(),
+                !routine.is_empty(),
                 !writes.history.runs.is_empty(),
             ],
             !notify.0.is_empty(),
@@ -925,6 +984,7 @@ impl PostgresBackend {
                         &created.tokens,
                         &created.workers,
                         &created.lease_ms,
+                        &routine,
                     ],
                 )
                 .await

@@ -18,7 +18,12 @@ pub struct PostgresConfig {
     pub(crate) tls_root: Option<Vec<u8>>,
     pub(crate) migrate: bool,
     pub(crate) step_history: bool,
+    pub(crate) routine_history: bool,
 }
+
+/// The most steps a run may have taken for the commit that completes it to drop its routine
+/// step history (see [`PostgresConfig::with_routine_step_history`]).
+pub const ROUTINE_DROP_MAX_STEPS: u64 = 400;
 
 impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -34,6 +39,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("tls_root", &self.tls_root.is_some())
             .field("migrate", &self.migrate)
             .field("step_history", &self.step_history)
+            .field("routine_step_history", &self.routine_history)
             .finish()
     }
 }
@@ -55,6 +61,7 @@ impl PostgresConfig {
             tls_root: None,
             migrate: true,
             step_history: true,
+            routine_history: false,
         }
     }
 
@@ -68,6 +75,19 @@ impl PostgresConfig {
     #[must_use]
     pub fn with_step_history(mut self, on: bool) -> Self {
         self.step_history = on;
+        self
+    }
+
+    /// Whether a run that completes with a routine step history keeps it for the retention
+    /// (off by default, as on Redis). A history is routine while every item was leased once,
+    /// on its first delivery, and renewed or committed: nothing expired, was fenced out,
+    /// failed or was released. Such a history tells no more than the run's node timings, and
+    /// would be most of the rows a finished run leaves (two per step), so the commit that
+    /// completes the run deletes it, when the run took at most [`ROUTINE_DROP_MAX_STEPS`]
+    /// steps (a bigger run keeps its history: the drop stays a bounded statement).
+    #[must_use]
+    pub fn with_routine_step_history(mut self, keep: bool) -> Self {
+        self.routine_history = keep;
         self
     }
 

@@ -297,6 +297,110 @@ async fn the_step_history_can_be_turned_off() {
     );
 }
 
+/// The kinds of `run`'s step history, oldest first.
+async fn history_kinds(backend: &PostgresBackend, run: &str) -> Vec<&'static str> {
+    let history = backend.step_history(run).await.unwrap().unwrap();
+    history.iter().map(|e| e.kind.name()).collect()
+}
+
+/// A commit of `lease`'s one-step run, which completes it.
+async fn complete(backend: &PostgresBackend, lease: &Lease) {
+    let mut step = StepCommit::new("a");
+    step.outputs.push(serde_json::json!(1));
+    assert_eq!(
+        backend.commit(lease, &step).await.unwrap(),
+        CommitOutcome::Committed {
+            finished: Some(RunStatus::Completed)
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_run_keeps_its_step_history_only_when_it_explains_something() {
+    let server = PostgresServer::start_or_panic();
+    let config = floxide_postgres::PostgresConfig::new(server.url()).with_schema("routine");
+    let backend = PostgresBackend::connect_with(config).await.unwrap();
+    let me = WorkerId::from("w");
+
+    // While a run is live its history shows; a routine one goes when the run completes, its
+    // node timings stay.
+    backend.start_run(start("plain")).await.unwrap();
+    let first = take(&backend, &me, options(30_000, 5), 1).await;
+    let renewed = backend
+        .heartbeat(&first[0].lease, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(matches!(renewed, LeaseState::Active(_)), "{renewed:?}");
+    assert_eq!(
+        history_kinds(&backend, "plain").await,
+        vec!["leased", "renewed"]
+    );
+    complete(&backend, &first[0].lease).await;
+    assert_eq!(history_kinds(&backend, "plain").await, Vec::<&str>::new());
+    let metrics = backend.metrics("plain").await.unwrap();
+    assert_eq!(
+        (metrics.completed, metrics.per_node.len()),
+        (1, 1),
+        "{metrics:?}"
+    );
+
+    // One released lease makes it worth keeping.
+    backend.start_run(start("released")).await.unwrap();
+    let first = take(&backend, &me, options(30_000, 5), 1).await;
+    backend.release(&first[0].lease).await.unwrap();
+    let again = take(&backend, &me, options(30_000, 5), 1).await;
+    complete(&backend, &again[0].lease).await;
+    assert_eq!(
+        history_kinds(&backend, "released").await,
+        vec!["leased", "released", "leased", "committed"]
+    );
+
+    // So does a commit fenced out in the batch that completes the run (a stale token).
+    backend.start_run(start("fenced")).await.unwrap();
+    let held = take(&backend, &me, options(30_000, 5), 1).await;
+    let mut stale = held[0].lease.clone();
+    stale.token -= 1;
+    let mut step = StepCommit::new("a");
+    step.outputs.push(serde_json::json!(1));
+    let reply = backend
+        .commit_batch(
+            &[
+                CommitItem::new(&stale, &step),
+                CommitItem::new(&held[0].lease, &step),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.outcomes[0], CommitOutcome::LeaseLost);
+    assert!(
+        matches!(
+            reply.outcomes[1],
+            CommitOutcome::Committed {
+                finished: Some(RunStatus::Completed)
+            }
+        ),
+        "{reply:?}"
+    );
+    assert_eq!(
+        history_kinds(&backend, "fenced").await,
+        vec!["leased", "fenced", "committed"]
+    );
+
+    // Kept when the deployment asks for it.
+    let config = floxide_postgres::PostgresConfig::new(server.url())
+        .with_schema("routine_kept")
+        .with_routine_step_history(true);
+    let keeping = PostgresBackend::connect_with(config).await.unwrap();
+    keeping.start_run(start("plain")).await.unwrap();
+    let first = take(&keeping, &me, options(30_000, 5), 1).await;
+    complete(&keeping, &first[0].lease).await;
+    assert_eq!(
+        history_kinds(&keeping, "plain").await,
+        vec!["leased", "committed"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committing_worker_gets_its_successors_under_a_lease_that_can_expire() {
     let (_server, backend) = setup().await;

@@ -126,8 +126,9 @@ pub(crate) async fn run(state: &AppState, id: &str) -> Result<String, Distribute
         "<h2>Steps</h2>{}",
         match b.step_history(id).await? {
             Some(events) if events.is_empty() && info.status == RunStatus::Completed => {
-                "<p id=\"timeline\">No step history was kept for this run: on Redis a routine \
-                 history (every step leased once and committed) goes when its run completes, \
+                "<p id=\"timeline\">No step history was kept for this run: on Redis and \
+                 PostgreSQL a routine history (every step leased once and committed) goes when \
+                 its run completes, \
                  and a backend whose step history is turned off records none. The node \
                  timings are below.</p>"
                     .to_owned()
