@@ -396,7 +396,10 @@ where
         });
         let backend = self.backend;
         st.committing_len = batch.len();
-        st.committing_slots = slots(&batch);
+        // Until the reply, the batch holds its slots, and the slots its take asks for are
+        // spoken for (a chained step holds none, so a batch of them may hold fewer).
+        let asked = if next.is_some() { free } else { 0 };
+        st.committing_slots = slots(&batch).max(asked);
         st.committing = Some(Box::pin(async move {
             let items: Vec<CommitItem<'_>> = batch.iter().map(Pending::item).collect();
             let reply = backend.commit_batch(&items, next).await;
