@@ -247,6 +247,17 @@ async fn concurrent_takes_lease_each_item_once() {
     );
 }
 
+/// Takes the one ready item for `me` and renews its lease once.
+async fn take_and_renew(backend: &PostgresBackend, me: &WorkerId) -> Vec<Taken> {
+    let first = take(backend, me, options(30_000, 5), 1).await;
+    let renewed = backend
+        .heartbeat(&first[0].lease, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(matches!(renewed, LeaseState::Active(_)), "{renewed:?}");
+    first
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_step_history_can_be_turned_off() {
     let server = PostgresServer::start_or_panic();
@@ -258,12 +269,7 @@ async fn the_step_history_can_be_turned_off() {
         let backend = PostgresBackend::connect_with(config).await.unwrap();
         backend.start_run(start("h")).await.unwrap();
         let me = WorkerId::from("w");
-        let first = take(&backend, &me, options(30_000, 5), 1).await;
-        let renewed = backend
-            .heartbeat(&first[0].lease, Duration::from_secs(30))
-            .await
-            .unwrap();
-        assert!(matches!(renewed, LeaseState::Active(_)), "{renewed:?}");
+        let first = take_and_renew(&backend, &me).await;
         backend.release(&first[0].lease).await.unwrap();
         let again = take(&backend, &me, options(30_000, 5), 1).await;
         let failed = StepFailed::new("a", "boom", Some(Duration::from_millis(1)));
@@ -325,12 +331,7 @@ async fn a_completed_run_keeps_its_step_history_only_when_it_explains_something(
     // While a run is live its history shows; a routine one goes when the run completes, its
     // node timings stay.
     backend.start_run(start("plain")).await.unwrap();
-    let first = take(&backend, &me, options(30_000, 5), 1).await;
-    let renewed = backend
-        .heartbeat(&first[0].lease, Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert!(matches!(renewed, LeaseState::Active(_)), "{renewed:?}");
+    let first = take_and_renew(&backend, &me).await;
     assert_eq!(
         history_kinds(&backend, "plain").await,
         vec!["leased", "renewed"]

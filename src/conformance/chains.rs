@@ -333,20 +333,33 @@ async fn each_node_once(o: &DistributedOrchestrator<Chain, Trace>, run: &str) {
     }
 }
 
+/// A `Chain` workflow on `backend` behind a call counter (its chains show through), with one
+/// chaining worker of 8 slots that has run one run (so it chains `b` and `c` from now on).
+async fn counted_and_warm<B: Backend>(
+    backend: B,
+) -> (
+    Arc<Counting>,
+    DistributedOrchestrator<Chain, Trace>,
+    WorkerPool<Chain, Trace>,
+) {
+    let counting = Arc::new(Counting::chaining(Arc::new(backend)));
+    let backend: Arc<dyn Backend> = counting.clone();
+    let wf = Chain::new(Gate::open());
+    let o = orchestrator(wf.clone(), &backend);
+    let mut pool = WorkerPool::new(chaining_worker(wf, &backend, 8), 1)
+        .with_grace_period(Duration::from_millis(200));
+    pool.start();
+    warm_up(&o).await;
+    (counting, o, pool)
+}
+
 /// G4 with chains: a worker runs a node it has not run yet only once its item is stored (a
 /// first run is one commit per step); once it knows the nodes finish without waiting, a lone
 /// run is one commit call on a backend that keeps successors (one per step on the others),
 /// every step applied once; queued runs are committed in far fewer calls than steps.
 pub async fn g4_a_chain_of_fast_steps_is_one_commit<B: Backend>(backend: B) {
     let chains = backend.keeps_successors();
-    let counting = Arc::new(Counting::chaining(Arc::new(backend)));
-    let backend: Arc<dyn Backend> = counting.clone();
-    let wf = Chain::new(Gate::open());
-    let o = orchestrator(wf.clone(), &backend);
-    let mut pool = WorkerPool::new(chaining_worker(wf.clone(), &backend, 8), 1)
-        .with_grace_period(Duration::from_millis(200));
-    pool.start();
-    warm_up(&o).await;
+    let (counting, o, mut pool) = counted_and_warm(backend).await;
     assert_eq!(
         counting.counts(),
         (3, 3),
@@ -380,14 +393,7 @@ pub async fn g4_a_chain_of_fast_steps_is_one_commit<B: Backend>(backend: B) {
 /// it can run. A chain's steps hold one slot while they wait for their commit, so the items
 /// a commit takes for the slots it frees are all started, none given back unstarted.
 pub async fn g4_a_worker_draining_chains_gives_nothing_back<B: Backend>(backend: B) {
-    let counting = Arc::new(Counting::chaining(Arc::new(backend)));
-    let backend: Arc<dyn Backend> = counting.clone();
-    let wf = Chain::new(Gate::open());
-    let o = orchestrator(wf.clone(), &backend);
-    let mut pool = WorkerPool::new(chaining_worker(wf.clone(), &backend, 8), 1)
-        .with_grace_period(Duration::from_millis(200));
-    pool.start();
-    warm_up(&o).await;
+    let (counting, o, mut pool) = counted_and_warm(backend).await;
     let mut runs = Vec::new();
     for i in 0..300 {
         runs.push(o.start_run(&ctx(), i).await.unwrap());
