@@ -104,8 +104,9 @@ macro_rules! not_routine {
 /// handled failures (run, JSON); `$17` runs whose items go; `$18`–`$28` the runs' new records;
 /// `$29`/`$30` notifications; `$31`–`$37` step history events (run, item, node, kind, worker,
 /// token, attempt), except those of the runs `$43` whose routine history goes (see
-/// [`ROUTINE_KINDS`]).
-const APPLY_PARTS: [&str; 9] = [
+/// [`ROUTINE_KINDS`]: the stored history is routine and holds at most 1,000 events, read
+/// through a bounded scan).
+const APPLY_PARTS: [&str; 10] = [
     "marked AS (
     UPDATE items i SET state = u.st, worker = NULL,
         payload = CASE WHEN u.st = 'C' THEN ''::bytea ELSE i.payload END,
@@ -152,26 +153,25 @@ const APPLY_PARTS: [&str; 9] = [
              timings)
     WHERE r.run_id = u.run_id)",
     concat!(
-        "dropped AS (
-    DELETE FROM step_events e WHERE e.run_id = ANY($43::text[]) AND NOT EXISTS (
-        SELECT 1 FROM step_events x WHERE x.run_id = e.run_id AND ",
+        "routine AS (
+    SELECT u.r FROM unnest($43::text[]) AS u(r)
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n, count(*) FILTER (WHERE ",
         not_routine!(),
-        "))"
+        ") AS odd
+        FROM (SELECT kind, delivery FROM step_events x WHERE x.run_id = u.r LIMIT 1001) x) c
+    WHERE c.n <= 1000 AND c.odd = 0)"
     ),
-    concat!(
-        "history AS (
+    "dropped AS (DELETE FROM step_events WHERE run_id IN (SELECT r FROM routine))",
+    "history AS (
     INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, delivery, until)
     SELECT h.r, h.id::uuid, h.node, h.kind, h.w, h.token, h.attempt,
         CASE WHEN h.kind = 'L' THEN 1 END,
         CASE WHEN h.kind = 'L' THEN clock_timestamp() + make_interval(secs => $38::float8 / 1000) END
     FROM unnest($31::text[], $32::text[], $33::text[], $34::\"char\"[], $35::text[], $36::int8[],
                 $37::int4[]) WITH ORDINALITY AS h(r, id, node, kind, w, token, attempt, n)
-    WHERE NOT h.r = ANY($43::text[]) OR EXISTS (
-        SELECT 1 FROM step_events x WHERE x.run_id = h.r AND ",
-        not_routine!(),
-        ")
-    ORDER BY h.n)"
-    ),
+    WHERE h.r NOT IN (SELECT r FROM routine)
+    ORDER BY h.n)",
 ];
 
 /// The write statement's last part: the notifications.
@@ -212,7 +212,7 @@ const APPLY_TYPES: [Type; 43] = {
 
 /// The write statement with the parts `present` marks (in the order of [`APPLY_PARTS`]) and,
 /// when `notify`, the notifications; `None` when there is nothing to write.
-fn apply_statement(present: [bool; 9], notify: bool) -> Option<String> {
+fn apply_statement(present: [bool; 10], notify: bool) -> Option<String> {
     let parts: Vec<&str> = APPLY_PARTS
         .iter()
         .zip(present)
@@ -425,19 +425,12 @@ impl<'a> History<'a> {
     }
 }
 
-/// The runs the batch completes whose step history may be routine (see
-/// [`ROUTINE_KINDS`]): small enough for one bounded delete, and with no event of another kind
-/// in this batch. (The statement keeps the history of any whose stored events say otherwise.)
+/// The runs the batch completes whose step history may be routine (see [`ROUTINE_KINDS`]):
+/// with no event of another kind in this batch. (The statement keeps the history of any whose
+/// stored events say otherwise, or that holds more than it deletes in one go.)
 fn routine_runs<'a>(runs: &'a HashMap<String, RunRow>, history: &History<'_>) -> Vec<&'a str> {
-    let steps = |run: &RunRow| {
-        run.timings
-            .values()
-            .filter_map(|t| t.get("count").and_then(serde_json::Value::as_u64))
-            .sum::<u64>()
-    };
     runs.iter()
         .filter(|(_, run)| run.finished && run.status == RunStatus::Completed)
-        .filter(|(_, run)| steps(run) <= crate::ROUTINE_DROP_MAX_STEPS)
         .filter(|(id, _)| {
             history
                 .runs
@@ -918,6 +911,7 @@ impl PostgresBackend {
                 !writes.errors.0.is_empty(),
                 !gone.is_empty(),
                 !record.ids.is_empty(),
+                !routine.is_empty() || !writes.history.runs.is_empty(),
                 !routine.is_empty(),
                 !writes.history.runs.is_empty(),
             ],

@@ -21,10 +21,6 @@ pub struct PostgresConfig {
     pub(crate) routine_history: bool,
 }
 
-/// The most steps a run may have taken for the commit that completes it to drop its routine
-/// step history (see [`PostgresConfig::with_routine_step_history`]).
-pub const ROUTINE_DROP_MAX_STEPS: u64 = 400;
-
 impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresConfig")
@@ -83,8 +79,8 @@ impl PostgresConfig {
     /// on its first delivery, and renewed or committed: nothing expired, was fenced out,
     /// failed or was released. Such a history tells no more than the run's node timings, and
     /// would be most of the rows a finished run leaves (two per step), so the commit that
-    /// completes the run deletes it, when the run took at most [`ROUTINE_DROP_MAX_STEPS`]
-    /// steps (a bigger run keeps its history: the drop stays a bounded statement).
+    /// completes the run deletes it when it holds at most 1,000 events (a bigger history
+    /// stays: the drop is a bounded statement).
     #[must_use]
     pub fn with_routine_step_history(mut self, keep: bool) -> Self {
         self.routine_history = keep;

@@ -51,7 +51,7 @@ mod tls;
 mod worker;
 
 pub use backend::PostgresBackend;
-pub use config::{PostgresConfig, ROUTINE_DROP_MAX_STEPS};
+pub use config::PostgresConfig;
 pub use error::PostgresBackendError;
 pub use migrate::SCHEMA_VERSION;
 pub use retention::Swept;

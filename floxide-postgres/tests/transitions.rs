@@ -388,6 +388,24 @@ async fn a_completed_run_keeps_its_step_history_only_when_it_explains_something(
         vec!["leased", "fenced", "committed"]
     );
 
+    // A routine history too long to delete in one bounded statement stays.
+    backend.start_run(start("long")).await.unwrap();
+    let held = take(&backend, &me, options(30_000, 5), 1).await;
+    for _ in 0..1000 {
+        let renewed = backend
+            .heartbeat(&held[0].lease, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(matches!(renewed, LeaseState::Active(_)), "{renewed:?}");
+    }
+    complete(&backend, &held[0].lease).await;
+    let kinds = history_kinds(&backend, "long").await;
+    assert_eq!(
+        (kinds.len(), kinds.last().copied()),
+        (1000, Some("committed")),
+        "the latest 1,000 of its 1,002 events"
+    );
+
     // Kept when the deployment asks for it.
     let config = floxide_postgres::PostgresConfig::new(server.url())
         .with_schema("routine_kept")
