@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 /// `target/<profile>/examples/<example>` of `package` (whose manifest directory is `manifest`),
-/// built when it is missing or older than its source.
+/// built when it is missing or older than its source or than the test binary.
 pub fn locate_or_build(package: &str, manifest: &str, example: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     // Tests live in target/<profile>/deps/.
@@ -21,8 +21,11 @@ pub fn locate_or_build(package: &str, manifest: &str, example: &str) -> Result<P
         .join(format!("{example}{}", std::env::consts::EXE_SUFFIX));
     let source = Path::new(manifest).join(format!("examples/{example}.rs"));
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    // Newer than its source and than this test binary: the test binary is rebuilt whenever
+    // the libraries change, and an example built before that would run their old code (cargo
+    // is asked otherwise; it does nothing when the example is up to date).
     let fresh = match (modified(&bin), modified(&source)) {
-        (Some(b), Some(s)) => b >= s,
+        (Some(b), Some(s)) => b >= s && modified(&exe).is_none_or(|t| b >= t),
         (Some(_), None) => true,
         (None, _) => false,
     };
