@@ -306,10 +306,11 @@ async fn warm_up(o: &DistributedOrchestrator<Chain, Trace>) {
     assert_eq!(finish(o, &run).await.status, RunStatus::Completed);
 }
 
-/// A `Chain` whose `b` passes through the returned gate, with one worker that has run it once
-/// (so it chains `b` and `c` from now on).
+/// A `Chain` whose `b` passes through the returned gate, with one worker of `slots` slots that
+/// has run it once (so it chains `b` and `c` from now on).
 async fn warmed_up(
     backend: &Arc<dyn Backend>,
+    slots: usize,
 ) -> (
     Gate,
     DistributedOrchestrator<Chain, Trace>,
@@ -318,7 +319,7 @@ async fn warmed_up(
     let gate = Gate::open();
     let wf = Chain::new(gate.clone());
     let o = orchestrator(wf.clone(), backend);
-    let mut pool = WorkerPool::new(chaining_worker(wf, backend, 4), 1)
+    let mut pool = WorkerPool::new(chaining_worker(wf, backend, slots), 1)
         .with_grace_period(Duration::from_millis(200));
     pool.start();
     warm_up(&o).await;
@@ -344,12 +345,7 @@ async fn counted_and_warm<B: Backend>(
 ) {
     let counting = Arc::new(Counting::chaining(Arc::new(backend)));
     let backend: Arc<dyn Backend> = counting.clone();
-    let wf = Chain::new(Gate::open());
-    let o = orchestrator(wf.clone(), &backend);
-    let mut pool = WorkerPool::new(chaining_worker(wf, &backend, 8), 1)
-        .with_grace_period(Duration::from_millis(200));
-    pool.start();
-    warm_up(&o).await;
+    let (_, o, pool) = warmed_up(&backend, 8).await;
     (counting, o, pool)
 }
 
@@ -416,7 +412,7 @@ pub async fn g4_a_worker_draining_chains_gives_nothing_back<B: Backend>(backend:
 /// often as without a chain (one failure, one success), and the run completes.
 pub async fn g5_a_chained_step_that_fails_is_retried<B: Backend>(backend: B) {
     let backend: Arc<dyn Backend> = Arc::new(backend);
-    let (gate, o, mut pool) = warmed_up(&backend).await;
+    let (gate, o, mut pool) = warmed_up(&backend, 4).await;
     gate.fail_first
         .store(1, std::sync::atomic::Ordering::SeqCst);
     let run = o.start_run(&ctx(), 0).await.unwrap();
@@ -445,7 +441,7 @@ pub async fn g5_a_chained_step_that_fails_is_retried<B: Backend>(backend: B) {
 /// once released, the run completes with every node executed once.
 pub async fn g7_a_slow_chained_step_lets_its_parent_commit<B: Backend>(backend: B) {
     let backend: Arc<dyn Backend> = Arc::new(backend);
-    let (gate, o, mut pool) = warmed_up(&backend).await;
+    let (gate, o, mut pool) = warmed_up(&backend, 4).await;
     gate.hold_first
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let run = o.start_run(&ctx(), 0).await.unwrap();
