@@ -212,7 +212,10 @@ impl AdminBackend for PostgresBackend {
         match effect {
             ControlEffect::Cancel => {
                 tx.execute(
-                    "UPDATE runs SET status = 'cancelled', finished_at = now() WHERE run_id = $1",
+                    ops::finishing!(
+                        "UPDATE runs SET status = 'cancelled', finished_at = now() \
+                         WHERE run_id = $1"
+                    ),
                     &[&run_id],
                 )
                 .await
@@ -252,8 +255,10 @@ impl AdminBackend for PostgresBackend {
                 if next.is_finished() {
                     let error = (next == RunStatus::Failed).then(|| no_output(&workflow));
                     tx.execute(
-                        "UPDATE runs SET status = $2, finished_at = now(), \
-                         error = coalesce($3, error) WHERE run_id = $1",
+                        ops::finishing!(
+                            "UPDATE runs SET status = $2, finished_at = now(), \
+                             error = coalesce($3, error) WHERE run_id = $1"
+                        ),
                         &[&run_id, &next.to_string(), &error],
                     )
                     .await

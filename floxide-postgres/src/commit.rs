@@ -151,7 +151,10 @@ const APPLY_PARTS: [&str; 10] = [
                 $24::text[], $25::bool[], $26::int8[], $27::int8[], $28::text[])
         AS u(run_id, status, outstanding, version, context, output, error, fin, steps, made,
              timings)
-    WHERE r.run_id = u.run_id)",
+    WHERE r.run_id = u.run_id),
+listed AS (
+    INSERT INTO finished (run_id, at)
+    SELECT u.run_id, now() FROM unnest($18::text[], $25::bool[]) AS u(run_id, fin) WHERE u.fin)",
     concat!(
         "routine AS (
     SELECT u.r FROM unnest($43::text[]) AS u(r)

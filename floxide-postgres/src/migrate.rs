@@ -35,10 +35,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "lean runs",
         include_str!("../migrations/0006_lean_runs.sql"),
     ),
+    (
+        7,
+        "finish list",
+        include_str!("../migrations/0007_finish_list.sql"),
+    ),
 ];
 
 /// The schema version this release creates and expects.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// The first key of the advisory lock that serializes migrations (`'flx'`); the second is a
 /// hash of the schema name.

@@ -207,9 +207,11 @@ pub(crate) async fn poison(
     record_error(tx, run_id, id, row.get(0), &error, row.get(1), false).await?;
     let failed = tx
         .execute(
-            "UPDATE runs SET outstanding = outstanding - 1, status = 'failed', \
-             error = $2, finished_at = now() \
-             WHERE run_id = $1 AND status NOT IN ('completed', 'failed', 'cancelled')",
+            finishing!(
+                "UPDATE runs SET outstanding = outstanding - 1, status = 'failed', \
+                 error = $2, finished_at = now() \
+                 WHERE run_id = $1 AND status NOT IN ('completed', 'failed', 'cancelled')"
+            ),
             &[&run_id, &error],
         )
         .await
@@ -432,6 +434,21 @@ pub(crate) async fn reopen(
     Ok(())
 }
 
+/// `UPDATE runs …` (a literal) that finishes runs (sets `finished_at`), followed by the listing
+/// of those runs in `finished` for the retention sweep; the statement's count is the runs it
+/// finished.
+macro_rules! finishing {
+    ($update:literal) => {
+        concat!(
+            "WITH f AS (",
+            $update,
+            " RETURNING run_id, finished_at) \
+             INSERT INTO finished (run_id, at) SELECT run_id, finished_at FROM f"
+        )
+    };
+}
+pub(crate) use finishing;
+
 /// A run reached `status`: a completed or cancelled run's items go (a failed run keeps them
 /// for a resume).
 pub(crate) async fn finish(
@@ -538,8 +555,10 @@ pub(crate) async fn fail(
                 if status != locked.status {
                     let error = format!("node `{node}` failed: {}", failure.error);
                     tx.execute(
-                        "UPDATE runs SET status = $2, error = $3, finished_at = now() \
-                         WHERE run_id = $1",
+                        finishing!(
+                            "UPDATE runs SET status = $2, error = $3, finished_at = now() \
+                             WHERE run_id = $1"
+                        ),
                         &[&lease.run_id, &status.to_string(), &error],
                     )
                     .await

@@ -15,25 +15,41 @@ use crate::PostgresBackend;
 /// Rows per delete statement.
 const SLICE: i64 = 500;
 
-/// Finished runs past the retention (`$1` seconds), oldest first, with their step history,
-/// outputs and errors; their reclaims go with them through their foreign key (`ON DELETE
-/// CASCADE`). A run that still has items (a failed run keeps them) is listed in `leftovers`
-/// instead, and goes once [`LEFTOVERS`] has deleted them. Counts the runs deleted.
+/// Finished runs past the retention (`$1` seconds), oldest first (as listed in `finished`),
+/// with their step history, outputs and errors; their reclaims go with them through their
+/// foreign key (`ON DELETE CASCADE`). A run that still has items (a failed run keeps them) is
+/// listed in `leftovers` instead, and goes once [`LEFTOVERS`] has deleted them (its line in
+/// `finished` stays for the next sweep). A line whose run was resumed since, or is gone, is
+/// dropped (a later finish lists the run again). Counts the runs deleted, and the lines
+/// dropped (the sweep goes on while a slice drops as many as it may).
 const RUNS: &str = "\
-WITH old AS (
+WITH due AS (
+    SELECT ctid AS line, run_id FROM finished
+    WHERE at < now() - make_interval(secs => $1::float8)
+    ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED),
+old AS (
     SELECT run_id FROM runs
-    WHERE finished_at < now() - make_interval(secs => $1::float8)
-    ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED),
+    WHERE run_id IN (SELECT run_id FROM due)
+        AND finished_at < now() - make_interval(secs => $1::float8)
+    FOR UPDATE SKIP LOCKED),
 busy AS (
     SELECT o.run_id FROM old o WHERE EXISTS (SELECT 1 FROM items i WHERE i.run_id = o.run_id)),
 listed AS (INSERT INTO leftovers (run_id) SELECT run_id FROM busy ON CONFLICT DO NOTHING),
 gone AS (
     DELETE FROM runs WHERE run_id IN (SELECT run_id FROM old EXCEPT SELECT run_id FROM busy)
     RETURNING run_id),
+unlisted AS (
+    DELETE FROM finished WHERE ctid IN (
+        SELECT d.line FROM due d
+        WHERE d.run_id IN (SELECT run_id FROM gone)
+            OR NOT EXISTS (
+                SELECT 1 FROM runs r WHERE r.run_id = d.run_id
+                    AND r.finished_at < now() - make_interval(secs => $1::float8)))
+    RETURNING 1),
 history AS (DELETE FROM step_events WHERE run_id IN (SELECT run_id FROM gone)),
 outs AS (DELETE FROM outputs WHERE run_id IN (SELECT run_id FROM gone)),
 errs AS (DELETE FROM errors WHERE run_id IN (SELECT run_id FROM gone))
-SELECT count(*) FROM gone";
+SELECT count(*), (SELECT count(*) FROM unlisted) FROM gone";
 
 /// A slice (`$1` rows) of the items of one run listed in `leftovers` (a finished run, or
 /// one past its retention); the run leaves the list with its last slice. Answers the runs
@@ -166,13 +182,20 @@ async fn in_slices(
     let statement = client.prepare_cached(statement).await.map_err(backend)?;
     let mut total = 0;
     loop {
-        let deleted = client
+        let row = client
             .query_one(&statement, &[&retention, &SLICE])
             .await
-            .map_err(backend)?
-            .get::<_, i64>(0) as u64;
+            .map_err(backend)?;
+        let deleted = row.get::<_, i64>(0) as u64;
+        // A statement that also drops rows without counting them answers those it went
+        // through in all as a second column.
+        let through = if row.len() > 1 {
+            row.get::<_, i64>(1) as u64
+        } else {
+            deleted
+        };
         total += deleted;
-        if deleted < SLICE as u64 {
+        if through < SLICE as u64 {
             return Ok(total);
         }
     }

@@ -267,3 +267,79 @@ async fn a_failed_run_being_swept_is_not_resumed() {
     }
     assert_eq!(o.status(&failed).await.unwrap(), RunStatus::Failed);
 }
+
+/// Fails its first call in this process, then passes its input on.
+static FAIL_FIRST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+node! {
+    /// Fails once (a dead letter), then passes anything on.
+    pub struct FailsOnce {};
+    input = u32;
+    output = u32;
+    |_ctx, n| {
+        if FAIL_FIRST.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(FloxideError::Generic("first call".into()));
+        }
+        Ok(Transition::Next(n))
+    }
+}
+
+workflow! {
+    pub struct Once { step: FailsOnce }
+    start = step;
+    edges { step => []; }
+}
+
+/// A run's retention counts from its last finish: a run that failed, was resumed after the
+/// retention of that failure had passed, and completed, stays a retention after completing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_runs_retention_counts_from_its_last_finish() {
+    let server = PostgresServer::start_or_panic();
+    let config = PostgresConfig::new(server.url())
+        .with_schema("again")
+        .with_retention(Duration::from_secs(1))
+        .with_sweep_interval(Duration::from_secs(3600));
+    let backend = PostgresBackend::connect_with(config).await.unwrap();
+    let wf = Once { step: FailsOnce {} };
+    let o = wf.orchestrator(backend.clone()).build().unwrap();
+    let run = o.start_run(&WorkflowCtx::new(()), 8).await.unwrap();
+    let mut pool = WorkerPool::new(wf.worker(backend.clone()).build().unwrap(), 1);
+    pool.start();
+    let wait = |o: DistributedOrchestrator<Once, ()>, run: String| async move {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            o.wait_for_completion(&run, Duration::from_millis(50)),
+        )
+        .await
+        .expect("the run finishes")
+        .unwrap()
+    };
+    assert_eq!(wait(o.clone(), run.clone()).await.status, RunStatus::Failed);
+    assert_eq!(count(&server, "again", "finished").await, 1);
+    // The failure's retention passes; the run is resumed and completes before any sweep.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    o.resume(&run).await.unwrap();
+    let info = wait(o.clone(), run.clone()).await;
+    assert_eq!(info.status, RunStatus::Completed, "{info:?}");
+    pool.try_stop().await.unwrap();
+    assert_eq!(count(&server, "again", "finished").await, 2);
+    let swept = backend.sweep().await.unwrap();
+    assert_eq!(swept.runs, 0, "{swept:?}");
+    assert_eq!(
+        backend.run_info(&run).await.unwrap().output,
+        Some(serde_json::json!(8))
+    );
+    assert_eq!(
+        count(&server, "again", "finished").await,
+        1,
+        "the failure's line is dropped, the completion's kept"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let swept = backend.sweep().await.unwrap();
+    assert_eq!(swept.runs, 1, "{swept:?}");
+    assert!(matches!(
+        backend.run_info(&run).await,
+        Err(DistributedError::UnknownRun(_))
+    ));
+    assert_eq!(count(&server, "again", "finished").await, 0);
+}
