@@ -17,10 +17,12 @@ use tokio_postgres::Row;
 use crate::ops::{self, backend, item_id, no_output, status};
 use crate::PostgresBackend;
 
-/// The columns of a run's record [`run_info_of`] reads.
+/// The columns of a run's record [`run_info_of`] reads (its outputs: the first, kept in the
+/// record, then the others).
 pub(crate) const INFO: &str =
     "r.run_id, r.workflow, r.status, r.started_at, r.finished_at, r.output::text, \
     r.error, r.idempotency_key, r.deadline, \
+    (CASE WHEN r.output IS NULL THEN '{}'::text[] ELSE ARRAY[r.output::text] END) || \
     (SELECT coalesce(array_agg(o.value::text ORDER BY o.seq), '{}') FROM outputs o \
      WHERE o.run_id = r.run_id)";
 

@@ -656,7 +656,9 @@ fn accept<'a>(
             (lease.worker.as_str(), KEPT_LEASE_TOKEN, 1),
         );
     }
-    for output in &step.outputs {
+    // A run's first output is stored in its record only; `outputs` holds the others.
+    let first_here = usize::from(!run.has_output);
+    for output in step.outputs.iter().skip(first_here) {
         writes.outputs.0.push(run_id);
         writes.outputs.1.push(output.to_string());
     }

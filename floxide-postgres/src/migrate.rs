@@ -40,10 +40,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "finish list",
         include_str!("../migrations/0007_finish_list.sql"),
     ),
+    (
+        8,
+        "first output in the record",
+        include_str!("../migrations/0008_first_output_in_record.sql"),
+    ),
 ];
 
 /// The schema version this release creates and expects.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// The first key of the advisory lock that serializes migrations (`'flx'`); the second is a
 /// hash of the schema name.
