@@ -160,6 +160,7 @@ async fn drain<B: Backend + Clone + 'static, W: Workflow<()> + 'static>(
     .into_iter()
     .collect::<Result<_, _>>()
     .map_err(err)?;
+    let start_phase = started.elapsed().unwrap_or_default().as_secs_f64();
     let cpu1 = meter.cpu().await?;
     if !overlap {
         pool.start();
@@ -222,6 +223,7 @@ async fn drain<B: Backend + Clone + 'static, W: Workflow<()> + 'static>(
         "lat_p50_ms": percentile(&latencies, 50.0),
         "lat_p99_ms": percentile(&latencies, 99.0),
         "batch": batch,
+        "start_phase_s": start_phase,
     });
     if let Some(map) = out.as_object_mut() {
         map.insert(

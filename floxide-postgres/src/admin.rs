@@ -49,7 +49,8 @@ pub(crate) fn run_info_of(row: &Row) -> Result<RunInfo, DistributedError> {
     })
 }
 
-/// A row of `step_events` (a kind this version does not know is left out).
+/// A row of `step_events`, or an item's unwritten lease event, in the same columns (a kind this
+/// version does not know is left out).
 fn step_event_of(row: &Row) -> Option<StepEvent> {
     let until: Option<std::time::SystemTime> = row.get(8);
     let kind = match row.get::<_, i8>(3) as u8 {
@@ -310,17 +311,33 @@ impl AdminBackend for PostgresBackend {
     async fn step_history(&self, run_id: &str) -> Result<Option<Vec<StepEvent>>, DistributedError> {
         let client = self.pooled().await?;
         self.known(&**client, run_id).await?;
+        // The stored events, and the lease events of the steps in flight whose takes left them
+        // unwritten (`items.leased_at`); in time order, the newest kept.
         let rows = client
             .query(
-                "SELECT at, replace(item_id::text, '-', ''), node, kind, worker, token, attempt, \
-                 delivery, until FROM step_events WHERE run_id = $1 ORDER BY seq DESC LIMIT $2",
+                "(SELECT at, replace(item_id::text, '-', ''), node, kind, worker, token, attempt, \
+                  delivery, until, seq FROM step_events WHERE run_id = $1 \
+                  ORDER BY seq DESC LIMIT $2) \
+                 UNION ALL \
+                 (SELECT leased_at, replace(item_id::text, '-', ''), node, 'L', worker, token, \
+                  attempt, deliveries, leased_at + make_interval(secs => lease_ms / 1000), NULL \
+                  FROM items WHERE run_id = $1 AND leased_at IS NOT NULL LIMIT $2)",
                 &[&run_id, &(HISTORY_KEPT as i64)],
             )
             .await
             .map_err(backend)?;
-        let mut events: Vec<StepEvent> = rows.iter().filter_map(step_event_of).collect();
-        events.reverse();
-        Ok(Some(events))
+        let mut events: Vec<(std::time::SystemTime, i64, StepEvent)> = rows
+            .iter()
+            .filter_map(|row| {
+                let seq = row.get::<_, Option<i64>>(9).unwrap_or(i64::MAX);
+                step_event_of(row).map(|e| (e.at, seq, e))
+            })
+            .collect();
+        events.sort_by_key(|a| (a.0, a.1));
+        let skip = events.len().saturating_sub(HISTORY_KEPT);
+        Ok(Some(
+            events.into_iter().skip(skip).map(|(_, _, e)| e).collect(),
+        ))
     }
 
     async fn errors(&self, run_id: &str) -> Result<Vec<WorkflowError>, DistributedError> {

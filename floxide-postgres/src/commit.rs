@@ -105,10 +105,11 @@ macro_rules! not_routine {
 /// `$29`/`$30` notifications; `$31`–`$37` step history events (run, item, node, kind, worker,
 /// token, attempt), except those of the runs `$43` whose routine history goes (see
 /// [`ROUTINE_KINDS`]: the stored history is routine and holds at most 1,000 events, read
-/// through a bounded scan).
-const APPLY_PARTS: [&str; 10] = [
+/// through a bounded scan). A commit or fenced commit first writes the lease event its item's
+/// take left unwritten (`items.leased_at`), and a fenced one marks it written.
+const APPLY_PARTS: [&str; 11] = [
     "marked AS (
-    UPDATE items i SET state = u.st, worker = NULL,
+    UPDATE items i SET state = u.st, worker = NULL, leased_at = NULL,
         payload = CASE WHEN u.st = 'C' THEN ''::bytea ELSE i.payload END,
         request = CASE WHEN u.st = 'C' THEN $4 ELSE i.request END
     FROM unnest($1::text[], $2::text[], $3::\"char\"[]) AS u(r, id, st)
@@ -167,14 +168,34 @@ listed AS (
     ),
     "dropped AS (DELETE FROM step_events WHERE run_id IN (SELECT r FROM routine))",
     "history AS (
-    INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, delivery, until)
-    SELECT h.r, h.id::uuid, h.node, h.kind, h.w, h.token, h.attempt,
-        CASE WHEN h.kind = 'L' THEN 1 END,
-        CASE WHEN h.kind = 'L' THEN clock_timestamp() + make_interval(secs => $38::float8 / 1000) END
-    FROM unnest($31::text[], $32::text[], $33::text[], $34::\"char\"[], $35::text[], $36::int8[],
-                $37::int4[]) WITH ORDINALITY AS h(r, id, node, kind, w, token, attempt, n)
-    WHERE h.r NOT IN (SELECT r FROM routine)
-    ORDER BY h.n)",
+    INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, delivery, at,
+        until)
+    SELECT e.r, e.id, e.node, e.kind, e.w, e.token, e.attempt, e.delivery, e.at, e.until FROM (
+        (SELECT DISTINCT ON (i.run_id, i.item_id) i.run_id AS r, i.item_id AS id, i.node,
+            'L'::\"char\" AS kind, i.worker AS w, i.token, i.attempt, i.deliveries AS delivery,
+            i.leased_at AS at, i.leased_at + make_interval(secs => i.lease_ms / 1000) AS until,
+            h.n, 0 AS o
+        FROM unnest($31::text[], $32::text[], $34::\"char\"[]) WITH ORDINALITY AS h(r, id, kind, n)
+        JOIN items i ON i.run_id = h.r AND i.item_id = h.id::uuid
+        WHERE h.kind IN ('C', 'Z') AND h.r NOT IN (SELECT r FROM routine)
+            AND i.leased_at IS NOT NULL
+        ORDER BY i.run_id, i.item_id, h.n)
+        UNION ALL
+        SELECT h.r, h.id::uuid, h.node, h.kind, h.w, h.token, h.attempt,
+            CASE WHEN h.kind = 'L' THEN 1 END, clock_timestamp(),
+            CASE WHEN h.kind = 'L' THEN clock_timestamp() + make_interval(secs => $38::float8 / 1000) END,
+            h.n, 1
+        FROM unnest($31::text[], $32::text[], $33::text[], $34::\"char\"[], $35::text[], $36::int8[],
+                    $37::int4[]) WITH ORDINALITY AS h(r, id, node, kind, w, token, attempt, n)
+        WHERE h.r NOT IN (SELECT r FROM routine)) e
+    ORDER BY e.n, e.o)",
+    "fenced AS (
+    UPDATE items i SET leased_at = NULL
+    FROM unnest($31::text[], $32::text[], $34::\"char\"[]) AS h(r, id, kind)
+    WHERE h.kind = 'Z' AND i.run_id = h.r AND i.item_id = h.id::uuid AND i.leased_at IS NOT NULL
+        -- (A row is written once per statement: those the other parts write are left to them.)
+        AND (h.r, h.id) NOT IN (SELECT * FROM unnest($1::text[], $2::text[]))
+        AND (h.r, h.id) NOT IN (SELECT * FROM unnest($5::text[], $6::text[])))",
 ];
 
 /// The write statement's last part: the notifications.
@@ -215,7 +236,7 @@ const APPLY_TYPES: [Type; 43] = {
 
 /// The write statement with the parts `present` marks (in the order of [`APPLY_PARTS`]) and,
 /// when `notify`, the notifications; `None` when there is nothing to write.
-fn apply_statement(present: [bool; 10], notify: bool) -> Option<String> {
+fn apply_statement(present: [bool; 11], notify: bool) -> Option<String> {
     let parts: Vec<&str> = APPLY_PARTS
         .iter()
         .zip(present)
@@ -919,6 +940,7 @@ impl PostgresBackend {
                 !routine.is_empty() || !writes.history.runs.is_empty(),
                 !routine.is_empty(),
                 !writes.history.runs.is_empty(),
+                writes.history.kinds.contains(&(b'Z' as i8)),
             ],
             !notify.0.is_empty(),
         );

@@ -45,10 +45,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "first output in the record",
         include_str!("../migrations/0008_first_output_in_record.sql"),
     ),
+    (
+        9,
+        "unwritten leases",
+        include_str!("../migrations/0009_unwritten_leases.sql"),
+    ),
 ];
 
 /// The schema version this release creates and expects.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 
 /// The first key of the advisory lock that serializes migrations (`'flx'`); the second is a
 /// hash of the schema name.

@@ -376,8 +376,25 @@ async fn lock(tx: &Transaction<'_>, lease: &Lease) -> Result<Option<Locked>, Dis
     }))
 }
 
-/// Appends an event about the item of `lease` (by its holder) to its run's step history;
-/// `after`: how far from now the time it points to is (a retry's due time).
+/// The parts of a statement that write the lease event the take of item `$2` of run `$1` left
+/// unwritten (`items.leased_at`, see the take), and mark it written: `pending` holds the
+/// event's row (none when it was written), with an `o` of 0 to order it first.
+macro_rules! pending_lease_parts {
+    () => {
+        "pending AS (
+    SELECT run_id AS r, item_id AS id, node, 'L'::\"char\" AS kind, worker AS w, token, attempt,
+        deliveries AS delivery, leased_at AS at,
+        leased_at + make_interval(secs => lease_ms / 1000) AS until, 0 AS o
+    FROM items WHERE run_id = $1 AND item_id = $2::text::uuid AND leased_at IS NOT NULL),
+written AS (
+    UPDATE items SET leased_at = NULL
+    WHERE run_id = $1 AND item_id = $2::text::uuid AND leased_at IS NOT NULL)"
+    };
+}
+
+/// Appends an event about the item of `lease` (by its holder) to its run's step history,
+/// after the item's current lease event if its take left that unwritten; `after`: how far
+/// from now the time it points to is (a retry's due time).
 async fn step_event(
     tx: &Transaction<'_>,
     lease: &Lease,
@@ -386,9 +403,18 @@ async fn step_event(
     after: Option<Duration>,
 ) -> Result<(), DistributedError> {
     tx.execute(
-        "INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, until) \
-         VALUES ($1, $2::text::uuid, $3, $4, $5, $6, $7, \
-                 clock_timestamp() + make_interval(secs => $8::float8 / 1000))",
+        concat!(
+            "WITH ",
+            pending_lease_parts!(),
+            "
+INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, delivery, at, until)
+SELECT r, id, node, kind, w, token, attempt, delivery, at, until FROM (
+    SELECT * FROM pending
+    UNION ALL
+    SELECT $1, $2::text::uuid, $3, $4, $5, $6, $7, NULL, clock_timestamp(),
+        clock_timestamp() + make_interval(secs => $8::float8 / 1000), 1) e
+ORDER BY o"
+        ),
         &[
             &lease.run_id,
             &lease.item_id.to_string(),
@@ -476,7 +502,7 @@ macro_rules! drop_items_parts {
         SELECT run_id, item_id FROM items WHERE run_id = ANY(",
             $runs,
             "::text[]) LIMIT 1000)
-    RETURNING 1),
+    RETURNING run_id, item_id, node, worker, token, attempt, deliveries, leased_at, lease_ms),
 leftover AS (
     INSERT INTO leftovers (run_id)
     SELECT unnest(",
@@ -488,8 +514,21 @@ leftover AS (
 }
 pub(crate) use drop_items_parts;
 
-/// Deletes the items of the finished runs `$1` (see [`drop_items_parts`]).
-const DROP_ITEMS: &str = concat!("WITH ", drop_items_parts!("$1"), "\nSELECT 1");
+/// Deletes the items of the finished runs `$1` (see [`drop_items_parts`]); the lease events
+/// of those in flight that their takes left unwritten are written (a cancelled run's history
+/// shows the steps it stopped).
+const DROP_ITEMS: &str = concat!(
+    "WITH ",
+    drop_items_parts!("$1"),
+    ",
+unended AS (
+    INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, delivery, at,
+        until)
+    SELECT run_id, item_id, node, 'L', worker, token, attempt, deliveries, leased_at,
+        leased_at + make_interval(secs => lease_ms / 1000)
+    FROM gone WHERE leased_at IS NOT NULL ORDER BY leased_at)
+SELECT 1"
+);
 
 /// Records a failed step: its retry scheduled, or the item dead-lettered (and the run
 /// failed); with `history`, in the run's step history too.
@@ -633,15 +672,29 @@ pub(crate) async fn heartbeat(
 ) -> Result<LeaseState, DistributedError> {
     let row = client
         .query_opt(
-            "WITH renewed AS ( \
-                 UPDATE items SET due_at = clock_timestamp() + make_interval(secs => $4::float8 / 1000) \
+            "WITH pending AS ( \
+                 SELECT node, worker, token, attempt, deliveries, leased_at, lease_ms FROM items \
+                 WHERE run_id = $1 AND item_id = $2::text::uuid AND token = $3 AND state = 'I' \
+                     AND ($3 <> 0 OR worker = $6) AND leased_at IS NOT NULL), \
+             renewed AS ( \
+                 UPDATE items SET due_at = clock_timestamp() + make_interval(secs => $4::float8 / 1000), \
+                     leased_at = NULL \
                  WHERE run_id = $1 AND item_id = $2::text::uuid AND token = $3 AND state = 'I' \
                      AND ($3 <> 0 OR worker = $6) \
                  RETURNING run_id, item_id, node, worker, token, attempt, due_at), \
              history AS ( \
-                 INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, until) \
-                 SELECT run_id, item_id, node, 'H', worker, token, attempt, due_at FROM renewed \
-                 WHERE $5::bool) \
+                 INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, \
+                     delivery, at, until) \
+                 SELECT run_id, item_id, node, kind, worker, token, attempt, delivery, at, until \
+                 FROM ( \
+                     SELECT r.run_id, r.item_id, p.node, 'L'::\"char\" AS kind, p.worker, p.token, \
+                         p.attempt, p.deliveries AS delivery, p.leased_at AS at, \
+                         p.leased_at + make_interval(secs => p.lease_ms / 1000) AS until, 0 AS o \
+                     FROM renewed r, pending p \
+                     UNION ALL \
+                     SELECT run_id, item_id, node, 'H', worker, token, attempt, NULL, \
+                         clock_timestamp(), due_at, 1 FROM renewed) e \
+                 WHERE $5::bool ORDER BY o) \
              SELECT r.status, (SELECT count(*) FROM renewed) FROM runs r WHERE r.run_id = $1",
             &[
                 &lease.run_id,

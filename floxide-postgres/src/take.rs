@@ -22,26 +22,29 @@ use crate::ops::{backend, item_id};
 const TAKE: &str = "\
 WITH cand AS (
     SELECT i.run_id, i.item_id, i.state AS was, i.deliveries, i.node, i.worker AS holder,
-        i.token, i.attempt
+        i.token, i.attempt, i.leased_at, i.lease_ms, i.due_at
     FROM items i
     WHERE i.workflow = $1 AND i.state IN ('P', 'I', 'R') AND i.due_at <= now()
     ORDER BY i.due_at, i.seq LIMIT $2
     FOR UPDATE SKIP LOCKED),
 classed AS (
     SELECT c.run_id, c.item_id, c.was, c.deliveries, c.node, c.holder, c.token, c.attempt,
+        c.leased_at, c.lease_ms, c.due_at,
         CASE WHEN NOT r.status = ANY($6::text[]) THEN 'X'
              WHEN NOT r.status = ANY($5::text[]) THEN 'K'
              WHEN c.deliveries >= $7 THEN 'D'
              ELSE 'I' END::\"char\" AS fate
     FROM cand c JOIN runs r ON r.run_id = c.run_id),
 moved AS (
-    UPDATE items i SET state = c.fate, worker = NULL
+    UPDATE items i SET state = CASE WHEN c.fate = 'D' THEN i.state ELSE c.fate END,
+        worker = CASE WHEN c.fate = 'D' THEN i.worker END, leased_at = NULL
     FROM classed c
-    WHERE c.fate IN ('X', 'K') AND i.run_id = c.run_id AND i.item_id = c.item_id),
+    WHERE c.fate <> 'I' AND (c.fate <> 'D' OR c.leased_at IS NOT NULL)
+        AND i.run_id = c.run_id AND i.item_id = c.item_id),
 leased AS (
     UPDATE items i SET state = 'I', token = i.token + 1, deliveries = i.deliveries + 1,
         due_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000),
-        lease_ms = $3, worker = $4
+        lease_ms = $3, worker = $4, leased_at = CASE WHEN $12::bool THEN clock_timestamp() END
     FROM classed c
     WHERE c.fate = 'I' AND i.run_id = c.run_id AND i.item_id = c.item_id
     RETURNING i.run_id, i.item_id, i.node, i.payload, i.attempt, i.deliveries, i.token, i.seq,
@@ -49,15 +52,19 @@ leased AS (
 reclaimed AS (
     INSERT INTO reclaims (run_id) SELECT run_id FROM classed WHERE was = 'I'),
 history AS (
-    -- A reclaimed lease's expiry first, then the new leases (rows get their sequence numbers
-    -- and times in this order).
-    INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, delivery, until)
-    SELECT run_id, item_id, node, kind, worker, token, attempt, delivery, until FROM (
-        SELECT run_id, item_id, node, 'E'::\"char\" AS kind, holder AS worker, token, attempt,
-            NULL::int4 AS delivery, NULL::timestamptz AS until, 0 AS o
-        FROM classed WHERE was = 'I'
+    -- A reclaimed lease's expiry (at the time its lease ended), after its own lease event
+    -- when that was not written yet (rows get their sequence numbers in this order). The new
+    -- leases' events are written by what ends them: see `leased_at`.
+    INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, delivery, at,
+        until)
+    SELECT run_id, item_id, node, kind, worker, token, attempt, delivery, at, until FROM (
+        SELECT run_id, item_id, node, 'L'::\"char\" AS kind, holder AS worker, token, attempt,
+            deliveries AS delivery, leased_at AS at,
+            leased_at + make_interval(secs => lease_ms / 1000) AS until, 0 AS o
+        FROM classed WHERE was = 'I' AND leased_at IS NOT NULL
         UNION ALL
-        SELECT run_id, item_id, node, 'L', $4, token, attempt, deliveries, due_at, 1 FROM leased
+        SELECT run_id, item_id, node, 'E', holder, token, attempt, NULL, due_at, NULL, 1
+        FROM classed WHERE was = 'I'
     ) e WHERE $12::bool ORDER BY o),
 started AS (
     UPDATE runs SET status = $9 WHERE run_id IN (

@@ -568,3 +568,59 @@ async fn the_hot_statements_stay_on_their_indexes_when_the_queue_grows() {
          their plans were made"
     );
 }
+
+/// The stored step history rows of `run` (the default schema).
+async fn stored_events(server: &PostgresServer, run: &str) -> i64 {
+    let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .query_one(
+            "SELECT count(*) FROM floxide.step_events WHERE run_id = $1",
+            &[&run],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A take writes no history row: its lease event is shown from the item while the step is in
+/// flight, and written by what ends it (here a cancel; a commit, failure, release, renewal or
+/// expiry likewise), with the time the lease began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_event_is_written_by_what_ends_the_lease() {
+    let (server, backend) = setup().await;
+    let me = WorkerId::from("w");
+    backend.start_run(start("inflight")).await.unwrap();
+    let held = take(&backend, &me, options(30_000, 5), 1).await;
+    let taken = std::time::SystemTime::now();
+    let shown = backend.step_history("inflight").await.unwrap().unwrap();
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert_eq!(shown[0].kind.name(), "leased");
+    assert_eq!(shown[0].token, held[0].lease.token);
+    assert_eq!(shown[0].worker, Some(me.clone()));
+    assert_eq!(stored_events(&server, "inflight").await, 0);
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    backend
+        .control("inflight", RunAction::Cancel)
+        .await
+        .unwrap();
+    let kept = backend.step_history("inflight").await.unwrap().unwrap();
+    assert_eq!(
+        stored_events(&server, "inflight").await,
+        1,
+        "written at the cancel"
+    );
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].at, shown[0].at, "with the time the lease began");
+    assert!(kept[0].at <= taken, "{kept:?}");
+    match kept[0].kind {
+        StepEventKind::Leased { delivery, until } => {
+            assert_eq!(delivery, 1);
+            assert!(until > kept[0].at);
+        }
+        ref other => panic!("{other:?}"),
+    }
+}
