@@ -21,32 +21,35 @@ use crate::ops::{backend, item_id};
 /// Rows not leased come back too (fate `D` poison, `K` parked, `X` dropped), without payload.
 const TAKE: &str = "\
 WITH cand AS (
-    SELECT i.run_id, i.item_id, i.state AS was, i.deliveries, i.node, i.worker AS holder,
+    SELECT i.ctid AS line, i.run_id, i.item_id, i.state AS was, i.deliveries, i.node, i.worker AS holder,
         i.token, i.attempt, i.leased_at, i.lease_ms, i.due_at
     FROM items i
     WHERE i.workflow = $1 AND i.state IN ('P', 'I', 'R') AND i.due_at <= now()
     ORDER BY i.due_at, i.seq LIMIT $2
     FOR UPDATE SKIP LOCKED),
 classed AS (
-    SELECT c.run_id, c.item_id, c.was, c.deliveries, c.node, c.holder, c.token, c.attempt,
-        c.leased_at, c.lease_ms, c.due_at,
+    SELECT c.line, c.run_id, c.item_id, c.was, c.deliveries, c.node, c.holder, c.token,
+        c.attempt, c.leased_at, c.lease_ms, c.due_at, r.ctid AS run_line, r.status,
+        r.deadline, r.context, r.version,
         CASE WHEN NOT r.status = ANY($6::text[]) THEN 'X'
              WHEN NOT r.status = ANY($5::text[]) THEN 'K'
              WHEN c.deliveries >= $7 THEN 'D'
              ELSE 'I' END::\"char\" AS fate
-    FROM cand c JOIN runs r ON r.run_id = c.run_id),
+    -- (Each run looked up by its key: a plan that walks the whole table to join is ruled out.)
+    FROM cand c CROSS JOIN LATERAL (
+        SELECT ctid, status, deadline, context, version FROM runs WHERE run_id = c.run_id LIMIT 1
+    ) r),
 moved AS (
     UPDATE items i SET state = CASE WHEN c.fate = 'D' THEN i.state ELSE c.fate END,
         worker = CASE WHEN c.fate = 'D' THEN i.worker END, leased_at = NULL
     FROM classed c
-    WHERE c.fate <> 'I' AND (c.fate <> 'D' OR c.leased_at IS NOT NULL)
-        AND i.run_id = c.run_id AND i.item_id = c.item_id),
+    WHERE c.fate <> 'I' AND (c.fate <> 'D' OR c.leased_at IS NOT NULL) AND i.ctid = c.line),
 leased AS (
     UPDATE items i SET state = 'I', token = i.token + 1, deliveries = i.deliveries + 1,
         due_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000),
         lease_ms = $3, worker = $4, leased_at = CASE WHEN $12::bool THEN clock_timestamp() END
     FROM classed c
-    WHERE c.fate = 'I' AND i.run_id = c.run_id AND i.item_id = c.item_id
+    WHERE c.fate = 'I' AND i.ctid = c.line
     RETURNING i.run_id, i.item_id, i.node, i.payload, i.attempt, i.deliveries, i.token, i.seq,
         i.due_at),
 reclaimed AS (
@@ -67,16 +70,20 @@ history AS (
         FROM classed WHERE was = 'I'
     ) e WHERE $12::bool ORDER BY o),
 started AS (
-    UPDATE runs SET status = $9 WHERE run_id IN (
-        SELECT run_id FROM runs WHERE run_id IN (SELECT run_id FROM leased) AND status = $8
-        FOR NO KEY UPDATE SKIP LOCKED))
+    -- (A run's row found again where the classing read it: one changed since is left to the
+    -- run's next commit.)
+    UPDATE runs SET status = $9 WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM runs WHERE ctid = ANY(ARRAY(
+            SELECT DISTINCT run_line FROM classed WHERE fate = 'I' AND status = $8))
+            AND status = $8
+        FOR NO KEY UPDATE SKIP LOCKED)))
 SELECT l.run_id, replace(l.item_id::text, '-', ''), l.node, l.payload, l.attempt,
-    l.deliveries, l.token, r.deadline,
+    l.deliveries, l.token, c.deadline,
     CASE WHEN row_number() OVER (PARTITION BY l.run_id ORDER BY l.seq) > 1
-              OR (l.run_id, r.version) IN (SELECT * FROM unnest($10::text[], $11::int8[]))
-         THEN NULL ELSE r.context END,
-    r.version, 'I'::\"char\"
-FROM leased l JOIN runs r ON r.run_id = l.run_id
+              OR (l.run_id, c.version) IN (SELECT * FROM unnest($10::text[], $11::int8[]))
+         THEN NULL ELSE c.context END,
+    c.version, 'I'::\"char\"
+FROM leased l JOIN classed c ON c.run_id = l.run_id AND c.item_id = l.item_id
 UNION ALL
 SELECT c.run_id, replace(c.item_id::text, '-', ''), '', NULL, 0, c.deliveries, 0, NULL, NULL,
     0, c.fate
