@@ -19,12 +19,15 @@ use crate::PostgresBackend;
 
 /// The columns of a run's record [`run_info_of`] reads (its outputs: the first, kept in the
 /// record, then the others).
-pub(crate) const INFO: &str =
-    "r.run_id, r.workflow, r.status, r.started_at, r.finished_at, r.output::text, \
+pub(crate) const INFO: &str = concat!(
+    "r.run_id, r.workflow, ",
+    ops::run_status!(),
+    ", r.started_at, r.finished_at, r.output::text, \
     r.error, r.idempotency_key, r.deadline, \
     (CASE WHEN r.output IS NULL THEN '{}'::text[] ELSE ARRAY[r.output::text] END) || \
     (SELECT coalesce(array_agg(o.value::text ORDER BY o.seq), '{}') FROM outputs o \
-     WHERE o.run_id = r.run_id)";
+     WHERE o.run_id = r.run_id)"
+);
 
 fn json(text: Option<String>) -> Option<serde_json::Value> {
     text.and_then(|t| serde_json::from_str(&t).ok())
@@ -142,7 +145,8 @@ impl AdminBackend for PostgresBackend {
                 client
                     .query(
                         &format!(
-                            "SELECT {INFO} FROM runs r WHERE r.status = $1 ORDER BY r.seq DESC"
+                            "SELECT {INFO} FROM runs r WHERE {} = $1 ORDER BY r.seq DESC",
+                            ops::run_status!()
                         ),
                         &[&status.to_string()],
                     )
@@ -171,9 +175,13 @@ impl AdminBackend for PostgresBackend {
         let tx = client.transaction().await.map_err(backend)?;
         let row = tx
             .query_opt(
-                "SELECT status, outstanding, output IS NOT NULL, workflow, \
-                     EXISTS (SELECT 1 FROM leftovers l WHERE l.run_id = runs.run_id) \
-                 FROM runs WHERE run_id = $1 FOR NO KEY UPDATE",
+                concat!(
+                    "SELECT ",
+                    ops::run_status!(),
+                    ", r.outstanding, r.output IS NOT NULL, r.workflow, \
+                     EXISTS (SELECT 1 FROM leftovers l WHERE l.run_id = r.run_id) \
+                     FROM runs r WHERE r.run_id = $1 FOR NO KEY UPDATE OF r"
+                ),
                 &[&run_id],
             )
             .await

@@ -894,7 +894,11 @@ impl PostgresBackend {
             if run.finished && run.status != RunStatus::Failed {
                 gone.push(id);
             }
-            if run.finished || run.status != run.locked_status {
+            // (A pending run read as running once its first item was leased: its first
+            // commit writes the status without telling anyone.)
+            let started =
+                run.locked_status == RunStatus::Pending && run.status == RunStatus::Running;
+            if run.finished || (run.status != run.locked_status && !started) {
                 notify.0.push(&runs_channel);
                 notify.1.push(run_event(id, run));
             }

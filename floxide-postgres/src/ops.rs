@@ -107,6 +107,18 @@ pub(crate) async fn notify_run(
     Ok(())
 }
 
+/// The status of run `r` (a row of `runs`): a run stays `pending` in its row until its first
+/// commit, and reads as running once one of its items was leased (tokens grow with each lease):
+/// a take does not write the run's row.
+macro_rules! run_status {
+    () => {
+        "(CASE WHEN r.status = 'pending' AND EXISTS (
+            SELECT 1 FROM items i WHERE i.run_id = r.run_id AND i.token > 0)
+         THEN 'running' ELSE r.status END)"
+    };
+}
+pub(crate) use run_status;
+
 /// Stores a run's record, context and first item. A retry of the same request (`request`)
 /// answers as the first attempt did.
 pub(crate) async fn start(
@@ -710,7 +722,11 @@ pub(crate) async fn heartbeat(
     let Some(row) = row else {
         return Ok(LeaseState::Lost);
     };
-    let run_status = status(row.get(0))?;
+    let run_status = match status(row.get(0))? {
+        // A leased item's run is running (see `run_status!`).
+        RunStatus::Pending => RunStatus::Running,
+        other => other,
+    };
     if row.get::<_, i64>(1) > 0 || !machine::accepts_results(run_status) {
         Ok(LeaseState::Active(run_status))
     } else {

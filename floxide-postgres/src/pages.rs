@@ -91,7 +91,11 @@ impl PostgresBackend {
             scanned.push(format!("r.workflow = ${}", params.add(workflow.clone())));
         }
         if let Some(status) = query.status {
-            scanned.push(format!("r.status = ${}", params.add(status.to_string())));
+            scanned.push(format!(
+                "{} = ${}",
+                crate::ops::run_status!(),
+                params.add(status.to_string())
+            ));
         }
         if let Some(t) = query.started_after {
             scanned.push(format!("r.started_at >= ${}", params.add(t)));

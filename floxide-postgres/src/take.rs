@@ -15,9 +15,10 @@ use crate::ops::{backend, item_id};
 
 /// The statement. `$1` workflow, `$2` limit, `$3` lease in ms, `$4` worker, `$5` the statuses
 /// whose items are leased, `$6` those whose results are still accepted (else dropped), `$7`
-/// the delivery limit, `$8`/`$9` pending/running, `$10`/`$11` the contexts the worker holds
-/// (run, version): left out of the reply; `$12` whether the step history is recorded. A run's
-/// context comes once, with its first item.
+/// the delivery limit, `$8`/`$9` the contexts the worker holds (run, version): left out of the
+/// reply; `$10` whether the step history is recorded. A run's context comes once, with its
+/// first item. The take does not write the runs' rows: a run reads as running once one of its
+/// items was leased (`ops::run_status!`), and its first commit writes that.
 /// Rows not leased come back too (fate `D` poison, `K` parked, `X` dropped), without payload.
 const TAKE: &str = "\
 WITH cand AS (
@@ -29,15 +30,14 @@ WITH cand AS (
     FOR UPDATE SKIP LOCKED),
 classed AS (
     SELECT c.line, c.run_id, c.item_id, c.was, c.deliveries, c.node, c.holder, c.token,
-        c.attempt, c.leased_at, c.lease_ms, c.due_at, r.ctid AS run_line, r.status,
-        r.deadline, r.context, r.version,
+        c.attempt, c.leased_at, c.lease_ms, c.due_at, r.deadline, r.context, r.version,
         CASE WHEN NOT r.status = ANY($6::text[]) THEN 'X'
              WHEN NOT r.status = ANY($5::text[]) THEN 'K'
              WHEN c.deliveries >= $7 THEN 'D'
              ELSE 'I' END::\"char\" AS fate
     -- (Each run looked up by its key: a plan that walks the whole table to join is ruled out.)
     FROM cand c CROSS JOIN LATERAL (
-        SELECT ctid, status, deadline, context, version FROM runs WHERE run_id = c.run_id LIMIT 1
+        SELECT status, deadline, context, version FROM runs WHERE run_id = c.run_id LIMIT 1
     ) r),
 moved AS (
     UPDATE items i SET state = CASE WHEN c.fate = 'D' THEN i.state ELSE c.fate END,
@@ -47,7 +47,7 @@ moved AS (
 leased AS (
     UPDATE items i SET state = 'I', token = i.token + 1, deliveries = i.deliveries + 1,
         due_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000),
-        lease_ms = $3, worker = $4, leased_at = CASE WHEN $12::bool THEN clock_timestamp() END
+        lease_ms = $3, worker = $4, leased_at = CASE WHEN $10::bool THEN clock_timestamp() END
     FROM classed c
     WHERE c.fate = 'I' AND i.ctid = c.line
     RETURNING i.run_id, i.item_id, i.node, i.payload, i.attempt, i.deliveries, i.token, i.seq,
@@ -68,19 +68,11 @@ history AS (
         UNION ALL
         SELECT run_id, item_id, node, 'E', holder, token, attempt, NULL, due_at, NULL, 1
         FROM classed WHERE was = 'I'
-    ) e WHERE $12::bool ORDER BY o),
-started AS (
-    -- (A run's row found again where the classing read it: one changed since is left to the
-    -- run's next commit.)
-    UPDATE runs SET status = $9 WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM runs WHERE ctid = ANY(ARRAY(
-            SELECT DISTINCT run_line FROM classed WHERE fate = 'I' AND status = $8))
-            AND status = $8
-        FOR NO KEY UPDATE SKIP LOCKED)))
+    ) e WHERE $10::bool ORDER BY o)
 SELECT l.run_id, replace(l.item_id::text, '-', ''), l.node, l.payload, l.attempt,
     l.deliveries, l.token, c.deadline,
     CASE WHEN row_number() OVER (PARTITION BY l.run_id ORDER BY l.seq) > 1
-              OR (l.run_id, c.version) IN (SELECT * FROM unnest($10::text[], $11::int8[]))
+              OR (l.run_id, c.version) IN (SELECT * FROM unnest($8::text[], $9::int8[]))
          THEN NULL ELSE c.context END,
     c.version, 'I'::\"char\"
 FROM leased l JOIN classed c ON c.run_id = l.run_id AND c.item_id = l.item_id
@@ -139,8 +131,6 @@ pub(crate) async fn take_once(
                 &leasable,
                 &accepting,
                 &(take.options.max_deliveries.min(i32::MAX as u32) as i32),
-                &RunStatus::Pending.to_string(),
-                &RunStatus::Running.to_string(),
                 &held_runs,
                 &held_versions,
                 &history,
