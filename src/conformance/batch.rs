@@ -297,6 +297,16 @@ impl Counting {
     }
 
     /// Commit calls and the steps they carried so far.
+    /// The most items one take call leased.
+    pub(super) fn largest_take(&self) -> usize {
+        self.largest_take.load(Ordering::SeqCst)
+    }
+
+    /// The most steps one commit call carried.
+    pub(super) fn largest(&self) -> usize {
+        self.largest.load(Ordering::SeqCst)
+    }
+
     pub(super) fn counts(&self) -> (usize, usize) {
         (
             self.commits.load(Ordering::SeqCst),

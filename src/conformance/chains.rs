@@ -407,6 +407,46 @@ pub async fn g4_a_worker_draining_chains_gives_nothing_back<B: Backend>(backend:
     );
 }
 
+/// G4 with chains: a commit carries a batch of chains, not of steps. A worker of
+/// `MAX_BATCH` slots that took a full batch of three-step runs it chains commits more than
+/// `MAX_BATCH` steps in one call (never more than `MAX_BATCH` chains of at most 16 steps),
+/// every step applied once. (Spread over many partitions, a backlog this small never fills
+/// a take: only the bound is checked then.)
+pub async fn g4_a_commit_carries_a_batch_of_chains<B: Backend>(backend: B) {
+    let counting = Arc::new(Counting::chaining(Arc::new(backend)));
+    let backend: Arc<dyn Backend> = counting.clone();
+    let wf = Chain::new(Gate::open());
+    let o = orchestrator(wf.clone(), &backend);
+    let worker = chaining_worker(wf, &backend, MAX_BATCH);
+    let mut pool = WorkerPool::new(worker.clone(), 1).with_grace_period(Duration::from_millis(200));
+    pool.start();
+    warm_up(&o).await;
+    pool.try_stop().await.unwrap();
+    let mut runs = Vec::new();
+    for i in 0..200 {
+        runs.push(o.start_run(&ctx(), i).await.unwrap());
+    }
+    let mut pool = WorkerPool::new(worker, 1).with_grace_period(Duration::from_millis(200));
+    pool.start();
+    for run in &runs {
+        assert_eq!(finish(&o, run).await.status, RunStatus::Completed);
+    }
+    pool.try_stop().await.unwrap();
+    let (_, steps) = counting.counts();
+    assert_eq!(steps, 603, "every step committed once");
+    let (largest, largest_take) = (counting.largest(), counting.largest_take());
+    assert!(
+        largest <= MAX_BATCH * 16,
+        "the largest commit carried {largest} steps"
+    );
+    if largest_take == MAX_BATCH {
+        assert!(
+            largest > MAX_BATCH,
+            "after a full take, the largest commit carried {largest} steps"
+        );
+    }
+}
+
 /// G5 with chains: a chained step (its node ran fast before) that fails reports its failure
 /// once its parent is committed: the retry is scheduled as usual, the node runs exactly as
 /// often as without a chain (one failure, one success), and the run completes.

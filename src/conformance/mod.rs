@@ -1041,6 +1041,7 @@ macro_rules! conformance_tests {
             g1_a_kept_successor_of_a_dead_worker_is_rerun,
             g4_a_chain_of_fast_steps_is_one_commit,
             g4_a_worker_draining_chains_gives_nothing_back,
+            g4_a_commit_carries_a_batch_of_chains,
             g5_a_chained_step_that_fails_is_retried,
             g7_a_slow_chained_step_lets_its_parent_commit
         );

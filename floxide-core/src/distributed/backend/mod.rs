@@ -35,7 +35,9 @@ pub use types::{
     VersionedContext, KEPT_LEASE_TOKEN,
 };
 
-/// The most items one take or one commit handles: a worker's batch is capped at this.
+/// The most items one take leases, and the most chains one commit carries (a step with the
+/// successors its worker ran straight after it, at most 16 steps; see the guide's "Chains"):
+/// a worker's batch is capped at this.
 pub const MAX_BATCH: usize = 64;
 
 /// What a worker needs from shared storage.

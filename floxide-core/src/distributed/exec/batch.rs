@@ -19,7 +19,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
-use super::chain::{execute_chain, ChainEnd, Chained, Speeds};
+use super::chain::{execute_chain, ChainEnd, Chained, Speeds, MAX_CHAIN};
 use super::commit::{self, Pending, Settled};
 use super::{ended, execute, ExecConfig, Executed, StepEnd};
 use crate::distributed::backend::{
@@ -99,6 +99,25 @@ impl<O> State<'_, O> {
 /// The slots `steps` waiting for a commit hold: one per chain (see `Pending::holds_slot`).
 fn slots<O>(steps: &[Pending<O>]) -> usize {
     steps.iter().filter(|p| p.holds_slot()).count()
+}
+
+/// How many of the finished steps `ready` (oldest first) one commit carries: a batch of
+/// slots, where a chain's steps hold one between them (a worker that ran `MAX_BATCH` chains
+/// commits them together), and never more than `MAX_BATCH` × `MAX_CHAIN` steps.
+fn batch_len<O>(ready: &[Pending<O>]) -> usize {
+    let mut held = 0;
+    for (n, pending) in ready.iter().enumerate() {
+        if n == MAX_BATCH * MAX_CHAIN {
+            return n;
+        }
+        if pending.holds_slot() {
+            if held == MAX_BATCH {
+                return n;
+            }
+            held += 1;
+        }
+    }
+    ready.len()
 }
 
 /// A step's execution that starts no chain, as the loop keeps it.
@@ -386,7 +405,7 @@ where
     /// Sends the finished steps (up to a batch) in one commit that also takes new items for
     /// the slots it frees.
     fn start_commit(&self, st: &mut State<'a, W::Output>, stopping: bool) {
-        let n = st.ready.len().min(MAX_BATCH);
+        let n = batch_len(&st.ready);
         let mut batch: Vec<Pending<W::Output>> = st.ready.drain(..n).collect();
         commit::chain::<C, _>(&mut batch);
         let left = st.running.len() + slots(&st.ready) + st.reserved;
