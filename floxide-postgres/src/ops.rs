@@ -388,22 +388,6 @@ async fn lock(tx: &Transaction<'_>, lease: &Lease) -> Result<Option<Locked>, Dis
     }))
 }
 
-/// The parts of a statement that write the lease event the take of item `$2` of run `$1` left
-/// unwritten (`items.leased_at`, see the take), and mark it written: `pending` holds the
-/// event's row (none when it was written), with an `o` of 0 to order it first.
-macro_rules! pending_lease_parts {
-    () => {
-        "pending AS (
-    SELECT run_id AS r, item_id AS id, node, 'L'::\"char\" AS kind, worker AS w, token, attempt,
-        deliveries AS delivery, leased_at AS at,
-        leased_at + make_interval(secs => lease_ms / 1000) AS until, 0 AS o
-    FROM items WHERE run_id = $1 AND item_id = $2::text::uuid AND leased_at IS NOT NULL),
-written AS (
-    UPDATE items SET leased_at = NULL
-    WHERE run_id = $1 AND item_id = $2::text::uuid AND leased_at IS NOT NULL)"
-    };
-}
-
 /// Appends an event about the item of `lease` (by its holder) to its run's step history,
 /// after the item's current lease event if its take left that unwritten; `after`: how far
 /// from now the time it points to is (a retry's due time).
@@ -415,18 +399,22 @@ async fn step_event(
     after: Option<Duration>,
 ) -> Result<(), DistributedError> {
     tx.execute(
-        concat!(
-            "WITH ",
-            pending_lease_parts!(),
-            "
+        // (`pending`: the item's unwritten lease event, written first and marked written.)
+        "WITH pending AS (
+    SELECT run_id AS r, item_id AS id, node, 'L'::\"char\" AS kind, worker AS w, token, attempt,
+        deliveries AS delivery, leased_at AS at,
+        leased_at + make_interval(secs => lease_ms / 1000) AS until, 0 AS o
+    FROM items WHERE run_id = $1 AND item_id = $2::text::uuid AND leased_at IS NOT NULL),
+written AS (
+    UPDATE items SET leased_at = NULL
+    WHERE run_id = $1 AND item_id = $2::text::uuid AND leased_at IS NOT NULL)
 INSERT INTO step_events (run_id, item_id, node, kind, worker, token, attempt, delivery, at, until)
 SELECT r, id, node, kind, w, token, attempt, delivery, at, until FROM (
     SELECT * FROM pending
     UNION ALL
     SELECT $1, $2::text::uuid, $3, $4, $5, $6, $7, NULL, clock_timestamp(),
         clock_timestamp() + make_interval(secs => $8::float8 / 1000), 1) e
-ORDER BY o"
-        ),
+ORDER BY o",
         &[
             &lease.run_id,
             &lease.item_id.to_string(),
