@@ -409,8 +409,8 @@ pub async fn g4_a_worker_draining_chains_gives_nothing_back<B: Backend>(backend:
 
 /// G4 with chains: a commit carries a batch of chains, not of steps. A worker of
 /// `MAX_BATCH` slots that took a full batch of three-step runs it chains commits more than
-/// `MAX_BATCH` steps in one call (never more than `MAX_BATCH` chains of at most 16 steps),
-/// every step applied once. (Spread over many partitions, a backlog this small never fills
+/// `MAX_BATCH` steps in one call (never more than `MAX_COMMIT_STEPS`), every step applied
+/// once. (Spread over many partitions, a backlog this small never fills
 /// a take: only the bound is checked then.)
 pub async fn g4_a_commit_carries_a_batch_of_chains<B: Backend>(backend: B) {
     let counting = Arc::new(Counting::chaining(Arc::new(backend)));
@@ -436,7 +436,7 @@ pub async fn g4_a_commit_carries_a_batch_of_chains<B: Backend>(backend: B) {
     assert_eq!(steps, 603, "every step committed once");
     let (largest, largest_take) = (counting.largest(), counting.largest_take());
     assert!(
-        largest <= MAX_BATCH * 16,
+        largest <= MAX_COMMIT_STEPS,
         "the largest commit carried {largest} steps"
     );
     if largest_take == MAX_BATCH {

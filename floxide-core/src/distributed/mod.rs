@@ -77,7 +77,7 @@ pub use backend::{
     AdminBackend, Backend, CommitItem, CommitOutcome, CommitReply, DistributedError, HeardOutputs,
     Lease, LeaseState, NewItem, QueueStats, RunAction, RunCursor, RunPage, RunQuery, RunSignals,
     RunWatch, StartRun, StepCommit, StepEvent, StepEventKind, StepFailed, TakeOptions, TakeRequest,
-    Taken, VersionedContext, WorkerBackend, KEPT_LEASE_TOKEN, MAX_BATCH,
+    Taken, VersionedContext, WorkerBackend, KEPT_LEASE_TOKEN, MAX_BATCH, MAX_COMMIT_STEPS,
 };
 #[doc(hidden)]
 pub use compat::{kind, StoreBinding, StoreKind, StoreParts, StoreView};

@@ -36,9 +36,13 @@ pub use types::{
 };
 
 /// The most items one take leases, and the most chains one commit carries (a step with the
-/// successors its worker ran straight after it, at most 16 steps; see the guide's "Chains"):
-/// a worker's batch is capped at this.
+/// successors its worker ran straight after it; see the guide's "Chains", and
+/// [`MAX_COMMIT_STEPS`]): a worker's batch is capped at this.
 pub const MAX_BATCH: usize = 64;
+
+/// The most steps one commit carries, however long its chains: a commit call's work stays
+/// within a few times a batch (a Redis script runs alone on its server while it lasts).
+pub const MAX_COMMIT_STEPS: usize = 4 * MAX_BATCH;
 
 /// What a worker needs from shared storage.
 #[async_trait::async_trait]

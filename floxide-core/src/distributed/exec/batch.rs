@@ -19,11 +19,12 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
-use super::chain::{execute_chain, ChainEnd, Chained, Speeds, MAX_CHAIN};
+use super::chain::{execute_chain, ChainEnd, Chained, Speeds};
 use super::commit::{self, Pending, Settled};
 use super::{ended, execute, ExecConfig, Executed, StepEnd};
 use crate::distributed::backend::{
     Backend, CommitItem, CommitReply, DistributedError, TakeOptions, TakeRequest, Taken, MAX_BATCH,
+    MAX_COMMIT_STEPS,
 };
 use crate::distributed::health::HealthReporter;
 use crate::distributed::{RunId, WorkerId, WorkerStatus};
@@ -103,11 +104,11 @@ fn slots<O>(steps: &[Pending<O>]) -> usize {
 
 /// How many of the finished steps `ready` (oldest first) one commit carries: a batch of
 /// slots, where a chain's steps hold one between them (a worker that ran `MAX_BATCH` chains
-/// commits them together), and never more than `MAX_BATCH` × `MAX_CHAIN` steps.
+/// commits them together), and never more than `MAX_COMMIT_STEPS` steps.
 fn batch_len<O>(ready: &[Pending<O>]) -> usize {
     let mut held = 0;
     for (n, pending) in ready.iter().enumerate() {
-        if n == MAX_BATCH * MAX_CHAIN {
+        if n == MAX_COMMIT_STEPS {
             return n;
         }
         if pending.holds_slot() {
