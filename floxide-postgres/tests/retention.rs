@@ -38,7 +38,10 @@ async fn count(server: &PostgresServer, schema: &str, table: &str) -> i64 {
         .get(0)
 }
 
-async fn finish(o: &DistributedOrchestrator<Twice, ()>, run: &str) -> RunInfo {
+async fn finish<W: Workflow<()> + 'static>(
+    o: &DistributedOrchestrator<W, ()>,
+    run: &str,
+) -> RunInfo {
     tokio::time::timeout(
         Duration::from_secs(20),
         o.wait_for_completion(run, Duration::from_millis(50)),
@@ -305,21 +308,12 @@ async fn a_resumed_runs_retention_counts_from_its_last_finish() {
     let run = o.start_run(&WorkflowCtx::new(()), 8).await.unwrap();
     let mut pool = WorkerPool::new(wf.worker(backend.clone()).build().unwrap(), 1);
     pool.start();
-    let wait = |o: DistributedOrchestrator<Once, ()>, run: String| async move {
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            o.wait_for_completion(&run, Duration::from_millis(50)),
-        )
-        .await
-        .expect("the run finishes")
-        .unwrap()
-    };
-    assert_eq!(wait(o.clone(), run.clone()).await.status, RunStatus::Failed);
+    assert_eq!(finish(&o, &run).await.status, RunStatus::Failed);
     assert_eq!(count(&server, "again", "finished").await, 1);
     // The failure's retention passes; the run is resumed and completes before any sweep.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     o.resume(&run).await.unwrap();
-    let info = wait(o.clone(), run.clone()).await;
+    let info = finish(&o, &run).await;
     assert_eq!(info.status, RunStatus::Completed, "{info:?}");
     pool.try_stop().await.unwrap();
     assert_eq!(count(&server, "again", "finished").await, 2);

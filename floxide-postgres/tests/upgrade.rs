@@ -19,6 +19,17 @@ const UP_TO_6: [&str; 6] = [
     include_str!("../migrations/0006_lean_runs.sql"),
 ];
 
+/// The rows of `table` (in the `old` schema) that belong to run `done`.
+async fn rows_of_done(sql: &tokio_postgres::Client, table: &str) -> i64 {
+    sql.query_one(
+        &format!("SELECT count(*) FROM old.{table} WHERE run_id = 'done'"),
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 async fn client(server: &PostgresServer) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
         .await
@@ -73,15 +84,7 @@ async fn a_version_6_deployment_upgrades_with_its_runs() {
         done.outputs,
         vec![serde_json::json!(1), serde_json::json!(2)]
     );
-    let listed: i64 = sql
-        .query_one(
-            "SELECT count(*) FROM old.finished WHERE run_id = 'done'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(listed, 1);
+    assert_eq!(rows_of_done(&sql, "finished").await, 1);
     assert_eq!(
         backend.sweep().await.unwrap().runs,
         0,
@@ -129,13 +132,5 @@ async fn a_version_6_deployment_upgrades_with_its_runs() {
         backend.run_info("done").await,
         Err(DistributedError::UnknownRun(_))
     ));
-    let outputs: i64 = sql
-        .query_one(
-            "SELECT count(*) FROM old.outputs WHERE run_id = 'done'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(outputs, 0);
+    assert_eq!(rows_of_done(&sql, "outputs").await, 0);
 }
