@@ -35,8 +35,28 @@ local function step_parts(i)
   local e = o + 1 + num(ARGV[o])
   return ns, i + 12, o, e, e + 1 + num(ARGV[e])
 end
+-- The walk also plans, per run, what its steps would do if all were applied: `delta`, the
+-- change of its outstanding count (each new successor one more, each step one less), `outs`,
+-- the outputs, and `chain`, whether they are one chain this call finishes as a whole (each
+-- step after the first a kept successor, each but the last keeping its single successor, no
+-- errors). A run whose plan finishes it (see `run_of`) is "quiet".
+local plan = {}
 local i = 6
-for _ = 1, k do i = select(5, step_parts(i)) end
+for _ = 1, k do
+  local ns, _, o, e, next_i = step_parts(i)
+  local run = ARGV[i]
+  local p = plan[run]
+  if not p then
+    p = { delta = 0, outs = 0, chain = true }
+    plan[run] = p
+  elseif ARGV[i + 2] ~= '0' then
+    p.chain = false
+  end
+  p.delta = p.delta + ns - 1
+  p.outs = p.outs + num(ARGV[o])
+  if ns > 1 or (ns == 1 and ARGV[i + 10] == '') or num(ARGV[e]) > 0 then p.chain = false end
+  i = next_i
+end
 local next_wf = ARGV[i] or ''
 local worker, lease_ms, max_del = ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
 local budget = next_wf ~= '' and num(ARGV[i + 4]) or 0
@@ -57,12 +77,20 @@ local runs, order = {}, {}
 local function run_of(run)
   local r = runs[run]
   if not r then
+    -- (With what finishing the run needs: most runs of a batch finish in it.)
     local v = rcall('HMGET', run_key(run), 'st', 'ver', 'wf', 'left', 'out', 'dl', 'm_items',
-      'nt')
+      'nt', 'nout', 'nerr', 'idem', 'hx')
     -- Only a finished run has a finish time (`t1`); of those only a failed one takes commits.
     local t1 = v[1] == 'failed' and rcall('HGET', run_key(run), 't1') or false
     r = { st = v[1], ver = v[2], wf = v[3], left = v[4], out = v[5], t1 = t1, dl = v[6],
-          m_items = v[7], nt = v[8], set = {}, touched = false }
+          m_items = v[7], nt = v[8], nout = v[9], nerr = v[10], idem = v[11], hx = v[12],
+          set = {}, touched = false }
+    -- Quiet: this call completes the run with a routine history if all its steps apply. Its
+    -- items and history would go at once, so its steps' item writes and history lines are
+    -- not made, only noted (`lazy`), and made after all (`unquiet`) if it does not.
+    local p = plan[run]
+    r.quiet = p and p.chain and takes_items(v[1]) and num(v[4] or '1') + p.delta == 0
+      and (v[5] or p.outs > 0) and not v[12] and not KEEP_ROUTINE
     runs[run] = r
     order[#order + 1] = run
   end
@@ -103,6 +131,69 @@ local function not_leased(run, id, f1, token, holder, s, ns)
   if not m and r.st and not accepts_results(r.st) then return { 'inactive', r.st } end
   if m then step_event(run, 'Z', id, m.n, holder, num(token), m.a, now) end
   return { 'lost' }
+end
+
+-- The writes to a run's item hash that commit item `id` (its state `ma`..`mn` as read): its
+-- state, committed, and its bytes, emptied; more are appended from index 5.
+local function committed_writes(id, field, ma, md, mt, mn)
+  return { field, state_text('C', ma, md, mt, mn, RID), id, '' }
+end
+
+-- Appends to `hset` (filled up to `h`) the writes of successor `sid` kept for the step's
+-- worker `holder` until `ends` (see above), and adds its lease line; returns the new fill.
+local function keep_writes(run, hset, h, sid, snode, sbytes, sfield, holder, ends)
+  hset[h + 1] = sid
+  hset[h + 2] = sbytes
+  hset[h + 3] = sfield
+  hset[h + 4] = state_text('I', '1', '1', '0', snode, RID)
+  hset[h + 5] = sid .. ':w'
+  hset[h + 6] = holder
+  if STEP_HISTORY then
+    history_line(run, 'L ' .. text(now) .. ' 0 1 1 ' .. text(ends) .. ' ' .. sid .. ' ' ..
+      snode .. ' ' .. holder)
+  end
+  return h + 6
+end
+
+-- Adds the commit line of item `id` (see the key layout).
+local function commit_event(run, id, ma, mt, mn, holder)
+  if STEP_HISTORY then
+    history_line(run, commit_line .. mt .. ' ' .. ma .. ' - - ' .. id .. ' ' .. mn .. ' ' .. holder)
+  end
+end
+
+-- Makes the item writes and history lines a quiet run's applied steps left unmade (it turned
+-- out not to finish, or not routinely), and ends its quiet. Its lines go where they would
+-- have been made, before those added since (a refused step's).
+local function unquiet(run, r)
+  local lazy = r.lazy
+  r.quiet, r.lazy = false, nil
+  if not lazy then return end
+  local before = HISTORY[run] and #HISTORY[run] or 0
+  local hsets = r.hsets or {}
+  for j = 1, #lazy, 6 do
+    local i, ma, md, mt, mn = lazy[j], lazy[j + 1], lazy[j + 2], lazy[j + 3], lazy[j + 4]
+    local id, holder = ARGV[i + 1], ARGV[i + 9]
+    local hset = committed_writes(id, id .. ':m', ma, md, mt, mn)
+    if lazy[j + 5] > 0 then
+      local s = i + 12
+      keep_writes(run, hset, 4, ARGV[s], ARGV[s + 1], ARGV[s + 2], ARGV[s] .. ':m', holder,
+        now + num(ARGV[i + 10]))
+    end
+    commit_event(run, id, ma, mt, mn, holder)
+    hsets[#hsets + 1] = hset
+  end
+  r.hsets = hsets
+  local lines, at = HISTORY[run], r.hpos
+  if lines and before > at then
+    local made = {}
+    for j = before + 1, #lines do
+      made[#made + 1] = lines[j]
+      lines[j] = nil
+    end
+    for j = before, at + 1, -1 do lines[j + #made] = lines[j] end
+    for j = 1, #made do lines[at + j] = made[j] end
+  end
 end
 
 -- Applies the step whose arguments start at ARGV[i] (see above); returns its reply row (the
@@ -165,38 +256,42 @@ local function commit_one(i)
   end
   if r.st == 'pending' then r.st = 'running'; r.set.st = 'running' end
   r.touched = true
+  local keeps = keep_ms ~= '' and ns == 1 and takes_items(r.st)
+  -- A step of a quiet run (see `run_of`) is noted, its writes not made; one it cannot take
+  -- quietly (never, as planned) ends the quiet.
+  local quiet = r.quiet
+  if quiet and not (ns == 0 or keeps) then
+    unquiet(run, r)
+    quiet = false
+  end
 
   -- Successors: new ones are stored, leased straight to the worker while it has room, the
   -- others queued (parked while the run is paused or failed).
   local fresh = 0
   -- The item's payload goes (emptied in the same write as its completion).
-  local hset = { field, state_text('C', ma, md, mt, mn, RID), id, '' }
-  local h = 4   -- (counted: `#hset` is a search each time)
+  local hset, h
+  if not quiet then
+    hset = committed_writes(id, field, ma, md, mt, mn)
+    h = 4   -- (counted: `#hset` is a search each time)
+  end
   local parked = NONE
   local hands = budget > 0 and takes_items(r.st) and r.wf == next_wf
-  local keeps = keep_ms ~= '' and ns == 1 and takes_items(r.st)
   for n = 1, ns do
     if not f[1 + n] then
       local sid, snode, sbytes = ARGV[s], ARGV[s + 1], ARGV[s + 2]
       fresh = fresh + 1
-      hset[h + 1] = sid
-      hset[h + 2] = sbytes
-      hset[h + 3] = fields and fields[n + 1] or field1
-      h = h + 3
       if keeps then
         -- Kept for this worker (see above): its timer is added at the end unless its commit
         -- follows in this call.
         local ends = now + num(keep_ms)
-        hset[h + 1] = state_text('I', '1', '1', '0', snode, RID)
-        hset[h + 2] = sid .. ':w'
-        hset[h + 3] = holder
-        h = h + 3
         kept['L' .. sid .. ':' .. run] = ends
-        if STEP_HISTORY then
-          history_line(run, 'L ' .. text(now) .. ' 0 1 1 ' .. text(ends) .. ' ' .. sid .. ' ' ..
-            snode .. ' ' .. holder)
+        if not quiet then
+          h = keep_writes(run, hset, h, sid, snode, sbytes, fields and fields[n + 1] or field1,
+            holder, ends)
         end
       elseif hands and budget > 0 then
+        h = h + 3
+        hset[h - 2], hset[h - 1], hset[h] = sid, sbytes, fields and fields[n + 1] or field1
         budget = budget - 1
         -- (The lease names this request: a retry of it finds the item handed over.)
         hset[h + 1] = state_text('I', '1', '1', '1', snode, RID)
@@ -215,7 +310,8 @@ local function commit_one(i)
           history_line(run, lease_line .. sid .. ' ' .. snode .. ' ' .. worker)
         end
       else
-        h = h + 1
+        h = h + 4
+        hset[h - 3], hset[h - 2], hset[h - 1] = sid, sbytes, fields and fields[n + 1] or field1
         hset[h] = state_text('P', '1', '0', '0', snode, '-')
         if takes_items(r.st) then
           local q = queued[r.wf]
@@ -229,13 +325,23 @@ local function commit_one(i)
     end
     s = s + 3
   end
-  -- (Written with the run's other steps, unless the run completes in this call: its items go.)
-  local hsets = r.hsets
-  if hsets then hsets[#hsets + 1] = hset else r.hsets = { hset } end
-  if kept[timer] then kept[timer] = nil else done[#done + 1] = timer end
-  if STEP_HISTORY then
-    history_line(run, commit_line .. mt .. ' ' .. ma .. ' - - ' .. id .. ' ' .. mn .. ' ' .. holder)
+  if quiet then
+    local lazy = r.lazy
+    if not lazy then
+      lazy = {}
+      r.lazy, r.hpos = lazy, HISTORY[run] and #HISTORY[run] or 0
+    end
+    local l = #lazy
+    lazy[l + 1], lazy[l + 2], lazy[l + 3], lazy[l + 4], lazy[l + 5], lazy[l + 6] =
+      i, ma, md, mt, mn, fresh
+  else
+    -- (Written with the run's other steps, unless the run completes in this call: its items
+    -- go.)
+    local hsets = r.hsets
+    if hsets then hsets[#hsets + 1] = hset else r.hsets = { hset } end
+    commit_event(run, id, ma, mt, mn, holder)
   end
+  if kept[timer] then kept[timer] = nil else done[#done + 1] = timer end
   if #parked > 0 then
     call_chunked('LPUSH', parked_key(run), parked)
     keep_expiry(parked_key(run), r.t1)
@@ -310,6 +416,9 @@ for _, run in ipairs(order) do
     if r.durs then set.nt = add_timings(r.nt, r.durs) end
     local new = after_commit(r.st, r.left, r.out)
     local finishing = new ~= r.st and is_finished(new)
+    if r.lazy and not (finishing and new == 'completed' and not HISTORY_NOTE[run]) then
+      unquiet(run, r)
+    end
     if r.hsets and not (finishing and new ~= 'failed') then
       local hsets, all = r.hsets, r.hsets[1]
       if #hsets > 1 then

@@ -36,8 +36,9 @@ local rcall, sub, match, byte, find, format, gmatch, concat, min, max, floor
 -- its functions serve every call).
 local PFX, RETENTION, LETTER_RETENTION, RID, RETRY
 local TIMERS, RUNS, FINISHED, LEGACY_DONE, LETTERS, LETTER_INDEX
--- Run events and lease timers a call collects (flushed at its end), and whether it pruned.
-local EVENTS, PRUNE_DONE, TIMER_ADDS = {}, false, {}
+-- Run events, lease timers and finished runs (`FINISHED` lines) a call collects (flushed at
+-- its end), and whether it finished a run.
+local EVENTS, PRUNE_DONE, TIMER_ADDS, FINISHED_ADDS = {}, false, {}, {}
 -- The decimal texts of the larger numbers formatted lately, and how many (see `text`).
 local TEXT, TEXT_N = {}, 0
 -- Step history lines a call collects per run (flushed at its end, one push per run), the runs
@@ -79,7 +80,9 @@ local function setup()
   PRUNE_DONE = false
   -- A call's collections are emptied by its flushes: they are made anew only when a call
   -- stopped before its end and left them filled (making them every call cost 4k instructions).
-  if EVENTS[1] or TIMER_ADDS[1] then EVENTS, TIMER_ADDS = {}, {} end
+  if EVENTS[1] or TIMER_ADDS[1] or FINISHED_ADDS[1] then
+    EVENTS, TIMER_ADDS, FINISHED_ADDS = {}, {}, {}
+  end
   reset_history()
   if TEXT_N > 4096 then TEXT, TEXT_N = {}, 0 end
 end
@@ -408,7 +411,7 @@ local function finish_run(run, set, st, now, r)
     r = { nout = v[1], nerr = v[2], idem = v[3], hx = v[4] }
   end
   local nout, nerr = set.nout or r.nout, set.nerr or r.nerr
-  rcall('RPUSH', FINISHED, text(now) .. ' ' .. run)
+  FINISHED_ADDS[#FINISHED_ADDS + 1] = text(now) .. ' ' .. run
   rcall('PEXPIREAT', run_key(run), exp)
   local routine = st == 'completed' and not KEEP_ROUTINE and not r.hx and not HISTORY_NOTE[run]
   if routine then
@@ -439,6 +442,8 @@ local function flush_events(now)
   flush_history()
   if PRUNE_DONE then
     PRUNE_DONE = false
+    call_chunked('RPUSH', FINISHED, FINISHED_ADDS)
+    FINISHED_ADDS = {}
     -- The finished runs, oldest first: those whose retention is over leave the run index,
     -- unless a resume revived them (their record is still there; a second finish pushed
     -- them again).

@@ -245,6 +245,109 @@ pub async fn g2_a_chain_commits_in_one_call<B: Backend>(backend: B) {
     }
 }
 
+/// G2 with chains: a chain refused after its first step (the second relied on a context
+/// version the run is not at) keeps what was applied and nothing more: the first step is
+/// committed, its kept successor stored and leased to the worker (in the step history too),
+/// the successor's own successor not stored; the run goes on, and completes once the
+/// successor and its successor commit.
+pub async fn g2_a_chain_refused_midway_keeps_its_first_step<B: Backend>(backend: B) {
+    if !backend.keeps_successors() {
+        return;
+    }
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let me = WorkerId::from("chainer");
+    let (run, a) = first_item(&backend, &me).await;
+    let (b, c) = (a.lease.item_id.child(0), a.lease.item_id.child(0).child(0));
+    let step_a = step_with("a", b, "b");
+    let mut stale_b = step_with("b", c, "c");
+    stale_b.require_version = Some(41);
+    let step_c = last_step("c");
+    let lease_b = Lease::new(run.clone(), b, KEPT_LEASE_TOKEN, me.clone());
+    let lease_c = Lease::new(run.clone(), c, KEPT_LEASE_TOKEN, me.clone());
+    // The whole chain, as a worker sends it: were every step applied, it would complete the run.
+    let reply = backend
+        .commit_batch(
+            &[
+                CommitItem::new(&a.lease, &step_a).with_successor_kept(PATIENCE),
+                CommitItem::new(&lease_b, &stale_b).with_successor_kept(PATIENCE),
+                CommitItem::new(&lease_c, &step_c),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            reply.outcomes.as_slice(),
+            [
+                CommitOutcome::Committed { finished: None },
+                CommitOutcome::ContextConflict { .. },
+                CommitOutcome::LeaseLost,
+            ]
+        ),
+        "{:?}",
+        reply.outcomes
+    );
+    assert_eq!(
+        backend.run_info(&run).await.unwrap().status,
+        RunStatus::Running
+    );
+    let items = backend.work_items(&run).await.unwrap();
+    let status = |id: ItemId| {
+        items
+            .iter()
+            .find(|i| i.item_id == id)
+            .map(|i| (i.status, i.worker.clone()))
+    };
+    assert_eq!(
+        status(a.lease.item_id).map(|s| s.0),
+        Some(WorkItemStatus::Completed),
+        "{items:?}"
+    );
+    assert_eq!(
+        status(b),
+        Some((WorkItemStatus::InProgress, Some(me.clone()))),
+        "the kept successor is leased to its committer: {items:?}"
+    );
+    assert_eq!(status(c), None, "a refused step's successor is not stored");
+    if let Some(history) = backend.step_history(&run).await.unwrap() {
+        let mut seen: Vec<(&str, ItemId)> = history
+            .iter()
+            .map(|e| (e.kind.name(), e.item_id))
+            .collect();
+        seen.sort();
+        let mut expected = vec![
+            ("committed", a.lease.item_id),
+            ("leased", a.lease.item_id),
+            ("leased", b),
+        ];
+        expected.sort();
+        assert_eq!(seen, expected, "{history:#?}");
+    }
+
+    let reply = backend
+        .commit_batch(
+            &[
+                CommitItem::new(&lease_b, &step_with("b", c, "c")).with_successor_kept(PATIENCE),
+                CommitItem::new(&lease_c, &step_c),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.outcomes,
+        vec![
+            CommitOutcome::Committed { finished: None },
+            CommitOutcome::Committed {
+                finished: Some(RunStatus::Completed)
+            },
+        ]
+    );
+    let metrics = backend.metrics(&run).await.unwrap();
+    assert_eq!((metrics.completed, metrics.total_work_items), (3, 3));
+}
+
 /// G1 with chains: a kept successor whose worker died (it never commits it) is handed to
 /// another worker once its lease expires, as a second delivery; the dead worker's kept lease
 /// is fenced out.

@@ -1038,6 +1038,7 @@ macro_rules! conformance_tests {
             g7_a_step_learns_of_a_cancel_it_did_not_hear,
             g2_a_kept_successor_is_leased_to_its_committer,
             g2_a_chain_commits_in_one_call,
+            g2_a_chain_refused_midway_keeps_its_first_step,
             g1_a_kept_successor_of_a_dead_worker_is_rerun,
             g4_a_chain_of_fast_steps_is_one_commit,
             g4_a_worker_draining_chains_gives_nothing_back,
