@@ -171,11 +171,19 @@ local function unquiet(run, r)
   if not lazy then return end
   local before = HISTORY[run] and #HISTORY[run] or 0
   local hsets = r.hsets or {}
-  for j = 1, #lazy, 6 do
-    local i, ma, md, mt, mn = lazy[j], lazy[j + 1], lazy[j + 2], lazy[j + 3], lazy[j + 4]
+  for j = 1, r.nlazy, 3 do
+    -- (A step read from the store noted its state; a kept one's is known.)
+    local i, state = lazy[j], lazy[j + 1]
     local id, holder = ARGV[i + 1], ARGV[i + 9]
+    local ma, md, mt, mn
+    if state then
+      local _
+      _, ma, md, mt, mn = match(state, META)
+    else
+      ma, md, mt, mn = '1', '1', '0', ARGV[i + 7]
+    end
     local hset = committed_writes(id, id .. ':m', ma, md, mt, mn)
-    if lazy[j + 5] > 0 then
+    if lazy[j + 2] > 0 then
       local s = i + 12
       keep_writes(run, hset, 4, ARGV[s], ARGV[s + 1], ARGV[s + 2], ARGV[s] .. ':m', holder,
         now + num(ARGV[i + 10]))
@@ -326,14 +334,15 @@ local function commit_one(i)
     s = s + 3
   end
   if quiet then
-    local lazy = r.lazy
+    local lazy, l = r.lazy, r.nlazy
     if not lazy then
-      lazy = {}
+      lazy, l = {}, 0
       r.lazy, r.hpos = lazy, HISTORY[run] and #HISTORY[run] or 0
     end
-    local l = #lazy
-    lazy[l + 1], lazy[l + 2], lazy[l + 3], lazy[l + 4], lazy[l + 5], lazy[l + 6] =
-      i, ma, md, mt, mn, fresh
+    lazy[l + 1] = i
+    lazy[l + 2] = f ~= NONE and f[1]
+    lazy[l + 3] = fresh
+    r.nlazy = l + 3
   else
     -- (Written with the run's other steps, unless the run completes in this call: its items
     -- go.)

@@ -297,12 +297,13 @@ end
 
 -- Writes the fields in `set` to the run's record (one command).
 local function write_run(run, set)
-  local args = {}
+  local args, n = {}, 0
   for k, v in pairs(set) do
-    args[#args + 1] = k
-    args[#args + 1] = type(v) == 'number' and text(v) or v
+    args[n + 1] = k
+    args[n + 2] = type(v) == 'number' and text(v) or v
+    n = n + 2
   end
-  if #args > 0 then rcall('HSET', run_key(run), unpack(args)) end
+  if n > 0 then rcall('HSET', run_key(run), unpack(args)) end
 end
 
 -- Reads fields of a run's record into a table (false for missing ones).
@@ -833,6 +834,15 @@ local function add_timings(nt, durs)
       agg[node] = { 1, dur, dur }
       order[#order + 1] = node
     end
+  end
+  if nt == '' then
+    -- A run's first timings (most runs' only ones): the segments, joined once.
+    local segs = {}
+    for n, node in ipairs(order) do
+      local a = agg[node]
+      segs[n] = node .. ' ' .. text(a[1]) .. ' ' .. text(a[2]) .. ' ' .. text(a[3])
+    end
+    return concat(segs, ';')
   end
   for _, node in ipairs(order) do
     local a = agg[node]
