@@ -311,10 +311,8 @@ pub async fn g2_a_chain_refused_midway_keeps_its_first_step<B: Backend>(backend:
     );
     assert_eq!(status(c), None, "a refused step's successor is not stored");
     if let Some(history) = backend.step_history(&run).await.unwrap() {
-        let mut seen: Vec<(&str, ItemId)> = history
-            .iter()
-            .map(|e| (e.kind.name(), e.item_id))
-            .collect();
+        let mut seen: Vec<(&str, ItemId)> =
+            history.iter().map(|e| (e.kind.name(), e.item_id)).collect();
         seen.sort();
         let mut expected = vec![
             ("committed", a.lease.item_id),
