@@ -389,8 +389,9 @@ local function commit_one(i)
   end
   local durs = r.durs
   if not durs then durs = {}; r.durs = durs end
-  durs[#durs + 1] = ARGV[i + 7]
-  durs[#durs + 1] = tonumber(ARGV[i + 8])
+  local d = #durs
+  durs[d + 1] = ARGV[i + 7]
+  durs[d + 2] = ARGV[i + 8]
   return OK, true, next_i
 end
 

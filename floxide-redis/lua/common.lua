@@ -818,14 +818,32 @@ local function add_timing(nt, node, c, t, x)
     sub(nt, stop)
 end
 
--- `durs` holds a script's steps of the run, `node, µs, node, µs, ...`: each node's segment is
--- rewritten once for all its steps.
+-- `durs` holds a script's steps of the run, `node, µs, node, µs, ...` (the µs as texts): each
+-- node's segment is rewritten once for all its steps.
 local function add_timings(nt, durs)
   nt = nt or ''
-  if #durs == 2 then return add_timing(nt, durs[1], 1, durs[2], durs[2]) end
+  if nt == '' then
+    -- A run's first timings, each node once (a chain's, as a rule): the segments are made
+    -- from the texts as sent, with no number read or written.
+    local segs, seen, distinct = {}, {}, true
+    for i = 1, #durs, 2 do
+      local node, dur = durs[i], durs[i + 1]
+      if seen[node] then
+        distinct = false
+        break
+      end
+      seen[node] = true
+      segs[#segs + 1] = node .. ' 1 ' .. dur .. ' ' .. dur
+    end
+    if distinct then return concat(segs, ';') end
+  end
+  if #durs == 2 then
+    local dur = tonumber(durs[2]) or 0
+    return add_timing(nt, durs[1], 1, dur, dur)
+  end
   local agg, order = {}, {}
   for i = 1, #durs, 2 do
-    local node, dur = durs[i], durs[i + 1]
+    local node, dur = durs[i], tonumber(durs[i + 1]) or 0
     local a = agg[node]
     if a then
       a[1], a[2] = a[1] + 1, a[2] + dur
@@ -834,15 +852,6 @@ local function add_timings(nt, durs)
       agg[node] = { 1, dur, dur }
       order[#order + 1] = node
     end
-  end
-  if nt == '' then
-    -- A run's first timings (most runs' only ones): the segments, joined once.
-    local segs = {}
-    for n, node in ipairs(order) do
-      local a = agg[node]
-      segs[n] = node .. ' ' .. text(a[1]) .. ' ' .. text(a[2]) .. ' ' .. text(a[3])
-    end
-    return concat(segs, ';')
   end
   for _, node in ipairs(order) do
     local a = agg[node]

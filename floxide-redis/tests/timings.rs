@@ -1,7 +1,7 @@
 //! Node timings as the commit script keeps them, one field of the run's record
 //! (`<node> <count> <total µs> <max µs>;...`): a commit rewrites only its nodes' segments, finds
 //! them whatever other node names share their letters, and starts a segment it cannot read
-//! over (G7).
+//! over (G7); a run's first commit writes its nodes' segments from the steps as sent.
 
 use std::time::Duration;
 
@@ -112,4 +112,90 @@ async fn a_commit_rewrites_only_its_nodes_timings() {
         backend.run_info("r1").await.unwrap().status,
         RunStatus::Completed
     );
+}
+
+/// A run's first timings come from the commit's steps as sent: each node once (a chain's
+/// usual shape) or a node repeated within the commit, whose steps add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_first_commit_writes_its_nodes_timings() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let config = RedisConfig::new(server.url()).with_key_prefix(PREFIX);
+    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let me = WorkerId::from("w");
+    let row = |n: &str, c, t, m| (n.to_owned(), c, t, m);
+    // Chains of three steps, nodes as given, each `us` long, committed in one call.
+    for (run, nodes, expected) in [
+        (
+            "distinct",
+            ["a", "b", "c"],
+            vec![
+                row("a", 1, 10, 10),
+                row("b", 1, 20, 20),
+                row("c", 1, 30, 30),
+            ],
+        ),
+        (
+            "repeated",
+            ["a", "b", "a"],
+            vec![row("a", 2, 40, 30), row("b", 1, 20, 20)],
+        ),
+    ] {
+        backend
+            .start_run(StartRun::new(
+                run,
+                "Flow",
+                b"null".to_vec(),
+                NewItem::new(ItemId::ROOT, nodes[0], b"0".to_vec()),
+            ))
+            .await
+            .unwrap();
+        let taken = backend
+            .take_batch(
+                TakeRequest::new("Flow", &me, options()).with_max(4),
+                Duration::ZERO,
+            )
+            .await
+            .unwrap();
+        assert_eq!(taken.len(), 1);
+        let (second, third) = (ItemId::ROOT.child(0), ItemId::ROOT.child(0).child(0));
+        let step = |node: &str, us: u64, next: Option<(ItemId, &str)>| {
+            let mut commit = StepCommit::new(node);
+            commit.duration = Duration::from_micros(us);
+            match next {
+                Some((id, node)) => commit
+                    .successors
+                    .push(NewItem::new(id, node, b"1".to_vec())),
+                None => commit.outputs.push(serde_json::json!(1)),
+            }
+            commit
+        };
+        let steps = [
+            step(nodes[0], 10, Some((second, nodes[1]))),
+            step(nodes[1], 20, Some((third, nodes[2]))),
+            step(nodes[2], 30, None),
+        ];
+        let kept = |id| Lease::new(run, id, KEPT_LEASE_TOKEN, me.clone());
+        let (lease_2, lease_3) = (kept(second), kept(third));
+        let keep = Duration::from_secs(30);
+        let reply = backend
+            .commit_batch(
+                &[
+                    CommitItem::new(&taken[0].lease, &steps[0]).with_successor_kept(keep),
+                    CommitItem::new(&lease_2, &steps[1]).with_successor_kept(keep),
+                    CommitItem::new(&lease_3, &steps[2]),
+                ],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.outcomes.last(),
+            Some(&CommitOutcome::Committed {
+                finished: Some(RunStatus::Completed)
+            }),
+            "{run}: {:?}",
+            reply.outcomes
+        );
+        assert_eq!(timings(&backend, run).await, expected, "{run}");
+    }
 }
