@@ -114,25 +114,6 @@ local kept = {}      -- kept successors' lease timers -> their end (added unless
 local NONE = {}      -- shared by the steps without parked successors (read only)
 local OK = { 'ok', '' }  -- the reply row of an applied step whose run goes on (shared, read only)
 
--- The answer to step `id` of `run` (leased under `token`, a text) when its lease is not found
--- as leased: applied before by this request, refused (run over), or lost.
-local function not_leased(run, id, f1, token, holder, s, ns)
-  local m = parse_meta(f1)
-  local r = run_of(run)
-  -- This request applied the step before its reply was lost: answer as then.
-  if m and m.s == 'C' and m.r == RID then
-    again[#again + 1] = run
-    again[#again + 1] = s
-    again[#again + 1] = ns
-    return { 'ok', is_finished(r.st) and r.st or '' }
-  end
-  if not m and rare(run, 'frid') == RID then return { 'ok', r.st or '' } end
-  -- A cancelled or completed run's items are gone: its in-flight steps learn it is over.
-  if not m and r.st and not accepts_results(r.st) then return { 'inactive', r.st } end
-  if m then step_event(run, 'Z', id, m.n, holder, num(token), m.a, now) end
-  return { 'lost' }
-end
-
 -- The writes to a run's item hash that commit item `id` (its state `ma`..`mn` as read): its
 -- state, committed, and its bytes, emptied; more are appended from index 5.
 local function committed_writes(id, field, ma, md, mt, mn)
@@ -163,13 +144,12 @@ local function commit_event(run, id, ma, mt, mn, holder)
 end
 
 -- Makes the item writes and history lines a quiet run's applied steps left unmade (it turned
--- out not to finish, or not routinely), and ends its quiet. Its lines go where they would
--- have been made, before those added since (a refused step's).
+-- out not to finish, or not routinely), and ends its quiet. (Nothing else adds a line to a
+-- quiet run's history: a step refused with a line ends the quiet first, see `not_leased`.)
 local function unquiet(run, r)
   local lazy = r.lazy
   r.quiet, r.lazy = false, nil
   if not lazy then return end
-  local before = HISTORY[run] and #HISTORY[run] or 0
   local hsets = r.hsets or {}
   for j = 1, r.nlazy, 3 do
     -- (A step read from the store noted its state; a kept one's is known.)
@@ -192,16 +172,27 @@ local function unquiet(run, r)
     hsets[#hsets + 1] = hset
   end
   r.hsets = hsets
-  local lines, at = HISTORY[run], r.hpos
-  if lines and before > at then
-    local made = {}
-    for j = before + 1, #lines do
-      made[#made + 1] = lines[j]
-      lines[j] = nil
-    end
-    for j = before, at + 1, -1 do lines[j + #made] = lines[j] end
-    for j = 1, #made do lines[at + j] = made[j] end
+end
+
+-- The answer to step `id` of `run` (leased under `token`, a text) when its lease is not found
+-- as leased: applied before by this request, refused (run over), or lost.
+local function not_leased(run, id, f1, token, holder, s, ns)
+  local m = parse_meta(f1)
+  local r = run_of(run)
+  -- (Its lines follow those of the run's steps applied before it.)
+  if r.lazy then unquiet(run, r) end
+  -- This request applied the step before its reply was lost: answer as then.
+  if m and m.s == 'C' and m.r == RID then
+    again[#again + 1] = run
+    again[#again + 1] = s
+    again[#again + 1] = ns
+    return { 'ok', is_finished(r.st) and r.st or '' }
   end
+  if not m and rare(run, 'frid') == RID then return { 'ok', r.st or '' } end
+  -- A cancelled or completed run's items are gone: its in-flight steps learn it is over.
+  if not m and r.st and not accepts_results(r.st) then return { 'inactive', r.st } end
+  if m then step_event(run, 'Z', id, m.n, holder, num(token), m.a, now) end
+  return { 'lost' }
 end
 
 -- Applies the step whose arguments start at ARGV[i] (see above); returns its reply row (the
@@ -337,7 +328,7 @@ local function commit_one(i)
     local lazy, l = r.lazy, r.nlazy
     if not lazy then
       lazy, l = {}, 0
-      r.lazy, r.hpos = lazy, HISTORY[run] and #HISTORY[run] or 0
+      r.lazy = lazy
     end
     lazy[l + 1] = i
     lazy[l + 2] = f ~= NONE and f[1]
