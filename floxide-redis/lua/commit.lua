@@ -120,20 +120,25 @@ local function committed_writes(id, field, ma, md, mt, mn)
   return { field, state_text('C', ma, md, mt, mn, RID), id, '' }
 end
 
--- Appends to `hset` (filled up to `h`) the writes of successor `sid` kept for the step's
--- worker `holder` until `ends` (see above), and adds its lease line; returns the new fill.
-local function keep_writes(run, hset, h, sid, snode, sbytes, sfield, holder, ends)
+-- Appends to `hset` (filled up to `h`) new successor `sid`'s bytes and state field name.
+local function new_item_writes(hset, h, sid, sbytes, sfield)
   hset[h + 1] = sid
   hset[h + 2] = sbytes
   hset[h + 3] = sfield
-  hset[h + 4] = state_text('I', '1', '1', '0', snode, RID)
-  hset[h + 5] = sid .. ':w'
-  hset[h + 6] = holder
+  return h + 3
+end
+
+-- Appends to `hset` (filled up to `h`) the lease of new successor `sid` kept for the step's
+-- worker `holder` until `ends` (see above), and adds its lease line; returns the new fill.
+local function keep_writes(run, hset, h, sid, snode, holder, ends)
+  hset[h + 1] = state_text('I', '1', '1', '0', snode, RID)
+  hset[h + 2] = sid .. ':w'
+  hset[h + 3] = holder
   if STEP_HISTORY then
     history_line(run, 'L ' .. text(now) .. ' 0 1 1 ' .. text(ends) .. ' ' .. sid .. ' ' ..
       snode .. ' ' .. holder)
   end
-  return h + 6
+  return h + 3
 end
 
 -- Adds the commit line of item `id` (see the key layout).
@@ -165,8 +170,9 @@ local function unquiet(run, r)
     local hset = committed_writes(id, id .. ':m', ma, md, mt, mn)
     if lazy[j + 2] > 0 then
       local s = i + 12
-      keep_writes(run, hset, 4, ARGV[s], ARGV[s + 1], ARGV[s + 2], ARGV[s] .. ':m', holder,
-        now + num(ARGV[i + 10]))
+      local sid = ARGV[s]
+      local h = new_item_writes(hset, 4, sid, ARGV[s + 2], sid .. ':m')
+      keep_writes(run, hset, h, sid, ARGV[s + 1], holder, now + num(ARGV[i + 10]))
     end
     commit_event(run, id, ma, mt, mn, holder)
     hsets[#hsets + 1] = hset
@@ -279,18 +285,16 @@ local function commit_one(i)
     if not f[1 + n] then
       local sid, snode, sbytes = ARGV[s], ARGV[s + 1], ARGV[s + 2]
       fresh = fresh + 1
+      if not quiet then
+        h = new_item_writes(hset, h, sid, sbytes, fields and fields[n + 1] or field1)
+      end
       if keeps then
         -- Kept for this worker (see above): its timer is added at the end unless its commit
         -- follows in this call.
         local ends = now + num(keep_ms)
         kept['L' .. sid .. ':' .. run] = ends
-        if not quiet then
-          h = keep_writes(run, hset, h, sid, snode, sbytes, fields and fields[n + 1] or field1,
-            holder, ends)
-        end
+        if not quiet then h = keep_writes(run, hset, h, sid, snode, holder, ends) end
       elseif hands and budget > 0 then
-        h = h + 3
-        hset[h - 2], hset[h - 1], hset[h] = sid, sbytes, fields and fields[n + 1] or field1
         budget = budget - 1
         -- (The lease names this request: a retry of it finds the item handed over.)
         hset[h + 1] = state_text('I', '1', '1', '1', snode, RID)
@@ -309,8 +313,7 @@ local function commit_one(i)
           history_line(run, lease_line .. sid .. ' ' .. snode .. ' ' .. worker)
         end
       else
-        h = h + 4
-        hset[h - 3], hset[h - 2], hset[h - 1] = sid, sbytes, fields and fields[n + 1] or field1
+        h = h + 1
         hset[h] = state_text('P', '1', '0', '0', snode, '-')
         if takes_items(r.st) then
           local q = queued[r.wf]
