@@ -9,24 +9,9 @@ use floxide::ItemId;
 use floxide_redis::testing::{RedisServer, ServerOptions};
 use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
 
-fn options() -> TakeOptions {
-    TakeOptions {
-        lease_timeout: Duration::from_secs(30),
-        max_deliveries: 5,
-    }
-}
-
-async fn take_one(backend: &RedisBackend, worker: &WorkerId) -> Taken {
-    let mut taken = backend
-        .take_batch(
-            TakeRequest::new("Flow", worker, options()).with_max(1),
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
-    assert_eq!(taken.len(), 1);
-    taken.remove(0)
-}
+#[path = "support/flow.rs"]
+mod flow;
+use flow::take_one;
 
 /// A batch that would complete its run (`x` keeping `z`, a forged `y`, `z`) has its middle
 /// step refused with a "fenced" line: the lines of `x`, applied before it, come first, and
@@ -46,7 +31,7 @@ async fn a_refused_steps_line_keeps_its_place_in_a_quiet_runs_history() {
         ))
         .await
         .unwrap();
-    let a = take_one(&backend, &me).await;
+    let a = take_one(&backend, &me, 1).await;
     let (x, y) = (ItemId::ROOT.child(0), ItemId::ROOT.child(1));
     let mut fork = StepCommit::new("a");
     fork.successors.push(NewItem::new(x, "x", b"1".to_vec()));
@@ -54,8 +39,8 @@ async fn a_refused_steps_line_keeps_its_place_in_a_quiet_runs_history() {
     let done = backend.commit(&a.lease, &fork).await.unwrap();
     assert_eq!(done, CommitOutcome::Committed { finished: None });
     let (taken_1, taken_2) = (
-        take_one(&backend, &me).await,
-        take_one(&backend, &other).await,
+        take_one(&backend, &me, 1).await,
+        take_one(&backend, &other, 1).await,
     );
     let (mine, theirs) = if taken_1.lease.item_id == x {
         (taken_1, taken_2)

@@ -10,39 +10,36 @@ use floxide::ItemId;
 use floxide_redis::testing::{RedisServer, ServerOptions};
 use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
 
+#[path = "support/flow.rs"]
+mod flow;
+use flow::take_one;
+
 const PREFIX: &str = "timing:";
 
-fn options() -> TakeOptions {
-    TakeOptions {
-        lease_timeout: Duration::from_secs(30),
-        max_deliveries: 5,
+/// A step of `node`, `us` microseconds long, with a successor at `next` (or an output).
+fn step_of(node: &str, us: u64, next: Option<(ItemId, &str)>) -> StepCommit {
+    let mut commit = StepCommit::new(node);
+    commit.duration = Duration::from_micros(us);
+    match next {
+        Some((id, node)) => commit
+            .successors
+            .push(NewItem::new(id, node, b"1".to_vec())),
+        None => commit.outputs.push(serde_json::json!(1)),
     }
+    commit
 }
 
 /// Takes the run's one ready item and commits it as `node`, `us` microseconds long, with a
 /// successor at `next` (or an output).
 async fn step(backend: &RedisBackend, node: &str, us: u64, next: Option<(u128, &str)>) {
-    let me = WorkerId::from("w");
-    let taken = backend
-        .take_batch(
-            TakeRequest::new("Flow", &me, options()).with_max(4),
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
-    assert_eq!(taken.len(), 1);
-    assert_eq!(taken[0].node, node);
-    let mut commit = StepCommit::new(node);
-    commit.duration = Duration::from_micros(us);
-    match next {
-        Some((id, node)) => {
-            commit
-                .successors
-                .push(NewItem::new(ItemId::from_u128(id), node, b"1".to_vec()))
-        }
-        None => commit.outputs.push(serde_json::json!(1)),
-    }
-    let outcome = backend.commit(&taken[0].lease, &commit).await.unwrap();
+    let taken = take_one(backend, &WorkerId::from("w"), 4).await;
+    assert_eq!(taken.node, node);
+    let commit = step_of(
+        node,
+        us,
+        next.map(|(id, node)| (ItemId::from_u128(id), node)),
+    );
+    let outcome = backend.commit(&taken.lease, &commit).await.unwrap();
     assert!(
         matches!(outcome, CommitOutcome::Committed { .. }),
         "{outcome:?}"
@@ -149,30 +146,12 @@ async fn a_runs_first_commit_writes_its_nodes_timings() {
             ))
             .await
             .unwrap();
-        let taken = backend
-            .take_batch(
-                TakeRequest::new("Flow", &me, options()).with_max(4),
-                Duration::ZERO,
-            )
-            .await
-            .unwrap();
-        assert_eq!(taken.len(), 1);
+        let taken = take_one(&backend, &me, 4).await;
         let (second, third) = (ItemId::ROOT.child(0), ItemId::ROOT.child(0).child(0));
-        let step = |node: &str, us: u64, next: Option<(ItemId, &str)>| {
-            let mut commit = StepCommit::new(node);
-            commit.duration = Duration::from_micros(us);
-            match next {
-                Some((id, node)) => commit
-                    .successors
-                    .push(NewItem::new(id, node, b"1".to_vec())),
-                None => commit.outputs.push(serde_json::json!(1)),
-            }
-            commit
-        };
         let steps = [
-            step(nodes[0], 10, Some((second, nodes[1]))),
-            step(nodes[1], 20, Some((third, nodes[2]))),
-            step(nodes[2], 30, None),
+            step_of(nodes[0], 10, Some((second, nodes[1]))),
+            step_of(nodes[1], 20, Some((third, nodes[2]))),
+            step_of(nodes[2], 30, None),
         ];
         let kept = |id| Lease::new(run, id, KEPT_LEASE_TOKEN, me.clone());
         let (lease_2, lease_3) = (kept(second), kept(third));
@@ -180,7 +159,7 @@ async fn a_runs_first_commit_writes_its_nodes_timings() {
         let reply = backend
             .commit_batch(
                 &[
-                    CommitItem::new(&taken[0].lease, &steps[0]).with_successor_kept(keep),
+                    CommitItem::new(&taken.lease, &steps[0]).with_successor_kept(keep),
                     CommitItem::new(&lease_2, &steps[1]).with_successor_kept(keep),
                     CommitItem::new(&lease_3, &steps[2]),
                 ],
