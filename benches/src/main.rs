@@ -245,32 +245,26 @@ fn main() -> std::process::ExitCode {
 
 /// Runs the workload `args` names; its JSON line, or what went wrong.
 async fn workload(args: Args) -> Result<serde_json::Value, String> {
-    {
-        match args.workload.as_str() {
-            "local-linear" => local_linear(&args).await,
-            "dist-mem-linear" => dist_mem_linear(&args).await,
-            "dist-mem-latency" => workloads::latency(&workloads::in_memory(), &args).await,
-            "dist-redis-linear" => {
-                workloads::linear(&redis_workloads::target(&args).await?, &args).await
-            }
-            "dist-redis-fanout" => {
-                workloads::fanout(&redis_workloads::target(&args).await?, &args).await
-            }
-            "dist-redis-bulk" => {
-                workloads::bulk(&redis_workloads::target(&args).await?, &args).await
-            }
-            "dist-redis-latency" => {
-                workloads::latency(&redis_workloads::target(&args).await?, &args).await
-            }
-            "dist-pg-linear" => workloads::linear(&pg_workloads::target(&args).await?, &args).await,
-            "dist-pg-fanout" => workloads::fanout(&pg_workloads::target(&args).await?, &args).await,
-            "dist-pg-bulk" => workloads::bulk(&pg_workloads::target(&args).await?, &args).await,
-            "dist-pg-latency" => {
-                workloads::latency(&pg_workloads::target(&args).await?, &args).await
-            }
-            "crash" => crash::driver(&args).await,
-            "worker" => crash::worker(&args).await,
-            other => Err(format!("unknown workload `{other}`")),
+    match args.workload.as_str() {
+        "local-linear" => local_linear(&args).await,
+        "dist-mem-linear" => dist_mem_linear(&args).await,
+        "dist-mem-latency" => workloads::latency(&workloads::in_memory(), &args).await,
+        "dist-redis-linear" => {
+            workloads::linear(&redis_workloads::target(&args).await?, &args).await
         }
+        "dist-redis-fanout" => {
+            workloads::fanout(&redis_workloads::target(&args).await?, &args).await
+        }
+        "dist-redis-bulk" => workloads::bulk(&redis_workloads::target(&args).await?, &args).await,
+        "dist-redis-latency" => {
+            workloads::latency(&redis_workloads::target(&args).await?, &args).await
+        }
+        "dist-pg-linear" => workloads::linear(&pg_workloads::target(&args).await?, &args).await,
+        "dist-pg-fanout" => workloads::fanout(&pg_workloads::target(&args).await?, &args).await,
+        "dist-pg-bulk" => workloads::bulk(&pg_workloads::target(&args).await?, &args).await,
+        "dist-pg-latency" => workloads::latency(&pg_workloads::target(&args).await?, &args).await,
+        "crash" => crash::driver(&args).await,
+        "worker" => crash::worker(&args).await,
+        other => Err(format!("unknown workload `{other}`")),
     }
 }
