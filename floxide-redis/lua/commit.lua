@@ -40,17 +40,23 @@ end
 -- the outputs, and `chain`, whether they are one chain this call finishes as a whole (each
 -- step after the first a kept successor, each but the last keeping its single successor, no
 -- errors). A run whose plan finishes it (see `run_of`) is "quiet".
+-- `at` lists the run's steps: their place in the batch and where their arguments start.
 local plan = {}
+local starts = {}
 local i = 6
-for _ = 1, k do
+for c = 1, k do
   local ns, _, o, e, next_i = step_parts(i)
   local run = ARGV[i]
   local p = plan[run]
+  starts[c] = i
   if not p then
-    p = { delta = 0, outs = 0, chain = true }
+    p = { delta = 0, outs = 0, chain = true, at = { c, i } }
     plan[run] = p
-  elseif ARGV[i + 2] ~= '0' then
-    p.chain = false
+  else
+    if ARGV[i + 2] ~= '0' then p.chain = false end
+    local at = p.at
+    at[#at + 1] = c
+    at[#at + 1] = i
   end
   p.delta = p.delta + ns - 1
   p.outs = p.outs + num(ARGV[o])
@@ -389,21 +395,90 @@ local function commit_one(i)
   return OK, true, next_i
 end
 
+local replies = {}
+local last_of = {}
+
+-- Commits at once the steps of a quiet run (see `run_of`) when they are one chain that
+-- starts at an item leased by a take (each later step the kept successor of the one
+-- before), its lease holds and its context changes apply: the effects are those of its steps
+-- applied one by one, with nothing of its items or history written (they go as the run
+-- completes). Returns false, having changed nothing, when any of that does not hold: the
+-- steps then go one by one.
+local function commit_quiet(run, p)
+  local at = p.at
+  local first = at[2]
+  local id, token = ARGV[first + 1], ARGV[first + 2]
+  if token == '0' or HISTORY_NOTE[run] then return false end
+  for a = 4, #at, 2 do
+    if ARGV[at[a] + 1] ~= ARGV[at[a - 2] + 12] then return false end
+  end
+  local r = run_of(run)
+  if not r.quiet or r.touched then return false end
+  local ms, _, _, mt = match(rcall('HGET', items_key(run), id .. ':m') or '', META)
+  if ms ~= 'I' or mt ~= token then return false end
+  local ver = num(r.ver or '0')
+  local after, ctx = false, nil
+  for a = 2, #at, 2 do
+    local s = at[a]
+    local required, base = ARGV[s + 3], ARGV[s + 4]
+    if required ~= '' and num(required) ~= ver then return false end
+    if base ~= '' then
+      if num(base) ~= ver then return false end
+      ver = ver + 1
+      ctx, after = ARGV[s + 5], ver
+    elseif ARGV[s + 6] ~= '' then
+      after = num(ARGV[s + 6])
+    end
+  end
+  if ctx then r.ver, r.set.ver, r.set.ctx = ver, ver, ctx end
+  if after then held[run] = after end
+  if r.st == 'pending' then r.st = 'running'; r.set.st = 'running' end
+  r.touched, r.quiet = true, false
+  local durs = {}
+  for a = 2, #at, 2 do
+    local s = at[a]
+    local o = s + 12 + 3 * num(ARGV[s + 11])
+    for n = o + 1, o + num(ARGV[o]) do
+      if not r.out then
+        r.out = ARGV[n]
+        r.set.out = ARGV[n]
+      else
+        r.outs = r.outs or {}
+        r.outs[#r.outs + 1] = ARGV[n]
+      end
+    end
+    durs[a - 1] = ARGV[s + 7]
+    durs[a] = ARGV[s + 8]
+    replies[at[a - 1]] = OK
+  end
+  r.durs = durs
+  -- (Its items: one left, the first; each later step is a new one.)
+  r.left, r.set.left = 0, 0
+  if #at > 2 then
+    r.m_items = num(r.m_items or '0') + #at / 2 - 1
+    r.set.m_items = r.m_items
+  end
+  done[#done + 1] = 'L' .. id .. ':' .. run
+  last_of[run] = at[#at - 1]
+  return true
+end
+
 -- A retried request whose take was applied gets the same items back: those its first
 -- attempt popped from the queue (remembered), and those it handed over (below).
 local replay = next_wf ~= '' and replay_take(last, worker) or nil
-local replies = {}
-local last_of = {}
 -- Once a context change of a run is refused, its later ones in the batch are refused too:
 -- the worker may have joined them onto the refused one, whose version another commit can reach.
-i = 6
 for c = 1, k do
-  local run, changes = ARGV[i], ARGV[i + 4] ~= ''
-  local row, applied
-  row, applied, i = commit_one(i)
-  if changes and row[1] ~= 'ok' then broken[run] = true end
-  replies[c] = row
-  if applied then last_of[run] = c end
+  i = starts[c]
+  local run = ARGV[i]
+  local p = plan[run]
+  if p.fast == nil then p.fast = p.chain and commit_quiet(run, p) end
+  if not p.fast then
+    local row, applied = commit_one(i)
+    if ARGV[i + 4] ~= '' and row[1] ~= 'ok' then broken[run] = true end
+    replies[c] = row
+    if applied then last_of[run] = c end
+  end
 end
 
 -- Each touched run: its new status (finished when nothing is left), written once.

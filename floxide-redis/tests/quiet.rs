@@ -99,3 +99,237 @@ async fn a_refused_steps_line_keeps_its_place_in_a_quiet_runs_history() {
         RunStatus::Running
     );
 }
+
+/// Starts run `run` of `Flow` (context `null`, version 0) and takes its first item, `a`.
+async fn started(backend: &RedisBackend, run: &str, me: &WorkerId) -> Taken {
+    backend
+        .start_run(StartRun::new(
+            run,
+            "Flow",
+            b"null".to_vec(),
+            NewItem::new(ItemId::ROOT, "a", b"0".to_vec()),
+        ))
+        .await
+        .unwrap();
+    take_one(backend, me, 1).await
+}
+
+/// The steps of a chain `a` → `b` → `c`: each changes the context (from the version given) and
+/// `c` returns two outputs.
+fn chain_steps(from_version: u64) -> [StepCommit; 3] {
+    let (b, c) = (ItemId::ROOT.child(0), ItemId::ROOT.child(0).child(0));
+    let mut a = StepCommit::new("a");
+    a.successors.push(NewItem::new(b, "b", b"1".to_vec()));
+    a.context = Some((from_version, b"1".to_vec()));
+    a.duration = Duration::from_micros(300);
+    let mut step_b = StepCommit::new("b");
+    step_b.successors.push(NewItem::new(c, "c", b"2".to_vec()));
+    step_b.context = Some((from_version + 1, b"2".to_vec()));
+    step_b.duration = Duration::from_micros(200);
+    let mut step_c = StepCommit::new("c");
+    step_c.outputs = vec![serde_json::json!(7), serde_json::json!(8)];
+    step_c.context = Some((from_version + 2, b"3".to_vec()));
+    step_c.duration = Duration::from_micros(100);
+    [a, step_b, step_c]
+}
+
+/// Commits `steps` under `leases` in one call, the first two keeping their successor.
+async fn commit_chain(
+    backend: &RedisBackend,
+    leases: [&Lease; 3],
+    steps: &[StepCommit; 3],
+) -> CommitReply {
+    let keep = Duration::from_secs(30);
+    let items = [
+        CommitItem::new(leases[0], &steps[0]).with_successor_kept(keep),
+        CommitItem::new(leases[1], &steps[1]).with_successor_kept(keep),
+        CommitItem::new(leases[2], &steps[2]),
+    ];
+    backend.commit_batch(&items, None).await.unwrap()
+}
+
+/// What a finished run shows: its record, counters, context and items.
+async fn finished_state(
+    backend: &RedisBackend,
+    run: &str,
+) -> (
+    RunStatus,
+    Vec<serde_json::Value>,
+    (u64, u64),
+    Vec<(String, u64, Duration)>,
+    (u64, Vec<u8>),
+    usize,
+) {
+    let info = backend.run_info(run).await.unwrap();
+    let metrics = backend.metrics(run).await.unwrap();
+    let context = backend.load_context(run).await.unwrap();
+    let timings = metrics
+        .per_node
+        .iter()
+        .map(|(node, t)| (node.clone(), t.count, t.total))
+        .collect();
+    (
+        info.status,
+        info.outputs,
+        (metrics.total_work_items, metrics.completed),
+        timings,
+        (context.version, context.bytes),
+        backend.work_items(run).await.unwrap().len(),
+    )
+}
+
+/// A chain that completes its run committed in one call (applied at once) leaves the run as
+/// the same chain committed step by step, one call each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_completing_its_run_in_one_call_leaves_what_its_steps_one_by_one_leave() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let config = RedisConfig::new(server.url()).with_key_prefix("quiet:");
+    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let me = WorkerId::from("me");
+    let keep = Duration::from_secs(30);
+    let (b, c) = (ItemId::ROOT.child(0), ItemId::ROOT.child(0).child(0));
+    let [a_step, b_step, c_step] = chain_steps(0);
+
+    // At once.
+    let first = started(&backend, "once", &me).await;
+    let (lease_b, lease_c) = (
+        Lease::new("once", b, KEPT_LEASE_TOKEN, me.clone()),
+        Lease::new("once", c, KEPT_LEASE_TOKEN, me.clone()),
+    );
+    let reply = backend
+        .commit_batch(
+            &[
+                CommitItem::new(&first.lease, &a_step).with_successor_kept(keep),
+                CommitItem::new(&lease_b, &b_step).with_successor_kept(keep),
+                CommitItem::new(&lease_c, &c_step),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    let applied = CommitOutcome::Committed { finished: None };
+    let completed = CommitOutcome::Committed {
+        finished: Some(RunStatus::Completed),
+    };
+    assert_eq!(
+        reply.outcomes,
+        vec![applied.clone(), applied.clone(), completed.clone()]
+    );
+
+    // Step by step.
+    let first = started(&backend, "steps", &me).await;
+    let (lease_b, lease_c) = (
+        Lease::new("steps", b, KEPT_LEASE_TOKEN, me.clone()),
+        Lease::new("steps", c, KEPT_LEASE_TOKEN, me.clone()),
+    );
+    let mut outcomes = Vec::new();
+    for item in [
+        CommitItem::new(&first.lease, &a_step).with_successor_kept(keep),
+        CommitItem::new(&lease_b, &b_step).with_successor_kept(keep),
+        CommitItem::new(&lease_c, &c_step),
+    ] {
+        outcomes.push(backend.commit_batch(&[item], None).await.unwrap().outcomes);
+    }
+    assert_eq!(
+        outcomes,
+        [vec![applied.clone()], vec![applied], vec![completed]]
+    );
+
+    let (once, steps) = (
+        finished_state(&backend, "once").await,
+        finished_state(&backend, "steps").await,
+    );
+    assert_eq!(once, steps);
+    assert_eq!(once.0, RunStatus::Completed);
+    assert_eq!(once.1, vec![serde_json::json!(7), serde_json::json!(8)]);
+    assert_eq!(once.2, (3, 3));
+    assert_eq!(once.4, (3, b"3".to_vec()));
+}
+
+/// A chain that would complete its run, whose first lease is no longer held, changes nothing:
+/// its steps are refused as they are one by one, and the live lease still completes the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completing_chain_on_a_lost_lease_changes_nothing() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let config = RedisConfig::new(server.url()).with_key_prefix("quiet:");
+    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let me = WorkerId::from("me");
+    let keep = Duration::from_secs(30);
+    let (b, c) = (ItemId::ROOT.child(0), ItemId::ROOT.child(0).child(0));
+    let first = started(&backend, "r", &me).await;
+    let forged = Lease::new("r", first.lease.item_id, first.lease.token + 1, me.clone());
+    let (lease_b, lease_c) = (
+        Lease::new("r", b, KEPT_LEASE_TOKEN, me.clone()),
+        Lease::new("r", c, KEPT_LEASE_TOKEN, me.clone()),
+    );
+    let [a_step, b_step, c_step] = chain_steps(0);
+    let batch = |lease_a| {
+        [
+            CommitItem::new(lease_a, &a_step).with_successor_kept(keep),
+            CommitItem::new(&lease_b, &b_step).with_successor_kept(keep),
+            CommitItem::new(&lease_c, &c_step),
+        ]
+    };
+    let reply = backend.commit_batch(&batch(&forged), None).await.unwrap();
+    // (The later steps' context changes build on the refused one's: refused too.)
+    let conflict = CommitOutcome::ContextConflict { current: 0 };
+    assert_eq!(
+        reply.outcomes,
+        vec![CommitOutcome::LeaseLost, conflict.clone(), conflict]
+    );
+    let info = backend.run_info("r").await.unwrap();
+    assert_eq!((info.status, info.outputs.len()), (RunStatus::Running, 0));
+    assert_eq!(backend.load_context("r").await.unwrap().version, 0);
+    let items = backend.work_items("r").await.unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0].status, WorkItemStatus::InProgress);
+
+    let reply = backend
+        .commit_batch(&batch(&first.lease), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.outcomes.last(),
+        Some(&CommitOutcome::Committed {
+            finished: Some(RunStatus::Completed)
+        })
+    );
+}
+
+/// A chain that would complete its run, whose first step's context change is based on a
+/// version the run is no longer at, is refused step by step: conflicts (the worker re-merges),
+/// nothing applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completing_chain_on_a_stale_context_is_refused_step_by_step() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let config = RedisConfig::new(server.url()).with_key_prefix("quiet:");
+    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let me = WorkerId::from("me");
+    let (b, c) = (ItemId::ROOT.child(0), ItemId::ROOT.child(0).child(0));
+    let first = started(&backend, "r", &me).await;
+    let (lease_b, lease_c) = (
+        Lease::new("r", b, KEPT_LEASE_TOKEN, me.clone()),
+        Lease::new("r", c, KEPT_LEASE_TOKEN, me.clone()),
+    );
+    let stale = chain_steps(4);
+    let reply = commit_chain(&backend, [&first.lease, &lease_b, &lease_c], &stale).await;
+    assert_eq!(
+        reply.outcomes,
+        vec![CommitOutcome::ContextConflict { current: 0 }; 3]
+    );
+    assert_eq!(
+        backend.run_info("r").await.unwrap().status,
+        RunStatus::Running
+    );
+    assert_eq!(backend.load_context("r").await.unwrap().version, 0);
+
+    let fresh = chain_steps(0);
+    let reply = commit_chain(&backend, [&first.lease, &lease_b, &lease_c], &fresh).await;
+    assert_eq!(
+        reply.outcomes.last(),
+        Some(&CommitOutcome::Committed {
+            finished: Some(RunStatus::Completed)
+        })
+    );
+    assert_eq!(backend.load_context("r").await.unwrap().version, 3);
+}

@@ -294,6 +294,66 @@ async fn a_retried_commit_hands_over_its_successor_again() {
     only_this_lease_is_left(&s, &me, &successor.lease, &run, 7).await;
 }
 
+/// A chain of steps that completes its run in one commit (applied at once), whose reply is
+/// lost: the retry answers it applied, and the run has the chain's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_chain_commit_that_completed_its_run_answers_applied() {
+    let s = setup(|c| c).await;
+    let wf = One { echo: Echo {} };
+    let run = s
+        .orchestrator
+        .start_run(&WorkflowCtx::new(()), 1)
+        .await
+        .unwrap();
+    let me = WorkerId::from("me");
+    let taken = s
+        .backend
+        .take(wf.name(), &me, options(), Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("the run's first item");
+    let child = taken.lease.item_id.child(0);
+    let mut first = StepCommit::new("echo");
+    first.successors = vec![NewItem::new(child, "echo", taken.bytes.clone())];
+    let kept = Lease::new(run.as_str(), child, KEPT_LEASE_TOKEN, me.clone());
+    s.proxy.cut_after_request(b"FCALL");
+    let reply = s
+        .backend
+        .commit_batch(
+            &[
+                CommitItem::new(&taken.lease, &first).with_successor_kept(Duration::from_secs(60)),
+                CommitItem::new(&kept, &done(9)),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.proxy.cuts(), 1);
+    assert!(
+        reply
+            .outcomes
+            .iter()
+            .all(|o| matches!(o, CommitOutcome::Committed { .. })),
+        "{:?}",
+        reply.outcomes
+    );
+    assert_eq!(
+        reply.outcomes.last(),
+        Some(&CommitOutcome::Committed {
+            finished: Some(RunStatus::Completed)
+        })
+    );
+    assert_eq!(
+        s.orchestrator
+            .wait_for_output(&run, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        9
+    );
+    let metrics = s.backend.metrics(run.as_str()).await.unwrap();
+    assert_eq!((metrics.total_work_items, metrics.completed), (2, 2));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_are_retried_too() {
     let s = setup(|c| c).await;
