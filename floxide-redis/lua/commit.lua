@@ -14,10 +14,21 @@
 --            context version the worker holds after the step ('' for none), node,
 --            duration in µs, the lease's holder, the kept successor's lease in ms ('' for none:
 --            see below), successor count s, s × (id, node, bytes), output count o,
---            o outputs (JSON), error count e, e errors (JSON)), then for the take: workflow
---            ('' for none), worker id, lease in ms, max deliveries, n, woken flag
+--            o outputs (JSON), error count e, e errors (JSON)), then whole chains: count w,
+--            w × (run id, its first item's id, its token, step count n, n × (node,
+--            duration in µs), context base version ('' when the context is unchanged), the
+--            last context bytes, how many steps changed it, the context version the worker
+--            holds after the chain ('' for none), output count o, o outputs (JSON)), then for
+--            the take: workflow ('' for none), worker id, lease in ms, max deliveries, n,
+--            woken flag
 -- Returns {k × ({'ok', final status or ''} | {'conflict', version} | {'lost'} |
---          {'inactive', status}), take reply (see take.lua) or {0, -1}}
+--          {'inactive', status}) then a row per step of each whole chain (the same, or
+--          {'again'}: see below), take reply (see take.lua) or {0, -1}}
+-- A whole chain is all the steps of a run in the call, sent in short: from the run's first
+-- item (leased by a take) each step but the last keeps its single successor, the last makes
+-- none, and none records errors or requires a version. It is applied at once when it
+-- completes its run quietly (see `run_of`); otherwise nothing of it is, its rows are
+-- {'again'}, and the worker sends its steps again, one by one.
 -- A retry of the request (same request id) answers its applied steps with {'ok', …} again and
 -- gets the items its take leased.
 -- A kept successor (a step's single new successor, when the step asks for it and the run takes
@@ -62,6 +73,20 @@ for c = 1, k do
   p.outs = p.outs + num(ARGV[o])
   if ns > 1 or (ns == 1 and ARGV[i + 10] == '') or num(ARGV[e]) > 0 then p.chain = false end
   i = next_i
+end
+-- Whole chains (see above): where the parts of the one at ARGV[j] are: its step count, where
+-- its context base is, and the next chain.
+local function chain_parts(j)
+  local n = num(ARGV[j + 3])
+  local x = j + 4 + 2 * n
+  return n, x, x + 5 + num(ARGV[x + 4])
+end
+local whole = num(ARGV[i] or '0')
+local chains_at = i + 1
+i = chains_at
+for _ = 1, whole do
+  local _, _, next_j = chain_parts(i)
+  i = next_j
 end
 local next_wf = ARGV[i] or ''
 local worker, lease_ms, max_del = ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
@@ -119,6 +144,18 @@ local broken = {}    -- runs whose context change the batch refused
 local kept = {}      -- kept successors' lease timers -> their end (added unless committed here)
 local NONE = {}      -- shared by the steps without parked successors (read only)
 local OK = { 'ok', '' }  -- the reply row of an applied step whose run goes on (shared, read only)
+
+-- Adds output `v` to run `r`: the first goes in its record, the others in a list (pushed
+-- once per run at the end).
+local function add_output(r, v)
+  if not r.out then
+    r.out = v
+    r.set.out = v
+  else
+    r.outs = r.outs or {}
+    r.outs[#r.outs + 1] = v
+  end
+end
 
 -- The writes to a run's item hash that commit item `id` (its state `ma`..`mn` as read): its
 -- state, committed, and its bytes, emptied; more are appended from index 5.
@@ -360,15 +397,7 @@ local function commit_one(i)
 
   -- Outputs (the first in the record, the others in a list, pushed once per run at the
   -- end), errors, counters.
-  for n = o + 1, o + num(ARGV[o]) do
-    if not r.out then
-      r.out = ARGV[n]
-      r.set.out = ARGV[n]
-    else
-      r.outs = r.outs or {}
-      r.outs[#r.outs + 1] = ARGV[n]
-    end
-  end
+  for n = o + 1, o + num(ARGV[o]) do add_output(r, ARGV[n]) end
   local ne = num(ARGV[e])
   if ne > 0 then
     call_chunked('RPUSH', errs_key(run), { unpack(ARGV, e + 1, e + ne) })
@@ -397,6 +426,25 @@ end
 
 local replies = {}
 local last_of = {}
+
+-- Records that `n` steps from item `id` (leased by a take) completed quiet run `run`, with
+-- their timings `durs`, last context `ctx` at version `ver` (none: nil), the context version
+-- the worker holds after them (`after`, none: false), the last one's reply row `last`.
+local function quiet_done(run, r, id, n, durs, ctx, ver, after, last)
+  if ctx then r.ver, r.set.ver, r.set.ctx = ver, ver, ctx end
+  if after then held[run] = after end
+  if r.st == 'pending' then r.st = 'running'; r.set.st = 'running' end
+  r.touched, r.quiet = true, false
+  r.durs = durs
+  -- (Its items: one left, the first; each later step is a new one.)
+  r.left, r.set.left = 0, 0
+  if n > 1 then
+    r.m_items = num(r.m_items or '0') + n - 1
+    r.set.m_items = r.m_items
+  end
+  done[#done + 1] = 'L' .. id .. ':' .. run
+  last_of[run] = last
+end
 
 -- Commits at once the steps of a quiet run (see `run_of`) when they are one chain that
 -- starts at an item leased by a take (each later step the kept successor of the one
@@ -430,36 +478,47 @@ local function commit_quiet(run, p)
       after = num(ARGV[s + 6])
     end
   end
-  if ctx then r.ver, r.set.ver, r.set.ctx = ver, ver, ctx end
-  if after then held[run] = after end
-  if r.st == 'pending' then r.st = 'running'; r.set.st = 'running' end
-  r.touched, r.quiet = true, false
   local durs = {}
   for a = 2, #at, 2 do
     local s = at[a]
     local o = s + 12 + 3 * num(ARGV[s + 11])
-    for n = o + 1, o + num(ARGV[o]) do
-      if not r.out then
-        r.out = ARGV[n]
-        r.set.out = ARGV[n]
-      else
-        r.outs = r.outs or {}
-        r.outs[#r.outs + 1] = ARGV[n]
-      end
-    end
+    for n = o + 1, o + num(ARGV[o]) do add_output(r, ARGV[n]) end
     durs[a - 1] = ARGV[s + 7]
     durs[a] = ARGV[s + 8]
     replies[at[a - 1]] = OK
   end
-  r.durs = durs
-  -- (Its items: one left, the first; each later step is a new one.)
-  r.left, r.set.left = 0, 0
-  if #at > 2 then
-    r.m_items = num(r.m_items or '0') + #at / 2 - 1
-    r.set.m_items = r.m_items
+  quiet_done(run, r, id, #at / 2, durs, ctx, ver, after, at[#at - 1])
+  return true
+end
+
+-- Commits the whole chain at ARGV[j] (see above), answering its steps in rows `row` on;
+-- returns false, having changed nothing, when it does not complete its run quietly.
+local function commit_whole(j, row)
+  local run, id, token = ARGV[j], ARGV[j + 1], ARGV[j + 2]
+  local n, x = chain_parts(j)
+  local r = run_of(run)
+  local ms, _, _, mt = match(rcall('HGET', items_key(run), id .. ':m') or '', META)
+  if not ms and rare(run, 'frid') == RID then
+    -- This request completed the run before its reply was lost: answer as then.
+    for c = row, row + n - 1 do replies[c] = { 'ok', r.st or '' } end
+    return true
   end
-  done[#done + 1] = 'L' .. id .. ':' .. run
-  last_of[run] = at[#at - 1]
+  local base, nout = ARGV[x], num(ARGV[x + 4])
+  local ver = num(r.ver or '0')
+  if ms ~= 'I' or mt ~= token or token == '0' or r.touched or not takes_items(r.st)
+    or num(r.left or '1') ~= 1 or not (r.out or nout > 0) or r.hx or KEEP_ROUTINE
+    or HISTORY_NOTE[run] or (base ~= '' and num(base) ~= ver) then
+    return false
+  end
+  local ctx
+  if base ~= '' then
+    ver = ver + num(ARGV[x + 2])
+    ctx = ARGV[x + 1]
+  end
+  for v = x + 5, x + 4 + nout do add_output(r, ARGV[v]) end
+  for c = row, row + n - 1 do replies[c] = OK end
+  local after = ARGV[x + 3] ~= '' and num(ARGV[x + 3])
+  quiet_done(run, r, id, n, { unpack(ARGV, j + 4, j + 3 + 2 * n) }, ctx, ver, after, row + n - 1)
   return true
 end
 
@@ -478,6 +537,18 @@ for c = 1, k do
     if ARGV[i + 4] ~= '' and row[1] ~= 'ok' then broken[run] = true end
     replies[c] = row
     if applied then last_of[run] = c end
+  end
+end
+
+local AGAIN = { 'again' }
+do
+  local row, j = k + 1, chains_at
+  for _ = 1, whole do
+    local n, _, next_j = chain_parts(j)
+    if not commit_whole(j, row) then
+      for c = row, row + n - 1 do replies[c] = AGAIN end
+    end
+    row, j = row + n, next_j
   end
 end
 

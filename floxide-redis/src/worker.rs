@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use floxide_core::distributed::{
     CommitItem, CommitOutcome, CommitReply, DistributedError, Lease, LeaseState, StepFailed,
-    TakeRequest, Taken, VersionedContext, WorkerBackend, WorkerId, WorkflowError,
+    TakeRequest, Taken, VersionedContext, WorkerBackend, WorkerId, WorkflowError, KEPT_LEASE_TOKEN,
 };
 use floxide_core::ItemId;
 use redis::Value;
@@ -130,6 +130,95 @@ fn commit_args(
         inv.arg(serde_json::to_string(e).map_err(|e| DistributedError::Codec(e.to_string()))?);
     }
     Ok(())
+}
+
+/// The steps of `commits` that go as whole chains (see `lua/commit.lua`): per chain, the
+/// indexes of its steps, in order. A run's steps are one when they are all of its steps in
+/// the batch, run from its first item on (each but the last keeping its single successor,
+/// which the next one is), the last makes no successor, one of them makes an output, none
+/// records an error or requires a version, and their context changes follow each other.
+fn whole_chains(commits: &[CommitItem<'_>]) -> Vec<Vec<usize>> {
+    let mut runs: Vec<(&str, Vec<usize>)> = Vec::new();
+    let mut of_run: HashMap<&str, usize> = HashMap::new();
+    for (i, c) in commits.iter().enumerate() {
+        let run = c.lease.run_id.as_str();
+        match of_run.get(run) {
+            Some(&r) => runs[r].1.push(i),
+            None => {
+                of_run.insert(run, runs.len());
+                runs.push((run, vec![i]));
+            }
+        }
+    }
+    runs.into_iter()
+        .map(|(_, steps)| steps)
+        .filter(|steps| is_whole_chain(steps.iter().map(|&i| &commits[i])))
+        .collect()
+}
+
+/// Whether `steps` (one run's, in order) are a whole chain: see [`whole_chains`].
+fn is_whole_chain<'a, 'b: 'a>(steps: impl Iterator<Item = &'a CommitItem<'b>>) -> bool {
+    let mut before: Option<&CommitItem<'_>> = None;
+    let (mut outputs, mut version) = (false, None);
+    for c in steps {
+        let kept = match before {
+            None => c.lease.item_id == ItemId::ROOT && c.lease.token != KEPT_LEASE_TOKEN,
+            Some(b) => {
+                b.keep_successor.is_some()
+                    && b.step.successors.len() == 1
+                    && b.step.successors[0].id == c.lease.item_id
+                    && c.lease.token == KEPT_LEASE_TOKEN
+                    && c.lease.worker == b.lease.worker
+            }
+        };
+        if !kept || !c.step.handled_failures.is_empty() || c.step.require_version.is_some() {
+            return false;
+        }
+        if let Some((base, _)) = &c.step.context {
+            if version.is_some_and(|v| v != *base) {
+                return false;
+            }
+            version = Some(base + 1);
+        }
+        outputs |= !c.step.outputs.is_empty();
+        before = Some(c);
+    }
+    before.is_some_and(|last| last.step.successors.is_empty()) && outputs
+}
+
+/// The arguments of the whole chain `chain` of `commits` (see `lua/commit.lua`).
+fn chain_args(inv: &mut crate::scripts::Call<'_>, commits: &[CommitItem<'_>], chain: &[usize]) {
+    let steps = || chain.iter().map(|&i| &commits[i]);
+    let Some(first) = steps().next() else {
+        return;
+    };
+    inv.arg(&first.lease.run_id)
+        .arg(first.lease.item_id.to_string())
+        .arg(first.lease.token)
+        .arg(chain.len());
+    let (mut base, mut changes, mut bytes, mut held) = (None, 0u64, &[][..], None);
+    for c in steps() {
+        inv.arg(&c.step.node)
+            .arg(c.step.duration.as_micros() as u64);
+        match (&c.step.context, c.held) {
+            (Some((from, after)), _) => {
+                base.get_or_insert(*from);
+                changes += 1;
+                bytes = after.as_slice();
+                held = Some(from + 1);
+            }
+            (None, Some((version, _))) => held = Some(version),
+            (None, None) => {}
+        }
+    }
+    inv.arg(base.map(|b| b.to_string()).unwrap_or_default())
+        .arg(bytes)
+        .arg(changes)
+        .arg(held.map(|v| v.to_string()).unwrap_or_default());
+    inv.arg(steps().map(|c| c.step.outputs.len()).sum::<usize>());
+    for o in steps().flat_map(|c| &c.step.outputs) {
+        inv.arg(o.to_string());
+    }
 }
 
 /// What a detached take sends back.
@@ -393,19 +482,41 @@ impl RedisBackend {
     }
 
     /// One commit script for `commits` (all of partition `pfx`), taking for the worker when
-    /// `next` is given.
+    /// `next` is given; whole chains go in short when `whole` (see `lua/commit.lua`), and
+    /// those the script did not apply so go again, one step at a time.
     async fn commit_in(
         &self,
         pfx: &str,
         commits: &[CommitItem<'_>],
         next: Option<TakeRequest<'_>>,
+        whole: bool,
     ) -> Result<CommitReply, DistributedError> {
+        let chains = if whole && !self.client().inner.config.routine_history {
+            whole_chains(commits)
+        } else {
+            Vec::new()
+        };
+        let mut order: Vec<usize> = Vec::with_capacity(commits.len());
+        if chains.is_empty() {
+            order.extend(0..commits.len());
+        } else {
+            let mut in_chain = vec![false; commits.len()];
+            for &i in chains.iter().flatten() {
+                in_chain[i] = true;
+            }
+            order.extend((0..commits.len()).filter(|&i| !in_chain[i]));
+        }
         let scripts = &self.client().inner.scripts;
         let mut inv = self.invoke(&scripts.commit, Keys::timers(pfx), pfx, &request_id());
-        inv.arg(commits.len());
-        for c in commits {
-            commit_args(&mut inv, c)?;
+        inv.arg(order.len());
+        for &i in &order {
+            commit_args(&mut inv, &commits[i])?;
         }
+        inv.arg(chains.len());
+        for chain in &chains {
+            chain_args(&mut inv, commits, chain);
+        }
+        order.extend(chains.iter().flatten());
         match next {
             Some(n) => inv
                 .arg(n.workflow)
@@ -422,20 +533,28 @@ impl RedisBackend {
             Some(Value::Array(rows)) => rows,
             _ => return Err(malformed("commit reply without outcomes")),
         };
-        let mut outcomes = Vec::with_capacity(rows.len());
-        for row in rows {
-            outcomes.push(commit_outcome(&Reply::from(row)?)?);
-        }
-        if outcomes.len() != commits.len() {
+        if rows.len() != commits.len() {
             return Err(malformed("commit reply with a wrong number of outcomes"));
         }
-        let taken = match (next, parts.next()) {
+        let mut outcomes: Vec<Option<CommitOutcome>> = vec![None; commits.len()];
+        let mut again = Vec::new();
+        for (&i, row) in order.iter().zip(rows) {
+            let row = Reply::from(row)?;
+            if row.text(0) == "again" {
+                again.push(i);
+            } else {
+                outcomes[i] = Some(commit_outcome(&row)?);
+            }
+        }
+        let mut taken = match (next, parts.next()) {
             (Some(n), Some(value)) => {
                 // The contexts this worker's applied steps left: takes of those runs at those
                 // versions leave them out of the reply.
                 let mut held = Held::new();
                 for (c, outcome) in commits.iter().zip(&outcomes) {
-                    if let (CommitOutcome::Committed { .. }, Some(context)) = (outcome, c.held) {
+                    if let (Some(CommitOutcome::Committed { .. }), Some(context)) =
+                        (outcome, c.held)
+                    {
                         held.insert(c.lease.run_id.as_str(), context);
                     }
                 }
@@ -443,6 +562,25 @@ impl RedisBackend {
             }
             _ => Vec::new(),
         };
+        if !again.is_empty() {
+            let steps: Vec<CommitItem<'_>> = again.iter().map(|&i| commits[i]).collect();
+            match Box::pin(self.commit_in(pfx, &steps, None, false)).await {
+                Ok(reply) => {
+                    for (&i, outcome) in again.iter().zip(reply.outcomes) {
+                        outcomes[i] = Some(outcome);
+                    }
+                    taken.extend(reply.taken);
+                }
+                Err(error) => {
+                    release_all(self, taken).await;
+                    return Err(error);
+                }
+            }
+        }
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| o.ok_or_else(|| malformed("a step of a commit was not answered")))
+            .collect::<Result<_, _>>()?;
         Ok(CommitReply::new(outcomes, taken))
     }
 }
@@ -566,12 +704,12 @@ impl WorkerBackend for RedisBackend {
                     None => return Ok(CommitReply::default()),
                 },
             };
-            return self.commit_in(&pfx, commits, next).await;
+            return self.commit_in(&pfx, commits, next, true).await;
         }
         let calls = groups.iter().enumerate().map(|(g, (pfx, members))| {
             let items: Vec<CommitItem<'_>> = members.iter().map(|&i| commits[i]).collect();
             let next = if g == 0 { next } else { None };
-            async move { self.commit_in(pfx, &items, next).await }
+            async move { self.commit_in(pfx, &items, next, true).await }
         });
         let replies = futures_util::future::join_all(calls).await;
         let mut outcomes: Vec<Option<CommitOutcome>> = vec![None; commits.len()];
@@ -670,5 +808,67 @@ impl WorkerBackend for RedisBackend {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floxide_core::distributed::{NewItem, StepCommit};
+
+    /// A step of node `node` making `successors` (ids) and `outputs` outputs.
+    fn step(node: &str, successors: &[ItemId], outputs: usize) -> StepCommit {
+        let mut step = StepCommit::new(node);
+        step.successors = successors
+            .iter()
+            .map(|&id| NewItem::new(id, "n", Vec::new()))
+            .collect();
+        step.outputs = vec![serde_json::json!(1); outputs];
+        step
+    }
+
+    fn lease(run: &str, item: ItemId, token: u64) -> Lease {
+        Lease::new(run, item, token, WorkerId::from("w"))
+    }
+
+    #[test]
+    fn a_runs_steps_from_its_first_item_to_its_end_go_as_a_whole_chain() {
+        let keep = Duration::from_secs(1);
+        let (a, b) = (ItemId::ROOT, ItemId::ROOT.child(0));
+        let (la, lb) = (lease("r", a, 3), lease("r", b, KEPT_LEASE_TOKEN));
+        let other = lease("s", ItemId::ROOT.child(5), 1);
+        let (sa, sb, so) = (step("a", &[b], 0), step("b", &[], 1), step("x", &[], 1));
+        let batch = [
+            CommitItem::new(&la, &sa).with_successor_kept(keep),
+            CommitItem::new(&other, &so),
+            CommitItem::new(&lb, &sb),
+        ];
+        assert_eq!(whole_chains(&batch), vec![vec![0, 2]]);
+
+        // Not kept, not from the first item, no output, an unchained context: one by one.
+        let not_kept = [CommitItem::new(&la, &sa), CommitItem::new(&lb, &sb)];
+        assert!(whole_chains(&not_kept).is_empty());
+        let later = lease("r", ItemId::ROOT.child(9), 1);
+        assert!(whole_chains(&[CommitItem::new(&later, &sb)]).is_empty());
+        let silent = step("b", &[], 0);
+        let no_output = [
+            CommitItem::new(&la, &sa).with_successor_kept(keep),
+            CommitItem::new(&lb, &silent),
+        ];
+        assert!(whole_chains(&no_output).is_empty());
+        let (mut ca, mut cb) = (sa.clone(), sb.clone());
+        ca.context = Some((0, b"1".to_vec()));
+        cb.context = Some((0, b"2".to_vec()));
+        let unchained = [
+            CommitItem::new(&la, &ca).with_successor_kept(keep),
+            CommitItem::new(&lb, &cb),
+        ];
+        assert!(whole_chains(&unchained).is_empty());
+        cb.context = Some((1, b"2".to_vec()));
+        let chained = [
+            CommitItem::new(&la, &ca).with_successor_kept(keep),
+            CommitItem::new(&lb, &cb),
+        ];
+        assert_eq!(whole_chains(&chained), vec![vec![0, 1]]);
     }
 }

@@ -114,10 +114,15 @@ async fn started(backend: &RedisBackend, run: &str, me: &WorkerId) -> Taken {
     take_one(backend, me, 1).await
 }
 
-/// The steps of a chain `a` → `b` → `c`: each changes the context (from the version given) and
-/// `c` returns two outputs.
+/// The steps of a chain from the run's first item `a` → `b` → `c`: each changes the context
+/// (from the version given) and `c` returns two outputs.
 fn chain_steps(from_version: u64) -> [StepCommit; 3] {
-    let (b, c) = (ItemId::ROOT.child(0), ItemId::ROOT.child(0).child(0));
+    chain_steps_from(ItemId::ROOT, from_version)
+}
+
+/// [`chain_steps`] from item `a`.
+fn chain_steps_from(a: ItemId, from_version: u64) -> [StepCommit; 3] {
+    let (b, c) = (a.child(0), a.child(0).child(0));
     let mut a = StepCommit::new("a");
     a.successors.push(NewItem::new(b, "b", b"1".to_vec()));
     a.context = Some((from_version, b"1".to_vec()));
@@ -148,18 +153,19 @@ async fn commit_chain(
     backend.commit_batch(&items, None).await.unwrap()
 }
 
-/// What a finished run shows: its record, counters, context and items.
-async fn finished_state(
-    backend: &RedisBackend,
-    run: &str,
-) -> (
+/// What a finished run shows: status, outputs, (items, steps), node timings (node, count,
+/// total), context (version, bytes), items left.
+type FinishedState = (
     RunStatus,
     Vec<serde_json::Value>,
     (u64, u64),
     Vec<(String, u64, Duration)>,
     (u64, Vec<u8>),
     usize,
-) {
+);
+
+/// What a finished run shows (see [`FinishedState`]).
+async fn finished_state(backend: &RedisBackend, run: &str) -> FinishedState {
     let info = backend.run_info(run).await.unwrap();
     let metrics = backend.metrics(run).await.unwrap();
     let context = backend.load_context(run).await.unwrap();
@@ -178,72 +184,80 @@ async fn finished_state(
     )
 }
 
-/// A chain that completes its run committed in one call (applied at once) leaves the run as
-/// the same chain committed step by step, one call each.
+/// A chain from the run's first item that completes the run, committed in one call (applied
+/// at once), leaves the run as the same chain committed step by step, one call each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_completing_its_run_in_one_call_leaves_what_its_steps_one_by_one_leave() {
+    let once = chain_once_and_step_by_step(false).await;
+    assert_eq!(once.2, (3, 3));
+}
+
+/// The same for a chain that starts at a later item (the first one was committed alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_chain_completing_its_run_in_one_call_leaves_what_its_steps_one_by_one_leave() {
+    let once = chain_once_and_step_by_step(true).await;
+    assert_eq!(once.2, (4, 4));
+}
+
+/// Runs two runs to the end of a chain `a` → `b` → `c` (from the first item, or from its
+/// successor when `later`): one commits the chain in one call, the other step by step; checks
+/// they end alike and returns how the first ended.
+async fn chain_once_and_step_by_step(later: bool) -> FinishedState {
     let server = RedisServer::start_or_panic(ServerOptions::default());
     let config = RedisConfig::new(server.url()).with_key_prefix("quiet:");
     let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
     let me = WorkerId::from("me");
     let keep = Duration::from_secs(30);
-    let (b, c) = (ItemId::ROOT.child(0), ItemId::ROOT.child(0).child(0));
-    let [a_step, b_step, c_step] = chain_steps(0);
-
-    // At once.
-    let first = started(&backend, "once", &me).await;
-    let (lease_b, lease_c) = (
-        Lease::new("once", b, KEPT_LEASE_TOKEN, me.clone()),
-        Lease::new("once", c, KEPT_LEASE_TOKEN, me.clone()),
-    );
-    let reply = backend
-        .commit_batch(
-            &[
-                CommitItem::new(&first.lease, &a_step).with_successor_kept(keep),
-                CommitItem::new(&lease_b, &b_step).with_successor_kept(keep),
-                CommitItem::new(&lease_c, &c_step),
-            ],
-            None,
-        )
-        .await
-        .unwrap();
     let applied = CommitOutcome::Committed { finished: None };
     let completed = CommitOutcome::Committed {
         finished: Some(RunStatus::Completed),
     };
-    assert_eq!(
-        reply.outcomes,
-        vec![applied.clone(), applied.clone(), completed.clone()]
-    );
-
-    // Step by step.
-    let first = started(&backend, "steps", &me).await;
-    let (lease_b, lease_c) = (
-        Lease::new("steps", b, KEPT_LEASE_TOKEN, me.clone()),
-        Lease::new("steps", c, KEPT_LEASE_TOKEN, me.clone()),
-    );
-    let mut outcomes = Vec::new();
-    for item in [
-        CommitItem::new(&first.lease, &a_step).with_successor_kept(keep),
-        CommitItem::new(&lease_b, &b_step).with_successor_kept(keep),
-        CommitItem::new(&lease_c, &c_step),
-    ] {
-        outcomes.push(backend.commit_batch(&[item], None).await.unwrap().outcomes);
+    let mut ends = Vec::new();
+    for (run, at_once) in [("once", true), ("steps", false)] {
+        let mut first = started(&backend, run, &me).await;
+        if later {
+            let mut step = StepCommit::new("s");
+            let next = ItemId::ROOT.child(0);
+            step.successors.push(NewItem::new(next, "a", b"0".to_vec()));
+            let outcome = backend.commit(&first.lease, &step).await.unwrap();
+            assert_eq!(outcome, applied);
+            first = take_one(&backend, &me, 1).await;
+            assert_eq!(first.lease.item_id, next);
+        }
+        let a = first.lease.item_id;
+        let (b, c) = (a.child(0), a.child(0).child(0));
+        let (lease_b, lease_c) = (
+            Lease::new(run, b, KEPT_LEASE_TOKEN, me.clone()),
+            Lease::new(run, c, KEPT_LEASE_TOKEN, me.clone()),
+        );
+        let steps = chain_steps_from(a, 0);
+        let items = [
+            CommitItem::new(&first.lease, &steps[0]).with_successor_kept(keep),
+            CommitItem::new(&lease_b, &steps[1]).with_successor_kept(keep),
+            CommitItem::new(&lease_c, &steps[2]),
+        ];
+        let outcomes = if at_once {
+            backend.commit_batch(&items, None).await.unwrap().outcomes
+        } else {
+            let mut outcomes = Vec::new();
+            for item in items {
+                outcomes.extend(backend.commit_batch(&[item], None).await.unwrap().outcomes);
+            }
+            outcomes
+        };
+        assert_eq!(
+            outcomes,
+            vec![applied.clone(), applied.clone(), completed.clone()]
+        );
+        ends.push(finished_state(&backend, run).await);
     }
-    assert_eq!(
-        outcomes,
-        [vec![applied.clone()], vec![applied], vec![completed]]
-    );
-
-    let (once, steps) = (
-        finished_state(&backend, "once").await,
-        finished_state(&backend, "steps").await,
-    );
-    assert_eq!(once, steps);
+    assert_eq!(ends[0], ends[1]);
+    let once = ends.swap_remove(0);
     assert_eq!(once.0, RunStatus::Completed);
     assert_eq!(once.1, vec![serde_json::json!(7), serde_json::json!(8)]);
-    assert_eq!(once.2, (3, 3));
     assert_eq!(once.4, (3, b"3".to_vec()));
+    assert_eq!(once.5, 0, "a completed run's items go");
+    once
 }
 
 /// A chain that would complete its run, whose first lease is no longer held, changes nothing:
@@ -332,4 +346,69 @@ async fn a_completing_chain_on_a_stale_context_is_refused_step_by_step() {
         })
     );
     assert_eq!(backend.load_context("r").await.unwrap().version, 3);
+}
+
+/// A chain from the run's first item that completes the run after that item's first lease
+/// expired is no routine run: its steps go one by one, and the history that explains the
+/// second delivery stays with every step's lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completing_chain_after_an_expired_lease_keeps_its_history() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let config = RedisConfig::new(server.url()).with_key_prefix("quiet:");
+    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let (me, other) = (WorkerId::from("me"), WorkerId::from("other"));
+    let short = TakeOptions {
+        lease_timeout: Duration::from_millis(50),
+        max_deliveries: 5,
+    };
+    backend
+        .start_run(StartRun::new(
+            "r",
+            "Flow",
+            b"null".to_vec(),
+            NewItem::new(ItemId::ROOT, "a", b"0".to_vec()),
+        ))
+        .await
+        .unwrap();
+    let lost = backend
+        .take_batch(TakeRequest::new("Flow", &other, short), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(lost.len(), 1);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let first = take_one(&backend, &me, 1).await;
+    assert_eq!(
+        (first.lease.item_id, first.deliveries),
+        (ItemId::ROOT, 2),
+        "the expired lease's item, delivered again"
+    );
+    let (b, c) = (ItemId::ROOT.child(0), ItemId::ROOT.child(0).child(0));
+    let reply = commit_chain(
+        &backend,
+        [
+            &first.lease,
+            &Lease::new("r", b, KEPT_LEASE_TOKEN, me.clone()),
+            &Lease::new("r", c, KEPT_LEASE_TOKEN, me.clone()),
+        ],
+        &chain_steps(0),
+    )
+    .await;
+    assert_eq!(
+        reply.outcomes.last(),
+        Some(&CommitOutcome::Committed {
+            finished: Some(RunStatus::Completed)
+        })
+    );
+    let history = backend.step_history("r").await.unwrap();
+    let history = history.expect("a history that explains something is kept");
+    let committed: Vec<ItemId> = history
+        .iter()
+        .filter(|e| e.kind.name() == "committed")
+        .map(|e| e.item_id)
+        .collect();
+    assert_eq!(committed, [ItemId::ROOT, b, c], "{history:?}");
+    assert!(
+        history.iter().any(|e| e.kind.name() == "expired"),
+        "{history:?}"
+    );
 }
