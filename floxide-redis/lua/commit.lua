@@ -51,7 +51,8 @@ end
 -- the outputs, and `chain`, whether they are one chain this call finishes as a whole (each
 -- step after the first a kept successor, each but the last keeping its single successor, no
 -- errors). A run whose plan finishes it (see `run_of`) is "quiet".
--- `at` lists the run's steps: their place in the batch and where their arguments start.
+-- `c` and `i` are the place of the run's first step in the batch and where its arguments
+-- start; `at` lists those of all its steps while they may be a chain (made at the second).
 local plan = {}
 local starts = {}
 local i = 6
@@ -61,13 +62,19 @@ for c = 1, k do
   local p = plan[run]
   starts[c] = i
   if not p then
-    p = { delta = 0, outs = 0, chain = true, at = { c, i } }
+    p = { delta = 0, outs = 0, chain = true, c = c, i = i }
     plan[run] = p
   else
     if ARGV[i + 2] ~= '0' then p.chain = false end
-    local at = p.at
-    at[#at + 1] = c
-    at[#at + 1] = i
+    if p.chain then
+      local at = p.at
+      if not at then
+        at = { p.c, p.i }
+        p.at = at
+      end
+      at[#at + 1] = c
+      at[#at + 1] = i
+    end
   end
   p.delta = p.delta + ns - 1
   p.outs = p.outs + num(ARGV[o])
@@ -452,8 +459,13 @@ end
 -- applied one by one, with nothing of its items or history written (they go as the run
 -- completes). Returns false, having changed nothing, when any of that does not hold: the
 -- steps then go one by one.
+local ONE = {}   -- the `at` of a run with one step (see `plan`), refilled for each
 local function commit_quiet(run, p)
   local at = p.at
+  if not at then
+    at = ONE
+    at[1], at[2] = p.c, p.i
+  end
   local first = at[2]
   local id, token = ARGV[first + 1], ARGV[first + 2]
   if token == '0' or HISTORY_NOTE[run] then return false end
