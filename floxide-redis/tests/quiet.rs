@@ -412,3 +412,100 @@ async fn a_completing_chain_after_an_expired_lease_keeps_its_history() {
         "{history:?}"
     );
 }
+
+/// A completing chain the script sends back (its first lease is lost) in a commit that also
+/// takes: the take's items arrive, the chain's steps are answered as one by one, and another
+/// run's step in the same batch is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_sent_again_leaves_the_take_and_the_other_steps_of_its_call_whole() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let config = RedisConfig::new(server.url()).with_key_prefix("quiet:");
+    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let me = WorkerId::from("me");
+    let keep = Duration::from_secs(30);
+    let first = started(&backend, "r", &me).await;
+    let other = started(&backend, "s", &me).await;
+    for run in ["t", "u"] {
+        backend
+            .start_run(StartRun::new(
+                run,
+                "Flow",
+                b"null".to_vec(),
+                NewItem::new(ItemId::ROOT, "a", b"0".to_vec()),
+            ))
+            .await
+            .unwrap();
+    }
+    let forged = Lease::new("r", ItemId::ROOT, first.lease.token + 1, me.clone());
+    let b = ItemId::ROOT.child(0);
+    let lease_b = Lease::new("r", b, KEPT_LEASE_TOKEN, me.clone());
+    let mut step_a = StepCommit::new("a");
+    step_a.successors.push(NewItem::new(b, "b", b"1".to_vec()));
+    let mut step_b = StepCommit::new("b");
+    step_b.outputs.push(serde_json::json!(1));
+    let mut fork = StepCommit::new("a");
+    fork.successors
+        .push(NewItem::new(ItemId::ROOT.child(0), "x", b"1".to_vec()));
+    fork.successors
+        .push(NewItem::new(ItemId::ROOT.child(1), "y", b"1".to_vec()));
+    let reply = backend
+        .commit_batch(
+            &[
+                CommitItem::new(&forged, &step_a).with_successor_kept(keep),
+                CommitItem::new(&other.lease, &fork),
+                CommitItem::new(&lease_b, &step_b),
+            ],
+            Some(TakeRequest::new("Flow", &me, flow::options()).with_max(8)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.outcomes,
+        vec![
+            CommitOutcome::LeaseLost,
+            CommitOutcome::Committed { finished: None },
+            CommitOutcome::LeaseLost,
+        ]
+    );
+    // The take: `s`'s two new items (handed over) and the first items of `t` and `u`.
+    let mut taken: Vec<(String, ItemId)> = reply
+        .taken
+        .iter()
+        .map(|t| (t.lease.run_id.to_string(), t.lease.item_id))
+        .collect();
+    let mut expected = vec![
+        ("s".to_owned(), ItemId::ROOT.child(0)),
+        ("s".to_owned(), ItemId::ROOT.child(1)),
+        ("t".to_owned(), ItemId::ROOT),
+        ("u".to_owned(), ItemId::ROOT),
+    ];
+    taken.sort();
+    expected.sort();
+    assert_eq!(taken, expected);
+    // `r` is as it was: its first item still leased under the live lease.
+    let items = backend.work_items("r").await.unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0].status, WorkItemStatus::InProgress);
+    let done = commit_chain_of_two(&backend, &first.lease, &lease_b, &step_a, &step_b).await;
+    assert_eq!(
+        done.last(),
+        Some(&CommitOutcome::Committed {
+            finished: Some(RunStatus::Completed)
+        })
+    );
+}
+
+/// Commits `a` (keeping its successor) then `b` in one call.
+async fn commit_chain_of_two(
+    backend: &RedisBackend,
+    lease_a: &Lease,
+    lease_b: &Lease,
+    a: &StepCommit,
+    b: &StepCommit,
+) -> Vec<CommitOutcome> {
+    let items = [
+        CommitItem::new(lease_a, a).with_successor_kept(Duration::from_secs(30)),
+        CommitItem::new(lease_b, b),
+    ];
+    backend.commit_batch(&items, None).await.unwrap().outcomes
+}
