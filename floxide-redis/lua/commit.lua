@@ -36,8 +36,8 @@
 -- already (a chained step). Its commit, when it follows in the same call, needs no read; in a
 -- later call its lease is checked with its holder (no take grants token 0).
 local k = num(ARGV[5])
--- Where the take's arguments start: past the k steps (each step's own fields are read where
--- it is applied, below, without a table per step).
+-- The whole chains' arguments start past the k steps, and the take's past those (each step's
+-- own fields are read where it is applied, below, without a table per step).
 -- Where the parts of the step whose arguments start at ARGV[i] are: its successor count, its
 -- first successor's id, its output count, its error count, and the next step.
 local function step_parts(i)
