@@ -15,8 +15,9 @@
 --            duration in µs, the lease's holder, the kept successor's lease in ms ('' for none:
 --            see below), successor count s, s × (id, node, bytes), output count o,
 --            o outputs (JSON), error count e, e errors (JSON)), then whole chains: count w,
---            w × (run id, its first item's id, its token, step count n, n × (node,
---            duration in µs), context base version ('' when the context is unchanged), the
+--            w × (run id, its first item's id, its token, step count n, the run's node
+--            timings after it (see `add_timings`: the run has none before it), context base
+--            version ('' when the context is unchanged), the
 --            last context bytes, how many steps changed it, the context version the worker
 --            holds after the chain ('' for none), output count o, o outputs (JSON)), then for
 --            the take: workflow ('' for none), worker id, lease in ms, max deliveries, n,
@@ -84,9 +85,8 @@ end
 -- Whole chains (see above): where the parts of the one at ARGV[j] are: its step count, where
 -- its context base is, and the next chain.
 local function chain_parts(j)
-  local n = num(ARGV[j + 3])
-  local x = j + 4 + 2 * n
-  return n, x, x + 5 + num(ARGV[x + 4])
+  local x = j + 5
+  return num(ARGV[j + 3]), x, x + 5 + num(ARGV[x + 4])
 end
 local whole = num(ARGV[i] or '0')
 local chains_at = i + 1
@@ -435,14 +435,14 @@ local replies = {}
 local last_of = {}
 
 -- Records that `n` steps from item `id` (leased by a take) completed quiet run `run`, with
--- their timings `durs`, last context `ctx` at version `ver` (none: nil), the context version
--- the worker holds after them (`after`, none: false), the last one's reply row `last`.
-local function quiet_done(run, r, id, n, durs, ctx, ver, after, last)
+-- last context `ctx` at version `ver` (none: nil), the context version the worker holds
+-- after them (`after`, none: false), the last one's reply row `last`. (The caller records
+-- their timings.)
+local function quiet_done(run, r, id, n, ctx, ver, after, last)
   if ctx then r.ver, r.set.ver, r.set.ctx = ver, ver, ctx end
   if after then held[run] = after end
   if r.st == 'pending' then r.st = 'running'; r.set.st = 'running' end
   r.touched, r.quiet = true, false
-  r.durs = durs
   -- (Its items: one left, the first; each later step is a new one.)
   r.left, r.set.left = 0, 0
   if n > 1 then
@@ -499,7 +499,8 @@ local function commit_quiet(run, p)
     durs[a] = ARGV[s + 8]
     replies[at[a - 1]] = OK
   end
-  quiet_done(run, r, id, #at / 2, durs, ctx, ver, after, at[#at - 1])
+  r.durs = durs
+  quiet_done(run, r, id, #at / 2, ctx, ver, after, at[#at - 1])
   return true
 end
 
@@ -519,7 +520,7 @@ local function commit_whole(j, row)
   local ver = num(r.ver or '0')
   if ms ~= 'I' or mt ~= token or token == '0' or r.touched or not takes_items(r.st)
     or num(r.left or '1') ~= 1 or not (r.out or nout > 0) or r.hx or KEEP_ROUTINE
-    or HISTORY_NOTE[run] or (base ~= '' and num(base) ~= ver) then
+    or HISTORY_NOTE[run] or (base ~= '' and num(base) ~= ver) or (r.nt or '') ~= '' then
     return false
   end
   local ctx
@@ -530,7 +531,8 @@ local function commit_whole(j, row)
   for v = x + 5, x + 4 + nout do add_output(r, ARGV[v]) end
   for c = row, row + n - 1 do replies[c] = OK end
   local after = ARGV[x + 3] ~= '' and num(ARGV[x + 3])
-  quiet_done(run, r, id, n, { unpack(ARGV, j + 4, j + 3 + 2 * n) }, ctx, ver, after, row + n - 1)
+  r.set.nt = ARGV[j + 4]
+  quiet_done(run, r, id, n, ctx, ver, after, row + n - 1)
   return true
 end
 

@@ -195,11 +195,10 @@ fn chain_args(inv: &mut crate::scripts::Call<'_>, commits: &[CommitItem<'_>], ch
     inv.arg(&first.lease.run_id)
         .arg(first.lease.item_id.to_string())
         .arg(first.lease.token)
-        .arg(chain.len());
+        .arg(chain.len())
+        .arg(first_timings(steps().map(|c| c.step)));
     let (mut base, mut changes, mut bytes, mut held) = (None, 0u64, &[][..], None);
     for c in steps() {
-        inv.arg(&c.step.node)
-            .arg(c.step.duration.as_micros() as u64);
         match (&c.step.context, c.held) {
             (Some((from, after)), _) => {
                 base.get_or_insert(*from);
@@ -219,6 +218,31 @@ fn chain_args(inv: &mut crate::scripts::Call<'_>, commits: &[CommitItem<'_>], ch
     for o in steps().flat_map(|c| &c.step.outputs) {
         inv.arg(o.to_string());
     }
+}
+
+/// The node timings field of a run whose first committed steps are `steps` (see
+/// `lua/common.lua`): `<node> <count> <total µs> <max µs>` per node, in the order the nodes
+/// first ran, joined by `;`.
+fn first_timings<'a>(
+    steps: impl Iterator<Item = &'a floxide_core::distributed::StepCommit>,
+) -> String {
+    let mut nodes: Vec<(&str, u64, u64, u64)> = Vec::new();
+    for step in steps {
+        let micros = step.duration.as_micros() as u64;
+        match nodes.iter_mut().find(|(node, ..)| *node == step.node) {
+            Some((_, count, total, max)) => {
+                *count += 1;
+                *total += micros;
+                *max = (*max).max(micros);
+            }
+            None => nodes.push((&step.node, 1, micros, micros)),
+        }
+    }
+    let segments: Vec<String> = nodes
+        .iter()
+        .map(|(node, count, total, max)| format!("{node} {count} {total} {max}"))
+        .collect();
+    segments.join(";")
 }
 
 /// What a detached take sends back.
@@ -829,6 +853,18 @@ mod tests {
 
     fn lease(run: &str, item: ItemId, token: u64) -> Lease {
         Lease::new(run, item, token, WorkerId::from("w"))
+    }
+
+    #[test]
+    fn a_chains_timings_are_counted_per_node_in_the_order_the_nodes_first_ran() {
+        let timed = |node: &str, micros: u64| {
+            let mut step = step(node, &[], 0);
+            step.duration = Duration::from_micros(micros);
+            step
+        };
+        let steps = [timed("a", 300), timed("b", 200), timed("a", 100)];
+        assert_eq!(first_timings(steps.iter()), "a 2 400 300;b 1 200 200");
+        assert_eq!(first_timings([].iter()), "");
     }
 
     #[test]

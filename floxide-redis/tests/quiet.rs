@@ -122,16 +122,23 @@ fn chain_steps(from_version: u64) -> [StepCommit; 3] {
 
 /// [`chain_steps`] from item `a`.
 fn chain_steps_from(a: ItemId, from_version: u64) -> [StepCommit; 3] {
+    chain_steps_of(a, from_version, ["a", "b", "c"])
+}
+
+/// [`chain_steps_from`] with the steps' nodes named `nodes`.
+fn chain_steps_of(a: ItemId, from_version: u64, nodes: [&str; 3]) -> [StepCommit; 3] {
     let (b, c) = (a.child(0), a.child(0).child(0));
-    let mut a = StepCommit::new("a");
-    a.successors.push(NewItem::new(b, "b", b"1".to_vec()));
+    let mut a = StepCommit::new(nodes[0]);
+    a.successors.push(NewItem::new(b, nodes[1], b"1".to_vec()));
     a.context = Some((from_version, b"1".to_vec()));
     a.duration = Duration::from_micros(300);
-    let mut step_b = StepCommit::new("b");
-    step_b.successors.push(NewItem::new(c, "c", b"2".to_vec()));
+    let mut step_b = StepCommit::new(nodes[1]);
+    step_b
+        .successors
+        .push(NewItem::new(c, nodes[2], b"2".to_vec()));
     step_b.context = Some((from_version + 1, b"2".to_vec()));
     step_b.duration = Duration::from_micros(200);
-    let mut step_c = StepCommit::new("c");
+    let mut step_c = StepCommit::new(nodes[2]);
     step_c.outputs = vec![serde_json::json!(7), serde_json::json!(8)];
     step_c.context = Some((from_version + 2, b"3".to_vec()));
     step_c.duration = Duration::from_micros(100);
@@ -188,21 +195,32 @@ async fn finished_state(backend: &RedisBackend, run: &str) -> FinishedState {
 /// at once), leaves the run as the same chain committed step by step, one call each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_completing_its_run_in_one_call_leaves_what_its_steps_one_by_one_leave() {
-    let once = chain_once_and_step_by_step(false).await;
+    let once = chain_once_and_step_by_step(false, ["a", "b", "c"]).await;
     assert_eq!(once.2, (3, 3));
+}
+
+/// The same for a chain that runs a node twice (its timings add up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_running_a_node_twice_counts_its_timings_as_one_by_one() {
+    let once = chain_once_and_step_by_step(false, ["a", "b", "a"]).await;
+    let a = &once.3[0];
+    assert_eq!(
+        (a.0.as_str(), a.1, a.2),
+        ("a", 2, Duration::from_micros(400))
+    );
 }
 
 /// The same for a chain that starts at a later item (the first one was committed alone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_later_chain_completing_its_run_in_one_call_leaves_what_its_steps_one_by_one_leave() {
-    let once = chain_once_and_step_by_step(true).await;
+    let once = chain_once_and_step_by_step(true, ["a", "b", "c"]).await;
     assert_eq!(once.2, (4, 4));
 }
 
-/// Runs two runs to the end of a chain `a` → `b` → `c` (from the first item, or from its
-/// successor when `later`): one commits the chain in one call, the other step by step; checks
+/// Runs two runs to the end of a chain of three steps of `nodes` (from the first item, or
+/// from its successor when `later`): one commits the chain in one call, the other step by step; checks
 /// they end alike and returns how the first ended.
-async fn chain_once_and_step_by_step(later: bool) -> FinishedState {
+async fn chain_once_and_step_by_step(later: bool, nodes: [&str; 3]) -> FinishedState {
     let server = RedisServer::start_or_panic(ServerOptions::default());
     let config = RedisConfig::new(server.url()).with_key_prefix("quiet:");
     let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
@@ -230,7 +248,7 @@ async fn chain_once_and_step_by_step(later: bool) -> FinishedState {
             Lease::new(run, b, KEPT_LEASE_TOKEN, me.clone()),
             Lease::new(run, c, KEPT_LEASE_TOKEN, me.clone()),
         );
-        let steps = chain_steps_from(a, 0);
+        let steps = chain_steps_of(a, 0, nodes);
         let items = [
             CommitItem::new(&first.lease, &steps[0]).with_successor_kept(keep),
             CommitItem::new(&lease_b, &steps[1]).with_successor_kept(keep),
