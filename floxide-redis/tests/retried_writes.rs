@@ -70,6 +70,31 @@ fn done(output: u64) -> StepCommit {
     step
 }
 
+/// Starts a run of `One` (input 1) and takes its first item for `me`.
+async fn started_and_taken(s: &Setup, me: &WorkerId) -> (RunId, Taken) {
+    let run = s
+        .orchestrator
+        .start_run(&WorkflowCtx::new(()), 1)
+        .await
+        .unwrap();
+    let wf = One { echo: Echo {} };
+    let taken = s
+        .backend
+        .take(wf.name(), me, options(), Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("the run's first item");
+    (run, taken)
+}
+
+/// A step of `taken` that makes its one successor (with its bytes), and that successor's id.
+fn handing_on(taken: &Taken) -> (ItemId, StepCommit) {
+    let child = taken.lease.item_id.child(0);
+    let mut step = StepCommit::new("echo");
+    step.successors = vec![NewItem::new(child, "echo", taken.bytes.clone())];
+    (child, step)
+}
+
 /// Checks that nothing else is ready for `me`, and that `lease` is live: its commit with
 /// `output` completes `run`, whose waiter gets that output.
 async fn only_this_lease_is_left(
@@ -253,25 +278,13 @@ async fn a_retried_take_leases_nothing_twice() {
 async fn a_retried_commit_hands_over_its_successor_again() {
     let s = setup(|c| c).await;
     let wf = One { echo: Echo {} };
-    let run = s
-        .orchestrator
-        .start_run(&WorkflowCtx::new(()), 1)
-        .await
-        .unwrap();
     let me = WorkerId::from("me");
-    let taken = s
-        .backend
-        .take(wf.name(), &me, options(), Duration::ZERO)
-        .await
-        .unwrap()
-        .expect("the run's first item");
+    let (run, taken) = started_and_taken(&s, &me).await;
 
     // A commit that makes a successor, with the next take fused in, whose reply is lost: the
     // first attempt handed the successor straight to this worker, and the retry hands over
     // that same lease again (it is not queued, nor leased twice).
-    let child = taken.lease.item_id.child(0);
-    let mut step = StepCommit::new("echo");
-    step.successors = vec![NewItem::new(child, "echo", taken.bytes.clone())];
+    let (child, step) = handing_on(&taken);
     s.proxy.cut_after_request(b"FCALL");
     let next = TakeRequest::new(wf.name(), &me, options()).with_max(4);
     let reply = s
@@ -299,22 +312,9 @@ async fn a_retried_commit_hands_over_its_successor_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_chain_commit_that_completed_its_run_answers_applied() {
     let s = setup(|c| c).await;
-    let wf = One { echo: Echo {} };
-    let run = s
-        .orchestrator
-        .start_run(&WorkflowCtx::new(()), 1)
-        .await
-        .unwrap();
     let me = WorkerId::from("me");
-    let taken = s
-        .backend
-        .take(wf.name(), &me, options(), Duration::ZERO)
-        .await
-        .unwrap()
-        .expect("the run's first item");
-    let child = taken.lease.item_id.child(0);
-    let mut first = StepCommit::new("echo");
-    first.successors = vec![NewItem::new(child, "echo", taken.bytes.clone())];
+    let (run, taken) = started_and_taken(&s, &me).await;
+    let (child, first) = handing_on(&taken);
     let kept = Lease::new(run.as_str(), child, KEPT_LEASE_TOKEN, me.clone());
     s.proxy.cut_after_request(b"FCALL");
     let reply = s
