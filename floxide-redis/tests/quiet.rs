@@ -6,31 +6,20 @@ use std::time::Duration;
 
 use floxide::distributed::*;
 use floxide::ItemId;
-use floxide_redis::testing::{RedisServer, ServerOptions};
-use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
+use floxide_redis::RedisBackend;
 
 #[path = "support/flow.rs"]
 mod flow;
-use flow::take_one;
+use flow::{completed, private_backend, start, take_one};
 
 /// A batch that would complete its run (`x` keeping `z`, a forged `y`, `z`) has its middle
 /// step refused with a "fenced" line: the lines of `x`, applied before it, come first, and
 /// those of `z` after it, as the steps came.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_steps_line_keeps_its_place_in_a_quiet_runs_history() {
-    let server = RedisServer::start_or_panic(ServerOptions::default());
-    let config = RedisConfig::new(server.url()).with_key_prefix("quiet:");
-    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let (_server, backend) = private_backend("quiet:").await;
     let (me, other) = (WorkerId::from("me"), WorkerId::from("other"));
-    backend
-        .start_run(StartRun::new(
-            "r",
-            "Flow",
-            b"null".to_vec(),
-            NewItem::new(ItemId::ROOT, "a", b"0".to_vec()),
-        ))
-        .await
-        .unwrap();
+    start(&backend, "r", "a").await;
     let a = take_one(&backend, &me, 1).await;
     let (x, y) = (ItemId::ROOT.child(0), ItemId::ROOT.child(1));
     let mut fork = StepCommit::new("a");
@@ -102,30 +91,17 @@ async fn a_refused_steps_line_keeps_its_place_in_a_quiet_runs_history() {
 
 /// Starts run `run` of `Flow` (context `null`, version 0) and takes its first item, `a`.
 async fn started(backend: &RedisBackend, run: &str, me: &WorkerId) -> Taken {
-    backend
-        .start_run(StartRun::new(
-            run,
-            "Flow",
-            b"null".to_vec(),
-            NewItem::new(ItemId::ROOT, "a", b"0".to_vec()),
-        ))
-        .await
-        .unwrap();
+    start(backend, run, "a").await;
     take_one(backend, me, 1).await
 }
 
 /// The steps of a chain from the run's first item `a` → `b` → `c`: each changes the context
 /// (from the version given) and `c` returns two outputs.
 fn chain_steps(from_version: u64) -> [StepCommit; 3] {
-    chain_steps_from(ItemId::ROOT, from_version)
+    chain_steps_of(ItemId::ROOT, from_version, ["a", "b", "c"])
 }
 
-/// [`chain_steps`] from item `a`.
-fn chain_steps_from(a: ItemId, from_version: u64) -> [StepCommit; 3] {
-    chain_steps_of(a, from_version, ["a", "b", "c"])
-}
-
-/// [`chain_steps_from`] with the steps' nodes named `nodes`.
+/// [`chain_steps`] from item `a`, the steps' nodes named `nodes`.
 fn chain_steps_of(a: ItemId, from_version: u64, nodes: [&str; 3]) -> [StepCommit; 3] {
     let (b, c) = (a.child(0), a.child(0).child(0));
     let mut a = StepCommit::new(nodes[0]);
@@ -145,19 +121,35 @@ fn chain_steps_of(a: ItemId, from_version: u64, nodes: [&str; 3]) -> [StepCommit
     [a, step_b, step_c]
 }
 
-/// Commits `steps` under `leases` in one call, the first two keeping their successor.
+/// The commits of a chain: each step under its lease, each but the last keeping its
+/// successor.
+fn chain_items<'a>(leases: &[&'a Lease], steps: &'a [StepCommit]) -> Vec<CommitItem<'a>> {
+    let last = steps.len().saturating_sub(1);
+    leases
+        .iter()
+        .zip(steps)
+        .enumerate()
+        .map(|(n, (&lease, step))| {
+            let item = CommitItem::new(lease, step);
+            if n < last {
+                item.with_successor_kept(Duration::from_secs(30))
+            } else {
+                item
+            }
+        })
+        .collect()
+}
+
+/// Commits the chain of `steps` under `leases` (see [`chain_items`]) in one call.
 async fn commit_chain(
     backend: &RedisBackend,
-    leases: [&Lease; 3],
-    steps: &[StepCommit; 3],
+    leases: &[&Lease],
+    steps: &[StepCommit],
 ) -> CommitReply {
-    let keep = Duration::from_secs(30);
-    let items = [
-        CommitItem::new(leases[0], &steps[0]).with_successor_kept(keep),
-        CommitItem::new(leases[1], &steps[1]).with_successor_kept(keep),
-        CommitItem::new(leases[2], &steps[2]),
-    ];
-    backend.commit_batch(&items, None).await.unwrap()
+    backend
+        .commit_batch(&chain_items(leases, steps), None)
+        .await
+        .unwrap()
 }
 
 /// What a finished run shows: status, outputs, (items, steps), node timings (node, count,
@@ -221,15 +213,9 @@ async fn a_later_chain_completing_its_run_in_one_call_leaves_what_its_steps_one_
 /// from its successor when `later`): one commits the chain in one call, the other step by step; checks
 /// they end alike and returns how the first ended.
 async fn chain_once_and_step_by_step(later: bool, nodes: [&str; 3]) -> FinishedState {
-    let server = RedisServer::start_or_panic(ServerOptions::default());
-    let config = RedisConfig::new(server.url()).with_key_prefix("quiet:");
-    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let (_server, backend) = private_backend("quiet:").await;
     let me = WorkerId::from("me");
-    let keep = Duration::from_secs(30);
     let applied = CommitOutcome::Committed { finished: None };
-    let completed = CommitOutcome::Committed {
-        finished: Some(RunStatus::Completed),
-    };
     let mut ends = Vec::new();
     for (run, at_once) in [("once", true), ("steps", false)] {
         let mut first = started(&backend, run, &me).await;
@@ -249,11 +235,7 @@ async fn chain_once_and_step_by_step(later: bool, nodes: [&str; 3]) -> FinishedS
             Lease::new(run, c, KEPT_LEASE_TOKEN, me.clone()),
         );
         let steps = chain_steps_of(a, 0, nodes);
-        let items = [
-            CommitItem::new(&first.lease, &steps[0]).with_successor_kept(keep),
-            CommitItem::new(&lease_b, &steps[1]).with_successor_kept(keep),
-            CommitItem::new(&lease_c, &steps[2]),
-        ];
+        let items = chain_items(&[&first.lease, &lease_b, &lease_c], &steps);
         let outcomes = if at_once {
             backend.commit_batch(&items, None).await.unwrap().outcomes
         } else {
@@ -265,7 +247,7 @@ async fn chain_once_and_step_by_step(later: bool, nodes: [&str; 3]) -> FinishedS
         };
         assert_eq!(
             outcomes,
-            vec![applied.clone(), applied.clone(), completed.clone()]
+            vec![applied.clone(), applied.clone(), completed()]
         );
         ends.push(finished_state(&backend, run).await);
     }
@@ -282,11 +264,8 @@ async fn chain_once_and_step_by_step(later: bool, nodes: [&str; 3]) -> FinishedS
 /// its steps are refused as they are one by one, and the live lease still completes the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completing_chain_on_a_lost_lease_changes_nothing() {
-    let server = RedisServer::start_or_panic(ServerOptions::default());
-    let config = RedisConfig::new(server.url()).with_key_prefix("quiet:");
-    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let (_server, backend) = private_backend("quiet:").await;
     let me = WorkerId::from("me");
-    let keep = Duration::from_secs(30);
     let (b, c) = (ItemId::ROOT.child(0), ItemId::ROOT.child(0).child(0));
     let first = started(&backend, "r", &me).await;
     let forged = Lease::new("r", first.lease.item_id, first.lease.token + 1, me.clone());
@@ -294,15 +273,8 @@ async fn a_completing_chain_on_a_lost_lease_changes_nothing() {
         Lease::new("r", b, KEPT_LEASE_TOKEN, me.clone()),
         Lease::new("r", c, KEPT_LEASE_TOKEN, me.clone()),
     );
-    let [a_step, b_step, c_step] = chain_steps(0);
-    let batch = |lease_a| {
-        [
-            CommitItem::new(lease_a, &a_step).with_successor_kept(keep),
-            CommitItem::new(&lease_b, &b_step).with_successor_kept(keep),
-            CommitItem::new(&lease_c, &c_step),
-        ]
-    };
-    let reply = backend.commit_batch(&batch(&forged), None).await.unwrap();
+    let steps = chain_steps(0);
+    let reply = commit_chain(&backend, &[&forged, &lease_b, &lease_c], &steps).await;
     // (The later steps' context changes build on the refused one's: refused too.)
     let conflict = CommitOutcome::ContextConflict { current: 0 };
     assert_eq!(
@@ -316,16 +288,8 @@ async fn a_completing_chain_on_a_lost_lease_changes_nothing() {
     assert_eq!(items.len(), 1, "{items:?}");
     assert_eq!(items[0].status, WorkItemStatus::InProgress);
 
-    let reply = backend
-        .commit_batch(&batch(&first.lease), None)
-        .await
-        .unwrap();
-    assert_eq!(
-        reply.outcomes.last(),
-        Some(&CommitOutcome::Committed {
-            finished: Some(RunStatus::Completed)
-        })
-    );
+    let reply = commit_chain(&backend, &[&first.lease, &lease_b, &lease_c], &steps).await;
+    assert_eq!(reply.outcomes.last(), Some(&completed()));
 }
 
 /// A chain that would complete its run, whose first step's context change is based on a
@@ -333,9 +297,7 @@ async fn a_completing_chain_on_a_lost_lease_changes_nothing() {
 /// nothing applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completing_chain_on_a_stale_context_is_refused_step_by_step() {
-    let server = RedisServer::start_or_panic(ServerOptions::default());
-    let config = RedisConfig::new(server.url()).with_key_prefix("quiet:");
-    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let (_server, backend) = private_backend("quiet:").await;
     let me = WorkerId::from("me");
     let (b, c) = (ItemId::ROOT.child(0), ItemId::ROOT.child(0).child(0));
     let first = started(&backend, "r", &me).await;
@@ -344,7 +306,7 @@ async fn a_completing_chain_on_a_stale_context_is_refused_step_by_step() {
         Lease::new("r", c, KEPT_LEASE_TOKEN, me.clone()),
     );
     let stale = chain_steps(4);
-    let reply = commit_chain(&backend, [&first.lease, &lease_b, &lease_c], &stale).await;
+    let reply = commit_chain(&backend, &[&first.lease, &lease_b, &lease_c], &stale).await;
     assert_eq!(
         reply.outcomes,
         vec![CommitOutcome::ContextConflict { current: 0 }; 3]
@@ -356,13 +318,8 @@ async fn a_completing_chain_on_a_stale_context_is_refused_step_by_step() {
     assert_eq!(backend.load_context("r").await.unwrap().version, 0);
 
     let fresh = chain_steps(0);
-    let reply = commit_chain(&backend, [&first.lease, &lease_b, &lease_c], &fresh).await;
-    assert_eq!(
-        reply.outcomes.last(),
-        Some(&CommitOutcome::Committed {
-            finished: Some(RunStatus::Completed)
-        })
-    );
+    let reply = commit_chain(&backend, &[&first.lease, &lease_b, &lease_c], &fresh).await;
+    assert_eq!(reply.outcomes.last(), Some(&completed()));
     assert_eq!(backend.load_context("r").await.unwrap().version, 3);
 }
 
@@ -371,23 +328,13 @@ async fn a_completing_chain_on_a_stale_context_is_refused_step_by_step() {
 /// second delivery stays with every step's lines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completing_chain_after_an_expired_lease_keeps_its_history() {
-    let server = RedisServer::start_or_panic(ServerOptions::default());
-    let config = RedisConfig::new(server.url()).with_key_prefix("quiet:");
-    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let (_server, backend) = private_backend("quiet:").await;
     let (me, other) = (WorkerId::from("me"), WorkerId::from("other"));
     let short = TakeOptions {
         lease_timeout: Duration::from_millis(50),
         max_deliveries: 5,
     };
-    backend
-        .start_run(StartRun::new(
-            "r",
-            "Flow",
-            b"null".to_vec(),
-            NewItem::new(ItemId::ROOT, "a", b"0".to_vec()),
-        ))
-        .await
-        .unwrap();
+    start(&backend, "r", "a").await;
     let lost = backend
         .take_batch(TakeRequest::new("Flow", &other, short), Duration::ZERO)
         .await
@@ -403,7 +350,7 @@ async fn a_completing_chain_after_an_expired_lease_keeps_its_history() {
     let (b, c) = (ItemId::ROOT.child(0), ItemId::ROOT.child(0).child(0));
     let reply = commit_chain(
         &backend,
-        [
+        &[
             &first.lease,
             &Lease::new("r", b, KEPT_LEASE_TOKEN, me.clone()),
             &Lease::new("r", c, KEPT_LEASE_TOKEN, me.clone()),
@@ -411,12 +358,7 @@ async fn a_completing_chain_after_an_expired_lease_keeps_its_history() {
         &chain_steps(0),
     )
     .await;
-    assert_eq!(
-        reply.outcomes.last(),
-        Some(&CommitOutcome::Committed {
-            finished: Some(RunStatus::Completed)
-        })
-    );
+    assert_eq!(reply.outcomes.last(), Some(&completed()));
     let history = backend.step_history("r").await.unwrap();
     let history = history.expect("a history that explains something is kept");
     let committed: Vec<ItemId> = history
@@ -436,23 +378,13 @@ async fn a_completing_chain_after_an_expired_lease_keeps_its_history() {
 /// run's step in the same batch is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_sent_again_leaves_the_take_and_the_other_steps_of_its_call_whole() {
-    let server = RedisServer::start_or_panic(ServerOptions::default());
-    let config = RedisConfig::new(server.url()).with_key_prefix("quiet:");
-    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let (_server, backend) = private_backend("quiet:").await;
     let me = WorkerId::from("me");
     let keep = Duration::from_secs(30);
     let first = started(&backend, "r", &me).await;
     let other = started(&backend, "s", &me).await;
     for run in ["t", "u"] {
-        backend
-            .start_run(StartRun::new(
-                run,
-                "Flow",
-                b"null".to_vec(),
-                NewItem::new(ItemId::ROOT, "a", b"0".to_vec()),
-            ))
-            .await
-            .unwrap();
+        start(&backend, run, "a").await;
     }
     let forged = Lease::new("r", ItemId::ROOT, first.lease.token + 1, me.clone());
     let b = ItemId::ROOT.child(0);
@@ -461,6 +393,7 @@ async fn a_chain_sent_again_leaves_the_take_and_the_other_steps_of_its_call_whol
     step_a.successors.push(NewItem::new(b, "b", b"1".to_vec()));
     let mut step_b = StepCommit::new("b");
     step_b.outputs.push(serde_json::json!(1));
+    let steps = [step_a, step_b];
     let mut fork = StepCommit::new("a");
     fork.successors
         .push(NewItem::new(ItemId::ROOT.child(0), "x", b"1".to_vec()));
@@ -469,9 +402,9 @@ async fn a_chain_sent_again_leaves_the_take_and_the_other_steps_of_its_call_whol
     let reply = backend
         .commit_batch(
             &[
-                CommitItem::new(&forged, &step_a).with_successor_kept(keep),
+                CommitItem::new(&forged, &steps[0]).with_successor_kept(keep),
                 CommitItem::new(&other.lease, &fork),
-                CommitItem::new(&lease_b, &step_b),
+                CommitItem::new(&lease_b, &steps[1]),
             ],
             Some(TakeRequest::new("Flow", &me, flow::options()).with_max(8)),
         )
@@ -504,26 +437,6 @@ async fn a_chain_sent_again_leaves_the_take_and_the_other_steps_of_its_call_whol
     let items = backend.work_items("r").await.unwrap();
     assert_eq!(items.len(), 1, "{items:?}");
     assert_eq!(items[0].status, WorkItemStatus::InProgress);
-    let done = commit_chain_of_two(&backend, &first.lease, &lease_b, &step_a, &step_b).await;
-    assert_eq!(
-        done.last(),
-        Some(&CommitOutcome::Committed {
-            finished: Some(RunStatus::Completed)
-        })
-    );
-}
-
-/// Commits `a` (keeping its successor) then `b` in one call.
-async fn commit_chain_of_two(
-    backend: &RedisBackend,
-    lease_a: &Lease,
-    lease_b: &Lease,
-    a: &StepCommit,
-    b: &StepCommit,
-) -> Vec<CommitOutcome> {
-    let items = [
-        CommitItem::new(lease_a, a).with_successor_kept(Duration::from_secs(30)),
-        CommitItem::new(lease_b, b),
-    ];
-    backend.commit_batch(&items, None).await.unwrap().outcomes
+    let done = commit_chain(&backend, &[&first.lease, &lease_b], &steps).await;
+    assert_eq!(done.outcomes.last(), Some(&completed()));
 }

@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use floxide::distributed::*;
 use floxide::ItemId;
-use floxide_redis::testing::{RedisServer, ServerOptions};
-use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
+use floxide_redis::RedisBackend;
 
 #[path = "support/flow.rs"]
 mod flow;
-use flow::take_one;
+use flow::{completed, private_backend, start, take_one};
 
 const PREFIX: &str = "timing:";
 
@@ -64,18 +63,8 @@ async fn timings(backend: &RedisBackend, run: &str) -> Vec<(String, u64, u64, u6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_rewrites_only_its_nodes_timings() {
-    let server = RedisServer::start_or_panic(ServerOptions::default());
-    let config = RedisConfig::new(server.url()).with_key_prefix(PREFIX);
-    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
-    backend
-        .start_run(StartRun::new(
-            "r1",
-            "Flow",
-            b"null".to_vec(),
-            NewItem::new(ItemId::from_u128(1), "a", b"0".to_vec()),
-        ))
-        .await
-        .unwrap();
+    let (server, backend) = private_backend(PREFIX).await;
+    start(&backend, "r1", "a").await;
     // Timings written before (by other steps): `ab` begins with `a` and ends with `b`, and
     // `a`'s own segment does not read as numbers.
     let client = redis::Client::open(server.url()).unwrap();
@@ -115,9 +104,7 @@ async fn a_commit_rewrites_only_its_nodes_timings() {
 /// usual shape) or a node repeated within the commit, whose steps add up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runs_first_commit_writes_its_nodes_timings() {
-    let server = RedisServer::start_or_panic(ServerOptions::default());
-    let config = RedisConfig::new(server.url()).with_key_prefix(PREFIX);
-    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let (_server, backend) = private_backend(PREFIX).await;
     let me = WorkerId::from("w");
     let row = |n: &str, c, t, m| (n.to_owned(), c, t, m);
     // Chains of three steps, nodes as given, each `us` long, committed in one call.
@@ -137,15 +124,7 @@ async fn a_runs_first_commit_writes_its_nodes_timings() {
             vec![row("a", 2, 40, 30), row("b", 1, 20, 20)],
         ),
     ] {
-        backend
-            .start_run(StartRun::new(
-                run,
-                "Flow",
-                b"null".to_vec(),
-                NewItem::new(ItemId::ROOT, nodes[0], b"0".to_vec()),
-            ))
-            .await
-            .unwrap();
+        start(&backend, run, nodes[0]).await;
         let taken = take_one(&backend, &me, 4).await;
         let (second, third) = (ItemId::ROOT.child(0), ItemId::ROOT.child(0).child(0));
         let steps = [
@@ -169,9 +148,7 @@ async fn a_runs_first_commit_writes_its_nodes_timings() {
             .unwrap();
         assert_eq!(
             reply.outcomes.last(),
-            Some(&CommitOutcome::Committed {
-                finished: Some(RunStatus::Completed)
-            }),
+            Some(&completed()),
             "{run}: {:?}",
             reply.outcomes
         );
