@@ -34,6 +34,11 @@ fn last_step(node: &str) -> StepCommit {
     step
 }
 
+/// The kept lease of item `item` of `run` held by `holder` (see `CommitItem::keep_successor`).
+fn kept_lease(run: &RunId, item: ItemId, holder: &WorkerId) -> Lease {
+    Lease::new(run.clone(), item, KEPT_LEASE_TOKEN, holder.clone())
+}
+
 /// Starts a `Chain` run and leases its first item to `me`.
 async fn first_item(backend: &Arc<dyn Backend>, me: &WorkerId) -> (RunId, Taken) {
     let wf = Chain::new(Gate::open());
@@ -112,7 +117,7 @@ pub async fn g2_a_kept_successor_is_leased_to_its_committer<B: Backend>(backend:
 
     let c = b.child(0);
     let step_b = step_with("b", c, "c");
-    let stolen = Lease::new(run.clone(), b, KEPT_LEASE_TOKEN, other.clone());
+    let stolen = kept_lease(&run, b, &other);
     assert_eq!(
         backend.commit(&stolen, &step_b).await.unwrap(),
         CommitOutcome::LeaseLost,
@@ -130,7 +135,7 @@ pub async fn g2_a_kept_successor_is_leased_to_its_committer<B: Backend>(backend:
         "G2: a kept lease's item is failed by its holder only"
     );
     backend.release(&stolen).await.unwrap();
-    let lease_b = Lease::new(run.clone(), b, KEPT_LEASE_TOKEN, me.clone());
+    let lease_b = kept_lease(&run, b, &me);
     assert!(
         matches!(
             backend.heartbeat(&lease_b, PATIENCE).await.unwrap(),
@@ -149,7 +154,7 @@ pub async fn g2_a_kept_successor_is_leased_to_its_committer<B: Backend>(backend:
         reply.outcomes,
         vec![CommitOutcome::Committed { finished: None }]
     );
-    let lease_c = Lease::new(run.clone(), c, KEPT_LEASE_TOKEN, me.clone());
+    let lease_c = kept_lease(&run, c, &me);
     assert_eq!(
         backend.commit(&lease_c, &last_step("c")).await.unwrap(),
         CommitOutcome::Committed {
@@ -179,8 +184,8 @@ pub async fn g2_a_chain_commits_in_one_call<B: Backend>(backend: B) {
         step_with("b", c, "c"),
         last_step("c"),
     );
-    let lease_b = Lease::new(run.clone(), b, KEPT_LEASE_TOKEN, me.clone());
-    let lease_c = Lease::new(run.clone(), c, KEPT_LEASE_TOKEN, me.clone());
+    let lease_b = kept_lease(&run, b, &me);
+    let lease_c = kept_lease(&run, c, &me);
 
     let forged = Lease::new(
         run.clone(),
@@ -262,8 +267,8 @@ pub async fn g2_a_chain_refused_midway_keeps_its_first_step<B: Backend>(backend:
     let mut stale_b = step_with("b", c, "c");
     stale_b.require_version = Some(41);
     let step_c = last_step("c");
-    let lease_b = Lease::new(run.clone(), b, KEPT_LEASE_TOKEN, me.clone());
-    let lease_c = Lease::new(run.clone(), c, KEPT_LEASE_TOKEN, me.clone());
+    let lease_b = kept_lease(&run, b, &me);
+    let lease_c = kept_lease(&run, c, &me);
     // The whole chain, as a worker sends it: were every step applied, it would complete the run.
     let reply = backend
         .commit_batch(
@@ -368,7 +373,7 @@ pub async fn g1_a_kept_successor_of_a_dead_worker_is_rerun<B: Backend>(backend: 
     );
     assert_eq!((again.attempt, again.deliveries), (1, 2));
     assert!(again.lease.token > KEPT_LEASE_TOKEN);
-    let dead = Lease::new(run.clone(), b, KEPT_LEASE_TOKEN, me.clone());
+    let dead = kept_lease(&run, b, &me);
     let step_b = step_with("b", b.child(0), "c");
     assert_eq!(
         backend.commit(&dead, &step_b).await.unwrap(),
