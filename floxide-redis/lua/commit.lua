@@ -107,6 +107,14 @@ local until_ms = now + (lease_ms or 0)
 local commit_line = 'C ' .. text(now) .. ' '
 local lease_line
 
+-- Whether a run at status `st` with `left` items outstanding (a text) completes with a
+-- routine history when its steps in this call change that count by `delta`: it has an
+-- output (`has_out`) and no history note (`hx`), and routine histories are not kept.
+local function completes_quietly(st, left, delta, has_out, hx)
+  return takes_items(st) and num(left or '1') + delta == 0 and has_out and not hx
+    and not KEEP_ROUTINE
+end
+
 -- Runs touched by the batch: their record's fields, read once, and `set`, the writes.
 -- The fields only some commits need are read when needed (`rare`): a hash kept compact by
 -- Redis looks each field up by a scan, a missing one by a scan of it all. (The table is made
@@ -127,8 +135,7 @@ local function run_of(run)
     -- items and history would go at once, so its steps' item writes and history lines are
     -- not made, only noted (`lazy`), and made after all (`unquiet`) if it does not.
     local p = plan[run]
-    r.quiet = p and p.chain and takes_items(v[1]) and num(v[4] or '1') + p.delta == 0
-      and (v[5] or p.outs > 0) and not v[12] and not KEEP_ROUTINE
+    r.quiet = p and p.chain and completes_quietly(v[1], v[4], p.delta, v[5] or p.outs > 0, v[12])
     runs[run] = r
     order[#order + 1] = run
   end
@@ -434,6 +441,12 @@ end
 local replies = {}
 local last_of = {}
 
+-- The state and token of item `id`'s lease as stored (nil: no such item).
+local function lease_of(run, id)
+  local ms, _, _, mt = match(rcall('HGET', items_key(run), id .. ':m') or '', META)
+  return ms, mt
+end
+
 -- Records that `n` steps from item `id` (leased by a take) completed quiet run `run`, with
 -- last context `ctx` at version `ver` (none: nil), the context version the worker holds
 -- after them (`after`, none: false), the last one's reply row `last`. (The caller records
@@ -474,7 +487,7 @@ local function commit_quiet(run, p)
   end
   local r = run_of(run)
   if not r.quiet or r.touched then return false end
-  local ms, _, _, mt = match(rcall('HGET', items_key(run), id .. ':m') or '', META)
+  local ms, mt = lease_of(run, id)
   if ms ~= 'I' or mt ~= token then return false end
   local ver = num(r.ver or '0')
   local after, ctx = false, nil
@@ -510,7 +523,7 @@ local function commit_whole(j, row)
   local run, id, token = ARGV[j], ARGV[j + 1], ARGV[j + 2]
   local n, x = chain_parts(j)
   local r = run_of(run)
-  local ms, _, _, mt = match(rcall('HGET', items_key(run), id .. ':m') or '', META)
+  local ms, mt = lease_of(run, id)
   if not ms and rare(run, 'frid') == RID then
     -- This request completed the run before its reply was lost: answer as then.
     for c = row, row + n - 1 do replies[c] = { 'ok', r.st or '' } end
@@ -518,9 +531,9 @@ local function commit_whole(j, row)
   end
   local base, nout = ARGV[x], num(ARGV[x + 4])
   local ver = num(r.ver or '0')
-  if ms ~= 'I' or mt ~= token or token == '0' or r.touched or not takes_items(r.st)
-    or num(r.left or '1') ~= 1 or not (r.out or nout > 0) or r.hx or KEEP_ROUTINE
-    or HISTORY_NOTE[run] or (base ~= '' and num(base) ~= ver) or (r.nt or '') ~= '' then
+  if ms ~= 'I' or mt ~= token or token == '0' or r.touched
+    or not completes_quietly(r.st, r.left, -1, r.out or nout > 0, r.hx) or HISTORY_NOTE[run]
+    or (base ~= '' and num(base) ~= ver) or (r.nt or '') ~= '' then
     return false
   end
   local ctx
