@@ -245,6 +245,17 @@ fn first_timings<'a>(
     segments.join(";")
 }
 
+/// The outcomes of a commit's steps gathered from several answers, each step's answered
+/// (else a malformed reply).
+fn all_answered(
+    outcomes: Vec<Option<CommitOutcome>>,
+) -> Result<Vec<CommitOutcome>, DistributedError> {
+    outcomes
+        .into_iter()
+        .map(|o| o.ok_or_else(|| malformed("a step of a commit was not answered")))
+        .collect()
+}
+
 /// What a detached take sends back.
 type TakeAnswer = Result<Result<Vec<Taken>, Option<u64>>, DistributedError>;
 
@@ -601,11 +612,7 @@ impl RedisBackend {
                 }
             }
         }
-        let outcomes = outcomes
-            .into_iter()
-            .map(|o| o.ok_or_else(|| malformed("a step of a commit was not answered")))
-            .collect::<Result<_, _>>()?;
-        Ok(CommitReply::new(outcomes, taken))
+        Ok(CommitReply::new(all_answered(outcomes)?, taken))
     }
 }
 
@@ -756,11 +763,7 @@ impl WorkerBackend for RedisBackend {
             release_all(self, taken).await;
             return Err(error);
         }
-        let outcomes = outcomes
-            .into_iter()
-            .map(|o| o.ok_or_else(|| malformed("a step of a batch commit was not answered")))
-            .collect::<Result<_, _>>()?;
-        Ok(CommitReply::new(outcomes, taken))
+        Ok(CommitReply::new(all_answered(outcomes)?, taken))
     }
 
     async fn fail(
