@@ -132,6 +132,27 @@ fn commit_args(
     Ok(())
 }
 
+/// The indexes of the steps that go one by one (those in none of `chains`), in order.
+fn single_steps(len: usize, chains: &[Vec<usize>]) -> Vec<usize> {
+    let mut in_chain = vec![false; len];
+    for &i in chains.iter().flatten() {
+        in_chain[i] = true;
+    }
+    (0..len).filter(|&i| !in_chain[i]).collect()
+}
+
+/// The contexts this worker's applied steps left it holding, per run: a take of those runs at
+/// those versions leaves them out of its reply.
+fn held_after<'c>(commits: &[CommitItem<'c>], outcomes: &[Option<CommitOutcome>]) -> Held<'c> {
+    let mut held = Held::new();
+    for (c, outcome) in commits.iter().zip(outcomes) {
+        if let (Some(CommitOutcome::Committed { .. }), Some(context)) = (outcome, c.held) {
+            held.insert(c.lease.run_id.as_str(), context);
+        }
+    }
+    held
+}
+
 /// The steps of `commits` that go as whole chains (see `lua/commit.lua`): per chain, the
 /// indexes of its steps, in order. A run's steps are one when they are all of its steps in
 /// the batch, run from its first item on (each but the last keeping its single successor,
@@ -531,16 +552,7 @@ impl RedisBackend {
         } else {
             Vec::new()
         };
-        let mut order: Vec<usize> = Vec::with_capacity(commits.len());
-        if chains.is_empty() {
-            order.extend(0..commits.len());
-        } else {
-            let mut in_chain = vec![false; commits.len()];
-            for &i in chains.iter().flatten() {
-                in_chain[i] = true;
-            }
-            order.extend((0..commits.len()).filter(|&i| !in_chain[i]));
-        }
+        let mut order = single_steps(commits.len(), &chains);
         let scripts = &self.client().inner.scripts;
         let mut inv = self.invoke(&scripts.commit, Keys::timers(pfx), pfx, &request_id());
         inv.arg(order.len());
@@ -583,16 +595,7 @@ impl RedisBackend {
         }
         let mut taken = match (next, parts.next()) {
             (Some(n), Some(value)) => {
-                // The contexts this worker's applied steps left: takes of those runs at those
-                // versions leave them out of the reply.
-                let mut held = Held::new();
-                for (c, outcome) in commits.iter().zip(&outcomes) {
-                    if let (Some(CommitOutcome::Committed { .. }), Some(context)) =
-                        (outcome, c.held)
-                    {
-                        held.insert(c.lease.run_id.as_str(), context);
-                    }
-                }
+                let held = held_after(commits, &outcomes);
                 parse_take(Reply::from(value)?, n.worker, &held)?.unwrap_or_default()
             }
             _ => Vec::new(),

@@ -117,8 +117,63 @@ where
     }
 }
 
-/// Takes one ready item (without waiting), executes and commits it with default worker
-/// settings, calling `callbacks` around it.
+/// A failed step of `run_id` (if known) on `item` (if decoded).
+fn step_error<WI: Clone>(
+    error: FloxideError,
+    run_id: Option<&str>,
+    item: Option<&WI>,
+) -> StepError<WI> {
+    StepError {
+        error,
+        run_id: run_id.map(str::to_owned),
+        work_item: item.cloned(),
+    }
+}
+
+/// A step's outcome for the 3.x callbacks, and its result for the caller.
+type Reported<WI, O> = (
+    ItemProcessedOutcome,
+    Result<Option<(String, O)>, StepError<WI>>,
+);
+
+/// What a step's end is for 3.x: the outcome its callbacks see and the step's result; `None`
+/// when nothing was applied (the lease was lost or the run is no longer active), so that the
+/// item's current holder, if any, reports it.
+///
+/// # Errors
+/// The output could not be encoded as JSON for the callbacks.
+fn reported<WI: Clone, O: serde::Serialize>(
+    end: StepEnd<O>,
+    run_id: &str,
+    item: Option<&WI>,
+) -> Result<Option<Reported<WI, O>>, StepError<WI>> {
+    let failed = |error| step_error(error, Some(run_id), item);
+    Ok(Some(match end {
+        StepEnd::Committed { mut outputs, .. } if !outputs.is_empty() => {
+            let output = outputs.swap_remove(0);
+            let json =
+                serde_json::to_value(&output).map_err(|e| failed(codec_error(e.to_string())))?;
+            (
+                ItemProcessedOutcome::SuccessTerminal(json),
+                Ok(Some((run_id.to_owned(), output))),
+            )
+        }
+        StepEnd::Committed { .. } => (ItemProcessedOutcome::SuccessNonTerminal, Ok(None)),
+        StepEnd::Retried(error) | StepEnd::Failed(error) => (
+            ItemProcessedOutcome::Error(error.clone()),
+            Err(failed(error)),
+        ),
+        StepEnd::DeadLettered(reason) => {
+            let error = FloxideError::Generic(reason);
+            (
+                ItemProcessedOutcome::Error(error.clone()),
+                Err(failed(error)),
+            )
+        }
+        StepEnd::Abandoned { .. } | StepEnd::Released => return Ok(None),
+    }))
+}
+
 pub(crate) async fn step<C, W, CS, Q>(
     workflow: &W,
     context_store: &CS,
@@ -132,12 +187,7 @@ where
     CS: ContextStore<C>,
     Q: WorkQueue<C, W::WorkItem>,
 {
-    let failed =
-        |error: FloxideError, run_id: Option<&str>, item: Option<&W::WorkItem>| StepError {
-            error,
-            run_id: run_id.map(str::to_owned),
-            work_item: item.cloned(),
-        };
+    let failed = step_error::<W::WorkItem>;
     let backend = backend_of(context_store, queue).map_err(|e| failed(e.into(), None, None))?;
     let config = WorkerConfig::default();
     let worker = WorkerId::from(worker_id);
@@ -168,31 +218,8 @@ where
     let end = exec::step_one(workflow, &*backend, &config.exec(), &worker, taken, None)
         .await
         .map_err(|e| failed(e, Some(&run_id), item.as_ref()))?;
-    let (outcome, result) = match end {
-        StepEnd::Committed { mut outputs, .. } if !outputs.is_empty() => {
-            let output = outputs.swap_remove(0);
-            let json = serde_json::to_value(&output)
-                .map_err(|e| failed(codec_error(e.to_string()), Some(&run_id), item.as_ref()))?;
-            (
-                ItemProcessedOutcome::SuccessTerminal(json),
-                Ok(Some((run_id.clone(), output))),
-            )
-        }
-        StepEnd::Committed { .. } => (ItemProcessedOutcome::SuccessNonTerminal, Ok(None)),
-        StepEnd::Retried(error) | StepEnd::Failed(error) => (
-            ItemProcessedOutcome::Error(error.clone()),
-            Err(failed(error, Some(&run_id), item.as_ref())),
-        ),
-        StepEnd::DeadLettered(reason) => {
-            let error = FloxideError::Generic(reason);
-            (
-                ItemProcessedOutcome::Error(error.clone()),
-                Err(failed(error, Some(&run_id), item.as_ref())),
-            )
-        }
-        // The lease was lost or the run is no longer active: nothing was applied, and the
-        // item's current holder (if any) reports it.
-        StepEnd::Abandoned { .. } | StepEnd::Released => return Ok(None),
+    let Some((outcome, result)) = reported(end, &run_id, item.as_ref())? else {
+        return Ok(None);
     };
     if let Some(item) = &item {
         if let Err(error) = callbacks

@@ -85,6 +85,23 @@ struct State<'a, O> {
 type CommitDone<O> = (Vec<Pending<O>>, Result<CommitReply, DistributedError>);
 
 impl<O> State<'_, O> {
+    /// Nothing running, ready, committing or being taken.
+    fn new() -> Self {
+        State {
+            running: FuturesUnordered::new(),
+            ready: Vec::new(),
+            committing: None,
+            committing_len: 0,
+            committing_slots: 0,
+            slotless: 0,
+            taker: None,
+            reserved: 0,
+            reporting: None,
+            take_failures: 0,
+            current: None,
+        }
+    }
+
     /// Steps in flight: running, or waiting for or in a commit.
     fn busy(&self) -> usize {
         self.running.len() + self.ready.len() + self.committing_len
@@ -155,19 +172,7 @@ where
         if let Err(error) = self.backend.register_graph(&self.workflow.graph()).await {
             tracing::warn!(%error, "could not register the workflow's graph");
         }
-        let mut st = State {
-            running: FuturesUnordered::new(),
-            ready: Vec::new(),
-            committing: None,
-            committing_len: 0,
-            committing_slots: 0,
-            slotless: 0,
-            taker: None,
-            reserved: 0,
-            reporting: None,
-            take_failures: 0,
-            current: None,
-        };
+        let mut st = State::new();
         let mut quiet = false;
         loop {
             let stopping = self.stop.is_cancelled();
@@ -184,15 +189,7 @@ where
                 break;
             }
             if st.reporting.is_none() {
-                let (status, item) = Self::health(&st);
-                if let Some(health) = reporter.due(status, item) {
-                    let backend = self.backend;
-                    st.reporting = Some(Box::pin(async move {
-                        if let Err(error) = backend.report_worker(&health).await {
-                            tracing::debug!(%error, "could not report worker health");
-                        }
-                    }));
-                }
+                self.start_report(&mut st, reporter);
             }
             // Steps waiting for a commit (a slow backend, a commit in flight) keep their leases.
             let keep_due = st.ready.iter().map(|p| p.renewal_due(self.config)).min();
@@ -215,28 +212,49 @@ where
                     st.committing_slots = 0;
                     self.committed(&mut st, batch, reply, reporter);
                 }
-                taken = opt(&mut st.taker) => {
-                    st.taker = None;
-                    st.reserved = 0;
-                    match taken {
-                        Ok(items) => {
-                            st.take_failures = 0;
-                            for taken in items {
-                                self.launch(&mut st, taken);
-                            }
-                        }
-                        Err(error) => {
-                            st.take_failures += 1;
-                            reporter.errors += 1;
-                            tracing::warn!(worker = %self.worker, %error, "backend error while taking work; retrying");
-                        }
-                    }
-                }
+                taken = opt(&mut st.taker) => self.took(&mut st, taken, reporter),
                 _ = tokio::time::sleep(QUIET), if wait_quiet => quiet = true,
                 () = sleep_until_opt(keep_due) => self.keep_waiting(&mut st),
             }
         }
         // A take still waiting is dropped here: what it leases from now on is released.
+    }
+
+    /// Sends a health report when one is due (it never holds up the steps).
+    fn start_report(&self, st: &mut State<'a, W::Output>, reporter: &mut HealthReporter) {
+        let (status, item) = Self::health(st);
+        if let Some(health) = reporter.due(status, item) {
+            let backend = self.backend;
+            st.reporting = Some(Box::pin(async move {
+                if let Err(error) = backend.report_worker(&health).await {
+                    tracing::debug!(%error, "could not report worker health");
+                }
+            }));
+        }
+    }
+
+    /// A take answered: its items start; a failed take is counted (the next one backs off).
+    fn took(
+        &self,
+        st: &mut State<'a, W::Output>,
+        taken: Result<Vec<Taken>, DistributedError>,
+        reporter: &mut HealthReporter,
+    ) {
+        st.taker = None;
+        st.reserved = 0;
+        match taken {
+            Ok(items) => {
+                st.take_failures = 0;
+                for taken in items {
+                    self.launch(st, taken);
+                }
+            }
+            Err(error) => {
+                st.take_failures += 1;
+                reporter.errors += 1;
+                tracing::warn!(worker = %self.worker, %error, "backend error while taking work; retrying");
+            }
+        }
     }
 
     /// Starts executing `taken` (or, once the worker is stopping, gives it back unstarted).

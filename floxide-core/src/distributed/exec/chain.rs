@@ -196,6 +196,20 @@ fn successor<O>(pending: &Pending<O>, worker: &WorkerId) -> Option<Taken> {
     Some(taken)
 }
 
+/// Polls `run` up to `SPINS` times, yielding to the runtime in between; its output if it
+/// finished by then (a fast node's step), else `None` (it goes on as the chain's rest).
+async fn spin<F: std::future::Future + Unpin>(run: &mut F) -> Option<F::Output> {
+    for round in 0..SPINS {
+        if round > 0 {
+            tokio::task::yield_now().await;
+        }
+        if let Some(out) = run.now_or_never() {
+            return Some(out);
+        }
+    }
+    None
+}
+
 /// Executes `taken`, then, as long as each step has a single successor that finishes without
 /// waiting and the chain is young, that successor (see the module documentation).
 ///
@@ -249,17 +263,7 @@ where
         let mut run: Boxed<'a, _> = Box::pin(async move {
             execute(workflow, backend, config, worker, next, stop, Some(&gate)).await
         });
-        let mut ran = None;
-        for spin in 0..SPINS {
-            if spin > 0 {
-                tokio::task::yield_now().await;
-            }
-            ran = (&mut run).now_or_never();
-            if ran.is_some() {
-                break;
-            }
-        }
-        let ended = match ran {
+        let ended = match spin(&mut run).await {
             Some(Ok(Executed::Ready(next))) => {
                 speeds.record(&next.taken.node, true);
                 pending = next.chained();

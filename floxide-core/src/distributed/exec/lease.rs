@@ -206,21 +206,9 @@ where
                     if stop_at.is_some_and(|s| Instant::now() >= s) {
                         break (None, node_run.waits);
                     }
-                    match keeper.check(backend, lease, gate).await {
-                        LeaseCheck::Held(RunStatus::Cancelled) => {
-                            tracing::info!("run cancelled; signalling the running node");
-                            cancel.cancel();
-                            // Let the node see its token and stop cleanly; its result is
-                            // discarded either way (the backend refuses the commit).
-                            let _ = tokio::time::timeout(config.heartbeat_interval, &mut node_run).await;
-                            return Ok(Ran::Gone(StepEnd::Abandoned { lease_lost: false }));
-                        }
-                        LeaseCheck::Held(_) | LeaseCheck::Unknown => {}
-                        LeaseCheck::Lost => {
-                            tracing::warn!("lease lost while the node ran; abandoning the step");
-                            cancel.cancel();
-                            return Ok(Ran::Gone(StepEnd::Abandoned { lease_lost: true }));
-                        }
+                    let check = keeper.check(backend, lease, gate).await;
+                    if let Some(end) = abandon(check, &cancel, config, &mut node_run).await {
+                        return Ok(Ran::Gone(end));
                     }
                 }
             }
@@ -244,6 +232,31 @@ where
         elapsed: granted.elapsed(),
         renewed: keeper.valid_until - keeper.timeout,
     })))
+}
+
+/// Whether a lease check made while the node runs ends the step: the run was cancelled (the
+/// node is signalled and given a heartbeat interval to stop cleanly; its result is discarded
+/// either way, as the backend refuses the commit) or the lease was lost (the node is signalled).
+async fn abandon<F: std::future::Future + Unpin, O>(
+    check: LeaseCheck,
+    cancel: &CancelState,
+    config: &ExecConfig,
+    node_run: &mut F,
+) -> Option<StepEnd<O>> {
+    match check {
+        LeaseCheck::Held(RunStatus::Cancelled) => {
+            tracing::info!("run cancelled; signalling the running node");
+            cancel.cancel();
+            let _ = tokio::time::timeout(config.heartbeat_interval, node_run).await;
+            Some(StepEnd::Abandoned { lease_lost: false })
+        }
+        LeaseCheck::Held(_) | LeaseCheck::Unknown => None,
+        LeaseCheck::Lost => {
+            tracing::warn!("lease lost while the node ran; abandoning the step");
+            cancel.cancel();
+            Some(StepEnd::Abandoned { lease_lost: true })
+        }
+    }
 }
 
 /// A future that counts how often it was not ready (how often the node waited).
