@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use parts::RESUME_MARKER;
-use parts::{slot, ItemRecord, ItemsState, QueueState, Recorded, RunItems, RunsState};
+use parts::{slot, HashMap, ItemRecord, ItemsState, QueueState, Recorded, RunItems, RunsState};
 use parts::{ContextsPart, ErrorsPart, ItemsPart, LivenessPart, MetricsPart, QueuePart, RunsPart};
 
 use crate::distributed::backend::{
@@ -173,7 +173,80 @@ impl InMemoryBackend {
         // Runs whose record this take changes (started, or failed by a poison item).
         let mut changed: Vec<RunId> = Vec::new();
 
-        // Expired leases go back to the queue; due retries become ready.
+        self.due_work(&mut items, &mut queue, now);
+
+        let mut failed_now: Option<RunId> = None;
+        let result = loop {
+            let Some((run_id, item_id)) = queue.ready.get_mut(workflow).and_then(|q| q.pop_front())
+            else {
+                break Err(queue.next_due());
+            };
+            // Entries of finished runs (whose items are gone) are dropped here.
+            let Some(run_items) = items.runs.get_mut(&run_id) else {
+                continue;
+            };
+            let Some(info) = runs.runs.get_mut(&run_id) else {
+                continue;
+            };
+            if item_id == RESUME_MARKER {
+                if machine::takes_items(info.status) {
+                    unpark(&mut queue, workflow, run_id, run_items);
+                }
+                continue;
+            }
+            let Some(record) = run_items.items.get_mut(&item_id) else {
+                continue;
+            };
+            if record.status != WorkItemStatus::Pending {
+                continue;
+            }
+            if !machine::takes_items(info.status) {
+                if machine::accepts_results(info.status) {
+                    // Paused or failed: the item waits, parked, for a resume.
+                    record.status = WorkItemStatus::Held;
+                    run_items.parked.push_back(item_id);
+                }
+                continue;
+            }
+            record.deliveries += 1;
+            if record.deliveries > options.max_deliveries {
+                let limit = options.max_deliveries;
+                let left = &mut run_items.outstanding;
+                if self.poisoned(&mut queue, (&run_id, item_id), record, left, info, limit) {
+                    failed_now = Some(run_id.clone());
+                }
+                changed.push(run_id);
+                continue;
+            }
+            queue.next_token += 1;
+            let token = queue.next_token;
+            let holder: Arc<str> = Arc::from(worker.0.as_str());
+            let lease = (token, holder, options.lease_timeout);
+            self.grant(&mut queue, (&run_id, item_id, workflow), record, lease);
+            if info.status == RunStatus::Pending {
+                info.status = RunStatus::Running;
+                changed.push(run_id.clone());
+            }
+            let lease = Lease {
+                run_id,
+                item_id,
+                token,
+                worker: worker.clone(),
+            };
+            break Ok(taken(lease, record, info.deadline));
+        };
+        let garbage =
+            failed_now.and_then(|run| finished(&mut runs, &mut items, &run, RunStatus::Failed));
+        drop((runs, items, queue));
+        drop(garbage);
+        if !changed.is_empty() {
+            self.notify_runs(changed.iter().map(String::as_str));
+        }
+        result
+    }
+
+    /// Hands expired leases back to the queue and makes due retries ready.
+    fn due_work(&self, items: &mut ItemsState, queue: &mut QueueState, now: Instant) {
         while let Some(Reverse((at, token, wf, run, item))) = queue.leases.peek().cloned() {
             if at > now {
                 break;
@@ -218,125 +291,208 @@ impl InMemoryBackend {
                 }
             }
         }
+    }
 
-        let mut failed_now: Option<RunId> = None;
-        let result = loop {
-            let Some((run_id, item_id)) = queue.ready.get_mut(workflow).and_then(|q| q.pop_front())
-            else {
-                break Err(queue.next_due());
-            };
-            // Entries of finished runs (whose items are gone) are dropped here.
-            let Some(run_items) = items.runs.get_mut(&run_id) else {
-                continue;
-            };
-            let Some(info) = runs.runs.get_mut(&run_id) else {
-                continue;
-            };
-            if item_id == RESUME_MARKER {
-                // A resumed run's parked items go back to the queue, a slice at a time.
-                if machine::takes_items(info.status) {
-                    for _ in 0..UNPARK_SLICE {
-                        let Some(id) = run_items.parked.pop_front() else {
-                            break;
-                        };
-                        if let Some(r) = run_items.items.get_mut(&id) {
-                            if r.status == WorkItemStatus::Held {
-                                r.status = WorkItemStatus::Pending;
-                                queue.push_ready(workflow, (run_id.clone(), id));
-                            }
-                        }
-                    }
-                    if !run_items.parked.is_empty() {
-                        queue.push_ready(workflow, (run_id, RESUME_MARKER));
-                    }
-                }
-                continue;
-            }
-            let Some(record) = run_items.items.get_mut(&item_id) else {
-                continue;
-            };
-            if record.status != WorkItemStatus::Pending {
-                continue;
-            }
-            if !machine::takes_items(info.status) {
-                if machine::accepts_results(info.status) {
-                    // Paused or failed: the item waits, parked, for a resume.
-                    record.status = WorkItemStatus::Held;
-                    run_items.parked.push_back(item_id);
-                }
-                continue;
-            }
-            record.deliveries += 1;
-            if record.deliveries > options.max_deliveries {
-                let error = format!(
-                    "poison item: delivered {} times without a commit (limit {})",
-                    record.deliveries - 1,
-                    options.max_deliveries
-                );
-                record.status = WorkItemStatus::PermanentlyFailed;
-                run_items.outstanding = run_items.outstanding.saturating_sub(1);
-                let letter = DeadLetter {
-                    run_id: run_id.clone(),
-                    item_id,
-                    node: record.node.to_string(),
-                    error: error.clone(),
-                    deliveries: record.deliveries - 1,
-                    attempt: record.attempt,
-                    at: SystemTime::now(),
-                    payload: payload_text(&record.bytes),
-                };
-                add_letter(&mut queue, letter, self.letter_retention);
-                self.errors
-                    .lock()
-                    .runs
-                    .entry(run_id.clone())
-                    .or_default()
-                    .push(WorkflowError {
-                        work_item: item_id,
-                        node: record.node.to_string(),
-                        error: error.clone(),
-                        attempt: record.attempt,
-                        handled: false,
-                        timestamp: SystemTime::now(),
-                    });
-                if fail_run(info, error) {
-                    failed_now = Some(run_id.clone());
-                }
-                changed.push(run_id);
-                continue;
-            }
-            queue.next_token += 1;
-            let token = queue.next_token;
-            let holder: Arc<str> = Arc::from(worker.0.as_str());
-            let lease = (token, holder, options.lease_timeout);
-            self.grant(&mut queue, (&run_id, item_id, workflow), record, lease);
-            if info.status == RunStatus::Pending {
-                info.status = RunStatus::Running;
-                changed.push(run_id.clone());
-            }
-            break Ok(Taken {
-                lease: Lease {
-                    run_id,
-                    item_id,
-                    token,
-                    worker: worker.clone(),
-                },
-                bytes: record.bytes.to_vec(),
-                node: record.node.to_string(),
-                attempt: record.attempt,
-                deliveries: record.deliveries,
-                deadline: info.deadline,
-                context: None,
-            });
+    /// Item `at` (its `record`) was delivered more than `limit` times without a commit: it goes
+    /// to the dead letters with the error, its run's `outstanding` count drops, and the run
+    /// fails unless it already finished. Returns whether the run failed now.
+    fn poisoned(
+        &self,
+        queue: &mut QueueState,
+        (run_id, item_id): (&RunId, ItemId),
+        record: &mut ItemRecord,
+        outstanding: &mut usize,
+        info: &mut RunInfo,
+        limit: u32,
+    ) -> bool {
+        let error = format!(
+            "poison item: delivered {} times without a commit (limit {limit})",
+            record.deliveries - 1,
+        );
+        record.status = WorkItemStatus::PermanentlyFailed;
+        *outstanding = outstanding.saturating_sub(1);
+        let letter = DeadLetter {
+            run_id: run_id.clone(),
+            item_id,
+            node: record.node.to_string(),
+            error: error.clone(),
+            deliveries: record.deliveries - 1,
+            attempt: record.attempt,
+            at: SystemTime::now(),
+            payload: payload_text(&record.bytes),
         };
-        let garbage =
-            failed_now.and_then(|run| finished(&mut runs, &mut items, &run, RunStatus::Failed));
-        drop((runs, items, queue));
-        drop(garbage);
-        if !changed.is_empty() {
-            self.notify_runs(changed.iter().map(String::as_str));
+        add_letter(queue, letter, self.letter_retention);
+        self.errors
+            .lock()
+            .runs
+            .entry(run_id.clone())
+            .or_default()
+            .push(WorkflowError {
+                work_item: item_id,
+                node: record.node.to_string(),
+                error: error.clone(),
+                attempt: record.attempt,
+                handled: false,
+                timestamp: SystemTime::now(),
+            });
+        fail_run(info, error)
+    }
+}
+
+/// Removes the runs past their `retention`, a slice at a time (each start prunes one): no
+/// operation does work proportional to the history (G9). Returns what they held, to be
+/// dropped once the locks are released.
+fn prune_finished(
+    runs: &mut RunsState,
+    (items, contexts, metrics, errors): (
+        &mut ItemsState,
+        &mut parts::ContextsState,
+        &mut parts::MetricsState,
+        &mut parts::ErrorsState,
+    ),
+    retention: Duration,
+) -> Vec<impl Sized> {
+    let mut gone = Vec::new();
+    let now = Instant::now();
+    for _ in 0..PRUNE_SLICE {
+        let Some((at, run)) = runs.finished.front().cloned() else {
+            break;
+        };
+        if at + retention > now {
+            break;
         }
-        result
+        runs.finished.pop_front();
+        // A run resumed since (or finished again later) is not this entry's to remove.
+        if runs.finished_at.get(&run) != Some(&at) {
+            continue;
+        }
+        runs.finished_at.remove(&run);
+        runs.inputs.remove(&run);
+        if let Some(info) = runs.runs.remove(&run) {
+            if let Some(key) = &info.idempotency_key {
+                runs.keys.remove(key);
+            }
+        }
+        if let Some(seq) = runs.seq_of.remove(&run) {
+            runs.order.remove(&seq);
+        }
+        gone.push((
+            items.runs.remove(&run),
+            contexts.contexts.remove(&run),
+            metrics.runs.remove(&run),
+            errors.runs.remove(&run),
+            errors.history.remove(&run),
+        ));
+    }
+    gone
+}
+
+/// Schedules the next attempt of `lease`'s item (its `record`, of `workflow`) in `wait`: it
+/// waits for its retry, with its deliveries counted anew.
+fn schedule_retry(
+    queue: &mut QueueState,
+    record: &mut ItemRecord,
+    (workflow, lease): (&str, &Lease),
+    wait: Duration,
+) {
+    record.status = WorkItemStatus::WaitingRetry;
+    record.attempt += 1;
+    record.deliveries = 0;
+    queue.seq += 1;
+    let seq = queue.seq;
+    queue.delayed.push(Reverse((
+        Instant::now() + wait,
+        seq,
+        workflow.to_owned(),
+        lease.run_id.clone(),
+        lease.item_id,
+    )));
+}
+
+/// The first `most` items of run `run_id` in the dead letters.
+fn dead_of(queue: &QueueState, run_id: &str, most: usize) -> Vec<ItemId> {
+    queue
+        .dead
+        .range(
+            (run_id.to_owned(), ItemId::from_u128(0))
+                ..=(run_id.to_owned(), ItemId::from_u128(u128::MAX)),
+        )
+        .map(|(key, _)| key.1)
+        .take(most)
+        .collect()
+}
+
+/// Takes items `ids` of run `run_id` out of the dead letters: each one that failed for good
+/// is outstanding again, parked (with its deliveries counted anew) until the run's resume
+/// queues it.
+fn revive(queue: &mut QueueState, run_id: &str, run_items: &mut RunItems, ids: &[ItemId]) {
+    for id in ids {
+        queue.dead.remove(&(run_id.to_owned(), *id));
+        if let Some(r) = run_items.items.get_mut(id) {
+            if r.status == WorkItemStatus::PermanentlyFailed {
+                r.status = WorkItemStatus::Held;
+                r.deliveries = 0;
+                run_items.outstanding += 1;
+                run_items.parked.push_back(*id);
+            }
+        }
+    }
+}
+
+/// Applies `commit`'s context change to the run's stored context (bytes, version) unless the
+/// version the commit required or was based on is not the stored one: that one is returned.
+fn apply_context(
+    contexts: &mut HashMap<RunId, (Vec<u8>, u64)>,
+    run_id: &RunId,
+    commit: &StepCommit,
+) -> Option<u64> {
+    slot(contexts, run_id, |(ctx_bytes, version)| {
+        let base = commit.context.as_ref().map(|(base, _)| *base);
+        if [commit.require_version, base]
+            .iter()
+            .flatten()
+            .any(|v| v != version)
+        {
+            return Some(*version);
+        }
+        if let Some((_, bytes)) = &commit.context {
+            ctx_bytes.clone_from(bytes);
+            *version += 1;
+        }
+        None
+    })
+}
+
+/// What a take of the item in `record` under `lease` hands the worker (its context is loaded
+/// apart).
+fn taken(lease: Lease, record: &ItemRecord, deadline: Option<SystemTime>) -> Taken {
+    Taken {
+        lease,
+        bytes: record.bytes.to_vec(),
+        node: record.node.to_string(),
+        attempt: record.attempt,
+        deliveries: record.deliveries,
+        deadline,
+        context: None,
+    }
+}
+
+/// A resumed run's parked items go back to `workflow`'s queue, a slice at a time (a marker
+/// queued after them brings the next slice).
+fn unpark(queue: &mut QueueState, workflow: &str, run_id: RunId, run_items: &mut RunItems) {
+    for _ in 0..UNPARK_SLICE {
+        let Some(id) = run_items.parked.pop_front() else {
+            break;
+        };
+        if let Some(r) = run_items.items.get_mut(&id) {
+            if r.status == WorkItemStatus::Held {
+                r.status = WorkItemStatus::Pending;
+                queue.push_ready(workflow, (run_id.clone(), id));
+            }
+        }
+    }
+    if !run_items.parked.is_empty() {
+        queue.push_ready(workflow, (run_id, RESUME_MARKER));
     }
 }
 
@@ -477,40 +633,11 @@ impl AdminBackend for InMemoryBackend {
         let mut contexts = self.contexts.lock();
         let mut metrics = self.metrics.lock();
         let mut errors = self.errors.lock();
-        // Runs past their retention go, a slice per start: no operation does work
-        // proportional to the history (G9).
-        let mut gone = Vec::new();
-        let now = Instant::now();
-        for _ in 0..PRUNE_SLICE {
-            let Some((at, run)) = runs.finished.front().cloned() else {
-                break;
-            };
-            if at + self.retention > now {
-                break;
-            }
-            runs.finished.pop_front();
-            // A run resumed since (or finished again later) is not this entry's to remove.
-            if runs.finished_at.get(&run) != Some(&at) {
-                continue;
-            }
-            runs.finished_at.remove(&run);
-            runs.inputs.remove(&run);
-            if let Some(info) = runs.runs.remove(&run) {
-                if let Some(key) = &info.idempotency_key {
-                    runs.keys.remove(key);
-                }
-            }
-            if let Some(seq) = runs.seq_of.remove(&run) {
-                runs.order.remove(&seq);
-            }
-            gone.push((
-                items.runs.remove(&run),
-                contexts.contexts.remove(&run),
-                metrics.runs.remove(&run),
-                errors.runs.remove(&run),
-                errors.history.remove(&run),
-            ));
-        }
+        let gone = prune_finished(
+            &mut runs,
+            (&mut items, &mut contexts, &mut metrics, &mut errors),
+            self.retention,
+        );
         drop(errors);
         let run_id = start.run_id.clone();
         runs.inputs
@@ -607,15 +734,7 @@ impl AdminBackend for InMemoryBackend {
         };
         // A failed run's dead letters are revived by a resume (up to 1000 per resume).
         let revivable: Vec<ItemId> = match action {
-            RunAction::Resume if info.status == RunStatus::Failed => queue
-                .dead
-                .range(
-                    (run_id.to_owned(), ItemId::from_u128(0))
-                        ..=(run_id.to_owned(), ItemId::from_u128(u128::MAX)),
-                )
-                .map(|(key, _)| key.1)
-                .take(1000)
-                .collect(),
+            RunAction::Resume if info.status == RunStatus::Failed => dead_of(&queue, run_id, 1000),
             _ => Vec::new(),
         };
         let effect = match action {
@@ -636,17 +755,7 @@ impl AdminBackend for InMemoryBackend {
             ControlEffect::Pause => info.status = RunStatus::Paused,
             ControlEffect::Resume(status) => {
                 let run_items = items.runs.entry(run_id.to_owned()).or_default();
-                for id in &revivable {
-                    queue.dead.remove(&(run_id.to_owned(), *id));
-                    if let Some(r) = run_items.items.get_mut(id) {
-                        if r.status == WorkItemStatus::PermanentlyFailed {
-                            r.status = WorkItemStatus::Held;
-                            r.deliveries = 0;
-                            run_items.outstanding += 1;
-                            run_items.parked.push_back(*id);
-                        }
-                    }
-                }
+                revive(&mut queue, run_id, run_items, &revivable);
                 if info.status == RunStatus::Failed {
                     runs_finished_at_clear = true;
                 }
@@ -1101,7 +1210,6 @@ impl WorkerBackend for InMemoryBackend {
             failure.node.clone()
         };
         let mut finished = None;
-        let retried = failure.retry_after.is_some();
         let retry_at = match (failure.retry_after, effect) {
             (Some(wait), FailureEffect::Retry) => Some(SystemTime::now() + wait),
             _ => None,
@@ -1110,18 +1218,7 @@ impl WorkerBackend for InMemoryBackend {
         record.lease = None;
         match (failure.retry_after, effect) {
             (Some(wait), FailureEffect::Retry) => {
-                record.status = WorkItemStatus::WaitingRetry;
-                record.attempt += 1;
-                record.deliveries = 0;
-                queue.seq += 1;
-                let seq = queue.seq;
-                queue.delayed.push(Reverse((
-                    Instant::now() + wait,
-                    seq,
-                    info.workflow.clone(),
-                    lease.run_id.clone(),
-                    lease.item_id,
-                )));
+                schedule_retry(&mut queue, record, (&info.workflow, lease), wait);
             }
             _ => {
                 record.status = WorkItemStatus::PermanentlyFailed;
@@ -1146,25 +1243,7 @@ impl WorkerBackend for InMemoryBackend {
             }
         }
         drop(queue);
-        slot(&mut self.metrics.lock().runs, &lease.run_id, |m| {
-            m.failed += 1;
-            if retried {
-                m.retries += 1;
-            }
-        });
-        self.errors
-            .lock()
-            .runs
-            .entry(lease.run_id.clone())
-            .or_default()
-            .push(WorkflowError {
-                work_item: lease.item_id,
-                node,
-                error: failure.error.clone(),
-                attempt,
-                handled: false,
-                timestamp: SystemTime::now(),
-            });
+        self.count_failure(lease, node, failure, attempt);
         if finished.is_some() {
             // A failed run keeps its items (nothing to drop).
             let _ = self::finished(&mut runs, &mut items, &lease.run_id, RunStatus::Failed);
@@ -1246,31 +1325,72 @@ impl InMemoryBackend {
             drop_item(run_items, lease.item_id);
             return Ok(CommitOutcome::RunInactive(info.status));
         }
-        // The version the commit required or was based on, when it is not the stored one.
-        let conflict = slot(
-            &mut contexts.contexts,
-            &lease.run_id,
-            |(ctx_bytes, version)| {
-                let base = commit.context.as_ref().map(|(base, _)| *base);
-                if [commit.require_version, base]
-                    .iter()
-                    .flatten()
-                    .any(|v| v != version)
-                {
-                    return Some(*version);
-                }
-                if let Some((_, bytes)) = &commit.context {
-                    ctx_bytes.clone_from(bytes);
-                    *version += 1;
-                }
-                None
-            },
-        );
+        let conflict = apply_context(&mut contexts.contexts, &lease.run_id, commit);
         if let Some(current) = conflict {
             return Ok(CommitOutcome::ContextConflict { current });
         }
         drop(contexts);
 
+        let (added, woken) = self.add_successors(&mut queue, run_items, info, lease, commit, keep);
+        if let Some(r) = run_items.items.get_mut(&lease.item_id) {
+            r.status = WorkItemStatus::Completed;
+            self.record_of(lease, r, StepEventKind::Committed);
+            r.lease = None;
+        }
+        run_items.outstanding = run_items.outstanding.saturating_sub(1);
+        let outstanding = run_items.outstanding;
+        drop(queue);
+
+        if info.output.is_none() {
+            info.output = commit.outputs.first().cloned();
+        }
+        info.outputs.extend(commit.outputs.iter().cloned());
+        let status = machine::after_commit(RunState {
+            status: info.status,
+            outstanding: outstanding as u64,
+            has_output: info.output.is_some(),
+        });
+        let mut finished = None;
+        if status.is_finished() && !info.status.is_finished() {
+            info.finished_at = Some(SystemTime::now());
+            if status == RunStatus::Failed {
+                info.error = Some(no_output(&info.workflow));
+            }
+            finished = Some(status);
+        }
+        info.status = status;
+        self.count_step(&lease.run_id, commit, added);
+        if !commit.handled_failures.is_empty() {
+            let mut errors = self.errors.lock();
+            errors
+                .runs
+                .entry(lease.run_id.clone())
+                .or_default()
+                .extend(commit.handled_failures.iter().cloned());
+        }
+        let garbage = finished
+            .and_then(|status| self::finished(&mut runs, &mut items, &lease.run_id, status));
+        drop((runs, items));
+        drop(garbage);
+        self.notify_work(woken);
+        if finished.is_some() {
+            self.notify_runs([lease.run_id.as_str()]);
+        }
+        Ok(CommitOutcome::Committed { finished })
+    }
+
+    /// Adds the new ones of `commit`'s successors to the run (known ids are ignored): queued,
+    /// parked when the run is paused or failed, or, the single successor of a chained step
+    /// (`keep`), leased to the step's holder. Returns how many were added and queued.
+    fn add_successors(
+        &self,
+        queue: &mut QueueState,
+        run_items: &mut RunItems,
+        info: &RunInfo,
+        lease: &Lease,
+        commit: &StepCommit,
+        keep: Option<Duration>,
+    ) -> (u64, usize) {
         let held = !info.status.is_active();
         let mut added = 0u64;
         let mut woken = 0;
@@ -1306,7 +1426,7 @@ impl InMemoryBackend {
                 record.deliveries = 1;
                 let item = (&lease.run_id, s.id, info.workflow.as_str());
                 self.grant(
-                    &mut queue,
+                    queue,
                     item,
                     &mut record,
                     (KEPT_LEASE_TOKEN, holder, timeout),
@@ -1323,34 +1443,13 @@ impl InMemoryBackend {
                 }
             }
         }
-        if let Some(r) = run_items.items.get_mut(&lease.item_id) {
-            r.status = WorkItemStatus::Completed;
-            self.record_of(lease, r, StepEventKind::Committed);
-            r.lease = None;
-        }
-        run_items.outstanding = run_items.outstanding.saturating_sub(1);
-        let outstanding = run_items.outstanding;
-        drop(queue);
+        (added, woken)
+    }
 
-        if info.output.is_none() {
-            info.output = commit.outputs.first().cloned();
-        }
-        info.outputs.extend(commit.outputs.iter().cloned());
-        let status = machine::after_commit(RunState {
-            status: info.status,
-            outstanding: outstanding as u64,
-            has_output: info.output.is_some(),
-        });
-        let mut finished = None;
-        if status.is_finished() && !info.status.is_finished() {
-            info.finished_at = Some(SystemTime::now());
-            if status == RunStatus::Failed {
-                info.error = Some(no_output(&info.workflow));
-            }
-            finished = Some(status);
-        }
-        info.status = status;
-        slot(&mut self.metrics.lock().runs, &lease.run_id, |m| {
+    /// Counts a committed step in its run's metrics: one more step, `added` more items, and
+    /// the node's time.
+    fn count_step(&self, run_id: &RunId, commit: &StepCommit, added: u64) {
+        slot(&mut self.metrics.lock().runs, run_id, |m| {
             m.completed += 1;
             m.total_work_items += added;
             let t = match m.per_node.get_mut(&commit.node) {
@@ -1361,23 +1460,30 @@ impl InMemoryBackend {
             t.total += commit.duration;
             t.max = t.max.max(commit.duration);
         });
-        if !commit.handled_failures.is_empty() {
-            let mut errors = self.errors.lock();
-            errors
-                .runs
-                .entry(lease.run_id.clone())
-                .or_default()
-                .extend(commit.handled_failures.iter().cloned());
-        }
-        let garbage = finished
-            .and_then(|status| self::finished(&mut runs, &mut items, &lease.run_id, status));
-        drop((runs, items));
-        drop(garbage);
-        self.notify_work(woken);
-        if finished.is_some() {
-            self.notify_runs([lease.run_id.as_str()]);
-        }
-        Ok(CommitOutcome::Committed { finished })
+    }
+
+    /// Counts a failed step of `lease`'s item (at `attempt`, in `node`) in its run's metrics
+    /// (a retry when one is scheduled) and errors.
+    fn count_failure(&self, lease: &Lease, node: String, failure: &StepFailed, attempt: u32) {
+        slot(&mut self.metrics.lock().runs, &lease.run_id, |m| {
+            m.failed += 1;
+            if failure.retry_after.is_some() {
+                m.retries += 1;
+            }
+        });
+        self.errors
+            .lock()
+            .runs
+            .entry(lease.run_id.clone())
+            .or_default()
+            .push(WorkflowError {
+                work_item: lease.item_id,
+                node,
+                error: failure.error.clone(),
+                attempt,
+                handled: false,
+                timestamp: SystemTime::now(),
+            });
     }
 
     /// Leases item `record` (`run`, its id, its workflow) to a holder under a token for a while:
