@@ -21,7 +21,14 @@
 -- the tokens, for a retry of it. `sh:<run>` is the run's step history: one line per lease
 -- transition, `<kind> <ms> <token> <attempt> <delivery or -> <lease end ms or -> <item id> <node>
 -- <worker>`, kind L (leased), H (renewed), E (expired), C (committed), Z (fenced out), F (failed;
--- the lease end field holds the retry's due time), R (released). A history is "routine" while every
+-- the lease end field holds the retry's due time), R (released). The line of a run's first
+-- lease, older than all the others, is kept in the run's item hash instead, written with the
+-- lease, so a run that completes with a routine history never makes the list: `hl` = `<ms>
+-- <token> <lease end ms> <item id>` and `hw` = `<node> <worker>` (its attempt and delivery are
+-- 1). Readers put it first; it goes with the items, or to the front of the list when the run
+-- finishes and keeps its history; a trim of the list drops it. (Split in two, each value stays
+-- within the 64 bytes up to which Redis keeps a small hash compact.)
+-- A history is "routine" while every
 -- item was leased once, on its first attempt, and renewed or committed; the first other line sets
 -- the record's `hx` field. A run that completes with a routine history drops it (unless
 -- `KEEP_ROUTINE`, set in the library's header): only the histories that explain something outlive
@@ -327,13 +334,27 @@ local function history_line(run, line)
   lines[#lines + 1] = line
 end
 
+-- A step history line (see the key layout).
+local function event_line(kind, id, node, worker, token, attempt, now, delivery, until_ms)
+  return kind .. ' ' .. text(now) .. ' ' .. text(token) .. ' ' .. text(attempt) .. ' ' ..
+    (delivery and text(delivery) or '-') .. ' ' .. (until_ms and text(until_ms) or '-') .. ' ' .. id ..
+    ' ' .. node .. ' ' .. (worker or '')
+end
+
+-- The history line of a run's first lease from the two fields its item hash keeps it in (see
+-- the key layout); nil when they do not read as such.
+local function first_lease_line(hl, hw)
+  local at, t, ends, id = match(hl or '', '^(%d+) (%d+) (%d+) (%S+)$')
+  local node, worker = match(hw or '', '^(%S+) (.*)$')
+  if not (at and node) then return nil end
+  return 'L ' .. at .. ' ' .. t .. ' 1 1 ' .. ends .. ' ' .. id .. ' ' .. node .. ' ' .. worker
+end
+
 -- Adds a line to `run`'s step history (see the key layout); `active` when the caller knows
 -- the run is active (else the flush checks whether the run still exists and has finished).
 local function step_event(run, kind, id, node, worker, token, attempt, now, delivery, until_ms, active)
   if not STEP_HISTORY then return end
-  history_line(run, kind .. ' ' .. text(now) .. ' ' .. text(token) .. ' ' .. text(attempt) .. ' ' ..
-    (delivery and text(delivery) or '-') .. ' ' .. (until_ms and text(until_ms) or '-') .. ' ' .. id ..
-    ' ' .. node .. ' ' .. (worker or ''))
+  history_line(run, event_line(kind, id, node, worker, token, attempt, now, delivery, until_ms))
   if not active then HISTORY_CHECK[run] = true end
   if kind ~= 'C' and kind ~= 'H' and (kind ~= 'L' or delivery ~= 1 or attempt ~= 1) then
     HISTORY_NOTE[run] = true
@@ -361,7 +382,11 @@ local function flush_history()
         end
       end
       if HISTORY_NOTE[run] and exists then rcall('HSET', run_key(run), 'hx', '1') end
-      if n > 2 * HISTORY_KEPT then rcall('LTRIM', key, -HISTORY_KEPT, -1) end
+      if n > 2 * HISTORY_KEPT then
+        rcall('LTRIM', key, -HISTORY_KEPT, -1)
+        -- (The first lease's line, with the items, is older than every line kept.)
+        rcall('HDEL', items_key(run), 'hl', 'hw')
+      end
     end
   end
   reset_history()
@@ -418,6 +443,13 @@ local function finish_run(run, set, st, now, r)
   if routine then
     HISTORY_ENDS[run] = 'drop'
   else
+    -- The first lease's line goes to the front of the history the run keeps (before its
+    -- expiry is set: the push may make the list), unless its items stay (a failed run).
+    if STEP_HISTORY and st ~= 'failed' then
+      local f = rcall('HMGET', items_key(run), 'hl', 'hw')
+      local lead = f[1] and first_lease_line(f[1], f[2])
+      if lead then rcall('LPUSH', history_key(run), lead) end
+    end
     rcall('PEXPIREAT', history_key(run), exp)
     HISTORY_ENDS[run] = exp
   end
@@ -591,13 +623,22 @@ end
 
 -- Leases item `id` of `run` to `worker`: its state's attempt `a` (a text), its delivery `d`,
 -- token `t`, node and request as read (the lease's timer is added by `flush_timers`). The
--- state is made from those texts, without a table.
-local function lease(run, id, a, d, t, node, rid, worker, lease_ms, now)
+-- state is made from those texts, without a table. The run's first lease (`first`: the run
+-- was pending) makes it running; that lease's history line goes into the record with it (see
+-- the key layout).
+local function lease(run, id, a, d, t, node, rid, worker, lease_ms, now, first)
   local until_ms = now + lease_ms
-  rcall('HSET', items_key(run), id .. ':m',
-    state_text('I', a, text(d), text(t), node, rid), id .. ':w', worker)
   add_timer(until_ms, 'L' .. id .. ':' .. run)
-  step_event(run, 'L', id, node, worker, t, num(a), now, d, until_ms, true)
+  if first then rcall('HSET', run_key(run), 'st', 'running') end
+  if first and STEP_HISTORY and d == 1 and a == '1' then
+    rcall('HSET', items_key(run), id .. ':m', state_text('I', a, text(d), text(t), node, rid),
+      id .. ':w', worker, 'hl', text(now) .. ' ' .. text(t) .. ' ' .. text(until_ms) .. ' ' .. id,
+      'hw', node .. ' ' .. worker)
+  else
+    rcall('HSET', items_key(run), id .. ':m',
+      state_text('I', a, text(d), text(t), node, rid), id .. ':w', worker)
+    step_event(run, 'L', id, node, worker, t, num(a), now, d, until_ms, true)
+  end
 end
 
 -- Pops ready entries of `wf` and leases up to `max_n` items to `worker` (skipping stale
@@ -653,12 +694,10 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now,
                 write_run(run, set)
                 r.st = 'failed'
               else
-                if r.st == 'pending' then
-                  rcall('HSET', run_key(run), 'st', 'running')
-                  r.st = 'running'
-                end
+                local first = r.st == 'pending'
+                if first then r.st = 'running' end
                 local token = num(mt) + 1
-                lease(run, id, ma, d, token, mn, mr, worker, lease_ms, now)
+                lease(run, id, ma, d, token, mn, mr, worker, lease_ms, now, first)
                 local ctx, same = r.ctx or '', 0
                 if held[run] == num(r.ver or '0') then ctx, same = '', 1 end
                 local b = base + count * 11

@@ -538,3 +538,122 @@ async fn a_completed_run_keeps_its_step_history_only_when_it_explains_something(
         .unwrap();
     assert_eq!(gone, 0, "the routine history's key is gone");
 }
+
+/// The two fields that keep `run`'s first lease with its items under `prefix` (partition 0),
+/// joined by `|`, and whether its history list exists.
+async fn kept_first_lease(server: &RedisServer, prefix: &str, run: &str) -> (String, i64) {
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let (hl, hw): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        .arg(format!("{prefix}{{p0}}:i:{run}"))
+        .arg("hl")
+        .arg("hw")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let list: i64 = redis::cmd("EXISTS")
+        .arg(format!("{prefix}{{p0}}:sh:{run}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let kept = match (hl, hw) {
+        (None, None) => String::new(),
+        (hl, hw) => format!("{}|{}", hl.unwrap_or_default(), hw.unwrap_or_default()),
+    };
+    (kept, list)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_first_lease_is_recorded_in_its_record_and_read_first() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let config = RedisConfig::new(server.url()).with_key_prefix("first:");
+    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let o = chain().orchestrator(backend.clone()).build().unwrap();
+    let run = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+    let w = WorkerId::from("w");
+    let taken = backend
+        .take("Chain", &w, TakeOptions::default(), Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the first step is ready");
+
+    // Only the first lease so far: its line is with the items, no list was made for it.
+    let (kept, list) = kept_first_lease(&server, "first:", &run).await;
+    assert!(
+        kept.ends_with("|a w"),
+        "the first lease's node and worker: {kept:?}"
+    );
+    assert_eq!(list, 0, "no history list for the first lease alone");
+    let history = backend.step_history(&run).await.unwrap().unwrap();
+    assert_eq!(history.len(), 1, "{history:#?}");
+    assert_eq!(history[0].kind.name(), "leased");
+    assert_eq!(history[0].item_id, taken.lease.item_id);
+    assert_eq!(history[0].token, taken.lease.token);
+
+    // Later lines go to the list, after it.
+    backend
+        .heartbeat(&taken.lease, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        history_kinds(&backend, &run).await,
+        vec!["leased", "renewed"]
+    );
+    backend.release(&taken.lease).await.unwrap();
+    let worker = chain().worker(backend.clone()).build().unwrap();
+    while worker.run_once("w").await.unwrap().is_none() {}
+    assert_eq!(
+        history_kinds(&backend, &run).await,
+        vec![
+            "leased",
+            "renewed",
+            "released",
+            "leased",
+            "committed",
+            "leased",
+            "committed"
+        ]
+    );
+
+    // A routine completion drops the line with the rest of the history.
+    let routine = run_chain(&backend).await;
+    assert_eq!(history_kinds(&backend, &routine).await, Vec::<&str>::new());
+    assert_eq!(
+        kept_first_lease(&server, "first:", &routine).await,
+        (String::new(), 0),
+        "no line of a routine history is kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_history_keeps_its_latest_lines_without_the_first_lease() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let config = RedisConfig::new(server.url()).with_key_prefix("long:");
+    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let o = chain().orchestrator(backend.clone()).build().unwrap();
+    let run = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+    let w = WorkerId::from("w");
+    let taken = backend
+        .take("Chain", &w, TakeOptions::default(), Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the first step is ready");
+    // 2,001 renewals: the list passes twice the 1,000 lines kept and is trimmed to them.
+    for _ in 0..2_001 {
+        backend
+            .heartbeat(&taken.lease, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    let history = backend.step_history(&run).await.unwrap().unwrap();
+    assert_eq!(history.len(), 1_000, "the latest 1,000 lines");
+    assert!(
+        history.iter().all(|e| e.kind.name() == "renewed"),
+        "the first lease's line, older than every line kept, is dropped too"
+    );
+    let (hl, _) = kept_first_lease(&server, "long:", &run).await;
+    assert_eq!(hl, "");
+}
