@@ -174,6 +174,8 @@ async fn drain<B: Backend + Clone + 'static, W: Workflow<()> + 'static>(
             .await
             .map_err(err)?;
     }
+    // The server's time for the drain: taken before the records are read back below.
+    let cpu2 = meter.cpu().await?;
     let mut completed = 0u64;
     let mut last = started;
     let mut latencies = Vec::with_capacity(runs);
@@ -205,7 +207,6 @@ async fn drain<B: Backend + Clone + 'static, W: Workflow<()> + 'static>(
         .unwrap_or_default()
         .as_secs_f64()
         .max(1e-3);
-    let cpu2 = meter.cpu().await?;
     pool.try_stop().await.map_err(err)?;
     let ops = meter.operations().await?.saturating_sub(before);
     latencies.sort_by(f64::total_cmp);
