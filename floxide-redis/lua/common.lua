@@ -27,10 +27,9 @@
 -- <token> <lease end ms> <item id>` and `hw` = `<node> <worker>` (its attempt and delivery are
 -- 1). Readers put it first; it goes with the items, or to the front of the list when the run
 -- finishes and keeps its history; a trim of the list drops it. (Split in two, each value stays
--- within the 64 bytes up to which Redis keeps a small hash compact.)
--- A history is "routine" while every
--- item was leased once, on its first attempt, and renewed or committed; the first other line sets
--- the record's `hx` field. A run that completes with a routine history drops it (unless
+-- within the 64 bytes up to which Redis keeps a small hash compact.) A history is "routine"
+-- while every item was leased once, on its first attempt, and renewed or committed; the first
+-- other line sets the record's `hx` field. A run that completes with a routine history drops it (unless
 -- `KEEP_ROUTINE`, set in the library's header): only the histories that explain something outlive
 -- their run.
 
@@ -624,8 +623,8 @@ end
 -- Leases item `id` of `run` to `worker`: its state's attempt `a` (a text), its delivery `d`,
 -- token `t`, node and request as read (the lease's timer is added by `flush_timers`). The
 -- state is made from those texts, without a table. The run's first lease (`first`: the run
--- was pending) makes it running; that lease's history line goes into the record with it (see
--- the key layout).
+-- was pending) makes it running; that lease's history line is kept with the item's state
+-- (see the key layout).
 local function lease(run, id, a, d, t, node, rid, worker, lease_ms, now, first)
   local until_ms = now + lease_ms
   add_timer(until_ms, 'L' .. id .. ':' .. run)
