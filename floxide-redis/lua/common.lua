@@ -29,9 +29,9 @@
 -- finishes and keeps its history; a trim of the list drops it. (Split in two, each value stays
 -- within the 64 bytes up to which Redis keeps a small hash compact.) A history is "routine"
 -- while every item was leased once, on its first attempt, and renewed or committed; the first
--- other line sets the record's `hx` field. A run that completes with a routine history drops it (unless
--- `KEEP_ROUTINE`, set in the library's header): only the histories that explain something outlive
--- their run.
+-- other line sets the record's `hx` field. A run that completes with a routine history drops
+-- it (unless `KEEP_ROUTINE`, set in the library's header): only the histories that explain
+-- something outlive their run.
 
 -- The library functions the scripts call most, bound by `setup` on the first call. A function
 -- library's code finds the globals only through a metatable (a failed lookup first), and may not
