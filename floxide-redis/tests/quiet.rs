@@ -440,3 +440,92 @@ async fn a_chain_sent_again_leaves_the_take_and_the_other_steps_of_its_call_whol
     let done = commit_chain(&backend, &[&first.lease, &lease_b], &steps).await;
     assert_eq!(done.outcomes.last(), Some(&completed()));
 }
+
+/// A take's pop holding several items of each of two runs (whose items have the same ids), and
+/// a second entry of one item: each item is leased once, with its own bytes, and the second
+/// entry is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pop_of_several_items_per_run_leases_each_item_once() {
+    let (server, backend) = private_backend("many:").await;
+    let me = WorkerId::from("me");
+    start(&backend, "a", "fan").await;
+    start(&backend, "b", "fan").await;
+    for _ in 0..2 {
+        let root = take_one(&backend, &me, 1).await;
+        let run = root.lease.run_id.clone();
+        let mut step = StepCommit::new("fan");
+        step.successors = (0..3)
+            .map(|n| {
+                NewItem::new(
+                    ItemId::ROOT.child(n),
+                    "leaf",
+                    format!("{run}{n}").into_bytes(),
+                )
+            })
+            .collect();
+        let reply = backend
+            .commit_batch(&[CommitItem::new(&root.lease, &step)], None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(reply.outcomes[0], CommitOutcome::Committed { .. }),
+            "{:?}",
+            reply.outcomes
+        );
+    }
+    // A second entry of run a's first leaf, queued behind the others.
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("LPUSH")
+        .arg("many:{p0}:q:Flow")
+        .arg(format!("{}:a", ItemId::ROOT.child(0)))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let taken = backend
+        .take_batch(
+            TakeRequest::new("Flow", &me, flow::options()).with_max(10),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    let mut got: Vec<(String, String)> = taken
+        .iter()
+        .map(|t| {
+            assert_eq!(t.node, "leaf");
+            (
+                t.lease.run_id.clone(),
+                String::from_utf8(t.bytes.clone()).unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    let want: Vec<(String, String)> = ["a", "b"]
+        .iter()
+        .flat_map(|run| (0..3).map(move |n| (run.to_string(), format!("{run}{n}"))))
+        .collect();
+    assert_eq!(got, want, "each leaf once, with its own bytes");
+    let left: i64 = redis::cmd("LLEN")
+        .arg("many:{p0}:q:Flow")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the second entry is dropped");
+    // Every lease holds: each leaf commits.
+    for t in &taken {
+        let step = StepCommit::new("leaf");
+        let reply = backend
+            .commit_batch(&[CommitItem::new(&t.lease, &step)], None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(reply.outcomes[0], CommitOutcome::Committed { .. }),
+            "{:?}",
+            reply.outcomes
+        );
+    }
+}
