@@ -450,6 +450,41 @@ async fn history_kinds(backend: &RedisBackend, run: &str) -> Vec<&'static str> {
     history.iter().map(|e| e.kind.name()).collect()
 }
 
+/// A private `redis-server` and a backend on it whose keys are under `prefix` (default step
+/// history settings).
+async fn history_backend(prefix: &str) -> (RedisServer, RedisBackend) {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let config = RedisConfig::new(server.url()).with_key_prefix(prefix);
+    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    (server, backend)
+}
+
+/// A plain connection to `server`, to look at its keys.
+async fn connection(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Starts a run of `Chain` from 1 and takes its first step for worker `w`.
+async fn started_and_taken(backend: &RedisBackend) -> (String, Taken) {
+    let o = chain().orchestrator(backend.clone()).build().unwrap();
+    let run = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+    let taken = backend
+        .take(
+            "Chain",
+            &WorkerId::from("w"),
+            TakeOptions::default(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        .expect("the first step is ready");
+    (run, taken)
+}
+
 /// Runs `Chain` from 1 to its end with one worker.
 async fn run_chain(backend: &RedisBackend) -> String {
     let o = chain().orchestrator(backend.clone()).build().unwrap();
@@ -481,9 +516,7 @@ async fn the_step_history_can_be_turned_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completed_run_keeps_its_step_history_only_when_it_explains_something() {
-    let server = RedisServer::start_or_panic(ServerOptions::default());
-    let config = RedisConfig::new(server.url()).with_key_prefix("routine:");
-    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let (server, backend) = history_backend("routine:").await;
 
     // A routine history goes when its run completes; its node timings stay.
     let routine = run_chain(&backend).await;
@@ -495,14 +528,7 @@ async fn a_completed_run_keeps_its_step_history_only_when_it_explains_something(
     assert_eq!(metrics.per_node.len(), 2, "{metrics:?}");
 
     // While a run is live its history shows; one released lease makes it worth keeping.
-    let o = chain().orchestrator(backend.clone()).build().unwrap();
-    let live = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
-    let w = WorkerId::from("w");
-    let taken = backend
-        .take("Chain", &w, TakeOptions::default(), Duration::from_secs(5))
-        .await
-        .unwrap()
-        .expect("the first step is ready");
+    let (live, taken) = started_and_taken(&backend).await;
     assert_eq!(history_kinds(&backend, &live).await, vec!["leased"]);
     backend.release(&taken.lease).await.unwrap();
 
@@ -520,11 +546,7 @@ async fn a_completed_run_keeps_its_step_history_only_when_it_explains_something(
         ]
     );
     // The kept history expires with its run (G9).
-    let mut conn = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = connection(&server).await;
     let ttl: i64 = redis::cmd("PTTL")
         .arg(format!("routine:{{p0}}:sh:{live}"))
         .query_async(&mut conn)
@@ -542,11 +564,7 @@ async fn a_completed_run_keeps_its_step_history_only_when_it_explains_something(
 /// The two fields that keep `run`'s first lease with its items under `prefix` (partition 0),
 /// joined by `|`, and whether its history list exists.
 async fn kept_first_lease(server: &RedisServer, prefix: &str, run: &str) -> (String, i64) {
-    let mut conn = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = connection(server).await;
     let (hl, hw): (Option<String>, Option<String>) = redis::cmd("HMGET")
         .arg(format!("{prefix}{{p0}}:i:{run}"))
         .arg("hl")
@@ -567,18 +585,9 @@ async fn kept_first_lease(server: &RedisServer, prefix: &str, run: &str) -> (Str
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_runs_first_lease_is_recorded_in_its_record_and_read_first() {
-    let server = RedisServer::start_or_panic(ServerOptions::default());
-    let config = RedisConfig::new(server.url()).with_key_prefix("first:");
-    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
-    let o = chain().orchestrator(backend.clone()).build().unwrap();
-    let run = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
-    let w = WorkerId::from("w");
-    let taken = backend
-        .take("Chain", &w, TakeOptions::default(), Duration::from_secs(5))
-        .await
-        .unwrap()
-        .expect("the first step is ready");
+async fn a_runs_first_lease_is_kept_with_its_items_and_read_first() {
+    let (server, backend) = history_backend("first:").await;
+    let (run, taken) = started_and_taken(&backend).await;
 
     // Only the first lease so far: its line is with the items, no list was made for it.
     let (kept, list) = kept_first_lease(&server, "first:", &run).await;
@@ -630,17 +639,8 @@ async fn a_runs_first_lease_is_recorded_in_its_record_and_read_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_history_keeps_its_latest_lines_without_the_first_lease() {
-    let server = RedisServer::start_or_panic(ServerOptions::default());
-    let config = RedisConfig::new(server.url()).with_key_prefix("long:");
-    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
-    let o = chain().orchestrator(backend.clone()).build().unwrap();
-    let run = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
-    let w = WorkerId::from("w");
-    let taken = backend
-        .take("Chain", &w, TakeOptions::default(), Duration::from_secs(5))
-        .await
-        .unwrap()
-        .expect("the first step is ready");
+    let (server, backend) = history_backend("long:").await;
+    let (run, taken) = started_and_taken(&backend).await;
     // 2,001 renewals: the list passes twice the 1,000 lines kept and is trimmed to them.
     for _ in 0..2_001 {
         backend

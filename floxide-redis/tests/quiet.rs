@@ -463,15 +463,7 @@ async fn a_pop_of_several_items_per_run_leases_each_item_once() {
                 )
             })
             .collect();
-        let reply = backend
-            .commit_batch(&[CommitItem::new(&root.lease, &step)], None)
-            .await
-            .unwrap();
-        assert!(
-            matches!(reply.outcomes[0], CommitOutcome::Committed { .. }),
-            "{:?}",
-            reply.outcomes
-        );
+        committed_alone(&backend, &root.lease, &step).await;
     }
     // A second entry of run a's first leaf, queued behind the others.
     let mut conn = redis::Client::open(server.url())
@@ -517,15 +509,19 @@ async fn a_pop_of_several_items_per_run_leases_each_item_once() {
     assert_eq!(left, 0, "the second entry is dropped");
     // Every lease holds: each leaf commits.
     for t in &taken {
-        let step = StepCommit::new("leaf");
-        let reply = backend
-            .commit_batch(&[CommitItem::new(&t.lease, &step)], None)
-            .await
-            .unwrap();
-        assert!(
-            matches!(reply.outcomes[0], CommitOutcome::Committed { .. }),
-            "{:?}",
-            reply.outcomes
-        );
+        committed_alone(&backend, &t.lease, &StepCommit::new("leaf")).await;
     }
+}
+
+/// Commits `step` under `lease` on its own, and checks that it was applied.
+async fn committed_alone(backend: &RedisBackend, lease: &Lease, step: &StepCommit) {
+    let reply = backend
+        .commit_batch(&[CommitItem::new(lease, step)], None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply.outcomes[0], CommitOutcome::Committed { .. }),
+        "{:?}",
+        reply.outcomes
+    );
 }
