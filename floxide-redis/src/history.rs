@@ -16,7 +16,8 @@ impl RedisBackend {
     ) -> Result<Vec<StepEvent>, DistributedError> {
         self.status_of(run_id).await?;
         // The run's first lease, kept with its items (see `lua/common.lua`).
-        let items = Keys::items(&self.keys().partition_of_run(run_id), run_id);
+        let pfx = self.keys().partition_of_run(run_id);
+        let items = Keys::items(&pfx, run_id);
         let items = &items;
         let kept: (Option<String>, Option<String>) = self
             .client()
@@ -30,12 +31,7 @@ impl RedisBackend {
             })
             .await?;
         let first = first_lease_line(kept).map(String::into_bytes);
-        let lines = self
-            .whole_list(&Keys::history(
-                &self.keys().partition_of_run(run_id),
-                run_id,
-            ))
-            .await?;
+        let lines = self.whole_list(&Keys::history(&pfx, run_id)).await?;
         // (A finish between the two reads moves the line to the list's front: it is read once.)
         let first = first.filter(|l| lines.first() != Some(l));
         // A line this version cannot read (written by another one) is left out.
