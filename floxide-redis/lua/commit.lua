@@ -54,14 +54,16 @@ end
 -- errors). A run whose plan finishes it (see `run_of`) is "quiet".
 -- `c` and `i` are the place of the run's first step in the batch and where its arguments
 -- start; `at` lists those of all its steps while they may be a chain (made at the second).
+-- `starts`, `outs_at` and `errs_at` keep, per step, where its arguments, its output count and
+-- its error count are.
 local plan = {}
-local starts = {}
+local starts, outs_at, errs_at = {}, {}, {}
 local i = 6
 for c = 1, k do
   local ns, _, o, e, next_i = step_parts(i)
   local run = ARGV[i]
   local p = plan[run]
-  starts[c] = i
+  starts[c], outs_at[c], errs_at[c] = i, o, e
   if not p then
     p = { delta = 0, outs = 0, chain = true, c = c, i = i }
     plan[run] = p
@@ -259,14 +261,14 @@ local function not_leased(run, id, f1, token, holder, s, ns)
 end
 
 -- Applies the step whose arguments start at ARGV[i] (see above); returns its reply row (the
--- final status is filled in at the end), whether it was applied now, and where the next
--- step's arguments start.
-local function commit_one(i)
+-- final status is filled in at the end) and whether it was applied now.
+local function commit_one(c)
+  local i = starts[c]
   local run, id, token, required = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local base, holder, keep_ms = ARGV[i + 4], ARGV[i + 9], ARGV[i + 10]
-  local ns, s, o, e, next_i = step_parts(i)
+  local ns, s, o, e = num(ARGV[i + 11]), i + 12, outs_at[c], errs_at[c]
   if base ~= '' and broken[run] then
-    return { 'conflict', num(run_of(run).ver or '0') }, false, next_i
+    return { 'conflict', num(run_of(run).ver or '0') }, false
   end
   local it = items_key(run)
   local timer = 'L' .. id .. ':' .. run   -- its lease's timer (see `entry`)
@@ -279,37 +281,40 @@ local function commit_one(i)
     fields = { field }
     for n = 0, ns - 1 do fields[n + 2] = ARGV[s + 3 * n] .. ':m' end
   end
-  local f, ms, ma, md, mt, mn, mr
+  -- `f1` is the item's state as stored (nil for a kept one), `f[1 + n]` successor n's.
+  local f, f1, ms, ma, md, mt, mn, mr = NONE, nil
   if token == '0' and kept[timer] then
     -- Kept by an earlier step of this call: leased as written there, and new, so its
     -- successors are too.
-    f = NONE
     ms, ma, md, mt, mn, mr = 'I', '1', '1', '0', ARGV[i + 7], RID
   else
     if ns == 0 then
-      f = rcall('HMGET', it, field)
-    elseif ns == 1 then
-      f = rcall('HMGET', it, field, field1)
+      f1 = rcall('HGET', it, field)
     else
-      f = hmget_chunked(it, fields)
+      if ns == 1 then
+        f = rcall('HMGET', it, field, field1)
+      else
+        f = hmget_chunked(it, fields)
+      end
+      f1 = f[1]
     end
     -- The lease, read without a table: state I under this step's token (a kept one, token 0,
     -- held by this worker).
-    ms, ma, md, mt, mn, mr = match(f[1] or '', META)
+    ms, ma, md, mt, mn, mr = match(f1 or '', META)
     if ms ~= 'I' or mt ~= token or (token == '0' and rcall('HGET', it, id .. ':w') ~= holder) then
-      return not_leased(run, id, f[1], token, holder, s, ns), false, next_i
+      return not_leased(run, id, f1, token, holder, s, ns), false
     end
   end
   local r = run_of(run)
   if not accepts_results(r.st) then
     rcall('HSET', it, field, state_text('X', ma, md, mt, mn, RID))
     if kept[timer] then kept[timer] = nil else rcall('ZREM', TIMERS, timer) end
-    return { 'inactive', r.st or 'cancelled' }, false, next_i
+    return { 'inactive', r.st or 'cancelled' }, false
   end
   local ver = num(r.ver or '0')
-  if required ~= '' and num(required) ~= ver then return { 'conflict', ver }, false, next_i end
+  if required ~= '' and num(required) ~= ver then return { 'conflict', ver }, false end
   if base ~= '' then
-    if num(base) ~= ver then return { 'conflict', ver }, false, next_i end
+    if num(base) ~= ver then return { 'conflict', ver }, false end
     ver = ver + 1
     r.ver, r.set.ver, r.set.ctx = ver, ver, ARGV[i + 5]
     held[run] = ver
@@ -337,7 +342,7 @@ local function commit_one(i)
     h = 4   -- (counted: `#hset` is a search each time)
   end
   local parked = NONE
-  local hands = budget > 0 and takes_items(r.st) and r.wf == next_wf
+  local hands = ns > 0 and budget > 0 and takes_items(r.st) and r.wf == next_wf
   for n = 1, ns do
     if not f[1 + n] then
       local sid, snode, sbytes = ARGV[s], ARGV[s + 1], ARGV[s + 2]
@@ -391,7 +396,7 @@ local function commit_one(i)
       r.lazy = lazy
     end
     lazy[l + 1] = i
-    lazy[l + 2] = f ~= NONE and f[1]
+    lazy[l + 2] = f1 or false
     lazy[l + 3] = fresh
     r.nlazy = l + 3
   else
@@ -435,7 +440,7 @@ local function commit_one(i)
   local d = #durs
   durs[d + 1] = ARGV[i + 7]
   durs[d + 2] = ARGV[i + 8]
-  return OK, true, next_i
+  return OK, true
 end
 
 local replies = {}
@@ -560,7 +565,7 @@ for c = 1, k do
   local p = plan[run]
   if p.fast == nil then p.fast = p.chain and commit_quiet(run, p) end
   if not p.fast then
-    local row, applied = commit_one(i)
+    local row, applied = commit_one(c)
     if ARGV[i + 4] ~= '' and row[1] ~= 'ok' then broken[run] = true end
     replies[c] = row
     if applied then last_of[run] = c end
