@@ -61,6 +61,10 @@ local function reset_history()
   end
 end
 
+-- The names of runs' records and item hashes, kept a while across calls (made by
+-- concatenation, a name is hashed anew each time; most calls name a run's keys several times).
+local RUN_KEYS, ITEM_KEYS, KEYS_N = {}, {}, 0
+
 -- The texts the retentions were read from (calls with the same ones skip the conversion).
 local RETENTION_TEXT, LETTER_RETENTION_TEXT
 
@@ -71,6 +75,9 @@ local function setup()
     concat, min, max, floor = table.concat, math.min, math.max, math.floor
   end
   -- The partition's key names are made again only when the partition changes.
+  if PFX ~= ARGV[1] or KEYS_N > 8192 then
+    RUN_KEYS, ITEM_KEYS, KEYS_N = {}, {}, 0
+  end
   if PFX ~= ARGV[1] then
     PFX = ARGV[1]
     TIMERS, RUNS, FINISHED, LEGACY_DONE = PFX .. 'tm', PFX .. 'runs', PFX .. 'fin', PFX .. 'done'
@@ -166,8 +173,23 @@ end
 local function entry(id, run) return id .. ':' .. run end
 local function split(e) return sub(e, 1, 32), sub(e, 34) end
 
-local function run_key(run) return PFX .. 'r:' .. run end
-local function items_key(run) return PFX .. 'i:' .. run end
+local function run_key(run)
+  local k = RUN_KEYS[run]
+  if not k then
+    k = PFX .. 'r:' .. run
+    RUN_KEYS[run], KEYS_N = k, KEYS_N + 1
+  end
+  return k
+end
+
+local function items_key(run)
+  local k = ITEM_KEYS[run]
+  if not k then
+    k = PFX .. 'i:' .. run
+    ITEM_KEYS[run], KEYS_N = k, KEYS_N + 1
+  end
+  return k
+end
 local function parked_key(run) return PFX .. 'pk:' .. run end
 local function letters_of_key(run) return PFX .. 'rdl:' .. run end
 local function outs_key(run) return PFX .. 'outs:' .. run end
