@@ -13,7 +13,8 @@ local rows = {}
 for _, c in ipairs(calls) do
   local reply = mock.fns[c[1]](c[2], c[3])
   if c[1]:match('_commit$') then
-    for _, row in ipairs(reply[1]) do rows[row[1]] = (rows[row[1]] or 0) + 1 end
+    -- (Two values a step: its answer's kind and detail.)
+    for r = 1, #reply[1], 2 do rows[reply[1][r]] = (rows[reply[1][r]] or 0) + 1 end
   end
 end
 local seen = {}

@@ -22,15 +22,16 @@
 --            holds after the chain ('' for none), output count o, o outputs (JSON)), then for
 --            the take: workflow ('' for none), worker id, lease in ms, max deliveries, n,
 --            woken flag
--- Returns {k × ({'ok', final status or ''} | {'conflict', version} | {'lost'} |
---          {'inactive', status}) then a row per step of each whole chain (the same, or
---          {'again'}: see below), take reply (see take.lua) or {0, -1}}
+-- Returns {rows, take reply (see take.lua) or {0, -1}}: the rows flat, two values per step,
+--          k × ('ok', final status or '' | 'conflict', version | 'lost', '' |
+--          'inactive', status) then one per step of each whole chain (the same, or
+--          'again', '': see below)
 -- A whole chain is all the steps of a run in the call, sent in short: from the run's first
 -- item (leased by a take) each step but the last keeps its single successor, the last makes
 -- none, and none records errors or requires a version. It is applied at once when it
 -- completes its run quietly (see `run_of`); otherwise nothing of it is, its rows are
--- {'again'}, and the worker sends its steps again, one by one.
--- A retry of the request (same request id) answers its applied steps with {'ok', …} again and
+-- 'again', and the worker sends its steps again, one by one.
+-- A retry of the request (same request id) answers its applied steps with 'ok' again and
 -- gets the items its take leased.
 -- A kept successor (a step's single new successor, when the step asks for it and the run takes
 -- items) is leased to the step's worker with token 0 and not returned: the worker executed it
@@ -699,4 +700,12 @@ for wf, n in pairs(woke) do
 end
 flush_timers()
 flush_events(now)
-return { replies, take }
+-- The rows go flat, two values each: Redis turns each table of a script's reply into a reply
+-- of its own, at several lookups a table.
+local flat = {}
+for c = 1, #replies do
+  local row = replies[c]
+  flat[2 * c - 1] = row[1]
+  flat[2 * c] = row[2] or ''
+end
+return { flat, take }

@@ -26,24 +26,39 @@ impl Reply {
     }
 
     pub(crate) fn bytes(&self, i: usize) -> Vec<u8> {
-        match self.0.get(i) {
-            Some(Value::BulkString(b)) => b.clone(),
-            Some(Value::SimpleString(s)) => s.clone().into_bytes(),
-            Some(Value::Int(n)) => n.to_string().into_bytes(),
-            _ => Vec::new(),
-        }
+        bytes_at(&self.0, i)
     }
 
     pub(crate) fn text(&self, i: usize) -> String {
-        String::from_utf8_lossy(&self.bytes(i)).into_owned()
+        text_at(&self.0, i)
     }
 
     pub(crate) fn int(&self, i: usize) -> Option<i64> {
-        match self.0.get(i) {
-            Some(Value::Int(n)) => Some(*n),
-            Some(Value::BulkString(b)) => std::str::from_utf8(b).ok()?.parse().ok(),
-            _ => None,
-        }
+        int_at(&self.0, i)
+    }
+}
+
+/// Value `i` of `values` as bytes (empty when missing or not a string or number).
+pub(crate) fn bytes_at(values: &[Value], i: usize) -> Vec<u8> {
+    match values.get(i) {
+        Some(Value::BulkString(b)) => b.clone(),
+        Some(Value::SimpleString(s)) => s.clone().into_bytes(),
+        Some(Value::Int(n)) => n.to_string().into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+/// Value `i` of `values` as text (see [`bytes_at`]).
+pub(crate) fn text_at(values: &[Value], i: usize) -> String {
+    String::from_utf8_lossy(&bytes_at(values, i)).into_owned()
+}
+
+/// Value `i` of `values` as a number, when it is one.
+pub(crate) fn int_at(values: &[Value], i: usize) -> Option<i64> {
+    match values.get(i) {
+        Some(Value::Int(n)) => Some(*n),
+        Some(Value::BulkString(b)) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
     }
 }
 

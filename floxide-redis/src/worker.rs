@@ -13,7 +13,7 @@ use redis::Value;
 
 use crate::backend::{request_id, run_status_of, RedisBackend};
 use crate::keys::Keys;
-use crate::reply::{malformed, time_ms, Reply};
+use crate::reply::{int_at, malformed, text_at, time_ms, Reply};
 use crate::scripts::{function_missing, reload, Call};
 
 /// The contexts a worker holds after its commits (run → version and bytes), for items whose
@@ -72,20 +72,21 @@ fn parse_take(
     Ok(Ok(out))
 }
 
-/// One step's answer to a commit or failure report.
-pub(crate) fn commit_outcome(r: &Reply) -> Result<CommitOutcome, DistributedError> {
-    match r.text(0).as_str() {
+/// One step's answer to a commit or failure report: its kind and its detail, the first two
+/// values of `row`.
+pub(crate) fn commit_outcome(row: &[Value]) -> Result<CommitOutcome, DistributedError> {
+    match text_at(row, 0).as_str() {
         "ok" => {
-            let fin = r.text(1);
+            let fin = text_at(row, 1);
             Ok(CommitOutcome::Committed {
                 finished: (!fin.is_empty()).then(|| run_status_of(&fin)),
             })
         }
         "conflict" => Ok(CommitOutcome::ContextConflict {
-            current: r.int(1).unwrap_or_default() as u64,
+            current: int_at(row, 1).unwrap_or_default() as u64,
         }),
         "lost" => Ok(CommitOutcome::LeaseLost),
-        "inactive" => Ok(CommitOutcome::RunInactive(run_status_of(&r.text(1)))),
+        "inactive" => Ok(CommitOutcome::RunInactive(run_status_of(&text_at(row, 1)))),
         other => Err(malformed(&format!("commit answered `{other}`"))),
     }
 }
@@ -580,17 +581,17 @@ impl RedisBackend {
             Some(Value::Array(rows)) => rows,
             _ => return Err(malformed("commit reply without outcomes")),
         };
-        if rows.len() != commits.len() {
+        // (Two values a step: see `lua/commit.lua`.)
+        if rows.len() != 2 * commits.len() {
             return Err(malformed("commit reply with a wrong number of outcomes"));
         }
         let mut outcomes: Vec<Option<CommitOutcome>> = vec![None; commits.len()];
         let mut again = Vec::new();
-        for (&i, row) in order.iter().zip(rows) {
-            let row = Reply::from(row)?;
-            if row.text(0) == "again" {
+        for (&i, row) in order.iter().zip(rows.chunks_exact(2)) {
+            if text_at(row, 0) == "again" {
                 again.push(i);
             } else {
-                outcomes[i] = Some(commit_outcome(&row)?);
+                outcomes[i] = Some(commit_outcome(row)?);
             }
         }
         let mut taken = match (next, parts.next()) {
@@ -802,7 +803,7 @@ impl WorkerBackend for RedisBackend {
             .arg(lease.worker.as_str());
         let r = self.script_reply(&inv).await?;
         self.may_have_work(&lease.run_id);
-        commit_outcome(&r)
+        commit_outcome(&r.0)
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), DistributedError> {
