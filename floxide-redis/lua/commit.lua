@@ -433,7 +433,7 @@ local function commit_one(c)
     r.set.left = r.left
   end
   if fresh > 0 then
-    r.m_items = num(r.m_items or '0') + fresh
+    r.m_items = num(r.m_items or '1') + fresh
     r.set.m_items = r.m_items
   end
   local durs = r.durs
@@ -465,7 +465,7 @@ local function quiet_done(run, r, id, n, ctx, ver, after, last)
   -- (Its items: one left, the first; each later step is a new one.)
   r.left, r.set.left = 0, 0
   if n > 1 then
-    r.m_items = num(r.m_items or '0') + n - 1
+    r.m_items = num(r.m_items or '1') + n - 1
     r.set.m_items = r.m_items
   end
   done[#done + 1] = 'L' .. id .. ':' .. run

@@ -27,7 +27,7 @@ elseif action == 'resume' then
   local letters = 0
   if r.st == 'failed' then letters = min(rcall('SCARD', letters_of_key(run)), 1000) end
   local refused
-  new, refused = resume_status(r.st, tonumber(r.left or '0') + letters, r.out)
+  new, refused = resume_status(r.st, tonumber(r.left or '1') + letters, r.out)
   if not new then return { 'invalid', r.st, refused } end
   local pkc = tonumber(r.pkc or '0')
   if letters > 0 then
@@ -44,7 +44,7 @@ elseif action == 'resume' then
         rcall('ZREM', LETTER_INDEX, e)
         rcall('LPUSH', parked_key(run), id)
         pkc = pkc + 1
-        set.left = tonumber(set.left or r.left or '0') + 1
+        set.left = tonumber(set.left or r.left or '1') + 1
       end
     end
   end

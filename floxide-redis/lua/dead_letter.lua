@@ -29,7 +29,7 @@ rcall('HSET', it, id, stored[2] or '', id .. ':m', meta('P', l.attempt, 0, m and
 rcall('HDEL', LETTERS, e, e .. ':p')
 rcall('ZREM', LETTER_INDEX, e)
 rcall('SREM', letters_of_key(run), id)
-local set = { left = tonumber(r.left or '0') + 1 }
+local set = { left = tonumber(r.left or '1') + 1 }
 if r.st == 'failed' then
   rcall('HDEL', run_key(run), 't1', 'err', 'exp', 'frid', 'fx')
   revive_run(run, r)

@@ -524,7 +524,8 @@ impl AdminBackend for RedisBackend {
         };
         let nt = f[6].as_deref().map(String::from_utf8_lossy);
         Ok(RunMetrics {
-            total_work_items: number(1),
+            // (A new run's record leaves out its one item made: see `lua/start_run.lua`.)
+            total_work_items: if f[1].is_none() { 1 } else { number(1) },
             completed: steps_done(Some(number(2)), nt.as_deref()),
             failed: number(3),
             retries: number(4),

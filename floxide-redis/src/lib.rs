@@ -64,7 +64,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `r:<run>` | hash | the run's record: status, workflow, times, context (`ctx`) and its version, first output, error, outstanding and parked item counts, counters (`m_*`), node timings (`nt`, whose counts are the steps done), the request ids that started, controlled and finished it |
+//! | `r:<run>` | hash | the run's record: status, workflow, times, context (`ctx`) and its version, first output, error, outstanding and parked item counts, counters (`m_*`), node timings (`nt`, whose counts are the steps done), the request ids that started, controlled and finished it; a new run's record leaves out the counters at their starting values (outstanding `left` 1, context version `ver` 0, items made `m_items` 1) |
 //! | `i:<run>` | hash | per item: `<id>` its bytes (emptied once committed), `<id>:m` its state (`<state> <attempt> <deliveries> <token> <node> <request>`), `<id>:w` its worker |
 //! | `pk:<run>` | list | ready items of a paused or failed run, parked until a resume |
 //! | `outs:<run>`, `errs:<run>` | list | terminal outputs after the first; failure records |

@@ -205,9 +205,10 @@ impl RedisBackend {
             return Err(DistributedError::UnknownRun(run_id.to_owned()));
         }
         Ok(RunProgress {
-            total: total.unwrap_or_default(),
+            // (A new run's record leaves out its starting counters: see `lua/start_run.lua`.)
+            total: total.unwrap_or(1),
             completed: steps_done(done, nt.as_deref()),
-            outstanding: left.unwrap_or_default().max(0) as u64,
+            outstanding: left.unwrap_or(1).max(0) as u64,
         })
     }
 

@@ -1,0 +1,96 @@
+//! A new run's record leaves out its counters at their starting values (outstanding 1,
+//! context version 0, one item made): every reader takes them as such, against a private
+//! `redis-server`.
+
+use std::time::Duration;
+
+use floxide::*;
+use floxide_redis::testing::{RedisServer, ServerOptions};
+use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
+
+node! {
+    pub struct AddOne {};
+    input = u64;
+    output = u64;
+    |_ctx, n| { Ok(Transition::Next(n + 1)) }
+}
+
+workflow! {
+    pub struct Chain { a: AddOne, b: AddOne }
+    start = a;
+    edges { a => [b]; b => []; }
+}
+
+fn chain() -> Chain {
+    Chain {
+        a: AddOne {},
+        b: AddOne {},
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_before_its_first_commit_reads_with_its_starting_counters() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let config = RedisConfig::new(server.url()).with_key_prefix("fresh:");
+    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let o = chain().orchestrator(backend.clone()).build().unwrap();
+    let run = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
+
+    // The record holds none of the three counters yet.
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let stored: Vec<Option<String>> = redis::cmd("HMGET")
+        .arg(format!("fresh:{{p0}}:r:{run}"))
+        .arg(&["left", "ver", "m_items", "st"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![None, None, None, Some("pending".to_owned())]);
+
+    // Every reader sees them at their starting values.
+    let progress = backend.progress(&run).await.unwrap();
+    assert_eq!(
+        (progress.total, progress.outstanding),
+        (1, 1),
+        "{progress:?}"
+    );
+    let metrics = o.metrics(&run).await.unwrap();
+    assert_eq!(metrics.total_work_items, 1, "{metrics:?}");
+    assert_eq!(metrics.completed, 0, "{metrics:?}");
+    assert_eq!(backend.load_context(&run).await.unwrap().version, 0);
+
+    // A pause and a resume before any step: the run still has its item to run (read as no
+    // outstanding item, the resume would finish it at once).
+    o.pause(&run).await.unwrap();
+    assert_eq!(o.status(&run).await.unwrap(), RunStatus::Paused);
+    o.resume(&run).await.unwrap();
+    assert_eq!(o.status(&run).await.unwrap(), RunStatus::Running);
+
+    let worker = chain().worker(backend.clone()).build().unwrap();
+    let output = async {
+        loop {
+            if let Some((_, out)) = worker.run_once("w").await.unwrap() {
+                break out;
+            }
+        }
+    };
+    let output = tokio::time::timeout(Duration::from_secs(10), output)
+        .await
+        .expect("the resumed run completes");
+    assert_eq!(output, 3);
+    let metrics = o.metrics(&run).await.unwrap();
+    assert_eq!(
+        (metrics.total_work_items, metrics.completed),
+        (2, 2),
+        "{metrics:?}"
+    );
+    let progress = backend.progress(&run).await.unwrap();
+    assert_eq!(
+        (progress.total, progress.outstanding),
+        (2, 0),
+        "{progress:?}"
+    );
+}
