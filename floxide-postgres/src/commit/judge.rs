@@ -254,16 +254,45 @@ pub(super) fn accept<'a>(
     let (lease, step) = (c.lease, c.step);
     let run_id = lease.run_id.as_str();
     let ready = machine::takes_items(run.status);
+    let fresh = create_successors(c, run, ready, existing, &mut writes.created);
+    if ready {
+        writes.ready += fresh as usize;
+    }
+    // A chained successor: leased to this worker, who executed it already.
+    if let (Some(timeout), [next], 1, true) =
+        (c.keep_successor, step.successors.as_slice(), fresh, ready)
+    {
+        keep_chained(c, next, timeout, writes, kept.ids);
+    }
+    add_results(c, run.has_output, writes)?;
+    match kept.here {
+        // Kept by an earlier step of the batch: written committed at once.
+        Some(n) => writes.created.states[n] = b'C' as i8,
+        None => writes.marked.push((run_id, id, b'C' as i8)),
+    }
+    let finished = apply_step(run, c, fresh, node);
+    Ok(CommitOutcome::Committed { finished })
+}
+
+/// Adds the step's successors not known yet to `created` (ready, or parked when the run
+/// does not take items); returns how many it added.
+fn create_successors<'a>(
+    c: &'a CommitItem<'a>,
+    run: &RunRow,
+    ready: bool,
+    existing: &mut HashSet<(String, String)>,
+    created: &mut Created<'a>,
+) -> i64 {
+    let run_id = c.lease.run_id.as_str();
     let state = if ready { b'P' } else { b'K' } as i8;
-    let mut fresh = 0i64;
-    for s in &step.successors {
+    let mut fresh = 0;
+    for s in &c.step.successors {
         let sid = s.id.to_string();
         // Known ids are not created again.
-        if !existing.insert((lease.run_id.clone(), sid.clone())) {
+        if !existing.insert((c.lease.run_id.clone(), sid.clone())) {
             continue;
         }
         fresh += 1;
-        let created = &mut writes.created;
         created.items.push(s);
         created.runs.push(run_id);
         created.ids.push(sid);
@@ -275,48 +304,59 @@ pub(super) fn accept<'a>(
         created.workers.push(None);
         created.lease_ms.push(0.0);
     }
-    if ready {
-        writes.ready += fresh as usize;
-    }
-    // A chained successor: leased to this worker, who executed it already.
-    if let (Some(timeout), [next], 1, true) =
-        (c.keep_successor, step.successors.as_slice(), fresh, ready)
-    {
-        let created = &mut writes.created;
-        let n = created.ids.len() - 1;
-        created.lease(
-            n,
-            KEPT_LEASE_TOKEN,
-            lease.worker.as_str(),
-            timeout.as_millis() as f64,
-        );
-        kept.ids.insert((run_id, next.id), n);
-        writes.ready -= 1;
-        writes.history.event(
-            run_id,
-            created.ids[n].clone(),
-            next.node.clone(),
-            b'L',
-            (lease.worker.as_str(), KEPT_LEASE_TOKEN, 1),
-        );
-    }
-    // A run's first output is stored in its record only; `outputs` holds the others.
-    let first_here = usize::from(!run.has_output);
-    for output in step.outputs.iter().skip(first_here) {
+    fresh
+}
+
+/// Leases the step's single new successor `next` (the last created) to the step's worker for
+/// `timeout`, with the kept token and a lease event: the worker executed it already.
+fn keep_chained<'a>(
+    c: &'a CommitItem<'a>,
+    next: &NewItem,
+    timeout: std::time::Duration,
+    writes: &mut Writes<'a>,
+    kept: &mut HashMap<(&'a str, ItemId), usize>,
+) {
+    let (run_id, worker) = (c.lease.run_id.as_str(), c.lease.worker.as_str());
+    let created = &mut writes.created;
+    let n = created.ids.len() - 1;
+    created.lease(n, KEPT_LEASE_TOKEN, worker, timeout.as_millis() as f64);
+    kept.insert((run_id, next.id), n);
+    writes.ready -= 1;
+    writes.history.event(
+        run_id,
+        created.ids[n].clone(),
+        next.node.clone(),
+        b'L',
+        (worker, KEPT_LEASE_TOKEN, 1),
+    );
+}
+
+/// Adds the step's outputs (but the run's first, kept in its record: `has_output` tells
+/// whether it has one) and its handled failures to the writes.
+fn add_results<'a>(
+    c: &'a CommitItem<'a>,
+    has_output: bool,
+    writes: &mut Writes<'a>,
+) -> Result<(), DistributedError> {
+    let run_id = c.lease.run_id.as_str();
+    for output in c.step.outputs.iter().skip(usize::from(!has_output)) {
         writes.outputs.0.push(run_id);
         writes.outputs.1.push(output.to_string());
     }
-    for failure in &step.handled_failures {
+    for failure in &c.step.handled_failures {
         writes.errors.0.push(run_id);
         writes.errors.1.push(
             serde_json::to_string(failure).map_err(|e| DistributedError::Codec(e.to_string()))?,
         );
     }
-    match kept.here {
-        // Kept by an earlier step of the batch: written committed at once.
-        Some(n) => writes.created.states[n] = b'C' as i8,
-        None => writes.marked.push((run_id, id, b'C' as i8)),
-    }
+    Ok(())
+}
+
+/// Applies a committed step of `node` that added `fresh` items to its run's row: outstanding
+/// count, first output, context, status (by the run state machine), counters and timings.
+/// Returns the status the run finished with, if it did.
+fn apply_step(run: &mut RunRow, c: &CommitItem<'_>, fresh: i64, node: &str) -> Option<RunStatus> {
+    let step = c.step;
     run.outstanding += fresh - 1;
     let before = run.status;
     // The run's first output (one stored before stays).
@@ -343,7 +383,7 @@ pub(super) fn accept<'a>(
     run.made += fresh;
     run.touched = true;
     run.time(node, step.duration.as_micros() as i64);
-    Ok(CommitOutcome::Committed { finished })
+    finished
 }
 
 /// Hands fresh successors straight to the committing worker, up to its `budget` of free
