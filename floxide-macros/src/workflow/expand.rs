@@ -259,6 +259,7 @@ pub fn expand_impls(def: &WorkflowDef) -> TokenStream {
     let dot = graph::dot(def);
     let mermaid = graph::mermaid(def);
     let graph_data = graph_data(&names, &name_str, &start_str);
+    let inherent = inherent_impl(ident, &node_names);
 
     quote! {
         #work_item
@@ -316,6 +317,13 @@ pub fn expand_impls(def: &WorkflowDef) -> TokenStream {
             }
         }
 
+        #inherent
+    }
+}
+
+/// The workflow's own items: its node names and its worker and orchestrator builders.
+fn inherent_impl(ident: &Ident, node_names: &[String]) -> TokenStream {
+    quote! {
         #[automatically_derived]
         impl #ident {
             /// The names of this workflow's nodes, in declaration order (the work-item tags).
@@ -442,8 +450,41 @@ fn step_arm(names: &Names, node: &FieldDef, output: &TokenStream) -> TokenStream
         quote!(let __failed_input = ::core::clone::Clone::clone(&__input);)
     };
 
-    let entry = def.entry(field);
-    let route = match entry.map(|e| &e.body) {
+    let route = route_code(names, node, output);
+    let on_failure = failure_code(names, failure_targets, &node_str);
+    let node_out = names.node_output(node);
+
+    quote! {
+        #item_enum::#variant(__id, __input) => {
+            #keep_input
+            let __result = #invoke;
+            let mut __route = |__out: #node_out| { #route };
+            match __result {
+                ::core::result::Result::Ok(::floxide::Transition::Next(__out)) => __route(__out),
+                ::core::result::Result::Ok(::floxide::Transition::NextAll(__outs)) => {
+                    for __out in __outs {
+                        __route(__out);
+                    }
+                }
+                ::core::result::Result::Ok(::floxide::Transition::Hold) => __sink.hold(),
+                ::core::result::Result::Ok(::floxide::Transition::Abort(__error)) => {
+                    let __failure = ::floxide::__private::Failure { error: __error, retry_after: ::core::option::Option::None, policy_applied: false, aborted: true };
+                    #on_failure
+                }
+                ::core::result::Result::Err(__failure) => {
+                    #on_failure
+                }
+            }
+        }
+    }
+}
+
+/// What a step of `node` does with each of its outputs `__out`: the run's output for a
+/// terminal node, else the work items of its edges (or of the arm its output matches).
+fn route_code(names: &Names, node: &FieldDef, output: &TokenStream) -> TokenStream {
+    let field = &node.ident;
+    let entry = names.def.entry(field);
+    match entry.map(|e| &e.body) {
         Some(EdgeBody::Direct(targets)) if targets.is_empty() => {
             // Spanned on the terminal's entry (`c => [];`), where a type mismatch is reported.
             let source = entry.map_or(field.span(), |e| e.source.span());
@@ -469,9 +510,14 @@ fn step_arm(names: &Names, node: &FieldDef, output: &TokenStream) -> TokenStream
             quote!(match #scrutinee { #(#arms)* })
         }
         None => quote!(),
-    };
+    }
+}
 
-    let on_failure = if failure_targets.is_empty() {
+/// What a step does when its node fails (or aborts) with `__failure`: the step fails, unless
+/// the node has `on_failure` edges and the failure is not to be retried, in which case the
+/// failure is recorded and the edges' items are made from the kept input.
+fn failure_code(names: &Names, failure_targets: &[Ident], node_str: &str) -> TokenStream {
+    if failure_targets.is_empty() {
         quote!(return ::core::result::Result::Err(__failure.into_step_failure(#node_str));)
     } else {
         let pushes = push_all(
@@ -489,31 +535,6 @@ fn step_arm(names: &Names, node: &FieldDef, output: &TokenStream) -> TokenStream
             }
             __sink.handled_failure(#node_str, __failure.error);
             #pushes
-        }
-    };
-    let node_out = names.node_output(node);
-
-    quote! {
-        #item_enum::#variant(__id, __input) => {
-            #keep_input
-            let __result = #invoke;
-            let mut __route = |__out: #node_out| { #route };
-            match __result {
-                ::core::result::Result::Ok(::floxide::Transition::Next(__out)) => __route(__out),
-                ::core::result::Result::Ok(::floxide::Transition::NextAll(__outs)) => {
-                    for __out in __outs {
-                        __route(__out);
-                    }
-                }
-                ::core::result::Result::Ok(::floxide::Transition::Hold) => __sink.hold(),
-                ::core::result::Result::Ok(::floxide::Transition::Abort(__error)) => {
-                    let __failure = ::floxide::__private::Failure { error: __error, retry_after: ::core::option::Option::None, policy_applied: false, aborted: true };
-                    #on_failure
-                }
-                ::core::result::Result::Err(__failure) => {
-                    #on_failure
-                }
-            }
         }
     }
 }
