@@ -316,6 +316,74 @@ async fn connect_cluster(
     ))
 }
 
+/// The partition count a client of `config` uses: the configured one (or, when it adopts,
+/// the deployment's recorded one). The first client of a deployment records it; a client
+/// whose count differs from the recorded one is refused (runs are placed by it).
+async fn agreed_partitions(
+    config: &RedisConfig,
+    conn: &mut RedisConnection,
+) -> Result<u32, RedisBackendError> {
+    let connect = unreachable(config);
+    let mut partitions = config.partitions();
+    if config.adopt_partitions {
+        let recorded: Option<u32> = redis::cmd("HGET")
+            .arg(format!("{}meta", config.key_prefix))
+            .arg("partitions")
+            .query_async(conn)
+            .await
+            .map_err(|e| connect(e.to_string()))?;
+        partitions = recorded.unwrap_or(partitions).max(1);
+    }
+    let keys = Keys::new(&config.key_prefix, partitions, config.is_cluster());
+    let (_, recorded): (bool, u32) = redis::pipe()
+        .hset_nx(keys.meta(), "partitions", partitions)
+        .hget(keys.meta(), "partitions")
+        .query_async(conn)
+        .await
+        .map_err(|e| connect(e.to_string()))?;
+    if recorded != partitions {
+        return Err(RedisBackendError::PartitionMismatch {
+            prefix: config.key_prefix.clone(),
+            configured: partitions,
+            recorded,
+        });
+    }
+    Ok(partitions)
+}
+
+/// Starts the task that listens to the partitions' run events (on a cluster also their
+/// wake-ups) and waits until its subscription holds: events published before it would be
+/// missed by waiters.
+async fn subscribe(
+    config: &RedisConfig,
+    servers: &Servers,
+    keys: &Keys,
+    mut events: Events,
+) -> Result<tokio::task::JoinHandle<()>, RedisBackendError> {
+    let (subscribed, is_subscribed) = tokio::sync::oneshot::channel();
+    let listener = match servers {
+        Servers::Server { client, .. } => tokio::spawn(listen(client.clone(), events, subscribed)),
+        Servers::Cluster(_) => {
+            events.channels.extend(
+                keys.all()
+                    .map(|p| (Keys::wakes(&keys.partition(p)), Channel::Wakes(p))),
+            );
+            tokio::spawn(listen_cluster(config.clone(), events, subscribed))
+        }
+    };
+    if tokio::time::timeout(config.connect_timeout, is_subscribed)
+        .await
+        .is_err()
+    {
+        listener.abort();
+        return Err(unreachable(config)(format!(
+            "subscribing to run events took longer than {:?}",
+            config.connect_timeout
+        )));
+    }
+    Ok(listener)
+}
+
 impl RedisClient {
     /// Connects to the server of `config`, loads the scripts and subscribes to run events.
     ///
@@ -323,7 +391,6 @@ impl RedisClient {
     /// [`RedisBackendError::InvalidUrl`], or [`RedisBackendError::Connect`] when the server
     /// cannot be reached within the connect timeout or refuses the credentials.
     pub async fn new(config: RedisConfig) -> Result<Self, RedisBackendError> {
-        let connect = |reason: String| unreachable(&config)(reason);
         let scripts = Scripts::new(
             config.is_cluster(),
             config.step_history,
@@ -334,38 +401,13 @@ impl RedisClient {
         } else {
             connect_server(&config, &scripts).await?
         };
-        let mut partitions = config.partitions();
-        if config.adopt_partitions {
-            let recorded: Option<u32> = redis::cmd("HGET")
-                .arg(format!("{}meta", config.key_prefix))
-                .arg("partitions")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| connect(e.to_string()))?;
-            partitions = recorded.unwrap_or(partitions).max(1);
-        }
+        let partitions = agreed_partitions(&config, &mut conn).await?;
         let keys = Keys::new(&config.key_prefix, partitions, config.is_cluster());
-        // The partition count is recorded by the first client of a deployment; every later
-        // client must use the same (runs are placed by it).
-        let (_, recorded): (bool, u32) = redis::pipe()
-            .hset_nx(keys.meta(), "partitions", partitions)
-            .hget(keys.meta(), "partitions")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| connect(e.to_string()))?;
-        if recorded != partitions {
-            return Err(RedisBackendError::PartitionMismatch {
-                prefix: config.key_prefix.clone(),
-                configured: partitions,
-                recorded,
-            });
-        }
         let recent = Arc::new(Mutex::new(RecentEvents::default()));
         let heard = Arc::new(HeardOutputs::default());
         let version = Arc::new(tokio::sync::watch::channel(0).0);
         let signals = Arc::new(floxide_core::distributed::RunSignals::default());
         let wakes = Arc::new(Wakes::new(partitions));
-        let (subscribed, is_subscribed) = tokio::sync::oneshot::channel();
         let events = Events {
             channels: keys
                 .all()
@@ -377,30 +419,7 @@ impl RedisClient {
             signals: Arc::clone(&signals),
             wakes: Arc::clone(&wakes),
         };
-        let listener = match &servers {
-            Servers::Server { client, .. } => {
-                tokio::spawn(listen(client.clone(), events, subscribed))
-            }
-            Servers::Cluster(_) => {
-                let mut events = events;
-                events.channels.extend(
-                    keys.all()
-                        .map(|p| (Keys::wakes(&keys.partition(p)), Channel::Wakes(p))),
-                );
-                tokio::spawn(listen_cluster(config.clone(), events, subscribed))
-            }
-        };
-        // Events published before the subscription would be missed by waiters.
-        if tokio::time::timeout(config.connect_timeout, is_subscribed)
-            .await
-            .is_err()
-        {
-            listener.abort();
-            return Err(connect(format!(
-                "subscribing to run events took longer than {:?}",
-                config.connect_timeout
-            )));
-        }
+        let listener = subscribe(&config, &servers, &keys, events).await?;
         let config = RedisConfig {
             partitions: Some(partitions),
             ..config

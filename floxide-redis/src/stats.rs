@@ -48,96 +48,129 @@ impl RedisBackend {
         let mut workflows: BTreeMap<String, WorkflowCounts> = BTreeMap::new();
         for p in self.keys().all() {
             let pfx = self.keys().partition(p);
-            let key = Keys::runs(&pfx);
-            let key = &key;
-            let ids: Vec<String> = self
-                .client()
-                .run(|mut conn| async move { conn.zrange(key, 0, -1).await })
+            let workflow_of = self.count_runs(&pfx, now_ms, &mut workflows).await?;
+            self.count_ready(&pfx, &mut workflows).await?;
+            self.count_timers_and_letters(&pfx, now_ms, workflow_of, &mut workflows)
                 .await?;
-            let mut workflow_of: HashMap<String, String> = HashMap::new();
-            for (id, row) in ids.iter().zip(self.read_runs(&pfx, &ids).await?) {
-                let Some(row) = row else { continue };
-                let counts = workflows.entry(row.workflow.clone()).or_default();
-                counts.runs += 1;
-                counts.active_runs += u64::from(row.status.is_some_and(RunStatus::is_active));
-                counts.completed_steps += row.completed_steps;
-                counts.finished_last_minute += u64::from(
-                    row.finished_ms
-                        .is_some_and(|t| t <= now_ms && now_ms - t <= 60_000),
-                );
-                workflow_of.insert(id.clone(), row.workflow);
-            }
-            let names: Vec<String> = workflows.keys().cloned().collect();
-            for name in names.iter().filter(|n| !n.is_empty()) {
-                let key = Keys::queue(&pfx, name);
-                let key = &key;
-                let ready: u64 = self
-                    .client()
-                    .run(|mut conn| async move { conn.llen(key).await })
-                    .await?;
-                workflows.entry(name.clone()).or_default().ready += ready;
-            }
-
-            let (timers, letters): (Vec<(String, f64)>, Vec<String>) = {
-                let pipe = {
-                    let mut pipe = redis::pipe();
-                    pipe.zrange_withscores(Keys::timers(&pfx), 0, -1).zrange(
-                        Keys::dead_letter_index(&pfx),
-                        0,
-                        -1,
-                    );
-                    pipe
-                };
-                let pipe = &pipe;
-                self.client()
-                    .run(|mut conn| async move { pipe.query_async(&mut conn).await })
-                    .await?
-            };
-            // Timers are `L<entry>` (a lease, by expiry) or `R<entry>` (a retry, by due time).
-            let entry_of = |t: &String| t.get(1..).map(str::to_owned).unwrap_or_default();
-            let runs_of = |entries: &mut dyn Iterator<Item = String>| -> Vec<String> {
-                entries
-                    .filter_map(|e| split_entry(&e).map(|(_, run)| run.to_owned()))
-                    .filter(|run| !workflow_of.contains_key(run))
-                    .collect()
-            };
-            let mut unknown = runs_of(&mut timers.iter().map(|(t, _)| entry_of(t)));
-            unknown.extend(runs_of(&mut letters.iter().cloned()));
-            unknown.sort();
-            unknown.dedup();
-            // Runs that left the index (or were never in it) but still have items here.
-            for (id, row) in unknown.iter().zip(self.read_runs(&pfx, &unknown).await?) {
-                workflow_of.insert(id.clone(), row.map(|r| r.workflow).unwrap_or_default());
-            }
-            let workflow_of_entry = |entry: &str| {
-                split_entry(entry)
-                    .and_then(|(_, run)| workflow_of.get(run))
-                    .cloned()
-                    .unwrap_or_default()
-            };
-            for (timer, due) in &timers {
-                let counts = workflows
-                    .entry(workflow_of_entry(&entry_of(timer)))
-                    .or_default();
-                if timer.starts_with('R') {
-                    counts.delayed += 1;
-                } else if (*due as u64) > now_ms {
-                    counts.in_flight += 1;
-                } else {
-                    counts.expired_leases += 1;
-                }
-            }
-            for entry in &letters {
-                workflows
-                    .entry(workflow_of_entry(entry))
-                    .or_default()
-                    .dead_letters += 1;
-            }
         }
         Ok(Stats {
             server_time: time_ms(now_ms),
             workflows,
         })
+    }
+
+    /// Counts the runs of partition `pfx`'s index into `workflows` (runs, active runs, steps
+    /// done, runs finished in the last minute); returns each run's workflow.
+    async fn count_runs(
+        &self,
+        pfx: &str,
+        now_ms: u64,
+        workflows: &mut BTreeMap<String, WorkflowCounts>,
+    ) -> Result<HashMap<String, String>, DistributedError> {
+        let key = Keys::runs(pfx);
+        let key = &key;
+        let ids: Vec<String> = self
+            .client()
+            .run(|mut conn| async move { conn.zrange(key, 0, -1).await })
+            .await?;
+        let mut workflow_of: HashMap<String, String> = HashMap::new();
+        for (id, row) in ids.iter().zip(self.read_runs(pfx, &ids).await?) {
+            let Some(row) = row else { continue };
+            let counts = workflows.entry(row.workflow.clone()).or_default();
+            counts.runs += 1;
+            counts.active_runs += u64::from(row.status.is_some_and(RunStatus::is_active));
+            counts.completed_steps += row.completed_steps;
+            counts.finished_last_minute += u64::from(
+                row.finished_ms
+                    .is_some_and(|t| t <= now_ms && now_ms - t <= 60_000),
+            );
+            workflow_of.insert(id.clone(), row.workflow);
+        }
+        Ok(workflow_of)
+    }
+
+    /// Adds the length of partition `pfx`'s ready queue of each workflow in `workflows`.
+    async fn count_ready(
+        &self,
+        pfx: &str,
+        workflows: &mut BTreeMap<String, WorkflowCounts>,
+    ) -> Result<(), DistributedError> {
+        let names: Vec<String> = workflows.keys().cloned().collect();
+        for name in names.iter().filter(|n| !n.is_empty()) {
+            let key = Keys::queue(pfx, name);
+            let key = &key;
+            let ready: u64 = self
+                .client()
+                .run(|mut conn| async move { conn.llen(key).await })
+                .await?;
+            workflows.entry(name.clone()).or_default().ready += ready;
+        }
+        Ok(())
+    }
+
+    /// Counts partition `pfx`'s timers (in flight, expired leases, delayed retries) and dead
+    /// letters into `workflows`, by the workflow of their run (`workflow_of`, completed here
+    /// with the runs that left the index).
+    async fn count_timers_and_letters(
+        &self,
+        pfx: &str,
+        now_ms: u64,
+        mut workflow_of: HashMap<String, String>,
+        workflows: &mut BTreeMap<String, WorkflowCounts>,
+    ) -> Result<(), DistributedError> {
+        let (timers, letters): (Vec<(String, f64)>, Vec<String>) = {
+            let mut pipe = redis::pipe();
+            pipe.zrange_withscores(Keys::timers(pfx), 0, -1).zrange(
+                Keys::dead_letter_index(pfx),
+                0,
+                -1,
+            );
+            let pipe = &pipe;
+            self.client()
+                .run(|mut conn| async move { pipe.query_async(&mut conn).await })
+                .await?
+        };
+        // Timers are `L<entry>` (a lease, by expiry) or `R<entry>` (a retry, by due time).
+        let entry_of = |t: &String| t.get(1..).map(str::to_owned).unwrap_or_default();
+        let runs_of = |entries: &mut dyn Iterator<Item = String>| -> Vec<String> {
+            entries
+                .filter_map(|e| split_entry(&e).map(|(_, run)| run.to_owned()))
+                .filter(|run| !workflow_of.contains_key(run))
+                .collect()
+        };
+        let mut unknown = runs_of(&mut timers.iter().map(|(t, _)| entry_of(t)));
+        unknown.extend(runs_of(&mut letters.iter().cloned()));
+        unknown.sort();
+        unknown.dedup();
+        // Runs that left the index (or were never in it) but still have items here.
+        for (id, row) in unknown.iter().zip(self.read_runs(pfx, &unknown).await?) {
+            workflow_of.insert(id.clone(), row.map(|r| r.workflow).unwrap_or_default());
+        }
+        let workflow_of_entry = |entry: &str| {
+            split_entry(entry)
+                .and_then(|(_, run)| workflow_of.get(run))
+                .cloned()
+                .unwrap_or_default()
+        };
+        for (timer, due) in &timers {
+            let counts = workflows
+                .entry(workflow_of_entry(&entry_of(timer)))
+                .or_default();
+            if timer.starts_with('R') {
+                counts.delayed += 1;
+            } else if (*due as u64) > now_ms {
+                counts.in_flight += 1;
+            } else {
+                counts.expired_leases += 1;
+            }
+        }
+        for entry in &letters {
+            workflows
+                .entry(workflow_of_entry(entry))
+                .or_default()
+                .dead_letters += 1;
+        }
+        Ok(())
     }
 
     /// When the lease of each in-flight item of `run_id` expires (by the server's clock),
