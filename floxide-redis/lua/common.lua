@@ -62,8 +62,26 @@ local function reset_history()
 end
 
 -- The names of runs' records and item hashes, kept a while across calls (made by
--- concatenation, a name is hashed anew each time; most calls name a run's keys several times).
-local RUN_KEYS, ITEM_KEYS, KEYS_N = {}, {}, 0
+-- concatenation, a name is hashed anew each time; most calls name a run's keys several
+-- times). `key_namer(part)` makes the function that names a run's key of kind `part` and
+-- keeps its names, and the function that forgets them; KEYS_N counts the names kept.
+local KEYS_N = 0
+
+local function key_namer(part)
+  local names = {}
+  local function name(run)
+    local k = names[run]
+    if not k then
+      k = PFX .. part .. run
+      names[run], KEYS_N = k, KEYS_N + 1
+    end
+    return k
+  end
+  return name, function() names = {} end
+end
+
+local run_key, forget_run_keys = key_namer('r:')
+local items_key, forget_items_keys = key_namer('i:')
 
 -- The texts the retentions were read from (calls with the same ones skip the conversion).
 local RETENTION_TEXT, LETTER_RETENTION_TEXT
@@ -76,7 +94,9 @@ local function setup()
   end
   -- The partition's key names are made again only when the partition changes.
   if PFX ~= ARGV[1] or KEYS_N > 8192 then
-    RUN_KEYS, ITEM_KEYS, KEYS_N = {}, {}, 0
+    forget_run_keys()
+    forget_items_keys()
+    KEYS_N = 0
   end
   if PFX ~= ARGV[1] then
     PFX = ARGV[1]
@@ -173,23 +193,6 @@ end
 local function entry(id, run) return id .. ':' .. run end
 local function split(e) return sub(e, 1, 32), sub(e, 34) end
 
-local function run_key(run)
-  local k = RUN_KEYS[run]
-  if not k then
-    k = PFX .. 'r:' .. run
-    RUN_KEYS[run], KEYS_N = k, KEYS_N + 1
-  end
-  return k
-end
-
-local function items_key(run)
-  local k = ITEM_KEYS[run]
-  if not k then
-    k = PFX .. 'i:' .. run
-    ITEM_KEYS[run], KEYS_N = k, KEYS_N + 1
-  end
-  return k
-end
 local function parked_key(run) return PFX .. 'pk:' .. run end
 local function letters_of_key(run) return PFX .. 'rdl:' .. run end
 local function outs_key(run) return PFX .. 'outs:' .. run end

@@ -8,25 +8,9 @@ use floxide::*;
 use floxide_redis::testing::{RedisServer, ServerOptions};
 use floxide_redis::{RedisBackend, RedisBackendError, RedisClient, RedisConfig};
 
-node! {
-    pub struct AddOne {};
-    input = u64;
-    output = u64;
-    |_ctx, n| { Ok(Transition::Next(n + 1)) }
-}
-
-workflow! {
-    pub struct Chain { a: AddOne, b: AddOne }
-    start = a;
-    edges { a => [b]; b => []; }
-}
-
-fn chain() -> Chain {
-    Chain {
-        a: AddOne {},
-        b: AddOne {},
-    }
-}
+#[path = "support/chain.rs"]
+mod chain;
+use chain::chain;
 
 /// Runs `Chain` from 1 on `client` with an in-process worker: the connection really works.
 async fn runs_a_workflow(client: RedisClient) {

@@ -8,25 +8,9 @@ use floxide::*;
 use floxide_redis::testing::{RedisServer, ServerOptions};
 use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
 
-node! {
-    pub struct AddOne {};
-    input = u64;
-    output = u64;
-    |_ctx, n| { Ok(Transition::Next(n + 1)) }
-}
-
-workflow! {
-    pub struct Chain { a: AddOne, b: AddOne }
-    start = a;
-    edges { a => [b]; b => []; }
-}
-
-fn chain() -> Chain {
-    Chain {
-        a: AddOne {},
-        b: AddOne {},
-    }
-}
+#[path = "support/chain.rs"]
+mod chain;
+use chain::chain;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_before_its_first_commit_reads_with_its_starting_counters() {
