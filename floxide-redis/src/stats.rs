@@ -67,12 +67,7 @@ impl RedisBackend {
         now_ms: u64,
         workflows: &mut BTreeMap<String, WorkflowCounts>,
     ) -> Result<HashMap<String, String>, DistributedError> {
-        let key = Keys::runs(pfx);
-        let key = &key;
-        let ids: Vec<String> = self
-            .client()
-            .run(|mut conn| async move { conn.zrange(key, 0, -1).await })
-            .await?;
+        let ids: Vec<String> = self.sorted_set(&Keys::runs(pfx), false).await?;
         let mut workflow_of: HashMap<String, String> = HashMap::new();
         for (id, row) in ids.iter().zip(self.read_runs(pfx, &ids).await?) {
             let Some(row) = row else { continue };
@@ -118,18 +113,10 @@ impl RedisBackend {
         mut workflow_of: HashMap<String, String>,
         workflows: &mut BTreeMap<String, WorkflowCounts>,
     ) -> Result<(), DistributedError> {
-        let (timers, letters): (Vec<(String, f64)>, Vec<String>) = {
-            let mut pipe = redis::pipe();
-            pipe.zrange_withscores(Keys::timers(pfx), 0, -1).zrange(
-                Keys::dead_letter_index(pfx),
-                0,
-                -1,
-            );
-            let pipe = &pipe;
-            self.client()
-                .run(|mut conn| async move { pipe.query_async(&mut conn).await })
-                .await?
-        };
+        let timers: Vec<(String, f64)> = self.sorted_set(&Keys::timers(pfx), true).await?;
+        let letters: Vec<String> = self
+            .sorted_set(&Keys::dead_letter_index(pfx), false)
+            .await?;
         // Timers are `L<entry>` (a lease, by expiry) or `R<entry>` (a retry, by due time).
         let entry_of = |t: &String| t.get(1..).map(str::to_owned).unwrap_or_default();
         let runs_of = |entries: &mut dyn Iterator<Item = String>| -> Vec<String> {
@@ -251,6 +238,37 @@ impl RedisBackend {
             .run(|mut conn| async move { redis::cmd("TIME").query_async(&mut conn).await })
             .await?;
         Ok(secs * 1000 + micros / 1000)
+    }
+
+    /// The members of sorted set `key` in order (with their scores when `scores`), read
+    /// [`BATCH`] at a time: one `ZRANGE` of a huge set would hold the server up (G9). Members
+    /// added or removed between two reads may be missed or read twice; the figures are those
+    /// of a moving system anyway.
+    async fn sorted_set<T: redis::FromRedisValue + Send>(
+        &self,
+        key: &str,
+        scores: bool,
+    ) -> Result<Vec<T>, DistributedError> {
+        let mut all = Vec::new();
+        loop {
+            let start = all.len() as isize;
+            let stop = start + BATCH as isize - 1;
+            let page: Vec<T> = self
+                .client()
+                .run(|mut conn| async move {
+                    if scores {
+                        conn.zrange_withscores(key, start, stop).await
+                    } else {
+                        conn.zrange(key, start, stop).await
+                    }
+                })
+                .await?;
+            let full = page.len() == BATCH;
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+        }
     }
 
     /// The records of runs `ids` of partition `pfx` (`None` for a run whose record is gone).

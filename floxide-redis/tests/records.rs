@@ -1,6 +1,6 @@
-//! A new run's record leaves out its counters at their starting values (outstanding 1,
-//! context version 0, one item made): every reader takes them as such, against a private
-//! `redis-server`.
+//! Runs' records as their readers see them, against a private `redis-server`: a new run's
+//! record leaves out its counters at their starting values (outstanding 1, context version
+//! 0, one item made), and the operator's statistics read a run index of any size.
 
 use std::time::Duration;
 
@@ -77,4 +77,35 @@ async fn a_run_before_its_first_commit_reads_with_its_starting_counters() {
         (2, 0),
         "{progress:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_a_run_index_longer_than_one_read() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let config = RedisConfig::new(server.url()).with_key_prefix("stats:");
+    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let o = chain().orchestrator(backend.clone()).build().unwrap();
+    // More runs (and so ready items) than one read of the index takes (500).
+    let started = o.start_runs(&WorkflowCtx::new(()), 0..1_201).await;
+    assert!(started.iter().all(Result::is_ok));
+    // Two of them leased, the last one for 1 ms, so that it expires (a take may hand back
+    // expired leases: none follows it): the timers are read page by page too.
+    let w = WorkerId::from("w");
+    for lease in [Duration::from_secs(60), Duration::from_millis(1)] {
+        let options = TakeOptions {
+            lease_timeout: lease,
+            ..TakeOptions::default()
+        };
+        backend
+            .take("Chain", &w, options, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .expect("a ready item");
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let total = backend.stats().await.unwrap().total();
+    assert_eq!((total.runs, total.active_runs), (1_201, 1_201), "{total:?}");
+    assert_eq!(total.ready, 1_199, "{total:?}");
+    assert_eq!((total.in_flight, total.expired_leases), (1, 1), "{total:?}");
 }
