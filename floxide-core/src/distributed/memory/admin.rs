@@ -252,55 +252,42 @@ impl AdminBackend for InMemoryBackend {
     }
 
     async fn work_items(&self, run_id: &str) -> Result<Vec<WorkItemInfo>, DistributedError> {
-        let runs = self.runs.lock();
-        let items = self.items.lock();
-        if !runs.runs.contains_key(run_id) {
-            return Err(unknown(run_id));
-        }
-        // A completed or cancelled run's items are gone.
-        let Some(run_items) = items.runs.get(run_id) else {
-            return Ok(Vec::new());
-        };
-        let mut out: Vec<WorkItemInfo> = run_items
-            .items
-            .iter()
-            .map(|(id, r)| WorkItemInfo {
-                item_id: *id,
-                node: r.node.to_string(),
-                status: r.status,
-                attempt: r.attempt,
-                deliveries: r.deliveries,
-                worker: r.lease.as_ref().map(|l| WorkerId(l.1.to_string())),
-                payload: payload_text(&r.bytes),
-            })
-            .collect();
+        let mut out = self.items_of(run_id, |run_items| {
+            run_items
+                .items
+                .iter()
+                .map(|(id, r)| WorkItemInfo {
+                    item_id: *id,
+                    node: r.node.to_string(),
+                    status: r.status,
+                    attempt: r.attempt,
+                    deliveries: r.deliveries,
+                    worker: r.lease.as_ref().map(|l| WorkerId(l.1.to_string())),
+                    payload: payload_text(&r.bytes),
+                })
+                .collect()
+        })?;
         out.sort_by_key(|i| i.item_id);
         Ok(out)
     }
 
     async fn pending_items(&self, run_id: &str) -> Result<Vec<Vec<u8>>, DistributedError> {
-        let runs = self.runs.lock();
-        let items = self.items.lock();
-        if !runs.runs.contains_key(run_id) {
-            return Err(unknown(run_id));
-        }
-        let Some(run_items) = items.runs.get(run_id) else {
-            return Ok(Vec::new());
-        };
-        Ok(run_items
-            .items
-            .values()
-            .filter(|r| {
-                matches!(
-                    r.status,
-                    WorkItemStatus::Pending
-                        | WorkItemStatus::InProgress
-                        | WorkItemStatus::WaitingRetry
-                        | WorkItemStatus::Held
-                )
-            })
-            .map(|r| r.bytes.to_vec())
-            .collect())
+        self.items_of(run_id, |run_items| {
+            run_items
+                .items
+                .values()
+                .filter(|r| {
+                    matches!(
+                        r.status,
+                        WorkItemStatus::Pending
+                            | WorkItemStatus::InProgress
+                            | WorkItemStatus::WaitingRetry
+                            | WorkItemStatus::Held
+                    )
+                })
+                .map(|r| r.bytes.to_vec())
+                .collect()
+        })
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, DistributedError> {
@@ -462,5 +449,25 @@ impl AdminBackend for InMemoryBackend {
             .filter(|d| of_workflow(&d.run_id))
             .count() as u64;
         Ok(Some(stats))
+    }
+}
+
+impl InMemoryBackend {
+    /// `list` of the items of run `run_id`: none once they are gone (a completed or cancelled
+    /// run's go when it finishes).
+    ///
+    /// # Errors
+    /// [`DistributedError::UnknownRun`] for a run this backend does not know.
+    fn items_of<T>(
+        &self,
+        run_id: &str,
+        list: impl FnOnce(&RunItems) -> Vec<T>,
+    ) -> Result<Vec<T>, DistributedError> {
+        let runs = self.runs.lock();
+        let items = self.items.lock();
+        if !runs.runs.contains_key(run_id) {
+            return Err(unknown(run_id));
+        }
+        Ok(items.runs.get(run_id).map(list).unwrap_or_default())
     }
 }
