@@ -475,12 +475,7 @@ impl AdminBackend for PostgresBackend {
             )
             .await
             .map_err(backend)?;
-        tx.execute(
-            "UPDATE runs SET outstanding = outstanding + $2 WHERE run_id = $1",
-            &[&run_id, &(requeued as i32)],
-        )
-        .await
-        .map_err(backend)?;
+        add_outstanding(&tx, run_id, requeued).await?;
         if current == RunStatus::Failed {
             ops::reopen(&tx, run_id, RunStatus::Running).await?;
         }
@@ -671,9 +666,18 @@ async fn revive_letters(tx: &Transaction<'_>, run_id: &str) -> Result<(), Distri
         )
         .await
         .map_err(backend)?;
+    add_outstanding(tx, run_id, revived).await
+}
+
+/// Counts `n` more outstanding items for run `run_id` (dead letters made ready again).
+async fn add_outstanding(
+    tx: &Transaction<'_>,
+    run_id: &str,
+    n: u64,
+) -> Result<(), DistributedError> {
     tx.execute(
         "UPDATE runs SET outstanding = outstanding + $2 WHERE run_id = $1",
-        &[&run_id, &(revived as i32)],
+        &[&run_id, &(n as i32)],
     )
     .await
     .map_err(backend)?;
