@@ -1,5 +1,5 @@
 //! A run's step history: the list the scripts append a line to at each lease transition
-//! (`<pfx>sh:<run>`; the line format is in `lua/common.lua`), read back as [`StepEvent`]s.
+//! (`<pfx>sh:<run>`; the line format is in `lua/common/base.lua`), read back as [`StepEvent`]s.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +15,7 @@ impl RedisBackend {
         run_id: &str,
     ) -> Result<Vec<StepEvent>, DistributedError> {
         self.status_of(run_id).await?;
-        // The run's first lease, kept with its items (see `lua/common.lua`).
+        // The run's first lease, kept with its items (see `lua/common/base.lua`).
         let pfx = self.keys().partition_of_run(run_id);
         let items = Keys::items(&pfx, run_id);
         let items = &items;

@@ -91,7 +91,7 @@ impl Keys {
     pub(crate) fn errors(pfx: &str, run_id: &str) -> String {
         format!("{pfx}errs:{run_id}")
     }
-    /// A run's step history (a list of lines, see `lua/common.lua`).
+    /// A run's step history (a list of lines, see `lua/common/base.lua`).
     pub(crate) fn history(pfx: &str, run_id: &str) -> String {
         format!("{pfx}sh:{run_id}")
     }

@@ -8,7 +8,25 @@
 
 use redis::{RedisResult, Script, ToRedisArgs};
 
-const COMMON: &str = include_str!("../lua/common.lua");
+/// The helpers every script shares (its prelude), in parts: each may use what the parts before
+/// it define.
+const COMMON: &str = concat!(
+    include_str!("../lua/common/base.lua"),
+    "\n",
+    include_str!("../lua/common/state.lua"),
+    "\n",
+    include_str!("../lua/common/history.lua"),
+    "\n",
+    include_str!("../lua/common/finish.lua"),
+    "\n",
+    include_str!("../lua/common/letters.lua"),
+    "\n",
+    include_str!("../lua/common/leases.lua"),
+    "\n",
+    include_str!("../lua/common/replays.lua"),
+    "\n",
+    include_str!("../lua/common/timings.lua"),
+);
 
 /// The scripts' sources, by name.
 const BODIES: [(&str, &str); 8] = [

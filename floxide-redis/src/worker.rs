@@ -243,8 +243,8 @@ fn chain_args(inv: &mut crate::scripts::Call<'_>, commits: &[CommitItem<'_>], ch
 }
 
 /// The node timings field of a run whose first committed steps are `steps` (see
-/// `lua/common.lua`): `<node> <count> <total µs> <max µs>` per node, in the order the nodes
-/// first ran, joined by `;`.
+/// `lua/common/timings.lua`): `<node> <count> <total µs> <max µs>` per node, in the order the
+/// nodes first ran, joined by `;`.
 fn first_timings<'a>(
     steps: impl Iterator<Item = &'a floxide_core::distributed::StepCommit>,
 ) -> String {

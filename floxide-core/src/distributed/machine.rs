@@ -2,7 +2,7 @@
 //! each transition, as pure functions over plain data.
 //!
 //! Every backend applies these rules: the in-memory backend calls these functions, and the
-//! Redis scripts mirror them line for line (`floxide-redis/lua/common.lua`, functions of the
+//! Redis scripts mirror them line for line (`floxide-redis/lua/common/state.lua`, functions of the
 //! same names). A run's *outstanding* items are those not yet committed, dead-lettered or
 //! dropped; a run finishes when none is left.
 
