@@ -152,7 +152,7 @@ pub(super) async fn connect_server(
 }
 
 /// A builder for clients of the cluster of `config`. Commands are not resent by the cluster
-/// client (it could not mark them as retries): [`RedisClient::run`] resends them, redirects
+/// client (it could not mark them as retries): [`RedisClient::run`](super::RedisClient::run) resends them, redirects
 /// included, with their request ids marked.
 pub(super) fn cluster_builder(config: &RedisConfig) -> Result<ClusterClientBuilder, String> {
     let mut builder = ClusterClientBuilder::new(config.nodes.iter().map(String::as_str))
