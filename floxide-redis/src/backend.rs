@@ -1,6 +1,6 @@
 //! [`RedisBackend`]: the `Backend` trait on Redis, one Lua script per transition.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
 use floxide_core::distributed::payload_text;
@@ -180,16 +180,9 @@ impl RedisBackend {
     /// Every field of a run's item hash, by item.
     async fn items_of(&self, run_id: &str) -> Result<Vec<StoredItem>, DistributedError> {
         let pfx = self.keys().partition_of_run(run_id);
-        let key = Keys::items(&pfx, run_id);
-        let key = &key;
-        let value: Value =
-            self.client
-                .run(|mut conn| async move {
-                    redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
-                })
-                .await?;
+        let fields = self.whole_hash(&Keys::items(&pfx, run_id)).await?;
         let mut items: BTreeMap<ItemId, StoredItem> = BTreeMap::new();
-        for (field, value) in hash(value) {
+        for (field, value) in fields {
             let (id, part) = match field.split_once(':') {
                 Some((id, part)) => (id.to_owned(), part.to_owned()),
                 None => (field, String::new()),
@@ -213,7 +206,20 @@ impl RedisBackend {
         Ok(items.into_values().collect())
     }
 
-    /// The status a run's record holds, for the items' states.
+    /// Every field of the hash at `key` (empty when there is none).
+    pub(crate) async fn whole_hash(
+        &self,
+        key: &str,
+    ) -> Result<HashMap<String, Vec<u8>>, DistributedError> {
+        let value: Value =
+            self.client
+                .run(|mut conn| async move {
+                    redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
+                })
+                .await?;
+        Ok(hash(value))
+    }
+
     /// Every element of the list at `key` (empty when there is none).
     pub(crate) async fn whole_list(&self, key: &str) -> Result<Vec<Vec<u8>>, DistributedError> {
         self.client

@@ -9,21 +9,14 @@ use floxide_core::distributed::DistributedError;
 use floxide_core::graph::versions_to_drop;
 use floxide_core::{RegisteredGraph, WorkflowGraph};
 
-use crate::reply::hash;
 use crate::RedisBackend;
 
 impl RedisBackend {
     /// Every registered graph, by field.
     async fn registered(&self) -> Result<BTreeMap<String, RegisteredGraph>, DistributedError> {
-        let key = self.keys().graphs();
-        let key = &key;
-        let value: redis::Value =
-            self.client()
-                .run(|mut conn| async move {
-                    redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
-                })
-                .await?;
-        Ok(hash(value)
+        Ok(self
+            .whole_hash(&self.keys().graphs())
+            .await?
             .into_iter()
             .filter_map(|(field, json)| Some((field, serde_json::from_slice(&json).ok()?)))
             .collect())

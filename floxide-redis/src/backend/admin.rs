@@ -261,15 +261,9 @@ impl AdminBackend for RedisBackend {
         let retention = self.client.config().dead_letter_retention();
         let now = SystemTime::now();
         for p in self.keys().all() {
-            let key = Keys::dead_letters(&self.keys().partition(p));
-            let key = &key;
-            let value: Value = self
-                .client
-                .run(|mut conn| async move {
-                    redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
-                })
+            let fields = self
+                .whole_hash(&Keys::dead_letters(&self.keys().partition(p)))
                 .await?;
-            let fields = hash(value);
             for (field, raw) in &fields {
                 if field.ends_with(":p") {
                     continue;
@@ -382,13 +376,9 @@ impl AdminBackend for RedisBackend {
     async fn workers(&self) -> Result<Vec<WorkerHealth>, DistributedError> {
         let key = self.keys().workers();
         let key = &key;
-        let value: Value =
-            self.client
-                .run(|mut conn| async move {
-                    redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
-                })
-                .await?;
-        let mut out: Vec<WorkerHealth> = hash(value)
+        let mut out: Vec<WorkerHealth> = self
+            .whole_hash(key)
+            .await?
             .values()
             .filter_map(|b| serde_json::from_slice(b).ok())
             .collect();
