@@ -234,7 +234,7 @@ pub(super) struct Apply<'a> {
 }
 
 impl<'a> Apply<'a> {
-    /// `gone` from [`gone_runs`]; `channels`, the work and run channels; `others`, the fresh
+    /// `gone` from [`gone_runs`](super::gone_runs); `channels`, the work and run channels; `others`, the fresh
     /// items this worker's own take may lease (more tell the other workers).
     pub(super) fn new(
         runs: &'a HashMap<String, RunRow>,
