@@ -7,8 +7,8 @@ use tokio::time::Instant;
 
 use super::parts::{ItemRecord, Recorded, RunItems};
 use super::{
-    dead_of, finished, no_output, prune_finished, prune_letters, queue_resume, revive, unknown,
-    InMemoryBackend,
+    dead_of, finished, known, no_output, prune_finished, prune_letters, queue_resume, revive,
+    unknown, InMemoryBackend,
 };
 use crate::distributed::backend::{
     AdminBackend, DistributedError, QueueStats, RunAction, RunWatch, StartRun, StepEvent,
@@ -206,16 +206,12 @@ impl AdminBackend for InMemoryBackend {
 
     async fn run_input(&self, run_id: &str) -> Result<Option<Vec<u8>>, DistributedError> {
         let runs = self.runs.lock();
-        if !runs.runs.contains_key(run_id) {
-            return Err(unknown(run_id));
-        }
+        known(&runs, run_id)?;
         Ok(runs.inputs.get(run_id).map(|bytes| bytes.to_vec()))
     }
 
     async fn step_history(&self, run_id: &str) -> Result<Option<Vec<StepEvent>>, DistributedError> {
-        if !self.runs.lock().runs.contains_key(run_id) {
-            return Err(unknown(run_id));
-        }
+        known(&self.runs.lock(), run_id)?;
         let errors = self.errors.lock();
         let history = errors.history.get(run_id);
         Ok(Some(
@@ -226,9 +222,7 @@ impl AdminBackend for InMemoryBackend {
     }
 
     async fn errors(&self, run_id: &str) -> Result<Vec<WorkflowError>, DistributedError> {
-        if !self.runs.lock().runs.contains_key(run_id) {
-            return Err(unknown(run_id));
-        }
+        known(&self.runs.lock(), run_id)?;
         Ok(self
             .errors
             .lock()
@@ -239,9 +233,7 @@ impl AdminBackend for InMemoryBackend {
     }
 
     async fn metrics(&self, run_id: &str) -> Result<RunMetrics, DistributedError> {
-        if !self.runs.lock().runs.contains_key(run_id) {
-            return Err(unknown(run_id));
-        }
+        known(&self.runs.lock(), run_id)?;
         Ok(self
             .metrics
             .lock()
@@ -465,9 +457,7 @@ impl InMemoryBackend {
     ) -> Result<Vec<T>, DistributedError> {
         let runs = self.runs.lock();
         let items = self.items.lock();
-        if !runs.runs.contains_key(run_id) {
-            return Err(unknown(run_id));
-        }
+        known(&runs, run_id)?;
         Ok(items.runs.get(run_id).map(list).unwrap_or_default())
     }
 }

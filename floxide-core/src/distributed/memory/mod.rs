@@ -593,6 +593,15 @@ fn unknown(run_id: &str) -> DistributedError {
     DistributedError::UnknownRun(run_id.to_owned())
 }
 
+/// `Ok` when `runs` holds run `run_id`, else [`DistributedError::UnknownRun`].
+fn known(runs: &RunsState, run_id: &str) -> Result<(), DistributedError> {
+    if runs.runs.contains_key(run_id) {
+        Ok(())
+    } else {
+        Err(unknown(run_id))
+    }
+}
+
 /// The answer to a commit or failure report whose lease is not held: the run is over
 /// (cancelled or completed: its items are gone), or the lease was lost.
 fn not_held(runs: &RunsState, run_id: &str) -> CommitOutcome {
