@@ -5,11 +5,12 @@
 //! notification instead of polling.
 //!
 //! `parts` holds the stores, `worker` the worker's path (take, heartbeat, commit, fail,
-//! release) and `admin` inspection and control; this module, the backend and the helpers both
-//! use.
+//! release), `admin` inspection and control, and `retention` how runs and dead letters end;
+//! this module, the backend and the helpers the others share.
 
 mod admin;
 mod parts;
+mod retention;
 mod worker;
 
 use std::cmp::Reverse;
@@ -32,6 +33,8 @@ use crate::distributed::{
     DeadLetter, RunId, RunInfo, RunStatus, WorkItemStatus, WorkerId, WorkflowError,
 };
 use crate::ItemId;
+
+use retention::{add_letter, dead_of, finished, prune_finished, prune_letters, revive};
 
 /// Every store of the distributed runtime, in memory. Clones share the same stores.
 ///
@@ -341,54 +344,6 @@ impl InMemoryBackend {
     }
 }
 
-/// Removes the runs past their `retention`, a slice at a time (each start prunes one): no
-/// operation does work proportional to the history (G9). Returns what they held, to be
-/// dropped once the locks are released.
-fn prune_finished(
-    runs: &mut RunsState,
-    (items, contexts, metrics, errors): (
-        &mut ItemsState,
-        &mut parts::ContextsState,
-        &mut parts::MetricsState,
-        &mut parts::ErrorsState,
-    ),
-    retention: Duration,
-) -> Vec<impl Sized> {
-    let mut gone = Vec::new();
-    let now = Instant::now();
-    for _ in 0..PRUNE_SLICE {
-        let Some((at, run)) = runs.finished.front().cloned() else {
-            break;
-        };
-        if at + retention > now {
-            break;
-        }
-        runs.finished.pop_front();
-        // A run resumed since (or finished again later) is not this entry's to remove.
-        if runs.finished_at.get(&run) != Some(&at) {
-            continue;
-        }
-        runs.finished_at.remove(&run);
-        runs.inputs.remove(&run);
-        if let Some(info) = runs.runs.remove(&run) {
-            if let Some(key) = &info.idempotency_key {
-                runs.keys.remove(key);
-            }
-        }
-        if let Some(seq) = runs.seq_of.remove(&run) {
-            runs.order.remove(&seq);
-        }
-        gone.push((
-            items.runs.remove(&run),
-            contexts.contexts.remove(&run),
-            metrics.runs.remove(&run),
-            errors.runs.remove(&run),
-            errors.history.remove(&run),
-        ));
-    }
-    gone
-}
-
 /// Schedules the next attempt of `lease`'s item (its `record`, of `workflow`) in `wait`: it
 /// waits for its retry, with its deliveries counted anew.
 fn schedule_retry(
@@ -409,36 +364,6 @@ fn schedule_retry(
         lease.run_id.clone(),
         lease.item_id,
     )));
-}
-
-/// The first `most` items of run `run_id` in the dead letters.
-fn dead_of(queue: &QueueState, run_id: &str, most: usize) -> Vec<ItemId> {
-    queue
-        .dead
-        .range(
-            (run_id.to_owned(), ItemId::from_u128(0))
-                ..=(run_id.to_owned(), ItemId::from_u128(u128::MAX)),
-        )
-        .map(|(key, _)| key.1)
-        .take(most)
-        .collect()
-}
-
-/// Takes items `ids` of run `run_id` out of the dead letters: each one that failed for good
-/// is outstanding again, parked (with its deliveries counted anew) until the run's resume
-/// queues it.
-fn revive(queue: &mut QueueState, run_id: &str, run_items: &mut RunItems, ids: &[ItemId]) {
-    for id in ids {
-        queue.dead.remove(&(run_id.to_owned(), *id));
-        if let Some(r) = run_items.items.get_mut(id) {
-            if r.status == WorkItemStatus::PermanentlyFailed {
-                r.status = WorkItemStatus::Held;
-                r.deliveries = 0;
-                run_items.outstanding += 1;
-                run_items.parked.push_back(*id);
-            }
-        }
-    }
 }
 
 /// Applies `commit`'s context change to the run's stored context (bytes, version) unless the
@@ -529,51 +454,6 @@ fn fail_run(info: &mut RunInfo, error: String) -> bool {
     info.finished_at = Some(SystemTime::now());
     info.error = Some(error);
     true
-}
-
-/// A run reached a final status: remembered for its retention, and the items of a completed
-/// or cancelled run go (returned, to be dropped once the locks are released: no lock is held
-/// while a large run's items are freed). A failed run keeps its items, which a resume needs.
-fn finished(
-    runs: &mut RunsState,
-    items: &mut ItemsState,
-    run_id: &str,
-    status: RunStatus,
-) -> Option<RunItems> {
-    let now = Instant::now();
-    runs.finished.push_back((now, run_id.to_owned()));
-    runs.finished_at.insert(run_id.to_owned(), now);
-    if status == RunStatus::Failed {
-        None
-    } else {
-        items.runs.remove(run_id)
-    }
-}
-
-/// Adds a dead letter (and drops those past their retention, a slice at a time).
-fn add_letter(queue: &mut QueueState, letter: DeadLetter, retention: Duration) {
-    let now = Instant::now();
-    queue
-        .dead_order
-        .push_back((now, letter.run_id.clone(), letter.item_id));
-    queue
-        .dead
-        .insert((letter.run_id.clone(), letter.item_id), letter);
-    prune_letters(queue, retention, PRUNE_SLICE, now);
-}
-
-/// Drops up to `most` dead letters past their `retention` at `now`, oldest first.
-fn prune_letters(queue: &mut QueueState, retention: Duration, most: usize, now: Instant) {
-    for _ in 0..most {
-        match queue.dead_order.front() {
-            Some((at, _, _)) if *at + retention <= now => {
-                if let Some((_, run, item)) = queue.dead_order.pop_front() {
-                    queue.dead.remove(&(run, item));
-                }
-            }
-            _ => break,
-        }
-    }
 }
 
 /// The record of a leased item, if `lease` still holds it.
