@@ -1,0 +1,264 @@
+//! Chains seen from a worker: on any backend, a worker that chains fast steps keeps every
+//! guarantee it keeps without (and commits a chain as one step where the backend keeps
+//! successors).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::super::batch::Counting;
+use super::super::{
+    ctx, finish, orchestrator, worker_builder, Chain, Gate, Trace, LEASE, PATIENCE,
+};
+use crate::distributed::*;
+use crate::*;
+
+/// A worker over `backend` with `concurrency` slots and a retry policy.
+fn chaining_worker(
+    wf: Chain,
+    backend: &Arc<dyn Backend>,
+    concurrency: usize,
+) -> DistributedWorker<Chain, Trace> {
+    worker_builder(wf, backend)
+        .concurrency(concurrency)
+        .retry_policy(RetryPolicy::new(
+            3,
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+            BackoffStrategy::Linear,
+            RetryError::All,
+        ))
+        .build()
+        .expect("conformance: worker builds")
+}
+
+/// Runs one run of `wf` to completion (a worker learns which of its nodes are fast).
+async fn warm_up(o: &DistributedOrchestrator<Chain, Trace>) {
+    let run = o.start_run(&ctx(), 100).await.unwrap();
+    assert_eq!(finish(o, &run).await.status, RunStatus::Completed);
+}
+
+/// A `Chain` whose `b` passes through the returned gate, with one worker of `slots` slots that
+/// has run it once (so it chains `b` and `c` from now on).
+async fn warmed_up(
+    backend: &Arc<dyn Backend>,
+    slots: usize,
+) -> (
+    Gate,
+    DistributedOrchestrator<Chain, Trace>,
+    WorkerPool<Chain, Trace>,
+) {
+    let gate = Gate::open();
+    let wf = Chain::new(gate.clone());
+    let o = orchestrator(wf.clone(), backend);
+    let mut pool = WorkerPool::new(chaining_worker(wf, backend, slots), 1)
+        .with_grace_period(Duration::from_millis(200));
+    pool.start();
+    warm_up(&o).await;
+    (gate, o, pool)
+}
+
+/// Asserts that each node of `run` (started with 0) was applied once.
+async fn each_node_once(o: &DistributedOrchestrator<Chain, Trace>, run: &str) {
+    let trace = o.context(run).await.unwrap();
+    for event in ["a:0", "b:1", "c:2"] {
+        assert_eq!(trace.count(event), 1, "{event}: {:?}", trace.events);
+    }
+}
+
+/// A `Chain` workflow on `backend` behind a call counter (its chains show through), with one
+/// chaining worker of 8 slots that has run one run (so it chains `b` and `c` from now on).
+async fn counted_and_warm<B: Backend>(
+    backend: B,
+) -> (
+    Arc<Counting>,
+    DistributedOrchestrator<Chain, Trace>,
+    WorkerPool<Chain, Trace>,
+) {
+    let counting = Arc::new(Counting::chaining(Arc::new(backend)));
+    let backend: Arc<dyn Backend> = counting.clone();
+    let (_, o, pool) = warmed_up(&backend, 8).await;
+    (counting, o, pool)
+}
+
+/// G4 with chains: a worker runs a node it has not run yet only once its item is stored (a
+/// first run is one commit per step); once it knows the nodes finish without waiting, a lone
+/// run is one commit call on a backend that keeps successors (one per step on the others),
+/// every step applied once; queued runs are committed in far fewer calls than steps.
+pub async fn g4_a_chain_of_fast_steps_is_one_commit<B: Backend>(backend: B) {
+    let chains = backend.keeps_successors();
+    let (counting, o, mut pool) = counted_and_warm(backend).await;
+    assert_eq!(
+        counting.counts(),
+        (3, 3),
+        "nodes a worker has not run yet are not chained"
+    );
+    let lone = o.start_run(&ctx(), 0).await.unwrap();
+    assert_eq!(finish(&o, &lone).await.status, RunStatus::Completed);
+    let (commits, steps) = counting.counts();
+    assert_eq!(steps, 6, "every step committed once");
+    assert_eq!(
+        commits,
+        if chains { 4 } else { 6 },
+        "a lone run's fast steps are committed together where the backend keeps successors"
+    );
+    each_node_once(&o, &lone).await;
+    let mut runs = Vec::new();
+    for i in 0..20 {
+        runs.push(o.start_run(&ctx(), i).await.unwrap());
+    }
+    for run in &runs {
+        assert_eq!(finish(&o, run).await.status, RunStatus::Completed);
+        assert_eq!(o.metrics(run).await.unwrap().completed, 3);
+    }
+    pool.try_stop().await.unwrap();
+    let (commits, steps) = counting.counts();
+    assert_eq!(steps, 66, "every step committed once");
+    assert!(commits < 66, "{commits} commits for 66 steps");
+}
+
+/// G4 with chains: a worker draining a backlog of runs whose steps it chains takes only what
+/// it can run. A chain's steps hold one slot while they wait for their commit, so the items
+/// a commit takes for the slots it frees are all started, none given back unstarted.
+pub async fn g4_a_worker_draining_chains_gives_nothing_back<B: Backend>(backend: B) {
+    let (counting, o, mut pool) = counted_and_warm(backend).await;
+    let mut runs = Vec::new();
+    for i in 0..300 {
+        runs.push(o.start_run(&ctx(), i).await.unwrap());
+    }
+    for run in &runs {
+        assert_eq!(finish(&o, run).await.status, RunStatus::Completed);
+    }
+    pool.try_stop().await.unwrap();
+    let (_, steps) = counting.counts();
+    assert_eq!(steps, 903, "every step committed once");
+    assert_eq!(
+        counting.released(),
+        0,
+        "a worker gave back items it took for slots it did not have"
+    );
+}
+
+/// G4 with chains: a commit carries a batch of chains, not of steps. A worker of
+/// `MAX_BATCH` slots that took a full batch of three-step runs it chains commits more than
+/// `MAX_BATCH` steps in one call (never more than `MAX_COMMIT_STEPS`), every step applied
+/// once. (Spread over many partitions, a backlog this small never fills
+/// a take: only the bound is checked then.)
+pub async fn g4_a_commit_carries_a_batch_of_chains<B: Backend>(backend: B) {
+    let counting = Arc::new(Counting::chaining(Arc::new(backend)));
+    let backend: Arc<dyn Backend> = counting.clone();
+    let wf = Chain::new(Gate::open());
+    let o = orchestrator(wf.clone(), &backend);
+    let worker = chaining_worker(wf, &backend, MAX_BATCH);
+    let mut pool = WorkerPool::new(worker.clone(), 1).with_grace_period(Duration::from_millis(200));
+    pool.start();
+    warm_up(&o).await;
+    pool.try_stop().await.unwrap();
+    let mut runs = Vec::new();
+    for i in 0..200 {
+        runs.push(o.start_run(&ctx(), i).await.unwrap());
+    }
+    let mut pool = WorkerPool::new(worker, 1).with_grace_period(Duration::from_millis(200));
+    pool.start();
+    for run in &runs {
+        assert_eq!(finish(&o, run).await.status, RunStatus::Completed);
+    }
+    pool.try_stop().await.unwrap();
+    let (_, steps) = counting.counts();
+    assert_eq!(steps, 603, "every step committed once");
+    let (largest, largest_take) = (counting.largest(), counting.largest_take());
+    assert!(
+        largest <= MAX_COMMIT_STEPS,
+        "the largest commit carried {largest} steps"
+    );
+    if largest_take == MAX_BATCH {
+        assert!(
+            largest > MAX_BATCH,
+            "after a full take, the largest commit carried {largest} steps"
+        );
+    }
+}
+
+/// G5 with chains: a chained step (its node ran fast before) that fails reports its failure
+/// once its parent is committed: the retry is scheduled as usual, the node runs exactly as
+/// often as without a chain (one failure, one success), and the run completes.
+pub async fn g5_a_chained_step_that_fails_is_retried<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let (gate, o, mut pool) = warmed_up(&backend, 4).await;
+    gate.fail_first
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let run = o.start_run(&ctx(), 0).await.unwrap();
+    let info = finish(&o, &run).await;
+    pool.try_stop().await.unwrap();
+    assert_eq!(info.status, RunStatus::Completed, "{info:?}");
+    assert_eq!(
+        gate.executions(),
+        3,
+        "b ran once to warm up, failed once, then succeeded"
+    );
+    let metrics = o.metrics(&run).await.unwrap();
+    assert_eq!(
+        (metrics.completed, metrics.failed, metrics.retries),
+        (3, 1, 1)
+    );
+    let errors = o.errors(&run).await.unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!((errors[0].node.as_str(), errors[0].attempt), ("b", 1));
+    each_node_once(&o, &run).await;
+}
+
+/// G7 with chains: a chained step (its node ran fast before) that now waits long does not hold
+/// back its parent's commit: the parent is committed (observable in the run's metrics and
+/// items) while the successor runs, under its own lease and named by the worker's liveness;
+/// once released, the run completes with every node executed once.
+pub async fn g7_a_slow_chained_step_lets_its_parent_commit<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let (gate, o, mut pool) = warmed_up(&backend, 4).await;
+    gate.hold_first
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let run = o.start_run(&ctx(), 0).await.unwrap();
+    let waited = tokio::time::Instant::now();
+    loop {
+        let metrics = o.metrics(&run).await.unwrap();
+        if gate.executions() == 2 && metrics.completed == 1 {
+            break;
+        }
+        assert!(
+            waited.elapsed() < PATIENCE,
+            "a's commit did not come while b runs: {metrics:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let items = o.list_work_items(&run).await.unwrap();
+    let b = items
+        .iter()
+        .find(|i| i.node == "b")
+        .expect("b is stored once a is committed");
+    assert_eq!(b.status, WorkItemStatus::InProgress, "{items:?}");
+    let b = b.item_id;
+    loop {
+        let workers = o.liveness().await.unwrap();
+        if workers.iter().any(|w| w.current_work_item == Some(b)) {
+            break;
+        }
+        assert!(
+            waited.elapsed() < PATIENCE,
+            "G7: liveness does not name the chained step's item: {workers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Lease renewals keep b alive past its lease while it is held.
+    tokio::time::sleep(LEASE * 2).await;
+    assert_eq!(
+        gate.executions(),
+        2,
+        "b is not delivered again while it runs"
+    );
+    gate.release();
+    let info = finish(&o, &run).await;
+    pool.try_stop().await.unwrap();
+    assert_eq!(info.status, RunStatus::Completed);
+    assert_eq!(gate.executions(), 2);
+    each_node_once(&o, &run).await;
+    let reclaimed = o.metrics(&run).await.unwrap().reclaimed;
+    assert_eq!(reclaimed, 0, "no lease expired");
+}
