@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
+use ::redis::AsyncCommands;
 use floxide::*;
-use redis::AsyncCommands;
 use serde_json::json;
 
 use crate::{framework, Args};

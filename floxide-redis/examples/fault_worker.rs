@@ -49,7 +49,7 @@ pub struct Env(Arc<EnvInner>);
 struct EnvInner {
     conn: floxide_redis::RedisConnection,
     /// For a synchronous counter (one server only: not for a `redis+cluster://` URL).
-    client: Option<redis::Client>,
+    client: Option<::redis::Client>,
     prefix: String,
     step: Duration,
 }
@@ -79,7 +79,7 @@ impl Env {
             client: if client.config().is_cluster() {
                 None
             } else {
-                Some(redis::Client::open(url).map_err(|e| FloxideError::Generic(e.to_string()))?)
+                Some(::redis::Client::open(url).map_err(|e| FloxideError::Generic(e.to_string()))?)
             },
             prefix: prefix.to_owned(),
             step,
@@ -95,14 +95,14 @@ impl Env {
         for _ in 0..50 {
             let mut conn = self.0.conn.clone();
             if !counted {
-                counted = redis::cmd("INCR")
+                counted = ::redis::cmd("INCR")
                     .arg(format!("{p}started:{run}:{node}"))
                     .query_async::<i64>(&mut conn)
                     .await
                     .is_ok();
             }
             if counted {
-                if let Ok(stall) = redis::cmd("GETDEL")
+                if let Ok(stall) = ::redis::cmd("GETDEL")
                     .arg(format!("{p}stall:{node}"))
                     .query_async::<Option<u64>>(&mut conn)
                     .await
@@ -118,7 +118,7 @@ impl Env {
     /// Says which process stalls (the test SIGSTOPs it).
     async fn announce_stall(&self) {
         let mut conn = self.0.conn.clone();
-        let _: redis::RedisResult<()> = redis::cmd("SET")
+        let _: ::redis::RedisResult<()> = ::redis::cmd("SET")
             .arg(format!("{}stalled", self.0.prefix))
             .arg(std::process::id())
             .query_async(&mut conn)
@@ -128,8 +128,8 @@ impl Env {
     /// Counts a finished stalled execution without awaiting anything, so that nothing but the
     /// commit stands between the end of the node and the end of the step.
     fn finished_blocking(&self, run: &str, node: &str) {
-        if let Some(Ok(mut conn)) = self.0.client.as_ref().map(redis::Client::get_connection) {
-            let _: redis::RedisResult<i64> = redis::cmd("INCR")
+        if let Some(Ok(mut conn)) = self.0.client.as_ref().map(::redis::Client::get_connection) {
+            let _: ::redis::RedisResult<i64> = ::redis::cmd("INCR")
                 .arg(format!("{}finished:{run}:{node}", self.0.prefix))
                 .query(&mut conn);
         }

@@ -136,7 +136,7 @@ impl Side {
         for (run, _) in runs {
             for node in ["a", "b", "c"] {
                 let key = format!("{}started:{run}:{node}", self.client.key_prefix());
-                let count: Option<u64> = redis::cmd("GET")
+                let count: Option<u64> = ::redis::cmd("GET")
                     .arg(key)
                     .query_async(&mut conn)
                     .await

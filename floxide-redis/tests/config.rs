@@ -122,9 +122,9 @@ async fn password_in_config_or_url_works_and_a_wrong_one_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_without_functions_runs_scripts() {
     let server = RedisServer::start_or_panic(ServerOptions::default());
-    let admin = redis::Client::open(server.url()).unwrap();
+    let admin = ::redis::Client::open(server.url()).unwrap();
     let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("ACL")
+    ::redis::cmd("ACL")
         .arg(&[
             "SETUSER",
             "old",
@@ -148,7 +148,7 @@ async fn a_user_without_functions_runs_scripts() {
     .await
     .expect("a user without FUNCTION connects");
     runs_a_workflow(client).await;
-    let libraries: Vec<redis::Value> = redis::cmd("FUNCTION")
+    let libraries: Vec<::redis::Value> = ::redis::cmd("FUNCTION")
         .arg("LIST")
         .query_async(&mut conn)
         .await
@@ -159,14 +159,14 @@ async fn a_user_without_functions_runs_scripts() {
         .await
         .unwrap();
     runs_a_workflow(client.clone()).await;
-    let libraries: Vec<redis::Value> = redis::cmd("FUNCTION")
+    let libraries: Vec<::redis::Value> = ::redis::cmd("FUNCTION")
         .arg("LIST")
         .query_async(&mut conn)
         .await
         .unwrap();
     assert_eq!(libraries.len(), 1, "one library: {libraries:?}");
     // A server that lost the library (a restart without persistence) gets it again.
-    redis::cmd("FUNCTION")
+    ::redis::cmd("FUNCTION")
         .arg("FLUSH")
         .query_async::<()>(&mut conn)
         .await
@@ -177,15 +177,15 @@ async fn a_user_without_functions_runs_scripts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acl_user_can_connect() {
     let server = RedisServer::start_or_panic(ServerOptions::default());
-    let admin = redis::Client::open(server.url()).unwrap();
+    let admin = ::redis::Client::open(server.url()).unwrap();
     let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("ACL")
+    ::redis::cmd("ACL")
         .arg(&["SETUSER", "flow", "on", ">flow-pw", "~app:*", "&*", "+@all"])
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
     // The default user no longer works without a password: only `flow` gets in.
-    redis::cmd("ACL")
+    ::redis::cmd("ACL")
         .arg(&["SETUSER", "default", "off"])
         .query_async::<()>(&mut conn)
         .await
@@ -384,7 +384,7 @@ async fn clear_removes_only_its_prefixes_keys() {
     let count = |pattern: &'static str| {
         let mut conn = conn.clone();
         async move {
-            let keys: Vec<String> = redis::cmd("KEYS")
+            let keys: Vec<String> = ::redis::cmd("KEYS")
                 .arg(pattern)
                 .query_async(&mut conn)
                 .await
@@ -396,7 +396,7 @@ async fn clear_removes_only_its_prefixes_keys() {
     assert!(mine_before > 10, "{mine_before}");
     assert!(theirs_before > 10, "{theirs_before}");
     // Enough keys for several SCAN rounds.
-    let mut pipe = redis::pipe();
+    let mut pipe = ::redis::pipe();
     for i in 0..2500 {
         pipe.set(format!("mine:filler:{i}"), i).ignore();
     }
@@ -444,8 +444,8 @@ async fn history_backend(prefix: &str) -> (RedisServer, RedisBackend) {
 }
 
 /// A plain connection to `server`, to look at its keys.
-async fn connection(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
+async fn connection(server: &RedisServer) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(server.url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -531,13 +531,13 @@ async fn a_completed_run_keeps_its_step_history_only_when_it_explains_something(
     );
     // The kept history expires with its run (G9).
     let mut conn = connection(&server).await;
-    let ttl: i64 = redis::cmd("PTTL")
+    let ttl: i64 = ::redis::cmd("PTTL")
         .arg(format!("routine:{{p0}}:sh:{live}"))
         .query_async(&mut conn)
         .await
         .unwrap();
     assert!(ttl > 0, "the kept history expires with its run: {ttl}");
-    let gone: i64 = redis::cmd("EXISTS")
+    let gone: i64 = ::redis::cmd("EXISTS")
         .arg(format!("routine:{{p0}}:sh:{routine}"))
         .query_async(&mut conn)
         .await
@@ -549,14 +549,14 @@ async fn a_completed_run_keeps_its_step_history_only_when_it_explains_something(
 /// joined by `|`, and whether its history list exists.
 async fn kept_first_lease(server: &RedisServer, prefix: &str, run: &str) -> (String, i64) {
     let mut conn = connection(server).await;
-    let (hl, hw): (Option<String>, Option<String>) = redis::cmd("HMGET")
+    let (hl, hw): (Option<String>, Option<String>) = ::redis::cmd("HMGET")
         .arg(format!("{prefix}{{p0}}:i:{run}"))
         .arg("hl")
         .arg("hw")
         .query_async(&mut conn)
         .await
         .unwrap();
-    let list: i64 = redis::cmd("EXISTS")
+    let list: i64 = ::redis::cmd("EXISTS")
         .arg(format!("{prefix}{{p0}}:sh:{run}"))
         .query_async(&mut conn)
         .await

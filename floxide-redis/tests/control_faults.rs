@@ -75,7 +75,7 @@ async fn a_waiter_is_woken_after_the_event_subscription_drops() {
         // The subscription killed by the previous try is back before this one starts.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let subscribers: String = redis::cmd("CLIENT")
+            let subscribers: String = ::redis::cmd("CLIENT")
                 .arg("LIST")
                 .arg("TYPE")
                 .arg("pubsub")
@@ -102,7 +102,7 @@ async fn a_waiter_is_woken_after_the_event_subscription_drops() {
             })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let killed: u64 = redis::cmd("CLIENT")
+        let killed: u64 = ::redis::cmd("CLIENT")
             .arg("KILL")
             .arg("TYPE")
             .arg("pubsub")
@@ -254,7 +254,7 @@ struct HugeRun {
     o: DistributedOrchestrator<Fan, ()>,
     big: String,
     other: String,
-    conn: redis::aio::MultiplexedConnection,
+    conn: ::redis::aio::MultiplexedConnection,
 }
 
 impl HugeRun {
@@ -272,14 +272,14 @@ impl HugeRun {
         );
         let other = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
         let mut conn = raw(&server).await;
-        let _: () = redis::cmd("CONFIG")
+        let _: () = ::redis::cmd("CONFIG")
             .arg("SET")
             .arg("slowlog-log-slower-than")
             .arg(100_000)
             .query_async(&mut conn)
             .await
             .unwrap();
-        let _: () = redis::cmd("SLOWLOG")
+        let _: () = ::redis::cmd("SLOWLOG")
             .arg("RESET")
             .query_async(&mut conn)
             .await
@@ -297,7 +297,7 @@ impl HugeRun {
     /// Fails (naming `what`) when a command ran for 100 ms or more since [`Self::queued`].
     async fn assert_nothing_slow(&mut self, what: &str) {
         // (Each entry: its id, start time, duration in µs and the command's first arguments.)
-        let slow: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        let slow: Vec<::redis::Value> = ::redis::cmd("SLOWLOG")
             .arg("GET")
             .arg(-1)
             .query_async(&mut self.conn)
@@ -456,8 +456,8 @@ fn mixed(gate: &Arc<Semaphore>) -> Mixed {
 
 /// The keys of `run` left in the server (of any kind).
 /// A plain connection to `server`, for looking at its keys directly.
-async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
+async fn raw(server: &RedisServer) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(server.url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -466,7 +466,7 @@ async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
 
 async fn keys_of(server: &RedisServer, run: &str) -> Vec<String> {
     let mut conn = raw(server).await;
-    let keys: Vec<String> = redis::cmd("KEYS")
+    let keys: Vec<String> = ::redis::cmd("KEYS")
         .arg(format!("*{run}*"))
         .query_async(&mut conn)
         .await
@@ -539,7 +539,7 @@ async fn nothing_of_a_finished_run_outlives_its_retention() {
     let later = o.start_run(&WorkflowCtx::new(()), 4).await.unwrap();
     o.cancel(&later).await.unwrap();
     let mut conn = raw(&server).await;
-    let indexed: Vec<String> = redis::cmd("ZRANGE")
+    let indexed: Vec<String> = ::redis::cmd("ZRANGE")
         .arg("ret:{p0}:runs")
         .arg(0)
         .arg(-1)
@@ -551,7 +551,7 @@ async fn nothing_of_a_finished_run_outlives_its_retention() {
         vec![later.clone()],
         "G9: the run index forgets expired runs"
     );
-    let finished: Vec<String> = redis::cmd("LRANGE")
+    let finished: Vec<String> = ::redis::cmd("LRANGE")
         .arg("ret:{p0}:fin")
         .arg(0)
         .arg(-1)
@@ -614,7 +614,7 @@ async fn dead_letters_expire_after_their_own_retention() {
         o.dead_letters().await.unwrap().is_empty(),
         "G9: a dead letter outlived its retention"
     );
-    let left: u64 = redis::cmd("EXISTS")
+    let left: u64 = ::redis::cmd("EXISTS")
         .arg(hash)
         .arg(index)
         .query_async(&mut conn)

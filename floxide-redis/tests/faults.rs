@@ -95,7 +95,7 @@ impl Side {
     /// No lease, no queued or delayed entry is left.
     async fn assert_nothing_in_processing(&self) {
         let mut conn = self.raw.clone();
-        let (timers, ready): (u64, u64) = redis::pipe()
+        let (timers, ready): (u64, u64) = ::redis::pipe()
             .zcard(self.key("tm"))
             .llen(self.key("q:Fault"))
             .query_async(&mut conn)
@@ -115,7 +115,7 @@ impl Side {
             })
             .collect();
         let mut conn = self.raw.clone();
-        let counts: Vec<Option<u64>> = redis::cmd("MGET")
+        let counts: Vec<Option<u64>> = ::redis::cmd("MGET")
             .arg(&keys)
             .query_async(&mut conn)
             .await
@@ -130,7 +130,7 @@ impl Side {
 
     async fn get(&self, key: &str) -> Option<String> {
         let mut conn = self.raw.clone();
-        redis::cmd("GET")
+        ::redis::cmd("GET")
             .arg(key)
             .query_async(&mut conn)
             .await
@@ -236,7 +236,7 @@ async fn redis_restart_mid_run_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let done_before = {
             let mut conn = side.raw.clone();
-            let done: u64 = redis::cmd("LLEN")
+            let done: u64 = ::redis::cmd("LLEN")
                 .arg(side.key("fin"))
                 .query_async(&mut conn)
                 .await
@@ -293,7 +293,7 @@ async fn zombie_commit_after_lease_loss_is_rejected() {
         let side = Side::connect(&server.url(), prefix).await;
         let mut conn = side.raw.clone();
         // The first execution of `b` stalls (the flag is taken by exactly one execution).
-        redis::cmd("SET")
+        ::redis::cmd("SET")
             .arg(format!("{prefix}stall:b"))
             .arg(STALL_MS)
             .query_async::<()>(&mut conn)
@@ -401,13 +401,13 @@ async fn sigterm_finishes_or_releases_the_steps_in_flight() {
         // (stall of `a` in ms, the worker's grace in s): the first ends within the grace.
         for (stall_ms, grace_s) in [(600u64, 5u64), (60_000, 1)] {
             let mut conn = side.raw.clone();
-            redis::cmd("SET")
+            ::redis::cmd("SET")
                 .arg(format!("{prefix}stall:a"))
                 .arg(stall_ms)
                 .query_async::<()>(&mut conn)
                 .await
                 .unwrap();
-            redis::cmd("DEL")
+            ::redis::cmd("DEL")
                 .arg(format!("{prefix}stalled"))
                 .query_async::<()>(&mut conn)
                 .await
@@ -492,21 +492,21 @@ async fn corrupt_items_and_contexts_are_dead_lettered() {
         assert_eq!(items.len(), 1);
         let item_id = items[0].item_id.to_string();
         assert_eq!(item_id.len(), 32);
-        redis::cmd("HSET")
+        ::redis::cmd("HSET")
             .arg(side.key(&format!("i:{bad_item}")))
             .arg(&item_id)
             .arg(&b"\xff\x00garbage{\"a\":"[..])
             .query_async::<()>(&mut conn)
             .await
             .unwrap();
-        redis::cmd("HSET")
+        ::redis::cmd("HSET")
             .arg(side.key(&format!("r:{bad_ctx}")))
             .arg("ctx")
             .arg(&b"\xff\xfenot json at all"[..])
             .query_async::<()>(&mut conn)
             .await
             .unwrap();
-        redis::cmd("HSET")
+        ::redis::cmd("HSET")
             .arg(side.key(&format!("r:{wrong_ctx}")))
             .arg("ctx")
             .arg(r#"{"events": 42}"#)
@@ -514,7 +514,7 @@ async fn corrupt_items_and_contexts_are_dead_lettered() {
             .await
             .unwrap();
         // And entries in the queue itself that name no item at all.
-        redis::cmd("RPUSH")
+        ::redis::cmd("RPUSH")
             .arg(side.key("q:Fault"))
             .arg(&b"\xff\xfe garbage"[..])
             .arg("x")
@@ -641,7 +641,7 @@ async fn a_thousand_concurrent_runs_complete() {
         let mut conn = side.raw.clone();
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let done: u64 = redis::cmd("LLEN")
+            let done: u64 = ::redis::cmd("LLEN")
                 .arg(side.key("fin"))
                 .query_async(&mut conn)
                 .await

@@ -21,12 +21,12 @@ async fn a_run_before_its_first_commit_reads_with_its_starting_counters() {
     let run = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
 
     // The record holds none of the three counters yet.
-    let mut conn = redis::Client::open(server.url())
+    let mut conn = ::redis::Client::open(server.url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let stored: Vec<Option<String>> = redis::cmd("HMGET")
+    let stored: Vec<Option<String>> = ::redis::cmd("HMGET")
         .arg(format!("fresh:{{p0}}:r:{run}"))
         .arg(&["left", "ver", "m_items", "st"])
         .query_async(&mut conn)

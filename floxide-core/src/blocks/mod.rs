@@ -3,7 +3,7 @@
 //! - [`SplitNode`] turns one input into many (`Transition::NextAll`).
 //! - [`BatchNode`] runs a node over every element of a `Vec`, concurrently.
 //! - [`CompositeNode`] uses a whole workflow as one node.
-//! - [`source`] feeds a workflow from a channel, one run per item.
+//! - [`source()`] feeds a workflow from a channel, one run per item.
 
 mod batch;
 mod composite;

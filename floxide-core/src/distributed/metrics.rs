@@ -1,4 +1,4 @@
-//! The distributed worker's metrics, recorded through the [`metrics`](::metrics) facade.
+//! The distributed worker's metrics, recorded through the [`metrics`] facade.
 //!
 //! Every metric name and label is made here. The worker records each step it executes; a
 //! process that exports metrics also samples its workflow's queue from the backend every

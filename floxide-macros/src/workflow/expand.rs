@@ -188,7 +188,7 @@ fn work_item_impl(names: &Names) -> TokenStream {
     }
 }
 
-/// The expression building the workflow's [`WorkflowGraph`]: nodes with their type names
+/// The expression building the workflow's `floxide_core::WorkflowGraph`: nodes with their type names
 /// (known only once types are resolved: `type_name` at run time), edges with their kinds.
 fn graph_data(names: &Names<'_>, workflow: &str, start: &str) -> TokenStream {
     let nodes = names.def.nodes().into_iter().map(|node| {
