@@ -203,6 +203,21 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// The failure of node `node`'s step when its item is poison (delivered too many times
+    /// without a commit, see `WorkerBuilder::max_deliveries`): final, never retried, routed by
+    /// `on_failure` like any other. `None` for every other step.
+    fn poison(node: &str) -> Option<Failure> {
+        crate::distributed::step::poison().map(|reason| Failure {
+            error: FloxideError::NodeExecutionFailed {
+                node: node.to_owned(),
+                message: reason,
+            },
+            retry_after: None,
+            policy_applied: true,
+            aborted: false,
+        })
+    }
+
     /// The step failure of node `node`.
     pub fn into_step_failure(self, node: &'static str) -> StepFailure {
         StepFailure {
@@ -253,6 +268,9 @@ where
     C: crate::Context,
     N: Node<C>,
 {
+    if let Some(failure) = Failure::poison(name) {
+        return Err(failure);
+    }
     match process_caught(name, node, ctx, input).await {
         Ok(Transition::Abort(error)) => Err(Failure {
             error,
@@ -285,6 +303,9 @@ where
     N: Node<C>,
     N::Input: Clone,
 {
+    if let Some(failure) = Failure::poison(name) {
+        return Err(failure);
+    }
     let mut attempt = env.attempt() as usize;
     loop {
         let (error, aborted) = match process_caught(name, node, ctx, input.clone()).await {

@@ -161,6 +161,8 @@ macro_rules! conformance_tests {
             g3_successors_see_predecessor_changes,
             g5_retries_are_scheduled,
             g5_poison_items_are_dead_lettered,
+            g5_a_worker_dead_letters_a_poison_item,
+            g5_a_poison_item_is_routed_by_on_failure,
             g6_corrupt_input_is_dead_lettered,
             g6_panicking_node_is_a_failure,
             g6_invalid_requests_are_typed_errors,

@@ -232,6 +232,116 @@ pub async fn g5_poison_items_are_dead_lettered<B: Backend>(backend: B) {
     assert!(letter.error.contains("poison"), "{}", letter.error);
 }
 
+/// Takes the one item of `workflow` `n` times without committing it (the taker dies: each
+/// lease expires), with a delivery limit of `n` at the backend.
+async fn deliver_and_die(backend: &Arc<dyn Backend>, workflow: &str, n: u32) {
+    let opts = TakeOptions {
+        lease_timeout: Duration::from_millis(100),
+        max_deliveries: n,
+    };
+    for delivery in 1..=n {
+        let t = backend
+            .take(workflow, &"crashy".into(), opts, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(t.map(|t| t.deliveries), Some(delivery));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A pool of one worker over `backend` that takes an item delivered `n` times as poison.
+fn poison_pool<W: Workflow<Trace> + 'static>(
+    wf: W,
+    backend: &Arc<dyn Backend>,
+    n: u32,
+) -> WorkerPool<W, Trace> {
+    let worker = worker_builder(wf, backend)
+        .max_deliveries(n)
+        .build()
+        .expect("conformance: worker builds");
+    let mut pool = WorkerPool::new(worker, 1).with_grace_period(Duration::from_millis(200));
+    pool.start();
+    pool
+}
+
+/// G5 through a worker: the next delivery of an item delivered too many times without a
+/// commit does not run its node; the item goes to the dead letters with a poison error and the
+/// run fails (its workflow routes no failure).
+pub async fn g5_a_worker_dead_letters_a_poison_item<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let wf = Chain::new(Gate::open());
+    let o = orchestrator(wf.clone(), &backend);
+    let run = o.start_run(&ctx(), 1).await.unwrap();
+    deliver_and_die(&backend, "Chain", 2).await;
+    let mut workers = poison_pool(wf, &backend, 2);
+    let info = finish(&o, &run).await;
+    workers.try_stop().await.unwrap();
+    assert_eq!(info.status, RunStatus::Failed);
+    let trace = o.context(&run).await.unwrap();
+    assert_eq!(
+        trace.count("a:1"),
+        0,
+        "G5: a poison item's node ran again: {:?}",
+        trace.events
+    );
+    let letter = o
+        .dead_letters()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.run_id == run)
+        .expect("poison dead letter");
+    assert!(
+        letter.error.contains("poison item: delivered 2 times"),
+        "{}",
+        letter.error
+    );
+}
+
+/// G5: a poison item is a failure like any other for the workflow: with `on_failure` edges,
+/// the fallback gets the item's input and the run completes; the node does not run again and
+/// nothing is dead-lettered; the run's errors keep the poison failure, as handled.
+pub async fn g5_a_poison_item_is_routed_by_on_failure<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let wf = super::lifecycle::Routed {
+        risky: Step {
+            name: "risky",
+            gate: Gate::open(),
+        },
+        fallback: Step {
+            name: "fallback",
+            gate: Gate::open(),
+        },
+    };
+    let o = orchestrator(wf.clone(), &backend);
+    let run = o.start_run(&ctx(), 5).await.unwrap();
+    deliver_and_die(&backend, "Routed", 2).await;
+    let mut workers = poison_pool(wf, &backend, 2);
+    let info = finish(&o, &run).await;
+    workers.try_stop().await.unwrap();
+    assert_eq!(
+        (info.status, info.output),
+        (RunStatus::Completed, Some(serde_json::json!(6))),
+        "G5: the fallback got the poison item's input (5) and finished the run"
+    );
+    let trace = o.context(&run).await.unwrap();
+    assert_eq!(trace.count("fallback:5"), 1, "{:?}", trace.events);
+    assert_eq!(trace.count("risky:5"), 0, "{:?}", trace.events);
+    assert!(o
+        .dead_letters()
+        .await
+        .unwrap()
+        .iter()
+        .all(|d| d.run_id != run));
+    let errors = o.errors(&run).await.unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.handled && e.node == "risky" && e.error.contains("poison item")),
+        "{errors:?}"
+    );
+}
+
 /// G6: invalid API use returns typed errors.
 pub async fn g6_invalid_requests_are_typed_errors<B: Backend>(backend: B) {
     let backend: Arc<dyn Backend> = Arc::new(backend);

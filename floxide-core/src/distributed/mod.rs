@@ -24,7 +24,7 @@ pub mod overview;
 mod pool;
 mod runner;
 pub(crate) mod start;
-mod step;
+pub(crate) mod step;
 pub mod types;
 pub mod worker;
 

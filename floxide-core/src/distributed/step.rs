@@ -1,5 +1,7 @@
 //! What a node can learn about the distributed step executing it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use tokio_util::sync::CancellationToken;
 
 use crate::distributed::{RunId, WorkerId};
@@ -48,4 +50,37 @@ pub fn current_step() -> Option<StepContext> {
 
 pub(crate) async fn with_step<F: std::future::Future>(step: StepContext, fut: F) -> F::Output {
     CURRENT_STEP.scope(step, fut).await
+}
+
+tokio::task_local! {
+    /// Why the step executing in this task is poison (see [`with_poison`]).
+    static POISON: String;
+}
+
+/// Poison steps executing in this process: while there are none, [`poison`] reads no
+/// task-local (every node invocation asks).
+static POISON_STEPS: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `fut`, the step of an item delivered too many times without a commit: its node does
+/// not run again; the step fails with the error made from `reason` (routed by the workflow's
+/// `on_failure` edges where it has them, else dead-lettered, the run failing).
+pub(crate) async fn with_poison<F: std::future::Future>(reason: String, fut: F) -> F::Output {
+    /// Counts the step out however it ends (or is dropped).
+    struct Counted;
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            POISON_STEPS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    POISON_STEPS.fetch_add(1, Ordering::Relaxed);
+    let _counted = Counted;
+    POISON.scope(reason, fut).await
+}
+
+/// Why the step executing in this task is poison, if it is (see [`with_poison`]).
+pub(crate) fn poison() -> Option<String> {
+    if POISON_STEPS.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    POISON.try_with(Clone::clone).ok()
 }

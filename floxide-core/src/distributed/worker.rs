@@ -60,6 +60,7 @@ impl WorkerConfig {
                 .max(Duration::from_millis(1)),
             retry_policy: self.retry_policy.clone(),
             chain_steps: self.chain_steps,
+            max_deliveries: self.max_deliveries,
         }
     }
 
@@ -71,10 +72,14 @@ impl WorkerConfig {
         }
     }
 
+    /// The backend hands out an item once more than the worker's limit: the worker fails that
+    /// delivery itself, so that the workflow's `on_failure` edges can route it (see
+    /// [`exec::execute`](super::exec::execute)); should that delivery die too, the backend
+    /// dead-letters the item at the next take.
     pub(crate) fn take_options(&self) -> TakeOptions {
         TakeOptions {
             lease_timeout: self.lease_timeout,
-            max_deliveries: self.max_deliveries,
+            max_deliveries: self.max_deliveries.saturating_add(1),
         }
     }
 }
@@ -246,8 +251,10 @@ where
         self
     }
 
-    /// Deliveries of one attempt without a commit after which an item is poison and goes to
-    /// the dead letters (default 5).
+    /// Deliveries of one attempt without a commit after which an item is poison (default 5):
+    /// its next delivery does not run the node but fails the step at once, never retried. The
+    /// workflow's `on_failure` edges route that failure like any other; without them the item
+    /// goes to the dead letters and its run fails.
     pub fn max_deliveries(mut self, deliveries: u32) -> Self {
         self.config.max_deliveries = deliveries.max(1);
         self

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::distributed::backend::{Backend, LeaseState, TakeOptions, Taken};
 use crate::distributed::machine;
 use crate::distributed::metrics::{self, StepOutcome};
-use crate::distributed::step::{with_step, StepContext};
+use crate::distributed::step::{with_poison, with_step, StepContext};
 use crate::distributed::{RunId, WorkerId};
 use crate::{Context, FloxideError, Merge, RetryPolicy, Workflow};
 
@@ -41,6 +41,9 @@ pub(crate) struct ExecConfig {
     /// Whether a step's single successor may run before the step is committed (see
     /// [`chain`]), on backends that keep successors.
     pub(crate) chain_steps: bool,
+    /// Deliveries of an item without a commit after which it is poison (see
+    /// [`WorkerBuilder::max_deliveries`](crate::distributed::WorkerBuilder::max_deliveries)).
+    pub(crate) max_deliveries: u32,
 }
 
 impl Default for ExecConfig {
@@ -51,6 +54,7 @@ impl Default for ExecConfig {
             heartbeat_interval: lease_timeout / 3,
             retry_policy: None,
             chain_steps: true,
+            max_deliveries: TakeOptions::default().max_deliveries,
         }
     }
 }
@@ -160,8 +164,22 @@ where
         cancel: token.clone(),
     };
     let context = taken.context.take();
+    let poison = (taken.deliveries > config.max_deliveries).then(|| {
+        format!(
+            "poison item: delivered {} times without a commit (limit {})",
+            taken.deliveries - 1,
+            config.max_deliveries
+        )
+    });
     let run = run_step(workflow, backend, config, taken, context, stop, token, gate);
-    with_step(step, tracing::Instrument::instrument(run, span)).await
+    let run = tracing::Instrument::instrument(run, span);
+    match poison {
+        Some(reason) => {
+            tracing::warn!(%reason, "failing a poison item without running its node");
+            with_step(step, with_poison(reason, run)).await
+        }
+        None => with_step(step, run).await,
+    }
 }
 
 /// Prepares, runs and classifies one execution of `taken`'s node.
