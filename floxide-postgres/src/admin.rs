@@ -191,6 +191,7 @@ impl AdminBackend for PostgresBackend {
         } else {
             0
         };
+        let mut reopening = false;
         let effect = match action {
             RunAction::Cancel => machine::cancel(current),
             RunAction::Pause => machine::pause(current),
@@ -219,7 +220,7 @@ impl AdminBackend for PostgresBackend {
                     let error = (next == RunStatus::Failed).then(|| no_output(&locked.workflow));
                     finish_resumed(&tx, run_id, next, error).await?;
                 } else {
-                    ops::reopen(&tx, run_id, next).await?;
+                    reopening = ops::reopen(&tx, run_id, next).await?;
                     ops::notify_work(&tx, &schema).await?;
                 }
             }
@@ -234,6 +235,9 @@ impl AdminBackend for PostgresBackend {
             .map_err(backend)?;
         let info = run_info_of(&row)?;
         tx.commit().await.map_err(backend)?;
+        if reopening {
+            ops::reopen_rest(&client, &schema, run_id).await?;
+        }
         Ok(info)
     }
 
@@ -481,12 +485,15 @@ impl AdminBackend for PostgresBackend {
             .await
             .map_err(backend)?;
         add_outstanding(&tx, run_id, requeued).await?;
-        if current == RunStatus::Failed {
-            ops::reopen(&tx, run_id, RunStatus::Running).await?;
-        }
+        let reopening =
+            current == RunStatus::Failed && ops::reopen(&tx, run_id, RunStatus::Running).await?;
         ops::notify_work(&tx, &schema).await?;
         ops::notify_run(&tx, &schema, run_id).await?;
-        tx.commit().await.map_err(backend)
+        tx.commit().await.map_err(backend)?;
+        if reopening {
+            ops::reopen_rest(&client, &schema, run_id).await?;
+        }
+        Ok(())
     }
 
     async fn drop_dead_letter(

@@ -50,10 +50,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "unwritten leases",
         include_str!("../migrations/0009_unwritten_leases.sql"),
     ),
+    (
+        10,
+        "reopening",
+        include_str!("../migrations/0010_reopening.sql"),
+    ),
 ];
 
 /// The schema version this release creates and expects.
-pub const SCHEMA_VERSION: i32 = 9;
+pub const SCHEMA_VERSION: i32 = 10;
 
 /// The first key of the advisory lock that serializes migrations (`'flx'`); the second is a
 /// hash of the schema name.

@@ -442,26 +442,80 @@ pub(crate) struct Effects {
     pub(crate) runs: Vec<String>,
 }
 
+/// Parked items made ready by one statement (G9: see [`reopen`]).
+pub(crate) const REOPEN_SLICE: i64 = 1000;
+
+/// Makes ready up to `$2` parked items of run `$1`, while the run takes items; the run leaves
+/// `reopening` once fewer are left. Answers how many were made ready.
+pub(crate) const REOPEN: &str = "\
+WITH ready AS (
+    UPDATE items SET state = 'P', due_at = now()
+    WHERE (run_id, item_id) IN (
+        SELECT i.run_id, i.item_id FROM items i
+        WHERE i.run_id = $1 AND i.state = 'K'
+            AND EXISTS (SELECT 1 FROM runs r WHERE r.run_id = $1
+                AND r.status IN ('pending', 'running'))
+        LIMIT $2 FOR UPDATE OF i SKIP LOCKED)
+    RETURNING 1),
+done AS (
+    DELETE FROM reopening WHERE run_id = $1 AND (SELECT count(*) FROM ready) < $2)
+SELECT count(*) FROM ready";
+
 /// A paused or failed run runs again with `status`: its record no longer says it finished,
-/// and its parked items are ready.
+/// and a first slice of its parked items is ready. Returns whether more are left: the run is
+/// then listed in `reopening`, and the caller readies them after its commit, a slice per
+/// transaction ([`reopen_rest`]; the retention sweep does it should the caller stop).
 pub(crate) async fn reopen(
     tx: &Transaction<'_>,
     run_id: &str,
     status: RunStatus,
-) -> Result<(), DistributedError> {
+) -> Result<bool, DistributedError> {
     tx.execute(
         "UPDATE runs SET status = $2, finished_at = NULL, error = NULL WHERE run_id = $1",
         &[&run_id, &status.to_string()],
     )
     .await
     .map_err(backend)?;
-    tx.execute(
-        "UPDATE items SET state = 'P', due_at = now() WHERE run_id = $1 AND state = 'K'",
-        &[&run_id],
-    )
-    .await
-    .map_err(backend)?;
-    Ok(())
+    let ready: i64 = tx
+        .query_one(REOPEN, &[&run_id, &REOPEN_SLICE])
+        .await
+        .map_err(backend)?
+        .get(0);
+    let more = ready == REOPEN_SLICE;
+    if more {
+        tx.execute(
+            "INSERT INTO reopening (run_id) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&run_id],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    Ok(more)
+}
+
+/// Readies the rest of run `run_id`'s parked items after [`reopen`] said more are left: one
+/// statement (its own transaction) per slice, waking the workers after each.
+pub(crate) async fn reopen_rest(
+    client: &deadpool_postgres::ClientWrapper,
+    schema: &str,
+    run_id: &str,
+) -> Result<(), DistributedError> {
+    loop {
+        let ready: i64 = client
+            .query_one(REOPEN, &[&run_id, &REOPEN_SLICE])
+            .await
+            .map_err(backend)?
+            .get(0);
+        if ready > 0 {
+            client
+                .execute("SELECT pg_notify($1, '')", &[&format!("{schema}_work")])
+                .await
+                .map_err(backend)?;
+        }
+        if ready < REOPEN_SLICE {
+            return Ok(());
+        }
+    }
 }
 
 /// `UPDATE runs …` (a literal) that finishes runs (sets `finished_at`), followed by the listing

@@ -103,8 +103,9 @@ pub struct Swept {
 impl PostgresBackend {
     /// Deletes what outlived its retention now: finished runs (with their items, outputs,
     /// errors), dead letters, and workers silent for longer than the run retention. Each
-    /// statement deletes at most 500 rows; the sweep goes on until nothing is left. The
-    /// backend also does this on its own every sweep interval.
+    /// statement deletes at most 500 rows; the sweep goes on until nothing is left. It also
+    /// readies the parked items a resume left (its caller stopped midway), 1,000 per
+    /// statement. The backend also does this on its own every sweep interval.
     ///
     /// # Errors
     /// A backend error (what was deleted before it stays deleted).
@@ -143,6 +144,7 @@ async fn sweep(pool: &Pool, config: &crate::PostgresConfig) -> Result<Swept, Dis
     // slices, then the run (the second pass).
     let first = in_slices(&client, RUNS, runs).await?;
     let items = leftover_items(&client).await?;
+    unfinished_resumes(&client, config.schema()).await?;
     Ok(Swept {
         items,
         runs: first + in_slices(&client, RUNS, runs).await?,
@@ -171,6 +173,22 @@ async fn leftover_items(client: &deadpool_postgres::Object) -> Result<u64, Distr
             return Ok(total);
         }
     }
+}
+
+/// Readies the parked items that resumes left (their caller stopped before it had readied
+/// them all, see `ops::reopen`), a slice per statement; up to 100 runs per sweep.
+async fn unfinished_resumes(
+    client: &deadpool_postgres::Object,
+    schema: &str,
+) -> Result<(), DistributedError> {
+    let runs = client
+        .query("SELECT run_id FROM reopening LIMIT 100", &[])
+        .await
+        .map_err(backend)?;
+    for row in runs {
+        crate::ops::reopen_rest(client, schema, row.get(0)).await?;
+    }
+    Ok(())
 }
 
 /// Runs a slice-limited delete (which answers its count) until a slice comes back short.

@@ -235,6 +235,74 @@ async fn a_big_runs_items_go_in_bounded_slices() {
     assert_eq!(count(&server, "big", "leftovers").await, 0);
 }
 
+/// Runs `sql` on `server` and answers the rows it changed.
+async fn exec(server: &PostgresServer, sql: &str) -> u64 {
+    let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client.execute(sql, &[]).await.unwrap()
+}
+
+/// G9: resuming a run with many parked items readies them a slice (1,000) per statement: the
+/// resume returns with all of them ready and nothing left listed; a resume whose caller
+/// stopped midway (the run still listed in `reopening`) is finished by the sweep; the run then
+/// completes with every item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_runs_resume_readies_its_items_in_slices() {
+    let server = PostgresServer::start_or_panic();
+    let config = PostgresConfig::new(server.url())
+        .with_schema("reopen")
+        .with_sweep_interval(Duration::from_secs(3600));
+    let backend = PostgresBackend::connect_with(config).await.unwrap();
+    let o = fan(2_500).orchestrator(backend.clone()).build().unwrap();
+    let run = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
+    fan(2_500)
+        .worker(backend.clone())
+        .build()
+        .unwrap()
+        .run_once("spreader")
+        .await
+        .unwrap();
+    // What takes do to the items of a paused run they meet: park them.
+    let park = "UPDATE reopen.items SET state = 'K' WHERE state = 'P'";
+
+    o.pause(&run).await.unwrap();
+    assert_eq!(exec(&server, park).await, 2_500);
+    o.resume(&run).await.unwrap();
+    assert_eq!(count(&server, "reopen", "items WHERE state = 'K'").await, 0);
+    assert_eq!(
+        count(&server, "reopen", "items WHERE state = 'P'").await,
+        2_500
+    );
+    assert_eq!(count(&server, "reopen", "reopening").await, 0);
+
+    // A resume that readied its first slice, its caller gone before the rest.
+    o.pause(&run).await.unwrap();
+    assert_eq!(exec(&server, park).await, 2_500);
+    exec(&server, "UPDATE reopen.runs SET status = 'running'").await;
+    exec(
+        &server,
+        "INSERT INTO reopen.reopening (run_id) SELECT run_id FROM reopen.runs",
+    )
+    .await;
+    backend.sweep().await.unwrap();
+    assert_eq!(count(&server, "reopen", "items WHERE state = 'K'").await, 0);
+    assert_eq!(count(&server, "reopen", "reopening").await, 0);
+
+    let mut pool = WorkerPool::new(fan(2_500).worker(backend.clone()).build().unwrap(), 2);
+    pool.start();
+    let info = tokio::time::timeout(
+        Duration::from_secs(90),
+        o.wait_for_completion(&run, Duration::from_millis(50)),
+    )
+    .await
+    .expect("the run finishes")
+    .unwrap();
+    pool.try_stop().await.unwrap();
+    assert_eq!(info.status, RunStatus::Completed, "{info:?}");
+}
+
 /// A failed run past its retention whose items the sweep has begun to delete (listed in
 /// `leftovers`) cannot be resumed: it would come back without them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
