@@ -189,6 +189,7 @@ macro_rules! conformance_tests {
             g4_idle_workers_wake_when_work_arrives,
             g5_a_scheduled_retry_frees_its_worker_and_survives_it,
             g7_liveness_names_the_item_in_progress,
+            g7_liveness_shows_a_retry_and_its_attempts,
             g7_a_step_learns_of_a_cancel_it_did_not_hear,
             g2_a_kept_successor_is_leased_to_its_committer,
             g2_a_chain_commits_in_one_call,

@@ -410,6 +410,50 @@ pub async fn g5_a_scheduled_retry_frees_its_worker_and_survives_it<B: Backend>(b
     );
 }
 
+/// G7: a worker executing a retry says so in its liveness report, with the attempt and its
+/// retry policy's maximum.
+pub async fn g7_liveness_shows_a_retry_and_its_attempts<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    // `b` fails once, then its retry holds until released.
+    let gate = Gate::failing_first(1);
+    gate.hold_first
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let wf = Chain::new(gate.clone());
+    let o = orchestrator(wf.clone(), &backend);
+    let worker = worker_builder(wf, &backend)
+        .retry_policy(RetryPolicy::new(
+            3,
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+            BackoffStrategy::Linear,
+            RetryError::All,
+        ))
+        .build()
+        .expect("conformance: worker builds");
+    let mut workers = WorkerPool::new(worker, 1).with_grace_period(Duration::from_millis(200));
+    workers.start();
+    let run = o.start_run(&ctx(), 1).await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let report = loop {
+        let reports = o.liveness().await.unwrap();
+        if let Some(h) = reports.iter().find(|h| {
+            h.current_work_item_run_id.as_deref() == Some(run.as_str())
+                && matches!(h.status, WorkerStatus::Retrying(..))
+        }) {
+            break h.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "G7: no worker report shows the retry in progress: {reports:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(report.status, WorkerStatus::Retrying(2, 3), "{report:?}");
+    gate.release();
+    assert_eq!(finish(&o, &run).await.status, RunStatus::Completed);
+    workers.try_stop().await.unwrap();
+}
+
 /// G7: a worker's liveness shows what it is doing: while a step runs, its report names the
 /// step's item and run, with a recent heartbeat; once it has stopped, it says so.
 pub async fn g7_liveness_names_the_item_in_progress<B: Backend>(backend: B) {

@@ -222,7 +222,7 @@ where
 
     /// Sends a health report when one is due (it never holds up the steps).
     fn start_report(&self, st: &mut State<'a, W::Output>, reporter: &mut HealthReporter) {
-        let (status, item) = Self::health(st);
+        let (status, item) = Self::health(st, self.config);
         if let Some(health) = reporter.due(status, item) {
             let backend = self.backend;
             st.reporting = Some(Box::pin(async move {
@@ -476,14 +476,24 @@ where
         })
     }
 
-    /// What the worker's health report says now: its status and an item it executes.
-    fn health(st: &State<'a, W::Output>) -> (WorkerStatus, Option<(ItemId, RunId)>) {
+    /// What the worker's health report says now: its status and an item it executes (a retry
+    /// names the worker's retry policy's attempts, 0 when only a node's own policy knows them).
+    fn health(
+        st: &State<'a, W::Output>,
+        config: &ExecConfig,
+    ) -> (WorkerStatus, Option<(ItemId, RunId)>) {
         if st.busy() == 0 {
             return (WorkerStatus::Idle, None);
         }
         match &st.current {
             Some((item, run, attempt)) if *attempt > 1 => (
-                WorkerStatus::Retrying(*attempt, 0),
+                WorkerStatus::Retrying(
+                    *attempt,
+                    config
+                        .retry_policy
+                        .as_ref()
+                        .map_or(0, |p| u32::try_from(p.max_attempts).unwrap_or(u32::MAX)),
+                ),
                 Some((*item, run.clone())),
             ),
             Some((item, run, _)) => (WorkerStatus::InProgress, Some((*item, run.clone()))),
