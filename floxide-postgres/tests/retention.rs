@@ -170,27 +170,37 @@ fn fan(n: u32) -> Fan {
     }
 }
 
-/// G9: a run that finishes with many items (cancelled with 2,500 queued, or completed after
-/// 1,200 committed) drops at most 1,000 of them in the statement that finishes it; the
-/// sweep deletes the rest in bounded slices, and other runs' items stay.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_big_runs_items_go_in_bounded_slices() {
-    let server = PostgresServer::start_or_panic();
+/// A backend on schema `schema` that sweeps only when told, a `fan(n)` orchestrator, and a
+/// run of it whose `n` leaves are queued (its spreading step committed).
+async fn spread_run(
+    server: &PostgresServer,
+    schema: &str,
+    n: u32,
+) -> (PostgresBackend, DistributedOrchestrator<Fan, ()>, RunId) {
     let config = PostgresConfig::new(server.url())
-        .with_schema("big")
+        .with_schema(schema)
         .with_sweep_interval(Duration::from_secs(3600));
     let backend = PostgresBackend::connect_with(config).await.unwrap();
-
-    // Cancelled with its leaves queued.
-    let o = fan(2_500).orchestrator(backend.clone()).build().unwrap();
-    let cancelled = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
-    fan(2_500)
+    let o = fan(n).orchestrator(backend.clone()).build().unwrap();
+    let run = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
+    fan(n)
         .worker(backend.clone())
         .build()
         .unwrap()
         .run_once("spreader")
         .await
         .unwrap();
+    (backend, o, run)
+}
+
+/// G9: a run that finishes with many items (cancelled with 2,500 queued, or completed after
+/// 1,200 committed) drops at most 1,000 of them in the statement that finishes it; the
+/// sweep deletes the rest in bounded slices, and other runs' items stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_runs_items_go_in_bounded_slices() {
+    let server = PostgresServer::start_or_panic();
+    // Cancelled with its leaves queued.
+    let (backend, o, cancelled) = spread_run(&server, "big", 2_500).await;
     let waiting = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
     assert_eq!(count(&server, "big", "items").await, 2_502);
     o.cancel(&cancelled).await.unwrap();
@@ -251,19 +261,7 @@ async fn exec(server: &PostgresServer, sql: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_runs_resume_readies_its_items_in_slices() {
     let server = PostgresServer::start_or_panic();
-    let config = PostgresConfig::new(server.url())
-        .with_schema("reopen")
-        .with_sweep_interval(Duration::from_secs(3600));
-    let backend = PostgresBackend::connect_with(config).await.unwrap();
-    let o = fan(2_500).orchestrator(backend.clone()).build().unwrap();
-    let run = o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
-    fan(2_500)
-        .worker(backend.clone())
-        .build()
-        .unwrap()
-        .run_once("spreader")
-        .await
-        .unwrap();
+    let (backend, o, run) = spread_run(&server, "reopen", 2_500).await;
     // What takes do to the items of a paused run they meet: park them.
     let park = "UPDATE reopen.items SET state = 'K' WHERE state = 'P'";
 

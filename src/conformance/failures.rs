@@ -168,13 +168,7 @@ pub async fn g5_retries_are_scheduled<B: Backend>(backend: B) {
     let info = finish(&o2, &run).await;
     assert_eq!(info.status, RunStatus::Failed);
     assert_eq!(exhausted.executions(), 2);
-    let letter = o2
-        .dead_letters()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|d| d.run_id == run)
-        .expect("G5: dead letter");
+    let letter = letter_of(&o2, &run).await.expect("G5: dead letter");
     assert_eq!(letter.attempt, 2);
     exhausted.fail_first.store(0, Ordering::SeqCst);
     o2.requeue_dead_letter(&run, letter.item_id).await.unwrap();
@@ -185,12 +179,7 @@ pub async fn g5_retries_are_scheduled<B: Backend>(backend: B) {
         RunStatus::Completed,
         "G5: a requeued dead letter completes"
     );
-    assert!(o2
-        .dead_letters()
-        .await
-        .unwrap()
-        .iter()
-        .all(|d| d.run_id != run));
+    assert!(letter_of(&o2, &run).await.is_none());
 }
 
 /// G5: an item delivered too many times without a commit is poison: dead-lettered.
@@ -222,13 +211,7 @@ pub async fn g5_poison_items_are_dead_lettered<B: Backend>(backend: B) {
     );
     let info = o.run_info(&run).await.unwrap();
     assert_eq!(info.status, RunStatus::Failed);
-    let letter = o
-        .dead_letters()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|d| d.run_id == run)
-        .expect("poison dead letter");
+    let letter = letter_of(&o, &run).await.expect("poison dead letter");
     assert!(letter.error.contains("poison"), "{}", letter.error);
 }
 
@@ -284,13 +267,7 @@ pub async fn g5_a_worker_dead_letters_a_poison_item<B: Backend>(backend: B) {
         "G5: a poison item's node ran again: {:?}",
         trace.events
     );
-    let letter = o
-        .dead_letters()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|d| d.run_id == run)
-        .expect("poison dead letter");
+    let letter = letter_of(&o, &run).await.expect("poison dead letter");
     assert!(
         letter.error.contains("poison item: delivered 2 times"),
         "{}",
@@ -327,12 +304,7 @@ pub async fn g5_a_poison_item_is_routed_by_on_failure<B: Backend>(backend: B) {
     let trace = o.context(&run).await.unwrap();
     assert_eq!(trace.count("fallback:5"), 1, "{:?}", trace.events);
     assert_eq!(trace.count("risky:5"), 0, "{:?}", trace.events);
-    assert!(o
-        .dead_letters()
-        .await
-        .unwrap()
-        .iter()
-        .all(|d| d.run_id != run));
+    assert!(letter_of(&o, &run).await.is_none());
     let errors = o.errors(&run).await.unwrap();
     assert!(
         errors

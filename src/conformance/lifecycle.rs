@@ -421,13 +421,7 @@ pub async fn g7_liveness_shows_a_retry_and_its_attempts<B: Backend>(backend: B) 
     let wf = Chain::new(gate.clone());
     let o = orchestrator(wf.clone(), &backend);
     let worker = worker_builder(wf, &backend)
-        .retry_policy(RetryPolicy::new(
-            3,
-            Duration::from_millis(10),
-            Duration::from_millis(10),
-            BackoffStrategy::Linear,
-            RetryError::All,
-        ))
+        .retry_policy(quick_retries())
         .build()
         .expect("conformance: worker builds");
     let mut workers = WorkerPool::new(worker, 1).with_grace_period(Duration::from_millis(200));

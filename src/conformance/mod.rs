@@ -316,6 +316,29 @@ fn pool<W: Workflow<Trace> + 'static>(
     p
 }
 
+/// Run `run`'s dead letter (the first, if it has several), read through `o`.
+async fn letter_of<W: Workflow<Trace> + 'static>(
+    o: &DistributedOrchestrator<W, Trace>,
+    run: &str,
+) -> Option<DeadLetter> {
+    o.dead_letters()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.run_id == run)
+}
+
+/// Three attempts, 10 ms apart, whatever the error: the suite's retries.
+fn quick_retries() -> RetryPolicy {
+    RetryPolicy::new(
+        3,
+        Duration::from_millis(10),
+        Duration::from_millis(10),
+        BackoffStrategy::Linear,
+        RetryError::All,
+    )
+}
+
 async fn finish<W: Workflow<Trace> + 'static>(
     o: &DistributedOrchestrator<W, Trace>,
     run: &str,

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use super::super::batch::Counting;
 use super::super::{
-    ctx, finish, orchestrator, worker_builder, Chain, Gate, Trace, LEASE, PATIENCE,
+    ctx, finish, orchestrator, quick_retries, worker_builder, Chain, Gate, Trace, LEASE, PATIENCE,
 };
 use crate::distributed::*;
-use crate::*;
 
 /// A worker over `backend` with `concurrency` slots and a retry policy.
 fn chaining_worker(
@@ -20,13 +19,7 @@ fn chaining_worker(
 ) -> DistributedWorker<Chain, Trace> {
     worker_builder(wf, backend)
         .concurrency(concurrency)
-        .retry_policy(RetryPolicy::new(
-            3,
-            Duration::from_millis(10),
-            Duration::from_millis(10),
-            BackoffStrategy::Linear,
-            RetryError::All,
-        ))
+        .retry_policy(quick_retries())
         .build()
         .expect("conformance: worker builds")
 }
