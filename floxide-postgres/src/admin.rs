@@ -236,7 +236,7 @@ impl AdminBackend for PostgresBackend {
         let info = run_info_of(&row)?;
         tx.commit().await.map_err(backend)?;
         if reopening {
-            ops::reopen_rest(&client, &schema, run_id).await?;
+            ops::reopen_rest_or_leave(&client, &schema, run_id).await;
         }
         Ok(info)
     }
@@ -491,7 +491,7 @@ impl AdminBackend for PostgresBackend {
         ops::notify_run(&tx, &schema, run_id).await?;
         tx.commit().await.map_err(backend)?;
         if reopening {
-            ops::reopen_rest(&client, &schema, run_id).await?;
+            ops::reopen_rest_or_leave(&client, &schema, run_id).await;
         }
         Ok(())
     }

@@ -446,7 +446,8 @@ pub(crate) struct Effects {
 pub(crate) const REOPEN_SLICE: i64 = 1000;
 
 /// Makes ready up to `$2` parked items of run `$1`, while the run takes items; the run leaves
-/// `reopening` once fewer are left. Answers how many were made ready.
+/// `reopening` once none is left (a slice may come back short while another holds some: only
+/// an empty one says the work is done). Answers how many were made ready.
 pub(crate) const REOPEN: &str = "\
 WITH ready AS (
     UPDATE items SET state = 'P', due_at = now()
@@ -458,13 +459,14 @@ WITH ready AS (
         LIMIT $2 FOR UPDATE OF i SKIP LOCKED)
     RETURNING 1),
 done AS (
-    DELETE FROM reopening WHERE run_id = $1 AND (SELECT count(*) FROM ready) < $2)
+    DELETE FROM reopening WHERE run_id = $1 AND (SELECT count(*) FROM ready) = 0)
 SELECT count(*) FROM ready";
 
 /// A paused or failed run runs again with `status`: its record no longer says it finished,
-/// and a first slice of its parked items is ready. Returns whether more are left: the run is
-/// then listed in `reopening`, and the caller readies them after its commit, a slice per
-/// transaction ([`reopen_rest`]; the retention sweep does it should the caller stop).
+/// and a first slice of its parked items is ready. Returns whether more may be left (the slice
+/// was full): the run is then listed in `reopening`, and the caller readies the rest after its
+/// commit, a slice per transaction ([`reopen_rest`]; the retention sweep does it should the
+/// caller stop).
 pub(crate) async fn reopen(
     tx: &Transaction<'_>,
     run_id: &str,
@@ -493,8 +495,9 @@ pub(crate) async fn reopen(
     Ok(more)
 }
 
-/// Readies the rest of run `run_id`'s parked items after [`reopen`] said more are left: one
-/// statement (its own transaction) per slice, waking the workers after each.
+/// Readies the rest of run `run_id`'s parked items after [`reopen`] said more may be left: one
+/// statement (its own transaction) per slice, waking the workers after each, until a slice
+/// finds none.
 pub(crate) async fn reopen_rest(
     client: &deadpool_postgres::ClientWrapper,
     schema: &str,
@@ -506,15 +509,25 @@ pub(crate) async fn reopen_rest(
             .await
             .map_err(backend)?
             .get(0);
-        if ready > 0 {
-            client
-                .execute("SELECT pg_notify($1, '')", &[&format!("{schema}_work")])
-                .await
-                .map_err(backend)?;
-        }
-        if ready < REOPEN_SLICE {
+        if ready == 0 {
             return Ok(());
         }
+        client
+            .execute("SELECT pg_notify($1, '')", &[&format!("{schema}_work")])
+            .await
+            .map_err(backend)?;
+    }
+}
+
+/// [`reopen_rest`] after a control committed: a failure is logged, not returned (the control
+/// was applied; the run stays listed in `reopening`, and the retention sweep readies the rest).
+pub(crate) async fn reopen_rest_or_leave(
+    client: &deadpool_postgres::ClientWrapper,
+    schema: &str,
+    run_id: &str,
+) {
+    if let Err(error) = reopen_rest(client, schema, run_id).await {
+        tracing::warn!(%error, run_id, "parked items left for the sweep to ready");
     }
 }
 
