@@ -14,7 +14,7 @@ use crate::distributed::codec::decode;
 use crate::distributed::compat::binding::StoreBinding;
 use crate::distributed::{
     DistributedError, RunAction, RunInfo, RunMetrics, RunStatus, WorkItemStatus, WorkerHealth,
-    WorkerId, WorkerStatus, WorkflowError,
+    WorkerId, WorkflowError,
 };
 use crate::WorkItem;
 
@@ -254,15 +254,7 @@ where
             .await?
             .unwrap_or_else(|| WorkerHealth {
                 worker_id: WorkerId::from(worker_id),
-                host: String::new(),
-                pid: 0,
-                last_heartbeat: timestamp,
-                error_count: 0,
-                status: WorkerStatus::Idle,
-                current_work_item: None,
-                current_work_item_run_id: None,
-                workflow: String::new(),
-                steps_done: 0,
+                ..WorkerHealth::default()
             });
         health.last_heartbeat = timestamp;
         self.update_health(worker_id, health).await
