@@ -11,8 +11,8 @@ use std::time::Duration;
 use deadpool_postgres::Transaction;
 use floxide_core::distributed::machine::{self, FailureEffect};
 use floxide_core::distributed::{
-    CommitOutcome, DistributedError, HeardOutputs, Lease, LeaseState, RunStatus, StartRun,
-    StepFailed, WorkflowError, KEPT_LEASE_TOKEN,
+    poison_error, CommitOutcome, DistributedError, HeardOutputs, Lease, LeaseState, RunStatus,
+    StartRun, StepFailed, WorkflowError, KEPT_LEASE_TOKEN,
 };
 use floxide_core::ItemId;
 
@@ -217,9 +217,7 @@ pub(crate) async fn poison(
         return Ok(None);
     };
     let deliveries: i32 = row.get(2);
-    let error = format!(
-        "poison item: delivered {deliveries} times without a commit (limit {max_deliveries})"
-    );
+    let error = poison_error(u32::try_from(deliveries).unwrap_or(0), max_deliveries);
     let id = item_id(id_text)?;
     dead_letter(tx, run_id, id, &error).await?;
     record_error(tx, run_id, id, row.get(0), &error, row.get(1), false).await?;

@@ -72,6 +72,7 @@ pub mod work_queue {
 pub use self::metrics::install_prometheus_exporter;
 pub use self::metrics::{describe_metrics, record_queue_stats};
 pub use crate::merge::{EventLog, LoggedEvent};
+pub use backend::poison_error;
 pub use backend::{history, query};
 pub use backend::{
     AdminBackend, Backend, CommitItem, CommitOutcome, CommitReply, DistributedError, HeardOutputs,

@@ -121,6 +121,7 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now,
               local d = num(md) + 1
               if d > max_deliveries then
                 local m = parse_meta(f[1])
+                -- (In the words of floxide-core's `poison_error`.)
                 local err = 'poison item: delivered ' .. m.d ..
                   ' times without a commit (limit ' .. max_deliveries .. ')'
                 dead_letter(run, id, m, f[2], err, now)

@@ -29,6 +29,7 @@ pub use error::DistributedError;
 pub use history::{StepEvent, StepEventKind};
 pub use query::{RunCursor, RunPage, RunQuery};
 pub use signals::RunSignals;
+pub use types::poison_error;
 pub use types::{
     CommitItem, CommitOutcome, CommitReply, HeardOutputs, Lease, LeaseState, NewItem, QueueStats,
     RunAction, RunWatch, StartRun, StepCommit, StepFailed, TakeOptions, TakeRequest, Taken,

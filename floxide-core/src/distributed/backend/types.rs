@@ -129,6 +129,13 @@ impl Default for TakeOptions {
     }
 }
 
+/// The error a poison item fails with: it was delivered `deliveries` times without a commit,
+/// over `limit` ([`TakeOptions::max_deliveries`]). Every backend and the worker give it in these
+/// words (the Redis scripts too).
+pub fn poison_error(deliveries: u32, limit: u32) -> String {
+    format!("poison item: delivered {deliveries} times without a commit (limit {limit})")
+}
+
 /// What a worker asks for: up to `max` ready items of `workflow`.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::distributed::backend::{Backend, LeaseState, TakeOptions, Taken};
+use crate::distributed::backend::{poison_error, Backend, LeaseState, TakeOptions, Taken};
 use crate::distributed::machine;
 use crate::distributed::metrics::{self, StepOutcome};
 use crate::distributed::step::{with_poison, with_step, StepContext};
@@ -164,13 +164,8 @@ where
         cancel: token.clone(),
     };
     let context = taken.context.take();
-    let poison = (taken.deliveries > config.max_deliveries).then(|| {
-        format!(
-            "poison item: delivered {} times without a commit (limit {})",
-            taken.deliveries - 1,
-            config.max_deliveries
-        )
-    });
+    let poison = (taken.deliveries > config.max_deliveries)
+        .then(|| poison_error(taken.deliveries - 1, config.max_deliveries));
     let run = run_step(workflow, backend, config, taken, context, stop, token, gate);
     let run = tracing::Instrument::instrument(run, span);
     match poison {

@@ -310,10 +310,7 @@ impl InMemoryBackend {
         info: &mut RunInfo,
         limit: u32,
     ) -> bool {
-        let error = format!(
-            "poison item: delivered {} times without a commit (limit {limit})",
-            record.deliveries - 1,
-        );
+        let error = crate::distributed::poison_error(record.deliveries - 1, limit);
         record.status = WorkItemStatus::PermanentlyFailed;
         *outstanding = outstanding.saturating_sub(1);
         let letter = DeadLetter {
