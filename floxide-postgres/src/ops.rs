@@ -70,12 +70,14 @@ pub(crate) fn no_output(workflow: &str) -> String {
     format!("workflow `{workflow}` finished without output: no terminal node produced a value")
 }
 
-/// Notifies idle takers (at commit) that work is ready.
+/// Notifies idle takers that work is ready: at the commit of `client`'s transaction, or at
+/// once outside one.
 pub(crate) async fn notify_work(
-    tx: &Transaction<'_>,
+    client: &impl deadpool_postgres::GenericClient,
     schema: &str,
 ) -> Result<(), DistributedError> {
-    tx.execute("SELECT pg_notify($1, '')", &[&format!("{schema}_work")])
+    client
+        .execute("SELECT pg_notify($1, '')", &[&format!("{schema}_work")])
         .await
         .map_err(backend)?;
     Ok(())

@@ -39,12 +39,7 @@ pub(crate) async fn reopen(
     )
     .await
     .map_err(backend)?;
-    let ready: i64 = tx
-        .query_one(REOPEN, &[&run_id, &REOPEN_SLICE])
-        .await
-        .map_err(backend)?
-        .get(0);
-    let more = ready == REOPEN_SLICE;
+    let more = ready_slice(tx, run_id).await? == REOPEN_SLICE;
     if more {
         tx.execute(
             "INSERT INTO reopening (run_id) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -60,30 +55,33 @@ pub(crate) async fn reopen(
 /// statement (its own transaction) per slice, waking the workers after each, until a slice
 /// finds none.
 pub(crate) async fn reopen_rest(
-    client: &deadpool_postgres::ClientWrapper,
+    client: &deadpool_postgres::Client,
     schema: &str,
     run_id: &str,
 ) -> Result<(), DistributedError> {
-    loop {
-        let ready: i64 = client
-            .query_one(REOPEN, &[&run_id, &REOPEN_SLICE])
-            .await
-            .map_err(backend)?
-            .get(0);
-        if ready == 0 {
-            return Ok(());
-        }
-        client
-            .execute("SELECT pg_notify($1, '')", &[&format!("{schema}_work")])
-            .await
-            .map_err(backend)?;
+    while ready_slice(client, run_id).await? > 0 {
+        notify_work(client, schema).await?;
     }
+    Ok(())
+}
+
+/// Runs [`REOPEN`] for run `run_id` (in a transaction, or as one of its own): how many of its
+/// parked items it made ready.
+async fn ready_slice(
+    client: &impl deadpool_postgres::GenericClient,
+    run_id: &str,
+) -> Result<i64, DistributedError> {
+    Ok(client
+        .query_one(REOPEN, &[&run_id, &REOPEN_SLICE])
+        .await
+        .map_err(backend)?
+        .get(0))
 }
 
 /// [`reopen_rest`] after a control committed: a failure is logged, not returned (the control
 /// was applied; the run stays listed in `reopening`, and the retention sweep readies the rest).
 pub(crate) async fn reopen_rest_or_leave(
-    client: &deadpool_postgres::ClientWrapper,
+    client: &deadpool_postgres::Client,
     schema: &str,
     run_id: &str,
 ) {
