@@ -85,6 +85,14 @@ const PRUNE_SLICE: usize = 16;
 /// Parked items moved back to the queue per resume marker met by a take.
 const UNPARK_SLICE: usize = 256;
 
+/// The most queue entries one take examines (stale ones, those of paused or finished runs)
+/// before it lets go of the backend's locks and says to call again (G9).
+const TAKE_SCAN: usize = 256;
+
+/// The most expired leases and due retries one take hands back to the queue (the rest go on
+/// the next one, at once).
+const DUE_SLICE: usize = 256;
+
 impl InMemoryBackend {
     /// A backend with empty stores (finished runs kept 24 h, dead letters 7 days).
     pub fn new() -> Self {
@@ -164,7 +172,8 @@ impl InMemoryBackend {
         }
     }
 
-    /// One non-blocking take; `Err(next_due)` when nothing is ready.
+    /// One non-blocking take; `Err(next_due)` when nothing is ready (due now when entries or
+    /// due work were left for another call: each examines a bounded number).
     fn try_take(
         &self,
         workflow: &str,
@@ -181,7 +190,12 @@ impl InMemoryBackend {
         self.due_work(&mut items, &mut queue, now);
 
         let mut failed_now: Option<RunId> = None;
+        let mut examined = 0;
         let result = loop {
+            if examined == TAKE_SCAN {
+                break Err(Some(now));
+            }
+            examined += 1;
             let Some((run_id, item_id)) = queue.ready.get_mut(workflow).and_then(|q| q.pop_front())
             else {
                 break Err(queue.next_due());
@@ -250,9 +264,13 @@ impl InMemoryBackend {
         result
     }
 
-    /// Hands expired leases back to the queue and makes due retries ready.
+    /// Hands expired leases back to the queue and makes due retries ready, [`DUE_SLICE`] of
+    /// each at most.
     fn due_work(&self, items: &mut ItemsState, queue: &mut QueueState, now: Instant) {
-        while let Some(Reverse((at, token, wf, run, item))) = queue.leases.peek().cloned() {
+        for _ in 0..DUE_SLICE {
+            let Some(Reverse((at, token, wf, run, item))) = queue.leases.peek().cloned() else {
+                break;
+            };
             if at > now {
                 break;
             }
@@ -280,7 +298,10 @@ impl InMemoryBackend {
                 other => record.lease = other,
             }
         }
-        while let Some(Reverse((due, _, wf, run, item))) = queue.delayed.peek().cloned() {
+        for _ in 0..DUE_SLICE {
+            let Some(Reverse((due, _, wf, run, item))) = queue.delayed.peek().cloned() else {
+                break;
+            };
             if due > now {
                 break;
             }
@@ -498,5 +519,98 @@ fn queue_resume(queue: &mut QueueState, workflow: &str, run_id: &str, run_items:
             Some(q) => q.push_front((run_id.to_owned(), RESUME_MARKER)),
             None => queue.push_ready(workflow, (run_id.to_owned(), RESUME_MARKER)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    use crate::distributed::{
+        AdminBackend, NewItem, RunAction, StartRun, TakeRequest, WorkerBackend,
+    };
+
+    fn start(run: &str) -> StartRun {
+        StartRun::new(
+            run,
+            "wf",
+            b"null".to_vec(),
+            NewItem::new(ItemId::ROOT, "a", b"0".to_vec()),
+        )
+    }
+
+    fn queued(backend: &InMemoryBackend) -> usize {
+        backend
+            .queue
+            .lock()
+            .ready
+            .get("wf")
+            .map_or(0, VecDeque::len)
+    }
+
+    /// G9: a take examines a bounded number of queue entries per hold of the locks. 1,000
+    /// cancelled runs leave 1,000 stale entries ahead of a live run's item: one call examines
+    /// `TAKE_SCAN` of them and says to call again at once; a take then goes on until it finds
+    /// the live item, even when it was asked not to wait.
+    #[tokio::test]
+    async fn a_take_examines_a_bounded_number_of_entries() {
+        let backend = InMemoryBackend::new();
+        for n in 0..1000 {
+            let run = backend
+                .start_run(start(&format!("dead-{n}")))
+                .await
+                .unwrap();
+            backend.control(&run, RunAction::Cancel).await.unwrap();
+        }
+        backend.start_run(start("live")).await.unwrap();
+        assert_eq!(queued(&backend), 1001);
+        let worker = WorkerId("w".to_owned());
+        let options = TakeOptions::default();
+        let before = Instant::now();
+        match backend.try_take("wf", &worker, options) {
+            Err(Some(due)) => assert!(due >= before && due <= Instant::now(), "due now"),
+            other => panic!("expected `call again at once`, got {other:?}"),
+        }
+        assert_eq!(queued(&backend), 1001 - TAKE_SCAN);
+        let take = TakeRequest::new("wf", &worker, options);
+        let taken = backend.take_batch(take, Duration::ZERO).await.unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].lease.run_id, "live");
+        assert_eq!(queued(&backend), 0);
+    }
+
+    /// G9: a take hands back a bounded number of expired leases per call; the rest go on the
+    /// next calls, and every one is taken again.
+    #[tokio::test]
+    async fn expired_leases_come_back_a_slice_at_a_time() {
+        let backend = InMemoryBackend::new();
+        let runs = DUE_SLICE + 44;
+        for n in 0..runs {
+            backend.start_run(start(&format!("r-{n}"))).await.unwrap();
+        }
+        let worker = WorkerId("w".to_owned());
+        let short = TakeOptions {
+            lease_timeout: Duration::from_millis(200),
+            ..TakeOptions::default()
+        };
+        let mut take = TakeRequest::new("wf", &worker, short);
+        take.max = runs;
+        let first = backend.take_batch(take, Duration::ZERO).await.unwrap();
+        assert_eq!(first.len(), runs);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // One call: a slice of the expired leases back in the queue, one of them leased again.
+        let again = backend.try_take("wf", &worker, TakeOptions::default());
+        assert!(again.is_ok(), "an expired item is taken again");
+        assert_eq!(queued(&backend), DUE_SLICE - 1);
+        assert_eq!(backend.queue.lock().leases.len(), runs - DUE_SLICE + 1);
+        let mut take = TakeRequest::new("wf", &worker, TakeOptions::default());
+        take.max = runs;
+        let rest = backend.take_batch(take, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            rest.len(),
+            runs - 1,
+            "every other expired item is taken again"
+        );
     }
 }
