@@ -1,6 +1,7 @@
 //! Runs' records as their readers see them, against a private `redis-server`: a new run's
 //! record leaves out its counters at their starting values (outstanding 1, context version
-//! 0, one item made), and the operator's statistics read a run index of any size.
+//! 0, one item made), a batch of starts keeps each run's own workflow, context, input, key and
+//! deadline, and the operator's statistics read a run index of any size.
 
 use std::time::Duration;
 
@@ -108,4 +109,87 @@ async fn stats_count_a_run_index_longer_than_one_read() {
     assert_eq!((total.runs, total.active_runs), (1_201, 1_201), "{total:?}");
     assert_eq!(total.ready, 1_199, "{total:?}");
     assert_eq!((total.in_flight, total.expired_leases), (1, 1), "{total:?}");
+}
+
+/// A batch of starts goes in one call, as groups of runs in a row that share their workflow,
+/// context, first node and extras: each run still gets its own workflow, context, input,
+/// idempotency key and deadline, and its first item queued for its own workflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_starts_keeps_each_runs_own_fields() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let config = RedisConfig::new(server.url()).with_key_prefix("groups:");
+    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let deadline = std::time::UNIX_EPOCH + Duration::from_millis(4_102_444_800_000);
+    let start = |id: &str, wf: &str, ctx: &[u8], input: &[u8]| {
+        StartRun::new(
+            id,
+            wf,
+            ctx.to_vec(),
+            NewItem::new(ItemId::ROOT, "a", input.to_vec()),
+        )
+    };
+    let starts = vec![
+        start("r1", "Chain", b"1", b"10"),
+        start("r2", "Chain", b"1", b"20"),
+        start("r3", "Chain", b"2", b"30"),
+        start("r4", "Other", b"2", b"40"),
+        start("r5", "Other", b"2", b"50").with_deadline(Some(deadline)),
+        start("r6", "Other", b"2", b"60")
+            .with_idempotency_key(Some("k6".to_owned()))
+            .with_deadline(Some(deadline)),
+        start("r7", "Other", b"2", b"70").with_idempotency_key(Some("k7".to_owned())),
+        start("r8", "Chain", b"1", b"80"),
+    ];
+    let answers = backend.start_runs(starts).await;
+    let ids: Vec<RunId> = answers.into_iter().map(Result::unwrap).collect();
+    assert_eq!(ids, ["r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8"]);
+    let expect = [
+        ("r1", "Chain", "1", "10", None, false),
+        ("r2", "Chain", "1", "20", None, false),
+        ("r3", "Chain", "2", "30", None, false),
+        ("r4", "Other", "2", "40", None, false),
+        ("r5", "Other", "2", "50", None, true),
+        ("r6", "Other", "2", "60", Some("k6"), true),
+        ("r7", "Other", "2", "70", Some("k7"), false),
+        ("r8", "Chain", "1", "80", None, false),
+    ];
+    for (run, wf, ctx, input, key, has_deadline) in expect {
+        let info = backend.run_info(run).await.unwrap();
+        assert_eq!(info.workflow, wf, "{run}");
+        assert_eq!(info.idempotency_key.as_deref(), key, "{run}");
+        assert_eq!(info.deadline, has_deadline.then_some(deadline), "{run}");
+        let context = backend.load_context(run).await.unwrap();
+        assert_eq!(
+            (context.bytes, context.version),
+            (ctx.as_bytes().to_vec(), 0),
+            "{run}"
+        );
+        let pending = backend.pending_items(run).await.unwrap();
+        assert_eq!(pending, vec![input.as_bytes().to_vec()], "{run}");
+    }
+    // Each first item is queued for its own workflow.
+    for wf in ["Chain", "Other"] {
+        let queue = backend
+            .queue_stats(wf)
+            .await
+            .unwrap()
+            .expect("queue statistics");
+        assert_eq!(queue.ready, 4, "{wf}: {queue:?}");
+    }
+    // A key already taken, in a later batch, is refused with the run that holds it.
+    let again = backend
+        .start_runs(vec![
+            start("r9", "Other", b"2", b"90").with_idempotency_key(Some("k6".to_owned())),
+            start("r1", "Chain", b"1", b"10"),
+            start("r10", "Chain", b"1", b"100"),
+        ])
+        .await;
+    match &again[0] {
+        Err(DistributedError::DuplicateRun { key, existing }) => {
+            assert_eq!((key.as_str(), existing.as_str()), ("k6", "r6"))
+        }
+        other => panic!("a taken key must be refused: {other:?}"),
+    }
+    assert!(matches!(&again[1], Err(DistributedError::RunExists(id)) if id == "r1"));
+    assert_eq!(again[2].as_deref().ok(), Some("r10"));
 }

@@ -412,24 +412,57 @@ impl AdminBackend for RedisBackend {
 /// Starts sent in one script call by [`AdminBackend::start_runs`].
 const START_BATCH: usize = 100;
 
-/// The start script's answer for the run `run_id` that `start` asked for: its two values
-/// from index `at` of the reply.
+/// The start script's answer for the run `run_id` that `start` asked for: `answer` and
+/// `existing` as the script gave them for a run it did not start now (`None` for one it did).
 fn start_answer(
     run_id: RunId,
     start: StartRun,
-    r: &Reply,
-    at: usize,
+    answer: Option<(String, String)>,
 ) -> Result<RunId, DistributedError> {
-    match r.text(at).as_str() {
+    let Some((answer, existing)) = answer else {
+        return Ok(run_id);
+    };
+    match answer.as_str() {
         "ok" => Ok(run_id),
         "exists" => Err(DistributedError::RunExists(run_id)),
         "dup" => Err(DistributedError::DuplicateRun {
             key: start.idempotency_key.unwrap_or_default(),
-            existing: r.text(at + 1),
+            existing,
         }),
-        "" => Err(malformed("a start was not answered")),
         other => Err(malformed(&format!("start answered `{other}`"))),
     }
+}
+
+/// The answers of the start script's reply `r` to a call of `count` starts: for each start
+/// it did not make now, by its place in the call (from 0), its answer and the existing run.
+fn start_exceptions(
+    r: &Reply,
+    count: usize,
+) -> Result<HashMap<usize, (String, String)>, DistributedError> {
+    if r.int(0) != Some(count as i64) || (r.0.len() - 1) % 3 != 0 {
+        return Err(malformed("the starts were not all answered"));
+    }
+    let mut out = HashMap::new();
+    for at in (1..r.0.len()).step_by(3) {
+        let place = r
+            .int(at)
+            .and_then(|p| usize::try_from(p).ok())
+            .filter(|p| (1..=count).contains(p))
+            .ok_or_else(|| malformed("a start's answer names no start of the call"))?;
+        out.insert(place - 1, (r.text(at + 1), r.text(at + 2)));
+    }
+    Ok(out)
+}
+
+/// Whether two starts go in one group of the start script's call (see `lua/start_run.lua`):
+/// the same workflow, context, first item id and node, and the same extras.
+fn same_group(a: &StartRun, b: &StartRun) -> bool {
+    a.workflow == b.workflow
+        && a.context == b.context
+        && a.first.id == b.first.id
+        && a.first.node == b.first.node
+        && a.idempotency_key.is_some() == b.idempotency_key.is_some()
+        && a.deadline.is_some() == b.deadline.is_some()
 }
 
 impl RedisBackend {
@@ -470,28 +503,43 @@ impl RedisBackend {
             &pfx,
             &rid,
         );
-        for (run_id, start) in &chunk {
-            inv.arg(run_id)
-                .arg(&start.workflow)
-                .arg(&start.context)
-                .arg(start.first.id.to_string())
-                .arg(&start.first.node)
-                .arg(&start.first.bytes)
-                .arg(start.idempotency_key.as_deref().unwrap_or(""))
-                .arg(
-                    start
-                        .deadline
-                        .map(|d| ms_of(d).to_string())
-                        .unwrap_or_default(),
-                );
+        // Runs in a row that share their workflow, context and first node go as one group.
+        let mut at = 0;
+        while let Some((_, head)) = chunk.get(at) {
+            let k = chunk[at..]
+                .iter()
+                .take_while(|(_, s)| same_group(head, s))
+                .count();
+            let extras = match (head.idempotency_key.is_some(), head.deadline.is_some()) {
+                (false, false) => "",
+                (true, false) => "i",
+                (false, true) => "d",
+                (true, true) => "id",
+            };
+            inv.arg(k)
+                .arg(&head.workflow)
+                .arg(&head.context)
+                .arg(head.first.id.to_string())
+                .arg(&head.first.node)
+                .arg(extras);
+            for (run_id, start) in &chunk[at..at + k] {
+                inv.arg(run_id).arg(&start.first.bytes);
+                if let Some(key) = &start.idempotency_key {
+                    inv.arg(key);
+                }
+                if let Some(deadline) = start.deadline {
+                    inv.arg(ms_of(deadline).to_string());
+                }
+            }
+            at += k;
         }
         let reply = self.script_reply(&inv).await;
         self.may_have_work(first);
-        match reply {
-            Ok(r) => chunk
+        match reply.and_then(|r| start_exceptions(&r, chunk.len())) {
+            Ok(mut exceptions) => chunk
                 .into_iter()
                 .enumerate()
-                .map(|(n, (run_id, start))| start_answer(run_id, start, &r, 2 * n))
+                .map(|(n, (run_id, start))| start_answer(run_id, start, exceptions.remove(&n)))
                 .collect(),
             Err(error) => chunk.iter().map(|_| Err(error.clone())).collect(),
         }
