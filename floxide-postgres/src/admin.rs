@@ -18,10 +18,9 @@ use crate::ops::{self, backend, item_id, no_output, status};
 use crate::PostgresBackend;
 
 mod control;
+mod letters;
 
-use control::{
-    add_outstanding, cancel_run, finish_resumed, revivable_letters, revive_letters, Locked,
-};
+use control::{cancel_run, finish_resumed, revivable_letters, revive_letters, Locked};
 
 /// The columns of a run's record [`run_info_of`] reads (its outputs: the first, kept in the
 /// record, then the others).
@@ -405,29 +404,7 @@ impl AdminBackend for PostgresBackend {
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, DistributedError> {
-        let client = self.pooled().await?;
-        let rows = client
-            .query(
-                "SELECT run_id, replace(item_id::text, '-', ''), node, error, deliveries, \
-                 attempt, failed_at, payload FROM dead_letters ORDER BY failed_at",
-                &[],
-            )
-            .await
-            .map_err(backend)?;
-        rows.iter()
-            .map(|row| {
-                Ok(DeadLetter {
-                    run_id: row.get(0),
-                    item_id: item_id(row.get(1))?,
-                    node: row.get(2),
-                    error: row.get(3),
-                    deliveries: row.get::<_, i32>(4) as u32,
-                    attempt: row.get::<_, i32>(5) as u32,
-                    at: row.get(6),
-                    payload: payload_text(row.get(7)),
-                })
-            })
-            .collect()
+        self.list_letters().await
     }
 
     async fn requeue_dead_letter(
@@ -435,65 +412,7 @@ impl AdminBackend for PostgresBackend {
         run_id: &str,
         item_id: ItemId,
     ) -> Result<(), DistributedError> {
-        let schema = self.config().schema().to_owned();
-        let id = item_id.to_string();
-        let mut client = self.pooled().await?;
-        let tx = client.transaction().await.map_err(backend)?;
-        let letter = tx
-            .query_opt(
-                "SELECT 1 FROM dead_letters WHERE run_id = $1 AND item_id = $2::text::uuid \
-                 FOR UPDATE",
-                &[&run_id, &id],
-            )
-            .await
-            .map_err(backend)?;
-        if letter.is_none() {
-            return Err(DistributedError::UnknownDeadLetter {
-                run_id: run_id.to_owned(),
-                item_id,
-            });
-        }
-        // The run may have passed its retention: the letter stays.
-        let run = tx
-            .query_opt(
-                "SELECT status FROM runs WHERE run_id = $1 FOR NO KEY UPDATE",
-                &[&run_id],
-            )
-            .await
-            .map_err(backend)?
-            .ok_or_else(|| DistributedError::RunExpired(run_id.to_owned()))?;
-        let current = status(run.get(0))?;
-        if !machine::accepts_results(current) {
-            return Err(DistributedError::InvalidRunState {
-                run_id: run_id.to_owned(),
-                status: current,
-                action: "requeue a dead letter",
-            });
-        }
-        tx.execute(
-            "DELETE FROM dead_letters WHERE run_id = $1 AND item_id = $2::text::uuid",
-            &[&run_id, &id],
-        )
-        .await
-        .map_err(backend)?;
-        let requeued = tx
-            .execute(
-                "UPDATE items SET state = 'P', deliveries = 0, due_at = now() \
-                 WHERE run_id = $1 AND item_id = $2::text::uuid AND state = 'F'",
-                &[&run_id, &id],
-            )
-            .await
-            .map_err(backend)?;
-        add_outstanding(&tx, run_id, requeued).await?;
-        let reopening =
-            current == RunStatus::Failed && ops::reopen(&tx, run_id, RunStatus::Running).await?;
-        ops::notify_work(&tx, &schema).await?;
-        ops::notify_run(&tx, &schema, run_id).await?;
-        tx.commit().await.map_err(backend)?;
-        if reopening {
-            ops::reopen_rest_or_leave(&client, &schema, run_id).await;
-        }
-        Ok(())
+        self.requeue_letter(run_id, item_id).await
     }
 
     async fn drop_dead_letter(
@@ -501,21 +420,7 @@ impl AdminBackend for PostgresBackend {
         run_id: &str,
         item_id: ItemId,
     ) -> Result<(), DistributedError> {
-        let client = self.pooled().await?;
-        let dropped = client
-            .execute(
-                "DELETE FROM dead_letters WHERE run_id = $1 AND item_id = $2::text::uuid",
-                &[&run_id, &item_id.to_string()],
-            )
-            .await
-            .map_err(backend)?;
-        if dropped == 0 {
-            return Err(DistributedError::UnknownDeadLetter {
-                run_id: run_id.to_owned(),
-                item_id,
-            });
-        }
-        Ok(())
+        self.drop_letter(run_id, item_id).await
     }
 
     async fn report_worker(&self, health: &WorkerHealth) -> Result<(), DistributedError> {
