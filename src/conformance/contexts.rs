@@ -169,6 +169,7 @@ macro_rules! conformance_tests {
             g7_cancel_stops_the_run,
             g7_pause_holds_until_resume,
             g7_runs_and_workers_are_observable,
+            g7_a_batch_start_answers_every_input_in_order,
             g7_a_run_paused_during_its_last_step_finishes_on_resume,
             g7_resuming_a_run_with_nothing_left_is_refused,
             g5_failures_of_a_cancelled_run_are_not_dead_lettered,

@@ -131,3 +131,29 @@ pub async fn g7_runs_and_workers_are_observable<B: Backend>(backend: B) {
         "the workers count their committed steps: {after:?}"
     );
 }
+
+/// G7: a batch start (`start_runs`) over more runs than the orchestrator sends in one call
+/// answers every input, in order, and starts each run with its own input.
+pub async fn g7_a_batch_start_answers_every_input_in_order<B: Backend>(backend: B) {
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let wf = Chain::new(Gate::open());
+    let o = orchestrator(wf.clone(), &backend);
+    let n: u32 = 2_345;
+    let answers = o.start_runs(&ctx(), 0..n).await;
+    assert_eq!(answers.len(), n as usize, "one answer per input");
+    let ids: Vec<RunId> = answers
+        .into_iter()
+        .map(|a| a.expect("every start succeeds"))
+        .collect();
+    let distinct: BTreeSet<&RunId> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "every run gets its own id");
+    for i in [0, 1, 999, 1_000, 1_001, 1_999, 2_000, n - 1] {
+        let pending = o.pending_work(&ids[i as usize]).await.unwrap();
+        let json = |item| serde_json::to_value(item).unwrap();
+        assert_eq!(
+            pending.iter().map(json).collect::<Vec<_>>(),
+            vec![json(&wf.start_work_item(i))],
+            "run {i} starts with its own input"
+        );
+    }
+}

@@ -35,6 +35,10 @@ pub struct OrchestratorBuilder<W, C> {
     _context: PhantomData<fn() -> C>,
 }
 
+/// How many runs [`DistributedOrchestrator::start_runs`] prepares and sends to the backend in
+/// one call.
+const START_SLICE: usize = 1_000;
+
 impl<W, C> Default for OrchestratorBuilder<W, C> {
     fn default() -> Self {
         OrchestratorBuilder {
@@ -145,14 +149,32 @@ where
     }
 
     /// Starts one run per input, all with `ctx.store` as their context, sent to the backend
-    /// together (the Redis backend pipelines them: one round trip per hundred runs). One
-    /// answer per input, in order; a failed start does not stop the others.
+    /// together (the Redis backend pipelines them: one round trip per hundred runs), a
+    /// thousand at a time (the first runs start before the later ones are prepared, and a long
+    /// iterator is never held in memory whole). One answer per input, in order; a
+    /// failed start does not stop the others.
     pub async fn start_runs(
         &self,
         ctx: &WorkflowCtx<C>,
         inputs: impl IntoIterator<Item = W::Input>,
     ) -> Vec<Result<RunId, FloxideError>> {
         self.register_graph().await;
+        let mut inputs = inputs.into_iter().peekable();
+        let mut out = Vec::new();
+        while inputs.peek().is_some() {
+            let slice = inputs.by_ref().take(START_SLICE);
+            out.extend(self.start_slice(ctx, slice).await);
+        }
+        out
+    }
+
+    /// Starts one run per input of `inputs` in one call to the backend (see
+    /// [`start_runs`](Self::start_runs)).
+    async fn start_slice(
+        &self,
+        ctx: &WorkflowCtx<C>,
+        inputs: impl Iterator<Item = W::Input>,
+    ) -> Vec<Result<RunId, FloxideError>> {
         let mut answers: Vec<Option<Result<RunId, FloxideError>>> = Vec::new();
         let mut requests = Vec::new();
         for input in inputs {
