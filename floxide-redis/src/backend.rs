@@ -18,12 +18,15 @@ use crate::scripts::{run_call, Call, Lua};
 use crate::{RedisBackendError, RedisClient, RedisConfig};
 
 mod admin;
+mod starts;
 
 /// The distributed backend on Redis: any number of worker processes on any number of machines
 /// share one Redis (see the crate documentation for the guarantees and the key layout).
 #[derive(Debug, Clone)]
 pub struct RedisBackend {
     client: RedisClient,
+    /// Single starts waiting for their partition's next start call (see `backend/starts.rs`).
+    starts: std::sync::Arc<starts::StartQueues>,
 }
 
 /// A fresh request id: retries of one request send the same id, and the scripts answer a
@@ -48,7 +51,10 @@ impl RedisBackend {
 
     /// A backend over an existing client.
     pub fn new(client: RedisClient) -> Self {
-        RedisBackend { client }
+        RedisBackend {
+            client,
+            starts: std::sync::Arc::default(),
+        }
     }
 
     /// The client.

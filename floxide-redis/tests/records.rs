@@ -193,3 +193,53 @@ async fn a_batch_of_starts_keeps_each_runs_own_fields() {
     assert!(matches!(&again[1], Err(DistributedError::RunExists(id)) if id == "r1"));
     assert_eq!(again[2].as_deref().ok(), Some("r10"));
 }
+
+/// Concurrent single starts of a partition share its start calls: 300 `start_run`s issued at
+/// once cost a few script calls, not 300, and each gets its own run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_starts_share_script_calls() {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let config = RedisConfig::new(server.url()).with_key_prefix("together:");
+    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let o = chain().orchestrator(backend.clone()).build().unwrap();
+    // (The workflow's graph is registered by the first start: not counted below.)
+    o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
+    let mut conn = ::redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let fcalls = |stats: String| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let info = || {
+        let mut cmd = ::redis::cmd("INFO");
+        cmd.arg("commandstats");
+        cmd
+    };
+    let before = fcalls(info().query_async(&mut conn).await.unwrap());
+    let ctx = WorkflowCtx::new(());
+    let starts = (1..=300u64).map(|i| o.start_run(&ctx, i));
+    let ids: Vec<RunId> = futures_util::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let calls = fcalls(info().query_async(&mut conn).await.unwrap()) - before;
+    let distinct: std::collections::BTreeSet<&RunId> = ids.iter().collect();
+    assert_eq!(distinct.len(), 300, "every start made its own run");
+    assert!(
+        calls < 30,
+        "300 concurrent starts took {calls} script calls"
+    );
+    for (i, id) in ids.iter().enumerate().step_by(37) {
+        let pending = o.pending_work(id).await.unwrap();
+        assert_eq!(pending.len(), 1, "{id}");
+        let expected = serde_json::to_value(chain().start_work_item(i as u64 + 1)).unwrap();
+        assert_eq!(serde_json::to_value(&pending[0]).unwrap(), expected, "{id}");
+    }
+}

@@ -7,11 +7,10 @@ use super::*;
 #[async_trait::async_trait]
 impl AdminBackend for RedisBackend {
     async fn start_run(&self, start: StartRun) -> Result<RunId, DistributedError> {
+        // Concurrent single starts of a partition share its start calls (see `starts.rs`).
         let run_id = self.placed_run_id(&start);
-        self.start_chunk(vec![(run_id, start)])
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(malformed("the start was not answered")))
+        let pfx = self.keys().partition_of_run(&run_id);
+        self.start_queued(pfx, run_id, start).await
     }
 
     async fn start_runs(&self, starts: Vec<StartRun>) -> Vec<Result<RunId, DistributedError>> {
@@ -410,7 +409,7 @@ impl AdminBackend for RedisBackend {
 }
 
 /// Starts sent in one script call by [`AdminBackend::start_runs`].
-const START_BATCH: usize = 100;
+pub(super) const START_BATCH: usize = 100;
 
 /// The start script's answer for the run `run_id` that `start` asked for: `answer` and
 /// `existing` as the script gave them for a run it did not start now (`None` for one it did).
@@ -488,7 +487,7 @@ impl RedisBackend {
     /// Starts `chunk` (each start under its placed run id; one partition) in one script call,
     /// retried as a whole: each start's request id makes a retry of an applied start answer
     /// as the first did.
-    async fn start_chunk(
+    pub(super) async fn start_chunk(
         &self,
         chunk: Vec<(RunId, StartRun)>,
     ) -> Vec<Result<RunId, DistributedError>> {
