@@ -22,7 +22,8 @@
 --            holds after the chain ('' for none), output count o, o outputs (JSON)), then for
 --            the take: workflow ('' for none), worker id, lease in ms, max deliveries, n,
 --            woken flag
--- Returns {rows, take reply (see take.lua) or {0, -1}}: the rows flat, two values per step,
+-- Returns {rows, take reply (see take.lua: one that leased nothing says when work falls due,
+--          so that the worker can block at once) or {0, -1}}: the rows flat, two values per step,
 --          k × ('ok', final status or '' | 'conflict', version | 'lost', '' |
 --          'inactive', status) then one per step of each whole chain (the same, or
 --          'again', '': see below)
@@ -684,10 +685,12 @@ if next_wf ~= '' then
     end
   elseif budget > 0 then
     -- The take writes its items into this reply; only they are remembered for a retry.
-    local _, count =
+    local found, count =
       take_next(next_wf, worker, lease_ms, max_del, budget, held, woken, now, reply, n)
     remember_take(last, reply, n, count)
     n = n + 11 * count
+    -- Nothing at all for the worker: when work falls due (see take.lua), for its wait.
+    if n == 2 then take = found end
   end
   if n > 2 then
     reply[2] = (n - 2) / 11

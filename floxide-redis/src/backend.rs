@@ -27,6 +27,9 @@ pub struct RedisBackend {
     client: RedisClient,
     /// Single starts waiting for their partition's next start call (see `backend/starts.rs`).
     starts: std::sync::Arc<starts::StartQueues>,
+    /// Workers whose last commit's take leased nothing, when, and when work falls due (see
+    /// `worker.rs`): their next wait blocks at once.
+    pub(crate) idle: std::sync::Arc<crate::worker::IdleHints>,
 }
 
 /// A fresh request id: retries of one request send the same id, and the scripts answer a
@@ -54,6 +57,7 @@ impl RedisBackend {
         RedisBackend {
             client,
             starts: std::sync::Arc::default(),
+            idle: std::sync::Arc::default(),
         }
     }
 

@@ -339,7 +339,13 @@ impl RedisBackend {
         let mut taken = match (next, parts.next()) {
             (Some(n), Some(value)) => {
                 let held = held_after(commits, &outcomes);
-                parse_take(Reply::from(value)?, n.worker, &held)?.unwrap_or_default()
+                match parse_take(Reply::from(value)?, n.worker, &held)? {
+                    Ok(taken) => taken,
+                    Err(due) => {
+                        self.idle.note(n.worker, due);
+                        Vec::new()
+                    }
+                }
             }
             _ => Vec::new(),
         };
@@ -384,6 +390,16 @@ impl WorkerBackend for RedisBackend {
         let home = self.keys().partition_of(take.worker.as_str());
         let mut woken = false;
         let mut wait_first = None;
+        // The worker's last commit took nothing and looked for due work just now: wait at once.
+        let hint = self.idle.fresh(take.worker);
+        // (Due now: entries were left unexamined, or work fell due: take at once instead.)
+        if let Some(due) = hint.filter(|due| fused_wait && !wait.is_zero() && *due != Some(0)) {
+            woken = true;
+            wait_first = Some(match due {
+                Some(ms) => wait.min(Duration::from_millis(ms.max(1))),
+                None => wait,
+            });
+        }
         loop {
             let mut next_due: Option<u64> = None;
             for k in 0..partitions {
@@ -581,5 +597,30 @@ impl WorkerBackend for RedisBackend {
                 return;
             }
         }
+    }
+}
+
+/// Workers whose last commit's fused take leased nothing, after looking for due work as an
+/// idle take does: when that was, and when work falls due (`None`: nothing scheduled). Their
+/// next `take_batch`, if it follows within [`IDLE_HINT`], blocks at once instead of taking
+/// first: work queued meanwhile left a wake-up on the list its wait pops.
+#[derive(Debug, Default)]
+pub(crate) struct IdleHints(std::sync::Mutex<HashMap<String, (tokio::time::Instant, Option<u64>)>>);
+
+/// How long a commit's empty take stands for the worker's idle take.
+const IDLE_HINT: Duration = Duration::from_millis(20);
+
+impl IdleHints {
+    fn note(&self, worker: &WorkerId, due: Option<u64>) {
+        let mut hints = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        hints.insert(worker.0.clone(), (tokio::time::Instant::now(), due));
+    }
+
+    /// The worker's hint, if it is fresh (taken: it stands for one wait only).
+    fn fresh(&self, worker: &WorkerId) -> Option<Option<u64>> {
+        let mut hints = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, due) = hints.remove(worker.0.as_str())?;
+        let age = at.elapsed();
+        (age < IDLE_HINT).then(|| due.map(|ms| ms.saturating_sub(age.as_millis() as u64)))
     }
 }

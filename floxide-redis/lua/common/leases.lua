@@ -181,13 +181,9 @@ local function take_next(wf, worker, lease_ms, max_deliveries, max_n, held, woke
   if scanned then due_work(now) end
   local count, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now, out, base)
   if count == 0 and more then reply = { 2 } end
-  -- A take fused into a commit does not look again, nor say when work falls due: the
-  -- worker's idle take does both before it blocks.
-  if fused and count == 0 then
-    flush_timers()
-    flush_events(now)
-    return reply or { 0, -1 }, 0
-  end
+  -- A take that leased nothing looks for due work (unless it just did) and looks again; then
+  -- it says when work falls due. (A fused one too: its worker then blocks at once, without
+  -- an idle take of its own.)
   if not reply and count == 0 and not scanned then
     due_work(now)
     count, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now, out, base)
