@@ -23,7 +23,8 @@
 --            the take: workflow ('' for none), worker id, lease in ms, max deliveries, n,
 --            woken flag
 -- Returns {rows, take reply (see take.lua: one that leased nothing says when work falls due,
---          so that the worker can block at once) or {0, -1}}: the rows flat, two values per step,
+--          so that the worker can block at once) or {0, -2} (no take made)}: the rows flat,
+--          two values per step,
 --          k × ('ok', final status or '' | 'conflict', version | 'lost', '' |
 --          'inactive', status) then one per step of each whole chain (the same, or
 --          'again', '': see below)
@@ -634,7 +635,8 @@ for wf, entries in pairs(queued) do
   if enqueue_quietly(wf, entries) then woke[wf] = #entries end
 end
 
-local take = { 0, -1 }
+-- (-2: no take was made, as when a retried request's replay found nothing; see worker.rs.)
+local take = { 0, -2 }
 if next_wf ~= '' then
   -- A retry of an applied step: its successors the first attempt handed over to this worker
   -- (its lease names that request) are handed over again.

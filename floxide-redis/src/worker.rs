@@ -339,10 +339,15 @@ impl RedisBackend {
         let mut taken = match (next, parts.next()) {
             (Some(n), Some(value)) => {
                 let held = held_after(commits, &outcomes);
-                match parse_take(Reply::from(value)?, n.worker, &held)? {
+                let take = Reply::from(value)?;
+                // (`{0, -2}`: the script made no take, so it did not look for due work.)
+                let looked = take.int(1) != Some(-2);
+                match parse_take(take, n.worker, &held)? {
                     Ok(taken) => taken,
                     Err(due) => {
-                        self.idle.note(n.worker, due);
+                        if looked {
+                            self.idle.note(n.worker, due);
+                        }
                         Vec::new()
                     }
                 }
