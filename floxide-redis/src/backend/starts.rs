@@ -16,23 +16,17 @@ use super::admin::START_BATCH;
 use super::RedisBackend;
 use crate::reply::malformed;
 
+/// The answer to a start.
+type Answer = Result<RunId, DistributedError>;
+
 /// A start waiting for its partition's next call, and where its answer goes.
-type Waiting = (
-    RunId,
-    StartRun,
-    oneshot::Sender<Result<RunId, DistributedError>>,
-);
+type Waiting = (RunId, StartRun, oneshot::Sender<Answer>);
 
-/// One partition's starts: those waiting, and whether a task is sending them.
+/// The single starts of a backend (shared by its clones): per partition prefix whose start
+/// call is in flight, the starts waiting for the next one (a partition with no entry has none
+/// in flight).
 #[derive(Default)]
-struct Queue {
-    waiting: Vec<Waiting>,
-    sending: bool,
-}
-
-/// The single starts of a backend (shared by its clones), per partition prefix.
-#[derive(Default)]
-pub(super) struct StartQueues(Mutex<HashMap<String, Queue>>);
+pub(super) struct StartQueues(Mutex<HashMap<String, Vec<Waiting>>>);
 
 impl std::fmt::Debug for StartQueues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,30 +34,40 @@ impl std::fmt::Debug for StartQueues {
     }
 }
 
+/// When a start goes: now, by its caller, or later, with its answer sent here.
+enum Turn {
+    Now(RunId, StartRun),
+    Later(oneshot::Receiver<Answer>),
+}
+
 impl StartQueues {
-    /// Queues `start` for partition `pfx`, unless no call of the partition is in flight: then
-    /// it is given back, for the caller to send at once (and the partition is marked busy).
-    fn push(&self, pfx: &str, start: Waiting) -> Option<Waiting> {
+    /// Queues a start for partition `pfx`, unless none of the partition's calls is in flight:
+    /// then the caller sends it at once (and the partition has a call in flight).
+    fn push(&self, pfx: &str, run_id: RunId, start: StartRun) -> Turn {
         let mut queues = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let queue = queues.entry(pfx.to_owned()).or_default();
-        if std::mem::replace(&mut queue.sending, true) {
-            queue.waiting.push(start);
-            None
-        } else {
-            Some(start)
+        match queues.get_mut(pfx) {
+            Some(waiting) => {
+                let (answer, answered) = oneshot::channel();
+                waiting.push((run_id, start, answer));
+                Turn::Later(answered)
+            }
+            None => {
+                queues.insert(pfx.to_owned(), Vec::new());
+                Turn::Now(run_id, start)
+            }
         }
     }
 
     /// The next call's starts for `pfx` (those whose caller still waits, a hundred at most);
-    /// empty, and the partition's sender done, when none waits.
+    /// empty, and the partition free, when none waits.
     fn next_call(&self, pfx: &str) -> Vec<Waiting> {
         let mut queues = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(queue) = queues.get_mut(pfx) else {
+        let Some(waiting) = queues.get_mut(pfx) else {
             return Vec::new();
         };
-        queue.waiting.retain(|(_, _, answer)| !answer.is_closed());
-        let n = queue.waiting.len().min(START_BATCH);
-        let call: Vec<Waiting> = queue.waiting.drain(..n).collect();
+        waiting.retain(|(_, _, answer)| !answer.is_closed());
+        let n = waiting.len().min(START_BATCH);
+        let call: Vec<Waiting> = waiting.drain(..n).collect();
         if call.is_empty() {
             queues.remove(pfx);
         }
@@ -80,9 +84,8 @@ impl RedisBackend {
         run_id: RunId,
         start: StartRun,
     ) -> Result<RunId, DistributedError> {
-        let (answer, answered) = oneshot::channel();
-        match self.starts.push(&pfx, (run_id, start, answer)) {
-            Some((run_id, start, _)) => {
+        match self.starts.push(&pfx, run_id, start) {
+            Turn::Now(run_id, start) => {
                 // The starts queued meanwhile go once this call is over (or abandoned).
                 let _next = Sender {
                     backend: self.clone(),
@@ -95,7 +98,7 @@ impl RedisBackend {
                     .pop()
                     .unwrap_or_else(|| Err(malformed("the start was not answered")))
             }
-            None => answered
+            Turn::Later(answered) => answered
                 .await
                 .unwrap_or_else(|_| Err(malformed("the start's sender stopped before answering"))),
         }
@@ -154,7 +157,7 @@ impl Drop for Sender {
             .unwrap_or_else(|e| e.into_inner());
         let waiting = queues
             .get(&self.pfx)
-            .is_some_and(|queue| !queue.waiting.is_empty());
+            .is_some_and(|waiting| !waiting.is_empty());
         if self.hand_over && waiting {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 drop(queues);
