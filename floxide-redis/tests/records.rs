@@ -13,11 +13,17 @@ use floxide_redis::{RedisBackend, RedisClient, RedisConfig};
 mod chain;
 use chain::chain;
 
+/// A private server, and a backend on it whose keys start with `prefix`.
+async fn private(prefix: &str) -> (RedisServer, RedisBackend) {
+    let server = RedisServer::start_or_panic(ServerOptions::default());
+    let config = RedisConfig::new(server.url()).with_key_prefix(prefix);
+    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    (server, backend)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_before_its_first_commit_reads_with_its_starting_counters() {
-    let server = RedisServer::start_or_panic(ServerOptions::default());
-    let config = RedisConfig::new(server.url()).with_key_prefix("fresh:");
-    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let (server, backend) = private("fresh:").await;
     let o = chain().orchestrator(backend.clone()).build().unwrap();
     let run = o.start_run(&WorkflowCtx::new(()), 1).await.unwrap();
 
@@ -82,9 +88,7 @@ async fn a_run_before_its_first_commit_reads_with_its_starting_counters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_a_run_index_longer_than_one_read() {
-    let server = RedisServer::start_or_panic(ServerOptions::default());
-    let config = RedisConfig::new(server.url()).with_key_prefix("stats:");
-    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let (_server, backend) = private("stats:").await;
     let o = chain().orchestrator(backend.clone()).build().unwrap();
     // More runs (and so ready items) than one read of the index takes (500).
     let started = o.start_runs(&WorkflowCtx::new(()), 0..1_201).await;
@@ -116,9 +120,7 @@ async fn stats_count_a_run_index_longer_than_one_read() {
 /// idempotency key and deadline, and its first item queued for its own workflow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_starts_keeps_each_runs_own_fields() {
-    let server = RedisServer::start_or_panic(ServerOptions::default());
-    let config = RedisConfig::new(server.url()).with_key_prefix("groups:");
-    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let (_server, backend) = private("groups:").await;
     let deadline = std::time::UNIX_EPOCH + Duration::from_millis(4_102_444_800_000);
     let start = |id: &str, wf: &str, ctx: &[u8], input: &[u8]| {
         StartRun::new(
@@ -198,9 +200,7 @@ async fn a_batch_of_starts_keeps_each_runs_own_fields() {
 /// once cost a few script calls, not 300, and each gets its own run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_single_starts_share_script_calls() {
-    let server = RedisServer::start_or_panic(ServerOptions::default());
-    let config = RedisConfig::new(server.url()).with_key_prefix("together:");
-    let backend = RedisBackend::new(RedisClient::new(config).await.unwrap());
+    let (server, backend) = private("together:").await;
     let o = chain().orchestrator(backend.clone()).build().unwrap();
     // (The workflow's graph is registered by the first start: not counted below.)
     o.start_run(&WorkflowCtx::new(()), 0).await.unwrap();
