@@ -127,15 +127,23 @@ end
 
 -- Run records ---------------------------------------------------------------------------------
 
+-- The arguments of `write_run`'s command, kept across calls (grown once, not per call; only
+-- the first `n` are sent).
+local WRITE_ARGS = {}
+
 -- Writes the fields in `set` to the run's record (one command).
 local function write_run(run, set)
-  local args, n = {}, 0
+  local args, n = WRITE_ARGS, 0
   for k, v in pairs(set) do
     args[n + 1] = k
     args[n + 2] = type(v) == 'number' and text(v) or v
     n = n + 2
   end
-  if n > 0 then rcall('HSET', run_key(run), unpack(args)) end
+  if n > 0 then
+    rcall('HSET', run_key(run), unpack(args, 1, n))
+    -- (The values are let go: a context may be large.)
+    for i = 2, n, 2 do args[i] = false end
+  end
 end
 
 -- Reads fields of a run's record into a table (false for missing ones).
