@@ -174,44 +174,10 @@ where
     S: CheckpointStore<C, W::WorkItem>,
 {
     let is_fresh = fresh.is_some();
-    let digest = match &fresh {
-        Some((_, input)) => Some(input_digest(input)?),
-        None => None,
-    };
-    let (mut cp, mut record, mut first_step) = match (store.load_with_record(id).await?, fresh) {
-        (Some((cp, record)), _) => {
-            if let (Some(rec), Some(digest)) = (&record, digest) {
-                if rec.input_digest != digest {
-                    return Err(FloxideError::CheckpointInputMismatch { id: id.to_owned() });
-                }
-            }
-            let completed = record.as_ref().map_or(cp.queue.is_empty(), |r| r.completed);
-            if completed {
-                return match record.and_then(|r| r.output) {
-                    Some(output) if is_fresh => decode_output::<W::Output>(output),
-                    _ => Err(FloxideError::AlreadyCompleted),
-                };
-            }
-            let record = record.unwrap_or_else(|| CheckpointRecord {
-                workflow: wf.name().to_owned(),
-                input_digest: digest.unwrap_or_default(),
-                output: None,
-                completed: false,
-            });
-            (cp, record, false)
-        }
-        (None, Some((context, input))) => {
-            let record = CheckpointRecord {
-                workflow: wf.name().to_owned(),
-                input_digest: digest.unwrap_or_default(),
-                output: None,
-                completed: false,
-            };
-            let cp = Checkpoint::new(context.clone(), VecDeque::from([wf.start_work_item(input)]));
-            store.save_with_record(id, &cp, &record).await?;
-            (cp, record, true)
-        }
-        (None, None) => return Err(FloxideError::NotStarted),
+    let (mut cp, mut record, mut first_step) = match load_or_begin(wf, fresh, store, id).await? {
+        Loaded::Drive(cp, record, first_step) => (cp, record, first_step),
+        Loaded::Completed(Some(output)) if is_fresh => return decode_output(output),
+        Loaded::Completed(_) => return Err(FloxideError::AlreadyCompleted),
     };
 
     let mut first_output: Option<W::Output> = None;
@@ -251,6 +217,61 @@ where
         (None, None) => Err(FloxideError::NoOutput {
             workflow: wf.name(),
         }),
+    }
+}
+
+/// Where a checkpointed run stands when it is driven.
+enum Loaded<C, I> {
+    /// Work is left: the checkpoint, its record, and whether the next step is the run's first.
+    Drive(Checkpoint<C, I>, CheckpointRecord, bool),
+    /// The run completed before, with this output (if any).
+    Completed(Option<serde_json::Value>),
+}
+
+/// Loads checkpoint `id` (refusing a different input than the one that started it), or saves
+/// a new one for `fresh` when there is none.
+async fn load_or_begin<C, W, S>(
+    wf: &W,
+    fresh: Option<(&C, W::Input)>,
+    store: &S,
+    id: &str,
+) -> Result<Loaded<C, W::WorkItem>, FloxideError>
+where
+    C: Context + 'static,
+    W: Workflow<C>,
+    S: CheckpointStore<C, W::WorkItem>,
+{
+    let digest = match &fresh {
+        Some((_, input)) => Some(input_digest(input)?),
+        None => None,
+    };
+    let new_record = |digest: Option<u64>| CheckpointRecord {
+        workflow: wf.name().to_owned(),
+        input_digest: digest.unwrap_or_default(),
+        output: None,
+        completed: false,
+    };
+    match (store.load_with_record(id).await?, fresh) {
+        (Some((cp, record)), _) => {
+            if let (Some(rec), Some(digest)) = (&record, digest) {
+                if rec.input_digest != digest {
+                    return Err(FloxideError::CheckpointInputMismatch { id: id.to_owned() });
+                }
+            }
+            let completed = record.as_ref().map_or(cp.queue.is_empty(), |r| r.completed);
+            if completed {
+                return Ok(Loaded::Completed(record.and_then(|r| r.output)));
+            }
+            let record = record.unwrap_or_else(|| new_record(digest));
+            Ok(Loaded::Drive(cp, record, false))
+        }
+        (None, Some((context, input))) => {
+            let record = new_record(digest);
+            let cp = Checkpoint::new(context.clone(), VecDeque::from([wf.start_work_item(input)]));
+            store.save_with_record(id, &cp, &record).await?;
+            Ok(Loaded::Drive(cp, record, true))
+        }
+        (None, None) => Err(FloxideError::NotStarted),
     }
 }
 

@@ -280,6 +280,30 @@ impl RedisBackend {
         }
     }
 
+    /// The items a commit's fused take leased to `worker` (none when it found nothing: then
+    /// the time work falls due is noted for the worker's wait).
+    fn fused_take(
+        &self,
+        worker: &WorkerId,
+        value: Value,
+        commits: &[CommitItem<'_>],
+        outcomes: &[Option<CommitOutcome>],
+    ) -> Result<Vec<Taken>, DistributedError> {
+        let held = held_after(commits, outcomes);
+        let take = Reply::from(value)?;
+        // (`{0, -2}`: the script made no take, so it did not look for due work.)
+        let looked = take.int(1) != Some(-2);
+        Ok(match parse_take(take, worker, &held)? {
+            Ok(taken) => taken,
+            Err(due) => {
+                if looked {
+                    self.idle.note(worker, due);
+                }
+                Vec::new()
+            }
+        })
+    }
+
     /// One commit script for `commits` (all of partition `pfx`), taking for the worker when
     /// `next` is given; whole chains go in short when `whole` (see `lua/commit.lua`), and
     /// those the script did not apply so go again, one step at a time.
@@ -319,39 +343,9 @@ impl RedisBackend {
         };
         let reply = self.script_reply(&inv).await?;
         let mut parts = reply.0.into_iter();
-        let rows = match parts.next() {
-            Some(Value::Array(rows)) => rows,
-            _ => return Err(malformed("commit reply without outcomes")),
-        };
-        // (Two values a step: see `lua/commit.lua`.)
-        if rows.len() != 2 * commits.len() {
-            return Err(malformed("commit reply with a wrong number of outcomes"));
-        }
-        let mut outcomes: Vec<Option<CommitOutcome>> = vec![None; commits.len()];
-        let mut again = Vec::new();
-        for (&i, row) in order.iter().zip(rows.chunks_exact(2)) {
-            if text_at(row, 0) == "again" {
-                again.push(i);
-            } else {
-                outcomes[i] = Some(commit_outcome(row)?);
-            }
-        }
+        let (mut outcomes, again) = commit_rows(parts.next(), &order)?;
         let mut taken = match (next, parts.next()) {
-            (Some(n), Some(value)) => {
-                let held = held_after(commits, &outcomes);
-                let take = Reply::from(value)?;
-                // (`{0, -2}`: the script made no take, so it did not look for due work.)
-                let looked = take.int(1) != Some(-2);
-                match parse_take(take, n.worker, &held)? {
-                    Ok(taken) => taken,
-                    Err(due) => {
-                        if looked {
-                            self.idle.note(n.worker, due);
-                        }
-                        Vec::new()
-                    }
-                }
-            }
+            (Some(n), Some(value)) => self.fused_take(n.worker, value, commits, &outcomes)?,
             _ => Vec::new(),
         };
         if !again.is_empty() {
@@ -628,4 +622,29 @@ impl IdleHints {
         let age = at.elapsed();
         (age < IDLE_HINT).then(|| due.map(|ms| ms.saturating_sub(age.as_millis() as u64)))
     }
+}
+
+/// A commit script's outcome rows (two values a step, see `lua/commit.lua`), each placed at
+/// its step's index in `order` (the steps in the order sent), and the steps the script
+/// answered `again` (whole chains it did not apply, to send one step at a time).
+fn commit_rows(
+    rows: Option<Value>,
+    order: &[usize],
+) -> Result<(Vec<Option<CommitOutcome>>, Vec<usize>), DistributedError> {
+    let Some(Value::Array(rows)) = rows else {
+        return Err(malformed("commit reply without outcomes"));
+    };
+    if rows.len() != 2 * order.len() {
+        return Err(malformed("commit reply with a wrong number of outcomes"));
+    }
+    let mut outcomes: Vec<Option<CommitOutcome>> = vec![None; order.len()];
+    let mut again = Vec::new();
+    for (&i, row) in order.iter().zip(rows.chunks_exact(2)) {
+        if text_at(row, 0) == "again" {
+            again.push(i);
+        } else {
+            outcomes[i] = Some(commit_outcome(row)?);
+        }
+    }
+    Ok((outcomes, again))
 }

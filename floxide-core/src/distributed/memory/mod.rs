@@ -196,63 +196,25 @@ impl InMemoryBackend {
                 break Err(Some(now));
             }
             examined += 1;
-            let Some((run_id, item_id)) = queue.ready.get_mut(workflow).and_then(|q| q.pop_front())
-            else {
+            let Some(entry) = queue.ready.get_mut(workflow).and_then(|q| q.pop_front()) else {
                 break Err(queue.next_due());
             };
-            // Entries of finished runs (whose items are gone) are dropped here.
-            let Some(run_items) = items.runs.get_mut(&run_id) else {
-                continue;
-            };
-            let Some(info) = runs.runs.get_mut(&run_id) else {
-                continue;
-            };
-            if item_id == RESUME_MARKER {
-                if machine::takes_items(info.status) {
-                    unpark(&mut queue, workflow, run_id, run_items);
+            let state = (&mut *runs, &mut *items, &mut *queue);
+            match self.examine(state, entry, workflow, worker, &options) {
+                Examined::Skipped => {}
+                Examined::Poisoned(run_id, failed) => {
+                    if failed {
+                        failed_now = Some(run_id.clone());
+                    }
+                    changed.push(run_id);
                 }
-                continue;
-            }
-            let Some(record) = run_items.items.get_mut(&item_id) else {
-                continue;
-            };
-            if record.status != WorkItemStatus::Pending {
-                continue;
-            }
-            if !machine::takes_items(info.status) {
-                if machine::accepts_results(info.status) {
-                    // Paused or failed: the item waits, parked, for a resume.
-                    record.status = WorkItemStatus::Held;
-                    run_items.parked.push_back(item_id);
+                Examined::Leased(taken, started) => {
+                    if let Some(run_id) = started {
+                        changed.push(run_id);
+                    }
+                    break Ok(taken);
                 }
-                continue;
             }
-            record.deliveries += 1;
-            if record.deliveries > options.max_deliveries {
-                let limit = options.max_deliveries;
-                let left = &mut run_items.outstanding;
-                if self.poisoned(&mut queue, (&run_id, item_id), record, left, info, limit) {
-                    failed_now = Some(run_id.clone());
-                }
-                changed.push(run_id);
-                continue;
-            }
-            queue.next_token += 1;
-            let token = queue.next_token;
-            let holder: Arc<str> = Arc::from(worker.0.as_str());
-            let lease = (token, holder, options.lease_timeout);
-            self.grant(&mut queue, (&run_id, item_id, workflow), record, lease);
-            if info.status == RunStatus::Pending {
-                info.status = RunStatus::Running;
-                changed.push(run_id.clone());
-            }
-            let lease = Lease {
-                run_id,
-                item_id,
-                token,
-                worker: worker.clone(),
-            };
-            break Ok(taken(lease, record, info.deadline));
         };
         let garbage =
             failed_now.and_then(|run| finished(&mut runs, &mut items, &run, RunStatus::Failed));
@@ -262,6 +224,68 @@ impl InMemoryBackend {
             self.notify_runs(changed.iter().map(String::as_str));
         }
         result
+    }
+
+    /// What a take does with one queue entry of `workflow`: drops it (its run is over, or it
+    /// is stale), parks it (its run is paused or failed), dead-letters it (poison), or leases
+    /// its item to `worker`.
+    fn examine(
+        &self,
+        (runs, items, queue): (&mut RunsState, &mut ItemsState, &mut QueueState),
+        (run_id, item_id): (RunId, ItemId),
+        workflow: &str,
+        worker: &WorkerId,
+        options: &TakeOptions,
+    ) -> Examined {
+        // Entries of finished runs (whose items are gone) are dropped here.
+        let (Some(run_items), Some(info)) =
+            (items.runs.get_mut(&run_id), runs.runs.get_mut(&run_id))
+        else {
+            return Examined::Skipped;
+        };
+        if item_id == RESUME_MARKER {
+            if machine::takes_items(info.status) {
+                unpark(queue, workflow, run_id, run_items);
+            }
+            return Examined::Skipped;
+        }
+        let Some(record) = run_items.items.get_mut(&item_id) else {
+            return Examined::Skipped;
+        };
+        if record.status != WorkItemStatus::Pending {
+            return Examined::Skipped;
+        }
+        if !machine::takes_items(info.status) {
+            if machine::accepts_results(info.status) {
+                // Paused or failed: the item waits, parked, for a resume.
+                record.status = WorkItemStatus::Held;
+                run_items.parked.push_back(item_id);
+            }
+            return Examined::Skipped;
+        }
+        record.deliveries += 1;
+        if record.deliveries > options.max_deliveries {
+            let limit = options.max_deliveries;
+            let left = &mut run_items.outstanding;
+            let failed = self.poisoned(queue, (&run_id, item_id), record, left, info, limit);
+            return Examined::Poisoned(run_id, failed);
+        }
+        queue.next_token += 1;
+        let token = queue.next_token;
+        let holder: Arc<str> = Arc::from(worker.0.as_str());
+        let lease = (token, holder, options.lease_timeout);
+        self.grant(queue, (&run_id, item_id, workflow), record, lease);
+        let started = (info.status == RunStatus::Pending).then(|| {
+            info.status = RunStatus::Running;
+            run_id.clone()
+        });
+        let lease = Lease {
+            run_id,
+            item_id,
+            token,
+            worker: worker.clone(),
+        };
+        Examined::Leased(taken(lease, record, info.deadline), started)
     }
 
     /// Hands expired leases back to the queue and makes due retries ready, [`DUE_SLICE`] of
@@ -406,6 +430,16 @@ fn apply_context(
         }
         None
     })
+}
+
+/// What a take did with one queue entry (see `InMemoryBackend::examine`).
+enum Examined {
+    /// Dropped, parked or unparked: the take goes on.
+    Skipped,
+    /// Dead-lettered as poison: its run changed (and failed, when `true`).
+    Poisoned(RunId, bool),
+    /// Leased to the worker; the run it started, when it was pending.
+    Leased(Taken, Option<RunId>),
 }
 
 /// What a take of the item in `record` under `lease` hands the worker (its context is loaded
