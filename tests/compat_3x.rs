@@ -337,8 +337,10 @@ async fn seed_shaped_worker_builder_runs_on_in_memory_stores() {
         WorkerPool::new;
     let worker_id = 42;
     let worker_clone = worker.clone();
+    // As in 3.x, `run_forever` never returns: its type is `Infallible`.
     let task = tokio::spawn(async move {
-        let _ = worker_clone.run_forever(worker_id).await;
+        let never: std::convert::Infallible = worker_clone.run_forever(worker_id).await;
+        match never {}
     });
 
     let orchestrator = OrchestratorBuilder::new()

@@ -410,14 +410,19 @@ where
         }
     }
 
-    /// Takes and executes work items until the process ends, waiting on the backend while
-    /// idle and reconnecting with backoff after backend errors.
-    ///
-    /// # Errors
-    /// Never returns in normal operation; see [`run_until`](Self::run_until) to stop it.
-    pub async fn run_forever(&self, worker_id: impl Into<WorkerId>) -> Result<(), FloxideError> {
-        self.run_until(worker_id, CancellationToken::new(), Duration::from_secs(30))
-            .await
+    /// Takes and executes work items until the task is dropped, waiting on the backend while
+    /// idle and reconnecting with backoff after backend errors. It never returns (as in 3.x,
+    /// its type is [`Infallible`](std::convert::Infallible)); see
+    /// [`run_until`](Self::run_until) to stop a worker gracefully.
+    pub async fn run_forever(&self, worker_id: impl Into<WorkerId>) -> std::convert::Infallible {
+        let worker = worker_id.into();
+        loop {
+            // (`run_until` returns only once its token is cancelled, which nothing does here.)
+            let stop = CancellationToken::new();
+            let _ = self
+                .run_until(worker.clone(), stop, Duration::from_secs(30))
+                .await;
+        }
     }
 
     /// Like [`run_forever`](Self::run_forever) until `stop` is cancelled; steps in flight then
