@@ -47,6 +47,10 @@ local TIMERS, RUNS, FINISHED, LEGACY_DONE, LETTERS, LETTER_INDEX
 -- Run events, lease timers and finished runs (`FINISHED` lines) a call collects (flushed at
 -- its end), and whether it finished a run.
 local EVENTS, PRUNE_DONE, TIMER_ADDS, FINISHED_ADDS = {}, false, {}, {}
+-- A list of finished runs (`FINISHED`) and the time of its first line as last read, kept
+-- across calls: lines are added at its end in time order, so its first line is never older,
+-- and while it is within the retention nothing is due for pruning (see `flush_events`).
+local HEAD_OF, HEAD_AT
 -- The decimal texts of the larger numbers formatted lately, and how many (see `text`).
 local TEXT, TEXT_N = {}, 0
 -- Step history lines a call collects per run (flushed at its end, one push per run), the runs

@@ -91,10 +91,15 @@ local function flush_events(now)
     -- unless a resume revived them (their record is still there; a second finish pushed
     -- them again).
     -- Most calls find the oldest still within its retention: one element is read for that.
-    local first = rcall('LINDEX', FINISHED, '0')
-    local t0 = first and match(first, '^(%d+) ')
-    local head = (first and not (t0 and tonumber(t0) >= now - RETENTION))
-      and rcall('LRANGE', FINISHED, '0', '15') or {}
+    local head = {}
+    if not (HEAD_OF == FINISHED and HEAD_AT >= now - RETENTION) then
+      local first = rcall('LINDEX', FINISHED, '0')
+      local t0 = first and match(first, '^(%d+) ')
+      HEAD_OF, HEAD_AT = t0 and FINISHED, t0 and tonumber(t0)
+      if first and not (t0 and tonumber(t0) >= now - RETENTION) then
+        head = rcall('LRANGE', FINISHED, '0', '15')
+      end
+    end
     local over, old = 0, {}
     for _, line in ipairs(head) do
       local t, run = match(line, '^(%d+) (.+)$')
@@ -102,7 +107,10 @@ local function flush_events(now)
       over = over + 1
       if run and rcall('EXISTS', run_key(run)) == 0 then old[#old + 1] = run end
     end
-    if over > 0 then rcall('LPOP', FINISHED, over) end
+    if over > 0 then
+      rcall('LPOP', FINISHED, over)
+      HEAD_OF = nil
+    end
     -- Runs finished by a version that indexed them in a sorted set (`done`) leave too.
     if now % 64 == 0 then
       local legacy = rcall('ZRANGEBYSCORE', LEGACY_DONE, '-inf', text(now - RETENTION), 'LIMIT', '0', '16')

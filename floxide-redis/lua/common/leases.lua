@@ -183,11 +183,17 @@ local function take_next(wf, worker, lease_ms, max_deliveries, max_n, held, woke
   if count == 0 and more then reply = { 2 } end
   -- A take that leased nothing looks for due work (unless it just did) and looks again; then
   -- it says when work falls due. (A fused one too: its worker then blocks at once, without
-  -- an idle take of its own.)
+  -- an idle take of its own.) The earliest timer tells whether anything is due at all: when
+  -- nothing is, there is nothing to look for, and it is also when work falls due.
+  local first_due
   if not reply and count == 0 and not scanned then
-    due_work(now)
-    count, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now, out, base)
-    if count == 0 and more then reply = { 2 } end
+    first_due = rcall('ZRANGE', TIMERS, '0', '0', 'WITHSCORES')
+    if first_due[2] and tonumber(first_due[2]) <= now then
+      first_due = nil
+      due_work(now)
+      count, full, more = pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now, out, base)
+      if count == 0 and more then reply = { 2 } end
+    end
   end
   flush_timers()
   flush_events(now)
@@ -199,7 +205,7 @@ local function take_next(wf, worker, lease_ms, max_deliveries, max_n, held, woke
     return out, count
   end
   local next_due = -1
-  local d = rcall('ZRANGE', TIMERS, '0', '0', 'WITHSCORES')
+  local d = first_due or rcall('ZRANGE', TIMERS, '0', '0', 'WITHSCORES')
   if d[2] then next_due = max(0, tonumber(d[2]) - now) end
   return { 0, next_due }, 0
 end
