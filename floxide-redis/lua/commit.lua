@@ -39,9 +39,18 @@
 -- items) is leased to the step's worker with token 0 and not returned: the worker executed it
 -- already (a chained step). Its commit, when it follows in the same call, needs no read; in a
 -- later call its lease is checked with its holder (no take grants token 0).
-local k = num(ARGV[5])
--- The whole chains' arguments start past the k steps, and the take's past those (each step's
--- own fields are read where it is applied, below, without a table per step).
+
+-- The functions below are made once, when the library loads, and the state of the call they
+-- serve is kept here, made anew by each call (see "Each call" below, where each part is
+-- described). Made by each call, with their upvalues and their garbage, the functions cost
+-- 5% of a lone run's script time.
+local plan, starts, outs_at, errs_at, runs, order
+local held, direct, queued, done, again, broken, kept, replies, last_of
+local now, until_ms, commit_line, lease_line, next_wf, worker, budget
+local NONE = {}      -- shared by the steps without parked successors (read only)
+local OK = { 'ok', '' }  -- the reply row of an applied step whose run goes on (shared, read only)
+local AGAIN = { 'again' }
+
 -- Where the parts of the step whose arguments start at ARGV[i] are: its successor count, its
 -- first successor's id, its output count, its error count, and the next step.
 local function step_parts(i)
@@ -50,67 +59,13 @@ local function step_parts(i)
   local e = o + 1 + num(ARGV[o])
   return ns, i + 12, o, e, e + 1 + num(ARGV[e])
 end
--- The walk also plans, per run, what its steps would do if all were applied: `delta`, the
--- change of its outstanding count (each new successor one more, each step one less), `outs`,
--- the outputs, and `chain`, whether they are one chain this call finishes as a whole (each
--- step after the first a kept successor, each but the last keeping its single successor, no
--- errors). A run whose plan finishes it (see `run_of`) is "quiet".
--- `c` and `i` are the place of the run's first step in the batch and where its arguments
--- start; `at` lists those of all its steps while they may be a chain (made at the second).
--- `starts`, `outs_at` and `errs_at` keep, per step, where its arguments, its output count and
--- its error count are.
-local plan = {}
-local starts, outs_at, errs_at = {}, {}, {}
-local i = 6
-for c = 1, k do
-  local ns, _, o, e, next_i = step_parts(i)
-  local run = ARGV[i]
-  local p = plan[run]
-  starts[c], outs_at[c], errs_at[c] = i, o, e
-  if not p then
-    p = { delta = 0, outs = 0, chain = true, c = c, i = i }
-    plan[run] = p
-  else
-    if ARGV[i + 2] ~= '0' then p.chain = false end
-    if p.chain then
-      local at = p.at
-      if not at then
-        at = { p.c, p.i }
-        p.at = at
-      end
-      at[#at + 1] = c
-      at[#at + 1] = i
-    end
-  end
-  p.delta = p.delta + ns - 1
-  p.outs = p.outs + num(ARGV[o])
-  if ns > 1 or (ns == 1 and ARGV[i + 10] == '') or num(ARGV[e]) > 0 then p.chain = false end
-  i = next_i
-end
+
 -- Whole chains (see above): where the parts of the one at ARGV[j] are: its step count, where
 -- its context base is, and the next chain.
 local function chain_parts(j)
   local x = j + 5
   return num(ARGV[j + 3]), x, x + 5 + num(ARGV[x + 4])
 end
-local whole = num(ARGV[i] or '0')
-local chains_at = i + 1
-i = chains_at
-for _ = 1, whole do
-  local _, _, next_j = chain_parts(i)
-  i = next_j
-end
-local next_wf = ARGV[i] or ''
-local worker, lease_ms, max_del = ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-local budget = next_wf ~= '' and num(ARGV[i + 4]) or 0
-local woken = ARGV[i + 5] == '1'
-local last = PFX .. 'wc:' .. (worker or '')
-local now = now_ms()
--- A direct hand-off's lease end, and the fixed starts of the history lines of commits and
--- hand-offs (see the key layout; the latter made at the first hand-off).
-local until_ms = now + (lease_ms or 0)
-local commit_line = 'C ' .. text(now) .. ' '
-local lease_line
 
 -- Whether a run at status `st` with `left` items outstanding (a text) completes with a
 -- routine history when its steps in this call change that count by `delta`: it has an
@@ -124,7 +79,6 @@ end
 -- The fields only some commits need are read when needed (`rare`): a hash kept compact by
 -- Redis looks each field up by a scan, a missing one by a scan of it all. (The table is made
 -- by one constructor: filled field by field, Lua would grow it four times.)
-local runs, order = {}, {}
 local function run_of(run)
   local r = runs[run]
   if not r then
@@ -153,16 +107,6 @@ local function rare(run, name)
   if r[name] == nil then r[name] = rcall('HGET', run_key(run), name) end
   return r[name]
 end
-
-local held = {}      -- run -> context version this worker holds after its applied steps
-local direct = {}    -- successors leased straight to the worker: run, id, node, bytes (flat)
-local queued = {}    -- workflow -> entries to queue
-local done = {}      -- the committed items' lease timers, removed in one command
-local again = {}     -- steps a retry of this request finds applied: run, successors' index, count
-local broken = {}    -- runs whose context change the batch refused
-local kept = {}      -- kept successors' lease timers -> their end (added unless committed here)
-local NONE = {}      -- shared by the steps without parked successors (read only)
-local OK = { 'ok', '' }  -- the reply row of an applied step whose run goes on (shared, read only)
 
 -- Adds output `v` to run `r`: the first goes in its record, the others in a list (pushed
 -- once per run at the end).
@@ -446,9 +390,6 @@ local function commit_one(c)
   return OK, true
 end
 
-local replies = {}
-local last_of = {}
-
 -- The state and token of item `id`'s lease as stored (nil: no such item).
 local function lease_of(run, id)
   local ms, _, _, mt = match(rcall('HGET', items_key(run), id .. ':m') or '', META)
@@ -557,6 +498,189 @@ local function commit_whole(j, row)
   return true
 end
 
+-- Each touched run: its new status (finished when nothing is left), written once.
+local function write_runs()
+  for _, run in ipairs(order) do
+    local r = runs[run]
+    if r.touched then
+      local set = r.set
+      if r.outs then
+        call_chunked('RPUSH', outs_key(run), r.outs)
+        r.nout = tonumber(rare(run, 'nout') or '0') + #r.outs
+        set.nout = r.nout
+        keep_expiry(outs_key(run), r.t1)
+      end
+      if r.durs then set.nt = add_timings(r.nt, r.durs) end
+      local new = after_commit(r.st, r.left, r.out)
+      local finishing = new ~= r.st and is_finished(new)
+      if r.lazy and not (finishing and new == 'completed' and not HISTORY_NOTE[run]) then
+        unquiet(run, r)
+      end
+      if r.hsets and not (finishing and new ~= 'failed') then
+        local hsets, all = r.hsets, r.hsets[1]
+        if #hsets > 1 then
+          all = {}
+          for _, part in ipairs(hsets) do
+            for j = 1, #part do all[#all + 1] = part[j] end
+          end
+        end
+        call_chunked('HSET', items_key(run), all)
+      end
+      if finishing then
+        set.frid = RID
+        if new == 'failed' then set.err = 'workflow `' .. r.wf .. '`' .. NO_OUTPUT end
+        finish_run(run, set, new, now, r)
+        replies[last_of[run]] = { 'ok', new }
+      elseif new ~= r.st then
+        set.st = new
+      end
+      write_run(run, set)
+      if r.t1 then keep_expiry(items_key(run), r.t1) end
+    end
+  end
+end
+
+-- The take after the commits (a retry's replay `replay`, see take.lua for the others): its
+-- reply.
+local function take_after(replay, woken, last, lease_ms, max_del)
+  -- (-2: no take was made, as when a retried request's replay found nothing; see worker.rs.)
+  local take = { 0, -2 }
+  if next_wf ~= '' then
+    -- A retry of an applied step: its successors the first attempt handed over to this worker
+    -- (its lease names that request) are handed over again.
+    for a = 1, #again, 3 do
+      local run, s = again[a], again[a + 1]
+      for _ = 1, again[a + 2] do
+        local sid = ARGV[s]
+        local f = rcall('HMGET', items_key(run), sid .. ':m', sid .. ':w')
+        local m = parse_meta(f[1])
+        if m and m.s == 'I' and m.t == 1 and m.r == RID and f[2] == worker then
+          direct[#direct + 1] = run
+          direct[#direct + 1] = sid
+          direct[#direct + 1] = ARGV[s + 1]
+          direct[#direct + 1] = ARGV[s + 2]
+          budget = budget - 1
+        end
+        s = s + 3
+      end
+    end
+    -- The reply, flat: the handed-over successors first, then what the take leased.
+    local reply, n = { 1, 0 }, 2
+    for d = 1, #direct, 4 do
+      local run = direct[d]
+      local r = runs[run]
+      local ver = num(r.ver or '0')
+      local same, bytes = 1, ''
+      if held[run] ~= ver then same, bytes = 0, r.set.ctx or rcall('HGET', run_key(run), 'ctx') or '' end
+      -- (One value at a time: the table grows in order.)
+      reply[n + 1] = run
+      reply[n + 2] = direct[d + 1]
+      reply[n + 3] = 1
+      reply[n + 4] = direct[d + 3]
+      reply[n + 5] = direct[d + 2]
+      reply[n + 6] = 1
+      reply[n + 7] = 1
+      reply[n + 8] = r.dl or ''
+      reply[n + 9] = same
+      reply[n + 10] = bytes
+      reply[n + 11] = ver
+      n = n + 11
+    end
+    if replay then
+      if replay[1] == 1 then
+        for v = 3, 2 + replay[2] * 11 do
+          n = n + 1
+          reply[n] = replay[v]
+        end
+      end
+    elseif budget > 0 then
+      -- The take writes its items into this reply; only they are remembered for a retry.
+      local found, count =
+        take_next(next_wf, worker, lease_ms, max_del, budget, held, woken, now, reply, n)
+      remember_take(last, reply, n, count)
+      n = n + 11 * count
+      -- Nothing at all for the worker: when work falls due (see take.lua), for its wait.
+      if n == 2 then take = found end
+    end
+    if n > 2 then
+      reply[2] = (n - 2) / 11
+      take = reply
+    end
+  end
+  return take
+end
+
+-- Each call:
+local k = num(ARGV[5])
+-- The whole chains' arguments start past the k steps, and the take's past those (each step's
+-- own fields are read where it is applied, below, without a table per step).
+-- The walk also plans, per run, what its steps would do if all were applied: `delta`, the
+-- change of its outstanding count (each new successor one more, each step one less), `outs`,
+-- the outputs, and `chain`, whether they are one chain this call finishes as a whole (each
+-- step after the first a kept successor, each but the last keeping its single successor, no
+-- errors). A run whose plan finishes it (see `run_of`) is "quiet".
+-- `c` and `i` are the place of the run's first step in the batch and where its arguments
+-- start; `at` lists those of all its steps while they may be a chain (made at the second).
+-- `starts`, `outs_at` and `errs_at` keep, per step, where its arguments, its output count and
+-- its error count are.
+plan = {}
+starts, outs_at, errs_at = {}, {}, {}
+local i = 6
+for c = 1, k do
+  local ns, _, o, e, next_i = step_parts(i)
+  local run = ARGV[i]
+  local p = plan[run]
+  starts[c], outs_at[c], errs_at[c] = i, o, e
+  if not p then
+    p = { delta = 0, outs = 0, chain = true, c = c, i = i }
+    plan[run] = p
+  else
+    if ARGV[i + 2] ~= '0' then p.chain = false end
+    if p.chain then
+      local at = p.at
+      if not at then
+        at = { p.c, p.i }
+        p.at = at
+      end
+      at[#at + 1] = c
+      at[#at + 1] = i
+    end
+  end
+  p.delta = p.delta + ns - 1
+  p.outs = p.outs + num(ARGV[o])
+  if ns > 1 or (ns == 1 and ARGV[i + 10] == '') or num(ARGV[e]) > 0 then p.chain = false end
+  i = next_i
+end
+local whole = num(ARGV[i] or '0')
+local chains_at = i + 1
+i = chains_at
+for _ = 1, whole do
+  local _, _, next_j = chain_parts(i)
+  i = next_j
+end
+next_wf = ARGV[i] or ''
+local lease_ms, max_del
+worker, lease_ms, max_del = ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+budget = next_wf ~= '' and num(ARGV[i + 4]) or 0
+local woken = ARGV[i + 5] == '1'
+local last = PFX .. 'wc:' .. (worker or '')
+now = now_ms()
+-- A direct hand-off's lease end, and the fixed starts of the history lines of commits and
+-- hand-offs (see the key layout; the latter made at the first hand-off).
+until_ms = now + (lease_ms or 0)
+commit_line = 'C ' .. text(now) .. ' '
+lease_line = nil
+runs, order = {}, {}
+held = {}      -- run -> context version this worker holds after its applied steps
+direct = {}    -- successors leased straight to the worker: run, id, node, bytes (flat)
+queued = {}    -- workflow -> entries to queue
+done = {}      -- the committed items' lease timers, removed in one command
+again = {}     -- steps a retry of this request finds applied: run, successors' index, count
+broken = {}    -- runs whose context change the batch refused
+kept = {}      -- kept successors' lease timers -> their end (added unless committed here)
+replies = {}
+last_of = {}
+
 -- A retried request whose take was applied gets the same items back: those its first
 -- attempt popped from the queue (remembered), and those it handed over (below).
 local replay = next_wf ~= '' and replay_take(last, worker) or nil
@@ -575,7 +699,6 @@ for c = 1, k do
   end
 end
 
-local AGAIN = { 'again' }
 do
   local row, j = k + 1, chains_at
   for _ = 1, whole do
@@ -587,45 +710,7 @@ do
   end
 end
 
--- Each touched run: its new status (finished when nothing is left), written once.
-for _, run in ipairs(order) do
-  local r = runs[run]
-  if r.touched then
-    local set = r.set
-    if r.outs then
-      call_chunked('RPUSH', outs_key(run), r.outs)
-      r.nout = tonumber(rare(run, 'nout') or '0') + #r.outs
-      set.nout = r.nout
-      keep_expiry(outs_key(run), r.t1)
-    end
-    if r.durs then set.nt = add_timings(r.nt, r.durs) end
-    local new = after_commit(r.st, r.left, r.out)
-    local finishing = new ~= r.st and is_finished(new)
-    if r.lazy and not (finishing and new == 'completed' and not HISTORY_NOTE[run]) then
-      unquiet(run, r)
-    end
-    if r.hsets and not (finishing and new ~= 'failed') then
-      local hsets, all = r.hsets, r.hsets[1]
-      if #hsets > 1 then
-        all = {}
-        for _, part in ipairs(hsets) do
-          for j = 1, #part do all[#all + 1] = part[j] end
-        end
-      end
-      call_chunked('HSET', items_key(run), all)
-    end
-    if finishing then
-      set.frid = RID
-      if new == 'failed' then set.err = 'workflow `' .. r.wf .. '`' .. NO_OUTPUT end
-      finish_run(run, set, new, now, r)
-      replies[last_of[run]] = { 'ok', new }
-    elseif new ~= r.st then
-      set.st = new
-    end
-    write_run(run, set)
-    if r.t1 then keep_expiry(items_key(run), r.t1) end
-  end
-end
+write_runs()
 if #done > 0 then call_chunked('ZREM', TIMERS, done) end
 for timer, ends in pairs(kept) do add_timer(ends, timer) end
 
@@ -635,70 +720,7 @@ for wf, entries in pairs(queued) do
   if enqueue_quietly(wf, entries) then woke[wf] = #entries end
 end
 
--- (-2: no take was made, as when a retried request's replay found nothing; see worker.rs.)
-local take = { 0, -2 }
-if next_wf ~= '' then
-  -- A retry of an applied step: its successors the first attempt handed over to this worker
-  -- (its lease names that request) are handed over again.
-  for a = 1, #again, 3 do
-    local run, s = again[a], again[a + 1]
-    for _ = 1, again[a + 2] do
-      local sid = ARGV[s]
-      local f = rcall('HMGET', items_key(run), sid .. ':m', sid .. ':w')
-      local m = parse_meta(f[1])
-      if m and m.s == 'I' and m.t == 1 and m.r == RID and f[2] == worker then
-        direct[#direct + 1] = run
-        direct[#direct + 1] = sid
-        direct[#direct + 1] = ARGV[s + 1]
-        direct[#direct + 1] = ARGV[s + 2]
-        budget = budget - 1
-      end
-      s = s + 3
-    end
-  end
-  -- The reply, flat: the handed-over successors first, then what the take leased.
-  local reply, n = { 1, 0 }, 2
-  for d = 1, #direct, 4 do
-    local run = direct[d]
-    local r = runs[run]
-    local ver = num(r.ver or '0')
-    local same, bytes = 1, ''
-    if held[run] ~= ver then same, bytes = 0, r.set.ctx or rcall('HGET', run_key(run), 'ctx') or '' end
-    -- (One value at a time: the table grows in order.)
-    reply[n + 1] = run
-    reply[n + 2] = direct[d + 1]
-    reply[n + 3] = 1
-    reply[n + 4] = direct[d + 3]
-    reply[n + 5] = direct[d + 2]
-    reply[n + 6] = 1
-    reply[n + 7] = 1
-    reply[n + 8] = r.dl or ''
-    reply[n + 9] = same
-    reply[n + 10] = bytes
-    reply[n + 11] = ver
-    n = n + 11
-  end
-  if replay then
-    if replay[1] == 1 then
-      for v = 3, 2 + replay[2] * 11 do
-        n = n + 1
-        reply[n] = replay[v]
-      end
-    end
-  elseif budget > 0 then
-    -- The take writes its items into this reply; only they are remembered for a retry.
-    local found, count =
-      take_next(next_wf, worker, lease_ms, max_del, budget, held, woken, now, reply, n)
-    remember_take(last, reply, n, count)
-    n = n + 11 * count
-    -- Nothing at all for the worker: when work falls due (see take.lua), for its wait.
-    if n == 2 then take = found end
-  end
-  if n > 2 then
-    reply[2] = (n - 2) / 11
-    take = reply
-  end
-end
+local take = take_after(replay, woken, last, lease_ms, max_del)
 for wf, n in pairs(woke) do
   local left = wf == next_wf and budget > 0 and rcall('LLEN', queue_key(wf)) or n
   if left > 0 then wake(wf, left) end

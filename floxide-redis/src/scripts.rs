@@ -40,6 +40,9 @@ const BODIES: [(&str, &str); 8] = [
     ("dead_letter", include_str!("../lua/dead_letter.lua")),
 ];
 
+/// The line that ends a script's own helpers, where its per-call part starts (optional).
+const EACH_CALL: &str = "\n-- Each call:\n";
+
 /// One script: as a script for `EVALSHA`, and its function's name in the library.
 pub(crate) struct Lua {
     script: Script,
@@ -75,14 +78,17 @@ impl Scripts {
         let hash = Script::new(&format!("{common}{all}")).get_hash()[..12].to_owned();
         let mut library = format!("#!lua name=floxide_{hash}\nlocal KEYS, ARGV\n{common}\n");
         let mut lua = Vec::with_capacity(BODIES.len());
-        for (name, body) in BODIES {
+        for (name, source) in BODIES {
             let function = format!("floxide_{hash}_{name}");
+            // A script's own helpers (before the `EACH_CALL` line) are made once in the
+            // library, in a block of their own; the rest runs on every call.
+            let (helpers, body) = source.split_once(EACH_CALL).unwrap_or(("", source));
             library.push_str(&format!(
-                "redis.register_function('{function}', function(keys, args)\n\
-                 KEYS, ARGV = keys, args\nsetup()\n{body}\nend)\n"
+                "do\n{helpers}\nredis.register_function('{function}', function(keys, args)\n\
+                 KEYS, ARGV = keys, args\nsetup()\n{body}\nend)\nend\n"
             ));
             lua.push(Lua {
-                script: Script::new(&format!("{common}\nsetup()\n{body}")),
+                script: Script::new(&format!("{common}\nsetup()\n{helpers}\n{body}")),
                 function,
             });
         }
