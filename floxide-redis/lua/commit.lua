@@ -71,7 +71,7 @@ end
 -- routine history when its steps in this call change that count by `delta`: it has an
 -- output (`has_out`) and no history note (`hx`), and routine histories are not kept.
 local function completes_quietly(st, left, delta, has_out, hx)
-  return takes_items(st) and num(left or '1') + delta == 0 and has_out and not hx
+  return takes_items[st] and num(left or '1') + delta == 0 and has_out and not hx
     and not KEEP_ROUTINE
 end
 
@@ -198,11 +198,11 @@ local function not_leased(run, id, f1, token, holder, s, ns)
     again[#again + 1] = run
     again[#again + 1] = s
     again[#again + 1] = ns
-    return { 'ok', is_finished(r.st) and r.st or '' }
+    return { 'ok', is_finished[r.st] and r.st or '' }
   end
   if not m and rare(run, 'frid') == RID then return { 'ok', r.st or '' } end
   -- A cancelled or completed run's items are gone: its in-flight steps learn it is over.
-  if not m and r.st and not accepts_results(r.st) then return { 'inactive', r.st } end
+  if not m and r.st and not accepts_results[r.st] then return { 'inactive', r.st } end
   if m then step_event(run, 'Z', id, m.n, holder, num(token), m.a, now) end
   return { 'lost' }
 end
@@ -253,7 +253,7 @@ local function commit_one(c)
     end
   end
   local r = run_of(run)
-  if not accepts_results(r.st) then
+  if not accepts_results[r.st] then
     rcall('HSET', it, field, state_text('X', ma, md, mt, mn, RID))
     if kept[timer] then kept[timer] = nil else rcall('ZREM', TIMERS, timer) end
     return { 'inactive', r.st or 'cancelled' }, false
@@ -270,7 +270,7 @@ local function commit_one(c)
   end
   if r.st == 'pending' then r.st = 'running'; r.set.st = 'running' end
   r.touched = true
-  local keeps = keep_ms ~= '' and ns == 1 and takes_items(r.st)
+  local keeps = keep_ms ~= '' and ns == 1 and takes_items[r.st]
   -- A step of a quiet run (see `run_of`) is noted, its writes not made; one it cannot take
   -- quietly (never, as planned) ends the quiet.
   local quiet = r.quiet
@@ -289,7 +289,7 @@ local function commit_one(c)
     h = 4   -- (counted: `#hset` is a search each time)
   end
   local parked = NONE
-  local hands = ns > 0 and budget > 0 and takes_items(r.st) and r.wf == next_wf
+  local hands = ns > 0 and budget > 0 and takes_items[r.st] and r.wf == next_wf
   for n = 1, ns do
     if not f[1 + n] then
       local sid, snode, sbytes = ARGV[s], ARGV[s + 1], ARGV[s + 2]
@@ -324,7 +324,7 @@ local function commit_one(c)
       else
         h = h + 1
         hset[h] = state_text('P', '1', '0', '0', snode, '-')
-        if takes_items(r.st) then
+        if takes_items[r.st] then
           local q = queued[r.wf]
           if not q then q = {}; queued[r.wf] = q end
           q[#q + 1] = entry(sid, run)
@@ -512,7 +512,7 @@ local function write_runs()
       end
       if r.durs then set.nt = add_timings(r.nt, r.durs) end
       local new = after_commit(r.st, r.left, r.out)
-      local finishing = new ~= r.st and is_finished(new)
+      local finishing = new ~= r.st and is_finished[new]
       if r.lazy and not (finishing and new == 'completed' and not HISTORY_NOTE[run]) then
         unquiet(run, r)
       end

@@ -15,11 +15,11 @@ local now = now_ms()
 local set = { crid = RID }
 local new
 if action == 'cancel' then
-  if is_finished(r.st) then return { 'invalid', r.st, 'cancel' } end
+  if is_finished[r.st] then return { 'invalid', r.st, 'cancel' } end
   new = 'cancelled'
   finish_run(run, set, new, now)
 elseif action == 'pause' then
-  if not is_active(r.st) then return { 'invalid', r.st, 'pause' } end
+  if not is_active[r.st] then return { 'invalid', r.st, 'pause' } end
   new = 'paused'
   set.st = new
   run_event(run)
@@ -48,11 +48,11 @@ elseif action == 'resume' then
       end
     end
   end
-  if r.st == 'failed' and not is_finished(new) then
+  if r.st == 'failed' and not is_finished[new] then
     rcall('HDEL', run_key(run), 't1', 'err', 'exp', 'frid', 'fx')
     revive_run(run, r)
   end
-  if is_finished(new) then
+  if is_finished[new] then
     if new == 'failed' then set.err = 'workflow `' .. r.wf .. '`' .. NO_OUTPUT end
     finish_run(run, set, new, now)
   else

@@ -22,7 +22,7 @@ if action == 'drop' then
 end
 local r = read_run(run, { 'st', 'wf', 'left', 'pkc', 'idem' })
 if not r.st then return { 'expired' } end
-if not accepts_results(r.st) then return { 'invalid', r.st } end
+if not accepts_results[r.st] then return { 'invalid', r.st } end
 local l = cjson.decode(letter)
 local m = parse_meta(rcall('HGET', it, id .. ':m'))
 rcall('HSET', it, id, stored[2] or '', id .. ':m', meta('P', l.attempt, 0, m and m.t or 0, l.node, RID))

@@ -16,7 +16,7 @@ if not holds(m, token, f[3], holder) then
   if m and m.r == RID and (m.s == 'R' or m.s == 'F' or m.s == 'X') then return { 'ok', '' } end
   -- A cancelled or completed run's items are gone: its in-flight steps learn it is over.
   local st = not m and rcall('HGET', run_key(run), 'st')
-  if st and not accepts_results(st) then return { 'inactive', st } end
+  if st and not accepts_results[st] then return { 'inactive', st } end
   if m then
     step_event(run, 'Z', id, m.n, holder, token, m.a, now_ms())
     flush_history()

@@ -8,7 +8,7 @@ local m = parse_meta(f[1])
 if not m then
   -- A cancelled or completed run's items are gone: tell the step its run is over.
   local st = rcall('HGET', run_key(run), 'st')
-  if st and not accepts_results(st) then return { 'ok', st } end
+  if st and not accepts_results[st] then return { 'ok', st } end
 end
 if not holds(m, token, f[2], ARGV[9]) then return { 'lost' } end
 local now = now_ms()

@@ -33,7 +33,7 @@ end
 -- Moves up to 256 parked items of a resumed run back to the queue (the rest on a later take).
 local function unpark(run, marker)
   local r = read_run(run, { 'st', 'wf', 'pkc' })
-  if not takes_items(r.st) then return end
+  if not takes_items[r.st] then return end
   local ids = rcall('RPOP', parked_key(run), '256')
   if not ids then ids = {} end
   local entries = {}
@@ -112,12 +112,12 @@ local function pop_ready(wf, worker, lease_ms, max_deliveries, max_n, held, now,
           runs[run] = r
         end
         -- Entries of finished runs (their items are gone) are dropped without a read.
-        if accepts_results(r.st) then
+        if accepts_results[r.st] then
           local f = rcall('HMGET', items_key(run), id .. ':m', id)
           -- (The state is read into locals: a table per item costs as much as a command.)
           local ms, ma, md, mt, mn, mr = match(f[1] or '', META)
           if ms == 'P' then
-            if takes_items(r.st) then
+            if takes_items[r.st] then
               local d = num(md) + 1
               if d > max_deliveries then
                 local m = parse_meta(f[1])

@@ -33,23 +33,26 @@ end
 
 -- The run state machine, mirroring floxide-core's `distributed::machine` (same names) -------
 
-local function is_finished(st) return st == 'completed' or st == 'failed' or st == 'cancelled' end
-local function is_active(st) return st == 'pending' or st == 'running' end
+-- (The predicates on a status are tables indexed by it, `takes_items[st]`: a Lua call costs
+-- more than the lookup, and they are asked for every item.)
+local is_finished = { completed = true, failed = true, cancelled = true }
+local is_active = { pending = true, running = true }
 local function finished_status(has_output) if has_output then return 'completed' end return 'failed' end
--- A leased item's commit or failure report is refused once the run is cancelled or completed.
-local function accepts_results(st) return st ~= nil and st ~= false and st ~= 'cancelled' and st ~= 'completed' end
-local function takes_items(st) return is_active(st) end
+-- A leased item's commit or failure report is refused once the run is cancelled or completed
+-- (or gone: no status).
+local accepts_results = { pending = true, running = true, paused = true, failed = true }
+local takes_items = is_active
 -- The status after a step committed, `left` counting the run's outstanding items after it.
 local function after_commit(st, left, has_output)
   if st == 'pending' then st = 'running' end
-  if is_active(st) and left <= 0 then return finished_status(has_output) end
+  if is_active[st] and left <= 0 then return finished_status(has_output) end
   return st
 end
 -- What a failed step's report does: 'inactive', 'retry', or 'dead' with the run's new status.
 local function after_failure(st, retry)
-  if not accepts_results(st) then return 'inactive' end
+  if not accepts_results[st] then return 'inactive' end
   if retry then return 'retry' end
-  if is_finished(st) then return 'dead', st end
+  if is_finished[st] then return 'dead', st end
   return 'dead', 'failed'
 end
 -- Resuming: the run's new status, or nil and the refused action.
@@ -114,9 +117,9 @@ end
 -- (`st`) and workflow (`wf`); parked items are counted in `r.pkc` (written by the caller).
 -- Returns whether the item is still outstanding.
 local function make_ready(run, id, r, front)
-  if takes_items(r.st) then
+  if takes_items[r.st] then
     enqueue_one(r.wf, entry(id, run), front)
-  elseif accepts_results(r.st) then
+  elseif accepts_results[r.st] then
     rcall('LPUSH', parked_key(run), id)
     r.pkc = (r.pkc or 0) + 1
   else
