@@ -33,7 +33,14 @@ const BODIES: [(&str, &str); 8] = [
     ("start_run", include_str!("../lua/start_run.lua")),
     ("take", include_str!("../lua/take.lua")),
     ("heartbeat", include_str!("../lua/heartbeat.lua")),
-    ("commit", include_str!("../lua/commit.lua")),
+    (
+        "commit",
+        concat!(
+            include_str!("../lua/commit_steps.lua"),
+            "\n",
+            include_str!("../lua/commit.lua")
+        ),
+    ),
     ("fail", include_str!("../lua/fail.lua")),
     ("release", include_str!("../lua/release.lua")),
     ("control", include_str!("../lua/control.lua")),
