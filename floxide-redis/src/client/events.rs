@@ -273,12 +273,14 @@ pub(super) async fn listen(
                 }
                 if ok {
                     backoff = Duration::from_millis(50);
+                    // Events published while the subscription was down are lost: wake every
+                    // waiter now that it is back, so that each one reads its run again. (Before
+                    // the client is told it holds: a waiter that starts after the connect is
+                    // not woken by it.)
+                    events.wake(None);
                     if let Some(ready) = ready.take() {
                         let _ = ready.send(());
                     }
-                    // Events published while the subscription was down are lost: wake every
-                    // waiter now that it is back, so that each one reads its run again.
-                    events.wake(None);
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
                         events.message(
@@ -326,10 +328,11 @@ pub(super) async fn listen_cluster(
         match subscribed.await {
             Ok(conn) => {
                 backoff = Duration::from_millis(50);
+                // (Waiters first, then the client: see `listen`.)
+                events.wake(None);
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(());
                 }
-                events.wake(None);
                 while let Some(push) = rx.recv().await {
                     match push.kind {
                         PushKind::SMessage => {
