@@ -12,8 +12,9 @@
 -- ARGV[5..]: step count k, then k × (run id, item id, token, required version ('' for none),
 --            context base version ('' when the context is unchanged), context bytes, the
 --            context version the worker holds after the step ('' for none), node,
---            duration in µs, the lease's holder, the kept successor's lease in ms ('' for none:
---            see below), successor count s, s × (id, node, bytes), output count o,
+--            duration in µs, the lease's holder, the kept successors' lease in ms ('' for
+--            none: see below), how many successors it keeps (from the first), successor
+--            count s, s × (id, node, bytes), output count o,
 --            o outputs (JSON), error count e, e errors (JSON)), then whole chains: count w,
 --            w × (run id, its first item's id, its token, step count n, the run's node
 --            timings after it (see `add_timings`: the run has none before it), context base
@@ -29,16 +30,18 @@
 --          'inactive', status) then one per step of each whole chain (the same, or
 --          'again', '': see below)
 -- A whole chain is all the steps of a run in the call, sent in short: from the run's first
--- item (leased by a take) each step but the last keeps its single successor, the last makes
--- none, and none records errors or requires a version. It is applied at once when it
+-- item (leased by a take) each later step is a successor kept by one before it, each
+-- successor is kept and a later step, and none records errors or requires a version (a
+-- chain, or a tree such as a fan and its leaves). It is applied at once when it
 -- completes its run quietly (see `run_of`); otherwise nothing of it is, its rows are
 -- 'again', and the worker sends its steps again, one by one.
 -- A retry of the request (same request id) answers its applied steps with 'ok' again and
 -- gets the items its take leased.
--- A kept successor (a step's single new successor, when the step asks for it and the run takes
--- items) is leased to the step's worker with token 0 and not returned: the worker executed it
--- already (a chained step). Its commit, when it follows in the same call, needs no read; in a
--- later call its lease is checked with its holder (no take grants token 0).
+-- A kept successor (one of the first successors of a step that asks for it, when the step
+-- creates it and the run takes items) is leased to the step's worker with token 0 and not
+-- returned: the worker executed it already (a chained step). Its commit, when it follows in
+-- the same call, needs no read; in a later call its lease is checked with its holder (no take
+-- grants token 0).
 -- Its parts are in commit_steps.lua, which scripts.rs puts before this file.
 
 -- Each call:
@@ -47,9 +50,9 @@ local k = num(ARGV[5])
 -- own fields are read where it is applied, below, without a table per step).
 -- The walk also plans, per run, what its steps would do if all were applied: `delta`, the
 -- change of its outstanding count (each new successor one more, each step one less), `outs`,
--- the outputs, and `chain`, whether they are one chain this call finishes as a whole (each
--- step after the first a kept successor, each but the last keeping its single successor, no
--- errors). A run whose plan finishes it (see `run_of`) is "quiet".
+-- the outputs, and `chain`, whether they may be one chain or tree this call finishes as a
+-- whole (each step after the first a kept successor, each keeping all its successors, no
+-- errors; `commit_quiet` checks that each later step is a successor of one before it). A run whose plan finishes it (see `run_of`) is "quiet".
 -- `c` and `i` are the place of the run's first step in the batch and where its arguments
 -- start; `at` lists those of all its steps while they may be a chain (made at the second).
 -- `starts`, `outs_at` and `errs_at` keep, per step, where its arguments, its output count and
@@ -79,7 +82,9 @@ for c = 1, k do
   end
   p.delta = p.delta + ns - 1
   p.outs = p.outs + num(ARGV[o])
-  if ns > 1 or (ns == 1 and ARGV[i + 10] == '') or num(ARGV[e]) > 0 then p.chain = false end
+  if (ns > 0 and (ARGV[i + 10] == '' or num(ARGV[i + 11]) < ns)) or num(ARGV[e]) > 0 then
+    p.chain = false
+  end
   i = next_i
 end
 local whole = num(ARGV[i] or '0')

@@ -13,10 +13,10 @@ local AGAIN = { 'again' }
 -- Where the parts of the step whose arguments start at ARGV[i] are: its successor count, its
 -- first successor's id, its output count, its error count, and the next step.
 local function step_parts(i)
-  local ns = num(ARGV[i + 11])
-  local o = i + 12 + 3 * ns
+  local ns = num(ARGV[i + 12])
+  local o = i + 13 + 3 * ns
   local e = o + 1 + num(ARGV[o])
-  return ns, i + 12, o, e, e + 1 + num(ARGV[e])
+  return ns, i + 13, o, e, e + 1 + num(ARGV[e])
 end
 
 -- Whole chains (see above): where the parts of the one at ARGV[j] are: its step count, where
@@ -134,10 +134,13 @@ local function unquiet(run, r)
     end
     local hset = committed_writes(id, id .. ':m', ma, md, mt, mn)
     if lazy[j + 2] > 0 then
-      local s = i + 12
-      local sid = ARGV[s]
-      local h = new_item_writes(hset, 4, sid, ARGV[s + 2], sid .. ':m')
-      keep_writes(run, hset, h, sid, ARGV[s + 1], holder, now + num(ARGV[i + 10]))
+      -- (A quiet step created all its successors, kept for its worker.)
+      local h, ends = 4, now + num(ARGV[i + 10])
+      for s = i + 13, i + 10 + 3 * lazy[j + 2], 3 do
+        local sid = ARGV[s]
+        h = new_item_writes(hset, h, sid, ARGV[s + 2], sid .. ':m')
+        h = keep_writes(run, hset, h, sid, ARGV[s + 1], holder, ends)
+      end
     end
     commit_event(run, id, ma, mt, mn, holder)
     hsets[#hsets + 1] = hset
@@ -172,7 +175,7 @@ local function commit_one(c)
   local i = starts[c]
   local run, id, token, required = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local base, holder, keep_ms = ARGV[i + 4], ARGV[i + 9], ARGV[i + 10]
-  local ns, s, o, e = num(ARGV[i + 11]), i + 12, outs_at[c], errs_at[c]
+  local ns, s, o, e = num(ARGV[i + 12]), i + 13, outs_at[c], errs_at[c]
   if base ~= '' and broken[run] then
     return { 'conflict', num(run_of(run).ver or '0') }, false
   end
@@ -229,13 +232,21 @@ local function commit_one(c)
   end
   if r.st == 'pending' then r.st = 'running'; r.set.st = 'running' end
   r.touched = true
-  local keeps = keep_ms ~= '' and ns == 1 and takes_items[r.st]
+  -- Its first `nkeep` successors are kept for its worker, if it creates them.
+  local nkeep = keep_ms ~= '' and takes_items[r.st] and num(ARGV[i + 11]) or 0
   -- A step of a quiet run (see `run_of`) is noted, its writes not made; one it cannot take
-  -- quietly (never, as planned) ends the quiet.
+  -- quietly (never, as planned: one that does not create and keep all its successors) ends
+  -- the quiet.
   local quiet = r.quiet
-  if quiet and not (ns == 0 or keeps) then
-    unquiet(run, r)
-    quiet = false
+  if quiet and ns > 0 then
+    local all = nkeep >= ns
+    for n = 2, all and f ~= NONE and ns + 1 or 0 do
+      if f[n] then all = false end
+    end
+    if not all then
+      unquiet(run, r)
+      quiet = false
+    end
   end
 
   -- Successors: new ones are stored, leased straight to the worker while it has room, the
@@ -256,7 +267,7 @@ local function commit_one(c)
       if not quiet then
         h = new_item_writes(hset, h, sid, sbytes, fields and fields[n + 1] or field1)
       end
-      if keeps then
+      if n <= nkeep then
         -- Kept for this worker (see above): its timer is added at the end unless its commit
         -- follows in this call.
         local ends = now + num(keep_ms)
@@ -374,9 +385,27 @@ local function quiet_done(run, r, id, n, ctx, ver, after, last)
   last_of[run] = last
 end
 
--- Commits at once the steps of a quiet run (see `run_of`) when they are one chain that
--- starts at an item leased by a take (each later step the kept successor of the one
--- before), its lease holds and its context changes apply: the effects are those of its steps
+-- Whether the steps at `at` (see `plan`) are a tree: each after the first is a successor of
+-- one before it, and none is twice.
+local OPEN = {}   -- successors not yet met (emptied again before returning)
+local function is_tree(at)
+  local tree = true
+  for a = 2, #at, 2 do
+    local s = at[a]
+    if a > 2 then
+      local id = ARGV[s + 1]
+      if not OPEN[id] then tree = false; break end
+      OPEN[id] = nil
+    end
+    for x = s + 13, s + 10 + 3 * num(ARGV[s + 12]), 3 do OPEN[ARGV[x]] = true end
+  end
+  for id in pairs(OPEN) do OPEN[id] = nil end
+  return tree
+end
+
+-- Commits at once the steps of a quiet run (see `run_of`) when they are one tree that
+-- starts at an item leased by a take (each later step a kept successor of one before it),
+-- its lease holds and its context changes apply: the effects are those of its steps
 -- applied one by one, with nothing of its items or history written (they go as the run
 -- completes). Returns false, having changed nothing, when any of that does not hold: the
 -- steps then go one by one.
@@ -389,10 +418,7 @@ local function commit_quiet(run, p)
   end
   local first = at[2]
   local id, token = ARGV[first + 1], ARGV[first + 2]
-  if token == '0' or HISTORY_NOTE[run] then return false end
-  for a = 4, #at, 2 do
-    if ARGV[at[a] + 1] ~= ARGV[at[a - 2] + 12] then return false end
-  end
+  if token == '0' or HISTORY_NOTE[run] or (#at > 2 and not is_tree(at)) then return false end
   local r = run_of(run)
   if not r.quiet or r.touched then return false end
   local ms, mt = lease_of(run, id)
@@ -414,7 +440,7 @@ local function commit_quiet(run, p)
   local durs = {}
   for a = 2, #at, 2 do
     local s = at[a]
-    local o = s + 12 + 3 * num(ARGV[s + 11])
+    local o = s + 13 + 3 * num(ARGV[s + 12])
     for n = o + 1, o + num(ARGV[o]) do add_output(r, ARGV[n]) end
     durs[a - 1] = ARGV[s + 7]
     durs[a] = ARGV[s + 8]

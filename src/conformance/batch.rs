@@ -298,6 +298,11 @@ impl Counting {
         }
     }
 
+    /// The items take calls and commit calls leased so far.
+    pub(super) fn taken(&self) -> usize {
+        self.taken.load(Ordering::SeqCst)
+    }
+
     /// The most items one take call leased.
     pub(super) fn largest_take(&self) -> usize {
         self.largest_take.load(Ordering::SeqCst)

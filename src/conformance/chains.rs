@@ -1,5 +1,6 @@
-//! Chains: a worker runs a step's single successor before the step is committed and commits
-//! both together, the step's commit leasing the successor to it ("kept"). The checks at the
+//! Chains: a worker runs a step's successors before the step is committed and commits them
+//! together, the step's commit leasing the successors to it ("kept"); `trees` has the steps
+//! with several kept successors. The checks at the
 //! level of the backend apply to backends that keep successors
 //! ([`WorkerBackend::keeps_successors`]); the others check that a worker on any backend keeps
 //! every guarantee with chains (where the backend has them) as without.
@@ -11,8 +12,10 @@ use super::{ctx, orchestrator, Chain, Gate, LEASE, PATIENCE};
 use crate::distributed::*;
 use crate::*;
 
+mod trees;
 mod workers;
 
+pub use trees::*;
 pub use workers::*;
 
 fn options(lease_timeout: Duration) -> TakeOptions {

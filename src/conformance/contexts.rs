@@ -200,7 +200,12 @@ macro_rules! conformance_tests {
             g4_a_worker_draining_chains_gives_nothing_back,
             g4_a_commit_carries_a_batch_of_chains,
             g5_a_chained_step_that_fails_is_retried,
-            g7_a_slow_chained_step_lets_its_parent_commit
+            g7_a_slow_chained_step_lets_its_parent_commit,
+            g2_a_fan_keeps_its_first_successors,
+            g2_a_fan_and_its_leaves_commit_in_one_call,
+            g2_a_leaf_refused_inside_a_tree_is_refused_alone,
+            g4_a_fan_of_fast_leaves_is_one_commit,
+            g4_a_backlog_of_fans_is_chained_from_the_start
         );
     };
     (@each #[$attr:meta], $make:expr, $($check:ident),*) => {

@@ -251,18 +251,19 @@ pub(super) fn accept<'a>(
     writes: &mut Writes<'a>,
     kept: Kept<'_, 'a>,
 ) -> Result<CommitOutcome, DistributedError> {
-    let (lease, step) = (c.lease, c.step);
+    let lease = c.lease;
     let run_id = lease.run_id.as_str();
     let ready = machine::takes_items(run.status);
-    let fresh = create_successors(c, run, ready, existing, &mut writes.created);
+    let mut chained = Vec::new();
+    let fresh = create_successors(c, run, ready, existing, &mut writes.created, &mut chained);
     if ready {
         writes.ready += fresh as usize;
     }
-    // A chained successor: leased to this worker, who executed it already.
-    if let (Some(timeout), [next], 1, true) =
-        (c.keep_successor, step.successors.as_slice(), fresh, ready)
-    {
-        keep_chained(c, next, timeout, writes, kept.ids);
+    // Chained successors: leased to this worker, who executed them already.
+    if let Some(timeout) = c.keep_successor {
+        for (n, next) in chained {
+            keep_chained(c, n, next, timeout, writes, kept.ids);
+        }
     }
     add_results(c, run.has_output, writes)?;
     match kept.here {
@@ -275,24 +276,29 @@ pub(super) fn accept<'a>(
 }
 
 /// Adds the step's successors not known yet to `created` (ready, or parked when the run
-/// does not take items); returns how many it added.
+/// does not take items), noting in `chained` where the ones the step keeps for its worker
+/// are; returns how many it added.
 fn create_successors<'a>(
     c: &'a CommitItem<'a>,
     run: &RunRow,
     ready: bool,
     existing: &mut HashSet<(String, String)>,
     created: &mut Created<'a>,
+    chained: &mut Vec<(usize, &'a NewItem)>,
 ) -> i64 {
     let run_id = c.lease.run_id.as_str();
     let state = if ready { b'P' } else { b'K' } as i8;
     let mut fresh = 0;
-    for s in &c.step.successors {
+    for (index, s) in c.step.successors.iter().enumerate() {
         let sid = s.id.to_string();
         // Known ids are not created again.
         if !existing.insert((c.lease.run_id.clone(), sid.clone())) {
             continue;
         }
         fresh += 1;
+        if ready && c.keeps(index) {
+            chained.push((created.ids.len(), s));
+        }
         created.items.push(s);
         created.runs.push(run_id);
         created.ids.push(sid);
@@ -307,10 +313,11 @@ fn create_successors<'a>(
     fresh
 }
 
-/// Leases the step's single new successor `next` (the last created) to the step's worker for
+/// Leases the step's new successor `next` (created at `n`) to the step's worker for
 /// `timeout`, with the kept token and a lease event: the worker executed it already.
 fn keep_chained<'a>(
     c: &'a CommitItem<'a>,
+    n: usize,
     next: &NewItem,
     timeout: std::time::Duration,
     writes: &mut Writes<'a>,
@@ -318,7 +325,6 @@ fn keep_chained<'a>(
 ) {
     let (run_id, worker) = (c.lease.run_id.as_str(), c.lease.worker.as_str());
     let created = &mut writes.created;
-    let n = created.ids.len() - 1;
     created.lease(n, KEPT_LEASE_TOKEN, worker, timeout.as_millis() as f64);
     kept.insert((run_id, next.id), n);
     writes.ready -= 1;

@@ -100,8 +100,10 @@ pub(super) fn commit_args(
     inv.arg(&step.node).arg(step.duration.as_micros() as u64);
     inv.arg(lease.worker.as_str());
     match c.keep_successor {
-        Some(timeout) if step.successors.len() == 1 => inv.arg(timeout.as_millis() as u64),
-        _ => inv.arg(""),
+        Some(timeout) if c.kept > 0 && !step.successors.is_empty() => inv
+            .arg(timeout.as_millis() as u64)
+            .arg(c.kept.min(step.successors.len())),
+        _ => inv.arg("").arg(0),
     };
     inv.arg(step.successors.len());
     for s in &step.successors {
@@ -146,9 +148,10 @@ pub(super) fn held_after<'c>(
 
 /// The steps of `commits` that go as whole chains (see `lua/commit.lua`): per chain, the
 /// indexes of its steps, in order. A run's steps are one when they are all of its steps in
-/// the batch, run from its first item on (each but the last keeping its single successor,
-/// which the next one is), the last makes no successor, one of them makes an output, none
-/// records an error or requires a version, and their context changes follow each other.
+/// the batch, run from its first item on (each later one a successor kept by one before it,
+/// and each successor kept and a later step: a chain, or a tree such as a fan and its
+/// leaves), one of them makes an output, none records an error or requires a version, and
+/// their context changes follow each other.
 pub(super) fn whole_chains(commits: &[CommitItem<'_>]) -> Vec<Vec<usize>> {
     let mut runs: Vec<(&str, Vec<usize>)> = Vec::new();
     let mut of_run: HashMap<&str, usize> = HashMap::new();
@@ -170,20 +173,31 @@ pub(super) fn whole_chains(commits: &[CommitItem<'_>]) -> Vec<Vec<usize>> {
 
 /// Whether `steps` (one run's, in order) are a whole chain: see [`whole_chains`].
 fn is_whole_chain<'a, 'b: 'a>(steps: impl Iterator<Item = &'a CommitItem<'b>>) -> bool {
-    let mut before: Option<&CommitItem<'_>> = None;
-    let (mut outputs, mut version) = (false, None);
+    // The successors made so far that no step has been yet, by the worker that keeps them.
+    let mut open: Vec<(ItemId, &WorkerId)> = Vec::new();
+    let (mut outputs, mut version, mut first) = (false, None, true);
     for c in steps {
-        let kept = match before {
-            None => c.lease.item_id == ItemId::ROOT && c.lease.token != KEPT_LEASE_TOKEN,
-            Some(b) => {
-                b.keep_successor.is_some()
-                    && b.step.successors.len() == 1
-                    && b.step.successors[0].id == c.lease.item_id
-                    && c.lease.token == KEPT_LEASE_TOKEN
-                    && c.lease.worker == b.lease.worker
+        let kept = if first {
+            c.lease.item_id == ItemId::ROOT && c.lease.token != KEPT_LEASE_TOKEN
+        } else {
+            let at = open
+                .iter()
+                .position(|&(id, worker)| id == c.lease.item_id && *worker == c.lease.worker);
+            match at {
+                Some(at) => {
+                    open.swap_remove(at);
+                    c.lease.token == KEPT_LEASE_TOKEN
+                }
+                None => false,
             }
         };
-        if !kept || !c.step.handled_failures.is_empty() || c.step.require_version.is_some() {
+        first = false;
+        let successors = &c.step.successors;
+        if !kept
+            || (c.kept < successors.len() || c.keep_successor.is_none()) && !successors.is_empty()
+            || !c.step.handled_failures.is_empty()
+            || c.step.require_version.is_some()
+        {
             return false;
         }
         if let Some((base, _)) = &c.step.context {
@@ -193,9 +207,9 @@ fn is_whole_chain<'a, 'b: 'a>(steps: impl Iterator<Item = &'a CommitItem<'b>>) -
             version = Some(base + 1);
         }
         outputs |= !c.step.outputs.is_empty();
-        before = Some(c);
+        open.extend(successors.iter().map(|s| (s.id, &c.lease.worker)));
     }
-    before.is_some_and(|last| last.step.successors.is_empty()) && outputs
+    !first && open.is_empty() && outputs
 }
 
 /// The arguments of the whole chain `chain` of `commits` (see `lua/commit.lua`).
@@ -343,5 +357,37 @@ mod tests {
             CommitItem::new(&lb, &cb),
         ];
         assert_eq!(whole_chains(&chained), vec![vec![0, 1]]);
+    }
+
+    #[test]
+    fn a_fan_and_all_its_kept_leaves_go_as_a_whole_chain() {
+        let keep = Duration::from_secs(1);
+        let leaves: Vec<ItemId> = (0..3).map(|n| ItemId::ROOT.child(n)).collect();
+        let fan = lease("r", ItemId::ROOT, 3);
+        let kept: Vec<Lease> = leaves
+            .iter()
+            .map(|&l| lease("r", l, KEPT_LEASE_TOKEN))
+            .collect();
+        let (sf, sl) = (step("f", &leaves, 0), step("l", &[], 1));
+        let tree = |count: usize, leaves: &[usize]| {
+            let mut batch = vec![CommitItem::new(&fan, &sf).with_successors_kept(keep, count)];
+            batch.extend(leaves.iter().map(|&n| CommitItem::new(&kept[n], &sl)));
+            whole_chains(&batch)
+        };
+        // Any order of the leaves, each once, all kept.
+        assert_eq!(tree(3, &[2, 0, 1]), vec![vec![0, 1, 2, 3]]);
+        // A leaf missing or twice, or one not kept: one by one.
+        assert!(tree(3, &[0, 1]).is_empty());
+        assert!(tree(3, &[0, 1, 1]).is_empty());
+        assert!(tree(2, &[0, 1, 2]).is_empty());
+        // A leaf kept by another worker's step is not this tree's.
+        let stranger = Lease::new("r", leaves[2], KEPT_LEASE_TOKEN, WorkerId::from("v"));
+        let batch = [
+            CommitItem::new(&fan, &sf).with_successors_kept(keep, 3),
+            CommitItem::new(&kept[0], &sl),
+            CommitItem::new(&kept[1], &sl),
+            CommitItem::new(&stranger, &sl),
+        ];
+        assert!(whole_chains(&batch).is_empty());
     }
 }

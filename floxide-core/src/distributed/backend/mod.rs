@@ -96,8 +96,8 @@ pub trait WorkerBackend: Send + Sync + 'static {
     ) -> Result<CommitReply, DistributedError>;
 
     /// Whether [`commit_batch`](Self::commit_batch) honours
-    /// [`CommitItem::keep_successor`]: then a worker may execute a step's single successor
-    /// before the step is committed and commit both in one call (a chain of steps).
+    /// [`CommitItem::keep_successor`]: then a worker may execute a step's successors before
+    /// the step is committed and commit them all in one call (a chain of steps, or a tree).
     fn keeps_successors(&self) -> bool {
         false
     }

@@ -286,14 +286,18 @@ pub struct CommitItem<'a> {
     /// The run's context the worker holds once the step is applied (version, bytes): a take
     /// in the same call may leave that context out of its reply.
     pub held: Option<(u64, &'a [u8])>,
-    /// `Some(lease_timeout)`: the step's single new successor is leased straight to the
-    /// committing worker (the lease's holder) for that long, with token [`KEPT_LEASE_TOKEN`], when the run takes
-    /// items; it is not returned in the reply. The worker has executed it already (a chained
-    /// step) and commits, fails or releases it under that lease, in the same call or later.
-    /// Only sent to a backend whose [`WorkerBackend::keeps_successors`] is true.
+    /// `Some(lease_timeout)`: the step's first [`CommitItem::kept`] successors, those it
+    /// creates, are leased straight to the committing worker (the lease's holder) for that
+    /// long, with token [`KEPT_LEASE_TOKEN`], when the run takes items; they are not returned
+    /// in the reply (its other successors are queued or handed over as usual). The worker has
+    /// executed them already (chained steps) and commits, fails or releases each under that
+    /// lease, in the same call or later. Only sent to a backend whose
+    /// [`WorkerBackend::keeps_successors`] is true.
     ///
     /// [`WorkerBackend::keeps_successors`]: super::WorkerBackend::keeps_successors
     pub keep_successor: Option<Duration>,
+    /// How many of the step's successors, from the first, `keep_successor` keeps.
+    pub kept: usize,
 }
 
 impl<'a> CommitItem<'a> {
@@ -304,14 +308,28 @@ impl<'a> CommitItem<'a> {
             step,
             held: None,
             keep_successor: None,
+            kept: 0,
         }
     }
 
-    /// With the step's single successor leased to the committing worker for `lease_timeout`
+    /// With the step's first successor leased to the committing worker for `lease_timeout`
     /// (see [`CommitItem::keep_successor`]).
-    pub fn with_successor_kept(mut self, lease_timeout: Duration) -> Self {
+    pub fn with_successor_kept(self, lease_timeout: Duration) -> Self {
+        self.with_successors_kept(lease_timeout, 1)
+    }
+
+    /// With the step's first `count` successors leased to the committing worker for
+    /// `lease_timeout` (see [`CommitItem::keep_successor`]).
+    pub fn with_successors_kept(mut self, lease_timeout: Duration, count: usize) -> Self {
         self.keep_successor = Some(lease_timeout);
+        self.kept = count;
         self
+    }
+
+    /// Whether the step's successor at `index` (in its list) is kept for the committing
+    /// worker, if the step creates it (see [`CommitItem::keep_successor`]).
+    pub fn keeps(&self, index: usize) -> bool {
+        self.keep_successor.is_some() && index < self.kept
     }
 
     /// With the context the worker holds once the step is applied.

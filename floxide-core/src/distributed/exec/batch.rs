@@ -19,7 +19,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
-use super::chain::{execute_chain, ChainEnd, Chained, Speeds};
+use super::chain::{execute_chain, ChainEnd, Chained, Pace, Speeds};
 use super::commit::{self, Pending, Settled};
 use super::{ended, execute, ExecConfig, Executed, StepEnd};
 use crate::distributed::backend::{
@@ -245,8 +245,9 @@ where
         match taken {
             Ok(items) => {
                 st.take_failures = 0;
+                let backlog = items.len() > 1;
                 for taken in items {
-                    self.launch(st, taken);
+                    self.launch(st, taken, backlog);
                 }
             }
             Err(error) => {
@@ -257,8 +258,9 @@ where
         }
     }
 
-    /// Starts executing `taken` (or, once the worker is stopping, gives it back unstarted).
-    fn launch(&self, st: &mut State<'a, W::Output>, taken: Taken) {
+    /// Starts executing `taken` (or, once the worker is stopping, gives it back unstarted);
+    /// `backlog`: it came with other items (see `Pace`).
+    fn launch(&self, st: &mut State<'a, W::Output>, taken: Taken, backlog: bool) {
         let (workflow, backend, config, worker) =
             (self.workflow, self.backend, self.config, self.worker);
         if self.stop.is_cancelled() {
@@ -278,7 +280,10 @@ where
             worker,
             taken,
             stop,
-            self.speeds,
+            Pace {
+                speeds: self.speeds,
+                backlog,
+            },
         )));
     }
 
@@ -378,9 +383,10 @@ where
         }
         // Steps refused with a conflict stay in flight (re-merged or run again): what the
         // commit took beyond the free slots goes back.
+        let backlog = taken.len() > 1;
         for item in taken {
             if st.used() + st.reserved < self.slots.capacity {
-                self.launch(st, item);
+                self.launch(st, item, backlog);
             } else {
                 self.give_back(st, item);
             }

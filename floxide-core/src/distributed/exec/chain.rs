@@ -1,23 +1,27 @@
-//! Step part 6: chains. A step with a single successor need not wait for its commit before
-//! that successor runs: the worker executes the successor at once, on the context the step
-//! left, and commits both in one call, the step asking the backend to lease the successor
-//! straight to this worker ([`CommitItem::keep_successor`]). A linear run of fast nodes then
-//! costs one commit instead of one per step.
+//! Step part 6: chains. A step's successors need not wait for its commit before they run:
+//! the worker executes them at once, on the context the step left, and commits them all in
+//! one call, the step asking the backend to lease those successors straight to this worker
+//! ([`CommitItem::keep_successor`]). A linear run of fast nodes then costs one commit instead
+//! of one per step, and so does a fan of fast leaves: the chain is a tree, its steps run one
+//! after the other, oldest first.
 //!
 //! Only nodes known to be fast are chained: those whose last execution on this worker
-//! finished without waiting (ready within [`SPINS`] polls). A node the worker has not run yet
-//! is not chained, so its first execution starts only once its item is stored and leased, as
-//! without chains. A chained successor still pending after [`SPINS`] polls (it waits for I/O,
-//! a timer, a lock, or must report a failure or release its item) lets the commits made so far
+//! finished without waiting (ready within [`SPINS`] polls); of a step's successors, those
+//! from the first up to one not known to be fast. A node the worker has not run yet is
+//! chained only under a backlog (the chain's first item came with others, see [`Pace`]):
+//! otherwise its first execution starts only once its item is stored and leased, as without
+//! chains, so that a worker's first run of a workflow shows every item before it runs. A chained successor still pending after [`SPINS`] polls (it waits for I/O, a
+//! timer, a lock, or must report a failure or release its item) lets the commits made so far
 //! go at once and goes on alone: a step that runs for a while is listed in progress within a
-//! commit's round trip of its start. A chain also stops after [`MAX_CHAIN`] steps or
-//! [`CHAIN_TIME`]. Until the commit that creates its item is settled, a successor that goes on
-//! alone renews its parent's lease, and it reports a failure or releases its item only after
-//! that commit was applied (its [`Gate`]).
+//! commit's round trip of its start. The successors its parent had not started yet, and those
+//! of the chain's steps not expanded yet, are queued as usual. A chain also stops after
+//! [`MAX_CHAIN`] steps or [`CHAIN_TIME`]. Until the commit that creates its item is settled, a
+//! successor that goes on alone renews its parent's lease, and it reports a failure or
+//! releases its item only after that commit was applied (its [`Gate`]).
 //!
 //! [`CommitItem::keep_successor`]: crate::distributed::CommitItem::keep_successor
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -58,14 +62,25 @@ impl Speeds {
         }
     }
 
-    /// Whether `node` may be chained: its last execution was fast.
-    fn fast(&self, node: &str) -> bool {
+    /// Whether `node` may be chained: its last execution was fast (`unknown` when the
+    /// worker has not run it yet).
+    fn fast(&self, node: &str, unknown: bool) -> bool {
         let map = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(node).copied().unwrap_or(false)
+        map.get(node).copied().unwrap_or(unknown)
     }
+}
+
+/// What a chain goes by to choose the steps it runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace<'a> {
+    /// What the worker learnt of its nodes' speed.
+    pub(crate) speeds: &'a Speeds,
+    /// The chain's first item came with others (the worker has a backlog): a node the worker
+    /// has not run yet is chained too, its speed learnt on the spot.
+    pub(crate) backlog: bool,
 }
 
 /// How many times a chained step is polled (yielding to the runtime in between) before its
@@ -77,6 +92,7 @@ pub(crate) const SPINS: usize = 3;
 pub(crate) const MAX_CHAIN: usize = 16;
 
 /// What a chained step knows of the commit that creates its item.
+#[derive(Clone)]
 pub(crate) struct Gate {
     /// The parent step's lease, renewed until that commit is settled.
     parent: Lease,
@@ -157,8 +173,8 @@ impl Gate {
 
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A chain's end: its commits, in order (each but the last keeps its successor, the next
-/// one), and the successor still running when the chain stopped waiting for it.
+/// A chain's end: its commits, in order (each after the first a successor kept by one
+/// before it), and the successor still running when the chain stopped waiting for it.
 pub(crate) struct Chained<'a, O> {
     pub(crate) commits: Vec<Pending<O>>,
     pub(crate) rest: Option<Rest<'a, O>>,
@@ -181,12 +197,10 @@ pub(crate) enum ChainEnd<'a, O> {
     Renewed(Result<Executed<O>, FloxideError>),
 }
 
-/// The item a chain runs next after `pending`: its single new successor, leased to this
-/// worker by `pending`'s commit.
-fn successor<O>(pending: &Pending<O>, worker: &WorkerId) -> Option<Taken> {
-    let [next] = pending.commit.successors.as_slice() else {
-        return None;
-    };
+/// Successor `index` of `pending`, as the chain runs it: leased to this worker by
+/// `pending`'s commit, on the context `pending` leaves.
+fn successor<O>(pending: &Pending<O>, index: usize, worker: &WorkerId) -> Option<Taken> {
+    let next = pending.commit.successors.get(index)?;
     let run = &pending.taken.lease.run_id;
     let lease = Lease::new(run.clone(), next.id, KEPT_LEASE_TOKEN, worker.clone());
     let mut taken = Taken::new(lease, next.node.clone(), next.bytes.clone())
@@ -210,8 +224,8 @@ async fn spin<F: std::future::Future + Unpin>(run: &mut F) -> Option<F::Output> 
     None
 }
 
-/// Executes `taken`, then, as long as each step has a single successor that finishes without
-/// waiting and the chain is young, that successor (see the module documentation).
+/// Executes `taken`, then, as long as the chain is young and small, the successors of each
+/// step run that are known to finish without waiting (see the module documentation).
 ///
 /// # Errors
 /// As [`execute`].
@@ -222,68 +236,124 @@ pub(crate) async fn execute_chain<'a, C, W>(
     worker: &'a WorkerId,
     taken: Taken,
     stop: Option<(&'a CancellationToken, Duration)>,
-    speeds: &'a Speeds,
+    pace: Pace<'a>,
 ) -> Result<ChainEnd<'a, W::Output>, FloxideError>
 where
     C: Context + Merge,
     W: Workflow<C>,
 {
-    let mut pending = match execute(workflow, backend, config, worker, taken, stop, None).await? {
+    let first = match execute(workflow, backend, config, worker, taken, stop, None).await? {
         Executed::Ready(pending) => pending,
         ended => return Ok(ChainEnd::Single(ended)),
     };
     if !config.chain_steps || !backend.keeps_successors() {
-        return Ok(ChainEnd::Single(Executed::Ready(pending)));
+        return Ok(ChainEnd::Single(Executed::Ready(first)));
     }
-    speeds.record(&pending.taken.node, pending.waits() < SPINS as u32);
-    let deadline = Instant::now() + CHAIN_TIME;
-    let mut commits = Vec::new();
-    loop {
-        let go_on = commits.len() + 1 < MAX_CHAIN
-            && Instant::now() < deadline
-            && !stop.is_some_and(|(token, _)| token.is_cancelled());
-        let chains = go_on
-            && matches!(pending.commit.successors.as_slice(), [next] if speeds.fast(&next.node));
-        let next = match chains.then(|| successor(&pending, worker)).flatten() {
-            Some(next) => next,
-            None if commits.is_empty() => return Ok(ChainEnd::Single(Executed::Ready(pending))),
-            None => {
-                commits.push(*pending);
-                return Ok(ChainEnd::Chain(Chained {
-                    commits,
-                    rest: None,
-                }));
-            }
-        };
+    let speeds = pace.speeds;
+    speeds.record(&first.taken.node, first.waits() < SPINS as u32);
+    let mut tree = Tree {
+        deadline: Instant::now() + CHAIN_TIME,
+        stop: stop.map(|(token, _)| token),
+        commits: Vec::new(),
+        waiting: VecDeque::from([first]),
+    };
+    // Each step in turn, oldest first: its successors run (those that fit and are known to
+    // be fast), then it waits for the commit.
+    while let Some(mut pending) = tree.waiting.pop_front() {
+        let count = tree.runnable(&pending, pace);
+        if count == 0 {
+            tree.commits.push(*pending);
+            continue;
+        }
         let (gate, keeper) = Gate::new(pending.taken.lease.clone());
-        pending.keep_successor(config.lease_timeout, keeper);
-        commits.push(*pending);
-        let item = (next.lease.item_id, next.lease.run_id.clone());
-        let node = next.node.clone();
-        let mut run: Boxed<'a, _> = Box::pin(async move {
-            execute(workflow, backend, config, worker, next, stop, Some(&gate)).await
-        });
-        let ended = match spin(&mut run).await {
-            Some(Ok(Executed::Ready(next))) => {
-                speeds.record(&next.taken.node, true);
-                pending = next.chained();
-                continue;
+        let mut started = 0;
+        let mut rest = None;
+        while started < count && (started == 0 || tree.young()) {
+            let Some(next) = successor(&pending, started, worker) else {
+                break;
+            };
+            started += 1;
+            let item = (next.lease.item_id, next.lease.run_id.clone());
+            let node = next.node.clone();
+            let gate = gate.clone();
+            let mut run: Boxed<'a, _> = Box::pin(async move {
+                execute(workflow, backend, config, worker, next, stop, Some(&gate)).await
+            });
+            match spin(&mut run).await {
+                Some(Ok(Executed::Ready(next))) => {
+                    speeds.record(&next.taken.node, true);
+                    tree.waiting.push_back(next.chained());
+                }
+                None => {
+                    speeds.record(&node, false);
+                    rest = Some(Rest { item, run });
+                    break;
+                }
+                // Over without a commit (the run cancelled, the lease lost, a backend error):
+                // its parent's commit goes on; the batcher records how the step ended.
+                Some(ended) => {
+                    let run: Boxed<'a, _> = Box::pin(async move { ended });
+                    rest = Some(Rest { item, run });
+                    break;
+                }
             }
-            None => {
-                speeds.record(&node, false);
-                return Ok(ChainEnd::Chain(Chained {
-                    commits,
-                    rest: Some(Rest { item, run }),
-                }));
-            }
-            Some(ended) => ended,
-        };
-        // Over without a commit (the run cancelled, the lease lost, a backend error): its
-        // parent's commit goes on; the batcher records how the step ended.
-        let run: Boxed<'a, _> = Box::pin(async move { ended });
-        return Ok(ChainEnd::Chain(Chained {
-            commits,
-            rest: Some(Rest { item, run }),
-        }));
+        }
+        pending.keep_successors(config.lease_timeout, started, keeper);
+        tree.commits.push(*pending);
+        if rest.is_some() {
+            // The steps run but not expanded keep none of their successors: those are queued.
+            tree.commits.extend(tree.waiting.drain(..).map(|p| *p));
+            return Ok(ChainEnd::Chain(Chained {
+                commits: tree.commits,
+                rest,
+            }));
+        }
+    }
+    let mut commits = tree.commits;
+    if commits.len() == 1 {
+        // No successor ran here: the step goes on its own.
+        if let Some(pending) = commits.pop() {
+            return Ok(ChainEnd::Single(Executed::Ready(Box::new(pending))));
+        }
+    }
+    Ok(ChainEnd::Chain(Chained {
+        commits,
+        rest: None,
+    }))
+}
+
+/// A chain's steps so far (a tree when a step has several successors).
+struct Tree<'a, O> {
+    /// When the chain stops starting steps.
+    deadline: Instant,
+    /// The worker's stop token: a stopping worker starts no more.
+    stop: Option<&'a CancellationToken>,
+    /// The steps whose successors are settled (run here or left to the queue), in order.
+    commits: Vec<Pending<O>>,
+    /// The steps run whose successors are not settled yet, oldest first.
+    waiting: VecDeque<Box<Pending<O>>>,
+}
+
+impl<O> Tree<'_, O> {
+    /// Whether the chain may start another step (time and stop wise).
+    fn young(&self) -> bool {
+        Instant::now() < self.deadline && !self.stop.is_some_and(CancellationToken::is_cancelled)
+    }
+
+    /// How many of `pending`'s successors, from the first, the chain runs: those known to be
+    /// fast (see [`Pace`]), up to the chain's room (none once it is old).
+    fn runnable(&self, pending: &Pending<O>, pace: Pace<'_>) -> usize {
+        let size = self.commits.len() + self.waiting.len() + 1;
+        let room = MAX_CHAIN.saturating_sub(size);
+        if room == 0 || !self.young() {
+            return 0;
+        }
+        pending
+            .commit
+            .successors
+            .iter()
+            .take(room)
+            .take_while(|next| pace.speeds.fast(&next.node, pace.backlog))
+            .count()
     }
 }

@@ -35,9 +35,9 @@ pub(crate) struct Pending<O> {
     /// When the lease was last granted or renewed (a step waiting long for its commit renews
     /// it before trying again).
     renewed: Instant,
-    /// The step's successor runs already (a chain): the commit leases it to this worker for
-    /// that long, and the keeper tells the successor how the commit was settled.
-    keep: Option<(Duration, GateKeeper)>,
+    /// The step's first successors run already (a chain): the commit leases that many to
+    /// this worker for that long, and the keeper tells them how the commit was settled.
+    keep: Option<(Duration, usize, GateKeeper)>,
     /// The step's item was kept for this worker by its parent's commit (a chained step).
     tied: bool,
     /// Whether the step holds one of the worker's slots while it waits for its commit: not
@@ -174,7 +174,7 @@ impl<O> Pending<O> {
         let item =
             CommitItem::new(&self.taken.lease, &self.commit).with_held_context(version, bytes);
         match &self.keep {
-            Some((timeout, _)) => item.with_successor_kept(*timeout),
+            Some((timeout, count, _)) => item.with_successors_kept(*timeout, *count),
             None => item,
         }
     }
@@ -192,10 +192,10 @@ impl<O> Pending<O> {
         )
     }
 
-    /// Makes the commit lease the step's successor to this worker for `timeout` (it runs
-    /// already); `keeper` hears how the commit is settled.
-    pub(crate) fn keep_successor(&mut self, timeout: Duration, keeper: GateKeeper) {
-        self.keep = Some((timeout, keeper));
+    /// Makes the commit lease the step's first `count` successors to this worker for
+    /// `timeout` (they run already); `keeper` tells them how the commit is settled.
+    pub(crate) fn keep_successors(&mut self, timeout: Duration, count: usize, keeper: GateKeeper) {
+        self.keep = Some((timeout, count, keeper));
     }
 
     /// Marks the step as chained: its item is kept for this worker by its parent's commit.
@@ -240,7 +240,7 @@ pub(crate) fn settle<O>(
 ) -> Settled<O> {
     // A successor running already (a chain) learns whether its item was created; a step
     // committed again after a conflict no longer keeps it (it is queued as usual).
-    if let Some((_, keeper)) = pending.keep.take() {
+    if let Some((_, _, keeper)) = pending.keep.take() {
         keeper.settle(matches!(outcome, CommitOutcome::Committed { .. }));
     }
     let end = match outcome {

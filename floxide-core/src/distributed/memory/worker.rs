@@ -126,7 +126,7 @@ impl WorkerBackend for InMemoryBackend {
                     .map_or(0, |(_, version)| *version);
                 CommitOutcome::ContextConflict { current }
             } else {
-                self.commit_one(c.lease, c.step, c.keep_successor)?
+                self.commit_one(c.lease, c.step, c.keep_successor.map(|t| (t, c.kept)))?
             };
             chains.settled(
                 run,
@@ -273,7 +273,7 @@ impl InMemoryBackend {
         &self,
         lease: &Lease,
         commit: &StepCommit,
-        keep: Option<Duration>,
+        keep: Option<(Duration, usize)>,
     ) -> Result<CommitOutcome, DistributedError> {
         let mut runs = self.runs.lock();
         let mut items = self.items.lock();
@@ -347,8 +347,9 @@ impl InMemoryBackend {
     }
 
     /// Adds the new ones of `commit`'s successors to the run (known ids are ignored): queued,
-    /// parked when the run is paused or failed, or, the single successor of a chained step
-    /// (`keep`), leased to the step's holder. Returns how many were added and queued.
+    /// parked when the run is paused or failed, or, those of a step whose successors run
+    /// chained (`keep`: the lease's length and how many, from the first), leased to the
+    /// step's holder. Returns how many were added and queued.
     fn add_successors(
         &self,
         queue: &mut QueueState,
@@ -356,12 +357,12 @@ impl InMemoryBackend {
         info: &RunInfo,
         lease: &Lease,
         commit: &StepCommit,
-        keep: Option<Duration>,
+        keep: Option<(Duration, usize)>,
     ) -> (u64, usize) {
         let held = !info.status.is_active();
         let mut added = 0u64;
         let mut woken = 0;
-        for s in &commit.successors {
+        for (index, s) in commit.successors.iter().enumerate() {
             if run_items.items.contains_key(&s.id) {
                 continue;
             }
@@ -380,8 +381,8 @@ impl InMemoryBackend {
             };
             run_items.outstanding += 1;
             added += 1;
-            let kept = match (keep, held, commit.successors.len()) {
-                (Some(timeout), false, 1) => Some(timeout),
+            let kept = match (keep, held) {
+                (Some((timeout, count)), false) if index < count => Some(timeout),
                 _ => None,
             };
             if let Some(timeout) = kept {
