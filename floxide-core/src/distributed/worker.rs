@@ -271,10 +271,11 @@ where
         self
     }
 
-    /// Whether a step's single successor may run on this worker before the step is committed,
-    /// both then committed in one call (default on, where the backend supports it: see
+    /// Whether a step's successors may run on this worker before the step is committed, all
+    /// then committed in one call (default on, where the backend supports it: see
     /// [`WorkerBackend::keeps_successors`](crate::distributed::WorkerBackend::keeps_successors)).
-    /// A chain of fast steps then costs one round trip to the backend instead of one per step;
+    /// A chain of fast steps (or a fan and its fast leaves) then costs one round trip to the
+    /// backend instead of one per step;
     /// a step's commit waits at most 2 ms for its chain, and a worker that dies mid-chain has
     /// the chain's first step run again (at-least-once, as any lost step).
     pub fn chain_steps(mut self, on: bool) -> Self {

@@ -38,7 +38,7 @@ pub(crate) struct ExecConfig {
     pub(crate) lease_timeout: Duration,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) retry_policy: Option<RetryPolicy>,
-    /// Whether a step's single successor may run before the step is committed (see
+    /// Whether a step's successors may run before the step is committed (see
     /// [`chain`]), on backends that keep successors.
     pub(crate) chain_steps: bool,
     /// Deliveries of an item without a commit after which it is poison (see
