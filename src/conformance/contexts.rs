@@ -204,6 +204,7 @@ macro_rules! conformance_tests {
             g2_a_fan_keeps_its_first_successors,
             g2_a_fan_and_its_leaves_commit_in_one_call,
             g2_a_leaf_refused_inside_a_tree_is_refused_alone,
+            g1_kept_leaves_of_a_dead_worker_are_rerun,
             g4_a_fan_of_fast_leaves_is_one_commit,
             g4_a_backlog_of_fans_is_chained_from_the_start
         );

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::super::batch::Counting;
 use super::super::{ctx, finish, orchestrator, worker_builder, Fan, Gate, Spread, Step, Trace};
-use super::{first_item, kept_lease, last_step, options, PATIENCE};
+use super::{first_item, kept_lease, last_step, options, LEASE, PATIENCE};
 use crate::distributed::*;
 use crate::*;
 
@@ -254,6 +254,63 @@ pub async fn g2_a_leaf_refused_inside_a_tree_is_refused_alone<B: Backend>(backen
     let metrics = backend.metrics(&run).await.unwrap();
     assert_eq!((metrics.completed, metrics.total_work_items), (5, 5));
     assert_eq!(metrics.per_node.get("c").map(|t| t.count), Some(3));
+}
+
+/// G1 with trees: the kept leaves of a worker that died before committing them come back,
+/// each once, to another worker once their lease expires (a second delivery of the first
+/// attempt), and the dead worker's kept leases are fenced out.
+pub async fn g1_kept_leaves_of_a_dead_worker_are_rerun<B: Backend>(backend: B) {
+    if !backend.keeps_successors() {
+        return;
+    }
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let me = WorkerId::from("doomed");
+    let (run, a) = first_item(&backend, &me).await;
+    let leaves: Vec<ItemId> = (0..3).map(|n| a.lease.item_id.child(n)).collect();
+    let fan = fan_step("a", &leaves, "b");
+    let reply = backend
+        .commit_batch(
+            &[CommitItem::new(&a.lease, &fan).with_successors_kept(LEASE, 3)],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.outcomes,
+        vec![CommitOutcome::Committed { finished: None }]
+    );
+    let heir = WorkerId::from("heir");
+    let mut again = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while again.len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "G1: the dead worker's kept leaves did not come back: {again:?}"
+        );
+        let take = TakeRequest::new("Chain", &heir, options(PATIENCE)).with_max(4);
+        again.extend(backend.take_batch(take, LEASE).await.unwrap());
+    }
+    let mut ids: Vec<ItemId> = again.iter().map(|t| t.lease.item_id).collect();
+    ids.sort();
+    let mut expected = leaves.clone();
+    expected.sort();
+    assert_eq!(ids, expected, "each kept leaf comes back once");
+    for taken in &again {
+        assert_eq!((taken.attempt, taken.deliveries), (1, 2));
+        let dead = kept_lease(&run, taken.lease.item_id, &me);
+        assert_eq!(
+            backend.commit(&dead, &last_step("b")).await.unwrap(),
+            CommitOutcome::LeaseLost,
+            "G2: the dead worker's kept lease no longer commits"
+        );
+    }
+    for taken in &again {
+        assert!(matches!(
+            backend.commit(&taken.lease, &last_step("b")).await.unwrap(),
+            CommitOutcome::Committed { .. }
+        ));
+    }
+    completed_with(&backend, &run, 4, 3).await;
 }
 
 /// A `Fan` of `n` leaves whose leaves pass through `gate`.
