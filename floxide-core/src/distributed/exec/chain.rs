@@ -255,8 +255,13 @@ where
         deadline: Instant::now() + CHAIN_TIME,
         stop: stop.map(|(token, _)| token),
         commits: Vec::new(),
-        waiting: VecDeque::from([first]),
+        waiting: VecDeque::new(),
     };
+    if tree.runnable(&first, pace) == 0 {
+        // No successor runs here: the step goes on its own (and nothing is allocated for it).
+        return Ok(ChainEnd::Single(Executed::Ready(first)));
+    }
+    tree.waiting.push_back(first);
     // Each step in turn, oldest first: its successors run (those that fit and are known to
     // be fast), then it waits for the commit.
     while let Some(mut pending) = tree.waiting.pop_front() {
@@ -309,15 +314,8 @@ where
             }));
         }
     }
-    let mut commits = tree.commits;
-    if commits.len() == 1 {
-        // No successor ran here: the step goes on its own.
-        if let Some(pending) = commits.pop() {
-            return Ok(ChainEnd::Single(Executed::Ready(Box::new(pending))));
-        }
-    }
     Ok(ChainEnd::Chain(Chained {
-        commits,
+        commits: tree.commits,
         rest: None,
     }))
 }
