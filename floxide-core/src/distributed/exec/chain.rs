@@ -10,11 +10,12 @@
 //! from the first up to one not known to be fast. A node the worker has not run yet is
 //! chained only under a backlog (the chain's first item came with others, see [`Pace`]):
 //! otherwise its first execution starts only once its item is stored and leased, as without
-//! chains, so that a worker's first run of a workflow shows every item before it runs. A chained successor still pending after [`SPINS`] polls (it waits for I/O, a
-//! timer, a lock, or must report a failure or release its item) lets the commits made so far
-//! go at once and goes on alone: a step that runs for a while is listed in progress within a
-//! commit's round trip of its start. The successors its parent had not started yet, and those
-//! of the chain's steps not expanded yet, are queued as usual. A chain also stops after
+//! chains, so that a worker's first run of a workflow shows every item before it runs. A
+//! chained successor still pending after [`SPINS`] polls (it waits for I/O, a timer, a lock,
+//! or must report a failure or release its item) lets the commits made so far go at once and
+//! goes on alone: a step that runs for a while is listed in progress within a commit's round
+//! trip of its start. The successors its parent had not started yet, and those of the
+//! chain's steps not expanded yet, are queued as usual. A chain also stops after
 //! [`MAX_CHAIN`] steps or [`CHAIN_TIME`]. Until the commit that creates its item is settled, a
 //! successor that goes on alone renews its parent's lease, and it reports a failure or
 //! releases its item only after that commit was applied (its [`Gate`]).
@@ -249,8 +250,8 @@ where
     if !config.chain_steps || !backend.keeps_successors() {
         return Ok(ChainEnd::Single(Executed::Ready(first)));
     }
-    let speeds = pace.speeds;
-    speeds.record(&first.taken.node, first.waits() < SPINS as u32);
+    pace.speeds
+        .record(&first.taken.node, first.waits() < SPINS as u32);
     let mut tree = Tree {
         deadline: Instant::now() + CHAIN_TIME,
         stop: stop.map(|(token, _)| token),
@@ -262,6 +263,13 @@ where
         return Ok(ChainEnd::Single(Executed::Ready(first)));
     }
     tree.waiting.push_back(first);
+    let runner = Runner {
+        workflow,
+        backend,
+        config,
+        worker,
+        stop,
+    };
     // Each step in turn, oldest first: its successors run (those that fit and are known to
     // be fast), then it waits for the commit.
     while let Some(mut pending) = tree.waiting.pop_front() {
@@ -271,10 +279,62 @@ where
             continue;
         }
         let (gate, keeper) = Gate::new(pending.taken.lease.clone());
+        let (started, rest) = runner
+            .successors(&mut tree, &pending, count, &gate, pace.speeds)
+            .await;
+        pending.keep_successors(config.lease_timeout, started, keeper);
+        tree.commits.push(*pending);
+        if rest.is_some() {
+            // The steps run but not expanded keep none of their successors: those are queued.
+            tree.commits.extend(tree.waiting.drain(..).map(|p| *p));
+            return Ok(ChainEnd::Chain(Chained {
+                commits: tree.commits,
+                rest,
+            }));
+        }
+    }
+    Ok(ChainEnd::Chain(Chained {
+        commits: tree.commits,
+        rest: None,
+    }))
+}
+
+/// What each step of a chain runs with.
+struct Runner<'a, W> {
+    workflow: &'a W,
+    backend: &'a dyn Backend,
+    config: &'a ExecConfig,
+    worker: &'a WorkerId,
+    stop: Option<(&'a CancellationToken, Duration)>,
+}
+
+impl<'a, W> Runner<'a, W> {
+    /// Runs `pending`'s first `count` successors one after the other (while the chain is
+    /// young), under `gate`: those that finish join the tree's waiting steps. Returns how many
+    /// started, and the one that did not finish without waiting, if any (the chain stops
+    /// there).
+    async fn successors<C>(
+        &self,
+        tree: &mut Tree<'a, W::Output>,
+        pending: &Pending<W::Output>,
+        count: usize,
+        gate: &Gate,
+        speeds: &Speeds,
+    ) -> (usize, Option<Rest<'a, W::Output>>)
+    where
+        C: Context + Merge,
+        W: Workflow<C>,
+    {
+        let (workflow, backend, config, worker, stop) = (
+            self.workflow,
+            self.backend,
+            self.config,
+            self.worker,
+            self.stop,
+        );
         let mut started = 0;
-        let mut rest = None;
         while started < count && (started == 0 || tree.young()) {
-            let Some(next) = successor(&pending, started, worker) else {
+            let Some(next) = successor(pending, started, worker) else {
                 break;
             };
             started += 1;
@@ -291,33 +351,18 @@ where
                 }
                 None => {
                     speeds.record(&node, false);
-                    rest = Some(Rest { item, run });
-                    break;
+                    return (started, Some(Rest { item, run }));
                 }
                 // Over without a commit (the run cancelled, the lease lost, a backend error):
                 // its parent's commit goes on; the batcher records how the step ended.
                 Some(ended) => {
                     let run: Boxed<'a, _> = Box::pin(async move { ended });
-                    rest = Some(Rest { item, run });
-                    break;
+                    return (started, Some(Rest { item, run }));
                 }
             }
         }
-        pending.keep_successors(config.lease_timeout, started, keeper);
-        tree.commits.push(*pending);
-        if rest.is_some() {
-            // The steps run but not expanded keep none of their successors: those are queued.
-            tree.commits.extend(tree.waiting.drain(..).map(|p| *p));
-            return Ok(ChainEnd::Chain(Chained {
-                commits: tree.commits,
-                rest,
-            }));
-        }
+        (started, None)
     }
-    Ok(ChainEnd::Chain(Chained {
-        commits: tree.commits,
-        rest: None,
-    }))
 }
 
 /// A chain's steps so far (a tree when a step has several successors).
