@@ -268,6 +268,8 @@ pub(super) struct Counting {
     taken: AtomicUsize,
     largest_take: AtomicUsize,
     released: AtomicUsize,
+    /// How long the next commit call waits before it goes (ms, 0 for none).
+    delay_next: std::sync::atomic::AtomicU64,
     deaf: bool,
     /// Whether the inner backend's chains show through (else the worker runs no chains).
     chains: bool,
@@ -285,6 +287,7 @@ impl Counting {
             taken: AtomicUsize::new(0),
             largest_take: AtomicUsize::new(0),
             released: AtomicUsize::new(0),
+            delay_next: std::sync::atomic::AtomicU64::new(0),
             deaf,
             chains: false,
         }
@@ -296,6 +299,12 @@ impl Counting {
             chains: true,
             ..Counting::over(inner, false)
         }
+    }
+
+    /// Makes the next commit call wait `delay` before it goes (a slow backend).
+    pub(super) fn delay_next_commit(&self, delay: Duration) {
+        self.delay_next
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// The items take calls and commit calls leased so far.
@@ -375,6 +384,10 @@ impl WorkerBackend for Counting {
         next: Option<TakeRequest<'_>>,
     ) -> Result<CommitReply, DistributedError> {
         self.commits.fetch_add(1, Ordering::SeqCst);
+        let delay = self.delay_next.swap(0, Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         self.steps.fetch_add(commits.len(), Ordering::SeqCst);
         self.largest.fetch_max(commits.len(), Ordering::SeqCst);
         let reply = self.inner.commit_batch(commits, next).await?;

@@ -206,7 +206,8 @@ macro_rules! conformance_tests {
             g2_a_leaf_refused_inside_a_tree_is_refused_alone,
             g1_kept_leaves_of_a_dead_worker_are_rerun,
             g4_a_fan_of_fast_leaves_is_one_commit,
-            g4_a_backlog_of_fans_is_chained_from_the_start
+            g4_a_backlog_of_fans_is_chained_from_the_start,
+            g4_chained_steps_waiting_behind_a_slow_commit_are_kept
         );
     };
     (@each #[$attr:meta], $make:expr, $($check:ident),*) => {

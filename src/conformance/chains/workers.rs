@@ -274,3 +274,35 @@ pub async fn g7_a_slow_chained_step_lets_its_parent_commit<B: Backend>(backend: 
     let reclaimed = o.metrics(&run).await.unwrap().reclaimed;
     assert_eq!(reclaimed, 0, "no lease expired");
 }
+
+/// G1/G4 with chains: chained steps that wait for their commit longer than a heartbeat
+/// interval, behind their parent's slow commit, are kept: their kept leases do not exist until
+/// that commit makes them, so a renewal that finds none does not end them. The run completes
+/// in the next commit, with no lease left to expire and each node executed once.
+pub async fn g4_chained_steps_waiting_behind_a_slow_commit_are_kept<B: Backend>(backend: B) {
+    let counting = Arc::new(Counting::chaining(Arc::new(backend)));
+    let backend: Arc<dyn Backend> = counting.clone();
+    let (gate, o, mut pool) = warmed_up(&backend, 8).await;
+    gate.hold_first
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // `a`'s commit waits 2.5 heartbeat intervals (less than a lease) while `b`, held as it
+    // began, goes on alone; `b` and `c` then finish while that commit is still on its way.
+    counting.delay_next_commit(LEASE * 5 / 8);
+    let (commits, _) = counting.counts();
+    let run = o.start_run(&ctx(), 0).await.unwrap();
+    let waited = tokio::time::Instant::now();
+    while counting.counts().0 == commits || gate.executions() < 2 {
+        assert!(
+            waited.elapsed() < PATIENCE,
+            "a was not committed while b runs"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    gate.release();
+    assert_eq!(finish(&o, &run).await.status, RunStatus::Completed);
+    pool.try_stop().await.unwrap();
+    each_node_once(&o, &run).await;
+    let metrics = o.metrics(&run).await.unwrap();
+    assert_eq!(metrics.reclaimed, 0, "no lease expired: {metrics:?}");
+    assert_eq!(gate.executions(), 2, "b ran once to warm up, then once");
+}

@@ -342,7 +342,11 @@ impl<'a, W> Runner<'a, W> {
             let node = next.node.clone();
             let gate = gate.clone();
             let mut run: Boxed<'a, _> = Box::pin(async move {
-                execute(workflow, backend, config, worker, next, stop, Some(&gate)).await
+                let ran = execute(workflow, backend, config, worker, next, stop, Some(&gate));
+                match ran.await? {
+                    Executed::Ready(pending) => Ok(Executed::Ready(pending.tied())),
+                    ended => Ok(ended),
+                }
             });
             match spin(&mut run).await {
                 Some(Ok(Executed::Ready(next))) => {

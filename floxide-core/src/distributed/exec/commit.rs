@@ -148,7 +148,8 @@ impl<O> Pending<O> {
     }
 
     /// Renews the step's lease while it waits for its commit: the step again, or how it
-    /// ends when the lease is gone or the run no longer takes results.
+    /// ends when the lease is gone (not for a chained step, see below) or the run no longer
+    /// takes results.
     ///
     /// # Errors
     /// A backend error.
@@ -158,11 +159,18 @@ impl<O> Pending<O> {
         config: &ExecConfig,
     ) -> Result<Executed<O>, FloxideError> {
         let now = Instant::now();
-        if let Some(end) = renew(backend, config, &self.taken).await? {
-            return Ok(Executed::Ended {
-                node: self.taken.node,
-                end,
-            });
+        match renew(backend, config, &self.taken).await? {
+            // A chained step's kept lease is made by its parent's commit, which may not have
+            // been applied yet (it waits too, or is on its way): the step waits on. Its own
+            // commit is fenced all the same.
+            Some(StepEnd::Abandoned { lease_lost: true }) if self.tied => {}
+            Some(end) => {
+                return Ok(Executed::Ended {
+                    node: self.taken.node,
+                    end,
+                })
+            }
+            None => {}
         }
         self.renewed = now;
         Ok(Executed::Ready(self))
@@ -200,8 +208,14 @@ impl<O> Pending<O> {
 
     /// Marks the step as chained: its item is kept for this worker by its parent's commit.
     pub(crate) fn chained(mut self: Box<Self>) -> Box<Self> {
-        self.tied = true;
         self.holds_slot = false;
+        self.tied()
+    }
+
+    /// Marks the step's item as kept for this worker by its parent's commit (a chained step
+    /// that went on alone keeps its slot).
+    pub(crate) fn tied(mut self: Box<Self>) -> Box<Self> {
+        self.tied = true;
         self
     }
 
