@@ -52,7 +52,8 @@ local k = num(ARGV[5])
 -- change of its outstanding count (each new successor one more, each step one less), `outs`,
 -- the outputs, and `chain`, whether they may be one chain or tree this call finishes as a
 -- whole (each step after the first a kept successor, each keeping all its successors, no
--- errors; `commit_quiet` checks that each later step is a successor of one before it). A run whose plan finishes it (see `run_of`) is "quiet".
+-- errors; `commit_quiet` checks that each later step is a successor of one before it). A
+-- run whose plan finishes it (see `run_of`) is "quiet".
 -- `c` and `i` are the place of the run's first step in the batch and where its arguments
 -- start; `at` lists those of all its steps while they may be a chain (made at the second).
 -- `starts`, `outs_at` and `errs_at` keep, per step, where its arguments, its output count and
