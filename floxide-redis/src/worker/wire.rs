@@ -193,8 +193,9 @@ fn is_whole_chain<'a, 'b: 'a>(steps: impl Iterator<Item = &'a CommitItem<'b>>) -
         };
         first = false;
         let successors = &c.step.successors;
+        let keeps_all = successors.is_empty() || c.keeps(successors.len() - 1);
         if !kept
-            || (c.kept < successors.len() || c.keep_successor.is_none()) && !successors.is_empty()
+            || !keeps_all
             || !c.step.handled_failures.is_empty()
             || c.step.require_version.is_some()
         {

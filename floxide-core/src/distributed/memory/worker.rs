@@ -126,7 +126,7 @@ impl WorkerBackend for InMemoryBackend {
                     .map_or(0, |(_, version)| *version);
                 CommitOutcome::ContextConflict { current }
             } else {
-                self.commit_one(c.lease, c.step, c.keep_successor.map(|t| (t, c.kept)))?
+                self.commit_one(c)?
             };
             chains.settled(
                 run,
@@ -269,12 +269,8 @@ impl WorkerBackend for InMemoryBackend {
 
 impl InMemoryBackend {
     /// Commits one step (see [`WorkerBackend::commit_batch`]).
-    fn commit_one(
-        &self,
-        lease: &Lease,
-        commit: &StepCommit,
-        keep: Option<(Duration, usize)>,
-    ) -> Result<CommitOutcome, DistributedError> {
+    fn commit_one(&self, c: &CommitItem<'_>) -> Result<CommitOutcome, DistributedError> {
+        let (lease, commit) = (c.lease, c.step);
         let mut runs = self.runs.lock();
         let mut items = self.items.lock();
         let mut queue = self.queue.lock();
@@ -298,7 +294,7 @@ impl InMemoryBackend {
         }
         drop(contexts);
 
-        let (added, woken) = self.add_successors(&mut queue, run_items, info, lease, commit, keep);
+        let (added, woken) = self.add_successors(&mut queue, run_items, info, c);
         if let Some(r) = run_items.items.get_mut(&lease.item_id) {
             r.status = WorkItemStatus::Completed;
             self.record_of(lease, r, StepEventKind::Committed);
@@ -347,18 +343,17 @@ impl InMemoryBackend {
     }
 
     /// Adds the new ones of `commit`'s successors to the run (known ids are ignored): queued,
-    /// parked when the run is paused or failed, or, those of a step whose successors run
-    /// chained (`keep`: the lease's length and how many, from the first), leased to the
-    /// step's holder. Returns how many were added and queued.
+    /// parked when the run is paused or failed, or, those the step keeps for its worker (see
+    /// [`CommitItem::keep_successor`]), leased to the step's holder. Returns how many were
+    /// added and queued.
     fn add_successors(
         &self,
         queue: &mut QueueState,
         run_items: &mut RunItems,
         info: &RunInfo,
-        lease: &Lease,
-        commit: &StepCommit,
-        keep: Option<(Duration, usize)>,
+        c: &CommitItem<'_>,
     ) -> (u64, usize) {
+        let (lease, commit) = (c.lease, c.step);
         let held = !info.status.is_active();
         let mut added = 0u64;
         let mut woken = 0;
@@ -381,10 +376,7 @@ impl InMemoryBackend {
             };
             run_items.outstanding += 1;
             added += 1;
-            let kept = match (keep, held) {
-                (Some((timeout, count)), false) if index < count => Some(timeout),
-                _ => None,
-            };
+            let kept = c.keep_successor.filter(|_| !held && c.keeps(index));
             if let Some(timeout) = kept {
                 // A chained step: the worker executed it already and holds its first lease.
                 let holder = match run_items.items.get(&lease.item_id) {
