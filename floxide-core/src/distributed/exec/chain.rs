@@ -258,11 +258,11 @@ where
         commits: Vec::new(),
         waiting: VecDeque::new(),
     };
-    if tree.runnable(&first, pace) == 0 {
+    let count = tree.runnable(&first, pace);
+    if count == 0 {
         // No successor runs here: the step goes on its own (and nothing is allocated for it).
         return Ok(ChainEnd::Single(Executed::Ready(first)));
     }
-    tree.waiting.push_back(first);
     let runner = Runner {
         workflow,
         backend,
@@ -272,26 +272,31 @@ where
     };
     // Each step in turn, oldest first: its successors run (those that fit and are known to
     // be fast), then it waits for the commit.
-    while let Some(mut pending) = tree.waiting.pop_front() {
-        let count = tree.runnable(&pending, pace);
+    let mut next = Some((first, count));
+    while let Some((mut pending, count)) = next.take() {
         if count == 0 {
             tree.commits.push(*pending);
-            continue;
+        } else {
+            let (gate, keeper) = Gate::new(pending.taken.lease.clone());
+            let (started, rest) = runner
+                .successors(&mut tree, &pending, count, &gate, pace.speeds)
+                .await;
+            pending.keep_successors(config.lease_timeout, started, keeper);
+            tree.commits.push(*pending);
+            if rest.is_some() {
+                // The steps run but not expanded keep none of their successors: those are
+                // queued.
+                tree.commits.extend(tree.waiting.drain(..).map(|p| *p));
+                return Ok(ChainEnd::Chain(Chained {
+                    commits: tree.commits,
+                    rest,
+                }));
+            }
         }
-        let (gate, keeper) = Gate::new(pending.taken.lease.clone());
-        let (started, rest) = runner
-            .successors(&mut tree, &pending, count, &gate, pace.speeds)
-            .await;
-        pending.keep_successors(config.lease_timeout, started, keeper);
-        tree.commits.push(*pending);
-        if rest.is_some() {
-            // The steps run but not expanded keep none of their successors: those are queued.
-            tree.commits.extend(tree.waiting.drain(..).map(|p| *p));
-            return Ok(ChainEnd::Chain(Chained {
-                commits: tree.commits,
-                rest,
-            }));
-        }
+        next = tree.waiting.pop_front().map(|p| {
+            let count = tree.runnable(&p, pace);
+            (p, count)
+        });
     }
     Ok(ChainEnd::Chain(Chained {
         commits: tree.commits,
