@@ -48,6 +48,31 @@ async fn completed_with(backend: &Arc<dyn Backend>, run: &RunId, steps: u64, lea
     assert_eq!(metrics.per_node.get("b").map(|t| t.count), Some(leaves));
 }
 
+/// Starts a `Chain` run, leases its first item to `me` and commits it as a fan of three
+/// leaves (node `b`) that keeps its first `kept` of them for `lease`: the run and the leaves.
+async fn a_fan_keeping(
+    backend: &Arc<dyn Backend>,
+    me: &WorkerId,
+    lease: Duration,
+    kept: usize,
+) -> (RunId, Vec<ItemId>) {
+    let (run, a) = first_item(backend, me).await;
+    let leaves: Vec<ItemId> = (0..3).map(|n| a.lease.item_id.child(n)).collect();
+    let fan = fan_step("a", &leaves, "b");
+    let reply = backend
+        .commit_batch(
+            &[CommitItem::new(&a.lease, &fan).with_successors_kept(lease, kept)],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.outcomes,
+        vec![CommitOutcome::Committed { finished: None }]
+    );
+    (run, leaves)
+}
+
 /// G2 with trees: a fan that keeps its first two of three successors leases those two to its
 /// worker (shown in progress under it, never queued) and queues the third for anyone; each
 /// commits under its own lease, and the last completes the run.
@@ -58,20 +83,7 @@ pub async fn g2_a_fan_keeps_its_first_successors<B: Backend>(backend: B) {
     let backend: Arc<dyn Backend> = Arc::new(backend);
     let me = WorkerId::from("chainer");
     let other = WorkerId::from("other");
-    let (run, a) = first_item(&backend, &me).await;
-    let leaves: Vec<ItemId> = (0..3).map(|n| a.lease.item_id.child(n)).collect();
-    let fan = fan_step("a", &leaves, "b");
-    let reply = backend
-        .commit_batch(
-            &[CommitItem::new(&a.lease, &fan).with_successors_kept(PATIENCE, 2)],
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        reply.outcomes,
-        vec![CommitOutcome::Committed { finished: None }]
-    );
+    let (run, leaves) = a_fan_keeping(&backend, &me, PATIENCE, 2).await;
     let take = TakeRequest::new("Chain", &other, options(PATIENCE)).with_max(4);
     let taken = backend.take_batch(take, Duration::ZERO).await.unwrap();
     let ids: Vec<ItemId> = taken.iter().map(|t| t.lease.item_id).collect();
@@ -265,20 +277,7 @@ pub async fn g1_kept_leaves_of_a_dead_worker_are_rerun<B: Backend>(backend: B) {
     }
     let backend: Arc<dyn Backend> = Arc::new(backend);
     let me = WorkerId::from("doomed");
-    let (run, a) = first_item(&backend, &me).await;
-    let leaves: Vec<ItemId> = (0..3).map(|n| a.lease.item_id.child(n)).collect();
-    let fan = fan_step("a", &leaves, "b");
-    let reply = backend
-        .commit_batch(
-            &[CommitItem::new(&a.lease, &fan).with_successors_kept(LEASE, 3)],
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        reply.outcomes,
-        vec![CommitOutcome::Committed { finished: None }]
-    );
+    let (run, leaves) = a_fan_keeping(&backend, &me, LEASE, 3).await;
     let heir = WorkerId::from("heir");
     let mut again = Vec::new();
     let deadline = tokio::time::Instant::now() + PATIENCE;
