@@ -156,27 +156,87 @@ pub(crate) fn function_missing(error: &redis::RedisError) -> bool {
 /// A call of one script with its keys and arguments, run as a function or a script.
 pub(crate) struct Call<'a> {
     lua: &'a Lua,
-    keys: Vec<Vec<u8>>,
-    args: Vec<Vec<u8>>,
+    keys: Packed,
+    args: Packed,
     /// The position of the request id among the arguments: a retry sends it with a `+`
     /// appended, which tells the script to look for the first attempt's answer.
     request_at: Option<usize>,
 }
 
+/// Arguments packed in one buffer: adding one allocates nothing once the buffer has grown
+/// (a commit of a batch sends hundreds; a `Vec` of `Vec`s made two allocations for each).
+#[derive(Debug, Default)]
+struct Packed {
+    data: Vec<u8>,
+    /// Where each argument ends in `data`.
+    ends: Vec<usize>,
+}
+
+impl Packed {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The arguments in order.
+    fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(start, end)| &self.data[start..end])
+    }
+}
+
+impl redis::RedisWrite for Packed {
+    fn write_arg(&mut self, arg: &[u8]) {
+        self.data.extend_from_slice(arg);
+        self.ends.push(self.data.len());
+    }
+
+    fn write_arg_fmt(&mut self, arg: impl std::fmt::Display) {
+        use std::io::Write;
+        // (Writing to a `Vec` cannot fail.)
+        let _ = write!(self.data, "{arg}");
+        self.ends.push(self.data.len());
+    }
+
+    fn writer_for_next_arg(&mut self) -> impl std::io::Write + '_ {
+        /// Ends the argument when dropped.
+        struct Next<'p>(&'p mut Packed);
+        impl std::io::Write for Next<'_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.data.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl Drop for Next<'_> {
+            fn drop(&mut self) {
+                self.0.ends.push(self.0.data.len());
+            }
+        }
+        Next(self)
+    }
+}
+
 impl<'a> Call<'a> {
     /// A call of `lua` with one key.
     pub(crate) fn new(lua: &'a Lua, key: impl ToRedisArgs) -> Self {
+        let mut keys = Packed::default();
+        key.write_redis_args(&mut keys);
         Call {
             lua,
-            keys: key.to_redis_args(),
-            args: Vec::new(),
+            keys,
+            args: Packed::default(),
             request_at: None,
         }
     }
 
     /// Adds a key.
     pub(crate) fn key(&mut self, key: impl ToRedisArgs) -> &mut Self {
-        self.keys.extend(key.to_redis_args());
+        key.write_redis_args(&mut self.keys);
         self
     }
 
@@ -186,43 +246,50 @@ impl<'a> Call<'a> {
         self.arg(id)
     }
 
-    /// The arguments of an attempt (`retry`: not the first).
-    fn args_for(&self, retry: bool) -> std::borrow::Cow<'_, [Vec<u8>]> {
-        match self.request_at {
-            Some(i) if retry && i < self.args.len() => {
-                let mut args = self.args.clone();
-                args[i].push(b'+');
-                std::borrow::Cow::Owned(args)
+    /// Calls `each` with the arguments of an attempt (`retry`: not the first, whose request
+    /// id goes with a `+`).
+    fn each_arg(&self, retry: bool, mut each: impl FnMut(&[u8])) {
+        for (i, arg) in self.args.iter().enumerate() {
+            if retry && self.request_at == Some(i) {
+                each(&[arg, b"+"].concat());
+            } else {
+                each(arg);
             }
-            _ => std::borrow::Cow::Borrowed(&self.args),
         }
     }
 
     /// Adds an argument.
     pub(crate) fn arg(&mut self, value: impl ToRedisArgs) -> &mut Self {
-        self.args.extend(value.to_redis_args());
+        value.write_redis_args(&mut self.args);
         self
     }
 
     /// The call as `FCALL` (`retry`: a later attempt of the same request).
     pub(crate) fn fcall(&self, retry: bool) -> redis::Cmd {
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg(&self.lua.function)
-            .arg(self.keys.len())
-            .arg(&self.keys)
-            .arg(&*self.args_for(retry));
+        let count = 3 + self.keys.len() + self.args.len();
+        let size = self.lua.function.len() + self.keys.data.len() + self.args.data.len() + 16;
+        let mut cmd = redis::Cmd::with_capacity(count, size);
+        cmd.arg("FCALL")
+            .arg(&self.lua.function)
+            .arg(self.keys.len());
+        for key in self.keys.iter() {
+            cmd.arg(key);
+        }
+        self.each_arg(retry, |arg| {
+            cmd.arg(arg);
+        });
         cmd
     }
 
     /// The call as a script invocation (`EVALSHA`, loading the script when it is missing).
     pub(crate) fn invocation(&self, retry: bool) -> redis::ScriptInvocation<'a> {
         let mut inv = self.lua.script.prepare_invoke();
-        for key in &self.keys {
+        for key in self.keys.iter() {
             inv.key(key);
         }
-        for arg in self.args_for(retry).iter() {
+        self.each_arg(retry, |arg| {
             inv.arg(arg);
-        }
+        });
         inv
     }
 }
