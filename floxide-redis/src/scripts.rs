@@ -325,3 +325,40 @@ pub(crate) async fn reload(
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Call, Scripts};
+
+    /// The arguments of `cmd` as texts.
+    fn texts(cmd: &redis::Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => "<not a plain argument>".to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_call_sends_its_keys_then_its_arguments_and_a_retry_marks_the_request_id() {
+        let scripts = Scripts::new(false, true, false);
+        let mut call = Call::new(&scripts.take, "q:wf");
+        call.key("guard")
+            .arg("prefix")
+            .request("req-1")
+            .arg(7u64)
+            .arg(b"".as_slice())
+            .arg(&["a", "b"][..]);
+        let function = scripts.take.function.clone();
+        let first = texts(&call.fcall(false));
+        let expected = [
+            "FCALL", &function, "2", "q:wf", "guard", "prefix", "req-1", "7", "", "a", "b",
+        ];
+        assert_eq!(first, expected);
+        let retry = texts(&call.fcall(true));
+        let mut marked = expected.map(str::to_owned).to_vec();
+        marked[6] = "req-1+".to_owned();
+        assert_eq!(retry, marked);
+    }
+}
