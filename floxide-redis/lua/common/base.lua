@@ -62,9 +62,12 @@ local HISTORY_KEPT = 1000
 
 -- Empties the history collections (after their flush, or a call that stopped before it).
 local function reset_history()
-  if HISTORY_RUNS[1] or next(HISTORY_ENDS) then
-    HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_ENDS, HISTORY_NOTE = {}, {}, {}, {}, {}
+  -- (Lines, checks and notes are only ever added together, by `step_event`; a finishing run
+  -- gets an end without any. Only the collections used are made anew.)
+  if HISTORY_RUNS[1] then
+    HISTORY, HISTORY_RUNS, HISTORY_CHECK, HISTORY_NOTE = {}, {}, {}, {}
   end
+  if next(HISTORY_ENDS) then HISTORY_ENDS = {} end
 end
 
 -- The names of runs' records and item hashes, kept a while across calls (made by
