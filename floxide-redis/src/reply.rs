@@ -50,7 +50,22 @@ pub(crate) fn bytes_at(values: &[Value], i: usize) -> Vec<u8> {
 
 /// Value `i` of `values` as text (see [`bytes_at`]).
 pub(crate) fn text_at(values: &[Value], i: usize) -> String {
-    String::from_utf8_lossy(&bytes_at(values, i)).into_owned()
+    match values.get(i) {
+        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(Value::SimpleString(s)) => s.clone(),
+        Some(Value::Int(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Value `i` of `values` as borrowed text, when it is a string of UTF-8 (to compare a reply's
+/// word without copying it).
+pub(crate) fn str_at(values: &[Value], i: usize) -> Option<&str> {
+    match values.get(i) {
+        Some(Value::BulkString(b)) => std::str::from_utf8(b).ok(),
+        Some(Value::SimpleString(s)) => Some(s),
+        _ => None,
+    }
 }
 
 /// Value `i` of `values` as a number, when it is one.
@@ -101,4 +116,33 @@ pub(crate) fn time_ms(ms: u64) -> SystemTime {
 pub(crate) fn ms_of(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::Value;
+
+    use super::{str_at, text_at};
+
+    #[test]
+    fn reply_values_read_as_text_owned_or_borrowed() {
+        let values = [
+            Value::BulkString(b"ok".to_vec()),
+            Value::SimpleString("again".to_owned()),
+            Value::Int(42),
+            Value::BulkString(vec![0xff, b'a']),
+            Value::Nil,
+        ];
+        assert_eq!(text_at(&values, 0), "ok");
+        assert_eq!(text_at(&values, 1), "again");
+        assert_eq!(text_at(&values, 2), "42");
+        assert_eq!(text_at(&values, 3), "\u{fffd}a");
+        assert_eq!(text_at(&values, 4), "");
+        assert_eq!(text_at(&values, 9), "");
+        assert_eq!(str_at(&values, 0), Some("ok"));
+        assert_eq!(str_at(&values, 1), Some("again"));
+        assert_eq!(str_at(&values, 2), None, "a number is not borrowed text");
+        assert_eq!(str_at(&values, 3), None, "not UTF-8");
+        assert_eq!(str_at(&values, 4), None);
+    }
 }

@@ -13,7 +13,7 @@ use redis::Value;
 
 use crate::backend::{request_id, run_status_of, RedisBackend};
 use crate::keys::Keys;
-use crate::reply::{int_at, malformed, text_at, time_ms, Reply};
+use crate::reply::{int_at, malformed, str_at, text_at, time_ms, Reply};
 use crate::scripts::{function_missing, reload, Call};
 
 mod wire;
@@ -640,7 +640,7 @@ fn commit_rows(
     let mut outcomes: Vec<Option<CommitOutcome>> = vec![None; order.len()];
     let mut again = Vec::new();
     for (&i, row) in order.iter().zip(rows.chunks_exact(2)) {
-        if text_at(row, 0) == "again" {
+        if str_at(row, 0) == Some("again") {
             again.push(i);
         } else {
             outcomes[i] = Some(commit_outcome(row)?);

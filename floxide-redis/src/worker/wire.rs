@@ -49,7 +49,11 @@ pub(super) fn parse_take(
                     r.int(b + 5).unwrap_or(1) as u32,
                     r.int(b + 6).unwrap_or(1) as u32,
                 )
-                .with_deadline(r.text(b + 7).parse::<u64>().ok().map(time_ms))
+                .with_deadline(
+                    r.int(b + 7)
+                        .and_then(|ms| u64::try_from(ms).ok())
+                        .map(time_ms),
+                )
                 .with_context(context),
         );
     }
@@ -62,11 +66,11 @@ pub(super) fn parse_take(
 /// One step's answer to a commit or failure report: its kind and its detail, the first two
 /// values of `row`.
 pub(super) fn commit_outcome(row: &[Value]) -> Result<CommitOutcome, DistributedError> {
-    match text_at(row, 0).as_str() {
+    match str_at(row, 0).unwrap_or_default() {
         "ok" => {
-            let fin = text_at(row, 1);
+            let fin = str_at(row, 1).unwrap_or_default();
             Ok(CommitOutcome::Committed {
-                finished: (!fin.is_empty()).then(|| run_status_of(&fin)),
+                finished: (!fin.is_empty()).then(|| run_status_of(fin)),
             })
         }
         "conflict" => Ok(CommitOutcome::ContextConflict {
@@ -74,7 +78,7 @@ pub(super) fn commit_outcome(row: &[Value]) -> Result<CommitOutcome, Distributed
         }),
         "lost" => Ok(CommitOutcome::LeaseLost),
         "inactive" => Ok(CommitOutcome::RunInactive(run_status_of(&text_at(row, 1)))),
-        other => Err(malformed(&format!("commit answered `{other}`"))),
+        _ => Err(malformed(&format!("commit answered `{}`", text_at(row, 0)))),
     }
 }
 
