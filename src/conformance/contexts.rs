@@ -77,7 +77,9 @@ pub async fn g3_joins_fire_exactly_once<B: Backend>(backend: B) {
                 .events()
                 .filter(|e| e.starts_with("work:"))
                 .count(),
-            10
+            10,
+            "G3: a branch's change was lost: {:?}",
+            trace.events.events().collect::<Vec<_>>()
         );
         assert_eq!(trace.arrived.snapshot().await.len(), 10);
     }
