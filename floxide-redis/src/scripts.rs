@@ -156,100 +156,54 @@ pub(crate) fn function_missing(error: &redis::RedisError) -> bool {
 /// A call of one script with its keys and arguments, run as a function or a script.
 pub(crate) struct Call<'a> {
     lua: &'a Lua,
-    keys: Packed,
-    args: Packed,
+    /// The keys and the arguments, each list in a `Cmd` of its own used as a buffer: adding
+    /// one allocates nothing once the buffer has grown (a commit of a batch sends hundreds; a
+    /// `Vec` of `Vec`s made two allocations for each).
+    keys: redis::Cmd,
+    args: redis::Cmd,
     /// The position of the request id among the arguments: a retry sends it with a `+`
     /// appended, which tells the script to look for the first attempt's answer.
     request_at: Option<usize>,
 }
 
-/// Arguments packed in one buffer: adding one allocates nothing once the buffer has grown
-/// (a commit of a batch sends hundreds; a `Vec` of `Vec`s made two allocations for each).
-#[derive(Debug, Default)]
-struct Packed {
-    data: Vec<u8>,
-    /// Where each argument ends in `data`.
-    ends: Vec<usize>,
-}
-
-impl Packed {
-    fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    /// The arguments in order.
-    fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts
-            .zip(self.ends.iter().copied())
-            .map(|(start, end)| &self.data[start..end])
-    }
-}
-
-impl redis::RedisWrite for Packed {
-    fn write_arg(&mut self, arg: &[u8]) {
-        self.data.extend_from_slice(arg);
-        self.ends.push(self.data.len());
-    }
-
-    fn write_arg_fmt(&mut self, arg: impl std::fmt::Display) {
-        use std::io::Write;
-        // (Writing to a `Vec` cannot fail.)
-        let _ = write!(self.data, "{arg}");
-        self.ends.push(self.data.len());
-    }
-
-    fn writer_for_next_arg(&mut self) -> impl std::io::Write + '_ {
-        /// Ends the argument when dropped.
-        struct Next<'p>(&'p mut Packed);
-        impl std::io::Write for Next<'_> {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.data.extend_from_slice(buf);
-                Ok(buf.len())
-            }
-
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        impl Drop for Next<'_> {
-            fn drop(&mut self) {
-                self.0.ends.push(self.0.data.len());
-            }
-        }
-        Next(self)
-    }
+/// The arguments written into `list` (see [`Call`]), in order.
+fn plain(list: &redis::Cmd) -> impl Iterator<Item = &[u8]> + '_ {
+    list.args_iter().filter_map(|arg| match arg {
+        redis::Arg::Simple(bytes) => Some(bytes),
+        // (Only a scanning command has a cursor.)
+        _ => None,
+    })
 }
 
 impl<'a> Call<'a> {
     /// A call of `lua` with one key.
     pub(crate) fn new(lua: &'a Lua, key: impl ToRedisArgs) -> Self {
-        let mut keys = Packed::default();
-        key.write_redis_args(&mut keys);
+        let mut keys = redis::Cmd::new();
+        keys.arg(key);
         Call {
             lua,
             keys,
-            args: Packed::default(),
+            args: redis::Cmd::new(),
             request_at: None,
         }
     }
 
     /// Adds a key.
     pub(crate) fn key(&mut self, key: impl ToRedisArgs) -> &mut Self {
-        key.write_redis_args(&mut self.keys);
+        self.keys.arg(key);
         self
     }
 
     /// Adds the request id as the next argument.
     pub(crate) fn request(&mut self, id: &str) -> &mut Self {
-        self.request_at = Some(self.args.len());
+        self.request_at = Some(self.args.args_iter().len());
         self.arg(id)
     }
 
     /// Calls `each` with the arguments of an attempt (`retry`: not the first, whose request
     /// id goes with a `+`).
     fn each_arg(&self, retry: bool, mut each: impl FnMut(&[u8])) {
-        for (i, arg) in self.args.iter().enumerate() {
+        for (i, arg) in plain(&self.args).enumerate() {
             if retry && self.request_at == Some(i) {
                 each(&[arg, b"+"].concat());
             } else {
@@ -260,19 +214,21 @@ impl<'a> Call<'a> {
 
     /// Adds an argument.
     pub(crate) fn arg(&mut self, value: impl ToRedisArgs) -> &mut Self {
-        value.write_redis_args(&mut self.args);
+        self.args.arg(value);
         self
     }
 
     /// The call as `FCALL` (`retry`: a later attempt of the same request).
     pub(crate) fn fcall(&self, retry: bool) -> redis::Cmd {
-        let count = 3 + self.keys.len() + self.args.len();
-        let size = self.lua.function.len() + self.keys.data.len() + self.args.data.len() + 16;
-        let mut cmd = redis::Cmd::with_capacity(count, size);
-        cmd.arg("FCALL")
-            .arg(&self.lua.function)
-            .arg(self.keys.len());
-        for key in self.keys.iter() {
+        let keys = self.keys.args_iter().len();
+        let count = 3 + keys + self.args.args_iter().len();
+        let data: usize = plain(&self.keys)
+            .chain(plain(&self.args))
+            .map(<[u8]>::len)
+            .sum();
+        let mut cmd = redis::Cmd::with_capacity(count, self.lua.function.len() + data + 16);
+        cmd.arg("FCALL").arg(&self.lua.function).arg(keys);
+        for key in plain(&self.keys) {
             cmd.arg(key);
         }
         self.each_arg(retry, |arg| {
@@ -284,7 +240,7 @@ impl<'a> Call<'a> {
     /// The call as a script invocation (`EVALSHA`, loading the script when it is missing).
     pub(crate) fn invocation(&self, retry: bool) -> redis::ScriptInvocation<'a> {
         let mut inv = self.lua.script.prepare_invoke();
-        for key in self.keys.iter() {
+        for key in plain(&self.keys) {
             inv.key(key);
         }
         self.each_arg(retry, |arg| {
