@@ -40,22 +40,24 @@ impl Reply {
 
 /// Value `i` of `values` as bytes (empty when missing or not a string or number).
 pub(crate) fn bytes_at(values: &[Value], i: usize) -> Vec<u8> {
+    raw_at(values, i).into_owned()
+}
+
+/// Value `i` of `values` as bytes, borrowed from the reply when it holds them (see
+/// [`bytes_at`]).
+fn raw_at(values: &[Value], i: usize) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
     match values.get(i) {
-        Some(Value::BulkString(b)) => b.clone(),
-        Some(Value::SimpleString(s)) => s.clone().into_bytes(),
-        Some(Value::Int(n)) => n.to_string().into_bytes(),
-        _ => Vec::new(),
+        Some(Value::BulkString(b)) => Cow::Borrowed(b),
+        Some(Value::SimpleString(s)) => Cow::Borrowed(s.as_bytes()),
+        Some(Value::Int(n)) => Cow::Owned(n.to_string().into_bytes()),
+        _ => Cow::Borrowed(&[]),
     }
 }
 
 /// Value `i` of `values` as text (see [`bytes_at`]).
 pub(crate) fn text_at(values: &[Value], i: usize) -> String {
-    match values.get(i) {
-        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-        Some(Value::SimpleString(s)) => s.clone(),
-        Some(Value::Int(n)) => n.to_string(),
-        _ => String::new(),
-    }
+    String::from_utf8_lossy(&raw_at(values, i)).into_owned()
 }
 
 /// Value `i` of `values` as borrowed text, when it is a string of UTF-8 (to compare a reply's
