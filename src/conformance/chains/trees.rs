@@ -153,11 +153,10 @@ pub async fn g2_a_fan_and_its_leaves_commit_in_one_call<B: Backend>(backend: B) 
         me.clone(),
     );
     let refused = tree(&forged);
-    let items: Vec<CommitItem<'_>> = refused
-        .iter()
-        .map(|(l, s, kept)| CommitItem::new(l, s).with_successors_kept(PATIENCE, *kept))
-        .collect();
-    let reply = backend.commit_batch(&items, None).await.unwrap();
+    let reply = backend
+        .commit_batch(&tree_items(&refused), None)
+        .await
+        .unwrap();
     assert_eq!(
         reply.outcomes,
         vec![CommitOutcome::LeaseLost; 4],
@@ -172,12 +171,11 @@ pub async fn g2_a_fan_and_its_leaves_commit_in_one_call<B: Backend>(backend: B) 
     }
 
     let whole = tree(&a.lease);
-    let items: Vec<CommitItem<'_>> = whole
-        .iter()
-        .map(|(l, s, kept)| CommitItem::new(l, s).with_successors_kept(PATIENCE, *kept))
-        .collect();
     let take = TakeRequest::new("Chain", &me, options(PATIENCE)).with_max(4);
-    let reply = backend.commit_batch(&items, Some(take)).await.unwrap();
+    let reply = backend
+        .commit_batch(&tree_items(&whole), Some(take))
+        .await
+        .unwrap();
     let mut expected = vec![CommitOutcome::Committed { finished: None }; 3];
     expected.push(CommitOutcome::Committed {
         finished: Some(RunStatus::Completed),
@@ -185,6 +183,15 @@ pub async fn g2_a_fan_and_its_leaves_commit_in_one_call<B: Backend>(backend: B) 
     assert_eq!(reply.outcomes, expected);
     assert!(reply.taken.is_empty(), "nothing is left to take");
     completed_with(&backend, &run, 4, 3).await;
+}
+
+/// The commits of a tree's steps (lease, step, successors it keeps), as a worker sends them.
+fn tree_items<'a>(tree: &'a [(Lease, &StepCommit, usize)]) -> Vec<CommitItem<'a>> {
+    tree.iter()
+        .map(|(lease, step, kept)| {
+            CommitItem::new(lease, step).with_successors_kept(PATIENCE, *kept)
+        })
+        .collect()
 }
 
 /// G2/G3 with trees: a tree that starts at a later item (leased by a take) commits in one call
