@@ -244,7 +244,8 @@ impl VersionedContext {
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct StepCommit {
-    /// `Some(v)`: commit only if the context is still at version `v` (a `Hold` step).
+    /// `Some(v)`: commit only if the context is still at version `v` (a `Hold` step, or a
+    /// step whose changes the context an earlier step of its batch leaves holds already).
     pub require_version: Option<u64>,
     /// `Some((base, bytes))`: replace the context, which must still be at version `base`.
     pub context: Option<(u64, Vec<u8>)>,

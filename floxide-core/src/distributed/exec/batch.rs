@@ -119,23 +119,28 @@ fn slots<O>(steps: &[Pending<O>]) -> usize {
     steps.iter().filter(|p| p.holds_slot()).count()
 }
 
-/// How many of the finished steps `ready` (oldest first) one commit carries: a batch of
-/// slots, where a chain's steps hold one between them (a worker that ran `MAX_BATCH` chains
-/// commits them together), and never more than `MAX_COMMIT_STEPS` steps.
-fn batch_len<O>(ready: &[Pending<O>]) -> usize {
-    let mut held = 0;
-    for (n, pending) in ready.iter().enumerate() {
-        if n == MAX_COMMIT_STEPS {
-            return n;
+/// Takes the next commit's steps out of the finished ones, `ready`, oldest first (a parent
+/// before the steps chained to it): a batch of slots, where a chain's steps hold one between
+/// them (a worker that ran `MAX_BATCH` chains commits them together), and never more than
+/// `MAX_COMMIT_STEPS` steps. A chained step whose parent is not in the batch and not settled
+/// (it renews its lease meanwhile) stays for a later one.
+fn next_batch<O>(ready: &mut Vec<Pending<O>>) -> Vec<Pending<O>> {
+    ready.sort_by_key(Pending::born);
+    let mut batch: Vec<Pending<O>> = Vec::new();
+    let mut rest = Vec::new();
+    let (mut held, mut full) = (0, false);
+    for pending in ready.drain(..) {
+        full =
+            full || batch.len() == MAX_COMMIT_STEPS || (pending.holds_slot() && held == MAX_BATCH);
+        if full || pending.waits_for_parent(&batch) {
+            rest.push(pending);
+            continue;
         }
-        if pending.holds_slot() {
-            if held == MAX_BATCH {
-                return n;
-            }
-            held += 1;
-        }
+        held += usize::from(pending.holds_slot());
+        batch.push(pending);
     }
-    ready.len()
+    *ready = rest;
+    batch
 }
 
 /// A step's execution that starts no chain, as the loop keeps it.
@@ -430,8 +435,11 @@ where
     /// Sends the finished steps (up to a batch) in one commit that also takes new items for
     /// the slots it frees.
     fn start_commit(&self, st: &mut State<'a, W::Output>, stopping: bool) {
-        let n = batch_len(&st.ready);
-        let mut batch: Vec<Pending<W::Output>> = st.ready.drain(..n).collect();
+        let mut batch = next_batch(&mut st.ready);
+        if batch.is_empty() {
+            // Only chained steps waiting for their parents' lease renewals.
+            return;
+        }
         commit::chain::<C, _>(&mut batch);
         let left = st.running.len() + slots(&st.ready) + st.reserved;
         let free = self.slots.capacity.saturating_sub(left).min(MAX_BATCH);
@@ -505,5 +513,57 @@ where
             Some((item, run, _)) => (WorkerStatus::InProgress, Some((*item, run.clone()))),
             None => (WorkerStatus::InProgress, None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::chain::Gate;
+    use super::super::commit::tests::step;
+    use super::*;
+
+    fn items<O>(steps: &[Pending<O>]) -> Vec<u128> {
+        steps
+            .iter()
+            .map(|p| p.taken.lease.item_id.as_u128())
+            .collect()
+    }
+
+    #[test]
+    fn a_parent_goes_before_the_step_chained_to_it() {
+        let parent = step(1, 4, &[], &["a"]);
+        let (gate, _keeper) = Gate::new(parent.taken.lease.clone());
+        let child = *Box::new(step(2, 5, &["a"], &["a", "b"]))
+            .tied(gate)
+            .chained();
+        // A lease renewal put the parent behind its child.
+        let mut ready = vec![child, parent];
+        let batch = next_batch(&mut ready);
+        assert_eq!(items(&batch), [1, 2]);
+        assert!(ready.is_empty());
+    }
+
+    #[test]
+    fn a_chained_step_waits_for_a_parent_that_renews_its_lease() {
+        let parent = step(1, 4, &[], &["a"]);
+        let (gate, keeper) = Gate::new(parent.taken.lease.clone());
+        let child = *Box::new(step(2, 5, &["a"], &["a", "b"])).tied(gate.clone());
+        let other = step(3, 0, &[], &["c"]);
+        let mut ready = vec![child, other];
+        assert_eq!(items(&next_batch(&mut ready)), [3]);
+        assert_eq!(items(&ready), [2], "the child waits for its parent");
+        keeper.settle(false);
+        assert_eq!(
+            items(&next_batch(&mut ready)),
+            [2],
+            "its parent was refused"
+        );
+
+        // A keeper dropped unsettled (its parent's lease was lost) lets the child go too.
+        let (gate, keeper) = Gate::new(parent.taken.lease.clone());
+        let mut ready = vec![*Box::new(step(4, 5, &["a"], &["a", "d"])).tied(gate)];
+        assert!(next_batch(&mut ready).is_empty());
+        drop(keeper);
+        assert_eq!(items(&next_batch(&mut ready)), [4]);
     }
 }

@@ -93,7 +93,7 @@ pub(crate) const SPINS: usize = 3;
 pub(crate) const MAX_CHAIN: usize = 16;
 
 /// What a chained step knows of the commit that creates its item.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(crate) struct Gate {
     /// The parent step's lease, renewed until that commit is settled.
     parent: Lease,
@@ -114,7 +114,7 @@ impl GateKeeper {
 
 impl Gate {
     /// A gate for a successor of the step holding `parent`, and its keeper.
-    fn new(parent: Lease) -> (Gate, GateKeeper) {
+    pub(super) fn new(parent: Lease) -> (Gate, GateKeeper) {
         let (tx, rx) = watch::channel(None);
         (
             Gate {
@@ -123,6 +123,16 @@ impl Gate {
             },
             GateKeeper(tx),
         )
+    }
+
+    /// Whether the parent's commit is settled (or its outcome will never be known).
+    pub(crate) fn is_settled(&self) -> bool {
+        self.settled.borrow().is_some() || self.settled.has_changed().is_err()
+    }
+
+    /// Whether `lease` is the parent step's.
+    pub(crate) fn is_parent(&self, lease: &Lease) -> bool {
+        lease.item_id == self.parent.item_id && lease.run_id == self.parent.run_id
     }
 
     /// Waits until the parent's commit is settled: whether the chained item may now exist.
@@ -350,7 +360,7 @@ impl<'a, W> Runner<'a, W> {
             let mut run: Boxed<'a, _> = Box::pin(async move {
                 let ran = execute(workflow, backend, config, worker, next, stop, Some(&gate));
                 match ran.await? {
-                    Executed::Ready(pending) => Ok(Executed::Ready(pending.tied())),
+                    Executed::Ready(pending) => Ok(Executed::Ready(pending.tied(gate.clone()))),
                     ended => Ok(ended),
                 }
             });

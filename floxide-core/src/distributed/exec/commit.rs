@@ -1,10 +1,11 @@
 //! Step part 4: build a step's commit, and settle the backend's answer to it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::chain::GateKeeper;
+use super::chain::{Gate, GateKeeper};
 use super::lease::Finished;
 use super::{renew, ExecConfig, Executed, StepEnd};
 use crate::distributed::backend::{Backend, CommitItem, CommitOutcome, NewItem, StepCommit, Taken};
@@ -38,12 +39,20 @@ pub(crate) struct Pending<O> {
     /// The step's first successors run already (a chain): the commit leases that many to
     /// this worker for that long, and the keeper tells them how the commit was settled.
     keep: Option<(Duration, usize, GateKeeper)>,
-    /// The step's item was kept for this worker by its parent's commit (a chained step).
-    tied: bool,
+    /// For a chained step, its parent's gate: its item is kept for this worker by the
+    /// parent's commit, so its own commit goes only behind that one (see
+    /// [`Pending::waits_for_parent`]).
+    parent: Option<Gate>,
+    /// When the step finished, in the worker's order of finished steps: a parent finishes
+    /// before the steps chained to it, so commits ordered by it carry a parent first.
+    born: u64,
     /// Whether the step holds one of the worker's slots while it waits for its commit: not
     /// when a step of its chain holds it (a chained step, or one whose chain goes on).
     holds_slot: bool,
 }
+
+/// The order of finished steps (see `Pending::born`).
+static BORN: AtomicU64 = AtomicU64::new(0);
 
 /// The commit of a node that ran to its end; `Err` (with the item back) when its results
 /// cannot be serialized, a reason to dead-letter it.
@@ -115,7 +124,8 @@ where
         waits,
         renewed,
         keep: None,
-        tied: false,
+        parent: None,
+        born: BORN.fetch_add(1, Ordering::Relaxed),
         holds_slot: true,
     })
 }
@@ -163,7 +173,7 @@ impl<O> Pending<O> {
             // A chained step's kept lease is made by its parent's commit, which may not have
             // been applied yet (it waits too, or is on its way): the step waits on. Its own
             // commit is fenced all the same.
-            Some(StepEnd::Abandoned { lease_lost: true }) if self.tied => {}
+            Some(StepEnd::Abandoned { lease_lost: true }) if self.parent.is_some() => {}
             Some(end) => {
                 return Ok(Executed::Ended {
                     node: self.taken.node,
@@ -206,17 +216,31 @@ impl<O> Pending<O> {
         self.keep = Some((timeout, count, keeper));
     }
 
-    /// Marks the step as chained: its item is kept for this worker by its parent's commit.
+    /// Marks the chained step as holding no slot: its chain's first step holds it.
     pub(crate) fn chained(mut self: Box<Self>) -> Box<Self> {
         self.holds_slot = false;
-        self.tied()
+        self
     }
 
-    /// Marks the step's item as kept for this worker by its parent's commit (a chained step
-    /// that went on alone keeps its slot).
-    pub(crate) fn tied(mut self: Box<Self>) -> Box<Self> {
-        self.tied = true;
+    /// Marks the step's item as kept for this worker by the commit behind `parent` (a
+    /// chained step; one that went on alone keeps its slot).
+    pub(crate) fn tied(mut self: Box<Self>, parent: Gate) -> Box<Self> {
+        self.parent = Some(parent);
         self
+    }
+
+    /// The step's place in the worker's order of finished steps (see `born`).
+    pub(crate) fn born(&self) -> u64 {
+        self.born
+    }
+
+    /// Whether a chained step must wait for a later commit: its parent's commit is not
+    /// settled and the parent is not among `earlier`, the steps going before it in this one.
+    /// (Committed ahead of its parent, it would be refused, its item not created yet.)
+    pub(crate) fn waits_for_parent(&self, earlier: &[Pending<O>]) -> bool {
+        self.parent.as_ref().is_some_and(|gate| {
+            !gate.is_settled() && !earlier.iter().any(|p| gate.is_parent(&p.taken.lease))
+        })
     }
 
     /// Leaves the step's slot to its chain's step that goes on running.
@@ -262,7 +286,7 @@ pub(crate) fn settle<O>(
             outputs: pending.outputs,
             ran: pending.ran,
         },
-        CommitOutcome::LeaseLost if pending.tied => {
+        CommitOutcome::LeaseLost if pending.parent.is_some() => {
             tracing::debug!(run_id = %pending.taken.lease.run_id, node = %pending.taken.node, "a chained step's parent was not committed; its effects are discarded");
             StepEnd::Abandoned { lease_lost: true }
         }
@@ -314,6 +338,9 @@ where
     }
     let latest = backend.load_context(&pending.taken.lease.run_id).await?;
     let merged = join::<C>(&latest.bytes, &pending.after).map_err(codec_error)?;
+    // (A step that is not held requires a version only when `chain` pinned it to an earlier
+    // step's context; the latest one is stored.)
+    pending.commit.require_version = None;
     pending.rebase(latest.version, &latest.bytes, merged);
     Ok(Executed::Ready(pending))
 }
@@ -349,7 +376,9 @@ impl<O> Pending<O> {
 /// (with [`Merge`]) into what the earlier one leaves, as a conflict would make it do after
 /// a round trip, so that they all commit in one call instead of all but one being refused.
 /// A held step is left as it is (a newer context means running it again), and so is a step
-/// that already saw a newer context than the earlier one.
+/// that already saw a newer context than the earlier one. A step whose changes the earlier
+/// step's context holds already (its own chained successor's, when a lease renewal put that
+/// one first) then changes nothing, and requires the earlier step's version: refused with it.
 pub(crate) fn chain<C: Context + Merge, O>(batch: &mut [Pending<O>]) {
     for i in 1..batch.len() {
         let (before, rest) = batch.split_at_mut(i);
@@ -376,6 +405,91 @@ pub(crate) fn chain<C: Context + Merge, O>(batch: &mut [Pending<O>]) {
         // A context that does not decode is left to the regular path (and its error).
         if let Ok(merged) = join::<C>(base, &this.after) {
             this.rebase(version, base, merged);
+            // Its changes are in the earlier step's context already: it changes nothing
+            // now, but holds only if that step is applied (else its changes would be lost),
+            // so it requires that step's version.
+            if this.commit.context.is_none() {
+                this.commit.require_version = Some(version);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::distributed::backend::{Lease, VersionedContext};
+    use crate::distributed::WorkerId;
+    use crate::ItemId;
+
+    /// A context of tags.
+    type Tags = BTreeSet<String>;
+
+    fn tags(list: &[&str]) -> Vec<u8> {
+        let set: Tags = list.iter().map(|t| (*t).to_owned()).collect();
+        encode(&set).unwrap()
+    }
+
+    /// A finished step of item `item` of run `r` that ran on the context `before` at
+    /// `version` and left `after`.
+    pub(crate) fn step(item: u128, version: u64, before: &[&str], after: &[&str]) -> Pending<()> {
+        let lease = Lease::new("r", ItemId::from_u128(item), 1, WorkerId::from("w"));
+        let mut taken = Taken::new(lease, "n", Vec::new());
+        taken.context = Some(VersionedContext::new(tags(before), version));
+        let (before, after) = (tags(before), tags(after));
+        let mut commit = StepCommit::new("n");
+        let changed = before != after;
+        if changed {
+            commit.context = Some((version, after.clone()));
+        }
+        Pending {
+            taken,
+            commit,
+            held: false,
+            after,
+            merged: None,
+            after_version: version + u64::from(changed),
+            outputs: Vec::new(),
+            ran: Duration::ZERO,
+            waits: 0,
+            renewed: Instant::now(),
+            keep: None,
+            parent: None,
+            born: BORN.fetch_add(1, Ordering::Relaxed),
+            holds_slot: true,
+        }
+    }
+
+    #[test]
+    fn a_later_step_of_the_run_is_joined_into_the_earlier_ones_context() {
+        let mut batch = [
+            step(1, 4, &["x"], &["x", "a"]),
+            step(2, 4, &["x"], &["x", "b"]),
+        ];
+        chain::<Tags, _>(&mut batch);
+        let (base, bytes) = batch[1].commit.context.clone().unwrap();
+        assert_eq!(base, 5, "the second step commits on top of the first");
+        assert_eq!(bytes, tags(&["a", "b", "x"]));
+        assert_eq!(batch[1].commit.require_version, None);
+        assert_eq!(batch[1].held_context().0, 6);
+    }
+
+    #[test]
+    fn a_step_whose_changes_an_earlier_one_holds_requires_that_ones_version() {
+        // A parent (version 4 to 5) and its chained child (5 to 6), the child first: the
+        // parent joined into the child's context changes nothing, yet holds only with it.
+        let mut batch = [
+            step(2, 5, &["x", "a"], &["x", "a", "b"]),
+            step(1, 4, &["x"], &["x", "a"]),
+        ];
+        chain::<Tags, _>(&mut batch);
+        assert_eq!(batch[1].commit.context, None);
+        assert_eq!(
+            batch[1].commit.require_version,
+            Some(6),
+            "refused with the step it was joined into, not committed as a no-op"
+        );
     }
 }
