@@ -273,7 +273,16 @@ pub(super) struct Counting {
     deaf: bool,
     /// Whether the inner backend's chains show through (else the worker runs no chains).
     chains: bool,
+    /// The next call that leases items tells the first and waits for the second before it
+    /// answers (see [`Counting::hold_next_take`]).
+    take_hold: std::sync::Mutex<Option<TakeHold>>,
 }
+
+/// A take held before its answer: it tells `took`, then waits for `go`.
+type TakeHold = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::oneshot::Receiver<()>,
+);
 
 impl Counting {
     /// Counts the calls to `inner`.
@@ -290,6 +299,7 @@ impl Counting {
             delay_next: std::sync::atomic::AtomicU64::new(0),
             deaf,
             chains: false,
+            take_hold: std::sync::Mutex::new(None),
         }
     }
 
@@ -305,6 +315,39 @@ impl Counting {
     pub(super) fn delay_next_commit(&self, delay: Duration) {
         self.delay_next
             .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Holds the next call that leases items before it answers: the first receiver hears when
+    /// it has leased them, and the call answers once the sender is used (or dropped).
+    pub(super) fn hold_next_take(
+        &self,
+    ) -> (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (took, heard) = tokio::sync::oneshot::channel();
+        let (go, wait) = tokio::sync::oneshot::channel();
+        *self
+            .take_hold
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((took, wait));
+        (heard, go)
+    }
+
+    /// Waits as [`hold_next_take`](Self::hold_next_take) asked, when `n` items were leased.
+    async fn held_take(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let hold = self
+            .take_hold
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some((took, wait)) = hold {
+            let _ = took.send(());
+            let _ = wait.await;
+        }
     }
 
     /// The items take calls and commit calls leased so far.
@@ -373,6 +416,7 @@ impl WorkerBackend for Counting {
     ) -> Result<Vec<Taken>, DistributedError> {
         let taken = self.inner.take_batch(take, wait).await?;
         self.count_taken(taken.len());
+        self.held_take(taken.len()).await;
         Ok(taken)
     }
     async fn heartbeat(&self, lease: &Lease, t: Duration) -> Result<LeaseState, DistributedError> {
@@ -401,6 +445,7 @@ impl WorkerBackend for Counting {
             .count();
         self.applied.fetch_add(applied, Ordering::SeqCst);
         self.count_taken(reply.taken.len());
+        self.held_take(reply.taken.len()).await;
         Ok(reply)
     }
     async fn fail(&self, lease: &Lease, f: &StepFailed) -> Result<CommitOutcome, DistributedError> {

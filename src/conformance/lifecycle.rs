@@ -527,7 +527,8 @@ workflow! {
 /// between the take and the step's first wait for run changes): it looks at its run once
 /// soon after its take, not only at its next heartbeat. The backend here hears no change.
 pub async fn g7_a_step_learns_of_a_cancel_it_did_not_hear<B: Backend>(backend: B) {
-    let backend: Arc<dyn Backend> = Arc::new(Counting::over(Arc::new(backend), true));
+    let counting = Arc::new(Counting::over(Arc::new(backend), true));
+    let backend: Arc<dyn Backend> = counting.clone();
     let seen = Arc::new(AtomicUsize::new(0));
     let wf = Cancellable {
         wait: UntilCancelled { seen: seen.clone() },
@@ -541,18 +542,17 @@ pub async fn g7_a_step_learns_of_a_cancel_it_did_not_hear<B: Backend>(backend: B
         .heartbeat_interval(Duration::from_secs(300))
         .build()
         .unwrap();
+    // The cancel comes between the take and the step's start, however slow the machine.
+    let (took, go) = counting.hold_next_take();
     let mut workers = WorkerPool::new(w, 1).with_grace_period(Duration::from_millis(200));
     workers.start();
     let run = o.start_run(&ctx(), 1).await.unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while o.status(&run).await.unwrap() == RunStatus::Pending {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run never started"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    tokio::time::timeout(PATIENCE, took)
+        .await
+        .expect("the run's item was never taken")
+        .expect("the take was held");
     o.cancel(&run).await.unwrap();
+    let _ = go.send(());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while seen.load(Ordering::SeqCst) == 0 {
         assert!(
