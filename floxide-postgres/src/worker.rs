@@ -104,13 +104,6 @@ impl WorkerBackend for PostgresBackend {
         true
     }
 
-    // A step's several successors are not chained here (only a lone one): with a fan and its
-    // leaves committed as one tree, a leaf's context change was lost now and then (G3,
-    // `g3_joins_fire_exactly_once`: about one run in five), until that is understood.
-    fn keeps_fans(&self) -> bool {
-        false
-    }
-
     async fn take_batch(
         &self,
         take: TakeRequest<'_>,
