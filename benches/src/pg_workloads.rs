@@ -79,23 +79,10 @@ fn postgres_cpu() -> f64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0.0;
     };
-    let mut ticks = 0u64;
-    for entry in dir.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ... utime stime: fields 14 and 15, counted after the name.
-        let Some((name, rest)) = stat.split_once(") ") else {
-            continue;
-        };
-        if !name.ends_with("(postgres") {
-            continue;
-        }
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-        ticks += field(11).unwrap_or(0) + field(12).unwrap_or(0);
-    }
-    ticks as f64 / 100.0
+    dir.flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter_map(|stat| crate::workloads::stat_cpu(&stat, Some("postgres")))
+        .sum()
 }
 
 /// The PostgreSQL target of the `dist-pg-*` workloads: `--pg URL` (default the local

@@ -80,6 +80,28 @@ pub(crate) fn in_memory() -> Target<InMemoryBackend> {
     }
 }
 
+/// The CPU seconds (user and system) a `/proc/<pid>/stat` line counts, when its process is
+/// named `name` (any when `None`).
+pub(crate) fn stat_cpu(stat: &str, name: Option<&str>) -> Option<f64> {
+    // pid (comm) state ... utime stime: fields 14 and 15, counted after the name.
+    let (comm, rest) = stat.split_once(") ")?;
+    if name.is_some_and(|n| !comm.ends_with(&format!("({n}"))) {
+        return None;
+    }
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    Some((field(11).unwrap_or(0) + field(12).unwrap_or(0)) as f64 / 100.0)
+}
+
+/// The CPU seconds this process (the workers, the driver) used so far (0 where /proc cannot
+/// be read).
+fn client_cpu() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| stat_cpu(&stat, None))
+        .unwrap_or(0.0)
+}
+
 pub(crate) fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -136,6 +158,7 @@ async fn drain<B: Backend + Clone + 'static, W: Workflow<()> + 'static>(
         .map_err(err)?;
     let before = meter.operations().await?;
     let cpu0 = meter.cpu().await?;
+    let client0 = client_cpu();
     let mut pool = WorkerPool::new(worker, workers).with_grace_period(Duration::from_secs(1));
     let overlap = start == Start::PipelinedWhileDraining;
     if overlap {
@@ -176,6 +199,7 @@ async fn drain<B: Backend + Clone + 'static, W: Workflow<()> + 'static>(
     }
     // The server's time for the drain: taken before the records are read back below.
     let cpu2 = meter.cpu().await?;
+    let client2 = client_cpu();
     let mut completed = 0u64;
     let mut last = started;
     let mut latencies = Vec::with_capacity(runs);
@@ -232,6 +256,12 @@ async fn drain<B: Backend + Clone + 'static, W: Workflow<()> + 'static>(
             json!(ops as f64 / steps.max(1) as f64),
         );
         map.insert(format!("{name}_bytes_per_finished_run"), json!(bytes));
+        // This process's time (workers and starts), from the first start to the last
+        // completion.
+        map.insert(
+            "client_cpu_us_per_step".to_owned(),
+            json!((client2 - client0) * 1e6 / steps.max(1) as f64),
+        );
         if overlap {
             // Starts and steps share the server's time: all of it, per step.
             map.insert(
