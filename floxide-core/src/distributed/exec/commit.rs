@@ -236,10 +236,11 @@ impl<O> Pending<O> {
 
     /// Whether a chained step must wait for a later commit: its parent's commit is not
     /// settled and the parent is not among `earlier`, the steps going before it in this one.
-    /// (Committed ahead of its parent, it would be refused, its item not created yet.)
+    /// (Committed ahead of its parent, it would be refused, its item not created yet.) The
+    /// parent is looked for from the end: it mostly goes just before.
     pub(crate) fn waits_for_parent(&self, earlier: &[Pending<O>]) -> bool {
         self.parent.as_ref().is_some_and(|gate| {
-            !gate.is_settled() && !earlier.iter().any(|p| gate.is_parent(&p.taken.lease))
+            !gate.is_settled() && !earlier.iter().rev().any(|p| gate.is_parent(&p.taken.lease))
         })
     }
 
