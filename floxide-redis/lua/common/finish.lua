@@ -22,7 +22,7 @@ local function hex(c) return format('%02x', byte(c)) end
 
 local function run_event(run, output)
   local id = run
-  if find(run, '[\t\n]') or byte(run, 1) == 27 then
+  if find(run, '\t', 1, true) or find(run, '\n', 1, true) or byte(run, 1) == 27 then
     id = '\27' .. (string.gsub(run, '.', hex))
   end
   if output and #output <= OUTPUT_HEARD and not find(output, '\n', 1, true) then
