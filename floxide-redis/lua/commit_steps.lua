@@ -360,10 +360,11 @@ local function commit_one(c)
   return OK, true
 end
 
--- The state and token of item `id`'s lease as stored (nil: no such item).
+-- The state and token of item `id`'s lease as stored (nil: no such item). (The state's head
+-- alone is matched: its node and request are not needed.)
+local LEASE_OF = '^(%u) %d+ %d+ (%d+) '
 local function lease_of(run, id)
-  local ms, _, _, mt = match(rcall('HGET', items_key(run), id .. ':m') or '', META)
-  return ms, mt
+  return match(rcall('HGET', items_key(run), id .. ':m') or '', LEASE_OF)
 end
 
 -- Records that `n` steps from item `id` (leased by a take) completed quiet run `run`, with
