@@ -270,6 +270,8 @@ pub(super) struct Counting {
     released: AtomicUsize,
     /// How long the next commit call waits before it goes (ms, 0 for none).
     delay_next: std::sync::atomic::AtomicU64,
+    /// How long every commit call waits before it goes (ms, 0 for none).
+    delay_each: std::sync::atomic::AtomicU64,
     deaf: bool,
     /// Whether the inner backend's chains show through (else the worker runs no chains).
     chains: bool,
@@ -297,6 +299,7 @@ impl Counting {
             largest_take: AtomicUsize::new(0),
             released: AtomicUsize::new(0),
             delay_next: std::sync::atomic::AtomicU64::new(0),
+            delay_each: std::sync::atomic::AtomicU64::new(0),
             deaf,
             chains: false,
             take_hold: std::sync::Mutex::new(None),
@@ -314,6 +317,12 @@ impl Counting {
     /// Makes the next commit call wait `delay` before it goes (a slow backend).
     pub(super) fn delay_next_commit(&self, delay: Duration) {
         self.delay_next
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Makes every commit call wait `delay` before it goes (a slow backend).
+    pub(super) fn delay_each_commit(&self, delay: Duration) {
+        self.delay_each
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
@@ -431,7 +440,8 @@ impl WorkerBackend for Counting {
         next: Option<TakeRequest<'_>>,
     ) -> Result<CommitReply, DistributedError> {
         self.commits.fetch_add(1, Ordering::SeqCst);
-        let delay = self.delay_next.swap(0, Ordering::SeqCst);
+        let delay =
+            self.delay_next.swap(0, Ordering::SeqCst) + self.delay_each.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }

@@ -209,7 +209,8 @@ macro_rules! conformance_tests {
             g1_kept_leaves_of_a_dead_worker_are_rerun,
             g4_a_fan_of_fast_leaves_is_one_commit,
             g4_a_backlog_of_fans_is_chained_from_the_start,
-            g4_chained_steps_waiting_behind_a_slow_commit_are_kept
+            g4_chained_steps_waiting_behind_a_slow_commit_are_kept,
+            g3_chained_steps_keep_every_change_under_slow_commits
         );
     };
     (@each #[$attr:meta], $make:expr, $($check:ident),*) => {

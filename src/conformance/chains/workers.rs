@@ -307,3 +307,51 @@ pub async fn g4_chained_steps_waiting_behind_a_slow_commit_are_kept<B: Backend>(
     assert_eq!(metrics.reclaimed, 0, "no lease expired: {metrics:?}");
     assert_eq!(gate.executions(), 2, "b ran once to warm up, then once");
 }
+
+/// G3 with chains and a slow backend: steps wait longer for their commit than a heartbeat
+/// interval, so their leases are renewed while the steps chained to them wait beside them.
+/// A renewal must not let a chained step's commit go ahead of its parent's and turn that
+/// into a no-op: every run keeps each node's context change once, and no kept item is left
+/// for its lease to expire (none is reclaimed).
+pub async fn g3_chained_steps_keep_every_change_under_slow_commits<B: Backend>(backend: B) {
+    let counting = Arc::new(Counting::chaining(Arc::new(backend)));
+    let backend: Arc<dyn Backend> = counting.clone();
+    let wf = Chain::new(Gate::open());
+    let o = orchestrator(wf.clone(), &backend);
+    let worker = worker_builder(wf, &backend)
+        .concurrency(16)
+        .lease_timeout(Duration::from_secs(10))
+        .heartbeat_interval(Duration::from_millis(20))
+        .build()
+        .expect("conformance: worker builds");
+    let mut pool = WorkerPool::new(worker, 1).with_grace_period(Duration::from_millis(200));
+    pool.start();
+    warm_up(&o).await;
+    counting.delay_each_commit(Duration::from_millis(60));
+    let mut runs = Vec::new();
+    for i in 0..40 {
+        runs.push((i, o.start_run(&ctx(), i).await.unwrap()));
+    }
+    for (i, run) in &runs {
+        assert_eq!(finish(&o, run).await.status, RunStatus::Completed);
+        let trace = o.context(run).await.unwrap();
+        for event in [
+            format!("a:{i}"),
+            format!("b:{}", i + 1),
+            format!("c:{}", i + 2),
+        ] {
+            assert_eq!(
+                trace.count(&event),
+                1,
+                "G3: {event} was lost or doubled: {:?}",
+                trace.events
+            );
+        }
+        assert_eq!(
+            o.metrics(run).await.unwrap().reclaimed,
+            0,
+            "G3: a kept item waited for its lease to expire"
+        );
+    }
+    pool.try_stop().await.unwrap();
+}
