@@ -415,9 +415,6 @@ impl WorkerBackend for Counting {
     fn keeps_successors(&self) -> bool {
         self.chains && self.inner.keeps_successors()
     }
-    fn keeps_fans(&self) -> bool {
-        self.chains && self.inner.keeps_fans()
-    }
     async fn take_batch(
         &self,
         take: TakeRequest<'_>,

@@ -348,11 +348,11 @@ fn fan_pool(wf: Fan, backend: &Arc<dyn Backend>) -> WorkerPool<Fan, Trace> {
 }
 
 /// G4 with trees: once a worker knows its leaves are fast, a lone fan and its leaves are one
-/// commit call on a backend that keeps fans, every leaf applied once; a leaf that now
+/// commit call on a backend that keeps successors, every leaf applied once; a leaf that now
 /// waits lets the fan commit (it is stored and in progress while it waits), the leaves after
 /// it are queued, and the run completes once it is released.
 pub async fn g4_a_fan_of_fast_leaves_is_one_commit<B: Backend>(backend: B) {
-    let chains = backend.keeps_fans();
+    let chains = backend.keeps_successors();
     let counting = Arc::new(Counting::chaining(Arc::new(backend)));
     let backend: Arc<dyn Backend> = counting.clone();
     let gate = Gate::open();
@@ -405,11 +405,11 @@ pub async fn g4_a_fan_of_fast_leaves_is_one_commit<B: Backend>(backend: B) {
 }
 
 /// G4 with trees: a worker that takes a backlog of fans chains their leaves from its first
-/// take on (it learns their speed on the spot), on a backend that keeps fans: fewer items
+/// take on (it learns their speed on the spot), on a backend that keeps successors: fewer items
 /// are leased by takes and commits than there are steps; every run completes with each leaf
 /// applied once.
 pub async fn g4_a_backlog_of_fans_is_chained_from_the_start<B: Backend>(backend: B) {
-    let chains = backend.keeps_fans();
+    let chains = backend.keeps_successors();
     let counting = Arc::new(Counting::chaining(Arc::new(backend)));
     let backend: Arc<dyn Backend> = counting.clone();
     let wf = fan(3, Gate::open());

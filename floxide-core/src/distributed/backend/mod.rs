@@ -102,14 +102,6 @@ pub trait WorkerBackend: Send + Sync + 'static {
         false
     }
 
-    /// Whether a worker may also chain the successors of a step that has several (a fan and
-    /// its leaves, committed as a tree in one call) when
-    /// [`keeps_successors`](Self::keeps_successors) is true; otherwise only a step's lone
-    /// successor is chained. The default is [`keeps_successors`](Self::keeps_successors).
-    fn keeps_fans(&self) -> bool {
-        self.keeps_successors()
-    }
-
     /// Records a failed step: schedules its retry or dead-letters it, fenced by `lease`.
     ///
     /// # Errors

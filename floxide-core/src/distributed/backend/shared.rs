@@ -21,10 +21,6 @@ impl<B: WorkerBackend + ?Sized> WorkerBackend for Arc<B> {
         (**self).keeps_successors()
     }
 
-    fn keeps_fans(&self) -> bool {
-        (**self).keeps_fans()
-    }
-
     async fn take_batch(
         &self,
         take: TakeRequest<'_>,

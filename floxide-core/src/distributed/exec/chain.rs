@@ -267,7 +267,6 @@ where
         stop: stop.map(|(token, _)| token),
         commits: Vec::new(),
         waiting: VecDeque::new(),
-        fans: backend.keeps_fans(),
     };
     let count = tree.runnable(&first, pace);
     if count == 0 {
@@ -395,9 +394,6 @@ struct Tree<'a, O> {
     commits: Vec<Pending<O>>,
     /// The steps run whose successors are not settled yet, oldest first.
     waiting: VecDeque<Box<Pending<O>>>,
-    /// Whether the backend takes a step's several successors chained (see
-    /// [`WorkerBackend::keeps_fans`](crate::distributed::WorkerBackend::keeps_fans)).
-    fans: bool,
 }
 
 impl<O> Tree<'_, O> {
@@ -411,7 +407,7 @@ impl<O> Tree<'_, O> {
     fn runnable(&self, pending: &Pending<O>, pace: Pace<'_>) -> usize {
         let size = self.commits.len() + self.waiting.len() + 1;
         let room = MAX_CHAIN.saturating_sub(size);
-        if room == 0 || !self.young() || (!self.fans && pending.commit.successors.len() > 1) {
+        if room == 0 || !self.young() {
             return 0;
         }
         pending
