@@ -34,12 +34,36 @@ local function completes_quietly(st, left, delta, has_out, hx)
     and not KEEP_ROUTINE
 end
 
+-- The id of a run's first item (floxide-core's `ItemId::ROOT`).
+local FIRST_ITEM = '00000000000000000000000000000001'
+
+-- Whether item `id`'s lease, read as state `ms` and token `mt`, may be the first lease of its
+-- run's first item, still held under `token` (see `run_of`).
+local function first_lease(id, token, ms, mt)
+  return ms == 'I' and token == '1' and mt == '1' and id == FIRST_ITEM
+end
+
 -- Runs touched by the batch: their record's fields, read once, and `set`, the writes.
 -- The fields only some commits need are read when needed (`rare`): a hash kept compact by
 -- Redis looks each field up by a scan, a missing one by a scan of it all. (The table is made
 -- by one constructor: filled field by field, Lua would grow it four times.)
-local function run_of(run)
+-- A run whose first item is on its first lease (`fresh`, see `first_lease`), and which made
+-- no other item (no `m_items`), has had nothing committed, failed or noted yet: every other
+-- item descends from a commit of the first, and after a failure, expiry or release of it
+-- only a new lease, under a higher token, holds it again. So it has no counters, outputs,
+-- errors, context version, node timings or history note, and only its status, workflow and
+-- idempotency key are read (its deadline, `dl`, when asked for).
+local function run_of(run, fresh)
   local r = runs[run]
+  if r then return r end
+  if fresh then
+    local v = rcall('HMGET', run_key(run), 'st', 'wf', 'idem', 'm_items')
+    if takes_items[v[1]] and not v[4] then
+      r = { st = v[1], ver = false, wf = v[2], left = false, out = false, t1 = false,
+            m_items = false, nt = false, nout = false, nerr = false, idem = v[3], hx = false,
+            set = {}, touched = false }
+    end
+  end
   if not r then
     -- (With what finishing the run needs: most runs of a batch finish in it.)
     local v = rcall('HMGET', run_key(run), 'st', 'ver', 'wf', 'left', 'out', 'dl', 'm_items',
@@ -49,14 +73,14 @@ local function run_of(run)
     r = { st = v[1], ver = v[2], wf = v[3], left = v[4], out = v[5], t1 = t1, dl = v[6],
           m_items = v[7], nt = v[8], nout = v[9], nerr = v[10], idem = v[11], hx = v[12],
           set = {}, touched = false }
-    -- Quiet: this call completes the run with a routine history if all its steps apply. Its
-    -- items and history would go at once, so its steps' item writes and history lines are
-    -- not made, only noted (`lazy`), and made after all (`unquiet`) if it does not.
-    local p = plan[run]
-    r.quiet = p and p.chain and completes_quietly(v[1], v[4], p.delta, v[5] or p.outs > 0, v[12])
-    runs[run] = r
-    order[#order + 1] = run
   end
+  -- Quiet: this call completes the run with a routine history if all its steps apply. Its
+  -- items and history would go at once, so its steps' item writes and history lines are
+  -- not made, only noted (`lazy`), and made after all (`unquiet`) if it does not.
+  local p = plan[run]
+  r.quiet = p and p.chain and completes_quietly(r.st, r.left, p.delta, r.out or p.outs > 0, r.hx)
+  runs[run] = r
+  order[#order + 1] = run
   return r
 end
 
@@ -457,8 +481,8 @@ end
 local function commit_whole(j, row)
   local run, id, token = ARGV[j], ARGV[j + 1], ARGV[j + 2]
   local n, x = chain_parts(j)
-  local r = run_of(run)
   local ms, mt = lease_of(run, id)
+  local r = run_of(run, first_lease(id, token, ms, mt))
   if not ms and rare(run, 'frid') == RID then
     -- This request completed the run before its reply was lost: answer as then.
     for c = row, row + n - 1 do replies[c] = { 'ok', r.st or '' } end
@@ -566,7 +590,7 @@ local function take_after(replay, woken, last, lease_ms, max_del)
       reply[n + 5] = direct[d + 2]
       reply[n + 6] = 1
       reply[n + 7] = 1
-      reply[n + 8] = r.dl or ''
+      reply[n + 8] = rare(run, 'dl') or ''
       reply[n + 9] = same
       reply[n + 10] = bytes
       reply[n + 11] = ver

@@ -260,6 +260,133 @@ async fn chain_once_and_step_by_step(later: bool, nodes: [&str; 3]) -> FinishedS
     once
 }
 
+/// A chain from its run's first lease reads only what the start and run control can have
+/// written by then. Such a run, started with an idempotency key and a deadline and paused and
+/// resumed before its take, ends as the same chain committed step by step: its deadline is
+/// kept and its key expires with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_from_a_first_lease_keeps_what_the_start_and_run_control_wrote() {
+    let (server, backend) = private_backend("fresh:").await;
+    let me = WorkerId::from("me");
+    let deadline = std::time::UNIX_EPOCH + Duration::from_millis(4_102_444_800_000);
+    let mut conn = ::redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut ends = Vec::new();
+    for (run, at_once) in [("once", true), ("steps", false)] {
+        let first = NewItem::new(ItemId::ROOT, "a", b"0".to_vec());
+        let start = StartRun::new(run, "Flow", b"null".to_vec(), first)
+            .with_idempotency_key(Some(format!("key-{run}")))
+            .with_deadline(Some(deadline));
+        backend.start_run(start).await.unwrap();
+        backend.control(run, RunAction::Pause).await.unwrap();
+        let parked = backend
+            .take_batch(
+                TakeRequest::new("Flow", &me, flow::options()),
+                Duration::ZERO,
+            )
+            .await
+            .unwrap();
+        assert!(
+            parked.is_empty(),
+            "a paused run's item is parked: {parked:?}"
+        );
+        backend.control(run, RunAction::Resume).await.unwrap();
+        let taken = take_one(&backend, &me, 1).await;
+        assert_eq!((taken.lease.item_id, taken.lease.token), (ItemId::ROOT, 1));
+        let (b, c) = (ItemId::ROOT.child(0), ItemId::ROOT.child(0).child(0));
+        let (lease_b, lease_c) = (
+            Lease::new(run, b, KEPT_LEASE_TOKEN, me.clone()),
+            Lease::new(run, c, KEPT_LEASE_TOKEN, me.clone()),
+        );
+        let steps = chain_steps(0);
+        let items = chain_items(&[&taken.lease, &lease_b, &lease_c], &steps);
+        let mut outcomes = Vec::new();
+        if at_once {
+            outcomes = backend.commit_batch(&items, None).await.unwrap().outcomes;
+        } else {
+            for item in items {
+                outcomes.extend(backend.commit_batch(&[item], None).await.unwrap().outcomes);
+            }
+        }
+        let applied = CommitOutcome::Committed { finished: None };
+        assert_eq!(outcomes, vec![applied.clone(), applied, completed()]);
+        let info = backend.run_info(run).await.unwrap();
+        assert_eq!(info.deadline, Some(deadline), "{run}");
+        assert_eq!(info.idempotency_key, Some(format!("key-{run}")), "{run}");
+        let ttl: i64 = ::redis::cmd("PTTL")
+            .arg(format!("fresh:{{p0}}:idem:key-{run}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{run}: the key expires with its run (PTTL {ttl})");
+        ends.push(finished_state(&backend, run).await);
+    }
+    assert_eq!(ends[0], ends[1]);
+    assert_eq!(ends[0].0, RunStatus::Completed);
+    assert_eq!(ends[0].4, (3, b"3".to_vec()));
+}
+
+/// The id of a run's first item, `ItemId::ROOT`, given by the backend's caller to a later item
+/// (the first has another id): its first lease is not its run's first, and a commit of it
+/// counts the run's other items. Here the run still has `y` after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_item_with_the_first_items_id_does_not_finish_its_run_early() {
+    let (_server, backend) = private_backend("later-root:").await;
+    let me = WorkerId::from("me");
+    let (x, y) = (ItemId::from_u128(42), ItemId::from_u128(43));
+    let first = NewItem::new(x, "a", b"0".to_vec());
+    backend
+        .start_run(StartRun::new("r", "Flow", b"null".to_vec(), first))
+        .await
+        .unwrap();
+    let taken = take_one(&backend, &me, 1).await;
+    assert_eq!(taken.lease.item_id, x);
+    let mut step = StepCommit::new("a");
+    step.successors = vec![
+        NewItem::new(ItemId::ROOT, "b", b"1".to_vec()),
+        NewItem::new(y, "b", b"2".to_vec()),
+    ];
+    let applied = CommitOutcome::Committed { finished: None };
+    assert_eq!(backend.commit(&taken.lease, &step).await.unwrap(), applied);
+    let mut leases = backend
+        .take_batch(
+            TakeRequest::new("Flow", &me, flow::options()).with_max(2),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    leases.sort_by_key(|t| t.lease.item_id != ItemId::ROOT);
+    assert_eq!(leases.len(), 2);
+    assert_eq!(
+        (leases[0].lease.item_id, leases[0].lease.token),
+        (ItemId::ROOT, 1)
+    );
+    // Sent as a whole chain (the first item's id, an output, nothing kept).
+    let mut last = StepCommit::new("b");
+    last.outputs = vec![serde_json::json!(1)];
+    let reply = backend
+        .commit_batch(&[CommitItem::new(&leases[0].lease, &last)], None)
+        .await
+        .unwrap();
+    assert_eq!(reply.outcomes, vec![applied]);
+    assert_eq!(
+        backend.run_info("r").await.unwrap().status,
+        RunStatus::Running
+    );
+    let mut other = StepCommit::new("b");
+    other.outputs = vec![serde_json::json!(2)];
+    let outcome = backend.commit(&leases[1].lease, &other).await.unwrap();
+    assert_eq!(outcome, completed());
+    let info = backend.run_info("r").await.unwrap();
+    assert_eq!(
+        info.outputs,
+        vec![serde_json::json!(1), serde_json::json!(2)]
+    );
+}
+
 /// A chain that would complete its run, whose first lease is no longer held, changes nothing:
 /// its steps are refused as they are one by one, and the live lease still completes the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
