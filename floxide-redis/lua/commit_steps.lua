@@ -51,17 +51,17 @@ end
 -- no other item (no `m_items`), has had nothing committed, failed or noted yet: every other
 -- item descends from a commit of the first, and after a failure, expiry or release of it
 -- only a new lease, under a higher token, holds it again. So it has no counters, outputs,
--- errors, context version, node timings or history note, and only its status, workflow and
--- idempotency key are read (its deadline, `dl`, when asked for).
+-- errors, context version, node timings or history note, and only its status and
+-- idempotency key are read (its workflow, `wf`, and deadline, `dl`, when asked for).
 local function run_of(run, fresh)
   local r = runs[run]
   if r then return r end
   if fresh then
-    local v = rcall('HMGET', run_key(run), 'st', 'wf', 'idem', 'm_items')
-    if takes_items[v[1]] and not v[4] then
-      r = { st = v[1], ver = false, wf = v[2], left = false, out = false, t1 = false,
-            m_items = false, nt = false, nout = false, nerr = false, idem = v[3], hx = false,
-            set = {}, touched = false }
+    local v = rcall('HMGET', run_key(run), 'st', 'idem', 'm_items')
+    if takes_items[v[1]] and not v[3] then
+      r = { st = v[1], ver = false, left = false, out = false, t1 = false, m_items = false,
+            nt = false, nout = false, nerr = false, idem = v[2], hx = false, set = {},
+            touched = false }
     end
   end
   if not r then
@@ -283,7 +283,7 @@ local function commit_one(c)
     h = 4   -- (counted: `#hset` is a search each time)
   end
   local parked = NONE
-  local hands = ns > 0 and budget > 0 and takes_items[r.st] and r.wf == next_wf
+  local hands = ns > 0 and budget > 0 and takes_items[r.st] and rare(run, 'wf') == next_wf
   for n = 1, ns do
     if not f[1 + n] then
       local sid, snode, sbytes = ARGV[s], ARGV[s + 1], ARGV[s + 2]
@@ -319,8 +319,9 @@ local function commit_one(c)
         h = h + 1
         hset[h] = state_text('P', '1', '0', '0', snode, '-')
         if takes_items[r.st] then
-          local q = queued[r.wf]
-          if not q then q = {}; queued[r.wf] = q end
+          local wf = rare(run, 'wf')
+          local q = queued[wf]
+          if not q then q = {}; queued[wf] = q end
           q[#q + 1] = entry(sid, run)
         else
           if parked == NONE then parked = {} end
@@ -538,7 +539,7 @@ local function write_runs()
       end
       if finishing then
         set.frid = RID
-        if new == 'failed' then set.err = 'workflow `' .. r.wf .. '`' .. NO_OUTPUT end
+        if new == 'failed' then set.err = 'workflow `' .. rare(run, 'wf') .. '`' .. NO_OUTPUT end
         finish_run(run, set, new, now, r)
         replies[last_of[run]] = { 'ok', new }
       elseif new ~= r.st then
