@@ -43,6 +43,14 @@ local function first_lease(id, token, ms, mt)
   return ms == 'I' and token == '1' and mt == '1' and id == FIRST_ITEM
 end
 
+-- A run's writes (see `run_of`), with room made for those of a run that finishes: grown one
+-- field at a time, the table would be rebuilt four times. (A field set to nil in a
+-- constructor keeps its room; `pairs` skips it.)
+local function new_set()
+  return { st = nil, t1 = nil, out = nil, nt = nil, left = nil, m_items = nil, frid = nil,
+           ver = nil }
+end
+
 -- Runs touched by the batch: their record's fields, read once, and `set`, the writes.
 -- The fields only some commits need are read when needed (`rare`): a hash kept compact by
 -- Redis looks each field up by a scan, a missing one by a scan of it all. (The table is made
@@ -60,7 +68,7 @@ local function run_of(run, fresh)
     local v = rcall('HMGET', run_key(run), 'st', 'idem', 'm_items')
     if takes_items[v[1]] and not v[3] then
       r = { st = v[1], ver = false, left = false, out = false, t1 = false, m_items = false,
-            nt = false, nout = false, nerr = false, idem = v[2], hx = false, set = {},
+            nt = false, nout = false, nerr = false, idem = v[2], hx = false, set = new_set(),
             touched = false }
     end
   end
@@ -72,7 +80,7 @@ local function run_of(run, fresh)
     local t1 = v[1] == 'failed' and rcall('HGET', run_key(run), 't1') or false
     r = { st = v[1], ver = v[2], wf = v[3], left = v[4], out = v[5], t1 = t1, dl = v[6],
           m_items = v[7], nt = v[8], nout = v[9], nerr = v[10], idem = v[11], hx = v[12],
-          set = {}, touched = false }
+          set = new_set(), touched = false }
   end
   -- Quiet: this call completes the run with a routine history if all its steps apply. Its
   -- items and history would go at once, so its steps' item writes and history lines are
