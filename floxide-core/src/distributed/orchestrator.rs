@@ -149,10 +149,10 @@ where
     }
 
     /// Starts one run per input, all with `ctx.store` as their context, sent to the backend
-    /// together (the Redis backend pipelines them: one round trip per hundred runs), a
-    /// thousand at a time (the first runs start before the later ones are prepared, and a long
-    /// iterator is never held in memory whole). One answer per input, in order; a
-    /// failed start does not stop the others.
+    /// together (the Redis backend sends them 250 per round trip), a thousand at a time (the
+    /// first runs start before the later ones are prepared, and a long iterator is never held
+    /// in memory whole). One answer per input, in order; a failed start does not stop the
+    /// others.
     pub async fn start_runs(
         &self,
         ctx: &WorkflowCtx<C>,
