@@ -152,6 +152,22 @@ async fn commit_chain(
         .unwrap()
 }
 
+/// Commits `items` in one call (`at_once`) or one call each; their outcomes, in order.
+async fn commit_items(
+    backend: &RedisBackend,
+    items: Vec<CommitItem<'_>>,
+    at_once: bool,
+) -> Vec<CommitOutcome> {
+    if at_once {
+        return backend.commit_batch(&items, None).await.unwrap().outcomes;
+    }
+    let mut outcomes = Vec::new();
+    for item in items {
+        outcomes.extend(backend.commit_batch(&[item], None).await.unwrap().outcomes);
+    }
+    outcomes
+}
+
 /// What a finished run shows: status, outputs, (items, steps), node timings (node, count,
 /// total), context (version, bytes), items left.
 type FinishedState = (
@@ -236,15 +252,7 @@ async fn chain_once_and_step_by_step(later: bool, nodes: [&str; 3]) -> FinishedS
         );
         let steps = chain_steps_of(a, 0, nodes);
         let items = chain_items(&[&first.lease, &lease_b, &lease_c], &steps);
-        let outcomes = if at_once {
-            backend.commit_batch(&items, None).await.unwrap().outcomes
-        } else {
-            let mut outcomes = Vec::new();
-            for item in items {
-                outcomes.extend(backend.commit_batch(&[item], None).await.unwrap().outcomes);
-            }
-            outcomes
-        };
+        let outcomes = commit_items(&backend, items, at_once).await;
         assert_eq!(
             outcomes,
             vec![applied.clone(), applied.clone(), completed()]
@@ -303,14 +311,7 @@ async fn a_chain_from_a_first_lease_keeps_what_the_start_and_run_control_wrote()
         );
         let steps = chain_steps(0);
         let items = chain_items(&[&taken.lease, &lease_b, &lease_c], &steps);
-        let mut outcomes = Vec::new();
-        if at_once {
-            outcomes = backend.commit_batch(&items, None).await.unwrap().outcomes;
-        } else {
-            for item in items {
-                outcomes.extend(backend.commit_batch(&[item], None).await.unwrap().outcomes);
-            }
-        }
+        let outcomes = commit_items(&backend, items, at_once).await;
         let applied = CommitOutcome::Committed { finished: None };
         assert_eq!(outcomes, vec![applied.clone(), applied, completed()]);
         let info = backend.run_info(run).await.unwrap();
